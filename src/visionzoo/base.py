@@ -1,0 +1,150 @@
+"""The interface every visionzoo classifier implements.
+
+A family subclasses :class:`VisionModel` and provides
+
+* ``forward_features(x)``: the unpooled output of the last stage (tokens or a map);
+* ``forward_head(x, pre_logits=False)``: pooling, final norm where it belongs, classifier;
+* ``reset_classifier(num_classes)``;
+* ``forward_intermediates(x, indices)``: NCHW maps of the stages in ``indices``;
+* ``feature_info``: one :class:`FeatureInfo` per stage (channels, stride, module name);
+* ``num_features``, ``num_classes``, ``in_chans``.
+
+The base class turns these into ``forward`` and ``features_only`` behaviour, and checks
+inputs once, cheaply, at the stem (:meth:`check_input`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+from torch import Tensor, nn
+
+__all__ = ["FeatureInfo", "InputError", "VisionModel"]
+
+
+class InputError(ValueError):
+    """A tensor a model cannot take; the message says what it got and what it expects."""
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature map of ``features_only``: channels, stride w.r.t. the input, module."""
+
+    num_chs: int
+    reduction: int
+    module: str
+
+    def __getitem__(self, key: str) -> Any:  # timm-style dict access: info["num_chs"]
+        return getattr(self, key)
+
+
+class VisionModel(nn.Module):
+    """Base class of every visionzoo classifier (see module docstring)."""
+
+    family: str = ""
+    #: spatial sides must be multiples of this (a patch size, the total stride of a
+    #: windowed network); 1 when any size works.
+    input_multiple: int = 1
+    #: smallest spatial side the network can take.
+    min_input_size: int = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features_only = False
+        self.out_indices: tuple[int, ...] = ()
+        self.feature_info: list[FeatureInfo] = []
+        self.default_cfg: dict[str, Any] = {}
+        self.model_name = ""
+        self.in_chans = 3
+        self.num_classes = 0
+        self.num_features = 0
+
+    # ---------------------------------------------------------------- interface
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """NCHW maps of the stages in ``indices`` (indices into ``feature_info``)."""
+        raise NotImplementedError
+
+    def default_out_indices(self) -> tuple[int, ...]:
+        """Stages returned by ``features_only`` when no ``out_indices`` is given: all."""
+        return tuple(range(len(self.feature_info)))
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        """Drop modules that ``features_only`` never uses (head, final norm, later stages)."""
+        self.reset_classifier(0)
+
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Family hook of ``load_checkpoint``: resize position tables to this model's size."""
+        return state_dict
+
+    # ---------------------------------------------------------------- behaviour
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices)
+        return self.forward_head(self.forward_features(x))
+
+    def set_features_only(self, out_indices: Sequence[int] | None = None) -> VisionModel:
+        """Turn the classifier into a feature extractor returning a list of NCHW maps."""
+        n = len(self.feature_info)
+        if n == 0:
+            raise ValueError(f"{self.model_name or type(self).__name__} defines no feature maps")
+        idx = self.default_out_indices() if out_indices is None else tuple(out_indices)
+        norm = []
+        for i in idx:
+            if not -n <= int(i) < n:
+                raise ValueError(f"out_indices {tuple(idx)} out of range: the model has {n} feature maps (0..{n - 1})")
+            norm.append(int(i) % n)
+        self.out_indices = tuple(norm)
+        self.prune_for_features(self.out_indices)
+        self.features_only = True
+        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        return self
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise :class:`InputError` for a tensor this network cannot take."""
+        name = self.model_name or type(self).__name__
+        if not isinstance(x, Tensor):
+            raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise InputError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise InputError(
+                f"{name} expects a floating-point tensor, got dtype {x.dtype} (convert images with x.float() / 255)"
+            )
+        if x.shape[1] != self.in_chans:
+            raise InputError(
+                f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+                f"create it with in_chans={x.shape[1]} to take such input"
+            )
+        H, W = x.shape[-2:]
+        m = self.input_multiple
+        if H < self.min_input_size or W < self.min_input_size:
+            raise InputError(f"{name} needs inputs of at least {self.min_input_size}x{self.min_input_size}, got {H}x{W}")
+        if H % m or W % m:
+            raise InputError(f"{name} needs height and width divisible by {m}, got {H}x{W}")
+
+    @property
+    def pretrained_cfg(self) -> Mapping[str, Any]:  # timm's name for the same thing
+        return self.default_cfg
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that the optimiser should not decay (position tables, tokens)."""
+        return set()
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (works on the meta device)."""
+    return sum(p.numel() for p in model.parameters())
+
+

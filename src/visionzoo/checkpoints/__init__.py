@@ -1,0 +1,204 @@
+"""Loading checkpoints from visionzoo, timm, torchvision and the papers' official releases.
+
+:func:`load_checkpoint` reads the file without executing code, converts the keys, adapts
+what a user can reasonably expect to be adapted (position embeddings and relative-position
+tables resized to the model's size, the first convolution to ``in_chans``, a classifier of
+another size dropped with a warning) and then loads everything, or nothing: a model is
+never left half-loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .convert import SOURCES, converters_for, identity, register_converter, rename_keys
+from .io import CheckpointError, read_state_dict, save_state_dict, unwrap_state_dict
+
+__all__ = [
+    "CheckpointError",
+    "SOURCES",
+    "adapt_input_conv",
+    "identity",
+    "load_checkpoint",
+    "read_state_dict",
+    "register_converter",
+    "rename_keys",
+    "save_state_dict",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """Adapt a first-layer kernel (O, I, kh, kw) trained on I channels to ``in_chans``.
+
+    One channel: the kernel summed over its input channels (a grey image then gives the
+    response the RGB network gave to the same image in colour). Otherwise the kernel is
+    tiled over the new channels and rescaled by ``I / in_chans`` so activations keep
+    their magnitude.
+    """
+    O, I = weight.shape[:2]
+    if I == in_chans:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        reps = -(-in_chans // I)
+        w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (I / in_chans)
+    return w.to(weight.dtype)
+
+
+def _prefixes(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    if not spec:
+        return ()
+    return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def _match_score(sd: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> float:
+    hits = sum(1 for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape))
+    named = sum(1 for k in sd if k in target)
+    return (hits + 0.5 * named) / max(len(target), 1)
+
+
+def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, name: str) -> tuple[str, dict[str, Tensor]]:
+    table = converters_for(family)
+    if source != "auto":
+        if source not in SOURCES:
+            raise CheckpointError(f"unknown checkpoint source {source!r}; use one of {SOURCES} or 'auto'")
+        if source not in table:
+            known = ", ".join(table)
+            raise CheckpointError(f"{name}: visionzoo has no converter from the {source} layout for {family} (has: {known})")
+        try:
+            return source, table[source](dict(sd), model)
+        except (KeyError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{name}: not a {source} checkpoint of a {family} model ({type(e).__name__}: {e})") from None
+    target = model.state_dict()
+    best: tuple[float, str, dict[str, Tensor]] | None = None
+    for src, fn in table.items():
+        try:
+            out = fn(dict(sd), model)
+        except (KeyError, ValueError, RuntimeError, IndexError):
+            continue
+        score = _match_score(out, target)
+        if best is None or score > best[0]:
+            best = (score, src, out)
+    if best is None or best[0] < 0.5:
+        sample = ", ".join(list(sd)[:4])
+        raise CheckpointError(
+            f"{name}: does not look like a checkpoint of {getattr(model, 'model_name', '') or family} in any known layout "
+            f"({', '.join(table)}); its first keys are {sample}"
+        )
+    return best[1], best[2]
+
+
+@torch.no_grad()
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping[str, Tensor],
+    *,
+    source: str = "auto",
+    strict: bool = True,
+) -> dict[str, list[str]]:
+    """Load weights into ``model``, converting from another layout where needed.
+
+    Args:
+        model: a visionzoo model (from :func:`visionzoo.create_model`).
+        checkpoint: a file (.safetensors, .pth, .pt, .bin, .npz) or a state dict.
+        source: "visionzoo", "timm", "torchvision", "official" or "auto" (detected from
+            the keys).
+        strict: every weight of the model must come from the checkpoint, except a
+            classifier of another size (dropped with a warning), and every key of the
+            checkpoint must be used. With ``strict=False`` what matches is loaded and the
+            rest keeps its initialisation.
+
+    Returns:
+        ``{"missing": [...], "unexpected": [...], "dropped": [...], "source": [name]}``.
+
+    Raises:
+        CheckpointError: an unreadable file, a checkpoint of another architecture, shapes
+            that cannot be adapted, non-finite weights. The model is then left unchanged.
+    """
+    name = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
+    if isinstance(checkpoint, (str, os.PathLike)):
+        sd = read_state_dict(Path(checkpoint))
+    else:
+        sd = unwrap_state_dict(checkpoint, source=name)
+    family = getattr(model, "family", "")
+    src, sd = _convert(family, source, sd, model, name)
+
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        try:
+            sd = adapt(sd)
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{name}: cannot adapt the checkpoint to this model: {e}") from None
+
+    target = model.state_dict()
+    cfg = getattr(model, "default_cfg", {}) or {}
+    for conv in _prefixes(cfg.get("first_conv", "")):
+        key = f"{conv}.weight"
+        if key in sd and key in target and sd[key].ndim == 4 and sd[key].shape[1] != target[key].shape[1]:
+            if sd[key].shape[0] == target[key].shape[0] and sd[key].shape[2:] == target[key].shape[2:]:
+                _log.info("adapting %s from %d to %d input channels", key, sd[key].shape[1], target[key].shape[1])
+                sd[key] = adapt_input_conv(sd[key], target[key].shape[1])
+
+    dropped: list[str] = []
+    for head in _prefixes(cfg.get("classifier", "")):
+        keys = [k for k in sd if k == head or k.startswith(head + ".")]
+        if not keys:
+            continue
+        if any(k not in target for k in keys):
+            if all(k not in target for k in keys):  # the model has no classifier (num_classes=0 / features)
+                for k in keys:
+                    sd.pop(k)
+                continue
+        if any(k in target and sd[k].shape != target[k].shape for k in keys):
+            shapes = {k: tuple(sd[k].shape) for k in keys}
+            warnings.warn(
+                f"{name}: classifier {head} of the checkpoint has another size ({shapes}) than the model's "
+                f"({ {k: tuple(target[k].shape) for k in keys if k in target} }); it is left initialised",
+                stacklevel=2,
+            )
+            for k in keys:
+                sd.pop(k)
+                dropped.append(k)
+
+    unexpected = sorted(k for k in sd if k not in target)
+    if getattr(model, "features_only", False):
+        for k in unexpected:  # pruned layers (head, final norm, unused stages)
+            sd.pop(k)
+        unexpected = []
+    missing = sorted(k for k in target if k not in sd and k not in dropped)
+    mismatched = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in sd
+        if k in target and tuple(sd[k].shape) != tuple(target[k].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(f"{name}: shapes do not fit ({len(mismatched)}): " + "; ".join(mismatched[:5]))
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) such as {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[:5]}")
+        raise CheckpointError(f"{name}: checkpoint ({src} layout) does not fit the model: " + "; ".join(parts))
+    for k, v in sd.items():
+        if k not in target:
+            continue
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(f"{name}: weight {k} holds NaN or Inf values; nothing was loaded")
+        if v.is_floating_point() != target[k].is_floating_point():
+            raise CheckpointError(f"{name}: weight {k} has dtype {v.dtype}, the model expects {target[k].dtype}")
+
+    # everything was checked above: copying cannot fail half-way
+    model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
+    return {"missing": missing, "unexpected": unexpected, "dropped": dropped, "source": [src]}

@@ -1,0 +1,124 @@
+"""Reading and writing checkpoints without ever executing code from them."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["CheckpointError", "read_state_dict", "save_state_dict", "unwrap_state_dict"]
+
+# Keys under which training scripts nest the weights (timm, DeiT, Swin, ConvNeXt, torchvision references).
+_NESTED_KEYS = ("state_dict", "model", "model_state", "module", "net", "params")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file and the problem."""
+
+
+def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: bool = False) -> dict[str, Tensor]:
+    """Find the flat {name: tensor} mapping inside a loaded checkpoint object.
+
+    Training checkpoints nest the weights (``{"model": ..., "optimizer": ...}``); DDP adds a
+    ``module.`` prefix to every key. Both are removed.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a mapping of tensors, got {type(obj).__name__}")
+    keys = ("model_ema", "state_dict_ema") + _NESTED_KEYS if prefer_ema else _NESTED_KEYS
+    for key in keys:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and any(isinstance(v, (Tensor, Mapping)) for v in inner.values()):
+            return unwrap_state_dict(inner, source=source)
+    sd = {str(k): v for k, v in obj.items()}
+    bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: entries that are not tensors: {bad[:5]}")
+    if not sd:
+        raise CheckpointError(f"{source}: the checkpoint holds no tensors")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _read_npz(path: Path) -> dict[str, Tensor]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:  # pickled objects refused: no code runs
+        return {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
+
+
+def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dict[str, Tensor]:
+    """Read a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt or JAX .npz) to a state dict.
+
+    Pickle-based files are read with ``torch.load(weights_only=True)``, which refuses any
+    object but tensors and plain containers: a checkpoint never runs code when loaded.
+
+    Raises:
+        CheckpointError: missing, truncated, corrupt or code-carrying files.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: object = load_file(str(path), device="cpu")
+        elif suffix == ".npz":
+            obj = _read_npz(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as e:
+        msg = str(e).split("\n")[0]
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refused, the file holds Python objects other than tensors, and loading them "
+                f"could run code ({msg[:200]})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg[:200]}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
+        msg = str(e).split("\n")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg[:200]}") from None
+    except Exception as e:  # safetensors raises its own error type
+        msg = str(e).split("\n")[0]
+        raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {msg[:200]}") from None
+    return unwrap_state_dict(obj, source=str(path), prefer_ema=prefer_ema)
+
+
+def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a state dict atomically: to a temporary file beside ``path``, then rename.
+
+    ``.safetensors`` paths are written with safetensors (shared tensors are copied), other
+    suffixes with ``torch.save``. A crash mid-write never leaves a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+            save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        else:
+            torch.save(dict(state_dict), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

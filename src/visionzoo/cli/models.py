@@ -1,0 +1,72 @@
+"""``visionzoo list`` and ``visionzoo info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _fmt(v: object, spec: str = "") -> str:
+    if v is None:
+        return "-"
+    return format(v, spec) if spec and isinstance(v, (int, float)) else str(v)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..registry import list_models
+
+    names = list_models(args.pattern, family=args.family, aliases=args.aliases)
+    if not names:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    print("\n".join(names))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..factory import model_info
+
+    overrides = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    info = model_info(args.name, img_size=args.img_size, **overrides)
+    if args.json:
+        print(json.dumps({k: v for k, v in info.items() if k != "default_cfg"}, indent=2, default=str))
+        return 0
+    cfg = info["default_cfg"]
+    rows = [
+        ("model", info["name"]),
+        ("family", info["family"]),
+        ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {_fmt(info['published_params_m'])} M)"),
+        ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {_fmt(info['published_gmacs'])})"),
+        ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"),
+        ("top-1", f"{_fmt(info['published_top1'])} % (paper)"),
+        ("paper", info["paper"] or "-"),
+    ]
+    if info.get("published_note"):
+        rows.append(("note", info["published_note"]))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="list registered models (fnmatch pattern, e.g. 'vit*')")
+    p.add_argument("pattern", nargs="?", default=None, help="wildcard pattern, e.g. 'swin_*'")
+    p.add_argument("--family", default=None, help="only this family")
+    p.add_argument("--aliases", action="store_true", help="include aliases (torchvision names)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="parameters, GMACs, input and published figures of a model")
+    p.add_argument("name")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="configuration override, e.g. pos_embed=learned_2d")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,159 @@
+"""``create_model`` and ``model_info``."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .base import VisionModel, count_params
+from .layers.helpers import to_2tuple
+from .registry import get_entry
+
+__all__ = ["create_model", "model_info"]
+
+_log = logging.getLogger(__name__)
+
+
+def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> Any:
+    if not overrides:
+        return config
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"{name} takes no configuration overrides, got {sorted(overrides)}")
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {unknown}; this family's options are {sorted(fields)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    img_size: int | Sequence[int] | None = None,
+    drop_path_rate: float = 0.0,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None,
+    **overrides: Any,
+) -> VisionModel:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`visionzoo.list_models` (or an alias).
+        num_classes: classifier outputs; 0 gives pooled features (no classifier).
+        in_chans: image channels.
+        img_size: the size the model is built for (position tables, windows); the
+            variant's default input size when omitted. Most networks also take other sizes.
+        drop_path_rate: stochastic-depth rate of the deepest block.
+        features_only: return a list of NCHW maps, one per stage (see ``feature_info``).
+        out_indices: which stages ``features_only`` returns.
+        checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
+            (layout detected); loaded before the head is removed for ``features_only``.
+        **overrides: fields of the family's configuration dataclass, for example
+            ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet.
+
+    Raises:
+        UnknownModelError: for an unknown name, naming the closest registered ones.
+        TypeError: for an override that is not a field of the family's configuration.
+    """
+    entry = get_entry(name)
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    cfg = _apply_overrides(entry.name, entry.config, overrides)
+    size = to_2tuple(img_size) if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
+    if min(size) < 1:
+        raise ValueError(f"img_size must be positive, got {img_size!r}")
+    model = entry.model_cls(
+        cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
+    )
+    model.model_name = entry.name
+    model.family = entry.family
+    model.default_cfg = {
+        **entry.default_cfg,
+        "input_size": (in_chans, *size),
+        "num_classes": num_classes,
+        "architecture": entry.name,
+    }
+    if checkpoint is not None:
+        from .checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)
+    if features_only:
+        model.set_features_only(out_indices)
+    elif out_indices is not None:
+        raise ValueError("out_indices is only meaningful with features_only=True")
+    return model
+
+
+class _FlopCounter:
+    """torch.utils.flop_counter with scaled_dot_product_attention counted on every device."""
+
+    def __init__(self) -> None:
+        from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
+        def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop(query.shape, key.shape, value.shape)
+
+        mapping = {}
+        op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+        if op is not None:
+            mapping[op] = cpu_sdpa
+        self.mode = FlopCounterMode(display=False, custom_mapping=mapping)
+
+    def __enter__(self) -> Any:
+        return self.mode.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.mode.__exit__(*exc)
+
+
+def count_macs(model: torch.nn.Module, input_size: Sequence[int], *, device: str | torch.device = "meta") -> int:
+    """Multiply-adds of one forward pass at ``input_size`` (C, H, W), batch 1."""
+    x = torch.zeros(1, *input_size, device=device)
+    counter = _FlopCounter()
+    with torch.no_grad(), counter as fc:
+        model(x)
+    return fc.get_total_flops() // 2
+
+
+def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Size and cost of a registered model beside the paper's figures.
+
+    The model is built on the meta device (no memory, no initialisation), so this is
+    cheap even for the largest variants.
+
+    Returns:
+        dict with ``name``, ``family``, ``params``, ``gmacs`` (multiply-adds counted by
+        torch.utils.flop_counter at the default or given input size), ``input_size``,
+        ``published_params_m``, ``published_gmacs``, ``published_top1``, ``paper``.
+    """
+    entry = get_entry(name)
+    with torch.device("meta"):
+        model = create_model(entry.name, img_size=img_size, **overrides)
+    model.eval()
+    input_size = model.default_cfg["input_size"]
+    macs = count_macs(model, input_size)
+    pub = entry.published
+    return {
+        "name": entry.name,
+        "family": entry.family,
+        "params": count_params(model),
+        "gmacs": macs / 1e9,
+        "input_size": tuple(input_size),
+        "published_params_m": pub.get("params"),
+        "published_gmacs": pub.get("gmacs"),
+        "published_top1": pub.get("top1"),
+        "published_note": pub.get("note"),
+        "paper": entry.paper,
+        "default_cfg": dict(model.default_cfg),
+    }

@@ -1,0 +1,34 @@
+"""Layers that two or more families share."""
+
+from .attention import Attention, attention
+from .conv import ConvNormAct, StdConv2d
+from .drop_path import DropPath, drop_path_rates
+from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
+from .mlp import Mlp
+from .norms import LayerNorm2d
+from .patch_embed import PatchEmbed
+from .pos_embed import relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table
+from .se import SqueezeExcite
+
+__all__ = [
+    "Attention",
+    "ConvNormAct",
+    "DropPath",
+    "LayerNorm2d",
+    "Mlp",
+    "PatchEmbed",
+    "SqueezeExcite",
+    "StdConv2d",
+    "attention",
+    "drop_path_rates",
+    "make_divisible",
+    "pad_same",
+    "relative_position_index",
+    "resample_abs_pos_embed",
+    "resize_rel_pos_bias_table",
+    "to_2tuple",
+    "trunc_normal_",
+]
+from .window import shift_window_mask, window_partition, window_reverse  # noqa: E402
+
+__all__ += ["shift_window_mask", "window_partition", "window_reverse"]

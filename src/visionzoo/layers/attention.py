@@ -1,0 +1,122 @@
+"""Multi-head self-attention shared by every family.
+
+One implementation serves ViT, Swin, CoAtNet, NesT and the rest. Positional biases
+(relative position tables, Swin's shift mask, CoAtNet's static w[i-j]) are passed as one
+additive ``attn_bias`` that goes to :func:`torch.nn.functional.scaled_dot_product_attention`
+as ``attn_mask``. A plain matmul/softmax path computes the same thing step by step; it is
+kept for tests, for attention-map analysis and for hardware where the fused kernel is
+unavailable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Attention", "attention"]
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    attn_bias: Tensor | None = None,
+    *,
+    dropout_p: float = 0.0,
+    fused: bool = True,
+    scale: float | None = None,
+) -> Tensor:
+    """Scaled dot-product attention with an optional additive bias.
+
+    Args:
+        q, k, v: queries (..., N, hd), keys and values (..., L, hd).
+        attn_bias: added to the logits before softmax; broadcastable to (..., N, L).
+            A boolean mask is not accepted: use ``-inf`` where attention is forbidden.
+        dropout_p: attention dropout (applied only when > 0).
+        fused: use ``F.scaled_dot_product_attention``; otherwise matmul + softmax.
+        scale: logit scale, ``hd ** -0.5`` by default.
+
+    Returns:
+        (..., N, hd_v) attended values.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    attn = (q * scale) @ k.transpose(-2, -1)  # ..., N, L
+    if attn_bias is not None:
+        attn = attn + attn_bias
+    attn = attn.softmax(dim=-1)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p)
+    return attn @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (Vaswani et al., 2017) over a token sequence.
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads nH; ``dim`` must divide by it unless ``head_dim`` is given.
+        qkv_bias: bias on the joint query/key/value projection.
+        head_dim: width of one head (default ``dim // num_heads``).
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+        fused: default path; ``False`` selects the matmul/softmax path.
+
+    Shapes:
+        x: (B, N, C) -> (B, N, C). ``attn_bias`` broadcasts to (B, nH, N, N).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        qkv_bias: bool = True,
+        head_dim: int | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5
+        self.fused = fused
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(inner, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Project tokens to per-head queries, keys and values, each (B, nH, N, hd)."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # B, N, 3, nH, hd
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nH, N, hd)
+        return q, k, v
+
+    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv_heads(x)
+        x = attention(
+            q, k, v, attn_bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            fused=self.fused,
+            scale=self.scale,
+        )  # B, nH, N, hd
+        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, nH*hd
+        return self.proj_drop(self.proj(x))
+
+    def attention_map(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """Softmax attention weights (B, nH, N, N), for analysis (rollout, distances)."""
+        q, k, _ = self.qkv_heads(x)
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if attn_bias is not None:
+            logits = logits + attn_bias
+        return logits.softmax(dim=-1)

@@ -1,0 +1,70 @@
+"""Small helpers shared by layers and models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding"]
+
+
+def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
+    """``7 -> (7, 7)``; a pair is returned as a tuple."""
+    if isinstance(x, Iterable):
+        t = tuple(int(v) for v in x)
+        if len(t) != 2:
+            raise ValueError(f"expected an int or a pair, got {x!r}")
+        return t  # type: ignore[return-value]
+    return (int(x), int(x))
+
+
+def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of ``divisor`` without losing more than 10 %."""
+    min_value = min_value or divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+def get_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Total padding TensorFlow's 'SAME' adds along one axis."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
+def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> Tensor:
+    """Pad (B, C, H, W) as TensorFlow's 'SAME' does: the extra pixel goes right/bottom."""
+    ih, iw = x.shape[-2:]
+    ph = get_same_padding(ih, kernel[0], stride[0], dilation[0])
+    pw = get_same_padding(iw, kernel[1], stride[1], dilation[1])
+    if ph > 0 or pw > 0:
+        x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=value)
+    return x
+
+
+@torch.no_grad()
+def trunc_normal_(t: Tensor, std: float = 0.02) -> Tensor:
+    """Normal(0, std) truncated at +-2 std, the initialisation of ViT-style models.
+
+    Out-of-range draws (4.6 %) are redrawn until none is left: the exact truncated
+    distribution, several times faster on CPU than the inverse-CDF method of
+    ``nn.init.trunc_normal_`` (which matters for 600M-parameter models).
+    """
+    if t.device.type == "meta":
+        return t
+    flat = t.view(-1) if t.is_contiguous() else torch.empty(t.numel(), dtype=t.dtype, device=t.device)
+    for chunk in flat.split(1 << 20):  # chunks keep the masks small and in cache
+        chunk.normal_(0.0, std)
+        while True:
+            bad = chunk.abs() > 2 * std
+            n = int(bad.sum())
+            if n == 0:
+                break
+            chunk[bad] = torch.empty(n, dtype=t.dtype, device=t.device).normal_(0.0, std)
+    if not t.is_contiguous():
+        t.copy_(flat.view_as(t))
+    return t

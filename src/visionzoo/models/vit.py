@@ -1,0 +1,630 @@
+"""Vision Transformer (ViT), DeiT and the R50+ViT hybrid.
+
+Papers:
+    Dosovitskiy et al., "An Image is Worth 16x16 Words: Transformers for Image Recognition
+    at Scale", ICLR 2021 (ViT, the hybrid, and the position-embedding ablation of App. D.4).
+    Touvron et al., "Training data-efficient image transformers & distillation through
+    attention", ICML 2021 (DeiT and the distillation token).
+
+The image is cut into p x p patches, each embedded linearly; a class token is prepended,
+position embeddings are added, and a stack of pre-norm transformer blocks follows. The
+class token (or the mean of the patch tokens) feeds the classifier.
+
+Position embeddings (``ViTConfig.pos_embed``), as in the paper's Table 8:
+
+* ``none``: no positional information.
+* ``learned_1d``: one learned vector per token of the raster order (the default).
+* ``learned_2d``: a row and a column embedding, each of width D/2, concatenated per patch.
+* ``relative``: a learned embedding per 2-D offset (dy, dx) between query and key
+  patches, used as keys of an extra attention with the original queries; its logits are
+  added to the attention logits before softmax (so it runs through the fused kernel as an
+  additive bias).
+
+and where absolute embeddings enter (``pos_embed_at``): ``stem`` (after the patch
+embedding), ``every_layer`` (before every block, separate parameters) or
+``every_layer_shared`` (before every block, one set of parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import identity, register_converter, rename_keys
+from ..layers import (
+    Attention,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    StdConv2d,
+    attention,
+    drop_path_rates,
+    pad_same,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
+
+__all__ = ["ViTConfig", "VisionTransformer"]
+
+POS_EMBEDS = ("none", "learned_1d", "learned_2d", "relative")
+POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
+
+
+# --------------------------------------------------------------------------- blocks
+class Block(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+
+    Shapes:
+        (B, N, C) -> (B, N, C).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = nn.LayerNorm,
+        attn_layer: type[Attention] = Attention,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class RelPosAttention(Attention):
+    """Attention with the ViT paper's 2-D relative position embeddings (App. D.4).
+
+    Each offset (dy, dx) between two patches has a learned embedding of the head width,
+    shared by the heads. The queries attend to these embeddings as extra keys; the
+    resulting logits q_i . E[p_i - p_j] are added to q_i . k_j before softmax. Pairs with
+    a class or distillation token get no relative term.
+
+    Args:
+        grid_size: patch grid (Gh, Gw) the table is built for; other grids resample it.
+        num_prefix_tokens: tokens before the patch tokens.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, grid_size: tuple[int, int], num_prefix_tokens: int, **kwargs) -> None:
+        super().__init__(dim, num_heads, **kwargs)
+        self.grid_size = grid_size
+        self.num_prefix_tokens = num_prefix_tokens
+        Gh, Gw = grid_size
+        self.rel_embed = nn.Parameter(torch.zeros(2 * Gh - 1, 2 * Gw - 1, self.head_dim))
+        trunc_normal_(self.rel_embed)
+
+    def _offset_embeddings(self, grid: tuple[int, int]) -> Tensor:
+        """(N, N, hd) embeddings of the offsets between every pair of grid patches."""
+        table = self.rel_embed
+        Gh, Gw = grid
+        if (2 * Gh - 1, 2 * Gw - 1) != tuple(table.shape[:2]):
+            table = F.interpolate(
+                table.permute(2, 0, 1)[None], size=(2 * Gh - 1, 2 * Gw - 1), mode="bicubic", align_corners=False
+            )[0].permute(1, 2, 0)  # 2Gh-1, 2Gw-1, hd
+        ys = torch.arange(Gh, device=table.device).repeat_interleave(Gw)  # N
+        xs = torch.arange(Gw, device=table.device).repeat(Gh)  # N
+        dy = ys[:, None] - ys[None, :] + Gh - 1  # N, N
+        dx = xs[:, None] - xs[None, :] + Gw - 1  # N, N
+        return table[dy, dx]  # N, N, hd
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
+        B, N, _ = x.shape
+        grid = grid or self.grid_size
+        P = self.num_prefix_tokens
+        q, k, v = self.qkv_heads(x)  # B, nH, N, hd
+        emb = self._offset_embeddings(grid)  # Ng, Ng, hd
+        rel = torch.einsum("bhnd,nmd->bhnm", q[:, :, P:] * self.scale, emb)  # B, nH, Ng, Ng
+        bias = F.pad(rel, (P, 0, P, 0))  # B, nH, N, N (zero for prefix tokens)
+        x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)
+        x = x.transpose(1, 2).reshape(B, N, -1)  # B, N, nH*hd
+        return self.proj_drop(self.proj(x))
+
+
+class RelPosBlock(Block):
+    """A :class:`Block` whose attention carries relative position embeddings."""
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
+        x = x + self.drop_path1(self.attn(self.norm1(x), grid))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class Bottleneck(nn.Module):
+    """Bottleneck of the hybrid's ResNet: StdConv + GroupNorm, stride on the 3x3 (BiT layout).
+
+    Shapes:
+        (B, C_in, H, W) -> (B, C_out, H/s, W/s).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        mid = out_chs // 4
+        conv = partial(StdConv2d, eps=1e-8, same_pad=True, bias=False)
+        gn = partial(nn.GroupNorm, 32)
+        self.downsample = None
+        if stride != 1 or in_chs != out_chs:
+            self.downsample = nn.Sequential()
+            self.downsample.add_module("conv", conv(in_chs, out_chs, 1, stride=stride))
+            self.downsample.add_module("norm", gn(out_chs))
+        self.conv1, self.norm1 = conv(in_chs, mid, 1), gn(mid)
+        self.conv2, self.norm2 = conv(mid, mid, 3, stride=stride), gn(mid)
+        self.conv3, self.norm3 = conv(mid, out_chs, 1), gn(out_chs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = F.relu(self.norm1(self.conv1(x)))
+        x = F.relu(self.norm2(self.conv2(x)))
+        x = self.norm3(self.conv3(x))
+        return F.relu(x + shortcut)
+
+
+class ResNetStage(nn.Module):
+    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1) for i in range(depth)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(x)
+
+
+class HybridBackbone(nn.Module):
+    """The ResNet-50 of the R50+ViT hybrid: 7x7 stem, then stages of ``layers`` bottlenecks.
+
+    Stages (3, 4, 9) give a 1024-channel map at stride 16 (ResNet-50's fourth stage is
+    dropped and its 6 blocks of stage 3 become 9, as in the ViT paper's hybrid).
+    Convolutions are weight-standardised with TensorFlow 'SAME' padding and followed by
+    GroupNorm(32), the layout of the released weights.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, 256 * 2**(len(layers)-1), ceil(H/4)/2**(len(layers)-1), ...).
+    """
+
+    def __init__(self, in_chans: int, layers: Sequence[int]) -> None:
+        super().__init__()
+        self.stem = nn.Sequential()
+        self.stem.add_module("conv", StdConv2d(in_chans, 64, 7, stride=2, eps=1e-8, same_pad=True, bias=False))
+        self.stem.add_module("norm", nn.GroupNorm(32, 64))
+        stages, chs = [], 64
+        for i, depth in enumerate(layers):
+            out = 256 * 2**i
+            stages.append(ResNetStage(chs, out, depth, 1 if i == 0 else 2))
+            chs = out
+        self.stages = nn.Sequential(*stages)
+        self.num_features = chs
+        self.reduction = 4 * 2 ** (len(layers) - 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.stem.norm(self.stem.conv(x)))
+        x = pad_same(x, (3, 3), (2, 2), value=float("-inf"))
+        x = F.max_pool2d(x, 3, 2)  # B, 64, H/4, W/4
+        return self.stages(x)
+
+
+class HybridEmbed(nn.Module):
+    """ResNet feature map -> 1x1 projection -> tokens (the hybrid's 'patch' embedding)."""
+
+    def __init__(self, in_chans: int, layers: Sequence[int], embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = HybridBackbone(in_chans, layers)
+        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, 1)
+        self.patch_size = (self.backbone.reduction, self.backbone.reduction)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.backbone(x))  # B, C, H/16, W/16
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class ViTConfig:
+    """One ViT variant.
+
+    Attributes:
+        patch_size: patch side p (1 for the hybrid, whose ResNet already reduces 16x).
+        embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer size.
+        class_token: prepend a learned class token.
+        global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens, with the
+            final norm applied after pooling, as timm's ``*_gap`` models).
+        pos_embed: one of ``none``, ``learned_1d``, ``learned_2d``, ``relative``.
+        pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
+        distilled: DeiT's distillation token and second head.
+        hybrid_layers: ResNet stages of the hybrid's backbone, ``()`` for plain patches.
+        drop_rate, attn_drop_rate: dropout after embeddings/projections and on attention.
+    """
+
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: str = "token"
+    pos_embed: str = "learned_1d"
+    pos_embed_at: str = "stem"
+    distilled: bool = False
+    hybrid_layers: tuple[int, ...] = ()
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+
+
+class VisionTransformer(VisionModel):
+    """ViT / DeiT / R50+ViT hybrid classifier.
+
+    Args:
+        cfg: the variant (see :class:`ViTConfig`).
+        num_classes: classifier outputs (0: none).
+        in_chans: image channels.
+        img_size: size the position embeddings are built for; other sizes whose sides
+            divide by the patch size resample them on the fly (bicubic).
+        drop_path_rate: stochastic depth of the last block (linear from 0).
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, P + N, C) tokens.
+    """
+
+    family = "vit"
+
+    def __init__(
+        self,
+        cfg: ViTConfig,
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        img_size: tuple[int, int] = (224, 224),
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if cfg.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {cfg.pos_embed!r}")
+        if cfg.pos_embed_at not in POS_EMBED_AT:
+            raise ValueError(f"pos_embed_at must be one of {POS_EMBED_AT}, got {cfg.pos_embed_at!r}")
+        if cfg.pos_embed in ("none", "relative") and cfg.pos_embed_at != "stem":
+            raise ValueError(f"pos_embed={cfg.pos_embed!r} has no placement; pos_embed_at must stay 'stem'")
+        if cfg.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        if cfg.global_pool == "token" and not cfg.class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if cfg.pos_embed == "learned_2d" and cfg.embed_dim % 2:
+            raise ValueError("learned_2d position embeddings need an even embed_dim")
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.num_features = self.embed_dim = D = cfg.embed_dim
+        self.global_pool = cfg.global_pool
+
+        if cfg.hybrid_layers:
+            self.patch_embed: nn.Module = HybridEmbed(in_chans, cfg.hybrid_layers, D)
+            stride = self.patch_embed.patch_size[0]
+            self.input_multiple = 1  # 'SAME' padding takes any size
+        else:
+            self.patch_embed = PatchEmbed(cfg.patch_size, in_chans, D, flatten=False)
+            stride = cfg.patch_size
+            self.input_multiple = cfg.patch_size
+        self.min_input_size = stride
+        self.reduction = stride
+        self.grid_size = (-(-img_size[0] // stride), -(-img_size[1] // stride))
+        Gh, Gw = self.grid_size
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
+        P = self.num_prefix_tokens
+
+        # absolute position embeddings: one set, or one per layer
+        n_sets = cfg.depth if cfg.pos_embed_at == "every_layer" else 1
+        self.pos_embed = self.pos_embed_row = self.pos_embed_col = self.pos_embed_prefix = None
+        if cfg.pos_embed == "learned_1d":
+            shape = (1, P + Gh * Gw, D) if n_sets == 1 else (n_sets, P + Gh * Gw, D)
+            self.pos_embed = nn.Parameter(torch.zeros(shape))
+        elif cfg.pos_embed == "learned_2d":
+            self.pos_embed_row = nn.Parameter(torch.zeros(n_sets, Gh, D // 2))
+            self.pos_embed_col = nn.Parameter(torch.zeros(n_sets, Gw, D // 2))
+            if P:
+                self.pos_embed_prefix = nn.Parameter(torch.zeros(n_sets, P, D))
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        dpr = drop_path_rates(drop_path_rate, cfg.depth)
+        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate)
+        if cfg.pos_embed == "relative":
+            attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P)
+            blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
+        else:
+            blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(*blocks)
+        use_fc_norm = cfg.global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=1e-6)
+        self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity()
+        self.head_dist = None
+        if cfg.distilled:
+            self.head_dist = nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity()
+        self.distilled_training = False
+
+        self.feature_info = [FeatureInfo(D, stride, f"blocks.{i}") for i in range(cfg.depth)]
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for p in (self.pos_embed, self.pos_embed_row, self.pos_embed_col, self.pos_embed_prefix):
+            if p is not None:
+                trunc_normal_(p)
+        for t in (self.cls_token, self.dist_token):
+            if t is not None:
+                nn.init.normal_(t, std=1e-6)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------ position embeddings
+    def _absolute_pos_embed(self, layer: int, grid: tuple[int, int]) -> Tensor | None:
+        """The (1, P + Gh*Gw, D) embedding added before block ``layer`` (or at the stem, -1)."""
+        cfg = self.cfg
+        if cfg.pos_embed not in ("learned_1d", "learned_2d"):
+            return None
+        i = layer if cfg.pos_embed_at == "every_layer" else 0
+        P = self.num_prefix_tokens
+        if cfg.pos_embed == "learned_1d":
+            pe = self.pos_embed[i : i + 1]  # 1, P + Gh*Gw, D
+            return resample_abs_pos_embed(pe, grid, self.grid_size, num_prefix_tokens=P)
+        row, col = self.pos_embed_row[i], self.pos_embed_col[i]  # Gh, D/2 and Gw, D/2
+        if grid != self.grid_size:
+            row = F.interpolate(row.T[None], size=grid[0], mode="linear", align_corners=False)[0].T
+            col = F.interpolate(col.T[None], size=grid[1], mode="linear", align_corners=False)[0].T
+        Gh, Gw = grid
+        pe = torch.cat([row[:, None].expand(Gh, Gw, -1), col[None].expand(Gh, Gw, -1)], dim=-1)  # Gh, Gw, D
+        pe = pe.reshape(1, Gh * Gw, -1)  # 1, Gh*Gw, D
+        if P:
+            pe = torch.cat([self.pos_embed_prefix[i : i + 1], pe], dim=1)  # 1, P + Gh*Gw, D
+        return pe
+
+    # ------------------------------------------------------------ forward
+    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        self.check_input(x)
+        x = self.patch_embed(x)  # B, D, Gh, Gw
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)  # B, Gh*Gw, D
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat(prefix + [x], dim=1)  # B, P + Gh*Gw, D
+        if self.cfg.pos_embed_at == "stem":
+            pe = self._absolute_pos_embed(0, grid)
+            if pe is not None:
+                x = x + pe
+        return self.pos_drop(x), grid
+
+    def _block(self, i: int, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        if self.cfg.pos_embed_at != "stem":
+            x = x + self._absolute_pos_embed(i, grid)
+        if self.cfg.pos_embed == "relative":
+            return self.blocks[i](x, grid)
+        return self.blocks[i](x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x, grid = self._embed(x)
+        if self.cfg.pos_embed_at == "stem" and self.cfg.pos_embed != "relative":
+            x = self.blocks(x)
+        else:
+            for i in range(len(self.blocks)):
+                x = self._block(i, x, grid)
+        return self.norm(x)  # B, P + N, D
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.cfg.distilled:
+            x, x_dist = x[:, 0], x[:, 1]
+            if pre_logits:
+                return (x + x_dist) / 2
+            x, x_dist = self.head(self.head_drop(x)), self.head_dist(self.head_drop(x_dist))
+            if self.distilled_training and self.training:
+                return x, x_dist  # type: ignore[return-value]  (class and distillation logits)
+            return (x + x_dist) / 2
+        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # B, D
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def set_distilled_training(self, enable: bool = True) -> None:
+        """In training, return (class logits, distillation logits) for DeiT's hard distillation."""
+        self.distilled_training = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ------------------------------------------------------------ features
+    def default_out_indices(self) -> tuple[int, ...]:
+        """Four evenly spaced blocks (2, 5, 8, 11 for depth 12), as dense-prediction heads use."""
+        d = len(self.blocks)
+        return tuple(sorted({max(round((i + 1) * d / 4) - 1, 0) for i in range(4)}))
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """Outputs of the blocks in ``indices``, prefix tokens removed, as (B, D, Gh, Gw) maps."""
+        wanted = set(indices)
+        x, grid = self._embed(x)
+        out = {}
+        for i in range(max(wanted) + 1):
+            x = self._block(i, x, grid)
+            if i in wanted:
+                t = x[:, self.num_prefix_tokens :]  # B, Gh*Gw, D
+                out[i] = t.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # B, D, Gh, Gw
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.reset_classifier(0)
+        self.norm = nn.Identity()
+        self.fc_norm = nn.Identity()
+        if self.cfg.pos_embed_at != "every_layer":
+            self.blocks = self.blocks[: max(indices) + 1]
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if "pos_embed" in n or n.endswith("_token") or "rel_embed" in n}
+
+    # ------------------------------------------------------------ checkpoints
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Resample a checkpoint's 1-D position embedding to this model's grid (bicubic)."""
+        pe = state_dict.get("pos_embed")
+        if pe is not None and self.pos_embed is not None and pe.shape != self.pos_embed.shape and pe.shape[0] == 1:
+            state_dict["pos_embed"] = resample_abs_pos_embed(pe, self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
+        return state_dict
+
+
+# --------------------------------------------------------------------------- checkpoints
+register_converter("vit", "timm")(identity)
+
+
+@register_converter("vit", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """torchvision's ``vit_b_16`` ... layout (``encoder.layers.encoder_layer_N``)."""
+    if "conv_proj.weight" not in sd:
+        raise KeyError("conv_proj.weight")
+    sd = rename_keys(sd, [
+        (r"^conv_proj\.", "patch_embed.proj."),
+        (r"^class_token$", "cls_token"),
+        (r"^encoder\.pos_embedding$", "pos_embed"),
+        (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
+        (r"\.ln_1\.", ".norm1."),
+        (r"\.ln_2\.", ".norm2."),
+        (r"\.self_attention\.in_proj_", ".attn.qkv."),
+        (r"\.self_attention\.out_proj\.", ".attn.proj."),
+        (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),
+        (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
+        (r"^encoder\.ln\.", "norm."),
+        (r"^heads\.head\.", "head."),
+    ])
+    return sd
+
+
+def _jax_conv(w: Tensor) -> Tensor:
+    return w.permute(3, 2, 0, 1) if w.ndim == 4 else w  # HWIO -> OIHW
+
+
+@register_converter("vit", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """The ViT authors' JAX release (google-research/vision_transformer ``.npz`` files)."""
+    if "embedding/kernel" not in sd:
+        raise KeyError("embedding/kernel")
+    depth = len(model.blocks)
+    out: dict[str, Tensor] = {}
+    hybrid = any(k.startswith("conv_root") for k in sd)
+    if hybrid:
+        b = "patch_embed.backbone."
+        out[b + "stem.conv.weight"] = _jax_conv(sd["conv_root/kernel"])
+        out[b + "stem.norm.weight"], out[b + "stem.norm.bias"] = sd["gn_root/scale"].flatten(), sd["gn_root/bias"].flatten()
+        for s, stage in enumerate(model.patch_embed.backbone.stages):
+            for u in range(len(stage.blocks)):
+                src, dst = f"block{s + 1}/unit{u + 1}/", f"{b}stages.{s}.blocks.{u}."
+                for j in (1, 2, 3):
+                    out[f"{dst}conv{j}.weight"] = _jax_conv(sd[f"{src}conv{j}/kernel"])
+                    out[f"{dst}norm{j}.weight"] = sd[f"{src}gn{j}/scale"].flatten()
+                    out[f"{dst}norm{j}.bias"] = sd[f"{src}gn{j}/bias"].flatten()
+                if f"{src}conv_proj/kernel" in sd:
+                    out[f"{dst}downsample.conv.weight"] = _jax_conv(sd[f"{src}conv_proj/kernel"])
+                    out[f"{dst}downsample.norm.weight"] = sd[f"{src}gn_proj/scale"].flatten()
+                    out[f"{dst}downsample.norm.bias"] = sd[f"{src}gn_proj/bias"].flatten()
+    out["patch_embed.proj.weight"] = _jax_conv(sd["embedding/kernel"])
+    out["patch_embed.proj.bias"] = sd["embedding/bias"]
+    if "cls" in sd:
+        out["cls_token"] = sd["cls"]
+    out["pos_embed"] = sd["Transformer/posembed_input/pos_embedding"]
+    out["norm.weight"], out["norm.bias"] = sd["Transformer/encoder_norm/scale"], sd["Transformer/encoder_norm/bias"]
+    for i in range(depth):
+        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        att = src + "MultiHeadDotProductAttention_1/"
+        out[dst + "norm1.weight"], out[dst + "norm1.bias"] = sd[src + "LayerNorm_0/scale"], sd[src + "LayerNorm_0/bias"]
+        out[dst + "norm2.weight"], out[dst + "norm2.bias"] = sd[src + "LayerNorm_2/scale"], sd[src + "LayerNorm_2/bias"]
+        # query/key/value kernels are (D, nH, hd): flatten the heads, transpose to (out, in)
+        out[dst + "attn.qkv.weight"] = torch.cat([sd[f"{att}{n}/kernel"].flatten(1).T for n in ("query", "key", "value")])
+        out[dst + "attn.qkv.bias"] = torch.cat([sd[f"{att}{n}/bias"].flatten() for n in ("query", "key", "value")])
+        out[dst + "attn.proj.weight"] = sd[att + "out/kernel"].flatten(0, 1).T  # (nH*hd, D) -> (D, nH*hd)
+        out[dst + "attn.proj.bias"] = sd[att + "out/bias"]
+        for j in (0, 1):
+            out[f"{dst}mlp.fc{j + 1}.weight"] = sd[f"{src}MlpBlock_3/Dense_{j}/kernel"].T
+            out[f"{dst}mlp.fc{j + 1}.bias"] = sd[f"{src}MlpBlock_3/Dense_{j}/bias"]
+    if "head/kernel" in sd:
+        out["head.weight"], out["head.bias"] = sd["head/kernel"].T, sd["head/bias"]
+    return out
+
+
+# --------------------------------------------------------------------------- variants
+_SIZES = {  # name: (embed_dim, depth, num_heads), ViT paper Table 1 and DeiT Table 1 (Ti, S)
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+VARIANTS: dict[str, ViTConfig] = {}
+_DEFAULT_CFGS: dict[str, dict] = {}
+for _size, (_d, _l, _h) in _SIZES.items():
+    for _p in (16, 32):
+        for _res in (224, 384):
+            _n = f"vit_{_size}_patch{_p}_{_res}"
+            VARIANTS[_n] = ViTConfig(patch_size=_p, embed_dim=_d, depth=_l, num_heads=_h)
+            _DEFAULT_CFGS[_n] = default_cfg(_res, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.proj")
+VARIANTS["vit_huge_patch14_224"] = ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16)
+_DEFAULT_CFGS["vit_huge_patch14_224"] = default_cfg(224, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9, first_conv="patch_embed.proj")
+
+for _size in ("tiny", "small", "base"):
+    _d, _l, _h = _SIZES[_size]
+    for _dist in (False, True):
+        _n = f"deit_{_size}_{'distilled_' if _dist else ''}patch16_224"
+        VARIANTS[_n] = ViTConfig(embed_dim=_d, depth=_l, num_heads=_h, distilled=_dist)
+        _DEFAULT_CFGS[_n] = default_cfg(224, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875, first_conv="patch_embed.proj", classifier=("head", "head_dist") if _dist else "head")
+for _dist in (False, True):
+    _n = f"deit_base_{'distilled_' if _dist else ''}patch16_384"
+    VARIANTS[_n] = ViTConfig(distilled=_dist)
+    _DEFAULT_CFGS[_n] = default_cfg(384, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=1.0, first_conv="patch_embed.proj", classifier=("head", "head_dist") if _dist else "head")
+
+for _res in (224, 384):
+    _n = f"vit_base_r50_s16_{_res}"
+    VARIANTS[_n] = ViTConfig(patch_size=1, hybrid_layers=(3, 4, 9))
+    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.backbone.stem.conv")
+
+PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
+    "vit_tiny_patch16_224": dict(params=5.7, gmacs=1.26, top1=75.5, note="top-1 after ImageNet-21k (AugReg)"),
+    "vit_small_patch16_224": dict(params=22.1, gmacs=4.6, top1=81.4, note="top-1 after ImageNet-21k (AugReg); 78.8 from 1k"),
+    "vit_base_patch16_224": dict(params=86.6, gmacs=17.6),
+    "vit_base_patch16_384": dict(params=86.9, gmacs=55.5, top1=84.0, note="top-1 after ImageNet-21k; 77.9 from 1k"),
+    "vit_large_patch16_224": dict(params=304.0, gmacs=61.6),
+    "vit_large_patch16_384": dict(params=304.0, gmacs=191.2, top1=85.2, note="top-1 after ImageNet-21k; 76.5 from 1k"),
+    "vit_base_r50_s16_384": dict(params=98.9, gmacs=67.4, top1=85.0, note="top-1 after ImageNet-21k"),
+    # DeiT paper Table 1 / Table 5 (ImageNet-1k only, 300 epochs); distilled: with a RegNetY-16GF teacher
+    "deit_tiny_patch16_224": dict(params=5.0, top1=72.2),
+    "deit_small_patch16_224": dict(params=22.0, top1=79.8),
+    "deit_base_patch16_224": dict(params=86.0, top1=81.8),
+    "deit_base_patch16_384": dict(params=86.0, top1=83.1),
+    "deit_tiny_distilled_patch16_224": dict(params=6.0, top1=74.5),
+    "deit_small_distilled_patch16_224": dict(params=22.0, top1=81.2),
+    "deit_base_distilled_patch16_224": dict(params=87.0, top1=83.4),
+    "deit_base_distilled_patch16_384": dict(params=87.0, top1=85.2),
+}
+
+register_family(
+    "vit",
+    VisionTransformer,
+    VARIANTS,
+    default_cfgs=_DEFAULT_CFGS,
+    published=PUBLISHED,
+    paper="Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021)",
+)

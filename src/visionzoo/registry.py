@@ -1,0 +1,188 @@
+"""Model registry: name -> (family, model class, configuration, default preprocessing).
+
+Families register their variant table once, at import of their module::
+
+    register_family("swin", SwinTransformer, VARIANTS, default_cfgs=..., published=...)
+
+Names follow timm where timm has the architecture. Aliases (torchvision's names, say) map
+to a registered name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INCEPTION_MEAN",
+    "INCEPTION_STD",
+    "ModelEntry",
+    "UnknownModelError",
+    "default_cfg",
+    "get_entry",
+    "list_models",
+    "register_alias",
+    "register_family",
+    "register_model",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INCEPTION_MEAN = (0.5, 0.5, 0.5)
+INCEPTION_STD = (0.5, 0.5, 0.5)
+
+
+class UnknownModelError(KeyError, ValueError):
+    """A model name that is not registered; the message names the closest ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def default_cfg(
+    input_size: int | tuple[int, int] = 224,
+    *,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    interpolation: str = "bicubic",
+    crop_pct: float = 0.875,
+    first_conv: str = "",
+    classifier: str | tuple[str, ...] = "head",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Preprocessing and layout metadata of a variant (timm's ``pretrained_cfg`` keys).
+
+    ``first_conv`` and ``classifier`` name the modules that ``load_checkpoint`` adapts to
+    another ``in_chans`` or drops for another ``num_classes``.
+    """
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    return {
+        "input_size": (3, *input_size),
+        "mean": mean,
+        "std": std,
+        "interpolation": interpolation,
+        "crop_pct": crop_pct,
+        "first_conv": first_conv,
+        "classifier": classifier,
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered variant."""
+
+    name: str
+    family: str
+    model_cls: Callable[..., Any]
+    config: Any
+    default_cfg: Mapping[str, Any]
+    published: Mapping[str, Any] = field(default_factory=dict)
+    paper: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_model(
+    name: str,
+    *,
+    family: str,
+    model_cls: Callable[..., Any],
+    config: Any,
+    default_cfg: Mapping[str, Any],
+    published: Mapping[str, Any] | None = None,
+    paper: str = "",
+) -> ModelEntry:
+    """Register one variant; a name registered twice is an error (two families clashing)."""
+    if name in _REGISTRY or name in _ALIASES:
+        raise ValueError(f"model name {name!r} is registered twice")
+    entry = ModelEntry(name, family, model_cls, config, dict(default_cfg), dict(published or {}), paper)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def register_family(
+    family: str,
+    model_cls: Callable[..., Any],
+    variants: Mapping[str, Any],
+    *,
+    default_cfgs: Mapping[str, Mapping[str, Any]] | Callable[[str, Any], Mapping[str, Any]],
+    published: Mapping[str, Mapping[str, Any]] | None = None,
+    paper: str = "",
+) -> None:
+    """Register a family's table of variants.
+
+    Args:
+        family: family key (also the key of its checkpoint converters).
+        model_cls: called as ``model_cls(config, num_classes=, in_chans=, img_size=, drop_path_rate=)``.
+        variants: name -> configuration (a frozen dataclass).
+        default_cfgs: name -> :func:`default_cfg` dict, or a function (name, config) -> dict.
+        published: name -> the paper's figures (``params`` in M, ``gmacs``, ``top1``, ``note``).
+        paper: citation shown by ``visionzoo info``.
+    """
+    published = published or {}
+    for name, cfg in variants.items():
+        dcfg = default_cfgs(name, cfg) if callable(default_cfgs) else default_cfgs[name]
+        register_model(
+            name, family=family, model_cls=model_cls, config=cfg, default_cfg=dcfg,
+            published=published.get(name), paper=paper,
+        )
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Make ``alias`` (for example torchvision's name) resolve to the registered ``name``."""
+    if alias in _REGISTRY or alias in _ALIASES:
+        raise ValueError(f"model name {alias!r} is registered twice")
+    _ALIASES[alias] = name
+
+
+def _ensure_loaded() -> None:
+    from . import models  # noqa: F401  (importing the package registers every family)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The entry of ``name`` (or of the name an alias points to).
+
+    Raises:
+        UnknownModelError: naming the closest registered names.
+    """
+    _ensure_loaded()
+    if not isinstance(name, str):
+        raise UnknownModelError(f"a model name must be a string, got {type(name).__name__}")
+    name = _ALIASES.get(name, name)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    known = sorted(set(_REGISTRY) | set(_ALIASES))
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+    if not close:  # try a prefix match before giving up: 'swin' -> swin_*
+        close = [k for k in known if k.startswith(name.split("_")[0])][:5]
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see visionzoo.list_models()"
+    raise UnknownModelError(f"unknown model {name!r}{hint}")
+
+
+def list_models(pattern: str | None = None, *, family: str | None = None, aliases: bool = False) -> list[str]:
+    """Sorted registered names, filtered by an fnmatch ``pattern`` and/or a ``family``.
+
+    Aliases are included only with ``aliases=True``.
+    """
+    _ensure_loaded()
+    names = [n for n, e in _REGISTRY.items() if family is None or e.family == family]
+    if aliases:
+        names += [a for a, n in _ALIASES.items() if family is None or _REGISTRY[n].family == family]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    return sorted(names)
+
+
+def families() -> list[str]:
+    """Sorted family keys."""
+    _ensure_loaded()
+    return sorted({e.family for e in _REGISTRY.values()})

@@ -1,0 +1,57 @@
+"""Helpers for checking models against reference implementations.
+
+Used by visionzoo's own test suite and useful to anyone porting a model: give the
+reference random weights whose normalisation layers are far from their identity
+initialisation (so a mis-mapped norm shows), move them over with ``load_checkpoint`` and
+compare logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["is_norm", "max_rel_diff", "randomize_norms", "random_weights"]
+
+
+def is_norm(module: nn.Module) -> bool:
+    """BatchNorm/LayerNorm/GroupNorm and their subclasses, or any module named like a norm."""
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)):
+        return True
+    name = type(module).__name__.lower()
+    return "norm" in name and hasattr(module, "weight") and isinstance(getattr(module, "weight"), nn.Parameter)
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every norm layer non-trivial affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if not is_norm(m):
+            continue
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, Tensor) and w.is_floating_point():
+            w.copy_(1.0 + 0.2 * torch.randn(w.shape, generator=g))
+        if isinstance(b, Tensor) and b.is_floating_point():
+            b.copy_(0.2 * torch.randn(b.shape, generator=g))
+        rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
+        if isinstance(rm, Tensor):
+            rm.copy_(0.2 * torch.randn(rm.shape, generator=g))
+        if isinstance(rv, Tensor):
+            rv.copy_(0.5 + torch.rand(rv.shape, generator=g))
+    return model
+
+
+@torch.no_grad()
+def random_weights(model: nn.Module, seed: int = 0, std: float = 0.02) -> nn.Module:
+    """Overwrite every floating parameter with noise (biases, tokens and gains included)."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.copy_(std * torch.randn(p.shape, generator=g))
+    return randomize_norms(model, seed)
+
+
+def max_rel_diff(out: Tensor, ref: Tensor) -> float:
+    """max |out - ref| / max |ref|: the relative error the equivalence tests bound."""
+    out, ref = out.detach().double(), ref.detach().double()
+    return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))

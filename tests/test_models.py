@@ -1,0 +1,86 @@
+"""The model battery: every registered model, at a small input.
+
+forward (shape, finite), backward (every parameter gets a gradient),
+forward_head(forward_features(x)) == forward(x), reset_classifier, and features_only maps
+matching feature_info.
+"""
+
+import math
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.base import VisionModel
+
+ALL_MODELS = visionzoo.list_models()
+
+
+def small_size(model: VisionModel) -> int:
+    """The smallest side >= 32 that the network takes."""
+    m = max(model.input_multiple, 1)
+    side = max(model.min_input_size, 32)
+    return math.ceil(side / m) * m
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_model_battery(name):
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=7)
+    assert isinstance(model, VisionModel)
+    assert model.default_cfg["input_size"][0] == 3
+    for key in ("mean", "std", "interpolation", "crop_pct"):
+        assert key in model.default_cfg
+    S = small_size(model)
+    x = torch.randn(2, 3, S, S)
+
+    # forward + backward in training mode: every parameter receives a gradient
+    model.train()
+    out = model(x)
+    if isinstance(out, tuple):  # aux / distillation heads in training
+        loss = sum(o.float().pow(2).mean() for o in out)
+        out = out[0]
+    else:
+        loss = out.float().pow(2).mean()
+    assert out.shape == (2, 7)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+
+    # eval: forward == forward_head(forward_features(x)); finite
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (2, 7) and torch.isfinite(y).all()
+        y2 = model.forward_head(model.forward_features(x))
+        torch.testing.assert_close(y2, y)
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.num_features)
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.num_features)
+
+    # features_only: one NCHW map per stage, as feature_info says
+    info = list(model.feature_info)
+    assert info, "feature_info is empty"
+    model.set_features_only()
+    with torch.no_grad():
+        maps = model(x)
+    assert isinstance(maps, list) and len(maps) == len(model.feature_info)
+    for fmap, fi in zip(maps, model.feature_info):
+        assert fmap.ndim == 4 and fmap.shape[0] == 2
+        assert fmap.shape[1] == fi.num_chs, (fmap.shape, fi)
+        for side in fmap.shape[-2:]:
+            assert abs(side - S / fi.reduction) < 1, (fmap.shape, fi, S)
+
+
+def test_features_only_through_create_model():
+    name = ALL_MODELS[0]
+    m = visionzoo.create_model(name, features_only=True, out_indices=(-1,))
+    assert len(m.feature_info) == 1
+    S = small_size(m)
+    (f,) = m(torch.randn(1, 3, S, S))
+    assert f.shape[1] == m.feature_info[0].num_chs
+    with pytest.raises(ValueError, match="out of range"):
+        visionzoo.create_model(name, features_only=True, out_indices=(99,))
