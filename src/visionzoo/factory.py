@@ -56,7 +56,7 @@ def create_model(
         features_only: return a list of NCHW maps, one per stage (see ``feature_info``).
         out_indices: which stages ``features_only`` returns.
         checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
-            (layout detected); loaded before the head is removed for ``features_only``.
+            (layout detected).
         **overrides: fields of the family's configuration dataclass, for example
             ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet.
 
@@ -84,14 +84,14 @@ def create_model(
         "num_classes": num_classes,
         "architecture": entry.name,
     }
-    if checkpoint is not None:
-        from .checkpoints import load_checkpoint
-
-        load_checkpoint(model, checkpoint)
     if features_only:
         model.set_features_only(out_indices)
     elif out_indices is not None:
         raise ValueError("out_indices is only meaningful with features_only=True")
+    if checkpoint is not None:
+        from .checkpoints import load_checkpoint
+
+        load_checkpoint(model, checkpoint)  # a features_only model ignores the head's keys
     return model
 
 

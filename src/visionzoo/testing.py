@@ -55,3 +55,31 @@ def max_rel_diff(out: Tensor, ref: Tensor) -> float:
     """max |out - ref| / max |ref|: the relative error the equivalence tests bound."""
     out, ref = out.detach().double(), ref.detach().double()
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def build_random(fn, seed: int = 0) -> nn.Module:
+    """Build ``fn()`` with random weights, skipping its (slow) initialisation where safe.
+
+    The model is built on the meta device and materialised uninitialised, then every
+    parameter and norm statistic is drawn by :func:`random_weights`. Models whose buffers
+    hold computed values (index tables, masks, anything but norm statistics) are built
+    normally instead, so those values are right.
+    """
+    with torch.device("meta"):
+        model = fn()
+    norm_buffers = {
+        f"{mn}.{bn}" if mn else bn
+        for mn, m in model.named_modules()
+        if is_norm(m)
+        for bn, _ in m.named_buffers(recurse=False)
+    }
+    computed = [n for n, _ in model.named_buffers() if n not in norm_buffers]
+    if computed:
+        model = fn()
+    else:
+        model = model.to_empty(device="cpu")
+        for m in model.modules():
+            nbt = getattr(m, "num_batches_tracked", None)
+            if isinstance(nbt, Tensor):
+                nbt.zero_()
+    return random_weights(model, seed).eval()

@@ -49,7 +49,7 @@ from ..layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["ViTConfig", "VisionTransformer"]
 
@@ -75,7 +75,7 @@ class Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         drop_path: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         attn_layer: type[Attention] = Attention,
     ) -> None:
         super().__init__()
@@ -620,6 +620,14 @@ PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
     "deit_base_distilled_patch16_384": dict(params=87.0, top1=85.2),
 }
 
+_TORCHVISION_NAMES = {  # torchvision's builders of the same architectures
+    "vit_b_16": "vit_base_patch16_224",
+    "vit_b_32": "vit_base_patch32_224",
+    "vit_l_16": "vit_large_patch16_224",
+    "vit_l_32": "vit_large_patch32_224",
+    "vit_h_14": "vit_huge_patch14_224",
+}
+
 register_family(
     "vit",
     VisionTransformer,
@@ -628,3 +636,5 @@ register_family(
     published=PUBLISHED,
     paper="Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021)",
 )
+for _alias, _target in _TORCHVISION_NAMES.items():
+    register_alias(_alias, _target)

@@ -1,0 +1,225 @@
+"""ViT / DeiT / R50+ViT hybrid against timm, torchvision and the authors' JAX release."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+import visionzoo
+from visionzoo.testing import build_random, max_rel_diff
+
+VIT_NAMES = visionzoo.list_models(family="vit")
+TIMM_NAMES = [n for n in VIT_NAMES if timm.is_model(n)]
+
+
+def _small(name: str) -> int:
+    """A small input for an equivalence check: a 2x2 to 4x4 patch grid."""
+    entry_patch = visionzoo.registry.get_entry(name).config.patch_size
+    return 64 if entry_patch in (1, 14, 16) else 96  # hybrid: 64 -> 4x4 grid
+
+
+def test_every_timm_vit_is_registered():
+    assert len(TIMM_NAMES) >= 25, TIMM_NAMES  # 16 ViT + huge/14 + 8 DeiT + 2 hybrids
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_param_count_equals_timm(name):
+    with torch.device("meta"):
+        ours = visionzoo.create_model(name, num_classes=1000)
+        ref = timm.create_model(name, num_classes=1000)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_logits_equal_timm(name):
+    size = 28 if "patch14" in name else _small(name)
+    ref = build_random(lambda: timm.create_model(name, img_size=size, num_classes=10))
+    ours = visionzoo.create_model(name, img_size=size, num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_other_num_classes_and_in_chans_equal_timm():
+    ref = build_random(lambda: timm.create_model("deit_small_distilled_patch16_224", img_size=48, num_classes=5, in_chans=1))
+    ours = visionzoo.create_model("deit_small_distilled_patch16_224", img_size=48, num_classes=5, in_chans=1).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict())  # layout detected
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_full_size_default_input_equals_timm():
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_384", num_classes=10))
+    ours = visionzoo.create_model("vit_tiny_patch16_384", num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(1, 3, 384, 384)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+def test_on_the_fly_resampling_equals_timm_dynamic_size():
+    ref = build_random(lambda: timm.create_model("vit_small_patch16_224", num_classes=10, dynamic_img_size=True))
+    ours = visionzoo.create_model("vit_small_patch16_224", num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict())
+    x = torch.randn(1, 3, 96, 160)  # 6 x 10 grid from a 14 x 14 embedding
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "tv_name, ours_name", [("vit_b_16", "vit_base_patch16_224"), ("vit_b_32", "vit_base_patch32_224"), ("vit_l_16", "vit_large_patch16_224"), ("vit_l_32", "vit_large_patch32_224"), ("vit_h_14", "vit_huge_patch14_224")]
+)
+def test_logits_equal_torchvision(tv_name, ours_name):
+    size = 28 if tv_name == "vit_h_14" else 64
+    ref = build_random(lambda: getattr(torchvision.models, tv_name)(image_size=size, num_classes=10))
+    ours = visionzoo.create_model(tv_name, img_size=size, num_classes=10).eval()  # the alias
+    assert ours.model_name == ours_name
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="torchvision")
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _to_jax_layout(model) -> dict[str, np.ndarray]:
+    """Write a timm ViT's weights in the layout of the authors' .npz release."""
+    sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    D = model.embed_dim
+    nH = model.blocks[0].attn.num_heads
+    out = {
+        "embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": sd["patch_embed.proj.bias"],
+        "cls": sd["cls_token"],
+        "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+        "Transformer/encoder_norm/scale": sd["norm.weight"],
+        "Transformer/encoder_norm/bias": sd["norm.bias"],
+        "head/kernel": sd["head.weight"].T,
+        "head/bias": sd["head.bias"],
+    }
+    for i in range(len(model.blocks)):
+        p, b = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        out[p + "LayerNorm_0/scale"], out[p + "LayerNorm_0/bias"] = sd[b + "norm1.weight"], sd[b + "norm1.bias"]
+        out[p + "LayerNorm_2/scale"], out[p + "LayerNorm_2/bias"] = sd[b + "norm2.weight"], sd[b + "norm2.bias"]
+        qkv_w, qkv_b = np.split(sd[b + "attn.qkv.weight"], 3), np.split(sd[b + "attn.qkv.bias"], 3)
+        for n, w, bias in zip(("query", "key", "value"), qkv_w, qkv_b):
+            out[p + f"MultiHeadDotProductAttention_1/{n}/kernel"] = w.T.reshape(D, nH, D // nH)
+            out[p + f"MultiHeadDotProductAttention_1/{n}/bias"] = bias.reshape(nH, D // nH)
+        out[p + "MultiHeadDotProductAttention_1/out/kernel"] = sd[b + "attn.proj.weight"].T.reshape(nH, D // nH, D)
+        out[p + "MultiHeadDotProductAttention_1/out/bias"] = sd[b + "attn.proj.bias"]
+        for j in (0, 1):
+            out[p + f"MlpBlock_3/Dense_{j}/kernel"] = sd[b + f"mlp.fc{j + 1}.weight"].T
+            out[p + f"MlpBlock_3/Dense_{j}/bias"] = sd[b + f"mlp.fc{j + 1}.bias"]
+    return out
+
+
+def test_official_jax_npz_loads(tmp_path):
+    from timm.models.vision_transformer import _load_weights
+
+    src = build_random(lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10))
+    path = tmp_path / "ViT-Ti_16.npz"
+    np.savez(path, **_to_jax_layout(src))
+    ref = timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+    _load_weights(ref, str(path))  # timm's own reader of the release format
+    ours = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+    info = visionzoo.load_checkpoint(ours, path)  # layout detected as official
+    assert info["source"] == ["official"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ref(x), src(x)) < 1e-5  # the writer above is the release layout
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+# ---------------------------------------------------------------- position-embedding ablation
+def _count(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_position_embedding_variants_have_the_papers_parameters():
+    kw = dict(img_size=64, num_classes=10, embed_dim=64, depth=3, num_heads=2)
+    G, D, L, hd = 4, 64, 3, 32
+    with torch.device("meta"):
+        none = _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="none", **kw))
+        assert _count(visionzoo.create_model("vit_base_patch16_224", **kw)) - none == (1 + G * G) * D
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed_at="every_layer", **kw)) - none == L * (1 + G * G) * D
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed_at="every_layer_shared", **kw)) - none == (1 + G * G) * D
+        # 2-D: a row and a column table of width D/2 each, plus the class token's position
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="learned_2d", **kw)) - none == 2 * G * D // 2 + D
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="learned_2d", pos_embed_at="every_layer", **kw)) - none == L * (2 * G * D // 2 + D)
+        # relative: one embedding per 2-D offset per layer, of the head width
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="relative", **kw)) - none == L * (2 * G - 1) ** 2 * hd
+
+
+@pytest.mark.parametrize(
+    "pos_embed, at, sensitive",
+    [
+        ("none", "stem", False),
+        ("learned_1d", "stem", True),
+        ("learned_1d", "every_layer", True),
+        ("learned_2d", "every_layer_shared", True),
+        ("relative", "stem", True),
+    ],
+)
+def test_position_information_reaches_the_output(pos_embed, at, sensitive):
+    """Without position embeddings, shuffling the patches cannot change a GAP model's output."""
+    torch.manual_seed(0)
+    m = visionzoo.create_model(
+        "vit_tiny_patch16_224", img_size=64, num_classes=4, pos_embed=pos_embed, pos_embed_at=at,
+        class_token=False, global_pool="avg", depth=2,
+    ).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(1, 3, 64, 64)
+    patches = x.unfold(2, 16, 16).unfold(3, 16, 16).reshape(1, 3, 16, 16, 16)  # 1, C, 16 patches, 16, 16
+    perm = patches[:, :, torch.randperm(16)].reshape(1, 3, 4, 4, 16, 16).permute(0, 1, 2, 4, 3, 5).reshape(1, 3, 64, 64)
+    with torch.no_grad():
+        diff = (m(x) - m(perm)).abs().max().item()
+    assert (diff > 1e-4) == sensitive, diff
+
+
+def test_position_embedding_variants_take_other_sizes():
+    for pe, at in [("learned_2d", "stem"), ("learned_2d", "every_layer"), ("relative", "stem"), ("learned_1d", "every_layer")]:
+        m = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=3, pos_embed=pe, pos_embed_at=at, depth=2).eval()
+        with torch.no_grad():
+            assert m(torch.randn(1, 3, 96, 48)).shape == (1, 3)
+
+
+def test_invalid_position_embedding_options_are_refused():
+    with pytest.raises(ValueError, match="pos_embed must be one of"):
+        visionzoo.create_model("vit_tiny_patch16_224", pos_embed="sinusoid")
+    with pytest.raises(ValueError, match="no placement"):
+        visionzoo.create_model("vit_tiny_patch16_224", pos_embed="relative", pos_embed_at="every_layer")
+
+
+def test_distilled_training_returns_both_heads():
+    m = visionzoo.create_model("deit_tiny_distilled_patch16_224", img_size=32, num_classes=3)
+    m.set_distilled_training(True)
+    m.train()
+    out = m(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, tuple) and out[0].shape == out[1].shape == (2, 3)
+    m.eval()
+    with torch.no_grad():
+        a, b = m.head(m.forward_features(torch.zeros(1, 3, 32, 32))[:, 0]), None
+        assert m(torch.zeros(1, 3, 32, 32)).shape == (1, 3)
+
+
+def test_features_equal_timm_intermediates():
+    ref = build_random(lambda: timm.create_model("vit_small_patch16_224", img_size=64, num_classes=0))
+    ours = visionzoo.create_model("vit_small_patch16_224", img_size=64, features_only=True, checkpoint=ref.state_dict()).eval()
+    assert ours.out_indices == (2, 5, 8, 11)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expect = ref.forward_intermediates(x, indices=[2, 5, 8, 11], intermediates_only=True)
+        got = ours(x)
+    for g, e in zip(got, expect):
+        assert g.shape == e.shape == (1, 384, 4, 4)
+        assert max_rel_diff(g, e) < 1e-4
+
+
+def test_gmacs_match_papers():
+    for name in ("vit_base_patch16_224", "vit_base_patch16_384", "vit_large_patch16_384", "vit_base_r50_s16_384", "vit_tiny_patch16_224"):
+        info = visionzoo.model_info(name)
+        assert abs(info["gmacs"] - info["published_gmacs"]) / info["published_gmacs"] < 0.03, (name, info["gmacs"])

@@ -1,0 +1,96 @@
+"""Registry, create_model, model_info and the list/info commands."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import visionzoo
+
+
+def test_list_models_sorted_and_filtered():
+    names = visionzoo.list_models()
+    assert names == sorted(names) and len(names) == len(set(names))
+    vits = visionzoo.list_models("vit*")
+    assert "vit_base_patch16_224" in vits and all(n.startswith("vit") for n in vits)
+    assert visionzoo.list_models("no_such_*") == []
+    assert "vit_b_16" not in names and "vit_b_16" in visionzoo.list_models(aliases=True)
+
+
+def test_unknown_model_names_closest():
+    with pytest.raises(visionzoo.UnknownModelError, match="vit_base_patch16_224") as e:
+        visionzoo.create_model("vit_base_patch16_244")
+    assert "unknown model 'vit_base_patch16_244'" in str(e.value)
+
+
+def test_unknown_override_lists_options():
+    with pytest.raises(TypeError, match="pos_embed"):
+        visionzoo.create_model("vit_tiny_patch16_224", pos_embedding="none")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_classes"):
+        visionzoo.create_model("vit_tiny_patch16_224", num_classes=-1)
+    with pytest.raises(ValueError, match="in_chans"):
+        visionzoo.create_model("vit_tiny_patch16_224", in_chans=0)
+
+
+def test_input_validation_messages():
+    m = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, num_classes=2)
+    with pytest.raises(visionzoo.InputError, match="expects 3 input channels, got 1"):
+        m(torch.randn(1, 1, 32, 32))
+    with pytest.raises(visionzoo.InputError, match="divisible by 16"):
+        m(torch.randn(1, 3, 40, 32))
+    with pytest.raises(visionzoo.InputError, match="floating-point"):
+        m(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(visionzoo.InputError, match="4-D"):
+        m(torch.randn(3, 32, 32))
+
+
+def test_model_info_fields_and_counted_macs():
+    info = visionzoo.model_info("vit_base_patch16_224")
+    assert info["params"] == 86_567_656
+    assert info["input_size"] == (3, 224, 224)
+    assert info["published_params_m"] == 86.6 and info["published_gmacs"] == 17.6
+    assert abs(info["gmacs"] - 17.6) / 17.6 < 0.03
+    # the counter sees attention: at 384 the (hw)^2 term grows the total faster than hw
+    assert visionzoo.model_info("vit_base_patch16_224", img_size=384)["gmacs"] > 3 * info["gmacs"]
+
+
+@pytest.mark.parametrize("name", [n for n in visionzoo.list_models() if visionzoo.registry.get_entry(n).published.get("gmacs")])
+def test_counted_gmacs_within_3_percent_of_paper(name):
+    info = visionzoo.model_info(name)
+    pub = info["published_gmacs"]
+    assert abs(info["gmacs"] - pub) / pub < 0.03, f"{name}: counted {info['gmacs']:.3f} vs published {pub}"
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "visionzoo", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_cli_list_and_info():
+    r = _cli("list", "vit*")
+    assert r.returncode == 0 and "vit_base_patch16_224" in r.stdout.split()
+    r = _cli("info", "vit_base_patch16_224")
+    assert r.returncode == 0, r.stderr
+    assert "86,567,656" in r.stdout and "17.56" in r.stdout and "paper" in r.stdout
+    r = _cli("info", "vit_base_patch16_224", "--set", "pos_embed=learned_2d")
+    # 197 x 768 learned table replaced by 14 x 384 row + 14 x 384 column + 768 class-token tables
+    assert r.returncode == 0 and f"{86_567_656 - 197 * 768 + 2 * 14 * 384 + 768:,}" in r.stdout
+
+
+def test_cli_errors_are_one_line():
+    r = _cli("info", "vit_bass_patch16_224")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+    assert "did you mean" in r.stderr and "vit_base_patch16_224" in r.stderr
+
+
+def test_console_script_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "visionzoo")
+    assert os.path.exists(exe), "the visionzoo entry point is not installed next to the interpreter"
+    r = subprocess.run([exe, "list", "deit*"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "deit_tiny_distilled_patch16_224" in r.stdout
