@@ -16,7 +16,7 @@ from visionzoo.base import VisionModel
 ALL_MODELS = visionzoo.list_models()
 
 
-def small_size(model: VisionModel) -> int:
+def small_size(model: VisionModel) -> int:  # noqa: D401
     """The smallest side >= 32 that the network takes."""
     m = max(model.input_multiple, 1)
     side = max(model.min_input_size, 32)

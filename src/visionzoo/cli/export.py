@@ -1,0 +1,48 @@
+"""``visionzoo export``: ONNX with a dynamic batch axis, checked with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import CLIError
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export import export_onnx, verify_onnx
+    from ..factory import create_model
+
+    out = Path(args.output)
+    if out.suffix.lower() != ".onnx":
+        raise CLIError(f"--output must end in .onnx, got {out}")
+    if args.img_size is not None and args.img_size < 1:
+        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    if not 7 <= args.opset <= 23:
+        raise CLIError(f"--opset must be between 7 and 23, got {args.opset}")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise CLIError(f"checkpoint file not found: {args.checkpoint}")
+    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    model = create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+    export_onnx(model, out, img_size=args.img_size, opset=args.opset)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
+    try:
+        diff = verify_onnx(model, out, img_size=args.img_size)
+    except ImportError:
+        print("onnxruntime is not installed: the file was not checked (pip install onnxruntime)")
+        return 0
+    status = "ok" if diff < 1e-3 else "MISMATCH"
+    print(f"onnxruntime at batch 3: max |difference| = {diff:.2e} ({status})")
+    return 0 if diff < 1e-3 else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a model to ONNX (dynamic batch), verified with onnxruntime")
+    p.add_argument("name", help="model name, e.g. vit_base_patch16_224")
+    p.add_argument("--checkpoint", default=None, help="weights to load first (any supported layout)")
+    p.add_argument("--output", required=True, help="path of the .onnx file to write")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000, or the checkpoint's)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.set_defaults(func=cmd_export)

@@ -1,0 +1,29 @@
+"""One small model per family, chosen from the registry, for tests that cover every family."""
+
+import functools
+import math
+
+import torch
+
+import visionzoo
+from visionzoo.registry import families, get_entry
+
+
+@functools.lru_cache(maxsize=None)
+def smallest_per_family() -> dict[str, str]:
+    """{family: its registered model with the fewest parameters} (counted on the meta device)."""
+    best: dict[str, tuple[int, str]] = {}
+    for name in visionzoo.list_models():
+        fam = get_entry(name).family
+        with torch.device("meta"):
+            n = sum(p.numel() for p in visionzoo.create_model(name).parameters())
+        if fam not in best or n < best[fam][0]:
+            best[fam] = (n, name)
+    assert set(best) == set(families())
+    return {f: best[f][1] for f in sorted(best)}
+
+
+def small_side(model) -> int:
+    """The smallest side >= 32 that the network takes."""
+    m = max(model.input_multiple, 1)
+    return math.ceil(max(model.min_input_size, 32) / m) * m

@@ -1,0 +1,51 @@
+"""ONNX (verified with onnxruntime at another batch size) and torch.export, for every family."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.export import export_onnx, export_program, verify_onnx
+
+from family_models import small_side, smallest_per_family
+
+FAMILIES = smallest_per_family()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_onnx_export_dynamic_batch(family, tmp_path):
+    pytest.importorskip("onnxruntime")
+    name = FAMILIES[family]
+    model = visionzoo.create_model(name, num_classes=10).eval()
+    S = small_side(model)
+    path = export_onnx(model, tmp_path / f"{name}.onnx", img_size=S, batch=2)
+    assert verify_onnx(model, path, img_size=S, batch=3) < 1e-3
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_torch_export_dynamic_batch(family):
+    name = FAMILIES[family]
+    model = visionzoo.create_model(name, num_classes=10).eval()
+    S = small_side(model)
+    program = export_program(model, S, batch=2)
+    x = torch.randn(3, 3, S, S)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_export_cli(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "vit.onnx"
+    r = subprocess.run(
+        [sys.executable, "-m", "visionzoo", "export", "vit_tiny_patch16_224", "--img-size", "32", "--output", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.exists() and "(ok)" in r.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "visionzoo", "export", "vit_tiny_patch16_224", "--output", str(tmp_path / "x.onnx"), "--checkpoint", str(tmp_path / "none.pth")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert bad.returncode == 2 and "checkpoint file not found" in bad.stderr and "Traceback" not in bad.stderr
