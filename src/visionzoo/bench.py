@@ -1,0 +1,145 @@
+"""Throughput, latency and memory of models, optionally side by side with timm.
+
+``visionzoo bench`` uses this module. With ``compare="timm"`` timm's implementation of
+the same architecture (same name) is timed in the same process, alternating rounds with
+ours, so that both see the same machine state; the ratio ours/timm is reported.
+timm is imported only then (it is an optional, test-time dependency).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops"]
+
+
+@dataclass
+class BenchResult:
+    impl: str
+    name: str
+    mode: str
+    batch_size: int
+    img_size: int
+    images_per_s: float
+    latency_ms: float
+    peak_mem_mb: float | None
+    gmacs: float
+    gflops_per_s: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def gemm_peak_gflops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
+    """Measured fp32 matrix-multiply throughput (GFLOP/s) of this machine: best of ``repeats``."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def _sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
+    dtype = torch.bfloat16
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if amp else contextlib.nullcontext
+    if train:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            with autocast():
+                out = model(x)
+                out = out[0] if isinstance(out, (tuple, list)) else out
+                loss = out.float().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+    model.eval()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast():
+            model(x)
+
+    return infer
+
+
+def bench_models(
+    builders: dict[str, Callable[[], nn.Module]],
+    *,
+    name: str,
+    batch_size: int = 4,
+    img_size: int = 224,
+    train: bool = False,
+    amp: bool = False,
+    channels_last: bool = False,
+    compile: bool = False,
+    device: str = "cpu",
+    warmup: int = 3,
+    rounds: int = 5,
+    iters: int = 5,
+    gmacs: float = 0.0,
+) -> list[BenchResult]:
+    """Time each implementation in ``builders`` ({impl: constructor}), rounds interleaved.
+
+    Each round runs ``iters`` steps of every implementation in turn; the median round gives
+    images/s and latency.
+    """
+    x = torch.randn(batch_size, 3, img_size, img_size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    steps, times, mems = {}, {}, {}
+    for impl, build in builders.items():
+        model = build().to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if compile:
+            model = torch.compile(model)
+        steps[impl] = _step_fn(model, x, train, amp, device)
+        if torch.device(device).type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(warmup):
+            steps[impl]()
+        _sync(device)
+        mems[impl] = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+        times[impl] = []
+    for _ in range(rounds):
+        for impl, step in steps.items():
+            _sync(device)
+            t = time.perf_counter()
+            for _ in range(iters):
+                step()
+            _sync(device)
+            times[impl].append((time.perf_counter() - t) / iters)
+    results = []
+    flops_per_img = 2 * gmacs * 1e9 * (3 if train else 1)
+    for impl, ts in times.items():
+        per_step = statistics.median(ts)
+        ips = batch_size / per_step
+        results.append(
+            BenchResult(impl, name, "train" if train else "infer", batch_size, img_size, ips, per_step * 1e3,
+                        mems[impl], gmacs, ips * flops_per_img / 1e9)
+        )
+    del steps
+    gc.collect()
+    return results

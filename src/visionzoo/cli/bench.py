@@ -1,0 +1,99 @@
+"""``visionzoo bench``: images/s, latency, memory and achieved GFLOP/s, optionally beside timm."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+from . import CLIError
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import bench_models, gemm_peak_gflops
+    from ..factory import create_model, model_info
+    from ..registry import get_entry
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.img_size is not None and args.img_size < 1:
+        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda: no CUDA device is available")
+    timm = None
+    if args.compare:
+        if args.compare != "timm":
+            raise CLIError(f"--compare supports 'timm' only, got {args.compare!r}")
+        try:
+            import timm  # noqa: F811  (optional: only for the side-by-side comparison)
+        except ImportError:
+            raise CLIError("--compare timm needs timm installed (pip install timm)") from None
+    names = [get_entry(n).name for n in args.names]  # unknown names fail before any timing
+    print(f"device {args.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    peak = None
+    if args.device == "cpu":
+        peak = gemm_peak_gflops()
+        print(f"measured fp32 GEMM peak: {peak:.1f} GFLOP/s")
+    header = f"{'model':<34} {'impl':<9} {'mode':<6} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
+    header += f" {'%peak':>6}" if peak else f" {'MB':>8}"
+    print(header)
+    for name in names:
+        size = args.img_size or get_entry(name).default_cfg["input_size"][-1]
+        gmacs = model_info(name, img_size=size)["gmacs"]
+        builders = {"visionzoo": lambda n=name, s=size: create_model(n, img_size=s)}
+        if timm is not None:
+            if not timm.is_model(name):
+                print(f"{name}: timm has no model of this name; timing visionzoo alone")
+            else:
+                builders["timm"] = _timm_builder(timm, name, size)
+        results = bench_models(
+            builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
+            channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs,
+            warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+        )
+        for r in results:
+            line = f"{r.name:<34} {r.impl:<9} {r.mode:<6} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
+            line += f" {100 * r.gflops_per_s / peak:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
+            print(line)
+        if len(results) == 2:
+            print(f"{name:<34} ratio visionzoo/timm = {results[0].images_per_s / results[1].images_per_s:.3f}")
+    return 0
+
+
+def _timm_builder(timm, name: str, size: int):
+    """timm's model of ``name`` built for ``size`` where its constructor takes img_size (CNNs don't)."""
+
+    def build():
+        try:
+            return timm.create_model(name, img_size=size)
+        except TypeError:
+            return timm.create_model(name)
+
+    return build
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="throughput / latency / memory, optionally beside timm")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile both implementations")
+    p.add_argument("--train", action="store_true", help="forward + backward + optimizer step")
+    p.add_argument("--compare", default=None, metavar="timm", help="time timm's implementation alongside")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--iters", type=int, default=5)
+    p.set_defaults(func=cmd_bench)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
