@@ -1,0 +1,182 @@
+"""Semantic segmentation on any visionzoo backbone: FPN or ASPP heads.
+
+* FPN (Lin et al., 2017) through ``torchvision.ops.FeaturePyramidNetwork``, followed by the
+  semantic head of Panoptic FPN (Kirillov et al., 2019): every pyramid level is brought to
+  the finest level's resolution and summed, then classified per pixel.
+* SFNet's flow alignment (Li et al., "Semantic Flow for Fast and Accurate Scene Parsing",
+  ECCV 2020), an option of the FPN head: a coarse map is not upsampled bilinearly but
+  warped by a learned flow field predicted from both maps (``grid_sample``, bilinear).
+* ASPP (Chen et al., DeepLab-v3, 2017): parallel atrous convolutions and image pooling on
+  the last map.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import FeaturePyramidNetwork
+
+from ..factory import create_model
+
+__all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "SegmentationModel", "create_segmentation_model"]
+
+
+def _conv_bn_relu(in_chs: int, out_chs: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class FlowAlign(nn.Module):
+    """SFNet's flow alignment module: warp a coarse map onto a fine map's grid.
+
+    A 3x3 convolution on [fine, upsampled coarse] predicts a 2-channel flow (in pixels of
+    the fine grid); the coarse map is sampled at (grid + flow), bilinearly.
+
+    Shapes:
+        fine (B, C, H, W), coarse (B, C, h, w) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.down_fine = nn.Conv2d(channels, channels // 2, 1, bias=False)
+        self.down_coarse = nn.Conv2d(channels, channels // 2, 1, bias=False)
+        self.flow = nn.Conv2d(channels, 2, 3, padding=1, bias=False)
+        nn.init.zeros_(self.flow.weight)  # starts as bilinear upsampling
+
+    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
+        B, _, H, W = fine.shape
+        up = F.interpolate(self.down_coarse(coarse), size=(H, W), mode="bilinear", align_corners=False)
+        flow = self.flow(torch.cat([self.down_fine(fine), up], dim=1))  # B, 2, H, W (dx, dy in pixels)
+        ys = torch.linspace(-1.0, 1.0, H, device=fine.device, dtype=fine.dtype)
+        xs = torch.linspace(-1.0, 1.0, W, device=fine.device, dtype=fine.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # H, W, 2 as (x, y)
+        scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=fine.device, dtype=fine.dtype)
+        grid = grid[None] + flow.permute(0, 2, 3, 1) * scale  # B, H, W, 2
+        return F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class FPNSegHead(nn.Module):
+    """FPN + Panoptic-FPN semantic head (optionally with SFNet flow alignment).
+
+    Args:
+        in_channels: channels of the backbone maps, finest first.
+        num_classes: output classes.
+        channels: FPN width.
+        flow_align: align coarse levels with learned flow instead of bilinear upsampling.
+
+    Shapes:
+        list of (B, C_i, H_i, W_i), finest first -> (B, num_classes, H_0, W_0).
+    """
+
+    def __init__(self, in_channels: Sequence[int], num_classes: int, *, channels: int = 256, flow_align: bool = False) -> None:
+        super().__init__()
+        self.fpn = FeaturePyramidNetwork(list(in_channels), channels)
+        self.convs = nn.ModuleList(_conv_bn_relu(channels, channels // 2) for _ in in_channels)
+        self.align = nn.ModuleList(FlowAlign(channels // 2) for _ in in_channels[1:]) if flow_align else None
+        self.classifier = nn.Conv2d(channels // 2, num_classes, 1)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())
+        maps = [conv(p) for conv, p in zip(self.convs, pyramid)]
+        out = maps[0]
+        size = out.shape[-2:]
+        for i, m in enumerate(maps[1:]):
+            if self.align is not None:
+                out = out + self.align[i](maps[0], m)
+            else:
+                out = out + F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return self.classifier(out)
+
+
+class ASPPHead(nn.Module):
+    """DeepLab-v3 atrous spatial pyramid pooling on the last backbone map.
+
+    Args:
+        in_channels: channels of the last map.
+        num_classes: output classes.
+        rates: atrous rates of the three 3x3 branches (6, 12, 18 at output stride 16;
+            double them at output stride 8).
+        channels: branch width.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, *, rates: Sequence[int] = (6, 12, 18), channels: int = 256) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(in_channels, channels, 1)] + [_conv_bn_relu(in_channels, channels, 3, r) for r in rates]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1, bias=False), nn.ReLU(inplace=True))
+        self.project = _conv_bn_relu(channels * (len(rates) + 2), channels, 1)
+        self.refine = _conv_bn_relu(channels, channels, 3)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, feats: Sequence[Tensor]) -> Tensor:
+        x = feats[-1]
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])  # B, C, h, w
+        x = torch.cat([b(x) for b in self.branches] + [pooled], dim=1)
+        return self.classifier(self.refine(self.project(x)))
+
+
+class SegmentationModel(nn.Module):
+    """A features_only backbone, a head, and bilinear upsampling to the input size.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes, H, W) logits.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def create_segmentation_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    head: str = "fpn",
+    flow_align: bool = False,
+    channels: int = 256,
+    in_chans: int = 3,
+    img_size: int | Sequence[int] | None = None,
+    out_indices: Sequence[int] | None = None,
+    aspp_rates: Sequence[int] = (6, 12, 18),
+    checkpoint: str | None = None,
+    **backbone_overrides,
+) -> SegmentationModel:
+    """Semantic segmentation on any registered backbone.
+
+    Args:
+        backbone: a model name, e.g. ``"swin_tiny_patch4_window7_224"``.
+        num_classes: classes of the label maps.
+        head: ``"fpn"`` (FPN + Panoptic-FPN semantic head) or ``"aspp"`` (DeepLab-v3).
+        flow_align: SFNet flow alignment in the FPN head.
+        channels: head width.
+        out_indices: backbone maps to use (default: the backbone's feature stages).
+        checkpoint: backbone weights (classification checkpoint; the head stays initialised).
+        **backbone_overrides: configuration overrides of the backbone.
+    """
+    net = create_model(
+        backbone, features_only=True, out_indices=out_indices, in_chans=in_chans, img_size=img_size,
+        checkpoint=checkpoint, **backbone_overrides,
+    )
+    chans = [fi.num_chs for fi in net.feature_info]
+    if head == "fpn":
+        h: nn.Module = FPNSegHead(chans, num_classes, channels=channels, flow_align=flow_align)
+    elif head == "aspp":
+        if flow_align:
+            raise ValueError("flow_align is an option of the FPN head")
+        h = ASPPHead(chans[-1], num_classes, rates=aspp_rates, channels=channels)
+    else:
+        raise ValueError(f"head must be 'fpn' or 'aspp', got {head!r}")
+    return SegmentationModel(net, h)
