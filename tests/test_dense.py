@@ -55,3 +55,18 @@ def test_mask_rcnn_trains_and_predicts(backbone):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and {"boxes", "labels", "scores", "masks"} <= set(out[0])
+
+
+def test_unext_size_and_output():
+    from visionzoo.factory import count_macs
+
+    m = create_segmentation_model("unext", num_classes=2)
+    n = sum(p.numel() for p in m.parameters())
+    assert abs(n / 1e6 - 1.47) / 1.47 < 0.03, n
+    assert abs(count_macs(m.eval(), (3, 256, 256), device="cpu") / 1e9 - 0.57) / 0.57 < 0.03
+    out = m(torch.randn(2, 3, 96, 160))
+    assert out.shape == (2, 2, 96, 160)
+    small = create_segmentation_model("unext_s", num_classes=3, in_chans=1)
+    assert small(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        m(torch.randn(1, 3, 100, 100))

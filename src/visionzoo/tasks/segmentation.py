@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from ..factory import create_model
+from .unext import unext, unext_s
 
 __all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "SegmentationModel", "create_segmentation_model"]
 
@@ -140,6 +141,9 @@ class SegmentationModel(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+DEDICATED = {"unext": unext, "unext_s": unext_s}
+
+
 def create_segmentation_model(
     backbone: str,
     num_classes: int,
@@ -153,11 +157,12 @@ def create_segmentation_model(
     aspp_rates: Sequence[int] = (6, 12, 18),
     checkpoint: str | None = None,
     **backbone_overrides,
-) -> SegmentationModel:
+) -> nn.Module:
     """Semantic segmentation on any registered backbone.
 
     Args:
-        backbone: a model name, e.g. ``"swin_tiny_patch4_window7_224"``.
+        backbone: a model name, e.g. ``"swin_tiny_patch4_window7_224"``, or a complete
+            segmentation network: ``"unext"``, ``"unext_s"``.
         num_classes: classes of the label maps.
         head: ``"fpn"`` (FPN + Panoptic-FPN semantic head) or ``"aspp"`` (DeepLab-v3).
         flow_align: SFNet flow alignment in the FPN head.
@@ -166,6 +171,10 @@ def create_segmentation_model(
         checkpoint: backbone weights (classification checkpoint; the head stays initialised).
         **backbone_overrides: configuration overrides of the backbone.
     """
+    if backbone in DEDICATED:
+        if head != "fpn" or flow_align or out_indices is not None or checkpoint is not None or backbone_overrides:
+            raise ValueError(f"{backbone} is a complete segmentation network: it takes only num_classes and in_chans")
+        return DEDICATED[backbone](num_classes=num_classes, in_chans=in_chans)
     net = create_model(
         backbone, features_only=True, out_indices=out_indices, in_chans=in_chans, img_size=img_size,
         checkpoint=checkpoint, **backbone_overrides,
