@@ -94,3 +94,8 @@ def test_console_script_installed():
     assert os.path.exists(exe), "the visionzoo entry point is not installed next to the interpreter"
     r = subprocess.run([exe, "list", "deit*"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "deit_tiny_distilled_patch16_224" in r.stdout
+
+
+def test_cli_debug_shows_traceback():
+    r = _cli("--debug", "info", "vit_bass_patch16_224")
+    assert r.returncode != 0 and "Traceback" in r.stderr

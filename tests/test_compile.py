@@ -1,0 +1,41 @@
+"""torch.compile without graph breaks, for every family."""
+
+import pytest
+import torch
+
+import visionzoo
+
+from family_models import small_side, smallest_per_family
+
+FAMILIES = smallest_per_family()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_no_graph_breaks(family):
+    """torch._dynamo.explain traces the forward without compiling it: one graph, no breaks."""
+    model = visionzoo.create_model(FAMILIES[family], num_classes=10).eval()
+    S = small_side(model)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, S, S))
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons][:3]
+    assert explanation.graph_count == 1
+
+
+def test_compiled_model_matches_eager():
+    model = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10, depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_compiled_family_matches_eager(family):
+    model = visionzoo.create_model(FAMILIES[family], num_classes=10).eval()
+    S = small_side(model)
+    x = torch.randn(2, 3, S, S)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
