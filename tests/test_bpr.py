@@ -76,3 +76,10 @@ def test_trained_refiner_beats_the_coarse_mask():
             before.append(boundary_iou(coarse, true))
             after.append(boundary_iou(bpr(image, coarse), true))
     assert sum(after) / 8 > sum(before) / 8 + 0.05, (before, after)
+
+
+def test_default_refiner_is_hrnetv2_w18_small():
+    refiner = create_refiner()
+    assert refiner.backbone.model_name == "hrnet_w18_small" and refiner.backbone.in_chans == 4
+    out = refiner(torch.randn(2, 4, 64, 64))
+    assert out.shape == (2, 2, 64, 64)

@@ -11,8 +11,8 @@ Segmentation", CVPR 2021.
 4. Foreground probabilities are resized back and averaged where patches overlap; pixels
    with a mean above 0.5 are foreground. Pixels no patch covers keep the coarse label.
 
-The paper's refiner is HRNetV2-W18-small; this module takes any network with 4 input and
-2 output channels that returns logits at its input resolution (``create_refiner``).
+The paper's refiner, HRNetV2-W18-small, is the default of ``create_refiner``; any network
+with 4 input and 2 output channels that returns logits at its input resolution works.
 """
 
 from __future__ import annotations
@@ -78,16 +78,19 @@ def _crop(x: Tensor, box: Tensor) -> Tensor:
     return out
 
 
-def create_refiner(name: str = "unext_s") -> nn.Module:
+def create_refiner(name: str = "hrnet_w18_small") -> nn.Module:
     """A refinement network with 4 input channels (RGB + mask) and 2 output classes.
 
-    ``name`` is any visionzoo segmentation network or backbone accepted by
-    :func:`visionzoo.tasks.create_segmentation_model`. The default is UNeXt-S; the paper's
-    HRNetV2-W18-small becomes the default once the HRNet family is part of visionzoo.
+    The default is the paper's HRNetV2-W18-small (HRNetV2 head on all four branches);
+    ``name`` may be any visionzoo segmentation network or backbone accepted by
+    :func:`visionzoo.tasks.create_segmentation_model` (an FPN head is added to backbones).
     """
     from .segmentation import create_segmentation_model
 
-    return create_segmentation_model(name, num_classes=2, in_chans=4)
+    head = "hrnetv2" if name.startswith("hrnet") else "fpn"
+    if name in ("unext", "unext_s"):
+        return create_segmentation_model(name, num_classes=2, in_chans=4)
+    return create_segmentation_model(name, num_classes=2, in_chans=4, head=head)
 
 
 class BoundaryPatchRefiner(nn.Module):

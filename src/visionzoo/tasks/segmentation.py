@@ -23,7 +23,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from ..factory import create_model
 from .unext import unext, unext_s
 
-__all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "SegmentationModel", "create_segmentation_model"]
+__all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "HRNetV2Seg", "SegmentationModel", "create_segmentation_model"]
 
 
 def _conv_bn_relu(in_chs: int, out_chs: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -124,6 +124,31 @@ class ASPPHead(nn.Module):
         return self.classifier(self.refine(self.project(x)))
 
 
+class HRNetV2Seg(nn.Module):
+    """HRNetV2 segmentation (Wang et al., TPAMI 2020): all four branches upsampled to 1/4,
+    concatenated, mixed by a 1x1 conv-BN-ReLU and classified per pixel.
+
+    Shapes:
+        (B, in_chans, H, W) with H, W multiples of 32 -> (B, num_classes, H, W).
+    """
+
+    def __init__(self, hrnet: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        hrnet.reset_classifier(0)
+        hrnet.incre_modules = hrnet.downsamp_modules = hrnet.final_layer = None  # the classification head is unused
+        self.backbone = hrnet
+        width = sum(hrnet.branch_channels)
+        self.mix = _conv_bn_relu(width, width, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xs = self.backbone.forward_branches(x)
+        size = xs[0].shape[-2:]
+        feats = torch.cat([xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in xs[1:]], dim=1)
+        logits = self.classifier(self.mix(feats))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class SegmentationModel(nn.Module):
     """A features_only backbone, a head, and bilinear upsampling to the input size.
 
@@ -164,7 +189,8 @@ def create_segmentation_model(
         backbone: a model name, e.g. ``"swin_tiny_patch4_window7_224"``, or a complete
             segmentation network: ``"unext"``, ``"unext_s"``.
         num_classes: classes of the label maps.
-        head: ``"fpn"`` (FPN + Panoptic-FPN semantic head) or ``"aspp"`` (DeepLab-v3).
+        head: ``"fpn"`` (FPN + Panoptic-FPN semantic head), ``"aspp"`` (DeepLab-v3) or, for
+            HRNet backbones, ``"hrnetv2"`` (all branches concatenated at 1/4).
         flow_align: SFNet flow alignment in the FPN head.
         channels: head width.
         out_indices: backbone maps to use (default: the backbone's feature stages).
@@ -175,6 +201,10 @@ def create_segmentation_model(
         if head != "fpn" or flow_align or out_indices is not None or checkpoint is not None or backbone_overrides:
             raise ValueError(f"{backbone} is a complete segmentation network: it takes only num_classes and in_chans")
         return DEDICATED[backbone](num_classes=num_classes, in_chans=in_chans)
+    if head == "hrnetv2":
+        if not backbone.startswith("hrnet") or flow_align or out_indices is not None:
+            raise ValueError("head='hrnetv2' takes an HRNet backbone (hrnet_*) and no flow_align / out_indices")
+        return HRNetV2Seg(create_model(backbone, in_chans=in_chans, checkpoint=checkpoint, **backbone_overrides), num_classes)
     net = create_model(
         backbone, features_only=True, out_indices=out_indices, in_chans=in_chans, img_size=img_size,
         checkpoint=checkpoint, **backbone_overrides,
@@ -187,5 +217,5 @@ def create_segmentation_model(
             raise ValueError("flow_align is an option of the FPN head")
         h = ASPPHead(chans[-1], num_classes, rates=aspp_rates, channels=channels)
     else:
-        raise ValueError(f"head must be 'fpn' or 'aspp', got {head!r}")
+        raise ValueError(f"head must be 'fpn', 'aspp' or 'hrnetv2', got {head!r}")
     return SegmentationModel(net, h)
