@@ -36,7 +36,7 @@ def test_unknown_head_is_refused():
         create_segmentation_model("vit_tiny_patch16_224", 3, head="unet")
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224"])
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "convnext_tiny"])
 def test_mask_rcnn_trains_and_predicts(backbone):
     torch.manual_seed(0)
     model = mask_rcnn(backbone, num_classes=3, min_size=64, max_size=96)

@@ -1,0 +1,218 @@
+"""ConvNeXt: a ConvNet modernised toward the design of vision Transformers.
+
+Paper: Liu et al., "A ConvNet for the 2020s", CVPR 2022.
+
+A 4x4 stride-4 "patchify" stem with LayerNorm, four stages at strides 4/8/16/32 separated by
+LayerNorm + 2x2 stride-2 convolutions, and blocks of
+
+    depthwise 7x7 conv -> LayerNorm -> Linear (4x) -> GELU -> Linear -> layer scale -> + x
+
+The head pools globally, normalises (LayerNorm) and classifies. State-dict keys follow
+timm; torchvision's and the authors' (facebookresearch/ConvNeXt) layouts convert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import identity, register_converter, rename_keys
+from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, trunc_normal_
+from ..registry import default_cfg, register_family
+
+__all__ = ["ConvNeXt", "ConvNeXtConfig"]
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise k x k -> LN -> Linear 4C -> GELU -> Linear C -> gamma, residual.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, dim: int, *, kernel_size: int = 7, mlp_ratio: float = 4.0, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(mlp_ratio * dim))
+        self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value > 0 else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
+        x = self.mlp(self.norm(x))
+        if self.gamma is not None:
+            x = x * self.gamma
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))  # B, C, H, W
+
+
+class ConvNeXtStage(nn.Module):
+    """Optional LN + 2x2/2 downsampling, then ``depth`` blocks."""
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, *, downsample: bool, drop_paths: Sequence[float], **block_kwargs) -> None:
+        super().__init__()
+        self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), nn.Conv2d(in_chs, out_chs, 2, stride=2)) if downsample else nn.Identity()
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(out_chs, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.blocks(self.downsample(x))
+
+
+class NormHead(nn.Module):
+    """Global average pool -> LayerNorm -> dropout -> Linear (timm's key names)."""
+
+    def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)  # B, C
+        x = self.drop(x)
+        return x if pre_logits else self.fc(x)
+
+
+@dataclass(frozen=True)
+class ConvNeXtConfig:
+    """One ConvNeXt: blocks and widths per stage, kernel size, layer-scale init."""
+
+    depths: tuple[int, int, int, int] = (3, 3, 9, 3)
+    dims: tuple[int, int, int, int] = (96, 192, 384, 768)
+    kernel_size: int = 7
+    ls_init_value: float = 1e-6
+    drop_rate: float = 0.0
+
+
+class ConvNeXt(VisionModel):
+    """ConvNeXt classifier.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C4, H/32, W/32).
+        H and W must be multiples of 32 (the stem and three 2x2 downsamplings do not pad).
+    """
+
+    family = "convnext"
+    input_multiple = 32
+
+    def __init__(self, cfg: ConvNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.min_input_size = 32
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.dims[0], 4, stride=4), LayerNorm2d(cfg.dims[0], eps=1e-6))
+        dpr = drop_path_rates(drop_path_rate, sum(cfg.depths))
+        stages, start, prev = [], 0, cfg.dims[0]
+        for i, (d, c) in enumerate(zip(cfg.depths, cfg.dims)):
+            stages.append(ConvNeXtStage(prev, c, d, downsample=i > 0, drop_paths=dpr[start : start + d], kernel_size=cfg.kernel_size, ls_init_value=cfg.ls_init_value))
+            start, prev = start + d, c
+        self.stages = nn.Sequential(*stages)
+        self.num_features = cfg.dims[-1]
+        self.head = NormHead(self.num_features, num_classes, cfg.drop_rate)
+        self.feature_info = [FeatureInfo(c, 4 * 2**i, f"stages.{i}") for i, c in enumerate(cfg.dims)]
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                trunc_normal_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        self.check_input(x)
+        x, out = self.stem(x), {}
+        for i in range(max(indices) + 1):
+            x = self.stages[i](x)
+            out[i] = x
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.stages = self.stages[: max(indices) + 1]
+        self.head = nn.Identity()  # type: ignore[assignment]
+        self.num_classes = 0
+
+
+# --------------------------------------------------------------------------- checkpoints
+register_converter("convnext", "timm")(identity)
+
+
+@register_converter("convnext", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """torchvision's ``features.N`` layout (stem = features.0, stages at odd N, downsampling at even N)."""
+    if "features.0.0.weight" not in sd:
+        raise KeyError("features.0.0.weight")
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[0] == "features":
+            n = int(parts[1])
+            if n == 0:
+                k = f"stem.{'.'.join(parts[2:])}"
+            elif n % 2 == 1:  # stage (n - 1) / 2: features.N.J.block.I / layer_scale
+                s, j, rest = (n - 1) // 2, parts[2], parts[3:]
+                if rest[0] == "layer_scale":
+                    k, v = f"stages.{s}.blocks.{j}.gamma", v.flatten()
+                else:
+                    name = {"0": "conv_dw", "2": "norm", "3": "mlp.fc1", "5": "mlp.fc2"}[rest[1]]
+                    k = f"stages.{s}.blocks.{j}.{name}.{rest[2]}"
+            else:  # downsampling before stage n / 2
+                k = f"stages.{n // 2}.downsample.{'.'.join(parts[2:])}"
+        elif parts[0] == "classifier":
+            k = {"0": "head.norm", "2": "head.fc"}[parts[1]] + "." + parts[2]
+        out[k] = v
+    return out
+
+
+@register_converter("convnext", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """The authors' release (``downsample_layers.N``, ``stages.N.M.dwconv``, ``norm``, ``head``)."""
+    if "downsample_layers.0.0.weight" not in sd:
+        raise KeyError("downsample_layers.0.0.weight")
+    return rename_keys(sd, [
+        (r"^downsample_layers\.0\.", "stem."),
+        (r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample."),
+        (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."),
+        (r"\.dwconv\.", ".conv_dw."),
+        (r"\.pwconv1\.", ".mlp.fc1."),
+        (r"\.pwconv2\.", ".mlp.fc2."),
+        (r"^norm\.", "head.norm."),
+        (r"^head\.(weight|bias)$", r"head.fc.\1"),
+    ])
+
+
+# --------------------------------------------------------------------------- variants
+VARIANTS = {
+    "convnext_tiny": ConvNeXtConfig(),
+    "convnext_small": ConvNeXtConfig(depths=(3, 3, 27, 3)),
+    "convnext_base": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "convnext_large": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    "convnext_xlarge": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
+}
+
+register_family(
+    "convnext",
+    ConvNeXt,
+    VARIANTS,
+    default_cfgs=lambda name, cfg: default_cfg(224, crop_pct=0.875, first_conv="stem.0", classifier="head.fc"),
+    published={  # paper Table 1 (ImageNet-1k, 224); XL only after ImageNet-22k
+        "convnext_tiny": dict(params=28.6, gmacs=4.5, top1=82.1),
+        "convnext_small": dict(params=50.0, gmacs=8.7, top1=83.1),
+        "convnext_base": dict(params=89.0, gmacs=15.4, top1=83.8),
+        "convnext_large": dict(params=198.0, gmacs=34.4, top1=84.3),
+        "convnext_xlarge": dict(params=350.0, gmacs=60.9, top1=87.0, note="top-1 after ImageNet-22k"),
+    },
+    paper="Liu et al., A ConvNet for the 2020s, CVPR 2022",
+)

@@ -1,0 +1,85 @@
+"""ConvNeXt against timm, torchvision and the authors' release layout."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import visionzoo
+from visionzoo.testing import build_random, max_rel_diff
+
+NAMES = visionzoo.list_models("convnext*")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_equal_timm(name):
+    with torch.device("meta"):
+        ours = visionzoo.create_model(name)
+        ref = timm.create_model(name, num_classes=1000)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_equal_timm(name):
+    ref = build_random(lambda: timm.create_model(name, num_classes=10))
+    ours = visionzoo.create_model(name, num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+def test_other_classes_and_channels_and_features():
+    ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=3, in_chans=1))
+    ours = visionzoo.create_model("convnext_tiny", num_classes=3, in_chans=1, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(1, 1, 96, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        feats = visionzoo.create_model("convnext_tiny", in_chans=1, features_only=True, checkpoint=ref.state_dict()).eval()(x)
+        expect = ref.forward_intermediates(x, intermediates_only=True)
+    for f, e in zip(feats, expect, strict=True):
+        assert max_rel_diff(f, e) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"])
+def test_logits_equal_torchvision(name):
+    ref = build_random(lambda: getattr(torchvision.models, name)(num_classes=10))
+    ours = visionzoo.create_model(name, num_classes=10).eval()
+    info = visionzoo.load_checkpoint(ours, ref.state_dict())
+    assert info["source"] == ["torchvision"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _to_official(sd):
+    """timm layout -> the authors' release layout (written independently of our converter)."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("stem."):
+            k = "downsample_layers.0." + k[5:]
+        elif ".downsample." in k:
+            s, rest = k.split(".downsample.")
+            k = f"downsample_layers.{s.split('.')[1]}.{rest}"
+        elif ".blocks." in k:
+            s, rest = k.split(".blocks.")
+            rest = rest.replace("conv_dw", "dwconv").replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2")
+            k = f"{s}.{rest}"
+        elif k.startswith("head.norm."):
+            k = "norm." + k[len("head.norm."):]
+        elif k.startswith("head.fc."):
+            k = "head." + k[len("head.fc."):]
+        out[k] = v
+    return out
+
+
+def test_official_layout_loads():
+    ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=10))
+    official = _to_official(ref.state_dict())
+    assert "downsample_layers.3.1.weight" in official and "stages.2.8.pwconv2.weight" in official
+    ours = visionzoo.create_model("convnext_tiny", num_classes=10).eval()
+    assert visionzoo.load_checkpoint(ours, official)["source"] == ["official"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
