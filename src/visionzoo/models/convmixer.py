@@ -1,0 +1,146 @@
+"""ConvMixer: patches, then depthwise (spatial) and pointwise (channel) mixing.
+
+Paper: Trockman & Kolter, "Patches Are All You Need?", TMLR 2023.
+
+A p x p stride-p convolution embeds patches into h channels (activation, BatchNorm); d
+blocks follow, each a residual depthwise k x k convolution (act, BN) mixing space, then a
+1x1 convolution (act, BN) mixing channels; global pooling and a linear classifier end it.
+The resolution stays at H/p throughout. Keys follow timm's layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import identity, register_converter
+from ..registry import default_cfg, register_family
+
+__all__ = ["ConvMixer", "ConvMixerConfig"]
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+class Residual(nn.Module):
+    """x + fn(x) (key ``fn`` as timm's)."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fn(x)
+
+
+def _mixer_block(dim: int, kernel_size: int, act: type[nn.Module]) -> nn.Sequential:
+    """Depthwise k x k (residual) then pointwise 1x1, each followed by act and BN."""
+    return nn.Sequential(
+        Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=kernel_size // 2), act(), nn.BatchNorm2d(dim))),
+        nn.Conv2d(dim, dim, 1),
+        act(),
+        nn.BatchNorm2d(dim),
+    )
+
+
+@dataclass(frozen=True)
+class ConvMixerConfig:
+    """ConvMixer-h/d with kernel k and patch p; activation 'gelu' (paper default) or 'relu'."""
+
+    dim: int = 768
+    depth: int = 32
+    kernel_size: int = 7
+    patch_size: int = 7
+    act: str = "gelu"
+    drop_rate: float = 0.0
+
+
+class ConvMixer(VisionModel):
+    """ConvMixer classifier.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, h, H/p, W/p).
+    """
+
+    family = "convmixer"
+
+    def __init__(self, cfg: ConvMixerConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if cfg.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
+        if cfg.kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (symmetric 'same' padding), got {cfg.kernel_size}")
+        act = ACTIVATIONS[cfg.act]
+        self.cfg = cfg
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.min_input_size = cfg.patch_size
+        self.num_features = cfg.dim
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size), act(), nn.BatchNorm2d(cfg.dim))
+        self.blocks = nn.Sequential(*[_mixer_block(cfg.dim, cfg.kernel_size, act) for _ in range(cfg.depth)])
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.dim, num_classes) if num_classes > 0 else nn.Identity()
+        # four evenly spaced blocks as feature maps (all at stride p)
+        self._feature_blocks = sorted({max(round((i + 1) * cfg.depth / 4) - 1, 0) for i in range(4)})
+        self.feature_info = [FeatureInfo(cfg.dim, cfg.patch_size, f"blocks.{i}") for i in self._feature_blocks]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(x.mean((2, 3)))
+        return x if pre_logits else self.head(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        self.check_input(x)
+        wanted = {self._feature_blocks[i]: i for i in indices}
+        x, out = self.stem(x), {}
+        for b in range(max(wanted) + 1):
+            x = self.blocks[b](x)
+            if b in wanted:
+                out[wanted[b]] = x
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.reset_classifier(0)
+        self.blocks = self.blocks[: self._feature_blocks[max(indices)] + 1]
+
+
+register_converter("convmixer", "timm")(identity)
+
+VARIANTS = {
+    "convmixer_1536_20": ConvMixerConfig(dim=1536, depth=20, kernel_size=9, patch_size=7),
+    "convmixer_768_32": ConvMixerConfig(dim=768, depth=32, kernel_size=7, patch_size=7, act="relu"),
+    "convmixer_1024_20_ks9_p14": ConvMixerConfig(dim=1024, depth=20, kernel_size=9, patch_size=14),
+    # the paper's CIFAR-10 network (Sec. 4 / App.): 32x32 input, k5, p2
+    "convmixer_256_8": ConvMixerConfig(dim=256, depth=8, kernel_size=5, patch_size=2),
+}
+
+register_family(
+    "convmixer",
+    ConvMixer,
+    VARIANTS,
+    default_cfgs=lambda name, cfg: default_cfg(
+        32 if name == "convmixer_256_8" else 224,
+        crop_pct=1.0 if name == "convmixer_256_8" else 0.96,
+        first_conv="stem.0",
+        mean=(0.4914, 0.4822, 0.4465) if name == "convmixer_256_8" else (0.485, 0.456, 0.406),
+        std=(0.2470, 0.2435, 0.2616) if name == "convmixer_256_8" else (0.229, 0.224, 0.225),
+    ),
+    # The paper's GFLOPs leave out the depthwise convolutions: e.g. for 1536/20, 20 blocks x
+    # 1536^2 x 32^2 (pointwise) + stem = 48.6 G, while the depthwise 9x9 convs add 20 x 1536 x 81
+    # x 32^2 = 2.5 G; visionzoo counts every multiply-add (51.1 G), so the paper's figure is a note.
+    published={
+        "convmixer_1536_20": dict(params=51.6, top1=81.4, note="paper: 48.7 GFLOPs without depthwise convs; all counted: 51.1 GMACs"),
+        "convmixer_768_32": dict(params=21.1, top1=80.2, note="paper: 19.5 GFLOPs without depthwise convs; all counted: 20.7 GMACs"),
+        "convmixer_1024_20_ks9_p14": dict(params=24.4, top1=76.9, note="paper: 5.6 GFLOPs without depthwise convs; all counted: 5.9 GMACs"),
+        "convmixer_256_8": dict(note="CIFAR-10: ~92.5 % in 25 epochs (REFERENCE.md)"),
+    },
+    paper="Trockman & Kolter, Patches Are All You Need?, TMLR 2023",
+)

@@ -1,0 +1,44 @@
+"""ConvMixer against timm."""
+
+import pytest
+import timm
+import torch
+
+import visionzoo
+from visionzoo.testing import build_random, max_rel_diff
+
+TIMM_NAMES = ["convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14"]
+
+
+@pytest.mark.parametrize("name", TIMM_NAMES)
+def test_params_and_logits_equal_timm(name):
+    with torch.device("meta"):
+        n_ours = sum(p.numel() for p in visionzoo.create_model(name).parameters())
+        n_ref = sum(p.numel() for p in timm.create_model(name).parameters())
+    assert n_ours == n_ref
+    ref = build_random(lambda: timm.create_model(name, num_classes=10))
+    ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_other_classes_channels_and_any_configuration():
+    ref = build_random(lambda: timm.create_model("convmixer_768_32", num_classes=4, in_chans=2))
+    ours = visionzoo.create_model("convmixer_768_32", num_classes=4, in_chans=2, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(1, 2, 70, 42)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    # any (h, d, k, p, activation) through create_model overrides
+    m = visionzoo.create_model("convmixer_256_8", num_classes=10, dim=64, depth=3, kernel_size=3, patch_size=4, act="silu")
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert sum(p.numel() for p in m.parameters()) == (3 * 16 * 64 + 64 + 2 * 64) + 3 * (64 * 9 + 64 + 2 * 64 + 64 * 64 + 64 + 2 * 64) + 64 * 10 + 10
+
+
+def test_counted_macs_are_the_papers_plus_the_depthwise_convolutions():
+    for name, paper in (("convmixer_1536_20", 48.7), ("convmixer_768_32", 19.5), ("convmixer_1024_20_ks9_p14", 5.6)):
+        cfg = visionzoo.registry.get_entry(name).config
+        side = 224 // cfg.patch_size
+        depthwise = cfg.depth * cfg.dim * cfg.kernel_size**2 * side**2 / 1e9
+        counted = visionzoo.model_info(name)["gmacs"]
+        assert abs(counted - depthwise - paper) / paper < 0.03, (name, counted, depthwise)
