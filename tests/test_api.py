@@ -99,3 +99,22 @@ def test_console_script_installed():
 def test_cli_debug_shows_traceback():
     r = _cli("--debug", "info", "vit_bass_patch16_224")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("bench", "vit_tiny_patch16_244"), "did you mean"),
+        (("bench", "vit_tiny_patch16_224", "--batch-size", "0"), "--batch-size must be positive"),
+        (("bench", "vit_tiny_patch16_224", "--compare", "torchvision"), "--compare supports 'timm' only"),
+        (("export", "vit_tiny_patch16_224", "--output", "model.pt"), "--output must end in .onnx"),
+        (("export", "vit_tiny_patch16_224", "--output", "m.onnx", "--opset", "3"), "--opset must be between"),
+        (("info", "vit_tiny_patch16_224", "--set", "pos_embed"), "--set expects KEY=VALUE"),
+        (("info", "vit_tiny_patch16_224", "--set", "depth_typo=3"), "unknown option"),
+    ],
+)
+def test_cli_argument_errors_are_one_line(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2, r.stdout
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
