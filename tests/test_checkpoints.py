@@ -192,3 +192,21 @@ def test_create_model_with_checkpoint_path(tmp_path):
     dst = visionzoo.create_model(NAME, img_size=32, num_classes=5, checkpoint=path).eval()
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(dst(x), src(x))
+
+
+def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    path = save_state_dict({"w": torch.ones(3)}, tmp_path / "w.safetensors")
+    before = path.read_bytes()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half")  # a partial write, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_state_dict({"w": torch.zeros(3)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
