@@ -18,10 +18,11 @@ Lite (for mobile accelerators) drops squeeze-and-excitation, uses ReLU6, keeps t
 
 State-dict keys follow timm (``conv_stem``, ``bn1``, ``blocks.S.J.*``, ``conv_head``,
 ``bn2``, ``classifier``). Converters read torchvision's layout (``features.N.M.block.*``)
-and efficientnet_pytorch's (lukemelas, ``_blocks.N.*``; see :func:`_from_official` for
-the key mapping). Those two converters also set the numerics the layout's weights were
-trained with (BatchNorm eps/momentum, TensorFlow 'SAME' padding), see
-:func:`set_numerics`.
+and efficientnet_pytorch's (lukemelas, ``_blocks.N.*``; the key mapping is tabled in
+:func:`official_key_map`). Those two converters also set the numerics the layout's
+weights were trained with, see :func:`set_numerics`: torchvision's B5-B7 use BatchNorm
+eps 1e-3 (B0-B4 PyTorch's 1e-5), efficientnet_pytorch eps 1e-3 and TensorFlow 'SAME'
+padding.
 """
 
 from __future__ import annotations
@@ -265,8 +266,10 @@ class EfficientNet(VisionModel):
         for i, s in enumerate(specs):
             blocks = []
             for j in range(s.repeats):
-                kw = dict(kernel_size=s.kernel_size, stride=s.stride if j == 0 else 1, se_chs=max(1, int(prev * cfg.se_ratio)) if cfg.se_ratio > 0 else 0,
-                          act_layer=act, norm_layer=norm, tf_padding=cfg.tf_padding, drop_path=drop_path_rate * idx / n_blocks)
+                # SE width from the block's input width, as the official code (not the expanded one)
+                se_chs = max(1, int(prev * cfg.se_ratio)) if cfg.se_ratio > 0 else 0
+                kw = dict(kernel_size=s.kernel_size, stride=s.stride if j == 0 else 1, se_chs=se_chs, act_layer=act,
+                          norm_layer=norm, tf_padding=cfg.tf_padding, drop_path=drop_path_rate * idx / n_blocks)
                 if s.expand_ratio == 1:
                     blocks.append(DepthwiseSeparable(prev, s.out_chs, **kw))
                 else:
@@ -332,7 +335,11 @@ def set_numerics(model: EfficientNet, *, bn_eps: float, bn_momentum: float, tf_p
     """Switch a built model's BatchNorm eps/momentum and padding (and ``model.cfg`` with them).
 
     Weights trained in TensorFlow need eps 1e-3 and 'SAME' padding to give their logits;
-    the converters of such layouts call this, so that loading is enough.
+    the torchvision and efficientnet_pytorch converters call this once they have recognised
+    their layout, so that loading is enough. (A load that then fails, on shapes say, leaves
+    the weights untouched but the numerics switched.) timm's ``tf_efficientnet_*`` share
+    timm's keys and cannot be told apart: create the model with ``bn_eps=1e-3,
+    tf_padding=True`` for them.
     """
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
