@@ -82,7 +82,8 @@ class BasicBlock(nn.Module):
         planes: output channels.
         stride: stride of the first convolution.
         dilation: rate of the second convolution.
-        first_dilation: rate of the first convolution (``dilation`` when omitted).
+        first_dilation: rate of the first convolution (``dilation`` when omitted; the first
+            block of a dilated stage keeps the previous stage's rate here).
         se: squeeze-and-excitation after the last BN.
         drop_path: stochastic-depth rate of the residual branch.
 
@@ -131,9 +132,9 @@ class Bottleneck(nn.Module):
         in_chs: input channels.
         planes: channels of the stage before expansion; the block outputs ``4 * planes``.
         stride: stride of the 3x3 convolution.
-        dilation: rate of the 3x3 convolution.
-        first_dilation: unused; the bottleneck has a single 3x3 (kept so both blocks share
-            a signature).
+        dilation: the stage's rate; taken by the 3x3 unless ``first_dilation`` is given.
+        first_dilation: rate of the 3x3 convolution (the first block of a dilated stage
+            keeps the previous stage's rate).
         groups: groups of the 3x3 convolution (ResNeXt's cardinality).
         base_width: channels per group at ``planes=64``; the 3x3 has
             ``floor(planes * base_width / 64) * groups`` channels.
@@ -164,7 +165,7 @@ class Bottleneck(nn.Module):
         out_chs = planes * self.expansion
         self.conv1, self.bn1 = _conv_bn(in_chs, width, 1)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=stride, dilation=dilation, groups=groups)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=stride, dilation=first_dilation or dilation, groups=groups)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
         self.se = SqueezeExcite(out_chs, make_divisible(out_chs / 16, 8, round_limit=0.0)) if se else None
