@@ -388,8 +388,8 @@ PUBLISHED: dict[str, dict] = {
     "resnext50_32x4d": dict(params=25.0, gmacs=4.2, top1=77.8, note="ResNeXt paper Tables 1 and 3 (22.2 % top-1 error)"),
     "resnext101_32x8d": dict(params=88.8, gmacs=16.4, top1=79.3, note="not in the paper; torchvision's figures and weights"),
     "wide_resnet50_2": dict(params=68.9, gmacs=11.4, top1=78.1, note="WRN paper (WRN-50-2-bottleneck, 21.9 % error); torchvision's weights: 78.5"),
-    "seresnet50": dict(params=28.1, gmacs=3.9, top1=76.7, note="SENet paper Table 2 (23.29 % error, 3.87 GFLOPs with the v1 block); counted v1.5: 4.1 GMACs"),
-    "seresnet101": dict(params=49.3, gmacs=7.6, top1=77.6, note="SENet paper Table 2 (22.38 % error, 7.60 GFLOPs with the v1 block); params counted; v1.5: 7.8 GMACs"),
+    "seresnet50": dict(params=28.1, gmacs=4.1, top1=76.7, note="SENet paper Table 2: 23.29 % error, 3.87 GFLOPs with the v1 block; 4.1 = v1.5 (timm)"),
+    "seresnet101": dict(params=49.3, gmacs=7.8, top1=77.6, note="SENet paper Table 2: 22.38 % error, 7.60 GFLOPs with the v1 block; 7.8 = v1.5; params counted"),
 }
 
 register_family(
