@@ -135,3 +135,30 @@ def test_logits_equal_torchvision(name, tv_on_meta):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _to_pycls(sd):
+    """timm layout -> pycls's release layout, BGR stem (written independently of our converter)."""
+    names = {"conv1.conv": "f.a", "conv1.bn": "f.a_bn", "conv2.conv": "f.b", "conv2.bn": "f.b_bn",
+             "conv3.conv": "f.c", "conv3.bn": "f.c_bn", "se.fc1": "f.se.f_ex.0", "se.fc2": "f.se.f_ex.2",
+             "downsample.conv": "proj", "downsample.bn": "bn"}
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[0].startswith("s") and parts[0][1:].isdigit():
+            k = ".".join(parts[:2] + [names[".".join(parts[2:4])]] + parts[4:])
+        if k == "stem.conv.weight":
+            v = v.flip(1)
+        out[k] = v
+    return out
+
+
+def test_pycls_layout_loads():
+    ref = build_random(lambda: timm.create_model("regnety_002", num_classes=10))
+    pycls = _to_pycls(ref.state_dict())
+    assert "s1.b1.f.se.f_ex.0.weight" in pycls and "s2.b1.bn.running_var" in pycls and "s4.b7.f.c_bn.bias" in pycls
+    ours = visionzoo.create_model("regnety_002", num_classes=10).eval()
+    assert visionzoo.load_checkpoint(ours, {"model_state": pycls})["source"] == ["official"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4

@@ -19,7 +19,7 @@ channels in its bottleneck. RegNet chooses the per-block widths from four number
 
 and the stage widths are then made divisible by their group widths (see
 :func:`regnet_stages`). State-dict keys follow timm (``stem.conv``, ``s1.b1.conv1.conv``,
-``head.fc``); torchvision's layout converts.
+``head.fc``); torchvision's layout and pycls's release (BGR stem) convert.
 
 torchvision builds three of its models with a different compatibility rounding
 (``_make_divisible``: halves round up, and never lose more than 10 %), where pycls and timm
@@ -270,6 +270,29 @@ def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
         (r"\.f\.c\.1\.", ".conv3.bn."),
         (r"^fc\.", "head.fc."),
     ])
+
+
+@register_converter("regnet", "official")
+def _from_pycls(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """pycls's release (``s1.b1.proj`` / ``.bn``, ``f.a`` / ``f.a_bn``, ``f.se.f_ex.N``).
+
+    pycls trained on BGR images: the stem's input channels are reversed so that the model
+    takes RGB, as timm does with these weights.
+    """
+    if "s1.b1.f.a.weight" not in sd:
+        raise KeyError("s1.b1.f.a.weight")
+    out = rename_keys(sd, [
+        (r"\.proj\.", ".downsample.conv."),
+        (r"^(s\d+\.b\d+)\.bn\.", r"\1.downsample.bn."),
+        (r"\.f\.([abc])\.", lambda m: f".conv{'abc'.index(m[1]) + 1}.conv."),
+        (r"\.f\.([abc])_bn\.", lambda m: f".conv{'abc'.index(m[1]) + 1}.bn."),
+        (r"\.f\.se\.f_ex\.0\.", ".se.fc1."),
+        (r"\.f\.se\.f_ex\.2\.", ".se.fc2."),
+    ])
+    stem = out["stem.conv.weight"]
+    if stem.shape[1] == 3:
+        out["stem.conv.weight"] = stem.flip(1)  # BGR -> RGB
+    return out
 
 
 # --------------------------------------------------------------------------- variants
