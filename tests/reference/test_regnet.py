@@ -7,7 +7,7 @@ import torchvision
 from torchvision.models.regnet import BlockParams
 
 import visionzoo
-from visionzoo.models.regnet import TORCHVISION_ALIASES, regnet_block_widths, regnet_stages
+from visionzoo.models.regnet import TORCHVISION_ALIASES, RegNetConfig, regnet_block_widths, regnet_stages
 from visionzoo.registry import get_entry
 from visionzoo.testing import build_random, max_rel_diff
 
@@ -162,3 +162,17 @@ def test_pycls_layout_loads():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_design_space_overrides():
+    # a Y block is an X block plus SE: RegNetX-200MF with se_ratio=0.25 is RegNetY-200MF
+    with torch.device("meta"):
+        x_se = visionzoo.create_model("regnetx_002", se_ratio=0.25)
+        y = visionzoo.create_model("regnety_002")
+        wide = visionzoo.create_model("regnetx_002", bottle_ratio=0.5, group_width=16, depth=10)
+    assert _n(x_se) == _n(y)
+    assert [f.num_chs for f in wide.feature_info] == [32] + regnet_stages(RegNetConfig(depth=10, bottle_ratio=0.5, group_width=16))[0]
+    m = visionzoo.create_model("regnety_002", num_classes=3, drop_path_rate=0.2, bottle_ratio=0.5).train()
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ValueError, match="width_rounding"):
+        visionzoo.create_model("regnetx_002", width_rounding="up")
