@@ -102,7 +102,9 @@ class _FlopCounter:
         from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
         def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
-            return sdpa_flop(query.shape, key.shape, value.shape)
+            # FlopCounterMode passes custom formulas the shapes (shape_wrapper), not tensors
+            shape = lambda t: getattr(t, "shape", t)  # noqa: E731
+            return sdpa_flop(shape(query), shape(key), shape(value))
 
         mapping = {}
         op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)

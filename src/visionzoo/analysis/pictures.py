@@ -219,8 +219,7 @@ def plot_shift_window_masks(
     for w_i in range(nh * nw):
         r, q = divmod(w_i, nw)
         tile[r * (n + 1) : r * (n + 1) + n, q * (n + 1) : q * (n + 1) + n] = masks[w_i] == 0
-    cmap = plt.get_cmap("gray").copy()
-    cmap.set_bad("tab:red")
+    cmap = plt.get_cmap("gray").with_extremes(bad="tab:red")  # red lines between windows
     c.imshow(np.ma.masked_invalid(tile), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     c.set_title(f"masks of the {nh * nw} windows (black: masked)", fontsize=9)
     for ax in (a, b, c):
