@@ -117,20 +117,20 @@ def test_output_stride_16_basic_block_equals_timm():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
-def test_multi_grid_rates_repeat_times_the_stage_dilation():
+def test_multi_grid_rates_repeat_times_the_stage_dilation_and_hdc_rates_are_absolute():
     with torch.device("meta"):
         m = visionzoo.create_model("resnet101", output_stride=8, multi_grid=(1, 2, 5))
         # DeepLabv3's multi-grid at output stride 16: stage 4 base rate 2 -> 2, 4, 8
         m16 = visionzoo.create_model("resnet50", output_stride=16, multi_grid=(1, 2, 4))
-        # HDC on stages 3 and 4: pattern cycled over all 23 (3) blocks
-        hdc = visionzoo.create_model("resnet101", output_stride=8, dilation_rates=(None, None, (1, 2, 5), (1, 2, 5)))
+        # HDC on stages 3 and 4: absolute rates cycled over all 23 (3) blocks
+        hdc = visionzoo.create_model("resnet101", output_stride=8, dilation_rates=(None, None, (1, 2, 5), (5, 9, 17)))
         basic = visionzoo.create_model("resnet34", output_stride=8, multi_grid=(1, 2))
     assert [b.conv2.dilation[0] for b in m.layer4] == [4, 8, 20]
     assert [b.conv2.padding[0] for b in m.layer4] == [4, 8, 20]  # 'same' padding: sizes kept
     assert [b.conv2.dilation[0] for b in m.layer3] == [1] + [2] * 22  # no rates: previous rule
     assert [b.conv2.dilation[0] for b in m16.layer4] == [2, 4, 8]
-    assert [b.conv2.dilation[0] for b in hdc.layer3] == [2 * (1, 2, 5)[j % 3] for j in range(23)]
-    assert [b.conv2.dilation[0] for b in hdc.layer4] == [4, 8, 20]
+    assert [b.conv2.dilation[0] for b in hdc.layer3] == [(1, 2, 5)[j % 3] for j in range(23)]
+    assert [b.conv2.dilation[0] for b in hdc.layer4] == [5, 9, 17]
     # basic blocks: both 3x3 convolutions of a block take its rate
     assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in basic.layer4] == [(4, 4), (8, 8), (4, 4)]
     assert [f.reduction for f in m.feature_info] == [2, 4, 8, 8, 8]

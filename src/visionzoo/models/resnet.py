@@ -35,10 +35,14 @@ Dense prediction (dilation):
     ``multi_grid`` gives unit rates cycled over the blocks of the last stage and multiplied
     by that stage's dilation, as DeepLabv3's multi-grid: with output stride 16 and
     ``multi_grid=(1, 2, 4)`` the three blocks of stage 4 use rates 2, 4, 8.
-    ``dilation_rates`` does the same for any stage: one entry per stage, ``None`` or a
-    tuple of unit rates, e.g. HDC's ``(None, None, (1, 2, 5), (1, 2, 5))`` cycles 1, 2, 5
-    over the blocks of stages 3 and 4 (times 2 and 4 at output stride 8). Where rates are
-    given every block of the stage uses its own rate, the first one included::
+    ``dilation_rates`` sets the rates of any stage directly (hybrid dilated convolution,
+    Wang et al., "Understanding Convolution for Semantic Segmentation", WACV 2018): one
+    entry per stage, ``None`` or a tuple of rates cycled over its blocks, NOT multiplied
+    by the stage's dilation — multiplying (1, 2, 5) by 2 would give (2, 4, 10), whose common
+    factor brings back the gridding HDC removes. For example, at output stride 8,
+    ``(None, None, (1, 2, 5), (5, 9, 17))``. Where rates are given every block of the
+    stage uses its own rate, the first one included (check a pattern with
+    ``visionzoo.analysis.hdc_check``)::
 
         create_model("resnet50", output_stride=8, multi_grid=(1, 2, 5))
 
@@ -200,8 +204,7 @@ class ResNetConfig:
         output_stride: 32, 16, 8 or 4; smaller values dilate the last stage(s) instead of
             striding (module docstring).
         multi_grid: unit rates cycled over the last stage's blocks (DeepLabv3).
-        dilation_rates: per stage ``None`` or unit rates cycled over its blocks (HDC);
-            ``multi_grid`` is shorthand for setting the last entry.
+        dilation_rates: per stage ``None`` or absolute rates cycled over its blocks (HDC).
         drop_rate: dropout before the classifier.
     """
 
@@ -223,15 +226,15 @@ def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, i
     first block of a stage without explicit rates keeps the previous rate (module docstring).
     """
     n = len(cfg.layers)
-    rates: list[tuple[int, ...] | None] = [None] * n
+    rates: list[tuple[int, ...] | None] = [None] * n  # absolute rates (HDC)
     if cfg.dilation_rates is not None:
         if len(cfg.dilation_rates) != n:
             raise ValueError(f"dilation_rates needs one entry per stage ({n}), got {cfg.dilation_rates!r}")
         rates = [tuple(r) if r else None for r in cfg.dilation_rates]
-    if cfg.multi_grid:
-        if rates[-1] is not None and tuple(rates[-1]) != tuple(cfg.multi_grid):
-            raise ValueError(f"multi_grid {cfg.multi_grid!r} conflicts with dilation_rates[-1] {rates[-1]!r}")
-        rates[-1] = tuple(cfg.multi_grid)
+    if cfg.multi_grid and rates[-1] is not None:
+        raise ValueError(f"multi_grid {cfg.multi_grid!r} conflicts with dilation_rates[-1] {rates[-1]!r}: give one of them")
+    if cfg.multi_grid and not all(isinstance(v, int) and v >= 1 for v in cfg.multi_grid):
+        raise ValueError(f"multi_grid rates must be positive ints, got {cfg.multi_grid!r}")
     for r in rates:
         if r is not None and not all(isinstance(v, int) and v >= 1 for v in r):
             raise ValueError(f"dilation rates must be positive ints, got {r!r}")
@@ -248,7 +251,10 @@ def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, i
         blocks = []
         for j in range(depth):
             if rates[i]:
-                r = dilation * rates[i][j % len(rates[i])]
+                r = rates[i][j % len(rates[i])]
+                blocks.append((r, r))
+            elif cfg.multi_grid and i == n - 1:
+                r = dilation * cfg.multi_grid[j % len(cfg.multi_grid)]
                 blocks.append((r, r))
             else:
                 blocks.append((prev if j == 0 else dilation, dilation))
