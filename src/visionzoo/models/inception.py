@@ -55,7 +55,7 @@ def conv_bn(
     )
 
 
-class _Sequential(VisionModel):
+class SequentialNet(VisionModel):
     """Shared machinery of networks that are a list of named layers run in order.
 
     Subclasses fill ``self.layer_names`` (forward order) and ``self._taps`` (the index in
@@ -65,8 +65,10 @@ class _Sequential(VisionModel):
     layer_names: list[str]
     _taps: list[int]
 
-    def _run(self, x: Tensor, stop: int | None = None) -> Tensor:
-        for name in self.layer_names[: stop]:
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        x = self._preprocess(x)
+        for name in self.layer_names:
             x = getattr(self, name)(x)
         return x
 
@@ -182,7 +184,7 @@ class GoogLeNetConfig:
     aux_drop_rate: float = 0.7
 
 
-class GoogLeNet(_Sequential):
+class GoogLeNet(SequentialNet):
     """GoogLeNet (Inception v1), torchvision's BatchNorm port.
 
     Differences from the paper (all as torchvision's weights): BatchNorm after every
@@ -434,7 +436,7 @@ class InceptionV3Config:
     drop_rate: float = 0.5
 
 
-class InceptionV3(_Sequential):
+class InceptionV3(SequentialNet):
     """Inception-v3 (and Inception-v2) of "Rethinking the Inception Architecture".
 
     Inception-v3 follows the released weights (TensorFlow-slim, ported by torchvision and
