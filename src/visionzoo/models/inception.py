@@ -514,7 +514,7 @@ class InceptionV3(SequentialNet):
         self.fc = nn.Linear(2048, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             FeatureInfo(64, 2, "Conv2d_2b_3x3"),
-            FeatureInfo(192, 4, "Conv2d_3b_3x3") if v2 else FeatureInfo(192, 4, "Conv2d_4a_3x3"),
+            FeatureInfo(80, 4, "Conv2d_3a_3x3") if v2 else FeatureInfo(192, 4, "Conv2d_4a_3x3"),
             FeatureInfo(288, 8, "Mixed_5d"),
             FeatureInfo(768, 16, self._aux_after),
             FeatureInfo(2048, 32, "Mixed_7c"),
