@@ -88,6 +88,8 @@ def test_googlenet_aux_heads_in_training_equal_torchvision():
     assert isinstance(o, tuple) and len(o) == 3  # (logits, aux2, aux1)
     for a, b in zip(o, (r.logits, r.aux_logits2, r.aux_logits1)):
         assert max_rel_diff(a, b) < 1e-4
+    sum(o.sum() for o in ours(x)).backward()  # every parameter, the auxiliary heads' too, trains
+    assert all(p.grad is not None for p in ours.parameters())
     ours.eval()
     assert ours(x).shape == (2, 6)
 

@@ -58,19 +58,37 @@ def conv_bn(
 class SequentialNet(VisionModel):
     """Shared machinery of networks that are a list of named layers run in order.
 
-    Subclasses fill ``self.layer_names`` (forward order) and ``self._taps`` (the index in
-    ``layer_names`` of each ``feature_info`` entry).
+    Subclasses fill ``self.layer_names`` (forward order), ``self._taps`` (the index in
+    ``layer_names`` of each ``feature_info`` entry) and ``self._aux_after`` ({layer name:
+    attribute of the auxiliary classifier on its output}, the attribute ``None`` when the
+    model is built without). In training mode ``forward`` returns the logits followed by
+    the auxiliary logits, deepest first (torchvision's order); otherwise the logits.
     """
 
     layer_names: list[str]
     _taps: list[int]
+    _aux_after: dict[str, str] = {}
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def _body(self, x: Tensor, with_aux: bool) -> tuple[Tensor, list[Tensor]]:
         self.check_input(x)
         x = self._preprocess(x)
+        aux: list[Tensor] = []
         for name in self.layer_names:
             x = getattr(self, name)(x)
-        return x
+            head = getattr(self, self._aux_after[name]) if with_aux and name in self._aux_after else None
+            if head is not None:
+                aux.append(head(x))
+        return x, aux[::-1]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self._body(x, with_aux=False)[0]
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:
+        if self.features_only:
+            return self.forward_intermediates(x, self.out_indices)
+        x, aux = self._body(x, with_aux=self.training)
+        x = self.forward_head(x)
+        return (x, *aux) if aux else x
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
@@ -85,7 +103,8 @@ class SequentialNet(VisionModel):
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
-        self._drop_aux()
+        for head in self._aux_after.values():
+            setattr(self, head, None)
         last = self._taps[max(indices)]
         for name in self.layer_names[last + 1:]:
             delattr(self, name)
@@ -94,15 +113,9 @@ class SequentialNet(VisionModel):
     def _preprocess(self, x: Tensor) -> Tensor:
         return x
 
-    def _drop_aux(self) -> None:
-        pass
-
-    #: top-level modules of the auxiliary classifiers
-    _aux_names: tuple[str, ...] = ()
-
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Drop the checkpoint's auxiliary classifiers when this model has none."""
-        absent = tuple(f"{n}." for n in self._aux_names if getattr(self, n, None) is None)
+        absent = tuple(f"{h}." for h in self._aux_after.values() if getattr(self, h) is None)
         return {k: v for k, v in state_dict.items() if not (absent and k.startswith(absent))}
 
 
@@ -199,7 +212,6 @@ class GoogLeNet(SequentialNet):
 
     family = "googlenet"
     min_input_size = 15
-    _aux_names = ("aux1", "aux2")
 
     def __init__(self, cfg: GoogLeNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -221,6 +233,7 @@ class GoogLeNet(SequentialNet):
             self.layer_names.append(name)
         self.aux1 = GoogLeNetAux(512, num_classes, cfg.aux_drop_rate) if cfg.aux_logits else None
         self.aux2 = GoogLeNetAux(528, num_classes, cfg.aux_drop_rate) if cfg.aux_logits else None
+        self._aux_after = {"inception4a": "aux1", "inception4d": "aux2"}
         self.dropout = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
@@ -239,32 +252,9 @@ class GoogLeNet(SequentialNet):
         shift = x.new_tensor(_TRANSFORM_SHIFT).view(1, 3, 1, 1)
         return x * scale + shift
 
-    def _features_and_aux(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        self.check_input(x)
-        x = self._preprocess(x)
-        aux: list[Tensor] = []
-        want_aux = self.training and self.aux1 is not None
-        for name in self.layer_names:
-            x = getattr(self, name)(x)
-            if want_aux and name == "inception4a":
-                aux.append(self.aux1(x))
-            elif want_aux and name == "inception4d":
-                aux.insert(0, self.aux2(x))
-        return x, aux
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self._features_and_aux(x)[0]
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:
-        if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
-        x, aux = self._features_and_aux(x)
-        x = self.forward_head(x)
-        return (x, *aux) if aux else x
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
@@ -272,9 +262,6 @@ class GoogLeNet(SequentialNet):
         for aux in (self.aux1, self.aux2):
             if aux is not None:
                 aux.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _drop_aux(self) -> None:
-        self.aux1 = self.aux2 = None
 
 
 # --------------------------------------------------------------------------- Inception-v2 / v3
@@ -471,7 +458,6 @@ class InceptionV3(SequentialNet):
     """
 
     family = "inception_v3"
-    _aux_names = ("AuxLogits",)
 
     def __init__(self, cfg: InceptionV3Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -514,15 +500,16 @@ class InceptionV3(SequentialNet):
         for name, layer in layers.items():
             setattr(self, name, layer)
         self.layer_names = list(layers)
-        self._aux_after = f"Mixed_6{'bcdef'[len(widths_17) - 1]}"
+        last_17 = f"Mixed_6{'bcdef'[len(widths_17) - 1]}"
         self.AuxLogits = InceptionAux(768, num_classes) if cfg.aux_logits else None
+        self._aux_after = {last_17: "AuxLogits"}
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.fc = nn.Linear(2048, num_classes) if num_classes > 0 else nn.Identity()
         self.feature_info = [
             FeatureInfo(64, 2, "Conv2d_2b_3x3"),
             FeatureInfo(80, 4, "Conv2d_3a_3x3") if v2 else FeatureInfo(192, 4, "Conv2d_4a_3x3"),
             FeatureInfo(288, 8, "Mixed_5d"),
-            FeatureInfo(768, 16, self._aux_after),
+            FeatureInfo(768, 16, last_17),
             FeatureInfo(2048, 32, "Mixed_7c"),
         ]
         self._taps = [self.layer_names.index(f.module) for f in self.feature_info]
@@ -535,37 +522,15 @@ class InceptionV3(SequentialNet):
     def min_input_size(self) -> int:  # type: ignore[override]
         return self._min_size_aux if self.training and self.AuxLogits is not None else self._min_size
 
-    def _features_and_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        self.check_input(x)
-        aux = None
-        for name in self.layer_names:
-            x = getattr(self, name)(x)
-            if name == self._aux_after and self.training and self.AuxLogits is not None:
-                aux = self.AuxLogits(x)
-        return x, aux
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        return self._features_and_aux(x)[0]
-
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor] | list[Tensor]:
-        if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
-        x, aux = self._features_and_aux(x)
-        x = self.forward_head(x)
-        return x if aux is None else (x, aux)
 
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if self.AuxLogits is not None:
             self.AuxLogits.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _drop_aux(self) -> None:
-        self.AuxLogits = None
 
 
 # --------------------------------------------------------------------------- checkpoints
