@@ -206,8 +206,9 @@ class GoogLeNet(SequentialNet):
     adaptively to 4x4 (the paper: 5x5 average pooling, stride 3, on the 14x14 map).
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1024, H/32, W/32).
-        In training mode with ``aux_logits``: ``(logits, aux2, aux1)``.
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1024, h, w),
+        h = ceil(H / 32) (ceil-mode pooling). In training mode with ``aux_logits``:
+        ``(logits, aux2, aux1)``.
     """
 
     family = "googlenet"
@@ -413,8 +414,8 @@ class InceptionV3Config:
         version: "v3" (the released network: timm / torchvision layout) or "v2" (the
             network of Table 1 / Sec. 6 of the paper, see :class:`InceptionV3`).
         aux_logits: build the auxiliary classifier; in training mode ``forward`` then
-            returns ``(logits, aux)``. It needs a 17x17 grid: inputs of at least 299
-            (v3) while training.
+            returns ``(logits, aux)``. It needs a 17x17 grid at its input: images of at
+            least 299x299 while training (v2 and v3).
         drop_rate: dropout before the classifier (torchvision trains v3 with 0.5).
     """
 
