@@ -207,7 +207,7 @@ class GoogLeNet(SequentialNet):
 
     Shapes:
         (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1024, h, w),
-        h = ceil(H / 32) (ceil-mode pooling). In training mode with ``aux_logits``:
+        h about H / 32 (7 at 224). In training mode with ``aux_logits``:
         ``(logits, aux2, aux1)``.
     """
 
