@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, Mlp, drop_path_rates, resample_abs_pos_embed, trunc_normal_
+from ..layers import DropPath, Mlp, attention, drop_path_rates, resample_abs_pos_embed, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -102,6 +102,7 @@ class BlockAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop)
+        self.fused = True  # False: the matmul/softmax path of layers.attention
 
     def proj_weight(self) -> Tensor:
         """``proj.weight`` with its input features reordered from (hd, nH) to (nH, hd)."""
@@ -117,10 +118,10 @@ class BlockAttention(nn.Module):
             # heads fold into the query length: every query head attends to the same keys
             q = self.q(x).view(B * T, 1, N * nH, hd)  # B*T, 1, N*nH, hd
             k, v = self.kv(x).unsqueeze(1).chunk(2, dim=-1)  # 2 x (B*T, 1, N, hd)
-            x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # B*T, 1, N*nH, hd
+            x = attention(q, k, v, dropout_p=drop, fused=self.fused)  # B*T, 1, N*nH, hd
         else:
             qkv = self.qkv(x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
-            x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=drop)  # B*T, nH, N, hd
+            x = attention(qkv[0], qkv[1], qkv[2], dropout_p=drop, fused=self.fused)  # B*T, nH, N, hd
             x = x.transpose(1, 2)  # B*T, N, nH, hd
         x = F.linear(x.reshape(B, T, N, C), self.proj_weight(), self.proj.bias)
         return self.proj_drop(x)

@@ -1,0 +1,3 @@
+from .gradcat import gradcat
+
+__all__ = ["gradcat"]
