@@ -117,3 +117,16 @@ def test_cifar_structure_and_multi_query():
         mha.proj.load_state_dict(attn.proj.state_dict())
         assert max_rel_diff(attn(x), mha(x)) < 1e-5
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_fused_and_plain_attention_agree():
+    m = visionzoo.create_model("nest_tiny", num_classes=3, img_size=32, depths=(1, 1, 1)).eval()
+    mq = visionzoo.create_model("nest_tiny_cifar", num_classes=3, img_size=16, embed_dims=(32,) * 4, num_heads=(2,) * 4, depths=(1,) * 4).eval()
+    for model, side in ((m, 32), (mq, 16)):
+        x = torch.randn(2, 3, side, side)
+        with torch.no_grad():
+            fused = model(x)
+            for mod in model.modules():
+                if hasattr(mod, "fused"):
+                    mod.fused = False
+            assert max_rel_diff(model(x), fused) < 1e-5
