@@ -8,8 +8,10 @@ fixed g x g grid of non-overlapping blocks (g = 2^(L-1) for L hierarchies). Each
 hierarchy (``levels.i``) adds a position embedding of its own to every token of every
 block -- the table is (1, T, N, C): T blocks of N tokens, each block with its own
 positions, as in the official code -- and runs a stack of pre-norm transformer layers
-inside each block. All T blocks go through one batched attention call (the blocks fold
-into the batch dimension). Between hierarchies, block aggregation works on the image
+inside each block. All T blocks go through one batched attention call: the blocks fold
+into the batch dimension, so ``scaled_dot_product_attention`` gets 4-D (B*T, nH, N, hd)
+tensors and can pick its fused kernel (a 5-D call, as timm's, falls back to the
+matmul/softmax path on CPU). Between hierarchies, block aggregation works on the image
 plane: unblock, 3x3 convolution, LayerNorm, 3x3 max-pool with stride 2, re-block; every
 2 x 2 neighbouring blocks thus merge into one, and the top hierarchy is a single block.
 LayerNorm, global average pooling and a linear classifier end the network.
