@@ -14,6 +14,7 @@ from .attention import (
     shift_window_regions,
 )
 from .complexity import attention_complexity, coatnet_attention_complexity, nest_attention_complexity
+from .gradcat import gradcat
 from .flops import LAYER_KINDS, flops_breakdown, flops_table
 from .pictures import (
     plot_attention_distance,
@@ -32,6 +33,7 @@ __all__ = [
     "coatnet_attention_complexity",
     "flops_breakdown",
     "flops_table",
+    "gradcat",
     "hdc_check",
     "mean_attention_distance",
     "nest_attention_complexity",
