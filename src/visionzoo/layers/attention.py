@@ -64,6 +64,10 @@ def attention(
         (..., N, hd_v) attended values.
     """
     if fused and not _WEIGHT_RECORDERS:
+        if attn_bias is not None and attn_bias.ndim < q.ndim:
+            # a mask with as many dims as q lets SDPA pick its flash kernel on CPU; a
+            # lower-rank one (broadcast all the same) sends it down the ~2x slower math path
+            attn_bias = attn_bias[(None,) * (q.ndim - attn_bias.ndim)]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     attn = (q * scale) @ k.transpose(-2, -1)  # ..., N, L

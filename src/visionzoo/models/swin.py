@@ -122,13 +122,15 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).view(B, nW, N, 3, nH, hd)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
         bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
-        if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias broadcast
+        if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
+            bias = bias.unsqueeze(0)
             q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
-        else:  # windows as heads: (B, nW*nH, N, hd), bias + mask (nW*nH, N, N) broadcast over B
-            bias = (bias + mask.to(q.dtype)).reshape(nW * nH, N, N)
+        else:  # windows as heads: (B, nW*nH, N, hd), bias + mask (1, nW*nH, N, N) broadcast over B
+            bias = (bias + mask.to(q.dtype)).reshape(1, nW * nH, N, N)
             q, k, v = (t.reshape(B, nW * nH, N, hd) for t in (q, k, v))
-        # 4-D inputs with a mask that broadcasts (no copy per image) take SDPA's fast CPU/GPU
-        # kernels; 5-D inputs fall back to a path ~3x slower on CPU.
+        # 4-D inputs and a 4-D mask that broadcasts over the batch (no copy per image) take
+        # SDPA's flash kernel on CPU; 5-D inputs or a 3-D mask fall back to the math path,
+        # 2-3x slower.
         if self.fused:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
         else:
