@@ -44,6 +44,16 @@ def test_logits_equal_timm_tiny_224():
         assert max_rel_diff(f, e) < 1e-4
 
 
+@pytest.mark.parametrize("name", ["swin_base_patch4_window7_224", "swin_large_patch4_window7_224"])
+def test_wider_variants_equal_timm_with_fewer_blocks(name):
+    """B and L at their widths, heads and window, two blocks per stage (tiny runs at full depth above)."""
+    ref = build_random(lambda: timm.create_model(name, num_classes=10, depths=(2, 2, 2, 2)))
+    ours = visionzoo.create_model(name, num_classes=10, depths=(2, 2, 2, 2), checkpoint=ref.state_dict()).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
 def test_window12_other_classes_and_channels_equal_timm():
     """The window-12 / 384 configuration (shrunk in width and depth), 1 channel, 4 classes."""
     small = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
