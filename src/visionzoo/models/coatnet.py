@@ -109,9 +109,35 @@ class PointwiseConv(nn.Conv2d):
         return F.linear(x, self.weight.flatten(1), self.bias)
 
 
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1x1 convolution of an NCHW map as a matmul over its (B, H, W, C) view.
+
+    On CPU this is about twice as fast as ``conv2d`` (which takes a slow path for 1x1
+    kernels in channels-last memory); with channels-last input both permutes are views.
+    """
+    return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)  # B, O, H, W
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) of a BatchNorm in inference (running statistics), else None."""
+    if bn.training or bn.running_var is None:
+        return None
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 # --------------------------------------------------------------------------- convolution blocks
 class Stem(nn.Module):
-    """S0: 3x3 stride-2 conv -> BN -> GELU -> 3x3 conv (no norm: the next block pre-normalises)."""
+    """S0: 3x3 stride-2 conv -> BN -> GELU -> 3x3 conv (no norm: the next block pre-normalises).
+
+    In inference the BN is folded into the first convolution (at forward time; the weights
+    stay as they are).
+    """
 
     def __init__(self, in_chans: int, width: int) -> None:
         super().__init__()
@@ -121,22 +147,30 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.act(self.norm1(self.conv1(x))))
+        aff = bn_affine(self.norm1)
+        if aff is None:
+            x = self.norm1(self.conv1(x))
+        else:
+            x = F.conv2d(x, self.conv1.weight * aff[0][:, None, None, None], aff[1], stride=2, padding=1)
+        return self.conv2(self.act(x))
 
 
 class PoolShortcut(nn.Module):
-    """The shortcut of a stride-2 block: 2x2 average pool, then a 1x1 conv to the new width."""
+    """The shortcut of a stride-2 block: 2x2 average pool, then a 1x1 conv to the new width.
+
+    NCHW maps, or (B, H, W, C) tokens with ``channels_last=True``.
+    """
 
     def __init__(self, in_chs: int, out_chs: int, *, channels_last: bool = False) -> None:
         super().__init__()
         self.channels_last = channels_last
-        if in_chs == out_chs:
-            self.expand = nn.Identity()
-        else:
-            self.expand = PointwiseConv(in_chs, out_chs) if channels_last else nn.Conv2d(in_chs, out_chs, 1)
+        self.expand = PointwiseConv(in_chs, out_chs) if in_chs != out_chs else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.expand(pool_cl(x) if self.channels_last else avg_pool2(x))
+        if self.channels_last:
+            return self.expand(pool_cl(x))
+        x = avg_pool2(x)
+        return x if isinstance(self.expand, nn.Identity) else pointwise(x, self.expand.weight, self.expand.bias)
 
 
 class MBConvBlock(nn.Module):
@@ -144,6 +178,11 @@ class MBConvBlock(nn.Module):
 
     BN -> 1x1 expand (``expand_ratio`` x out) -> BN -> GELU -> depthwise 3x3 (stride) -> BN
     -> GELU -> SE (SiLU, ``se_ratio`` x out) -> 1x1 project, plus the shortcut.
+
+    In inference the three BatchNorms are folded, at forward time, into the convolutions
+    next to them (pre-norm and norm1 into the 1x1 expansion, norm2 into the depthwise
+    convolution): the same function with three fewer passes over the largest maps of the
+    network. 1x1 convolutions run as matmuls (see :func:`pointwise`).
 
     Args:
         in_chs, out_chs: widths; a stride-2 block pools and widens its shortcut.
@@ -163,6 +202,7 @@ class MBConvBlock(nn.Module):
         if stride == 1 and in_chs != out_chs:
             raise ValueError(f"a stride-1 MBConv block keeps its width, got {in_chs} -> {out_chs}")
         mid = make_divisible(out_chs * expand_ratio)
+        self.stride = stride
         self.shortcut = PoolShortcut(in_chs, out_chs) if stride == 2 else nn.Identity()
         self.pre_norm = nn.BatchNorm2d(in_chs)
         self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
@@ -177,9 +217,21 @@ class MBConvBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = self.shortcut(x)
-        x = self.act1(self.norm1(self.conv1_1x1(self.pre_norm(x))))
-        x = self.se(self.act2(self.norm2(self.conv2_kxk(x))))
-        return self.drop_path(self.conv3_1x1(x)) + shortcut
+        aff0, aff1, aff2 = bn_affine(self.pre_norm), bn_affine(self.norm1), bn_affine(self.norm2)
+        if aff0 is not None and aff1 is not None and aff2 is not None:
+            # norm1(W (s0 x + t0)) = s1 W s0 x + s1 W t0 + t1
+            w = self.conv1_1x1.weight.flatten(1)  # mid, in
+            w1 = aff1[0][:, None] * w * aff0[0][None, :]
+            b1 = aff1[0] * (w @ aff0[1]) + aff1[1]
+            x = self.act1(pointwise(x, w1, b1))
+            wdw = self.conv2_kxk.weight * aff2[0][:, None, None, None]
+            x = F.conv2d(x, wdw, aff2[1], stride=self.stride, padding=1, groups=wdw.shape[0])
+        else:
+            x = self.act1(self.norm1(pointwise(self.pre_norm(x), self.conv1_1x1.weight, None)))
+            x = self.norm2(self.conv2_kxk(x))
+        x = self.se(self.act2(x))
+        x = pointwise(x, self.conv3_1x1.weight, self.conv3_1x1.bias)
+        return self.drop_path(x) + shortcut
 
 
 # --------------------------------------------------------------------------- relative attention
@@ -207,7 +259,7 @@ class RelativePositionBias(nn.Module):
         return self._index_cache[key]
 
     def bias(self, size: tuple[int, int]) -> Tensor:
-        """(nH, N, N) additive attention bias for an H x W map of N = H*W tokens."""
+        """(1, nH, N, N) additive attention bias for an H x W map of N = H*W tokens."""
         table = self.relative_position_bias_table
         if size == self.size:
             idx = self.relative_position_index
@@ -215,8 +267,8 @@ class RelativePositionBias(nn.Module):
             table = resize_rel_pos_bias_table(table, size, self.size)
             idx = self._index(size, table.device)
         N = size[0] * size[1]
-        # gather from the transposed table: the result is (nH, N*N) contiguous, no permute copy
-        return table.t()[:, idx].view(-1, N, N)  # nH, N, N
+        # gather along the offsets of the (tiny) transposed table: (nH, N*N), contiguous, no permute
+        return table.t().contiguous().index_select(1, idx).view(1, -1, N, N)  # 1, nH, N, N
 
 
 class RelativeAttention(nn.Module):
@@ -253,7 +305,8 @@ class RelativeAttention(nn.Module):
         N, nH, hd = H * W, self.num_heads, self.dim_head
         qkv = self.qkv(x).view(B, N, nH, 3, hd)  # B, N, nH, 3, hd (head-first channels)
         q, k, v = qkv.permute(3, 0, 2, 1, 4).unbind(0)  # 3 x (B, nH, N, hd), views
-        bias = self.rel_pos.bias((H, W)).to(q.dtype)  # nH, N, N
+        # 4-D (1, nH, N, N): a 3-D mask sends CPU SDPA to its slow math path
+        bias = self.rel_pos.bias((H, W)).to(q.dtype)  # 1, nH, N, N
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused)  # B, nH, N, hd
         x = x.transpose(1, 2).reshape(B, H, W, nH * hd)  # B, H, W, C
         return self.proj_drop(self.proj(x))
@@ -469,19 +522,21 @@ class CoAtNet(VisionModel):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        """EfficientNet-style normal init for convolutions, Xavier for attention and MLP (timm's 'vit_eff')."""
+        """EfficientNet-style normal init for convolutions, Xavier in Transformer blocks (timm's 'vit_eff')."""
         for m in self.modules():
-            if isinstance(m, PointwiseConv):  # Transformer blocks
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+            if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, RelativePositionBias):
-                trunc_normal_(m.relative_position_bias_table)
+        for blk in self.modules():
+            if isinstance(blk, TransformerBlock):
+                for m in blk.modules():
+                    if isinstance(m, PointwiseConv):
+                        nn.init.xavier_uniform_(m.weight)
+                        if m.bias is not None:
+                            nn.init.zeros_(m.bias)
+                trunc_normal_(blk.attn.rel_pos.relative_position_bias_table)
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
