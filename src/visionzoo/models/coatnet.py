@@ -118,6 +118,17 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return F.linear(x.permute(0, 2, 3, 1), weight.flatten(1), bias).permute(0, 3, 1, 2)  # B, O, H, W
 
 
+def gelu(x: Tensor) -> Tensor:
+    """Exact GELU, in place when autograd does not need the input.
+
+    On CPU a fresh output for the largest maps (77 MB at 112x112x384, batch 4) costs several
+    times the arithmetic in page faults; writing over the (just computed) input avoids it.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
+
+
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
     """(scale, shift) of a BatchNorm in inference (running statistics), else None."""
     if bn.training or bn.running_var is None:
@@ -143,7 +154,6 @@ class Stem(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, width, 3, stride=2, padding=1, bias=False)
         self.norm1 = nn.BatchNorm2d(width)
-        self.act = nn.GELU()
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -152,7 +162,7 @@ class Stem(nn.Module):
             x = self.norm1(self.conv1(x))
         else:
             x = F.conv2d(x, self.conv1.weight * aff[0][:, None, None, None], aff[1], stride=2, padding=1)
-        return self.conv2(self.act(x))
+        return self.conv2(gelu(x))
 
 
 class PoolShortcut(nn.Module):
@@ -182,7 +192,8 @@ class MBConvBlock(nn.Module):
     In inference the three BatchNorms are folded, at forward time, into the convolutions
     next to them (pre-norm and norm1 into the 1x1 expansion, norm2 into the depthwise
     convolution): the same function with three fewer passes over the largest maps of the
-    network. 1x1 convolutions run as matmuls (see :func:`pointwise`).
+    network. 1x1 convolutions run as matmuls (see :func:`pointwise`), and the SE gate is
+    applied to the projection's weights (per sample) rather than to the map.
 
     Args:
         in_chs, out_chs: widths; a stride-2 block pools and widens its shortcut.
@@ -207,10 +218,8 @@ class MBConvBlock(nn.Module):
         self.pre_norm = nn.BatchNorm2d(in_chs)
         self.conv1_1x1 = nn.Conv2d(in_chs, mid, 1, bias=False)
         self.norm1 = nn.BatchNorm2d(mid)
-        self.act1 = nn.GELU()
         self.conv2_kxk = nn.Conv2d(mid, mid, 3, stride=stride, padding=1, groups=mid, bias=False)
         self.norm2 = nn.BatchNorm2d(mid)
-        self.act2 = nn.GELU()
         self.se = SqueezeExcite(mid, int(se_ratio * out_chs), act_layer=nn.SiLU)
         self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
         self.drop_path = DropPath(drop_path)
@@ -223,15 +232,25 @@ class MBConvBlock(nn.Module):
             w = self.conv1_1x1.weight.flatten(1)  # mid, in
             w1 = aff1[0][:, None] * w * aff0[0][None, :]
             b1 = aff1[0] * (w @ aff0[1]) + aff1[1]
-            x = self.act1(pointwise(x, w1, b1))
+            x = gelu(pointwise(x, w1, b1))
             wdw = self.conv2_kxk.weight * aff2[0][:, None, None, None]
             x = F.conv2d(x, wdw, aff2[1], stride=self.stride, padding=1, groups=wdw.shape[0])
         else:
-            x = self.act1(self.norm1(pointwise(self.pre_norm(x), self.conv1_1x1.weight, None)))
+            x = gelu(self.norm1(pointwise(self.pre_norm(x), self.conv1_1x1.weight, None)))
             x = self.norm2(self.conv2_kxk(x))
-        x = self.se(self.act2(x))
-        x = pointwise(x, self.conv3_1x1.weight, self.conv3_1x1.bias)
-        return self.drop_path(x) + shortcut
+        x = gelu(x)
+        B, C, H, W = x.shape
+        # SE: the gate scales the input channels of the 1x1 projection, so it goes into a
+        # per-sample weight instead of a pass over the (widest) map: (x * g) W^T = x (g W^T)
+        se = self.se
+        gate = se.gate(se.fc2(se.act(se.fc1(x.mean((2, 3), keepdim=True))))).view(B, 1, C)  # B, 1, mid
+        w = self.conv3_1x1.weight.flatten(1)  # out, mid
+        tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # B, HW, mid (a view in channels-last memory)
+        x = torch.bmm(tokens, (w * gate).transpose(1, 2))  # B, HW, out
+        if self.conv3_1x1.bias is not None:
+            x += self.conv3_1x1.bias  # in place: bmm's backward does not need its output
+        x = x.view(B, H, W, -1).permute(0, 3, 1, 2)  # B, out, H, W
+        return self.drop_path(x).add_(shortcut)  # in place on a fresh tensor (no extra 1-map allocation)
 
 
 # --------------------------------------------------------------------------- relative attention
@@ -329,12 +348,11 @@ class ConvMlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = PointwiseConv(dim, hidden)
-        self.act = nn.GELU()
         self.drop = nn.Dropout(drop)
         self.fc2 = PointwiseConv(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(self.fc2(self.drop(gelu(self.fc1(x)))))
 
 
 class TransformerBlock(nn.Module):
@@ -374,8 +392,10 @@ class TransformerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.shortcut(x) + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        # residual sums in place on the branch outputs (fresh tensors whose producers' backward
+        # does not need them)
+        x = self.drop_path1(self.attn(self.norm1(x))).add_(self.shortcut(x))
+        return self.drop_path2(self.mlp(self.norm2(x))).add_(x)
 
 
 # --------------------------------------------------------------------------- stages
