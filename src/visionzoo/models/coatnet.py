@@ -327,8 +327,13 @@ class RelativeAttention(nn.Module):
         # 4-D (1, nH, N, N): a 3-D mask sends CPU SDPA to its slow math path
         bias = self.rel_pos.bias((H, W)).to(q.dtype)  # 1, nH, N, N
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused)  # B, nH, N, hd
-        x = x.transpose(1, 2).reshape(B, H, W, nH * hd)  # B, H, W, C
-        return self.proj_drop(self.proj(x))
+        x = x.transpose(1, 2)  # B, N, nH, hd
+        if torch.compiler.is_compiling():
+            # export/compile may later decompose SDPA into kernels with another output layout,
+            # which would invalidate the view that reshape records at trace time
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.reshape(B, N, nH * hd)  # B, N, C (a view in eager: CPU SDPA writes B, N, nH, hd)
+        return self.proj_drop(self.proj(x).view(B, H, W, -1))  # B, H, W, C
 
 
 class NormPool(nn.Module):
