@@ -28,18 +28,27 @@ Transformer blocks of width ``embed_dim[2]`` (the paper gives no exact configura
 Implementation notes.
 
 * State-dict keys and shapes equal timm's ``coatnet_*_224`` (1x1 convolutions keep their
-  (O, I, 1, 1) kernels), so timm checkpoints load as they are.
-* Transformer stages run channels-last: tokens stay (B, H, W, C) through the stage and
-  every 1x1 convolution is a matmul on the last axis; the stage returns an NCHW *view*
-  (channels-last memory), so no copy is made between stages. The input is put in
-  channels-last memory once, so the convolutions of S0-S2 run in NHWC as well.
-* The bias w[i - j] is gathered from the table once per block and forward, as an
-  (nH, N, N) tensor handed to ``scaled_dot_product_attention`` as ``attn_mask``.
-* Any input size: the bias table is configured for the feature size of ``img_size``;
-  for another input size the table is resized bicubically *at forward time* (the index
-  for the new size is cached). A checkpoint trained at another ``img_size`` is resized
-  once at load time by :meth:`CoAtNet.adapt_state_dict`. Odd sides work too: average
-  pools use ``ceil_mode`` (identical to timm's pools on even sides).
+  (O, I, 1, 1) kernels), so timm checkpoints load as they are. As in timm, the first MBConv
+  of a stage strides its depthwise convolution (the 1x1 expansion runs at the input
+  resolution); the paper strides before the expansion, which is why the counted GMACs
+  exceed the paper's FLOPs by 3-8 % (see ``published``).
+* Speed (CPU, about 1.5x timm's coatnet_0_224 at batch 4, fp32): every 1x1 convolution is a
+  matmul over a channels-last view (PyTorch's CPU conv takes a slow path for 1x1 kernels);
+  in inference the BatchNorms are folded into the adjacent convolutions at forward time and
+  the SE gate into the projection weights; GELU and residual sums run in place where
+  autograd does not need their inputs. The input is put in channels-last memory once;
+  Transformer stages keep tokens as (B, H, W, C) and return an NCHW *view*, so no layout
+  copies are made between stages.
+* The bias w[i - j] is gathered from the table once per block and forward, as a
+  (1, nH, N, N) tensor handed to ``scaled_dot_product_attention`` as ``attn_mask`` (4-D:
+  a 3-D mask sends CPU SDPA to its slow math path).
+* Any input size. The bias tables are sized for the feature maps of ``img_size`` (as
+  timm's, whose tables only fit that size). For another input size the table is resized
+  bicubically *at forward time* (:func:`visionzoo.layers.resize_rel_pos_bias_table`; the
+  index for the new size is cached); a checkpoint trained at another ``img_size`` is
+  resized once when loaded (:meth:`CoAtNet.adapt_state_dict`). Both give the same logits.
+  Odd sides work: the stride-2 average pools use ``ceil_mode`` (identical to timm's pools
+  on even sides).
 """
 
 from __future__ import annotations
@@ -629,10 +638,10 @@ register_family(
     # + in*4*out*(HW_in - HW_out) multiply-adds (0.41 G for CoAtNet-0). Counted minus that
     # term is within 2 % of the paper for all four (tests/reference/test_coatnet.py).
     published={  # paper Table 4 (ImageNet-1k only, 224); CoAtNet-4 has no 224/1k entry
-        "coatnet_0_224": dict(params=25.0, top1=81.6, note="paper: 4.2 GFLOPs; counted 4.55 GMACs (expansion before the stride, see above; 4.14 without)"),
-        "coatnet_1_224": dict(params=42.0, gmacs=8.4, top1=83.3, note="counted 8.64 GMACs (expansion before the stride; 8.24 without)"),
-        "coatnet_2_224": dict(params=75.0, top1=84.1, note="paper: 15.7 GFLOPs; counted 16.43 GMACs (expansion before the stride; 15.50 without)"),
-        "coatnet_3_224": dict(params=168.0, top1=84.5, note="paper: 34.7 GFLOPs; counted 36.45 GMACs (expansion before the stride; 34.37 without)"),
+        "coatnet_0_224": dict(params=25.0, top1=81.6, note="paper: 4.2 GFLOPs; counted 4.55 GMACs: timm's S1/S2 opening blocks expand before striding (4.14 if strided first, as the paper)"),
+        "coatnet_1_224": dict(params=42.0, gmacs=8.4, top1=83.3, note="counted 8.64 GMACs (timm's expansion before the stride; 8.24 if strided first)"),
+        "coatnet_2_224": dict(params=75.0, top1=84.1, note="paper: 15.7 GFLOPs; counted 16.43 GMACs (timm's expansion before the stride; 15.50 if strided first)"),
+        "coatnet_3_224": dict(params=168.0, top1=84.5, note="paper: 34.7 GFLOPs; counted 36.45 GMACs (timm's expansion before the stride; 34.37 if strided first)"),
         "coatnet_4_224": dict(params=275.0, note="paper: 275M, ImageNet-21k/JFT pre-training only (no 224 ImageNet-1k figures); counted 62.3 GMACs"),
     },
     paper="Dai et al., CoAtNet: Marrying Convolution and Attention for All Data Sizes, NeurIPS 2021",
