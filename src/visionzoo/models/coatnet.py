@@ -233,7 +233,20 @@ class MBConvBlock(nn.Module):
         self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
         self.drop_path = DropPath(drop_path)
 
+    #: without autograd, the batch is run in chunks whose expanded (widest) map stays under
+    #: this many elements (32 MB in fp32): larger buffers are fresh memory on every call
+    #: (glibc serves them by mmap), and first-touch page faults then cost more than the GELU.
+    chunk_elements: int = 1 << 23
+
     def forward(self, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        per_sample = self.conv1_1x1.out_channels * H * W
+        if B > 1 and per_sample * B > self.chunk_elements and not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling():
+            chunk = max(1, self.chunk_elements // per_sample)
+            return torch.cat([self._forward(c) for c in x.split(chunk)])
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         shortcut = self.shortcut(x)
         aff0, aff1, aff2 = bn_affine(self.pre_norm), bn_affine(self.norm1), bn_affine(self.norm2)
         if aff0 is not None and aff1 is not None and aff2 is not None:
