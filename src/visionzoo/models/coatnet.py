@@ -239,9 +239,11 @@ class MBConvBlock(nn.Module):
     chunk_elements: int = 1 << 23
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
+            return self._forward(x)  # (no shape-dependent branching in traced graphs)
         B, _, H, W = x.shape
         per_sample = self.conv1_1x1.out_channels * H * W
-        if B > 1 and per_sample * B > self.chunk_elements and not (torch.is_grad_enabled() and x.requires_grad) and not torch.compiler.is_compiling():
+        if B > 1 and per_sample * B > self.chunk_elements:
             chunk = max(1, self.chunk_elements // per_sample)
             return torch.cat([self._forward(c) for c in x.split(chunk)])
         return self._forward(x)
