@@ -233,14 +233,15 @@ class MBConvBlock(nn.Module):
         self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
         self.drop_path = DropPath(drop_path)
 
-    #: without autograd, the batch is run in chunks whose expanded (widest) map stays under
+    #: in inference without autograd, the batch is run in chunks whose expanded (widest) map stays under
     #: this many elements (32 MB in fp32): larger buffers are fresh memory on every call
     #: (glibc serves them by mmap), and first-touch page faults then cost more than the GELU.
     chunk_elements: int = 1 << 23
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
-            return self._forward(x)  # (no shape-dependent branching in traced graphs)
+        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
+            # batch statistics need the whole batch; traced graphs get no shape-dependent branches
+            return self._forward(x)
         B, _, H, W = x.shape
         per_sample = self.conv1_1x1.out_channels * H * W
         if B > 1 and per_sample * B > self.chunk_elements:
@@ -282,7 +283,7 @@ class RelativePositionBias(nn.Module):
     """The static bias w[i - j]: a ((2H-1)(2W-1), nH) table over 2-D offsets of an H x W map.
 
     ``size`` is the feature size the table is configured for. :meth:`bias` returns the
-    (nH, N, N) bias of an H' x W' map; for another size than ``size`` the table is first
+    (1, nH, N, N) bias of an H' x W' map; for another size than ``size`` the table is first
     resized bicubically (see the module docstring).
     """
 
