@@ -138,3 +138,17 @@ def test_published_macs_and_the_stride_placement():
         extra = cfg.stem_width * 4 * cfg.embed_dim[0] * (112**2 - 56**2) + cfg.embed_dim[0] * 4 * cfg.embed_dim[1] * (56**2 - 28**2)
         counted = visionzoo.model_info(name)["gmacs"]
         assert abs(counted - extra / 1e9 - paper) / paper < 0.02, (name, counted, extra / 1e9)
+
+
+def test_inference_batch_chunking_changes_nothing():
+    ours, ref = _pair(num_classes=10)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        whole = ours(x)
+        for m in ours.modules():
+            if isinstance(m, MBConvBlock):
+                m.chunk_elements = 1  # every MBConv runs sample by sample
+        assert max_rel_diff(ours(x), whole) < 1e-6
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        ours.train(), ref.train()  # batch statistics: never chunked
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
