@@ -136,6 +136,10 @@ class WindowAttention(nn.Module):
         else:
             attn = (q * hd**-0.5) @ k.transpose(-2, -1) + bias
             x = F.dropout(attn.softmax(-1), self.attn_drop, self.training) @ v
+        if torch.compiler.is_compiling():
+            # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
+            # eager; export may swap in a kernel with another layout after tracing that view
+            x = x.clone(memory_format=torch.contiguous_format)
         x = x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
         return self.proj_drop(self.proj(x))
 
