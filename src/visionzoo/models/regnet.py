@@ -221,13 +221,6 @@ class RegNet(VisionModel):
             x = getattr(self, name)(x)
         return x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Maps of ``feature_info[i]`` for i in ``indices``: 0 is the stem, 1.. the stages."""
         self.check_input(x)

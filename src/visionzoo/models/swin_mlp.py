@@ -22,7 +22,6 @@ Keys follow the Swin layout of timm (downsampling opens a stage); the official r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
