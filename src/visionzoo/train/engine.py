@@ -223,6 +223,17 @@ def _autocast(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """EMA with a warm-up: decay min(d, (1 + n) / (10 + n)) after n updates, so early averages follow the weights."""
+
+    def avg(ema_p: Tensor, p: Tensor, n: Tensor) -> Tensor:
+        k = float(n)
+        d = min(decay, (1 + k) / (10 + k))
+        return ema_p * d + p * (1 - d)
+
+    return avg
+
+
 def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
@@ -428,8 +439,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     distilled_student = bool(getattr(getattr(model, "cfg", None), "distilled", False)) and hasattr(model, "set_distilled_training")
     teacher = None
     if cfg.teacher:
-        teacher = create_model(cfg.teacher, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size)
-        load_checkpoint(teacher, cfg.teacher_checkpoint)
+        from .inference import load_trained
+
+        # a checkpoint written by visionzoo train carries its configuration overrides and class count
+        teacher, tinfo = load_trained(cfg.teacher_checkpoint, cfg.teacher, img_size=data.img_size)
+        if tinfo["num_classes"] != data.num_classes:
+            raise ValueError(f"the teacher predicts {tinfo['num_classes']} classes, the data has {data.num_classes}")
         teacher.requires_grad_(False).eval().to(device)
         if distilled_student:
             model.set_distilled_training(True)
@@ -439,9 +454,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     base_model = model
     ema = None
     if cfg.ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(base_model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        ema = AveragedModel(base_model, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
     train_model: nn.Module = model
     if info.enabled:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
