@@ -219,3 +219,37 @@ def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):
     ck = json.loads((out / "checkpoints" / "latest.json").read_text())
     w = _weights(out / "checkpoints" / ck["weights"])
     assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def _seg_folder(root: Path, n=12, size=32) -> Path:
+    """Images with a bright square (class 1) and a dark disc (class 2) on noise; masks as PNG label maps."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(n):
+        img = torch.rand(size, size, 3, generator=g) * 60 + 90
+        mask = torch.zeros(size, size, dtype=torch.uint8)
+        x0, y0 = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+        mask[y0 : y0 + size // 3, x0 : x0 + size // 3] = 1
+        cx, cy = (int(v) for v in torch.randint(size // 4, 3 * size // 4, (2,), generator=g))
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 6) ** 2] = 2
+        img[mask == 1] = 230
+        img[mask == 2] = 20
+        Image.fromarray(img.to(torch.uint8).numpy()).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy()).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_segmentation_iou_rises(tmp_path, capsys):
+    data = _seg_folder(tmp_path / "seg")
+    out = tmp_path / "segrun"
+    assert main(["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "6", "--batch-size", "4",
+                 "--lr", "0.003", "--output", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_classes"] == 3 and len(s["iou_per_class"]) == 3 and len(s["dice_per_class"]) == 3
+    curve = s["miou_per_epoch"]
+    assert curve[-1] > curve[0] + 0.1, curve
+    _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
