@@ -580,8 +580,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             train_model.train()
             progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, batch_in_epoch)
             t_epoch, seen = time.perf_counter(), 0
+            t_last = t_epoch  # train_seconds: data loading + steps, without evaluation and checkpoint writing
             for x, y in loader:
-                t0 = time.perf_counter()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -611,8 +611,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                 sched.step()
                 if ema is not None:
                     ema.update_parameters(base_model)
-                dt = time.perf_counter() - t0
-                train_seconds += dt
+                train_seconds += time.perf_counter() - t_last
                 global_step += 1
                 batch_in_epoch += 1
                 n = len(hard)
@@ -628,6 +627,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                     break
                 if cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and batch_in_epoch < steps_per_epoch:
                     save()
+                t_last = time.perf_counter()
             if interrupted:
                 save("interrupted")
                 break
