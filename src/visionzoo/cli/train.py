@@ -12,7 +12,7 @@ from typing import Any
 from . import CLIError
 
 # options whose value a resumed run takes from the command line rather than from config.json
-_RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps")
+_RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
 
 
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
@@ -153,6 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--output", default=None, help="output folder (default runs/<model>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     g.add_argument("--save-every-steps", type=int, default=None, help="also checkpoint every N steps (mid-epoch resume)")
+    g.add_argument("--keep-checkpoints", type=int, default=None, help="how many step checkpoints to keep (default 1)")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default=None)
     g.add_argument("--json", action="store_true", help="print summary.json on the last line")

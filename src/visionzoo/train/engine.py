@@ -559,15 +559,17 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if reason:
             progress.note(f"{reason}: checkpoint {ckpt_path}")
 
-    # ---- Ctrl-C: finish the current step, save, stop
+    # ---- Ctrl-C (SIGINT) or SIGTERM (torchrun, schedulers): finish the current step, save, stop
     stop = {"flag": False}
-    old_handler = None
+    old_handlers: dict[int, Any] = {}
     if threading_main():
-        def on_sigint(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
             stop["flag"] = True
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+            # a second signal stops at once
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
-        old_handler = signal.signal(signal.SIGINT, on_sigint)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old_handlers[sig] = signal.signal(sig, on_signal)
 
     interrupted = False
     try:
@@ -659,8 +661,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                     tb.flush()
             save()
     finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGINT, old_handler)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
         if tb is not None:
             tb.close()
         progress.end_epoch("") if progress.bar is not None else None
