@@ -109,7 +109,7 @@ def test_ctrl_c_saves_and_resumes(tmp_path):
 def test_torchrun_gloo_world_size_2(tmp_path):
     out = tmp_path / "ddp"
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "visionzoo",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "visionzoo",
          "train", *TINY, "--epochs", "1", "--output", str(out)],
         env=_env(), capture_output=True, text=True, timeout=300,
     )
