@@ -388,6 +388,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     if cfg.amp == "fp16" and device.type != "cuda":
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     model_name, overrides = cfg.resolved_model()
+    if cfg.pretrained and not cfg.model_args:
+        # weights written by visionzoo train name their model and configuration: fine-tune that architecture
+        from .checkpoint import read_metadata
+
+        meta = read_metadata(cfg.pretrained)
+        if meta.get("model") and (cfg.model is None or get_entry(cfg.model).name == meta["model"]):
+            model_name, overrides = meta["model"], dict(meta.get("overrides", {}))
     entry = get_entry(model_name)  # unknown names fail before any work
     model_name = entry.name
 
