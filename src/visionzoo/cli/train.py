@@ -105,7 +105,7 @@ def _is_rank0() -> bool:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a classifier (no arguments: a small model on scikit-learn's digits, ~1 min on CPU)",
-        description="Train a classifier. Without arguments: a 4-block ConvMixer on scikit-learn's 8x8 digits "
+        description="Train a classifier. Without arguments: a 4-block ConvMixer (3x3 kernels) on scikit-learn's 8x8 digits "
         "(upsampled to 16x16, fixed 20 percent held-out split). Under torchrun, data-parallel (DDP).",
     )
     p.add_argument("--task", choices=["classify", "segment"], default="classify",
