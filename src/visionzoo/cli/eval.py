@@ -1,0 +1,66 @@
+"""``visionzoo eval``: top-1 / top-5 of a trained checkpoint on a dataset's held-out split, and its confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from . import CLIError
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from ..train.data import DataError, ImageFiles, Subset, build_data, eval_transform, scan_class_folders
+    from ..train.distributed import DistInfo, ShardSampler
+    from ..train.engine import evaluate
+    from ..train.inference import load_trained, plot_confusion
+
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    model, info = load_trained(args.checkpoint, args.model)
+    p = info["preprocessing"]
+    try:
+        folder = Path(args.data)
+        if args.data not in ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist") and folder.is_dir() and not (folder / "train").is_dir():
+            # a folder of class folders: evaluate every image in it
+            classes, samples = scan_class_folders(folder)
+            tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])
+            dataset, data_classes = Subset(ImageFiles(samples), range(len(samples)), tf), classes
+        else:
+            cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
+                   "crop_pct": p["crop_pct"], "interpolation": p["interpolation"]}
+            bundle = build_data(args.data, data_dir=args.data_dir, img_size=p["img_size"], model_cfg=cfg)
+            dataset, data_classes = bundle.val, bundle.classes
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    if len(data_classes) != info["num_classes"]:
+        raise CLIError(f"{args.data} has {len(data_classes)} classes, the checkpoint's classifier {info['num_classes']}")
+    names = info["classes"] or data_classes
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
+    dist = DistInfo(device=device)
+    res = evaluate(model, loader, dist, num_classes=info["num_classes"], confusion=True)
+    print(f"{info['model']} on {args.data} ({res['count']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "confusion_matrix.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if plot_confusion(res["confusion"], names, out, title=f"{info['model']}: top-1 {res['top1']:.4f}"):
+        print(f"confusion matrix: {out}")
+    else:
+        print("confusion matrix not drawn: matplotlib is not installed (pip install 'visionzoo[train]')")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="top-1 / top-5 and a confusion matrix of a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights written by visionzoo train (model.safetensors)")
+    p.add_argument("--model", default=None, help="model name (default: the one stored in the checkpoint)")
+    p.add_argument("--data", default="digits", help="digits | cifar10 | cifar100 | mnist | fashion_mnist | PATH")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--output", default=None, metavar="PNG", help="confusion-matrix image (default: beside the checkpoint)")
+    p.set_defaults(func=cmd_eval)

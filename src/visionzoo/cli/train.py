@@ -1,0 +1,160 @@
+"""``visionzoo train``: train a classifier (default: a small ConvMixer on scikit-learn's digits)."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import CLIError
+
+# options whose value a resumed run takes from the command line rather than from config.json
+_RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
+
+
+def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise CLIError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import DataError, TrainConfig, TrainingStopped, train
+    from ..train.engine import load_run_config
+
+    if args.task == "segment":
+        return _segment(args)
+    given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
+    given["model_args"] = _parse_model_args(args.model_arg)
+    if args.resume:
+        if not args.output:
+            raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
+        try:
+            cfg = load_run_config(Path(args.output))
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        for k in (*_RUNTIME, "epochs"):
+            if k in given:
+                setattr(cfg, k, given[k])
+        cfg.resume, cfg.output = True, args.output
+    else:
+        cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
+    try:
+        summary = train(cfg)
+    except TrainingStopped as e:
+        raise CLIError(str(e)) from None
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    except ImportError as e:
+        raise CLIError(f"a package is missing: {e} (pip install 'visionzoo[train]')") from None
+    if summary.get("world_size", 1) > 1 and not _is_rank0():
+        return 0
+    if summary["interrupted"]:
+        print(f"interrupted; continue with: visionzoo train --output {cfg.output} --resume", file=sys.stderr)
+        return 130
+    top1, top5 = summary["top1"], summary["top5"]
+    print(
+        f"{summary['model']} on {summary['data']}: held-out top-1 {top1:.4f}, top-5 {top5:.4f} after {summary['epochs']} epochs, "
+        f"{summary['train_seconds']:.1f} s of training (world size {summary['world_size']}); outputs in {cfg.output}"
+    )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from ..train.data import DataError
+    from ..train.segment import SegmentConfig, train_segmentation
+
+    if not args.data or args.data == "digits":
+        raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
+    cfg = SegmentConfig(data=args.data)
+    for k in ("model", "num_classes", "img_size", "epochs", "batch_size", "lr", "weight_decay", "seed", "pretrained", "output", "device", "progress"):
+        v = getattr(args, k, None)
+        if v is not None:
+            setattr(cfg, k, v)
+    if args.model_arg:
+        cfg.model_args = _parse_model_args(args.model_arg)
+    if args.seg_head:
+        cfg.head = args.seg_head
+    try:
+        s = train_segmentation(cfg)
+    except DataError as e:
+        raise CLIError(str(e)) from None
+    print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {s['epochs']} epochs, "
+          f"{s['train_seconds']:.1f} s of training; outputs in {Path(s['checkpoint']).parent}")
+    return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="train a classifier (no arguments: a small model on scikit-learn's digits, ~1 min on CPU)",
+        description="Train a classifier. Without arguments: a 4-block ConvMixer (3x3 kernels) on scikit-learn's 8x8 digits "
+        "(upsampled to 16x16, fixed 20 percent held-out split). Under torchrun, data-parallel (DDP).",
+    )
+    p.add_argument("--task", choices=["classify", "segment"], default="classify",
+                   help="segment: --data PATH with images/ and masks/ (PNG label maps); reports IoU and Dice")
+    p.add_argument("--num-classes", type=int, default=None, help="segment: classes of the masks (default: largest label + 1)")
+    p.add_argument("--seg-head", choices=["fpn", "aspp"], default=None, help="segment: head on the backbone (default fpn)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help="digits (default) | cifar10 | cifar100 | mnist | fashion_mnist | PATH "
+                   "(folder with train/ and val/ class folders, or class folders and --val-split)")
+    g.add_argument("--data-dir", default=None, help="where torchvision datasets are stored (default: data)")
+    g.add_argument("--val-split", type=float, default=None, help="fraction held out when PATH has no val/ folder")
+    g.add_argument("--img-size", type=int, default=None)
+    g.add_argument("--randaugment", action="store_true", default=None, help="RandAugment (digits: small random affine)")
+    g.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, help="a registered model name (default: convmixer_256_8 with small overrides on digits)")
+    g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="configuration override, e.g. depth=4 (repeatable)")
+    g.add_argument("--pretrained", default=None, metavar="CHECKPOINT", help="fine-tune from these weights (new classifier when the class count differs)")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    g.add_argument("--drop-path", type=float, default=None)
+    g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute blocks in the backward pass")
+    g.add_argument("--channels-last", action="store_true", default=None)
+    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="default 10")
+    g.add_argument("--batch-size", type=int, default=None, help="per process; default 64")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 0.01")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
+    g.add_argument("--opt", choices=["adamw", "sgd"], default=None)
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup, then cosine decay (default 1)")
+    g.add_argument("--label-smoothing", type=float, default=None, help="default 0.1")
+    g.add_argument("--mixup", type=float, default=None, metavar="ALPHA")
+    g.add_argument("--cutmix", type=float, default=None, metavar="ALPHA")
+    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM")
+    g.add_argument("--ema", action="store_true", default=None, help="evaluate and export an exponential moving average of the weights")
+    g.add_argument("--ema-decay", type=float, default=None)
+    g.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (fp16 on CUDA only)")
+    g.add_argument("--seed", type=int, default=None)
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", default=None, metavar="NAME")
+    g.add_argument("--teacher-checkpoint", default=None, metavar="FILE")
+    g.add_argument("--distill-alpha", type=float, default=None, help="weight of the soft-KD term (default 0.5)")
+    g.add_argument("--distill-tau", type=float, default=None, help="soft-KD temperature (default 1)")
+    g = p.add_argument_group("run")
+    g.add_argument("--output", default=None, help="output folder (default runs/<model>-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    g.add_argument("--save-every-steps", type=int, default=None, help="also checkpoint every N steps (mid-epoch resume)")
+    g.add_argument("--keep-checkpoints", type=int, default=None, help="how many step checkpoints to keep (default 1)")
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default=None)
+    g.add_argument("--json", action="store_true", help="print summary.json on the last line")
+    p.set_defaults(func=cmd_train)

@@ -1,0 +1,171 @@
+"""Training checkpoints: weights as safetensors, the rest of the state as a tensors-only file.
+
+A checkpoint of step ``s`` is two files in ``<output>/checkpoints/``::
+
+    step_00000s.safetensors   model weights, metadata: model name, overrides, classes, preprocessing
+    step_00000s.state.pt      optimizer, scheduler, EMA, grad scaler, sampler position, RNG states
+
+both written atomically (temporary file, then rename), then ``latest.json`` is replaced
+atomically to point at them, then older checkpoints are deleted. A process killed at any
+moment leaves ``latest.json`` naming a complete pair. The state file holds only tensors and
+plain containers and is read with ``torch.load(weights_only=True)``: loading a checkpoint
+never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..checkpoints import CheckpointError, save_state_dict
+
+__all__ = [
+    "capture_rng",
+    "latest_checkpoint",
+    "read_metadata",
+    "restore_rng",
+    "save_training_checkpoint",
+    "load_training_state",
+    "write_json_atomic",
+]
+
+META_KEY = "visionzoo"
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _save_torch_atomic(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------- RNG
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the training loop draws from, in a form torch.load(weights_only=True) accepts."""
+    import numpy as np
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype("int64")), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------------- save / load
+def model_metadata(model_name: str, overrides: Mapping[str, Any], classes: list[str], preprocessing: Mapping[str, Any],
+                   **extra: Any) -> dict[str, str]:
+    """safetensors metadata (str -> str) that lets eval / predict rebuild the model and label outputs."""
+    info = {"model": model_name, "overrides": dict(overrides), "classes": list(classes),
+            "num_classes": len(classes), "preprocessing": dict(preprocessing), **extra}
+    return {META_KEY: json.dumps(info), "format": "pt"}
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The visionzoo metadata of a safetensors checkpoint; {} for files without it."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {str(e)[:120]})") from None
+    raw = meta.get(META_KEY)
+    if not raw:
+        return {}
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: its visionzoo metadata is not valid JSON") from None
+
+
+def save_training_checkpoint(out_dir: Path, step: int, weights: Mapping[str, Tensor], metadata: Mapping[str, str],
+                             state: Mapping[str, Any], *, keep: int = 1) -> Path:
+    """Write the pair for ``step``, point latest.json at it, delete older pairs beyond ``keep``."""
+    ckdir = Path(out_dir) / "checkpoints"
+    ckdir.mkdir(parents=True, exist_ok=True)
+    stem = f"step_{step:08d}"
+    save_state_dict(weights, ckdir / f"{stem}.safetensors", metadata=metadata)
+    _save_torch_atomic(dict(state), ckdir / f"{stem}.state.pt")
+    write_json_atomic({"step": step, "weights": f"{stem}.safetensors", "state": f"{stem}.state.pt"}, ckdir / "latest.json")
+    olds = sorted(p for p in ckdir.glob("step_*.safetensors") if p.name != f"{stem}.safetensors")
+    for p in olds[: max(0, len(olds) - (keep - 1))]:
+        for q in (p, p.with_name(p.name.replace(".safetensors", ".state.pt"))):
+            q.unlink(missing_ok=True)
+    return ckdir / f"{stem}.safetensors"
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:
+    """(weights, state) named by latest.json, or None when the folder has no checkpoint."""
+    ckdir = Path(out_dir) / "checkpoints"
+    pointer = ckdir / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        info = json.loads(pointer.read_text())
+        weights, state = ckdir / info["weights"], ckdir / info["state"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"{pointer}: unreadable; delete it to start afresh") from None
+    if not weights.is_file() or not state.is_file():
+        raise CheckpointError(f"{pointer} names {weights.name} / {state.name}, which are missing")
+    return weights, state
+
+
+def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The training state (tensors and plain containers only: no code runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).split("\n")[0]
+        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {msg[:160]})") from None

@@ -1,0 +1,131 @@
+"""Rebuilding a trained classifier from its checkpoint; predicting images; confusion-matrix plots."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoints import CheckpointError, load_checkpoint, read_state_dict
+from .checkpoint import read_metadata
+from .data import eval_transform, load_image
+
+__all__ = ["load_trained", "plot_confusion", "predict_images"]
+
+
+def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *, num_classes: int | None = None,
+                 img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, info) from a checkpoint written by ``visionzoo train`` or any known layout.
+
+    ``info`` has ``classes`` (names, or None), ``preprocessing`` (img_size, in_chans, mean,
+    std, crop_pct, interpolation: the checkpoint's when saved by training, else the model's
+    default_cfg) and ``model``.
+
+    Raises:
+        CheckpointError: unreadable file, a checkpoint of another model.
+        ValueError: no model name given and none stored in the checkpoint.
+    """
+    from ..factory import create_model
+    from ..registry import get_entry
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    meta = read_metadata(path)
+    stored = meta.get("model")
+    if model_name is None:
+        if not stored:
+            raise ValueError(f"{path} does not name its model (not written by visionzoo train); pass --model NAME")
+        model_name = stored
+    entry = get_entry(model_name)
+    if stored and stored != entry.name:
+        raise CheckpointError(f"{path} is a checkpoint of {stored}, not of {entry.name}")
+    overrides = dict(meta.get("overrides", {})) if stored else {}
+    dcfg = entry.default_cfg
+    prep = dict(meta.get("preprocessing") or {})
+    prep.setdefault("img_size", int(dcfg["input_size"][-1]))
+    prep.setdefault("in_chans", int(dcfg["input_size"][0]))
+    prep.setdefault("mean", list(dcfg.get("mean", (0.485, 0.456, 0.406))))
+    prep.setdefault("std", list(dcfg.get("std", (0.229, 0.224, 0.225))))
+    prep.setdefault("crop_pct", float(dcfg.get("crop_pct", 0.875)))
+    prep.setdefault("interpolation", str(dcfg.get("interpolation", "bilinear")))
+    if img_size:
+        prep["img_size"] = img_size
+    classes = meta.get("classes")
+    if num_classes is None:
+        num_classes = meta.get("num_classes") or _infer_num_classes(path, dcfg)
+    model = create_model(entry.name, num_classes=num_classes, in_chans=prep["in_chans"], img_size=prep["img_size"], **overrides)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = load_checkpoint(model, path)
+    if report["dropped"]:
+        raise CheckpointError(f"{path}: its classifier does not have {num_classes} outputs")
+    model.eval()
+    return model, {"model": entry.name, "classes": classes, "preprocessing": prep, "num_classes": num_classes}
+
+
+def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:
+    sd = read_state_dict(path)
+    spec = dcfg.get("classifier", "head")
+    for head in (spec,) if isinstance(spec, str) else spec:
+        w = sd.get(f"{head}.weight")
+        if w is not None and w.ndim >= 2:
+            return int(w.shape[0])
+    return 1000
+
+
+@torch.no_grad()
+def predict_images(model: nn.Module, info: dict[str, Any], images: Sequence[str | os.PathLike], *, topk: int = 5,
+                   device: str = "cpu") -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file, with the checkpoint's preprocessing."""
+    p = info["preprocessing"]
+    tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"],
+                        in_chans=p["in_chans"])
+    x = torch.stack([tf(load_image(f)) for f in images]).to(device)
+    model.to(device)
+    logits = model(x)
+    if isinstance(logits, (tuple, list)):
+        logits = (logits[0] + logits[1]) / 2
+    probs = logits.float().softmax(dim=1)
+    k = min(topk, probs.shape[1])
+    vals, idx = probs.topk(k, dim=1)
+    classes = info.get("classes") or [str(i) for i in range(probs.shape[1])]
+    return [[(classes[int(i)], float(v)) for v, i in zip(vr, ir)] for vr, ir in zip(vals, idx)]
+
+
+def plot_confusion(cm: Tensor, classes: Sequence[str], path: str | os.PathLike, title: str = "") -> bool:
+    """Confusion matrix (rows: true class, columns: predicted) as a PNG; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    n = cm.shape[0]
+    size = min(4 + 0.35 * n, 20)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(cm.numpy(), cmap="Blues")
+    if n <= 30:
+        ax.set_xticks(range(n), labels=list(classes), rotation=90)
+        ax.set_yticks(range(n), labels=list(classes))
+        if n <= 15:
+            thresh = cm.max().item() / 2
+            for i in range(n):
+                for j in range(n):
+                    v = int(cm[i, j])
+                    ax.text(j, i, str(v), ha="center", va="center", color="white" if v > thresh else "black", fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

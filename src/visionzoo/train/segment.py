@@ -1,0 +1,259 @@
+"""``visionzoo train --task segment``: semantic segmentation on a folder of images and label maps.
+
+The folder holds ``images/`` and ``masks/`` with the same file stems; a mask is a PNG whose
+pixel values are class indices (255: ignored). Optional ``train/`` and ``val/`` sub-folders,
+each with ``images/`` and ``masks/``; otherwise a fixed 20 % is held out. The model is
+:func:`visionzoo.tasks.create_segmentation_model` (a registered backbone with an FPN head by
+default). Reported: per-class and mean IoU and Dice on the held-out images.
+
+Single process, no mid-epoch resume (classification has those); checkpoints at each epoch end.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import model_metadata, write_json_atomic
+from .data import IMAGE_EXTENSIONS, DataError, load_image
+
+__all__ = ["SegmentConfig", "seg_metrics", "train_segmentation"]
+
+IGNORE = 255
+# the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
+SMALL_BACKBONE = dict(depths=(1, 1, 2, 1), dims=(24, 48, 96, 192))
+
+
+@dataclass
+class SegmentConfig:
+    data: str
+    model: str = "convnext_tiny"
+    head: str = "fpn"
+    channels: int = 64
+    model_args: dict[str, Any] | None = None  # None: a small ConvNeXt (SMALL_BACKBONE) when model is the default
+    num_classes: int | None = None
+    img_size: int = 64
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    pretrained: str | None = None
+    output: str | None = None
+    device: str | None = None
+    progress: str = "auto"
+
+
+def _pairs(root: Path) -> list[tuple[Path, Path]]:
+    img_dir, mask_dir = root / "images", root / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise DataError(f"{root}: no {d.name}/ folder (segmentation data: images/ and masks/ with the same file names)")
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+    pairs = []
+    for p in sorted(img_dir.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"{p}: not an image file")
+        if p.stem not in masks:
+            raise DataError(f"{p}: no mask {mask_dir / (p.stem + '.png')}")
+        pairs.append((p, masks[p.stem]))
+    if not pairs:
+        raise DataError(f"{img_dir} is empty")
+    return pairs
+
+
+class SegFolder(Dataset):
+    """(image, mask) pairs resized to a square; training adds flips and scale jitter."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int, mean: Any, std: Any, train: bool) -> None:
+        self.pairs, self.size, self.train = pairs, size, train
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.epoch, self.seed = 0, 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        import numpy as np
+        from PIL import Image
+
+        ip, mp = self.pairs[i]
+        img = load_image(ip).convert("RGB")
+        try:
+            with Image.open(mp) as m:
+                mask = np.array(m)
+        except OSError:
+            raise DataError(f"{mp}: not a readable mask image") from None
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # 3, H, W
+        y = torch.from_numpy(mask.astype("int64"))  # H, W
+        if x.shape[-2:] != y.shape:
+            raise DataError(f"{ip} is {tuple(x.shape[-2:])} pixels but its mask {tuple(y.shape)}")
+        x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        y = F.interpolate(y[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
+            if torch.rand((), generator=g) < 0.5:
+                x, y = x.flip(-1), y.flip(-1)
+        return (x - self.mean) / self.std, y
+
+
+def seg_metrics(conf: Tensor) -> dict[str, Any]:
+    """Per-class and mean IoU and Dice from a (C, C) confusion matrix (rows: truth).
+
+    Classes absent from both truth and prediction are left out of the means.
+    """
+    conf = conf.double()
+    tp = conf.diag()
+    fp = conf.sum(0) - tp
+    fn = conf.sum(1) - tp
+    union = tp + fp + fn
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), torch.full_like(tp, float("nan")))
+    present = union > 0
+    return {
+        "miou": float(iou[present].mean()) if present.any() else 0.0,
+        "mdice": float(dice[present].mean()) if present.any() else 0.0,
+        "iou": [None if math.isnan(v) else round(v, 6) for v in iou.tolist()],
+        "dice": [None if math.isnan(v) else round(v, 6) for v in dice.tolist()],
+        "pixel_acc": float(tp.sum() / conf.sum().clamp(min=1)),
+    }
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, loader: DataLoader, C: int, device: torch.device) -> dict[str, Any]:
+    model.eval()
+    conf = torch.zeros(C, C, dtype=torch.long)
+    loss_sum, n = 0.0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, ignore_index=IGNORE, reduction="sum").item()
+        n += int((y != IGNORE).sum())
+        pred = out.argmax(1)
+        keep = y != IGNORE
+        conf += torch.bincount((y[keep] * C + pred[keep]).cpu(), minlength=C * C).view(C, C)
+    return {"loss": loss_sum / max(n, 1), **seg_metrics(conf)}
+
+
+def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
+    import numpy as np
+    from PIL import Image
+
+    from ..checkpoints import save_state_dict
+    from ..registry import get_entry
+    from ..tasks import create_segmentation_model
+    from .engine import _write_csv, plot_curves  # noqa: F401
+
+    if cfg.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    if (root / "train").is_dir():
+        train_pairs = _pairs(root / "train")
+        val_pairs = _pairs(root / "val") if (root / "val").is_dir() else []
+    else:
+        train_pairs = _pairs(root)
+        val_pairs = []
+    if not val_pairs:
+        rng = random.Random(0)
+        shuffled = train_pairs[:]
+        rng.shuffle(shuffled)
+        n_val = max(1, round(0.2 * len(shuffled)))
+        if len(shuffled) < 2:
+            raise DataError(f"{root}: at least two images are needed to hold one out")
+        val_pairs, train_pairs = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    C = cfg.num_classes
+    if C is None:
+        top = 0
+        for _, m in train_pairs + val_pairs:
+            with Image.open(m) as im:
+                a = np.array(im)
+            a = a[a != IGNORE]
+            top = max(top, int(a.max()) if a.size else 0)
+        C = top + 1
+    if C < 2:
+        raise DataError(f"{root}: the masks hold a single class; segmentation needs at least two")
+    entry = get_entry(cfg.model) if cfg.model not in ("unext", "unext_s") else None
+    dcfg = entry.default_cfg if entry else {}
+    mean, std = dcfg.get("mean", (0.485, 0.456, 0.406)), dcfg.get("std", (0.229, 0.224, 0.225))
+    torch.manual_seed(cfg.seed)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.model_args is None:
+        cfg.model_args = dict(SMALL_BACKBONE) if cfg.model == "convnext_tiny" else {}
+    kwargs: dict[str, Any] = dict(cfg.model_args)
+    if entry is not None:
+        kwargs.update(head=cfg.head, channels=cfg.channels, img_size=cfg.img_size, checkpoint=cfg.pretrained)
+    model = create_segmentation_model(cfg.model, C, **kwargs).to(device)
+    train_ds = SegFolder(train_pairs, cfg.img_size, mean, std, train=True)
+    train_ds.seed = cfg.seed
+    val_ds = SegFolder(val_pairs, cfg.img_size, mean, std, train=False)
+    g = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(train_ds) > cfg.batch_size)
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
+    out = Path(cfg.output or f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    train_seconds = 0.0
+    show = cfg.progress != "none"
+    for epoch in range(cfg.epochs):
+        train_ds.epoch = epoch
+        model.train()
+        loss_sum, n = 0.0, 0
+        t0 = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"the loss became NaN/Inf at epoch {epoch + 1}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum += loss.item() * len(x)
+            n += len(x)
+        train_seconds += time.perf_counter() - t0
+        ev = _evaluate(model, val_loader, C, device)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1), "val_loss": ev["loss"], "miou": ev["miou"],
+               "mdice": ev["mdice"], "pixel_acc": ev["pixel_acc"]}
+        history.append(row)
+        if show:
+            print(f"epoch {epoch + 1}/{cfg.epochs} train loss {row['train_loss']:.4f} | held-out loss {ev['loss']:.4f} "
+                  f"mIoU {ev['miou']:.4f} mDice {ev['mdice']:.4f} pixel acc {ev['pixel_acc']:.4f}", flush=True)
+        meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
+                              {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment", head=cfg.head)
+        save_state_dict(model.state_dict(), out / "model.safetensors", metadata=meta)
+        lines = ["epoch,train_loss,val_loss,miou,mdice,pixel_acc"] + [
+            ",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in ("epoch", "train_loss", "val_loss", "miou", "mdice", "pixel_acc"))
+            for r in history
+        ]
+        (out / "metrics.csv").write_text("\n".join(lines) + "\n")
+    summary = {
+        "task": "segment", "model": cfg.model, "head": cfg.head, "data": str(root), "num_classes": C,
+        "train_images": len(train_ds), "heldout_images": len(val_ds), "img_size": cfg.img_size,
+        "miou": ev["miou"], "mdice": ev["mdice"], "iou_per_class": ev["iou"], "dice_per_class": ev["dice"],
+        "pixel_acc": ev["pixel_acc"], "miou_per_epoch": [r["miou"] for r in history],
+        "epochs": cfg.epochs, "train_seconds": round(train_seconds, 3), "world_size": 1,
+        "checkpoint": str(out / "model.safetensors"),
+    }
+    write_json_atomic(summary, out / "summary.json")
+    return summary

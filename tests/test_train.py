@@ -1,0 +1,255 @@
+"""visionzoo train / eval / predict: exact resume after SIGKILL, Ctrl-C, torchrun (gloo), fine-tuning,
+bad input as one line, and a train -> eval -> predict round trip. Tiny models, few steps, CPU."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.cli import main
+
+pytest.importorskip("sklearn")
+
+# a 2-block ConvMixer of width 16 on 8x8 digits: a few hundred steps per second
+TINY = ["--model", "convmixer_256_8", "--model-arg", "dim=16", "--model-arg", "depth=2", "--model-arg", "patch_size=2",
+        "--img-size", "8", "--batch-size", "32", "--progress", "lines"]
+SRC = str(Path(visionzoo.__file__).resolve().parents[1])
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return env
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "visionzoo", *args], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared: {proc.communicate()}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _image_folder(root: Path, classes=("red", "green", "blue"), n=8, size=20) -> Path:
+    """Class folders of generated PNGs: one colour channel dominant per class, noise on top."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(classes):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n):
+            img = torch.rand(size, size, 3, generator=g) * 90
+            img[..., c % 3] += 150
+            if c >= 3:
+                img[: size // 2] = 255 - img[: size // 2]
+            Image.fromarray(img.clamp(0, 255).to(torch.uint8).numpy()).save(d / f"{i}.png")
+    return root
+
+
+def test_resume_after_sigkill_is_exact(tmp_path):
+    """A run killed with SIGKILL mid-epoch and resumed ends with the weights and metrics of an uninterrupted run."""
+    args = [*TINY, "--batch-size", "64", "--epochs", "2", "--save-every-steps", "4", "--ema", "--mixup", "0.2", "--randaugment"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    full = _cli("train", *args, "--output", str(ref))
+    killed = _cli("train", *args, "--output", str(cut))
+    _wait_for(cut / "checkpoints" / "latest.json", killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert full.wait(timeout=300) == 0, full.communicate()
+    step = json.loads((cut / "checkpoints" / "latest.json").read_text())["step"]
+    assert step < 44, "the run finished before it was killed"
+    resumed = _cli("train", "--output", str(cut), "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming" in out
+    a, b = _weights(ref / "model.safetensors"), _weights(cut / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
+    assert (sa["top1"], sa["top5"], sa["loss"]) == (sb["top1"], sb["top5"], sb["loss"])
+    cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]  # noqa: E731
+    assert cols(ref) == cols(cut)  # per-epoch losses / accuracies equal (timings aside)
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    p = _cli("train", *TINY, "--epochs", "30", "--save-every-steps", "2", "--output", str(out))
+    _wait_for(out / "checkpoints" / "latest.json", p)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=120)
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    assert "interrupted: checkpoint" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["last_checkpoint"]
+    assert main(["train", "--output", str(out), "--resume", "--epochs", "1"]) == 0  # finishes (epoch 1 is done or completes)
+
+
+def test_torchrun_gloo_world_size_2(tmp_path):
+    out = tmp_path / "ddp"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "visionzoo",
+         "train", *TINY, "--epochs", "1", "--output", str(out)],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["epochs"] == 1
+    assert r.stdout.count("epoch 1/1") == 1 and r.stdout.count("world size 2") == 1  # rank 0 alone prints
+
+
+def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
+    """A 10-class checkpoint fine-tuned onto a 3-class image folder; then eval and predict on it."""
+    data = _image_folder(tmp_path / "colours")
+    src = visionzoo.create_model("convmixer_256_8", num_classes=10, dim=16, depth=2, patch_size=2)
+    visionzoo.save_state_dict(src.state_dict(), tmp_path / "pre.safetensors")
+    out = tmp_path / "ft"
+    rc = main(["train", "--data", str(data), *TINY, "--img-size", "16", "--epochs", "4", "--lr", "0.02",
+               "--pretrained", str(tmp_path / "pre.safetensors"), "--freeze-backbone", "--output", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "new classifier for 3 classes" in text
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_classes"] == 3 and s["top1"] is not None
+    trained = _weights(out / "model.safetensors")
+    assert torch.equal(trained["stem.0.weight"], src.state_dict()["stem.0.weight"])  # backbone frozen
+    assert trained["head.weight"].shape == (3, 16)
+    for f in ("metrics.csv", "config.json", "summary.json"):
+        assert (out / f).is_file()
+
+    # eval: the whole folder, with the checkpoint's preprocessing; confusion matrix PNG
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(data), "--output", str(tmp_path / "cm.png")]) == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "24 images" in text
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "cm.png").stat().st_size > 0 and (out / "curves.png").is_file()
+    # predict: class names come from the checkpoint
+    assert main(["predict", "--checkpoint", str(out / "model.safetensors"), str(data / "red" / "0.png"), "--topk", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(data / "red" / "0.png")) and any(c in line for c in ("red", "green", "blue"))
+
+
+def test_finetune_vit_resizes_position_embeddings(tmp_path, capsys):
+    """A ViT checkpoint at one size fine-tuned at another: position table resampled, new head."""
+    data = _image_folder(tmp_path / "colours", n=4)
+    args = ["--model-arg", "embed_dim=16", "--model-arg", "depth=1", "--model-arg", "num_heads=2"]
+    src = visionzoo.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64, embed_dim=16, depth=1, num_heads=2)
+    visionzoo.save_state_dict(src.state_dict(), tmp_path / "vit.safetensors")
+    rc = main(["train", "--data", str(data), "--model", "vit_tiny_patch16_224", *args, "--img-size", "32", "--epochs", "1",
+               "--batch-size", "4", "--pretrained", str(tmp_path / "vit.safetensors"), "--grad-checkpointing",
+               "--output", str(tmp_path / "vit"), "--progress", "none"])
+    assert rc == 0, capsys.readouterr().err
+    w = _weights(tmp_path / "vit" / "model.safetensors")
+    assert w["pos_embed"].shape == (1, 1 + 4, 16) and w["head.weight"].shape == (3, 16)
+
+
+def test_distillation_soft_and_deit_hard(tmp_path, capsys):
+    """Soft KD into a ConvMixer, hard-label KD through a distilled DeiT's distillation token."""
+    assert main(["train", *TINY, "--epochs", "1", "--output", str(tmp_path / "teacher"), "--progress", "none"]) == 0
+    t = ["--teacher", "convmixer_256_8", "--teacher-checkpoint", str(tmp_path / "teacher" / "model.safetensors")]
+    assert main(["train", *TINY, "--epochs", "1", *t, "--output", str(tmp_path / "kd"), "--progress", "none"]) == 0
+    deit = ["--model", "deit_tiny_distilled_patch16_224", "--model-arg", "embed_dim=16", "--model-arg", "depth=1",
+            "--model-arg", "num_heads=2", "--model-arg", "patch_size=4", "--img-size", "16", "--batch-size", "64"]
+    assert main(["train", *deit, "--epochs", "1", *t, "--output", str(tmp_path / "deit"), "--progress", "none"]) == 0
+    s = json.loads((tmp_path / "deit" / "summary.json").read_text())
+    assert s["model"] == "deit_tiny_distilled_patch16_224" and s["top1"] is not None
+    assert "head_dist.weight" in _weights(tmp_path / "deit" / "model.safetensors")
+
+
+def _one_line_error(args, capsys, *needles):
+    rc = main(args)
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def test_bad_inputs_are_one_line(tmp_path, capsys):
+    o = ["--output", str(tmp_path / "o")]
+    _one_line_error(["train", "--data", str(tmp_path / "nope"), *o], capsys, "not found")
+    empty = _image_folder(tmp_path / "e", classes=("a", "b"), n=2)
+    shutil.rmtree(empty / "b")
+    (empty / "b").mkdir()
+    _one_line_error(["train", "--data", str(empty), *o], capsys, "empty", "b")
+    junk = _image_folder(tmp_path / "j", classes=("a", "b"), n=2)
+    (junk / "a" / "notes.txt").write_text("hello")
+    _one_line_error(["train", "--data", str(junk), *o], capsys, "notes.txt", "not an image")
+    (junk / "a" / "notes.txt").unlink()
+    (junk / "a" / "broken.png").write_bytes(b"not a png at all")
+    _one_line_error(["train", "--data", str(junk), *o], capsys, "broken.png")
+    _one_line_error(["train", "--epochs", "0", *o], capsys, "--epochs")
+    _one_line_error(["train", "--batch-size", "-3", *o], capsys, "--batch-size")
+    _one_line_error(["train", "--model", "no_such_net", *o], capsys, "no_such_net")
+    _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "offline"), *o], capsys, "cifar10")
+    _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
+    # a checkpoint of another model
+    other = visionzoo.create_model("convmixer_256_8", num_classes=10, dim=16, depth=1, patch_size=2)
+    visionzoo.save_state_dict(other.state_dict(), tmp_path / "other.safetensors")
+    _one_line_error(["eval", "--checkpoint", str(tmp_path / "other.safetensors"), "--model", "convnext_tiny"], capsys, "other.safetensors")
+    _one_line_error(["predict", "--checkpoint", str(tmp_path / "missing.safetensors"), "--model", "convnext_tiny", "x.png"], capsys, "not found")
+
+
+def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "nan"
+    err = _one_line_error(["train", *TINY, "--epochs", "3", "--opt", "sgd", "--lr", "1e12", "--label-smoothing", "0",
+                           "--warmup-epochs", "0", "--save-every-steps", "1", "--output", str(out)], capsys, "NaN")
+    assert "checkpoint" in err
+    ck = json.loads((out / "checkpoints" / "latest.json").read_text())
+    w = _weights(out / "checkpoints" / ck["weights"])
+    assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
+
+
+def _seg_folder(root: Path, n=12, size=32) -> Path:
+    """Images with a bright square (class 1) and a dark disc (class 2) on noise; masks as PNG label maps."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    for i in range(n):
+        img = torch.rand(size, size, 3, generator=g) * 60 + 90
+        mask = torch.zeros(size, size, dtype=torch.uint8)
+        x0, y0 = (int(v) for v in torch.randint(0, size // 2, (2,), generator=g))
+        mask[y0 : y0 + size // 3, x0 : x0 + size // 3] = 1
+        cx, cy = (int(v) for v in torch.randint(size // 4, 3 * size // 4, (2,), generator=g))
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < (size // 6) ** 2] = 2
+        img[mask == 1] = 230
+        img[mask == 2] = 20
+        Image.fromarray(img.to(torch.uint8).numpy()).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask.numpy()).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_segmentation_iou_rises(tmp_path, capsys):
+    data = _seg_folder(tmp_path / "seg")
+    out = tmp_path / "segrun"
+    assert main(["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "6", "--batch-size", "4",
+                 "--lr", "0.003", "--output", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_classes"] == 3 and len(s["iou_per_class"]) == 3 and len(s["dice_per_class"]) == 3
+    curve = s["miou_per_epoch"]
+    assert curve[-1] > curve[0] + 0.1, curve
+    _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
