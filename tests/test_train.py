@@ -88,7 +88,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
         assert torch.equal(a[k], b[k]), k
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
     assert (sa["top1"], sa["top5"], sa["loss"]) == (sb["top1"], sb["top5"], sb["loss"])
-    cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]  # noqa: E731
+    cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]
     assert cols(ref) == cols(cut)  # per-epoch losses / accuracies equal (timings aside)
 
 
