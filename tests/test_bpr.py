@@ -1,6 +1,5 @@
 """Boundary patch refinement: patch extraction, identity reassembly, learning on shapes."""
 
-import math
 
 import torch
 import torch.nn.functional as F

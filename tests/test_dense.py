@@ -36,7 +36,7 @@ def test_unknown_head_is_refused():
         create_segmentation_model("vit_tiny_patch16_224", 3, head="unet")
 
 
-@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "convnext_tiny"])
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224"])
 def test_mask_rcnn_trains_and_predicts(backbone):
     torch.manual_seed(0)
     model = mask_rcnn(backbone, num_classes=3, min_size=64, max_size=96)
@@ -70,3 +70,24 @@ def test_unext_size_and_output():
     assert small(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
     with pytest.raises(ValueError, match="multiples of 32"):
         m(torch.randn(1, 3, 100, 100))
+
+
+def test_hdc_dilated_resnet_with_aspp_head():
+    """Output stride 8, HDC rates (Wang et al. 2018) in stages 3-4, DeepLab-v3 ASPP on top."""
+    from visionzoo.analysis import hdc_check
+
+    hdc = (None, None, (1, 2, 5), (1, 2, 5))
+    m = create_segmentation_model("resnet50", 4, head="aspp", output_stride=8, dilation_rates=hdc, channels=32)
+    x = torch.randn(2, 3, 64, 96)
+    out = m(x)
+    assert out.shape == (2, 4, 64, 96)
+    assert m.backbone(x)[-1].shape[-2:] == (8, 12)  # stride 8
+    assert [b[0].dilation for b in m.head.branches[1:]] == [(12, 12), (24, 24), (36, 36)]  # doubled at OS 8
+    stage3 = [b.conv2.dilation[0] for b in m.backbone.layer3]
+    assert stage3 == [1, 2, 5, 1, 2, 5]
+    assert not hdc_check(stage3)["gridding"]
+    # the plain dilated network (rate 2 after the first block) grids; HDC does not
+    plain = visionzoo.create_model("resnet50", output_stride=8)
+    assert hdc_check([b.conv2.dilation[0] for b in plain.layer3][1:])["gridding"]
+    out.mean().backward()
+    assert m.backbone.conv1.weight.grad is not None

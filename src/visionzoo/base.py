@@ -67,10 +67,14 @@ class VisionModel(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        raise NotImplementedError
+        """Default: ``self.head(x, pre_logits)``, a head module that pools (and normalises) and
+        classifies with ``head.fc``; families with another head override this."""
+        return self.head(x, pre_logits)
 
     def reset_classifier(self, num_classes: int) -> None:
-        raise NotImplementedError
+        """Default: a new ``self.head.fc`` (an Identity for 0 classes); see :meth:`forward_head`."""
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """NCHW maps of the stages in ``indices`` (indices into ``feature_info``)."""

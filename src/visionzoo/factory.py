@@ -102,7 +102,9 @@ class _FlopCounter:
         from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
         def cpu_sdpa(query, key, value, *args, out_shape=None, **kwargs) -> int:
-            return sdpa_flop(query.shape, key.shape, value.shape)
+            # FlopCounterMode passes custom formulas the shapes (shape_wrapper), not tensors
+            shape = lambda t: getattr(t, "shape", t)  # noqa: E731
+            return sdpa_flop(shape(query), shape(key), shape(value))
 
         mapping = {}
         op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
@@ -117,13 +119,30 @@ class _FlopCounter:
         self.mode.__exit__(*exc)
 
 
-def count_macs(model: torch.nn.Module, input_size: Sequence[int], *, device: str | torch.device = "meta") -> int:
-    """Multiply-adds of one forward pass at ``input_size`` (C, H, W), batch 1."""
+def run_flop_counter(model: torch.nn.Module, input_size: Sequence[int], *, device: str | torch.device = "meta") -> Any:
+    """One forward pass at ``input_size`` (C, H, W), batch 1, under the FLOP counter.
+
+    Returns the finished ``torch.utils.flop_counter.FlopCounterMode``: its
+    ``get_total_flops()`` and per-module ``get_flop_counts()`` (2 flops per multiply-add).
+    :func:`count_macs` and :mod:`visionzoo.analysis.flops` both read it.
+    """
     x = torch.zeros(1, *input_size, device=device)
     counter = _FlopCounter()
     with torch.no_grad(), counter as fc:
         model(x)
-    return fc.get_total_flops() // 2
+    return fc
+
+
+def count_macs(model: torch.nn.Module, input_size: Sequence[int], *, device: str | torch.device = "meta") -> int:
+    """Multiply-adds of one forward pass at ``input_size`` (C, H, W), batch 1."""
+    return run_flop_counter(model, input_size, device=device).get_total_flops() // 2
+
+
+def _meta_model(name: str, **kwargs: Any) -> VisionModel:
+    """``create_model`` on the meta device (no memory, no initialisation), in eval mode."""
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    return model.eval()
 
 
 def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **overrides: Any) -> dict[str, Any]:
@@ -138,9 +157,7 @@ def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **over
         ``published_params_m``, ``published_gmacs``, ``published_top1``, ``paper``.
     """
     entry = get_entry(name)
-    with torch.device("meta"):
-        model = create_model(entry.name, img_size=img_size, **overrides)
-    model.eval()
+    model = _meta_model(entry.name, img_size=img_size, **overrides)
     input_size = model.default_cfg["input_size"]
     macs = count_macs(model, input_size)
     pub = entry.published

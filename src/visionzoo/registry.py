@@ -168,10 +168,11 @@ def get_entry(name: str) -> ModelEntry:
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
-def list_models(pattern: str | None = None, *, family: str | None = None, aliases: bool = False) -> list[str]:
+def list_models(pattern: str | None = None, *, family: str | None = None, aliases: bool = False, sort: bool = True) -> list[str]:
     """Sorted registered names, filtered by an fnmatch ``pattern`` and/or a ``family``.
 
-    Aliases are included only with ``aliases=True``.
+    Aliases are included only with ``aliases=True``. ``sort=False`` keeps the order in which
+    families registered their variants (a family's own order, e.g. the ConvNeXt roadmap's steps).
     """
     _ensure_loaded()
     names = [n for n, e in _REGISTRY.items() if family is None or e.family == family]
@@ -179,7 +180,7 @@ def list_models(pattern: str | None = None, *, family: str | None = None, aliase
         names += [a for a, n in _ALIASES.items() if family is None or _REGISTRY[n].family == family]
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
-    return sorted(names)
+    return sorted(names) if sort else names
 
 
 def families() -> list[str]:

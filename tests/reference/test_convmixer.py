@@ -42,3 +42,15 @@ def test_counted_macs_are_the_papers_plus_the_depthwise_convolutions():
         depthwise = cfg.depth * cfg.dim * cfg.kernel_size**2 * side**2 / 1e9
         counted = visionzoo.model_info(name)["gmacs"]
         assert abs(counted - depthwise - paper) / paper < 0.03, (name, counted, depthwise)
+
+
+def test_features_only_equal_timm_forward_intermediates():
+    ref = build_random(lambda: timm.create_model("convmixer_768_32", num_classes=10)).eval()
+    ours = visionzoo.create_model("convmixer_768_32", features_only=True, checkpoint=ref.state_dict()).eval()
+    blocks = [int(f.module.split(".")[1]) for f in ours.feature_info]
+    assert blocks == [7, 15, 23, 31]  # four evenly spaced blocks
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        expect = ref.forward_intermediates(x, indices=blocks, intermediates_only=True)
+        for f, e in zip(ours(x), expect, strict=True):
+            assert max_rel_diff(f, e) < 1e-4

@@ -8,7 +8,7 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, max_rel_diff
 
-NAMES = visionzoo.list_models("convnext*")
+NAMES = visionzoo.list_models(family="convnext")
 
 
 @pytest.mark.parametrize("name", NAMES)

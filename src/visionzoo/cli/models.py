@@ -23,8 +23,36 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_table(args: argparse.Namespace) -> int:
+    """One row per model matching a wildcard pattern."""
+    from ..factory import model_info
+    from ..registry import list_models
+
+    names = list_models(args.name, sort=False)  # each family's own order
+    if not names:
+        print(f"no model matches {args.name!r}")
+        return 1
+    infos = [model_info(n, img_size=args.img_size) for n in names]
+    if args.json:
+        print(json.dumps([{k: v for k, v in i.items() if k != "default_cfg"} for i in infos], indent=2, default=str))
+        return 0
+    width = max(len(n) for n in names)
+    print(f"{'model':<{width}}  {'params (M)':>10}  {'GMACs':>7}  {'paper GMACs':>11}  {'paper top-1':>11}  input")
+    for i in infos:
+        print(
+            f"{i['name']:<{width}}  {i['params'] / 1e6:>10.2f}  {i['gmacs']:>7.2f}  {_fmt(i['published_gmacs']):>11}  "
+            f"{_fmt(i['published_top1']):>11}  {i['input_size'][1]}x{i['input_size'][2]}"
+        )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from ..factory import model_info
+
+    if any(c in args.name for c in "*?["):
+        if args.set:
+            raise ValueError("--set applies to one model, not to a pattern")
+        return _info_table(args)
 
     overrides = {}
     for item in args.set or []:
@@ -65,7 +93,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="parameters, GMACs, input and published figures of a model")
-    p.add_argument("name")
+    p.add_argument("name", help="a model name, or a wildcard pattern for a table (e.g. 'convnext_roadmap*')")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="configuration override, e.g. pos_embed=learned_2d")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -10,11 +10,32 @@ unavailable.
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "attention"]
+__all__ = ["Attention", "attention", "record_attention_weights"]
+
+# functions that receive the softmax weights of every attention() call (see below)
+_WEIGHT_RECORDERS: list[Callable[[Tensor], None]] = []
+
+
+@contextmanager
+def record_attention_weights(fn: Callable[[Tensor], None]) -> Iterator[None]:
+    """Pass the softmax weights of every :func:`attention` call in the block to ``fn``.
+
+    Inside the block attention takes the matmul/softmax path (the fused kernel never
+    forms the weights) and calls ``fn(weights)`` with the (..., N, L) probabilities,
+    biases and masks included. For analysis (attention rollout, attention distances);
+    :func:`visionzoo.analysis.capture_attention` names the weights by module.
+    """
+    _WEIGHT_RECORDERS.append(fn)
+    try:
+        yield
+    finally:
+        _WEIGHT_RECORDERS.remove(fn)
 
 
 def attention(
@@ -34,19 +55,26 @@ def attention(
         attn_bias: added to the logits before softmax; broadcastable to (..., N, L).
             A boolean mask is not accepted: use ``-inf`` where attention is forbidden.
         dropout_p: attention dropout (applied only when > 0).
-        fused: use ``F.scaled_dot_product_attention``; otherwise matmul + softmax.
+        fused: use ``F.scaled_dot_product_attention``; otherwise matmul + softmax (also
+            taken inside :func:`record_attention_weights`).
         scale: logit scale, ``hd ** -0.5`` by default.
 
     Returns:
         (..., N, hd_v) attended values.
     """
-    if fused:
+    if fused and not _WEIGHT_RECORDERS:
+        if attn_bias is not None and attn_bias.ndim < q.ndim:
+            # a mask with as many dims as q lets SDPA pick its flash kernel on CPU; a
+            # lower-rank one (broadcast all the same) sends it down the ~2x slower math path
+            attn_bias = attn_bias[(None,) * (q.ndim - attn_bias.ndim)]
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     attn = (q * scale) @ k.transpose(-2, -1)  # ..., N, L
     if attn_bias is not None:
         attn = attn + attn_bias
     attn = attn.softmax(dim=-1)
+    for record in _WEIGHT_RECORDERS:
+        record(attn)
     if dropout_p > 0.0:
         attn = F.dropout(attn, p=dropout_p)
     return attn @ v

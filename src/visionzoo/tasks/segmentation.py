@@ -179,7 +179,7 @@ def create_segmentation_model(
     in_chans: int = 3,
     img_size: int | Sequence[int] | None = None,
     out_indices: Sequence[int] | None = None,
-    aspp_rates: Sequence[int] = (6, 12, 18),
+    aspp_rates: Sequence[int] | None = None,
     checkpoint: str | None = None,
     **backbone_overrides,
 ) -> nn.Module:
@@ -194,6 +194,8 @@ def create_segmentation_model(
         flow_align: SFNet flow alignment in the FPN head.
         channels: head width.
         out_indices: backbone maps to use (default: the backbone's feature stages).
+        aspp_rates: atrous rates of the ASPP head; default DeepLab-v3's (6, 12, 18) at output
+            stride 16, scaled to the backbone's last map (doubled at output stride 8).
         checkpoint: backbone weights (classification checkpoint; the head stays initialised).
         **backbone_overrides: configuration overrides of the backbone.
     """
@@ -215,6 +217,9 @@ def create_segmentation_model(
     elif head == "aspp":
         if flow_align:
             raise ValueError("flow_align is an option of the FPN head")
+        if aspp_rates is None:
+            scale = 16 / net.feature_info[-1].reduction
+            aspp_rates = tuple(max(1, round(r * scale)) for r in (6, 12, 18))
         h = ASPPHead(chans[-1], num_classes, rates=aspp_rates, channels=channels)
     else:
         raise ValueError(f"head must be 'fpn', 'aspp' or 'hrnetv2', got {head!r}")

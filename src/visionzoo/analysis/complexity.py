@@ -1,0 +1,69 @@
+"""Multiply-adds of one self-attention layer, as the papers count them.
+
+All figures are multiply-accumulates (MACs) of one layer on an h x w map of width C,
+batch 1: the four C x C projections (query, key, value, output) on each of the hw
+tokens cost 4 hw C^2, and the two token products (q k^T and attention @ v) cost
+2 N^2 C for every group of N tokens that attend to each other. Softmax, scaling,
+biases and normalisation are not multiply-adds and are left out, as in the papers.
+"""
+
+from __future__ import annotations
+
+__all__ = ["attention_complexity", "coatnet_attention_complexity", "nest_attention_complexity"]
+
+
+def _check(h: int, w: int, C: int) -> None:
+    if min(h, w, C) < 1:
+        raise ValueError(f"h, w and C must be positive, got {(h, w, C)}")
+
+
+def attention_complexity(h: int, w: int, C: int, window: int) -> dict[str, int]:
+    """Global versus window attention (Swin Transformer, Liu et al. 2021, eqs. 1-2).
+
+        Omega(MSA)   = 4 hw C^2 + 2 (hw)^2 C
+        Omega(W-MSA) = 4 hw C^2 + 2 M^2 hw C
+
+    with M = ``window``: every token attends to the M^2 tokens of its window, so the
+    quadratic term becomes linear in hw. The map is taken to be a multiple of M (Swin
+    pads it so).
+
+    Returns:
+        ``{"msa": ..., "w_msa": ...}`` in multiply-adds.
+    """
+    _check(h, w, C)
+    if window < 1:
+        raise ValueError(f"window must be positive, got {window}")
+    hw = h * w
+    return {"msa": 4 * hw * C**2 + 2 * hw**2 * C, "w_msa": 4 * hw * C**2 + 2 * window**2 * hw * C}
+
+
+def nest_attention_complexity(h: int, w: int, C: int, block: int) -> int:
+    """NesT's local attention (Zhang et al. 2022): attention only within blocks of side ``block``.
+
+    The image is cut into non-overlapping ``block`` x ``block`` blocks and each block runs
+    ordinary multi-head attention, so the cost is Swin's W-MSA with M = ``block``:
+
+        4 hw C^2 + 2 block^2 hw C
+    """
+    return attention_complexity(h, w, C, block)["w_msa"]
+
+
+def coatnet_attention_complexity(h: int, w: int, C: int, num_heads: int | None = None) -> int:
+    """CoAtNet's global relative attention (Dai et al. 2021, eq. 3).
+
+    The logits are x_i . x_j + w_{i-j}: a pre-softmax relative bias added to global
+    attention. The bias is a table look-up and one addition per logit and head, so the
+    count is MSA's plus nH (hw)^2 additions:
+
+        4 hw C^2 + 2 (hw)^2 C + nH (hw)^2
+
+    The additions are counted one each (they are not multiply-adds; a flop counter
+    that counts only matrix products reports the first two terms).
+
+    Args:
+        num_heads: nH, by default C / 32 (CoAtNet's head width is 32).
+    """
+    _check(h, w, C)
+    heads = num_heads if num_heads is not None else max(C // 32, 1)
+    hw = h * w
+    return attention_complexity(h, w, C, 1)["msa"] + heads * hw**2

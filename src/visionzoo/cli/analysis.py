@@ -1,0 +1,142 @@
+"""``visionzoo rf``, ``visionzoo attention`` and ``visionzoo windows``: analysis pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import CLIError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except ImportError as e:
+        raise CLIError(str(e)) from None
+
+
+def cmd_rf(args: argparse.Namespace) -> int:
+    from ..analysis import hdc_check, plot_receptive_field
+
+    if args.output:
+        verdict = _plot(plot_receptive_field, args.rates, args.output, kernel_size=args.kernel)
+    else:
+        verdict = hdc_check(args.rates, args.kernel)
+    if args.json:
+        print(json.dumps(verdict))
+        return 0
+    print(f"rates {args.rates}, kernel {args.kernel}: receptive field {verdict['span']}x{verdict['span']}")
+    if verdict["gridding"]:
+        why = f"; the rates share the factor {verdict['common_factor']}" if verdict["common_factor"] else ""
+        print(f"gridding: {verdict['holes']} of {verdict['span'] ** 2} input pixels never reach the output{why}")
+        print(f"suggestion (same span, no gridding): {','.join(map(str, verdict['suggestion']))}")
+    else:
+        print("no gridding: every pixel of the receptive field reaches the output")
+    print(f"HDC (Wang et al. 2018): M = {verdict['M']}, M_2 <= K and no common factor: {'yes' if verdict['hdc_ok'] else 'no'}")
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _load_model(args: argparse.Namespace) -> Any:
+    import visionzoo
+
+    kwargs: dict[str, Any] = {}
+    if args.img_size:
+        kwargs["img_size"] = args.img_size
+    model = visionzoo.create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+    if args.checkpoint is None:
+        print("note: random weights (pass --checkpoint for trained attention)", file=sys.stderr)
+    return model
+
+
+def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
+    import torch
+
+    cfg = model.default_cfg
+    C, H, W = cfg["input_size"]
+    if path is None:
+        if required:
+            raise CLIError("--image is required")
+        return torch.randn(1, C, H, W, generator=torch.Generator().manual_seed(0))
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB" if C == 3 else "L").resize((W, H), Image.BICUBIC)
+        x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div(255)
+    x = x.view(H, W, C).permute(2, 0, 1)  # C, H, W
+    if C == 3:
+        x = (x - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
+    return x[None]
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from ..analysis import plot_attention_distance, plot_attention_rollout, plot_position_embedding_similarity
+
+    model = _load_model(args)
+    if args.what == "rollout":
+        x = _load_image(args.image, model, required=True)
+        _plot(plot_attention_rollout, model, x[0], args.output, head_fusion=args.head_fusion)
+        print(f"wrote {args.output}")
+    elif args.what == "distance":
+        x = _load_image(args.image, model, required=False)
+        d = _plot(plot_attention_distance, model, x, args.output)
+        for i, row in enumerate(d):
+            print(f"layer {i:2d}: " + " ".join(f"{v:6.1f}" for v in row))
+        print(f"wrote {args.output} (mean attention distance in pixels, per head)")
+    else:
+        _plot(plot_position_embedding_similarity, model, args.output)
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_windows(args: argparse.Namespace) -> int:
+    from ..analysis import plot_shift_window_masks
+
+    H = args.size
+    W = args.width or args.size
+    shift = args.window // 2 if args.shift is None else args.shift
+    masks = _plot(plot_shift_window_masks, H, W, args.window, shift, args.output)
+    masked = int((masks != 0).any(axis=(1, 2)).sum())
+    print(f"{H}x{W} map, window {args.window}, shift {shift}: {masks.shape[0]} windows, {masked} with masked pairs")
+    print(f"wrote {args.output}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rf", help="receptive field of dilated convolutions: count map and gridding verdict")
+    p.add_argument("--rates", type=_ints, required=True, help="dilation rates bottom to top, e.g. 1,2,5")
+    p.add_argument("--kernel", type=int, default=3, help="kernel side k (default 3)")
+    p.add_argument("--output", default=None, help="PNG of the count map")
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.set_defaults(func=cmd_rf)
+
+    p = sub.add_parser("attention", help="attention pictures of a ViT: rollout, distance, position embeddings")
+    p.add_argument("what", choices=("rollout", "distance", "posembed"))
+    p.add_argument("name", help="model name, e.g. vit_base_patch16_224")
+    p.add_argument("--image", default=None, help="image file (rollout: required; distance: random noise if omitted)")
+    p.add_argument("--checkpoint", default=None, help="weights (any layout load_checkpoint knows)")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"), help="rollout: how heads combine")
+    p.add_argument("--output", required=True, help="PNG to write")
+    p.set_defaults(func=cmd_attention)
+
+    p = sub.add_parser("windows", help="Swin's cyclic shift and window attention masks for a feature size")
+    p.add_argument("--size", type=int, required=True, help="feature map height (and width unless --width)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--window", type=int, default=7, help="window side M (default 7)")
+    p.add_argument("--shift", type=int, default=None, help="shift s (default M // 2)")
+    p.add_argument("--output", required=True, help="PNG to write")
+    p.set_defaults(func=cmd_windows)

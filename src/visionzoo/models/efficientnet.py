@@ -1,0 +1,489 @@
+"""EfficientNet B0-B7 and EfficientNet-Lite0-4: compound-scaled MBConv networks.
+
+Paper: Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural
+Networks", ICML 2019. Lite: tensorflow/tpu ``models/official/efficientnet/lite``.
+
+A 3x3 stride-2 stem, seven stages of MBConv blocks
+
+    1x1 expand (x e) -> BN -> act -> depthwise k x k -> BN -> act -> SE -> 1x1 project -> BN (+ x)
+
+(stage 1 has e = 1 and no expansion convolution), a 1x1 head convolution, global pooling,
+dropout and a linear classifier. Every variant is generated from the B0 block table
+(:data:`B0_STAGES`) and four numbers (width coefficient, depth coefficient, resolution,
+dropout): widths are ``round_filters(c * w)`` (nearest multiple of 8, never more than 10 %
+below), repeats are ``ceil(r * d)``, as in the official ``efficientnet_model.py``.
+
+Lite (for mobile accelerators) drops squeeze-and-excitation, uses ReLU6, keeps the stem
+(32) and head (1280) widths and the repeats of the first and last stages unscaled.
+
+State-dict keys follow timm (``conv_stem``, ``bn1``, ``blocks.S.J.*``, ``conv_head``,
+``bn2``, ``classifier``). Converters read torchvision's layout (``features.N.M.block.*``)
+and efficientnet_pytorch's (lukemelas, ``_blocks.N.*``; the key mapping is tabled in
+:func:`official_key_map`). Those two converters also set the numerics the layout's
+weights were trained with, see :func:`set_numerics`: torchvision's B5-B7 use BatchNorm
+eps 1e-3 (B0-B4 PyTorch's 1e-5), efficientnet_pytorch eps 1e-3 and TensorFlow 'SAME'
+padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import identity, register_converter
+from ..layers import DropPath, make_divisible, pad_same
+from ..registry import default_cfg, register_family
+
+__all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
+
+_log = logging.getLogger(__name__)
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
+
+
+# --------------------------------------------------------------------------- compound scaling
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of MBConv blocks: expansion, kernel, stride of its first block, width, repeats."""
+
+    expand_ratio: int
+    kernel_size: int
+    stride: int
+    out_chs: int
+    repeats: int
+
+
+#: EfficientNet-B0, the paper's Table 1 (stages 2-8; stage 1 is the stem, 9 the head).
+B0_STAGES: tuple[StageSpec, ...] = (
+    StageSpec(1, 3, 1, 16, 1),
+    StageSpec(6, 3, 2, 24, 2),
+    StageSpec(6, 5, 2, 40, 2),
+    StageSpec(6, 3, 2, 80, 3),
+    StageSpec(6, 5, 1, 112, 3),
+    StageSpec(6, 5, 2, 192, 4),
+    StageSpec(6, 3, 1, 320, 1),
+)
+
+
+def round_filters(channels: int, width_coefficient: float, divisor: int = 8) -> int:
+    """Width scaling: ``channels * w`` to the nearest multiple of ``divisor``, at most 10 % lower."""
+    return make_divisible(channels * width_coefficient, divisor)
+
+
+def round_repeats(repeats: int, depth_coefficient: float) -> int:
+    """Depth scaling: ``ceil(repeats * d)``, so any d > 1 deepens every stage."""
+    return int(math.ceil(repeats * depth_coefficient))
+
+
+@dataclass(frozen=True)
+class EfficientNetConfig:
+    """One compound-scaled EfficientNet.
+
+    Args:
+        width_coefficient: w, multiplies every width (then :func:`round_filters`).
+        depth_coefficient: d, multiplies every stage's repeats (then :func:`round_repeats`).
+        resolution: the input side the variant was trained at (the third coefficient).
+        drop_rate: dropout before the classifier.
+        stem_chs, head_chs: B0's stem and head widths (scaled unless ``scale_stem_head`` is off).
+        scale_stem_head: Lite keeps 32 / 1280.
+        scale_first_last_repeats: Lite keeps the first and last stages at their B0 repeats.
+        se_ratio: SE width as a fraction of the block's input width (0: no SE, as Lite).
+        act: "silu" (swish, B0-B7) or "relu6" (Lite).
+        bn_eps, bn_momentum: BatchNorm numerics (PyTorch defaults as timm's efficientnet_*;
+            TensorFlow-trained weights use 1e-3 / 0.01).
+        tf_padding: TensorFlow 'SAME' padding (extra row/column right/bottom in the stride-2
+            convolutions) instead of symmetric k // 2; needed by TF-trained weights
+            (efficientnet_pytorch, timm's ``tf_efficientnet_*``).
+        divisor: channel rounding multiple.
+    """
+
+    width_coefficient: float = 1.0
+    depth_coefficient: float = 1.0
+    resolution: int = 224
+    drop_rate: float = 0.2
+    stem_chs: int = 32
+    head_chs: int = 1280
+    scale_stem_head: bool = True
+    scale_first_last_repeats: bool = True
+    se_ratio: float = 0.25
+    act: str = "silu"
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
+    tf_padding: bool = False
+    divisor: int = 8
+
+
+def stage_specs(cfg: EfficientNetConfig) -> list[StageSpec]:
+    """The B0 table scaled by ``cfg``'s width and depth coefficients."""
+    out = []
+    for i, s in enumerate(B0_STAGES):
+        fixed_depth = not cfg.scale_first_last_repeats and i in (0, len(B0_STAGES) - 1)
+        repeats = s.repeats if fixed_depth else round_repeats(s.repeats, cfg.depth_coefficient)
+        out.append(replace(s, out_chs=round_filters(s.out_chs, cfg.width_coefficient, cfg.divisor), repeats=repeats))
+    return out
+
+
+# --------------------------------------------------------------------------- blocks
+class Conv2dPad(nn.Conv2d):
+    """Bias-free ``nn.Conv2d`` padded symmetrically (k // 2) or as TensorFlow's 'SAME'.
+
+    'SAME' is computed from each input's size, so any input size works either way; the two
+    differ only for stride-2 convolutions on even sides, where 'SAME' pads right/bottom only.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, *, groups: int = 1, tf_padding: bool = False) -> None:
+        super().__init__(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False)
+        self.tf_padding = tf_padding
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.tf_padding:
+            return super().forward(x)
+        x = pad_same(x, self.kernel_size, self.stride, self.dilation)
+        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+
+
+class SqueezeExcite(nn.Module):
+    """SE with timm's EfficientNet key names (``conv_reduce`` / ``conv_expand``) and the block's act.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, rd_channels: int, act_layer: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(channels, rd_channels, 1)
+        self.act1 = act_layer()
+        self.conv_expand = nn.Conv2d(rd_channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = x.mean((2, 3), keepdim=True)  # B, C, 1, 1
+        return x * self.conv_expand(self.act1(self.conv_reduce(s))).sigmoid()
+
+
+class DepthwiseSeparable(nn.Module):
+    """MBConv with expansion 1 (stage 1): depthwise k x k -> BN -> act -> SE -> 1x1 -> BN (+ x).
+
+    timm (and efficientnet_pytorch) name its layers apart from :class:`MBConv`'s, hence a class.
+
+    Shapes:
+        (B, in_chs, H, W) -> (B, out_chs, H / stride, W / stride).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[[], nn.Module],
+                 norm_layer: Callable[[int], nn.Module], tf_padding: bool = False, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.conv_dw = Conv2dPad(in_chs, in_chs, kernel_size, stride, groups=in_chs, tf_padding=tf_padding)
+        self.bn1 = norm_layer(in_chs)
+        self.act = act_layer()
+        self.se = SqueezeExcite(in_chs, se_chs, act_layer) if se_chs > 0 else nn.Identity()
+        self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+        self.bn2 = norm_layer(out_chs)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.se(self.act(self.bn1(self.conv_dw(x))))
+        y = self.bn2(self.conv_pw(y))
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expand -> depthwise k x k -> SE -> 1x1 project, residual with drop path.
+
+    The residual (and its drop path) exists only where the block keeps shape (stride 1,
+    in = out); the projection has no activation ("linear bottleneck").
+
+    Shapes:
+        (B, in_chs, H, W) -> (B, out_chs, H / stride, W / stride).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, *, expand_ratio: int, kernel_size: int, stride: int, se_chs: int,
+                 act_layer: Callable[[], nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        mid = make_divisible(in_chs * expand_ratio)
+        self.has_skip = stride == 1 and in_chs == out_chs
+        self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
+        self.bn1 = norm_layer(mid)
+        self.conv_dw = Conv2dPad(mid, mid, kernel_size, stride, groups=mid, tf_padding=tf_padding)
+        self.bn2 = norm_layer(mid)
+        self.act = act_layer()
+        self.se = SqueezeExcite(mid, se_chs, act_layer) if se_chs > 0 else nn.Identity()
+        self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
+        self.bn3 = norm_layer(out_chs)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.act(self.bn1(self.conv_pw(x)))
+        y = self.se(self.act(self.bn2(self.conv_dw(y))))
+        y = self.bn3(self.conv_pwl(y))
+        return x + self.drop_path(y) if self.has_skip else y
+
+
+# --------------------------------------------------------------------------- model
+class EfficientNet(VisionModel):
+    """EfficientNet / EfficientNet-Lite classifier.
+
+    Stochastic depth grows linearly with the block index, ``drop_path_rate * i / n_blocks``
+    (the official code's drop-connect schedule; the first block gets 0).
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, head_chs, H/32, W/32)
+        (sides rounded up). Feature maps: the last block of each resolution, strides 2-32.
+    """
+
+    family = "efficientnet"
+
+    def __init__(self, cfg: EfficientNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if cfg.act not in ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
+        self.cfg = cfg
+        self.num_classes, self.in_chans = num_classes, in_chans
+        act = ACTIVATIONS[cfg.act]
+
+        def norm(c: int) -> nn.BatchNorm2d:
+            return nn.BatchNorm2d(c, eps=cfg.bn_eps, momentum=cfg.bn_momentum)
+
+        def width(c: int) -> int:
+            return round_filters(c, cfg.width_coefficient, cfg.divisor) if cfg.scale_stem_head else c
+
+        stem_chs, head_chs = width(cfg.stem_chs), width(cfg.head_chs)
+        self.conv_stem = Conv2dPad(in_chans, stem_chs, 3, 2, tf_padding=cfg.tf_padding)
+        self.bn1 = norm(stem_chs)
+        self.act = act()
+
+        specs = stage_specs(cfg)
+        n_blocks, idx = sum(s.repeats for s in specs), 0
+        stages, prev, stride = [], stem_chs, 2
+        self.feature_info = []
+        for i, s in enumerate(specs):
+            blocks = []
+            for j in range(s.repeats):
+                # SE width from the block's input width, as the official code (not the expanded one)
+                se_chs = max(1, int(prev * cfg.se_ratio)) if cfg.se_ratio > 0 else 0
+                kw = dict(kernel_size=s.kernel_size, stride=s.stride if j == 0 else 1, se_chs=se_chs, act_layer=act,
+                          norm_layer=norm, tf_padding=cfg.tf_padding, drop_path=drop_path_rate * idx / n_blocks)
+                if s.expand_ratio == 1:
+                    blocks.append(DepthwiseSeparable(prev, s.out_chs, **kw))
+                else:
+                    blocks.append(MBConv(prev, s.out_chs, expand_ratio=s.expand_ratio, **kw))
+                prev, idx = s.out_chs, idx + 1
+            stages.append(nn.Sequential(*blocks))
+            stride *= s.stride
+            if i == len(specs) - 1 or specs[i + 1].stride > 1:  # last stage at this resolution
+                self.feature_info.append(FeatureInfo(s.out_chs, stride, f"blocks.{i}"))
+        self.blocks = nn.Sequential(*stages)
+        self._feature_stages = [int(f.module.split(".")[1]) for f in self.feature_info]
+
+        self.conv_head = nn.Conv2d(prev, head_chs, 1, bias=False)
+        self.bn2 = norm(head_chs)
+        self.num_features = head_chs
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.classifier = nn.Linear(head_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # the official initialisation: fan-out normal convolutions, uniform(+-1/sqrt(out)) classifier
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                r = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -r, r)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        x = self.blocks(self.act(self.bn1(self.conv_stem(x))))
+        return self.act(self.bn2(self.conv_head(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(x.mean((2, 3)))  # B, C
+        return x if pre_logits else self.classifier(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        self.check_input(x)
+        wanted = {self._feature_stages[i]: i for i in indices}
+        x, out = self.act(self.bn1(self.conv_stem(x))), {}
+        for s in range(max(wanted) + 1):
+            x = self.blocks[s](x)
+            if s in wanted:
+                out[wanted[s]] = x
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.reset_classifier(0)
+        self.blocks = self.blocks[: self._feature_stages[max(indices)] + 1]
+        self.conv_head = self.bn2 = nn.Identity()  # type: ignore[assignment]
+
+
+def set_numerics(model: EfficientNet, *, bn_eps: float, bn_momentum: float, tf_padding: bool) -> None:
+    """Switch a built model's BatchNorm eps/momentum and padding (and ``model.cfg`` with them).
+
+    Weights trained in TensorFlow need eps 1e-3 and 'SAME' padding to give their logits;
+    the torchvision and efficientnet_pytorch converters call this once they have recognised
+    their layout, so that loading is enough. (A load that then fails, on shapes say, leaves
+    the weights untouched but the numerics switched.) timm's ``tf_efficientnet_*`` share
+    timm's keys and cannot be told apart: create the model with ``bn_eps=1e-3,
+    tf_padding=True`` for them.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps, m.momentum = bn_eps, bn_momentum
+        elif isinstance(m, Conv2dPad):
+            m.tf_padding = tf_padding
+    if (model.cfg.bn_eps, model.cfg.bn_momentum, model.cfg.tf_padding) != (bn_eps, bn_momentum, tf_padding):
+        _log.info("%s: BatchNorm eps %g, momentum %g, TF padding %s, as the checkpoint's layout", model.model_name, bn_eps, bn_momentum, tf_padding)
+    model.cfg = replace(model.cfg, bn_eps=bn_eps, bn_momentum=bn_momentum, tf_padding=tf_padding)
+
+
+# --------------------------------------------------------------------------- checkpoints
+register_converter("efficientnet", "timm")(identity)
+
+# our block keys -> torchvision's ``block.I.J`` (I: position in its Sequential)
+_TV_DS = {"conv_dw": "0.0", "bn1": "0.1", "se.conv_reduce": "1.fc1", "se.conv_expand": "1.fc2", "conv_pw": "2.0", "bn2": "2.1"}
+_TV_MB = {"conv_pw": "0.0", "bn1": "0.1", "conv_dw": "1.0", "bn2": "1.1", "se.conv_reduce": "2.fc1", "se.conv_expand": "2.fc2", "conv_pwl": "3.0", "bn3": "3.1"}
+#: (width, depth) coefficients that torchvision builds with BatchNorm eps 1e-3, momentum 0.01
+#: (its B5-B7 weights were ported from TensorFlow); B0-B4 use PyTorch's defaults.
+_TV_TF_BN = {(1.6, 2.2), (1.8, 2.6), (2.0, 3.1)}
+
+
+@register_converter("efficientnet", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """torchvision: ``features.0`` stem, ``features.1-7`` stages, ``features.8`` head conv, ``classifier.1``.
+
+    Sets torchvision's BatchNorm numerics for the variant (eps 1e-3, momentum 0.01 for B5-B7).
+    """
+    if "features.0.0.weight" not in sd:
+        raise KeyError("features.0.0.weight")
+    specs = stage_specs(model.cfg)
+    rev = {"features.0.0": "conv_stem", "features.0.1": "bn1", "classifier.1": "classifier"}
+    rev |= {f"features.{len(specs) + 1}.0": "conv_head", f"features.{len(specs) + 1}.1": "bn2"}
+    for i, s in enumerate(specs):
+        for j in range(s.repeats):
+            for ours, theirs in (_TV_DS if s.expand_ratio == 1 else _TV_MB).items():
+                rev[f"features.{i + 1}.{j}.block.{theirs}"] = f"blocks.{i}.{j}.{ours}"
+    out = {}
+    for k, v in sd.items():
+        prefix, name = k.rsplit(".", 1)
+        out[f"{rev[prefix]}.{name}" if prefix in rev else k] = v
+    tf_bn = (model.cfg.width_coefficient, model.cfg.depth_coefficient) in _TV_TF_BN
+    set_numerics(model, bn_eps=1e-3 if tf_bn else 1e-5, bn_momentum=0.01 if tf_bn else 0.1, tf_padding=False)
+    return out
+
+
+def official_key_map(cfg: EfficientNetConfig) -> dict[str, str]:
+    """Our key prefix -> efficientnet_pytorch's (lukemelas), for every module with weights.
+
+    Blocks are numbered globally there (``_blocks.N``); inside a block the BatchNorms are
+    numbered by position, so ``_bn0`` belongs to the expansion (absent with expansion 1):
+
+    ============================  ====================================
+    ours                          efficientnet_pytorch
+    ============================  ====================================
+    conv_stem / bn1               _conv_stem / _bn0
+    blocks.S.J.conv_pw / bn1      _blocks.N._expand_conv / _bn0   (MBConv)
+    blocks.S.J.conv_dw / bn2      _blocks.N._depthwise_conv / _bn1 (MBConv)
+    blocks.S.J.se.conv_reduce     _blocks.N._se_reduce
+    blocks.S.J.se.conv_expand     _blocks.N._se_expand
+    blocks.S.J.conv_pwl / bn3     _blocks.N._project_conv / _bn2  (MBConv)
+    blocks.0.J.conv_dw / bn1      _blocks.N._depthwise_conv / _bn1 (expansion 1)
+    blocks.0.J.conv_pw / bn2      _blocks.N._project_conv / _bn2  (expansion 1)
+    conv_head / bn2               _conv_head / _bn1
+    classifier                    _fc
+    ============================  ====================================
+    """
+    ds = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pw": "_project_conv", "bn2": "_bn2"}
+    mb = {"conv_pw": "_expand_conv", "bn1": "_bn0", "conv_dw": "_depthwise_conv", "bn2": "_bn1", "se.conv_reduce": "_se_reduce", "se.conv_expand": "_se_expand", "conv_pwl": "_project_conv", "bn3": "_bn2"}
+    out = {"conv_stem": "_conv_stem", "bn1": "_bn0", "conv_head": "_conv_head", "bn2": "_bn1", "classifier": "_fc"}
+    n = 0
+    for i, s in enumerate(stage_specs(cfg)):
+        for j in range(s.repeats):
+            for ours, theirs in (ds if s.expand_ratio == 1 else mb).items():
+                out[f"blocks.{i}.{j}.{ours}"] = f"_blocks.{n}.{theirs}"
+            n += 1
+    return out
+
+
+@register_converter("efficientnet", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """efficientnet_pytorch (lukemelas), the PyTorch port of the official TensorFlow weights.
+
+    Keys by :func:`official_key_map`. Its weights were trained in TensorFlow: the model is
+    switched to BatchNorm eps 1e-3, momentum 0.01 and 'SAME' padding.
+    """
+    if "_conv_stem.weight" not in sd:
+        raise KeyError("_conv_stem.weight")
+    rev = {theirs: ours for ours, theirs in official_key_map(model.cfg).items()}
+    out = {}
+    for k, v in sd.items():
+        prefix, name = k.rsplit(".", 1)
+        out[f"{rev[prefix]}.{name}" if prefix in rev else k] = v
+    set_numerics(model, bn_eps=1e-3, bn_momentum=0.01, tf_padding=True)
+    return out
+
+
+# --------------------------------------------------------------------------- variants
+def _b(w: float, d: float, res: int, drop: float) -> EfficientNetConfig:
+    return EfficientNetConfig(width_coefficient=w, depth_coefficient=d, resolution=res, drop_rate=drop)
+
+
+def _lite(w: float, d: float, res: int, drop: float) -> EfficientNetConfig:
+    return EfficientNetConfig(width_coefficient=w, depth_coefficient=d, resolution=res, drop_rate=drop,
+                              scale_stem_head=False, scale_first_last_repeats=False, se_ratio=0.0, act="relu6")
+
+
+# (width, depth, resolution, dropout): efficientnet_builder.py / efficientnet_lite_builder.py.
+# Lite3 / Lite4 resolutions are the official 280 / 300 (timm's untrained cfgs say 300 / 380).
+VARIANTS = {
+    "efficientnet_b0": _b(1.0, 1.0, 224, 0.2),
+    "efficientnet_b1": _b(1.0, 1.1, 240, 0.2),
+    "efficientnet_b2": _b(1.1, 1.2, 260, 0.3),
+    "efficientnet_b3": _b(1.2, 1.4, 300, 0.3),
+    "efficientnet_b4": _b(1.4, 1.8, 380, 0.4),
+    "efficientnet_b5": _b(1.6, 2.2, 456, 0.4),
+    "efficientnet_b6": _b(1.8, 2.6, 528, 0.5),
+    "efficientnet_b7": _b(2.0, 3.1, 600, 0.5),
+    "efficientnet_lite0": _lite(1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": _lite(1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": _lite(1.1, 1.2, 260, 0.3),
+    "efficientnet_lite3": _lite(1.2, 1.4, 280, 0.3),
+    "efficientnet_lite4": _lite(1.4, 1.8, 300, 0.3),
+}
+
+register_family(
+    "efficientnet",
+    EfficientNet,
+    VARIANTS,
+    # the official evaluation crop: resize to res + 32, centre-crop res
+    default_cfgs=lambda name, cfg: default_cfg(cfg.resolution, crop_pct=round(cfg.resolution / (cfg.resolution + 32), 3), first_conv="conv_stem", classifier="classifier"),
+    # paper Table 2 (params, FLOPs = multiply-adds, top-1); Lite0 from the official Lite release.
+    # B4/B5: visionzoo counts 4.39 / 10.27 GMACs at 380 / 456 (as timm and torchvision's nets
+    # give), 4-5 % above the paper's 4.2 / 9.9, so those figures are notes.
+    published={
+        "efficientnet_b0": dict(params=5.3, gmacs=0.39, top1=77.1),
+        "efficientnet_b1": dict(params=7.8, gmacs=0.70, top1=79.1),
+        "efficientnet_b2": dict(params=9.2, gmacs=1.0, top1=80.1),
+        "efficientnet_b3": dict(params=12.0, gmacs=1.8, top1=81.6),
+        "efficientnet_b4": dict(params=19.0, top1=82.9, note="paper: 4.2 B FLOPs; counted 4.39 GMACs at 380"),
+        "efficientnet_b5": dict(params=30.0, top1=83.6, note="paper: 9.9 B FLOPs; counted 10.27 GMACs at 456"),
+        "efficientnet_b6": dict(params=43.0, gmacs=19.0, top1=84.0),
+        "efficientnet_b7": dict(params=66.0, gmacs=37.0, top1=84.3),
+        "efficientnet_lite0": dict(params=4.7, top1=75.1, note="release: 0.41 B FLOPs; counted 0.385 GMACs (convolutions and classifier)"),
+    },
+    paper="Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019",
+)

@@ -1,0 +1,412 @@
+"""ResNet and its direct descendants: ResNeXt, Wide ResNet, SE-ResNet.
+
+Papers:
+    He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (ResNet).
+    Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017 (ResNeXt).
+    Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (Wide ResNet).
+    Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (SE-ResNet).
+    Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017
+    (output stride, multi-grid); Wang et al., "Understanding Convolution for Semantic
+    Segmentation", WACV 2018 (hybrid dilated convolution, HDC).
+
+A 7x7 stride-2 convolution (BN, ReLU) and a 3x3 stride-2 max pool form the stem; four
+stages of residual blocks follow at strides 4/8/16/32, then global average pooling and a
+linear classifier. The blocks are
+
+    basic:      3x3 -> BN -> ReLU -> 3x3 -> BN               (+ x, ReLU)      ResNet-18/34
+    bottleneck: 1x1 -> BN -> ReLU -> 3x3 (groups) -> BN -> ReLU -> 1x1 (4x) -> BN [-> SE]
+                                                              (+ x, ReLU)      ResNet-50+
+
+A stage's first block downsamples in its 3x3 convolution (the "v1.5" placement of
+torchvision and timm; the paper strides the first 1x1) and projects the shortcut with a
+1x1 convolution + BN. ResNeXt splits the 3x3 into ``groups`` paths of ``base_width``
+channels each (for the first stage, doubling per stage); Wide ResNet doubles
+``base_width``; SE-ResNet gates the last BN's output with squeeze-and-excitation.
+
+Dense prediction (dilation):
+    ``output_stride`` (32, 16, 8 or 4) replaces the stride of the last stage(s) by dilation,
+    as DeepLab and torchvision's ``replace_stride_with_dilation`` do: with 16 the last stage
+    keeps the resolution of the third and dilates its 3x3 convolutions by 2; with 8 the
+    third stage is dilated by 2 and the fourth by 4. As in torchvision and timm, the first
+    block of a dilated stage still uses the previous stage's rate (it receives the finer
+    map) and the later blocks the new one. ``feature_info`` reductions follow the output
+    stride. The weights are the same, so any ImageNet checkpoint loads.
+
+    ``multi_grid`` gives unit rates cycled over the blocks of the last stage and multiplied
+    by that stage's dilation, as DeepLabv3's multi-grid: with output stride 16 and
+    ``multi_grid=(1, 2, 4)`` the three blocks of stage 4 use rates 2, 4, 8.
+    ``dilation_rates`` sets the rates of any stage directly (hybrid dilated convolution,
+    Wang et al., "Understanding Convolution for Semantic Segmentation", WACV 2018): one
+    entry per stage, ``None`` or a tuple of rates cycled over its blocks, NOT multiplied
+    by the stage's dilation — multiplying (1, 2, 5) by 2 would give (2, 4, 10), whose common
+    factor brings back the gridding HDC removes. For example, at output stride 8,
+    ``(None, None, (1, 2, 5), (5, 9, 17))``. Where rates are given every block of the
+    stage uses its own rate, the first one included (check a pattern with
+    ``visionzoo.analysis.hdc_check``)::
+
+        create_model("resnet50", output_stride=8, multi_grid=(1, 2, 5))
+
+State-dict keys (``conv1``, ``bn1``, ``layer1`` .. ``layer4``, ``fc``; ``se.fc1``/``se.fc2``)
+equal both timm's and torchvision's, so both load without conversion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import identity, register_converter
+from ..layers import DropPath, SqueezeExcite, drop_path_rates, make_divisible
+from ..registry import default_cfg, register_family
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
+
+
+def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 1, dilation: int = 1, groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    pad = dilation * (kernel_size - 1) // 2
+    conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, pad, dilation=dilation, groups=groups, bias=False)
+    return conv, nn.BatchNorm2d(out_chs)
+
+
+def _downsample(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
+    """1x1 projection of the shortcut where the shape changes (keys ``downsample.0/1``)."""
+    if stride == 1 and in_chs == out_chs:
+        return None
+    return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride=stride))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34).
+
+    Args:
+        in_chs: input channels.
+        planes: output channels.
+        stride: stride of the first convolution.
+        dilation: rate of the second convolution.
+        first_dilation: rate of the first convolution (``dilation`` when omitted; the first
+            block of a dilated stage keeps the previous stage's rate here).
+        se: squeeze-and-excitation after the last BN.
+        drop_path: stochastic-depth rate of the residual branch.
+
+    Shapes:
+        (B, in_chs, H, W) -> (B, planes, H/stride, W/stride).
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        se: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("the basic block has no groups / base width (use block='bottleneck' for ResNeXt / Wide ResNet)")
+        self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=stride, dilation=first_dilation or dilation)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv_bn(planes, planes, 3, dilation=dilation)
+        self.se = SqueezeExcite(planes, make_divisible(planes / 16, 8, round_limit=0.0)) if se else None
+        self.drop_path = DropPath(drop_path)
+        self.act2 = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_chs, planes, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        if self.se is not None:
+            x = self.se(x)
+        return self.act2(self.drop_path(x) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (grouped) -> 1x1 expand (4x), residual (ResNet-50+, ResNeXt, WRN).
+
+    Args:
+        in_chs: input channels.
+        planes: channels of the stage before expansion; the block outputs ``4 * planes``.
+        stride: stride of the 3x3 convolution.
+        dilation: the stage's rate; taken by the 3x3 unless ``first_dilation`` is given.
+        first_dilation: rate of the 3x3 convolution (the first block of a dilated stage
+            keeps the previous stage's rate).
+        groups: groups of the 3x3 convolution (ResNeXt's cardinality).
+        base_width: channels per group at ``planes=64``; the 3x3 has
+            ``floor(planes * base_width / 64) * groups`` channels.
+        se: squeeze-and-excitation (reduction 16) after the last BN.
+        drop_path: stochastic-depth rate of the residual branch.
+
+    Shapes:
+        (B, in_chs, H, W) -> (B, 4 * planes, H/stride, W/stride).
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        *,
+        stride: int = 1,
+        dilation: int = 1,
+        first_dilation: int | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        se: bool = False,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        width = planes * base_width // 64 * groups
+        out_chs = planes * self.expansion
+        self.conv1, self.bn1 = _conv_bn(in_chs, width, 1)
+        self.act1 = nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=stride, dilation=first_dilation or dilation, groups=groups)
+        self.act2 = nn.ReLU(inplace=True)
+        self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
+        self.se = SqueezeExcite(out_chs, make_divisible(out_chs / 16, 8, round_limit=0.0)) if se else None
+        self.drop_path = DropPath(drop_path)
+        self.act3 = nn.ReLU(inplace=True)
+        self.downsample = _downsample(in_chs, out_chs, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.bn3(self.conv3(x))
+        if self.se is not None:
+            x = self.se(x)
+        return self.act3(self.drop_path(x) + shortcut)
+
+
+BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """One ResNet-style network.
+
+    Attributes:
+        block: "basic" (two 3x3) or "bottleneck" (1x1-3x3-1x1, expansion 4).
+        layers: blocks per stage.
+        groups: groups of the bottleneck's 3x3 (ResNeXt cardinality).
+        base_width: channels per group of the first stage's 3x3 (64 for ResNet; 4 or 8 for
+            ResNeXt 32x4d / 32x8d; 128 for Wide ResNet-50-2).
+        se: squeeze-and-excitation in every block (SE-ResNet).
+        output_stride: 32, 16, 8 or 4; smaller values dilate the last stage(s) instead of
+            striding (module docstring).
+        multi_grid: unit rates cycled over the last stage's blocks (DeepLabv3).
+        dilation_rates: per stage ``None`` or absolute rates cycled over its blocks (HDC).
+        drop_rate: dropout before the classifier.
+    """
+
+    block: str = "bottleneck"
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    groups: int = 1
+    base_width: int = 64
+    se: bool = False
+    output_stride: int = 32
+    multi_grid: tuple[int, ...] | None = None
+    dilation_rates: tuple[tuple[int, ...] | None, ...] | None = None
+    drop_rate: float = 0.0
+
+
+def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, int]]]]:
+    """Per stage: (stride, reduction after it, [(first_dilation, dilation) per block]).
+
+    Strides are replaced by dilation once the network has reached ``output_stride``; the
+    first block of a stage without explicit rates keeps the previous rate (module docstring).
+    """
+    n = len(cfg.layers)
+    rates: list[tuple[int, ...] | None] = [None] * n  # absolute rates (HDC)
+    if cfg.dilation_rates is not None:
+        if len(cfg.dilation_rates) != n:
+            raise ValueError(f"dilation_rates needs one entry per stage ({n}), got {cfg.dilation_rates!r}")
+        rates = [tuple(r) if r else None for r in cfg.dilation_rates]
+    if cfg.multi_grid and rates[-1] is not None:
+        raise ValueError(f"multi_grid {cfg.multi_grid!r} conflicts with dilation_rates[-1] {rates[-1]!r}: give one of them")
+    if cfg.multi_grid and not all(isinstance(v, int) and v >= 1 for v in cfg.multi_grid):
+        raise ValueError(f"multi_grid rates must be positive ints, got {cfg.multi_grid!r}")
+    for r in rates:
+        if r is not None and not all(isinstance(v, int) and v >= 1 for v in r):
+            raise ValueError(f"dilation rates must be positive ints, got {r!r}")
+    if cfg.output_stride not in (4, 8, 16, 32):
+        raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {cfg.output_stride}")
+
+    plan, net_stride, dilation, prev = [], 4, 1, 1
+    for i, depth in enumerate(cfg.layers):
+        stride = 1 if i == 0 else 2
+        if net_stride >= cfg.output_stride:  # trade the stride for dilation
+            dilation, stride = dilation * stride, 1
+        else:
+            net_stride *= stride
+        blocks = []
+        for j in range(depth):
+            if rates[i]:
+                r = rates[i][j % len(rates[i])]
+                blocks.append((r, r))
+            elif cfg.multi_grid and i == n - 1:
+                r = dilation * cfg.multi_grid[j % len(cfg.multi_grid)]
+                blocks.append((r, r))
+            else:
+                blocks.append((prev if j == 0 else dilation, dilation))
+        plan.append((stride, net_stride, blocks))
+        prev = dilation
+    return plan
+
+
+class ResNet(VisionModel):
+    """ResNet / ResNeXt / Wide ResNet / SE-ResNet classifier.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``:
+        (B, num_features, H/s, W/s) with s = ``output_stride`` (rounded up). Any H, W work.
+
+    ``feature_info``: the stem (after ReLU, stride 2, module ``act1``) and the four stages,
+    as timm's ``features_only``.
+    """
+
+    family = "resnet"
+
+    def __init__(self, cfg: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {cfg.block!r}")
+        if len(cfg.layers) != 4:
+            raise ValueError(f"layers must give four stages, got {cfg.layers!r}")
+        block = BLOCKS[cfg.block]
+        self.cfg = cfg
+        self.num_classes, self.in_chans = num_classes, in_chans
+
+        self.conv1, self.bn1 = _conv_bn(in_chans, 64, 7, stride=2)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.feature_info = [FeatureInfo(64, 2, "act1")]
+
+        dpr = drop_path_rates(drop_path_rate, sum(cfg.layers))
+        in_chs, k = 64, 0
+        self.stage_names = [f"layer{i + 1}" for i in range(4)]  # torchvision's / timm's names
+        for i, (stride, reduction, rates) in enumerate(stage_dilations(cfg)):
+            planes = 64 * 2**i
+            blocks = []
+            for j, (first_dilation, dilation) in enumerate(rates):
+                blocks.append(block(
+                    in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
+                    groups=cfg.groups, base_width=cfg.base_width, se=cfg.se, drop_path=dpr[k],
+                ))
+                in_chs, k = planes * block.expansion, k + 1
+            self.add_module(self.stage_names[i], nn.Sequential(*blocks))
+            self.feature_info.append(FeatureInfo(in_chs, reduction, self.stage_names[i]))
+
+        self.num_features = in_chs
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He init (fan-out) for convolutions; the last BN of each residual branch starts at
+        zero, so every block starts as the identity (Goyal et al., 2017; timm's default)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.act1(self.bn1(self.conv1(x)))  # B, 64, H/2, W/2
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        x = self.maxpool(self._stem(x))  # B, 64, H/4, W/4
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.head_drop(x.mean((2, 3)))  # B, C
+        return x if pre_logits else self.fc(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        self.check_input(x)
+        x = self._stem(x)
+        out = {0: x}
+        x = self.maxpool(x)
+        for i in range(1, max(indices) + 1):
+            x = getattr(self, self.stage_names[i - 1])(x)
+            out[i] = x
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.reset_classifier(0)
+        for name in self.stage_names[max(indices):]:
+            delattr(self, name)
+        self.stage_names = self.stage_names[: max(indices)]
+
+
+# --------------------------------------------------------------------------- checkpoints
+# timm's and torchvision's keys are ours: both layouts load as they are.
+register_converter("resnet", "timm")(identity)
+register_converter("resnet", "torchvision")(identity)
+
+
+# --------------------------------------------------------------------------- variants
+VARIANTS = {
+    "resnet18": ResNetConfig(block="basic", layers=(2, 2, 2, 2)),
+    "resnet34": ResNetConfig(block="basic", layers=(3, 4, 6, 3)),
+    "resnet50": ResNetConfig(),
+    "resnet101": ResNetConfig(layers=(3, 4, 23, 3)),
+    "resnet152": ResNetConfig(layers=(3, 8, 36, 3)),
+    "resnext50_32x4d": ResNetConfig(groups=32, base_width=4),
+    "resnext101_32x8d": ResNetConfig(layers=(3, 4, 23, 3), groups=32, base_width=8),
+    "wide_resnet50_2": ResNetConfig(base_width=128),
+    "seresnet50": ResNetConfig(se=True),
+    "seresnet101": ResNetConfig(layers=(3, 4, 23, 3), se=True),
+}
+
+# Params: the papers' where they give them, else the reference implementations' (equal to
+# ours). The papers count the v1 block (stride in the first 1x1), so their GFLOPs are a
+# little lower than the v1.5 block that every released weight uses: ResNet-50 3.8 (paper)
+# vs 4.1 counted. GMACs below are the v1.5 counts (REFERENCE.md; torchvision's docs);
+# top-1: torchvision's weights for ResNet (the paper gives 10-crop errors), the papers'
+# single-crop 224 errors otherwise.
+PUBLISHED: dict[str, dict] = {
+    "resnet18": dict(params=11.7, gmacs=1.8, top1=69.8, note="top-1 of torchvision's weights; paper: 1.8 GFLOPs (v1 block)"),
+    "resnet34": dict(params=21.8, gmacs=3.7, top1=73.3, note="top-1 of torchvision's weights; paper: 3.6 GFLOPs (v1 block)"),
+    "resnet50": dict(params=25.6, gmacs=4.1, top1=76.1, note="top-1 of torchvision's weights; paper: 3.8 GFLOPs (v1 block)"),
+    "resnet101": dict(params=44.5, gmacs=7.8, top1=77.4, note="top-1 of torchvision's weights; paper: 7.6 GFLOPs (v1 block)"),
+    "resnet152": dict(params=60.2, gmacs=11.5, top1=78.3, note="top-1 of torchvision's weights; paper: 11.3 GFLOPs (v1 block)"),
+    "resnext50_32x4d": dict(params=25.0, gmacs=4.2, top1=77.8, note="ResNeXt paper Tables 1 and 3 (22.2 % top-1 error)"),
+    "resnext101_32x8d": dict(params=88.8, gmacs=16.4, top1=79.3, note="not in the paper; torchvision's figures and weights"),
+    "wide_resnet50_2": dict(params=68.9, gmacs=11.4, top1=78.1, note="WRN paper (WRN-50-2-bottleneck, 21.9 % error); torchvision's weights: 78.5"),
+    "seresnet50": dict(params=28.1, gmacs=4.1, top1=76.7, note="SENet paper Table 2: 23.29 % error, 3.87 GFLOPs with the v1 block; 4.1 = v1.5 (timm)"),
+    "seresnet101": dict(params=49.3, gmacs=7.8, top1=77.6, note="SENet paper Table 2: 22.38 % error, 7.60 GFLOPs with the v1 block; 7.8 = v1.5; params counted"),
+}
+
+register_family(
+    "resnet",
+    ResNet,
+    VARIANTS,
+    # torchvision's evaluation: resize 256 (bilinear), centre crop 224
+    default_cfgs=lambda name, cfg: default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1", classifier="fc"),
+    published=PUBLISHED,
+    paper=(
+        "He et al., Deep Residual Learning for Image Recognition, CVPR 2016; ResNeXt: Xie et al., CVPR 2017; "
+        "Wide ResNet: Zagoruyko & Komodakis, BMVC 2016; SE-ResNet: Hu et al., CVPR 2018"
+    ),
+)

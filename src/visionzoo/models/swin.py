@@ -1,0 +1,462 @@
+"""Swin Transformer: a hierarchical vision Transformer with shifted windows.
+
+Paper: Liu et al., "Swin Transformer: Hierarchical Vision Transformer using Shifted
+Windows", ICCV 2021.
+
+4x4 patches are embedded linearly (patch partition + linear embedding), then four stages
+run at strides 4/8/16/32. Each stage but the first opens with patch merging (2x2
+neighbours concatenated, LayerNorm, linear 4C -> 2C). Blocks alternate
+
+* W-MSA: self-attention inside non-overlapping M x M windows, and
+* SW-MSA: the same after a cyclic shift of the map by (-M/2, -M/2); windows that then
+  hold pixels from regions not adjacent in the image get an additive mask,
+
+each with a learned relative position bias B[i - j] ((2M-1)^2 entries per head) added to
+the attention logits, and each followed by an MLP (pre-norm, residual). LayerNorm, global
+average pooling and a linear classifier end it.
+
+Any input size: the patch embedding pads to a multiple of 4, patch merging pads odd maps,
+and each stage pads its map to a multiple of the window before the shift; the mask is
+built from the padded size. Along an axis where the map is no longer than the window, the
+window shrinks to the map and there is no shift (timm's and torchvision's rule); its bias is
+then read from the sub-table of offsets it needs. Masks are built once per stage and
+forward (cached per size in eager mode) and shared by the stage's shifted blocks; the
+bias and mask reach ``scaled_dot_product_attention`` as one additive tensor.
+
+State-dict keys follow timm (``layers.N.downsample`` opens stage N). The official release
+(downsampling at the end of a stage, ``head`` a plain Linear) and torchvision's
+``features.N`` layout convert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..base import FeatureInfo, VisionModel
+from ..checkpoints import register_converter
+from ..layers import DropPath, Mlp, drop_path_rates, resize_rel_pos_bias_table, trunc_normal_
+from ..layers.window import shift_window_mask, window_partition, window_reverse
+from ..registry import default_cfg, register_alias, register_family
+
+__all__ = ["PatchMerging", "SwinConfig", "SwinTransformer", "WindowPlan", "plan_windows"]
+
+
+# --------------------------------------------------------------------------- windows
+class WindowPlan(NamedTuple):
+    """How one block partitions an H x W map: window, shift, padded size, mask (or None)."""
+
+    window: tuple[int, int]
+    shift: tuple[int, int]
+    padded: tuple[int, int]
+    mask: Tensor | None  # (nW, 1, N, N) additive, only when shifted
+
+
+def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device: torch.device) -> WindowPlan:
+    """Window and shift per axis for an H x W map (timm/torchvision rule, see module doc)."""
+    win, shift, padded = [], [], []
+    for side, m in zip((H, W), window):
+        if side <= m:  # one window covers the axis: no partition, no shift
+            win.append(side), shift.append(0), padded.append(side)
+        else:
+            win.append(m), shift.append(m // 2 if shifted else 0), padded.append(math.ceil(side / m) * m)
+    mask = None
+    if any(shift):
+        mask = shift_window_mask(padded[0], padded[1], (win[0], win[1]), (shift[0], shift[1]), device=device)
+        mask = mask.unsqueeze(1)  # nW, 1, N, N (broadcast over heads)
+    return WindowPlan((win[0], win[1]), (shift[0], shift[1]), (padded[0], padded[1]), mask)
+
+
+def table_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
+    """(N, N) rows of a ((2Th-1)(2Tw-1))-row bias table for the offsets of an Mh x Mw window.
+
+    With ``window == table_window`` this is the Swin paper's relative position index; a
+    smaller window reads the sub-table of the offsets it can have.
+    """
+    Mh, Mw = window
+    Th, Tw = table_window
+    coords = torch.stack(torch.meshgrid(torch.arange(Mh), torch.arange(Mw), indexing="ij")).flatten(1)  # 2, N
+    rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
+    return (rel[0] + Th - 1) * (2 * Tw - 1) + (rel[1] + Tw - 1)
+
+
+# --------------------------------------------------------------------------- layers
+class WindowAttention(nn.Module):
+    """Multi-head self-attention within windows, with relative position bias.
+
+    Shapes:
+        (B, nW, N, C) windows of N = Mh*Mw tokens -> (B, nW, N, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.window = num_heads, dim // num_heads, window
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), num_heads))
+        self.register_buffer("relative_position_index", table_index(window, window), persistent=False)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.fused = True
+
+    def relative_bias(self, window: tuple[int, int]) -> Tensor:
+        """(nH, N, N) bias of every query-key pair of a window (once per block and forward)."""
+        if window == self.window:
+            idx = self.relative_position_index
+        else:
+            idx = table_index(window, self.window).to(self.relative_position_bias_table.device)
+        N = window[0] * window[1]
+        return self.relative_position_bias_table[idx.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:
+        B, nW, N, C = x.shape
+        nH, hd = self.num_heads, self.head_dim
+        qkv = self.qkv(x).view(B, nW, N, 3, nH, hd)
+        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
+        bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
+        if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
+            bias = bias.unsqueeze(0)
+            q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
+        else:  # windows as heads: (B, nW*nH, N, hd), bias + mask (1, nW*nH, N, N) broadcast over B
+            bias = (bias + mask.to(q.dtype)).reshape(1, nW * nH, N, N)
+            q, k, v = (t.reshape(B, nW * nH, N, hd) for t in (q, k, v))
+        # 4-D inputs and a 4-D mask that broadcasts over the batch (no copy per image) take
+        # SDPA's flash kernel on CPU; 5-D inputs or a 3-D mask fall back to the math path,
+        # 2-3x slower.
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
+        else:
+            attn = (q * hd**-0.5) @ k.transpose(-2, -1) + bias
+            x = F.dropout(attn.softmax(-1), self.attn_drop, self.training) @ v
+        if torch.compiler.is_compiling():
+            # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
+            # eager; export may swap in a kernel with another layout after tracing that view
+            x = x.clone(memory_format=torch.contiguous_format)
+        x = x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class SwinBlock(nn.Module):
+    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C)."""
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path)
+
+    def window_attention(self, x: Tensor, plan: WindowPlan) -> Tensor:
+        B, H, W, C = x.shape
+        (Mh, Mw), (sh, sw), (Hp, Wp) = plan.window, plan.shift, plan.padded
+        if (Hp, Wp) != (H, W):
+            x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
+        if sh or sw:
+            x = torch.roll(x, (-sh, -sw), (1, 2))
+        windows = window_partition(x, (Mh, Mw)).view(B, -1, Mh * Mw, C)  # B, nW, N, C
+        windows = self.attn(windows, (Mh, Mw), plan.mask)
+        x = window_reverse(windows.view(-1, Mh * Mw, C), (Mh, Mw), Hp, Wp)  # B, Hp, Wp, C
+        if sh or sw:
+            x = torch.roll(x, (sh, sw), (1, 2))
+        return x[:, :H, :W] if (Hp, Wp) != (H, W) else x
+
+    def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
+        x = x + self.drop_path1(self.window_attention(self.norm1(x), plan))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """Concatenate each 2x2 neighbourhood (4C), LayerNorm, linear to ``out_dim`` (2C).
+
+    Odd sides are padded by one. Channel order: (0,0), (1,0), (0,1), (1,1) as (row, col)
+    offsets, as in the paper's code. Shapes: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim).
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            H, W = H + H % 2, W + W % 2
+        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)  # B, H/2, W/2, (col, row, C)
+        return self.reduction(self.norm(x))
+
+
+class SwinStage(nn.Module):
+    """Optional patch merging, then ``depth`` blocks alternating W-MSA and SW-MSA.
+
+    The window plans (and the shift mask) are made once per forward and shared by the blocks.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, window: tuple[int, int], *, downsample: bool, drop_paths: Sequence[float], block_cls: type[nn.Module] = SwinBlock, **block_kwargs) -> None:
+        super().__init__()
+        self.window = window
+        self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = nn.ModuleList(
+            [block_cls(dim, num_heads, window, shifted=i % 2 == 1, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)]
+        )
+        self._plans: dict[tuple, tuple[WindowPlan, WindowPlan]] = {}
+
+    def plans(self, H: int, W: int, device: torch.device) -> tuple[WindowPlan, WindowPlan]:
+        """(regular, shifted) plans for an H x W map; cached per size outside compilation."""
+        key = (H, W, device)
+        if torch.compiler.is_compiling():
+            return plan_windows(H, W, self.window, False, device), plan_windows(H, W, self.window, True, device)
+        if key not in self._plans:
+            self._plans[key] = (plan_windows(H, W, self.window, False, device), plan_windows(H, W, self.window, True, device))
+        return self._plans[key]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.downsample(x)
+        plans = self.plans(x.shape[1], x.shape[2], x.device)
+        for blk in self.blocks:
+            x = blk(x, plans[blk.shifted])
+        return x
+
+
+class SwinPatchEmbed(nn.Module):
+    """p x p stride-p convolution + LayerNorm; pads to a multiple of p. (B, C, H, W) -> (B, H/p, W/p, D)."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        H, W = x.shape[-2:]
+        if H % p or W % p:
+            x = F.pad(x, (0, -W % p, 0, -H % p))
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class SwinConfig:
+    """One Swin: width C of stage 1 (doubling per stage), blocks and heads per stage, window M."""
+
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+
+
+class SwinTransformer(VisionModel):
+    """Swin Transformer classifier.
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); any H, W >= patch size.
+        ``forward_features``: channels-last (B, H/32, W/32, 8C), after the final LayerNorm.
+        ``forward_intermediates``: NCHW stage outputs (no final norm), as timm's.
+    """
+
+    family = "swin"
+    block_cls: type[nn.Module] = SwinBlock
+    stage_cls: type[SwinStage] = SwinStage
+
+    def __init__(self, cfg: SwinConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        if len(cfg.depths) != len(cfg.num_heads):
+            raise ValueError(f"depths {cfg.depths} and num_heads {cfg.num_heads} must have one entry per stage")
+        self.cfg = cfg
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.min_input_size = cfg.patch_size
+        n = len(cfg.depths)
+        dims = [cfg.embed_dim * 2**i for i in range(n)]
+        window = (cfg.window_size, cfg.window_size)
+        self.patch_embed = SwinPatchEmbed(cfg.patch_size, in_chans, cfg.embed_dim)
+        dpr = drop_path_rates(drop_path_rate, sum(cfg.depths))
+        layers, start = [], 0
+        for i in range(n):
+            layers.append(self.stage_cls(
+                dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], window,
+                downsample=i > 0, drop_paths=dpr[start : start + cfg.depths[i]], block_cls=self.block_cls,
+                **self._block_kwargs(cfg),
+            ))
+            start += cfg.depths[i]
+        self.layers = nn.Sequential(*layers)
+        self.num_features = dims[-1]
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = _PoolHead(self.num_features, num_classes, cfg.drop_rate)
+        self.feature_info = [FeatureInfo(d, cfg.patch_size * 2**i, f"layers.{i}") for i, d in enumerate(dims)]
+        self.apply(self._init)
+
+    @staticmethod
+    def _block_kwargs(cfg: SwinConfig) -> dict:
+        return dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, WindowAttention):
+            trunc_normal_(m.relative_position_bias_table)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self.norm(self.layers(self.patch_embed(x)))
+
+    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        self.check_input(x)
+        x, out = self.patch_embed(x), {}
+        for i in range(max(indices) + 1):
+            x = self.layers[i](x)
+            out[i] = x.permute(0, 3, 1, 2)
+        return [out[i] for i in indices]
+
+    def prune_for_features(self, indices: Sequence[int]) -> None:
+        self.layers = self.layers[: max(indices) + 1]
+        self.norm = nn.Identity()  # type: ignore[assignment]
+        self.head = nn.Identity()  # type: ignore[assignment]
+        self.num_classes = 0
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
+
+    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Resize relative-position tables of another window size (e.g. 7 -> 12) bicubically."""
+        own = self.state_dict()
+        out = dict(state_dict)
+        for k, v in state_dict.items():
+            if k.endswith("relative_position_bias_table") and k in own and v.shape != own[k].shape and v.shape[1] == own[k].shape[1]:
+                out[k] = resize_rel_pos_bias_table(v, (self.cfg.window_size, self.cfg.window_size))
+        return out
+
+
+class _PoolHead(nn.Module):
+    """Global average pool over a channels-last map -> dropout -> Linear (key ``head.fc``)."""
+
+    def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(drop)
+        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.drop(x.mean((1, 2)))
+        return x if pre_logits else self.fc(x)
+
+
+# --------------------------------------------------------------------------- checkpoints
+_BUFFERS = ("relative_position_index", "attn_mask", "relative_coords_table")
+
+
+def _from_stage_end_layout(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Official (and old timm) layout: ``layers.N.downsample`` closes stage N; ``head`` a Linear."""
+    out = {}
+    for k, v in sd.items():
+        if k.rsplit(".", 1)[-1] in _BUFFERS:
+            continue
+        parts = k.split(".")
+        if parts[0] == "layers" and parts[2] == "downsample":
+            parts[1] = str(int(parts[1]) + 1)
+        elif parts[0] == "head" and len(parts) == 2:
+            parts = ["head", "fc", parts[1]]
+        out[".".join(parts)] = v
+    return out
+
+
+@register_converter("swin", "timm")
+def _from_timm(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """timm >= 0.9 (downsampling opens a stage); older timm files use the official layout."""
+    if "layers.0.downsample.reduction.weight" in sd or "head.weight" in sd:
+        return _from_stage_end_layout(sd)
+    return {k: v for k, v in sd.items() if k.rsplit(".", 1)[-1] not in _BUFFERS}
+
+
+@register_converter("swin", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """microsoft/Swin-Transformer releases (``model`` entry already unwrapped)."""
+    if "layers.0.downsample.reduction.weight" not in sd and "head.weight" not in sd:
+        raise KeyError("layers.0.downsample.reduction.weight")
+    return _from_stage_end_layout(sd)
+
+
+@register_converter("swin", "torchvision")
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """torchvision's ``features.N``: 0 = patch embedding, odd N = stage (N-1)/2, even N = merging."""
+    if "features.0.0.weight" not in sd:
+        raise KeyError("features.0.0.weight")
+    mlp = {"0": "fc1", "3": "fc2"}
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[-1] in _BUFFERS:
+            continue
+        if parts[0] == "features":
+            n = int(parts[1])
+            if n == 0:
+                k = {"0": "patch_embed.proj", "2": "patch_embed.norm"}[parts[2]] + "." + parts[3]
+            elif n % 2 == 1:
+                rest = parts[3:]
+                if rest[0] == "mlp":
+                    rest = ["mlp", mlp[rest[1]], rest[2]]
+                k = f"layers.{(n - 1) // 2}.blocks.{parts[2]}." + ".".join(rest)
+            else:
+                k = f"layers.{n // 2}.downsample." + ".".join(parts[2:])
+        elif parts[0] == "head":
+            k = "head.fc." + parts[1]
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- variants
+_T = dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24))
+_S = dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24))
+_B = dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+_L = dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48))
+
+VARIANTS = {
+    "swin_tiny_patch4_window7_224": SwinConfig(**_T),
+    "swin_small_patch4_window7_224": SwinConfig(**_S),
+    "swin_base_patch4_window7_224": SwinConfig(**_B),
+    "swin_base_patch4_window12_384": SwinConfig(**_B, window_size=12),
+    "swin_large_patch4_window7_224": SwinConfig(**_L),
+    "swin_large_patch4_window12_384": SwinConfig(**_L, window_size=12),
+}
+
+
+def _cfg(name: str, cfg: SwinConfig) -> dict:
+    size = 384 if name.endswith("_384") else 224
+    return default_cfg(size, crop_pct=1.0 if size == 384 else 0.9, first_conv="patch_embed.proj", classifier="head.fc")
+
+
+register_family(
+    "swin",
+    SwinTransformer,
+    VARIANTS,
+    default_cfgs=_cfg,
+    published={  # paper Table 1 (ImageNet-1k) and the official model hub; L only after ImageNet-22k
+        "swin_tiny_patch4_window7_224": dict(params=28.0, gmacs=4.5, top1=81.3),
+        "swin_small_patch4_window7_224": dict(params=50.0, gmacs=8.7, top1=83.0),
+        "swin_base_patch4_window7_224": dict(params=88.0, gmacs=15.4, top1=83.5),
+        "swin_base_patch4_window12_384": dict(params=88.0, gmacs=47.0, top1=84.5),
+        "swin_large_patch4_window7_224": dict(params=197.0, gmacs=34.5, top1=86.3, note="top-1 after ImageNet-22k"),
+        "swin_large_patch4_window12_384": dict(params=197.0, gmacs=103.9, top1=87.3, note="top-1 after ImageNet-22k"),
+    },
+    paper="Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021",
+)
+for _alias, _name in (("swin_t", "swin_tiny_patch4_window7_224"), ("swin_s", "swin_small_patch4_window7_224"), ("swin_b", "swin_base_patch4_window7_224")):
+    register_alias(_alias, _name)

@@ -1,0 +1,162 @@
+"""ResNet / ResNeXt / Wide ResNet / SE-ResNet against timm and torchvision; dilation options."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import visionzoo
+from visionzoo.models.resnet import stage_dilations
+from visionzoo.testing import build_random, max_rel_diff
+
+NAMES = visionzoo.list_models(family="resnet")
+TV_NAMES = [n for n in NAMES if hasattr(torchvision.models, n)]
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_names():
+    assert NAMES == sorted([
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
+        "wide_resnet50_2", "seresnet50", "seresnet101",
+    ])
+    assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 8
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_params_equal_timm_and_torchvision(name):
+    with torch.device("meta"):
+        n = _n_params(visionzoo.create_model(name))
+        assert n == _n_params(timm.create_model(name))
+        if name in TV_NAMES:
+            assert n == _n_params(getattr(torchvision.models, name)())
+    published = visionzoo.registry.get_entry(name).published["params"]
+    assert abs(n / 1e6 - published) < 0.051, (n, published)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50"])
+def test_logits_equal_timm(name):
+    ref = build_random(lambda: timm.create_model(name, num_classes=10))
+    ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet18", "wide_resnet50_2"])
+def test_logits_equal_torchvision(name):
+    ref = build_random(lambda: getattr(torchvision.models, name)(num_classes=10))
+    ours = visionzoo.create_model(name, num_classes=10).eval()
+    info = visionzoo.load_checkpoint(ours, ref.state_dict(), source="torchvision")
+    assert not info["missing"] and not info["unexpected"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_other_classes_and_channels():
+    ref = build_random(lambda: timm.create_model("resnet18", num_classes=4, in_chans=1))
+    ours = visionzoo.create_model("resnet18", num_classes=4, in_chans=1, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(3, 1, 50, 70)  # any size: nothing needs a multiple of 32
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_features_equal_timm_resnet50():
+    ref = build_random(lambda: timm.create_model("resnet50", num_classes=10))
+    x = torch.randn(1, 3, 64, 96)
+    feats = visionzoo.create_model("resnet50", features_only=True, checkpoint=ref.state_dict()).eval()
+    assert [f.reduction for f in feats.feature_info] == [2, 4, 8, 16, 32]
+    assert [f.num_chs for f in feats.feature_info] == [64, 256, 512, 1024, 2048]
+    with torch.no_grad():
+        ours = feats(x)
+        expect = ref.forward_intermediates(x, intermediates_only=True)
+        # timm's own feature extractor on the same weights, for the later stages
+        tf = timm.create_model("resnet50", features_only=True, out_indices=(2, 4)).eval()
+        tf.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
+        expect_fo = tf(x)
+        part = visionzoo.create_model("resnet50", features_only=True, out_indices=(2, 4), checkpoint=ref.state_dict()).eval()(x)
+    assert len(ours) == len(expect) == 5
+    for f, e in zip(ours, expect, strict=True):
+        assert f.shape == e.shape and max_rel_diff(f, e) < 1e-4
+    for f, e in zip(part, expect_fo, strict=True):
+        assert max_rel_diff(f, e) < 1e-4
+
+
+# --------------------------------------------------------------------------- dilation
+def test_output_stride_8_resnet50_equals_timm_and_torchvision():
+    ref = build_random(lambda: timm.create_model("resnet50", num_classes=10, output_stride=8))
+    sd = ref.state_dict()
+    ours = visionzoo.create_model("resnet50", num_classes=10, output_stride=8, checkpoint=sd).eval()
+    assert [f.reduction for f in ours.feature_info] == [2, 4, 8, 8, 8]
+    tv = torchvision.models.resnet50(num_classes=10, replace_stride_with_dilation=[False, True, True]).eval()
+    tv.load_state_dict(sd)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        f = ours.forward_features(x)
+        assert f.shape == (1, 2048, 8, 8)  # 8x reduced, not 32x
+        assert max_rel_diff(f, ref.forward_features(x)) < 1e-4
+        assert max_rel_diff(ours(x), tv(x)) < 1e-4
+        maps = ours.forward_intermediates(x, [0, 1, 2, 3, 4])
+    assert [m.shape[-1] for m in maps] == [32, 16, 8, 8, 8]
+    # the first block of a dilated stage keeps the previous rate, the others use the new one
+    assert [b.conv2.dilation[0] for b in ours.layer3] == [1, 2, 2, 2, 2, 2]
+    assert [b.conv2.dilation[0] for b in ours.layer4] == [2, 4, 4]
+
+
+def test_output_stride_16_basic_block_equals_timm():
+    ref = build_random(lambda: timm.create_model("resnet18", num_classes=10, output_stride=16))
+    ours = visionzoo.create_model("resnet18", num_classes=10, output_stride=16, checkpoint=ref.state_dict()).eval()
+    assert [f.reduction for f in ours.feature_info] == [2, 4, 8, 16, 16]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert ours.forward_features(x).shape[-2:] == (4, 4)
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_multi_grid_rates_repeat_times_the_stage_dilation_and_hdc_rates_are_absolute():
+    with torch.device("meta"):
+        m = visionzoo.create_model("resnet101", output_stride=8, multi_grid=(1, 2, 5))
+        # DeepLabv3's multi-grid at output stride 16: stage 4 base rate 2 -> 2, 4, 8
+        m16 = visionzoo.create_model("resnet50", output_stride=16, multi_grid=(1, 2, 4))
+        # HDC on stages 3 and 4: absolute rates cycled over all 23 (3) blocks
+        hdc = visionzoo.create_model("resnet101", output_stride=8, dilation_rates=(None, None, (1, 2, 5), (5, 9, 17)))
+        basic = visionzoo.create_model("resnet34", output_stride=8, multi_grid=(1, 2))
+    assert [b.conv2.dilation[0] for b in m.layer4] == [4, 8, 20]
+    assert [b.conv2.padding[0] for b in m.layer4] == [4, 8, 20]  # 'same' padding: sizes kept
+    assert [b.conv2.dilation[0] for b in m.layer3] == [1] + [2] * 22  # no rates: previous rule
+    assert [b.conv2.dilation[0] for b in m16.layer4] == [2, 4, 8]
+    assert [b.conv2.dilation[0] for b in hdc.layer3] == [(1, 2, 5)[j % 3] for j in range(23)]
+    assert [b.conv2.dilation[0] for b in hdc.layer4] == [5, 9, 17]
+    # basic blocks: both 3x3 convolutions of a block take its rate
+    assert [(b.conv1.dilation[0], b.conv2.dilation[0]) for b in basic.layer4] == [(4, 4), (8, 8), (4, 4)]
+    assert [f.reduction for f in m.feature_info] == [2, 4, 8, 8, 8]
+    # the network still runs and keeps the 8x resolution
+    small = visionzoo.create_model("resnet18", num_classes=3, output_stride=8, multi_grid=(1, 2, 5)).eval()
+    with torch.no_grad():
+        assert small.forward_features(torch.randn(1, 3, 40, 48)).shape == (1, 512, 5, 6)
+        assert small(torch.randn(2, 3, 40, 48)).shape == (2, 3)
+
+
+def test_stage_dilations_and_errors():
+    cfg = visionzoo.registry.get_entry("resnet50").config
+    assert [(s, r) for s, r, _ in stage_dilations(cfg)] == [(1, 4), (2, 8), (2, 16), (2, 32)]
+    with pytest.raises(ValueError, match="output_stride"):
+        visionzoo.create_model("resnet18", output_stride=12)
+    with pytest.raises(ValueError, match="conflicts"):
+        visionzoo.create_model("resnet18", multi_grid=(1, 2), dilation_rates=(None, None, None, (1, 3)))
+    with pytest.raises(ValueError, match="one entry per stage"):
+        visionzoo.create_model("resnet18", dilation_rates=((1, 2),))
+    with pytest.raises(ValueError, match="basic block"):
+        visionzoo.create_model("resnet18", groups=32)
+    with pytest.raises(TypeError, match="unknown option"):
+        visionzoo.create_model("resnet18", dilation=2)
+
+
+def test_counted_macs_match_published():
+    for name in ("resnet50", "resnext50_32x4d", "wide_resnet50_2"):
+        counted = visionzoo.model_info(name)["gmacs"]
+        assert abs(counted - visionzoo.registry.get_entry(name).published["gmacs"]) < 0.06, name

@@ -1,0 +1,222 @@
+"""Swin and Swin-MLP against timm, torchvision, the release layout and the paper's construction."""
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import visionzoo
+from visionzoo.models.swin import plan_windows
+from visionzoo.testing import build_random, max_rel_diff
+
+SWIN = visionzoo.list_models("swin_*", family="swin")
+TORCHVISION = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224", "swin_b": "swin_base_patch4_window7_224"}
+
+
+def _params(model_fn):
+    with torch.device("meta"):
+        return sum(p.numel() for p in model_fn().parameters())
+
+
+@pytest.mark.parametrize("name", SWIN)
+def test_params_equal_timm(name):
+    assert _params(lambda: visionzoo.create_model(name)) == _params(lambda: timm.create_model(name))
+
+
+@pytest.mark.parametrize("tv_name", sorted(TORCHVISION))
+def test_params_equal_torchvision_and_alias(tv_name):
+    assert visionzoo.registry.get_entry(tv_name).name == TORCHVISION[tv_name]
+    assert _params(lambda: visionzoo.create_model(tv_name)) == _params(lambda: getattr(torchvision.models, tv_name)())
+
+
+def test_logits_equal_timm_tiny_224():
+    ref = build_random(lambda: timm.create_model("swin_tiny_patch4_window7_224", num_classes=10))
+    ours = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+        feats = visionzoo.create_model("swin_tiny_patch4_window7_224", features_only=True, checkpoint=ref.state_dict()).eval()(x)
+        expect = ref.forward_intermediates(x, intermediates_only=True)
+    assert [f.shape[1] for f in feats] == [96, 192, 384, 768]
+    for f, e in zip(feats, expect, strict=True):
+        assert max_rel_diff(f, e) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["swin_base_patch4_window7_224", "swin_large_patch4_window7_224"])
+def test_wider_variants_equal_timm_with_fewer_blocks(name):
+    """B and L at their widths, heads and window, two blocks per stage (tiny runs at full depth above)."""
+    ref = build_random(lambda: timm.create_model(name, num_classes=10, depths=(2, 2, 2, 2)))
+    ours = visionzoo.create_model(name, num_classes=10, depths=(2, 2, 2, 2), checkpoint=ref.state_dict()).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_window12_other_classes_and_channels_equal_timm():
+    """The window-12 / 384 configuration (shrunk in width and depth), 1 channel, 4 classes."""
+    small = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+    ref = build_random(lambda: timm.create_model("swin_base_patch4_window12_384", num_classes=4, in_chans=1, **small))
+    ours = visionzoo.create_model("swin_base_patch4_window12_384", num_classes=4, in_chans=1, checkpoint=ref.state_dict(), **small).eval()
+    x = torch.randn(1, 1, 384, 384)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_logits_equal_torchvision_also_at_200x300():
+    ref = build_random(lambda: torchvision.models.swin_t(num_classes=10))
+    ours = visionzoo.create_model("swin_t", num_classes=10).eval()
+    assert visionzoo.load_checkpoint(ours, ref.state_dict())["source"] == ["torchvision"]
+    for shape in ((2, 3, 224, 224), (1, 3, 200, 300)):  # torchvision pads per block, as we do
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _to_official(sd):
+    """timm layout -> microsoft/Swin-Transformer's (written independently of our converter)."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[0] == "layers" and parts[2] == "downsample":
+            parts[1] = str(int(parts[1]) - 1)  # the release closes stage N with its downsampling
+        if parts[:2] == ["head", "fc"]:
+            parts = ["head", parts[2]]
+        out[".".join(parts)] = v
+        if k.endswith("attn.relative_position_bias_table"):  # the release saves its buffers too
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = torch.zeros(49, 49, dtype=torch.long)
+    return out
+
+
+def test_official_layout_loads():
+    ref = build_random(lambda: timm.create_model("swin_tiny_patch4_window7_224", num_classes=10))
+    official = _to_official(ref.state_dict())
+    assert "layers.2.downsample.reduction.weight" in official and "head.weight" in official
+    ours = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=10).eval()
+    assert visionzoo.load_checkpoint(ours, official, source="official")["source"] == ["official"]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _paper_mask(side, window, shift):
+    """The SW-MSA mask from its definition: after rolling by -shift, two tokens of a window may
+    attend to each other only if they were neighbours in the image, i.e. both or neither wrapped
+    around on each axis. (nW, N, N) with -100 for forbidden pairs."""
+    H = W = side
+    wrap_h = (torch.arange(H) + shift) >= H  # rolled row i holds image row (i + shift) mod H
+    wrap_w = (torch.arange(W) + shift) >= W
+    label = wrap_h[:, None].long() * 2 + wrap_w[None, :].long()  # H, W
+    nW, N = (H // window) * (W // window), window * window
+    win = label.view(H // window, window, W // window, window).permute(0, 2, 1, 3).reshape(nW, N)
+    return torch.where(win[:, :, None] == win[:, None, :], 0.0, -100.0)
+
+
+@pytest.mark.parametrize("side", [56, 28, 14])
+def test_shift_masks_at_224_equal_the_papers_construction_and_timm(side):
+    plan = plan_windows(side, side, (7, 7), True, torch.device("cpu"))
+    assert plan.window == (7, 7) and plan.shift == (3, 3) and plan.padded == (side, side)
+    ours = plan.mask.squeeze(1)
+    assert torch.equal(ours, _paper_mask(side, 7, 3))
+    stage = {56: 0, 28: 1, 14: 2}[side]
+    ref = timm.create_model("swin_tiny_patch4_window7_224")
+    assert torch.equal(ours, ref.layers[stage].blocks[1].attn_mask)
+    assert ours.ne(0).any()  # the shifted stages really are masked
+
+
+def test_no_shift_where_the_map_fits_one_window():
+    plan = plan_windows(7, 7, (7, 7), True, torch.device("cpu"))  # stage 4 at 224
+    assert plan.shift == (0, 0) and plan.mask is None
+
+
+def test_any_input_size_runs_and_pads_to_window_multiples():
+    m = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=5).eval()
+    x = torch.randn(1, 3, 200, 300)  # not a multiple of 32 x 7
+    with torch.no_grad():
+        assert m(x).shape == (1, 5)
+        feats = visionzoo.create_model("swin_tiny_patch4_window7_224", features_only=True).eval()(x)
+    assert [tuple(f.shape[-2:]) for f in feats] == [(50, 75), (25, 38), (13, 19), (7, 10)]
+    plan = plan_windows(7, 10, (7, 7), True, torch.device("cpu"))  # stage 4 at 200 x 300
+    assert plan.window == (7, 7) and plan.shift == (0, 3) and plan.padded == (7, 14)
+    assert plan.mask.shape == (2, 1, 49, 49)
+    plan = plan_windows(13, 19, (7, 7), True, torch.device("cpu"))
+    assert plan.padded == (14, 21) and plan.mask.shape == (6, 1, 49, 49)
+
+
+def test_window_shrinks_to_small_maps_reading_the_sub_table():
+    m = visionzoo.create_model("swin_tiny_patch4_window7_224").eval()
+    attn = m.layers[0].blocks[0].attn
+    full = attn.relative_bias((7, 7))  # nH, 49, 49
+    sub = attn.relative_bias((3, 2))  # a 3 x 2 window: same offsets, same table rows
+    rows = torch.tensor([r * 7 + c for r in range(3) for c in range(2)])
+    assert torch.equal(sub, full[:, rows][:, :, rows])
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 96)).shape == (1, 1000)
+
+
+# --------------------------------------------------------------------------- Swin-MLP
+SWIN_MLP_HUB = {  # official model hub, millions
+    "swin_mlp_tiny_c24_patch4_window8_256": 20,
+    "swin_mlp_tiny_c12_patch4_window8_256": 21,
+    "swin_mlp_tiny_c6_patch4_window8_256": 23,
+    "swin_mlp_base_patch4_window7_224": 61,
+}
+
+
+@pytest.mark.parametrize("name", sorted(SWIN_MLP_HUB))
+def test_swin_mlp_params_within_3_percent_of_the_model_hub(name):
+    n = _params(lambda: visionzoo.create_model(name)) / 1e6
+    assert abs(n - SWIN_MLP_HUB[name]) / SWIN_MLP_HUB[name] < 0.03, n
+
+
+def _naive_spatial_mlp(x, weight, bias, M, shifted):
+    """Per output pixel: its (offset) window, its head, W_h[pos, pos'] summed over the window."""
+    B, H, W, C = x.shape
+    nH = weight.shape[0]
+    hd = C // nH
+    s = M - M // 2 if shifted else 0
+    out = torch.zeros_like(x)
+    for i in range(H):
+        for j in range(W):
+            wi, wj = (i + (s if H > M else 0)) // M, (j + (s if W > M else 0)) // M
+            pi, pj = (i + (s if H > M else 0)) % M, (j + (s if W > M else 0)) % M
+            for h in range(nH):
+                acc = bias[h, pi * M + pj].expand(B, hd).clone()
+                for i2 in range(H):
+                    for j2 in range(W):
+                        if ((i2 + (s if H > M else 0)) // M, (j2 + (s if W > M else 0)) // M) != (wi, wj):
+                            continue
+                        q = ((i2 + (s if H > M else 0)) % M) * M + (j2 + (s if W > M else 0)) % M
+                        acc = acc + weight[h, pi * M + pj, q] * x[:, i2, j2, h * hd : (h + 1) * hd]
+                out[:, i, j, h * hd : (h + 1) * hd] = acc
+    return out
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_swin_mlp_spatial_mixing_equals_a_naive_per_window_sum(shifted):
+    from visionzoo.models.swin_mlp import SwinMLPBlock
+
+    torch.manual_seed(0)
+    M, nH, C = 3, 2, 4
+    blk = SwinMLPBlock(C, nH, (M, M), shifted=shifted)
+    torch.nn.init.normal_(blk.spatial_mlp.weight)
+    torch.nn.init.normal_(blk.spatial_mlp.bias)
+    x = torch.randn(2, 7, 5, C)  # not multiples of the window
+    weight = blk.spatial_mlp.weight.view(nH, M * M, M * M)
+    bias = blk.spatial_mlp.bias.view(nH, M * M)
+    with torch.no_grad():
+        assert max_rel_diff(blk.spatial_mixing(x), _naive_spatial_mlp(x, weight, bias, M, shifted)) < 1e-5
+
+
+def test_swin_mlp_official_layout_loads_and_any_size_runs():
+    ours = visionzoo.create_model("swin_mlp_tiny_c24_patch4_window8_256", num_classes=10).eval()
+    sd = visionzoo.testing.random_weights(visionzoo.create_model("swin_mlp_tiny_c24_patch4_window8_256", num_classes=10)).state_dict()
+    official = _to_official({k: v for k, v in sd.items()})
+    assert official["layers.0.blocks.1.spatial_mlp.weight"].shape == (4 * 64, 64, 1)
+    assert visionzoo.load_checkpoint(ours, official, source="official")["source"] == ["official"]
+    ref = visionzoo.create_model("swin_mlp_tiny_c24_patch4_window8_256", num_classes=10, checkpoint=sd).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.equal(ours(x), ref(x))
+        assert ours(torch.randn(1, 3, 200, 300)).shape == (1, 10)

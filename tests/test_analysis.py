@@ -1,0 +1,329 @@
+"""visionzoo.analysis: receptive fields, attention complexity, FLOP breakdown, attention pictures."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import visionzoo
+from visionzoo.analysis import (
+    attention_complexity,
+    attention_rollout,
+    capture_attention,
+    coatnet_attention_complexity,
+    flops_breakdown,
+    hdc_check,
+    mean_attention_distance,
+    nest_attention_complexity,
+    plot_attention_distance,
+    plot_attention_rollout,
+    plot_position_embedding_similarity,
+    plot_shift_window_masks,
+    position_embedding_similarity,
+    receptive_field,
+    shift_window_regions,
+    suggest_rates,
+)
+from visionzoo.cli import main as cli_main
+from visionzoo.layers.attention import Attention
+from visionzoo.layers.window import shift_window_mask, window_partition
+
+PIL = pytest.importorskip("PIL.Image")
+pytest.importorskip("matplotlib")
+
+
+# --------------------------------------------------------------------------- receptive fields
+def _brute_force_rf(rates, k):
+    """Gradient of the centre output of stacked all-ones dilated convs w.r.t. the input."""
+    span = 1 + (k - 1) * sum(rates)
+    x = torch.zeros(1, 1, span, span, dtype=torch.float64, requires_grad=True)
+    y = x
+    for r in rates:
+        y = F.conv2d(y, torch.ones(1, 1, k, k, dtype=torch.float64), dilation=r)
+    assert y.shape[-2:] == (1, 1)
+    y.sum().backward()
+    return x.grad[0, 0].round().long().numpy()
+
+
+def _enumerated_rf(rates, k):
+    """Explicit enumeration of every path: one tap offset per layer and axis."""
+    span = 1 + (k - 1) * sum(rates)
+    out = np.zeros((span, span), dtype=np.int64)
+    taps = [[(r * i, r * j) for i in range(k) for j in range(k)] for r in rates]
+    for path in itertools.product(*taps):
+        out[sum(p[0] for p in path), sum(p[1] for p in path)] += 1
+    return out
+
+
+@pytest.mark.parametrize("rates, k", [([1, 2, 5], 3), ([2, 2, 2], 3), ([1, 2, 3], 3), ([2, 4, 6], 3), ([1, 3], 5), ([1, 2, 5, 1, 2, 5], 3)])
+def test_receptive_field_equals_brute_force(rates, k):
+    rf = receptive_field(rates, k)
+    assert rf.dtype.kind == "i"
+    np.testing.assert_array_equal(rf, _brute_force_rf(rates, k))
+
+
+@pytest.mark.parametrize("rates, k", [([1, 2], 3), ([2, 2, 2], 3), ([1, 3], 5)])
+def test_receptive_field_equals_path_enumeration(rates, k):
+    np.testing.assert_array_equal(receptive_field(rates, k), _enumerated_rf(rates, k))
+
+
+def test_receptive_field_size_pads_centred():
+    rf = receptive_field([1, 2], 3, size=11)
+    assert rf.shape == (11, 11) and rf.sum() == 9**2
+    np.testing.assert_array_equal(rf[2:9, 2:9], receptive_field([1, 2], 3))
+    with pytest.raises(ValueError, match="smaller"):
+        receptive_field([1, 2], 3, size=5)
+    with pytest.raises(ValueError, match="positive"):
+        receptive_field([0, 2])
+
+
+def test_hdc_check_verdicts():
+    for rates in ([1, 2, 5], [1, 2, 5, 1, 2, 5], [1, 2, 3]):
+        v = hdc_check(rates)
+        assert not v["gridding"] and v["holes"] == 0 and v["hdc_ok"] and v["suggestion"] is None, rates
+    v = hdc_check([2, 4, 6])
+    assert v["gridding"] and v["common_factor"] == 2 and not v["hdc_ok"] and v["span"] == 25
+    assert v["holes"] == int((receptive_field([2, 4, 6]) == 0).sum()) == 25 * 25 - 13 * 13
+    v = hdc_check([2, 2, 2])
+    assert v["gridding"] and v["common_factor"] == 2 and v["holes"] == 13 * 13 - 7 * 7
+    v = hdc_check([1, 2, 9])  # no common factor, but M_2 = 5 > 3: holes
+    assert v["gridding"] and v["common_factor"] is None and v["M"] == [3, 5, 9] and not v["hdc_ok"]
+    assert hdc_check([1, 2, 5])["M"] == [1, 2, 5]
+
+
+@pytest.mark.parametrize("rates", [[2, 4, 6], [2, 2, 2], [1, 2, 9], [2, 4, 6, 2, 4, 6], [6, 12, 18, 24], [4]])
+def test_suggestion_has_no_gridding_and_same_span(rates):
+    s = hdc_check(rates)["suggestion"]
+    v = hdc_check(s)
+    assert not v["gridding"] and v["hdc_ok"], s
+    assert v["span"] == hdc_check(rates)["span"]
+    assert suggest_rates([2, 4, 6]) == [1, 3, 8]
+    assert suggest_rates([2, 4, 6, 2, 4, 6]) == [1, 3, 8, 1, 3, 8]  # a sawtooth, as HDC
+
+
+def test_documented_hole_free_rule_is_exact():
+    """Sorted rates have no holes iff r_(i) <= 1 + (k-1) * (sum of the smaller ones); checked exhaustively."""
+    for k in (2, 3, 5):
+        for n in (1, 2, 3):
+            for rates in itertools.product(range(1, 8), repeat=n):
+                holes = hdc_check(list(rates), k)["holes"] > 0
+                width, ok = 1, True
+                for r in sorted(rates):
+                    ok &= r <= width
+                    width += (k - 1) * r
+                assert holes == (not ok), (rates, k)
+
+
+def test_cli_rf_writes_picture(tmp_path, capsys):
+    out = tmp_path / "rf.png"
+    assert cli_main(["rf", "--rates", "2,4,6", "--kernel", "3", "--output", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "gridding" in text and "1,3,8" in text and "factor 2" in text
+    with PIL.open(out) as im:
+        assert im.size == (640, 640)
+    assert cli_main(["rf", "--rates", "1,2,5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gridding"] is False
+    assert cli_main(["rf", "--rates", "1,0"]) == 2
+
+
+# --------------------------------------------------------------------------- attention complexity
+def _counted_macs(fn):
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops() / 2
+
+
+@pytest.mark.parametrize("h, w, C, M", [(8, 8, 32, 4), (12, 6, 48, 3)])
+def test_attention_complexity_matches_flop_counter(h, w, C, M):
+    attn = Attention(C, num_heads=4, fused=False).eval()
+    x = torch.randn(1, h, w, C)
+    expected = attention_complexity(h, w, C, M)
+    msa = _counted_macs(lambda: attn(x.reshape(1, h * w, C)))
+    w_msa = _counted_macs(lambda: attn(window_partition(x, (M, M))))  # B*nW, M*M, C
+    assert abs(msa - expected["msa"]) / expected["msa"] < 0.01
+    assert abs(w_msa - expected["w_msa"]) / expected["w_msa"] < 0.01
+    assert nest_attention_complexity(h, w, C, M) == expected["w_msa"]
+    # CoAtNet: global attention plus a relative bias on every logit of every head
+    bias = torch.randn(4, h * w, h * w)
+    rel = _counted_macs(lambda: attn(x.reshape(1, h * w, C), bias))
+    coat = coatnet_attention_complexity(h, w, C, num_heads=4)
+    assert coat - 4 * (h * w) ** 2 == expected["msa"]
+    assert abs(rel - expected["msa"]) / expected["msa"] < 0.01
+    # the fused kernel, counted by model_info's counter, agrees too
+    from visionzoo.factory import _FlopCounter
+
+    fused = Attention(C, num_heads=4).eval()
+    with torch.no_grad(), _FlopCounter() as fc:
+        fused(x.reshape(1, h * w, C))
+    assert abs(fc.get_total_flops() / 2 - expected["msa"]) / expected["msa"] < 0.01
+
+
+def test_window_attention_is_cheaper_beyond_the_window():
+    c = attention_complexity(56, 56, 96, 7)
+    assert c["w_msa"] < c["msa"]
+    assert attention_complexity(7, 7, 96, 7)["w_msa"] == attention_complexity(7, 7, 96, 7)["msa"]
+
+
+# --------------------------------------------------------------------------- FLOP breakdown
+def test_flops_breakdown_sums_and_analytic_vit_split():
+    b = flops_breakdown("vit_tiny_patch16_224")
+    info = visionzoo.model_info("vit_tiny_patch16_224")
+    assert b["gmacs"] == info["gmacs"] and b["params"] == info["params"]
+    assert math.isclose(sum(b["stages"].values()), b["gmacs"], rel_tol=1e-9)
+    assert math.isclose(sum(b["kinds"].values()), b["gmacs"], rel_tol=1e-9)
+    assert list(b["stages"])[:2] == ["patch_embed", "blocks"]
+    N, C, L = 197, 192, 12
+    assert math.isclose(b["kinds"]["attention"], L * 2 * N * N * C / 1e9, rel_tol=1e-9)
+    assert math.isclose(b["kinds"]["attention_proj"], L * 4 * N * C * C / 1e9, rel_tol=1e-9)
+    assert math.isclose(b["kinds"]["mlp"], L * 2 * N * C * 4 * C / 1e9, rel_tol=1e-9)
+    assert math.isclose(b["kinds"]["convolution"], 196 * 3 * 16 * 16 * C / 1e9, rel_tol=1e-9)
+    assert b["published"]["gmacs"] == 1.26
+
+
+def test_flops_breakdown_hierarchical_and_uncalled_containers():
+    b = flops_breakdown("convnext_tiny")
+    assert [s for s in b["stages"] if s.startswith("stages.")] == [f"stages.{i}" for i in range(4)]
+    assert math.isclose(sum(b["stages"].values()), b["gmacs"], rel_tol=1e-9)
+    assert b["kinds"]["mlp"] > 0.9 * b["gmacs"] and b["kinds"]["attention"] == 0
+    # HRNet indexes ModuleLists it never calls: attribution must not count twice
+    h = flops_breakdown("hrnet_w18_small")
+    assert math.isclose(sum(h["stages"].values()), h["gmacs"], rel_tol=1e-9)
+    assert "(model)" not in h["stages"]
+
+
+def _timm_macs(name):
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        m = timm.create_model(name).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        m(torch.zeros(1, 3, 224, 224, device="meta"))
+    return fc.get_total_flops() / 2e9
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "convnext_tiny", "convmixer_768_32", "hrnet_w18_small"])
+def test_model_info_gmacs_match_timm(name):
+    ours = visionzoo.model_info(name)["gmacs"]
+    ref = _timm_macs(name)
+    assert abs(ours - ref) / ref < 0.03, (ours, ref)
+
+
+def test_cli_flops(capsys):
+    assert cli_main(["flops", "vit_tiny_patch16_224"]) == 0
+    out = capsys.readouterr().out
+    assert "per stage" in out and "per kind of layer" in out and "blocks" in out and "1.254 GMACs" in out
+    assert cli_main(["flops", "vit_tiny_patch16_224", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["kinds"]) >= {"attention", "mlp", "convolution", "norm", "other"}
+    assert cli_main(["flops", "--table", "convnext_*"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 1 + len(visionzoo.list_models("convnext_*")) and "4.50" in "".join(rows)
+    assert cli_main(["flops"]) == 2
+    assert cli_main(["flops", "vit_tiny_patch16_224", "--table", "x"]) == 2
+
+
+# --------------------------------------------------------------------------- attention pictures
+def _small_vit(**kw):
+    return visionzoo.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64, depth=3, **kw).eval()
+
+
+def test_capture_attention_matches_attention_map_and_keeps_outputs():
+    m = _small_vit()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = m(x)
+        with capture_attention(m) as w:
+            out = m(x)
+        tokens = m.blocks[0].norm1(m._embed(x)[0])
+        expected = m.blocks[0].attn.attention_map(tokens)
+    assert sorted(w) == [f"blocks.{i}.attn" for i in range(3)]
+    assert w["blocks.0.attn"][0].shape == (2, 3, 17, 17)
+    torch.testing.assert_close(w["blocks.0.attn"][0], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    # relative position embeddings (a subclass with its own bias) are captured too
+    r = _small_vit(pos_embed="relative")
+    with torch.no_grad(), capture_attention(r) as w:
+        r(x)
+    assert len(w) == 3 and torch.allclose(w["blocks.1.attn"][0].sum(-1), torch.ones(2, 3, 17))
+
+
+def test_attention_rollout_map(tmp_path):
+    m = _small_vit()
+    img = torch.randn(3, 64, 48)
+    roll = attention_rollout(m, img)
+    assert roll.shape == (64, 48) and roll.min() >= 0 and roll.max() <= 1 and math.isclose(roll.max(), 1.0)
+    out = plot_attention_rollout(m, img, tmp_path / "rollout.png")
+    np.testing.assert_allclose(out, roll)
+    with PIL.open(tmp_path / "rollout.png") as im:
+        assert im.size == (900, 450)
+
+
+def _uniform_vit():
+    m = _small_vit()
+    with torch.no_grad():
+        for blk in m.blocks:  # zero queries: every logit 0, softmax uniform
+            D = blk.attn.qkv.in_features
+            blk.attn.qkv.weight[:D].zero_()
+            blk.attn.qkv.bias[:D].zero_()
+    return m
+
+
+def test_mean_attention_distance_of_uniform_attention_is_analytic(tmp_path):
+    m = _uniform_vit()
+    pts = [(16 * i, 16 * j) for i in range(4) for j in range(4)]  # 64x64 input, 16-pixel patches
+    analytic = sum(math.dist(p, q) for p in pts for q in pts) / len(pts) ** 2
+    d = mean_attention_distance(m, torch.randn(2, 3, 64, 64))
+    assert d.shape == (3, 3)
+    np.testing.assert_allclose(d, analytic, rtol=1e-5)
+    d2 = plot_attention_distance(m, torch.randn(1, 3, 64, 64), tmp_path / "dist.png")
+    np.testing.assert_allclose(d2, analytic, rtol=1e-5)
+    with PIL.open(tmp_path / "dist.png") as im:
+        assert im.size == (640, 480)
+
+
+def test_position_embedding_similarity(tmp_path):
+    m = _small_vit()
+    s = position_embedding_similarity(m)
+    assert s.shape == (4, 4, 4, 4)
+    np.testing.assert_allclose(s[np.arange(4)[:, None], np.arange(4), np.arange(4)[:, None], np.arange(4)], 1.0, rtol=1e-5)
+    with torch.no_grad():  # a table whose row embedding is shared along rows: same row -> similarity 1
+        m2 = _small_vit(pos_embed="learned_2d")
+        m2.pos_embed_col.zero_()
+    s2 = position_embedding_similarity(m2)
+    np.testing.assert_allclose(s2[1, 2, 1], 1.0, rtol=1e-5)
+    plot_position_embedding_similarity(m, tmp_path / "pe.png")
+    with PIL.open(tmp_path / "pe.png") as im:
+        assert im.size == (640, 640)
+
+
+@pytest.mark.parametrize("H, W, M, s", [(14, 14, 7, 3), (8, 12, 4, 2), (8, 8, 4, 0)])
+def test_shift_window_regions_match_layer_mask(H, W, M, s, tmp_path):
+    labels = torch.from_numpy(shift_window_regions(H, W, M, s)).float()[None, :, :, None]
+    win = window_partition(labels, (M, M)).squeeze(-1)  # nW, M*M
+    mask = torch.where(win[:, :, None] == win[:, None, :], 0.0, -100.0)
+    torch.testing.assert_close(mask, shift_window_mask(H, W, (M, M), (s, s)))
+    masks = plot_shift_window_masks(H, W, M, s, tmp_path / "w.png")
+    assert masks.shape == (H * W // M**2, M * M, M * M)
+    with PIL.open(tmp_path / "w.png") as im:
+        assert im.size == (1200, 420)
+
+
+def test_cli_attention_and_windows(tmp_path, capsys):
+    img = tmp_path / "img.png"
+    PIL.fromarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)).save(img)
+    for what in ("rollout", "distance", "posembed"):
+        out = tmp_path / f"{what}.png"
+        args = ["attention", what, "vit_tiny_patch16_224", "--img-size", "64", "--output", str(out)]
+        assert cli_main(args + ["--image", str(img)]) == 0, what
+        with PIL.open(out) as im:
+            assert im.size[0] > 100
+    assert cli_main(["attention", "rollout", "vit_tiny_patch16_224", "--img-size", "64", "--output", str(tmp_path / "x.png")]) == 2
+    assert "--image is required" in capsys.readouterr().err
+    assert cli_main(["attention", "posembed", "convnext_tiny", "--output", str(tmp_path / "x.png")]) == 2
+    assert cli_main(["windows", "--size", "14", "--window", "7", "--output", str(tmp_path / "w.png")]) == 0
+    assert "4 windows, 3 with masked pairs" in capsys.readouterr().out
+    assert cli_main(["windows", "--size", "10", "--window", "7", "--output", str(tmp_path / "w.png")]) == 2
