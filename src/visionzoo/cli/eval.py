@@ -12,8 +12,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
-    from ..train.data import DataError, ImageFiles, Subset, build_data, eval_transform, scan_class_folders
-    from ..train.distributed import DistInfo, ShardSampler
+    from ..train.data import (
+        DataError,
+        ImageFiles,
+        Subset,
+        build_data,
+        eval_transform,
+        scan_class_folders,
+    )
+    from ..train.distributed import DistInfo
     from ..train.engine import evaluate
     from ..train.inference import load_trained, plot_confusion
 

@@ -30,10 +30,10 @@ from ..checkpoints import CheckpointError, save_state_dict
 __all__ = [
     "capture_rng",
     "latest_checkpoint",
+    "load_training_state",
     "read_metadata",
     "restore_rng",
     "save_training_checkpoint",
-    "load_training_state",
     "write_json_atomic",
 ]
 

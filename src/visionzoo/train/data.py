@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DataBundle", "DataError", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "build_data", "eval_transform", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 

@@ -702,7 +702,7 @@ def threading_main() -> bool:
 
 def _loss(out: Any, y: Tensor, x: Tensor, teacher: nn.Module | None, cfg: TrainConfig, distilled_student: bool) -> tuple[Tensor, Tensor]:
     """(loss, logits for accuracy). Hard-label distillation through DeiT's distillation token; soft KD otherwise."""
-    ce = lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)  # noqa: E731
+    ce = lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
     if isinstance(out, (tuple, list)):
         cls_logits, dist_logits = out
         logits = (cls_logits + dist_logits) / 2
