@@ -1,7 +1,7 @@
 """Layers that two or more families share."""
 
 from .attention import Attention, attention
-from .conv import ConvNormAct, StdConv2d
+from .conv import ConvNormAct, StdConv2d, bn_affine
 from .drop_path import DropPath, drop_path_rates
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
 from .mlp import Mlp
@@ -20,6 +20,7 @@ __all__ = [
     "SqueezeExcite",
     "StdConv2d",
     "attention",
+    "bn_affine",
     "drop_path_rates",
     "make_divisible",
     "pad_same",

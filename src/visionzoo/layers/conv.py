@@ -9,7 +9,20 @@ from torch import Tensor, nn
 
 from .helpers import pad_same, to_2tuple
 
-__all__ = ["ConvNormAct", "StdConv2d"]
+__all__ = ["ConvNormAct", "StdConv2d", "bn_affine"]
+
+
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
+    """(scale, shift) of a BatchNorm in inference (running statistics), else None."""
+    if bn.training or bn.running_var is None:
+        return None
+    scale = bn.running_var.add(bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
 
 
 class ConvNormAct(nn.Sequential):

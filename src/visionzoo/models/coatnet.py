@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, SqueezeExcite, drop_path_rates, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import DropPath, SqueezeExcite, bn_affine, drop_path_rates, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import attention
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
@@ -136,19 +136,6 @@ def gelu(x: Tensor) -> Tensor:
     if torch.is_grad_enabled() and x.requires_grad:
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
-
-
-def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
-    """(scale, shift) of a BatchNorm in inference (running statistics), else None."""
-    if bn.training or bn.running_var is None:
-        return None
-    scale = bn.running_var.add(bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
 
 
 # --------------------------------------------------------------------------- convolution blocks

@@ -50,8 +50,8 @@ class DenseLayer(nn.Module):
         self.drop_rate = drop_rate
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(F.relu(self.norm1(x)))
-        x = self.conv2(F.relu(self.norm2(x)))
+        x = self.conv1(F.relu(self.norm1(x), inplace=True))  # BN's output is fresh: ReLU in place
+        x = self.conv2(F.relu(self.norm2(x), inplace=True))
         return F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
 
 
@@ -68,10 +68,21 @@ class DenseBlock(nn.ModuleDict):
         })
 
     def forward(self, x: Tensor) -> Tensor:
-        maps = [x]
-        for layer in self.values():
-            maps.append(layer(torch.cat(maps, 1)))
-        return torch.cat(maps, 1)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            maps = [x]
+            for layer in self.values():
+                maps.append(layer(torch.cat(maps, 1)))
+            return torch.cat(maps, 1)
+        # inference: every layer writes its k channels into one preallocated output, and reads
+        # the channels before them as a view, instead of concatenating all maps again per layer
+        B, C, H, W = x.shape
+        k = next(iter(self.values())).conv2.out_channels
+        out = x.new_empty(B, C + len(self) * k, H, W)
+        out[:, :C] = x
+        for i, layer in enumerate(self.values()):
+            c = C + i * k
+            out[:, c : c + k] = layer(out[:, :c])
+        return out
 
 
 class Transition(nn.Sequential):
