@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["FeatureInfo", "InputError", "VisionModel"]
+__all__ = ["FeatureInfo", "InputError", "VisionModel", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -145,6 +145,21 @@ class VisionModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that the optimiser should not decay (position tables, tokens)."""
         return set()
+
+
+def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int]) -> list[Tensor]:
+    """Run ``x`` through ``modules`` in order, as far as the last wanted one, and return the
+    output of ``modules[p]`` for each ``p`` in ``positions`` (in that order).
+
+    The loop behind ``forward_intermediates`` of the families whose feature maps are the
+    outputs of a sequence of stages, blocks or layers.
+    """
+    wanted, out = set(positions), {}
+    for j, module in enumerate(list(modules)[: max(positions) + 1]):
+        x = module(x)
+        if j in wanted:
+            out[j] = x
+    return [out[p] for p in positions]
 
 
 def count_params(model: nn.Module) -> int:

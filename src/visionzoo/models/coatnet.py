@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import DropPath, SqueezeExcite, bn_affine, drop_path_rates, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import attention
@@ -584,12 +584,7 @@ class CoAtNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        out = {0: x}
-        for i in range(max(indices)):
-            x = self.stages[i](x)
-            out[i + 1] = x
-        return [out[i] for i in indices]
+        return tap_outputs(x.contiguous(memory_format=torch.channels_last), [self.stem, *self.stages], indices)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.stages = self.stages[: max(indices)]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..registry import default_cfg, register_family
 
@@ -99,13 +99,7 @@ class ConvMixer(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        wanted = {self._feature_blocks[i]: i for i in indices}
-        x, out = self.stem(x), {}
-        for b in range(max(wanted) + 1):
-            x = self.blocks[b](x)
-            if b in wanted:
-                out[wanted[b]] = x
-        return [out[i] for i in indices]
+        return tap_outputs(self.stem(x), self.blocks, [self._feature_blocks[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
 from ..layers import DropPath, LayerNorm2d, drop_path_rates, trunc_normal_
 from ..registry import default_cfg, register_family
@@ -228,11 +228,7 @@ class RoadmapNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        x, out = self.stem(x), {}
-        for i in range(max(indices) + 1):
-            x = self.stages[i](x)
-            out[i] = x
-        return [out[i] for i in indices]
+        return tap_outputs(self.stem(x), self.stages, indices)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.stages = self.stages[: max(indices) + 1]

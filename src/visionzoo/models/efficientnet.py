@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import DropPath, make_divisible, pad_same
 from ..registry import default_cfg, register_family
@@ -317,13 +317,8 @@ class EfficientNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        wanted = {self._feature_stages[i]: i for i in indices}
-        x, out = self.act(self.bn1(self.conv_stem(x))), {}
-        for s in range(max(wanted) + 1):
-            x = self.blocks[s](x)
-            if s in wanted:
-                out[wanted[s]] = x
-        return [out[i] for i in indices]
+        stem = self.act(self.bn1(self.conv_stem(x)))
+        return tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import ConvNormAct
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
@@ -92,14 +92,8 @@ class SequentialNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        x = self._preprocess(x)
-        wanted = {self._taps[i]: i for i in indices}
-        out: dict[int, Tensor] = {}
-        for i, name in enumerate(self.layer_names[: max(wanted) + 1]):
-            x = getattr(self, name)(x)
-            if i in wanted:
-                out[wanted[i]] = x
-        return [out[i] for i in indices]
+        layers = [getattr(self, name) for name in self.layer_names]
+        return tap_outputs(self._preprocess(x), layers, [self._taps[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from .inception import SequentialNet, conv_bn
@@ -197,13 +197,7 @@ class InceptionV4(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        wanted = {self._taps[i]: i for i in indices}
-        out: dict[int, Tensor] = {}
-        for i, block in enumerate(self.features[: max(wanted) + 1]):
-            x = block(x)
-            if i in wanted:
-                out[wanted[i]] = x
-        return [out[i] for i in indices]
+        return tap_outputs(x, self.features, [self._taps[i] for i in indices])
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))

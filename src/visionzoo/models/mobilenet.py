@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import DropPath, make_divisible
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
@@ -160,13 +160,7 @@ class _MobileNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        wanted = {self._taps[i]: i for i in indices}
-        x, out = self.act1(self.bn1(self.conv_stem(x))), {}
-        for s in range(max(wanted) + 1):
-            x = self.blocks[s](x)
-            if s in wanted:
-                out[wanted[s]] = x
-        return [out[i] for i in indices]
+        return tap_outputs(self.act1(self.bn1(self.conv_stem(x))), self.blocks, [self._taps[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.blocks = self.blocks[: self._taps[max(indices)] + 1]

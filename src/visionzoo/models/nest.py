@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import DropPath, Mlp, attention, drop_path_rates, resample_abs_pos_embed, trunc_normal_
 from ..registry import default_cfg, register_family
@@ -292,11 +292,7 @@ class Nest(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        x, out = self.patch_embed(x), {}
-        for i in range(max(indices) + 1):
-            x = self.levels[i](x)
-            out[i] = x
-        return [out[i] for i in indices]
+        return tap_outputs(self.patch_embed(x), self.levels, indices)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.levels = self.levels[: max(indices) + 1]

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import ConvNormAct, DropPath, SqueezeExcite, drop_path_rates
 from ..registry import default_cfg, register_alias, register_family
@@ -224,12 +224,7 @@ class RegNet(VisionModel):
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """Maps of ``feature_info[i]`` for i in ``indices``: 0 is the stem, 1.. the stages."""
         self.check_input(x)
-        x = self.stem(x)
-        out = {0: x}
-        for i, name in enumerate(self.stage_names[: max(indices)], start=1):
-            x = getattr(self, name)(x)
-            out[i] = x
-        return [out[i] for i in indices]
+        return tap_outputs(x, [self.stem, *(getattr(self, n) for n in self.stage_names)], indices)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         for name in self.stage_names[max(indices) :]:

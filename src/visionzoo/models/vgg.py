@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter, rename_keys
 from ..registry import default_cfg, register_family
 
@@ -145,13 +145,7 @@ class VGG(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        wanted = {self._taps[i]: i for i in indices}
-        out = {}
-        for j in range(max(wanted) + 1):
-            x = self.features[j](x)
-            if j in wanted:
-                out[wanted[j]] = x
-        return [out[i] for i in indices]
+        return tap_outputs(x, self.features, [self._taps[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.features = self.features[: self._taps[max(indices)] + 1]
