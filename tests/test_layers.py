@@ -1,4 +1,6 @@
-"""Shared layers: one attention for every family, window ops, position tables."""
+"""Shared layers: one attention for every family, window ops, position tables, fused linear."""
+
+import os
 
 import pytest
 import timm.layers
@@ -6,7 +8,10 @@ import torch
 
 from visionzoo.layers import (
     Attention,
+    Mlp,
     attention,
+    linear,
+    linear_act,
     relative_position_index,
     resample_abs_pos_embed,
     resize_rel_pos_bias_table,
@@ -14,6 +19,7 @@ from visionzoo.layers import (
     window_partition,
     window_reverse,
 )
+from visionzoo.layers.linear import onednn_linear_available, use_onednn_linear
 
 
 @pytest.mark.parametrize("bias_kind", ["none", "per_head", "batched", "masked"])
@@ -80,3 +86,98 @@ def test_resize_rel_pos_bias_table_keeps_values_at_same_size_and_shapes_otherwis
     assert resize_rel_pos_bias_table(t, (12, 12)).shape == (23 * 23, 4)
     const = torch.ones(13 * 13, 2)
     torch.testing.assert_close(resize_rel_pos_bias_table(const, (12, 12)), torch.ones(23 * 23, 2))
+
+
+# --------------------------------------------------------------------------- fused linear
+def _ops_run(fn):
+    """Names of the aten/mkldnn ops ``fn`` ran (the profiler is not a dispatch mode)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, {e.name for e in prof.events()}
+
+
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="torch build without oneDNN linear")
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "act", [None, torch.nn.GELU(), torch.nn.GELU(approximate="tanh"), torch.nn.ReLU(), torch.nn.SiLU(), torch.nn.Hardswish(), torch.nn.Sigmoid()]
+)
+@pytest.mark.parametrize("shape", [(7, 48), (2, 5, 48), (2, 3, 5, 48)])
+def test_fused_linear_equals_linear_then_act(act, shape):
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(48, 80)
+    x = torch.randn(shape)
+    want = fc(x) if act is None else act(fc(x))
+    with torch.inference_mode():
+        got, ops = _ops_run(lambda: linear(fc, x, act))
+    assert "mkldnn::_linear_pointwise" in ops and "aten::addmm" not in ops
+    torch.testing.assert_close(got, want.detach(), rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_fused_linear_takes_strided_bf16_and_conv_weights():
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(32, 16)
+    x = torch.randn(2, 32, 9).transpose(1, 2)  # (2, 9, 32), not contiguous
+    with torch.inference_mode():
+        torch.testing.assert_close(linear(fc, x), torch.nn.functional.linear(x, fc.weight, fc.bias), rtol=1e-5, atol=1e-5)
+        fc16, x16 = torch.nn.Linear(32, 16).bfloat16(), x.bfloat16()
+        torch.testing.assert_close(linear(fc16, x16), fc16(x16), rtol=2e-2, atol=2e-2)
+        w = torch.randn(16, 32, 1, 1)  # a 1x1 conv kernel read as a matrix
+        torch.testing.assert_close(linear_act(x, w.flatten(1)), x @ w.flatten(1).T, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_linear_stays_out_of_the_way():
+    """Autograd, hooks, FLOP counting, compilation and switched-off runs see a plain nn.Linear."""
+    torch.manual_seed(0)
+    mlp = Mlp(16, 32)
+    x = torch.randn(3, 16, requires_grad=True)
+    out, ops = _ops_run(lambda: mlp(x))  # autograd on: differentiable ops only
+    assert "mkldnn::_linear_pointwise" not in ops
+    out.sum().backward()
+    assert x.grad is not None and mlp.fc1.weight.grad is not None
+
+    seen = []
+    handle = mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        _, ops = _ops_run(lambda: mlp(x.detach()))
+    handle.remove()
+    assert seen == [torch.Size([3, 32])]  # the hooked layer ran as itself
+    assert "mkldnn::_linear_pointwise" in ops or not onednn_linear_available()  # fc2 still fused
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = []
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as counter:
+            mlp(x.detach())
+        counts.append(counter.get_total_flops())
+    assert counts[0] == counts[1] == 2 * 2 * 3 * 16 * 32
+
+    with torch.inference_mode(), use_onednn_linear(False):
+        _, ops = _ops_run(lambda: mlp(x.detach()))
+    assert "mkldnn::_linear_pointwise" not in ops
+    assert onednn_linear_available() == (os.environ.get("VISIONZOO_ONEDNN_LINEAR", "1") != "0" and _kernel_exists())
+
+
+def _kernel_exists():
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "coatnet_0_224"])
+def test_models_agree_with_and_without_fused_linear(name):
+    import visionzoo
+    import visionzoo.testing
+
+    overrides = {"depths": (2, 2, 2, 2)} if name.startswith("swin") else {}  # shifted blocks too
+    model = visionzoo.testing.build_random(lambda: visionzoo.create_model(name, num_classes=7, **overrides)).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        with use_onednn_linear(False):
+            ref, ops = _ops_run(lambda: model(x))
+        assert "mkldnn::_linear_pointwise" not in ops
+        out, ops = _ops_run(lambda: model(x))
+    assert "mkldnn::_linear_pointwise" in ops
+    assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5

@@ -4,6 +4,7 @@ from .attention import Attention, attention
 from .conv import ConvNormAct, StdConv2d, bn_affine
 from .drop_path import DropPath, drop_path_rates
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
+from .linear import linear, linear_act
 from .mlp import Mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
@@ -22,6 +23,8 @@ __all__ = [
     "attention",
     "bn_affine",
     "drop_path_rates",
+    "linear",
+    "linear_act",
     "make_divisible",
     "pad_same",
     "relative_position_index",

@@ -16,6 +16,8 @@ from contextlib import contextmanager
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .linear import linear
+
 __all__ = ["Attention", "attention", "record_attention_weights"]
 
 # functions that receive the softmax weights of every attention() call (see below)
@@ -125,7 +127,7 @@ class Attention(nn.Module):
     def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Project tokens to per-head queries, keys and values, each (B, nH, N, hd)."""
         B, N, _ = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # B, N, 3, nH, hd
+        qkv = linear(self.qkv, x).reshape(B, N, 3, self.num_heads, self.head_dim)  # B, N, 3, nH, hd
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nH, N, hd)
         return q, k, v
 
@@ -139,7 +141,7 @@ class Attention(nn.Module):
             scale=self.scale,
         )  # B, nH, N, hd
         x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, nH*hd
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear(self.proj, x))
 
     def attention_map(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         """Softmax attention weights (B, nH, N, N), for analysis (rollout, distances)."""

@@ -49,12 +49,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, Mlp, attention, drop_path_rates, resample_abs_pos_embed, trunc_normal_
+from ..layers import DropPath, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -118,14 +117,14 @@ class BlockAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         if self.multi_query:
             # heads fold into the query length: every query head attends to the same keys
-            q = self.q(x).view(B * T, 1, N * nH, hd)  # B*T, 1, N*nH, hd
-            k, v = self.kv(x).unsqueeze(1).chunk(2, dim=-1)  # 2 x (B*T, 1, N, hd)
+            q = linear(self.q, x).view(B * T, 1, N * nH, hd)  # B*T, 1, N*nH, hd
+            k, v = linear(self.kv, x).unsqueeze(1).chunk(2, dim=-1)  # 2 x (B*T, 1, N, hd)
             x = attention(q, k, v, dropout_p=drop, fused=self.fused)  # B*T, 1, N*nH, hd
         else:
-            qkv = self.qkv(x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
+            qkv = linear(self.qkv, x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
             x = attention(qkv[0], qkv[1], qkv[2], dropout_p=drop, fused=self.fused)  # B*T, nH, N, hd
             x = x.transpose(1, 2)  # B*T, N, nH, hd
-        x = F.linear(x.reshape(B, T, N, C), self.proj_weight(), self.proj.bias)
+        x = linear_act(x.reshape(B, T, N, C), self.proj_weight(), self.proj.bias)
         return self.proj_drop(x)
 
 

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import register_converter
-from ..layers import DropPath, Mlp, drop_path_rates, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..registry import default_cfg, register_alias, register_family
 
@@ -119,7 +119,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:
         B, nW, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
-        qkv = self.qkv(x).view(B, nW, N, 3, nH, hd)
+        qkv = linear(self.qkv, x).view(B, nW, N, 3, nH, hd)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
         bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
         if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
@@ -142,7 +142,7 @@ class WindowAttention(nn.Module):
             # eager; export may swap in a kernel with another layout after tracing that view
             x = x.clone(memory_format=torch.contiguous_format)
         x = x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear(self.proj, x))
 
 
 class SwinBlock(nn.Module):
@@ -195,7 +195,7 @@ class PatchMerging(nn.Module):
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
             H, W = H + H % 2, W + W % 2
         x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)  # B, H/2, W/2, (col, row, C)
-        return self.reduction(self.norm(x))
+        return linear(self.reduction, self.norm(x))
 
 
 class SwinStage(nn.Module):

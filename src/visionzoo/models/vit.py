@@ -45,6 +45,7 @@ from ..layers import (
     StdConv2d,
     attention,
     drop_path_rates,
+    linear,
     pad_same,
     resample_abs_pos_embed,
     trunc_normal_,
@@ -136,7 +137,7 @@ class RelPosAttention(Attention):
         bias = F.pad(rel, (P, 0, P, 0))  # B, nH, N, N (zero for prefix tokens)
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)
         x = x.transpose(1, 2).reshape(B, N, -1)  # B, N, nH*hd
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(linear(self.proj, x))
 
 
 class RelPosBlock(Block):

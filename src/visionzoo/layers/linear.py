@@ -1,0 +1,138 @@
+"""Linear layers for CPU inference: matmul, bias and activation in one oneDNN call.
+
+Eager ``F.linear`` on a CPU runs a BLAS GEMM, then adds the bias, and the activation that
+follows is another pass over memory. oneDNN's inner-product primitive (the kernel that
+``torch.compile``'s CPU backend emits for linear layers) adds the bias and applies the
+activation while each output tile is still in cache. On the 2-core AMD EPYC the benchmarks
+ran on, it was 1.05-1.35x faster per layer on the shapes of ViT, Swin and ConvNeXt, and
+1.1-1.6x with GELU fused.
+
+:func:`linear` (and :func:`linear_act`, for a bare weight) take that path only when it
+gives the result of ``act(fc(x))`` and nothing can observe the difference: autograd off
+(``torch.no_grad`` / ``inference_mode``), a plain ``nn.Linear`` (not a quantised,
+parametrised or wrapped one) without hooks, a plain fp32 or bf16 CPU tensor, and no
+tracing, compiling, exporting or dispatch mode (FLOP counters, fake tensors) active. Everywhere else it is ``act(fc(x))``. The outputs agree
+to float rounding (~1e-6 relative); ``VISIONZOO_ONEDNN_LINEAR=0`` or
+:func:`set_onednn_linear` turns the path off.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
+
+__all__ = ["linear", "linear_act", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
+
+_KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_DTYPES = (torch.float32, torch.bfloat16)
+_LINEAR_TYPES: set[type[nn.Module]] = {nn.Linear}
+_state = {"enabled": os.environ.get("VISIONZOO_ONEDNN_LINEAR", "1") != "0", "checked": False}
+
+
+def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
+    """oneDNN's (attr, scalars, algorithm) for an activation module, None if it has none."""
+    if act is None or type(act) is nn.Identity:
+        return "none", [], ""
+    kind = type(act)
+    if kind is nn.GELU:
+        return "gelu", [], act.approximate  # "none" (erf) or "tanh"
+    if kind is nn.ReLU:
+        return "relu", [], ""
+    if kind is nn.SiLU:
+        return "swish", [], ""
+    if kind is nn.Hardswish:
+        return "hardswish", [], ""
+    return None
+
+
+def _kernel_works() -> bool:
+    """Run the kernel once on a small case against ``F.linear`` (a torch build may lack it)."""
+    if _KERNEL is None:
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((3, 5, 16), (8, 16), (8,)))
+        with torch.inference_mode():
+            out = _KERNEL(x, w, b, "gelu", [], "none")
+            return bool(torch.allclose(out, F.gelu(F.linear(x, w, b)), rtol=1e-4, atol=1e-5))
+    except RuntimeError:
+        return False
+
+
+def onednn_linear_available() -> bool:
+    """Whether :func:`linear` can use the oneDNN kernel here (and it is not turned off)."""
+    if not _state["checked"]:
+        _state["enabled"] = _state["enabled"] and _kernel_works()
+        _state["checked"] = True
+    return _state["enabled"]
+
+
+def set_onednn_linear(enabled: bool) -> None:
+    """Turn the oneDNN path of :func:`linear` on or off for the process."""
+    _state["enabled"], _state["checked"] = bool(enabled), not enabled
+
+
+@contextmanager
+def use_onednn_linear(enabled: bool) -> Iterator[None]:
+    """Within the block, turn the oneDNN path on or off (for A/B timing and tests)."""
+    saved = dict(_state)
+    set_onednn_linear(enabled)
+    try:
+        yield
+    finally:
+        _state.update(saved)
+
+
+def _inference_tensors(x: Tensor, w: Tensor) -> bool:
+    """True when nothing but the result of this matmul can be observed (see module doc)."""
+    if torch.is_grad_enabled() or type(x) is not Tensor or (type(w) is not nn.Parameter and type(w) is not Tensor):
+        return False
+    if x.device.type != "cpu" or w.device.type != "cpu" or x.dtype not in _DTYPES or w.dtype != x.dtype:
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    # FlopCounterMode, FakeTensorMode, torch.device(...) contexts and the like see aten ops
+    return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+
+
+def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Module | None = None) -> Tensor:
+    """``act(F.linear(x, weight, bias))``, as one oneDNN call for CPU inference.
+
+    ``act`` is an activation module or None. GELU (erf or tanh), ReLU, SiLU and Hardswish
+    fuse into the kernel; any other runs after it.
+    """
+    if _inference_tensors(x, weight) and onednn_linear_available():
+        post = _post_op(act)
+        if post is not None:
+            return _KERNEL(x, weight, bias, *post)
+        return act(_KERNEL(x, weight, bias, "none", [], ""))
+    x = F.linear(x, weight, bias)
+    return act(x) if act is not None else x
+
+
+def register_linear_type(cls: type[nn.Module]) -> type[nn.Module]:
+    """Let :func:`linear` fuse modules of ``cls``, whose forward must be
+    ``F.linear(x, weight.flatten(1), bias)`` (e.g. a 1x1 convolution run on channels-last
+    tokens). Usable as a class decorator."""
+    _LINEAR_TYPES.add(cls)
+    return cls
+
+
+def linear(fc: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
+    """``act(fc(x))`` (``fc(x)`` without ``act``), as one oneDNN call for CPU inference.
+
+    Only a plain ``nn.Linear`` (or a registered type) without hooks takes the fused path;
+    any other module (a quantised, parametrised or wrapped layer, or one a user hooked) is
+    called as usual.
+    """
+    plain = type(fc) in _LINEAR_TYPES and not (fc._forward_hooks or fc._forward_pre_hooks)
+    if plain and not (_module._global_forward_hooks or _module._global_forward_pre_hooks):
+        return linear_act(x, fc.weight.flatten(1), fc.bias, act)
+    x = fc(x)
+    return act(x) if act is not None else x
