@@ -44,7 +44,7 @@ __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "
 
 _log = logging.getLogger(__name__)
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
 
 
 # --------------------------------------------------------------------------- compound scaling
@@ -155,7 +155,7 @@ class SqueezeExcite(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, rd_channels: int, act_layer: Callable[[], nn.Module]) -> None:
+    def __init__(self, channels: int, rd_channels: int, act_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1)
         self.act1 = act_layer(inplace=True)  # on the fresh 1x1 conv output
@@ -175,7 +175,7 @@ class DepthwiseSeparable(nn.Module):
         (B, in_chs, H, W) -> (B, out_chs, H / stride, W / stride).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[[], nn.Module],
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[..., nn.Module],
                  norm_layer: Callable[[int], nn.Module], tf_padding: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
@@ -204,7 +204,7 @@ class MBConv(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, *, expand_ratio: int, kernel_size: int, stride: int, se_chs: int,
-                 act_layer: Callable[[], nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
+                 act_layer: Callable[..., nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
                  drop_path: float = 0.0) -> None:
         super().__init__()
         mid = make_divisible(in_chs * expand_ratio)
