@@ -33,7 +33,8 @@ class ConvNormAct(nn.Sequential):
         kernel_size, stride, groups, dilation: as ``nn.Conv2d``.
         padding: explicit padding; default ``dilation * (kernel_size - 1) // 2``.
         norm_layer: a class taking the channel count, or ``None`` for no norm.
-        act_layer: a class taking no arguments, or ``None`` for no activation.
+        act_layer: a class taking no arguments, or ``None`` for no activation; one with an
+            ``inplace`` attribute (ReLU, ReLU6, SiLU, ...) is switched to in place.
         bias: bias on the convolution (default: only without a norm).
 
     Submodules are named ``conv``, ``bn`` and ``act``.
@@ -61,6 +62,8 @@ class ConvNormAct(nn.Sequential):
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding, dilation=dilation, groups=groups, bias=bias)
         self.bn = norm_layer(out_chs) if norm_layer is not None else nn.Identity()
         self.act = act_layer() if act_layer is not None else nn.Identity()
+        if hasattr(self.act, "inplace"):
+            self.act.inplace = True  # its input is always the fresh norm (or conv) output
 
 
 class StdConv2d(nn.Conv2d):

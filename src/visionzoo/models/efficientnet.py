@@ -44,7 +44,7 @@ __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "
 
 _log = logging.getLogger(__name__)
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
+ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {"silu": nn.SiLU, "relu6": nn.ReLU6, "relu": nn.ReLU}
 
 
 # --------------------------------------------------------------------------- compound scaling
@@ -155,10 +155,10 @@ class SqueezeExcite(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, channels: int, rd_channels: int, act_layer: Callable[[], nn.Module]) -> None:
+    def __init__(self, channels: int, rd_channels: int, act_layer: Callable[..., nn.Module]) -> None:
         super().__init__()
         self.conv_reduce = nn.Conv2d(channels, rd_channels, 1)
-        self.act1 = act_layer()
+        self.act1 = act_layer(inplace=True)  # on the fresh 1x1 conv output
         self.conv_expand = nn.Conv2d(rd_channels, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -175,13 +175,13 @@ class DepthwiseSeparable(nn.Module):
         (B, in_chs, H, W) -> (B, out_chs, H / stride, W / stride).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[[], nn.Module],
+    def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[..., nn.Module],
                  norm_layer: Callable[[int], nn.Module], tf_padding: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_dw = Conv2dPad(in_chs, in_chs, kernel_size, stride, groups=in_chs, tf_padding=tf_padding)
         self.bn1 = norm_layer(in_chs)
-        self.act = act_layer()
+        self.act = act_layer(inplace=True)  # in place: it acts on BN's fresh output
         self.se = SqueezeExcite(in_chs, se_chs, act_layer) if se_chs > 0 else nn.Identity()
         self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
         self.bn2 = norm_layer(out_chs)
@@ -204,7 +204,7 @@ class MBConv(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, *, expand_ratio: int, kernel_size: int, stride: int, se_chs: int,
-                 act_layer: Callable[[], nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
+                 act_layer: Callable[..., nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
                  drop_path: float = 0.0) -> None:
         super().__init__()
         mid = make_divisible(in_chs * expand_ratio)
@@ -213,7 +213,7 @@ class MBConv(nn.Module):
         self.bn1 = norm_layer(mid)
         self.conv_dw = Conv2dPad(mid, mid, kernel_size, stride, groups=mid, tf_padding=tf_padding)
         self.bn2 = norm_layer(mid)
-        self.act = act_layer()
+        self.act = act_layer(inplace=True)  # in place: both uses act on BN's fresh output
         self.se = SqueezeExcite(mid, se_chs, act_layer) if se_chs > 0 else nn.Identity()
         self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
         self.bn3 = norm_layer(out_chs)
@@ -257,7 +257,7 @@ class EfficientNet(VisionModel):
         stem_chs, head_chs = width(cfg.stem_chs), width(cfg.head_chs)
         self.conv_stem = Conv2dPad(in_chans, stem_chs, 3, 2, tf_padding=cfg.tf_padding)
         self.bn1 = norm(stem_chs)
-        self.act = act()
+        self.act = act(inplace=True)  # stem and head: in place on BN's fresh output
 
         specs = stage_specs(cfg)
         n_blocks, idx = sum(s.repeats for s in specs), 0

@@ -55,8 +55,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(x)) + shortcut)
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # BN's outputs are fresh: ReLU and sum in place
+        x = self.bn2(self.conv2(x))
+        x += shortcut
+        return F.relu(x, inplace=True)
 
 
 class Bottleneck(nn.Module):
@@ -76,9 +78,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = F.relu(self.bn1(self.conv1(x)))
-        x = F.relu(self.bn2(self.conv2(x)))
-        return F.relu(self.bn3(self.conv3(x)) + shortcut)
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # BN's outputs are fresh: ReLU and sum in place
+        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
+        x = self.bn3(self.conv3(x))
+        x += shortcut
+        return F.relu(x, inplace=True)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -126,7 +130,7 @@ class HighResolutionModule(nn.Module):
                     for k in range(i - j):
                         last = k == i - j - 1
                         layers = _bn_conv(out[j], out[i] if last else out[j], 3, 2)
-                        steps.append(nn.Sequential(*layers) if last else nn.Sequential(*layers, nn.ReLU()))
+                        steps.append(nn.Sequential(*layers) if last else nn.Sequential(*layers, nn.ReLU(inplace=True)))
                     row.append(nn.Sequential(*steps))
             fuse.append(nn.ModuleList(row))
         self.fuse_layers = nn.ModuleList(fuse)
@@ -140,7 +144,7 @@ class HighResolutionModule(nn.Module):
             y = row[0](xs[0])
             for f, x in zip(row[1:], xs[1:]):
                 y = y + f(x)
-            out.append(F.relu(y))
+            out.append(F.relu(y, inplace=True))  # y is a fresh sum (every row adds at least once)
         return out
 
 
@@ -158,12 +162,12 @@ def _transition(pre: Sequence[int], cur: Sequence[int]) -> nn.ModuleList:
     layers: list[nn.Module] = []
     for i, c in enumerate(cur):
         if i < len(pre):
-            layers.append(nn.Sequential(*_bn_conv(pre[i], c, 3), nn.ReLU()) if pre[i] != c else nn.Identity())
+            layers.append(nn.Sequential(*_bn_conv(pre[i], c, 3), nn.ReLU(inplace=True)) if pre[i] != c else nn.Identity())
         else:
             steps = []
             for j in range(i + 1 - len(pre)):
                 out = c if j == i - len(pre) else pre[-1]
-                steps.append(nn.Sequential(*_bn_conv(pre[-1], out, 3, 2), nn.ReLU()))
+                steps.append(nn.Sequential(*_bn_conv(pre[-1], out, 3, 2), nn.ReLU(inplace=True)))
             layers.append(nn.Sequential(*steps))
     return nn.ModuleList(layers)
 
@@ -225,9 +229,9 @@ class HRNet(VisionModel):
         head = [c * 4 for c in cfg.head_channels]
         self.incre_modules = nn.ModuleList(_layer(Bottleneck, pre[i], cfg.head_channels[i], 1) for i in range(4))
         self.downsamp_modules = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(head[i], head[i + 1], 3, 2, 1), nn.BatchNorm2d(head[i + 1]), nn.ReLU()) for i in range(3)
+            nn.Sequential(nn.Conv2d(head[i], head[i + 1], 3, 2, 1), nn.BatchNorm2d(head[i + 1]), nn.ReLU(inplace=True)) for i in range(3)
         )
-        self.final_layer = nn.Sequential(nn.Conv2d(head[3], cfg.num_features, 1), nn.BatchNorm2d(cfg.num_features), nn.ReLU())
+        self.final_layer = nn.Sequential(nn.Conv2d(head[3], cfg.num_features, 1), nn.BatchNorm2d(cfg.num_features), nn.ReLU(inplace=True))
         self.num_features = cfg.num_features
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.classifier = nn.Linear(cfg.num_features, num_classes) if num_classes > 0 else nn.Identity()
@@ -238,10 +242,10 @@ class HRNet(VisionModel):
 
     def _stem(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return F.relu(self.bn1(self.conv1(x)))  # B, stem, H/2, W/2
+        return F.relu(self.bn1(self.conv1(x)), inplace=True)  # B, stem, H/2, W/2
 
     def _trunk(self, x: Tensor) -> list[Tensor]:
-        x = self.layer1(F.relu(self.bn2(self.conv2(x))))  # B, C1, H/4, W/4
+        x = self.layer1(F.relu(self.bn2(self.conv2(x)), inplace=True))  # B, C1, H/4, W/4
         xs = [x]
         for k in (1, 2, 3):
             trans = getattr(self, f"transition{k}")

@@ -64,10 +64,10 @@ class DepthwiseSeparable(nn.Module):
         super().__init__()
         self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, stride, 1, groups=in_chs, bias=False)
         self.bn1 = nn.BatchNorm2d(in_chs)
-        self.act1 = act_layer()
+        self.act1 = act_layer(inplace=True)  # in place: every activation here acts on a fresh BN output
         self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_chs)
-        self.act2 = act_layer() if pw_act else nn.Identity()
+        self.act2 = act_layer(inplace=True) if pw_act else nn.Identity()
         self.residual = residual and stride == 1 and in_chs == out_chs
         self.drop_path = DropPath(drop_path)
 
@@ -90,10 +90,10 @@ class InvertedResidual(nn.Module):
         mid = in_chs * expand_ratio
         self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
-        self.act1 = act_layer()
+        self.act1 = act_layer(inplace=True)  # in place: every activation here acts on a fresh BN output
         self.conv_dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
-        self.act2 = act_layer()
+        self.act2 = act_layer(inplace=True)
         self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_chs)
         self.residual = stride == 1 and in_chs == out_chs
@@ -117,14 +117,14 @@ class _MobileNet(VisionModel):
     def _build_stem(self, in_chans: int, chs: int, act_layer: type[nn.Module]) -> None:
         self.conv_stem = nn.Conv2d(in_chans, chs, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(chs)
-        self.act1 = act_layer()
+        self.act1 = act_layer(inplace=True)  # on BN's fresh output
 
     def _finish(self, stages: list[nn.Sequential], strides: list[int], chs: list[int], head_chs: int, act_layer: type[nn.Module], num_classes: int, drop_rate: float) -> None:
         self.blocks = nn.Sequential(*stages)
         if head_chs:
             self.conv_head = nn.Conv2d(chs[-1], head_chs, 1, bias=False)
             self.bn2 = nn.BatchNorm2d(head_chs)
-            self.act2 = act_layer()
+            self.act2 = act_layer(inplace=True)  # on BN's fresh output
         else:
             self.conv_head, self.bn2, self.act2 = nn.Identity(), nn.Identity(), nn.Identity()
         self.num_features = head_chs or chs[-1]

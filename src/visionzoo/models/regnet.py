@@ -118,11 +118,11 @@ class RegNetBlock(nn.Module):
         project = in_chs != out_chs or stride != 1
         self.downsample = ConvNormAct(in_chs, out_chs, 1, stride, act_layer=None) if project else nn.Identity()
         self.drop_path = DropPath(drop_path)
-        self.act3 = nn.ReLU()
+        self.act3 = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv3(self.se(self.conv2(self.conv1(x))))
-        return self.act3(self.drop_path(y) + self.downsample(x))
+        return self.act3(self.drop_path(y) + self.downsample(x))  # ReLU in place on the fresh sum
 
 
 class RegNetStage(nn.Sequential):

@@ -126,7 +126,9 @@ class BasicBlock(nn.Module):
         x = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
         if self.se is not None:
             x = self.se(x)
-        return self.act2(self.drop_path(x) + shortcut)
+        x = self.drop_path(x)
+        x += shortcut  # x is a fresh BN / SE / drop-path output: sum in place
+        return self.act2(x)
 
 
 class Bottleneck(nn.Module):
@@ -184,7 +186,9 @@ class Bottleneck(nn.Module):
         x = self.bn3(self.conv3(x))
         if self.se is not None:
             x = self.se(x)
-        return self.act3(self.drop_path(x) + shortcut)
+        x = self.drop_path(x)
+        x += shortcut  # x is a fresh BN / SE / drop-path output: sum in place
+        return self.act3(x)
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
