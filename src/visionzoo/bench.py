@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -110,12 +111,15 @@ def bench_models(
     warmup: int = 3,
     rounds: int = 5,
     iters: int = 5,
+    min_round_s: float = 0.5,
     gmacs: float = 0.0,
 ) -> list[BenchResult]:
     """Time each implementation in ``builders`` ({impl: constructor}), rounds interleaved.
 
-    Each round runs ``iters`` steps of every implementation in turn; the median round gives
-    images/s and latency.
+    Each round runs ``iters`` steps of every implementation in turn, more for fast models
+    (so that the slowest implementation's share of a round lasts ``min_round_s``), and odd
+    rounds take the implementations in reverse order, so neither always runs first. The
+    median round gives images/s and latency.
     """
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
@@ -130,13 +134,19 @@ def bench_models(
         steps[impl] = _step_fn(model, x, train, amp, device)
         if torch.device(device).type == "cuda":
             torch.cuda.reset_peak_memory_stats()
+        step_s = float("inf")
         for _ in range(warmup):
+            _sync(device)
+            t = time.perf_counter()
             steps[impl]()
-        _sync(device)
+            _sync(device)
+            step_s = min(step_s, time.perf_counter() - t)
+        if warmup:  # the fastest warm-up step sets the count of steps per round
+            iters = max(iters, math.ceil(min_round_s / max(step_s, 1e-6)))
         mems[impl] = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
         times[impl] = []
-    for _ in range(rounds):
-        for impl, step in steps.items():
+    for r in range(rounds):
+        for impl, step in (list(steps.items()) if r % 2 == 0 else reversed(steps.items())):
             _sync(device)
             t = time.perf_counter()
             for _ in range(iters):
