@@ -64,8 +64,9 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import DropPath, SqueezeExcite, bn_affine, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
-from ..layers.linear import register_linear_type
+from ..layers.activations import gelu
 from ..layers.attention import attention
+from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
 __all__ = ["CoAtNet", "CoAtNetConfig", "MBConvBlock", "RelativeAttention", "TransformerBlock", "parse_layout"]
@@ -131,17 +132,6 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, act: nn.Module | N
 
 
 _GELU = nn.GELU()
-
-
-def gelu(x: Tensor) -> Tensor:
-    """Exact GELU, in place when autograd does not need the input.
-
-    On CPU a fresh output for the largest maps (77 MB at 112x112x384, batch 4) costs several
-    times the arithmetic in page faults; writing over the (just computed) input avoids it.
-    """
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.gelu(x)
-    return torch.ops.aten.gelu_(x)
 
 
 # --------------------------------------------------------------------------- convolution blocks

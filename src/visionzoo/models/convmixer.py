@@ -10,32 +10,42 @@ The resolution stays at H/p throughout. Keys follow timm's layout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
+from ..layers.activations import GELU
 from ..registry import default_cfg, register_family
 
 __all__ = ["ConvMixer", "ConvMixerConfig"]
 
-ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+# every activation follows a convolution and feeds only the next BatchNorm, so all of them
+# overwrite their input (GELU only outside autograd, which needs GELU's input for backward)
+ACTIVATIONS = {"gelu": GELU, "relu": partial(nn.ReLU, inplace=True), "silu": partial(nn.SiLU, inplace=True)}
 
 
 class Residual(nn.Module):
-    """x + fn(x) (key ``fn`` as timm's)."""
+    """x + fn(x) (key ``fn`` as timm's).
+
+    ``fn`` ends in a BatchNorm, whose output is a fresh tensor that its backward does not
+    read: the sum is written into it, sparing one map-sized allocation per block.
+    """
 
     def __init__(self, fn: nn.Module) -> None:
         super().__init__()
         self.fn = fn
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.fn(x)
+        y = self.fn(x)
+        y += x
+        return y
 
 
-def _mixer_block(dim: int, kernel_size: int, act: type[nn.Module]) -> nn.Sequential:
+def _mixer_block(dim: int, kernel_size: int, act: Callable[[], nn.Module]) -> nn.Sequential:
     """Depthwise k x k (residual) then pointwise 1x1, each followed by act and BN."""
     return nn.Sequential(
         Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=kernel_size // 2), act(), nn.BatchNorm2d(dim))),

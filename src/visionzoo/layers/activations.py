@@ -1,0 +1,36 @@
+"""Activations that overwrite their input when nothing can need it again."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["GELU", "gelu"]
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Exact GELU, in place when autograd does not need the input.
+
+    Callers pass a tensor they just computed (a convolution's or a norm's output). On CPU
+    a fresh output for a large map costs several times the arithmetic in first-touch page
+    faults (77 MB at 112x112x384, batch 4); writing over the input avoids the allocation.
+    With autograd recording, GELU's backward needs its input, so the result is a new tensor.
+    """
+    if torch.is_grad_enabled() and x.requires_grad:
+        return F.gelu(x)
+    return torch.ops.aten.gelu_(x)
+
+
+class GELU(nn.GELU):
+    """``nn.GELU`` (exact) that applies :func:`gelu`: in place outside autograd.
+
+    Use it only where its input is a fresh tensor nothing else reads (as ``inplace=True``
+    ReLUs after a norm).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return gelu(x)
