@@ -1,10 +1,12 @@
 """Shared layers: one attention for every family, window ops, position tables, fused linear."""
 
+import itertools
 import os
 
 import pytest
 import timm.layers
 import torch
+import torch.nn.functional as F
 
 from visionzoo.layers import (
     Attention,
@@ -181,3 +183,66 @@ def test_models_agree_with_and_without_fused_linear(name):
         out, ops = _ops_run(lambda: model(x))
     assert "mkldnn::_linear_pointwise" in ops
     assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5
+
+
+# --------------------------------------------------------------------------- separable max pooling
+def _aten_ops(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 6), (56, 57), (3, 4)])
+def test_max_pool2d_equals_torch_for_every_window(hw):
+    from visionzoo.layers import max_pool2d
+
+    H, W = hw
+    x = torch.randn(2, 3, H, W)
+    checked = 0
+    for k, s, p, ceil in itertools.product([1, 2, 3, 5], [1, 2, 3], [0, 1, 2], [False, True]):
+        if p > k // 2 or k > min(H, W) + 2 * p:
+            continue
+        with torch.no_grad():
+            ref = F.max_pool2d(x, k, s, p, ceil_mode=ceil)
+            out = max_pool2d(x, k, s, p, ceil)
+        assert out.shape == ref.shape and torch.equal(out, ref), (k, s, p, ceil)
+        checked += 1
+    assert checked > 30
+
+
+def test_max_pool2d_fast_path_is_taken_only_in_inference():
+    from visionzoo.layers import MaxPool2d
+
+    pool = MaxPool2d(3, 2, 1)
+    x = torch.randn(2, 4, 16, 16)
+    with torch.inference_mode():
+        assert "aten::max_pool2d_with_indices" not in _aten_ops(lambda: pool(x))
+        assert "aten::max_pool2d_with_indices" in _aten_ops(lambda: pool(x.to(memory_format=torch.channels_last)))
+    xg = x.clone().requires_grad_()
+    assert "aten::max_pool2d_with_indices" in _aten_ops(lambda: pool(xg))  # autograd: PyTorch's kernel and gradient
+    pool(xg).sum().backward()
+    ref = x.clone().requires_grad_()
+    F.max_pool2d(ref, 3, 2, 1).sum().backward()
+    assert torch.equal(xg.grad, ref.grad)
+
+
+def test_max_pool2d_nan_inf_bf16_and_fallbacks():
+    from visionzoo.layers import MaxPool2d, max_pool2d
+
+    x = torch.randn(1, 2, 9, 9)
+    x[0, 0, 4, 4] = float("nan")
+    x[0, 1] = float("-inf")
+    with torch.no_grad():
+        ref, out = F.max_pool2d(x, 3, 2, 1), max_pool2d(x, 3, 2, 1)
+        assert torch.equal(out.isnan(), ref.isnan()) and out.isnan().any()
+        assert torch.equal(out.nan_to_num(0.0), ref.nan_to_num(0.0))
+        xb = torch.randn(2, 3, 11, 10).bfloat16()
+        assert torch.equal(max_pool2d(xb, 3, 2, 0, True), F.max_pool2d(xb, 3, 2, 0, ceil_mode=True))
+        dil = MaxPool2d(3, 1, 1, dilation=2)  # dilation and indices go to PyTorch's kernel
+        assert torch.equal(dil(x).nan_to_num(0.0), F.max_pool2d(x, 3, 1, 1, dilation=2).nan_to_num(0.0))
+        idx = MaxPool2d(2, return_indices=True)(x)
+        assert isinstance(idx, tuple) and torch.equal(idx[1], F.max_pool2d(x, 2, return_indices=True)[1])
+    with pytest.raises(RuntimeError):  # PyTorch's own error for a window larger than the map
+        with torch.no_grad():
+            max_pool2d(torch.randn(1, 1, 2, 2), 5)
+

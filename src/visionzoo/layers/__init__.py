@@ -8,6 +8,7 @@ from .linear import linear, linear_act
 from .mlp import Mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
+from .pooling import MaxPool2d, max_pool2d
 from .pos_embed import relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table
 from .se import SqueezeExcite
 
@@ -16,6 +17,7 @@ __all__ = [
     "ConvNormAct",
     "DropPath",
     "LayerNorm2d",
+    "MaxPool2d",
     "Mlp",
     "PatchEmbed",
     "SqueezeExcite",
@@ -26,6 +28,7 @@ __all__ = [
     "linear",
     "linear_act",
     "make_divisible",
+    "max_pool2d",
     "pad_same",
     "relative_position_index",
     "resample_abs_pos_embed",

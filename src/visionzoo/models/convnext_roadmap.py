@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, LayerNorm2d, drop_path_rates, trunc_normal_
+from ..layers import DropPath, LayerNorm2d, MaxPool2d, drop_path_rates, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["RoadmapConfig", "RoadmapNet"]
@@ -204,7 +204,7 @@ class RoadmapNet(VisionModel):
         if cfg.stem == "resnet":
             self.stem = nn.Sequential(
                 nn.Conv2d(in_chans, cfg.stem_dim, 7, stride=2, padding=3), _norm(cfg.norm, cfg.stem_dim), _act(cfg.act),
-                nn.MaxPool2d(3, stride=2, padding=1),
+                MaxPool2d(3, stride=2, padding=1),
             )
         else:
             self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.stem_dim, 4, stride=4), _norm(cfg.norm, cfg.stem_dim))

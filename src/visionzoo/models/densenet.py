@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
+from ..layers import MaxPool2d
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -135,7 +136,7 @@ class DenseNet(VisionModel):
             conv0=nn.Conv2d(in_chans, chs, 7, stride=2, padding=3, bias=False),
             norm0=nn.BatchNorm2d(chs),
             relu0=nn.ReLU(inplace=True),
-            pool0=nn.MaxPool2d(3, stride=2, padding=1),
+            pool0=MaxPool2d(3, stride=2, padding=1),
         )
         self.feature_info = [FeatureInfo(chs, 2, "features.relu0")]
         for i, depth in enumerate(cfg.depths):

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import ConvNormAct
+from ..layers import ConvNormAct, MaxPool2d, max_pool2d
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
 __all__ = ["GoogLeNet", "GoogLeNetConfig", "InceptionV3", "InceptionV3Config", "conv_bn"]
@@ -128,7 +128,7 @@ class InceptionV1Block(nn.Module):
         self.branch1 = conv_bn(in_chs, c1, 1)
         self.branch2 = nn.Sequential(conv_bn(in_chs, c3_red, 1), conv_bn(c3_red, c3, 3, padding=1))
         self.branch3 = nn.Sequential(conv_bn(in_chs, c5_red, 1), conv_bn(c5_red, c5, b3_kernel, padding=b3_kernel // 2))
-        self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True), conv_bn(in_chs, pool_proj, 1))
+        self.branch4 = nn.Sequential(MaxPool2d(3, stride=1, padding=1, ceil_mode=True), conv_bn(in_chs, pool_proj, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
@@ -215,14 +215,14 @@ class GoogLeNet(SequentialNet):
         self.cfg = cfg
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, 1024
         self.conv1 = conv_bn(in_chans, 64, 7, stride=2, padding=3)
-        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool1 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.conv2 = conv_bn(64, 64, 1)
         self.conv3 = conv_bn(64, 192, 3, padding=1)
-        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        self.maxpool2 = MaxPool2d(3, stride=2, ceil_mode=True)
         self.layer_names = ["conv1", "maxpool1", "conv2", "conv3", "maxpool2"]
         for name, *args in _GOOGLENET_BLOCKS:
             if name.startswith("maxpool"):
-                setattr(self, name, nn.MaxPool2d(args[0], stride=args[1], ceil_mode=True))
+                setattr(self, name, MaxPool2d(args[0], stride=args[1], ceil_mode=True))
             else:
                 setattr(self, name, InceptionV1Block(*args, b3_kernel=cfg.b3_kernel))
             self.layer_names.append(name)
@@ -311,7 +311,7 @@ class InceptionB(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         b1 = self.branch3x3(x)
         b2 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        return torch.cat([b1, b2, F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat([b1, b2, max_pool2d(x, 3, stride=2)], 1)
 
 
 class InceptionC(nn.Module):
@@ -357,7 +357,7 @@ class InceptionD(nn.Module):
         b2 = self.branch7x7x3_1(x)
         for conv in (self.branch7x7x3_2, self.branch7x7x3_3, self.branch7x7x3_4):
             b2 = conv(b2)
-        return torch.cat([b1, b2, F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat([b1, b2, max_pool2d(x, 3, stride=2)], 1)
 
 
 class InceptionE(nn.Module):
@@ -465,7 +465,7 @@ class InceptionV3(SequentialNet):
             "Conv2d_1a_3x3": conv_bn(in_chans, 32, 3, stride=2),
             "Conv2d_2a_3x3": conv_bn(32, 32, 3),
             "Conv2d_2b_3x3": conv_bn(32, 64, 3, padding=1),
-            "Pool1": nn.MaxPool2d(3, stride=2),
+            "Pool1": MaxPool2d(3, stride=2),
         }
         if v2:  # Table 1
             layers |= {
@@ -480,7 +480,7 @@ class InceptionV3(SequentialNet):
             layers |= {
                 "Conv2d_3b_1x1": conv_bn(64, 80, 1),
                 "Conv2d_4a_3x3": conv_bn(80, 192, 3),
-                "Pool2": nn.MaxPool2d(3, stride=2),
+                "Pool2": MaxPool2d(3, stride=2),
                 "Mixed_5b": InceptionA(192, 32),
                 "Mixed_5c": InceptionA(256, 64),
                 "Mixed_5d": InceptionA(288, 64),

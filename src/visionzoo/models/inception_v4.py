@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
+from ..layers import MaxPool2d
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from .inception import SequentialNet, conv_bn
 
@@ -66,12 +67,12 @@ def _stem_v4(in_chans: int) -> list[nn.Module]:
         conv_bn(in_chans, 32, 3, stride=2),
         conv_bn(32, 32, 3),
         conv_bn(32, 64, 3, padding=1),
-        Concat(maxpool=nn.MaxPool2d(3, stride=2), conv=conv_bn(64, 96, 3, stride=2)),  # 160
+        Concat(maxpool=MaxPool2d(3, stride=2), conv=conv_bn(64, 96, 3, stride=2)),  # 160
         Concat(
             branch0=_seq(conv_bn(160, 64, 1), conv_bn(64, 96, 3)),
             branch1=_seq(conv_bn(160, 64, 1), conv_bn(64, 64, (1, 7), padding=(0, 3)), conv_bn(64, 64, (7, 1), padding=(3, 0)), conv_bn(64, 96, 3)),
         ),  # 192
-        Concat(conv=conv_bn(192, 192, 3, stride=2), maxpool=nn.MaxPool2d(3, stride=2)),  # 384
+        Concat(conv=conv_bn(192, 192, 3, stride=2), maxpool=MaxPool2d(3, stride=2)),  # 384
     ]
 
 
@@ -90,7 +91,7 @@ def _reduction_a() -> Concat:
     return Concat(
         branch0=conv_bn(384, 384, 3, stride=2),
         branch1=_seq(conv_bn(384, 192, 1), conv_bn(192, 224, 3, padding=1), conv_bn(224, 256, 3, stride=2)),
-        branch2=nn.MaxPool2d(3, stride=2),
+        branch2=MaxPool2d(3, stride=2),
     )
 
 
@@ -116,7 +117,7 @@ def _reduction_b() -> Concat:
             conv_bn(1024, 256, 1), conv_bn(256, 256, (1, 7), padding=(0, 3)),
             conv_bn(256, 320, (7, 1), padding=(3, 0)), conv_bn(320, 320, 3, stride=2),
         ),
-        branch2=nn.MaxPool2d(3, stride=2),
+        branch2=MaxPool2d(3, stride=2),
     )
 
 
@@ -301,10 +302,10 @@ class InceptionResNetV2(SequentialNet):
         self.conv2d_1a = conv_bn(in_chans, 32, 3, stride=2)
         self.conv2d_2a = conv_bn(32, 32, 3)
         self.conv2d_2b = conv_bn(32, 64, 3, padding=1)
-        self.maxpool_3a = nn.MaxPool2d(3, stride=2)
+        self.maxpool_3a = MaxPool2d(3, stride=2)
         self.conv2d_3b = conv_bn(64, 80, 1)
         self.conv2d_4a = conv_bn(80, 192, 3)
-        self.maxpool_5a = nn.MaxPool2d(3, stride=2)
+        self.maxpool_5a = MaxPool2d(3, stride=2)
         self.mixed_5b = Concat(
             branch0=conv_bn(192, 96, 1),
             branch1=_seq(conv_bn(192, 48, 1), conv_bn(48, 64, 5, padding=2)),
@@ -315,14 +316,14 @@ class InceptionResNetV2(SequentialNet):
         self.mixed_6a = Concat(
             branch0=conv_bn(320, 384, 3, stride=2),
             branch1=_seq(conv_bn(320, 256, 1), conv_bn(256, 256, 3, padding=1), conv_bn(256, 384, 3, stride=2)),
-            branch2=nn.MaxPool2d(3, stride=2),
+            branch2=MaxPool2d(3, stride=2),
         )
         self.repeat_1 = nn.Sequential(*[_block17(s17) for _ in range(cfg.depths[1])])
         self.mixed_7a = Concat(
             branch0=_seq(conv_bn(1088, 256, 1), conv_bn(256, 384, 3, stride=2)),
             branch1=_seq(conv_bn(1088, 256, 1), conv_bn(256, 288, 3, stride=2)),
             branch2=_seq(conv_bn(1088, 256, 1), conv_bn(256, 288, 3, padding=1), conv_bn(288, 320, 3, stride=2)),
-            branch3=nn.MaxPool2d(3, stride=2),
+            branch3=MaxPool2d(3, stride=2),
         )
         self.repeat_2 = nn.Sequential(*[_block8(s8) for _ in range(cfg.depths[2] - 1)])
         self.block8 = _block8(1.0, relu=False)

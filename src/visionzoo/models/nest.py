@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
+from ..layers import DropPath, MaxPool2d, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -155,7 +155,7 @@ class ConvPool(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_dim, out_dim, 3, padding=1)
         self.norm = nn.LayerNorm(out_dim, eps=1e-6)
-        self.pool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.pool = MaxPool2d(3, stride=2, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x).permute(0, 2, 3, 1)  # B, H, W, C

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, SqueezeExcite, drop_path_rates, make_divisible
+from ..layers import DropPath, MaxPool2d, SqueezeExcite, drop_path_rates, make_divisible
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -292,7 +292,7 @@ class ResNet(VisionModel):
 
         self.conv1, self.bn1 = _conv_bn(in_chans, 64, 7, stride=2)
         self.act1 = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = [FeatureInfo(64, 2, "act1")]
 
         dpr = drop_path_rates(drop_path_rate, sum(cfg.layers))

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter, rename_keys
+from ..layers import MaxPool2d
 from ..registry import default_cfg, register_family
 
 __all__ = ["VGG", "VGGConfig"]
@@ -113,7 +114,7 @@ class VGG(VisionModel):
                 prev = width
             self._taps.append(len(layers) - 1)
             self.feature_info.append(FeatureInfo(width, 2**i, f"features.{len(layers) - 1}"))
-            layers.append(nn.MaxPool2d(2, 2))
+            layers.append(MaxPool2d(2, 2))
         self._taps.append(len(layers) - 1)
         self.feature_info.append(FeatureInfo(prev, 2 ** len(cfg.depths), f"features.{len(layers) - 1}"))
         self.features = nn.Sequential(*layers)
