@@ -10,15 +10,18 @@ unavailable.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .linear import linear
 
-__all__ = ["Attention", "attention", "record_attention_weights"]
+__all__ = ["Attention", "attention", "record_attention_weights", "sdpa_biased_short"]
 
 # functions that receive the softmax weights of every attention() call (see below)
 _WEIGHT_RECORDERS: list[Callable[[Tensor], None]] = []
@@ -38,6 +41,26 @@ def record_attention_weights(fn: Callable[[Tensor], None]) -> Iterator[None]:
         yield
     finally:
         _WEIGHT_RECORDERS.remove(fn)
+
+
+# memory-efficient kernel first, the rest in torch's own order (sdpa_kernel's set_priority: torch >= 2.6)
+_EFFICIENT_FIRST = [getattr(SDPBackend, b) for b in ("EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "FLASH_ATTENTION", "MATH") if hasattr(SDPBackend, b)]
+_CAN_PRIORITISE = "set_priority" in inspect.signature(sdpa_kernel).parameters
+
+
+def sdpa_biased_short(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, *, dropout_p: float = 0.0) -> Tensor:
+    """``F.scaled_dot_product_attention`` for many short sequences with an additive bias (windows).
+
+    On a GPU, torch asks cuDNN's kernel first; for Swin's 49-token windows (hd 32, bias
+    (1, nH, 49, 49), bf16, H100) the memory-efficient kernel ran 3.7x faster (0.34 vs 1.25 ms
+    for 8192 windows x 3 heads), so it is asked first here, the others still taken where it
+    declines. The bias should be contiguous in its last dimension: a strided one is refused
+    by both kernels, and the math fallback then works in fp32. On a CPU this is plain SDPA.
+    """
+    if q.is_cuda and _CAN_PRIORITISE and not torch.compiler.is_compiling():
+        with sdpa_kernel(_EFFICIENT_FIRST, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 def attention(

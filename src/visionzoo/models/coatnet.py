@@ -216,13 +216,14 @@ class MBConvBlock(nn.Module):
         self.conv3_1x1 = nn.Conv2d(mid, out_chs, 1)
         self.drop_path = DropPath(drop_path)
 
-    #: in inference without autograd, the batch is run in chunks whose expanded (widest) map stays under
-    #: this many elements (32 MB in fp32): larger buffers are fresh memory on every call
+    #: in CPU inference without autograd, the batch is run in chunks whose expanded (widest) map stays
+    #: under this many elements (32 MB in fp32): larger buffers are fresh memory on every call
     #: (glibc serves them by mmap), and first-touch page faults then cost more than the GELU.
+    #: A GPU's caching allocator reuses its blocks, and small chunks would only starve its kernels.
     chunk_elements: int = 1 << 23
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad):
+        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu":
             # batch statistics need the whole batch; traced graphs get no shape-dependent branches
             return self._forward(x)
         B, _, H, W = x.shape

@@ -69,12 +69,14 @@ class DenseBlock(nn.ModuleDict):
         })
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu":
+            # (CPU only: on an H100, bf16 channels-last batch 128, the channel slices of one wide map
+            # made DenseNet-121 1.5x slower than concatenating, 5074 vs 7673 img/s)
             maps = [x]
             for layer in self.values():
                 maps.append(layer(torch.cat(maps, 1)))
             return torch.cat(maps, 1)
-        # inference: every layer writes its k channels into one preallocated output, and reads
+        # CPU inference: every layer writes its k channels into one preallocated output, and reads
         # the channels before them as a view, instead of concatenating all maps again per layer
         B, C, H, W = x.shape
         k = next(iter(self.values())).conv2.out_channels

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
+from ..layers.attention import sdpa_biased_short
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..registry import default_cfg, register_alias, register_family
 
@@ -122,6 +123,8 @@ class WindowAttention(nn.Module):
         qkv = linear(self.qkv, x).view(B, nW, N, 3, nH, hd)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
         bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
+        if q.is_cuda:  # GPU kernels refuse a bias strided in its last dim (the gather's permute)
+            bias = bias.contiguous()
         if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
             bias = bias.unsqueeze(0)
             q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
@@ -133,7 +136,7 @@ class WindowAttention(nn.Module):
         # Repeating the (N x N) mask per image moves half the bytes that copying q, k, v into a
         # (B, nW*nH, N, hd) layout with a broadcast mask would (N / 3hd), and measured ~5% faster.
         if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.attn_drop if self.training else 0.0)
+            x = sdpa_biased_short(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0)
         else:
             attn = (q * hd**-0.5) @ k.transpose(-2, -1) + bias
             x = F.dropout(attn.softmax(-1), self.attn_drop, self.training) @ v
