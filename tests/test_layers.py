@@ -21,6 +21,8 @@ from visionzoo.layers import (
     window_partition,
     window_reverse,
 )
+from visionzoo.layers.conv import StdConv2d
+from visionzoo.layers.helpers import pad_same
 from visionzoo.layers.linear import onednn_linear_available, use_onednn_linear
 
 
@@ -246,3 +248,18 @@ def test_max_pool2d_nan_inf_bf16_and_fallbacks():
         with torch.no_grad():
             max_pool2d(torch.randn(1, 1, 2, 2), 5)
 
+
+@pytest.mark.parametrize("k,s,d", [(1, 1, 1), (1, 2, 1), (3, 1, 1), (3, 1, 2), (5, 1, 1), (3, 2, 1), (7, 2, 1), (2, 1, 1), (4, 1, 1)])
+def test_std_conv_same_padding_equals_tensorflow_same(k, s, d):
+    # stride-1 odd-reach and 1x1 kernels use the convolution's own padding; the rest pad per input size
+    torch.manual_seed(0)
+    conv = StdConv2d(5, 6, k, stride=s, dilation=d, same_pad=True, eps=1e-6)
+    ref = StdConv2d(5, 6, k, stride=s, dilation=d, eps=1e-6)
+    ref.load_state_dict(conv.state_dict())
+    for size in (9, 10, 13):
+        x = torch.randn(2, 5, size, size + 1)
+        want = ref(pad_same(x, (k, k), (s, s), (d, d)))
+        got = conv(x)
+        assert got.shape == want.shape == (2, 6, -(-size // s), -(-(size + 1) // s))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert conv.same_pad == (k > 1 and (s > 1 or (k - 1) * d % 2 == 1))

@@ -77,6 +77,14 @@ class StdConv2d(nn.Conv2d):
     def __init__(self, *args, eps: float = 1e-6, same_pad: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.eps = eps
+        if same_pad and self.padding in ((0, 0), "valid"):
+            # where 'SAME' does not depend on the input size (stride 1 and an odd reach, or a 1x1
+            # kernel), it is the convolution's own symmetric padding: no padded copy of the map
+            reach = [(k - 1) * d for k, d in zip(self.kernel_size, self.dilation)]
+            if all(k == 1 for k in self.kernel_size):
+                same_pad = False
+            elif all(s == 1 for s in self.stride) and all(r % 2 == 0 for r in reach):
+                self.padding, same_pad = tuple(r // 2 for r in reach), False
         self.same_pad = same_pad
 
     def forward(self, x: Tensor) -> Tensor:

@@ -171,10 +171,12 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
-        x = F.relu(self.norm1(self.conv1(x)))
-        x = F.relu(self.norm2(self.conv2(x)))
+        # GroupNorm's outputs are fresh and its backward needs only its input: ReLU and sum in place
+        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
+        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
         x = self.norm3(self.conv3(x))
-        return F.relu(x + shortcut)
+        x += shortcut
+        return F.relu(x, inplace=True)
 
 
 class ResNetStage(nn.Module):
@@ -213,7 +215,7 @@ class HybridBackbone(nn.Module):
         self.reduction = 4 * 2 ** (len(layers) - 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.stem.norm(self.stem.conv(x)))
+        x = F.relu(self.stem.norm(self.stem.conv(x)), inplace=True)
         x = pad_same(x, (3, 3), (2, 2), value=float("-inf"))
         x = F.max_pool2d(x, 3, 2)  # B, 64, H/4, W/4
         return self.stages(x)
