@@ -102,6 +102,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--malloc-fixed", action="store_true", help="glibc mmap/trim thresholds set high (see above)")
     p.add_argument("--output", default="BENCHMARKS.md")
+    p.add_argument("--update-rows", action="store_true",
+                   help="re-run only --models and replace their rows in the existing table (noted under its header)")
     p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)  # internal: time one model, print JSON
     args = p.parse_args()
     if args.worker:
@@ -116,6 +118,8 @@ def main() -> None:
     if args.malloc_fixed:
         opts += ", glibc malloc thresholds fixed"
     title = f"## {device_name(args.device)} — {mode}, {opts}, batch {args.batch_size}"
+    if args.update_rows:  # the table and its rows must exist before anything is timed
+        _update_rows(_find_section(Path(args.output), title), [f"| {m} | " for m in models], "")
     results = {}
     for name in models:
         results[name] = r = bench_in_subprocess(name, args)
@@ -135,10 +139,36 @@ def main() -> None:
     section = "\n".join(lines) + "\n"
     out = Path(args.output)
     text = out.read_text() if out.exists() else "# Benchmarks\n\nWritten by `benchmarks/run_benchmarks.py`.\n\n"
-    pattern = re.compile(re.escape(title) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
-    text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    pattern = _section_pattern(title)
+    if args.update_rows:
+        section = _update_rows(_find_section(out, title), lines[6:], lines[2])
+    text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     out.write_text(text)
     print(f"wrote {out}")
+
+
+def _section_pattern(title: str) -> re.Pattern:
+    return re.compile(re.escape(title) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
+
+
+def _find_section(out: Path, title: str) -> str:
+    found = _section_pattern(title).search(out.read_text()) if out.exists() else None
+    if found is None:
+        raise SystemExit(f"--update-rows: {out} has no table '{title}' to update")
+    return found.group(0)
+
+
+def _update_rows(section: str, rows: list[str], run_line: str) -> str:
+    """``section`` with the rows of the models in ``rows`` replaced, and a line saying when."""
+    new = {row.split(" | ", 1)[0]: row for row in rows}
+    missing = sorted(set(new) - {line.split(" | ", 1)[0] for line in section.splitlines()})
+    if missing:
+        raise SystemExit(f"--update-rows: no rows for {', '.join(m[2:] for m in missing)} in the table")
+    out = [new.get(line.split(" | ", 1)[0], line) if line.startswith("| ") else line for line in section.splitlines()]
+    names = ", ".join(name[2:] for name in new)
+    at = next(i for i, line in enumerate(out) if line.startswith("| model"))
+    out[at:at] = [f"Rows re-run later ({names}): {run_line}", ""]
+    return "\n".join(out) + ("\n" if section.endswith("\n") else "")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,32 @@ def test_fast_models_get_more_steps_per_round():
     bench_models({"a": lambda: Recorder("a", log)}, name="rec", batch_size=1, img_size=8, warmup=2, rounds=1, iters=1,
                  min_round_s=0.05)
     assert len(log) - 2 > 1  # a forward of a 3->2 linear takes far less than 50 ms
+
+
+def _run_benchmarks_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "run_benchmarks.py"
+    spec = importlib.util.spec_from_file_location("run_benchmarks", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_update_rows_replaces_only_the_named_rows(tmp_path):
+    import pytest
+
+    rb = _run_benchmarks_module()
+    table = "## dev — inference\n\nrun line A\n\n| model | x |\n|---|---|\n| m1 | 1 |\n| m2 | 2 |\n"
+    text = "# Benchmarks\n\n" + table + "\n## Notes\n\nkept\n"
+    (tmp_path / "B.md").write_text(text)
+    section = rb._find_section(tmp_path / "B.md", "## dev — inference")
+    assert section == table
+    new = rb._update_rows(section, ["| m2 | 9 |"], "run line B")
+    assert new.splitlines()[-2:] == ["| m1 | 1 |", "| m2 | 9 |"]
+    assert "Rows re-run later (m2): run line B" in new and "run line A" in new and new.endswith("\n")
+    with pytest.raises(SystemExit, match="no rows for m3"):
+        rb._update_rows(section, ["| m3 | 1 |"], "")
+    with pytest.raises(SystemExit, match="no table"):
+        rb._find_section(tmp_path / "B.md", "## other")
