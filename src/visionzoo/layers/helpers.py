@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -68,3 +68,18 @@ def trunc_normal_(t: Tensor, std: float = 0.02) -> Tensor:
     if not t.is_contiguous():
         t.copy_(flat.view_as(t))
     return t
+
+
+def plain_cpu_eager(x: Tensor) -> bool:
+    """True when ``x`` is a plain CPU tensor in an eager call that nothing else observes.
+
+    No tensor subclass, and no compiler, tracer, TorchScript, dispatch mode (FlopCounterMode,
+    FakeTensorMode) or torch-function mode (``torch.device(...)`` contexts) active: the
+    condition under which a fast path may run other aten ops than the module it replaces.
+    Autograd and dtype conditions are each caller's own.
+    """
+    if type(x) is not Tensor or x.device.type != "cpu":
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
+from .helpers import plain_cpu_eager
+
 __all__ = ["linear", "linear_act", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
 _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
@@ -91,14 +93,11 @@ def use_onednn_linear(enabled: bool) -> Iterator[None]:
 
 def _inference_tensors(x: Tensor, w: Tensor) -> bool:
     """True when nothing but the result of this matmul can be observed (see module doc)."""
-    if torch.is_grad_enabled() or type(x) is not Tensor or (type(w) is not nn.Parameter and type(w) is not Tensor):
+    if torch.is_grad_enabled() or (type(w) is not nn.Parameter and type(w) is not Tensor):
         return False
-    if x.device.type != "cpu" or w.device.type != "cpu" or x.dtype not in _DTYPES or w.dtype != x.dtype:
+    if w.device.type != "cpu" or x.dtype not in _DTYPES or w.dtype != x.dtype:
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    # FlopCounterMode, FakeTensorMode, torch.device(...) contexts and the like see aten ops
-    return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+    return plain_cpu_eager(x)
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Module | None = None) -> Tensor:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .helpers import plain_cpu_eager
+
 __all__ = ["MaxPool2d", "max_pool2d"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -43,13 +45,11 @@ def _out_size(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 def _fast_path_ok(x: Tensor) -> bool:
     if torch.is_grad_enabled() and x.requires_grad:
         return False
-    if type(x) is not Tensor or x.device.type != "cpu" or x.dtype not in _DTYPES or x.dim() != 4:
+    if x.dtype not in _DTYPES or x.dim() != 4:
         return False
     if not x.is_contiguous():  # channels-last and other layouts: PyTorch's kernel is fast there
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False
-    return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+    return plain_cpu_eager(x)
 
 
 def _strided_max(x: Tensor, dim: int, k: int, s: int, out: int) -> Tensor:
