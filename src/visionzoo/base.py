@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["FeatureInfo", "InputError", "VisionModel", "tap_outputs"]
@@ -94,25 +93,10 @@ class VisionModel(nn.Module):
         return state_dict
 
     # ---------------------------------------------------------------- behaviour
-    #: CPU inference of the classifier converts an NCHW input to channels-last memory first: the
-    #: convolutions of these families then run in oneDNN's native layout with no reorder buffers
-    #: (ResNet-50, batch 4, 2 threads: 298 -> 254 ms median). Features keep the caller's layout.
-    cpu_channels_last: bool = False
-
-    def classifier_input(self, x: Tensor) -> Tensor:
-        """``x``, or a channels-last copy of it where :attr:`cpu_channels_last` applies."""
-        if (
-            self.cpu_channels_last and x.ndim == 4 and x.device.type == "cpu" and x.is_contiguous()
-            and x.dtype in (torch.float32, torch.bfloat16) and not self.training and not torch.is_grad_enabled()
-            and not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting())
-        ):
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         if self.features_only:
             return self.forward_intermediates(x, self.out_indices)
-        return self.forward_head(self.forward_features(self.classifier_input(x)))
+        return self.forward_head(self.forward_features(x))
 
     def set_features_only(self, out_indices: Sequence[int] | None = None) -> VisionModel:
         """Turn the classifier into a feature extractor returning a list of NCHW maps."""

@@ -238,8 +238,6 @@ class EfficientNet(VisionModel):
         (sides rounded up). Feature maps: the last block of each resolution, strides 2-32.
     """
 
-    cpu_channels_last = True
-
     family = "efficientnet"
 
     def __init__(self, cfg: EfficientNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

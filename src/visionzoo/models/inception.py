@@ -65,8 +65,6 @@ class SequentialNet(VisionModel):
     the auxiliary logits, deepest first (torchvision's order); otherwise the logits.
     """
 
-    cpu_channels_last = True
-
     layer_names: list[str]
     _taps: list[int]
     _aux_after: dict[str, str] = {}
@@ -88,7 +86,7 @@ class SequentialNet(VisionModel):
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:
         if self.features_only:
             return self.forward_intermediates(x, self.out_indices)
-        x, aux = self._body(self.classifier_input(x), with_aux=self.training)
+        x, aux = self._body(x, with_aux=self.training)
         x = self.forward_head(x)
         return (x, *aux) if aux else x
 

@@ -179,8 +179,6 @@ class RegNet(VisionModel):
         (rounded up: every downsampling is a padded stride-2 convolution, so any size works).
     """
 
-    cpu_channels_last = True
-
     family = "regnet"
 
     def __init__(self, cfg: RegNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

@@ -278,8 +278,6 @@ class ResNet(VisionModel):
     as timm's ``features_only``.
     """
 
-    cpu_channels_last = True
-
     family = "resnet"
 
     def __init__(self, cfg: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

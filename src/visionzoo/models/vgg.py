@@ -91,8 +91,6 @@ class VGG(VisionModel):
         output before its max pool (strides 1, 2, 4, 8, 16) and the last pool's (stride 32).
     """
 
-    cpu_channels_last = True
-
     family = "vgg"
     min_input_size = 32
 
