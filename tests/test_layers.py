@@ -194,8 +194,16 @@ def _aten_ops(fn) -> set[str]:
     return {e.key for e in prof.key_averages()}
 
 
+@pytest.fixture
+def pool_small_maps(monkeypatch):
+    """The separable max pool also on the small maps these tests use (see pooling.MIN_ELEMENTS)."""
+    from visionzoo.layers import pooling
+
+    monkeypatch.setattr(pooling, "MIN_ELEMENTS", 0)
+
+
 @pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 6), (56, 57), (3, 4)])
-def test_max_pool2d_equals_torch_for_every_window(hw):
+def test_max_pool2d_equals_torch_for_every_window(hw, pool_small_maps):
     from visionzoo.layers import max_pool2d
 
     H, W = hw
@@ -212,7 +220,7 @@ def test_max_pool2d_equals_torch_for_every_window(hw):
     assert checked > 30
 
 
-def test_max_pool2d_fast_path_is_taken_only_in_inference():
+def test_max_pool2d_fast_path_is_taken_only_in_inference(pool_small_maps):
     from visionzoo.layers import MaxPool2d
 
     pool = MaxPool2d(3, 2, 1)
@@ -228,7 +236,7 @@ def test_max_pool2d_fast_path_is_taken_only_in_inference():
     assert torch.equal(xg.grad, ref.grad)
 
 
-def test_max_pool2d_nan_inf_bf16_and_fallbacks():
+def test_max_pool2d_nan_inf_bf16_and_fallbacks(pool_small_maps):
     from visionzoo.layers import MaxPool2d, max_pool2d
 
     x = torch.randn(1, 2, 9, 9)
@@ -244,6 +252,12 @@ def test_max_pool2d_nan_inf_bf16_and_fallbacks():
         assert torch.equal(dil(x).nan_to_num(0.0), F.max_pool2d(x, 3, 1, 1, dilation=2).nan_to_num(0.0))
         idx = MaxPool2d(2, return_indices=True)(x)
         assert isinstance(idx, tuple) and torch.equal(idx[1], F.max_pool2d(x, 2, return_indices=True)[1])
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as mp:  # tiny maps: PyTorch's kernel
+        from visionzoo.layers import pooling
+
+        mp.setattr(pooling, "MIN_ELEMENTS", 1 << 14)
+        assert "aten::max_pool2d_with_indices" in _aten_ops(lambda: max_pool2d(torch.randn(1, 8, 4, 4), 2))
+        assert "aten::max_pool2d_with_indices" not in _aten_ops(lambda: max_pool2d(torch.randn(1, 64, 16, 16), 3, 2, 1))
     with pytest.raises(RuntimeError):  # PyTorch's own error for a window larger than the map
         with torch.no_grad():
             max_pool2d(torch.randn(1, 1, 2, 2), 5)
