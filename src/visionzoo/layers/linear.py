@@ -10,7 +10,8 @@ ran on, it was 1.05-1.35x faster per layer on the shapes of ViT, Swin and ConvNe
 :func:`linear` (and :func:`linear_act`, for a bare weight) take that path only when it
 gives the result of ``act(fc(x))`` and nothing can observe the difference: autograd off
 (``torch.no_grad`` / ``inference_mode``), a plain ``nn.Linear`` (not a quantised,
-parametrised or wrapped one) without hooks, a plain fp32 or bf16 CPU tensor, and no
+parametrised or wrapped one) without hooks, a plain fp32 or bf16 CPU tensor (bf16 only where
+oneDNN has a bf16 primitive on this CPU; not on AVX2-only x86), and no
 tracing, compiling, exporting or dispatch mode (FLOP counters, fake tensors) active. Everywhere else it is ``act(fc(x))``. The outputs agree
 to float rounding (~1e-6 relative); ``VISIONZOO_ONEDNN_LINEAR=0`` or
 :func:`set_onednn_linear` turns the path off.
@@ -35,6 +36,7 @@ _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends
 _DTYPES = (torch.float32, torch.bfloat16)
 _LINEAR_TYPES: set[type[nn.Module]] = {nn.Linear}
 _state = {"enabled": os.environ.get("VISIONZOO_ONEDNN_LINEAR", "1") != "0", "checked": False}
+_dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86)
 
 
 def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
@@ -53,18 +55,23 @@ def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
     return None
 
 
-def _kernel_works() -> bool:
-    """Run the kernel once on a small case against ``F.linear`` (a torch build may lack it)."""
+def _kernel_works(dtype: torch.dtype = torch.float32) -> bool:
+    """Run the kernel once on a small case against ``F.linear`` (a torch build may lack it,
+    and a CPU without bf16 instructions has no bf16 primitive: oneDNN raises there)."""
     if _KERNEL is None:
         return False
-    try:
-        g = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=g) for s in ((3, 5, 16), (8, 16), (8,)))
-        with torch.inference_mode():
-            out = _KERNEL(x, w, b, "gelu", [], "none")
-            return bool(torch.allclose(out, F.gelu(F.linear(x, w, b)), rtol=1e-4, atol=1e-5))
-    except RuntimeError:
-        return False
+    if dtype not in _dtype_works:
+        try:
+            g = torch.Generator().manual_seed(0)
+            x, w, b = (torch.randn(s, generator=g).to(dtype) for s in ((3, 5, 16), (8, 16), (8,)))
+            with torch.inference_mode():
+                out = _KERNEL(x, w, b, "gelu", [], "none").float()
+                ref = F.gelu(F.linear(x, w, b)).float()
+            tol = 1e-4 if dtype == torch.float32 else 5e-2
+            _dtype_works[dtype] = bool(torch.allclose(out, ref, rtol=tol, atol=tol))
+        except RuntimeError:
+            _dtype_works[dtype] = False
+    return _dtype_works[dtype]
 
 
 def onednn_linear_available() -> bool:
@@ -97,7 +104,7 @@ def _inference_tensors(x: Tensor, w: Tensor) -> bool:
         return False
     if w.device.type != "cpu" or x.dtype not in _DTYPES or w.dtype != x.dtype:
         return False
-    return plain_cpu_eager(x)
+    return plain_cpu_eager(x) and (x.dtype == torch.float32 or _kernel_works(x.dtype))
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Module | None = None) -> Tensor:
