@@ -277,3 +277,162 @@ def test_std_conv_same_padding_equals_tensorflow_same(k, s, d):
         assert got.shape == want.shape == (2, 6, -(-size // s), -(-(size + 1) // s))
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert conv.same_pad == (k > 1 and (s > 1 or (k - 1) * d % 2 == 1))
+
+
+# --------------------------------------------------------------------------- BatchNorm folding
+def _conv_bn_pair(conv: torch.nn.Conv2d, seed: int = 0):
+    """``conv`` and a BN in eval mode with non-trivial statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    bn = torch.nn.BatchNorm2d(conv.out_channels, eps=1e-3).eval()
+    with torch.no_grad():
+        for t, lo, hi in ((bn.weight, 0.5, 1.5), (bn.bias, -0.5, 0.5), (bn.running_mean, -1.0, 1.0), (bn.running_var, 0.1, 3.0)):
+            t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+    return conv.eval(), bn
+
+
+def _folded_ran(fn):
+    """(output, whether ``fn`` ran a convolution without a batch norm after it)."""
+    out, ops = _ops_run(fn)
+    return out, "aten::native_batch_norm" not in ops and "aten::_native_batch_norm_legit_no_training" not in ops
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, bias=False),
+        dict(in_channels=8, out_channels=16, kernel_size=1, stride=2, bias=True),
+        dict(in_channels=8, out_channels=8, kernel_size=5, padding=2, groups=8, bias=False),  # depthwise
+        dict(in_channels=8, out_channels=12, kernel_size=3, padding=2, dilation=2, groups=4, bias=True),
+        dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, padding_mode="reflect", bias=False),
+        dict(in_channels=8, out_channels=16, kernel_size=(1, 7), padding=(0, 3), bias=False),
+    ],
+)
+def test_conv_bn_folding_equals_conv_then_bn(kwargs):
+    from visionzoo.layers import apply_conv_bn
+
+    torch.manual_seed(0)
+    conv, bn = _conv_bn_pair(torch.nn.Conv2d(**kwargs))
+    x = torch.randn(2, 8, 13, 11)
+    with torch.no_grad():
+        ref = bn(conv(x))
+        out, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
+    assert folded
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():  # inference mode too, and a channels-last input
+        out = apply_conv_bn(conv, bn, x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    conv16, bn16 = conv.to(torch.bfloat16), bn.to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(apply_conv_bn(conv16, bn16, x.bfloat16()).float(), ref, rtol=3e-2, atol=3e-2)
+
+
+def test_conv_bn_folding_follows_every_change_of_the_weights():
+    from visionzoo.layers import apply_conv_bn
+
+    torch.manual_seed(0)
+    conv, bn = _conv_bn_pair(torch.nn.Conv2d(4, 6, 3, padding=1, bias=False))
+    x = torch.randn(1, 4, 9, 9)
+
+    def check():
+        with torch.no_grad():
+            out, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
+            torch.testing.assert_close(out, bn(conv(x)), rtol=1e-5, atol=1e-5)
+        assert folded
+
+    check()
+    with torch.no_grad():
+        bn.running_var.mul_(4.0)  # in place: the version counter moves
+    check()
+    conv.weight.data = torch.randn_like(conv.weight)  # a new tensor behind the parameter
+    check()
+    state = {k: v + 0.25 if v.is_floating_point() else v for k, v in bn.state_dict().items()}
+    bn.load_state_dict(state)
+    check()
+    bn.eps = 0.5
+    check()
+    opt = torch.optim.SGD(conv.parameters(), lr=0.1)  # a training step between two inference calls
+    bn(conv(x)).square().sum().backward()
+    opt.step()
+    check()
+    conv.double(), bn.double()
+    x = x.double()
+    check()
+
+
+def test_conv_bn_folding_stays_out_of_the_way():
+    """Autograd, training mode, hooks, other norms and conv subclasses see the plain modules;
+    a call off the folded path drops the cached copy."""
+    from visionzoo.layers import apply_conv_bn, apply_conv_bn_seq
+    from visionzoo.layers import conv as conv_module
+    from visionzoo.layers.conv import use_bn_folding
+
+    torch.manual_seed(0)
+    conv, bn = _conv_bn_pair(torch.nn.Conv2d(4, 6, 3, padding=1, bias=False))
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        ref = bn(conv(x))
+        apply_conv_bn(conv, bn, x)
+    assert conv in conv_module._FOLDED
+
+    out, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x.requires_grad_()))  # autograd on
+    assert not folded and conv not in conv_module._FOLDED
+    out.sum().backward()
+    assert conv.weight.grad is not None and bn.weight.grad is not None
+    x = x.detach()
+
+    bn.train()
+    with torch.no_grad():
+        _, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
+    assert not folded  # batch statistics (which also moved the running ones)
+    bn.eval()
+    with torch.no_grad():
+        ref = bn(conv(x))
+
+    seen = []
+    handle = bn.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.no_grad():
+        _, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
+        assert not folded and seen == [torch.Size([2, 6, 8, 8])]
+        seq = torch.nn.Sequential(conv, bn)
+        handle.remove()
+        seq.register_forward_hook(lambda m, i, o: seen.append("seq"))
+        torch.testing.assert_close(apply_conv_bn_seq(seq, x), ref)
+        assert seen[-1] == "seq"
+
+        std = StdConv2d(4, 6, 3, padding=1, bias=False)  # overrides forward: not folded
+        _, folded = _folded_ran(lambda: apply_conv_bn(std, bn, x))
+        assert not folded
+        with use_bn_folding(False):
+            out, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
+        assert not folded
+        torch.testing.assert_close(out, ref)
+        frozen = torch.nn.Sequential()  # any other norm module is called as itself
+        torch.testing.assert_close(apply_conv_bn(conv, frozen, x), conv(x))
+
+    with torch.inference_mode():  # parameters made under inference mode have no version counter
+        conv_i, bn_i = _conv_bn_pair(torch.nn.Conv2d(4, 6, 3, padding=1, bias=False))
+        out, folded = _folded_ran(lambda: apply_conv_bn(conv_i, bn_i, x))
+        torch.testing.assert_close(out, bn_i(conv_i(x)))
+    assert not folded
+
+
+@pytest.mark.parametrize("name", ["resnet18", "seresnet50", "efficientnet_b0", "mobilenetv2_100", "densenet121", "regnety_040", "inception_v3", "hrnet_w18"])
+def test_models_agree_with_and_without_bn_folding(name):
+    import visionzoo
+    import visionzoo.testing
+    from visionzoo.layers.conv import use_bn_folding
+
+    model = visionzoo.testing.build_random(lambda: visionzoo.create_model(name, num_classes=7)).eval()
+    x = torch.randn(1, 3, 96, 96)
+
+    def run():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = model(x)
+        return out, sum(e.name == "aten::batch_norm" for e in prof.events())
+
+    with torch.inference_mode():
+        with use_bn_folding(False):
+            ref, n_ref = run()
+        out, n = run()
+    assert n < n_ref  # BNs were folded away
+    assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5

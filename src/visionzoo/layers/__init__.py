@@ -1,7 +1,7 @@
 """Layers that two or more families share."""
 
 from .attention import Attention, attention
-from .conv import ConvNormAct, StdConv2d, bn_affine
+from .conv import ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine
 from .drop_path import DropPath, drop_path_rates
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
 from .linear import linear, linear_act
@@ -22,6 +22,8 @@ __all__ = [
     "PatchEmbed",
     "SqueezeExcite",
     "StdConv2d",
+    "apply_conv_bn",
+    "apply_conv_bn_seq",
     "attention",
     "bn_affine",
     "drop_path_rates",

@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -83,3 +84,11 @@ def plain_cpu_eager(x: Tensor) -> bool:
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
     return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+
+
+def no_hooks(*modules: nn.Module) -> bool:
+    """True when neither ``modules`` nor the global registry has forward (pre-)hooks: a fast
+    path that replaces their forward calls skips nothing a user asked to observe."""
+    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)

@@ -26,9 +26,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 
-from .helpers import plain_cpu_eager
+from .helpers import no_hooks, plain_cpu_eager
 
 __all__ = ["linear", "linear_act", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
@@ -137,8 +136,7 @@ def linear(fc: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
     any other module (a quantised, parametrised or wrapped layer, or one a user hooked) is
     called as usual.
     """
-    plain = type(fc) in _LINEAR_TYPES and not (fc._forward_hooks or fc._forward_pre_hooks)
-    if plain and not (_module._global_forward_hooks or _module._global_forward_pre_hooks):
+    if type(fc) in _LINEAR_TYPES and no_hooks(fc):
         return linear_act(x, fc.weight.flatten(1), fc.bias, act)
     x = fc(x)
     return act(x) if act is not None else x

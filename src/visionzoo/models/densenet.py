@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import MaxPool2d
+from ..layers import MaxPool2d, apply_conv_bn
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -51,8 +51,8 @@ class DenseLayer(nn.Module):
         self.drop_rate = drop_rate
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv1(F.relu(self.norm1(x), inplace=True))  # BN's output is fresh: ReLU in place
-        x = self.conv2(F.relu(self.norm2(x), inplace=True))
+        x = apply_conv_bn(self.conv1, self.norm2, F.relu(self.norm1(x), inplace=True))  # BN's output is fresh: ReLU in place
+        x = self.conv2(F.relu(x, inplace=True))
         return F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
 
 

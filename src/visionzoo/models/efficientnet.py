@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, make_divisible, pad_same
+from ..layers import DropPath, apply_conv_bn, make_divisible, pad_same
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -141,11 +141,11 @@ class Conv2dPad(nn.Conv2d):
         super().__init__(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False)
         self.tf_padding = tf_padding
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self.tf_padding:
-            return super().forward(x)
+            return super()._conv_forward(x, weight, bias)
         x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
 
 
 class SqueezeExcite(nn.Module):
@@ -188,8 +188,8 @@ class DepthwiseSeparable(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.se(self.act(self.bn1(self.conv_dw(x))))
-        y = self.bn2(self.conv_pw(y))
+        y = self.se(self.act(apply_conv_bn(self.conv_dw, self.bn1, x)))
+        y = apply_conv_bn(self.conv_pw, self.bn2, y)
         return x + self.drop_path(y) if self.has_skip else y
 
 
@@ -220,9 +220,9 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act(self.bn1(self.conv_pw(x)))
-        y = self.se(self.act(self.bn2(self.conv_dw(y))))
-        y = self.bn3(self.conv_pwl(y))
+        y = self.act(apply_conv_bn(self.conv_pw, self.bn1, x))
+        y = self.se(self.act(apply_conv_bn(self.conv_dw, self.bn2, y)))
+        y = apply_conv_bn(self.conv_pwl, self.bn3, y)
         return x + self.drop_path(y) if self.has_skip else y
 
 
@@ -304,8 +304,8 @@ class EfficientNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.blocks(self.act(self.bn1(self.conv_stem(x))))
-        return self.act(self.bn2(self.conv_head(x)))
+        x = self.blocks(self.act(apply_conv_bn(self.conv_stem, self.bn1, x)))
+        return self.act(apply_conv_bn(self.conv_head, self.bn2, x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))  # B, C
@@ -317,7 +317,7 @@ class EfficientNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        stem = self.act(self.bn1(self.conv_stem(x)))
+        stem = self.act(apply_conv_bn(self.conv_stem, self.bn1, x))
         return tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:

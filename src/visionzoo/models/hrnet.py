@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
+from ..layers import apply_conv_bn, apply_conv_bn_seq
 from ..registry import default_cfg, register_family
 
 __all__ = ["HRNet", "HRNetConfig"]
@@ -54,9 +55,9 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(*_bn_conv(in_chs, planes, 1, stride))
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # BN's outputs are fresh: ReLU and sum in place
-        x = self.bn2(self.conv2(x))
+        shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        x = F.relu(apply_conv_bn(self.conv1, self.bn1, x), inplace=True)  # fresh outputs: ReLU and sum in place
+        x = apply_conv_bn(self.conv2, self.bn2, x)
         x += shortcut
         return F.relu(x, inplace=True)
 
@@ -77,10 +78,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(*_bn_conv(in_chs, out, 1, stride))
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # BN's outputs are fresh: ReLU and sum in place
-        x = F.relu(self.bn2(self.conv2(x)), inplace=True)
-        x = self.bn3(self.conv3(x))
+        shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        x = F.relu(apply_conv_bn(self.conv1, self.bn1, x), inplace=True)  # fresh outputs: ReLU and sum in place
+        x = F.relu(apply_conv_bn(self.conv2, self.bn2, x), inplace=True)
+        x = apply_conv_bn(self.conv3, self.bn3, x)
         x += shortcut
         return F.relu(x, inplace=True)
 

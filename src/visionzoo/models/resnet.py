@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, MaxPool2d, SqueezeExcite, drop_path_rates, make_divisible
+from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, drop_path_rates, make_divisible
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -122,12 +122,12 @@ class BasicBlock(nn.Module):
         self.downsample = _downsample(in_chs, planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x)))))
+        shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        x = apply_conv_bn(self.conv2, self.bn2, self.act1(apply_conv_bn(self.conv1, self.bn1, x)))
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(x)
-        x += shortcut  # x is a fresh BN / SE / drop-path output: sum in place
+        x += shortcut  # x is a fresh conv / BN / SE / drop-path output: sum in place
         return self.act2(x)
 
 
@@ -180,14 +180,14 @@ class Bottleneck(nn.Module):
         self.downsample = _downsample(in_chs, out_chs, stride)
 
     def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
-        x = self.bn3(self.conv3(x))
+        shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        x = self.act1(apply_conv_bn(self.conv1, self.bn1, x))
+        x = self.act2(apply_conv_bn(self.conv2, self.bn2, x))
+        x = apply_conv_bn(self.conv3, self.bn3, x)
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(x)
-        x += shortcut  # x is a fresh BN / SE / drop-path output: sum in place
+        x += shortcut  # x is a fresh conv / BN / SE / drop-path output: sum in place
         return self.act3(x)
 
 
@@ -329,7 +329,7 @@ class ResNet(VisionModel):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def _stem(self, x: Tensor) -> Tensor:
-        return self.act1(self.bn1(self.conv1(x)))  # B, 64, H/2, W/2
+        return self.act1(apply_conv_bn(self.conv1, self.bn1, x))  # B, 64, H/2, W/2
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
