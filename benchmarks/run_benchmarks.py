@@ -55,7 +55,9 @@ def device_name(device: str) -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads"
+    # the vector ISA in the name: one CPU model name covers hosts with and without AVX-512,
+    # whose kernels (and visionzoo's defaults, see layers.linear) differ
+    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 #: glibc tunables of ``--malloc-fixed``: tensors up to 256 MB come from the heap, and the heap

@@ -1,7 +1,6 @@
 """Shared layers: one attention for every family, window ops, position tables, fused linear."""
 
 import itertools
-import os
 
 import pytest
 import timm.layers
@@ -23,7 +22,7 @@ from visionzoo.layers import (
 )
 from visionzoo.layers.conv import StdConv2d
 from visionzoo.layers.helpers import pad_same
-from visionzoo.layers.linear import onednn_linear_available, use_onednn_linear
+from visionzoo.layers.linear import _default_on, _kernel_works, onednn_linear_available, use_onednn_linear
 
 
 @pytest.mark.parametrize("bias_kind", ["none", "per_head", "batched", "masked"])
@@ -100,10 +99,18 @@ def _ops_run(fn):
     return out, {e.name for e in prof.events()}
 
 
-needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="torch build without oneDNN linear")
+needs_onednn = pytest.mark.skipif(not _kernel_works(), reason="torch build without oneDNN linear")
+
+
+@pytest.fixture
+def onednn_on():
+    """The fused path on whatever this CPU's default (off by default without AVX-512)."""
+    with use_onednn_linear(True):
+        yield
 
 
 @needs_onednn
+@pytest.mark.usefixtures("onednn_on")
 @pytest.mark.parametrize(
     "act", [None, torch.nn.GELU(), torch.nn.GELU(approximate="tanh"), torch.nn.ReLU(), torch.nn.SiLU(), torch.nn.Hardswish(), torch.nn.Sigmoid()]
 )
@@ -120,6 +127,7 @@ def test_fused_linear_equals_linear_then_act(act, shape):
 
 
 @needs_onednn
+@pytest.mark.usefixtures("onednn_on")
 def test_fused_linear_takes_strided_bf16_and_conv_weights():
     torch.manual_seed(0)
     fc = torch.nn.Linear(32, 16)
@@ -132,6 +140,7 @@ def test_fused_linear_takes_strided_bf16_and_conv_weights():
         torch.testing.assert_close(linear_act(x, w.flatten(1)), x @ w.flatten(1).T, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.usefixtures("onednn_on")
 def test_fused_linear_stays_out_of_the_way():
     """Autograd, hooks, FLOP counting, compilation and switched-off runs see a plain nn.Linear."""
     torch.manual_seed(0)
@@ -162,14 +171,19 @@ def test_fused_linear_stays_out_of_the_way():
     with torch.inference_mode(), use_onednn_linear(False):
         _, ops = _ops_run(lambda: mlp(x.detach()))
     assert "mkldnn::_linear_pointwise" not in ops
-    assert onednn_linear_available() == (os.environ.get("VISIONZOO_ONEDNN_LINEAR", "1") != "0" and _kernel_exists())
 
 
-def _kernel_exists():
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):
+    monkeypatch.setenv("VISIONZOO_ONEDNN_LINEAR", "0")
+    assert not _default_on()
+    monkeypatch.setenv("VISIONZOO_ONEDNN_LINEAR", "1")
+    assert _default_on()
+    monkeypatch.delenv("VISIONZOO_ONEDNN_LINEAR")
+    assert _default_on() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 @needs_onednn
+@pytest.mark.usefixtures("onednn_on")
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "coatnet_0_224"])
 def test_models_agree_with_and_without_fused_linear(name):
     import visionzoo

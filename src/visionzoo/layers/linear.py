@@ -3,9 +3,13 @@
 Eager ``F.linear`` on a CPU runs a BLAS GEMM, then adds the bias, and the activation that
 follows is another pass over memory. oneDNN's inner-product primitive (the kernel that
 ``torch.compile``'s CPU backend emits for linear layers) adds the bias and applies the
-activation while each output tile is still in cache. On the 2-core AMD EPYC the benchmarks
-ran on, it was 1.05-1.35x faster per layer on the shapes of ViT, Swin and ConvNeXt, and
-1.1-1.6x with GELU fused.
+activation while each output tile is still in cache. Whether that wins depends on the
+CPU, so the path is on by default only where PyTorch reports AVX-512:
+
+- 2-core AMD EPYC with AVX-512: 1.05-1.35x faster per layer than ``F.linear`` on the
+  shapes of ViT, Swin and ConvNeXt, and 1.1-1.6x with GELU fused;
+- 2-core AMD EPYC (Zen 3) with AVX2 only: slower, 132-154 against 130-175 GFLOP/s
+  unfused and 92-110 against 117-159 GFLOP/s with GELU (``benchmarks/linear_paths.py``).
 
 :func:`linear` (and :func:`linear_act`, for a bare weight) take that path only when it
 gives the result of ``act(fc(x))`` and nothing can observe the difference: autograd off
@@ -13,8 +17,8 @@ gives the result of ``act(fc(x))`` and nothing can observe the difference: autog
 parametrised or wrapped one) without hooks, a plain fp32 or bf16 CPU tensor (bf16 only where
 oneDNN has a bf16 primitive on this CPU; not on AVX2-only x86), and no
 tracing, compiling, exporting or dispatch mode (FLOP counters, fake tensors) active. Everywhere else it is ``act(fc(x))``. The outputs agree
-to float rounding (~1e-6 relative); ``VISIONZOO_ONEDNN_LINEAR=0`` or
-:func:`set_onednn_linear` turns the path off.
+to float rounding (~1e-6 relative). ``VISIONZOO_ONEDNN_LINEAR=1`` / ``0`` or
+:func:`set_onednn_linear` turns the path on or off whatever the CPU.
 """
 
 from __future__ import annotations
@@ -34,7 +38,17 @@ __all__ = ["linear", "linear_act", "onednn_linear_available", "register_linear_t
 _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _DTYPES = (torch.float32, torch.bfloat16)
 _LINEAR_TYPES: set[type[nn.Module]] = {nn.Linear}
-_state = {"enabled": os.environ.get("VISIONZOO_ONEDNN_LINEAR", "1") != "0", "checked": False}
+
+
+def _default_on() -> bool:
+    """The environment's choice, else whether the CPU has AVX-512 (module docstring)."""
+    env = os.environ.get("VISIONZOO_ONEDNN_LINEAR")
+    if env is not None:
+        return env != "0"
+    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+
+
+_state = {"enabled": _default_on(), "checked": False}
 _dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86)
 
 
