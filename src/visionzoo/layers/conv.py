@@ -73,8 +73,16 @@ def use_bn_folding(enabled: bool) -> Iterator[None]:
         _FOLD["enabled"] = saved
 
 
+def _sources(conv: nn.Module, bn: nn.Module) -> tuple[Tensor | None, ...]:
+    """The tensors the folded weights come from (read from the modules' dicts: the
+    ``nn.Module.__getattr__`` route costs ~1 us a tensor, on every call)."""
+    p, q, b = conv._parameters, bn._parameters, bn._buffers
+    return p["weight"], p.get("bias"), q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var")
+
+
 def _stamp(tensors: tuple[Tensor | None, ...]) -> tuple | None:
-    """What identifies the values of ``tensors`` (None when one cannot be tracked)."""
+    """What identifies the values of ``tensors`` (None when one cannot be tracked): its
+    storage, version counter (bumped by every in-place change) and dtype."""
     out = []
     for t in tensors:
         if t is None:
@@ -82,13 +90,13 @@ def _stamp(tensors: tuple[Tensor | None, ...]) -> tuple | None:
         elif t.is_inference():  # changed in place under inference_mode without a version bump
             return None
         else:
-            out.append((t.data_ptr(), t._version, t.dtype, t.shape))
+            out.append((t.data_ptr(), t._version, t.dtype))
     return tuple(out)
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
     """The cached (weight, bias) of ``bn(conv(.))`` as one convolution, None if untrackable."""
-    stamp = _stamp((conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var))
+    stamp = _stamp(_sources(conv, bn))
     if stamp is None:
         return None
     stamp += (bn.eps,)
@@ -101,9 +109,9 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None
     w = conv.weight
     scale, shift = (a.float() for a in aff)  # fold in fp32 whatever the parameters' dtype
     weight = (w.float() * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
-    bias = shift if conv.bias is None else conv.bias.float() * scale + shift
-    _FOLDED[conv] = (stamp, weight, bias.to(w.dtype))
-    return weight, bias.to(w.dtype)
+    bias = (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
+    _FOLDED[conv] = (stamp, weight, bias)
+    return weight, bias
 
 
 def apply_conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
@@ -120,7 +128,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
         and type(conv).forward is nn.Conv2d.forward
         and not torch.is_grad_enabled()
         and not bn.training
-        and x.dtype == conv.weight.dtype
+        and x.dtype == conv._parameters["weight"].dtype
         and plain_cpu_eager(x)
         and no_hooks(conv, bn)
     ):
