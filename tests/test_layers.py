@@ -416,12 +416,28 @@ def test_conv_bn_folding_stays_out_of_the_way():
         std = StdConv2d(4, 6, 3, padding=1, bias=False)  # overrides forward: not folded
         _, folded = _folded_ran(lambda: apply_conv_bn(std, bn, x))
         assert not folded
+        normed = torch.nn.utils.parametrizations.weight_norm(torch.nn.Conv2d(4, 6, 3, padding=1))  # parametrised
+        out, folded = _folded_ran(lambda: apply_conv_bn(normed, bn, x))
+        assert not folded
+        torch.testing.assert_close(out, bn(normed(x)))
         with use_bn_folding(False):
             out, folded = _folded_ran(lambda: apply_conv_bn(conv, bn, x))
         assert not folded
         torch.testing.assert_close(out, ref)
         frozen = torch.nn.Sequential()  # any other norm module is called as itself
         torch.testing.assert_close(apply_conv_bn(conv, frozen, x), conv(x))
+
+        class Pair(torch.nn.Module):  # FX symbolic tracing records the two modules
+            def __init__(self):
+                super().__init__()
+                self.conv, self.bn = conv, bn
+
+            def forward(self, t):
+                return apply_conv_bn(self.conv, self.bn, t)
+
+        traced = torch.fx.symbolic_trace(Pair())
+        assert [n.target for n in traced.graph.nodes if n.op == "call_module"] == ["conv", "bn"]
+        torch.testing.assert_close(traced(x), ref)
 
     with torch.inference_mode():  # parameters made under inference mode have no version counter
         conv_i, bn_i = _conv_bn_pair(torch.nn.Conv2d(4, 6, 3, padding=1, bias=False))

@@ -15,7 +15,8 @@ autograd, another device) drops the module's copy.
 The path is taken only where nothing can observe the difference (the conditions of
 :func:`visionzoo.layers.linear.linear`): autograd off, a plain CPU tensor in an eager call,
 an ``nn.Conv2d`` whose ``forward`` is ``nn.Conv2d.forward`` (subclasses that override only
-``_conv_forward``, e.g. for 'SAME' padding, qualify), an ``nn.BatchNorm2d`` in eval mode
+``_conv_forward``, e.g. for 'SAME' padding, qualify) and that is not parametrised
+(``torch.nn.utils.parametrize``: weight norm, spectral norm), an ``nn.BatchNorm2d`` in eval mode
 with running statistics, no hooks, and parameters that are not inference tensors (whose
 in-place changes have no version counter). Outputs agree with the unfolded pair to float
 rounding (~1e-6 relative). ``VISIONZOO_FOLD_BN=0`` or :func:`set_bn_folding` turns it off.
@@ -126,10 +127,11 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
         and type(bn) is nn.BatchNorm2d
         and isinstance(conv, nn.Conv2d)
         and type(conv).forward is nn.Conv2d.forward
+        and "parametrizations" not in conv._modules  # (a parametrised BN is not of type BatchNorm2d)
         and not torch.is_grad_enabled()
         and not bn.training
+        and plain_cpu_eager(x)  # before any use of x: an FX proxy must not reach the comparison
         and x.dtype == conv._parameters["weight"].dtype
-        and plain_cpu_eager(x)
         and no_hooks(conv, bn)
     ):
         wb = _folded(conv, bn)

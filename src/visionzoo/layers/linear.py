@@ -115,9 +115,9 @@ def _inference_tensors(x: Tensor, w: Tensor) -> bool:
     """True when nothing but the result of this matmul can be observed (see module doc)."""
     if torch.is_grad_enabled() or (type(w) is not nn.Parameter and type(w) is not Tensor):
         return False
-    if w.device.type != "cpu" or x.dtype not in _DTYPES or w.dtype != x.dtype:
-        return False
-    return plain_cpu_eager(x) and (x.dtype == torch.float32 or _kernel_works(x.dtype))
+    if w.device.type != "cpu" or not plain_cpu_eager(x) or x.dtype not in _DTYPES or w.dtype != x.dtype:
+        return False  # (plain_cpu_eager first: an FX proxy must not reach the comparisons)
+    return x.dtype == torch.float32 or _kernel_works(x.dtype)
 
 
 def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Module | None = None) -> Tensor:
