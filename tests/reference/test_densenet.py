@@ -84,3 +84,22 @@ def test_config_overrides():
     # stem 2k = 24; each block adds 2 x 12, each of the two transitions halves
     assert m.num_features == ((24 + 24) // 2 + 24) // 2 + 24 == 48
     assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("min_elements", [0, 1 << 40])
+def test_block_inference_paths_equal_concatenation(monkeypatch, min_elements):
+    """CPU inference writes large block outputs into one preallocated map and concatenates
+    small ones (DenseBlock.PREALLOC_MIN_ELEMENTS); both give the concatenating forward's output."""
+    from visionzoo.models.densenet import DenseBlock
+
+    monkeypatch.setattr(DenseBlock, "PREALLOC_MIN_ELEMENTS", min_elements)
+    torch.manual_seed(0)
+    block = build_random(lambda: DenseBlock(16, 3, growth_rate=8, bn_size=2))
+    x = torch.randn(2, 16, 9, 9)
+    want = block(x)  # autograd on: the concatenating path
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        got = block(x)
+    n_cat = sum(e.name == "aten::cat" for e in prof.events())
+    assert n_cat == (0 if min_elements == 0 else 4)
+    assert got.shape == (2, 16 + 3 * 8, 9, 9)
+    assert max_rel_diff(got, want.detach()) < 1e-6
