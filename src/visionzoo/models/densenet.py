@@ -71,23 +71,31 @@ class DenseBlock(nn.ModuleDict):
     #: CPU inference preallocates the block output from this many elements on (see forward)
     PREALLOC_MIN_ELEMENTS = 1 << 18
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _preallocates(self, x: Tensor, k: int) -> bool:
+        """CPU inference with an output of ``PREALLOC_MIN_ELEMENTS`` or more.
+
+        CPU only: on an H100 (bf16, channels-last, batch 128) the channel slices of one wide
+        map made DenseNet-121 1.5x slower than concatenating, 5074 vs 7673 img/s. Large outputs
+        only: below 256k elements, concatenating in cache beat the strided channel views
+        (DenseNet-121 at batch 2 and 64 px: 35.9-42.5 ms concatenating vs 38.7-45.2 preallocated
+        in three alternating runs), while at batch 1 and 224 px the preallocated large blocks
+        still win (91-97 vs 107 ms).
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu":
+            return False
         B, C, H, W = x.shape
+        return B * (C + len(self) * k) * H * W >= self.PREALLOC_MIN_ELEMENTS
+
+    def forward(self, x: Tensor) -> Tensor:
         k = next(iter(self.values())).conv2.out_channels
-        size = B * (C + len(self) * k) * H * W
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu" or size < self.PREALLOC_MIN_ELEMENTS:
-            # (CPU only: on an H100, bf16 channels-last batch 128, the channel slices of one wide map
-            # made DenseNet-121 1.5x slower than concatenating, 5074 vs 7673 img/s; and only for
-            # outputs of 256k elements and more: below, concatenating in cache beat the strided
-            # channel views, DenseNet-121 at batch 2 and 64 px took 35.9-42.5 ms concatenating vs
-            # 38.7-45.2 preallocated in three alternating runs, while at batch 1 and 224 px the
-            # preallocated large blocks still win, 91-97 vs 107 ms)
+        if not self._preallocates(x, k):
             maps = [x]
             for layer in self.values():
                 maps.append(layer(torch.cat(maps, 1)))
             return torch.cat(maps, 1)
         # CPU inference: every layer writes its k channels into one preallocated output, and reads
         # the channels before them as a view, instead of concatenating all maps again per layer
+        B, C, H, W = x.shape
         out = x.new_empty(B, C + len(self) * k, H, W)
         out[:, :C] = x
         for i, layer in enumerate(self.values()):
