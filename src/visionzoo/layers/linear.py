@@ -48,7 +48,7 @@ def _default_on() -> bool:
     return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
-_state = {"enabled": _default_on(), "checked": False}
+_state = {"enabled": _default_on()}
 _dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86)
 
 
@@ -89,15 +89,12 @@ def _kernel_works(dtype: torch.dtype = torch.float32) -> bool:
 
 def onednn_linear_available() -> bool:
     """Whether :func:`linear` can use the oneDNN kernel here (and it is not turned off)."""
-    if not _state["checked"]:
-        _state["enabled"] = _state["enabled"] and _kernel_works()
-        _state["checked"] = True
-    return _state["enabled"]
+    return _state["enabled"] and _kernel_works()  # (the kernel check runs once per dtype)
 
 
 def set_onednn_linear(enabled: bool) -> None:
     """Turn the oneDNN path of :func:`linear` on or off for the process."""
-    _state["enabled"], _state["checked"] = bool(enabled), not enabled
+    _state["enabled"] = bool(enabled)
 
 
 @contextmanager

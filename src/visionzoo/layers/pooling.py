@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import plain_cpu_eager
+from .helpers import plain_cpu_eager, to_2tuple
 
 __all__ = ["MaxPool2d", "max_pool2d"]
 
@@ -33,10 +33,6 @@ _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: smaller maps go to PyTorch's kernel: a few slicing calls cost more than the pool itself
 #: (1x8x4x4, 2x2/2: 15 us vs 3 us; parity near 1x64x16x16, 3x3/2: 42 vs 43 us)
 MIN_ELEMENTS = 1 << 14
-
-
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _out_size(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
@@ -77,9 +73,9 @@ def _strided_max(x: Tensor, dim: int, k: int, s: int, out: int) -> Tensor:
 def max_pool2d(x: Tensor, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                padding: int | tuple[int, int] = 0, ceil_mode: bool = False) -> Tensor:
     """``F.max_pool2d`` (no dilation, no indices); separable in CPU inference (module doc)."""
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(stride if stride is not None else kernel_size)
-    ph, pw = _pair(padding)
+    kh, kw = to_2tuple(kernel_size)
+    sh, sw = to_2tuple(stride if stride is not None else kernel_size)
+    ph, pw = to_2tuple(padding)
     if not _fast_path_ok(x) or ph > kh // 2 or pw > kw // 2:
         return F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw), ceil_mode=ceil_mode)
     H, W = x.shape[-2:]
@@ -98,6 +94,6 @@ class MaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` whose forward is :func:`max_pool2d` (same arguments and state)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.return_indices or _pair(self.dilation) != (1, 1):
+        if self.return_indices or to_2tuple(self.dilation) != (1, 1):
             return super().forward(x)
         return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
