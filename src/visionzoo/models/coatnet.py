@@ -63,7 +63,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, SqueezeExcite, bn_affine, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
 from ..layers.linear import register_linear_type
@@ -138,8 +138,8 @@ _GELU = nn.GELU()
 class Stem(nn.Module):
     """S0: 3x3 stride-2 conv -> BN -> GELU -> 3x3 conv (no norm: the next block pre-normalises).
 
-    In inference the BN is folded into the first convolution (at forward time; the weights
-    stay as they are).
+    In CPU inference the BN is folded into the first convolution (:func:`layers.apply_conv_bn`;
+    the weights stay as they are).
     """
 
     def __init__(self, in_chans: int, width: int) -> None:
@@ -149,12 +149,7 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        aff = bn_affine(self.norm1)
-        if aff is None:
-            x = self.norm1(self.conv1(x))
-        else:
-            x = F.conv2d(x, self.conv1.weight * aff[0][:, None, None, None], aff[1], stride=2, padding=1)
-        return self.conv2(gelu(x))
+        return self.conv2(gelu(apply_conv_bn(self.conv1, self.norm1, x)))
 
 
 class PoolShortcut(nn.Module):
