@@ -25,7 +25,6 @@ rounding (~1e-6 relative). ``VISIONZOO_FOLD_BN=0`` or :func:`set_bn_folding` tur
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -33,14 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import no_hooks, pad_same, plain_cpu_eager, to_2tuple
+from .helpers import DerivedCache, no_hooks, pad_same, plain_cpu_eager, to_2tuple
 
 __all__ = ["ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "set_bn_folding", "use_bn_folding"]
 
 _FOLD = {"enabled": os.environ.get("VISIONZOO_FOLD_BN", "1") != "0"}
-# conv module -> (stamp of the source tensors, folded weight, folded bias); weak keys, so the
-# cache neither keeps a model alive nor travels with deepcopy or pickling
-_FOLDED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, Tensor, Tensor]] = weakref.WeakKeyDictionary()
+_FOLDED = DerivedCache()  # conv module -> (folded weight, folded bias)
+_STANDARDIZED = DerivedCache()  # StdConv2d -> (its standardised weight,)
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
@@ -81,38 +79,19 @@ def _sources(conv: nn.Module, bn: nn.Module) -> tuple[Tensor | None, ...]:
     return p["weight"], p.get("bias"), q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var")
 
 
-def _stamp(tensors: tuple[Tensor | None, ...]) -> tuple | None:
-    """What identifies the values of ``tensors`` (None when one cannot be tracked): its
-    storage, version counter (bumped by every in-place change) and dtype."""
-    out = []
-    for t in tensors:
-        if t is None:
-            out.append(None)
-        elif t.is_inference():  # changed in place under inference_mode without a version bump
-            return None
-        else:
-            out.append((t.data_ptr(), t._version, t.dtype))
-    return tuple(out)
-
-
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, ...] | None:
     """The cached (weight, bias) of ``bn(conv(.))`` as one convolution, None if untrackable."""
-    stamp = _stamp(_sources(conv, bn))
-    if stamp is None:
-        return None
-    stamp += (bn.eps,)
-    hit = _FOLDED.get(conv)
-    if hit is not None and hit[0] == stamp:
-        return hit[1], hit[2]
-    aff = bn_affine(bn)
-    if aff is None:
-        return None
-    w = conv.weight
-    scale, shift = (a.float() for a in aff)  # fold in fp32 whatever the parameters' dtype
-    weight = (w.float() * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
-    bias = (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
-    _FOLDED[conv] = (stamp, weight, bias)
-    return weight, bias
+
+    def fold() -> tuple[Tensor, Tensor] | None:
+        aff = bn_affine(bn)
+        if aff is None:
+            return None
+        w = conv.weight
+        scale, shift = (a.float() for a in aff)  # fold in fp32 whatever the parameters' dtype
+        weight = (w.float() * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
+        return weight, (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
+
+    return _FOLDED.get(conv, _sources(conv, bn), fold, (bn.eps,))
 
 
 def apply_conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
@@ -137,8 +116,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module, x: Tensor) -> Tensor:
         wb = _folded(conv, bn)
         if wb is not None:
             return conv._conv_forward(x, *wb)
-    if _FOLDED:  # training, autograd, another device: the folded copy is not kept
-        _FOLDED.pop(conv, None)
+    _FOLDED.discard(conv)  # training, autograd, another device: the folded copy is not kept
     return bn(conv(x))
 
 
@@ -215,10 +193,21 @@ class StdConv2d(nn.Conv2d):
                 self.padding, same_pad = tuple(r // 2 for r in reach), False
         self.same_pad = same_pad
 
+    def standardized_weight(self) -> Tensor:
+        """Each output channel's kernel at zero mean and unit variance."""
+        w = self.weight
+        return F.batch_norm(w.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps).reshape_as(w)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.same_pad:
             x = pad_same(x, to_2tuple(self.kernel_size), to_2tuple(self.stride), to_2tuple(self.dilation))
-        w = F.batch_norm(
-            self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0, eps=self.eps
-        ).reshape_as(self.weight)
+        w = None
+        if not torch.is_grad_enabled() and "parametrizations" not in self._modules and plain_cpu_eager(x):
+            # CPU inference: the standardised kernel is computed once (cached like folded BatchNorm)
+            hit = _STANDARDIZED.get(self, (self._parameters["weight"],), lambda: (self.standardized_weight(),), (self.eps,))
+            w = hit[0] if hit is not None else None
+        else:
+            _STANDARDIZED.discard(self)
+        if w is None:
+            w = self.standardized_weight()
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "DerivedCache"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -92,3 +93,58 @@ def no_hooks(*modules: nn.Module) -> bool:
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+class DerivedCache:
+    """Tensors computed from a module's parameters (BatchNorm folded into a convolution, layer
+    scale folded into a linear layer, a standardised weight), kept for CPU inference.
+
+    Each entry is stamped with the storage, version counter and dtype of every tensor it was
+    computed from, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place change
+    makes the next :meth:`get` recompute it. Keys are weak: the cache neither keeps a model
+    alive nor travels with ``deepcopy`` or pickling.
+    """
+
+    def __init__(self) -> None:
+        self._entries: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[Tensor, ...]]] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def stamp(sources: Iterable[Tensor | None]) -> tuple | None:
+        """What identifies the values of ``sources``; None when one cannot be tracked (an
+        inference tensor changes in place without bumping its version counter)."""
+        out = []
+        for t in sources:
+            if t is None:
+                out.append(None)
+            elif t.is_inference():
+                return None
+            else:
+                out.append((t.data_ptr(), t._version, t.dtype))
+        return tuple(out)
+
+    def get(self, owner: nn.Module, sources: Iterable[Tensor | None], compute: Callable[[], tuple[Tensor, ...] | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
+        """The cached ``compute()`` for ``owner`` while ``sources`` (and ``extra``, plain values
+        such as an eps) are unchanged; None where the sources cannot be tracked or ``compute``
+        gives None."""
+        stamp = self.stamp(sources)
+        if stamp is None:
+            return None
+        stamp += extra
+        hit = self._entries.get(owner)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = compute()
+        if value is not None:
+            self._entries[owner] = (stamp, value)
+        return value
+
+    def discard(self, owner: nn.Module) -> None:
+        """Drop ``owner``'s entry (a call off the cached path does not keep the copy)."""
+        if self._entries:
+            self._entries.pop(owner, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __contains__(self, owner: nn.Module) -> bool:
+        return owner in self._entries
