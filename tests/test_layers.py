@@ -9,10 +9,12 @@ import torch.nn.functional as F
 
 from visionzoo.layers import (
     Attention,
+    DropPath,
     Mlp,
     attention,
     linear,
     linear_act,
+    linear_add,
     relative_position_index,
     resample_abs_pos_embed,
     resize_rel_pos_bias_table,
@@ -171,6 +173,65 @@ def test_fused_linear_stays_out_of_the_way():
     with torch.inference_mode(), use_onednn_linear(False):
         _, ops = _ops_run(lambda: mlp(x.detach()))
     assert "mkldnn::_linear_pointwise" not in ops
+
+
+ONEDNN_BOTH = [False, pytest.param(True, marks=needs_onednn)]
+
+
+@pytest.mark.parametrize("act", [None, torch.nn.GELU(), torch.nn.ReLU(), torch.nn.SiLU(), torch.nn.Hardswish(), torch.nn.Sigmoid()])
+def test_unfused_linear_applies_the_activation_in_place(act):
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(24, 40)
+    x = torch.randn(2, 5, 24)
+    want = fc(x) if act is None else act(fc(x))
+    with torch.inference_mode(), use_onednn_linear(False):
+        got, ops = _ops_run(lambda: linear(fc, x, act))
+    torch.testing.assert_close(got, want.detach(), rtol=1e-6, atol=1e-6)
+    if type(act) in (torch.nn.GELU, torch.nn.ReLU):
+        assert f"aten::{type(act).__name__.lower()}_" in ops
+
+
+@pytest.mark.parametrize("onednn", ONEDNN_BOTH)
+def test_linear_add_equals_residual_plus_linear(onednn):
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(48, 32)
+    x = torch.randn(2, 5, 48)
+    residuals = [torch.randn(2, 5, 32), torch.randn(2, 32, 5).transpose(1, 2), torch.randn(1, 5, 32)]  # plain, strided, broadcast
+    with use_onednn_linear(onednn):
+        for residual in residuals:
+            for bias in (fc.bias, None):
+                want = (residual + F.linear(x, fc.weight, bias)).detach()
+                keep = residual.clone()
+                with torch.inference_mode():
+                    got, ops = _ops_run(lambda: linear_add(residual, x, fc.weight, bias))
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+                assert torch.equal(residual, keep)  # the residual is read, never written
+                if residual.shape == want.shape:
+                    assert got.is_contiguous()
+                    assert ("mkldnn::_linear_pointwise" if onednn else "aten::addmm_") in ops
+        residual = residuals[0].clone().requires_grad_()
+        linear_add(residual, x, fc.weight, fc.bias).sum().backward()  # autograd: the plain expression
+        assert residual.grad is not None and fc.weight.grad is not None
+
+
+def test_mlp_add_to_equals_the_block_expression():
+    torch.manual_seed(0)
+    mlp, drop_path = Mlp(16, 64), DropPath(0.5)
+    x, residual = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    mlp.eval(), drop_path.eval()
+    with torch.no_grad():
+        want = residual + mlp(x)
+        _, ops = _ops_run(lambda: torch.testing.assert_close(mlp.add_to(residual, x, drop_path), want, rtol=1e-5, atol=1e-5))
+        assert "aten::addmm_" in ops or onednn_linear_available()
+        seen = []
+        mlp.fc2.register_forward_hook(lambda m, i, o: seen.append(o.shape))  # a hooked fc2 runs as itself
+        torch.testing.assert_close(mlp.add_to(residual, x, drop_path), want, rtol=1e-5, atol=1e-5)
+        assert seen == [torch.Size([2, 7, 16])]
+    drop_path.train()  # stochastic depth in training: the branch is dropped or scaled per sample
+    torch.manual_seed(1)
+    out = mlp.add_to(residual, x, drop_path)
+    torch.manual_seed(1)
+    torch.testing.assert_close(out, residual + drop_path(mlp(x)))
 
 
 def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):
@@ -466,3 +527,29 @@ def test_models_agree_with_and_without_bn_folding(name):
         out, n = run()
     assert n < n_ref  # BNs were folded away
     assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5
+
+
+def test_std_conv_caches_its_kernel_only_while_the_weight_is_unchanged():
+    from visionzoo.layers import conv as conv_module
+
+    torch.manual_seed(0)
+    conv = StdConv2d(4, 6, 3, padding=1, eps=1e-6)
+    x = torch.randn(2, 4, 8, 8)
+
+    def ref():
+        w = conv.weight.detach()
+        mean, var = w.mean((1, 2, 3), keepdim=True), w.var((1, 2, 3), unbiased=False, keepdim=True)
+        return F.conv2d(x, (w - mean) / torch.sqrt(var + 1e-6), conv.bias.detach(), padding=1)
+
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref(), rtol=1e-5, atol=1e-5)
+        assert conv in conv_module._STANDARDIZED
+        conv.weight.mul_(-2.0).add_(0.3)  # an optimizer step: the cached kernel is stale
+        torch.testing.assert_close(conv(x), ref(), rtol=1e-5, atol=1e-5)
+        conv.eps = 1e-2
+        assert not torch.allclose(conv(x), ref(), rtol=1e-4, atol=1e-4)  # eps is part of the key
+        conv.eps = 1e-6
+    out = conv(x)  # autograd: computed from the parameter, and the cached copy is dropped
+    assert conv not in conv_module._STANDARDIZED
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0

@@ -4,7 +4,7 @@ from .attention import Attention, attention
 from .conv import ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine
 from .drop_path import DropPath, drop_path_rates
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
-from .linear import linear, linear_act
+from .linear import linear, linear_act, linear_add
 from .mlp import Mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
@@ -29,6 +29,7 @@ __all__ = [
     "drop_path_rates",
     "linear",
     "linear_act",
+    "linear_add",
     "make_divisible",
     "max_pool2d",
     "pad_same",

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from .helpers import no_hooks, plain_cpu_eager
 
-__all__ = ["linear", "linear_act", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
+__all__ = ["linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
 _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -66,6 +66,14 @@ def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
     if kind is nn.Hardswish:
         return "hardswish", [], ""
     return None
+
+
+_INPLACE = {
+    nn.GELU: lambda x, act: torch.ops.aten.gelu_(x, approximate=act.approximate),
+    nn.ReLU: lambda x, act: x.relu_(),
+    nn.SiLU: lambda x, act: F.silu(x, inplace=True),
+    nn.Hardswish: lambda x, act: F.hardswish(x, inplace=True),
+}
 
 
 def _kernel_works(dtype: torch.dtype = torch.float32) -> bool:
@@ -123,13 +131,41 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Mo
     ``act`` is an activation module or None. GELU (erf or tanh), ReLU, SiLU and Hardswish
     fuse into the kernel; any other runs after it.
     """
-    if _inference_tensors(x, weight) and onednn_linear_available():
+    if not _inference_tensors(x, weight):
+        x = F.linear(x, weight, bias)
+        return act(x) if act is not None else x
+    if onednn_linear_available():
         post = _post_op(act)
         if post is not None:
             return _KERNEL(x, weight, bias, *post)
         return act(_KERNEL(x, weight, bias, "none", [], ""))
     x = F.linear(x, weight, bias)
-    return act(x) if act is not None else x
+    if act is None:
+        return x
+    inplace = _INPLACE.get(type(act))  # the GEMM's output is fresh: no second buffer
+    return inplace(x, act) if inplace is not None else act(x)
+
+
+def linear_add(residual: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``residual + F.linear(x, weight, bias)``; in CPU inference without a separate pass
+    for the product.
+
+    The GEMM accumulates into a copy of ``residual + bias`` (``addmm_`` with beta 1), where
+    eager code writes the product (after broadcasting the bias into it) and then adds the two
+    into a third tensor. With the oneDNN path on, the product comes from the oneDNN kernel and
+    the residual is added in place. The result is contiguous, shaped like ``residual``.
+    """
+    if not (_inference_tensors(x, weight) and plain_cpu_eager(residual)) or residual.dtype != x.dtype or residual.shape != (*x.shape[:-1], weight.shape[0]):
+        return residual + F.linear(x, weight, bias)
+    if onednn_linear_available():
+        return _KERNEL(x, weight, bias, "none", [], "").add_(residual)
+    out = torch.empty(residual.shape, dtype=residual.dtype)
+    if bias is None:
+        out.copy_(residual)
+    else:
+        torch.add(residual, bias, out=out)
+    out.view(-1, weight.shape[0]).addmm_(x.reshape(-1, weight.shape[1]), weight.t())
+    return out
 
 
 def register_linear_type(cls: type[nn.Module]) -> type[nn.Module]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from .linear import linear
+from .drop_path import DropPath
+from .helpers import no_hooks
+from .linear import linear, linear_add
 
 __all__ = ["Mlp"]
 
@@ -48,3 +51,23 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.drop1(linear(self.fc1, x, self.act))  # one fused call in CPU inference
         return self.drop2(linear(self.fc2, x))
+
+    def add_to(self, residual: Tensor, x: Tensor, drop_path: nn.Module | None = None) -> Tensor:
+        """``residual + drop_path(self(x))``, the second half of a pre-norm transformer block.
+
+        In inference (autograd off, eval mode, plain ``nn.Linear`` layers, nothing hooked)
+        fc2 accumulates into the residual (:func:`~visionzoo.layers.linear.linear_add`): no
+        separate passes for the bias and the sum. Elsewhere it is the plain expression.
+        """
+        if (
+            not torch.is_grad_enabled()
+            and not self.training
+            and type(self).forward is Mlp.forward
+            and type(self.fc2) is nn.Linear
+            and (drop_path is None or (type(drop_path) in (DropPath, nn.Identity) and not drop_path.training))
+            and no_hooks(self, self.drop1, self.fc2, self.drop2, *(() if drop_path is None else (drop_path,)))
+        ):
+            return linear_add(residual, linear(self.fc1, x, self.act), self.fc2.weight, self.fc2.bias)
+        y = self(x)
+        return residual + (y if drop_path is None else drop_path(y))
+

@@ -177,7 +177,7 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
         x = x + self.drop_path1(self.window_attention(self.norm1(x), plan))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
 class PatchMerging(nn.Module):

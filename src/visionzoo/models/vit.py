@@ -89,7 +89,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
 class RelPosAttention(Attention):
@@ -145,7 +145,7 @@ class RelPosBlock(Block):
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
         x = x + self.drop_path1(self.attn(self.norm1(x), grid))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
 class Bottleneck(nn.Module):
