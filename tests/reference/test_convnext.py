@@ -83,3 +83,36 @@ def test_official_layout_loads():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_block_inference_path_folds_the_layer_scale_and_follows_it():
+    """CPU inference folds gamma into fc2 (cached); a changed gamma, a hooked MLP and
+    autograd all give the block's plain expression."""
+    from visionzoo.models.convnext import _SCALED_FC2, ConvNeXtBlock
+
+    torch.manual_seed(0)
+    blk = ConvNeXtBlock(16).eval()
+    with torch.no_grad():
+        blk.gamma.normal_()
+    x = torch.randn(2, 16, 9, 9)
+
+    def plain():
+        y = blk.conv_dw(x).permute(0, 2, 3, 1)
+        return x + (blk.mlp(blk.norm(y)) * blk.gamma).permute(0, 3, 1, 2)
+
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), plain(), rtol=1e-5, atol=1e-5)
+        assert blk in _SCALED_FC2
+        blk.gamma.mul_(-3.0)  # changed in place: the folded copy is recomputed
+        torch.testing.assert_close(blk(x), plain(), rtol=1e-5, atol=1e-5)
+        seen = []
+        blk.mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        torch.testing.assert_close(blk(x), plain(), rtol=1e-5, atol=1e-5)
+        assert seen[0] == (2, 9, 9, 16)
+    out = blk(x.requires_grad_())
+    assert blk not in _SCALED_FC2
+    out.sum().backward()
+    assert blk.gamma.grad is not None
+    blk.gamma = None  # no layer scale
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), x + blk.mlp(blk.norm(blk.conv_dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)

@@ -21,10 +21,13 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, trunc_normal_
+from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, linear, linear_add, trunc_normal_
+from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["ConvNeXt", "ConvNeXtConfig"]
+
+_SCALED_FC2 = DerivedCache()  # block -> fc2's (weight, bias) times the layer scale
 
 
 class ConvNeXtBlock(nn.Module):
@@ -43,12 +46,50 @@ class ConvNeXtBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._inference_path(x):
+            return self._forward_inference(x)
+        _SCALED_FC2.discard(self)  # training, autograd, another device: no folded copy kept
         shortcut = x
         x = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
         x = self.mlp(self.norm(x))
         if self.gamma is not None:
             x = x * self.gamma
         return shortcut + self.drop_path(x.permute(0, 3, 1, 2))  # B, C, H, W
+
+    def _inference_path(self, x: Tensor) -> bool:
+        """CPU inference with plain modules and nothing hooked: the folded path applies."""
+        mlp = self.mlp
+        return (
+            not torch.is_grad_enabled()
+            and not self.training
+            and type(mlp) is Mlp
+            and type(mlp.fc2) is nn.Linear
+            and plain_cpu_eager(x)
+            and x.dtype == mlp.fc2.weight.dtype
+            and no_hooks(mlp, mlp.act, mlp.drop1, mlp.fc2, mlp.drop2, self.drop_path)
+        )
+
+    def _fc2_folded(self) -> tuple[Tensor, ...]:
+        """fc2's (weight, bias) with the layer scale multiplied in (cached; recomputed when
+        fc2 or gamma change)."""
+        fc2, gamma = self.mlp.fc2, self.gamma
+        if gamma is None:
+            return fc2.weight, fc2.bias
+
+        def fold() -> tuple[Tensor, Tensor | None]:
+            g = gamma.float()
+            w = (fc2.weight.float() * g[:, None]).to(fc2.weight.dtype)
+            return w, None if fc2.bias is None else (fc2.bias.float() * g).to(fc2.weight.dtype)
+
+        return _SCALED_FC2.get(self, (fc2.weight, fc2.bias, gamma), fold) or fold()
+
+    def _forward_inference(self, x: Tensor) -> Tensor:
+        """The block in CPU inference: GELU in place, the layer scale folded into fc2, and fc2
+        accumulating into the residual (no separate passes for gamma and the sum)."""
+        y = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))  # B, H, W, C
+        y = linear(self.mlp.fc1, y, self.mlp.act)
+        out = linear_add(x.permute(0, 2, 3, 1), y, *self._fc2_folded())
+        return out.permute(0, 3, 1, 2)  # B, C, H, W (channels-last memory)
 
 
 class ConvNeXtStage(nn.Module):
