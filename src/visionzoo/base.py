@@ -19,10 +19,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-
+import torch
 from torch import Tensor, nn
 
-__all__ = ["FeatureInfo", "InputError", "VisionModel", "tap_outputs"]
+from .layers.helpers import plain_cpu_eager
+
+__all__ = ["FeatureInfo", "InputError", "VisionModel", "plain_layout", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -50,6 +52,9 @@ class VisionModel(nn.Module):
     input_multiple: int = 1
     #: smallest spatial side the network can take.
     min_input_size: int = 1
+    #: run CPU inference in channels-last memory (convolutional families, where oneDNN's
+    #: NHWC kernels beat its NCHW ones; see :meth:`forward`). An instance may turn it off.
+    cpu_channels_last: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -94,9 +99,24 @@ class VisionModel(nn.Module):
 
     # ---------------------------------------------------------------- behaviour
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        x, channels_last = self.cpu_layout(x)
         if self.features_only:
-            return self.forward_intermediates(x, self.out_indices)
-        return self.forward_head(self.forward_features(x))
+            out = self.forward_intermediates(x, self.out_indices)
+        else:
+            out = self.forward_head(self.forward_features(x))
+        return plain_layout(out) if channels_last else out
+
+    def cpu_layout(self, x: Tensor) -> tuple[Tensor, bool]:
+        """``x`` in the memory layout this call runs in, and whether that is channels-last.
+
+        For CPU inference of a family with ``cpu_channels_last`` (eval mode, autograd off, a plain 4-D
+        CPU tensor, no tracing or compiling) the network runs on a channels-last copy of the
+        input: oneDNN's NHWC convolutions are 1.1-2x faster than its NCHW ones on these
+        models. :func:`plain_layout` gives any map the call returns back in the ordinary layout.
+        """
+        if self.cpu_channels_last and not self.training and x.dim() == 4 and not torch.is_grad_enabled() and plain_cpu_eager(x):
+            return x.contiguous(memory_format=torch.channels_last), True
+        return x, False
 
     def set_features_only(self, out_indices: Sequence[int] | None = None) -> VisionModel:
         """Turn the classifier into a feature extractor returning a list of NCHW maps."""
@@ -145,6 +165,13 @@ class VisionModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that the optimiser should not decay (position tables, tokens)."""
         return set()
+
+
+def plain_layout(out: Any) -> Any:
+    """``out`` (a tensor, or a list or tuple of them) with every tensor contiguous."""
+    if isinstance(out, Tensor):
+        return out.contiguous()
+    return type(out)(plain_layout(o) for o in out)
 
 
 def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int]) -> list[Tensor]:

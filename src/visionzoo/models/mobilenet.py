@@ -114,6 +114,8 @@ class _MobileNet(VisionModel):
     does, at the end of every stage after which the resolution halves, and at the last.
     """
 
+    cpu_channels_last = True
+
     def _build_stem(self, in_chans: int, chs: int, act_layer: type[nn.Module]) -> None:
         self.conv_stem = nn.Conv2d(in_chans, chs, 3, 2, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(chs)
