@@ -75,7 +75,6 @@ class ConvMixer(VisionModel):
     """
 
     family = "convmixer"
-    cpu_channels_last = True
 
     def __init__(self, cfg: ConvMixerConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()

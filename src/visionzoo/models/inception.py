@@ -65,8 +65,6 @@ class SequentialNet(VisionModel):
     the auxiliary logits, deepest first (torchvision's order); otherwise the logits.
     """
 
-    cpu_channels_last = True
-
     layer_names: list[str]
     _taps: list[int]
     _aux_after: dict[str, str] = {}

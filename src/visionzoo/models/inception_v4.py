@@ -167,7 +167,6 @@ class InceptionV4(VisionModel):
     """
 
     family = "inception_v4"
-    cpu_channels_last = True
     min_input_size = 75
 
     def __init__(self, cfg: InceptionV4Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:

@@ -92,7 +92,6 @@ class VGG(VisionModel):
     """
 
     family = "vgg"
-    cpu_channels_last = True
     min_input_size = 32
 
     def __init__(self, cfg: VGGConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
