@@ -19,6 +19,9 @@ oneDNN has a bf16 primitive on this CPU; not on AVX2-only x86), and no
 tracing, compiling, exporting or dispatch mode (FLOP counters, fake tensors) active. Everywhere else it is ``act(fc(x))``. The outputs agree
 to float rounding (~1e-6 relative). ``VISIONZOO_ONEDNN_LINEAR=1`` / ``0`` or
 :func:`set_onednn_linear` turns the path on or off whatever the CPU.
+
+Off the oneDNN path, under the same conditions, the activation runs in place on the GEMM's
+fresh output, and :func:`linear_add` lets a GEMM accumulate into a residual.
 """
 
 from __future__ import annotations
