@@ -201,13 +201,11 @@ class StdConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         if self.same_pad:
             x = pad_same(x, to_2tuple(self.kernel_size), to_2tuple(self.stride), to_2tuple(self.dilation))
-        w = None
+        hit = None
         if not torch.is_grad_enabled() and "parametrizations" not in self._modules and plain_cpu_eager(x):
             # CPU inference: the standardised kernel is computed once (cached like folded BatchNorm)
             hit = _STANDARDIZED.get(self, (self._parameters["weight"],), lambda: (self.standardized_weight(),), (self.eps,))
-            w = hit[0] if hit is not None else None
         else:
             _STANDARDIZED.discard(self)
-        if w is None:
-            w = self.standardized_weight()
+        w = hit[0] if hit is not None else self.standardized_weight()
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)

@@ -59,15 +59,21 @@ class Mlp(nn.Module):
         fc2 accumulates into the residual (:func:`~visionzoo.layers.linear.linear_add`): no
         separate passes for the bias and the sum. Elsewhere it is the plain expression.
         """
-        if (
+        if self.inference_unrolled(drop_path):
+            return linear_add(residual, linear(self.fc1, x, self.act), self.fc2.weight, self.fc2.bias)
+        y = self(x)
+        return residual + (y if drop_path is None else drop_path(y))
+
+    def inference_unrolled(self, drop_path: nn.Module | None = None) -> bool:
+        """Whether a caller may run fc1 + act and fc2's weights directly instead of calling
+        this module (and ``drop_path`` after it): autograd off, eval mode, a plain ``Mlp``
+        forward and ``nn.Linear`` fc2, an inactive drop path, nothing hooked."""
+        return (
             not torch.is_grad_enabled()
             and not self.training
             and type(self).forward is Mlp.forward
             and type(self.fc2) is nn.Linear
             and (drop_path is None or (type(drop_path) in (DropPath, nn.Identity) and not drop_path.training))
-            and no_hooks(self, self.drop1, self.fc2, self.drop2, *(() if drop_path is None else (drop_path,)))
-        ):
-            return linear_add(residual, linear(self.fc1, x, self.act), self.fc2.weight, self.fc2.bias)
-        y = self(x)
-        return residual + (y if drop_path is None else drop_path(y))
+            and no_hooks(self, self.act, self.drop1, self.fc2, self.drop2, *(() if drop_path is None else (drop_path,)))
+        )
 

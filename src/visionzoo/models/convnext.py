@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, linear, linear_add, trunc_normal_
-from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
+from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["ConvNeXt", "ConvNeXtConfig"]
@@ -59,15 +59,7 @@ class ConvNeXtBlock(nn.Module):
     def _inference_path(self, x: Tensor) -> bool:
         """CPU inference with plain modules and nothing hooked: the folded path applies."""
         mlp = self.mlp
-        return (
-            not torch.is_grad_enabled()
-            and not self.training
-            and type(mlp) is Mlp
-            and type(mlp.fc2) is nn.Linear
-            and plain_cpu_eager(x)
-            and x.dtype == mlp.fc2.weight.dtype
-            and no_hooks(mlp, mlp.act, mlp.drop1, mlp.fc2, mlp.drop2, self.drop_path)
-        )
+        return isinstance(mlp, Mlp) and mlp.inference_unrolled(self.drop_path) and plain_cpu_eager(x) and x.dtype == mlp.fc2.weight.dtype
 
     def _fc2_folded(self) -> tuple[Tensor, ...]:
         """fc2's (weight, bias) with the layer scale multiplied in (cached; recomputed when
@@ -81,7 +73,7 @@ class ConvNeXtBlock(nn.Module):
             w = (fc2.weight.float() * g[:, None]).to(fc2.weight.dtype)
             return w, None if fc2.bias is None else (fc2.bias.float() * g).to(fc2.weight.dtype)
 
-        return _SCALED_FC2.get(self, (fc2.weight, fc2.bias, gamma), fold) or fold()
+        return _SCALED_FC2.get(self, (fc2.weight, fc2.bias, gamma), fold) or fold()  # (fold() per call if untrackable)
 
     def _forward_inference(self, x: Tensor) -> Tensor:
         """The block in CPU inference: GELU in place, the layer scale folded into fc2, and fc2
