@@ -22,6 +22,7 @@ from visionzoo.layers import (
     window_partition,
     window_reverse,
 )
+from visionzoo.layers import conv as conv_module
 from visionzoo.layers.conv import StdConv2d
 from visionzoo.layers.helpers import pad_same
 from visionzoo.layers.linear import _default_on, _kernel_works, onednn_linear_available, use_onednn_linear
@@ -371,17 +372,17 @@ def _folded_ran(fn):
     return out, "aten::native_batch_norm" not in ops and "aten::_native_batch_norm_legit_no_training" not in ops
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, bias=False),
-        dict(in_channels=8, out_channels=16, kernel_size=1, stride=2, bias=True),
-        dict(in_channels=8, out_channels=8, kernel_size=5, padding=2, groups=8, bias=False),  # depthwise
-        dict(in_channels=8, out_channels=12, kernel_size=3, padding=2, dilation=2, groups=4, bias=True),
-        dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, padding_mode="reflect", bias=False),
-        dict(in_channels=8, out_channels=16, kernel_size=(1, 7), padding=(0, 3), bias=False),
-    ],
-)
+_CONV_KWARGS = [
+    dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, bias=False),
+    dict(in_channels=8, out_channels=16, kernel_size=1, stride=2, bias=True),
+    dict(in_channels=8, out_channels=8, kernel_size=5, padding=2, groups=8, bias=False),  # depthwise
+    dict(in_channels=8, out_channels=12, kernel_size=3, padding=2, dilation=2, groups=4, bias=True),
+    dict(in_channels=8, out_channels=16, kernel_size=3, padding=1, padding_mode="reflect", bias=False),
+    dict(in_channels=8, out_channels=16, kernel_size=(1, 7), padding=(0, 3), stride=(2, 1), bias=False),
+]
+
+
+@pytest.mark.parametrize("kwargs", _CONV_KWARGS)
 def test_conv_bn_folding_equals_conv_then_bn(kwargs):
     from visionzoo.layers import apply_conv_bn
 
@@ -438,7 +439,6 @@ def test_conv_bn_folding_stays_out_of_the_way():
     """Autograd, training mode, hooks, other norms and conv subclasses see the plain modules;
     a call off the folded path drops the cached copy."""
     from visionzoo.layers import apply_conv_bn, apply_conv_bn_seq
-    from visionzoo.layers import conv as conv_module
     from visionzoo.layers.conv import use_bn_folding
 
     torch.manual_seed(0)
@@ -529,8 +529,187 @@ def test_models_agree_with_and_without_bn_folding(name):
     assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5
 
 
+def _packed_ran(fn):
+    """(output, number of oneDNN calls on a prepacked weight ``fn`` made)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = fn()
+    return out, sum(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
+
+
+needs_packed_conv = pytest.mark.skipif(not conv_module._HAVE_PACKED_CONV, reason="torch build without oneDNN convolution ops")
+_CL = torch.channels_last
+_ACTS = [
+    None,
+    torch.nn.Identity(),
+    torch.nn.ReLU(inplace=True),
+    torch.nn.ReLU6(),
+    torch.nn.Hardtanh(-0.5, 0.75),
+    torch.nn.LeakyReLU(0.1),
+    torch.nn.SiLU(inplace=True),
+    torch.nn.Hardswish(),
+    torch.nn.GELU(),
+    torch.nn.GELU(approximate="tanh"),
+    torch.nn.Sigmoid(),
+    torch.nn.Hardsigmoid(),
+    torch.nn.Tanh(),
+    torch.nn.ELU(),  # no oneDNN post-op: the activation runs after the convolution
+]
+
+
+@needs_packed_conv
+@pytest.mark.parametrize("kwargs", [k for k in _CONV_KWARGS if "padding_mode" not in k])  # (reflect padding: test below)
+@pytest.mark.parametrize("norm", ["bn", "none"])
+def test_packed_conv_with_activation_and_sum_equals_the_expression(kwargs, norm):
+    """On a channels-last map, ``act(bn(conv(x)) + residual)`` makes one oneDNN call on a packed
+    weight (with the activation and sum as its post-ops where oneDNN has them) and equals the
+    modules run one by one."""
+    from visionzoo.layers import apply_conv_bn
+
+    torch.manual_seed(0)
+    conv, bn = _conv_bn_pair(torch.nn.Conv2d(**kwargs))
+    bn = bn if norm == "bn" else None
+    x = torch.randn(3, 8, 13, 11).to(memory_format=_CL)
+    with torch.inference_mode():
+        y = conv(x.contiguous())
+        y = bn(y) if bn is not None else y
+        residual = torch.randn(y.shape).to(memory_format=_CL)
+        for act in _ACTS:
+            for r in (None, residual):
+                z = y if r is None else y + r
+                ref = z if act is None else act(z.clone())
+                out, calls = _packed_ran(lambda: apply_conv_bn(conv, bn, x, act, residual=r))
+                assert calls == 1, (act, r is None)
+                assert out.is_contiguous(memory_format=_CL)
+                torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{act}, residual {r is not None}: {m}")
+        for act, r in ((_ACTS[2], residual), (_ACTS[6], None), (_ACTS[8], None)):  # post-ops: no separate pass
+            _, ops = _ops_run(lambda: apply_conv_bn(conv, bn, x, act, residual=r))
+            assert not ops & {"aten::relu_", "aten::relu", "aten::silu_", "aten::gelu", "aten::add_", "aten::add"}, ops
+
+
+@needs_packed_conv
+def test_packed_conv_follows_shapes_weights_and_the_switch():
+    """The packed weight is repacked for a new input shape and after any change of the
+    weights; ``set_conv_packing(False)`` drops every packed copy."""
+    from visionzoo.layers import Conv2d, apply_conv_bn, set_conv_packing
+
+    torch.manual_seed(0)
+    conv = Conv2d(6, 10, 3, padding=1)
+    folded, bn = _conv_bn_pair(torch.nn.Conv2d(6, 10, 3, stride=2, padding=1, bias=False))
+    assert set(conv.state_dict()) == {"weight", "bias"}
+
+    def check(*shape):
+        x = torch.randn(*shape).to(memory_format=_CL)
+        with torch.no_grad():
+            out, calls = _packed_ran(lambda: conv(x))
+            torch.testing.assert_close(out, F.conv2d(x.contiguous(), conv.weight, conv.bias, padding=1), rtol=1e-5, atol=1e-5)
+            out2, calls2 = _packed_ran(lambda: apply_conv_bn(folded, bn, x))
+            torch.testing.assert_close(out2, bn(folded(x.contiguous())), rtol=1e-5, atol=1e-5)
+        assert calls == calls2 == 1
+
+    check(2, 6, 16, 16)
+    check(1, 6, 7, 9)  # packed for another shape: repacked
+    check(5, 6, 33, 20)
+    with torch.no_grad():
+        conv.weight.mul_(-1.5)
+        bn.running_mean.add_(0.3)
+    check(5, 6, 33, 20)
+    conv.bias.data = torch.randn(10)
+    folded.weight.data = torch.randn_like(folded.weight)
+    check(5, 6, 33, 20)
+    assert conv in conv_module._PACKED and folded in conv_module._FOLDED
+    try:
+        set_conv_packing(False)
+        assert conv not in conv_module._PACKED and folded not in conv_module._FOLDED
+        x = torch.randn(2, 6, 8, 8).to(memory_format=_CL)
+        with torch.no_grad():
+            out, calls = _packed_ran(lambda: conv(x))
+        assert calls == 0
+        torch.testing.assert_close(out, F.conv2d(x, conv.weight, conv.bias, padding=1))
+    finally:
+        set_conv_packing(True)
+
+
+@needs_packed_conv
+def test_packed_conv_stays_out_of_the_way():
+    """NCHW, ambiguous-layout, bf16 and autograd inputs, reflect or TF 'SAME' padding, hooks
+    and a residual oneDNN cannot take all run the plain modules, with the same result."""
+    from visionzoo.layers import Conv2d, apply_conv_bn
+    from visionzoo.models.efficientnet import Conv2dPad
+
+    torch.manual_seed(0)
+    conv = Conv2d(4, 6, 3, padding=1)
+    relu = torch.nn.ReLU()
+    with torch.no_grad():
+        for x in (
+            torch.randn(2, 4, 8, 8),  # NCHW
+            torch.randn(2, 4, 1, 1).to(memory_format=_CL),  # 1x1: both layouts
+            torch.randn(2, 4, 8, 8, dtype=torch.bfloat16).to(memory_format=_CL),
+        ):
+            conv_x = conv.to(x.dtype)
+            out, calls = _packed_ran(lambda: conv_x(x))
+            assert calls == 0
+            torch.testing.assert_close(out, F.conv2d(x, conv_x.weight, conv_x.bias, padding=1))
+        conv.float()
+    x = torch.randn(2, 4, 8, 8).to(memory_format=_CL)
+    out, calls = _packed_ran(lambda: conv(x))  # autograd on
+    assert calls == 0 and out.requires_grad
+    with torch.no_grad():
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+        reflect = Conv2d(4, 6, 3, padding=1, padding_mode="reflect")
+        assert _packed_ran(lambda: reflect(x))[1] == 0
+        same = Conv2dPad(4, 6, 3, 2, tf_padding=True)
+        out, calls = _packed_ran(lambda: apply_conv_bn(same, None, x))
+        assert calls == 0
+        torch.testing.assert_close(out, same(x.contiguous()))
+        same.tf_padding = False  # symmetric padding: packed
+        out, calls = _packed_ran(lambda: apply_conv_bn(same, None, x))
+        assert calls == 1
+        torch.testing.assert_close(out, same(x.contiguous()), rtol=1e-5, atol=1e-5)
+
+        seen = []
+        handle = conv.register_forward_hook(lambda m, i, o: seen.append("conv"))
+        out, calls = _packed_ran(lambda: apply_conv_bn(conv, None, x, relu))
+        assert calls == 0 and seen == ["conv"]
+        torch.testing.assert_close(out, F.relu(ref))
+        handle.remove()
+        relu.register_forward_hook(lambda m, i, o: seen.append("act"))
+        out, calls = _packed_ran(lambda: apply_conv_bn(conv, None, x, relu))
+        assert calls == 1 and seen == ["conv", "act"]  # the convolution packed, the hooked act called
+        torch.testing.assert_close(out, F.relu(ref), rtol=1e-5, atol=1e-5)
+        for residual in (torch.randn(2, 6, 8, 8), torch.randn(1, 6, 1, 8).to(memory_format=_CL)):  # NCHW; broadcast
+            out = apply_conv_bn(conv, torch.nn.Identity(), x, residual=residual)
+            torch.testing.assert_close(out, ref + residual, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_conv_bn_seq_equals_the_sequential():
+    """A Sequential of convolutions, norms, activations and other modules (nested too) gives
+    its own output through ``apply_conv_bn_seq``, packed or not, hooked or not."""
+    from visionzoo.layers import apply_conv_bn_seq
+
+    torch.manual_seed(0)
+    conv1, bn1 = _conv_bn_pair(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False))
+    conv2, bn2 = _conv_bn_pair(torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), seed=1)
+    seq = torch.nn.Sequential(
+        conv1, bn1, torch.nn.ReLU6(inplace=True), torch.nn.MaxPool2d(2),
+        torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1), torch.nn.SiLU()),
+        conv2, bn2, torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(8, 4, 1), torch.nn.ELU(),
+    ).eval()
+    for x in (torch.randn(2, 3, 16, 12), torch.randn(2, 3, 16, 12).to(memory_format=_CL)):
+        with torch.no_grad():
+            ref = seq(x.contiguous())
+            out, calls = _packed_ran(lambda: apply_conv_bn_seq(seq, x))
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            assert calls == (4 if x.is_contiguous(memory_format=_CL) and not x.is_contiguous() and conv_module._HAVE_PACKED_CONV else 0)
+    seen = []
+    seq[2].register_forward_hook(lambda m, i, o: seen.append("relu6"))
+    with torch.no_grad():
+        torch.testing.assert_close(apply_conv_bn_seq(seq, x), ref, rtol=1e-5, atol=1e-5)
+    assert seen == ["relu6"]
+    seq.train()  # batch statistics: the modules themselves
+    torch.testing.assert_close(apply_conv_bn_seq(seq, x), seq(x))
+
+
 def test_std_conv_caches_its_kernel_only_while_the_weight_is_unchanged():
-    from visionzoo.layers import conv as conv_module
 
     torch.manual_seed(0)
     conv = StdConv2d(4, 6, 3, padding=1, eps=1e-6)

@@ -13,6 +13,7 @@ import torch
 import visionzoo
 from family_models import smallest_per_family
 from visionzoo.base import VisionModel
+from visionzoo.layers import conv as conv_module
 
 ALL_MODELS = visionzoo.list_models()
 
@@ -113,11 +114,14 @@ def test_cpu_inference_layout(name):
     seen = []
     first.register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
     with torch.no_grad():
-        y = model(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            y = model(x)
         model.cpu_channels_last = False
         ref = model(x)
         model.cpu_channels_last = True
     assert seen == [True, False]
+    if conv_module._HAVE_PACKED_CONV:  # the convolutions ran on prepacked weights (layers.conv)
+        assert any(e.name.startswith("mkldnn::_convolution_pointwise") for e in prof.events())
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
     model(x)  # autograd on: the ordinary layout
     model.train()

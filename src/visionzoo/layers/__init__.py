@@ -1,8 +1,8 @@
 """Layers that two or more families share."""
 
 from .attention import Attention, attention
-from .conv import ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine
-from .drop_path import DropPath, drop_path_rates
+from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, set_bn_folding, set_conv_packing
+from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
 from .linear import linear, linear_act, linear_add
 from .mlp import Mlp
@@ -14,6 +14,7 @@ from .se import SqueezeExcite
 
 __all__ = [
     "Attention",
+    "Conv2d",
     "ConvNormAct",
     "DropPath",
     "LayerNorm2d",
@@ -36,6 +37,9 @@ __all__ = [
     "relative_position_index",
     "resample_abs_pos_embed",
     "resize_rel_pos_bias_table",
+    "set_bn_folding",
+    "set_conv_packing",
+    "skippable",
     "to_2tuple",
     "trunc_normal_",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["DropPath", "drop_path_rates"]
+from .helpers import no_hooks
+
+__all__ = ["DropPath", "drop_path_rates", "skippable"]
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
@@ -38,3 +40,12 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob:.3f}"
+
+
+def skippable(drop_path: nn.Module | None) -> bool:
+    """Whether a fast path may leave out the call of ``drop_path``: None, or an unhooked
+    ``nn.Identity`` or ``DropPath`` that drops nothing (eval mode or rate 0)."""
+    if drop_path is None:
+        return True
+    kind = type(drop_path)
+    return (kind is nn.Identity or (kind is DropPath and (drop_path.drop_prob == 0.0 or not drop_path.training))) and no_hooks(drop_path)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .drop_path import DropPath
+from .drop_path import skippable
 from .helpers import no_hooks
 from .linear import linear, linear_add
 
@@ -73,7 +73,7 @@ class Mlp(nn.Module):
             and not self.training
             and type(self).forward is Mlp.forward
             and type(self.fc2) is nn.Linear
-            and (drop_path is None or (type(drop_path) in (DropPath, nn.Identity) and not drop_path.training))
-            and no_hooks(self, self.act, self.drop1, self.fc2, self.drop2, *(() if drop_path is None else (drop_path,)))
+            and skippable(drop_path)
+            and no_hooks(self, self.act, self.drop1, self.fc2, self.drop2)
         )
 

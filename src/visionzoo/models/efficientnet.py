@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, make_divisible, pad_same
+from ..layers import DropPath, apply_conv_bn, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -141,6 +141,11 @@ class Conv2dPad(nn.Conv2d):
         super().__init__(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False)
         self.tf_padding = tf_padding
 
+    @property
+    def plain_padding(self) -> bool:
+        """Padded as ``nn.Conv2d`` (symmetric): the packed CPU path of ``layers.apply_conv_bn`` may run it."""
+        return not self.tf_padding
+
     def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if not self.tf_padding:
             return super()._conv_forward(x, weight, bias)
@@ -188,7 +193,9 @@ class DepthwiseSeparable(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.se(self.act(apply_conv_bn(self.conv_dw, self.bn1, x)))
+        y = self.se(apply_conv_bn(self.conv_dw, self.bn1, x, self.act))
+        if self.has_skip and skippable(self.drop_path):  # the sum as the projection's post-op where it can
+            return apply_conv_bn(self.conv_pw, self.bn2, y, residual=x)
         y = apply_conv_bn(self.conv_pw, self.bn2, y)
         return x + self.drop_path(y) if self.has_skip else y
 
@@ -220,8 +227,10 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act(apply_conv_bn(self.conv_pw, self.bn1, x))
-        y = self.se(self.act(apply_conv_bn(self.conv_dw, self.bn2, y)))
+        y = apply_conv_bn(self.conv_pw, self.bn1, x, self.act)
+        y = self.se(apply_conv_bn(self.conv_dw, self.bn2, y, self.act))
+        if self.has_skip and skippable(self.drop_path):  # the sum as the projection's post-op where it can
+            return apply_conv_bn(self.conv_pwl, self.bn3, y, residual=x)
         y = apply_conv_bn(self.conv_pwl, self.bn3, y)
         return x + self.drop_path(y) if self.has_skip else y
 
@@ -305,8 +314,8 @@ class EfficientNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.blocks(self.act(apply_conv_bn(self.conv_stem, self.bn1, x)))
-        return self.act(apply_conv_bn(self.conv_head, self.bn2, x))
+        x = self.blocks(apply_conv_bn(self.conv_stem, self.bn1, x, self.act))
+        return apply_conv_bn(self.conv_head, self.bn2, x, self.act)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))  # B, C
@@ -318,7 +327,7 @@ class EfficientNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        stem = self.act(apply_conv_bn(self.conv_stem, self.bn1, x))
+        stem = apply_conv_bn(self.conv_stem, self.bn1, x, self.act)
         return tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:

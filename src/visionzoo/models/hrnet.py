@@ -37,6 +37,9 @@ __all__ = ["HRNet", "HRNetConfig"]
 
 
 # --------------------------------------------------------------------------- blocks
+RELU = nn.ReLU(inplace=True)  # the blocks' and stem's ReLU: a convolution's post-op in CPU inference (layers.apply_conv_bn)
+
+
 def _bn_conv(in_chs: int, out_chs: int, k: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(in_chs, out_chs, k, stride, k // 2, bias=False), nn.BatchNorm2d(out_chs)]
 
@@ -56,10 +59,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        x = F.relu(apply_conv_bn(self.conv1, self.bn1, x), inplace=True)  # fresh outputs: ReLU and sum in place
-        x = apply_conv_bn(self.conv2, self.bn2, x)
-        x += shortcut
-        return F.relu(x, inplace=True)
+        x = apply_conv_bn(self.conv1, self.bn1, x, RELU)
+        return apply_conv_bn(self.conv2, self.bn2, x, RELU, residual=shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -79,11 +80,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        x = F.relu(apply_conv_bn(self.conv1, self.bn1, x), inplace=True)  # fresh outputs: ReLU and sum in place
-        x = F.relu(apply_conv_bn(self.conv2, self.bn2, x), inplace=True)
-        x = apply_conv_bn(self.conv3, self.bn3, x)
-        x += shortcut
-        return F.relu(x, inplace=True)
+        x = apply_conv_bn(self.conv1, self.bn1, x, RELU)
+        x = apply_conv_bn(self.conv2, self.bn2, x, RELU)
+        return apply_conv_bn(self.conv3, self.bn3, x, RELU, residual=shortcut)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -142,9 +141,9 @@ class HighResolutionModule(nn.Module):
             return xs
         out = []
         for row in self.fuse_layers:
-            y = row[0](xs[0])
+            y = apply_conv_bn_seq(row[0], xs[0])
             for f, x in zip(row[1:], xs[1:]):
-                y = y + f(x)
+                y = y + apply_conv_bn_seq(f, x)
             out.append(F.relu(y, inplace=True))  # y is a fresh sum (every row adds at least once)
         return out
 
@@ -244,14 +243,14 @@ class HRNet(VisionModel):
 
     def _stem(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return F.relu(self.bn1(self.conv1(x)), inplace=True)  # B, stem, H/2, W/2
+        return apply_conv_bn(self.conv1, self.bn1, x, RELU)  # B, stem, H/2, W/2
 
     def _trunk(self, x: Tensor) -> list[Tensor]:
-        x = self.layer1(F.relu(self.bn2(self.conv2(x)), inplace=True))  # B, C1, H/4, W/4
+        x = self.layer1(apply_conv_bn(self.conv2, self.bn2, x, RELU))  # B, C1, H/4, W/4
         xs = [x]
         for k in (1, 2, 3):
             trans = getattr(self, f"transition{k}")
-            xs = [t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(trans)]
+            xs = [apply_conv_bn_seq(t, xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(trans)]
             xs = getattr(self, f"stage{k + 1}")(xs)
         return xs  # 4 maps, H/4 ... H/32
 
@@ -263,8 +262,8 @@ class HRNet(VisionModel):
         xs = self._trunk(self._stem(x))
         y = self.incre_modules[0](xs[0])
         for i in range(1, 4):
-            y = self.incre_modules[i](xs[i]) + self.downsamp_modules[i - 1](y)
-        return self.final_layer(y)  # B, 2048, H/32, W/32
+            y = self.incre_modules[i](xs[i]) + apply_conv_bn_seq(self.downsamp_modules[i - 1], y)
+        return apply_conv_bn_seq(self.final_layer, y)  # B, 2048, H/32, W/32
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean(dim=(2, 3)))

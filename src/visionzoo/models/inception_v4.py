@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import MaxPool2d
+from ..layers import Conv2d, MaxPool2d
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from .inception import SequentialNet, conv_bn
 
@@ -167,6 +167,7 @@ class InceptionV4(VisionModel):
     """
 
     family = "inception_v4"
+    cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
     min_input_size = 75
 
     def __init__(self, cfg: InceptionV4Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:
@@ -232,7 +233,7 @@ class InceptionResBlock(nn.Module):
         for i, branch in enumerate(branches):
             self.add_module(f"branch{i}", branch)
         self._n = len(branches)
-        self.conv2d = nn.Conv2d(cat_chs, dim, 1)  # linear: no norm, no activation
+        self.conv2d = Conv2d(cat_chs, dim, 1)  # linear: no norm, no activation
         self.act = nn.ReLU(inplace=True) if relu else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -292,6 +293,7 @@ class InceptionResNetV2(SequentialNet):
     """
 
     family = "inception_resnet_v2"
+    cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
     min_input_size = 75
 
     def __init__(self, cfg: InceptionResNetV2Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:

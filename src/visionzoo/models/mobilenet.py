@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, make_divisible
+from ..layers import DropPath, apply_conv_bn, make_divisible, skippable
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
@@ -72,8 +72,8 @@ class DepthwiseSeparable(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act1(apply_conv_bn(self.conv_dw, self.bn1, x))
-        y = self.act2(apply_conv_bn(self.conv_pw, self.bn2, y))
+        y = apply_conv_bn(self.conv_dw, self.bn1, x, self.act1)
+        y = apply_conv_bn(self.conv_pw, self.bn2, y, self.act2)
         return x + self.drop_path(y) if self.residual else y
 
 
@@ -100,8 +100,10 @@ class InvertedResidual(nn.Module):
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.act1(apply_conv_bn(self.conv_pw, self.bn1, x))
-        y = self.act2(apply_conv_bn(self.conv_dw, self.bn2, y))
+        y = apply_conv_bn(self.conv_pw, self.bn1, x, self.act1)
+        y = apply_conv_bn(self.conv_dw, self.bn2, y, self.act2)
+        if self.residual and skippable(self.drop_path):  # the sum as the projection's post-op where it can
+            return apply_conv_bn(self.conv_pwl, self.bn3, y, residual=x)
         y = apply_conv_bn(self.conv_pwl, self.bn3, y)  # linear bottleneck: no activation
         return x + self.drop_path(y) if self.residual else y
 
@@ -149,8 +151,8 @@ class _MobileNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.blocks(self.act1(apply_conv_bn(self.conv_stem, self.bn1, x)))
-        return self.act2(apply_conv_bn(self.conv_head, self.bn2, x))
+        x = self.blocks(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1))
+        return apply_conv_bn(self.conv_head, self.bn2, x, self.act2)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))
@@ -162,7 +164,7 @@ class _MobileNet(VisionModel):
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
-        return tap_outputs(self.act1(apply_conv_bn(self.conv_stem, self.bn1, x)), self.blocks, [self._taps[i] for i in indices])
+        return tap_outputs(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1), self.blocks, [self._taps[i] for i in indices])
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.blocks = self.blocks[: self._taps[max(indices)] + 1]

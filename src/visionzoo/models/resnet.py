@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, drop_path_rates, make_divisible
+from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, drop_path_rates, make_divisible, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -123,7 +123,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        x = apply_conv_bn(self.conv2, self.bn2, self.act1(apply_conv_bn(self.conv1, self.bn1, x)))
+        x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
+        if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
+            return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut)
+        x = apply_conv_bn(self.conv2, self.bn2, x)
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(x)
@@ -181,8 +184,10 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        x = self.act1(apply_conv_bn(self.conv1, self.bn1, x))
-        x = self.act2(apply_conv_bn(self.conv2, self.bn2, x))
+        x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
+        x = apply_conv_bn(self.conv2, self.bn2, x, self.act2)
+        if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
+            return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut)
         x = apply_conv_bn(self.conv3, self.bn3, x)
         if self.se is not None:
             x = self.se(x)
@@ -279,6 +284,7 @@ class ResNet(VisionModel):
     """
 
     family = "resnet"
+    cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
     def __init__(self, cfg: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -329,7 +335,7 @@ class ResNet(VisionModel):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def _stem(self, x: Tensor) -> Tensor:
-        return self.act1(apply_conv_bn(self.conv1, self.bn1, x))  # B, 64, H/2, W/2
+        return apply_conv_bn(self.conv1, self.bn1, x, self.act1)  # B, 64, H/2, W/2
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
