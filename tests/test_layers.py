@@ -616,10 +616,10 @@ def test_packed_conv_follows_shapes_weights_and_the_switch():
     conv.bias.data = torch.randn(10)
     folded.weight.data = torch.randn_like(folded.weight)
     check(5, 6, 33, 20)
-    assert conv in conv_module._PACKED and folded in conv_module._FOLDED
+    assert conv in conv_module._PACKED and folded in conv_module._PACKED and folded in conv_module._FOLDED
     try:
         set_conv_packing(False)
-        assert conv not in conv_module._PACKED and folded not in conv_module._FOLDED
+        assert conv not in conv_module._PACKED and folded not in conv_module._PACKED
         x = torch.randn(2, 6, 8, 8).to(memory_format=_CL)
         with torch.no_grad():
             out, calls = _packed_ran(lambda: conv(x))

@@ -1,36 +1,43 @@
-"""Convolution building blocks: conv-norm-act, weight-standardised convolution, and
-BatchNorm folded into the convolution before it for CPU inference.
+"""Convolution building blocks: conv-norm-act, weight-standardised convolution, and the
+CPU inference paths of a convolution with the BatchNorm, activation and residual sum after it.
 
-:func:`apply_conv_bn` returns ``bn(conv(x))``. In CPU inference it runs one convolution whose
-weight and bias already hold the BatchNorm's affine map (``W' = W * s``,
-``b' = b * s + t`` with ``s = gamma / sqrt(var + eps)``, ``t = beta - mean * s``), so the
-separate pass of the BatchNorm over the output goes away: 9 % of ResNet-50's CPU time at
-batch 4 in a profile. The folded weights are computed once and cached beside the
-module, keyed by the storage and version counter of every tensor they come from: an
-optimizer step, ``load_state_dict``, ``.to()`` or any in-place change invalidates them.
-The cost is a second copy of the convolution weights while a model is used for CPU
+:func:`apply_conv_bn` returns ``act(bn(conv(x)) + residual)`` (each part optional). In CPU
+inference it runs one convolution whose weight and bias already hold the BatchNorm's affine
+map (``W' = W * s``, ``b' = b * s + t`` with ``s = gamma / sqrt(var + eps)``,
+``t = beta - mean * s``), so the separate pass of the BatchNorm over the output goes away:
+9 % of ResNet-50's CPU time at batch 4 in a profile. The folded weights are computed once and
+cached beside the module, keyed by the storage and version counter of every tensor they come
+from: an optimizer step, ``load_state_dict``, ``.to()`` or any in-place change invalidates
+them. The cost is a second copy of the convolution weights while a model is used for CPU
 inference (ResNet-50: 94 MB); a call that does not take the folded path (training,
 autograd, another device) drops the module's copy.
 
 The path is taken only where nothing can observe the difference (the conditions of
 :func:`visionzoo.layers.linear.linear`): autograd off, a plain CPU tensor in an eager call,
-an ``nn.Conv2d`` whose ``forward`` is ``nn.Conv2d.forward`` (subclasses that override only
-``_conv_forward``, e.g. for 'SAME' padding, qualify) and that is not parametrised
-(``torch.nn.utils.parametrize``: weight norm, spectral norm), an ``nn.BatchNorm2d`` in eval mode
-with running statistics, no hooks, and parameters that are not inference tensors (whose
-in-place changes have no version counter). Outputs agree with the unfolded pair to float
-rounding (~1e-6 relative). ``VISIONZOO_FOLD_BN=0`` or :func:`set_bn_folding` turns it off.
+an ``nn.Conv2d`` whose ``forward`` is ``nn.Conv2d.forward`` or :class:`Conv2d`'s (subclasses
+that override only ``_conv_forward``, e.g. for 'SAME' padding, qualify) and that is not
+parametrised (``torch.nn.utils.parametrize``: weight norm, spectral norm), an
+``nn.BatchNorm2d`` in eval mode with running statistics, no hooks, and parameters that are
+not inference tensors (whose in-place changes have no version counter). Outputs agree with
+the unfolded pair to float rounding (~1e-6 relative). ``VISIONZOO_FOLD_BN=0`` or
+:func:`set_bn_folding` turns folding off.
 
 Prepacked weights. On a channels-last float32 map (the layout :meth:`VisionModel.cpu_layout`
-gives the families that set ``cpu_channels_last``), the same calls, and :class:`Conv2d` for a
-convolution without a norm, run oneDNN's convolution on a weight already reordered into its
-blocked layout for that input shape. ``F.conv2d`` reorders the weight on every call, which
-dominates the small-map layers: ResNet-50 at batch 2 and 64 px ran 52 ms channels-last against
-38 ms NCHW, and 26 ms with packed weights. The packed weight is cached as the folded one is
-(it replaces it: one extra copy of the weights in all), with the input's shape in its stamp:
-a new shape repacks it, and a packed weight is never used on a shape it was not packed for
-(oneDNN then falls back to slow kernels). ``VISIONZOO_PACK_CONV=0`` or :func:`set_conv_packing`
-turns this part off.
+gives the families that set ``cpu_channels_last``), the same calls, :class:`Conv2d` for a
+convolution without a norm and :func:`apply_conv_bn_seq` for whole ``nn.Sequential`` stacks
+run oneDNN's convolution on a weight already reordered into its blocked layout for that input
+shape. ``F.conv2d`` reorders the weight on every call, which dominates the small-map layers:
+ResNet-50 at batch 2 and 64 px ran 52 ms channels-last against 38 ms NCHW, and 26 ms with
+packed weights. The packed weight is cached as the folded one is, with the input's shape in
+its stamp: a new shape repacks it (from the cached folded weights: one reorder, the cost
+every NCHW call pays), and a packed weight is never used on a shape it was not packed for
+(oneDNN then falls back to slow kernels: ResNet-50 ran 3.6-25x slower on weights packed for
+another shape). A convolution with a BatchNorm so keeps two extra copies of its weights
+(ResNet-50: 2 x 94 MB), one without keeps one. The
+same call applies the activation (ReLU, ReLU6/Hardtanh, LeakyReLU, SiLU, Hardswish, GELU,
+sigmoid, tanh, hard sigmoid) and adds the residual as oneDNN post-ops, without another pass
+over the output (oneDNN takes a sum only alone or before a ReLU). ``VISIONZOO_PACK_CONV=0``
+or :func:`set_conv_packing` turns packing off.
 """
 
 from __future__ import annotations
@@ -49,8 +56,8 @@ __all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn
 
 _FOLD = {"enabled": os.environ.get("VISIONZOO_FOLD_BN", "1") != "0"}
 _PACK = {"enabled": os.environ.get("VISIONZOO_PACK_CONV", "1") != "0"}
-_FOLDED = DerivedCache()  # conv module -> (folded weight, folded bias), the weight packed for channels-last maps
-_PACKED = DerivedCache()  # conv module without a norm -> (packed weight, bias)
+_FOLDED = DerivedCache()  # conv module -> (folded weight, folded bias)
+_PACKED = DerivedCache()  # conv module -> (weight packed for one input shape, bias), folded if a BN follows
 _MKLDNN = torch.ops.mkldnn
 _HAVE_PACKED_CONV = torch.backends.mkldnn.is_available() and all(hasattr(_MKLDNN, op) for op in ("_reorder_convolution_weight", "_convolution_pointwise"))
 _STANDARDIZED = DerivedCache()  # StdConv2d -> (its standardised weight,)
@@ -80,7 +87,6 @@ def set_conv_packing(enabled: bool) -> None:
     """Turn prepacked convolution weights for channels-last CPU inference on or off (off frees them)."""
     _PACK["enabled"] = bool(enabled)
     if not enabled:
-        _FOLDED.clear()
         _PACKED.clear()
 
 
@@ -190,9 +196,8 @@ def _eager_inference(conv: nn.Module, x: Tensor, *others: nn.Module) -> bool:
     )
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, shape: torch.Size | None) -> tuple[Tensor, ...] | None:
-    """The cached (weight, bias) of ``bn(conv(.))`` as one convolution, the weight packed for
-    inputs of ``shape`` if one is given; None if untrackable."""
+def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, ...] | None:
+    """The cached (weight, bias) of ``bn(conv(.))`` as one convolution; None if untrackable."""
 
     def fold() -> tuple[Tensor, Tensor] | None:
         aff = bn_affine(bn)
@@ -201,10 +206,9 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d, shape: torch.Size | None) -> tu
         w = conv.weight
         scale, shift = (a.float() for a in aff)  # fold in fp32 whatever the parameters' dtype
         weight = (w.float() * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
-        bias = (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
-        return (weight, bias) if shape is None else _pack(conv, weight, bias, shape)
+        return weight, (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
 
-    return _FOLDED.get(conv, _sources(conv, bn), fold, (bn.eps, shape))
+    return _FOLDED.get(conv, _sources(conv, bn), fold, (bn.eps,))
 
 
 def _prepared(conv: nn.Module, bn: nn.Module | None, x: Tensor) -> tuple[tuple[Tensor, ...] | None, bool]:
@@ -214,12 +218,16 @@ def _prepared(conv: nn.Module, bn: nn.Module | None, x: Tensor) -> tuple[tuple[T
         if _eager_inference(conv, x) and _packs(conv, x):
             p = conv._parameters
             return _PACKED.get(conv, (p["weight"], p["bias"]), lambda: _pack(conv, p["weight"], p["bias"], x.shape), (x.shape,)), True
-        _PACKED.discard(conv)
     elif _FOLD["enabled"] and type(bn) is nn.BatchNorm2d and not bn.training and _eager_inference(conv, x, bn):
-        packed = _packs(conv, x)
-        return _folded(conv, bn, x.shape if packed else None), packed
+        wb = _folded(conv, bn)
+        if wb is None or not _packs(conv, x):
+            _PACKED.discard(conv)
+            return wb, False
+        # packed from the cached folded pair: a new input shape costs one reorder, as every NCHW call does
+        return _PACKED.get(conv, _sources(conv, bn), lambda: _pack(conv, *wb, x.shape), (bn.eps, x.shape)), True
     else:
         _FOLDED.discard(conv)  # training, autograd, another device: the folded copy is not kept
+    _PACKED.discard(conv)
     return None, False
 
 
