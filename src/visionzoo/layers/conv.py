@@ -37,7 +37,8 @@ another shape). A convolution with a BatchNorm so keeps two extra copies of its 
 same call applies the activation (ReLU, ReLU6/Hardtanh, LeakyReLU, SiLU, Hardswish, GELU,
 sigmoid, tanh, hard sigmoid) and adds the residual as oneDNN post-ops, without another pass
 over the output (oneDNN takes a sum only alone or before a ReLU). ``VISIONZOO_PACK_CONV=0``
-or :func:`set_conv_packing` turns packing off.
+or :func:`set_conv_packing` turns packing off (so does turning folding off, for the
+convolutions a BatchNorm follows).
 """
 
 from __future__ import annotations
@@ -59,7 +60,17 @@ _PACK = {"enabled": os.environ.get("VISIONZOO_PACK_CONV", "1") != "0"}
 _FOLDED = DerivedCache()  # conv module -> (folded weight, folded bias)
 _PACKED = DerivedCache()  # conv module -> (weight packed for one input shape, bias), folded if a BN follows
 _MKLDNN = torch.ops.mkldnn
-_HAVE_PACKED_CONV = torch.backends.mkldnn.is_available() and all(hasattr(_MKLDNN, op) for op in ("_reorder_convolution_weight", "_convolution_pointwise"))
+
+
+def _have_packed_conv() -> bool:
+    """Whether this torch build has oneDNN's prepacked-weight convolution ops (inductor's)."""
+    try:
+        return torch.backends.mkldnn.is_available() and all(hasattr(_MKLDNN, op) for op in ("_reorder_convolution_weight", "_convolution_pointwise"))
+    except RuntimeError:  # builds that raise on an unknown op rather than AttributeError
+        return False
+
+
+_HAVE_PACKED_CONV = _have_packed_conv()
 _STANDARDIZED = DerivedCache()  # StdConv2d -> (its standardised weight,)
 
 
