@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import DerivedCache, no_hooks, pad_same, plain_cpu_eager, to_2tuple
+from .helpers import DerivedCache, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
 __all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
 
@@ -145,29 +145,11 @@ def _pack(conv: nn.Conv2d, weight: Tensor, bias: Tensor | None, shape: torch.Siz
 
 
 _NO_ACT = ("none", [], "")
-_ONEDNN_ACTS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.Tanh: "tanh"}
-
-
-def _post_op(act: nn.Module | None) -> tuple[str, list[float], str] | None:
-    """oneDNN's post-op (name, scalars, algorithm) computing ``act`` (None or ``nn.Identity``:
-    no activation); None for an activation oneDNN has none for."""
-    kind = type(act)
-    if act is None or kind is nn.Identity:
-        return _NO_ACT
-    if kind in _ONEDNN_ACTS:
-        return _ONEDNN_ACTS[kind], [], ""
-    if kind in (nn.ReLU6, nn.Hardtanh):
-        return "hardtanh", [float(act.min_val), float(act.max_val)], ""
-    if kind is nn.LeakyReLU:
-        return "leaky_relu", [float(act.negative_slope)], ""
-    if kind is nn.GELU:
-        return "gelu", [], act.approximate
-    return None
 
 
 def _is_act(m: nn.Module) -> bool:
     """Whether ``m`` is an activation oneDNN can apply as a post-op."""
-    return type(m) is not nn.Identity and _post_op(m) is not None
+    return type(m) is not nn.Identity and onednn_post_op(m) is not None
 
 
 def _run_packed(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None, act: tuple = _NO_ACT, residual: Tensor | None = None) -> Tensor:
@@ -271,7 +253,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Modu
     if wb is None:
         y = conv(x) if bn is None else bn(conv(x))
     else:
-        post = _post_op(act) if packed and (act is None or no_hooks(act)) else None  # a hooked act must see its call
+        post = onednn_post_op(act) if packed and (act is None or no_hooks(act)) else None  # a hooked act must see its call
         if post is not None and residual is not None and post[0] not in ("none", "relu"):
             post = None  # oneDNN's convolution takes a sum only alone or before a ReLU
         if post is not None and _fusable_residual(conv, x, residual):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "DerivedCache"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -93,6 +93,27 @@ def no_hooks(*modules: nn.Module) -> bool:
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False
     return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+_ONEDNN_ACTS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.Tanh: "tanh"}
+
+
+def onednn_post_op(act: nn.Module | None) -> tuple[str, list[float], str] | None:
+    """oneDNN's post-op (name, scalars, algorithm) computing the activation module ``act``, as
+    its fused convolution and linear kernels take it: ``("none", [], "")`` for None or
+    ``nn.Identity``; None for an activation oneDNN has no post-op for."""
+    kind = type(act)
+    if act is None or kind is nn.Identity:
+        return "none", [], ""
+    if kind in _ONEDNN_ACTS:
+        return _ONEDNN_ACTS[kind], [], ""
+    if kind in (nn.ReLU6, nn.Hardtanh):
+        return "hardtanh", [float(act.min_val), float(act.max_val)], ""
+    if kind is nn.LeakyReLU:
+        return "leaky_relu", [float(act.negative_slope)], ""
+    if kind is nn.GELU:
+        return "gelu", [], act.approximate  # "none" (erf) or "tanh"
+    return None
 
 
 class DerivedCache:

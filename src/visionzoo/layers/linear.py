@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import no_hooks, plain_cpu_eager
+from .helpers import no_hooks, onednn_post_op, plain_cpu_eager
 
 __all__ = ["linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
@@ -56,18 +56,10 @@ _dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AV
 
 
 def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
-    """oneDNN's (attr, scalars, algorithm) for an activation module, None if it has none."""
-    if act is None or type(act) is nn.Identity:
-        return "none", [], ""
-    kind = type(act)
-    if kind is nn.GELU:
-        return "gelu", [], act.approximate  # "none" (erf) or "tanh"
-    if kind is nn.ReLU:
-        return "relu", [], ""
-    if kind is nn.SiLU:
-        return "swish", [], ""
-    if kind is nn.Hardswish:
-        return "hardswish", [], ""
+    """oneDNN's (attr, scalars, algorithm) for an activation module the linear kernel fuses
+    (GELU, ReLU, SiLU, Hardswish; :func:`~visionzoo.layers.helpers.onednn_post_op`), None for any other."""
+    if act is None or type(act) in (nn.Identity, nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish):
+        return onednn_post_op(act)
     return None
 
 
