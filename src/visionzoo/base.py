@@ -100,11 +100,13 @@ class VisionModel(nn.Module):
     # ---------------------------------------------------------------- behaviour
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         x, channels_last = self.cpu_layout(x)
-        if self.features_only:
-            out = self.forward_intermediates(x, self.out_indices)
-        else:
-            out = self.forward_head(self.forward_features(x))
+        out = self.forward_intermediates(x, self.out_indices) if self.features_only else self._forward_classifier(x)
         return plain_layout(out) if channels_last else out
+
+    def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """``forward`` of the classifier (not ``features_only``): the logits. A family whose
+        training forward also returns auxiliary logits overrides this."""
+        return self.forward_head(self.forward_features(x))
 
     def cpu_layout(self, x: Tensor) -> tuple[Tensor, bool]:
         """``x`` in the memory layout this call runs in, and whether that is channels-last.

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel, plain_layout, tap_outputs
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import ConvNormAct, MaxPool2d, max_pool2d
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
@@ -84,15 +84,10 @@ class SequentialNet(VisionModel):
     def forward_features(self, x: Tensor) -> Tensor:
         return self._body(x, with_aux=False)[0]
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...] | list[Tensor]:
-        x, channels_last = self.cpu_layout(x)
-        if self.features_only:
-            out = self.forward_intermediates(x, self.out_indices)
-        else:
-            x, aux = self._body(x, with_aux=self.training)
-            x = self.forward_head(x)
-            out = (x, *aux) if aux else x
-        return plain_layout(out) if channels_last else out
+    def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+        x, aux = self._body(x, with_aux=self.training)
+        x = self.forward_head(x)
+        return (x, *aux) if aux else x
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)

@@ -293,7 +293,6 @@ class InceptionResNetV2(SequentialNet):
     """
 
     family = "inception_resnet_v2"
-    cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
     min_input_size = 75
 
     def __init__(self, cfg: InceptionResNetV2Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:
