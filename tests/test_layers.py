@@ -11,6 +11,7 @@ from visionzoo.layers import (
     Attention,
     DropPath,
     Mlp,
+    add_projection,
     attention,
     linear,
     linear_act,
@@ -19,6 +20,7 @@ from visionzoo.layers import (
     resample_abs_pos_embed,
     resize_rel_pos_bias_table,
     shift_window_mask,
+    skippable,
     window_partition,
     window_reverse,
 )
@@ -215,24 +217,50 @@ def test_linear_add_equals_residual_plus_linear(onednn):
         assert residual.grad is not None and fc.weight.grad is not None
 
 
-def test_mlp_add_to_equals_the_block_expression():
+@pytest.mark.parametrize("kind", ["mlp", "attention"])
+def test_add_to_equals_the_block_expression(kind):
+    """Mlp.add_to and Attention.add_to: ``residual + drop_path(module(x))``, with the last GEMM
+    accumulating into the residual in inference; hooked, dropping or training: the plain expression."""
     torch.manual_seed(0)
-    mlp, drop_path = Mlp(16, 64), DropPath(0.5)
+    module = Mlp(16, 64) if kind == "mlp" else Attention(16, 4)
+    hooked = module.fc2 if kind == "mlp" else module  # a hooked fc2 / attention runs as itself
+    drop_path = DropPath(0.5)
     x, residual = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
-    mlp.eval(), drop_path.eval()
+    keep = residual.clone()
+    module.eval(), drop_path.eval()
     with torch.no_grad():
-        want = residual + mlp(x)
-        _, ops = _ops_run(lambda: torch.testing.assert_close(mlp.add_to(residual, x, drop_path), want, rtol=1e-5, atol=1e-5))
+        want = residual + module(x)
+        got, ops = _ops_run(lambda: module.add_to(residual, x, drop_path=drop_path))
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         assert "aten::addmm_" in ops or onednn_linear_available()
+        assert torch.equal(residual, keep)  # read, never written
         seen = []
-        mlp.fc2.register_forward_hook(lambda m, i, o: seen.append(o.shape))  # a hooked fc2 runs as itself
-        torch.testing.assert_close(mlp.add_to(residual, x, drop_path), want, rtol=1e-5, atol=1e-5)
+        handle = hooked.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        torch.testing.assert_close(module.add_to(residual, x, drop_path=drop_path), want, rtol=1e-5, atol=1e-5)
         assert seen == [torch.Size([2, 7, 16])]
-    drop_path.train()  # stochastic depth in training: the branch is dropped or scaled per sample
+        handle.remove()
+    module.train(), drop_path.train()  # dropout and stochastic depth: dropped or scaled per sample
+    for drop in [m for m in module.modules() if isinstance(m, torch.nn.Dropout)]:
+        drop.p = 0.3
     torch.manual_seed(1)
-    out = mlp.add_to(residual, x, drop_path)
+    out = module.add_to(residual, x, drop_path=drop_path)
     torch.manual_seed(1)
-    torch.testing.assert_close(out, residual + drop_path(mlp(x)))
+    torch.testing.assert_close(out, residual + drop_path(module(x)))
+
+
+def test_add_projection_skips_only_idle_modules():
+    torch.manual_seed(0)
+    proj, x, residual = torch.nn.Linear(8, 6), torch.randn(3, 8), torch.randn(3, 6)
+    drop = torch.nn.Dropout(0.5)
+    assert not skippable(drop) and skippable(drop.eval()) and skippable(torch.nn.Dropout(0.0).train())
+    with torch.no_grad():
+        torch.testing.assert_close(add_projection(residual, x, proj, drop, None), residual + proj(x), rtol=1e-5, atol=1e-5)
+        drop.train()
+        torch.manual_seed(2)
+        out = add_projection(residual, x, proj, drop)
+        torch.manual_seed(2)
+        torch.testing.assert_close(out, residual + drop(proj(x)))
+        assert not torch.allclose(out, residual + proj(x))  # the active dropout was applied
 
 
 def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):

@@ -6,7 +6,8 @@ import torch
 import torchvision
 
 import visionzoo
-from visionzoo.models.swin import plan_windows
+from visionzoo.layers import window_partition
+from visionzoo.models.swin import SwinBlock, plan_windows
 from visionzoo.testing import build_random, max_rel_diff
 
 SWIN = visionzoo.list_models("swin_*", family="swin")
@@ -153,6 +154,47 @@ def test_window_shrinks_to_small_maps_reading_the_sub_table():
     assert torch.equal(sub, full[:, rows][:, :, rows])
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 96)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("size, shifted", [((14, 21), True), ((14, 21), False), ((7, 14), True), ((3, 5), True)])
+def test_window_order_lists_the_rolled_partition(size, shifted):
+    H, W = size
+    plan = plan_windows(H, W, (7, 7), shifted, torch.device("cpu"))
+    x = torch.randn(2, H, W, 3)
+    want = window_partition(torch.roll(x, (-plan.shift[0], -plan.shift[1]), (1, 2)), plan.window).reshape(2, H * W, 3)
+    got = x.reshape(2, H * W, 3) if plan.order is None else x.reshape(2, H * W, 3)[:, plan.order]
+    assert torch.equal(got, want)
+    assert (plan.order is None) == (plan.window[1] == W and plan.shift == (0, 0))
+
+
+@pytest.mark.parametrize("size", [(224, 224), (112, 252), (64, 96), (200, 300)])
+def test_windowed_inference_equals_the_per_block_path(size, monkeypatch):
+    """In inference a stage whose map needs no padding keeps its tokens in window order; forward
+    hooks on the blocks force the per-block path (pad, roll, partition, reverse) for comparison."""
+    torch.manual_seed(0)
+    m = build_random(lambda: visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=7)).eval()
+    x = torch.randn(2, 3, *size)
+    calls = []
+    windowed = SwinBlock.forward_windowed
+    monkeypatch.setattr(SwinBlock, "forward_windowed", lambda self, *a: calls.append(1) or windowed(self, *a))
+    with torch.no_grad():
+        got = m(x)
+        n_windowed = len(calls)
+        handles = [b.register_forward_hook(lambda *a: None) for s in m.layers for b in s.blocks]
+        want = m(x)
+    for h in handles:
+        h.remove()
+    assert len(calls) == n_windowed  # the hooked run took the per-block path
+    maps, (h, w) = [], (-(-size[0] // 4), -(-size[1] // 4))  # the patch embedding and merging pad odd sides
+    for _ in range(4):
+        maps.append((h, w))
+        h, w = -(-h // 2), -(-w // 2)
+    expected = sum(d for d, (h, w) in zip((2, 2, 6, 2), maps) if (h <= 7 or h % 7 == 0) and (w <= 7 or w % 7 == 0))
+    assert n_windowed == expected and (size != (224, 224) or n_windowed == 12)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    m.train()  # with autograd the stages run block by block
+    m(x).sum().backward()
+    assert len(calls) == n_windowed
 
 
 # --------------------------------------------------------------------------- Swin-MLP

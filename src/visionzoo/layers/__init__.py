@@ -1,10 +1,10 @@
 """Layers that two or more families share."""
 
-from .attention import Attention, attention
+from .attention import Attention, ProjectedAttention, attention
 from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, set_bn_folding, set_conv_packing
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import make_divisible, pad_same, to_2tuple, trunc_normal_
-from .linear import linear, linear_act, linear_add
+from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
@@ -21,8 +21,10 @@ __all__ = [
     "MaxPool2d",
     "Mlp",
     "PatchEmbed",
+    "ProjectedAttention",
     "SqueezeExcite",
     "StdConv2d",
+    "add_projection",
     "apply_conv_bn",
     "apply_conv_bn_seq",
     "attention",

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .linear import linear
+from .helpers import no_hooks
+from .linear import add_projection, linear
 
-__all__ = ["Attention", "attention", "record_attention_weights", "sdpa_biased_short"]
+__all__ = ["Attention", "ProjectedAttention", "attention", "record_attention_weights", "sdpa_biased_short"]
 
 # functions that receive the softmax weights of every attention() call (see below)
 _WEIGHT_RECORDERS: list[Callable[[Tensor], None]] = []
@@ -105,7 +106,31 @@ def attention(
     return attn @ v
 
 
-class Attention(nn.Module):
+class ProjectedAttention(nn.Module):
+    """Base of attention modules that end in ``proj_drop(proj(...))``: subclasses define
+    ``attend(x, *args)``, the heads' output before the projection, and hold ``proj`` and
+    ``proj_drop``."""
+
+    proj: nn.Module
+    proj_drop: nn.Module
+
+    def attend(self, x: Tensor, *args) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, *args) -> Tensor:
+        return self.proj_drop(linear(self.proj, self.attend(x, *args)))
+
+    def add_to(self, residual: Tensor, x: Tensor, *args, drop_path: nn.Module | None = None) -> Tensor:
+        """``residual + drop_path(self(x, *args))``, the first half of a pre-norm transformer block;
+        in inference the output projection accumulates into the residual
+        (:func:`~visionzoo.layers.linear.add_projection`)."""
+        if type(self).forward is not ProjectedAttention.forward or not no_hooks(self):
+            y = self(x, *args)
+            return residual + (y if drop_path is None else drop_path(y))
+        return add_projection(residual, self.attend(x, *args), self.proj, self.proj_drop, drop_path)
+
+
+class Attention(ProjectedAttention):
     """Multi-head self-attention (Vaswani et al., 2017) over a token sequence.
 
     Args:
@@ -154,7 +179,8 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nH, N, hd)
         return q, k, v
 
-    def forward(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+    def attend(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
+        """The heads' attended values, concatenated: (B, N, C) -> (B, N, nH*hd), before ``proj``."""
         B, N, _ = x.shape
         q, k, v = self.qkv_heads(x)
         x = attention(
@@ -163,8 +189,8 @@ class Attention(nn.Module):
             fused=self.fused,
             scale=self.scale,
         )  # B, nH, N, hd
-        x = x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, nH*hd
-        return self.proj_drop(linear(self.proj, x))
+        return x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, nH*hd
+
 
     def attention_map(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         """Softmax attention weights (B, nH, N, N), for analysis (rollout, distances)."""

@@ -44,8 +44,14 @@ class DropPath(nn.Module):
 
 def skippable(drop_path: nn.Module | None) -> bool:
     """Whether a fast path may leave out the call of ``drop_path``: None, or an unhooked
-    ``nn.Identity`` or ``DropPath`` that drops nothing (eval mode or rate 0)."""
+    ``nn.Identity``, ``DropPath`` or ``nn.Dropout`` that drops nothing (eval mode or rate 0)."""
     if drop_path is None:
         return True
     kind = type(drop_path)
-    return (kind is nn.Identity or (kind is DropPath and (drop_path.drop_prob == 0.0 or not drop_path.training))) and no_hooks(drop_path)
+    if kind is DropPath:
+        idle = drop_path.drop_prob == 0.0 or not drop_path.training
+    elif kind is nn.Dropout:
+        idle = drop_path.p == 0.0 or not drop_path.training
+    else:
+        idle = kind is nn.Identity
+    return idle and no_hooks(drop_path)

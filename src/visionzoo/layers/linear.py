@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .drop_path import skippable
 from .helpers import no_hooks, onednn_post_op, plain_cpu_eager
 
-__all__ = ["linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
+__all__ = ["add_projection", "linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
 _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -161,6 +162,23 @@ def linear_add(residual: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None 
         torch.add(residual, bias, out=out)
     out.view(-1, weight.shape[0]).addmm_(x.reshape(-1, weight.shape[1]), weight.t())
     return out
+
+
+def add_projection(residual: Tensor, x: Tensor, proj: nn.Module, *after: nn.Module | None) -> Tensor:
+    """``residual + a_n(... a_1(proj(x)))``: the end of a residual branch, a projection followed
+    by dropout / drop-path modules ``after`` (None entries are skipped).
+
+    In inference, when every module of ``after`` drops nothing (:func:`~visionzoo.layers.drop_path.skippable`)
+    and ``proj`` is a plain unhooked ``nn.Linear``, the projection accumulates into the residual
+    (:func:`linear_add`) instead of writing its own output for a separate sum.
+    """
+    if not torch.is_grad_enabled() and type(proj) in _LINEAR_TYPES and no_hooks(proj) and all(skippable(m) for m in after):
+        return linear_add(residual, x, proj.weight.flatten(1), proj.bias)
+    x = proj(x)
+    for m in after:
+        if m is not None:
+            x = m(x)
+    return residual + x
 
 
 def register_linear_type(cls: type[nn.Module]) -> type[nn.Module]:

@@ -21,7 +21,10 @@ built from the padded size. Along an axis where the map is no longer than the wi
 window shrinks to the map and there is no shift (timm's and torchvision's rule); its bias is
 then read from the sub-table of offsets it needs. Masks are built once per stage and
 forward (cached per size in eager mode) and shared by the stage's shifted blocks; the
-bias and mask reach ``scaled_dot_product_attention`` as one additive tensor.
+bias and mask reach ``scaled_dot_product_attention`` as one additive tensor. In inference,
+a stage whose map needs no padding keeps its tokens listed window by window (one gather
+between a regular and a shifted block instead of rolling, partitioning and reversing in
+each), and the projections accumulate into the residual.
 
 State-dict keys follow timm (``layers.N.downsample`` opens stage N). The official release
 (downsampling at the end of a stage, ``head`` a plain Linear) and torchvision's
@@ -42,7 +45,8 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
-from ..layers.attention import sdpa_biased_short
+from ..layers.attention import ProjectedAttention, sdpa_biased_short
+from ..layers.helpers import no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..registry import default_cfg, register_alias, register_family
 
@@ -57,6 +61,7 @@ class WindowPlan(NamedTuple):
     shift: tuple[int, int]
     padded: tuple[int, int]
     mask: Tensor | None  # (nW, 1, N, N) additive, only when shifted
+    order: Tensor | None  # (Hp*Wp,) raster index of each token in window order; None: raster order
 
 
 def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device: torch.device) -> WindowPlan:
@@ -71,7 +76,11 @@ def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device:
     if any(shift):
         mask = shift_window_mask(padded[0], padded[1], (win[0], win[1]), (shift[0], shift[1]), device=device)
         mask = mask.unsqueeze(1)  # nW, 1, N, N (broadcast over heads)
-    return WindowPlan((win[0], win[1]), (shift[0], shift[1]), (padded[0], padded[1]), mask)
+    order = None
+    if any(shift) or win[1] != padded[1]:  # (windows spanning whole rows, unshifted, keep raster order)
+        idx = torch.arange(padded[0] * padded[1], device=device).view(1, padded[0], padded[1], 1)
+        order = window_partition(torch.roll(idx, (-shift[0], -shift[1]), (1, 2)), (win[0], win[1])).flatten()
+    return WindowPlan((win[0], win[1]), (shift[0], shift[1]), (padded[0], padded[1]), mask, order)
 
 
 def table_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
@@ -88,7 +97,7 @@ def table_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tenso
 
 
 # --------------------------------------------------------------------------- layers
-class WindowAttention(nn.Module):
+class WindowAttention(ProjectedAttention):
     """Multi-head self-attention within windows, with relative position bias.
 
     Shapes:
@@ -117,7 +126,8 @@ class WindowAttention(nn.Module):
         N = window[0] * window[1]
         return self.relative_position_bias_table[idx.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1)
 
-    def forward(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:
+    def attend(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """(B, nW, N, C) windows -> the heads' output (B, nW, N, C) before ``proj``."""
         B, nW, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
         qkv = linear(self.qkv, x).view(B, nW, N, 3, nH, hd)
@@ -144,8 +154,7 @@ class WindowAttention(nn.Module):
             # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
             # eager; export may swap in a kernel with another layout after tracing that view
             x = x.clone(memory_format=torch.contiguous_format)
-        x = x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
-        return self.proj_drop(linear(self.proj, x))
+        return x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
 
 
 class SwinBlock(nn.Module):
@@ -177,6 +186,15 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
         x = x + self.drop_path1(self.window_attention(self.norm1(x), plan))
+        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+
+    def forward_windowed(self, x: Tensor, plan: WindowPlan) -> Tensor:
+        """The block on tokens already in ``plan.order`` ((B, L, C), L = Hp * Wp): nothing to
+        pad, roll, partition or reverse, as LayerNorm and the MLP act per token."""
+        B, L, C = x.shape
+        N = plan.window[0] * plan.window[1]
+        x = x.view(B, L // N, N, C)  # B, nW, N, C
+        x = self.attn.add_to(x, self.norm1(x), plan.window, plan.mask, drop_path=self.drop_path1).view(B, L, C)
         return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
@@ -227,10 +245,40 @@ class SwinStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
-        plans = self.plans(x.shape[1], x.shape[2], x.device)
+        B, H, W, C = x.shape
+        plans = self.plans(H, W, x.device)
+        if not torch.is_grad_enabled() and all(type(b) is SwinBlock and no_hooks(b) for b in self.blocks) and plans[0].padded == (H, W):
+            return self._forward_windowed(x, plans)
         for blk in self.blocks:
             x = blk(x, plans[blk.shifted])
         return x
+
+    def _forward_windowed(self, x: Tensor, plans: tuple[WindowPlan, WindowPlan]) -> Tensor:
+        """Inference on a map that needs no padding: the tokens stay listed window by window
+        through the stage, re-listed once between a regular and a shifted block (one gather,
+        where the per-block path rolls, partitions, reverses and rolls back), and the
+        attention's projection accumulates into the residual. LayerNorm and the MLP act per
+        token, so the order changes nothing but the memory traffic."""
+        B, H, W, C = x.shape
+        x = x.reshape(B, H * W, C)
+        order = None  # raster
+        for blk in self.blocks:
+            plan = plans[blk.shifted]
+            x = _reorder(x, order, plan.order)
+            order = plan.order
+            x = blk.forward_windowed(x, plan)
+        return _reorder(x, order, None).view(B, H, W, C)
+
+
+def _reorder(x: Tensor, src: Tensor | None, dst: Tensor | None) -> Tensor:
+    """Tokens (B, L, C) listed in order ``src`` re-listed in order ``dst`` (None: raster)."""
+    if src is dst:
+        return x
+    if src is None:
+        return x.index_select(1, dst)
+    inv = torch.empty_like(src)
+    inv[src] = torch.arange(src.numel(), device=src.device)
+    return x.index_select(1, inv if dst is None else inv[dst])
 
 
 class SwinPatchEmbed(nn.Module):

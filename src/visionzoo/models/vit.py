@@ -45,7 +45,6 @@ from ..layers import (
     StdConv2d,
     attention,
     drop_path_rates,
-    linear,
     pad_same,
     resample_abs_pos_embed,
     trunc_normal_,
@@ -88,7 +87,7 @@ class Block(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        x = self.attn.add_to(x, self.norm1(x), drop_path=self.drop_path1)
         return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
@@ -127,7 +126,7 @@ class RelPosAttention(Attention):
         dx = xs[:, None] - xs[None, :] + Gw - 1  # N, N
         return table[dy, dx]  # N, N, hd
 
-    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
+    def attend(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
         B, N, _ = x.shape
         grid = grid or self.grid_size
         P = self.num_prefix_tokens
@@ -136,15 +135,14 @@ class RelPosAttention(Attention):
         rel = torch.einsum("bhnd,nmd->bhnm", q[:, :, P:] * self.scale, emb)  # B, nH, Ng, Ng
         bias = F.pad(rel, (P, 0, P, 0))  # B, nH, N, N (zero for prefix tokens)
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)
-        x = x.transpose(1, 2).reshape(B, N, -1)  # B, N, nH*hd
-        return self.proj_drop(linear(self.proj, x))
+        return x.transpose(1, 2).reshape(B, N, -1)  # B, N, nH*hd
 
 
 class RelPosBlock(Block):
     """A :class:`Block` whose attention carries relative position embeddings."""
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
-        x = x + self.drop_path1(self.attn(self.norm1(x), grid))
+        x = self.attn.add_to(x, self.norm1(x), grid, drop_path=self.drop_path1)
         return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
 
 
