@@ -191,7 +191,6 @@ class Attention(ProjectedAttention):
         )  # B, nH, N, hd
         return x.transpose(1, 2).reshape(B, N, self.num_heads * self.head_dim)  # B, N, nH*hd
 
-
     def attention_map(self, x: Tensor, attn_bias: Tensor | None = None) -> Tensor:
         """Softmax attention weights (B, nH, N, N), for analysis (rollout, distances)."""
         q, k, _ = self.qkv_heads(x)
