@@ -165,6 +165,8 @@ def test_window_order_lists_the_rolled_partition(size, shifted):
     got = x.reshape(2, H * W, 3) if plan.order is None else x.reshape(2, H * W, 3)[:, plan.order]
     assert torch.equal(got, want)
     assert (plan.order is None) == (plan.window[1] == W and plan.shift == (0, 0))
+    if plan.order is not None:
+        assert torch.equal(plan.order[plan.inverse], torch.arange(H * W))
 
 
 @pytest.mark.parametrize("size", [(224, 224), (112, 252), (64, 96), (200, 300)])

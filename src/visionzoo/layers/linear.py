@@ -172,7 +172,7 @@ def add_projection(residual: Tensor, x: Tensor, proj: nn.Module, *after: nn.Modu
     and ``proj`` is a plain unhooked ``nn.Linear``, the projection accumulates into the residual
     (:func:`linear_add`) instead of writing its own output for a separate sum.
     """
-    if not torch.is_grad_enabled() and type(proj) in _LINEAR_TYPES and no_hooks(proj) and all(skippable(m) for m in after):
+    if not torch.is_grad_enabled() and _plain_linear(proj) and all(skippable(m) for m in after):
         return linear_add(residual, x, proj.weight.flatten(1), proj.bias)
     x = proj(x)
     for m in after:
@@ -189,6 +189,12 @@ def register_linear_type(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+def _plain_linear(fc: nn.Module) -> bool:
+    """Whether ``fc`` is a plain ``nn.Linear`` (or a registered type) without hooks, whose
+    weights a fast path may use in place of calling it."""
+    return type(fc) in _LINEAR_TYPES and no_hooks(fc)
+
+
 def linear(fc: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
     """``act(fc(x))`` (``fc(x)`` without ``act``), as one oneDNN call for CPU inference.
 
@@ -196,7 +202,7 @@ def linear(fc: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
     any other module (a quantised, parametrised or wrapped layer, or one a user hooked) is
     called as usual.
     """
-    if type(fc) in _LINEAR_TYPES and no_hooks(fc):
+    if _plain_linear(fc):
         return linear_act(x, fc.weight.flatten(1), fc.bias, act)
     x = fc(x)
     return act(x) if act is not None else x

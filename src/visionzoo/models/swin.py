@@ -62,6 +62,7 @@ class WindowPlan(NamedTuple):
     padded: tuple[int, int]
     mask: Tensor | None  # (nW, 1, N, N) additive, only when shifted
     order: Tensor | None  # (Hp*Wp,) raster index of each token in window order; None: raster order
+    inverse: Tensor | None  # (Hp*Wp,) position in window order of each raster token
 
 
 def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device: torch.device) -> WindowPlan:
@@ -76,11 +77,12 @@ def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device:
     if any(shift):
         mask = shift_window_mask(padded[0], padded[1], (win[0], win[1]), (shift[0], shift[1]), device=device)
         mask = mask.unsqueeze(1)  # nW, 1, N, N (broadcast over heads)
-    order = None
+    order = inverse = None
     if any(shift) or win[1] != padded[1]:  # (windows spanning whole rows, unshifted, keep raster order)
         idx = torch.arange(padded[0] * padded[1], device=device).view(1, padded[0], padded[1], 1)
         order = window_partition(torch.roll(idx, (-shift[0], -shift[1]), (1, 2)), (win[0], win[1])).flatten()
-    return WindowPlan((win[0], win[1]), (shift[0], shift[1]), (padded[0], padded[1]), mask, order)
+        inverse = torch.argsort(order)
+    return WindowPlan((win[0], win[1]), (shift[0], shift[1]), (padded[0], padded[1]), mask, order, inverse)
 
 
 def table_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
@@ -261,24 +263,24 @@ class SwinStage(nn.Module):
         token, so the order changes nothing but the memory traffic."""
         B, H, W, C = x.shape
         x = x.reshape(B, H * W, C)
-        order = None  # raster
+        prev = None  # the plan whose order the tokens are in; None: raster
         for blk in self.blocks:
             plan = plans[blk.shifted]
-            x = _reorder(x, order, plan.order)
-            order = plan.order
-            x = blk.forward_windowed(x, plan)
-        return _reorder(x, order, None).view(B, H, W, C)
+            x = _reorder(x, prev, plan)
+            x, prev = blk.forward_windowed(x, plan), plan
+        return _reorder(x, prev, None).view(B, H, W, C)
 
 
-def _reorder(x: Tensor, src: Tensor | None, dst: Tensor | None) -> Tensor:
-    """Tokens (B, L, C) listed in order ``src`` re-listed in order ``dst`` (None: raster)."""
+def _reorder(x: Tensor, src: WindowPlan | None, dst: WindowPlan | None) -> Tensor:
+    """Tokens (B, L, C) listed in the window order of plan ``src`` re-listed in that of ``dst``
+    (None, or a plan whose order is None: raster order)."""
     if src is dst:
         return x
-    if src is None:
-        return x.index_select(1, dst)
-    inv = torch.empty_like(src)
-    inv[src] = torch.arange(src.numel(), device=src.device)
-    return x.index_select(1, inv if dst is None else inv[dst])
+    src_inv = None if src is None else src.inverse
+    dst_order = None if dst is None else dst.order
+    if src_inv is None:
+        return x if dst_order is None else x.index_select(1, dst_order)
+    return x.index_select(1, src_inv if dst_order is None else src_inv[dst_order])
 
 
 class SwinPatchEmbed(nn.Module):
