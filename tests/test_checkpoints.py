@@ -101,6 +101,25 @@ def test_num_classes_zero_takes_a_full_checkpoint():
     torch.testing.assert_close(dst(x), src.forward_head(src.forward_features(x), pre_logits=True))
 
 
+def test_headless_checkpoint_leaves_the_classifier_initialised():
+    """A backbone checkpoint (timm's with num_classes=0) loads with a warning; the head keeps
+    its weights. Any other missing key still refuses the checkpoint."""
+    ref = build_random(lambda: timm.create_model(NAME, img_size=32, num_classes=0))
+    dst = tiny()
+    head_before = dst.head.weight.clone()
+    with pytest.warns(UserWarning, match="no classifier head"):
+        info = load_checkpoint(dst, ref.state_dict())
+    assert info["missing"] == ["head.bias", "head.weight"]
+    assert torch.equal(dst.head.weight, head_before)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_rel_diff(dst.forward_head(dst.forward_features(x), pre_logits=True), ref(x)) < 1e-5
+    partial = ref.state_dict()
+    partial.pop("blocks.0.norm1.weight")
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"missing 1 key\(s\).*blocks.0.norm1.weight"):
+        load_checkpoint(tiny(), partial)
+
+
 def test_missing_keys_load_nothing():
     src = tiny().state_dict()
     src.pop("blocks.3.mlp.fc1.weight")
@@ -155,8 +174,9 @@ def test_missing_empty_truncated_and_corrupt_files(tmp_path):
     with pytest.raises(CheckpointError, match="cut.safetensors"):
         load_checkpoint(dst, tmp_path / "cut.safetensors")
     (tmp_path / "junk.pth").write_bytes(os.urandom(4096))
-    with pytest.raises(CheckpointError, match="junk.pth"):
+    with pytest.raises(CheckpointError, match="junk.pth: not a readable checkpoint") as err:
         load_checkpoint(dst, tmp_path / "junk.pth")
+    assert "weights_only" not in str(err.value)  # not torch's advice to load it unsafely
     assert_unchanged(dst, before)
 
 
@@ -177,6 +197,8 @@ def test_checkpoint_never_executes_code(tmp_path):
     for p in (path, tmp_path / "evil2.pth"):
         with pytest.raises(CheckpointError, match="refused|not a readable"):
             load_checkpoint(dst, p)
+    with pytest.raises(CheckpointError, match=r"evil2.pth: refused, .*\(global \w+\.system\)"):
+        load_checkpoint(dst, tmp_path / "evil2.pth")  # torch.save's pickle: the global is named
     assert not marker.exists()
 
 

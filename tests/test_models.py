@@ -142,3 +142,32 @@ def test_cpu_inference_layout(name):
     for m, r in zip(maps, ref_maps):
         assert m.is_contiguous()
         torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0"])
+def test_weights_written_through_data_are_seen_after_eval(name):
+    """Writes through ``.data`` bypass the version counters that stamp the cached inference
+    weights (folded BatchNorm, packed kernels, ConvNeXt's scaled fc2); ``eval()`` or
+    ``clear_derived_caches`` drops the copies, and the next call uses the new weights."""
+    from visionzoo.layers import clear_derived_caches
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith("gamma"):  # ConvNeXt's layer scale starts at 1e-6: make the branches count
+                p.fill_(0.5)
+
+    def scale_everything(factor):
+        for t in [*model.parameters(), *(b for b in model.buffers() if b.is_floating_point())]:
+            t.data.mul_(factor)
+
+    with torch.no_grad():
+        model(x)  # fills the caches
+    for refresh in (lambda: model.eval(), lambda: clear_derived_caches(model)):
+        scale_everything(0.8)
+        refresh()
+        with torch.no_grad():
+            fast = model(x)
+        torch.testing.assert_close(fast, model(x).detach(), rtol=1e-4, atol=1e-4 * float(fast.abs().max()))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import plain_cpu_eager
+from .layers.helpers import clear_derived_caches, plain_cpu_eager
 
 __all__ = ["FeatureInfo", "InputError", "VisionModel", "plain_layout", "tap_outputs"]
 
@@ -66,6 +66,13 @@ class VisionModel(nn.Module):
         self.in_chans = 3
         self.num_classes = 0
         self.num_features = 0
+
+    def train(self, mode: bool = True) -> VisionModel:
+        """nn.Module's ``train`` / ``eval``, which also drop the weights cached for CPU
+        inference (:func:`~visionzoo.layers.clear_derived_caches`): after weights were
+        written through ``.data``, ``model.eval()`` makes the next call see them."""
+        clear_derived_caches(self)
+        return super().train(mode)
 
     # ---------------------------------------------------------------- interface
     def forward_features(self, x: Tensor) -> Tensor:

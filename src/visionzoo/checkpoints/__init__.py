@@ -3,8 +3,8 @@
 :func:`load_checkpoint` reads the file without executing code, converts the keys, adapts
 what a user can reasonably expect to be adapted (position embeddings and relative-position
 tables resized to the model's size, the first convolution to ``in_chans``, a classifier of
-another size dropped with a warning) and then loads everything, or nothing: a model is
-never left half-loaded.
+another size dropped and one a backbone checkpoint lacks left initialised, each with a
+warning) and then loads everything, or nothing: a model is never left half-loaded.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ def load_checkpoint(
         source: "visionzoo", "timm", "torchvision", "official" or "auto" (detected from
             the keys).
         strict: every weight of the model must come from the checkpoint, except a
-            classifier of another size (dropped with a warning), and every key of the
+            classifier of another size (dropped with a warning) or one the checkpoint lacks
+            (left initialised with a warning, listed as missing), and every key of the
             checkpoint must be used. With ``strict=False`` what matches is loaded and the
             rest keeps its initialisation.
 
@@ -151,9 +152,14 @@ def load_checkpoint(
                 sd[key] = adapt_input_conv(sd[key], target[key].shape[1])
 
     dropped: list[str] = []
+    headless: list[str] = []  # the model's classifier weights, which a headless checkpoint lacks
     for head in _prefixes(cfg.get("classifier", "")):
         keys = [k for k in sd if k == head or k.startswith(head + ".")]
         if not keys:
+            absent = [k for k in target if k == head or k.startswith(head + ".")]
+            if absent and any(k in target for k in sd):
+                warnings.warn(f"{name}: the checkpoint has no classifier {head} (a backbone checkpoint); the model's is left initialised", stacklevel=2)
+                headless += absent
             continue
         if any(k not in target for k in keys):
             if all(k not in target for k in keys):  # the model has no classifier (num_classes=0 / features)
@@ -184,10 +190,11 @@ def load_checkpoint(
     ]
     if mismatched:
         raise CheckpointError(f"{name}: shapes do not fit ({len(mismatched)}): " + "; ".join(mismatched[:5]))
-    if strict and (missing or unexpected):
+    absent = [k for k in missing if k not in headless]
+    if strict and (absent or unexpected):
         parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s) such as {missing[:5]}")
+        if absent:
+            parts.append(f"missing {len(absent)} key(s) such as {absent[:5]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[:5]}")
         raise CheckpointError(f"{name}: checkpoint ({src} layout) does not fit the model: " + "; ".join(parts))

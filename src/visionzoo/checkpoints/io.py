@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -53,6 +54,17 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
 
 
+def _unpickling_failure(e: pickle.UnpicklingError) -> tuple[bool, str]:
+    """(whether the pickle names a Python global, i.e. carries code or objects; the reason in
+    a few words) from torch's weights-only error, without its advice to load unsafely."""
+    text = " ".join(str(e).split())
+    found = re.search(r"unsupported GLOBAL:? (?:GLOBAL )?(\S+)", text, re.IGNORECASE)
+    if found:
+        return True, f"global {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+    return False, (found.group(1) if found else text)[:200]
+
+
 def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dict[str, Tensor]:
     """Read a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt or JAX .npz) to a state dict.
 
@@ -82,13 +94,12 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        msg = str(e).split("\n")[0]
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        code, reason = _unpickling_failure(e)
+        if code:
             raise CheckpointError(
-                f"{path}: refused, the file holds Python objects other than tensors, and loading them "
-                f"could run code ({msg[:200]})"
+                f"{path}: refused, the file holds Python objects other than tensors ({reason}), and loading them could run code"
             ) from None
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg[:200]}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or a pickle torch.save did not write): {reason}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
         msg = str(e).split("\n")[0]
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg[:200]}") from None

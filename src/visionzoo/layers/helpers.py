@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -116,18 +116,38 @@ def onednn_post_op(act: nn.Module | None) -> tuple[str, list[float], str] | None
     return None
 
 
+_CACHES: list[DerivedCache] = []  # every DerivedCache (module-level objects, made at import)
+
+
+def clear_derived_caches(model: nn.Module | None = None) -> None:
+    """Drop the tensors cached from the weights of ``model``'s modules (every model's: None):
+    BatchNorm folded into convolutions, prepacked and standardised kernels, ConvNeXt's scaled
+    fc2. They are recomputed on the next CPU inference call.
+
+    Needed only after writing weights through ``.data`` (``w.data.mul_(0.5)``), which the
+    caches cannot see; ``train()`` and ``eval()`` of a visionzoo model call it too.
+    """
+    for cache in _CACHES:
+        if model is None:
+            cache.clear()
+        else:
+            cache.discard_all(model.modules())
+
+
 class DerivedCache:
     """Tensors computed from a module's parameters (BatchNorm folded into a convolution, layer
     scale folded into a linear layer, a standardised weight), kept for CPU inference.
 
     Each entry is stamped with the storage, version counter and dtype of every tensor it was
     computed from, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place change
-    makes the next :meth:`get` recompute it. Keys are weak: the cache neither keeps a model
-    alive nor travels with ``deepcopy`` or pickling.
+    makes the next :meth:`get` recompute it. A write through ``.data`` is the exception: like
+    autograd, the version counter does not see it (:func:`clear_derived_caches`). Keys are
+    weak: the cache neither keeps a model alive nor travels with ``deepcopy`` or pickling.
     """
 
     def __init__(self) -> None:
         self._entries: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[Tensor, ...]]] = weakref.WeakKeyDictionary()
+        _CACHES.append(self)
 
     @staticmethod
     def stamp(sources: Iterable[Tensor | None]) -> tuple | None:
@@ -166,6 +186,12 @@ class DerivedCache:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def discard_all(self, owners: Iterable[nn.Module]) -> None:
+        """Drop the entries of every module in ``owners``."""
+        if self._entries:
+            for owner in owners:
+                self._entries.pop(owner, None)
 
     def __contains__(self, owner: nn.Module) -> bool:
         return owner in self._entries
