@@ -28,6 +28,7 @@ from visionzoo.layers import conv as conv_module
 from visionzoo.layers.conv import StdConv2d
 from visionzoo.layers.helpers import pad_same
 from visionzoo.layers.linear import _default_on, _kernel_works, onednn_linear_available, use_onednn_linear
+from visionzoo.layers.mlp import MAX_BLOCKED_HIDDEN, MIN_BLOCKED_ROWS, ROW_BLOCK
 
 
 @pytest.mark.parametrize("bias_kind", ["none", "per_head", "batched", "masked"])
@@ -246,6 +247,39 @@ def test_add_to_equals_the_block_expression(kind):
     out = module.add_to(residual, x, drop_path=drop_path)
     torch.manual_seed(1)
     torch.testing.assert_close(out, residual + drop_path(module(x)))
+
+
+@pytest.mark.parametrize("onednn", ONEDNN_BOTH)
+def test_mlp_add_to_runs_many_tokens_in_blocks(onednn):
+    """With a norm and many tokens, Mlp.add_to runs norm, fc1 + GELU and fc2 block by block in
+    inference: the numbers of one pass, the residual untouched. A hooked norm runs once over all
+    tokens; fewer tokens or a wider hidden layer: one block."""
+    torch.manual_seed(0)
+    mlp, norm = Mlp(16, 64).eval(), torch.nn.LayerNorm(16)
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    tokens = (MIN_BLOCKED_ROWS + ROW_BLOCK // 2 + 4) // 2  # two images; the last block is partial
+    x = torch.randn(2, tokens, 16)
+    residual = torch.randn(2, 16, tokens).transpose(1, 2)  # strided
+
+    def norms_run(module, x):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = module.add_to(residual[:, : x.shape[1]], x, None, norm)
+        torch.testing.assert_close(out, residual[:, : x.shape[1]] + module(norm(x)), rtol=1e-5, atol=1e-5)
+        assert out.is_contiguous()
+        return sum(e.name == "aten::layer_norm" for e in prof.events())
+
+    keep = residual.clone()
+    with use_onednn_linear(onednn), torch.no_grad():
+        assert norms_run(mlp, x) == -(-2 * tokens // ROW_BLOCK)
+        assert torch.equal(residual, keep)
+        assert norms_run(mlp, x[:, : MIN_BLOCKED_ROWS // 2 - 1]) == 1
+        assert norms_run(Mlp(16, MAX_BLOCKED_HIDDEN + 1).eval(), x) == 1
+        seen = []
+        handle = norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        norms_run(mlp, x)
+        handle.remove()
+        assert seen == [x.shape] * 2  # every token at once: once in add_to, once in the reference
 
 
 def test_add_projection_skips_only_idle_modules():

@@ -85,7 +85,8 @@ def test_official_layout_loads():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
-def test_block_inference_path_folds_the_layer_scale_and_follows_it():
+@pytest.mark.parametrize("side", [9, 48])  # 2 x 48 x 48 tokens: the MLP runs in blocks
+def test_block_inference_path_folds_the_layer_scale_and_follows_it(side):
     """CPU inference folds gamma into fc2 (cached); a changed gamma, a hooked MLP and
     autograd all give the block's plain expression."""
     from visionzoo.models.convnext import _SCALED_FC2, ConvNeXtBlock
@@ -94,7 +95,8 @@ def test_block_inference_path_folds_the_layer_scale_and_follows_it():
     blk = ConvNeXtBlock(16).eval()
     with torch.no_grad():
         blk.gamma.normal_()
-    x = torch.randn(2, 16, 9, 9)
+        blk.norm.weight.normal_()
+    x = torch.randn(2, 16, side, side)
 
     def plain():
         y = blk.conv_dw(x).permute(0, 2, 3, 1)
@@ -108,7 +110,7 @@ def test_block_inference_path_folds_the_layer_scale_and_follows_it():
         seen = []
         blk.mlp.register_forward_hook(lambda m, i, o: seen.append(o.shape))
         torch.testing.assert_close(blk(x), plain(), rtol=1e-5, atol=1e-5)
-        assert seen[0] == (2, 9, 9, 16)
+        assert seen[0] == (2, side, side, 16)
     out = blk(x.requires_grad_())
     assert blk not in _SCALED_FC2
     out.sum().backward()

@@ -5,7 +5,7 @@ from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_s
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import clear_derived_caches, make_divisible, pad_same, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
-from .mlp import Mlp
+from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
 from .pooling import MaxPool2d, max_pool2d
@@ -39,6 +39,7 @@ __all__ = [
     "pad_same",
     "relative_position_index",
     "resample_abs_pos_embed",
+    "residual_mlp",
     "resize_rel_pos_bias_table",
     "set_bn_folding",
     "set_conv_packing",

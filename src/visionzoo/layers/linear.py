@@ -142,20 +142,23 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Mo
     return inplace(x, act) if inplace is not None else act(x)
 
 
-def linear_add(residual: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear_add(residual: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None = None, *, out: Tensor | None = None) -> Tensor:
     """``residual + F.linear(x, weight, bias)``; in CPU inference without a separate pass
     for the product.
 
     The GEMM accumulates into a copy of ``residual + bias`` (``addmm_`` with beta 1), where
     eager code writes the product (after broadcasting the bias into it) and then adds the two
     into a third tensor. With the oneDNN path on, the product comes from the oneDNN kernel and
-    the residual is added in place. The result is contiguous, shaped like ``residual``.
+    the residual is added in place. The result is contiguous, shaped like ``residual``; with
+    ``out`` (contiguous, shaped like ``residual``) it is written there.
     """
     if not (_inference_tensors(x, weight) and plain_cpu_eager(residual)) or residual.dtype != x.dtype or residual.shape != (*x.shape[:-1], weight.shape[0]):
-        return residual + F.linear(x, weight, bias)
+        return residual + F.linear(x, weight, bias) if out is None else torch.add(residual, F.linear(x, weight, bias), out=out)
     if onednn_linear_available():
-        return _KERNEL(x, weight, bias, "none", [], "").add_(residual)
-    out = torch.empty(residual.shape, dtype=residual.dtype)
+        y = _KERNEL(x, weight, bias, "none", [], "")
+        return y.add_(residual) if out is None else torch.add(y, residual, out=out)
+    if out is None:
+        out = torch.empty(residual.shape, dtype=residual.dtype)
     if bias is None:
         out.copy_(residual)
     else:

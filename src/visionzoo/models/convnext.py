@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, linear, linear_add, trunc_normal_
+from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, residual_mlp, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -76,11 +76,12 @@ class ConvNeXtBlock(nn.Module):
         return _SCALED_FC2.get(self, (fc2.weight, fc2.bias, gamma), fold) or fold()  # (fold() per call if untrackable)
 
     def _forward_inference(self, x: Tensor) -> Tensor:
-        """The block in CPU inference: GELU in place, the layer scale folded into fc2, and fc2
-        accumulating into the residual (no separate passes for gamma and the sum)."""
-        y = self.norm(self.conv_dw(x).permute(0, 2, 3, 1))  # B, H, W, C
-        y = linear(self.mlp.fc1, y, self.mlp.act)
-        out = linear_add(x.permute(0, 2, 3, 1), y, *self._fc2_folded())
+        """The block in CPU inference: the layer scale folded into fc2, and the norm and MLP
+        as :func:`~visionzoo.layers.residual_mlp` (GELU in place, fc2 accumulating into the
+        residual, many tokens in blocks): no separate passes for gamma and the sum."""
+        y = self.conv_dw(x).permute(0, 2, 3, 1)  # B, H, W, C
+        mlp = self.mlp
+        out = residual_mlp(x.permute(0, 2, 3, 1), y, mlp.fc1, mlp.act, *self._fc2_folded(), self.norm)
         return out.permute(0, 3, 1, 2)  # B, C, H, W (channels-last memory)
 
 

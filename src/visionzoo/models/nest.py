@@ -142,7 +142,7 @@ class TransformerLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
 
 class ConvPool(nn.Module):

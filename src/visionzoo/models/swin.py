@@ -188,7 +188,7 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
         x = x + self.drop_path1(self.window_attention(self.norm1(x), plan))
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
     def forward_windowed(self, x: Tensor, plan: WindowPlan) -> Tensor:
         """The block on tokens already in ``plan.order`` ((B, L, C), L = Hp * Wp): nothing to
@@ -197,7 +197,7 @@ class SwinBlock(nn.Module):
         N = plan.window[0] * plan.window[1]
         x = x.view(B, L // N, N, C)  # B, nW, N, C
         x = self.attn.add_to(x, self.norm1(x), plan.window, plan.mask, drop_path=self.drop_path1).view(B, L, C)
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
 
 class PatchMerging(nn.Module):

@@ -74,7 +74,7 @@ class SwinMLPBlock(nn.Module):
 
     def forward(self, x: Tensor, plan: object = None) -> Tensor:
         x = x + self.drop_path1(self.spatial_mixing(self.norm1(x)))
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
 
 class SwinMLPStage(SwinStage):

@@ -88,7 +88,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.attn.add_to(x, self.norm1(x), drop_path=self.drop_path1)
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
 
 class RelPosAttention(Attention):
@@ -143,7 +143,7 @@ class RelPosBlock(Block):
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
         x = self.attn.add_to(x, self.norm1(x), grid, drop_path=self.drop_path1)
-        return self.mlp.add_to(x, self.norm2(x), self.drop_path2)
+        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
 
 
 class Bottleneck(nn.Module):
