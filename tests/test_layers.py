@@ -280,6 +280,9 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn):
         norms_run(mlp, x)
         handle.remove()
         assert seen == [x.shape] * 2  # every token at once: once in add_to, once in the reference
+        handle = mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        assert norms_run(mlp, x) == 1 and seen[-2:] == [(*x.shape[:2], 64)] * 2  # a hooked fc1: one block
+        handle.remove()
 
 
 def test_add_projection_skips_only_idle_modules():

@@ -29,7 +29,7 @@ def residual_mlp(residual: Tensor, x: Tensor, fc1: nn.Module, act: nn.Module | N
     act and fc2 of a block, whose hidden activation (4x wider than the tokens) fc2 reads
     back from cache, and whose buffers are reused memory rather than fresh pages. A ``norm``
     that is not a plain unhooked ``nn.LayerNorm`` over the last dimension runs once over all
-    tokens first. The result is contiguous, shaped like ``residual``, and agrees with one
+    tokens first; a hooked ``fc1`` makes it one block (its hook sees every token at once). The result is contiguous, shaped like ``residual``, and agrees with one
     pass to float rounding (bit for bit on the hosts measured).
 
     The caller checks that running the modules' weights directly is unobservable
@@ -38,7 +38,7 @@ def residual_mlp(residual: Tensor, x: Tensor, fc1: nn.Module, act: nn.Module | N
     if norm is not None and not (type(norm) is nn.LayerNorm and no_hooks(norm) and norm.normalized_shape == x.shape[-1:]):
         x, norm = norm(x), None
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if rows < MIN_BLOCKED_ROWS or fc2_weight.shape[1] > MAX_BLOCKED_HIDDEN or torch.is_grad_enabled():
+    if rows < MIN_BLOCKED_ROWS or fc2_weight.shape[1] > MAX_BLOCKED_HIDDEN or torch.is_grad_enabled() or not no_hooks(fc1):
         return linear_add(residual, linear(fc1, x if norm is None else norm(x), act), fc2_weight, fc2_bias)
     x, res = x.reshape(rows, -1), residual.reshape(rows, -1)
     out = torch.empty(res.shape, dtype=res.dtype, device=res.device)
