@@ -160,12 +160,19 @@ class VisionModel(nn.Module):
                 f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                 f"create it with in_chans={x.shape[1]} to take such input"
             )
-        H, W = x.shape[-2:]
-        m = self.input_multiple
-        if H < self.min_input_size or W < self.min_input_size:
-            raise InputError(f"{name} needs inputs of at least {self.min_input_size}x{self.min_input_size}, got {H}x{W}")
+        problem = self.size_problem(*x.shape[-2:])
+        if problem:
+            raise InputError(f"{name} {problem}")
+
+    def size_problem(self, H: int, W: int) -> str | None:
+        """What keeps this network from taking an H x W input (``min_input_size``,
+        ``input_multiple``); None when it can."""
+        m, smallest = self.input_multiple, self.min_input_size
+        if H < smallest or W < smallest:
+            return f"needs inputs of at least {smallest}x{smallest}, got {H}x{W}"
         if H % m or W % m:
-            raise InputError(f"{name} needs height and width divisible by {m}, got {H}x{W}")
+            return f"needs height and width divisible by {m}, got {H}x{W}"
+        return None
 
     @property
     def pretrained_cfg(self) -> Mapping[str, Any]:  # timm's name for the same thing

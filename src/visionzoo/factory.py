@@ -76,9 +76,8 @@ def create_model(
     model = entry.model_cls(
         cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
     )
-    multiple, smallest = getattr(model, "input_multiple", 1), getattr(model, "min_input_size", 1)
-    if size[0] % multiple or size[1] % multiple or min(size) < smallest:
-        raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it needs sides divisible by {multiple} and at least {smallest}")
+    if model.size_problem(*size):  # the input check every forward runs
+        raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it needs sides divisible by {model.input_multiple} and at least {model.min_input_size}")
     model.model_name = entry.name
     model.family = entry.family
     model.default_cfg = {

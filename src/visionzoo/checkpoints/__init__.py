@@ -156,10 +156,10 @@ def load_checkpoint(
     for head in _prefixes(cfg.get("classifier", "")):
         keys = [k for k in sd if k == head or k.startswith(head + ".")]
         if not keys:
-            absent = [k for k in target if k == head or k.startswith(head + ".")]
-            if absent and any(k in target for k in sd):
+            own = [k for k in target if k == head or k.startswith(head + ".")]
+            if own and any(k in target for k in sd):
                 warnings.warn(f"{name}: the checkpoint has no classifier {head} (a backbone checkpoint); the model's is left initialised", stacklevel=2)
-                headless += absent
+                headless += own
             continue
         if any(k not in target for k in keys):
             if all(k not in target for k in keys):  # the model has no classifier (num_classes=0 / features)

@@ -29,8 +29,9 @@ def residual_mlp(residual: Tensor, x: Tensor, fc1: nn.Module, act: nn.Module | N
     act and fc2 of a block, whose hidden activation (4x wider than the tokens) fc2 reads
     back from cache, and whose buffers are reused memory rather than fresh pages. A ``norm``
     that is not a plain unhooked ``nn.LayerNorm`` over the last dimension runs once over all
-    tokens first; a hooked ``fc1`` makes it one block (its hook sees every token at once). The result is contiguous, shaped like ``residual``, and agrees with one
-    pass to float rounding (bit for bit on the hosts measured).
+    tokens first; a hooked ``fc1`` makes it one block (its hook sees every token at once).
+    The result is contiguous, shaped like ``residual``, and agrees with one pass to float
+    rounding (bit for bit on the hosts measured).
 
     The caller checks that running the modules' weights directly is unobservable
     (:meth:`Mlp.inference_unrolled`).
