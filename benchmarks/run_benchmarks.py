@@ -5,10 +5,12 @@ Usage:
         [--amp --channels-last] [--train] [--malloc-fixed] [--output BENCHMARKS.md]
 
 Each model is timed in the same process as timm's implementation of the same name, the
-two alternating round by round (visionzoo.bench.bench_models), and every model gets a
-fresh process: what ran before does not change the row (glibc's malloc adapts its mmap
-threshold to the frees it has seen, so a process that has run other models serves large
-tensors from different memory than a fresh one). ``--malloc-fixed`` runs those processes
+two alternating round by round (visionzoo.bench.bench_models). The ratio is the median of
+the per-round ratios, with their quartiles (visionzoo.bench.paired_ratio: it holds up when
+the machine drifts between rounds); img/s are each implementation's median round. Every
+model gets a fresh process: what ran before does not change the row (glibc's malloc adapts
+its mmap threshold to the frees it has seen, so a process that has run other models serves
+large tensors from different memory than a fresh one). ``--malloc-fixed`` runs those processes
 with glibc's mmap and trim thresholds set high, so large tensors are reused instead of
 mapped fresh (page faults) on every call; implementations that allocate many large
 temporaries gain the most from it. The table states the device, the torch version and
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 import visionzoo
-from visionzoo.bench import bench_models, gemm_peak_gflops
+from visionzoo.bench import bench_models, gemm_peak_gflops, paired_ratio
 
 # every family timm also implements (the GEMM-bound ones first; the ResNet and Inception
 # families by their variants: hybrid ViT, ResNeXt, SE-ResNet, v3, v4, Inception-ResNet)
@@ -76,7 +78,9 @@ def bench_one(name: str, args: argparse.Namespace) -> dict:
         name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
         channels_last=args.channels_last, device=args.device, gmacs=gmacs, rounds=args.rounds,
     )
-    return {"size": size, "gmacs": gmacs, "ours": ours.images_per_s, "timm": ref.images_per_s, "gflops": ours.gflops_per_s}
+    ratio, q1, q3 = paired_ratio(ours, ref)
+    return {"size": size, "gmacs": gmacs, "ours": ours.images_per_s, "timm": ref.images_per_s, "gflops": ours.gflops_per_s,
+            "ratio": ratio, "q1": q1, "q3": q3}
 
 
 def bench_in_subprocess(name: str, args: argparse.Namespace) -> dict:
@@ -120,23 +124,26 @@ def main() -> None:
     if args.malloc_fixed:
         opts += ", glibc malloc thresholds fixed"
     title = f"## {device_name(args.device)} — {mode}, {opts}, batch {args.batch_size}"
-    if args.update_rows:  # the table and its rows must exist before anything is timed
-        _update_rows(_find_section(Path(args.output), title), [f"| {m} | " for m in models], "")
+    header = "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | ratio quartiles | visionzoo GFLOP/s" + (" | % of GEMM peak |" if peak else " |")
+    if args.update_rows:  # the table and its rows must exist, with these columns, before anything is timed
+        section = _find_section(Path(args.output), title)
+        if header not in section.splitlines():
+            raise SystemExit(f"--update-rows: the table '{title}' has other columns than this script writes; re-run it whole")
+        _update_rows(section, [f"| {m} | " for m in models], "")
     results = {}
     for name in models:
         results[name] = r = bench_in_subprocess(name, args)
-        print(f"{name}: visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, ratio {r['ours'] / r['timm']:.2f}", flush=True)
+        print(f"{name}: visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, ratio {r['ratio']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})", flush=True)
     if peak:  # probed again after the models; the higher reading counts (the conservative fraction)
         peak = max(peak, gemm_peak_gflops(device=args.device))
     lines = [
         title, "",
         f"torch {torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}"
         + (f"; measured fp32 GEMM peak {peak:.0f} GFLOP/s (the higher of probes before and after the models)" if peak else ""), "",
-        "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | visionzoo GFLOP/s" + (" | % of GEMM peak |" if peak else " |"),
-        "|---|---|---|---|---|---|---" + ("|---|" if peak else "|"),
+        header, "|---|---|---|---|---|---|---|---" + ("|---|" if peak else "|"),
     ]
     for name, r in results.items():
-        row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ours'] / r['timm']:.2f} | {r['gflops']:.0f}"
+        row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ratio']:.2f} | {r['q1']:.2f}-{r['q3']:.2f} | {r['gflops']:.0f}"
         lines.append(row + (f" | {100 * r['gflops'] / peak:.0f}% |" if peak else " |"))
     section = "\n".join(lines) + "\n"
     out = Path(args.output)

@@ -67,3 +67,33 @@ def test_update_rows_replaces_only_the_named_rows(tmp_path):
         rb._update_rows(section, ["| m3 | 1 |"], "")
     with pytest.raises(SystemExit, match="no table"):
         rb._find_section(tmp_path / "B.md", "## other")
+
+
+def _result(impl: str, round_ms: list[float]):
+    from visionzoo.bench import BenchResult
+
+    return BenchResult(impl, "m", "infer", 1, 8, 1.0, 1.0, None, 1.0, 2.0, round_ms)
+
+
+def test_paired_ratio_compares_within_rounds():
+    from visionzoo.bench import paired_ratio
+
+    # the machine slows down 3x from round to round; within a round b takes 1.1-1.3x a's time
+    a = _result("a", [10.0, 30.0, 90.0, 270.0, 810.0])
+    b = _result("b", [12.0, 33.0, 117.0, 297.0, 972.0])  # ratios 1.2, 1.1, 1.3, 1.1, 1.2
+    median, q1, q3 = paired_ratio(a, b)
+    assert (round(median, 6), round(q1, 6), round(q3, 6)) == (1.2, 1.1, 1.2)
+    assert abs(paired_ratio(b, a)[0] - 1 / 1.2) < 1e-9  # from b's side: a's time over b's
+    assert paired_ratio(_result("a", [4.0]), _result("b", [5.0])) == (1.25, 1.25, 1.25)
+    import pytest
+
+    with pytest.raises(ValueError, match="not timed in the same rounds"):
+        paired_ratio(a, _result("b", [1.0]))
+
+
+def test_bench_models_records_every_round():
+    res = bench_models({"a": lambda: Recorder("a", []), "b": lambda: Recorder("b", [])}, name="rec", batch_size=1,
+                       img_size=8, warmup=1, rounds=3, iters=1, min_round_s=0.0)
+    assert [len(r.round_ms) for r in res] == [3, 3]
+    for r in res:  # images/s and latency come from the median round
+        assert abs(r.latency_ms - sorted(r.round_ms)[1]) < 1e-9

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops"]
+__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops", "paired_ratio"]
 
 
 @dataclass
@@ -34,9 +34,27 @@ class BenchResult:
     peak_mem_mb: float | None
     gmacs: float
     gflops_per_s: float
+    round_ms: list[float]  # time per step in each round, in the order the rounds ran
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def paired_ratio(a: BenchResult, b: BenchResult) -> tuple[float, float, float]:
+    """How much faster ``a`` ran than ``b``: the median, lower and upper quartile of the
+    per-round ratios (b's step time over a's in the same round).
+
+    Both ran in every round, back to back, so a ratio within one round compares them on the
+    same machine state; its median holds up when the machine drifts between rounds, where
+    the ratio of the two medians (each over all rounds) need not.
+    """
+    if len(a.round_ms) != len(b.round_ms) or not a.round_ms:
+        raise ValueError(f"{a.impl} and {b.impl} were not timed in the same rounds")
+    ratios = [tb / ta for ta, tb in zip(a.round_ms, b.round_ms)]
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return median, q1, q3
 
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
@@ -119,7 +137,8 @@ def bench_models(
     Each round runs ``iters`` steps of every implementation in turn, more for fast models
     (so that the slowest implementation's share of a round lasts ``min_round_s``), and odd
     rounds take the implementations in reverse order, so neither always runs first. The
-    median round gives images/s and latency.
+    median round gives images/s and latency; :func:`paired_ratio` compares two implementations
+    round by round.
     """
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
@@ -160,7 +179,7 @@ def bench_models(
         ips = batch_size / per_step
         results.append(
             BenchResult(impl, name, "train" if train else "infer", batch_size, img_size, ips, per_step * 1e3,
-                        mems[impl], gmacs, ips * flops_per_img / 1e9)
+                        mems[impl], gmacs, ips * flops_per_img / 1e9, [t * 1e3 for t in ts])
         )
     del steps
     gc.collect()

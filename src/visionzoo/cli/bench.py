@@ -11,7 +11,7 @@ from . import CLIError
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import bench_models, gemm_peak_gflops
+    from ..bench import bench_models, gemm_peak_gflops, paired_ratio
     from ..factory import create_model, model_info
     from ..registry import get_entry
 
@@ -57,7 +57,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             line += f" {100 * r.gflops_per_s / peak:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
             print(line)
         if len(results) == 2:
-            print(f"{name:<34} ratio visionzoo/timm = {results[0].images_per_s / results[1].images_per_s:.3f}")
+            ratio, q1, q3 = paired_ratio(*results)
+            print(f"{name:<34} ratio visionzoo/timm = {ratio:.3f} (median of {len(results[0].round_ms)} per-round ratios; quartiles {q1:.3f}-{q3:.3f})")
     return 0
 
 
