@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import DropPath, LayerNorm2d, Mlp, drop_path_rates, residual_mlp, trunc_normal_
+from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, drop_path_rates, residual_mlp, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -90,7 +90,7 @@ class ConvNeXtStage(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, depth: int, *, downsample: bool, drop_paths: Sequence[float], **block_kwargs) -> None:
         super().__init__()
-        self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), nn.Conv2d(in_chs, out_chs, 2, stride=2)) if downsample else nn.Identity()
+        self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), Conv2d(in_chs, out_chs, 2, stride=2)) if downsample else nn.Identity()
         self.blocks = nn.Sequential(*[ConvNeXtBlock(out_chs, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)])
 
     def forward(self, x: Tensor) -> Tensor:

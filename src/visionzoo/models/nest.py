@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, MaxPool2d, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
+from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -153,7 +153,7 @@ class ConvPool(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, 3, padding=1)
+        self.conv = Conv2d(in_dim, out_dim, 3, padding=1)  # channels-last input: a prepacked weight in CPU inference
         self.norm = nn.LayerNorm(out_dim, eps=1e-6)
         self.pool = MaxPool2d(3, stride=2, padding=1)
 
