@@ -13,7 +13,9 @@ its mmap threshold to the frees it has seen, so a process that has run other mod
 large tensors from different memory than a fresh one). ``--malloc-fixed`` runs those processes
 with glibc's mmap and trim thresholds set high, so large tensors are reused instead of
 mapped fresh (page faults) on every call; implementations that allocate many large
-temporaries gain the most from it. The table states the device, the torch version and
+temporaries gain the most from it. On a CPU the fp32 GEMM peak is probed at the start of
+every round (visionzoo.bench.peak_fraction), and the "% of GEMM peak" column is the median
+over rounds of visionzoo's GFLOP/s over that round's probe. The table states the device, the torch version and
 the date; an existing BENCHMARKS.md keeps its other tables (a section is replaced only by
 a run on the same device and settings).
 """
@@ -26,6 +28,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 
 import visionzoo
-from visionzoo.bench import bench_models, gemm_peak_gflops, paired_ratio
+from visionzoo.bench import bench_models, paired_ratio, peak_fraction
 
 # every family timm also implements (the GEMM-bound ones first; the ResNet and Inception
 # families by their variants: hybrid ViT, ResNeXt, SE-ResNet, v3, v4, Inception-ResNet)
@@ -76,11 +79,14 @@ def bench_one(name: str, args: argparse.Namespace) -> dict:
     ours, ref = bench_models(
         {"visionzoo": lambda: visionzoo.create_model(name), "timm": lambda: timm.create_model(name)},
         name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
-        channels_last=args.channels_last, device=args.device, gmacs=gmacs, rounds=args.rounds,
+        channels_last=args.channels_last, device=args.device, gmacs=gmacs, rounds=args.rounds, probe_peak=args.device == "cpu",
     )
     ratio, q1, q3 = paired_ratio(ours, ref)
-    return {"size": size, "gmacs": gmacs, "ours": ours.images_per_s, "timm": ref.images_per_s, "gflops": ours.gflops_per_s,
-            "ratio": ratio, "q1": q1, "q3": q3}
+    row = {"size": size, "gmacs": gmacs, "ours": ours.images_per_s, "timm": ref.images_per_s, "gflops": ours.gflops_per_s,
+           "ratio": ratio, "q1": q1, "q3": q3}
+    if ours.round_peak_gflops:
+        row.update(peak=statistics.median(ours.round_peak_gflops), peak_frac=peak_fraction(ours)[0])
+    return row
 
 
 def bench_in_subprocess(name: str, args: argparse.Namespace) -> dict:
@@ -118,13 +124,13 @@ def main() -> None:
 
     registered = set(visionzoo.list_models())
     models = [m for m in (args.models or DEFAULT_MODELS) if m in registered and timm.is_model(m)]
-    peak = gemm_peak_gflops(device=args.device) if args.device == "cpu" else None
+    peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
     mode = "train" if args.train else "inference"
     opts = ", ".join(o for o, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on) or "fp32"
     if args.malloc_fixed:
         opts += ", glibc malloc thresholds fixed"
     title = f"## {device_name(args.device)} — {mode}, {opts}, batch {args.batch_size}"
-    header = "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | ratio quartiles | visionzoo GFLOP/s" + (" | % of GEMM peak |" if peak else " |")
+    header = "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | ratio quartiles | visionzoo GFLOP/s" + (" | GEMM peak GFLOP/s | % of GEMM peak |" if peak else " |")
     if args.update_rows:  # the table and its rows must exist, with these columns, before anything is timed
         section = _find_section(Path(args.output), title)
         if header not in section.splitlines():
@@ -134,17 +140,16 @@ def main() -> None:
     for name in models:
         results[name] = r = bench_in_subprocess(name, args)
         print(f"{name}: visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, ratio {r['ratio']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})", flush=True)
-    if peak:  # probed again after the models; the higher reading counts (the conservative fraction)
-        peak = max(peak, gemm_peak_gflops(device=args.device))
     lines = [
         title, "",
         f"torch {torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}"
-        + (f"; measured fp32 GEMM peak {peak:.0f} GFLOP/s (the higher of probes before and after the models)" if peak else ""), "",
+        + ("; % of GEMM peak: the median over rounds of visionzoo's GFLOP/s over the fp32 GEMM peak probed in the same round"
+           " (GEMM peak: the median of those probes)" if peak else ""), "",
         header, "|" + "---|" * (header.count("|") - 1),
     ]
     for name, r in results.items():
         row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ratio']:.2f} | {r['q1']:.2f}-{r['q3']:.2f} | {r['gflops']:.0f}"
-        lines.append(row + (f" | {100 * r['gflops'] / peak:.0f}% |" if peak else " |"))
+        lines.append(row + (f" | {r['peak']:.0f} | {100 * r['peak_frac']:.0f}% |" if peak else " |"))
     section = "\n".join(lines) + "\n"
     out = Path(args.output)
     text = out.read_text() if out.exists() else "# Benchmarks\n\nWritten by `benchmarks/run_benchmarks.py`.\n\n"

@@ -97,3 +97,30 @@ def test_bench_models_records_every_round():
     assert [len(r.round_ms) for r in res] == [3, 3]
     for r in res:  # images/s and latency come from the median round
         assert abs(r.latency_ms - sorted(r.round_ms)[1]) < 1e-9
+
+
+def test_peak_fraction_sets_each_round_against_its_own_probe():
+    from visionzoo.bench import BenchResult, peak_fraction
+
+    # batch 2, 0.5 GMACs: 2 GFLOP a step. The machine halves its speed from round to round,
+    # the model's step time and the GEMM probe alike: the fraction of the peak does not move.
+    r = BenchResult("a", "m", "infer", 2, 8, 1.0, 1.0, None, 0.5, 1.0, [10.0, 20.0, 40.0], [400.0, 200.0, 100.0])
+    assert [round(v, 9) for v in peak_fraction(r)] == [0.5, 0.5, 0.5]  # 200 GFLOP/s of 400, 100 of 200, ...
+    train = BenchResult("a", "m", "train", 2, 8, 1.0, 1.0, None, 0.5, 1.0, [60.0], [400.0])
+    assert round(peak_fraction(train)[0], 9) == 0.25  # 3x the forward's FLOPs: 6 GFLOP in 60 ms, 100 of 400
+    import pytest
+
+    with pytest.raises(ValueError, match="no GEMM peak was probed"):
+        peak_fraction(BenchResult("a", "m", "infer", 2, 8, 1.0, 1.0, None, 0.5, 1.0, [10.0]))
+
+
+def test_bench_models_probes_the_peak_in_every_round():
+    import pytest
+
+    res = bench_models({"a": lambda: Recorder("a", []), "b": lambda: Recorder("b", [])}, name="rec", batch_size=1,
+                       img_size=8, warmup=1, rounds=2, iters=1, min_round_s=0.0, probe_peak=True)
+    for r in res:  # one probe per round, shared by the implementations, each a real GEMM rate
+        assert r.round_peak_gflops is res[0].round_peak_gflops and len(r.round_peak_gflops) == 2
+        assert all(p > 1.0 for p in r.round_peak_gflops)
+    with pytest.raises(ValueError, match="GEMM peak of the CPU"):
+        bench_models({"a": lambda: Recorder("a", [])}, name="rec", device="cuda", probe_peak=True)

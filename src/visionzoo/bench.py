@@ -3,7 +3,9 @@
 ``visionzoo bench`` uses this module. With ``compare="timm"`` timm's implementation of
 the same architecture (same name) is timed in the same process, alternating rounds with
 ours, so that both see the same machine state; the ratio ours/timm is reported.
-timm is imported only then (it is an optional, test-time dependency).
+timm is imported only then (it is an optional, test-time dependency). With
+``probe_peak`` every round also times a large GEMM, and :func:`peak_fraction` gives the share
+of that round's GEMM throughput a model reached.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -19,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops", "paired_ratio"]
+__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops", "paired_ratio", "peak_fraction"]
 
 
 @dataclass
@@ -35,6 +40,7 @@ class BenchResult:
     gmacs: float
     gflops_per_s: float
     round_ms: list[float]  # time per step in each round, in the order the rounds ran
+    round_peak_gflops: list[float] | None = None  # the GEMM probe's GFLOP/s in each round (``probe_peak``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -50,11 +56,33 @@ def paired_ratio(a: BenchResult, b: BenchResult) -> tuple[float, float, float]:
     """
     if len(a.round_ms) != len(b.round_ms) or not a.round_ms:
         raise ValueError(f"{a.impl} and {b.impl} were not timed in the same rounds")
-    ratios = [tb / ta for ta, tb in zip(a.round_ms, b.round_ms)]
-    if len(ratios) == 1:
-        return ratios[0], ratios[0], ratios[0]
-    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return _median_quartiles([tb / ta for ta, tb in zip(a.round_ms, b.round_ms)])
+
+
+def peak_fraction(r: BenchResult) -> tuple[float, float, float]:
+    """The share of the machine's GEMM throughput ``r`` reached: the median, lower and upper
+    quartile over rounds of its GFLOP/s in a round over the GEMM probe's in the same round.
+
+    The probe runs beside the models in every round (``bench_models(probe_peak=True)``), so
+    a machine that slows down or speeds up while a table is written changes both alike; a
+    peak probed once, before or after, would set a model's rounds against another moment.
+    """
+    if not r.round_peak_gflops or len(r.round_peak_gflops) != len(r.round_ms):
+        raise ValueError(f"{r.impl} {r.name}: no GEMM peak was probed in its rounds (bench_models(probe_peak=True))")
+    per_img = _gflop_per_image(r.gmacs, r.mode == "train")
+    return _median_quartiles([r.batch_size / (ms / 1e3) * per_img / peak for ms, peak in zip(r.round_ms, r.round_peak_gflops)])
+
+
+def _median_quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return median, q1, q3
+
+
+def _gflop_per_image(gmacs: float, train: bool) -> float:
+    """GFLOP of one image's step: 2 per MAC, and a backward pass of twice the forward's in training."""
+    return 2 * gmacs * (3 if train else 1)
 
 
 def gemm_peak_gflops(n: int = 2048, repeats: int = 7, dtype: torch.dtype = torch.float32, device: str = "cpu") -> float:
@@ -82,6 +110,40 @@ def gemm_peak_gflops(n: int = 2048, repeats: int = 7, dtype: torch.dtype = torch
                 _sync(device)
                 best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+class _PeakProbe:
+    """:func:`gemm_peak_gflops` on call, run by a Python process of its own that waits between calls.
+
+    Not in the benchmark's process: each probe allocates and frees 16 MB matrices, and glibc's
+    malloc raises its mmap and trim thresholds after such frees, which would change how the
+    models' own large tensors are served (page faults) from that round on.
+    """
+
+    def __init__(self) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # this process's visionzoo
+        code = f"import visionzoo.bench as b; b._probe_server({torch.get_num_threads()})"
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+
+    def __call__(self, repeats: int) -> float:
+        self._proc.stdin.write(f"{repeats}\n")
+        self._proc.stdin.flush()
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the GEMM peak probe's process ended (exit code {self._proc.wait()})")
+        return float(line)
+
+    def close(self) -> None:
+        self._proc.stdin.close()  # end of input: the process returns
+        self._proc.wait(timeout=30)
+        self._proc.stdout.close()
+
+
+def _probe_server(threads: int) -> None:
+    """The loop of :class:`_PeakProbe`'s process: a count of repeats in, GFLOP/s out."""
+    torch.set_num_threads(threads)
+    for line in sys.stdin:
+        print(gemm_peak_gflops(repeats=int(line)), flush=True)
 
 
 def _sync(device: str | torch.device) -> None:
@@ -131,6 +193,7 @@ def bench_models(
     iters: int = 5,
     min_round_s: float = 0.5,
     gmacs: float = 0.0,
+    probe_peak: bool = False,
 ) -> list[BenchResult]:
     """Time each implementation in ``builders`` ({impl: constructor}), rounds interleaved.
 
@@ -138,8 +201,11 @@ def bench_models(
     (so that the slowest implementation's share of a round lasts ``min_round_s``), and odd
     rounds take the implementations in reverse order, so neither always runs first. The
     median round gives images/s and latency; :func:`paired_ratio` compares two implementations
-    round by round.
+    round by round. With ``probe_peak`` (CPU only) each round starts with the GEMM probe of
+    :func:`gemm_peak_gflops` (best of 3), run by a process of its own, for :func:`peak_fraction`.
     """
+    if probe_peak and torch.device(device).type != "cpu":
+        raise ValueError(f"probe_peak measures the fp32 GEMM peak of the CPU; the device is {device}")
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -164,22 +230,30 @@ def bench_models(
             iters = max(iters, math.ceil(min_round_s / max(step_s, 1e-6)))
         mems[impl] = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
         times[impl] = []
-    for r in range(rounds):
-        for impl, step in (list(steps.items()) if r % 2 == 0 else reversed(steps.items())):
-            _sync(device)
-            t = time.perf_counter()
-            for _ in range(iters):
-                step()
-            _sync(device)
-            times[impl].append((time.perf_counter() - t) / iters)
+    probe, peaks = (_PeakProbe(), []) if probe_peak else (None, None)
+    try:
+        if probe is not None:
+            probe(1)  # returns once the probe's process is up, before anything is timed
+        for r in range(rounds):
+            if probe is not None:
+                peaks.append(probe(3))
+            for impl, step in (list(steps.items()) if r % 2 == 0 else reversed(steps.items())):
+                _sync(device)
+                t = time.perf_counter()
+                for _ in range(iters):
+                    step()
+                _sync(device)
+                times[impl].append((time.perf_counter() - t) / iters)
+    finally:
+        if probe is not None:
+            probe.close()
     results = []
-    flops_per_img = 2 * gmacs * 1e9 * (3 if train else 1)
     for impl, ts in times.items():
         per_step = statistics.median(ts)
         ips = batch_size / per_step
         results.append(
             BenchResult(impl, name, "train" if train else "infer", batch_size, img_size, ips, per_step * 1e3,
-                        mems[impl], gmacs, ips * flops_per_img / 1e9, [t * 1e3 for t in ts])
+                        mems[impl], gmacs, ips * _gflop_per_image(gmacs, train), [t * 1e3 for t in ts], peaks)
         )
     del steps
     gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 
 from . import CLIError
 
@@ -11,7 +12,7 @@ from . import CLIError
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import bench_models, gemm_peak_gflops, paired_ratio
+    from ..bench import bench_models, paired_ratio, peak_fraction
     from ..factory import create_model, model_info
     from ..registry import get_entry
 
@@ -31,10 +32,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             raise CLIError("--compare timm needs timm installed (pip install timm)") from None
     names = [get_entry(n).name for n in args.names]  # unknown names fail before any timing
     print(f"device {args.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}")
-    peak = None
-    if args.device == "cpu":
-        peak = gemm_peak_gflops()
-        print(f"measured fp32 GEMM peak: {peak:.1f} GFLOP/s")
+    peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
+    if peak:
+        print("%peak: the median over rounds of a model's GFLOP/s over the fp32 GEMM peak probed in the same round")
     header = f"{'model':<34} {'impl':<9} {'mode':<6} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
     header += f" {'%peak':>6}" if peak else f" {'MB':>8}"
     print(header)
@@ -50,12 +50,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results = bench_models(
             builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
             channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs,
-            warmup=args.warmup, rounds=args.rounds, iters=args.iters,
+            warmup=args.warmup, rounds=args.rounds, iters=args.iters, probe_peak=peak,
         )
         for r in results:
             line = f"{r.name:<34} {r.impl:<9} {r.mode:<6} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
-            line += f" {100 * r.gflops_per_s / peak:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
+            line += f" {100 * peak_fraction(r)[0]:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
             print(line)
+        if peak:
+            probes = sorted(results[0].round_peak_gflops)
+            print(f"{name:<34} GEMM peak probed in each round: median {statistics.median(probes):.1f} GFLOP/s (range {probes[0]:.1f}-{probes[-1]:.1f})")
         if len(results) == 2:
             ratio, q1, q3 = paired_ratio(*results)
             print(f"{name:<34} ratio visionzoo/timm = {ratio:.3f} (median of {len(results[0].round_ms)} per-round ratios; quartiles {q1:.3f}-{q3:.3f})")
