@@ -10,8 +10,8 @@ from visionzoo.layers import window_partition
 from visionzoo.models.swin import SwinBlock, plan_windows
 from visionzoo.testing import build_random, max_rel_diff
 
-SWIN = visionzoo.list_models("swin_*", family="swin")
 TORCHVISION = {"swin_t": "swin_tiny_patch4_window7_224", "swin_s": "swin_small_patch4_window7_224", "swin_b": "swin_base_patch4_window7_224"}
+SWIN = [n for n in visionzoo.list_models("swin_*", family="swin") if n not in TORCHVISION]
 
 
 def _params(model_fn):
@@ -25,9 +25,10 @@ def test_params_equal_timm(name):
 
 
 @pytest.mark.parametrize("tv_name", sorted(TORCHVISION))
-def test_params_equal_torchvision_and_alias(tv_name):
-    assert visionzoo.registry.get_entry(tv_name).name == TORCHVISION[tv_name]
-    assert _params(lambda: visionzoo.create_model(tv_name)) == _params(lambda: getattr(torchvision.models, tv_name)())
+def test_torchvision_builds_equal_torchvision_and_timm_names_in_params(tv_name):
+    n = _params(lambda: visionzoo.create_model(tv_name))
+    assert n == _params(lambda: getattr(torchvision.models, tv_name)()) == _params(lambda: visionzoo.create_model(TORCHVISION[tv_name]))
+    assert visionzoo.create_model(tv_name).cfg.size_rule == "torchvision"
 
 
 def test_logits_equal_timm_tiny_224():
@@ -65,14 +66,42 @@ def test_window12_other_classes_and_channels_equal_timm():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
-def test_logits_equal_torchvision_also_at_200x300():
+def test_logits_equal_torchvision_at_sizes_that_do_not_fit_the_windows():
     ref = build_random(lambda: torchvision.models.swin_t(num_classes=10))
     ours = visionzoo.create_model("swin_t", num_classes=10).eval()
     assert visionzoo.load_checkpoint(ours, ref.state_dict())["source"] == ["torchvision"]
-    for shape in ((2, 3, 224, 224), (1, 3, 200, 300)):  # torchvision pads per block, as we do
+    # 200x300: maps padded to multiples of the window before the shift; 64x302: stage maps
+    # shorter than the window along H (padded up to it) and an image side that is not a
+    # multiple of the patch (its remainder dropped); 90 px: both axes of the last stages
+    for shape in ((2, 3, 224, 224), (1, 3, 200, 300), (1, 3, 64, 302), (1, 3, 90, 90)):
         x = torch.randn(shape)
         with torch.no_grad():
-            assert max_rel_diff(ours(x), ref(x)) < 1e-4
+            assert max_rel_diff(ours(x), ref(x)) < 1e-4, shape
+    for m in ref.modules():  # training mode, without torchvision's default stochastic depth
+        if isinstance(m, torchvision.ops.StochasticDepth):
+            m.p = 0.0
+    ref.train(), ours.train()
+    x = torch.randn(2, 3, 64, 302)
+    assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_small_img_size_shrinks_the_windows_and_tables_as_timm():
+    """At 112 px the last stage's map is 4x4: timm (like the official code) builds that stage
+    with a 4x4 window and 7x7 bias tables; the same state dict loads and gives the same
+    logits. At 160 px timm pads maps after the cyclic shift (timm issue #2438), where the
+    official code and torchvision pad before it, as we do; there the two differ."""
+    ref = build_random(lambda: timm.create_model("swin_tiny_patch4_window7_224", img_size=112, num_classes=5, in_chans=2))
+    ours = visionzoo.create_model("swin_tiny_patch4_window7_224", img_size=112, num_classes=5, in_chans=2, checkpoint=ref.state_dict()).eval()
+    assert ours.layers[3].blocks[0].attn.relative_position_bias_table.shape == (49, 24)
+    assert _params(lambda: ours) == _params(lambda: ref)
+    x = torch.randn(2, 2, 112, 112)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    # a 224 checkpoint's 13x13 tables are resized to the small window when loaded
+    full = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=5, in_chans=2).state_dict()
+    small = visionzoo.create_model("swin_tiny_patch4_window7_224", img_size=112, num_classes=5, in_chans=2, checkpoint=full)
+    table = small.layers[3].blocks[1].attn.relative_position_bias_table
+    assert table.shape == (49, 24) and torch.isfinite(table).all()
 
 
 def _to_official(sd):

@@ -15,13 +15,27 @@ each with a learned relative position bias B[i - j] ((2M-1)^2 entries per head) 
 the attention logits, and each followed by an MLP (pre-norm, residual). LayerNorm, global
 average pooling and a linear classifier end it.
 
-Any input size: the patch embedding pads to a multiple of 4, patch merging pads odd maps,
-and each stage pads its map to a multiple of the window before the shift; the mask is
-built from the padded size. Along an axis where the map is no longer than the window, the
-window shrinks to the map and there is no shift (timm's and torchvision's rule); its bias is
-then read from the sub-table of offsets it needs. Masks are built once per stage and
-forward (cached per size in eager mode) and shared by the stage's shifted blocks; the
-bias and mask reach ``scaled_dot_product_attention`` as one additive tensor. In inference,
+Any input size. Patch merging pads odd maps, and each stage pads its map to a multiple of
+the window *before* the cyclic shift, the mask being built from the padded size, as the
+official code for detection and segmentation and torchvision do. (timm pads after the
+shift, so that the mask misses tokens that wrapped around: timm issue #2438. Where no
+padding is needed, ours and timm's logits agree.) Maps that do not fit the windows follow
+``SwinConfig.size_rule``:
+
+* ``"shrink"`` (the timm names; the official code and timm): along an axis where a
+  stage's map is no longer than the window, the window shrinks to the map and does not
+  shift. A model built for a small ``img_size`` builds such a stage with the smaller
+  window and bias table, as timm does, and a checkpoint's tables are resized to it
+  bicubically when loaded; a map smaller than a stage's window at run time reads the
+  sub-table of the offsets it needs. The patch embedding pads the image to a multiple of
+  the patch.
+* ``"torchvision"`` (``swin_t``, ``swin_s``, ``swin_b``): such a map is padded up to the
+  window (zeros the attention does not mask) and does not shift, and the patch embedding
+  drops the image's remainder, as torchvision's models do.
+
+Masks are built once per stage and forward (cached per size in eager mode) and shared by
+the stage's shifted blocks; the bias and mask reach ``scaled_dot_product_attention`` as
+one additive tensor. In inference,
 a stage whose map needs no padding keeps its tokens listed window by window (one gather
 between a regular and a shifted block instead of rolling, partitioning and reversing in
 each), and the projections accumulate into the residual.
@@ -48,7 +62,7 @@ from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias
 from ..layers.attention import ProjectedAttention, sdpa_biased_short
 from ..layers.helpers import no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
-from ..registry import default_cfg, register_alias, register_family
+from ..registry import default_cfg, register_family
 
 __all__ = ["PatchMerging", "SwinConfig", "SwinTransformer", "WindowPlan", "plan_windows"]
 
@@ -65,12 +79,14 @@ class WindowPlan(NamedTuple):
     inverse: Tensor | None  # (Hp*Wp,) position in window order of each raster token
 
 
-def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device: torch.device) -> WindowPlan:
-    """Window and shift per axis for an H x W map (timm/torchvision rule, see module doc)."""
+def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device: torch.device, *, pad_small: bool = False) -> WindowPlan:
+    """Window and shift per axis for an H x W map (see the module doc): a side no longer
+    than the window is one window without a shift, shrunk to the side (timm's rule) or, with
+    ``pad_small``, the full window over the side padded up to it (torchvision's)."""
     win, shift, padded = [], [], []
     for side, m in zip((H, W), window):
         if side <= m:  # one window covers the axis: no partition, no shift
-            win.append(side), shift.append(0), padded.append(side)
+            win.append(m if pad_small else side), shift.append(0), padded.append(m if pad_small else side)
         else:
             win.append(m), shift.append(m // 2 if shifted else 0), padded.append(math.ceil(side / m) * m)
     mask = None
@@ -227,9 +243,9 @@ class SwinStage(nn.Module):
     The window plans (and the shift mask) are made once per forward and shared by the blocks.
     """
 
-    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, window: tuple[int, int], *, downsample: bool, drop_paths: Sequence[float], block_cls: type[nn.Module] = SwinBlock, **block_kwargs) -> None:
+    def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, window: tuple[int, int], *, downsample: bool, drop_paths: Sequence[float], block_cls: type[nn.Module] = SwinBlock, pad_small: bool = False, **block_kwargs) -> None:
         super().__init__()
-        self.window = window
+        self.window, self.pad_small = window, pad_small
         self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(
             [block_cls(dim, num_heads, window, shifted=i % 2 == 1, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)]
@@ -238,11 +254,12 @@ class SwinStage(nn.Module):
 
     def plans(self, H: int, W: int, device: torch.device) -> tuple[WindowPlan, WindowPlan]:
         """(regular, shifted) plans for an H x W map; cached per size outside compilation."""
-        key = (H, W, device)
+        make = lambda shifted: plan_windows(H, W, self.window, shifted, device, pad_small=self.pad_small)  # noqa: E731
         if torch.compiler.is_compiling():
-            return plan_windows(H, W, self.window, False, device), plan_windows(H, W, self.window, True, device)
+            return make(False), make(True)
+        key = (H, W, device)
         if key not in self._plans:
-            self._plans[key] = (plan_windows(H, W, self.window, False, device), plan_windows(H, W, self.window, True, device))
+            self._plans[key] = (make(False), make(True))
         return self._plans[key]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -284,18 +301,19 @@ def _reorder(x: Tensor, src: WindowPlan | None, dst: WindowPlan | None) -> Tenso
 
 
 class SwinPatchEmbed(nn.Module):
-    """p x p stride-p convolution + LayerNorm; pads to a multiple of p. (B, C, H, W) -> (B, H/p, W/p, D)."""
+    """p x p stride-p convolution + LayerNorm; pads the image to a multiple of p (or, with
+    ``pad=False``, drops its remainder). (B, C, H, W) -> (B, H/p, W/p, D)."""
 
-    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, *, pad: bool = True) -> None:
         super().__init__()
-        self.patch_size = patch_size
+        self.patch_size, self.pad = patch_size, pad
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.norm = nn.LayerNorm(embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch_size
         H, W = x.shape[-2:]
-        if H % p or W % p:
+        if self.pad and (H % p or W % p):
             x = F.pad(x, (0, -W % p, 0, -H % p))
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
@@ -314,6 +332,8 @@ class SwinConfig:
     qkv_bias: bool = True
     drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
+    #: maps that do not fit the windows (module doc): "shrink" (timm's rule) or "torchvision"
+    size_rule: str = "shrink"
 
 
 class SwinTransformer(VisionModel):
@@ -328,25 +348,29 @@ class SwinTransformer(VisionModel):
     family = "swin"
     block_cls: type[nn.Module] = SwinBlock
     stage_cls: type[SwinStage] = SwinStage
+    size_rules: tuple[str, ...] = ("shrink", "torchvision")
 
     def __init__(self, cfg: SwinConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
         if len(cfg.depths) != len(cfg.num_heads):
             raise ValueError(f"depths {cfg.depths} and num_heads {cfg.num_heads} must have one entry per stage")
+        if cfg.size_rule not in self.size_rules:
+            raise ValueError(f"size_rule must be one of {', '.join(map(repr, self.size_rules))}, got {cfg.size_rule!r}")
+        torchvision_rule = cfg.size_rule == "torchvision"
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         self.min_input_size = cfg.patch_size
         n = len(cfg.depths)
         dims = [cfg.embed_dim * 2**i for i in range(n)]
-        window = (cfg.window_size, cfg.window_size)
-        self.patch_embed = SwinPatchEmbed(cfg.patch_size, in_chans, cfg.embed_dim)
+        windows = self.stage_windows(cfg, img_size)
+        self.patch_embed = SwinPatchEmbed(cfg.patch_size, in_chans, cfg.embed_dim, pad=not torchvision_rule)
         dpr = drop_path_rates(drop_path_rate, sum(cfg.depths))
         layers, start = [], 0
         for i in range(n):
             layers.append(self.stage_cls(
-                dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], window,
+                dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], windows[i],
                 downsample=i > 0, drop_paths=dpr[start : start + cfg.depths[i]], block_cls=self.block_cls,
-                **self._block_kwargs(cfg),
+                pad_small=torchvision_rule, **self._block_kwargs(cfg),
             ))
             start += cfg.depths[i]
         self.layers = nn.Sequential(*layers)
@@ -355,6 +379,22 @@ class SwinTransformer(VisionModel):
         self.head = _PoolHead(self.num_features, num_classes, cfg.drop_rate)
         self.feature_info = [FeatureInfo(d, cfg.patch_size * 2**i, f"layers.{i}") for i, d in enumerate(dims)]
         self.apply(self._init)
+
+    @classmethod
+    def stage_windows(cls, cfg: SwinConfig, img_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Each stage's window (its bias tables' size) for maps of ``img_size``: under the
+        "shrink" rule, an axis along which a stage's map is no longer than the window gets a
+        window the size of the map, as in the official code and timm (whose tables then have
+        that size too); under "torchvision" every stage keeps the window."""
+        M = cfg.window_size
+        if cfg.size_rule != "shrink":
+            return [(M, M)] * len(cfg.depths)
+        sides = [math.ceil(s / cfg.patch_size) for s in img_size]
+        windows = []
+        for _ in cfg.depths:
+            windows.append((min(sides[0], M), min(sides[1], M)))
+            sides = [math.ceil(s / 2) for s in sides]  # patch merging pads odd sides
+        return windows
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
@@ -391,12 +431,15 @@ class SwinTransformer(VisionModel):
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resize relative-position tables of another window size (e.g. 7 -> 12) bicubically."""
-        own = self.state_dict()
+        """Resize relative-position tables of another window size (e.g. 7 -> 12, or to a
+        stage's smaller window at a small ``img_size``) bicubically, as timm does."""
         out = dict(state_dict)
-        for k, v in state_dict.items():
-            if k.endswith("relative_position_bias_table") and k in own and v.shape != own[k].shape and v.shape[1] == own[k].shape[1]:
-                out[k] = resize_rel_pos_bias_table(v, (self.cfg.window_size, self.cfg.window_size))
+        for name, m in self.named_modules():
+            k = f"{name}.relative_position_bias_table"
+            if isinstance(m, WindowAttention) and k in state_dict:
+                v, own = state_dict[k], m.relative_position_bias_table
+                if v.shape != own.shape and v.ndim == 2 and v.shape[1] == own.shape[1]:
+                    out[k] = resize_rel_pos_bias_table(v, m.window)
         return out
 
 
@@ -489,12 +532,18 @@ VARIANTS = {
     "swin_base_patch4_window12_384": SwinConfig(**_B, window_size=12),
     "swin_large_patch4_window7_224": SwinConfig(**_L),
     "swin_large_patch4_window12_384": SwinConfig(**_L, window_size=12),
+    # torchvision's builds: the same networks with torchvision's rule for maps that do not fit the windows
+    "swin_t": SwinConfig(**_T, size_rule="torchvision"),
+    "swin_s": SwinConfig(**_S, size_rule="torchvision"),
+    "swin_b": SwinConfig(**_B, size_rule="torchvision"),
 }
+_TORCHVISION_RESIZE = {"swin_t": 232, "swin_s": 246, "swin_b": 238}  # torchvision's eval resize before the 224 crop
 
 
 def _cfg(name: str, cfg: SwinConfig) -> dict:
     size = 384 if name.endswith("_384") else 224
-    return default_cfg(size, crop_pct=1.0 if size == 384 else 0.9, first_conv="patch_embed.proj", classifier="head.fc")
+    crop_pct = 224 / _TORCHVISION_RESIZE[name] if name in _TORCHVISION_RESIZE else 1.0 if size == 384 else 0.9
+    return default_cfg(size, crop_pct=crop_pct, first_conv="patch_embed.proj", classifier="head.fc")
 
 
 register_family(
@@ -509,8 +558,9 @@ register_family(
         "swin_base_patch4_window12_384": dict(params=88.0, gmacs=47.0, top1=84.5),
         "swin_large_patch4_window7_224": dict(params=197.0, gmacs=34.5, top1=86.3, note="top-1 after ImageNet-22k"),
         "swin_large_patch4_window12_384": dict(params=197.0, gmacs=103.9, top1=87.3, note="top-1 after ImageNet-22k"),
+        "swin_t": dict(params=28.0, gmacs=4.5, top1=81.3),
+        "swin_s": dict(params=50.0, gmacs=8.7, top1=83.0),
+        "swin_b": dict(params=88.0, gmacs=15.4, top1=83.5),
     },
     paper="Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021",
 )
-for _alias, _name in (("swin_t", "swin_tiny_patch4_window7_224"), ("swin_s", "swin_small_patch4_window7_224"), ("swin_b", "swin_base_patch4_window7_224")):
-    register_alias(_alias, _name)

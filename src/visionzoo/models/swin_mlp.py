@@ -90,6 +90,12 @@ class SwinMLP(SwinTransformer):
     family = "swin_mlp"
     block_cls = SwinMLPBlock
     stage_cls = SwinMLPStage
+    size_rules = ("shrink",)  # its blocks pad for themselves, as the release does
+
+    @classmethod
+    def stage_windows(cls, cfg: SwinConfig, img_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The configured window in every stage: the blocks pad a smaller map up to it."""
+        return [(cfg.window_size, cfg.window_size)] * len(cfg.depths)
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
