@@ -30,12 +30,14 @@ def test_logits_equal_timm(name):
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
 
 
-def test_other_classes_and_channels_and_features():
+@pytest.mark.parametrize("shape", [(1, 1, 96, 64), (2, 1, 97, 75)])  # 97 x 75: strided layers drop a remainder, as timm's
+def test_other_classes_and_channels_and_features(shape):
     ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=3, in_chans=1))
     ours = visionzoo.create_model("convnext_tiny", num_classes=3, in_chans=1, checkpoint=ref.state_dict()).eval()
-    x = torch.randn(1, 1, 96, 64)
+    x = torch.randn(shape)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours(x.contiguous(memory_format=torch.channels_last)), ref(x)) < 1e-4
         feats = visionzoo.create_model("convnext_tiny", in_chans=1, features_only=True, checkpoint=ref.state_dict()).eval()(x)
         expect = ref.forward_intermediates(x, intermediates_only=True)
     for f, e in zip(feats, expect, strict=True):
@@ -48,9 +50,10 @@ def test_logits_equal_torchvision(name):
     ours = visionzoo.create_model(name, num_classes=10).eval()
     info = visionzoo.load_checkpoint(ours, ref.state_dict())
     assert info["source"] == ["torchvision"]
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    for shape in ((2, 3, 64, 64), (1, 3, 75, 130)):
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
 def _to_official(sd):

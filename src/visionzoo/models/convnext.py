@@ -128,11 +128,12 @@ class ConvNeXt(VisionModel):
 
     Shapes:
         (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C4, H/32, W/32).
-        H and W must be multiples of 32 (the stem and three 2x2 downsamplings do not pad).
+        Any H, W >= 32: as in timm, torchvision and the official code, the stride-4 stem and
+        the three 2x2 stride-2 downsamplings do not pad, so rows and columns past the last
+        whole patch are dropped (sides that are multiples of 32 lose none).
     """
 
     family = "convnext"
-    input_multiple = 32
 
     def __init__(self, cfg: ConvNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()

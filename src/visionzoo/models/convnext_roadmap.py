@@ -191,10 +191,10 @@ class RoadmapNet(VisionModel):
 
     Shapes:
         (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, dims[-1], H/32, W/32).
+        Any H, W >= 32 (strided layers that do not pad drop the rows past their last window).
     """
 
     family = "convnext_roadmap"
-    input_multiple = 32
 
     def __init__(self, cfg: RoadmapConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
