@@ -95,6 +95,13 @@ def test_resize_rel_pos_bias_table_keeps_values_at_same_size_and_shapes_otherwis
     assert resize_rel_pos_bias_table(t, (12, 12)).shape == (23 * 23, 4)
     const = torch.ones(13 * 13, 2)
     torch.testing.assert_close(resize_rel_pos_bias_table(const, (12, 12)), torch.ones(23 * 23, 2))
+    # a smaller window keeps the rows of its offsets: (2*4-1) x (2*7-1) of the 13 x 13 offsets
+    grid = t.view(13, 13, 4)
+    torch.testing.assert_close(resize_rel_pos_bias_table(t, (4, 7)), grid[3:10].reshape(-1, 4))
+    # shrink along H, grow along W: the H rows are cut, then W is interpolated
+    mixed = resize_rel_pos_bias_table(t, (4, 9))
+    assert mixed.shape == (7 * 17, 4)
+    torch.testing.assert_close(mixed.view(7, 17, 4)[:, 8], grid[3:10, 6])  # offset 0 along W lands on a source column
 
 
 # --------------------------------------------------------------------------- fused linear

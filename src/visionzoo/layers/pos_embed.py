@@ -57,7 +57,15 @@ def resample_abs_pos_embed(
 def resize_rel_pos_bias_table(
     table: Tensor, new_window: tuple[int, int], old_window: tuple[int, int] | None = None, *, interpolation: str = "bicubic"
 ) -> Tensor:
-    """Resize a Swin-style ((2Mh-1)*(2Mw-1), nH) table to another window, bicubically."""
+    """Resize a Swin-style ((2Mh-1)*(2Mw-1), nH) table of relative offsets to another window.
+
+    Along an axis where the window shrinks, the table keeps the rows of the offsets the
+    smaller window can have, unchanged (the sub-table a smaller window reads; timm's
+    checkpoint resize nearly does the same, as its geometric spacing of the old offsets is
+    almost uniform then). Along an axis where it grows, the table is interpolated
+    (``interpolation``, bicubic by default, as the official Swin code does to fine-tune at
+    a larger window).
+    """
     nH = table.shape[-1]
     if old_window is None:
         side = int(math.sqrt(table.shape[0]))
@@ -68,10 +76,15 @@ def resize_rel_pos_bias_table(
     new = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
     if old == new:
         return table
-    dtype = table.dtype
-    grid = table.reshape(1, old[0], old[1], nH).permute(0, 3, 1, 2).float()  # 1, nH, 2Mh-1, 2Mw-1
-    grid = F.interpolate(grid, size=new, mode=interpolation, align_corners=False)
-    return grid.permute(0, 2, 3, 1).reshape(-1, nH).to(dtype)  # (2Mh'-1)*(2Mw'-1), nH
+    grid = table.reshape(old[0], old[1], nH)
+    for axis in (0, 1):
+        if new[axis] < old[axis]:  # both odd: the centre row (offset 0) stays in the centre
+            grid = grid.narrow(axis, (old[axis] - new[axis]) // 2, new[axis])
+    if grid.shape[:2] != new:
+        dtype = grid.dtype
+        grid = F.interpolate(grid.permute(2, 0, 1)[None].float(), size=new, mode=interpolation, align_corners=False)
+        grid = grid[0].permute(1, 2, 0).to(dtype)
+    return grid.reshape(-1, nH)  # (2Mh'-1)*(2Mw'-1), nH
 
 
 def relative_position_index(window: tuple[int, int]) -> Tensor:

@@ -44,9 +44,10 @@ Implementation notes.
   a 3-D mask sends CPU SDPA to its slow math path).
 * Any input size. The bias tables are sized for the feature maps of ``img_size`` (as
   timm's, whose tables only fit that size). For another input size the table is resized
-  bicubically *at forward time* (:func:`visionzoo.layers.resize_rel_pos_bias_table`; the
-  index for the new size is cached); a checkpoint trained at another ``img_size`` is
-  resized once when loaded (:meth:`CoAtNet.adapt_state_dict`). Both give the same logits.
+  *at forward time* (:func:`visionzoo.layers.resize_rel_pos_bias_table`: a smaller map
+  reads the sub-table of its offsets, a larger one a bicubic interpolation; the index for
+  the new size is cached); a checkpoint trained at another ``img_size`` is resized the
+  same way once when loaded (:meth:`CoAtNet.adapt_state_dict`). Both give the same logits.
   Odd sides work: the stride-2 average pools use ``ceil_mode`` (identical to timm's pools
   on even sides).
 """
@@ -263,7 +264,7 @@ class RelativePositionBias(nn.Module):
 
     ``size`` is the feature size the table is configured for. :meth:`bias` returns the
     (1, nH, N, N) bias of an H' x W' map; for another size than ``size`` the table is first
-    resized bicubically (see the module docstring).
+    resized (see the module docstring).
     """
 
     def __init__(self, size: tuple[int, int], num_heads: int) -> None:
@@ -588,7 +589,8 @@ class CoAtNet(VisionModel):
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resize relative-position tables trained at another image size to this model's, bicubically.
+        """Resize relative-position tables trained at another image size to this model's
+        (:func:`~visionzoo.layers.resize_rel_pos_bias_table`).
 
         The source table is taken as square (timm's and the paper's checkpoints are).
         """

@@ -25,9 +25,9 @@ padding is needed, ours and timm's logits agree.) Maps that do not fit the windo
 * ``"shrink"`` (the timm names; the official code and timm): along an axis where a
   stage's map is no longer than the window, the window shrinks to the map and does not
   shift. A model built for a small ``img_size`` builds such a stage with the smaller
-  window and bias table, as timm does, and a checkpoint's tables are resized to it
-  bicubically when loaded; a map smaller than a stage's window at run time reads the
-  sub-table of the offsets it needs. The patch embedding pads the image to a multiple of
+  window and bias table, as timm does; a checkpoint's larger tables are cut to the
+  sub-table of the offsets that window has when loaded, and a map smaller than a stage's
+  window at run time reads that sub-table too. The patch embedding pads the image to a multiple of
   the patch.
 * ``"torchvision"`` (``swin_t``, ``swin_s``, ``swin_b``): such a map is padded up to the
   window (zeros the attention does not mask) and does not shift, and the patch embedding
@@ -431,8 +431,10 @@ class SwinTransformer(VisionModel):
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resize relative-position tables of another window size (e.g. 7 -> 12, or to a
-        stage's smaller window at a small ``img_size``) bicubically, as timm does."""
+        """Fit relative-position tables of another window size to each block's window: a
+        larger window interpolates bicubically (e.g. 7 -> 12, as the official code does), a
+        smaller one (a stage at a small ``img_size``) keeps the sub-table of its offsets
+        (:func:`~visionzoo.layers.resize_rel_pos_bias_table`)."""
         out = dict(state_dict)
         for name, m in self.named_modules():
             k = f"{name}.relative_position_bias_table"
