@@ -27,18 +27,18 @@ padding is needed, ours and timm's logits agree.) Maps that do not fit the windo
   shift. A model built for a small ``img_size`` builds such a stage with the smaller
   window and bias table, as timm does; a checkpoint's larger tables are cut to the
   sub-table of the offsets that window has when loaded, and a map smaller than a stage's
-  window at run time reads that sub-table too. The patch embedding pads the image to a multiple of
-  the patch.
+  window at run time reads that sub-table too. The patch embedding pads the image to a
+  multiple of the patch.
 * ``"torchvision"`` (``swin_t``, ``swin_s``, ``swin_b``): such a map is padded up to the
   window (zeros the attention does not mask) and does not shift, and the patch embedding
   drops the image's remainder, as torchvision's models do.
 
 Masks are built once per stage and forward (cached per size in eager mode) and shared by
 the stage's shifted blocks; the bias and mask reach ``scaled_dot_product_attention`` as
-one additive tensor. In inference,
-a stage whose map needs no padding keeps its tokens listed window by window (one gather
-between a regular and a shifted block instead of rolling, partitioning and reversing in
-each), and the projections accumulate into the residual.
+one additive tensor. In inference, a stage whose map needs no padding keeps its tokens
+listed window by window (one gather between a regular and a shifted block instead of
+rolling, partitioning and reversing in each), and the projections accumulate into the
+residual.
 
 State-dict keys follow timm (``layers.N.downsample`` opens stage N). The official release
 (downsampling at the end of a stage, ``head`` a plain Linear) and torchvision's
