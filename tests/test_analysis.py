@@ -265,6 +265,26 @@ def test_capture_attention_matches_attention_map_and_keeps_outputs():
     assert len(w) == 3 and torch.allclose(w["blocks.1.attn"][0].sum(-1), torch.ones(2, 3, 17))
 
 
+def test_capture_attention_records_swin_windows_and_masks():
+    """Swin's windowed attention is recorded too: (B*nW, nH, N, N) per block, rows summing to
+    one, pairs the shift mask forbids at zero, and the logits unchanged."""
+    m = visionzoo.create_model("swin_tiny_patch4_window7_224", num_classes=5, embed_dim=24, depths=(2, 2), num_heads=(1, 2)).eval()
+    x = torch.randn(2, 3, 112, 112)  # stage maps 28 and 14: 16 and 4 windows of 7 x 7 per image
+    with torch.no_grad():
+        ref = m(x)
+        with capture_attention(m) as w:
+            out = m(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    assert sorted(w) == [f"layers.{i}.blocks.{j}.attn" for i in range(2) for j in range(2)]
+    assert w["layers.0.blocks.0.attn"][0].shape == (2 * 16, 1, 49, 49)
+    assert w["layers.1.blocks.1.attn"][0].shape == (2 * 4, 2, 49, 49)
+    for maps in w.values():
+        assert torch.allclose(maps[0].sum(-1), torch.ones(()), atol=1e-5)
+    forbidden = shift_window_mask(28, 28, (7, 7), (3, 3)) < 0  # nW, N, N, the first stage's shifted block
+    shifted = w["layers.0.blocks.1.attn"][0].view(2, 16, 1, 49, 49)
+    assert forbidden.any() and shifted[:, forbidden[:, None].expand(16, 1, 49, 49)].max() < 1e-20
+
+
 def test_attention_rollout_map(tmp_path):
     m = _small_vit()
     img = torch.randn(3, 64, 48)

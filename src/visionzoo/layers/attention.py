@@ -57,7 +57,11 @@ def sdpa_biased_short(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None 
     for 8192 windows x 3 heads), so it is asked first here, the others still taken where it
     declines. The bias should be contiguous in its last dimension: a strided one is refused
     by both kernels, and the math fallback then works in fp32. On a CPU this is plain SDPA.
+    Inside :func:`record_attention_weights` it is :func:`attention`'s softmax path, whose
+    weights the recorders see.
     """
+    if _WEIGHT_RECORDERS:
+        return attention(q, k, v, attn_mask, dropout_p=dropout_p, fused=False)
     if q.is_cuda and _CAN_PRIORITISE and not torch.compiler.is_compiling():
         with sdpa_kernel(_EFFICIENT_FIRST, set_priority=True):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
-from ..layers.attention import ProjectedAttention, sdpa_biased_short
+from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
 from ..layers.helpers import no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..registry import default_cfg, register_family
@@ -163,11 +163,8 @@ class WindowAttention(ProjectedAttention):
         # flash kernel on CPU; 5-D inputs or a 3-D mask fall back to the math path, 2-3x slower.
         # Repeating the (N x N) mask per image moves half the bytes that copying q, k, v into a
         # (B, nW*nH, N, hd) layout with a broadcast mask would (N / 3hd), and measured ~5% faster.
-        if self.fused:
-            x = sdpa_biased_short(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0)
-        else:
-            attn = (q * hd**-0.5) @ k.transpose(-2, -1) + bias
-            x = F.dropout(attn.softmax(-1), self.attn_drop, self.training) @ v
+        p = self.attn_drop if self.training else 0.0
+        x = sdpa_biased_short(q, k, v, bias, dropout_p=p) if self.fused else attention(q, k, v, bias, dropout_p=p, fused=False)
         if torch.compiler.is_compiling():
             # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
             # eager; export may swap in a kernel with another layout after tracing that view
