@@ -35,10 +35,12 @@ def test_bad_arguments():
         visionzoo.create_model("vit_tiny_patch16_224", num_classes=-1)
     with pytest.raises(ValueError, match="in_chans"):
         visionzoo.create_model("vit_tiny_patch16_224", in_chans=0)
-    with pytest.raises(ValueError, match="cannot take img_size 100x100: it needs sides divisible by 16"):
+    with pytest.raises(ValueError, match="cannot take img_size 100x100: it needs height and width divisible by 16"):
         visionzoo.create_model("vit_tiny_patch16_224", img_size=100)  # a size its own input check refuses
     with pytest.raises(ValueError, match="cannot take img_size 224x200.*divisible by 32"):
         visionzoo.create_model("hrnet_w18_small", img_size=(224, 200))  # its branches must halve exactly
+    with pytest.raises(ValueError, match="cannot take img_size 20x20: it needs inputs of at least 32x32"):
+        visionzoo.create_model("convnext_tiny", img_size=20)
 
 
 def test_input_validation_messages():
@@ -111,6 +113,7 @@ def test_cli_debug_shows_traceback():
         (("bench", "vit_tiny_patch16_244"), "did you mean"),
         (("bench", "vit_tiny_patch16_224", "--batch-size", "0"), "--batch-size must be positive"),
         (("bench", "vit_tiny_patch16_224", "--compare", "torchvision"), "--compare supports 'timm' only"),
+        (("bench", "convnext_tiny", "--img-size", "20"), "cannot take img_size 20x20"),
         (("export", "vit_tiny_patch16_224", "--output", "model.pt"), "--output must end in .onnx"),
         (("export", "vit_tiny_patch16_224", "--output", "m.onnx", "--opset", "3"), "--opset must be between"),
         (("info", "vit_tiny_patch16_224", "--set", "pos_embed"), "--set expects KEY=VALUE"),
@@ -122,3 +125,4 @@ def test_cli_argument_errors_are_one_line(args, message):
     assert r.returncode == 2, r.stdout
     assert message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
+    assert not r.stdout.strip()  # nothing half-done before the error (a table header, say)

@@ -76,8 +76,9 @@ def create_model(
     model = entry.model_cls(
         cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
     )
-    if model.size_problem(*size):  # the input check every forward runs
-        raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it needs sides divisible by {model.input_multiple} and at least {model.min_input_size}")
+    problem = model.size_problem(*size)  # the input check every forward runs
+    if problem:
+        raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
     model.model_name = entry.name
     model.family = entry.family
     model.default_cfg = {

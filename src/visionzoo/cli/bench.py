@@ -31,6 +31,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ImportError:
             raise CLIError("--compare timm needs timm installed (pip install timm)") from None
     names = [get_entry(n).name for n in args.names]  # unknown names fail before any timing
+    sizes = {name: args.img_size or get_entry(name).default_cfg["input_size"][-1] for name in names}
+    gmacs = {name: model_info(name, img_size=sizes[name])["gmacs"] for name in names}  # and sizes a model refuses
     print(f"device {args.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}")
     peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
     if peak:
@@ -39,8 +41,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     header += f" {'%peak':>6}" if peak else f" {'MB':>8}"
     print(header)
     for name in names:
-        size = args.img_size or get_entry(name).default_cfg["input_size"][-1]
-        gmacs = model_info(name, img_size=size)["gmacs"]
+        size = sizes[name]
         builders = {"visionzoo": lambda n=name, s=size: create_model(n, img_size=s)}
         if timm is not None:
             if not timm.is_model(name):
@@ -49,7 +50,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 builders["timm"] = _timm_builder(timm, name, size)
         results = bench_models(
             builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
-            channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs,
+            channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs[name],
             warmup=args.warmup, rounds=args.rounds, iters=args.iters, probe_peak=peak,
         )
         for r in results:
