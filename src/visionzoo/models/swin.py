@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -86,7 +86,8 @@ def plan_windows(H: int, W: int, window: tuple[int, int], shifted: bool, device:
     win, shift, padded = [], [], []
     for side, m in zip((H, W), window):
         if side <= m:  # one window covers the axis: no partition, no shift
-            win.append(m if pad_small else side), shift.append(0), padded.append(m if pad_small else side)
+            one = m if pad_small else side
+            win.append(one), shift.append(0), padded.append(one)
         else:
             win.append(m), shift.append(m // 2 if shifted else 0), padded.append(math.ceil(side / m) * m)
     mask = None
@@ -531,35 +532,36 @@ VARIANTS = {
     "swin_base_patch4_window12_384": SwinConfig(**_B, window_size=12),
     "swin_large_patch4_window7_224": SwinConfig(**_L),
     "swin_large_patch4_window12_384": SwinConfig(**_L, window_size=12),
-    # torchvision's builds: the same networks with torchvision's rule for maps that do not fit the windows
-    "swin_t": SwinConfig(**_T, size_rule="torchvision"),
-    "swin_s": SwinConfig(**_S, size_rule="torchvision"),
-    "swin_b": SwinConfig(**_B, size_rule="torchvision"),
 }
-_TORCHVISION_RESIZE = {"swin_t": 232, "swin_s": 246, "swin_b": 238}  # torchvision's eval resize before the 224 crop
+# torchvision's builds: the same networks as (timm name) with torchvision's rule for maps that do
+# not fit the windows; and torchvision's eval resize before its 224 crop
+_TORCHVISION = {
+    "swin_t": ("swin_tiny_patch4_window7_224", 232),
+    "swin_s": ("swin_small_patch4_window7_224", 246),
+    "swin_b": ("swin_base_patch4_window7_224", 238),
+}
+VARIANTS.update({tv: replace(VARIANTS[name], size_rule="torchvision") for tv, (name, _) in _TORCHVISION.items()})
 
 
 def _cfg(name: str, cfg: SwinConfig) -> dict:
     size = 384 if name.endswith("_384") else 224
-    crop_pct = 224 / _TORCHVISION_RESIZE[name] if name in _TORCHVISION_RESIZE else 1.0 if size == 384 else 0.9
+    crop_pct = 224 / _TORCHVISION[name][1] if name in _TORCHVISION else 1.0 if size == 384 else 0.9
     return default_cfg(size, crop_pct=crop_pct, first_conv="patch_embed.proj", classifier="head.fc")
 
 
+_PUBLISHED = {  # paper Table 1 (ImageNet-1k) and the official model hub; L only after ImageNet-22k
+    "swin_tiny_patch4_window7_224": dict(params=28.0, gmacs=4.5, top1=81.3),
+    "swin_small_patch4_window7_224": dict(params=50.0, gmacs=8.7, top1=83.0),
+    "swin_base_patch4_window7_224": dict(params=88.0, gmacs=15.4, top1=83.5),
+    "swin_base_patch4_window12_384": dict(params=88.0, gmacs=47.0, top1=84.5),
+    "swin_large_patch4_window7_224": dict(params=197.0, gmacs=34.5, top1=86.3, note="top-1 after ImageNet-22k"),
+    "swin_large_patch4_window12_384": dict(params=197.0, gmacs=103.9, top1=87.3, note="top-1 after ImageNet-22k"),
+}
 register_family(
     "swin",
     SwinTransformer,
     VARIANTS,
     default_cfgs=_cfg,
-    published={  # paper Table 1 (ImageNet-1k) and the official model hub; L only after ImageNet-22k
-        "swin_tiny_patch4_window7_224": dict(params=28.0, gmacs=4.5, top1=81.3),
-        "swin_small_patch4_window7_224": dict(params=50.0, gmacs=8.7, top1=83.0),
-        "swin_base_patch4_window7_224": dict(params=88.0, gmacs=15.4, top1=83.5),
-        "swin_base_patch4_window12_384": dict(params=88.0, gmacs=47.0, top1=84.5),
-        "swin_large_patch4_window7_224": dict(params=197.0, gmacs=34.5, top1=86.3, note="top-1 after ImageNet-22k"),
-        "swin_large_patch4_window12_384": dict(params=197.0, gmacs=103.9, top1=87.3, note="top-1 after ImageNet-22k"),
-        "swin_t": dict(params=28.0, gmacs=4.5, top1=81.3),
-        "swin_s": dict(params=50.0, gmacs=8.7, top1=83.0),
-        "swin_b": dict(params=88.0, gmacs=15.4, top1=83.5),
-    },
+    published={**_PUBLISHED, **{tv: _PUBLISHED[name] for tv, (name, _) in _TORCHVISION.items()}},
     paper="Liu et al., Swin Transformer: Hierarchical Vision Transformer using Shifted Windows, ICCV 2021",
 )
