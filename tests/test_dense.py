@@ -36,16 +36,21 @@ def test_unknown_head_is_refused():
         create_segmentation_model("vit_tiny_patch16_224", 3, head="unet")
 
 
+def _mrcnn_batch():
+    images = [torch.rand(3, 120, 150), torch.rand(3, 140, 128)]
+    targets = []
+    for img in images:
+        mask = torch.zeros(1, *img.shape[-2:], dtype=torch.uint8)
+        mask[0, 10:60, 20:90] = 1
+        targets.append({"boxes": torch.tensor([[20.0, 10.0, 90.0, 60.0]]), "labels": torch.tensor([1]), "masks": mask})
+    return images, targets
+
+
 @pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "convnext_tiny", "swin_tiny_patch4_window7_224"])
 def test_mask_rcnn_trains_and_predicts(backbone):
     torch.manual_seed(0)
     model = mask_rcnn(backbone, num_classes=3, min_size=64, max_size=96)
-    images = [torch.rand(3, 64, 80), torch.rand(3, 72, 64)]
-    targets = []
-    for img in images:
-        mask = torch.zeros(1, *img.shape[-2:], dtype=torch.uint8)
-        mask[0, 10:40, 12:50] = 1
-        targets.append({"boxes": torch.tensor([[12.0, 10.0, 50.0, 40.0]]), "labels": torch.tensor([1]), "masks": mask})
+    images, targets = _mrcnn_batch()
     model.train()
     losses = model(images, targets)
     assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"} <= set(losses)
@@ -55,6 +60,67 @@ def test_mask_rcnn_trains_and_predicts(backbone):
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and {"boxes", "labels", "scores", "masks"} <= set(out[0])
+
+
+def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():
+    """From a pretrained ResNet-50, torchvision freezes the BatchNorms (FrozenBatchNorm2d) and
+    the stem and layer1 (trainable_backbone_layers=3). Ours, given the same backbone checkpoint
+    (torchvision's detection layout, without BN step counters), must freeze the same parameters,
+    keep the BN statistics and give torchvision's losses and gradients."""
+    import torchvision
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    r = torchvision.models.resnet50(norm_layer=FrozenBatchNorm2d)
+    for m in r.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.1), m.bias.normal_(0, 0.1)
+    backbone_sd = {k: v.clone() for k, v in r.state_dict().items()}
+    assert not any(k.endswith("num_batches_tracked") for k in backbone_sd)
+    tv = MaskRCNN(_resnet_fpn_extractor(r, 3), 91, min_size=128, max_size=160)
+    ours = mask_rcnn("resnet50", 91, checkpoint=backbone_sd, min_size=128, max_size=160)
+    assert set(ours.state_dict()) - set(tv.state_dict()) == {k for k in ours.state_dict() if k.endswith("num_batches_tracked")}
+    ours.load_state_dict(tv.state_dict(), strict=False)  # the FPN and heads: the backbone came from the checkpoint
+    trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, p in tv.named_parameters() if p.requires_grad}
+    assert not any(n.startswith(("backbone.body.conv1", "backbone.body.layer1.")) for n in trainable)
+    stats = ours.backbone.body.layer2[0].bn1.running_mean.clone()
+    images, targets = _mrcnn_batch()
+    results = []
+    for m in (tv, ours):
+        m.train()
+        torch.manual_seed(3)  # the same proposal sampling
+        losses = m(images, targets)
+        sum(losses.values()).backward()
+        results.append((losses, {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    (lt, gt), (lo, go) = results
+    for k in lt:  # FrozenBatchNorm2d and an eval-mode BatchNorm round differently; detection amplifies it
+        torch.testing.assert_close(lo[k], lt[k], rtol=1e-3, atol=1e-6)
+    assert set(go) == set(gt)
+    for k in gt:
+        assert (go[k] - gt[k]).abs().max() <= 1e-2 * gt[k].abs().max(), k
+    assert torch.equal(ours.backbone.body.layer2[0].bn1.running_mean, stats)
+    assert not ours.backbone.body.layer2[0].bn1.training and ours.backbone.fpn.training
+
+
+def test_mask_rcnn_freezing_rules():
+    swin = "swin_tiny_patch4_window7_224"
+    ckpt = visionzoo.create_model(swin).state_dict()
+    m = mask_rcnn(swin, 3, checkpoint=ckpt)  # stride-4 level (patch embedding + stage 1) frozen
+    frozen = {n for n, p in m.backbone.body.named_parameters() if not p.requires_grad}
+    assert frozen == {n for n, _ in m.backbone.body.named_parameters() if n.startswith(("patch_embed.", "layers.0."))}
+    assert all(p.requires_grad for p in mask_rcnn(swin, 3).parameters())  # from scratch: nothing frozen
+    vit = mask_rcnn("vit_tiny_patch16_224", 3, checkpoint=visionzoo.create_model("vit_tiny_patch16_224").state_dict())
+    assert all(p.requires_grad for p in vit.parameters())  # every level is at stride 16
+    m = mask_rcnn("resnet18", 3, trainable_backbone_layers=1, frozen_bn=True)
+    trainable = {n.split(".")[0] for n, p in m.backbone.body.named_parameters() if p.requires_grad}
+    assert trainable == {"layer4"}
+    m.train()
+    assert not any(b.training for b in m.backbone.body.modules() if isinstance(b, torch.nn.BatchNorm2d))
+    with pytest.raises(ValueError, match="between 0 and 5"):
+        mask_rcnn("resnet18", 3, trainable_backbone_layers=6)
 
 
 def test_unext_size_and_output():

@@ -1,4 +1,21 @@
-"""Instance segmentation: torchvision's Mask R-CNN on any visionzoo backbone with an FPN."""
+"""Instance segmentation: torchvision's Mask R-CNN on any visionzoo backbone with an FPN.
+
+Fine-tuning from a pretrained backbone follows torchvision's recipe for its own
+``maskrcnn_resnet50_fpn`` (``weights_backbone=...``), generalised to any backbone:
+
+* BatchNorm is frozen: the backbone's BatchNorms keep their running statistics and affine
+  parameters, as torchvision's ``FrozenBatchNorm2d`` does (detection batches of one or two
+  images per device give useless batch statistics). The modules stay ``nn.BatchNorm2d`` held
+  in eval mode, so state-dict keys and the CPU inference paths are unchanged.
+* The shallow levels are frozen: the backbone's levels (``feature_info``, shallowest first,
+  each level owning the modules defined before it) train only from the
+  ``trainable_backbone_layers`` deepest. torchvision's default, three of ResNet-50's five
+  (stem, layer1 .. layer4), freezes the stem and the stride-4 stage; ours by default freezes
+  every level of stride 4 or less, which is the same for ResNet and the stem plus the first
+  stage for the other families.
+
+Without a checkpoint (training from scratch) nothing is frozen, as in torchvision.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +29,35 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .factory import create_model
 
-__all__ = ["BackboneWithFPN", "mask_rcnn"]
+__all__ = ["BackboneWithFPN", "backbone_levels", "mask_rcnn"]
+
+_NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def backbone_levels(body: nn.Module, taps: Sequence[str]) -> dict[str, int]:
+    """The level (index into ``taps``) of each parameter of the features_only model ``body``.
+
+    ``taps`` are the module names of every level the family has (its full ``feature_info``,
+    shallowest first); those ``body`` was pruned of own no parameters. A level owns its tap
+    module and every module defined before it and after the previous level's (ResNet:
+    ``conv1``/``bn1`` belong to the stem level ``act1``; ViT: the patch embedding and the
+    blocks up to the first tapped block to level 0). Modules defined after the last tap
+    present belong to the deepest level.
+    """
+    names = [name for name, _ in body.named_modules()]
+    ends: list[tuple[int, int]] = []  # (level, position in named_modules order of the tap's last descendant)
+    for level, tap in enumerate(taps):
+        inside = [i for i, n in enumerate(names) if n == tap or n.startswith(tap + ".")]
+        if inside:
+            ends.append((level, max(inside)))
+    if not ends:
+        raise ValueError(f"the backbone has none of the modules its feature levels name: {list(taps)}")
+    position = {n: i for i, n in enumerate(names)}
+    levels = {}
+    for pname, _ in body.named_parameters():
+        owner = position[pname.rpartition(".")[0]]
+        levels[pname] = next((level for level, end in ends if owner <= end), len(taps) - 1)
+    return levels
 
 
 class BackboneWithFPN(nn.Module):
@@ -21,13 +66,46 @@ class BackboneWithFPN(nn.Module):
     ``forward`` returns an OrderedDict of maps ("0", "1", ..., "pool"), each ``out_channels``
     wide; the extra "pool" level is a stride-2 max-pool of the coarsest map, as torchvision's
     own ResNet-FPN detectors have.
+
+    Args:
+        body: a features_only model.
+        out_channels: FPN width.
+        trainable_layers: how many of the backbone's levels, from the deepest, train; the
+            parameters of the others get ``requires_grad=False``. None: all.
+        taps: the module names of all the family's levels (:func:`backbone_levels`); default
+            the body's own ``feature_info``.
+        frozen_bn: keep the body's BatchNorms in eval mode with frozen affine parameters
+            (torchvision's ``FrozenBatchNorm2d``), whatever ``train()`` is called with.
     """
 
-    def __init__(self, body: nn.Module, out_channels: int = 256) -> None:
+    def __init__(self, body: nn.Module, out_channels: int = 256, *, trainable_layers: int | None = None, taps: Sequence[str] | None = None, frozen_bn: bool = False) -> None:
         super().__init__()
         self.body = body
         self.fpn = FeaturePyramidNetwork([fi.num_chs for fi in body.feature_info], out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
+        self.frozen_bn = frozen_bn
+        taps = [fi.module for fi in body.feature_info] if taps is None else list(taps)
+        n = len(taps)
+        if trainable_layers is not None:
+            if not 0 <= trainable_layers <= n:
+                raise ValueError(f"trainable_layers must be between 0 and {n} (the backbone's levels), got {trainable_layers}")
+            for name, level in backbone_levels(body, taps).items():
+                if level < n - trainable_layers:
+                    body.get_parameter(name).requires_grad_(False)
+        if frozen_bn:
+            for m in body.modules():
+                if isinstance(m, _NORMS):
+                    for p in m.parameters(recurse=False):
+                        p.requires_grad_(False)
+            self.train(self.training)
+
+    def train(self, mode: bool = True) -> BackboneWithFPN:
+        super().train(mode)
+        if self.frozen_bn:
+            for m in self.body.modules():
+                if isinstance(m, _NORMS):
+                    m.eval()
+        return self
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         feats = self.body(x)
@@ -41,16 +119,38 @@ def mask_rcnn(
     out_indices: Sequence[int] | None = None,
     out_channels: int = 256,
     checkpoint: str | None = None,
+    trainable_backbone_layers: int | None = None,
+    frozen_bn: bool | None = None,
     **maskrcnn_kwargs,
 ) -> MaskRCNN:
     """torchvision's MaskRCNN on a visionzoo backbone (``num_classes`` includes background).
 
     It trains and predicts as torchvision's own: ``model(images, targets)`` returns the loss
-    dict in training, ``model(images)`` a list of {boxes, labels, scores, masks} in eval.
-    Extra keyword arguments (``min_size``, ``max_size``, ...) go to ``MaskRCNN``.
+    dict in training, ``model(images)`` a list of {boxes, labels, scores, masks} in eval. With
+    ``resnet50`` its state dict is torchvision's ``maskrcnn_resnet50_fpn``'s, key for key.
+
+    Args:
+        backbone_name: any registered model name.
+        num_classes: object classes plus background.
+        out_indices: the backbone levels fed to the FPN; default the four deepest.
+        out_channels: FPN width.
+        checkpoint: backbone weights (``create_model``'s ``checkpoint``).
+        trainable_backbone_layers: how many of the backbone's levels (``feature_info``, the
+            stem counting as one where it is tapped), from the deepest, train. Default: with a
+            checkpoint, every level deeper than stride 4 (ResNet: 3 of 5, torchvision's
+            default); without one, all.
+        frozen_bn: freeze the backbone's BatchNorms (statistics and affine). Default: with a
+            checkpoint, as torchvision does.
+        maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
+    levels = create_model(backbone_name, features_only=True).feature_info  # every level the family has
+    if out_indices is None:  # the four deepest maps, as ResNet-FPN
+        out_indices = tuple(range(len(levels)))[-4:]
     body = create_model(backbone_name, features_only=True, out_indices=out_indices, checkpoint=checkpoint)
-    if len(body.feature_info) > 4 and out_indices is None:  # keep the four deepest maps, as ResNet-FPN does
-        body = create_model(backbone_name, features_only=True, out_indices=tuple(range(len(body.feature_info)))[-4:], checkpoint=checkpoint)
-    backbone = BackboneWithFPN(body, out_channels)
+    pretrained = checkpoint is not None
+    if trainable_backbone_layers is None and pretrained:
+        trainable_backbone_layers = sum(fi.reduction > 4 for fi in levels)
+    backbone = BackboneWithFPN(
+        body, out_channels, trainable_layers=trainable_backbone_layers, taps=[fi.module for fi in levels], frozen_bn=pretrained if frozen_bn is None else frozen_bn
+    )
     return MaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)

@@ -190,7 +190,9 @@ def load_checkpoint(
     ]
     if mismatched:
         raise CheckpointError(f"{name}: shapes do not fit ({len(mismatched)}): " + "; ".join(mismatched[:5]))
-    absent = [k for k in missing if k not in headless]
+    # BatchNorm's step counters are optional, as in PyTorch's own loading: checkpoints of frozen
+    # norms (torchvision's detection backbones, FrozenBatchNorm2d) and of old releases lack them
+    absent = [k for k in missing if k not in headless and not k.endswith(".num_batches_tracked")]
     if strict and (absent or unexpected):
         parts = []
         if absent:
