@@ -126,3 +126,10 @@ def test_cli_argument_errors_are_one_line(args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert not r.stdout.strip()  # nothing half-done before the error (a table header, say)
+
+
+def test_timm_style_pretrained_argument():
+    """timm code passes pretrained=...: False is accepted, True says how to load weights instead."""
+    assert visionzoo.create_model("resnet18", pretrained=False, num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match="downloads no weights.*checkpoint=PATH"):
+        visionzoo.create_model("resnet18", pretrained=True)

@@ -60,10 +60,15 @@ def test_model_battery(name):
         torch.testing.assert_close(y2, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
         pre = model.forward_head(model.forward_features(x), pre_logits=True)
         assert pre.shape == (2, model.num_features)
+        heads = model.get_classifier()
+        heads = heads if isinstance(heads, tuple) else (heads,)
+        assert all(getattr(h, "out_features", getattr(h, "out_channels", None)) == 7 for h in heads), heads
         model.reset_classifier(3)
         assert model(x).shape == (2, 3)
         model.reset_classifier(0)
         assert model(x).shape == (2, model.num_features)
+        heads = model.get_classifier()
+        assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
 
     # features_only: one NCHW map per stage, as feature_info says
     info = list(model.feature_info)

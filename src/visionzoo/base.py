@@ -88,6 +88,17 @@ class VisionModel(nn.Module):
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def get_classifier(self) -> nn.Module | tuple[nn.Module, ...]:
+        """The classifier module (timm's method): the one ``default_cfg["classifier"]`` names, or
+        a tuple of them for a model with two heads (DeiT distilled: ``head``, ``head_dist``); an
+        ``nn.Identity`` when the model has no classifier. Auxiliary heads (Inception's
+        ``AuxLogits``, GoogLeNet's ``aux1`` / ``aux2``), which only training uses, are left out,
+        as timm does."""
+        spec = self.default_cfg.get("classifier", "head.fc")
+        names = (spec,) if isinstance(spec, str) else tuple(spec)
+        mods = tuple(self.get_submodule(n) for n in names if not n.lower().startswith("aux"))
+        return mods[0] if len(mods) == 1 else mods
+
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """NCHW maps of the stages in ``indices`` (indices into ``feature_info``)."""
         raise NotImplementedError

@@ -42,6 +42,7 @@ def create_model(
     features_only: bool = False,
     out_indices: Sequence[int] | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None,
+    pretrained: bool = False,
     **overrides: Any,
 ) -> VisionModel:
     """Build a registered model.
@@ -57,6 +58,8 @@ def create_model(
         out_indices: which stages ``features_only`` returns.
         checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
             (layout detected).
+        pretrained: timm's argument, accepted so that timm code runs: visionzoo downloads no
+            weights, so ``True`` raises (pass ``checkpoint``) and ``False`` does nothing.
         **overrides: fields of the family's configuration dataclass, for example
             ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet.
 
@@ -65,6 +68,11 @@ def create_model(
         TypeError: for an override that is not a field of the family's configuration.
     """
     entry = get_entry(name)
+    if pretrained:
+        raise ValueError(
+            f"{entry.name}: visionzoo downloads no weights (pretrained=True); pass checkpoint=PATH, a timm, "
+            f"torchvision or official checkpoint file (or state dict) of {entry.name}, which load_checkpoint converts"
+        )
     if not isinstance(num_classes, int) or num_classes < 0:
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
