@@ -8,6 +8,8 @@ or one loading with worker processes, sees exactly the augmented images of an un
 
 from __future__ import annotations
 
+import math
+
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,9 +154,11 @@ def _interp(name: str):
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, crop_pct: float = 1.0,
                    interpolation: str = "bilinear", in_chans: int = 3) -> Callable[[Any], Tensor]:
-    """Resize the short side to img_size / crop_pct, centre-crop img_size, scale to [0, 1], normalise."""
+    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size, scale to [0, 1],
+    normalise: timm's eval transform (it floors: Inception-v3's 299 at 0.875 resizes to 341, not
+    342), and torchvision's presets where a crop_pct states their resize (swin_t: 224 / 232)."""
     v2 = _v2()
-    resize = int(round(img_size / max(crop_pct, 1e-3)))
+    resize = math.floor(img_size / max(crop_pct, 1e-3) + 1e-6)  # the tolerance keeps 224 / (224 / 232) at 232
     return v2.Compose([
         v2.ToImage(),
         _ToChannels(in_chans),

@@ -1,0 +1,54 @@
+"""Eval preprocessing against timm's: every registered configuration, one real photo."""
+
+import numpy as np
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.registry import get_entry
+from visionzoo.train.data import eval_transform
+
+timm_data = pytest.importorskip("timm.data")
+
+
+def _configs():
+    seen = {}
+    for name in visionzoo.list_models():
+        c = get_entry(name).default_cfg
+        key = (c["input_size"][1], round(c["crop_pct"], 6), c["interpolation"], tuple(c["mean"]), tuple(c["std"]))
+        seen.setdefault(key, name)
+    return sorted(seen.items())
+
+
+@pytest.mark.parametrize("key, name", _configs(), ids=lambda v: v if isinstance(v, str) else "")
+def test_eval_transform_equals_timms(key, name):
+    """Same resize (timm floors img_size / crop_pct), crop, interpolation and normalisation.
+    timm resizes the PIL image, we the uint8 tensor (torchvision's v2 pipeline): a pixel may
+    round one grey level apart, two where the photo is upsampled (EfficientNet-B4..B7 at
+    380-600 px from its 300 px short side); a one-pixel-off resize moves most pixels."""
+    from PIL import Image
+    from skimage import data
+
+    size, crop_pct, interpolation, mean, std = key
+    img = Image.fromarray(data.chelsea())  # 451 x 300
+    ours = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation)(img)
+    theirs = timm_data.create_transform(input_size=(3, size, size), mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, crop_mode="center")(img)
+    assert ours.shape == theirs.shape == (3, size, size)
+    grey_level = 1 / 255 / np.min(std)
+    assert (ours - theirs).abs().max() <= (1.01 if size <= 300 else 2.01) * grey_level, name
+    assert (ours - theirs).abs().mean() < 1e-3, name
+
+
+def test_torchvision_preset_resize():
+    """swin_t's crop_pct 224/232 states torchvision's resize to 232 (float division must not floor it to 231)."""
+    from torchvision.models import Swin_T_Weights
+
+    from skimage import data
+
+    img = torch.from_numpy(data.chelsea()).permute(2, 0, 1).contiguous()  # uint8 (3, 300, 451)
+    c = visionzoo.create_model("swin_t").default_cfg
+    ours = eval_transform(224, c["mean"], c["std"], crop_pct=c["crop_pct"], interpolation=c["interpolation"])(img)
+    theirs = Swin_T_Weights.IMAGENET1K_V1.transforms()(img)
+    diff = (ours - theirs).abs()  # a fifth of the pixels round one grey level apart (v2 vs v1 uint8 resize);
+    # a resize to 231 or 233 instead moves almost all, by 0.08-0.1 on average
+    assert diff.max() <= 1.01 / 255 / min(c["std"]) and diff.mean() < 0.01
