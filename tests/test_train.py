@@ -209,6 +209,35 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     visionzoo.save_state_dict(other.state_dict(), tmp_path / "other.safetensors")
     _one_line_error(["eval", "--checkpoint", str(tmp_path / "other.safetensors"), "--model", "convnext_tiny"], capsys, "other.safetensors")
     _one_line_error(["predict", "--checkpoint", str(tmp_path / "missing.safetensors"), "--model", "convnext_tiny", "x.png"], capsys, "not found")
+    ckpt = str(tmp_path / "other.safetensors")
+    _one_line_error(["predict", "x.png", "--checkpoint", ckpt, "--model", "convmixer_256_8", "--crop-pct", "1.5"], capsys, "--crop-pct")
+    _one_line_error(["predict", "x.png", "--checkpoint", ckpt, "--model", "convmixer_256_8", "--mean", "0.5", "0.5"], capsys, "mean", "3")
+
+
+def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys):
+    """A checkpoint from timm stores no preprocessing; given on the command line (here 160 px,
+    bicubic, crop 0.95 and another mean and std), predict gives timm's own pipeline's
+    probabilities on a real photo."""
+    timm = pytest.importorskip("timm")
+    from PIL import Image
+    from skimage import data
+    from timm.data import create_transform
+
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", num_classes=4).eval()
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
+    tf = create_transform(input_size=(3, 160, 160), interpolation="bicubic", crop_pct=0.95, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
+    with torch.no_grad():
+        probs = ref(tf(Image.open(tmp_path / "cat.png").convert("RGB"))[None]).softmax(1)[0]
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "cat.png"), "--checkpoint", str(tmp_path / "r18.pth"), "--model", "resnet18", "--topk", "4",
+                 "--img-size", "160", "--interpolation", "bicubic", "--crop-pct", "0.95", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.3", "0.25"]) == 0
+    line = capsys.readouterr().out.strip()
+    got = dict(kv.rsplit(" ", 1) for kv in line.split(": ", 1)[1].split(", "))
+    for cls, p in got.items():
+        assert abs(float(p) - float(probs[int(cls)])) < 2e-3, (line, probs)
+    assert list(got) == [str(int(i)) for i in probs.argsort(descending=True)]
 
 
 def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import CLIError
+from ._preprocess import add_preprocessing_args, preprocessing_overrides
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
-    model, info = load_trained(args.checkpoint, args.model)
+    model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
     p = info["preprocessing"]
     try:
         folder = Path(args.data)
@@ -70,4 +71,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--output", default=None, metavar="PNG", help="confusion-matrix image (default: beside the checkpoint)")
+    add_preprocessing_args(p)
     p.set_defaults(func=cmd_eval)

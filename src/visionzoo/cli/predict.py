@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from . import CLIError
+from ._preprocess import add_preprocessing_args, preprocessing_overrides
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -13,7 +14,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.topk < 1:
         raise CLIError(f"--topk must be positive, got {args.topk}")
-    model, info = load_trained(args.checkpoint, args.model)
+    model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
     try:
         results = predict_images(model, info, args.images, topk=args.topk, device=args.device)
     except DataError as e:
@@ -30,4 +31,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="model name (default: the one stored in the checkpoint)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="cpu")
+    add_preprocessing_args(p)
     p.set_defaults(func=cmd_predict)

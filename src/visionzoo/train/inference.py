@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,18 @@ __all__ = ["load_trained", "plot_confusion", "predict_images"]
 
 
 def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *, num_classes: int | None = None,
-                 img_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+                 img_size: int | None = None, preprocessing: Mapping[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, info) from a checkpoint written by ``visionzoo train`` or any known layout.
 
     ``info`` has ``classes`` (names, or None), ``preprocessing`` (img_size, in_chans, mean,
     std, crop_pct, interpolation: the checkpoint's when saved by training, else the model's
-    default_cfg) and ``model``.
+    default_cfg, then any given in ``preprocessing``) and ``model``. The model is built for
+    the resulting img_size.
 
     Raises:
         CheckpointError: unreadable file, a checkpoint of another model.
-        ValueError: no model name given and none stored in the checkpoint.
+        ValueError: no model name given and none stored in the checkpoint; a mean or std
+            without one value per input channel.
     """
     from ..factory import create_model
     from ..registry import get_entry
@@ -53,8 +55,12 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     prep.setdefault("std", list(dcfg.get("std", (0.229, 0.224, 0.225))))
     prep.setdefault("crop_pct", float(dcfg.get("crop_pct", 0.875)))
     prep.setdefault("interpolation", str(dcfg.get("interpolation", "bilinear")))
+    prep.update(preprocessing or {})
     if img_size:
         prep["img_size"] = img_size
+    for key in ("mean", "std"):
+        if len(prep[key]) != prep["in_chans"]:
+            raise ValueError(f"{key} {list(prep[key])} needs one value per input channel ({prep['in_chans']})")
     classes = meta.get("classes")
     if num_classes is None:
         num_classes = meta.get("num_classes") or _infer_num_classes(path, dcfg)

@@ -1,0 +1,43 @@
+"""The preprocessing options ``visionzoo eval`` and ``predict`` share (timm's validate.py has the same)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from . import CLIError
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "preprocessing", "default: what the checkpoint stores (visionzoo train), else the model's default_cfg; "
+        "a checkpoint from elsewhere may need its own (timm's resnet50.a1_in1k: --interpolation bicubic --crop-pct 0.95)"
+    )
+    g.add_argument("--img-size", type=int, default=None, metavar="S", help="input side (the model is built for it)")
+    g.add_argument("--crop-pct", type=float, default=None, metavar="F", help="resize the short side to floor(S / F), then centre-crop S")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None)
+    g.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="one value per input channel")
+    g.add_argument("--std", type=float, nargs="+", default=None, metavar="SD", help="one value per input channel")
+
+
+def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given on the command line, checked."""
+    out: dict[str, Any] = {}
+    if args.img_size is not None:
+        if args.img_size < 1:
+            raise CLIError(f"--img-size must be positive, got {args.img_size}")
+        out["img_size"] = args.img_size
+    if args.crop_pct is not None:
+        if not 0 < args.crop_pct <= 1:
+            raise CLIError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
+        out["crop_pct"] = args.crop_pct
+    if args.interpolation is not None:
+        out["interpolation"] = args.interpolation
+    if args.std is not None and min(args.std) <= 0:
+        raise CLIError(f"--std must be positive, got {args.std}")
+    for key in ("mean", "std"):
+        if getattr(args, key) is not None:
+            out[key] = list(getattr(args, key))
+    return out
