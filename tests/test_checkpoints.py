@@ -185,6 +185,30 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+def test_training_script_checkpoints_with_args_and_ema(tmp_path):
+    """timm's train.py (and DeiT's, Swin's, ConvNeXt's) saves its argparse options beside the
+    weights; an EMA-only file nests them under model_ema. Both load; a Namespace carrying an
+    object is still refused."""
+    import argparse
+
+    src = tiny()
+    sd = src.state_dict()
+    torch.save({"epoch": 9, "arch": "vit", "state_dict": sd, "state_dict_ema": {k: v + 1 for k, v in sd.items()},
+                "args": argparse.Namespace(lr=0.1, model="vit", sizes=[1, 2])}, tmp_path / "model_best.pth.tar")
+    torch.save({"model_ema": sd, "epoch": 1}, tmp_path / "ema.pth")
+    for name in ("model_best.pth.tar", "ema.pth"):
+        dst = tiny()
+        load_checkpoint(dst, tmp_path / name)
+        torch.testing.assert_close(dst.state_dict()["pos_embed"], sd["pos_embed"])  # the plain copy first
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=evil)}, tmp_path / "evil_args.pth")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tiny(), tmp_path / "evil_args.pth")
+    assert not marker.exists()
+
+
 def test_checkpoint_never_executes_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = _Evil()

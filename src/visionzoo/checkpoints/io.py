@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -17,6 +19,12 @@ __all__ = ["CheckpointError", "read_state_dict", "save_state_dict", "unwrap_stat
 
 # Keys under which training scripts nest the weights (timm, DeiT, Swin, ConvNeXt, torchvision references).
 _NESTED_KEYS = ("state_dict", "model", "model_state", "module", "net", "params")
+# ... and their EMA copies: taken first with prefer_ema, else only where no plain copy exists
+_EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+# Objects besides tensors that weights-only unpickling may rebuild: the training scripts of timm,
+# DeiT, Swin and ConvNeXt store their argparse.Namespace of options as "args". Rebuilding one only
+# sets attributes, and its values must themselves be tensors, containers or plain values.
+_SAFE_GLOBALS = (argparse.Namespace,)
 
 
 class CheckpointError(ValueError):
@@ -31,7 +39,7 @@ def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: 
     """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a mapping of tensors, got {type(obj).__name__}")
-    keys = ("model_ema", "state_dict_ema") + _NESTED_KEYS if prefer_ema else _NESTED_KEYS
+    keys = _EMA_KEYS + _NESTED_KEYS if prefer_ema else _NESTED_KEYS + _EMA_KEYS
     for key in keys:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and inner and any(isinstance(v, (Tensor, Mapping)) for v in inner.values()):
@@ -69,7 +77,8 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
     """Read a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt or JAX .npz) to a state dict.
 
     Pickle-based files are read with ``torch.load(weights_only=True)``, which refuses any
-    object but tensors and plain containers: a checkpoint never runs code when loaded.
+    object but tensors, plain containers and values, and the ``argparse.Namespace`` of options
+    training scripts store: a checkpoint never runs code when loaded.
 
     Raises:
         CheckpointError: missing, truncated, corrupt or code-carrying files.
@@ -90,7 +99,9 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
         elif suffix == ".npz":
             obj = _read_npz(path)
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+            with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
