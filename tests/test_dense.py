@@ -62,6 +62,29 @@ def test_mask_rcnn_trains_and_predicts(backbone):
     assert len(out) == 2 and {"boxes", "labels", "scores", "masks"} <= set(out[0])
 
 
+def test_plain_backbones_get_vitdets_simple_pyramid():
+    """ViT's levels share stride 16: the neck is ViTDet's simple pyramid from the last block,
+    at strides 4, 8, 16, 32 and 64; hierarchical backbones keep the FPN."""
+    from visionzoo.detection import SimpleFeaturePyramid
+
+    m = mask_rcnn("vit_tiny_patch16_224", 3, min_size=128, max_size=160)
+    assert m.backbone.neck == "simple" and isinstance(m.backbone.fpn, SimpleFeaturePyramid)
+    assert [fi.module for fi in m.backbone.body.feature_info] == ["blocks.11"]
+    x = torch.randn(1, 3, 128, 192)
+    maps = m.backbone(x)
+    assert list(maps) == ["0", "1", "2", "3", "pool"]
+    assert [tuple(v.shape[-2:]) for v in maps.values()] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    # stride 16 is the last block's map through a 1x1 and a 3x3 convolution, each with a LayerNorm
+    stage = m.backbone.fpn.stages[2]
+    tokens = m.backbone.body(x)[-1]
+    torch.testing.assert_close(maps["2"], stage(tokens))
+    assert len(stage) == 4 and isinstance(stage[0], torch.nn.Conv2d) and stage[0].kernel_size == (1, 1)
+    assert mask_rcnn("convnext_tiny", 3).backbone.neck == "fpn"
+    assert mask_rcnn("vit_tiny_patch16_224", 3, neck="fpn").backbone.neck == "fpn"
+    with pytest.raises(ValueError, match="neck must be"):
+        mask_rcnn("resnet18", 3, neck="bifpn")
+
+
 def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():
     """From a pretrained ResNet-50, torchvision freezes the BatchNorms (FrozenBatchNorm2d) and
     the stem and layer1 (trainable_backbone_layers=3). Ours, given the same backbone checkpoint

@@ -15,6 +15,16 @@ Fine-tuning from a pretrained backbone follows torchvision's recipe for its own
   stage for the other families.
 
 Without a checkpoint (training from scratch) nothing is frozen, as in torchvision.
+
+Necks. A hierarchical backbone (ResNet, Swin, ConvNeXt, ...) feeds its four deepest levels to
+torchvision's FPN. A plain, single-scale backbone (ViT, DeiT, ConvMixer: every level at one
+stride) gets ViTDet's *simple feature pyramid* instead (Li, Mao, Girshick & He, "Exploring
+Plain Vision Transformer Backbones for Object Detection", ECCV 2022, Sec. 3 and Fig. 2):
+from the last level's map alone, two stride-2 deconvolutions (LayerNorm and GELU between) give
+1/4 of its stride, one gives 1/2, the map itself 1, a 2x2 max-pool 2; each then passes a 1x1
+and a 3x3 convolution, each followed by a LayerNorm, to ``out_channels``; a stride-2
+subsampling of the coarsest adds the fifth level, as in the FPN. Only the neck is ViTDet's:
+the backbone stays the plain ViT (no window attention or relative positions).
 """
 
 from __future__ import annotations
@@ -28,8 +38,9 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .factory import create_model
+from .layers import LayerNorm2d
 
-__all__ = ["BackboneWithFPN", "backbone_levels", "mask_rcnn"]
+__all__ = ["BackboneWithFPN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -60,8 +71,46 @@ def backbone_levels(body: nn.Module, taps: Sequence[str]) -> dict[str, int]:
     return levels
 
 
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid (module docstring) from one map of ``dim`` channels.
+
+    Shapes:
+        (B, dim, H, W) -> OrderedDict "0": (B, out, 4H, 4W), "1": 2H, "2": H, "3": H/2,
+        "pool": H/4 (floors), each ``out_channels`` wide.
+    """
+
+    def __init__(self, dim: int, out_channels: int = 256) -> None:
+        super().__init__()
+        if dim % 4:
+            raise ValueError(f"the simple feature pyramid halves the width twice: {dim} channels do not divide by 4 (use neck='fpn')")
+        ups = [
+            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
+            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),),
+            (),
+            (nn.MaxPool2d(2, stride=2),),
+        ]
+        widths = (dim // 4, dim // 2, dim, dim)
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                *resample,
+                nn.Conv2d(width, out_channels, 1, bias=False),
+                LayerNorm2d(out_channels),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                LayerNorm2d(out_channels),
+            )
+            for resample, width in zip(ups, widths)
+        )
+        self.top = LastLevelMaxPool()
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        maps = [stage(x) for stage in self.stages]
+        names = [str(i) for i in range(len(maps))]
+        maps, names = self.top(maps, maps, names)
+        return OrderedDict(zip(names, maps))
+
+
 class BackboneWithFPN(nn.Module):
-    """A features_only visionzoo backbone + torchvision FPN, in the interface detectors expect.
+    """A features_only visionzoo backbone + a neck, in the interface detectors expect.
 
     ``forward`` returns an OrderedDict of maps ("0", "1", ..., "pool"), each ``out_channels``
     wide; the extra "pool" level is a stride-2 max-pool of the coarsest map, as torchvision's
@@ -69,7 +118,9 @@ class BackboneWithFPN(nn.Module):
 
     Args:
         body: a features_only model.
-        out_channels: FPN width.
+        out_channels: neck width.
+        neck: ``"fpn"`` (torchvision's FeaturePyramidNetwork over every map of ``body``) or
+            ``"simple"`` (:class:`SimpleFeaturePyramid` from its last map).
         trainable_layers: how many of the backbone's levels, from the deepest, train; the
             parameters of the others get ``requires_grad=False``. None: all.
         taps: the module names of all the family's levels (:func:`backbone_levels`); default
@@ -78,10 +129,18 @@ class BackboneWithFPN(nn.Module):
             (torchvision's ``FrozenBatchNorm2d``), whatever ``train()`` is called with.
     """
 
-    def __init__(self, body: nn.Module, out_channels: int = 256, *, trainable_layers: int | None = None, taps: Sequence[str] | None = None, frozen_bn: bool = False) -> None:
+    def __init__(
+        self, body: nn.Module, out_channels: int = 256, *, neck: str = "fpn", trainable_layers: int | None = None, taps: Sequence[str] | None = None, frozen_bn: bool = False
+    ) -> None:
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork([fi.num_chs for fi in body.feature_info], out_channels, extra_blocks=LastLevelMaxPool())
+        if neck == "fpn":
+            self.fpn: nn.Module = FeaturePyramidNetwork([fi.num_chs for fi in body.feature_info], out_channels, extra_blocks=LastLevelMaxPool())
+        elif neck == "simple":
+            self.fpn = SimpleFeaturePyramid(body.feature_info[-1].num_chs, out_channels)
+        else:
+            raise ValueError(f"neck must be 'fpn' or 'simple', got {neck!r}")
+        self.neck = neck
         self.out_channels = out_channels
         self.frozen_bn = frozen_bn
         taps = [fi.module for fi in body.feature_info] if taps is None else list(taps)
@@ -109,6 +168,8 @@ class BackboneWithFPN(nn.Module):
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
         feats = self.body(x)
+        if self.neck == "simple":
+            return self.fpn(feats[-1])
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
@@ -118,6 +179,7 @@ def mask_rcnn(
     *,
     out_indices: Sequence[int] | None = None,
     out_channels: int = 256,
+    neck: str | None = None,
     checkpoint: str | None = None,
     trainable_backbone_layers: int | None = None,
     frozen_bn: bool | None = None,
@@ -132,8 +194,12 @@ def mask_rcnn(
     Args:
         backbone_name: any registered model name.
         num_classes: object classes plus background.
-        out_indices: the backbone levels fed to the FPN; default the four deepest.
-        out_channels: FPN width.
+        out_indices: the backbone levels fed to the neck; default the four deepest (FPN) or
+            the last (simple pyramid).
+        out_channels: neck width.
+        neck: ``"fpn"`` or ``"simple"`` (ViTDet's simple feature pyramid); default the simple
+            pyramid for a backbone whose levels all have one stride (ViT, DeiT, ConvMixer),
+            the FPN otherwise.
         checkpoint: backbone weights (``create_model``'s ``checkpoint``).
         trainable_backbone_layers: how many of the backbone's levels (``feature_info``, the
             stem counting as one where it is tapped), from the deepest, train. Default: with a
@@ -144,13 +210,16 @@ def mask_rcnn(
         maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
     levels = create_model(backbone_name, features_only=True).feature_info  # every level the family has
-    if out_indices is None:  # the four deepest maps, as ResNet-FPN
-        out_indices = tuple(range(len(levels)))[-4:]
+    if neck is None:
+        neck = "simple" if len({fi.reduction for fi in levels}) == 1 else "fpn"
+    if out_indices is None:  # the four deepest maps, as ResNet-FPN; the last for the simple pyramid
+        # (negative: ViT reads out_indices as block indices, as timm does; its default is four blocks)
+        out_indices = (-1,) if neck == "simple" else ((-4, -3, -2, -1) if len(levels) > 4 else None)
     body = create_model(backbone_name, features_only=True, out_indices=out_indices, checkpoint=checkpoint)
     pretrained = checkpoint is not None
     if trainable_backbone_layers is None and pretrained:
         trainable_backbone_layers = sum(fi.reduction > 4 for fi in levels)
     backbone = BackboneWithFPN(
-        body, out_channels, trainable_layers=trainable_backbone_layers, taps=[fi.module for fi in levels], frozen_bn=pretrained if frozen_bn is None else frozen_bn
+        body, out_channels, neck=neck, trainable_layers=trainable_backbone_layers, taps=[fi.module for fi in levels], frozen_bn=pretrained if frozen_bn is None else frozen_bn
     )
     return MaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
