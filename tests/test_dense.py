@@ -157,8 +157,34 @@ def test_unext_size_and_output():
     assert out.shape == (2, 2, 96, 160)
     small = create_segmentation_model("unext_s", num_classes=3, in_chans=1)
     assert small(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
-    with pytest.raises(ValueError, match="multiples of 32"):
-        m(torch.randn(1, 3, 100, 100))
+    with pytest.raises(ValueError, match=r"expects \(B, 3, H, W\)"):
+        m(torch.randn(1, 1, 64, 64))
+
+
+@pytest.mark.parametrize("backbone, head, padded", [
+    ("vit_tiny_patch16_224", "fpn", (80, 112)),  # multiples of 16
+    ("nest_tiny", "aspp", (80, 112)),
+    ("hrnet_w18_small", "hrnetv2", (96, 128)),  # multiples of 32
+    ("unext_s", "fpn", (96, 128)),
+    ("inception_v3", "fpn", (75, 100)),  # at least 75 px
+    ("resnet18", "aspp", (70, 100)),  # any size: nothing padded
+])
+def test_segmentation_at_any_size_pads_and_crops(backbone, head, padded):
+    """Sides the backbone cannot take are zero-padded at the bottom and right and the logits
+    cropped: the result is the top-left of the padded input's logits."""
+    torch.manual_seed(0)
+    m = create_segmentation_model(backbone, 3, head=head, in_chans=1).eval()
+    x = torch.randn(1, 1, 70, 100)
+    with torch.no_grad():
+        out = m(x)
+        assert out.shape == (1, 3, 70, 100)
+        full = m(F.pad(x, (0, padded[1] - 100, 0, padded[0] - 70)))
+        assert full.shape[-2:] == padded
+        torch.testing.assert_close(out, full[..., :70, :100], rtol=1e-5, atol=1e-5)
+    m.train()  # gradients reach the input through the padding (batch 2: Inception's last map is 1x1 here)
+    xg = torch.randn(2, 1, 70, 100, requires_grad=True)
+    m(xg).mean().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
 
 
 def test_hdc_dilated_resnet_with_aspp_head():

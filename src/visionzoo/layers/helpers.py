@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -46,6 +46,15 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     if ph > 0 or pw > 0:
         x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=value)
     return x
+
+
+def pad_to_fit(x: Tensor, multiple: int = 1, min_size: int = 1) -> Tensor:
+    """``x`` (..., H, W) zero-padded at the bottom and right to the smallest size whose sides are
+    multiples of ``multiple`` and at least ``min_size`` (mmsegmentation's ``size_divisor``);
+    ``x`` itself when it already fits."""
+    H, W = x.shape[-2:]
+    Hp, Wp = (-(-max(side, min_size) // multiple) * multiple for side in (H, W))
+    return x if (Hp, Wp) == (H, W) else F.pad(x, (0, Wp - W, 0, Hp - H))
 
 
 @torch.no_grad()

@@ -8,6 +8,11 @@
   warped by a learned flow field predicted from both maps (``grid_sample``, bilinear).
 * ASPP (Chen et al., DeepLab-v3, 2017): parallel atrous convolutions and image pooling on
   the last map.
+
+Any input size: an image whose sides the backbone cannot take (ViT and NesT need multiples
+of 16, HRNet and UNeXt of 32, Inception at least 75 px) is zero-padded at the bottom and right
+to the nearest size it can, and the logits are cropped back (mmsegmentation's
+``size_divisor``); sizes the backbone takes run unpadded.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from ..factory import create_model
+from ..layers import pad_to_fit
 from .unext import unext, unext_s
 
 __all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "HRNetV2Seg", "SegmentationModel", "create_segmentation_model"]
@@ -129,7 +135,7 @@ class HRNetV2Seg(nn.Module):
     concatenated, mixed by a 1x1 conv-BN-ReLU and classified per pixel.
 
     Shapes:
-        (B, in_chans, H, W) with H, W multiples of 32 -> (B, num_classes, H, W).
+        (B, in_chans, H, W) -> (B, num_classes, H, W) (padded to multiples of 32 inside).
     """
 
     def __init__(self, hrnet: nn.Module, num_classes: int) -> None:
@@ -142,11 +148,13 @@ class HRNetV2Seg(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        x = pad_to_fit(x, self.backbone.input_multiple, self.backbone.min_input_size)
         xs = self.backbone.forward_branches(x)
         size = xs[0].shape[-2:]
         feats = torch.cat([xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in xs[1:]], dim=1)
         logits = self.classifier(self.mix(feats))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
 
 
 class SegmentationModel(nn.Module):
@@ -162,8 +170,10 @@ class SegmentationModel(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        x = pad_to_fit(x, self.backbone.input_multiple, self.backbone.min_input_size)  # module docstring
         logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
 
 
 DEDICATED = {"unext": unext, "unext_s": unext_s}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import DropPath, trunc_normal_
+from ..layers import DropPath, pad_to_fit, trunc_normal_
 
 __all__ = ["UNeXt", "UNeXtConfig", "unext", "unext_s"]
 
@@ -117,7 +117,8 @@ class UNeXt(nn.Module):
         drop_path_rate: stochastic depth of the tokenised blocks.
 
     Shapes:
-        (B, in_chans, H, W) with H, W multiples of 32 -> (B, num_classes, H, W).
+        (B, in_chans, H, W) -> (B, num_classes, H, W); sides that are not multiples of 32 are
+        zero-padded at the bottom and right inside, and the logits cropped back.
     """
 
     def __init__(self, cfg: UNeXtConfig = UNeXtConfig(), *, num_classes: int = 1, in_chans: int = 3, drop_path_rate: float = 0.0) -> None:
@@ -152,8 +153,10 @@ class UNeXt(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans or x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ValueError(f"UNeXt expects (B, {self.in_chans}, H, W) with H and W multiples of 32, got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"UNeXt expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        H0, W0 = x.shape[-2:]
+        x = pad_to_fit(x, 32)  # five halvings: other sides are zero-padded, the logits cropped back
         skips = []
         out = x
         for conv, bn in zip(self.encoder, self.ebn):  # three convolutional stages
@@ -176,7 +179,7 @@ class UNeXt(nn.Module):
         out = F.relu(self._up(self.dbn[2](self.decoder[2](out)))) + skips[1]  # B, c2, H/4
         out = F.relu(self._up(self.dbn[3](self.decoder[3](out)))) + skips[0]  # B, c1, H/2
         out = F.relu(self._up(self.decoder[4](out)))  # B, c1, H
-        return self.final(out)
+        return self.final(out)[..., :H0, :W0]
 
 
 def unext(num_classes: int = 1, in_chans: int = 3, **kwargs) -> UNeXt:
