@@ -1,4 +1,5 @@
-"""Instance segmentation: torchvision's Mask R-CNN on any visionzoo backbone with an FPN.
+"""Instance segmentation: torchvision's Mask R-CNN on any visionzoo backbone, with an FPN or
+ViTDet's simple feature pyramid.
 
 Fine-tuning from a pretrained backbone follows torchvision's recipe for its own
 ``maskrcnn_resnet50_fpn`` (``weights_backbone=...``), generalised to any backbone:
@@ -49,7 +50,7 @@ def backbone_levels(body: nn.Module, taps: Sequence[str]) -> dict[str, int]:
     """The level (index into ``taps``) of each parameter of the features_only model ``body``.
 
     ``taps`` are the module names of every level the family has (its full ``feature_info``,
-    shallowest first); those ``body`` was pruned of own no parameters. A level owns its tap
+    shallowest first); the levels pruned from ``body`` own no parameters. A level owns its tap
     module and every module defined before it and after the previous level's (ResNet:
     ``conv1``/``bn1`` belong to the stem level ``act1``; ViT: the patch embedding and the
     blocks up to the first tapped block to level 0). Modules defined after the last tap
