@@ -148,7 +148,7 @@ class BackboneWithFPN(nn.Module):
         n = len(taps)
         if trainable_layers is not None:
             if not 0 <= trainable_layers <= n:
-                raise ValueError(f"trainable_layers must be between 0 and {n} (the backbone's levels), got {trainable_layers}")
+                raise ValueError(f"trainable_backbone_layers must be between 0 and {n} (the backbone's levels), got {trainable_layers}")
             for name, level in backbone_levels(body, taps).items():
                 if level < n - trainable_layers:
                     body.get_parameter(name).requires_grad_(False)
