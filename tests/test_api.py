@@ -133,3 +133,31 @@ def test_timm_style_pretrained_argument():
     assert visionzoo.create_model("resnet18", pretrained=False, num_classes=3).num_classes == 3
     with pytest.raises(ValueError, match="downloads no weights.*checkpoint=PATH"):
         visionzoo.create_model("resnet18", pretrained=True)
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 96), ("convnext_tiny", 96), ("coatnet_0_224", 224), ("vgg11", 224),
+                                        ("vit_tiny_patch16_224", 224), ("swin_tiny_patch4_window7_224", 224), ("inception_v3", 160)])
+def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
+    """create_model(name, num_classes=0, global_pool='') as in timm: the same unpooled output
+    (ConvNeXt: after the head's norm; CoAtNet: after its norm and tanh pre-logits, per position)."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ours = visionzoo.create_model(name, num_classes=0, global_pool="").eval()
+    ref = timm.create_model(name, num_classes=0, global_pool="").eval()
+    sd = ours.state_dict()
+    if name.startswith("coatnet"):  # timm's unpooled head runs its pre-logits layer as a 1x1 convolution
+        sd["head.pre_logits.fc.weight"] = sd["head.pre_logits.fc.weight"][:, :, None, None]
+    if name == "vgg11":  # timm's fc6 / fc7 are convolutions
+        sd["pre_logits.fc1.weight"] = sd["pre_logits.fc1.weight"].view(4096, 512, 7, 7)
+        sd["pre_logits.fc2.weight"] = sd["pre_logits.fc2.weight"][:, :, None, None]
+    assert not ref.load_state_dict(sd, strict=False).missing_keys
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        y, r = ours(x), ref(x)
+    assert y.shape == r.shape
+    torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    with pytest.raises(ValueError, match="num_classes=0"):
+        visionzoo.create_model(name, global_pool="")
+    if name != "vit_tiny_patch16_224":  # ViT has its own option ('token' / 'avg')
+        with pytest.raises(ValueError, match="pools by average"):
+            visionzoo.create_model(name, num_classes=0, global_pool="max")

@@ -69,6 +69,9 @@ def test_model_battery(name):
         assert model(x).shape == (2, model.num_features)
         heads = model.get_classifier()
         assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
+        model.unpooled = True  # timm's global_pool='': a map (or tokens) per image
+        assert model(x).ndim in (3, 4) and model(x).shape[0] == 2
+        model.unpooled = False
 
     # features_only: one NCHW map per stage, as feature_info says
     info = list(model.feature_info)

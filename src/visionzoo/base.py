@@ -66,6 +66,8 @@ class VisionModel(nn.Module):
         self.in_chans = 3
         self.num_classes = 0
         self.num_features = 0
+        #: timm's ``global_pool=''``: without a classifier, ``forward`` returns ``forward_features``
+        self.unpooled = False
 
     def train(self, mode: bool = True) -> VisionModel:
         """nn.Module's ``train`` / ``eval``, which also drop the weights cached for CPU
@@ -124,7 +126,15 @@ class VisionModel(nn.Module):
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """``forward`` of the classifier (not ``features_only``): the logits. A family whose
         training forward also returns auxiliary logits overrides this."""
+        if self.unpooled and self.num_classes == 0:
+            return self.forward_unpooled(x)
         return self.forward_head(self.forward_features(x))
+
+    def forward_unpooled(self, x: Tensor) -> Tensor:
+        """``forward`` of a model built with timm's ``global_pool=''`` and no classifier: the
+        features as timm returns them, by default ``forward_features``; a family whose head
+        normalises (or projects) before it pools applies that per position, as timm does."""
+        return self.forward_features(x)
 
     def cpu_layout(self, x: Tensor) -> tuple[Tensor, bool]:
         """``x`` in the memory layout this call runs in, and whether that is channels-last.

@@ -20,6 +20,31 @@ __all__ = ["create_model", "model_info"]
 _log = logging.getLogger(__name__)
 
 
+def _global_pool(name: str, config: Any, overrides: dict[str, Any], num_classes: int) -> bool:
+    """timm's ``global_pool`` argument: whether ``forward`` returns unpooled features (``''``).
+
+    ``''`` (with ``num_classes=0``, as timm requires) makes ``forward`` return the unpooled
+    features (``VisionModel.forward_unpooled``); ``'avg'`` is every family's own pooling; a
+    family with its own ``global_pool`` option (ViT: ``'token'`` / ``'avg'``) keeps it in
+    ``overrides``.
+    """
+    if "global_pool" not in overrides:
+        return False
+    own = dataclasses.is_dataclass(config) and "global_pool" in {f.name for f in dataclasses.fields(config)}
+    pool = overrides["global_pool"]
+    if pool == "":
+        overrides.pop("global_pool")
+        if num_classes != 0:
+            raise ValueError(f"{name}: global_pool='' (no pooling) needs num_classes=0, as in timm; got num_classes={num_classes}")
+        return True
+    if own:
+        return False
+    if pool != "avg":
+        raise ValueError(f"{name} pools by average: global_pool takes 'avg', or '' with num_classes=0 (forward returns the unpooled features), got {pool!r}")
+    overrides.pop("global_pool")
+    return False
+
+
 def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> Any:
     if not overrides:
         return config
@@ -61,7 +86,9 @@ def create_model(
         pretrained: timm's argument, accepted so that timm code runs: visionzoo downloads no
             weights, so ``True`` raises (pass ``checkpoint``) and ``False`` does nothing.
         **overrides: fields of the family's configuration dataclass, for example
-            ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet.
+            ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet; and timm's
+            ``global_pool``: ``''`` with ``num_classes=0`` makes ``forward`` return the unpooled
+            features as timm does, ``'avg'`` is the default pooling (ViT also takes ``'token'``).
 
     Raises:
         UnknownModelError: for an unknown name, naming the closest registered ones.
@@ -77,6 +104,7 @@ def create_model(
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    unpooled = _global_pool(entry.name, entry.config, overrides, num_classes)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
     size = to_2tuple(img_size) if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
     if min(size) < 1:
@@ -89,6 +117,7 @@ def create_model(
         raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
     model.model_name = entry.name
     model.family = entry.family
+    model.unpooled = unpooled
     model.default_cfg = {
         **entry.default_cfg,
         "input_size": (in_chans, *size),

@@ -159,6 +159,10 @@ class ConvNeXt(VisionModel):
         self.check_input(x)
         return self.stages(self.stem(x))
 
+    def forward_unpooled(self, x: Tensor) -> Tensor:
+        """timm's ``global_pool=''``: the head's LayerNorm applied to every position of the map."""
+        return self.head.norm(self.forward_features(x))
+
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         self.check_input(x)
         return tap_outputs(self.stem(x), self.stages, indices)

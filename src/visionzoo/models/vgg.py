@@ -141,6 +141,12 @@ class VGG(VisionModel):
         x = self.pre_logits(x)
         return x if pre_logits else self.head(x)
 
+    def forward_unpooled(self, x: Tensor) -> Tensor:
+        """timm's ``global_pool=''``: the fc6/fc7 features as a (B, 4096, 1, 1) map, which timm
+        (whose fc6 is a 7x7 convolution) also returns at 224 px; at larger inputs timm slides
+        that convolution over the map, while ours pools to 7x7 first, as torchvision does."""
+        return self.pre_logits(self.forward_features(x))[:, :, None, None]
+
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = LinearHead(self.num_features, num_classes)
