@@ -80,7 +80,8 @@ def test_plain_backbones_get_vitdets_simple_pyramid():
     torch.testing.assert_close(maps["2"], stage(tokens))
     assert len(stage) == 4 and isinstance(stage[0], torch.nn.Conv2d) and stage[0].kernel_size == (1, 1)
     assert mask_rcnn("convnext_tiny", 3).backbone.neck == "fpn"
-    assert mask_rcnn("vit_tiny_patch16_224", 3, neck="fpn").backbone.neck == "fpn"
+    fpn = mask_rcnn("vit_tiny_patch16_224", 3, neck="fpn").backbone
+    assert fpn.neck == "fpn" and [fi.module for fi in fpn.body.feature_info] == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]
     with pytest.raises(ValueError, match="neck must be"):
         mask_rcnn("resnet18", 3, neck="bifpn")
 

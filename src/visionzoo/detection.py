@@ -38,6 +38,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .checkpoints import load_checkpoint
 from .factory import create_model
 from .layers import LayerNorm2d
 
@@ -210,13 +211,16 @@ def mask_rcnn(
             checkpoint, as torchvision does.
         maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
-    levels = create_model(backbone_name, features_only=True).feature_info  # every level the family has
+    body = create_model(backbone_name)
+    levels = [body.feature_info[i] for i in body.default_out_indices()]  # what features_only returns by default
     if neck is None:
         neck = "simple" if len({fi.reduction for fi in levels}) == 1 else "fpn"
     if out_indices is None:  # the four deepest maps, as ResNet-FPN; the last for the simple pyramid
         # (negative: ViT reads out_indices as block indices, as timm does; its default is four blocks)
         out_indices = (-1,) if neck == "simple" else ((-4, -3, -2, -1) if len(levels) > 4 else None)
-    body = create_model(backbone_name, features_only=True, out_indices=out_indices, checkpoint=checkpoint)
+    body.set_features_only(out_indices)  # then the checkpoint, as create_model(features_only=True, ...) does
+    if checkpoint is not None:
+        load_checkpoint(body, checkpoint)
     pretrained = checkpoint is not None
     if trainable_backbone_layers is None and pretrained:
         trainable_backbone_layers = sum(fi.reduction > 4 for fi in levels)
