@@ -154,18 +154,17 @@ class BackboneWithFPN(nn.Module):
                 if level < n - trainable_layers:
                     body.get_parameter(name).requires_grad_(False)
         if frozen_bn:
-            for m in body.modules():
-                if isinstance(m, _NORMS):
-                    for p in m.parameters(recurse=False):
-                        p.requires_grad_(False)
+            for m in self._frozen_norms():
+                m.requires_grad_(False)
             self.train(self.training)
+
+    def _frozen_norms(self) -> list[nn.Module]:
+        return [m for m in self.body.modules() if isinstance(m, _NORMS)] if self.frozen_bn else []
 
     def train(self, mode: bool = True) -> BackboneWithFPN:
         super().train(mode)
-        if self.frozen_bn:
-            for m in self.body.modules():
-                if isinstance(m, _NORMS):
-                    m.eval()
+        for m in self._frozen_norms():
+            m.eval()
         return self
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
