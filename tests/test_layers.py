@@ -307,6 +307,41 @@ def test_add_projection_skips_only_idle_modules():
         assert not torch.allclose(out, residual + proj(x))  # the active dropout was applied
 
 
+@needs_onednn
+@pytest.mark.usefixtures("onednn_on")
+def test_fused_linear_reorders_a_weight_once_it_is_reused():
+    """From its second use on, an unchanged fp32 weight runs from a cached copy in oneDNN's
+    blocked layout; an in-place update is seen, and a weight made afresh per call, or an
+    inference tensor (whose changes cannot be tracked), is never copied."""
+    from visionzoo.layers.linear import _BLOCKED, _reorder_works
+
+    if not _reorder_works():
+        pytest.skip("torch build cannot reorder linear weights")
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(48, 80)
+    x = torch.randn(2, 5, 48)
+    blocked = lambda w: _BLOCKED._entries.get(w, (None, (None,)))[1][0]  # noqa: E731
+    with torch.no_grad():
+        for use in range(3):
+            torch.testing.assert_close(linear(fc, x, torch.nn.GELU()), torch.nn.functional.gelu(x @ fc.weight.T + fc.bias), rtol=1e-5, atol=1e-5)
+            assert (blocked(fc.weight) is not None) == (use > 0)
+        assert blocked(fc.weight).is_mkldnn
+        fc.weight.mul_(-0.5)  # an optimizer-style in-place step: the copy is stale
+        torch.testing.assert_close(linear(fc, x), x @ fc.weight.T + fc.bias, rtol=1e-5, atol=1e-5)
+        residual = torch.randn(2, 5, 80)
+        torch.testing.assert_close(linear_add(residual, x, fc.weight, fc.bias), residual + x @ fc.weight.T + fc.bias, rtol=1e-5, atol=1e-5)
+        before = sum(v[1][0] is not None for v in _BLOCKED._entries.values())
+        for _ in range(3):
+            w = fc.weight * 2  # a fresh tensor each call (a folded weight)
+            torch.testing.assert_close(linear_act(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+        assert sum(v[1][0] is not None for v in _BLOCKED._entries.values()) == before
+    with torch.inference_mode():
+        w = torch.randn(80, 48)
+        for _ in range(2):
+            torch.testing.assert_close(linear_act(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
+        assert w not in _BLOCKED
+
+
 def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):
     monkeypatch.setenv("VISIONZOO_ONEDNN_LINEAR", "0")
     assert not _default_on()
@@ -331,8 +366,10 @@ def test_models_agree_with_and_without_fused_linear(name):
             ref, ops = _ops_run(lambda: model(x))
         assert "mkldnn::_linear_pointwise" not in ops
         out, ops = _ops_run(lambda: model(x))
+        again = model(x)  # the linear weights in oneDNN's blocked layout from the second call on
     assert "mkldnn::_linear_pointwise" in ops
     assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5
+    assert visionzoo.testing.max_rel_diff(again, ref) < 1e-5
 
 
 # --------------------------------------------------------------------------- separable max pooling

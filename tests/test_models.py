@@ -152,15 +152,16 @@ def test_cpu_inference_layout(name):
         torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_tiny_patch16_224"])
 def test_weights_written_through_data_are_seen_after_eval(name):
     """Writes through ``.data`` bypass the version counters that stamp the cached inference
-    weights (folded BatchNorm, packed kernels, ConvNeXt's scaled fc2); ``eval()`` or
-    ``clear_derived_caches`` drops the copies, and the next call uses the new weights."""
+    weights (folded BatchNorm, packed kernels, ConvNeXt's scaled fc2, reordered linear
+    weights); ``eval()`` or ``clear_derived_caches`` drops the copies, and the next call uses
+    the new weights."""
     from visionzoo.layers import clear_derived_caches
 
     torch.manual_seed(0)
-    model = visionzoo.create_model(name, num_classes=5).eval()
+    model = visionzoo.create_model(name, num_classes=5, img_size=64).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         for key, p in model.named_parameters():
@@ -172,7 +173,8 @@ def test_weights_written_through_data_are_seen_after_eval(name):
             t.data.mul_(factor)
 
     with torch.no_grad():
-        model(x)  # fills the caches
+        model(x)  # fills the caches (linear weights are reordered on their second use)
+        model(x)
     for refresh in (lambda: model.eval(), lambda: clear_derived_caches(model)):
         scale_everything(0.8)
         refresh()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
@@ -131,16 +131,17 @@ _CACHES: list[DerivedCache] = []  # every DerivedCache (module-level objects, ma
 def clear_derived_caches(model: nn.Module | None = None) -> None:
     """Drop the tensors cached from the weights of ``model``'s modules (every model's: None):
     BatchNorm folded into convolutions, prepacked and standardised kernels, ConvNeXt's scaled
-    fc2. They are recomputed on the next CPU inference call.
+    fc2, linear weights in oneDNN's blocked layout. They are recomputed on the next CPU inference call.
 
     Needed only after writing weights through ``.data`` (``w.data.mul_(0.5)``), which the
     caches cannot see; ``train()`` and ``eval()`` of a visionzoo model call it too.
     """
+    owners = None if model is None else [*model.modules(), *model.parameters()]
     for cache in _CACHES:
-        if model is None:
+        if owners is None:
             cache.clear()
         else:
-            cache.discard_all(model.modules())
+            cache.discard_all(owners)
 
 
 class DerivedCache:
@@ -150,12 +151,13 @@ class DerivedCache:
     Each entry is stamped with the storage, version counter and dtype of every tensor it was
     computed from, so an optimizer step, ``load_state_dict``, ``.to()`` or any in-place change
     makes the next :meth:`get` recompute it. A write through ``.data`` is the exception: like
-    autograd, the version counter does not see it (:func:`clear_derived_caches`). Keys are
-    weak: the cache neither keeps a model alive nor travels with ``deepcopy`` or pickling.
+    autograd, the version counter does not see it (:func:`clear_derived_caches`). Owners are
+    modules, or tensors (a weight, for a copy of it in another layout), held weakly and by
+    identity: the cache neither keeps them alive nor travels with ``deepcopy`` or pickling.
     """
 
     def __init__(self) -> None:
-        self._entries: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[Tensor, ...]]] = weakref.WeakKeyDictionary()
+        self._entries: WeakIdKeyDictionary = WeakIdKeyDictionary()  # owner -> (stamp, value)
         _CACHES.append(self)
 
     @staticmethod
@@ -172,23 +174,34 @@ class DerivedCache:
                 out.append((t.data_ptr(), t._version, t.dtype))
         return tuple(out)
 
-    def get(self, owner: nn.Module, sources: Iterable[Tensor | None], compute: Callable[[], tuple[Tensor, ...] | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
+    def get(self, owner: object, sources: Iterable[Tensor | None], compute: Callable[[], tuple[Tensor, ...] | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
         """The cached ``compute()`` for ``owner`` while ``sources`` (and ``extra``, plain values
         such as an eps) are unchanged; None where the sources cannot be tracked or ``compute``
         gives None."""
         stamp = self.stamp(sources)
         if stamp is None:
             return None
-        stamp += extra
         hit = self._entries.get(owner)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and hit[0] == stamp + extra:
             return hit[1]
         value = compute()
-        if value is not None:
-            self._entries[owner] = (stamp, value)
+        return None if value is None else self.put(owner, sources, value, extra)
+
+    def lookup(self, owner: object, sources: Iterable[Tensor | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
+        """``owner``'s value while ``sources`` (and ``extra``) are as when it was stored, else None."""
+        stamp = self.stamp(sources)
+        hit = self._entries.get(owner) if stamp is not None else None
+        return hit[1] if hit is not None and hit[0] == stamp + extra else None
+
+    def put(self, owner: object, sources: Iterable[Tensor | None], value: tuple[Tensor, ...], extra: tuple = ()) -> tuple[Tensor, ...]:
+        """Store ``value`` for ``owner`` as computed from ``sources`` (and ``extra``) as they are
+        now, replacing any entry (nothing is stored where they cannot be tracked); returns ``value``."""
+        stamp = self.stamp(sources)
+        if stamp is not None:
+            self._entries[owner] = (stamp + extra, value)
         return value
 
-    def discard(self, owner: nn.Module) -> None:
+    def discard(self, owner: object) -> None:
         """Drop ``owner``'s entry (a call off the cached path does not keep the copy)."""
         if self._entries:
             self._entries.pop(owner, None)
@@ -196,11 +209,11 @@ class DerivedCache:
     def clear(self) -> None:
         self._entries.clear()
 
-    def discard_all(self, owners: Iterable[nn.Module]) -> None:
+    def discard_all(self, owners: Iterable[object]) -> None:
         """Drop the entries of every module in ``owners``."""
         if self._entries:
             for owner in owners:
                 self._entries.pop(owner, None)
 
-    def __contains__(self, owner: nn.Module) -> bool:
+    def __contains__(self, owner: object) -> bool:
         return owner in self._entries

@@ -54,9 +54,12 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
+from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
+
+_PROJ_WEIGHT = DerivedCache()  # attention -> (proj.weight with inputs in (heads, hd) order,)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -105,10 +108,15 @@ class BlockAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.fused = True  # False: the matmul/softmax path of layers.attention
 
-    def proj_weight(self) -> Tensor:
-        """``proj.weight`` with its input features reordered from (hd, nH) to (nH, hd)."""
+    def proj_weight(self, cached: bool = False) -> Tensor:
+        """``proj.weight`` with its input features reordered from (hd, nH) to (nH, hd); with
+        ``cached`` (inference) the copy is kept while the weight is unchanged."""
         w = self.proj.weight  # C_out, hd * nH
-        return w.view(-1, self.head_dim, self.num_heads).transpose(1, 2).reshape(w.shape)
+
+        def reorder() -> tuple[Tensor]:
+            return (w.view(-1, self.head_dim, self.num_heads).transpose(1, 2).reshape(w.shape),)
+
+        return ((_PROJ_WEIGHT.get(self, (w,), reorder) if cached else None) or reorder())[0]
 
     def forward(self, x: Tensor) -> Tensor:
         B, T, N, C = x.shape
@@ -124,7 +132,8 @@ class BlockAttention(nn.Module):
             qkv = linear(self.qkv, x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
             x = attention(qkv[0], qkv[1], qkv[2], dropout_p=drop, fused=self.fused)  # B*T, nH, N, hd
             x = x.transpose(1, 2)  # B*T, N, nH, hd
-        x = linear_act(x.reshape(B, T, N, C), self.proj_weight(), self.proj.bias)
+        cached = not torch.is_grad_enabled() and plain_cpu_eager(x)
+        x = linear_act(x.reshape(B, T, N, C), self.proj_weight(cached), self.proj.bias)
         return self.proj_drop(x)
 
 
