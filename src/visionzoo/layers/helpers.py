@@ -202,8 +202,10 @@ class DerivedCache:
         return value
 
     def discard(self, owner: object) -> None:
-        """Drop ``owner``'s entry (a call off the cached path does not keep the copy)."""
-        if self._entries:
+        """Drop ``owner``'s entry (a call off the cached path does not keep the copy). Nothing
+        while torch.compile traces: it never fills the cache, and dynamo does not trace into
+        ``torch.utils.weak`` (a graph break)."""
+        if not torch.compiler.is_compiling() and self._entries:
             self._entries.pop(owner, None)
 
     def clear(self) -> None:
