@@ -128,6 +128,38 @@ def test_cli_argument_errors_are_one_line(args, message):
     assert not r.stdout.strip()  # nothing half-done before the error (a table header, say)
 
 
+@pytest.mark.parametrize("name, size", [("resnet18", 96), ("convnext_tiny", 96), ("vit_tiny_patch16_224", 224), ("swin_tiny_patch4_window7_224", 224)])
+def test_timm_reset_classifier_with_global_pool(name, size):
+    """timm's ``reset_classifier(num_classes, global_pool)``: ``(0, '')`` gives timm's unpooled
+    features, ``(0, 'avg')`` pools again (ViT: also ``'token'``), a new classifier has the new
+    width; ``(5, '')`` is refused before anything changes."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ours = visionzoo.create_model(name, num_classes=10).eval()
+    ref = timm.create_model(name, num_classes=10).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, size, size)
+
+    def same():
+        with torch.no_grad():
+            y, r = ours(x), ref(x)
+        assert y.shape == r.shape
+        torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+    head = ours.get_classifier()
+    with pytest.raises(ValueError, match="num_classes=0"):
+        ours.reset_classifier(5, "")
+    with pytest.raises(ValueError, match="global_pool"):
+        ours.reset_classifier(5, "max")
+    assert ours.get_classifier() is head and ours.num_classes == 10 and ours(x).shape == (2, 10)
+    for pool in ("", "avg", *(("token", "avg") if name.startswith("vit") else ())):
+        ours.reset_classifier(0, pool)
+        ref.reset_classifier(0, pool)
+        same()
+    ours.reset_classifier(7)
+    assert ours(x).shape == (2, 7) and ours.num_classes == 7
+
+
 def test_timm_style_pretrained_argument():
     """timm code passes pretrained=...: False is accepted, True says how to load weights instead."""
     assert visionzoo.create_model("resnet18", pretrained=False, num_classes=3).num_classes == 3

@@ -69,9 +69,12 @@ def test_model_battery(name):
         assert model(x).shape == (2, model.num_features)
         heads = model.get_classifier()
         assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
-        model.unpooled = True  # timm's global_pool='': a map (or tokens) per image
+        model.reset_classifier(0, "")  # timm's global_pool='': a map (or tokens) per image
         assert model(x).ndim in (3, 4) and model(x).shape[0] == 2
-        model.unpooled = False
+        with pytest.raises(ValueError, match="num_classes=0"):
+            model.reset_classifier(4, "")
+        model.reset_classifier(0, "avg")
+        assert model(x).shape == (2, model.num_features)
 
     # features_only: one NCHW map per stage, as feature_info says
     info = list(model.feature_info)
@@ -181,3 +184,61 @@ def test_weights_written_through_data_are_seen_after_eval(name):
         with torch.no_grad():
             fast = model(x)
         torch.testing.assert_close(fast, model(x).detach(), rtol=1e-4, atol=1e-4 * float(fast.abs().max()))
+
+
+def _families() -> list[str]:
+    from family_models import smallest_per_family
+
+    return sorted(smallest_per_family())
+
+
+@pytest.mark.parametrize("family", _families())
+def test_grad_checkpointing_gives_the_same_gradients_from_fewer_saved_activations(family):
+    """set_grad_checkpointing (timm's method): every family but VGG (as in timm) recomputes
+    its blocks in the backward pass. The autograd graph then holds far fewer bytes, the
+    gradients are those of the plain model, and turning it off restores the plain graph."""
+    import copy
+
+    from family_models import small_side, smallest_per_family
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model(smallest_per_family()[family], num_classes=5).train()
+    if family == "vgg":
+        with pytest.raises(ValueError, match="not supported"):
+            model.set_grad_checkpointing()
+        assert not model.grad_checkpointing
+        return
+    ckpt = copy.deepcopy(model)
+    ckpt.set_grad_checkpointing()
+    assert ckpt.grad_checkpointing and not model.grad_checkpointing
+    S = small_side(model)
+    x = torch.randn(2, 3, S, S)
+
+    def step(m):
+        """(bytes of the activations autograd keeps, by storage: parameters excluded; gradients)"""
+        params = {p.untyped_storage().data_ptr() for p in m.parameters()}
+        saved = {}
+
+        def pack(t):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in params:
+                saved[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        torch.manual_seed(1)  # the same dropout masks in both models
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = m(x)
+        outs = out if isinstance(out, tuple) else (out,)  # Inception's auxiliary logits in training
+        sum(o.float().square().mean() for o in outs).backward()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        m.zero_grad(set_to_none=True)
+        return sum(saved.values()), grads
+
+    plain_bytes, plain = step(model)
+    ckpt_bytes, grads = step(ckpt)
+    assert ckpt_bytes < 0.6 * plain_bytes, (ckpt_bytes, plain_bytes)
+    assert grads.keys() == plain.keys()
+    for n, g in plain.items():
+        torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()) + 1e-12, msg=n)
+    ckpt.set_grad_checkpointing(False)
+    assert not ckpt.grad_checkpointing and step(ckpt)[0] == plain_bytes

@@ -4,10 +4,11 @@ A family subclasses :class:`VisionModel` and provides
 
 * ``forward_features(x)``: the unpooled output of the last stage (tokens or a map);
 * ``forward_head(x, pre_logits=False)``: pooling, final norm where it belongs, classifier;
-* ``reset_classifier(num_classes)``;
+* ``reset_head(num_classes)``: a new classifier (behind timm's ``reset_classifier``);
 * ``forward_intermediates(x, indices)``: NCHW maps of the stages in ``indices``;
 * ``feature_info``: one :class:`FeatureInfo` per stage (channels, stride, module name);
-* ``num_features``, ``num_classes``, ``in_chans``.
+* ``num_features``, ``num_classes``, ``in_chans``;
+* ``grad_checkpoint_units``: the blocks :meth:`~VisionModel.set_grad_checkpointing` recomputes.
 
 The base class turns these into ``forward`` and ``features_only`` behaviour, and checks
 inputs once, cheaply, at the stem (:meth:`check_input`).
@@ -15,6 +16,7 @@ inputs once, cheaply, at the stem (:meth:`check_input`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,22 @@ class FeatureInfo:
         return getattr(self, key)
 
 
+class _CheckpointedForward:
+    """The forward of a block under gradient checkpointing (:meth:`VisionModel.set_grad_checkpointing`):
+    its class's forward, run through ``torch.utils.checkpoint`` while autograd records."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        forward = type(self.module).forward
+        if torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(forward, self.module, *args, use_reentrant=False, **kwargs)
+        return forward(self.module, *args, **kwargs)
+
+
 class VisionModel(nn.Module):
     """Base class of every visionzoo classifier (see module docstring)."""
 
@@ -52,6 +70,10 @@ class VisionModel(nn.Module):
     input_multiple: int = 1
     #: smallest spatial side the network can take.
     min_input_size: int = 1
+    #: regular expressions, matched against whole module names, of the blocks that
+    #: :meth:`set_grad_checkpointing` recomputes (the units of the main sequence, as timm
+    #: checkpoints them); empty where the family has none worth it (VGG, as in timm)
+    grad_checkpoint_units: tuple[str, ...] = ()
     #: run CPU inference in channels-last memory (convolutional families, where oneDNN's
     #: NHWC kernels beat its NCHW ones; see :meth:`forward`). An instance may turn it off.
     cpu_channels_last: bool = False
@@ -85,9 +107,38 @@ class VisionModel(nn.Module):
         classifies with ``head.fc``; families with another head override this."""
         return self.head(x, pre_logits)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Default: a new ``self.head.fc`` (an Identity for 0 classes); see :meth:`forward_head`."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new classifier for ``num_classes`` (timm's method; PyTorch's default initialisation);
+        0 removes it, and ``forward`` returns the pooled features. ``global_pool``: None keeps the pooling;
+        otherwise as :meth:`set_global_pool` (``reset_classifier(0, '')``: unpooled features)."""
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        if global_pool is not None:
+            self.set_global_pool(global_pool, num_classes)  # (checked before anything changes)
         self.num_classes = num_classes
+        self.reset_head(num_classes)
+
+    def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
+        """timm's ``global_pool``: ``''`` makes ``forward`` return the unpooled features
+        (:meth:`forward_unpooled`), which needs a model without classifier (``num_classes`` 0,
+        the model's own when None), as in timm; ``'avg'`` is the family's own pooling. A family
+        with other pools (ViT: ``'token'``) overrides this."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if pool == "":
+            if num_classes != 0:
+                raise ValueError(f"{self._name()}: global_pool='' (no pooling) needs num_classes=0, as in timm; got num_classes={num_classes}")
+            self.unpooled = True
+        elif pool == "avg":
+            self.unpooled = False
+        else:
+            raise ValueError(f"{self._name()} pools by average: global_pool takes 'avg', or '' with num_classes=0 (forward returns the unpooled features), got {pool!r}")
+
+    def _name(self) -> str:
+        return self.model_name or type(self).__name__
+
+    def reset_head(self, num_classes: int) -> None:
+        """Family hook of :meth:`reset_classifier`. Default: a new ``self.head.fc`` (an Identity
+        for 0 classes); see :meth:`forward_head`."""
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def get_classifier(self) -> nn.Module | tuple[nn.Module, ...]:
@@ -116,6 +167,36 @@ class VisionModel(nn.Module):
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Family hook of ``load_checkpoint``: resize position tables to this model's size."""
         return state_dict
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in the backward pass instead of keeping its activations
+        (timm's method; ``visionzoo train --grad-checkpointing``).
+
+        With autograd on, every module named by ``grad_checkpoint_units`` runs under
+        ``torch.utils.checkpoint`` (non-reentrant): the forward keeps only the blocks' inputs,
+        and the backward runs each block again, about a third more compute for a fraction of
+        the activation memory. Gradients are those of the plain model; random masks (dropout,
+        drop path) are replayed. As with timm's checkpointing, a BatchNorm inside a block in
+        training updates its running statistics in both passes. Parameter names and
+        checkpoints are unchanged; ``enable=False`` restores the plain forward.
+        """
+        units = [m for n, m in self.named_modules() if any(re.fullmatch(p, n) for p in self.grad_checkpoint_units)]
+        if enable and not units:
+            raise ValueError(f"{self._name()}: gradient checkpointing is not supported by the {self.family or type(self).__name__} family (no blocks to recompute)")
+        for m in units:
+            if enable:
+                m.forward = _CheckpointedForward(m)  # an instance attribute: nn.Module.__call__ finds it first
+            else:
+                m.__dict__.pop("forward", None)
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        """Whether :meth:`set_grad_checkpointing` is on (assigning to it sets it, as timm's attribute)."""
+        return any(isinstance(m.__dict__.get("forward"), _CheckpointedForward) for m in self.modules())
+
+    @grad_checkpointing.setter
+    def grad_checkpointing(self, enable: bool) -> None:
+        self.set_grad_checkpointing(enable)
 
     # ---------------------------------------------------------------- behaviour
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:

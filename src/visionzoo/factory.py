@@ -20,29 +20,14 @@ __all__ = ["create_model", "model_info"]
 _log = logging.getLogger(__name__)
 
 
-def _global_pool(name: str, config: Any, overrides: dict[str, Any], num_classes: int) -> bool:
-    """timm's ``global_pool`` argument: whether ``forward`` returns unpooled features (``''``).
-
-    ``''`` (with ``num_classes=0``, as timm requires) makes ``forward`` return the unpooled
-    features (``VisionModel.forward_unpooled``); ``'avg'`` is every family's own pooling; a
-    family with its own ``global_pool`` option (ViT: ``'token'`` / ``'avg'``) keeps it in
-    ``overrides``.
-    """
-    if "global_pool" not in overrides:
-        return False
+def _pop_global_pool(config: Any, overrides: dict[str, Any]) -> str | None:
+    """timm's ``global_pool`` argument, taken out of ``overrides`` to be set on the built model
+    (:meth:`VisionModel.set_global_pool`); a family whose configuration has the field (ViT:
+    ``'token'`` / ``'avg'``, which shape the model) keeps those values in ``overrides``."""
     own = dataclasses.is_dataclass(config) and "global_pool" in {f.name for f in dataclasses.fields(config)}
-    pool = overrides["global_pool"]
-    if pool == "":
-        overrides.pop("global_pool")
-        if num_classes != 0:
-            raise ValueError(f"{name}: global_pool='' (no pooling) needs num_classes=0, as in timm; got num_classes={num_classes}")
-        return True
-    if own:
-        return False
-    if pool != "avg":
-        raise ValueError(f"{name} pools by average: global_pool takes 'avg', or '' with num_classes=0 (forward returns the unpooled features), got {pool!r}")
-    overrides.pop("global_pool")
-    return False
+    if "global_pool" not in overrides or (own and overrides["global_pool"] != ""):
+        return None
+    return overrides.pop("global_pool")
 
 
 def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> Any:
@@ -104,7 +89,7 @@ def create_model(
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
-    unpooled = _global_pool(entry.name, entry.config, overrides, num_classes)
+    global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
     size = to_2tuple(img_size) if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
     if min(size) < 1:
@@ -117,7 +102,8 @@ def create_model(
         raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
     model.model_name = entry.name
     model.family = entry.family
-    model.unpooled = unpooled
+    if global_pool is not None:
+        model.set_global_pool(global_pool)
     model.default_cfg = {
         **entry.default_cfg,
         "input_size": (in_chans, *size),

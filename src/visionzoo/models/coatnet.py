@@ -514,6 +514,7 @@ class CoAtNet(VisionModel):
     """
 
     family = "coatnet"
+    grad_checkpoint_units = (r"stages\.\d+\.blocks\.\d+",)
 
     def __init__(self, cfg: CoAtNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()

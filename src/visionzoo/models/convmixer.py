@@ -75,6 +75,7 @@ class ConvMixer(VisionModel):
     """
 
     family = "convmixer"
+    grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(self, cfg: ConvMixerConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -103,8 +104,7 @@ class ConvMixer(VisionModel):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.head(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

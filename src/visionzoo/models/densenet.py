@@ -38,7 +38,7 @@ class DenseLayer(nn.Module):
     """BN -> ReLU -> 1x1 conv (bn_size * k) -> BN -> ReLU -> 3x3 conv (k): k new channels.
 
     Shapes:
-        (B, C, H, W) -> (B, k, H, W).
+        (B, C, H, W), or the maps to concatenate into it -> (B, k, H, W).
     """
 
     def __init__(self, in_chs: int, growth_rate: int, bn_size: int, drop_rate: float = 0.0) -> None:
@@ -50,7 +50,9 @@ class DenseLayer(nn.Module):
         self.conv2 = nn.Conv2d(mid, growth_rate, 3, padding=1, bias=False)
         self.drop_rate = drop_rate
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
+        if not isinstance(x, Tensor):  # the concatenation inside: gradient checkpointing recomputes it too
+            x = torch.cat(tuple(x), 1)
         x = apply_conv_bn(self.conv1, self.norm2, F.relu(self.norm1(x), inplace=True))  # BN's output is fresh: ReLU in place
         x = self.conv2(F.relu(x, inplace=True))
         return F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
@@ -91,7 +93,7 @@ class DenseBlock(nn.ModuleDict):
         if not self._preallocates(x, k):
             maps = [x]
             for layer in self.values():
-                maps.append(layer(torch.cat(maps, 1)))
+                maps.append(layer(tuple(maps)))  # (an immutable copy: a checkpointed layer reads it again)
             return torch.cat(maps, 1)
         # CPU inference: every layer writes its k channels into one preallocated output, and reads
         # the channels before them as a view, instead of concatenating all maps again per layer
@@ -141,6 +143,7 @@ class DenseNet(VisionModel):
     """
 
     family = "densenet"
+    grad_checkpoint_units = (r"features\.denseblock\d+\.denselayer\d+",)
 
     def __init__(self, cfg: DenseNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -185,8 +188,7 @@ class DenseNet(VisionModel):
         x = x.mean((2, 3))
         return x if pre_logits else self.classifier(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

@@ -248,6 +248,7 @@ class EfficientNet(VisionModel):
     """
 
     family = "efficientnet"
+    grad_checkpoint_units = (r"blocks\.\d+\.\d+",)
     cpu_channels_last = True
 
     def __init__(self, cfg: EfficientNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -321,8 +322,7 @@ class EfficientNet(VisionModel):
         x = self.head_drop(x.mean((2, 3)))  # B, C
         return x if pre_logits else self.classifier(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

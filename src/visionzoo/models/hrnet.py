@@ -202,6 +202,7 @@ class HRNet(VisionModel):
     """
 
     family = "hrnet"
+    grad_checkpoint_units = (r"layer1\.\d+", r"stage\d\.\d+", r"incre_modules\.\d+\.\d+")
     cpu_channels_last = True
     min_input_size = 32
 
@@ -269,8 +270,7 @@ class HRNet(VisionModel):
         x = self.head_drop(x.mean(dim=(2, 3)))
         return x if pre_logits else self.classifier(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

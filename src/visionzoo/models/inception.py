@@ -206,6 +206,7 @@ class GoogLeNet(SequentialNet):
     """
 
     family = "googlenet"
+    grad_checkpoint_units = (r"inception\d[a-e]",)
     min_input_size = 15
 
     def __init__(self, cfg: GoogLeNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -251,8 +252,7 @@ class GoogLeNet(SequentialNet):
         x = self.dropout(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         for aux in (self.aux1, self.aux2):
             if aux is not None:
@@ -453,6 +453,7 @@ class InceptionV3(SequentialNet):
     """
 
     family = "inception_v3"
+    grad_checkpoint_units = (r"Mixed_\w+",)
 
     def __init__(self, cfg: InceptionV3Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -521,8 +522,7 @@ class InceptionV3(SequentialNet):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if self.AuxLogits is not None:
             self.AuxLogits.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()

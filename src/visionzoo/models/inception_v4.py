@@ -167,6 +167,7 @@ class InceptionV4(VisionModel):
     """
 
     family = "inception_v4"
+    grad_checkpoint_units = (r"features\.\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
     min_input_size = 75
 
@@ -205,8 +206,7 @@ class InceptionV4(VisionModel):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.last_linear(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.last_linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
@@ -293,6 +293,7 @@ class InceptionResNetV2(SequentialNet):
     """
 
     family = "inception_resnet_v2"
+    grad_checkpoint_units = (r"mixed_\w+", r"repeat(_\d)?\.\d+", r"block8")
     min_input_size = 75
 
     def __init__(self, cfg: InceptionResNetV2Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (299, 299), drop_path_rate: float = 0.0) -> None:
@@ -348,8 +349,7 @@ class InceptionResNetV2(SequentialNet):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.classif(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.classif = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
 

@@ -158,8 +158,7 @@ class _MobileNet(VisionModel):
         x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.classifier(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
@@ -189,6 +188,7 @@ class MobileNetV1(_MobileNet):
     """
 
     family = "mobilenetv1"
+    grad_checkpoint_units = (r"blocks\.\d+\.\d+",)
 
     def __init__(self, cfg: MobileNetV1Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
@@ -245,6 +245,7 @@ class MobileNetV2(_MobileNet):
     """
 
     family = "mobilenetv2"
+    grad_checkpoint_units = (r"blocks\.\d+\.\d+",)
 
     def __init__(self, cfg: MobileNetV2Config, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()

@@ -180,6 +180,7 @@ class RegNet(VisionModel):
     """
 
     family = "regnet"
+    grad_checkpoint_units = (r"s\d\.b\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
     def __init__(self, cfg: RegNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

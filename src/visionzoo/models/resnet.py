@@ -284,6 +284,7 @@ class ResNet(VisionModel):
     """
 
     family = "resnet"
+    grad_checkpoint_units = (r"layer\d\.\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
     def __init__(self, cfg: ResNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -348,8 +349,7 @@ class ResNet(VisionModel):
         x = self.head_drop(x.mean((2, 3)))  # B, C
         return x if pre_logits else self.fc(x)
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

@@ -344,6 +344,7 @@ class SwinTransformer(VisionModel):
     """
 
     family = "swin"
+    grad_checkpoint_units = (r"layers\.\d+\.blocks\.\d+",)
     block_cls: type[nn.Module] = SwinBlock
     stage_cls: type[SwinStage] = SwinStage
     size_rules: tuple[str, ...] = ("shrink", "torchvision")

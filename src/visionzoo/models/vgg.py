@@ -147,8 +147,7 @@ class VGG(VisionModel):
         that convolution over the map, while ours pools to 7x7 first, as torchvision does."""
         return self.pre_logits(self.forward_features(x))[:, :, None, None]
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def reset_head(self, num_classes: int) -> None:
         self.head = LinearHead(self.num_features, num_classes)
 
     def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:

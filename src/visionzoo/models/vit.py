@@ -282,6 +282,7 @@ class VisionTransformer(VisionModel):
     """
 
     family = "vit"
+    grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(
         self,
@@ -446,8 +447,16 @@ class VisionTransformer(VisionModel):
         """In training, return (class logits, distillation logits) for DeiT's hard distillation."""
         self.distilled_training = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
+    def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
+        """As the base class's, plus ``'token'`` (the class token, the default) and ``'avg'``
+        (the mean of the patch tokens); the norms stay as built, as in timm."""
+        if pool not in ("token", "avg"):
+            return super().set_global_pool(pool, num_classes)
+        if pool == "token" and not self.cfg.class_token:
+            raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
+        self.global_pool, self.unpooled = pool, False
+
+    def reset_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if self.head_dist is not None:
             self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -168,37 +168,16 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     return (spec,) if isinstance(spec, str) else tuple(spec)
 
 
-def enable_grad_checkpointing(model: nn.Module) -> int:
-    """Recompute every block in the backward pass (torch.utils.checkpoint); returns the block count.
+def enable_grad_checkpointing(model: nn.Module) -> None:
+    """``set_grad_checkpointing`` on the model, or on the visionzoo classifiers inside it (a
+    segmentation model's backbone)."""
+    from ..base import VisionModel
 
-    Blocks are found as ``model.blocks`` or ``model.stages[i].blocks``; each block's forward is
-    wrapped in place, so parameter names (and checkpoints) are unchanged.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    containers: list[nn.Module] = []
-    if isinstance(getattr(model, "blocks", None), (nn.Sequential, nn.ModuleList)):
-        containers.append(model.blocks)
-    for stage in getattr(model, "stages", []) or []:
-        blocks = getattr(stage, "blocks", None)
-        if isinstance(blocks, (nn.Sequential, nn.ModuleList)):
-            containers.append(blocks)
-    n = 0
-    for blocks in containers:
-        for blk in blocks:
-            orig = blk.forward
-
-            def wrapped(*args: Any, _orig: Callable = orig, **kwargs: Any) -> Any:
-                if torch.is_grad_enabled():
-                    return checkpoint(_orig, *args, use_reentrant=False, **kwargs)
-                return _orig(*args, **kwargs)
-
-            blk.forward = wrapped  # type: ignore[method-assign]
-            n += 1
-    if n == 0:
-        name = getattr(model, "model_name", type(model).__name__)
-        raise ValueError(f"--grad-checkpointing: {name} does not expose its blocks (model.blocks or model.stages[i].blocks)")
-    return n
+    nets = [model] if isinstance(model, VisionModel) else [m for m in model.modules() if isinstance(m, VisionModel)]
+    if not nets:
+        raise ValueError(f"--grad-checkpointing: {type(model).__name__} has no blocks to recompute")
+    for net in nets:
+        net.set_grad_checkpointing()
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
