@@ -21,6 +21,17 @@ def test_no_graph_breaks(family):
     assert explanation.graph_count == 1
 
 
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "resnet18"])
+def test_grad_checkpointing_traces_without_graph_breaks(name):
+    """Training with --grad-checkpointing and --compile: the checkpointed blocks stay in one graph."""
+    model = visionzoo.create_model(name, num_classes=10, img_size=64).train()
+    model.set_grad_checkpointing()
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert explanation.graph_break_count == 0, [str(b.reason) for b in explanation.break_reasons][:3]
+    assert explanation.graph_count == 1
+
+
 def test_compiled_model_matches_eager():
     model = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, num_classes=10, depth=2).eval()
     x = torch.randn(2, 3, 32, 32)
