@@ -207,9 +207,14 @@ class VisionModel(nn.Module):
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """``forward`` of the classifier (not ``features_only``): the logits. A family whose
         training forward also returns auxiliary logits overrides this."""
-        if self.unpooled and self.num_classes == 0:
+        if self.returns_unpooled:
             return self.forward_unpooled(x)
         return self.forward_head(self.forward_features(x))
+
+    @property
+    def returns_unpooled(self) -> bool:
+        """Whether ``forward`` returns the unpooled features (timm's ``global_pool=''``, no classifier)."""
+        return self.unpooled and self.num_classes == 0
 
     def forward_unpooled(self, x: Tensor) -> Tensor:
         """``forward`` of a model built with timm's ``global_pool=''`` and no classifier: the

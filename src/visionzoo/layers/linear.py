@@ -34,6 +34,7 @@ fresh output, and :func:`linear_add` lets a GEMM accumulate into a residual.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,7 +64,7 @@ def _default_on() -> bool:
 
 
 _state = {"enabled": _default_on()}
-_dtype_works: dict[torch.dtype | str, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86); "reorder": see _reorder_works
+_dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86)
 
 
 def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
@@ -120,21 +121,19 @@ def _blocked(weight: Tensor, x: Tensor) -> Tensor:
     return entry[0]
 
 
+@functools.cache
 def _reorder_works() -> bool:
     """Whether the kernel gives the same result from a reordered weight as from the plain one
     (checked once; :func:`_kernel_works` checked the plain one against ``F.linear``)."""
-    if "reorder" not in _dtype_works:
-        ok = False
-        if _REORDER is not None and _kernel_works():
-            try:
-                g = torch.Generator().manual_seed(0)
-                x, w, b = (torch.randn(s, generator=g) for s in ((3, 5, 16), (8, 16), (8,)))
-                with torch.inference_mode():
-                    ok = bool(torch.allclose(_KERNEL(x, _REORDER(w, 15), b, "none", [], ""), _KERNEL(x, w, b, "none", [], ""), rtol=1e-5, atol=1e-5))
-            except RuntimeError:
-                pass
-        _dtype_works["reorder"] = ok
-    return _dtype_works["reorder"]
+    if _REORDER is None or not _kernel_works():
+        return False
+    try:
+        g = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(s, generator=g) for s in ((3, 5, 16), (8, 16), (8,)))
+        with torch.inference_mode():
+            return bool(torch.allclose(_KERNEL(x, _REORDER(w, 15), b, "none", [], ""), _KERNEL(x, w, b, "none", [], ""), rtol=1e-5, atol=1e-5))
+    except RuntimeError:
+        return False
 
 
 def onednn_linear_available() -> bool:

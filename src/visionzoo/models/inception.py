@@ -86,7 +86,7 @@ class SequentialNet(VisionModel):
 
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         x, aux = self._body(x, with_aux=self.training)
-        if not (self.unpooled and self.num_classes == 0):  # forward_unpooled: the features themselves
+        if not self.returns_unpooled:  # (unpooled: the features themselves)
             x = self.forward_head(x)
         return (x, *aux) if aux else x
 
