@@ -143,7 +143,9 @@ class WindowAttention(ProjectedAttention):
         else:
             idx = table_index(window, self.window).to(self.relative_position_bias_table.device)
         N = window[0] * window[1]
-        return self.relative_position_bias_table[idx.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1)
+        # contiguous (a small copy): a heads-last bias would make ``bias + mask`` heads-last too,
+        # and repeating that per image a transposing copy, 3-4x slower than a plain one
+        return self.relative_position_bias_table[idx.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous()
 
     def attend(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """(B, nW, N, C) windows -> the heads' output (B, nW, N, C) before ``proj``."""
@@ -152,8 +154,6 @@ class WindowAttention(ProjectedAttention):
         qkv = linear(self.qkv, x).view(B, nW, N, 3, nH, hd)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
         bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
-        if q.is_cuda:  # GPU kernels refuse a bias strided in its last dim (the gather's permute)
-            bias = bias.contiguous()
         if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
             bias = bias.unsqueeze(0)
             q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
