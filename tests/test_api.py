@@ -193,3 +193,65 @@ def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
     if name != "vit_tiny_patch16_224":  # ViT has its own option ('token' / 'avg')
         with pytest.raises(ValueError, match="pools by average"):
             visionzoo.create_model(name, num_classes=0, global_pool="max")
+
+
+# (name, create_model kwargs for both libraries, input side)
+_INTERMEDIATES = [
+    ("resnet18", {}, 64),
+    ("convnext_tiny", {}, 64),
+    ("efficientnet_b0", {}, 64),
+    ("coatnet_0_224", {"img_size": 64}, 64),
+    ("nest_tiny", {"img_size": 64}, 64),
+    ("swin_tiny_patch4_window7_224", {"img_size": 112}, 112),
+    ("vit_tiny_patch16_224", {"img_size": 64}, 64),
+    ("convmixer_768_32", {}, 56),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, size", _INTERMEDIATES, ids=[c[0] for c in _INTERMEDIATES])
+def test_forward_intermediates_equals_timms(name, kwargs, size):
+    """forward_intermediates as timm's: (final features, maps) or the maps alone, indices None /
+    last n / a list with negatives, the final norm on the maps it fits; ViT also NLC and prefix tokens."""
+    timm = pytest.importorskip("timm")
+    from visionzoo.testing import build_random
+
+    ref = build_random(lambda: timm.create_model(name, num_classes=5, **kwargs)).eval()
+    ours = visionzoo.create_model(name, num_classes=5, checkpoint=ref.state_dict(), **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+
+    def close(a, b):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+    n = len(ours.feature_info)
+    calls = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "norm": True}, {"indices": [n - 1, 1], "intermediates_only": True, "stop_early": True}]
+    if name.startswith("vit"):
+        calls += [{"indices": 3, "output_fmt": "NLC", "norm": True}, {"indices": [1], "return_prefix_tokens": True, "intermediates_only": True}]
+    with torch.no_grad():
+        for kw in calls:
+            got, want = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)
+            if not kw.get("intermediates_only"):
+                close(got[0], want[0])
+                got, want = got[1], want[1]
+            assert len(got) == len(want), kw
+            for g, w in zip(got, want):
+                for a, b in zip(g, w) if isinstance(w, tuple) else [(g, w)]:  # (map, prefix tokens)
+                    assert a.shape == b.shape, kw
+                    close(a, b)
+
+
+def test_forward_intermediates_refuses_bad_requests():
+    m = visionzoo.create_model("resnet18", num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    for bad, match in [(6, "last 6"), ([0, 5], "out of range"), ([-6], "out of range"), (0, "last 0"), ([], "empty"), ([1.5], "integers"), (True, "a count"), ("12", "a count")]:
+        with pytest.raises(ValueError, match=match):
+            m.forward_intermediates(x, bad)
+    with pytest.raises(ValueError, match="output_fmt must be one of 'NCHW', 'NHWC', 'NLC'"):
+        m.forward_intermediates(x, output_fmt="CHW")
+    # out of order and repeated indices: network order, each map once (timm's rule)
+    maps = m.forward_intermediates(x, [3, 1, 3], intermediates_only=True)
+    assert [t.shape[1] for t in maps] == [64, 256]  # layer1, layer3
+    nlc = m.forward_intermediates(x, [-1], intermediates_only=True, output_fmt="NLC")[0]
+    assert nlc.shape == (1, 2 * 2, 512)
+    feats = visionzoo.create_model("resnet18", features_only=True)
+    with pytest.raises(ValueError, match="features_only=True"):
+        feats.forward_intermediates(x)

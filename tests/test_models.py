@@ -1,8 +1,9 @@
 """The model battery: every registered model, at a small input.
 
 forward (shape, finite), backward (every parameter gets a gradient),
-forward_head(forward_features(x)) == forward(x), reset_classifier, and features_only maps
-matching feature_info.
+forward_head(forward_features(x)) == forward(x), reset_classifier, forward_intermediates
+(the features and the maps from one pass), and features_only maps matching feature_info
+and forward_intermediates.
 """
 
 import math
@@ -54,11 +55,18 @@ def test_model_battery(name):
     with torch.no_grad():
         y = model(x)
         assert y.shape == (2, 7) and torch.isfinite(y).all()
-        y2 = model.forward_head(model.forward_features(x))
+        features = model.forward_features(x)
+        y2 = model.forward_head(features)
         # (forward may run in channels-last memory on a CPU: float rounding, relative to the
         # scale of the logits, which reaches 1e6 in a randomly initialised HRNet)
         torch.testing.assert_close(y2, y, rtol=1e-4, atol=1e-4 * float(y.abs().max()))
-        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        pre = model.forward_head(features, pre_logits=True)
+        # timm's forward_intermediates: forward_features and every feature map from one pass
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, features, rtol=1e-4, atol=1e-4 * float(features.abs().max()))
+        assert len(inter) == len(model.feature_info)
+        (last,) = model.forward_intermediates(x, 1, intermediates_only=True, output_fmt="NHWC")
+        torch.testing.assert_close(last, inter[-1].permute(0, 2, 3, 1))
         assert pre.shape == (2, model.num_features)
         heads = model.get_classifier()
         heads = heads if isinstance(heads, tuple) else (heads,)
@@ -83,6 +91,8 @@ def test_model_battery(name):
     with torch.no_grad():
         maps = model(x)
     assert isinstance(maps, list) and len(maps) == len(model.feature_info)
+    for fmap, i in zip(maps, model.out_indices):  # the maps of forward_intermediates
+        torch.testing.assert_close(fmap, inter[i], rtol=1e-4, atol=1e-4 * float(inter[i].abs().max()))
     for fmap, fi in zip(maps, model.feature_info):
         assert fmap.ndim == 4 and fmap.shape[0] == 2
         assert fmap.shape[1] == fi.num_chs, (fmap.shape, fi)

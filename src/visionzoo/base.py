@@ -5,7 +5,9 @@ A family subclasses :class:`VisionModel` and provides
 * ``forward_features(x)``: the unpooled output of the last stage (tokens or a map);
 * ``forward_head(x, pre_logits=False)``: pooling, final norm where it belongs, classifier;
 * ``reset_head(num_classes)``: a new classifier (behind timm's ``reset_classifier``);
-* ``forward_intermediates(x, indices)``: NCHW maps of the stages in ``indices``;
+* ``intermediate_maps(x, indices, with_features=False)``: NCHW maps of the stages in
+  ``indices`` (behind ``features_only`` and timm's ``forward_intermediates``), and
+  ``final_norm`` where ``forward_features`` ends with a norm;
 * ``feature_info``: one :class:`FeatureInfo` per stage (channels, stride, module name);
 * ``num_features``, ``num_classes``, ``in_chans``;
 * ``grad_checkpoint_units``: the blocks :meth:`~VisionModel.set_grad_checkpointing` recomputes.
@@ -16,8 +18,9 @@ inputs once, cheaply, at the stem (:meth:`check_input`).
 
 from __future__ import annotations
 
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 
 from .layers.helpers import clear_derived_caches, plain_cpu_eager
 
-__all__ = ["FeatureInfo", "InputError", "VisionModel", "plain_layout", "tap_outputs"]
+__all__ = ["FeatureInfo", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -152,9 +155,84 @@ class VisionModel(nn.Module):
         mods = tuple(self.get_submodule(n) for n in names if not n.lower().startswith("aux"))
         return mods[0] if len(mods) == 1 else mods
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """NCHW maps of the stages in ``indices`` (indices into ``feature_info``)."""
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
+        """Family hook: NCHW maps of the stages in ``indices`` (indices into ``feature_info``, in
+        that order), running the network no further than the last of them; with
+        ``with_features``, ``(maps, forward_features(x))`` from one pass through the whole network."""
         raise NotImplementedError
+
+    def final_norm(self, feature_map: Tensor) -> Tensor:
+        """Family hook of ``forward_intermediates(norm=True)``: the last stage's NCHW map with
+        the normalisation ``forward_features`` ends with (identity where it ends with none)."""
+        return feature_map
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """timm's method: ``(forward_features(x), maps)`` from one pass, or with
+        ``intermediates_only`` the maps alone, the network run only as far as the last of them.
+
+        Args:
+            indices: which of the ``feature_info`` maps (timm's index space: stages, or blocks
+                for ViT and ConvMixer): None all, an int n the last n, a sequence those (negative
+                from the end). The maps come in network order, each once, as in timm.
+            norm: the final norm of ``forward_features`` applied to the maps it fits (the last
+                stage's; every block's for ViT), as in timm.
+            stop_early: accepted for timm's signature; ``intermediates_only`` always stops after
+                the last map taken, and otherwise the whole network runs for the features.
+            output_fmt: ``'NCHW'``, ``'NHWC'`` or ``'NLC'`` ((B, H*W, C) tokens).
+            intermediates_only: return only the maps.
+        """
+        take, fmt = self._intermediates_request(indices, output_fmt)
+        if intermediates_only:
+            maps, features = self.intermediate_maps(x, take), None
+        else:
+            maps, features = self.intermediate_maps(x, take, with_features=True)
+        if norm and take[-1] == len(self.feature_info) - 1:
+            maps[-1] = self.final_norm(maps[-1])
+        maps = [fmt(m) for m in maps]
+        return maps if intermediates_only else (features, maps)
+
+    def _intermediates_request(self, indices: int | Sequence[int] | None, output_fmt: str) -> tuple[list[int], Callable[[Tensor], Tensor]]:
+        """:meth:`forward_intermediates`' indices to take and the NCHW map -> ``output_fmt`` function."""
+        if self.features_only:
+            raise ValueError(f"{self._name()} was built with features_only=True: call it to get its maps (forward_intermediates needs the whole network)")
+        fmt = _MAP_FORMATS.get(output_fmt)
+        if fmt is None:
+            raise ValueError(f"output_fmt must be one of {', '.join(map(repr, _MAP_FORMATS))}, got {output_fmt!r}")
+        return self.take_indices(indices), fmt
+
+    def take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """timm's ``indices`` of :meth:`forward_intermediates` as sorted, distinct indices into
+        ``feature_info``; a clear error for one out of range."""
+        n = len(self.feature_info)
+        if indices is None:
+            return list(range(n))
+        count = _as_int(indices)
+        if count is not None:
+            if not 0 < count <= n:
+                raise ValueError(f"indices={count} asks for the last {count} maps; {self._name()} has {n} (1..{n})")
+            return list(range(n - count, n))
+        if isinstance(indices, (str, bytes, bool)) or not isinstance(indices, Iterable):
+            raise ValueError(f"indices takes None (all maps), a count n (the last n) or a sequence of indices, got {indices!r}")
+        take = set()
+        for i in indices:
+            j = _as_int(i)
+            if j is None:
+                raise ValueError(f"feature indices are integers, got {i!r} in {indices!r}")
+            if not -n <= j < n:
+                raise ValueError(f"feature index {j} is out of range: {self._name()} has {n} feature maps (0..{n - 1}, or -{n}..-1)")
+            take.add(j % n)
+        if not take:
+            raise ValueError("indices is empty: give None (all maps), a count, or a sequence of indices")
+        return sorted(take)
 
     def default_out_indices(self) -> tuple[int, ...]:
         """Stages returned by ``features_only`` when no ``out_indices`` is given: all."""
@@ -201,7 +279,7 @@ class VisionModel(nn.Module):
     # ---------------------------------------------------------------- behaviour
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         x, channels_last = self.cpu_layout(x)
-        out = self.forward_intermediates(x, self.out_indices) if self.features_only else self._forward_classifier(x)
+        out = self.intermediate_maps(x, self.out_indices) if self.features_only else self._forward_classifier(x)
         return plain_layout(out) if channels_last else out
 
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
@@ -290,6 +368,29 @@ class VisionModel(nn.Module):
         return set()
 
 
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int if it is an integer (Python, NumPy or a 0-d tensor; not a bool), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+_MAP_FORMATS = {
+    "NCHW": lambda m: m,
+    "NHWC": lambda m: m.permute(0, 2, 3, 1),
+    "NLC": lambda m: m.flatten(2).transpose(1, 2),
+}
+
+
+def evenly_spaced(depth: int, count: int = 4) -> tuple[int, ...]:
+    """``count`` evenly spaced block indices ending with the last (2, 5, 8, 11 for depth 12):
+    the default ``features_only`` maps of the families whose feature maps are their blocks."""
+    return tuple(sorted({max(round((i + 1) * depth / count) - 1, 0) for i in range(count)}))
+
+
 def plain_layout(out: Any) -> Any:
     """``out`` (a tensor, or a list or tuple of them) with every tensor contiguous."""
     if isinstance(out, Tensor):
@@ -297,19 +398,22 @@ def plain_layout(out: Any) -> Any:
     return type(out)(plain_layout(o) for o in out)
 
 
-def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int]) -> list[Tensor]:
+def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int], *, to_end: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
     """Run ``x`` through ``modules`` in order, as far as the last wanted one, and return the
-    output of ``modules[p]`` for each ``p`` in ``positions`` (in that order).
+    output of ``modules[p]`` for each ``p`` in ``positions`` (in that order); with ``to_end``,
+    through all of them, returning ``(outputs, output of the last module)``.
 
-    The loop behind ``forward_intermediates`` of the families whose feature maps are the
+    The loop behind ``intermediate_maps`` of the families whose feature maps are the
     outputs of a sequence of stages, blocks or layers.
     """
     wanted, out = set(positions), {}
-    for j, module in enumerate(list(modules)[: max(positions) + 1]):
+    modules = list(modules)
+    for j, module in enumerate(modules if to_end else modules[: max(positions) + 1]):
         x = module(x)
         if j in wanted:
             out[j] = x
-    return [out[p] for p in positions]
+    maps = [out[p] for p in positions]
+    return (maps, x) if to_end else maps
 
 
 def count_params(model: nn.Module) -> int:

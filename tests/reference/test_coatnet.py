@@ -34,7 +34,7 @@ def test_logits_and_features_equal_timm():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
-        ours_maps = ours.forward_intermediates(x, range(5))
+        ours_maps = ours.forward_intermediates(x, range(5), intermediates_only=True)
         ref_maps = ref.forward_intermediates(x, intermediates_only=True)
     assert [f.num_chs for f in ours.feature_info] == [f["num_chs"] for f in ref.feature_info]
     assert [f.reduction for f in ours.feature_info] == [f["reduction"] for f in ref.feature_info]
@@ -118,7 +118,7 @@ def test_vit_rel_layout():
     assert m.stages[0].blocks[0].attn.rel_pos.relative_position_bias_table.shape == (27 * 27, 12)
     with torch.no_grad():
         assert m(torch.randn(1, 3, 64, 64)).shape == (1, 3)
-        maps = m.forward_intermediates(torch.randn(1, 3, 64, 64), [0, 1])
+        maps = m.forward_intermediates(torch.randn(1, 3, 64, 64), [0, 1], intermediates_only=True)
     assert [tuple(f.shape) for f in maps] == [(1, 64, 32, 32), (1, 384, 4, 4)]
 
 

@@ -82,7 +82,7 @@ def test_any_size_and_non_square():
     m = visionzoo.create_model("nest_tiny", num_classes=5, depths=(1, 1, 1)).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 48, 80)).shape == (1, 5)
-        maps = m.forward_intermediates(torch.randn(1, 3, 48, 80), [0, 1, 2])
+        maps = m.forward_intermediates(torch.randn(1, 3, 48, 80), [0, 1, 2], intermediates_only=True)
     assert [tuple(f.shape[-2:]) for f in maps] == [(12, 20), (6, 10), (3, 5)]
     with pytest.raises(visionzoo.InputError, match="divisible by 16"):
         m(torch.randn(1, 3, 40, 48))

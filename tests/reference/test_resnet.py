@@ -100,7 +100,7 @@ def test_output_stride_8_resnet50_equals_timm_and_torchvision():
         assert f.shape == (1, 2048, 8, 8)  # 8x reduced, not 32x
         assert max_rel_diff(f, ref.forward_features(x)) < 1e-4
         assert max_rel_diff(ours(x), tv(x)) < 1e-4
-        maps = ours.forward_intermediates(x, [0, 1, 2, 3, 4])
+        maps = ours.forward_intermediates(x, [0, 1, 2, 3, 4], intermediates_only=True)
     assert [m.shape[-1] for m in maps] == [32, 16, 8, 8, 8]
     # the first block of a dilated stage keeps the previous rate, the others use the new one
     assert [b.conv2.dilation[0] for b in ours.layer3] == [1, 2, 2, 2, 2, 2]

@@ -590,9 +590,9 @@ class CoAtNet(VisionModel):
         head = self.head
         return head.pre_logits(head.norm(self.forward_features(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(x.contiguous(memory_format=torch.channels_last), [self.stem, *self.stages], indices)
+        return tap_outputs(x.contiguous(memory_format=torch.channels_last), [self.stem, *self.stages], indices, to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.stages = self.stages[: max(indices)]

@@ -16,7 +16,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel, tap_outputs
+from ..base import FeatureInfo, VisionModel, evenly_spaced, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers.activations import GELU
 from ..registry import default_cfg, register_family
@@ -92,9 +92,9 @@ class ConvMixer(VisionModel):
         self.blocks = nn.Sequential(*[_mixer_block(cfg.dim, cfg.kernel_size, act) for _ in range(cfg.depth)])
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(cfg.dim, num_classes) if num_classes > 0 else nn.Identity()
-        # four evenly spaced blocks as feature maps (all at stride p)
-        self._feature_blocks = sorted({max(round((i + 1) * cfg.depth / 4) - 1, 0) for i in range(4)})
-        self.feature_info = [FeatureInfo(cfg.dim, cfg.patch_size, f"blocks.{i}") for i in self._feature_blocks]
+        # every block's output is a feature map (all at stride p), as in timm; features_only
+        # returns four evenly spaced ones unless told otherwise
+        self.feature_info = [FeatureInfo(cfg.dim, cfg.patch_size, f"blocks.{i}") for i in range(cfg.depth)]
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -107,13 +107,17 @@ class ConvMixer(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(self.stem(x), self.blocks, [self._feature_blocks[i] for i in indices])
+        return tap_outputs(self.stem(x), self.blocks, indices, to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
-        self.blocks = self.blocks[: self._feature_blocks[max(indices)] + 1]
+        self.blocks = self.blocks[: max(indices) + 1]
+
+    def default_out_indices(self) -> tuple[int, ...]:
+        """Four evenly spaced blocks (7, 15, 23, 31 for depth 32), as for ViT."""
+        return evenly_spaced(len(self.blocks))
 
 
 register_converter("convmixer", "timm")(identity)

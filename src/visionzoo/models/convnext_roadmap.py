@@ -227,9 +227,9 @@ class RoadmapNet(VisionModel):
         self.check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(self.stem(x), self.stages, indices)
+        return tap_outputs(self.stem(x), self.stages, indices, to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.stages = self.stages[: max(indices) + 1]

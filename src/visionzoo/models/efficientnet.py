@@ -325,10 +325,11 @@ class EfficientNet(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
         stem = apply_conv_bn(self.conv_stem, self.bn1, x, self.act)
-        return tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices])
+        out = tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices], to_end=with_features)
+        return (out[0], apply_conv_bn(self.conv_head, self.bn2, out[1], self.act)) if with_features else out
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

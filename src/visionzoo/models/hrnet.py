@@ -261,9 +261,13 @@ class HRNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         xs = self._trunk(self._stem(x))
-        y = self.incre_modules[0](xs[0])
+        return self._fuse([incre(b) for incre, b in zip(self.incre_modules, xs)])
+
+    def _fuse(self, incre: list[Tensor]) -> Tensor:
+        """The classification head's merge of the four widened branches into one H/32 map."""
+        y = incre[0]
         for i in range(1, 4):
-            y = self.incre_modules[i](xs[i]) + apply_conv_bn_seq(self.downsamp_modules[i - 1], y)
+            y = incre[i] + apply_conv_bn_seq(self.downsamp_modules[i - 1], y)
         return apply_conv_bn_seq(self.final_layer, y)  # B, 2048, H/32, W/32
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -273,15 +277,16 @@ class HRNet(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         stem = self._stem(x)
         out = {0: stem}
-        if max(indices) > 0:
+        if with_features or max(indices) > 0:
             xs = self._trunk(stem)
             for i in range(4):
-                if i + 1 in indices:
+                if with_features or i + 1 in indices:
                     out[i + 1] = self.incre_modules[i](xs[i])
-        return [out[i] for i in indices]
+        maps = [out[i] for i in indices]
+        return (maps, self._fuse([out[i] for i in range(1, 5)])) if with_features else maps
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

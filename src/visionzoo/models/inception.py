@@ -90,10 +90,10 @@ class SequentialNet(VisionModel):
             x = self.forward_head(x)
         return (x, *aux) if aux else x
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
         layers = [getattr(self, name) for name in self.layer_names]
-        return tap_outputs(self._preprocess(x), layers, [self._taps[i] for i in indices])
+        return tap_outputs(self._preprocess(x), layers, [self._taps[i] for i in indices], to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -198,9 +198,9 @@ class InceptionV4(VisionModel):
         self.check_input(x)
         return self.features(x)
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(x, self.features, [self._taps[i] for i in indices])
+        return tap_outputs(x, self.features, [self._taps[i] for i in indices], to_end=with_features)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))

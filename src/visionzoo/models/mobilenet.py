@@ -161,9 +161,10 @@ class _MobileNet(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1), self.blocks, [self._taps[i] for i in indices])
+        out = tap_outputs(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1), self.blocks, [self._taps[i] for i in indices], to_end=with_features)
+        return (out[0], apply_conv_bn(self.conv_head, self.bn2, out[1], self.act2)) if with_features else out
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.blocks = self.blocks[: self._taps[max(indices)] + 1]

@@ -288,8 +288,7 @@ class Nest(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.levels(self.patch_embed(x))
-        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # B, C, H, W
+        return self.final_norm(self.levels(self.patch_embed(x)))  # B, C, H, W
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(x.mean((2, 3)))
@@ -298,9 +297,13 @@ class Nest(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(self.patch_embed(x), self.levels, indices)
+        out = tap_outputs(self.patch_embed(x), self.levels, indices, to_end=with_features)
+        return (out[0], self.final_norm(out[1])) if with_features else out
+
+    def final_norm(self, feature_map: Tensor) -> Tensor:
+        return self.norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # over channels
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.levels = self.levels[: max(indices) + 1]

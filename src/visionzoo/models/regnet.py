@@ -223,10 +223,10 @@ class RegNet(VisionModel):
             x = getattr(self, name)(x)
         return x
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         """Maps of ``feature_info[i]`` for i in ``indices``: 0 is the stem, 1.. the stages."""
         self.check_input(x)
-        return tap_outputs(x, [self.stem, *(getattr(self, n) for n in self.stage_names)], indices)
+        return tap_outputs(x, [self.stem, *(getattr(self, n) for n in self.stage_names)], indices, to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         for name in self.stage_names[max(indices) :]:

@@ -352,15 +352,16 @@ class ResNet(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
         x = self._stem(x)
         out = {0: x}
         x = self.maxpool(x)
-        for i in range(1, max(indices) + 1):
+        for i in range(1, len(self.stage_names) + 1 if with_features else max(indices) + 1):
             x = getattr(self, self.stage_names[i - 1])(x)
             out[i] = x
-        return [out[i] for i in indices]
+        maps = [out[i] for i in indices]
+        return (maps, x) if with_features else maps
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
@@ -416,13 +416,14 @@ class SwinTransformer(VisionModel):
         self.check_input(x)
         return self.norm(self.layers(self.patch_embed(x)))
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        x, out = self.patch_embed(x), {}
-        for i in range(max(indices) + 1):
-            x = self.layers[i](x)
-            out[i] = x.permute(0, 3, 1, 2)
-        return [out[i] for i in indices]
+        out = tap_outputs(self.patch_embed(x), self.layers, indices, to_end=with_features)  # (B, H, W, C) maps
+        maps = [m.permute(0, 3, 1, 2) for m in (out[0] if with_features else out)]
+        return (maps, self.norm(out[1])) if with_features else maps
+
+    def final_norm(self, feature_map: Tensor) -> Tensor:
+        return self.norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # over channels
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.layers = self.layers[: max(indices) + 1]

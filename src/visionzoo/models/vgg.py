@@ -150,9 +150,9 @@ class VGG(VisionModel):
     def reset_head(self, num_classes: int) -> None:
         self.head = LinearHead(self.num_features, num_classes)
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(x, self.features, [self._taps[i] for i in indices])
+        return tap_outputs(x, self.features, [self._taps[i] for i in indices], to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.features = self.features[: self._taps[max(indices)] + 1]

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel
+from ..base import FeatureInfo, VisionModel, evenly_spaced
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import (
     Attention,
@@ -464,20 +464,52 @@ class VisionTransformer(VisionModel):
     # ------------------------------------------------------------ features
     def default_out_indices(self) -> tuple[int, ...]:
         """Four evenly spaced blocks (2, 5, 8, 11 for depth 12), as dense-prediction heads use."""
-        d = len(self.blocks)
-        return tuple(sorted({max(round((i + 1) * d / 4) - 1, 0) for i in range(4)}))
+        return evenly_spaced(len(self.blocks))
 
-    def forward_intermediates(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
-        """Outputs of the blocks in ``indices``, prefix tokens removed, as (B, D, Gh, Gw) maps."""
+    def _block_tokens(self, x: Tensor, indices: Sequence[int], with_features: bool) -> tuple[list[Tensor], tuple[int, int], Tensor | None]:
+        """The token sequences (B, P + Gh*Gw, D) leaving the blocks in ``indices`` (in that
+        order), the patch grid, and with ``with_features`` ``forward_features(x)``, from one pass."""
         wanted = set(indices)
         x, grid = self._embed(x)
         out = {}
-        for i in range(max(wanted) + 1):
+        for i in range(len(self.blocks) if with_features else max(wanted) + 1):
             x = self._block(i, x, grid)
             if i in wanted:
-                t = x[:, self.num_prefix_tokens :]  # B, Gh*Gw, D
-                out[i] = t.transpose(1, 2).reshape(x.shape[0], -1, *grid)  # B, D, Gh, Gw
-        return [out[i] for i in indices]
+                out[i] = x
+        return [out[i] for i in indices], grid, self.norm(x) if with_features else None
+
+    def _token_map(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, P + Gh*Gw, D) tokens -> the patch tokens as a (B, D, Gh, Gw) map (a view)."""
+        return tokens[:, self.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+
+    def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
+        """Outputs of the blocks in ``indices``, prefix tokens removed, as (B, D, Gh, Gw) maps."""
+        tokens, grid, features = self._block_tokens(x, indices, with_features)
+        maps = [self._token_map(t, grid) for t in tokens]
+        return (maps, features) if with_features else maps
+
+    def forward_intermediates(  # type: ignore[override]
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        *,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list | tuple[Tensor, list]:
+        """As :meth:`VisionModel.forward_intermediates` over the blocks, with timm's ViT options:
+        ``norm`` applies the final norm to every block's tokens, and ``return_prefix_tokens``
+        pairs each map with its (B, P, D) class / distillation tokens."""
+        take, fmt = self._intermediates_request(indices, output_fmt)
+        tokens, grid, features = self._block_tokens(x, take, not intermediates_only)
+        if norm:
+            tokens = [self.norm(t) for t in tokens]
+        maps = [fmt(self._token_map(t, grid)) for t in tokens]
+        if return_prefix_tokens:
+            maps = [(m, t[:, : self.num_prefix_tokens]) for m, t in zip(maps, tokens)]
+        return maps if intermediates_only else (features, maps)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
