@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import clear_derived_caches, plain_cpu_eager
+from .layers.helpers import classifier, clear_derived_caches, plain_cpu_eager
 
 __all__ = ["FeatureInfo", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
 
@@ -142,7 +142,7 @@ class VisionModel(nn.Module):
     def reset_head(self, num_classes: int) -> None:
         """Family hook of :meth:`reset_classifier`. Default: a new ``self.head.fc`` (an Identity
         for 0 classes); see :meth:`forward_head`."""
-        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.fc = classifier(self.num_features, num_classes)
 
     def get_classifier(self) -> nn.Module | tuple[nn.Module, ...]:
         """The classifier module (timm's method): the one ``default_cfg["classifier"]`` names, or

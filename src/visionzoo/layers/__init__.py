@@ -3,7 +3,7 @@
 from .attention import Attention, ProjectedAttention, attention
 from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, set_bn_folding, set_conv_packing
 from .drop_path import DropPath, drop_path_rates, skippable
-from .helpers import clear_derived_caches, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
+from .helpers import classifier, clear_derived_caches, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
@@ -29,6 +29,7 @@ __all__ = [
     "apply_conv_bn_seq",
     "attention",
     "bn_affine",
+    "classifier",
     "clear_derived_caches",
     "drop_path_rates",
     "linear",

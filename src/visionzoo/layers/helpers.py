@@ -24,6 +24,12 @@ def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
     return (int(x), int(x))
 
 
+def classifier(in_features: int, num_classes: int) -> nn.Module:
+    """A classification layer: ``nn.Linear(in_features, num_classes)``, or ``nn.Identity()``
+    for 0 classes (the model then returns its pooled features, as in timm)."""
+    return nn.Linear(in_features, num_classes) if num_classes > 0 else nn.Identity()
+
+
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None, round_limit: float = 0.9) -> int:
     """Round a channel count to a multiple of ``divisor`` without losing more than 10 %."""
     min_value = min_value or divisor

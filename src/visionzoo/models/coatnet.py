@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
 from ..layers.linear import register_linear_type
@@ -480,7 +480,7 @@ class NormMlpHead(nn.Module):
         else:
             self.pre_logits = nn.Identity()
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(self.num_features, num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.drop(self.pre_logits(self.norm(x.mean((2, 3)))))  # B, C

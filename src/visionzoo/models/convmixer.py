@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, evenly_spaced, tap_outputs
 from ..checkpoints import identity, register_converter
+from ..layers import classifier
 from ..layers.activations import GELU
 from ..registry import default_cfg, register_family
 
@@ -91,7 +92,7 @@ class ConvMixer(VisionModel):
         self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.dim, cfg.patch_size, stride=cfg.patch_size), act(), nn.BatchNorm2d(cfg.dim))
         self.blocks = nn.Sequential(*[_mixer_block(cfg.dim, cfg.kernel_size, act) for _ in range(cfg.depth)])
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(cfg.dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(cfg.dim, num_classes)
         # every block's output is a feature map (all at stride p), as in timm; features_only
         # returns four evenly spaced ones unless told otherwise
         self.feature_info = [FeatureInfo(cfg.dim, cfg.patch_size, f"blocks.{i}") for i in range(cfg.depth)]
@@ -105,7 +106,7 @@ class ConvMixer(VisionModel):
         return x if pre_logits else self.head(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

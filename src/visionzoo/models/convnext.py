@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, drop_path_rates, residual_mlp, trunc_normal_
+from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, classifier, drop_path_rates, residual_mlp, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -104,7 +104,7 @@ class NormHead(nn.Module):
         super().__init__()
         self.norm = LayerNorm2d(dim, eps=1e-6)
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(dim, num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)  # B, C

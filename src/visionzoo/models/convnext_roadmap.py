@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, LayerNorm2d, MaxPool2d, drop_path_rates, trunc_normal_
+from ..layers import DropPath, LayerNorm2d, MaxPool2d, classifier, drop_path_rates, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["RoadmapConfig", "RoadmapNet"]
@@ -179,7 +179,7 @@ class _Head(nn.Module):
         super().__init__()
         self.norm = LayerNorm2d(dim, eps=1e-6) if norm else nn.Identity()
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(dim, num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.drop(self.norm(x.mean((2, 3), keepdim=True)).flatten(1))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import MaxPool2d, apply_conv_bn
+from ..layers import MaxPool2d, apply_conv_bn, classifier
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -173,7 +173,7 @@ class DenseNet(VisionModel):
         self.features = nn.Sequential(layers)
         self._taps = [list(layers).index(fi.module.split(".")[1]) for fi in self.feature_info]
         self.num_features = chs
-        self.classifier = nn.Linear(chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(chs, num_classes)
         for m in self.modules():  # the paper's (He) initialisation, as torchvision
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
@@ -189,7 +189,7 @@ class DenseNet(VisionModel):
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, make_divisible, pad_same, skippable
+from ..layers import DropPath, apply_conv_bn, classifier, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -297,7 +297,7 @@ class EfficientNet(VisionModel):
         self.bn2 = norm(head_chs)
         self.num_features = head_chs
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.classifier = nn.Linear(head_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(head_chs, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -323,7 +323,7 @@ class EfficientNet(VisionModel):
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import apply_conv_bn, apply_conv_bn_seq
+from ..layers import apply_conv_bn, apply_conv_bn_seq, classifier
 from ..registry import default_cfg, register_family
 
 __all__ = ["HRNet", "HRNetConfig"]
@@ -236,7 +236,7 @@ class HRNet(VisionModel):
         self.final_layer = nn.Sequential(nn.Conv2d(head[3], cfg.num_features, 1), nn.BatchNorm2d(cfg.num_features), nn.ReLU(inplace=True))
         self.num_features = cfg.num_features
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.classifier = nn.Linear(cfg.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(cfg.num_features, num_classes)
         self.feature_info = [FeatureInfo(64, 2, "stem")] + [FeatureInfo(c, 4 * 2**i, f"incre_modules.{i}") for i, c in enumerate(head)]
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -275,7 +275,7 @@ class HRNet(VisionModel):
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         stem = self._stem(x)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import ConvNormAct, MaxPool2d, max_pool2d
+from ..layers import ConvNormAct, MaxPool2d, classifier, max_pool2d
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
 __all__ = ["GoogLeNet", "GoogLeNetConfig", "InceptionV3", "InceptionV3Config", "conv_bn"]
@@ -141,7 +141,7 @@ class GoogLeNetAux(nn.Module):
         super().__init__()
         self.conv = conv_bn(in_chs, 128, 1)
         self.fc1 = nn.Linear(128 * 4 * 4, 1024)
-        self.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc2 = classifier(1024, num_classes)
         self.dropout = nn.Dropout(drop_rate)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -231,7 +231,7 @@ class GoogLeNet(SequentialNet):
         self.aux2 = GoogLeNetAux(528, num_classes, cfg.aux_drop_rate) if cfg.aux_logits else None
         self._aux_after = {"inception4a": "aux1", "inception4d": "aux2"}
         self.dropout = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(1024, num_classes)
         self.feature_info = [
             FeatureInfo(64, 2, "conv1"),
             FeatureInfo(192, 4, "conv3"),
@@ -253,10 +253,10 @@ class GoogLeNet(SequentialNet):
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(self.num_features, num_classes)
         for aux in (self.aux1, self.aux2):
             if aux is not None:
-                aux.fc2 = nn.Linear(1024, num_classes) if num_classes > 0 else nn.Identity()
+                aux.fc2 = classifier(1024, num_classes)
 
 
 # --------------------------------------------------------------------------- Inception-v2 / v3
@@ -393,7 +393,7 @@ class InceptionAux(nn.Module):
         super().__init__()
         self.conv0 = conv_bn(in_chs, 128, 1)
         self.conv1 = conv_bn(128, 768, 5)
-        self.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(768, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv1(self.conv0(F.avg_pool2d(x, 5, stride=3)))  # B, 768, 1, 1 at 17x17
@@ -500,7 +500,7 @@ class InceptionV3(SequentialNet):
         self.AuxLogits = InceptionAux(768, num_classes) if cfg.aux_logits else None
         self._aux_after = {last_17: "AuxLogits"}
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(2048, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(2048, num_classes)
         self.feature_info = [
             FeatureInfo(64, 2, "Conv2d_2b_3x3"),
             FeatureInfo(80, 4, "Conv2d_3a_3x3") if v2 else FeatureInfo(192, 4, "Conv2d_4a_3x3"),
@@ -523,9 +523,9 @@ class InceptionV3(SequentialNet):
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(self.num_features, num_classes)
         if self.AuxLogits is not None:
-            self.AuxLogits.fc = nn.Linear(768, num_classes) if num_classes > 0 else nn.Identity()
+            self.AuxLogits.fc = classifier(768, num_classes)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, MaxPool2d
+from ..layers import Conv2d, MaxPool2d, classifier
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from .inception import SequentialNet, conv_bn
 
@@ -184,7 +184,7 @@ class InceptionV4(VisionModel):
             *[InceptionV4C() for _ in range(3)],
         )
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.last_linear = nn.Linear(1536, num_classes) if num_classes > 0 else nn.Identity()
+        self.last_linear = classifier(1536, num_classes)
         self.feature_info = [
             FeatureInfo(64, 2, "features.2"),
             FeatureInfo(160, 4, "features.3"),
@@ -207,7 +207,7 @@ class InceptionV4(VisionModel):
         return x if pre_logits else self.last_linear(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.last_linear = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.last_linear = classifier(self.num_features, num_classes)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
@@ -331,7 +331,7 @@ class InceptionResNetV2(SequentialNet):
         self.block8 = _block8(1.0, relu=False)
         self.conv2d_7b = conv_bn(2080, 1536, 1)
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.classif = nn.Linear(1536, num_classes) if num_classes > 0 else nn.Identity()
+        self.classif = classifier(1536, num_classes)
         self.layer_names = [
             "conv2d_1a", "conv2d_2a", "conv2d_2b", "maxpool_3a", "conv2d_3b", "conv2d_4a", "maxpool_5a",
             "mixed_5b", "repeat", "mixed_6a", "repeat_1", "mixed_7a", "repeat_2", "block8", "conv2d_7b",
@@ -350,7 +350,7 @@ class InceptionResNetV2(SequentialNet):
         return x if pre_logits else self.classif(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classif = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classif = classifier(self.num_features, num_classes)
 
 
 register_converter("inception_v4", "timm")(identity)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, make_divisible, skippable
+from ..layers import DropPath, apply_conv_bn, classifier, make_divisible, skippable
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
@@ -134,7 +134,7 @@ class _MobileNet(VisionModel):
         self.num_features = head_chs or chs[-1]
         self.head_drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(self.num_features, num_classes)
         self._taps, reduction = [], 2
         self.feature_info = []
         for i, s in enumerate(strides):
@@ -159,7 +159,7 @@ class _MobileNet(VisionModel):
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.classifier = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
+from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -273,7 +273,7 @@ class Nest(VisionModel):
         self.num_features = cfg.embed_dims[-1]
         self.norm = nn.LayerNorm(self.num_features, eps=1e-6)
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(self.num_features, num_classes)
         self.feature_info = [FeatureInfo(d, cfg.patch_size * 2**i, f"levels.{i}") for i, d in enumerate(cfg.embed_dims)]
         self._init_weights()
 
@@ -295,7 +295,7 @@ class Nest(VisionModel):
         return x if pre_logits else self.head(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import ConvNormAct, DropPath, SqueezeExcite, drop_path_rates
+from ..layers import ConvNormAct, DropPath, SqueezeExcite, classifier, drop_path_rates
 from ..registry import default_cfg, register_alias, register_family
 
 __all__ = ["RegNet", "RegNetConfig", "regnet_block_widths", "regnet_stages"]
@@ -141,7 +141,7 @@ class PoolHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(dim, num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.drop(x.mean((2, 3)))  # B, C

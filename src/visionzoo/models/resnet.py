@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, drop_path_rates, make_divisible, skippable
+from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, classifier, drop_path_rates, make_divisible, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -319,7 +319,7 @@ class ResNet(VisionModel):
 
         self.num_features = in_chs
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(in_chs, num_classes)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -350,7 +350,7 @@ class ResNet(VisionModel):
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(self.num_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, Mlp, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import DropPath, Mlp, classifier, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
 from ..layers.helpers import no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
@@ -455,7 +455,7 @@ class _PoolHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop)
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(dim, num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.drop(x.mean((1, 2)))

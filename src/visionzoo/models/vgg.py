@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter, rename_keys
-from ..layers import Conv2d, MaxPool2d, apply_conv_bn_seq
+from ..layers import Conv2d, MaxPool2d, apply_conv_bn_seq, classifier
 from ..registry import default_cfg, register_family
 
 __all__ = ["VGG", "VGGConfig"]
@@ -76,7 +76,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
-        self.fc = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.fc = classifier(dim, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x)

@@ -44,6 +44,7 @@ from ..layers import (
     PatchEmbed,
     StdConv2d,
     attention,
+    classifier,
     drop_path_rates,
     pad_same,
     resample_abs_pos_embed,
@@ -355,10 +356,10 @@ class VisionTransformer(VisionModel):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=1e-6)
         self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(D, num_classes)
         self.head_dist = None
         if cfg.distilled:
-            self.head_dist = nn.Linear(D, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = classifier(D, num_classes)
         self.distilled_training = False
 
         self.feature_info = [FeatureInfo(D, stride, f"blocks.{i}") for i in range(cfg.depth)]
@@ -457,9 +458,9 @@ class VisionTransformer(VisionModel):
         self.global_pool, self.unpooled = pool, False
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier(self.embed_dim, num_classes)
         if self.head_dist is not None:
-            self.head_dist = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+            self.head_dist = classifier(self.embed_dim, num_classes)
 
     # ------------------------------------------------------------ features
     def default_out_indices(self) -> tuple[int, ...]:
