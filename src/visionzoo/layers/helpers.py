@@ -187,17 +187,23 @@ class DerivedCache:
         stamp = self.stamp(sources)
         if stamp is None:
             return None
-        hit = self._entries.get(owner)
-        if hit is not None and hit[0] == stamp + extra:
-            return hit[1]
+        key = stamp + extra
+        hit = self._hit(owner, key)
+        if hit is not None:
+            return hit
         value = compute()
-        return None if value is None else self.put(owner, sources, value, extra)
+        if value is not None:
+            self._entries[owner] = (key, value)
+        return value
 
     def lookup(self, owner: object, sources: Iterable[Tensor | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
         """``owner``'s value while ``sources`` (and ``extra``) are as when it was stored, else None."""
         stamp = self.stamp(sources)
-        hit = self._entries.get(owner) if stamp is not None else None
-        return hit[1] if hit is not None and hit[0] == stamp + extra else None
+        return None if stamp is None else self._hit(owner, stamp + extra)
+
+    def _hit(self, owner: object, key: tuple) -> tuple[Tensor, ...] | None:
+        entry = self._entries.get(owner)
+        return entry[1] if entry is not None and entry[0] == key else None
 
     def put(self, owner: object, sources: Iterable[Tensor | None], value: tuple[Tensor, ...], extra: tuple = ()) -> tuple[Tensor, ...]:
         """Store ``value`` for ``owner`` as computed from ``sources`` (and ``extra``) as they are

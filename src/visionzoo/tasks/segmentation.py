@@ -18,7 +18,7 @@ to the nearest size it can, and the logits are cropped back (mmsegmentation's
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +130,14 @@ class ASPPHead(nn.Module):
         return self.classifier(self.refine(self.project(x)))
 
 
+def logits_at_input_size(x: Tensor, backbone: nn.Module, logits_of: Callable[[Tensor], Tensor]) -> Tensor:
+    """``logits_of`` on ``x`` zero-padded to a size ``backbone`` takes (module docstring),
+    upsampled bilinearly to the padded size and cropped back to ``x``'s."""
+    H, W = x.shape[-2:]
+    x = pad_to_fit(x, backbone.input_multiple, backbone.min_input_size)
+    return F.interpolate(logits_of(x), size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+
+
 class HRNetV2Seg(nn.Module):
     """HRNetV2 segmentation (Wang et al., TPAMI 2020): all four branches upsampled to 1/4,
     concatenated, mixed by a 1x1 conv-BN-ReLU and classified per pixel.
@@ -148,13 +156,13 @@ class HRNetV2Seg(nn.Module):
         self.classifier = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        H, W = x.shape[-2:]
-        x = pad_to_fit(x, self.backbone.input_multiple, self.backbone.min_input_size)
+        return logits_at_input_size(x, self.backbone, self._logits)
+
+    def _logits(self, x: Tensor) -> Tensor:
         xs = self.backbone.forward_branches(x)
         size = xs[0].shape[-2:]
         feats = torch.cat([xs[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in xs[1:]], dim=1)
-        logits = self.classifier(self.mix(feats))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+        return self.classifier(self.mix(feats))
 
 
 class SegmentationModel(nn.Module):
@@ -170,10 +178,7 @@ class SegmentationModel(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
-        H, W = x.shape[-2:]
-        x = pad_to_fit(x, self.backbone.input_multiple, self.backbone.min_input_size)  # module docstring
-        logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
+        return logits_at_input_size(x, self.backbone, lambda padded: self.head(self.backbone(padded)))
 
 
 DEDICATED = {"unext": unext, "unext_s": unext_s}
