@@ -255,3 +255,23 @@ def test_forward_intermediates_refuses_bad_requests():
     feats = visionzoo.create_model("resnet18", features_only=True)
     with pytest.raises(ValueError, match="features_only=True"):
         feats.forward_intermediates(x)
+
+
+@pytest.mark.parametrize("name", ["resnet50", "convnext_tiny", "efficientnet_b0", "swin_tiny_patch4_window7_224", "vit_small_patch16_224", "densenet121"])
+def test_feature_info_accessors_equal_timms(name):
+    """backbone.feature_info.channels() / reduction() / module_name() / out_indices, as FPN code
+    calls them on a timm backbone, for the default maps and for chosen out_indices."""
+    timm = pytest.importorskip("timm")
+    for kw in ({}, {"out_indices": (1, 3)}):
+        if name.startswith("vit") and not kw:
+            continue  # timm's ViT default is every block; ours four evenly spaced (dense-prediction heads)
+        with torch.device("meta"):
+            ours = visionzoo.create_model(name, features_only=True, **kw).feature_info
+            ref = timm.create_model(name, features_only=True, **kw).feature_info
+        assert ours.channels() == ref.channels() and ours.reduction() == ref.reduction(), kw
+        assert ours.out_indices == ref.out_indices, kw
+        if name != "densenet121":  # (timm's norm0 applies the ReLU too; ours is a module of its own, relu0)
+            assert ours.module_name() == ref.module_name(), kw
+        assert ours.channels(1) == ref.channels(1) and ours.get_dicts(keys=("num_chs",)) == ref.get_dicts(keys=("num_chs",))
+    full = visionzoo.create_model(name, num_classes=3).feature_info  # every map of the classifier
+    assert full.out_indices == tuple(range(len(full))) and full.channels(-1) == full[-1].num_chs

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .layers.helpers import classifier, clear_derived_caches, plain_cpu_eager
 
-__all__ = ["FeatureInfo", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
+__all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -46,6 +46,53 @@ class FeatureInfo:
 
     def __getitem__(self, key: str) -> Any:  # timm-style dict access: info["num_chs"]
         return getattr(self, key)
+
+
+class FeatureInfoList(list):
+    """A model's ``feature_info``: a list of :class:`FeatureInfo`, with the accessors of timm's
+    ``feature_info`` (``backbone.feature_info.channels()`` and the like, as FPN code calls them).
+
+    A ``features_only`` model lists the maps it returns; ``out_indices`` are their indices
+    among all the model's feature maps. As in timm, the accessors' ``idx`` counts in that full
+    list: None means the maps returned, an int or a sequence of ints the maps at those indices.
+    """
+
+    def __init__(self, infos: Iterable[FeatureInfo] = (), out_indices: Sequence[int] | None = None, every: Sequence[FeatureInfo] | None = None) -> None:
+        super().__init__(infos)
+        self._out_indices = None if out_indices is None else tuple(out_indices)
+        self._every = every  # all the model's feature maps, where this lists some of them
+
+    @property
+    def out_indices(self) -> tuple[int, ...]:
+        return tuple(range(len(self))) if self._out_indices is None else self._out_indices
+
+    def _select(self, idx: int | Sequence[int] | None) -> FeatureInfo | list[FeatureInfo]:
+        every = self if self._every is None else self._every
+        if idx is None:
+            return list(self)
+        if isinstance(idx, (tuple, list)):
+            return [every[i] for i in idx]
+        return every[idx]
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        picked = self._select(idx)
+        return [info[key] for info in picked] if isinstance(picked, list) else picked[key]
+
+    def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
+        """Entries as dicts of ``keys`` (default all), as timm's."""
+        keys = ("num_chs", "reduction", "module") if keys is None else tuple(keys)
+        picked = self._select(idx)
+        as_dict = lambda info: {k: info[k] for k in keys}  # noqa: E731
+        return [as_dict(info) for info in picked] if isinstance(picked, list) else as_dict(picked)
+
+    def channels(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Sequence[int] | None = None) -> Any:
+        return self.get("module", idx)
 
 
 class _CheckpointedForward:
@@ -85,7 +132,7 @@ class VisionModel(nn.Module):
         super().__init__()
         self.features_only = False
         self.out_indices: tuple[int, ...] = ()
-        self.feature_info: list[FeatureInfo] = []
+        self.feature_info = FeatureInfoList()
         self.default_cfg: dict[str, Any] = {}
         self.model_name = ""
         self.in_chans = 3
@@ -93,6 +140,15 @@ class VisionModel(nn.Module):
         self.num_features = 0
         #: timm's ``global_pool=''``: without a classifier, ``forward`` returns ``forward_features``
         self.unpooled = False
+
+    @property
+    def feature_info(self) -> FeatureInfoList:
+        """One :class:`FeatureInfo` per feature map (timm's ``feature_info``, with its accessors)."""
+        return self._feature_info
+
+    @feature_info.setter
+    def feature_info(self, infos: Iterable[FeatureInfo]) -> None:  # a family may assign a plain list
+        self._feature_info = infos if isinstance(infos, FeatureInfoList) else FeatureInfoList(infos)
 
     def train(self, mode: bool = True) -> VisionModel:
         """nn.Module's ``train`` / ``eval``, which also drop the weights cached for CPU
@@ -326,7 +382,8 @@ class VisionModel(nn.Module):
         self.out_indices = tuple(norm)
         self.prune_for_features(self.out_indices)
         self.features_only = True
-        self.feature_info = [self.feature_info[i] for i in self.out_indices]
+        every = list(self.feature_info)
+        self.feature_info = FeatureInfoList((every[i] for i in self.out_indices), self.out_indices, every)
         return self
 
     def check_input(self, x: Tensor) -> None:
