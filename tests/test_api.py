@@ -275,3 +275,19 @@ def test_feature_info_accessors_equal_timms(name):
         assert ours.channels(1) == ref.channels(1) and ours.get_dicts(keys=("num_chs",)) == ref.get_dicts(keys=("num_chs",))
     full = visionzoo.create_model(name, num_classes=3).feature_info  # every map of the classifier
     assert full.out_indices == tuple(range(len(full))) and full.channels(-1) == full[-1].num_chs
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16_bn", "resnet50", "coatnet_0_224", "vit_small_patch16_224", "efficientnet_b0", "hrnet_w18_small"])
+def test_num_features_and_head_hidden_size_are_timms(name):
+    """num_features: channels of forward_features' output; head_hidden_size: what the classifier
+    sees (they differ for VGG, 512 and 4096), as timm's attributes."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(name), timm.create_model(name)
+    assert (ours.num_features, ours.head_hidden_size) == (ref.num_features, ref.head_hidden_size)
+    x = torch.randn(1, 3, 64, 64)
+    m = visionzoo.create_model(name).eval()
+    with torch.no_grad():
+        features = m.forward_features(x)  # (B, C, H, W) maps, ViT's (B, N, C) tokens
+        assert features.shape[1 if features.ndim == 4 else -1] == m.num_features
+        assert m.forward_head(features, pre_logits=True).shape == (1, m.head_hidden_size)

@@ -67,14 +67,14 @@ def test_model_battery(name):
         assert len(inter) == len(model.feature_info)
         (last,) = model.forward_intermediates(x, 1, intermediates_only=True, output_fmt="NHWC")
         torch.testing.assert_close(last, inter[-1].permute(0, 2, 3, 1))
-        assert pre.shape == (2, model.num_features)
+        assert pre.shape == (2, model.head_hidden_size)
         heads = model.get_classifier()
         heads = heads if isinstance(heads, tuple) else (heads,)
         assert all(getattr(h, "out_features", getattr(h, "out_channels", None)) == 7 for h in heads), heads
         model.reset_classifier(3)
         assert model(x).shape == (2, 3)
         model.reset_classifier(0)
-        assert model(x).shape == (2, model.num_features)
+        assert model(x).shape == (2, model.head_hidden_size)
         heads = model.get_classifier()
         assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
         model.reset_classifier(0, "")  # timm's global_pool='': a map (or tokens) per image
@@ -82,7 +82,7 @@ def test_model_battery(name):
         with pytest.raises(ValueError, match="num_classes=0"):
             model.reset_classifier(4, "")
         model.reset_classifier(0, "avg")
-        assert model(x).shape == (2, model.num_features)
+        assert model(x).shape == (2, model.head_hidden_size)
 
     # features_only: one NCHW map per stage, as feature_info says
     info = list(model.feature_info)

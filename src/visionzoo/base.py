@@ -9,7 +9,8 @@ A family subclasses :class:`VisionModel` and provides
   ``indices`` (behind ``features_only`` and timm's ``forward_intermediates``), and
   ``final_norm`` where ``forward_features`` ends with a norm;
 * ``feature_info``: one :class:`FeatureInfo` per stage (channels, stride, module name);
-* ``num_features``, ``num_classes``, ``in_chans``;
+* ``num_features``, ``num_classes``, ``in_chans`` (and ``head_hidden_size`` where the head has
+  hidden layers);
 * ``grad_checkpoint_units``: the blocks :meth:`~VisionModel.set_grad_checkpointing` recomputes.
 
 The base class turns these into ``forward`` and ``features_only`` behaviour, and checks
@@ -137,9 +138,22 @@ class VisionModel(nn.Module):
         self.model_name = ""
         self.in_chans = 3
         self.num_classes = 0
-        self.num_features = 0
+        self.num_features = 0  # channels of forward_features' output
+        #: width of ``forward_head(x, pre_logits=True)`` (timm's), where it is not ``num_features``
+        self._head_hidden_size: int | None = None
         #: timm's ``global_pool=''``: without a classifier, ``forward`` returns ``forward_features``
         self.unpooled = False
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pooled features the classifier sees (``forward_head(x, pre_logits=True)``,
+        and ``forward`` after ``reset_classifier(0)``): ``num_features`` unless the head has
+        hidden layers of its own (VGG's fc6 / fc7), as timm's attribute."""
+        return self.num_features if self._head_hidden_size is None else self._head_hidden_size
+
+    @head_hidden_size.setter
+    def head_hidden_size(self, width: int) -> None:
+        self._head_hidden_size = width
 
     @property
     def feature_info(self) -> FeatureInfoList:

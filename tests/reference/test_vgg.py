@@ -84,6 +84,6 @@ def test_create_model_loads_torchvision_checkpoint():
 
 def test_config_and_smallest_input():
     m = visionzoo.create_model("vgg11", num_classes=4, mlp_dim=256)
-    assert m.num_features == 256 and m.pre_logits.fc1.in_features == 512 * 49
+    assert m.head_hidden_size == 256 and m.num_features == 512 and m.pre_logits.fc1.in_features == 512 * 49
     with pytest.raises(visionzoo.InputError, match="at least 32x32"):
         m(torch.randn(1, 3, 31, 64))

@@ -18,8 +18,8 @@ last map of at most 7x7) all three compute the same function; above that timm sl
 7x7 convolution over the larger map and averages, while visionzoo and torchvision pool
 the map down to 7x7 first.
 
-``num_features`` is the width the classifier sees (4096); ``forward_features`` returns the
-512-channel map after the last max pool.
+As in timm, ``num_features`` is the width of the map ``forward_features`` returns (512, after
+the last max pool) and ``head_hidden_size`` the width the classifier sees (fc7's 4096).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ class VGG(VisionModel):
         self._taps.append(len(layers) - 1)
         self.feature_info.append(FeatureInfo(prev, 2 ** len(cfg.depths), f"features.{len(layers) - 1}"))
         self.features = nn.Sequential(*layers)
-        self.num_features = cfg.mlp_dim
+        self.num_features, self.head_hidden_size = prev, cfg.mlp_dim
         self.pre_logits = PreLogits(prev, cfg.mlp_dim, cfg.drop_rate)
         self.head = LinearHead(cfg.mlp_dim, num_classes)
         self._init_weights()
@@ -148,7 +148,7 @@ class VGG(VisionModel):
         return self.pre_logits(self.forward_features(x))[:, :, None, None]
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = LinearHead(self.num_features, num_classes)
+        self.head = LinearHead(self.head_hidden_size, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
