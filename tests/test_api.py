@@ -226,6 +226,12 @@ def test_forward_intermediates_equals_timms(name, kwargs, size):
     calls = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "norm": True}, {"indices": [n - 1, 1], "intermediates_only": True, "stop_early": True}]
     if name.startswith("vit"):
         calls += [{"indices": 3, "output_fmt": "NLC", "norm": True}, {"indices": [1], "return_prefix_tokens": True, "intermediates_only": True}]
+        with torch.no_grad():  # the DINO interface on top of it
+            for kw in ({}, {"n": 2, "reshape": True, "norm": True}, {"n": [0, 4], "return_prefix_tokens": True}):
+                got, want = ours.get_intermediate_layers(x, **kw), ref.get_intermediate_layers(x, **kw)
+                for g, w in zip(got, want, strict=True):
+                    for a, b in zip(g, w) if isinstance(w, tuple) else [(g, w)]:
+                        close(a, b)
     with torch.no_grad():
         for kw in calls:
             got, want = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)

@@ -512,6 +512,11 @@ class VisionTransformer(VisionModel):
             maps = [(m, t[:, : self.num_prefix_tokens]) for m, t in zip(maps, tokens)]
         return maps if intermediates_only else (features, maps)
 
+    def get_intermediate_layers(self, x: Tensor, n: int | Sequence[int] = 1, reshape: bool = False, return_prefix_tokens: bool = False, norm: bool = False) -> list:
+        """The DINO interface timm's ViT keeps: the last ``n`` blocks' (or blocks ``n``') patch
+        tokens, (B, Gh*Gw, D), or (B, D, Gh, Gw) maps with ``reshape``; :meth:`forward_intermediates`."""
+        return self.forward_intermediates(x, n, return_prefix_tokens=return_prefix_tokens, norm=norm, output_fmt="NCHW" if reshape else "NLC", intermediates_only=True)
+
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
         self.norm = nn.Identity()
