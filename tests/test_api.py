@@ -297,3 +297,30 @@ def test_num_features_and_head_hidden_size_are_timms(name):
         features = m.forward_features(x)  # (B, C, H, W) maps, ViT's (B, N, C) tokens
         assert features.shape[1 if features.ndim == 4 else -1] == m.num_features
         assert m.forward_head(features, pre_logits=True).shape == (1, m.head_hidden_size)
+
+
+@pytest.mark.parametrize("name, kwargs, size", [("resnet18", {}, 64), ("vit_tiny_patch16_224", {"img_size": 64}, 64), ("swin_tiny_patch4_window7_224", {"img_size": 112}, 112)])
+def test_prune_intermediate_layers(name, kwargs, size):
+    """timm's prune_intermediate_layers: the kept maps unchanged (with the final norm kept for
+    norm=True unless prune_norm), fewer parameters, and a clear error for what is gone."""
+    full = visionzoo.create_model(name, **kwargs).eval()
+    x = torch.randn(2, 3, size, size)
+    n = len(full.feature_info)
+    for indices, norm in (([1, 2], False), (2, True), ([-1], True)):
+        pruned = visionzoo.create_model(name, checkpoint=full.state_dict(), **kwargs).eval()
+        take = pruned.prune_intermediate_layers(indices)
+        assert take == full.take_indices(indices)
+        assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in full.parameters())
+        with torch.no_grad():
+            got = pruned.forward_intermediates(x, take, norm=norm, intermediates_only=True)
+            want = full.forward_intermediates(x, take, norm=norm, intermediates_only=True)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+    pruned = visionzoo.create_model(name, **kwargs).eval()
+    pruned.prune_intermediate_layers([1])  # (an int n would keep the last n maps)
+    with pytest.raises(ValueError, match="pruned after feature map 1"):
+        pruned.forward_intermediates(x, [1])  # the final features are gone
+    with pytest.raises(ValueError, match="pruned after feature map 1"):
+        pruned.forward_intermediates(x, [n - 1], intermediates_only=True)
+    with pytest.raises(ValueError, match="prune_head=False"):
+        visionzoo.create_model(name, **kwargs).prune_intermediate_layers([1], prune_head=False)

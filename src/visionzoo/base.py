@@ -133,6 +133,7 @@ class VisionModel(nn.Module):
         super().__init__()
         self.features_only = False
         self.out_indices: tuple[int, ...] = ()
+        self._pruned_after: int | None = None  # the last feature map left by prune_intermediate_layers
         self.feature_info = FeatureInfoList()
         self.default_cfg: dict[str, Any] = {}
         self.model_name = ""
@@ -260,7 +261,7 @@ class VisionModel(nn.Module):
             output_fmt: ``'NCHW'``, ``'NHWC'`` or ``'NLC'`` ((B, H*W, C) tokens).
             intermediates_only: return only the maps.
         """
-        take, fmt = self._intermediates_request(indices, output_fmt)
+        take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
         if intermediates_only:
             maps, features = self.intermediate_maps(x, take), None
         else:
@@ -270,14 +271,37 @@ class VisionModel(nn.Module):
         maps = [fmt(m) for m in maps]
         return maps if intermediates_only else (features, maps)
 
-    def _intermediates_request(self, indices: int | Sequence[int] | None, output_fmt: str) -> tuple[list[int], Callable[[Tensor], Tensor]]:
+    def _intermediates_request(self, indices: int | Sequence[int] | None, output_fmt: str, intermediates_only: bool) -> tuple[list[int], Callable[[Tensor], Tensor]]:
         """:meth:`forward_intermediates`' indices to take and the NCHW map -> ``output_fmt`` function."""
         if self.features_only:
             raise ValueError(f"{self._name()} was built with features_only=True: call it to get its maps (forward_intermediates needs the whole network)")
         fmt = _MAP_FORMATS.get(output_fmt)
         if fmt is None:
             raise ValueError(f"output_fmt must be one of {', '.join(map(repr, _MAP_FORMATS))}, got {output_fmt!r}")
-        return self.take_indices(indices), fmt
+        take = self.take_indices(indices)
+        end = self._pruned_after
+        if end is not None and (not intermediates_only or take[-1] > end):
+            raise ValueError(
+                f"{self._name()} was pruned after feature map {end} (prune_intermediate_layers): it gives maps 0..{end} "
+                f"with intermediates_only=True, got indices {take} with intermediates_only={intermediates_only}"
+            )
+        return take, fmt
+
+    def prune_intermediate_layers(self, indices: int | Sequence[int] | None = 1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """timm's method: drop the layers after the last of the feature maps ``indices`` (as
+        :meth:`forward_intermediates` reads them) and the classifier; returns the indices, sorted.
+        Afterwards ``forward_intermediates(x, indices, intermediates_only=True)`` gives those maps
+        (and ``features_only``'s pruning is the same). ``prune_norm=False`` keeps the final norm
+        for ``norm=True``. visionzoo always drops the classifier: ``prune_head=False`` is refused."""
+        if not prune_head:
+            raise ValueError(f"{self._name()}: prune_intermediate_layers drops the classifier with the layers after the last map; prune_head=False is not supported")
+        take = self.take_indices(indices)
+        norm = getattr(self, "norm", None)
+        self.prune_for_features(take)
+        if not prune_norm and isinstance(norm, nn.Module):
+            self.norm = norm
+        self._pruned_after = take[-1]
+        return take
 
     def take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
         """timm's ``indices`` of :meth:`forward_intermediates` as sorted, distinct indices into

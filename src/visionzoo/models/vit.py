@@ -503,7 +503,7 @@ class VisionTransformer(VisionModel):
         """As :meth:`VisionModel.forward_intermediates` over the blocks, with timm's ViT options:
         ``norm`` applies the final norm to every block's tokens, and ``return_prefix_tokens``
         pairs each map with its (B, P, D) class / distillation tokens."""
-        take, fmt = self._intermediates_request(indices, output_fmt)
+        take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
         tokens, grid, features = self._block_tokens(x, take, not intermediates_only)
         if norm:
             tokens = [self.norm(t) for t in tokens]
