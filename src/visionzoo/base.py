@@ -75,16 +75,18 @@ class FeatureInfoList(list):
             return [every[i] for i in idx]
         return every[idx]
 
-    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+    def _each(self, fn: Callable[[FeatureInfo], Any], idx: int | Sequence[int] | None) -> Any:
+        """``fn`` of the entry ``idx`` picks, or the list of ``fn`` of each entry it picks."""
         picked = self._select(idx)
-        return [info[key] for info in picked] if isinstance(picked, list) else picked[key]
+        return [fn(info) for info in picked] if isinstance(picked, list) else fn(picked)
+
+    def get(self, key: str, idx: int | Sequence[int] | None = None) -> Any:
+        return self._each(lambda info: info[key], idx)
 
     def get_dicts(self, keys: Sequence[str] | None = None, idx: int | Sequence[int] | None = None) -> Any:
         """Entries as dicts of ``keys`` (default all), as timm's."""
         keys = ("num_chs", "reduction", "module") if keys is None else tuple(keys)
-        picked = self._select(idx)
-        as_dict = lambda info: {k: info[k] for k in keys}  # noqa: E731
-        return [as_dict(info) for info in picked] if isinstance(picked, list) else as_dict(picked)
+        return self._each(lambda info: {k: info[k] for k in keys}, idx)
 
     def channels(self, idx: int | Sequence[int] | None = None) -> Any:
         return self.get("num_chs", idx)
@@ -316,17 +318,20 @@ class VisionModel(nn.Module):
             return list(range(n - count, n))
         if isinstance(indices, (str, bytes, bool)) or not isinstance(indices, Iterable):
             raise ValueError(f"indices takes None (all maps), a count n (the last n) or a sequence of indices, got {indices!r}")
-        take = set()
-        for i in indices:
-            j = _as_int(i)
-            if j is None:
-                raise ValueError(f"feature indices are integers, got {i!r} in {indices!r}")
-            if not -n <= j < n:
-                raise ValueError(f"feature index {j} is out of range: {self._name()} has {n} feature maps (0..{n - 1}, or -{n}..-1)")
-            take.add(j % n)
+        take = {self._feature_index(i) for i in indices}
         if not take:
             raise ValueError("indices is empty: give None (all maps), a count, or a sequence of indices")
         return sorted(take)
+
+    def _feature_index(self, i: Any) -> int:
+        """A feature-map index (negative from the end) as an index into ``feature_info``; a
+        clear error for a non-integer or one out of range."""
+        n, j = len(self.feature_info), _as_int(i)
+        if j is None:
+            raise ValueError(f"feature indices are integers, got {i!r}")
+        if not -n <= j < n:
+            raise ValueError(f"feature index {j} is out of range: {self._name()} has {n} feature maps (0..{n - 1}, or -{n}..-1)")
+        return j % n
 
     def default_out_indices(self) -> tuple[int, ...]:
         """Stages returned by ``features_only`` when no ``out_indices`` is given: all."""
@@ -408,16 +413,10 @@ class VisionModel(nn.Module):
 
     def set_features_only(self, out_indices: Sequence[int] | None = None) -> VisionModel:
         """Turn the classifier into a feature extractor returning a list of NCHW maps."""
-        n = len(self.feature_info)
-        if n == 0:
-            raise ValueError(f"{self.model_name or type(self).__name__} defines no feature maps")
-        idx = self.default_out_indices() if out_indices is None else tuple(out_indices)
-        norm = []
-        for i in idx:
-            if not -n <= int(i) < n:
-                raise ValueError(f"out_indices {tuple(idx)} out of range: the model has {n} feature maps (0..{n - 1})")
-            norm.append(int(i) % n)
-        self.out_indices = tuple(norm)
+        if not self.feature_info:
+            raise ValueError(f"{self._name()} defines no feature maps")
+        idx = self.default_out_indices() if out_indices is None else out_indices
+        self.out_indices = tuple(self._feature_index(i) for i in idx)
         self.prune_for_features(self.out_indices)
         self.features_only = True
         every = list(self.feature_info)
@@ -426,7 +425,7 @@ class VisionModel(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputError` for a tensor this network cannot take."""
-        name = self.model_name or type(self).__name__
+        name = self._name()
         if not isinstance(x, Tensor):
             raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
         if x.ndim != 4:
@@ -493,10 +492,13 @@ def plain_layout(out: Any) -> Any:
     return type(out)(plain_layout(o) for o in out)
 
 
-def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int], *, to_end: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
+def tap_outputs(
+    x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int], *, to_end: bool = False, tail: Callable[[Tensor], Tensor] | None = None
+) -> list[Tensor] | tuple[list[Tensor], Tensor]:
     """Run ``x`` through ``modules`` in order, as far as the last wanted one, and return the
     output of ``modules[p]`` for each ``p`` in ``positions`` (in that order); with ``to_end``,
-    through all of them, returning ``(outputs, output of the last module)``.
+    through all of them, returning ``(outputs, tail(output of the last module))`` (``tail``
+    None: that output itself), where ``tail`` is what ``forward_features`` does after them.
 
     The loop behind ``intermediate_maps`` of the families whose feature maps are the
     outputs of a sequence of stages, blocks or layers.
@@ -508,7 +510,9 @@ def tap_outputs(x: Tensor, modules: Sequence[nn.Module], positions: Sequence[int
         if j in wanted:
             out[j] = x
     maps = [out[p] for p in positions]
-    return (maps, x) if to_end else maps
+    if not to_end:
+        return maps
+    return maps, (x if tail is None else tail(x))
 
 
 def count_params(model: nn.Module) -> int:

@@ -315,7 +315,12 @@ class EfficientNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.blocks(apply_conv_bn(self.conv_stem, self.bn1, x, self.act))
+        return self._conv_head(self.blocks(self._stem(x)))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return apply_conv_bn(self.conv_stem, self.bn1, x, self.act)
+
+    def _conv_head(self, x: Tensor) -> Tensor:
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -327,9 +332,7 @@ class EfficientNet(VisionModel):
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        stem = apply_conv_bn(self.conv_stem, self.bn1, x, self.act)
-        out = tap_outputs(stem, self.blocks, [self._feature_stages[i] for i in indices], to_end=with_features)
-        return (out[0], apply_conv_bn(self.conv_head, self.bn2, out[1], self.act)) if with_features else out
+        return tap_outputs(self._stem(x), self.blocks, [self._feature_stages[i] for i in indices], to_end=with_features, tail=self._conv_head)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)

@@ -151,7 +151,12 @@ class _MobileNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.blocks(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1))
+        return self._conv_head(self.blocks(self._stem(x)))
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return apply_conv_bn(self.conv_stem, self.bn1, x, self.act1)
+
+    def _conv_head(self, x: Tensor) -> Tensor:
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act2)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -163,8 +168,7 @@ class _MobileNet(VisionModel):
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        out = tap_outputs(apply_conv_bn(self.conv_stem, self.bn1, x, self.act1), self.blocks, [self._taps[i] for i in indices], to_end=with_features)
-        return (out[0], apply_conv_bn(self.conv_head, self.bn2, out[1], self.act2)) if with_features else out
+        return tap_outputs(self._stem(x), self.blocks, [self._taps[i] for i in indices], to_end=with_features, tail=self._conv_head)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.blocks = self.blocks[: self._taps[max(indices)] + 1]

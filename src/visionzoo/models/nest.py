@@ -299,8 +299,7 @@ class Nest(VisionModel):
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        out = tap_outputs(self.patch_embed(x), self.levels, indices, to_end=with_features)
-        return (out[0], self.final_norm(out[1])) if with_features else out
+        return tap_outputs(self.patch_embed(x), self.levels, indices, to_end=with_features, tail=self.final_norm)
 
     def final_norm(self, feature_map: Tensor) -> Tensor:
         return self.norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # over channels

@@ -418,9 +418,9 @@ class SwinTransformer(VisionModel):
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        out = tap_outputs(self.patch_embed(x), self.layers, indices, to_end=with_features)  # (B, H, W, C) maps
+        out = tap_outputs(self.patch_embed(x), self.layers, indices, to_end=with_features, tail=self.norm)  # (B, H, W, C) maps
         maps = [m.permute(0, 3, 1, 2) for m in (out[0] if with_features else out)]
-        return (maps, self.norm(out[1])) if with_features else maps
+        return (maps, out[1]) if with_features else maps
 
     def final_norm(self, feature_map: Tensor) -> Tensor:
         return self.norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # over channels
