@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from visionzoo.layers import (
     Attention,
+    Conv2d,
     DropPath,
     Mlp,
     add_projection,
@@ -841,3 +842,86 @@ def test_std_conv_caches_its_kernel_only_while_the_weight_is_unchanged():
     assert conv not in conv_module._STANDARDIZED
     out.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def _depthwise_pair(C, k, stride, dilation, padding, bias, dtype=torch.float64):
+    """(nn.Conv2d, visionzoo Conv2d) depthwise with the same weights."""
+    ref = torch.nn.Conv2d(C, C, k, stride, padding, dilation=dilation, groups=C, bias=bias).to(dtype)
+    ours = Conv2d(C, C, k, stride, padding, dilation=dilation, groups=C, bias=bias).to(dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize(
+    "C, k, stride, dilation, padding, bias, side, channels_last",
+    [
+        (8, 7, 1, 1, 3, True, (13, 11), False),  # ConvNeXt / ConvMixer: 'same' 7x7
+        (6, 5, 2, 1, 2, False, (12, 12), False),  # EfficientNet's strided 5x5, no bias
+        (4, (5, 3), 1, 2, (4, 2), True, (9, 10), True),  # rectangular, dilated, channels-last
+        (3, 5, 3, 1, 0, True, (17, 16), False),  # stride 3 leaves input rows unused
+        (5, 7, 2, 2, 1, True, (20, 21), True),
+        (2, 9, 1, 1, 4, True, (4, 5), False),  # a map smaller than the kernel
+    ],
+)
+def test_depthwise_conv_gradients_equal_autograd(C, k, stride, dilation, padding, bias, side, channels_last):
+    """layers.Conv2d computes a depthwise convolution's weight gradient in its own way on the CPU
+    (one depthwise convolution over the batch's planes); every gradient equals autograd's of
+    nn.Conv2d with the same weights, also second order (gradgradcheck)."""
+    torch.manual_seed(0)
+    ref, ours = _depthwise_pair(C, k, stride, dilation, padding, bias)
+    x = torch.randn(2, C, *side, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    y_ref, y = ref(x), ours(x)
+    assert type(y.grad_fn).__name__ == "_DepthwiseConv2dBackward"  # the path under test ran
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    g = torch.randn_like(y_ref)
+    expected = torch.autograd.grad(y_ref, [x, *ref.parameters()], g)
+    got = torch.autograd.grad(y, [x, *ours.parameters()], g)
+    for e, o in zip(expected, got):
+        torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-10)
+    params = [x, ours.weight] + ([ours.bias] if bias else [])
+    assert torch.autograd.gradgradcheck(lambda *t: conv_module._DepthwiseConv2d.apply(*t[:2], t[2] if bias else None, ours.stride, ours.padding, ours.dilation), params)
+
+
+def test_depthwise_weight_grad_float32_batch():
+    """float32, ConvNeXt-T's first-stage shape at batch 4: the weight gradient matches oneDNN's
+    to float rounding."""
+    torch.manual_seed(0)
+    ref, ours = _depthwise_pair(96, 7, 1, 1, 3, True, torch.float32)
+    x = torch.randn(4, 96, 56, 56)
+    g = torch.randn(4, 96, 56, 56)
+    expected = torch.autograd.grad(ref(x), list(ref.parameters()), g)
+    got = torch.autograd.grad(ours(x), list(ours.parameters()), g)
+    for e, o in zip(expected, got):
+        torch.testing.assert_close(o, e, rtol=1e-5, atol=1e-5 * float(e.abs().max()))
+
+
+def test_depthwise_grad_path_stays_out_of_the_way():
+    """Where oneDNN's own gradient is fast (3x3) or the convolution is not depthwise, where no
+    weight gradient is needed, under autocast and under torch.func, Conv2d is nn.Conv2d."""
+    x = torch.randn(2, 4, 9, 9, requires_grad=True)
+
+    def grad_fn(conv, inp=x):
+        return type(conv(inp).grad_fn).__name__
+
+    assert grad_fn(Conv2d(4, 4, 3, padding=1, groups=4)) == "ConvolutionBackward0"
+    assert grad_fn(Conv2d(4, 4, 5, padding=2, groups=2)) == "ConvolutionBackward0"
+    assert grad_fn(Conv2d(4, 8, 5, padding=2, groups=4)) == "ConvolutionBackward0"  # depth multiplier 2
+    assert grad_fn(Conv2d(4, 4, 5, padding="same", groups=4)) == "ConvolutionBackward0"
+    assert grad_fn(Conv2d(4, 4, 5, padding=2, groups=4, padding_mode="reflect")) == "ConvolutionBackward0"
+    frozen = Conv2d(4, 4, 5, padding=2, groups=4).requires_grad_(False)
+    assert grad_fn(frozen) == "ConvolutionBackward0"
+    with torch.no_grad():
+        assert Conv2d(4, 4, 5, padding=2, groups=4)(x).grad_fn is None
+    conv = Conv2d(4, 4, 5, padding=2, groups=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert grad_fn(conv) == "ConvolutionBackward0"
+    params = dict(conv.named_parameters())
+    ref = torch.nn.Conv2d(4, 4, 5, padding=2, groups=4)
+    ref.load_state_dict(conv.state_dict())
+    loss = lambda m: lambda p, inp: torch.func.functional_call(m, p, (inp,)).square().sum()  # noqa: E731
+    got = torch.func.grad(loss(conv))(params, x.detach())
+    expected = torch.func.grad(loss(ref))(dict(ref.named_parameters()), x.detach())
+    torch.testing.assert_close(got["weight"], expected["weight"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_norm", "max_rel_diff", "randomize_norms", "random_weights"]
+__all__ = ["build_random", "gradient_rel_diffs", "is_norm", "max_rel_diff", "randomize_norms", "random_weights"]
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -83,3 +83,23 @@ def build_random(fn, seed: int = 0) -> nn.Module:
             if isinstance(nbt, Tensor):
                 nbt.zero_()
     return random_weights(model, seed).eval()
+
+
+def gradient_rel_diffs(model: nn.Module, ref: nn.Module, x: Tensor, seed: int = 0) -> dict[str, float]:
+    """One training-mode backward pass of both models on ``x`` (a fixed random projection of
+    the output as the loss): :func:`max_rel_diff` of every parameter's gradient, keyed by
+    name, and of the input's under ``"input"``. The two models' parameter names must be the
+    same (a layout the reference's checkpoints load into unconverted)."""
+    names = [n for n, _ in model.named_parameters()]
+    ref_params = dict(ref.named_parameters())
+    if sorted(names) != sorted(ref_params):
+        raise ValueError(f"parameter names differ: {sorted(set(names) ^ set(ref_params))[:5]}")
+    grads = []
+    for m in (model, ref):
+        m.train().zero_grad(set_to_none=True)
+        xg = x.detach().clone().requires_grad_()
+        out = m(xg)
+        w = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+        (out * w).sum().backward()
+        grads.append({"input": xg.grad, **{n: p.grad for n, p in m.named_parameters()}})
+    return {n: max_rel_diff(g, grads[1][n]) for n, g in grads[0].items()}

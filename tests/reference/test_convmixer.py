@@ -5,7 +5,7 @@ import timm
 import torch
 
 import visionzoo
-from visionzoo.testing import build_random, max_rel_diff
+from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
 TIMM_NAMES = ["convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14"]
 
@@ -33,6 +33,16 @@ def test_other_classes_channels_and_any_configuration():
     m = visionzoo.create_model("convmixer_256_8", num_classes=10, dim=64, depth=3, kernel_size=3, patch_size=4, act="silu")
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     assert sum(p.numel() for p in m.parameters()) == (3 * 16 * 64 + 64 + 2 * 64) + 3 * (64 * 9 + 64 + 2 * 64 + 64 * 64 + 64 + 2 * 64) + 64 * 10 + 10
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+def test_training_gradients_equal_timm(act):
+    """Training mode, float64, a narrow ConvMixer (64 wide, 3 blocks, 7x7, patch 7): every
+    gradient equals timm's (the depthwise layers' weight gradients run visionzoo's own CPU path)."""
+    ref = build_random(lambda: timm.models.convmixer.ConvMixer(dim=64, depth=3, kernel_size=7, patch_size=7, num_classes=10, act_layer=torch.nn.ReLU if act == "relu" else torch.nn.GELU)).double()
+    ours = visionzoo.create_model("convmixer_768_32", num_classes=10, dim=64, depth=3, act=act, checkpoint=ref.state_dict()).double()
+    diffs = gradient_rel_diffs(ours, ref, torch.randn(2, 3, 63, 70, dtype=torch.float64))
+    assert max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
 
 
 def test_counted_macs_are_the_papers_plus_the_depthwise_convolutions():

@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 import visionzoo
-from visionzoo.testing import build_random, max_rel_diff
+from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
 NAMES = visionzoo.list_models(family="convnext")
 
@@ -28,6 +28,15 @@ def test_logits_equal_timm(name):
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+def test_training_gradients_equal_timm():
+    """Training mode, float64: every gradient equals timm's (the depthwise 7x7's weight
+    gradient runs visionzoo's own CPU path, layers.conv.depthwise_weight_grad)."""
+    ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=10)).double()
+    ours = visionzoo.create_model("convnext_tiny", num_classes=10, checkpoint=ref.state_dict()).double()
+    diffs = gradient_rel_diffs(ours, ref, torch.randn(2, 3, 64, 64, dtype=torch.float64))
+    assert max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 96, 64), (2, 1, 97, 75)])  # 97 x 75: strided layers drop a remainder, as timm's

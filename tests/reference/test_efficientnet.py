@@ -7,7 +7,7 @@ import torchvision
 
 import visionzoo
 from visionzoo.models.efficientnet import official_key_map, stage_specs
-from visionzoo.testing import build_random, max_rel_diff
+from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
 NAMES = visionzoo.list_models("efficientnet*")
 B_NAMES = [f"efficientnet_b{i}" for i in range(8)]
@@ -40,6 +40,15 @@ def test_logits_equal_timm(name):
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+def test_training_gradients_equal_timm():
+    """Training mode, float64, no dropout: every gradient equals timm's (the 5x5 depthwise
+    layers' weight gradients run visionzoo's own CPU path)."""
+    ref = build_random(lambda: timm.create_model("efficientnet_b0", num_classes=10, drop_rate=0.0)).double()
+    ours = visionzoo.create_model("efficientnet_b0", num_classes=10, drop_rate=0.0, checkpoint=ref.state_dict()).double()
+    diffs = gradient_rel_diffs(ours, ref, torch.randn(2, 3, 64, 72, dtype=torch.float64))
+    assert max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
 
 
 def test_other_classes_and_channels():

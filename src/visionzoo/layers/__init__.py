@@ -1,7 +1,7 @@
 """Layers that two or more families share."""
 
 from .attention import Attention, ProjectedAttention, attention
-from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, set_bn_folding, set_conv_packing
+from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import classifier, clear_derived_caches, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
@@ -31,6 +31,8 @@ __all__ = [
     "bn_affine",
     "classifier",
     "clear_derived_caches",
+    "conv2d",
+    "depthwise_weight_grad",
     "drop_path_rates",
     "linear",
     "linear_act",

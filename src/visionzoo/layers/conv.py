@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from .helpers import DerivedCache, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
-__all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
+__all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
 
 _FOLD = {"enabled": os.environ.get("VISIONZOO_FOLD_BN", "1") != "0"}
 _PACK = {"enabled": os.environ.get("VISIONZOO_PACK_CONV", "1") != "0"}
@@ -135,7 +135,7 @@ def _packs(conv: nn.Conv2d, x: Tensor) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
-        and (type(conv)._conv_forward is nn.Conv2d._conv_forward or getattr(conv, "plain_padding", False))
+        and (type(conv)._conv_forward in (nn.Conv2d._conv_forward, Conv2d._conv_forward) or getattr(conv, "plain_padding", False))
     )
 
 
@@ -224,14 +224,96 @@ def _prepared(conv: nn.Module, bn: nn.Module | None, x: Tensor) -> tuple[tuple[T
     return None, False
 
 
+def depthwise_weight_grad(x: Tensor, grad: Tensor, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+    """The weight gradient of a depthwise convolution (one filter per channel) of ``x`` whose
+    output received ``grad``, shaped ``(C, 1, kh, kw)``.
+
+    ``dW[c, i, j] = sum over b, h, w of grad[b, c, h, w] * x_pad[b, c, s*h + d*i, s*w + d*j]``
+    is itself a correlation: of each padded (image, channel) plane with that plane's output
+    gradient as the kernel. So it runs as one depthwise convolution over the batch's B*C
+    planes (stride and dilation swap roles), summed over images.
+    """
+    B, C, H, W = x.shape
+    planes = F.conv2d(x.reshape(1, B * C, H, W), grad.reshape(B * C, 1, *grad.shape[2:]), None, dilation, padding, stride, B * C)
+    # the planes can reach past the kernel when stride > 1 leaves input rows unused: crop
+    return planes[..., : kernel_size[0], : kernel_size[1]].reshape(B, C, *kernel_size).sum(0).unsqueeze(1)
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """``F.conv2d`` of a depthwise convolution, its weight gradient from :func:`depthwise_weight_grad`.
+
+    The backward is built from differentiable ops, so double backward works.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, bias: Tensor | None, stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]) -> Tensor:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, x.shape[1])
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        x, weight, bias, ctx.stride, ctx.padding, ctx.dilation = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
+        x, weight = ctx.saved_tensors
+        geometry = list(ctx.stride), list(ctx.padding), list(ctx.dilation)
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.ops.aten.convolution_backward(grad, x, weight, None, *geometry, False, [0, 0], x.shape[1], [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            gw = depthwise_weight_grad(x, grad, weight.shape[2:], ctx.stride, ctx.padding, ctx.dilation)
+        if ctx.needs_input_grad[2]:
+            gb = grad.sum((0, 2, 3))
+        return gx, gw, gb, None, None, None
+
+
+def _slow_depthwise_grad(x: Tensor, weight: Tensor, padding: tuple[int, int] | str, groups: int) -> bool:
+    """Whether ``F.conv2d(x, weight, ...)`` is a CPU depthwise convolution larger than 3x3
+    whose weight gradient autograd will compute (see :func:`conv2d`)."""
+    return (
+        torch.is_grad_enabled()
+        and weight.requires_grad
+        and weight.dim() == 4
+        and weight.shape[2] * weight.shape[3] > 9
+        and not isinstance(padding, str)
+        and plain_cpu_eager(x)
+        and x.dim() == 4
+        and groups == x.shape[1] == weight.shape[0]
+        and not torch.is_autocast_enabled("cpu")
+        and torch._C._functorch.peek_interpreter_stack() is None  # not under torch.func transforms
+    )
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: tuple[int, int] = (1, 1), padding: tuple[int, int] | str = (0, 0), dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
+    """``F.conv2d`` (pairs for ``stride``, ``padding`` and ``dilation``) whose weight gradient,
+    for a depthwise convolution larger than 3x3 on the CPU, comes from
+    :func:`depthwise_weight_grad`.
+
+    oneDNN computes that gradient with a kernel 5-40x slower than its forward pass (its fast
+    kernel covers 3x3 only): at batch 4, 111 ms against 15 for ConvMixer-768/32's 7x7 layer
+    and 34 against 2.1 for ConvNeXt-T's first stage. The result agrees with autograd's to
+    float rounding.
+    """
+    if _slow_depthwise_grad(x, weight, padding, groups):
+        return _DepthwiseConv2d.apply(x, weight, bias, to_2tuple(stride), to_2tuple(padding), to_2tuple(dilation))
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` (same arguments, parameters and keys) whose CPU inference on a channels-last
-    float32 map runs on a cached prepacked weight, for the convolutions no BatchNorm follows
-    directly (those take :func:`apply_conv_bn`)."""
+    """``nn.Conv2d`` (same arguments, parameters and keys) with visionzoo's CPU paths: inference
+    on a channels-last float32 map runs on a cached prepacked weight (for the convolutions no
+    BatchNorm follows directly; those take :func:`apply_conv_bn`), and a depthwise convolution
+    larger than 3x3 gets its weight gradient from :func:`depthwise_weight_grad` (:func:`conv2d`)."""
 
     def forward(self, x: Tensor) -> Tensor:
         wb, packed = _prepared(self, None, x)
         return _run_packed(self, x, *wb) if packed and wb is not None else super().forward(x)
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.padding_mode != "zeros":
+            return super()._conv_forward(x, weight, bias)
+        return conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 _PLAIN_FORWARDS = (nn.Conv2d.forward, Conv2d.forward)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, evenly_spaced, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import classifier
+from ..layers import Conv2d, classifier
 from ..layers.activations import GELU
 from ..registry import default_cfg, register_family
 
@@ -49,7 +49,7 @@ class Residual(nn.Module):
 def _mixer_block(dim: int, kernel_size: int, act: Callable[[], nn.Module]) -> nn.Sequential:
     """Depthwise k x k (residual) then pointwise 1x1, each followed by act and BN."""
     return nn.Sequential(
-        Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding=kernel_size // 2), act(), nn.BatchNorm2d(dim))),
+        Residual(nn.Sequential(Conv2d(dim, dim, kernel_size, groups=dim, padding=kernel_size // 2), act(), nn.BatchNorm2d(dim))),
         nn.Conv2d(dim, dim, 1),
         act(),
         nn.BatchNorm2d(dim),

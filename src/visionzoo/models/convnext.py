@@ -39,7 +39,7 @@ class ConvNeXtBlock(nn.Module):
 
     def __init__(self, dim: int, *, kernel_size: int = 7, mlp_ratio: float = 4.0, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.conv_dw = Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)  # (its fast CPU weight gradient)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
         self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value > 0 else None

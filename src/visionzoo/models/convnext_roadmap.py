@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, LayerNorm2d, MaxPool2d, classifier, drop_path_rates, trunc_normal_
+from ..layers import Conv2d, DropPath, LayerNorm2d, MaxPool2d, classifier, drop_path_rates, trunc_normal_
 from ..registry import default_cfg, register_family
 
 __all__ = ["RoadmapConfig", "RoadmapNet"]
@@ -120,7 +120,7 @@ class RoadmapBlock(nn.Module):
 
         def spatial(c_in: int, c_out: int) -> nn.Conv2d:
             groups = c_in if cfg.depthwise or cfg.block != "bottleneck" else 1
-            return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups)
+            return Conv2d(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups)
 
         if cfg.block == "bottleneck":
             mid = int(out_dim * cfg.bottleneck_width)

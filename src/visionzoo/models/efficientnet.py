@@ -32,12 +32,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, classifier, make_divisible, pad_same, skippable
+from ..layers import Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -130,7 +129,7 @@ def stage_specs(cfg: EfficientNetConfig) -> list[StageSpec]:
 
 
 # --------------------------------------------------------------------------- blocks
-class Conv2dPad(nn.Conv2d):
+class Conv2dPad(Conv2d):
     """Bias-free ``nn.Conv2d`` padded symmetrically (k // 2) or as TensorFlow's 'SAME'.
 
     'SAME' is computed from each input's size, so any input size works either way; the two
@@ -150,7 +149,7 @@ class Conv2dPad(nn.Conv2d):
         if not self.tf_padding:
             return super()._conv_forward(x, weight, bias)
         x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return conv2d(x, weight, bias, self.stride, (0, 0), self.dilation, self.groups)
 
 
 class SqueezeExcite(nn.Module):
