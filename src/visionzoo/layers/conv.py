@@ -39,6 +39,12 @@ sigmoid, tanh, hard sigmoid) and adds the residual as oneDNN post-ops, without a
 over the output (oneDNN takes a sum only alone or before a ReLU). ``VISIONZOO_PACK_CONV=0``
 or :func:`set_conv_packing` turns packing off (so does turning folding off, for the
 convolutions a BatchNorm follows).
+
+Depthwise weight gradients. In CPU training, :class:`Conv2d` (and :func:`conv2d`) computes
+the weight gradient of a depthwise convolution larger than 3x3 as one depthwise convolution
+over the batch's planes (:func:`depthwise_weight_grad`); oneDNN's kernel for it takes 5-40x
+the forward pass at these sizes (BENCHMARKS.md, training notes). 3x3 kernels, grouped
+convolutions, autocast, ``torch.func`` transforms, compilation and tracing keep ``F.conv2d``.
 """
 
 from __future__ import annotations
