@@ -925,3 +925,6 @@ def test_depthwise_grad_path_stays_out_of_the_way():
     got = torch.func.grad(loss(conv))(params, x.detach())
     expected = torch.func.grad(loss(ref))(dict(ref.named_parameters()), x.detach())
     torch.testing.assert_close(got["weight"], expected["weight"])
+    for k in (3, 5):  # FX symbolic tracing (torchvision's feature extraction) sees F.conv2d
+        traced = torch.fx.symbolic_trace(Conv2d(4, 4, k, padding=k // 2, groups=4))
+        assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [F.conv2d]

@@ -278,12 +278,12 @@ def _slow_depthwise_grad(x: Tensor, weight: Tensor, padding: tuple[int, int] | s
     """Whether ``F.conv2d(x, weight, ...)`` is a CPU depthwise convolution larger than 3x3
     whose weight gradient autograd will compute (see :func:`conv2d`)."""
     return (
-        torch.is_grad_enabled()
+        plain_cpu_eager(x)  # first: an FX proxy (of x or the weight) must not reach the comparisons
+        and torch.is_grad_enabled()
         and weight.requires_grad
         and weight.dim() == 4
         and weight.shape[2] * weight.shape[3] > 9
         and not isinstance(padding, str)
-        and plain_cpu_eager(x)
         and x.dim() == 4
         and groups == x.shape[1] == weight.shape[0]
         and not torch.is_autocast_enabled("cpu")
