@@ -113,6 +113,8 @@ def test_cli_debug_shows_traceback():
         (("bench", "vit_tiny_patch16_244"), "did you mean"),
         (("bench", "vit_tiny_patch16_224", "--batch-size", "0"), "--batch-size must be positive"),
         (("bench", "vit_tiny_patch16_224", "--compare", "torchvision"), "--compare supports 'timm' only"),
+        (("bench", "vit_tiny_patch16_224", "--rounds", "0"), "--rounds must be at least 1"),
+        (("bench", "vit_tiny_patch16_224", "--warmup", "-1"), "--warmup must be at least 0"),
         (("bench", "convnext_tiny", "--img-size", "20"), "cannot take img_size 20x20"),
         (("export", "vit_tiny_patch16_224", "--output", "model.pt"), "--output must end in .onnx"),
         (("export", "vit_tiny_patch16_224", "--output", "m.onnx", "--opset", "3"), "--opset must be between"),

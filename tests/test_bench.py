@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -52,7 +53,6 @@ def _run_benchmarks_module():
 
 
 def test_update_rows_replaces_only_the_named_rows(tmp_path):
-    import pytest
 
     rb = _run_benchmarks_module()
     table = "## dev — inference\n\nrun line A\n\n| model | x |\n|---|---|\n| m1 | 1 |\n| m2 | 2 |\n"
@@ -85,7 +85,6 @@ def test_paired_ratio_compares_within_rounds():
     assert (round(median, 6), round(q1, 6), round(q3, 6)) == (1.2, 1.1, 1.2)
     assert abs(paired_ratio(b, a)[0] - 1 / 1.2) < 1e-9  # from b's side: a's time over b's
     assert paired_ratio(_result("a", [4.0]), _result("b", [5.0])) == (1.25, 1.25, 1.25)
-    import pytest
 
     with pytest.raises(ValueError, match="not timed in the same rounds"):
         paired_ratio(a, _result("b", [1.0]))
@@ -108,14 +107,12 @@ def test_peak_fraction_sets_each_round_against_its_own_probe():
     assert [round(v, 9) for v in peak_fraction(r)] == [0.5, 0.5, 0.5]  # 200 GFLOP/s of 400, 100 of 200, ...
     train = BenchResult("a", "m", "train", 2, 8, 1.0, 1.0, None, 0.5, 1.0, [60.0], [400.0])
     assert round(peak_fraction(train)[0], 9) == 0.25  # 3x the forward's FLOPs: 6 GFLOP in 60 ms, 100 of 400
-    import pytest
 
     with pytest.raises(ValueError, match="no GEMM peak was probed"):
         peak_fraction(BenchResult("a", "m", "infer", 2, 8, 1.0, 1.0, None, 0.5, 1.0, [10.0]))
 
 
 def test_bench_models_probes_the_peak_in_every_round():
-    import pytest
 
     res = bench_models({"a": lambda: Recorder("a", []), "b": lambda: Recorder("b", [])}, name="rec", batch_size=1,
                        img_size=8, warmup=1, rounds=2, iters=1, min_round_s=0.0, probe_peak=True)
@@ -124,3 +121,11 @@ def test_bench_models_probes_the_peak_in_every_round():
         assert all(p > 1.0 for p in r.round_peak_gflops)
     with pytest.raises(ValueError, match="GEMM peak of the CPU"):
         bench_models({"a": lambda: Recorder("a", [])}, name="rec", device="cuda", probe_peak=True)
+
+
+@pytest.mark.parametrize("kw", [dict(rounds=0), dict(iters=0), dict(warmup=-1), dict(batch_size=0)])
+def test_bench_models_refuses_empty_timings(kw):
+    built = []
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        bench_models({"a": lambda: built.append(1) or Recorder("a", [])}, name="rec", **{"batch_size": 1, "img_size": 8, **kw})
+    assert not built  # refused before any model is built

@@ -204,6 +204,8 @@ def bench_models(
     round by round. With ``probe_peak`` (CPU only) each round starts with the GEMM probe of
     :func:`gemm_peak_gflops` (best of 3), run by a process of its own, for :func:`peak_fraction`.
     """
+    if rounds < 1 or iters < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"need rounds >= 1, iters >= 1, warmup >= 0 and batch_size >= 1, got {rounds}, {iters}, {warmup}, {batch_size}")
     if probe_peak and torch.device(device).type != "cpu":
         raise ValueError(f"probe_peak measures the fp32 GEMM peak of the CPU; the device is {device}")
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)

@@ -20,6 +20,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
     if args.img_size is not None and args.img_size < 1:
         raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0)):
+        if value < least:
+            raise CLIError(f"{flag} must be at least {least}, got {value}")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise CLIError("--device cuda: no CUDA device is available")
     timm = None
