@@ -343,6 +343,41 @@ def test_fused_linear_reorders_a_weight_once_it_is_reused():
         assert w not in _BLOCKED
 
 
+def test_derived_cache_sees_a_dtype_round_trip_that_reuses_the_weight_address():
+    """``.bfloat16().float()`` gives a weight a new storage with an unchanged version counter,
+    and glibc often hands the new data the freed data's address (about half of these trials):
+    the cached value must still be recomputed from the rounded weight."""
+    from visionzoo.layers.helpers import DerivedCache
+
+    cache = DerivedCache()
+    calls = []
+    for trial in range(20):
+        fc = torch.nn.Linear(384, 1536)  # 2.4 MB: glibc maps it, and munmap + mmap often reuse the address
+        compute = lambda fc=fc: calls.append(1) or (fc.weight * 1,)  # noqa: E731
+        before = cache.get(fc, [fc.weight], compute)[0]
+        assert cache.get(fc, [fc.weight], compute)[0] is before  # unchanged: served from the cache
+        fc.bfloat16().float()
+        after = cache.get(fc, [fc.weight], compute)[0]
+        assert len(calls) == 2 * (trial + 1), f"trial {trial}: a stale value was served after .bfloat16().float()"
+        torch.testing.assert_close(after, fc.weight, rtol=0, atol=0)
+
+
+@needs_onednn
+@pytest.mark.usefixtures("onednn_on")
+def test_fused_linear_after_a_dtype_round_trip_uses_the_new_weight():
+    torch.manual_seed(0)
+    x = torch.randn(64, 384)
+    for _ in range(10):
+        fc = torch.nn.Linear(384, 1536)
+        with torch.no_grad():
+            fc.weight.normal_()
+        with torch.inference_mode():
+            linear(fc, x), linear(fc, x)  # the second use caches the reordered weight
+        fc.bfloat16().float()  # the values are rounded to bf16
+        with torch.inference_mode():
+            torch.testing.assert_close(linear(fc, x), x @ fc.weight.T + fc.bias, rtol=1e-5, atol=1e-4)
+
+
 def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):
     monkeypatch.setenv("VISIONZOO_ONEDNN_LINEAR", "0")
     assert not _default_on()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules import module as _module
 from torch.utils.weak import WeakIdKeyDictionary
 
@@ -163,13 +164,14 @@ class DerivedCache:
     """
 
     def __init__(self) -> None:
-        self._entries: WeakIdKeyDictionary = WeakIdKeyDictionary()  # owner -> (stamp, value)
+        self._entries: WeakIdKeyDictionary = WeakIdKeyDictionary()  # owner -> (stamp, value, weak refs to the sources' storages)
         _CACHES.append(self)
 
     @staticmethod
     def stamp(sources: Iterable[Tensor | None]) -> tuple | None:
-        """What identifies the values of ``sources``; None when one cannot be tracked (an
-        inference tensor changes in place without bumping its version counter)."""
+        """What identifies the values of ``sources``: per tensor its storage object, data
+        pointer, version counter and dtype; None when one cannot be tracked (an inference
+        tensor changes in place without bumping its version counter)."""
         out = []
         for t in sources:
             if t is None:
@@ -177,13 +179,22 @@ class DerivedCache:
             elif t.is_inference():
                 return None
             else:
-                out.append((t.data_ptr(), t._version, t.dtype))
+                out.append((t.untyped_storage()._cdata, t.data_ptr(), t._version, t.dtype))
         return tuple(out)
+
+    def _store(self, owner: object, sources: tuple[Tensor | None, ...], key: tuple, value: tuple[Tensor, ...]) -> None:
+        # The entry holds weak references to the sources' storages: while it lives, no other
+        # storage can take their addresses. ``.to()`` / ``.float()`` give a parameter a new
+        # storage without touching its version counter, and the allocator may hand the new data
+        # the old data pointer, so the pointer alone would let a stale value be reused.
+        refs = tuple(StorageWeakRef(t.untyped_storage()) for t in sources if t is not None)
+        self._entries[owner] = (key, value, refs)
 
     def get(self, owner: object, sources: Iterable[Tensor | None], compute: Callable[[], tuple[Tensor, ...] | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
         """The cached ``compute()`` for ``owner`` while ``sources`` (and ``extra``, plain values
         such as an eps) are unchanged; None where the sources cannot be tracked or ``compute``
         gives None."""
+        sources = tuple(sources)
         stamp = self.stamp(sources)
         if stamp is None:
             return None
@@ -193,7 +204,7 @@ class DerivedCache:
             return hit
         value = compute()
         if value is not None:
-            self._entries[owner] = (key, value)
+            self._store(owner, sources, key, value)
         return value
 
     def lookup(self, owner: object, sources: Iterable[Tensor | None], extra: tuple = ()) -> tuple[Tensor, ...] | None:
@@ -208,9 +219,10 @@ class DerivedCache:
     def put(self, owner: object, sources: Iterable[Tensor | None], value: tuple[Tensor, ...], extra: tuple = ()) -> tuple[Tensor, ...]:
         """Store ``value`` for ``owner`` as computed from ``sources`` (and ``extra``) as they are
         now, replacing any entry (nothing is stored where they cannot be tracked); returns ``value``."""
+        sources = tuple(sources)
         stamp = self.stamp(sources)
         if stamp is not None:
-            self._entries[owner] = (stamp + extra, value)
+            self._store(owner, sources, stamp + extra, value)
         return value
 
     def discard(self, owner: object) -> None:
