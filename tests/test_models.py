@@ -252,3 +252,38 @@ def test_grad_checkpointing_gives_the_same_gradients_from_fewer_saved_activation
         torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()) + 1e-12, msg=n)
     ckpt.set_grad_checkpointing(False)
     assert not ckpt.grad_checkpointing and step(ckpt)[0] == plain_bytes
+
+
+@pytest.mark.parametrize("family", _families())
+def test_batchnorms_training_inside_an_eval_model_use_the_whole_batch(family, monkeypatch):
+    """Test-time adaptation (AdaBN) puts only the BatchNorms in training mode. Without autograd
+    the model must still normalise with the whole batch's statistics and update the running
+    statistics once: no folding of training norms, and no splitting of the batch (CoAtNet's
+    MBConv splits large batches in inference; here it is made to split every batch). In fp64:
+    batch statistics of small maps amplify fp32 rounding, and channels-last inference (which
+    these models run) computes them in another order."""
+    import copy
+
+    from family_models import small_side, smallest_per_family
+
+    from visionzoo.models.coatnet import MBConvBlock
+    from visionzoo.testing import build_random
+
+    monkeypatch.setattr(MBConvBlock, "chunk_elements", 1)
+    torch.manual_seed(0)
+    model = build_random(lambda: visionzoo.create_model(smallest_per_family()[family], num_classes=5)).double().eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        pytest.skip(f"{family} has no BatchNorm")
+    for m in norms:
+        m.train()
+    other = copy.deepcopy(model)
+    S = small_side(model)
+    x = torch.randn(3, 3, S, S, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(x)
+    ref = other(x).detach()
+    torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7 * float(ref.abs().max()))
+    for (n, a), b in zip(model.named_buffers(), other.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=n)
+

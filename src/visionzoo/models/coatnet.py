@@ -220,8 +220,9 @@ class MBConvBlock(nn.Module):
     chunk_elements: int = 1 << 23
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training or torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu":
-            # batch statistics need the whole batch; traced graphs get no shape-dependent branches
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or any(m.training for m in self.modules()):
+            # traced graphs get no shape-dependent branches; batch statistics need the whole batch
+            # (also where only the BatchNorms train, as in test-time adaptation of an eval model)
             return self._forward(x)
         B, _, H, W = x.shape
         per_sample = self.conv1_1x1.out_channels * H * W
