@@ -287,3 +287,35 @@ def test_batchnorms_training_inside_an_eval_model_use_the_whole_batch(family, mo
     for (n, a), b in zip(model.named_buffers(), other.buffers()):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=n)
 
+@pytest.mark.parametrize("family", _families())
+def test_hooks_on_any_part_see_in_inference_what_they_see_with_autograd(family):
+    """Inference fast paths skip modules' forward calls (folded norms, fused or reordered
+    weights) or feed them another layout (Swin's stages keep tokens in window order). They
+    stand aside where a part has a forward hook: with a hook on every leaf, each hook fires
+    in inference with the tensors it gets with autograd on, and every leaf with weights and a
+    forward is called. At the default input size, where Swin takes its window-ordered path."""
+    from family_models import smallest_per_family
+
+    from visionzoo.testing import build_random
+
+    torch.manual_seed(0)
+    model = build_random(lambda: visionzoo.create_model(smallest_per_family()[family], num_classes=5)).eval()
+    x = torch.randn(1, *model.default_cfg["input_size"])
+    seen: dict[str, list[torch.Tensor]] = {}
+    leaves = {n: m for n, m in model.named_modules() if n and not any(True for _ in m.children())}
+    for n, m in leaves.items():
+        m.register_forward_hook(lambda m, args, out, n=n: seen.setdefault(n, []).append(out.detach().clone()) if isinstance(out, torch.Tensor) else None)
+    with torch.enable_grad():
+        ref = model(x).detach()
+    with_grad, seen = seen, {}
+    with torch.inference_mode():
+        out = model(x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    weighted = {n for n, m in leaves.items() if type(m).forward is not torch.nn.Module.forward and any(True for _ in m.parameters())}
+    assert weighted <= set(with_grad), f"never called: {sorted(weighted - set(with_grad))[:5]}"
+    assert seen.keys() == with_grad.keys()
+    for n, outs in with_grad.items():
+        assert [o.shape for o in seen[n]] == [o.shape for o in outs], n
+        for a, b in zip(seen[n], outs):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-6, msg=n)
+

@@ -68,6 +68,7 @@ from ..checkpoints import identity, register_converter
 from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
+from ..layers.helpers import no_hooks
 from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
@@ -169,7 +170,7 @@ class PoolShortcut(nn.Module):
         if self.channels_last:
             return self.expand(pool_cl(x))
         x = avg_pool2(x)
-        return x if isinstance(self.expand, nn.Identity) else pointwise(x, self.expand.weight, self.expand.bias)
+        return x if isinstance(self.expand, nn.Identity) else self.expand(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class MBConvBlock(nn.Module):
@@ -183,6 +184,7 @@ class MBConvBlock(nn.Module):
     convolution): the same function with three fewer passes over the largest maps of the
     network. 1x1 convolutions run as matmuls (see :func:`pointwise`), and the SE gate is
     applied to the projection's weights (per sample) rather than to the map when autograd is on.
+    Where any part has a forward hook, every part is called as a module instead.
 
     Args:
         in_chs, out_chs: widths; a stride-2 block pools and widens its shortcut.
@@ -233,6 +235,11 @@ class MBConvBlock(nn.Module):
 
     def _forward(self, x: Tensor) -> Tensor:
         shortcut = self.shortcut(x)
+        parts = (self.pre_norm, self.conv1_1x1, self.norm1, self.conv2_kxk, self.norm2, *self.se.modules(), self.conv3_1x1)
+        if not no_hooks(*parts):  # each part called as a module: its hooks see what they expect
+            x = gelu(self.norm1(self.conv1_1x1(self.pre_norm(x))))
+            x = self.conv3_1x1(self.se(gelu(self.norm2(self.conv2_kxk(x)))))
+            return self.drop_path(x) + shortcut
         aff0, aff1, aff2 = bn_affine(self.pre_norm), bn_affine(self.norm1), bn_affine(self.norm2)
         if aff0 is not None and aff1 is not None and aff2 is not None:
             # norm1(W (s0 x + t0)) = s1 W s0 x + s1 W t0 + t1

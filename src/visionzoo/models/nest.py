@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
-from ..layers.helpers import DerivedCache, plain_cpu_eager
+from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -132,6 +132,8 @@ class BlockAttention(nn.Module):
             qkv = linear(self.qkv, x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
             x = attention(qkv[0], qkv[1], qkv[2], dropout_p=drop, fused=self.fused)  # B*T, nH, N, hd
             x = x.transpose(1, 2)  # B*T, N, nH, hd
+        if not no_hooks(self.proj):  # the module, on its (hd, nH) input order (timm's)
+            return self.proj_drop(self.proj(x.reshape(B, T, N, nH, hd).transpose(-1, -2).reshape(B, T, N, C)))
         cached = not torch.is_grad_enabled() and plain_cpu_eager(x)
         x = linear_act(x.reshape(B, T, N, C), self.proj_weight(cached), self.proj.bias)
         return self.proj_drop(x)

@@ -264,7 +264,7 @@ class SwinStage(nn.Module):
         x = self.downsample(x)
         B, H, W, C = x.shape
         plans = self.plans(H, W, x.device)
-        if not torch.is_grad_enabled() and all(type(b) is SwinBlock and no_hooks(b) for b in self.blocks) and plans[0].padded == (H, W):
+        if not torch.is_grad_enabled() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self.blocks) and plans[0].padded == (H, W):
             return self._forward_windowed(x, plans)
         for blk in self.blocks:
             x = blk(x, plans[blk.shifted])
@@ -275,7 +275,8 @@ class SwinStage(nn.Module):
         through the stage, re-listed once between a regular and a shifted block (one gather,
         where the per-block path rolls, partitions, reverses and rolls back), and the
         attention's projection accumulates into the residual. LayerNorm and the MLP act per
-        token, so the order changes nothing but the memory traffic."""
+        token, so the order changes nothing but the memory traffic. Not taken where a block or
+        any part of it has forward hooks: they would see tokens in window order."""
         B, H, W, C = x.shape
         x = x.reshape(B, H * W, C)
         prev = None  # the plan whose order the tokens are in; None: raster

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp
+from ..layers.helpers import no_hooks
 from ..layers.window import window_partition, window_reverse
 from ..registry import default_cfg, register_family
 from .swin import SwinConfig, SwinStage, SwinTransformer, _from_stage_end_layout
@@ -67,8 +68,10 @@ class SwinMLPBlock(nn.Module):
         Hp, Wp = H + top + bottom, W + left + right
         N = Mh * Mw
         win = window_partition(x, (Mh, Mw)).view(-1, N, nH, C // nH).transpose(1, 2)  # B*nW, nH, N, C/nH
-        weight = self.spatial_mlp.weight.view(nH, N, N)
-        win = torch.matmul(weight, win) + self.spatial_mlp.bias.view(nH, N, 1)  # B*nW, nH, N, C/nH
+        if no_hooks(self.spatial_mlp):  # its weight as nH (N x N) matrices: no copy of the windows
+            win = torch.matmul(self.spatial_mlp.weight.view(nH, N, N), win) + self.spatial_mlp.bias.view(nH, N, 1)  # B*nW, nH, N, C/nH
+        else:  # the module, on the release's (B*nW, nH*N, C/nH) layout
+            win = self.spatial_mlp(win.reshape(-1, nH * N, C // nH)).view(-1, nH, N, C // nH)
         x = window_reverse(win.transpose(1, 2).reshape(-1, N, C), (Mh, Mw), Hp, Wp)
         return x[:, top : top + H, left : left + W]
 
