@@ -203,9 +203,10 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, ...] | None:
         if aff is None:
             return None
         w = conv.weight
-        scale, shift = (a.float() for a in aff)  # fold in fp32 whatever the parameters' dtype
-        weight = (w.float() * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
-        return weight, (shift if conv.bias is None else conv.bias.float() * scale + shift).to(w.dtype)
+        dt = torch.promote_types(w.dtype, torch.float32)  # fold in fp32 at least (fp16/bf16 weights), fp64 in fp64
+        scale, shift = (a.to(dt) for a in aff)
+        weight = (w.to(dt) * scale.reshape(-1, *[1] * (w.dim() - 1))).to(w.dtype)
+        return weight, (shift if conv.bias is None else conv.bias.to(dt) * scale + shift).to(w.dtype)
 
     return _FOLDED.get(conv, _sources(conv, bn), fold, (bn.eps,))
 

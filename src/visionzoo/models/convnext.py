@@ -69,9 +69,10 @@ class ConvNeXtBlock(nn.Module):
             return fc2.weight, fc2.bias
 
         def fold() -> tuple[Tensor, Tensor | None]:
-            g = gamma.float()
-            w = (fc2.weight.float() * g[:, None]).to(fc2.weight.dtype)
-            return w, None if fc2.bias is None else (fc2.bias.float() * g).to(fc2.weight.dtype)
+            dt = torch.promote_types(fc2.weight.dtype, torch.float32)  # fp32 at least, fp64 in fp64
+            g = gamma.to(dt)
+            w = (fc2.weight.to(dt) * g[:, None]).to(fc2.weight.dtype)
+            return w, None if fc2.bias is None else (fc2.bias.to(dt) * g).to(fc2.weight.dtype)
 
         return _SCALED_FC2.get(self, (fc2.weight, fc2.bias, gamma), fold) or fold()  # (fold() per call if untrackable)
 
