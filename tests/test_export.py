@@ -49,3 +49,31 @@ def test_export_cli(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert bad.returncode == 2 and "checkpoint file not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_export_cli_builds_the_checkpoints_classifier(tmp_path, capsys):
+    """A foreign checkpoint with 10 classes exports with its 10-class head (not a fresh
+    1000-class one); what the exporter cannot write is refused with one line."""
+    ort = pytest.importorskip("onnxruntime")
+    from visionzoo.cli import main
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("resnet18", num_classes=10).eval()
+    torch.save(model.state_dict(), tmp_path / "r18.pth")
+    out = tmp_path / "r18.onnx"
+    assert main(["export", "resnet18", "--checkpoint", str(tmp_path / "r18.pth"), "--img-size", "64", "--output", str(out)]) == 0
+    x = torch.randn(2, 3, 64, 64)
+    (y,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)
+    capsys.readouterr()
+    (tmp_path / "dir.onnx").mkdir()
+    for args, message in [
+        (["--checkpoint", str(tmp_path / "r18.pth"), "--num-classes", "5"], "does not have 5 outputs"),
+        (["--opset", "13"], "between 18 and 23"),  # torch.onnx failed to convert and wrote opset 18
+    ]:
+        assert main(["export", "resnet18", *args, "--output", str(tmp_path / "x.onnx")]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["export", "resnet18", "--output", str(tmp_path / "dir.onnx")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()

@@ -15,6 +15,7 @@ import torch
 
 import visionzoo
 from visionzoo.cli import main
+from visionzoo.train.inference import load_trained
 
 pytest.importorskip("sklearn")
 
@@ -147,6 +148,15 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
     assert main(["predict", "--checkpoint", str(out / "model.safetensors"), str(data / "red" / "0.png"), "--topk", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(data / "red" / "0.png")) and any(c in line for c in ("red", "green", "blue"))
+    # export: the run's architecture (dim 16, depth 2, patch 2), 3 classes and 16 px input
+    ort = pytest.importorskip("onnxruntime")
+    assert main(["export", "convmixer_256_8", "--checkpoint", str(out / "model.safetensors"), "--output", str(tmp_path / "ft.onnx")]) == 0
+    assert "(ok)" in capsys.readouterr().out
+    x = torch.randn(2, 3, 16, 16)
+    (y,) = ort.InferenceSession(str(tmp_path / "ft.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    model, _ = load_trained(out / "model.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)
 
 
 def test_finetune_vit_resizes_position_embeddings(tmp_path, capsys):

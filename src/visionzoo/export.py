@@ -16,6 +16,9 @@ __all__ = ["export_onnx", "export_program", "verify_onnx"]
 
 _log = logging.getLogger(__name__)
 
+#: the opsets torch.onnx's exporter writes (an older one it fails to convert to, keeping 18)
+MIN_OPSET, MAX_OPSET = 18, 23
+
 
 def _example(model: nn.Module, img_size: int | tuple[int, int] | None, batch: int) -> torch.Tensor:
     cfg = getattr(model, "default_cfg", {}) or {}
@@ -44,8 +47,15 @@ def export_onnx(
     """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``).
 
     The file is written to a temporary name and renamed once complete.
+
+    Raises:
+        ValueError: an opset outside 18-23; ``path`` is a directory.
     """
     path = Path(path)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {opset}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give the path of the .onnx file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = _example(model, img_size, batch)

@@ -9,22 +9,32 @@ from . import CLIError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import export_onnx, verify_onnx
+    from ..export import MAX_OPSET, MIN_OPSET, export_onnx, verify_onnx
     from ..factory import create_model
+    from ..train.inference import load_trained
 
     out = Path(args.output)
     if out.suffix.lower() != ".onnx":
         raise CLIError(f"--output must end in .onnx, got {out}")
+    if out.is_dir():
+        raise CLIError(f"--output {out} is a directory; give the path of the .onnx file to write")
     if args.img_size is not None and args.img_size < 1:
         raise CLIError(f"--img-size must be positive, got {args.img_size}")
-    if not 7 <= args.opset <= 23:
-        raise CLIError(f"--opset must be between 7 and 23, got {args.opset}")
+    if not MIN_OPSET <= args.opset <= MAX_OPSET:
+        raise CLIError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {args.opset}")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise CLIError(f"checkpoint file not found: {args.checkpoint}")
-    kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
-    if args.img_size:
-        kwargs["img_size"] = args.img_size
-    model = create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+    if args.num_classes is not None and args.num_classes < 0:
+        raise CLIError(f"--num-classes must be 0 or more, got {args.num_classes}")
+    if args.checkpoint:
+        # as eval and predict: a visionzoo train run's architecture, classes and input size,
+        # or a foreign checkpoint's classifier size
+        model, _ = load_trained(args.checkpoint, args.name, num_classes=args.num_classes, img_size=args.img_size)
+    else:
+        kwargs = {"num_classes": args.num_classes} if args.num_classes is not None else {}
+        if args.img_size:
+            kwargs["img_size"] = args.img_size
+        model = create_model(args.name, **kwargs).eval()
     export_onnx(model, out, img_size=args.img_size, opset=args.opset)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
     try:
@@ -44,5 +54,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="path of the .onnx file to write")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000, or the checkpoint's)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23 (default 18)")
     p.set_defaults(func=cmd_export)
