@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
+    if args.threads < 1 or args.rounds < 1:
+        ap.error(f"--threads and --rounds must be at least 1, got {args.threads} and {args.rounds}")
     torch.set_num_threads(args.threads)
     kernel = torch.ops.mkldnn._linear_pointwise
     print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads")

@@ -122,8 +122,17 @@ def main() -> None:
         print(json.dumps(bench_one(args.worker, args)))
         return
 
+    if args.device not in ("cpu", "cuda"):
+        raise SystemExit(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU is available here")
+    if args.batch_size < 1 or args.rounds < 1:
+        raise SystemExit(f"--batch-size and --rounds must be at least 1, got {args.batch_size} and {args.rounds}")
     registered = set(visionzoo.list_models())
-    models = [m for m in (args.models or DEFAULT_MODELS) if m in registered and timm.is_model(m)]
+    models = args.models or DEFAULT_MODELS
+    unknown = [m for m in models if m not in registered or not timm.is_model(m)]
+    if unknown:  # before anything is timed or written: a typo must not empty a table
+        raise SystemExit(f"not a model that both visionzoo and timm have: {', '.join(unknown)}")
     peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
     mode = "train" if args.train else "inference"
     opts = ", ".join(o for o, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on) or "fp32"

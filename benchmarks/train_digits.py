@@ -26,6 +26,8 @@ def main() -> None:
     ap.add_argument("--output", default="runs/bench-digits")
     ap.add_argument("--epochs", type=int, default=None, help="default: the CLI's default (10)")
     args = ap.parse_args()
+    if args.threads < 1 or (args.epochs is not None and args.epochs < 1):
+        ap.error(f"--threads and --epochs must be at least 1, got {args.threads} and {args.epochs}")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
@@ -37,7 +39,7 @@ def main() -> None:
         out = f"{args.output}-seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(seed=seed, output=out, progress="none")
-        if args.epochs:
+        if args.epochs is not None:
             cfg.epochs = args.epochs
         t0, c0 = time.perf_counter(), time.process_time()
         s = train(cfg)

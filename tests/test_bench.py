@@ -69,6 +69,26 @@ def test_update_rows_replaces_only_the_named_rows(tmp_path):
         rb._find_section(tmp_path / "B.md", "## other")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--models", "regnetx_002", "regnetx_02"], "not a model that both visionzoo and timm have: regnetx_02"),
+    (["--models", "convmixer_256_8"], "convmixer_256_8"),  # visionzoo's alone: no ratio to write
+    (["--batch-size", "0"], "at least 1"),
+    (["--device", "tpu"], "cpu or cuda"),
+])
+def test_run_benchmarks_refuses_bad_arguments_before_writing(tmp_path, monkeypatch, args, message):
+    """A misspelt model was dropped and the emptied table replaced the existing one."""
+    import sys
+
+    pytest.importorskip("timm")
+    rb = _run_benchmarks_module()
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\nkept\n")
+    monkeypatch.setattr(sys, "argv", ["run_benchmarks.py", *args, "--output", str(out)])
+    with pytest.raises(SystemExit, match=message):
+        rb.main()
+    assert out.read_text() == "# Benchmarks\n\nkept\n"
+
+
 def _result(impl: str, round_ms: list[float]):
     from visionzoo.bench import BenchResult
 
