@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -36,7 +35,7 @@ from pathlib import Path
 import torch
 
 import visionzoo
-from visionzoo.bench import bench_models, paired_ratio, peak_fraction
+from visionzoo.bench import bench_models, device_description, paired_ratio, peak_fraction
 
 # every family timm also implements (the GEMM-bound ones first; the ResNet and Inception
 # families by their variants: hybrid ViT, ResNeXt, SE-ResNet, v3, v4, Inception-ResNet)
@@ -47,22 +46,6 @@ DEFAULT_MODELS = [
     "vit_base_r50_s16_224", "resnext50_32x4d", "seresnet50", "hrnet_w18", "inception_v4",
     "inception_resnet_v2", "mobilenetv1_100",
 ]
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    # the vector ISA in the name: one CPU model name covers hosts with and without AVX-512,
-    # whose kernels (and visionzoo's defaults, see layers.linear) differ
-    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 #: glibc tunables of ``--malloc-fixed``: tensors up to 256 MB come from the heap, and the heap
@@ -138,7 +121,7 @@ def main() -> None:
     opts = ", ".join(o for o, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on) or "fp32"
     if args.malloc_fixed:
         opts += ", glibc malloc thresholds fixed"
-    title = f"## {device_name(args.device)} — {mode}, {opts}, batch {args.batch_size}"
+    title = f"## {device_description(args.device)} — {mode}, {opts}, batch {args.batch_size}"
     header = "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | ratio quartiles | visionzoo GFLOP/s" + (" | GEMM peak GFLOP/s | % of GEMM peak |" if peak else " |")
     if args.update_rows:  # the table and its rows must exist, with these columns, before anything is timed
         section = _find_section(Path(args.output), title)

@@ -89,6 +89,16 @@ def test_run_benchmarks_refuses_bad_arguments_before_writing(tmp_path, monkeypat
     assert out.read_text() == "# Benchmarks\n\nkept\n"
 
 
+def test_bench_cli_expands_wildcards_and_states_its_settings(capsys):
+    from visionzoo.cli import main
+
+    assert main(["bench", "regnetx_00[24]", "--img-size", "32", "--batch-size", "1", "--rounds", "1", "--iters", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("regnetx_00") and " infer " in line]
+    assert [(r[0], r[3]) for r in rows] == [("regnetx_002", "32"), ("regnetx_004", "32")]  # name, input side
+    assert "batch 1, fp32" in out and "GMACs: per image" in out and "--warmup 0 times the first steps" in out
+
+
 def _result(impl: str, round_ms: list[float]):
     from visionzoo.bench import BenchResult
 

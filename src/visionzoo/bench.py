@@ -2,7 +2,8 @@
 
 ``visionzoo bench`` uses this module. With ``compare="timm"`` timm's implementation of
 the same architecture (same name) is timed in the same process, alternating rounds with
-ours, so that both see the same machine state; the ratio ours/timm is reported.
+ours, so that both see the same machine state; the ratio reported is visionzoo's speed-up,
+timm's time per step over ours (above 1: visionzoo is faster).
 timm is imported only then (it is an optional, test-time dependency). With
 ``probe_peak`` every round also times a large GEMM, and :func:`peak_fraction` gives the share
 of that round's GEMM throughput a model reached.
@@ -14,17 +15,19 @@ import contextlib
 import gc
 import math
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_models", "gemm_peak_gflops", "paired_ratio", "peak_fraction"]
+__all__ = ["BenchResult", "bench_models", "device_description", "gemm_peak_gflops", "paired_ratio", "peak_fraction"]
 
 
 @dataclass
@@ -71,6 +74,26 @@ def peak_fraction(r: BenchResult) -> tuple[float, float, float]:
         raise ValueError(f"{r.impl} {r.name}: no GEMM peak was probed in its rounds (bench_models(probe_peak=True))")
     per_img = _gflop_per_image(r.gmacs, r.mode == "train")
     return _median_quartiles([r.batch_size / (ms / 1e3) * per_img / peak for ms, peak in zip(r.round_ms, r.round_peak_gflops)])
+
+
+def device_description(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU's model name with its vector ISA and the thread count.
+
+    The ISA is stated because one CPU model name covers hosts with and without AVX-512,
+    whose kernels (and visionzoo's defaults, see :mod:`visionzoo.layers.linear`) differ.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads"
 
 
 def _median_quartiles(values: list[float]) -> tuple[float, float, float]:

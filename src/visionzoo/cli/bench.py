@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import platform
+import re
 import statistics
 
 from . import CLIError
@@ -12,9 +12,9 @@ from . import CLIError
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import bench_models, paired_ratio, peak_fraction
+    from ..bench import bench_models, device_description, paired_ratio, peak_fraction
     from ..factory import create_model, model_info
-    from ..registry import get_entry
+    from ..registry import get_entry, list_models
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
@@ -23,8 +23,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0)):
         if value < least:
             raise CLIError(f"{flag} must be at least {least}, got {value}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA device is available")
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", args.device)
+    if args.device != "cpu" and not cuda:
+        raise CLIError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if cuda and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: no CUDA device is available")
+    if cuda and cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
+        raise CLIError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     timm = None
     if args.compare:
         if args.compare != "timm":
@@ -33,14 +38,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
             import timm  # noqa: F811  (optional: only for the side-by-side comparison)
         except ImportError:
             raise CLIError("--compare timm needs timm installed (pip install timm)") from None
-    names = [get_entry(n).name for n in args.names]  # unknown names fail before any timing
+    names = []
+    for pattern in args.names:  # wildcards as in `visionzoo list`; unknown names fail before any timing
+        matched = list_models(pattern) if any(c in pattern for c in "*?[") else [get_entry(pattern).name]
+        if not matched:
+            raise CLIError(f"no model matches {pattern!r} (visionzoo list shows the names)")
+        names += [n for n in matched if n not in names]
     sizes = {name: args.img_size or get_entry(name).default_cfg["input_size"][-1] for name in names}
     gmacs = {name: model_info(name, img_size=sizes[name])["gmacs"] for name in names}  # and sizes a model refuses
-    print(f"device {args.device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(f"device {args.device}: {device_description(args.device)}; torch {torch.__version__}")
+    precision = "bf16 autocast" if args.amp else "fp32"
+    layout = ", channels_last" if args.channels_last else ""
+    print(f"{'training steps (forward + backward + SGD step)' if args.train else 'inference (eval, inference_mode)'}, batch {args.batch_size}, "
+          f"{precision}{layout}{', torch.compile' if args.compile else ''}; {args.rounds} rounds of {args.iters} steps after {args.warmup} warm-up steps")
+    print("GMACs: per image, forward; GFLOP/s: 2 x GMACs x img/s" + (" x 3 (forward + backward)" if args.train else ""))
+    if args.warmup == 0:
+        print("note: --warmup 0 times the first steps too (weight packing, caches, allocator growth)")
     peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
     if peak:
-        print("%peak: the median over rounds of a model's GFLOP/s over the fp32 GEMM peak probed in the same round")
-    header = f"{'model':<34} {'impl':<9} {'mode':<6} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
+        print("%peak: the median over rounds of a model's GFLOP/s over the fp32 GEMM peak probed in the same round"
+              + (" (an fp32 peak: bf16 runs may exceed it)" if args.amp else ""))
+    header = f"{'model':<34} {'impl':<9} {'mode':<6} {'input':>5} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
     header += f" {'%peak':>6}" if peak else f" {'MB':>8}"
     print(header)
     for name in names:
@@ -51,13 +69,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 print(f"{name}: timm has no model of this name; timing visionzoo alone")
             else:
                 builders["timm"] = _timm_builder(timm, name, size)
-        results = bench_models(
-            builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
-            channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs[name],
-            warmup=args.warmup, rounds=args.rounds, iters=args.iters, probe_peak=peak,
-        )
+        try:
+            results = bench_models(
+                builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
+                channels_last=args.channels_last, compile=args.compile, device=args.device, gmacs=gmacs[name],
+                warmup=args.warmup, rounds=args.rounds, iters=args.iters, probe_peak=peak,
+            )
+        except Exception as e:
+            if not args.compile:
+                raise
+            # inductor needs a working C++ compiler (CPU) or Triton (GPU); its errors run to pages
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise CLIError(f"torch.compile failed for {name}: {first[:300]}") from None
         for r in results:
-            line = f"{r.name:<34} {r.impl:<9} {r.mode:<6} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
+            line = f"{r.name:<34} {r.impl:<9} {r.mode:<6} {size:>5} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
             line += f" {100 * peak_fraction(r)[0]:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
             print(line)
         if peak:
@@ -65,7 +90,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"{name:<34} GEMM peak probed in each round: median {statistics.median(probes):.1f} GFLOP/s (range {probes[0]:.1f}-{probes[-1]:.1f})")
         if len(results) == 2:
             ratio, q1, q3 = paired_ratio(*results)
-            print(f"{name:<34} ratio visionzoo/timm = {ratio:.3f} (median of {len(results[0].round_ms)} per-round ratios; quartiles {q1:.3f}-{q3:.3f})")
+            faster = "visionzoo faster" if ratio > 1 else "timm faster" if ratio < 1 else "equal"
+            print(f"{name:<34} speed-up of visionzoo over timm = {ratio:.3f} ({faster}; timm's time per step over visionzoo's, "
+                  f"median of {len(results[0].round_ms)} per-round ratios; quartiles {q1:.3f}-{q3:.3f})")
     return 0
 
 
@@ -82,19 +109,20 @@ def _timm_builder(timm, name: str, size: int):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="throughput / latency / memory, optionally beside timm")
-    p.add_argument("names", nargs="+", metavar="NAME")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--img-size", type=int, default=None)
+    p = sub.add_parser("bench", help="throughput / latency / memory, optionally beside timm",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("names", nargs="+", metavar="NAME", help="model names; wildcards as in `visionzoo list` ('resnet*')")
+    p.add_argument("--batch-size", type=int, default=4, help="images per step")
+    p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: each model's)")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory")
     p.add_argument("--compile", action="store_true", help="torch.compile both implementations")
-    p.add_argument("--train", action="store_true", help="forward + backward + optimizer step")
-    p.add_argument("--compare", default=None, metavar="timm", help="time timm's implementation alongside")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--train", action="store_true", help="time training steps: forward + backward + optimizer step")
+    p.add_argument("--compare", default=None, metavar="timm", help="time timm's implementation alongside and print visionzoo's speed-up")
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps per implementation first")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (implementations alternate)")
+    p.add_argument("--iters", type=int, default=5, help="least steps per round")
     p.set_defaults(func=cmd_bench)
 
 
