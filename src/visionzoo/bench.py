@@ -171,7 +171,7 @@ def _probe_server(threads: int) -> None:
 
 def _sync(device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
@@ -243,7 +243,7 @@ def bench_models(
             model = torch.compile(model)
         steps[impl] = _step_fn(model, x, train, amp, device)
         if torch.device(device).type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(device)
         step_s = float("inf")
         for _ in range(warmup):
             _sync(device)
@@ -253,7 +253,7 @@ def bench_models(
             step_s = min(step_s, time.perf_counter() - t)
         if warmup:  # the fastest warm-up step sets the count of steps per round
             iters = max(iters, math.ceil(min_round_s / max(step_s, 1e-6)))
-        mems[impl] = torch.cuda.max_memory_allocated() / 2**20 if torch.device(device).type == "cuda" else None
+        mems[impl] = torch.cuda.max_memory_allocated(device) / 2**20 if torch.device(device).type == "cuda" else None
         times[impl] = []
     probe, peaks = (_PeakProbe(), []) if probe_peak else (None, None)
     try:
