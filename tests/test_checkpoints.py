@@ -10,6 +10,7 @@ import torch
 
 import visionzoo
 from visionzoo import CheckpointError, load_checkpoint, save_state_dict
+from visionzoo.checkpoints.io import unwrap_state_dict
 from visionzoo.testing import build_random, max_rel_diff
 
 NAME = "vit_tiny_patch16_224"
@@ -49,6 +50,35 @@ def test_nested_training_checkpoint_with_ddp_prefix(tmp_path):
     dst = tiny()
     load_checkpoint(dst, tmp_path / "train.pth")
     torch.testing.assert_close(dst.state_dict()["pos_embed"], src.state_dict()["pos_embed"])
+
+
+def test_checkpoints_of_wrapped_models_load(tmp_path):
+    """State dicts saved from torch.compile (``_orig_mod.``), DDP around a compiled model, and
+    torch.optim.swa_utils.AveragedModel (torchvision's EMA: ``module.`` plus ``n_averaged``),
+    in .pth and .safetensors."""
+    from torch.nn.parallel import DataParallel
+    from torch.optim.swa_utils import AveragedModel
+
+    src = tiny()
+    x = torch.randn(1, 3, 32, 32)
+    wrapped = {
+        "compiled": torch.compile(src).state_dict(),  # compiles nothing until called
+        "dp_compiled": DataParallel(torch.compile(src)).state_dict(),
+        "compiled_dp": torch.compile(DataParallel(src)).state_dict(),
+        "ema": {"model_ema": AveragedModel(src).state_dict(), "epoch": 3},
+    }
+    assert any(k.startswith("module._orig_mod.") for k in wrapped["dp_compiled"]) and "n_averaged" in wrapped["ema"]["model_ema"]
+    for name, sd in wrapped.items():
+        torch.save(sd, tmp_path / f"{name}.pth")
+        paths = [tmp_path / f"{name}.pth"]
+        if name != "ema":
+            paths.append(save_state_dict(sd, tmp_path / f"{name}.safetensors"))
+        for path in paths:
+            dst = tiny()
+            load_checkpoint(dst, path)
+            torch.testing.assert_close(dst(x), src(x), msg=str(path))
+    with pytest.raises(CheckpointError, match="holds no tensors .'state_dict' empty"):
+        unwrap_state_dict({"state_dict": {}})
 
 
 def test_position_embedding_resized_to_model_size():

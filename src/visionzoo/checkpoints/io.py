@@ -31,11 +31,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel; torch.compile
+
+
 def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: bool = False) -> dict[str, Tensor]:
     """Find the flat {name: tensor} mapping inside a loaded checkpoint object.
 
-    Training checkpoints nest the weights (``{"model": ..., "optimizer": ...}``); DDP adds a
-    ``module.`` prefix to every key. Both are removed.
+    Training checkpoints nest the weights (``{"model": ..., "optimizer": ...}``); wrappers
+    prefix every key: ``module.`` (DDP, DataParallel, ``torch.optim.swa_utils.AveragedModel``,
+    whose ``n_averaged`` step counter is dropped: torchvision's EMA) and ``_orig_mod.``
+    (``torch.compile``), in any nesting. All are removed.
     """
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a mapping of tensors, got {type(obj).__name__}")
@@ -46,12 +51,16 @@ def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: 
             return unwrap_state_dict(inner, source=source)
     sd = {str(k): v for k, v in obj.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
+    if bad and all(isinstance(sd[k], Mapping) and not sd[k] for k in bad):
+        raise CheckpointError(f"{source}: the checkpoint holds no tensors ({', '.join(map(repr, bad[:5]))} empty)")
     if bad:
         raise CheckpointError(f"{source}: entries that are not tensors: {bad[:5]}")
     if not sd:
         raise CheckpointError(f"{source}: the checkpoint holds no tensors")
-    if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    if len(sd) > 1 and "n_averaged" in sd and all(k.startswith("module.") for k in sd if k != "n_averaged"):
+        del sd["n_averaged"]  # AveragedModel's step counter
+    while prefix := next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None):
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
     return sd
 
 
