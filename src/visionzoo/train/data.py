@@ -192,12 +192,21 @@ class _ToChannels(torch.nn.Module):
 
 
 def load_image(path: str | os.PathLike) -> Any:
-    """A PIL image, or a :class:`DataError` naming the file."""
+    """A PIL image (RGB, or L for grayscale), or a :class:`DataError` naming the file.
+
+    16-bit grayscale (PIL modes ``I;16*``, and ``I`` as some Pillow versions open 16-bit PNGs)
+    is scaled to 8 bits: PIL's own conversion clips every value above 255 to white.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode.startswith("I;16") or im.mode == "I":
+                import numpy as np
+
+                a = np.asarray(im, dtype=np.float64)
+                return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), mode="L")
             return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
