@@ -138,10 +138,14 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
     for f in ("metrics.csv", "config.json", "summary.json"):
         assert (out / f).is_file()
 
-    # eval: the whole folder, with the checkpoint's preprocessing; confusion matrix PNG
+    # eval on the run's own folder: its held-out split, the images and top-1 of the run's summary;
+    # on a copy of the folder (not trained on): every image; confusion matrix PNG
     assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(data), "--output", str(tmp_path / "cm.png")]) == 0
     text = capsys.readouterr().out
-    assert "top-1" in text and "24 images" in text
+    assert f"held-out split, {s['heldout_images']} images): top-1 {s['top1']:.4f}" in text and s["heldout_images"] < 24
+    shutil.copytree(data, tmp_path / "copy")
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(tmp_path / "copy"), "--output", str(tmp_path / "cm.png")]) == 0
+    assert "(every image, 24 images)" in capsys.readouterr().out
     pytest.importorskip("matplotlib")
     assert (tmp_path / "cm.png").stat().st_size > 0 and (out / "curves.png").is_file()
     # predict: class names come from the checkpoint
@@ -214,6 +218,10 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["train", "--model", "no_such_net", *o], capsys, "no_such_net")
     _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "offline"), *o], capsys, "cifar10")
     _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
+    (tmp_path / "afile.txt").write_text("x")
+    _one_line_error(["train", "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
+    _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
+    _one_line_error(["predict", "x.png", "--checkpoint", str(tmp_path), "--model", "convmixer_256_8"], capsys, "is a directory")
     # a checkpoint of another model
     other = visionzoo.create_model("convmixer_256_8", num_classes=10, dim=16, depth=1, patch_size=2)
     visionzoo.save_state_dict(other.state_dict(), tmp_path / "other.safetensors")
@@ -292,6 +300,7 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     curve = s["miou_per_epoch"]
     assert curve[-1] > curve[0] + 0.1, curve
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
+    _one_line_error(["train", "--task", "segment", "--data", str(data), "--output", str(out)], capsys, "already holds a segmentation run")
 
 
 @pytest.mark.slow
@@ -302,3 +311,18 @@ def test_default_run_reaches_99_percent_on_digits(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "default" / "summary.json").read_text())
     assert s["data"] == "digits" and s["epochs"] == 10 and s["top1"] >= 0.99, s
+
+
+def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values above 255 to white; load_image scales them."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.data import load_image
+
+    ramp = (np.arange(64 * 48, dtype=np.uint32).reshape(48, 64) * 21).astype(np.uint16)  # 0 .. 64491
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    assert Image.open(tmp_path / "ramp16.png").mode.startswith("I")
+    out = np.asarray(load_image(tmp_path / "ramp16.png"))
+    assert out.dtype == np.uint8 and out.shape == (48, 64)
+    assert np.abs(out.astype(np.int64) - np.rint(ramp / 257.0)).max() == 0

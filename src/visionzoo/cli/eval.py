@@ -31,15 +31,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     p = info["preprocessing"]
     try:
         folder = Path(args.data)
-        if args.data not in ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist") and folder.is_dir() and not (folder / "train").is_dir():
-            # a folder of class folders: evaluate every image in it
+        trained_here = folder.is_dir() and info["data_path"] is not None and folder.resolve() == Path(info["data_path"])
+        split = "held-out split"
+        if args.data not in ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist") and folder.is_dir() and not (folder / "train").is_dir() and not trained_here:
+            # a folder of class folders the model was not trained on: evaluate every image in it
             classes, samples = scan_class_folders(folder)
             tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])
-            dataset, data_classes = Subset(ImageFiles(samples), range(len(samples)), tf), classes
+            dataset, data_classes, split = Subset(ImageFiles(samples), range(len(samples)), tf), classes, "every image"
         else:
+            # a dataset's test split, a folder's val/, or the held-out split of the run's own folder
+            # (the same images as in training: the split is fixed by the fraction)
             cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
                    "crop_pct": p["crop_pct"], "interpolation": p["interpolation"]}
-            bundle = build_data(args.data, data_dir=args.data_dir, img_size=p["img_size"], model_cfg=cfg)
+            bundle = build_data(args.data, data_dir=args.data_dir, img_size=p["img_size"], model_cfg=cfg,
+                                val_split=info["val_split"] if trained_here else None)
             dataset, data_classes = bundle.val, bundle.classes
     except DataError as e:
         raise CLIError(str(e)) from None
@@ -51,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     dist = DistInfo(device=device)
     res = evaluate(model, loader, dist, num_classes=info["num_classes"], confusion=True)
-    print(f"{info['model']} on {args.data} ({res['count']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    print(f"{info['model']} on {args.data} ({split}, {res['count']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "confusion_matrix.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     if plot_confusion(res["confusion"], names, out, title=f"{info['model']}: top-1 {res['top1']:.4f}"):

@@ -22,8 +22,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"--img-size must be positive, got {args.img_size}")
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise CLIError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {args.opset}")
-    if args.checkpoint and not Path(args.checkpoint).is_file():
-        raise CLIError(f"checkpoint file not found: {args.checkpoint}")
     if args.num_classes is not None and args.num_classes < 0:
         raise CLIError(f"--num-classes must be 0 or more, got {args.num_classes}")
     if args.checkpoint:

@@ -390,6 +390,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         cfg.output = D.broadcast_object(f"runs/{model_name}-{stamp}", info)
     out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
     resume_from = None
     if cfg.resume:
         resume_from = latest_checkpoint(out)
@@ -517,7 +519,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     D.barrier(info)
 
     preprocessing = data.preprocessing()
-    meta = model_metadata(model_name, overrides, data.classes, preprocessing, data=data.name, task="classify")
+    split = {}
+    if Path(data.name).is_dir():  # an image folder: eval on it later evaluates the same held-out split
+        split = {"data_path": str(Path(data.name).resolve()), "val_split": cfg.val_split}
+    meta = model_metadata(model_name, overrides, data.classes, preprocessing, data=data.name, task="classify", **split)
     tb = _tensorboard(out / "tensorboard", purge_step=len(history)) if info.is_main else None
     progress = _Progress(cfg.progress, info.is_main, cfg.log_every)
     ckpt_path: Path | None = resume_from[0] if resume_from else None

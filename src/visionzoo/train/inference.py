@@ -35,6 +35,8 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     from ..registry import get_entry
 
     path = Path(checkpoint)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run's weights are its model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     meta = read_metadata(path)
@@ -73,7 +75,8 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     if report["dropped"]:
         raise CheckpointError(f"{path}: its classifier does not have {num_classes} outputs")
     model.eval()
-    return model, {"model": entry.name, "classes": classes, "preprocessing": prep, "num_classes": num_classes}
+    return model, {"model": entry.name, "classes": classes, "preprocessing": prep, "num_classes": num_classes,
+                   "data_path": meta.get("data_path"), "val_split": meta.get("val_split")}
 
 
 def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:

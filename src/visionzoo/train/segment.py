@@ -162,6 +162,11 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
+    out = Path(cfg.output or f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
+    if (out / "model.safetensors").exists():
+        raise ValueError(f"{out} already holds a segmentation run; choose another --output")
     root = Path(cfg.data)
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
@@ -210,7 +215,6 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    out = Path(cfg.output or f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     train_seconds = 0.0
