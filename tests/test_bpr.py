@@ -34,10 +34,28 @@ def test_boundary_and_nms():
 def test_identity_refiner_gives_back_the_coarse_mask():
     mask = disk(80, 96, 40, 50, 22)
     image = torch.rand(3, 80, 96)
-    for patch, size in ((16, 16), (16, 32), (32, 64)):
+    for patch, size in ((16, 16), (16, 32), (32, 64), (15, 15), (33, 66)):  # odd sizes too
         bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=patch, input_size=size, iou_threshold=0.3)
         out = bpr(image, mask)
         assert torch.equal(out, mask)
+
+
+def test_patches_of_odd_size_are_square_and_centred():
+    mask = disk(97, 131, 45, 60, 30)
+    for P in (15, 33, 63):
+        boxes = extract_patches(mask, P, iou_threshold=0.5)
+        assert len(boxes) and torch.all(boxes[:, 2] - boxes[:, 0] == P) and torch.all(boxes[:, 3] - boxes[:, 1] == P)
+        assert torch.equal(boxes, boxes.round())  # integer corners: every crop is P x P
+
+
+def test_training_loss_without_boundary_can_be_backpropagated():
+    """An empty or full coarse mask has no boundary patch: the loss is zero and backward runs."""
+    bpr = BoundaryPatchRefiner(create_refiner("unext_s"), patch_size=16, input_size=16)
+    image, target = torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10)
+    for coarse in (torch.zeros(40, 48, dtype=torch.bool), torch.ones(40, 48, dtype=torch.bool)):
+        loss = bpr.training_loss(image, coarse, target)
+        loss.backward()
+        assert float(loss) == 0.0
 
 
 def _shape_task(g):

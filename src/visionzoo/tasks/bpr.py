@@ -50,8 +50,10 @@ def extract_patches(mask: Tensor, patch_size: int, iou_threshold: float, max_pat
     ys, xs = torch.nonzero(boundary_map(mask), as_tuple=True)
     if ys.numel() == 0:
         return torch.zeros(0, 4)
-    half = patch_size / 2
-    boxes = torch.stack([xs - half, ys - half, xs + half, ys + half], dim=1).float()
+    # integer corners, exactly patch_size apart (half-pixel corners rounded to even gave crops
+    # of patch_size +- 1 for odd sizes); the boundary pixel sits at the centre, or just past it
+    x0, y0 = xs - patch_size // 2, ys - patch_size // 2
+    boxes = torch.stack([x0, y0, x0 + patch_size, y0 + patch_size], dim=1).float()
     # score: boundary pixels inside each box (a summed-area table makes this O(1) per box)
     b = boundary_map(mask).float()
     sat = F.pad(b.cumsum(0).cumsum(1), (1, 0, 1, 0))
@@ -162,8 +164,8 @@ class BoundaryPatchRefiner(nn.Module):
     def training_loss(self, image: Tensor, coarse: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy of the refiner on the boundary patches of (image, coarse, true) masks."""
         boxes = extract_patches(coarse, self.patch_size, self.iou_threshold, self.max_patches)
-        if len(boxes) == 0:
-            return image.new_zeros(())
+        if len(boxes) == 0:  # no boundary: a zero that still reaches the parameters (backward works)
+            return sum(p.sum() for p in self.refiner.parameters()) * 0.0
         x = self.patches(image, coarse, boxes)
         y = torch.stack([_crop(target[None].float(), b) for b in boxes])  # K, 1, P, P
         if self.input_size != self.patch_size:
