@@ -361,3 +361,17 @@ def test_cli_attention_and_windows(tmp_path, capsys):
     assert cli_main(["windows", "--size", "14", "--window", "7", "--output", str(tmp_path / "w.png")]) == 0
     assert "4 windows, 3 with masked pairs" in capsys.readouterr().out
     assert cli_main(["windows", "--size", "10", "--window", "7", "--output", str(tmp_path / "w.png")]) == 2
+    capsys.readouterr()
+    # a map that fits one window is not shifted (Swin's rule, as the model runs it)
+    assert cli_main(["windows", "--size", "7", "--window", "7", "--output", str(tmp_path / "w.png")]) == 0
+    assert "shift 0 (Swin shifts no map that fits one window" in capsys.readouterr().out
+    assert cli_main(["windows", "--size", "0", "--output", str(tmp_path / "w.png")]) == 2
+    assert "--size must be positive" in capsys.readouterr().err
+    # rollout needs a ViT; a file that is not an image is one line
+    (tmp_path / "notes.png").write_text("not an image")
+    for name, image, message in [("coatnet_0_224", img, "ViT-style"), ("swin_tiny_patch4_window7_224", img, "ViT-style"),
+                                 ("vit_tiny_patch16_224", tmp_path / "notes.png", "not a readable image")]:
+        args = ["attention", "rollout", name, "--img-size", "224" if "swin" in name else "64", "--image", str(image), "--output", str(tmp_path / "x.png")]
+        assert cli_main(args) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert message in err[-1] and "Traceback" not in "".join(err), err

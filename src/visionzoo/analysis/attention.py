@@ -78,18 +78,30 @@ def _as_batch(image: Tensor) -> Tensor:
 
 
 def _token_attention(model: nn.Module, images: Tensor) -> list[Tensor]:
-    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N)."""
+    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N).
+
+    Raises:
+        ValueError: a model that is not ViT-style: without a patch stride (``reduction``) and
+            prefix-token count, or whose blocks attend over different token sets (CoAtNet's
+            stages, Swin's windows).
+    """
+    if getattr(model, "reduction", None) is None or not hasattr(model, "num_prefix_tokens"):
+        raise ValueError(f"{type(model).__name__}: attention rollout and distance are defined for ViT-style models "
+                         "(every block one global attention over the patch tokens); capture_attention gives any model's maps")
     model.eval()
     with torch.no_grad(), capture_attention(model) as store:
         model(images)
     maps = [w for ws in store.values() for w in ws if w.ndim == 4 and w.shape[0] == images.shape[0] and w.shape[-1] == w.shape[-2]]
     if not maps:
         raise ValueError(f"{type(model).__name__} computed no global token attention")
+    if len({w.shape[-1] for w in maps}) > 1:
+        raise ValueError(f"{type(model).__name__}: its blocks attend over different numbers of tokens "
+                         f"({sorted({w.shape[-1] for w in maps}, reverse=True)}); rollout and distance need the same tokens in every block")
     return maps
 
 
 def _grid(model: nn.Module, images: Tensor, n_patches: int) -> tuple[int, int]:
-    r = getattr(model, "reduction", None) or getattr(model, "patch_size", None) or 16
+    r = model.reduction
     H, W = images.shape[-2:]
     gh, gw = -(-H // r), -(-W // r)
     if gh * gw != n_patches:
@@ -163,7 +175,7 @@ def mean_attention_distance(model: nn.Module, images: Tensor) -> np.ndarray:
     P = int(getattr(model, "num_prefix_tokens", 0))
     N = maps[0].shape[-1]
     grid = _grid(model, x, N - P)
-    r = getattr(model, "reduction", None) or 16
+    r = model.reduction
     dist = torch.from_numpy(patch_distances(grid, r)).float()  # Np, Np
     out = []
     for w in maps:

@@ -73,9 +73,10 @@ def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
         return torch.randn(1, C, H, W, generator=torch.Generator().manual_seed(0))
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB" if C == 3 else "L").resize((W, H), Image.BICUBIC)
-        x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div(255)
+    from ..train.data import load_image
+
+    im = load_image(path).convert("RGB" if C == 3 else "L").resize((W, H), Image.BICUBIC)  # DataError: one line
+    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div(255)
     x = x.view(H, W, C).permute(2, 0, 1)  # C, H, W
     if C == 3:
         x = (x - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
@@ -107,10 +108,19 @@ def cmd_windows(args: argparse.Namespace) -> int:
 
     H = args.size
     W = args.width or args.size
-    shift = args.window // 2 if args.shift is None else args.shift
+    for flag, v in (("--size", H), ("--width", W), ("--window", args.window)):
+        if v < 1:
+            raise CLIError(f"{flag} must be positive, got {v}")
+    note = ""
+    if args.shift is not None:
+        shift = args.shift
+    elif min(H, W) <= args.window:  # Swin's rule: a map that fits one window is not shifted
+        shift, note = 0, f" (Swin shifts no map that fits one window: {H}x{W} <= {args.window})"
+    else:
+        shift = args.window // 2
     masks = _plot(plot_shift_window_masks, H, W, args.window, shift, args.output)
     masked = int((masks != 0).any(axis=(1, 2)).sum())
-    print(f"{H}x{W} map, window {args.window}, shift {shift}: {masks.shape[0]} windows, {masked} with masked pairs")
+    print(f"{H}x{W} map, window {args.window}, shift {shift}{note}: {masks.shape[0]} windows, {masked} with masked pairs")
     print(f"wrote {args.output}")
     return 0
 
@@ -137,6 +147,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, required=True, help="feature map height (and width unless --width)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--window", type=int, default=7, help="window side M (default 7)")
-    p.add_argument("--shift", type=int, default=None, help="shift s (default M // 2)")
+    p.add_argument("--shift", type=int, default=None, help="shift s (default M // 2; 0 for a map that fits one window, as in Swin)")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(func=cmd_windows)
