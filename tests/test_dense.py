@@ -207,3 +207,39 @@ def test_hdc_dilated_resnet_with_aspp_head():
     assert hdc_check([b.conv2.dilation[0] for b in plain.layer3][1:])["gridding"]
     out.mean().backward()
     assert m.backbone.conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("head", ["fpn", "aspp"])
+def test_every_segmentation_parameter_is_trained(head):
+    """One training step of each family's smallest backbone with each head reaches every
+    parameter: DDP stops on unused ones (find_unused_parameters), and they are wasted work.
+    ASPP reads the last map only, so the backbone is pruned to it (HRNet's other incre
+    branches and the stage-4 outputs feeding them had no gradient)."""
+    from family_models import small_side, smallest_per_family
+
+    for family, name in smallest_per_family().items():
+        torch.manual_seed(0)
+        m = create_segmentation_model(name, 3, head=head).train()
+        S = max(small_side(m.backbone), 64)
+        m(torch.randn(2, 3, S, S)).square().mean().backward()
+        unused = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+        assert not unused, (family, unused[:4])
+
+
+def test_hrnet_features_of_some_levels_equal_the_full_networks():
+    """features_only HRNet with out_indices keeps only what those maps need (stage 4's other
+    outputs and incre branches go) and gives the maps of the whole network."""
+    torch.manual_seed(0)
+    full = visionzoo.create_model("hrnet_w18_small").eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = full.forward_intermediates(x, intermediates_only=True)
+    for indices in [(-1,), (1, 3), (0, 2)]:
+        m = visionzoo.create_model("hrnet_w18_small", features_only=True, out_indices=indices).eval()
+        m.load_state_dict({k: v for k, v in full.state_dict().items() if k in m.state_dict()})
+        assert sum(p.numel() for p in m.parameters()) < sum(p.numel() for p in full.parameters())
+        with torch.no_grad():
+            maps = m(x)
+        for fmap, i in zip(maps, indices):
+            r = ref[i % 5]
+            torch.testing.assert_close(fmap, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))

@@ -139,8 +139,11 @@ class HighResolutionModule(nn.Module):
         xs = [branch(x) for branch, x in zip(self.branches, xs)]
         if self.fuse_layers is None:
             return xs
-        out = []
+        out: list[Tensor | None] = []
         for row in self.fuse_layers:
+            if not len(row):  # pruned (prune_for_features): an output no feature map uses
+                out.append(None)
+                continue
             y = apply_conv_bn_seq(row[0], xs[0])
             for f, x in zip(row[1:], xs[1:]):
                 y = y + apply_conv_bn_seq(f, x)
@@ -293,6 +296,10 @@ class HRNet(VisionModel):
         self.downsamp_modules = None
         self.final_layer = None
         self.incre_modules = nn.ModuleList(self.incre_modules[i] if i + 1 in indices else nn.Identity() for i in range(4))
+        last = self.stage4[-1]  # its outputs at the resolutions no map is taken from are unused
+        for i in range(len(last.fuse_layers or ())):
+            if i + 1 not in indices:
+                last.fuse_layers[i] = nn.ModuleList()
 
 
 # --------------------------------------------------------------------------- checkpoints

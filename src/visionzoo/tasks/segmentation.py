@@ -222,6 +222,8 @@ def create_segmentation_model(
         if not backbone.startswith("hrnet") or flow_align or out_indices is not None:
             raise ValueError("head='hrnetv2' takes an HRNet backbone (hrnet_*) and no flow_align / out_indices")
         return HRNetV2Seg(create_model(backbone, in_chans=in_chans, checkpoint=checkpoint, **backbone_overrides), num_classes)
+    if head == "aspp" and out_indices is None:
+        out_indices = (-1,)  # ASPP reads the last map only: the rest of the backbone is pruned
     net = create_model(
         backbone, features_only=True, out_indices=out_indices, in_chans=in_chans, img_size=img_size,
         checkpoint=checkpoint, **backbone_overrides,
