@@ -43,6 +43,19 @@ def test_round_trip(tmp_path, suffix):
     torch.testing.assert_close(dst(x), src(x))
 
 
+def test_written_files_have_the_modes_open_gives(tmp_path):
+    """Atomic writes go through a temp file; mkstemp makes it 0600, the saved file must not be."""
+    from visionzoo.train.checkpoint import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        paths = [save_state_dict(tiny().state_dict(), tmp_path / f"w{s}") for s in (".safetensors", ".pth")]
+        paths.append(write_json_atomic({"a": 1}, tmp_path / "s.json"))
+    finally:
+        os.umask(umask)
+    assert [oct(p.stat().st_mode & 0o777) for p in paths] == [oct(0o644)] * 3
+
+
 def test_nested_training_checkpoint_with_ddp_prefix(tmp_path):
     src = tiny()
     ckpt = {"model": {f"module.{k}": v for k, v in src.state_dict().items()}, "epoch": 3, "optimizer": {}}

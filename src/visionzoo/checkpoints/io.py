@@ -31,6 +31,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the problem."""
 
 
+def temp_beside(path: Path) -> str:
+    """A new empty file next to ``path``, to be written, then moved over it by :func:`publish`."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, path: Path) -> None:
+    """Rename the written ``tmp`` to ``path`` (atomic), with the mode a file ``open`` creates
+    would have (mkstemp, and safetensors' writer, leave it 0600 whatever the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedModel; torch.compile
 
 
@@ -137,8 +153,7 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, m
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_beside(path)
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import save_file
@@ -147,7 +162,7 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, m
             save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
         else:
             torch.save(dict(state_dict), tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
