@@ -14,6 +14,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from ..train.data import (
+        TORCHVISION_SETS,
         DataError,
         ImageFiles,
         Subset,
@@ -33,7 +34,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         folder = Path(args.data)
         trained_here = folder.is_dir() and info["data_path"] is not None and folder.resolve() == Path(info["data_path"])
         split = "held-out split"
-        if args.data not in ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist") and folder.is_dir() and not (folder / "train").is_dir() and not trained_here:
+        if args.data != "digits" and args.data not in TORCHVISION_SETS and folder.is_dir() and not (folder / "train").is_dir() and not trained_here:
             # a folder of class folders the model was not trained on: evaluate every image in it
             classes, samples = scan_class_folders(folder)
             tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])

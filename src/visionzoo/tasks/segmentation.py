@@ -208,7 +208,8 @@ def create_segmentation_model(
             HRNet backbones, ``"hrnetv2"`` (all branches concatenated at 1/4).
         flow_align: SFNet flow alignment in the FPN head.
         channels: head width.
-        out_indices: backbone maps to use (default: the backbone's feature stages).
+        out_indices: backbone maps to use (default: the backbone's feature stages; with the
+            ASPP head, which reads only the last map, that map alone).
         aspp_rates: atrous rates of the ASPP head; default DeepLab-v3's (6, 12, 18) at output
             stride 16, scaled to the backbone's last map (doubled at output stride 8).
         checkpoint: backbone weights (classification checkpoint; the head stays initialised).
