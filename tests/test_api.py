@@ -165,6 +165,36 @@ def test_timm_reset_classifier_with_global_pool(name, size):
     assert ours(x).shape == (2, 7) and ours.num_classes == 7
 
 
+@pytest.mark.parametrize("name, size", [("deit_tiny_patch16_224", 64), ("swin_t", 64), ("swin_mlp_tiny_c24_patch4_window8_256", 64),
+                                        ("nest_tiny_cifar", 32), ("coatnet_0_224", 64), ("densenet121", 64)])
+def test_drop_rates_mean_what_timm_calls_them(name, size):
+    """``drop_rate`` is dropout before the classifier only, as in timm; ``proj_drop_rate`` the
+    dropout inside the blocks (ViT also has ``pos_drop_rate``, transformers ``attn_drop_rate``)."""
+    x = torch.randn(2, 3, size, size)
+
+    def varies(model, fn):  # two calls in training mode differ: a dropout acted
+        model.train()
+        with torch.no_grad():
+            return not torch.equal(fn(model), fn(model))
+
+    for kwargs, in_body, in_head in (({"drop_rate": 0.5}, False, True), ({"proj_drop_rate": 0.5}, True, False)):
+        model = visionzoo.create_model(name, num_classes=5, **kwargs)
+        features = model.eval().forward_features(x).detach()
+        assert varies(model, lambda m: m.forward_features(x)) == in_body, kwargs
+        assert varies(model, lambda m: m.forward_head(features, pre_logits=True)) == in_head, kwargs
+
+
+def test_distilled_head_takes_the_class_token_pool_only():
+    """As timm: DeiT's distilled head reads the class and distillation tokens, so average pooling
+    is refused (it used to be accepted and ignored, with the final norm dropped)."""
+    with pytest.raises(ValueError, match="distill.*'token' only"):
+        visionzoo.create_model("deit_tiny_distilled_patch16_224", global_pool="avg")
+    model = visionzoo.create_model("deit_tiny_distilled_patch16_224", num_classes=3)
+    with pytest.raises(ValueError, match="distill.*'token' only"):
+        model.reset_classifier(0, "avg")
+    assert model.num_classes == 3 and model.global_pool == "token"
+
+
 def test_timm_style_pretrained_argument():
     """timm code passes pretrained=...: False is accepted, True says how to load weights instead."""
     assert visionzoo.create_model("resnet18", pretrained=False, num_classes=3).num_classes == 3
@@ -193,6 +223,10 @@ def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
         y, r = ours(x), ref(x)
     assert y.shape == r.shape
     torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    # and the other way: timm's state dict of such a model loads (convolution kernels flattened)
+    again = visionzoo.create_model(name, num_classes=0, global_pool="", checkpoint=ref.state_dict()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), y, rtol=0, atol=0)
     with pytest.raises(ValueError, match="num_classes=0"):
         visionzoo.create_model(name, global_pool="")
     if name != "vit_tiny_patch16_224":  # ViT has its own option ('token' / 'avg')

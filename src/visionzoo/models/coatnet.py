@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
-from ..checkpoints import identity, register_converter
+from ..checkpoints import register_converter
 from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
@@ -515,7 +515,10 @@ class CoAtNetConfig:
     se_ratio: float = 0.25
     mlp_ratio: float = 4.0
     vit_patch_size: int = 8
+    #: dropout before the classifier (timm's meaning); after the transformer blocks'
+    #: projections and MLP layers; on the attention weights
     drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
 
 
@@ -543,7 +546,7 @@ class CoAtNet(VisionModel):
         self.stem = Stem(in_chans, cfg.stem_width)
         size = tuple(math.ceil(s / 2) for s in img_size)
         self.feature_info = [FeatureInfo(cfg.stem_width, 2, "stem")]
-        tkw = dict(dim_head=cfg.dim_head, mlp_ratio=cfg.mlp_ratio, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.drop_rate)
+        tkw = dict(dim_head=cfg.dim_head, mlp_ratio=cfg.mlp_ratio, attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate)
         stages: list[nn.Module] = []
         if self.layout == (VIT_REL,):
             p, dim, depth = cfg.vit_patch_size, cfg.embed_dim[min(2, len(cfg.embed_dim) - 1)], sum(cfg.depths)
@@ -625,7 +628,11 @@ class CoAtNet(VisionModel):
         return out
 
 
-register_converter("coatnet", "timm")(identity)
+@register_converter("coatnet", "timm")
+def _from_timm(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """timm's keys are ours; a timm model built with ``global_pool=''`` holds its pre-logits
+    layer as a 1x1 convolution, whose kernel is flattened to the linear weight."""
+    return {k: v.flatten(1) if k.startswith("head.pre_logits.") and v.ndim == 4 else v for k, v in sd.items()}
 
 VARIANTS = {
     "coatnet_0_224": CoAtNetConfig(embed_dim=(96, 192, 384, 768), depths=(2, 3, 5, 2), stem_width=64, head_hidden_size=768),

@@ -122,8 +122,10 @@ class Transition(nn.Sequential):
 class DenseNetConfig:
     """Growth rate k, dense layers per block, bottleneck width factor, compression, dropout.
 
-    The stem has 2k channels. ``drop_rate`` is the dropout after each dense layer (the
-    paper uses 0.2 on CIFAR without augmentation, none on ImageNet).
+    The stem has 2k channels. ``drop_rate`` is the dropout before the classifier and
+    ``proj_drop_rate`` the dropout after each dense layer, as timm names them (torchvision's
+    ``drop_rate`` is the latter; the paper uses 0.2 on CIFAR without augmentation, none on
+    ImageNet).
     """
 
     growth_rate: int = 32
@@ -131,6 +133,7 @@ class DenseNetConfig:
     bn_size: int = 4
     compression: float = 0.5
     drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
 
 
 class DenseNet(VisionModel):
@@ -161,7 +164,7 @@ class DenseNet(VisionModel):
         )
         self.feature_info = [FeatureInfo(chs, 2, "features.relu0")]
         for i, depth in enumerate(cfg.depths):
-            layers[f"denseblock{i + 1}"] = DenseBlock(chs, depth, k, cfg.bn_size, cfg.drop_rate)
+            layers[f"denseblock{i + 1}"] = DenseBlock(chs, depth, k, cfg.bn_size, cfg.proj_drop_rate)
             chs += depth * k
             if i < len(cfg.depths) - 1:
                 self.feature_info.append(FeatureInfo(chs, 4 * 2**i, f"features.denseblock{i + 1}"))
@@ -173,6 +176,7 @@ class DenseNet(VisionModel):
         self.features = nn.Sequential(layers)
         self._taps = [list(layers).index(fi.module.split(".")[1]) for fi in self.feature_info]
         self.num_features = chs
+        self.head_drop = nn.Dropout(cfg.drop_rate)
         self.classifier = classifier(chs, num_classes)
         for m in self.modules():  # the paper's (He) initialisation, as torchvision
             if isinstance(m, nn.Conv2d):
@@ -185,7 +189,7 @@ class DenseNet(VisionModel):
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = x.mean((2, 3))
+        x = self.head_drop(x.mean((2, 3)))
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:

@@ -232,7 +232,10 @@ class NestConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     multi_query: bool = False
+    #: dropout before the classifier (timm's meaning); after the attention projection and
+    #: MLP layers; on the attention weights
     drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
 
 
@@ -268,7 +271,7 @@ class Nest(VisionModel):
                 2 ** (L - 1 - i), block, cfg.embed_dims[i], cfg.depths[i], cfg.num_heads[i],
                 in_dim=cfg.embed_dims[i - 1] if i else None, drop_paths=dpr[start : start + cfg.depths[i]],
                 mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, multi_query=cfg.multi_query,
-                drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate,
+                drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate,
             ))
             start += cfg.depths[i]
         self.levels = nn.Sequential(*levels)

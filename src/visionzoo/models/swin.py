@@ -333,7 +333,10 @@ class SwinConfig:
     patch_size: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
+    #: dropout before the classifier (timm's meaning); after the attention projection and
+    #: MLP layers; on the attention weights
     drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
     #: maps that do not fit the windows (module doc): "shrink" (timm's rule) or "torchvision"
     size_rule: str = "shrink"
@@ -402,7 +405,7 @@ class SwinTransformer(VisionModel):
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
-        return dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate)
+        return dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

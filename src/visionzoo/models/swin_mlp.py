@@ -102,7 +102,7 @@ class SwinMLP(SwinTransformer):
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
-        return dict(mlp_ratio=cfg.mlp_ratio, drop=cfg.drop_rate)
+        return dict(mlp_ratio=cfg.mlp_ratio, drop=cfg.proj_drop_rate)
 
 
 @register_converter("swin_mlp", "official")

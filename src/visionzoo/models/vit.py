@@ -248,7 +248,9 @@ class ViTConfig:
         pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
         distilled: DeiT's distillation token and second head.
         hybrid_layers: ResNet stages of the hybrid's backbone, ``()`` for plain patches.
-        drop_rate, attn_drop_rate: dropout after embeddings/projections and on attention.
+        drop_rate: dropout before the classifier (timm's meaning).
+        pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding,
+            after the attention projection and MLP layers, and on the attention weights.
     """
 
     patch_size: int = 16
@@ -264,6 +266,8 @@ class ViTConfig:
     distilled: bool = False
     hybrid_layers: tuple[int, ...] = ()
     drop_rate: float = 0.0
+    pos_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
     attn_drop_rate: float = 0.0
 
 
@@ -305,6 +309,8 @@ class VisionTransformer(VisionModel):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if cfg.distilled and cfg.global_pool != "token":
+            raise ValueError(f"global_pool={cfg.global_pool!r}: the distilled head reads the class and distillation tokens; it takes 'token' only")
         if cfg.pos_embed == "learned_2d" and cfg.embed_dim % 2:
             raise ValueError("learned_2d position embeddings need an even embed_dim")
         self.cfg = cfg
@@ -342,10 +348,10 @@ class VisionTransformer(VisionModel):
             self.pos_embed_col = nn.Parameter(torch.zeros(n_sets, Gw, D // 2))
             if P:
                 self.pos_embed_prefix = nn.Parameter(torch.zeros(n_sets, P, D))
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
 
         dpr = drop_path_rates(drop_path_rate, cfg.depth)
-        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate)
+        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
         if cfg.pos_embed == "relative":
             attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P)
             blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
@@ -455,6 +461,8 @@ class VisionTransformer(VisionModel):
             return super().set_global_pool(pool, num_classes)
         if pool == "token" and not self.cfg.class_token:
             raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
+        if pool == "avg" and self.cfg.distilled:
+            raise ValueError(f"{self._name()}: the distilled head reads the class and distillation tokens; global_pool takes 'token' only")
         self.global_pool, self.unpooled = pool, False
 
     def reset_head(self, num_classes: int) -> None:
