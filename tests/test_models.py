@@ -111,6 +111,12 @@ def test_features_only_through_create_model():
     assert f.shape[1] == m.feature_info[0].num_chs
     with pytest.raises(ValueError, match="out of range"):
         visionzoo.create_model(name, features_only=True, out_indices=(99,))
+    # timm's int: the last n maps
+    m2 = visionzoo.create_model("resnet18", features_only=True, out_indices=2)
+    assert m2.out_indices == (3, 4) and m2.feature_info.reduction() == [16, 32]
+    for bad, match in [((), "empty"), (9, "last 9"), ("1", "a count"), (1.0, "a count")]:
+        with pytest.raises(ValueError, match=match):
+            visionzoo.create_model("resnet18", features_only=True, out_indices=bad)
 
 
 def _channels_last_models() -> list[str]:

@@ -411,11 +411,22 @@ class VisionModel(nn.Module):
             return x.contiguous(memory_format=torch.channels_last), True
         return x, False
 
-    def set_features_only(self, out_indices: Sequence[int] | None = None) -> VisionModel:
-        """Turn the classifier into a feature extractor returning a list of NCHW maps."""
+    def set_features_only(self, out_indices: int | Sequence[int] | None = None) -> VisionModel:
+        """Turn the classifier into a feature extractor returning a list of NCHW maps:
+        ``out_indices`` None gives the family's default maps, an int n the last n (as timm),
+        a sequence those maps in its order (negative from the end)."""
         if not self.feature_info:
             raise ValueError(f"{self._name()} defines no feature maps")
-        idx = self.default_out_indices() if out_indices is None else out_indices
+        if out_indices is None:
+            idx: Sequence[int] = self.default_out_indices()
+        elif _as_int(out_indices) is not None:
+            idx = self.take_indices(out_indices)
+        elif isinstance(out_indices, (str, bytes, bool)) or not isinstance(out_indices, Iterable):
+            raise ValueError(f"out_indices takes None, a count n (the last n maps) or a sequence of indices, got {out_indices!r}")
+        else:
+            idx = list(out_indices)
+            if not idx:
+                raise ValueError(f"out_indices is empty: {self._name()} has {len(self.feature_info)} feature maps; name at least one")
         self.out_indices = tuple(self._feature_index(i) for i in idx)
         self.prune_for_features(self.out_indices)
         self.features_only = True

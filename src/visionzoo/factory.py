@@ -50,7 +50,7 @@ def create_model(
     img_size: int | Sequence[int] | None = None,
     drop_path_rate: float = 0.0,
     features_only: bool = False,
-    out_indices: Sequence[int] | None = None,
+    out_indices: int | Sequence[int] | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None,
     pretrained: bool = False,
     **overrides: Any,
@@ -65,7 +65,7 @@ def create_model(
             variant's default input size when omitted. Most networks also take other sizes.
         drop_path_rate: stochastic-depth rate of the deepest block.
         features_only: return a list of NCHW maps, one per stage (see ``feature_info``).
-        out_indices: which stages ``features_only`` returns.
+        out_indices: which maps ``features_only`` returns: a sequence of indices, or an int n for the last n (as timm).
         checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
             (layout detected).
         pretrained: timm's argument, accepted so that timm code runs: visionzoo downloads no
