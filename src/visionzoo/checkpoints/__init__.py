@@ -40,7 +40,9 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     """Adapt a first-layer kernel (O, I, kh, kw) trained on I channels to ``in_chans``.
 
     One channel: the kernel summed over its input channels (a grey image then gives the
-    response the RGB network gave to the same image in colour). Otherwise the kernel is
+    response the RGB network gave to the same image in colour; not exactly for a
+    weight-standardised stem, the R50+ViT hybrid's, whose standardisation does not commute
+    with the sum, as in timm). Otherwise the kernel is
     tiled over the new channels and rescaled by ``I / in_chans`` so activations keep
     their magnitude.
     """
