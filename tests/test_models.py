@@ -212,7 +212,8 @@ def _families() -> list[str]:
 def test_grad_checkpointing_gives_the_same_gradients_from_fewer_saved_activations(family):
     """set_grad_checkpointing (timm's method): every family but VGG (as in timm) recomputes
     its blocks in the backward pass. The autograd graph then holds far fewer bytes, the
-    gradients are those of the plain model, and turning it off restores the plain graph."""
+    gradients and running statistics are those of the plain model, and turning it off
+    restores the plain graph."""
     import copy
 
     from family_models import small_side, smallest_per_family
@@ -256,6 +257,9 @@ def test_grad_checkpointing_gives_the_same_gradients_from_fewer_saved_activation
     assert grads.keys() == plain.keys()
     for n, g in plain.items():
         torch.testing.assert_close(grads[n], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()) + 1e-12, msg=n)
+    # the recomputation leaves BatchNorm's running statistics alone: they count the batch once
+    for (n, b), b_ckpt in zip(model.named_buffers(), ckpt.buffers()):
+        torch.testing.assert_close(b_ckpt, b, rtol=1e-4, atol=1e-6, msg=n)
     ckpt.set_grad_checkpointing(False)
     assert not ckpt.grad_checkpointing and step(ckpt)[0] == plain_bytes
 

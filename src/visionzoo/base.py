@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +101,11 @@ class FeatureInfoList(list):
 
 class _CheckpointedForward:
     """The forward of a block under gradient checkpointing (:meth:`VisionModel.set_grad_checkpointing`):
-    its class's forward, run through ``torch.utils.checkpoint`` while autograd records."""
+    its class's forward, run through ``torch.utils.checkpoint`` while autograd records.
+
+    The backward pass runs the block's forward again; its BatchNorms normalise with the batch's
+    statistics then, as the first time, but do not fold them into the running statistics a
+    second time (they would count every batch twice)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -110,8 +115,23 @@ class _CheckpointedForward:
         if torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(forward, self.module, *args, use_reentrant=False, **kwargs)
+            return checkpoint(forward, self.module, *args, use_reentrant=False,
+                              context_fn=lambda: (nullcontext(), _running_stats_frozen(self.module)), **kwargs)
         return forward(self.module, *args, **kwargs)
+
+
+@contextmanager
+def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Undo what the recomputation of ``module`` in the backward pass adds to its BatchNorms' running statistics."""
+    bufs = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+    saved = [b.clone() for b in bufs]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(bufs, saved):
+                b.copy_(s)
 
 
 class VisionModel(nn.Module):
