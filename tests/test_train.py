@@ -326,3 +326,25 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
     out = np.asarray(load_image(tmp_path / "ramp16.png"))
     assert out.dtype == np.uint8 and out.shape == (48, 64)
     assert np.abs(out.astype(np.int64) - np.rint(ramp / 257.0)).max() == 0
+
+
+@pytest.mark.parametrize("name, n_aux, size", [("googlenet", 2, 96), ("inception_v3", 1, 299)])
+def test_auxiliary_classifiers_add_their_weighted_loss(name, n_aux, size):
+    """Inception's auxiliary logits are auxiliary losses (GoogLeNet 0.3 each, v3 0.4), not DeiT's
+    distillation head: they used to be averaged with the logits as a second head (v3) or to
+    stop training with an unpacking error (GoogLeNet's two)."""
+    from visionzoo.train.engine import TrainConfig, _loss
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=3, aux_logits=True).train()
+    x, y = torch.randn(2, 3, size, size), torch.tensor([0, 2])
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == n_aux + 1 == len(model.aux_loss_weights) + 1
+    cfg = TrainConfig(label_smoothing=0.0)
+    loss, logits = _loss(out, y, x, None, cfg, False, model.aux_loss_weights)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(out[0], y) + sum(w * ce(a, y) for w, a in zip(model.aux_loss_weights, out[1:]))
+    torch.testing.assert_close(loss, expected)
+    assert logits is out[0]
+    with pytest.raises(ValueError, match="auxiliary logits"):
+        _loss(out, y, x, None, cfg, False, ())

@@ -68,6 +68,9 @@ class SequentialNet(VisionModel):
     layer_names: list[str]
     _taps: list[int]
     _aux_after: dict[str, str] = {}
+    #: weight of each auxiliary classifier's loss, in ``forward``'s order (training adds
+    #: ``sum(w * loss(aux))`` to the main loss)
+    aux_loss_weights: tuple[float, ...] = ()
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
     def _body(self, x: Tensor, with_aux: bool) -> tuple[Tensor, list[Tensor]]:
@@ -230,6 +233,7 @@ class GoogLeNet(SequentialNet):
         self.aux1 = GoogLeNetAux(512, num_classes, cfg.aux_drop_rate) if cfg.aux_logits else None
         self.aux2 = GoogLeNetAux(528, num_classes, cfg.aux_drop_rate) if cfg.aux_logits else None
         self._aux_after = {"inception4a": "aux1", "inception4d": "aux2"}
+        self.aux_loss_weights = (0.3, 0.3)  # the paper: "their loss gets added ... with a discount weight (0.3)"
         self.dropout = nn.Dropout(cfg.drop_rate)
         self.fc = classifier(1024, num_classes)
         self.feature_info = [
@@ -499,6 +503,7 @@ class InceptionV3(SequentialNet):
         last_17 = f"Mixed_6{'bcdef'[len(widths_17) - 1]}"
         self.AuxLogits = InceptionAux(768, num_classes) if cfg.aux_logits else None
         self._aux_after = {last_17: "AuxLogits"}
+        self.aux_loss_weights = (0.4,)  # torchvision's reference recipe (the paper gives none)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.fc = classifier(2048, num_classes)
         self.feature_info = [

@@ -431,6 +431,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     if cfg.grad_checkpointing:
         enable_grad_checkpointing(model)
     distilled_student = bool(getattr(getattr(model, "cfg", None), "distilled", False)) and hasattr(model, "set_distilled_training")
+    aux_weights = tuple(getattr(model, "aux_loss_weights", ()))  # Inception's auxiliary classifiers, when built
     teacher = None
     if cfg.teacher:
         from .inference import load_trained
@@ -590,7 +591,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                     hard = y.argmax(dim=1)
                 with autocast:
                     out_ = train_model(x)
-                    loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student)
+                    loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
                 bad = not torch.isfinite(loss.detach()).item()
                 stop_now = stop["flag"]
                 if info.enabled:
@@ -684,9 +685,17 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _loss(out: Any, y: Tensor, x: Tensor, teacher: nn.Module | None, cfg: TrainConfig, distilled_student: bool) -> tuple[Tensor, Tensor]:
-    """(loss, logits for accuracy). Hard-label distillation through DeiT's distillation token; soft KD otherwise."""
+def _loss(out: Any, y: Tensor, x: Tensor, teacher: nn.Module | None, cfg: TrainConfig, distilled_student: bool,
+          aux_weights: tuple[float, ...] = ()) -> tuple[Tensor, Tensor]:
+    """(loss, logits for accuracy). Hard-label distillation through DeiT's distillation token; soft KD otherwise.
+    A model with auxiliary classifiers (Inception's, ``aux_weights``) returns ``(logits, *aux)``
+    in training: each auxiliary loss is added with its weight, and distillation acts on the logits."""
     ce = lambda logits, target: F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+    if isinstance(out, (tuple, list)) and not distilled_student:
+        if len(out) != len(aux_weights) + 1:
+            raise ValueError(f"the model returned {len(out)} outputs in training; expected the logits and {len(aux_weights)} auxiliary logits")
+        loss, logits = _loss(out[0], y, x, teacher, cfg, False)
+        return loss + sum(w * ce(a, y) for w, a in zip(aux_weights, out[1:])), logits
     if isinstance(out, (tuple, list)):
         cls_logits, dist_logits = out
         logits = (cls_logits + dist_logits) / 2
