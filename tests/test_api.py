@@ -41,6 +41,11 @@ def test_bad_arguments():
         visionzoo.create_model("hrnet_w18_small", img_size=(224, 200))  # its branches must halve exactly
     with pytest.raises(ValueError, match="cannot take img_size 20x20: it needs inputs of at least 32x32"):
         visionzoo.create_model("convnext_tiny", img_size=20)
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.0"):
+        visionzoo.create_model("resnet18", drop_path_rate=1.0)
+    for name in ("vgg11", "densenet121", "inception_v3", "hrnet_w18_small", "convmixer_256_8", "mobilenetv1_100"):
+        with pytest.raises(ValueError, match=f"{name} is built without stochastic depth"):  # it would do nothing
+            visionzoo.create_model(name, drop_path_rate=0.1)
 
 
 def test_input_validation_messages():

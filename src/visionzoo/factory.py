@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .base import VisionModel, count_params
+from .layers import DropPath
 from .layers.helpers import to_2tuple
 from .registry import get_entry
 
@@ -63,7 +64,9 @@ def create_model(
         in_chans: image channels.
         img_size: the size the model is built for (position tables, windows); the
             variant's default input size when omitted. Most networks also take other sizes.
-        drop_path_rate: stochastic-depth rate of the deepest block.
+        drop_path_rate: stochastic-depth rate of the deepest block, in [0, 1); a rate above 0
+            is refused by the families built without stochastic depth (VGG, DenseNet, the
+            Inception networks, HRNet, ConvMixer, MobileNet v1), where it would do nothing.
         features_only: return a list of NCHW maps, one per stage (see ``feature_info``).
         out_indices: which maps ``features_only`` returns: a sequence of indices, or an int n for the last n (as timm).
         checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
@@ -89,6 +92,8 @@ def create_model(
         raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
     if not isinstance(in_chans, int) or in_chans < 1:
         raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    if not 0 <= drop_path_rate < 1:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
     global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
     size = to_2tuple(img_size) if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
@@ -97,6 +102,8 @@ def create_model(
     model = entry.model_cls(
         cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
     )
+    if drop_path_rate and not any(isinstance(m, DropPath) and m.drop_prob > 0 for m in model.modules()):
+        raise ValueError(f"{entry.name} is built without stochastic depth: drop_path_rate must be 0, got {drop_path_rate}")
     problem = model.size_problem(*size)  # the input check every forward runs
     if problem:
         raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
