@@ -93,7 +93,7 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert cols(ref) == cols(cut)  # per-epoch losses / accuracies equal (timings aside)
 
 
-def test_ctrl_c_saves_and_resumes(tmp_path):
+def test_ctrl_c_saves_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     p = _cli("train", *TINY, "--epochs", "30", "--save-every-steps", "2", "--output", str(out))
     _wait_for(out / "checkpoints" / "latest.json", p)
@@ -105,6 +105,10 @@ def test_ctrl_c_saves_and_resumes(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["last_checkpoint"]
     assert main(["train", "--output", str(out), "--resume", "--epochs", "1"]) == 0  # finishes (epoch 1 is done or completes)
+    # the run's own settings cannot change on resume (they used to be dropped without a word)
+    capsys.readouterr()
+    _one_line_error(["train", "--output", str(out), "--resume", "--lr", "0.5", "--ema"], capsys,
+                    "--lr (0.01 in the run, 0.5 given)", "--ema (False in the run, True given)")
 
 
 def test_torchrun_gloo_world_size_2(tmp_path):
@@ -133,7 +137,11 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["num_classes"] == 3 and s["top1"] is not None
     trained = _weights(out / "model.safetensors")
-    assert torch.equal(trained["stem.0.weight"], src.state_dict()["stem.0.weight"])  # backbone frozen
+    # the backbone frozen: weights and BatchNorm statistics (these used to keep updating)
+    backbone = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    assert any(k.endswith("running_mean") for k in backbone)
+    for k, v in backbone.items():
+        assert torch.equal(trained[k], v), k
     assert trained["head.weight"].shape == (3, 16)
     for f in ("metrics.csv", "config.json", "summary.json"):
         assert (out / f).is_file()
@@ -216,6 +224,10 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["train", "--epochs", "0", *o], capsys, "--epochs")
     _one_line_error(["train", "--batch-size", "-3", *o], capsys, "--batch-size")
     _one_line_error(["train", "--model", "no_such_net", *o], capsys, "no_such_net")
+    _one_line_error(["train", "--model", "resnet18", "--drop-path", "1.5", *o], capsys, "--drop-path", "[0, 1)")
+    _one_line_error(["train", "--drop-path", "0.1", *o], capsys, "convmixer_256_8 is built without stochastic depth")
+    _one_line_error(["train", "--ema-decay", "2", *o], capsys, "--ema-decay")
+    _one_line_error(["train", "--warmup-epochs", "-1", *o], capsys, "--warmup-epochs")
     _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "offline"), *o], capsys, "cifar10")
     _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
     (tmp_path / "afile.txt").write_text("x")

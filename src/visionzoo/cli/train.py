@@ -15,6 +15,11 @@ from . import CLIError
 _RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as config.json holds it (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -43,6 +48,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = load_run_config(Path(args.output))
         except ValueError as e:
             raise CLIError(str(e)) from None
+        changed = [k for k, v in given.items() if k not in (*_RUNTIME, "epochs", "output", "resume")
+                   and (v or k != "model_args") and _as_json(v) != _as_json(getattr(cfg, k))]
+        if changed:
+            flags = ", ".join(f"--{k.replace('_', '-')} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
+            runtime = ", ".join(f"--{k.replace('_', '-')}" for k in ("epochs", *_RUNTIME))
+            raise CLIError(f"--resume continues the run with the settings in its config.json and cannot change {flags}; "
+                           f"it takes {runtime}")
         for k in (*_RUNTIME, "epochs"):
             if k in given:
                 setattr(cfg, k, given[k])
@@ -124,7 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--model", default=None, help="a registered model name (default: convmixer_256_8 with small overrides on digits)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="configuration override, e.g. depth=4 (repeatable)")
     g.add_argument("--pretrained", default=None, metavar="CHECKPOINT", help="fine-tune from these weights (new classifier when the class count differs)")
-    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only")
+    g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only (the backbone's BatchNorm statistics stay as loaded)")
     g.add_argument("--drop-path", type=float, default=None)
     g.add_argument("--grad-checkpointing", action="store_true", default=None, help="recompute blocks in the backward pass")
     g.add_argument("--channels-last", action="store_true", default=None)
@@ -151,7 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--distill-tau", type=float, default=None, help="soft-KD temperature (default 1)")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, help="output folder (default runs/<model>-<time>)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint, with its own settings (only --epochs and the run options may change)")
     g.add_argument("--save-every-steps", type=int, default=None, help="also checkpoint every N steps (mid-epoch resume)")
     g.add_argument("--keep-checkpoints", type=int, default=None, help="how many step checkpoints to keep (default 1)")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")

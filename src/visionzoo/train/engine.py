@@ -137,6 +137,12 @@ class TrainConfig:
             raise ValueError("distillation needs both --teacher NAME and --teacher-checkpoint FILE")
         if self.val_split is not None and not 0 < self.val_split < 1:
             raise ValueError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        if not 0 <= self.drop_path < 1:
+            raise ValueError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
 
@@ -166,6 +172,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     spec = (getattr(model, "default_cfg", {}) or {}).get("classifier", "head")
     return (spec,) if isinstance(spec, str) else tuple(spec)
+
+
+def _freeze_norm_statistics(model: nn.Module) -> None:
+    """BatchNorms whose parameters are frozen (``--freeze-backbone``) in eval mode: they normalise
+    with, and keep, their running statistics, so the frozen backbone computes what it did."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
 
 
 def enable_grad_checkpointing(model: nn.Module) -> None:
@@ -578,6 +592,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             loader = DataLoader(data.train, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last,
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch), **loader_kw)
             train_model.train()
+            if cfg.freeze_backbone:
+                _freeze_norm_statistics(model)
             progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, batch_in_epoch)
             t_epoch, seen = time.perf_counter(), 0
             t_last = t_epoch  # train_seconds: data loading + steps, without evaluation and checkpoint writing
