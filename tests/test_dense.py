@@ -145,6 +145,28 @@ def test_mask_rcnn_freezing_rules():
     assert not any(b.training for b in m.backbone.body.modules() if isinstance(b, torch.nn.BatchNorm2d))
     with pytest.raises(ValueError, match="between 0 and 5"):
         mask_rcnn("resnet18", 3, trainable_backbone_layers=6)
+    # HRNet taps its maps from modules defined after the trunk: still only the stem and the
+    # stride-4 stage 1 are frozen (everything but the incre modules used to be)
+    hr = mask_rcnn("hrnet_w18_small", 3, checkpoint=visionzoo.create_model("hrnet_w18_small").state_dict())
+    body = hr.backbone.body
+    convs = {n for n, m in body.named_modules() if isinstance(m, torch.nn.Conv2d)}  # BatchNorms are frozen everywhere
+    frozen = {n.split(".")[0] for n, p in body.named_parameters() if not p.requires_grad and n.rpartition(".")[0] in convs}
+    trainable = {n.split(".")[0] for n, p in body.named_parameters() if p.requires_grad}
+    assert frozen == {"conv1", "conv2", "layer1"}
+    assert trainable == {"transition1", "stage2", "transition2", "stage3", "transition3", "stage4", "incre_modules"}
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("nest_tiny", {}), ("resnet18", {"out_indices": (3, 4)})])
+def test_mask_rcnn_with_fewer_than_four_maps(backbone, kwargs):
+    """Anchors and RoI pooling follow the maps the neck gives (NesT has three levels); torchvision's
+    defaults assume four and failed in the first forward."""
+    torch.manual_seed(0)
+    model = mask_rcnn(backbone, num_classes=3, min_size=64, max_size=96, **kwargs)
+    images, targets = _mrcnn_batch()
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        assert len(model.eval()(images)) == 2
 
 
 def test_unext_size_and_output():

@@ -353,6 +353,14 @@ class VisionModel(nn.Module):
             raise ValueError(f"feature index {j} is out of range: {self._name()} has {n} feature maps (0..{n - 1}, or -{n}..-1)")
         return j % n
 
+    def level_ends(self) -> list[str]:
+        """Per ``feature_info`` level, the module (named as in this model) that ends it in
+        definition order: a level owns the modules defined after the previous level's end up
+        to its own (:func:`visionzoo.detection.backbone_levels`, which freezes a fine-tuned
+        detector's shallow levels). Default: each map's own module; a family whose maps are
+        tapped from modules defined after the trunk (HRNet) names its trunk's stages."""
+        return [fi.module for fi in self.feature_info]
+
     def default_out_indices(self) -> tuple[int, ...]:
         """Stages returned by ``features_only`` when no ``out_indices`` is given: all."""
         return tuple(range(len(self.feature_info)))

@@ -35,7 +35,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
-from torchvision.ops import FeaturePyramidNetwork
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .checkpoints import load_checkpoint
@@ -212,6 +213,7 @@ def mask_rcnn(
     """
     body = create_model(backbone_name)
     levels = [body.feature_info[i] for i in body.default_out_indices()]  # what features_only returns by default
+    ends = [body.level_ends()[i] for i in body.default_out_indices()]
     if neck is None:
         neck = "simple" if len({fi.reduction for fi in levels}) == 1 else "fpn"
     if out_indices is None:  # the four deepest maps, as ResNet-FPN; the last for the simple pyramid
@@ -224,6 +226,16 @@ def mask_rcnn(
     if trainable_backbone_layers is None and pretrained:
         trainable_backbone_layers = sum(fi.reduction > 4 for fi in levels)
     backbone = BackboneWithFPN(
-        body, out_channels, neck=neck, trainable_layers=trainable_backbone_layers, taps=[fi.module for fi in levels], frozen_bn=pretrained if frozen_bn is None else frozen_bn
+        body, out_channels, neck=neck, trainable_layers=trainable_backbone_layers, taps=ends, frozen_bn=pretrained if frozen_bn is None else frozen_bn
     )
+    # anchors and RoI pooling for the maps the neck gives (torchvision's defaults assume four
+    # maps at strides 4..32 plus the pool level; these equal them there): anchors of 8x each
+    # map's stride, three aspect ratios; RoIs pooled from every map but the pool level
+    r = body.feature_info.reduction()
+    strides = [r[-1] // 4, r[-1] // 2, r[-1], 2 * r[-1]] if neck == "simple" else list(r)
+    strides.append(2 * strides[-1])  # the pool level
+    names = [str(i) for i in range(len(strides) - 1)]
+    maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)))
+    maskrcnn_kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2))
+    maskrcnn_kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2))
     return MaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)

@@ -245,6 +245,12 @@ class HRNet(VisionModel):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def level_ends(self) -> list[str]:
+        """The maps come from ``incre_modules``, defined after the whole trunk; the trunk's
+        levels end at the stride-2 stem, the stride-4 ``layer1``, and each later stage, which
+        adds the next coarser branch."""
+        return ["bn1", "layer1", "stage2", "stage3", "stage4"]
+
     def _stem(self, x: Tensor) -> Tensor:
         self.check_input(x)
         return apply_conv_bn(self.conv1, self.bn1, x, RELU)  # B, stem, H/2, W/2
