@@ -24,6 +24,26 @@ def test_onnx_export_dynamic_batch(family, tmp_path):
     assert verify_onnx(model, path, img_size=S, batch=3) < 1e-3
 
 
+def test_onnx_external_weights_are_named_after_the_file(tmp_path):
+    """Weights in a second file (ONNX's 2 GB limit; forced here) lie beside the model as
+    ``<name>.onnx.data``, which the model reads; they used to keep the temporary name."""
+    pytest.importorskip("onnxruntime")
+    from visionzoo.export import onnx_files
+
+    model = visionzoo.create_model("resnet18", num_classes=10).eval()
+    path = export_onnx(model, tmp_path / "r18.onnx", img_size=32, external_data=True)
+    assert onnx_files(path) == [path, tmp_path / "r18.onnx.data"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r18.onnx", "r18.onnx.data"]  # nothing temporary left
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for f in onnx_files(path):
+        f.rename(moved / f.name)
+    assert verify_onnx(model, moved / "r18.onnx", img_size=32) < 1e-3
+    # exported again at the same path without external weights: the stale weights file goes
+    export_onnx(model, moved / "r18.onnx", img_size=32)
+    assert onnx_files(moved / "r18.onnx") == [moved / "r18.onnx"]
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_torch_export_dynamic_batch(family):
     name = FAMILIES[family]

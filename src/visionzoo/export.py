@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoints.io import publish
 from .layers.helpers import to_2tuple
 
-__all__ = ["export_onnx", "export_program", "verify_onnx"]
+__all__ = ["export_onnx", "export_program", "onnx_files", "verify_onnx"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,10 +46,13 @@ def export_onnx(
     img_size: int | tuple[int, int] | None = None,
     opset: int = 18,
     batch: int = 2,
+    external_data: bool | None = None,
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``).
 
-    The file is written to a temporary name and renamed once complete.
+    Weights over ONNX's 2 GB limit (or all, with ``external_data=True``) go to a second file
+    beside it, ``<name>.onnx.data``, which the model names. The files are written in a
+    temporary folder beside ``path`` and moved into place once complete, the weights first.
 
     Raises:
         ValueError: an opset outside 18-23; ``path`` is a directory.
@@ -56,11 +62,14 @@ def export_onnx(
         raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {opset}")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give the path of the .onnx file to write")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"{above} is a file, not a folder: cannot write {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = _example(model, img_size, batch)
     dim = torch.export.Dim("batch", min=1, max=4096)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -68,12 +77,24 @@ def export_onnx(
                 model, (x,), input_names=["image"], output_names=["logits"],
                 dynamic_shapes=({0: dim},), opset_version=opset, dynamo=True, verbose=False,
             )
-            program.save(str(tmp))
-        os.replace(tmp, path)
+            program.save(str(tmp / path.name), external_data=external_data)
+        data = tmp / f"{path.name}.data"  # the name the exporter gives the external weights
+        beside = path.with_name(data.name)
+        external = data.exists()
+        if external:
+            publish(str(data), beside)
+        publish(str(tmp / path.name), path)
+        if not external and beside.exists():
+            beside.unlink()  # an earlier export's weights, which this model does not read
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def onnx_files(path: str | os.PathLike) -> list[Path]:
+    """The files of an exported model: ``path`` and its external weights, if it has them."""
+    path = Path(path)
+    return [p for p in (path, path.with_name(f"{path.name}.data")) if p.exists()]
 
 
 def verify_onnx(model: nn.Module, path: str | os.PathLike, *, img_size: int | tuple[int, int] | None = None, batch: int = 3) -> float:

@@ -9,7 +9,7 @@ from . import CLIError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export import MAX_OPSET, MIN_OPSET, export_onnx, verify_onnx
+    from ..export import MAX_OPSET, MIN_OPSET, export_onnx, onnx_files, verify_onnx
     from ..factory import create_model
     from ..train.inference import load_trained
 
@@ -34,7 +34,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             kwargs["img_size"] = args.img_size
         model = create_model(args.name, **kwargs).eval()
     export_onnx(model, out, img_size=args.img_size, opset=args.opset)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, dynamic batch)")
+    files = onnx_files(out)
+    weights = f"; weights in {files[1]}" if len(files) > 1 else ""
+    print(f"wrote {out} ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB, opset {args.opset}, dynamic batch{weights})")
     try:
         diff = verify_onnx(model, out, img_size=args.img_size)
     except ImportError:
