@@ -106,6 +106,21 @@ def test_suggestion_has_no_gridding_and_same_span(rates):
     assert suggest_rates([2, 4, 6, 2, 4, 6]) == [1, 3, 8, 1, 3, 8]  # a sawtooth, as HDC
 
 
+@pytest.mark.parametrize("budget", [None, 1])
+def test_suggestion_for_large_rates_ends(budget, monkeypatch):
+    """Rates summing past ~1000 made the exhaustive search run without end; it now stops after a
+    budget, with the best pattern found or (budget 1) the greedy one: hole-free, same span."""
+    from visionzoo.analysis import receptive
+
+    if budget is not None:
+        monkeypatch.setattr(receptive, "SEARCH_BUDGET", budget)
+    for rates, repeats in (([1100], 1), ([500, 600, 500, 600], 2)):
+        s = suggest_rates(rates)
+        group = s[: len(s) // repeats]
+        assert s == group * repeats and group == sorted(group) and group[0] == 1
+        assert not hdc_check(s)["gridding"] and hdc_check(s)["span"] == hdc_check(rates)["span"]
+
+
 def test_documented_hole_free_rule_is_exact():
     """Sorted rates have no holes iff r_(i) <= 1 + (k-1) * (sum of the smaller ones); checked exhaustively."""
     for k in (2, 3, 5):

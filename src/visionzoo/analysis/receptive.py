@@ -117,7 +117,10 @@ def suggest_rates(rates: Sequence[int], kernel_size: int = 3) -> list[int]:
     the one with the smallest top rate, then the most even steps. The answer also passes
     the paper's test M_2 <= K when one exists. When no n rates can reach S
     (the largest hole-free sum is (k^n - 1) / (k - 1)), a layer is added.
-    For k = 1 every pattern is hole-free and ``rates`` is returned.
+    For k = 1 every pattern is hole-free and ``rates`` is returned. The search stops after
+    ``SEARCH_BUDGET`` candidate rates (large sums, e.g. S in the hundreds): the best pattern
+    found by then, or the greedy one (each rate the even share of what is left, capped by
+    the hole-free width), which is hole-free but may be less even.
 
     Examples (k = 3): [2, 4, 6] -> [1, 3, 8]; [2, 2, 2] -> [1, 2, 3]; [3, 3] -> [1, 2, 3];
     [2, 4, 6, 2, 4, 6] -> [1, 3, 8, 1, 3, 8].
@@ -134,9 +137,13 @@ def suggest_rates(rates: Sequence[int], kernel_size: int = 3) -> list[int]:
     while (k**m - 1) // (k - 1) < total:
         m += 1
     best: tuple[Any, ...] | None = None
+    visits = 0
 
     def search(prefix: list[int], width: int, remaining: int, left: int) -> None:
-        nonlocal best
+        nonlocal best, visits
+        visits += 1
+        if visits > SEARCH_BUDGET:
+            raise _OutOfBudget
         if left == 0:
             if remaining == 0:
                 seq = list(prefix)
@@ -161,9 +168,37 @@ def suggest_rates(rates: Sequence[int], kernel_size: int = 3) -> list[int]:
             search(prefix, width + (k - 1) * r, remaining - r, left - 1)
             prefix.pop()
 
-    search([], 1, total, m)
+    try:
+        search([], 1, total, m)
+    except _OutOfBudget:
+        if best is None:
+            return _greedy_rates(total, m, k) * (n // period)
     assert best is not None  # m was chosen so that a solution exists
     return best[3] * (n // period)
+
+
+#: candidate rates :func:`suggest_rates` tries before it settles (about a second)
+SEARCH_BUDGET = 20_000
+
+
+class _OutOfBudget(Exception):
+    pass
+
+
+def _greedy_rates(total: int, m: int, k: int) -> list[int]:
+    """m ascending hole-free rates summing to ``total``: each the even share of what is left
+    (rounded down, so the shares never fall), capped by the width the layers below reach;
+    a layer is added where the caps leave too much for the last one."""
+    while True:
+        rates, width, left = [], 1, total
+        for i in range(m):
+            r = left if i == m - 1 else max(rates[-1] if rates else 1, min(width, left // (m - i)))
+            rates.append(r)
+            left -= r
+            width += (k - 1) * r
+        if left == 0 and _hole_free(rates, k) and rates == sorted(rates):
+            return rates
+        m += 1
 
 
 def hdc_check(rates: Sequence[int], kernel_size: int = 3) -> dict[str, Any]:
