@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from .checkpoint import read_metadata
-from .data import eval_transform, load_image
+from .data import DataError, eval_transform, load_image
 
-__all__ = ["load_trained", "plot_confusion", "predict_images"]
+__all__ = ["iter_predictions", "load_trained", "plot_confusion", "predict_images"]
 
 
 def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *, num_classes: int | None = None,
@@ -89,21 +89,48 @@ def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:
     return 1000
 
 
-@torch.no_grad()
 def predict_images(model: nn.Module, info: dict[str, Any], images: Sequence[str | os.PathLike], *, topk: int = 5,
-                   device: str = "cpu") -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for each image file, with the checkpoint's preprocessing."""
+                   device: str = "cpu", batch_size: int = 32) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for each image file, with the checkpoint's preprocessing;
+    :class:`DataError` for the first file that is not a readable image."""
+    results = []
+    for _, top, error in iter_predictions(model, info, images, topk=topk, device=device, batch_size=batch_size):
+        if error is not None:
+            raise error
+        results.append(top)
+    return results
+
+
+@torch.no_grad()
+def iter_predictions(model: nn.Module, info: dict[str, Any], images: Sequence[str | os.PathLike], *, topk: int = 5,
+                     device: str = "cpu", batch_size: int = 32) -> Iterator[tuple[str | os.PathLike, list[tuple[str, float]] | None, DataError | None]]:
+    """``(image, top-k, None)`` for each readable image file, ``(image, None, error)`` for one
+    that is not, in order; ``batch_size`` images at a time in memory."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     p = info["preprocessing"]
     tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"],
                         in_chans=p["in_chans"])
-    x = torch.stack([tf(load_image(f)) for f in images]).to(device)
     model.to(device)
+    for start in range(0, len(images), batch_size):
+        done: list[tuple[str | os.PathLike, Tensor | DataError]] = []
+        for f in images[start : start + batch_size]:
+            try:
+                done.append((f, tf(load_image(f))))
+            except DataError as e:
+                done.append((f, e))
+        loaded = [t for _, t in done if isinstance(t, Tensor)]
+        tops = iter(_top_k(model, info, torch.stack(loaded).to(device), topk) if loaded else [])
+        for f, t in done:
+            yield (f, next(tops), None) if isinstance(t, Tensor) else (f, None, t)
+
+
+def _top_k(model: nn.Module, info: dict[str, Any], x: Tensor, topk: int) -> list[list[tuple[str, float]]]:
     logits = model(x)
     if isinstance(logits, (tuple, list)):
         logits = (logits[0] + logits[1]) / 2
     probs = logits.float().softmax(dim=1)
-    k = min(topk, probs.shape[1])
-    vals, idx = probs.topk(k, dim=1)
+    vals, idx = probs.topk(min(topk, probs.shape[1]), dim=1)
     classes = info.get("classes") or [str(i) for i in range(probs.shape[1])]
     return [[(classes[int(i)], float(v)) for v, i in zip(vr, ir)] for vr, ir in zip(vals, idx)]
 
