@@ -128,6 +128,11 @@ def test_cli_debug_shows_traceback():
         (("export", "vit_tiny_patch16_224", "--output", "m.onnx", "--opset", "3"), "--opset must be between"),
         (("info", "vit_tiny_patch16_224", "--set", "pos_embed"), "--set expects KEY=VALUE"),
         (("info", "vit_tiny_patch16_224", "--set", "depth_typo=3"), "unknown option"),
+        (("list", "--family", "vits"), "unknown family 'vits'; families: coatnet"),
+        (("windows", "--size", "14", "--width", "0", "--output", "w.png"), "--width must be positive, got 0"),
+        (("attention", "distance", "vit_tiny_patch16_224", "--img-size", "0", "--output", "a.png"), "--img-size must be positive, got 0"),
+        (("predict", "x.png", "--checkpoint", "c.pth", "--device", "gpu"), "--device must be cpu, cuda or cuda:N"),
+        (("export", "resnet18", "--output", f"{sys.executable}/x.onnx"), "is a file, not a folder"),
     ],
 )
 def test_cli_argument_errors_are_one_line(args, message):

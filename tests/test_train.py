@@ -67,7 +67,7 @@ def _image_folder(root: Path, classes=("red", "green", "blue"), n=8, size=20) ->
     return root
 
 
-def test_resume_after_sigkill_is_exact(tmp_path):
+def test_resume_after_sigkill_is_exact(tmp_path, capsys):
     """A run killed with SIGKILL mid-epoch and resumed ends with the weights and metrics of an uninterrupted run."""
     args = [*TINY, "--batch-size", "64", "--epochs", "2", "--save-every-steps", "4", "--ema", "--mixup", "0.2", "--randaugment"]
     ref, cut = tmp_path / "ref", tmp_path / "cut"
@@ -91,6 +91,8 @@ def test_resume_after_sigkill_is_exact(tmp_path):
     assert (sa["top1"], sa["top5"], sa["loss"]) == (sb["top1"], sb["top5"], sb["loss"])
     cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]
     assert cols(ref) == cols(cut)  # per-epoch losses / accuracies equal (timings aside)
+    # fewer epochs than the run has trained: refused (it used to print "resuming" and do nothing)
+    _one_line_error(["train", "--output", str(ref), "--resume", "--epochs", "1"], capsys, "--epochs 1", "already trained 2 epochs")
 
 
 def test_ctrl_c_saves_and_resumes(tmp_path, capsys):
@@ -154,12 +156,30 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
     shutil.copytree(data, tmp_path / "copy")
     assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(tmp_path / "copy"), "--output", str(tmp_path / "cm.png")]) == 0
     assert "(every image, 24 images)" in capsys.readouterr().out
+    (tmp_path / "copy" / "blue").rename(tmp_path / "copy" / "cyan")  # other class names: refused, not scored
+    _one_line_error(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(tmp_path / "copy")], capsys,
+                    "classes are not the checkpoint's: 'cyan' vs 'blue'")
+    _one_line_error(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(data), "--device", "tpu"], capsys,
+                    "--device must be cpu, cuda or cuda:N")
     pytest.importorskip("matplotlib")
     assert (tmp_path / "cm.png").stat().st_size > 0 and (out / "curves.png").is_file()
     # predict: class names come from the checkpoint
     assert main(["predict", "--checkpoint", str(out / "model.safetensors"), str(data / "red" / "0.png"), "--topk", "2"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(data / "red" / "0.png")) and any(c in line for c in ("red", "green", "blue"))
+    # a folder (its 8 images), in batches of 3, as JSON lines: the same as one by one; an unreadable
+    # file among them is reported on its own line, the others still predicted, and the exit code is 2
+    ckpt = ["--checkpoint", str(out / "model.safetensors"), "--topk", "3"]
+    assert main(["predict", *ckpt, str(data / "green"), "--batch-size", "3", "--json"]) == 0
+    rows = [json.loads(r) for r in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in rows] == sorted(str(p) for p in (data / "green").glob("*.png"))
+    assert main(["predict", *ckpt, rows[0]["image"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == rows[0]
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["predict", *ckpt, str(data / "red" / "0.png"), str(tmp_path / "bad.png"), str(data / "red" / "1.png")]) == 2
+    captured = capsys.readouterr()
+    assert [r.split(":")[0] for r in captured.out.splitlines()] == [str(data / "red" / "0.png"), str(data / "red" / "1.png")]
+    assert "bad.png" in captured.err and "1 of 3 images could not be read" in captured.err
     # export: the run's architecture (dim 16, depth 2, patch 2), 3 classes and 16 px input
     ort = pytest.importorskip("onnxruntime")
     assert main(["export", "convmixer_256_8", "--checkpoint", str(out / "model.safetensors"), "--output", str(tmp_path / "ft.onnx")]) == 0
@@ -232,6 +252,8 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
     (tmp_path / "afile.txt").write_text("x")
     _one_line_error(["train", "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
+    _one_line_error(["train", "--output", str(tmp_path / "afile.txt" / "run")], capsys, "Not a directory", "afile.txt")
+    _one_line_error(["train", "--device", "gpu0", *o], capsys, "--device must be cpu, cuda or cuda:N, got 'gpu0'")
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
     _one_line_error(["predict", "x.png", "--checkpoint", str(tmp_path), "--model", "convmixer_256_8"], capsys, "is a directory")
     # a checkpoint of another model
@@ -313,6 +335,9 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     assert curve[-1] > curve[0] + 0.1, curve
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--output", str(out)], capsys, "already holds a segmentation run")
+    _one_line_error(["train", "--task", "segment", "--data", str(data), "--num-classes", "2", "--output", str(tmp_path / "two")], capsys,
+                    "holds label 2, but --num-classes 2 allows labels 0..1")
+    assert not (tmp_path / "two").exists()  # refused before anything is written
 
 
 @pytest.mark.slow

@@ -14,11 +14,30 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "check_device", "main"]
 
 
 class CLIError(Exception):
     """A problem with the user's input, reported as one line."""
+
+
+def check_device(device: str | None) -> str | None:
+    """``--device`` as given (None: the command's default) when this machine has it: ``cpu``,
+    ``cuda`` or ``cuda:N``; a :class:`CLIError` otherwise."""
+    if device is None or device == "cpu":
+        return device
+    import re
+
+    import torch
+
+    cuda = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if not cuda:
+        raise CLIError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA device is available")
+    if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
+        raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +61,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..checkpoints import CheckpointError
     from ..registry import UnknownModelError
 
-    return (CLIError, UnknownModelError, CheckpointError, InputError, FileNotFoundError, ValueError, TypeError)
+    # OSError: a missing file, a path under a file, no permission, a full disk
+    return (CLIError, UnknownModelError, CheckpointError, InputError, OSError, ValueError, TypeError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,7 +54,9 @@ def _load_model(args: argparse.Namespace) -> Any:
     import visionzoo
 
     kwargs: dict[str, Any] = {}
-    if args.img_size:
+    if args.img_size is not None:
+        if args.img_size < 1:
+            raise CLIError(f"--img-size must be positive, got {args.img_size}")
         kwargs["img_size"] = args.img_size
     model = visionzoo.create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
     if args.checkpoint is None:
@@ -107,7 +109,7 @@ def cmd_windows(args: argparse.Namespace) -> int:
     from ..analysis import plot_shift_window_masks
 
     H = args.size
-    W = args.width or args.size
+    W = args.size if args.width is None else args.width
     for flag, v in (("--size", H), ("--width", W), ("--window", args.window)):
         if v < 1:
             raise CLIError(f"{flag} must be positive, got {v}")

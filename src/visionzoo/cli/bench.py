@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 
-from . import CLIError
+from . import CLIError, check_device
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -23,13 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0)):
         if value < least:
             raise CLIError(f"{flag} must be at least {least}, got {value}")
-    cuda = re.fullmatch(r"cuda(?::(\d+))?", args.device)
-    if args.device != "cpu" and not cuda:
-        raise CLIError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
-    if cuda and not torch.cuda.is_available():
-        raise CLIError(f"--device {args.device}: no CUDA device is available")
-    if cuda and cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
-        raise CLIError(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    check_device(args.device)
     timm = None
     if args.compare:
         if args.compare != "timm":

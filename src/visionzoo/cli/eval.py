@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, check_device
 from ._preprocess import add_preprocessing_args, preprocessing_overrides
 
 
@@ -51,8 +51,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if len(data_classes) != info["num_classes"]:
         raise CLIError(f"{args.data} has {len(data_classes)} classes, the checkpoint's classifier {info['num_classes']}")
+    if info["classes"] and list(info["classes"]) != list(data_classes):
+        diff = [f"{d!r} vs {c!r}" for d, c in zip(data_classes, info["classes"]) if d != c]
+        raise CLIError(f"{args.data}'s classes are not the checkpoint's: {', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''} "
+                       "(data vs checkpoint, in label order)")
     names = info["classes"] or data_classes
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(check_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     dist = DistInfo(device=device)

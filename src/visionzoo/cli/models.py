@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import CLIError
+
 
 def _fmt(v: object, spec: str = "") -> str:
     if v is None:
@@ -13,11 +15,14 @@ def _fmt(v: object, spec: str = "") -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..registry import list_models
+    from ..registry import families, list_models
 
+    if args.family is not None and args.family not in families():
+        raise CLIError(f"unknown family {args.family!r}; families: {', '.join(families())}")
     names = list_models(args.pattern, family=args.family, aliases=args.aliases)
     if not names:
-        print(f"no model matches {args.pattern!r}")
+        where = f" in family {args.family}" if args.family else ""
+        print(f"no model matches {args.pattern or '*'!r}{where} (visionzoo list shows every name)")
         return 1
     print("\n".join(names))
     return 0

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import CLIError
+from . import CLIError, check_device
 
 # options whose value a resumed run takes from the command line rather than from config.json
 _RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
@@ -37,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..train import DataError, TrainConfig, TrainingStopped, train
     from ..train.engine import load_run_config
 
+    check_device(args.device)
     if args.task == "segment":
         return _segment(args)
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}

@@ -517,6 +517,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         st = load_training_state(state_path)
         if st["world_size"] != info.world_size:
             raise ValueError(f"the run was saved with {st['world_size']} process(es); resume it with the same number, not {info.world_size}")
+        if st["epoch"] > cfg.epochs:
+            raise ValueError(f"--epochs {cfg.epochs}: the run in {out} has already trained {st['epoch']} epochs; give more to continue it")
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"]) if st.get("scaler") else None

@@ -184,15 +184,16 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         if len(shuffled) < 2:
             raise DataError(f"{root}: at least two images are needed to hold one out")
         val_pairs, train_pairs = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
-    C = cfg.num_classes
-    if C is None:
-        top = 0
-        for _, m in train_pairs + val_pairs:
-            with Image.open(m) as im:
-                a = np.array(im)
-            a = a[a != IGNORE]
-            top = max(top, int(a.max()) if a.size else 0)
-        C = top + 1
+    top, top_mask = 0, None  # the largest label in the masks (255 ignored), and where
+    for _, m in train_pairs + val_pairs:
+        with Image.open(m) as im:
+            a = np.array(im)
+        a = a[a != IGNORE]
+        if a.size and int(a.max()) > top:
+            top, top_mask = int(a.max()), m
+    C = top + 1 if cfg.num_classes is None else cfg.num_classes
+    if top >= C:
+        raise DataError(f"{top_mask} holds label {top}, but --num-classes {C} allows labels 0..{C - 1} (and {IGNORE}: ignored)")
     if C < 2:
         raise DataError(f"{root}: the masks hold a single class; segmentation needs at least two")
     entry = get_entry(cfg.model) if cfg.model not in ("unext", "unext_s") else None
