@@ -338,6 +338,9 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--num-classes", "2", "--output", str(tmp_path / "two")], capsys,
                     "holds label 2, but --num-classes 2 allows labels 0..1")
     assert not (tmp_path / "two").exists()  # refused before anything is written
+    _one_line_error(["train", "--task", "segment", "--data", str(data), "--ema", "--mixup", "0.2"], capsys,
+                    "--task segment does not take --mixup, --ema")
+    _one_line_error(["train", "--seg-head", "aspp"], capsys, "--seg-head is an option of --task segment")
 
 
 @pytest.mark.slow

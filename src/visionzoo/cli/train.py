@@ -40,6 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.task == "segment":
         return _segment(args)
+    for flag in ("num_classes", "seg_head"):
+        if getattr(args, flag) is not None:
+            raise CLIError(f"--{flag.replace('_', '-')} is an option of --task segment (a classifier takes its classes from its data)")
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
@@ -92,7 +95,12 @@ def _segment(args: argparse.Namespace) -> int:
     if not args.data or args.data == "digits":
         raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
     cfg = SegmentConfig(data=args.data)
-    for k in ("model", "num_classes", "img_size", "epochs", "batch_size", "lr", "weight_decay", "seed", "pretrained", "output", "device", "progress"):
+    used = ("model", "num_classes", "img_size", "epochs", "batch_size", "lr", "weight_decay", "seed", "pretrained", "output", "device", "progress")
+    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+               if v is not None and v is not False and k not in (*used, "data", "model_arg", "seg_head", "task", "func", "command", "debug", "json")]
+    if ignored:
+        raise CLIError(f"--task segment does not take {', '.join(ignored)} (a classifier's options)")
+    for k in used:
         v = getattr(args, k, None)
         if v is not None:
             setattr(cfg, k, v)
