@@ -165,7 +165,7 @@ def test_timm_reset_classifier_with_global_pool(name, size):
     with pytest.raises(ValueError, match="num_classes=0"):
         ours.reset_classifier(5, "")
     with pytest.raises(ValueError, match="global_pool"):
-        ours.reset_classifier(5, "max")
+        ours.reset_classifier(5, "maxx")
     assert ours.get_classifier() is head and ours.num_classes == 10 and ours(x).shape == (2, 10)
     for pool in ("", "avg", *(("token", "avg") if name.startswith("vit") else ())):
         ours.reset_classifier(0, pool)
@@ -240,8 +240,56 @@ def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
     with pytest.raises(ValueError, match="num_classes=0"):
         visionzoo.create_model(name, global_pool="")
     if name != "vit_tiny_patch16_224":  # ViT has its own option ('token' / 'avg')
-        with pytest.raises(ValueError, match="pools by average"):
-            visionzoo.create_model(name, num_classes=0, global_pool="max")
+        with pytest.raises(ValueError, match="head takes global_pool 'avg'"):
+            visionzoo.create_model(name, num_classes=0, global_pool="maxx")
+
+
+def _pooling_families():
+    from family_models import smallest_per_family
+
+    from visionzoo.layers import POOL_TYPES
+    from visionzoo.registry import get_entry
+
+    return [n for n in smallest_per_family().values() if get_entry(n).model_cls.pool_types == POOL_TYPES]
+
+
+@pytest.mark.parametrize("name", _pooling_families())
+def test_timms_global_pool_types(name):
+    """timm's 'max', 'avgmax' and 'catavgmax' (twice the width: a classifier for 2C inputs) in every
+    family whose head pools a map: the pre-logits are those pools of forward_features."""
+    from family_models import small_side
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=3)
+    x = torch.randn(2, 3, small_side(model), small_side(model))
+    pools = {"avg": lambda f: f.mean((2, 3)), "max": lambda f: f.amax((2, 3)),
+             "avgmax": lambda f: (f.mean((2, 3)) + f.amax((2, 3))) / 2, "catavgmax": lambda f: torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1)}
+    assert set(model.pool_types) == set(pools)
+    for pool, expected in pools.items():
+        model = visionzoo.create_model(name, num_classes=3, global_pool=pool).eval()
+        with torch.no_grad():
+            f = model.forward_features(x)
+            pre = model.forward_head(f, pre_logits=True)
+            torch.testing.assert_close(pre, expected(f))
+            torch.testing.assert_close(model(x), model.get_classifier()(pre), rtol=1e-4, atol=1e-5)
+        assert model.head_hidden_size == pre.shape[1] == model.num_features * (2 if pool == "catavgmax" else 1)
+    model.reset_classifier(5, "avg")  # back to C inputs
+    assert model.get_classifier().in_features == model.num_features and model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("name, size", [("resnet18", 64), ("regnetx_002", 64), ("inception_v3", 128)])
+def test_global_pool_types_equal_timms(name, size):
+    """The same logits as timm for each pool with the same weights (a timm state dict with a 2C classifier loads)."""
+    timm = pytest.importorskip("timm")
+    from visionzoo.testing import build_random
+
+    x = torch.randn(2, 3, size, size)
+    for pool in ("max", "avgmax", "catavgmax"):
+        ref = build_random(lambda: timm.create_model(name, num_classes=7, global_pool=pool)).eval()
+        ours = visionzoo.create_model(name, num_classes=7, global_pool=pool, checkpoint=ref.state_dict()).eval()
+        with torch.no_grad():
+            r = ref(x)
+            torch.testing.assert_close(ours(x), r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
 
 
 # (name, create_model kwargs for both libraries, input side)

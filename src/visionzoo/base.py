@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers.helpers import classifier, clear_derived_caches, plain_cpu_eager
+from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
 
@@ -150,6 +151,10 @@ class VisionModel(nn.Module):
     #: run CPU inference in channels-last memory (convolutional families, where oneDNN's
     #: NHWC kernels beat its NCHW ones; see :meth:`forward`). An instance may turn it off.
     cpu_channels_last: bool = False
+    #: the ``global_pool`` values the head takes besides ``''``: ``avg`` alone, or timm's four
+    #: (:data:`~visionzoo.layers.POOL_TYPES`) in families whose head pools the map with
+    #: :meth:`pool` and classifies :attr:`pooled_features` with one linear layer
+    pool_types: tuple[str, ...] = ("avg",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -166,13 +171,23 @@ class VisionModel(nn.Module):
         self._head_hidden_size: int | None = None
         #: timm's ``global_pool=''``: without a classifier, ``forward`` returns ``forward_features``
         self.unpooled = False
+        self.global_pool = "avg"  # one of pool_types
+
+    def pool(self, x: Tensor) -> Tensor:
+        """The head's global pool of an NCHW map: (B, C), or (B, 2C) for ``catavgmax``."""
+        return global_pool_2d(x, self.global_pool)
+
+    @property
+    def pooled_features(self) -> int:
+        """Width of :meth:`pool`'s output: ``num_features``, twice that for ``catavgmax``."""
+        return self.num_features * (2 if self.global_pool == "catavgmax" else 1)
 
     @property
     def head_hidden_size(self) -> int:
         """Width of the pooled features the classifier sees (``forward_head(x, pre_logits=True)``,
         and ``forward`` after ``reset_classifier(0)``): ``num_features`` unless the head has
         hidden layers of its own (VGG's fc6 / fc7), as timm's attribute."""
-        return self.num_features if self._head_hidden_size is None else self._head_hidden_size
+        return self.pooled_features if self._head_hidden_size is None else self._head_hidden_size
 
     @head_hidden_size.setter
     def head_hidden_size(self, width: int) -> None:
@@ -217,17 +232,23 @@ class VisionModel(nn.Module):
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
         """timm's ``global_pool``: ``''`` makes ``forward`` return the unpooled features
         (:meth:`forward_unpooled`), which needs a model without classifier (``num_classes`` 0,
-        the model's own when None), as in timm; ``'avg'`` is the family's own pooling. A family
-        with other pools (ViT: ``'token'``) overrides this."""
+        the model's own when None), as in timm; ``'avg'`` is the family's own pooling, and
+        families with ``pool_types`` also take timm's ``'max'``, ``'avgmax'`` and
+        ``'catavgmax'`` (a new classifier when the pooled width changes). A family with other
+        pools (ViT: ``'token'``) overrides this."""
         num_classes = self.num_classes if num_classes is None else num_classes
         if pool == "":
             if num_classes != 0:
                 raise ValueError(f"{self._name()}: global_pool='' (no pooling) needs num_classes=0, as in timm; got num_classes={num_classes}")
             self.unpooled = True
-        elif pool == "avg":
-            self.unpooled = False
+        elif pool in self.pool_types:
+            width = self.pooled_features
+            self.unpooled, self.global_pool = False, pool
+            if self.pooled_features != width:
+                self.reset_head(self.num_classes)
         else:
-            raise ValueError(f"{self._name()} pools by average: global_pool takes 'avg', or '' with num_classes=0 (forward returns the unpooled features), got {pool!r}")
+            takes = " or ".join(repr(p) for p in self.pool_types)
+            raise ValueError(f"{self._name()}'s head takes global_pool {takes}, or '' with num_classes=0 (forward returns the unpooled features), got {pool!r}")
 
     def _name(self) -> str:
         return self.model_name or type(self).__name__
@@ -235,7 +256,7 @@ class VisionModel(nn.Module):
     def reset_head(self, num_classes: int) -> None:
         """Family hook of :meth:`reset_classifier`. Default: a new ``self.head.fc`` (an Identity
         for 0 classes); see :meth:`forward_head`."""
-        self.head.fc = classifier(self.num_features, num_classes)
+        self.head.fc = classifier(self.pooled_features, num_classes)
 
     def get_classifier(self) -> nn.Module | tuple[nn.Module, ...]:
         """The classifier module (timm's method): the one ``default_cfg["classifier"]`` names, or

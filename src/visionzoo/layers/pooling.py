@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .helpers import plain_cpu_eager, to_2tuple
 
-__all__ = ["MaxPool2d", "max_pool2d"]
+__all__ = ["POOL_TYPES", "MaxPool2d", "global_pool_2d", "max_pool2d"]
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -97,3 +97,22 @@ class MaxPool2d(nn.MaxPool2d):
         if self.return_indices or to_2tuple(self.dilation) != (1, 1):
             return super().forward(x)
         return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+
+
+#: timm's global pools of a classifier head (its ``SelectAdaptivePool2d``): the mean, the
+#: maximum, their average, and the two side by side (twice the channels)
+POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
+
+
+def global_pool_2d(x: Tensor, pool_type: str = "avg") -> Tensor:
+    """(B, C, H, W) -> (B, C) pooled over H and W as ``pool_type`` (:data:`POOL_TYPES`) says;
+    (B, 2C) for ``catavgmax`` (the means, then the maxima)."""
+    if pool_type == "avg":
+        return x.mean((2, 3))
+    if pool_type == "max":
+        return x.amax((2, 3))
+    if pool_type == "avgmax":
+        return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+    if pool_type == "catavgmax":
+        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+    raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {pool_type!r}")

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, evenly_spaced, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, classifier
+from ..layers import POOL_TYPES, Conv2d, classifier
 from ..layers.activations import GELU
 from ..registry import default_cfg, register_family
 
@@ -76,6 +76,7 @@ class ConvMixer(VisionModel):
     """
 
     family = "convmixer"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(self, cfg: ConvMixerConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -102,11 +103,11 @@ class ConvMixer(VisionModel):
         return self.blocks(self.stem(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = classifier(self.num_features, num_classes)
+        self.head = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

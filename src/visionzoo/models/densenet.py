@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import MaxPool2d, apply_conv_bn, classifier
+from ..layers import POOL_TYPES, MaxPool2d, apply_conv_bn, classifier
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -146,6 +146,7 @@ class DenseNet(VisionModel):
     """
 
     family = "densenet"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"features\.denseblock\d+\.denselayer\d+",)
 
     def __init__(self, cfg: DenseNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -189,11 +190,11 @@ class DenseNet(VisionModel):
         return self.features(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = classifier(self.num_features, num_classes)
+        self.classifier = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
+from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -247,6 +247,7 @@ class EfficientNet(VisionModel):
     """
 
     family = "efficientnet"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"blocks\.\d+\.\d+",)
     cpu_channels_last = True
 
@@ -323,11 +324,11 @@ class EfficientNet(VisionModel):
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))  # B, C
+        x = self.head_drop(self.pool(x))  # B, C
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = classifier(self.num_features, num_classes)
+        self.classifier = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

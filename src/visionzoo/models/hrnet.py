@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import apply_conv_bn, apply_conv_bn_seq, classifier
+from ..layers import POOL_TYPES, apply_conv_bn, apply_conv_bn_seq, classifier
 from ..registry import default_cfg, register_family
 
 __all__ = ["HRNet", "HRNetConfig"]
@@ -205,6 +205,7 @@ class HRNet(VisionModel):
     """
 
     family = "hrnet"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"layer1\.\d+", r"stage\d\.\d+", r"incre_modules\.\d+\.\d+")
     cpu_channels_last = True
     min_input_size = 32
@@ -280,11 +281,11 @@ class HRNet(VisionModel):
         return apply_conv_bn_seq(self.final_layer, y)  # B, 2048, H/32, W/32
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean(dim=(2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = classifier(self.num_features, num_classes)
+        self.classifier = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         stem = self._stem(x)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import ConvNormAct, MaxPool2d, classifier, max_pool2d
+from ..layers import POOL_TYPES, ConvNormAct, MaxPool2d, classifier, max_pool2d
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 
 __all__ = ["GoogLeNet", "GoogLeNetConfig", "InceptionV3", "InceptionV3Config", "conv_bn"]
@@ -64,6 +64,8 @@ class SequentialNet(VisionModel):
     model is built without). In training mode ``forward`` returns the logits followed by
     the auxiliary logits, deepest first (torchvision's order); otherwise the logits.
     """
+
+    pool_types = POOL_TYPES
 
     layer_names: list[str]
     _taps: list[int]
@@ -253,11 +255,11 @@ class GoogLeNet(SequentialNet):
         return x * scale + shift
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.dropout(x.mean((2, 3)))
+        x = self.dropout(self.pool(x))
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = classifier(self.num_features, num_classes)
+        self.fc = classifier(self.pooled_features, num_classes)
         for aux in (self.aux1, self.aux2):
             if aux is not None:
                 aux.fc2 = classifier(1024, num_classes)
@@ -524,11 +526,11 @@ class InceptionV3(SequentialNet):
         return self._min_size_aux if self.training and self.AuxLogits is not None else self._min_size
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = classifier(self.num_features, num_classes)
+        self.fc = classifier(self.pooled_features, num_classes)
         if self.AuxLogits is not None:
             self.AuxLogits.fc = classifier(768, num_classes)
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, MaxPool2d, classifier
+from ..layers import POOL_TYPES, Conv2d, MaxPool2d, classifier
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from .inception import SequentialNet, conv_bn
 
@@ -167,6 +167,7 @@ class InceptionV4(VisionModel):
     """
 
     family = "inception_v4"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"features\.\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
     min_input_size = 75
@@ -203,11 +204,11 @@ class InceptionV4(VisionModel):
         return tap_outputs(x, self.features, [self._taps[i] for i in indices], to_end=with_features)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.last_linear(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.last_linear = classifier(self.num_features, num_classes)
+        self.last_linear = classifier(self.pooled_features, num_classes)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
@@ -346,11 +347,11 @@ class InceptionResNetV2(SequentialNet):
         self._taps = [self.layer_names.index(f.module) for f in self.feature_info]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classif(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classif = classifier(self.num_features, num_classes)
+        self.classif = classifier(self.pooled_features, num_classes)
 
 
 register_converter("inception_v4", "timm")(identity)

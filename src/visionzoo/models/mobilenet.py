@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, apply_conv_bn, classifier, make_divisible, skippable
+from ..layers import POOL_TYPES, DropPath, apply_conv_bn, classifier, make_divisible, skippable
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
@@ -116,6 +116,8 @@ class _MobileNet(VisionModel):
     does, at the end of every stage after which the resolution halves, and at the last.
     """
 
+    pool_types = POOL_TYPES
+
     cpu_channels_last = True
 
     def _build_stem(self, in_chans: int, chs: int, act_layer: type[nn.Module]) -> None:
@@ -134,7 +136,7 @@ class _MobileNet(VisionModel):
         self.num_features = head_chs or chs[-1]
         self.head_drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
-        self.classifier = classifier(self.num_features, num_classes)
+        self.classifier = classifier(self.pooled_features, num_classes)
         self._taps, reduction = [], 2
         self.feature_info = []
         for i, s in enumerate(strides):
@@ -160,11 +162,11 @@ class _MobileNet(VisionModel):
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act2)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.classifier = classifier(self.num_features, num_classes)
+        self.classifier = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

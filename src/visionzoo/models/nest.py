@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
+from ..layers import POOL_TYPES, Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -249,6 +249,7 @@ class Nest(VisionModel):
     """
 
     family = "nest"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"levels\.\d+\.transformer_encoder\.\d+",)
 
     def __init__(self, cfg: NestConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
@@ -296,11 +297,11 @@ class Nest(VisionModel):
         return self.final_norm(self.levels(self.patch_embed(x)))  # B, C, H, W
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))
+        x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.head = classifier(self.num_features, num_classes)
+        self.head = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import ConvNormAct, DropPath, SqueezeExcite, classifier, drop_path_rates
+from ..layers import POOL_TYPES, ConvNormAct, DropPath, SqueezeExcite, classifier, drop_path_rates, global_pool_2d
 from ..registry import default_cfg, register_alias, register_family
 
 __all__ = ["RegNet", "RegNetConfig", "regnet_block_widths", "regnet_stages"]
@@ -136,15 +136,15 @@ class RegNetStage(nn.Sequential):
 
 
 class PoolHead(nn.Module):
-    """Global average pool -> dropout -> Linear (timm's ``head.fc``)."""
+    """Global pool (average by default) -> dropout -> Linear (timm's ``head.fc``)."""
 
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop)
         self.fc = classifier(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(x.mean((2, 3)))  # B, C
+    def forward(self, x: Tensor, pre_logits: bool = False, pool_type: str = "avg") -> Tensor:
+        x = self.drop(global_pool_2d(x, pool_type))  # B, C (2C: catavgmax)
         return x if pre_logits else self.fc(x)
 
 
@@ -180,6 +180,7 @@ class RegNet(VisionModel):
     """
 
     family = "regnet"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"s\d\.b\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
@@ -227,6 +228,9 @@ class RegNet(VisionModel):
         """Maps of ``feature_info[i]`` for i in ``indices``: 0 is the stem, 1.. the stages."""
         self.check_input(x)
         return tap_outputs(x, [self.stem, *(getattr(self, n) for n in self.stage_names)], indices, to_end=with_features)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.head(x, pre_logits, self.global_pool)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         for name in self.stage_names[max(indices) :]:

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, classifier, drop_path_rates, make_divisible, skippable
+from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, classifier, drop_path_rates, make_divisible, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -284,6 +284,7 @@ class ResNet(VisionModel):
     """
 
     family = "resnet"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"layer\d\.\d+",)
     cpu_channels_last = True  # with prepacked conv weights (layers.conv), faster at every size measured
 
@@ -346,11 +347,11 @@ class ResNet(VisionModel):
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.head_drop(x.mean((2, 3)))  # B, C
+        x = self.head_drop(self.pool(x))  # B, C (2C: catavgmax)
         return x if pre_logits else self.fc(x)
 
     def reset_head(self, num_classes: int) -> None:
-        self.fc = classifier(self.num_features, num_classes)
+        self.fc = classifier(self.pooled_features, num_classes)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
