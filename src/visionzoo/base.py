@@ -106,26 +106,28 @@ class _CheckpointedForward:
 
     The backward pass runs the block's forward again; its BatchNorms normalise with the batch's
     statistics then, as the first time, but do not fold them into the running statistics a
-    second time (they would count every batch twice)."""
+    second time (they would count every batch twice). Under torch.compile the recomputation
+    is the compiler's, which does not repeat the updates."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         forward = type(self.module).forward
         if torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
-            return checkpoint(forward, self.module, *args, use_reentrant=False,
-                              context_fn=lambda: (nullcontext(), _running_stats_frozen(self.module)), **kwargs)
+            if not torch.compiler.is_compiling() and any(m.training for m in self.norms):
+                kwargs["context_fn"] = lambda: (nullcontext(), _running_stats_frozen(self.norms))
+            return checkpoint(forward, self.module, *args, use_reentrant=False, **kwargs)
         return forward(self.module, *args, **kwargs)
 
 
 @contextmanager
-def _running_stats_frozen(module: nn.Module) -> Iterator[None]:
-    """Undo what the recomputation of ``module`` in the backward pass adds to its BatchNorms' running statistics."""
-    bufs = [b for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-            for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+def _running_stats_frozen(norms: Sequence[nn.Module]) -> Iterator[None]:
+    """Undo what the recomputation of a block in the backward pass adds to its BatchNorms' running statistics."""
+    bufs = [b for m in norms if m.training for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
     saved = [b.clone() for b in bufs]
     try:
         yield
