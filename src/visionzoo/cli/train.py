@@ -15,6 +15,11 @@ from . import CLIError, check_device
 _RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
 
 
+def _flag(field: str) -> str:
+    """The command-line flag of a configuration field: ``drop_path`` -> ``--drop-path``."""
+    return "--" + field.replace("_", "-")
+
+
 def _as_json(value: Any) -> Any:
     """``value`` as config.json holds it (tuples become lists)."""
     return json.loads(json.dumps(value))
@@ -42,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _segment(args)
     for flag in ("num_classes", "seg_head"):
         if getattr(args, flag) is not None:
-            raise CLIError(f"--{flag.replace('_', '-')} is an option of --task segment (a classifier takes its classes from its data)")
+            raise CLIError(f"{_flag(flag)} is an option of --task segment (a classifier takes its classes from its data)")
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
@@ -52,11 +57,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = load_run_config(Path(args.output))
         except ValueError as e:
             raise CLIError(str(e)) from None
+        unset = lambda k, v: k == "model_args" and not v  # noqa: E731  (no --model-arg given)
         changed = [k for k, v in given.items() if k not in (*_RUNTIME, "epochs", "output", "resume")
-                   and (v or k != "model_args") and _as_json(v) != _as_json(getattr(cfg, k))]
+                   and not unset(k, v) and _as_json(v) != _as_json(getattr(cfg, k))]
         if changed:
-            flags = ", ".join(f"--{k.replace('_', '-')} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
-            runtime = ", ".join(f"--{k.replace('_', '-')}" for k in ("epochs", *_RUNTIME))
+            flags = ", ".join(f"{_flag(k)} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
+            runtime = ", ".join(_flag(k) for k in ("epochs", *_RUNTIME))
             raise CLIError(f"--resume continues the run with the settings in its config.json and cannot change {flags}; "
                            f"it takes {runtime}")
         for k in (*_RUNTIME, "epochs"):
@@ -96,7 +102,7 @@ def _segment(args: argparse.Namespace) -> int:
         raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
     cfg = SegmentConfig(data=args.data)
     used = ("model", "num_classes", "img_size", "epochs", "batch_size", "lr", "weight_decay", "seed", "pretrained", "output", "device", "progress")
-    ignored = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+    ignored = [_flag(k) for k, v in vars(args).items()
                if v is not None and v is not False and k not in (*used, "data", "model_arg", "seg_head", "task", "func", "command", "debug", "json")]
     if ignored:
         raise CLIError(f"--task segment does not take {', '.join(ignored)} (a classifier's options)")
