@@ -77,11 +77,12 @@ def test_model_battery(name):
         assert model(x).shape == (2, model.head_hidden_size)
         heads = model.get_classifier()
         assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
+        pool = model.global_pool  # the model's own: 'avg', or ViT's 'token'
         model.reset_classifier(0, "")  # timm's global_pool='': a map (or tokens) per image
         assert model(x).ndim in (3, 4) and model(x).shape[0] == 2
         with pytest.raises(ValueError, match="num_classes=0"):
             model.reset_classifier(4, "")
-        model.reset_classifier(0, "avg")
+        model.reset_classifier(0, pool)  # pooled again
         assert model(x).shape == (2, model.head_hidden_size)
 
     # features_only: one NCHW map per stage, as feature_info says
