@@ -212,8 +212,9 @@ def mask_rcnn(
         maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
     body = create_model(backbone_name)
-    levels = [body.feature_info[i] for i in body.default_out_indices()]  # what features_only returns by default
-    ends = [body.level_ends()[i] for i in body.default_out_indices()]
+    default, every_end = body.default_out_indices(), body.level_ends()
+    levels = [body.feature_info[i] for i in default]  # what features_only returns by default
+    ends = [every_end[i] for i in default]
     if neck is None:
         neck = "simple" if len({fi.reduction for fi in levels}) == 1 else "fpn"
     if out_indices is None:  # the four deepest maps, as ResNet-FPN; the last for the simple pyramid
