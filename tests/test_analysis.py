@@ -211,6 +211,27 @@ def test_flops_breakdown_hierarchical_and_uncalled_containers():
     assert "(model)" not in h["stages"]
 
 
+def test_flops_breakdown_counts_projections_run_as_matmuls_as_projections():
+    """CoAtNet's attention projections are 1x1 convolutions run as matmuls over tokens; they
+    count as ``attention_proj`` (as nn.Linear projections do), the MBConv 1x1s as convolutions."""
+    b = flops_breakdown("coatnet_0_224")
+    model = visionzoo.create_model("coatnet_0_224").eval()
+    macs = {"proj": 0}
+
+    def count(m, inp, out):
+        macs["proj"] += out.numel() * inp[0].shape[-1]
+
+    handles = [getattr(m, p).register_forward_hook(count) for n, m in model.named_modules() if n.endswith(".attn") for p in ("qkv", "proj")]
+    with torch.no_grad():
+        model(torch.randn(1, 3, 224, 224))
+    for h in handles:
+        h.remove()
+    assert macs["proj"] > 0
+    assert math.isclose(b["kinds"]["attention_proj"], macs["proj"] / 1e9, rel_tol=1e-9)
+    assert b["kinds"]["other"] < 0.001 * b["gmacs"]  # the MBConv 1x1s are convolutions
+    assert math.isclose(sum(b["kinds"].values()), b["gmacs"], rel_tol=1e-9)
+
+
 def _timm_macs(name, size):
     timm = pytest.importorskip("timm")
     with torch.device("meta"):

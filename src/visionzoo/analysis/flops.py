@@ -50,9 +50,13 @@ def _kind(op: str, chain: Sequence[tuple[str, nn.Module]]) -> str:
     inner = chain[-1][1]
     for name, m in reversed(chain[1:]):
         if _ATTN.search(type(m).__name__) or _ATTN.fullmatch(name):
-            return "attention_proj" if isinstance(inner, nn.Linear) else "attention"
+            # a weighted layer inside the attention module (nn.Linear, or a 1x1 convolution run
+            # as a matmul) is a projection; products of activations are the token products
+            return "attention_proj" if inner is not m and isinstance(inner._parameters.get("weight"), nn.Parameter) else "attention"
         if _MLP.search(type(m).__name__) or _MLP.fullmatch(name):
             return "mlp"
+    if isinstance(inner, nn.modules.conv._ConvNd):  # a convolution run as a matmul (1x1 over tokens)
+        return "convolution"
     if _is_norm(inner):
         return "norm"
     return "other"
