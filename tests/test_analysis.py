@@ -144,6 +144,21 @@ def test_cli_rf_writes_picture(tmp_path, capsys):
     assert cli_main(["rf", "--rates", "1,2,5", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["gridding"] is False
     assert cli_main(["rf", "--rates", "1,0"]) == 2
+    capsys.readouterr()
+    assert cli_main(["rf", "--rates", "2,3"]) == 0  # holes, yet the paper's rule passes: said so
+    text = capsys.readouterr().out
+    assert "gridding: 40 of 121" in text and "note: the rule and the count disagree" in text
+
+
+@pytest.mark.parametrize("rates", [[2.5], [1.9, 2], [True, 2], ["2"]])
+def test_non_integer_rates_are_refused_not_truncated(rates):
+    with pytest.raises(ValueError, match="positive integers"):
+        hdc_check(rates)
+    with pytest.raises(ValueError, match="positive integers"):
+        receptive_field(rates)
+    assert hdc_check([2.0, np.int64(3)])["span"] == hdc_check([2, 3])["span"] == 11
+    with pytest.raises(ValueError, match="kernel_size must be a positive integer"):
+        hdc_check([1, 2], kernel_size=3.5)
 
 
 # --------------------------------------------------------------------------- attention complexity

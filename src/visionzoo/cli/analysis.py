@@ -45,6 +45,10 @@ def cmd_rf(args: argparse.Namespace) -> int:
     else:
         print("no gridding: every pixel of the receptive field reaches the output")
     print(f"HDC (Wang et al. 2018): M = {verdict['M']}, M_2 <= K and no common factor: {'yes' if verdict['hdc_ok'] else 'no'}")
+    if verdict["hdc_ok"] == verdict["gridding"]:
+        first = f" (here {args.rates[0]})" if args.rates[0] != 1 else ""
+        print(f"note: the rule and the count disagree; the rule is the paper's design test for groups that start at rate 1{first} "
+              "with 3x3 kernels, the count above is exact for these rates")
     if args.output:
         print(f"wrote {args.output}")
     return 0
