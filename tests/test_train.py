@@ -333,6 +333,16 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     assert s["num_classes"] == 3 and len(s["iou_per_class"]) == 3 and len(s["dice_per_class"]) == 3
     curve = s["miou_per_epoch"]
     assert curve[-1] > curve[0] + 0.1, curve
+    # the metadata rebuilds the network: backbone and its overrides, head and its width
+    from safetensors.torch import load_file
+
+    from visionzoo.tasks import create_segmentation_model
+    from visionzoo.train.checkpoint import read_metadata
+
+    meta = read_metadata(out / "model.safetensors")
+    rebuilt = create_segmentation_model(meta["model"], meta["num_classes"], head=meta["head"], channels=meta["channels"],
+                                        img_size=meta["preprocessing"]["img_size"], **meta["overrides"])
+    rebuilt.load_state_dict(load_file(out / "model.safetensors"))
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--output", str(out)], capsys, "already holds a segmentation run")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--num-classes", "2", "--output", str(tmp_path / "two")], capsys,
@@ -341,6 +351,34 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--ema", "--mixup", "0.2"], capsys,
                     "--task segment does not take --mixup, --ema")
     _one_line_error(["train", "--seg-head", "aspp"], capsys, "--seg-head is an option of --task segment")
+
+
+def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, capsys):
+    """Colour-coded masks used to be read as their red channel (a silent 0 mIoU); grey stored as
+    RGB is a label map. Bad pairs and options are refused before the run folder exists."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.segment import read_mask
+
+    data = _seg_folder(tmp_path / "seg", n=4, size=16)
+    lab = read_mask(data / "masks" / "0.png")
+    Image.fromarray(np.stack([lab] * 3, -1)).save(tmp_path / "grey_rgb.png")
+    assert (read_mask(tmp_path / "grey_rgb.png") == lab).all()
+    colour = np.zeros((*lab.shape, 3), np.uint8)
+    colour[lab == 1], colour[lab == 2] = (128, 0, 0), (0, 128, 0)
+    Image.fromarray(colour).save(data / "masks" / "1.png")
+    out = tmp_path / "run"
+    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "16", "--epochs", "1", "--output", str(out)]
+    _one_line_error(seg, capsys, "is a colour image (mode RGB); a mask must be a label map")
+    Image.fromarray(lab[:8]).save(data / "masks" / "1.png")
+    _one_line_error(seg, capsys, "is (16, 16) pixels but its mask (8, 16)")
+    Image.fromarray(lab).save(data / "masks" / "1.png")
+    _one_line_error([*seg, "--num-classes", "0"], capsys, "--num-classes must be at least 2")
+    _one_line_error([*seg, "--lr", "0"], capsys, "--lr must be positive")
+    _one_line_error([*seg, "--model", "unext", "--seg-head", "aspp"], capsys, "unext is a whole segmentation network")
+    _one_line_error([*seg, "--model", "unext", "--pretrained", str(tmp_path / "none.pth")], capsys, "unext is a whole segmentation network")
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["classify", "segment"], default="classify",
                    help="segment: --data PATH with images/ and masks/ (PNG label maps); reports IoU and Dice")
     p.add_argument("--num-classes", type=int, default=None, help="segment: classes of the masks (default: largest label + 1)")
-    p.add_argument("--seg-head", choices=["fpn", "aspp"], default=None, help="segment: head on the backbone (default fpn)")
+    p.add_argument("--seg-head", choices=["fpn", "aspp", "hrnetv2"], default=None, help="segment: head on the backbone (default fpn; hrnetv2 on an HRNet)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="digits (default) | cifar10 | cifar100 | mnist | fashion_mnist | PATH "
                    "(folder with train/ and val/ class folders, or class folders and --val-split)")

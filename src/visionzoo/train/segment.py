@@ -1,12 +1,18 @@
 """``visionzoo train --task segment``: semantic segmentation on a folder of images and label maps.
 
-The folder holds ``images/`` and ``masks/`` with the same file stems; a mask is a PNG whose
-pixel values are class indices (255: ignored). Optional ``train/`` and ``val/`` sub-folders,
+The folder holds ``images/`` and ``masks/`` with the same file stems; a mask is a label map
+whose pixel values are class indices (255: ignored): one channel (PNG mode ``L``, ``P`` or
+``I``), or grey stored as RGB. Colour-coded masks (class = colour) are refused, since no
+colour-to-class table comes with them. Optional ``train/`` and ``val/`` sub-folders,
 each with ``images/`` and ``masks/``; otherwise a fixed 20 % is held out. The model is
 :func:`visionzoo.tasks.create_segmentation_model` (a registered backbone with an FPN head by
-default). Reported: per-class and mean IoU and Dice on the held-out images.
+default; ``--seg-head aspp``, or ``hrnetv2`` on an HRNet). Training adds horizontal flips.
+Reported: per-class and mean IoU and Dice on the held-out images, computed at ``--img-size``
+(images and masks resized to that square, masks by nearest neighbour).
 
-Single process, no mid-epoch resume (classification has those); checkpoints at each epoch end.
+A run writes ``model.safetensors`` (metadata: backbone, head and its width, classes,
+preprocessing), ``metrics.csv`` and ``summary.json``. Single process, no resume (classification
+has those); the checkpoint is rewritten at each epoch end.
 """
 
 from __future__ import annotations
@@ -53,6 +59,31 @@ class SegmentConfig:
     progress: str = "auto"
 
 
+#: backbones that are whole segmentation networks: they take no --seg-head, head width or checkpoint
+WHOLE_NETWORKS = ("unext", "unext_s")
+
+
+def read_mask(path: Path) -> Any:
+    """A label map as an (H, W) integer array; colour masks and unreadable files are refused."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as m:
+            mode, mask = m.mode, np.array(m)
+    except OSError:
+        raise DataError(f"{path}: not a readable mask image") from None
+    if mask.ndim == 3:  # RGB(A): only grey stored in colour channels is a label map
+        rgb = mask[..., :3]
+        if not ((rgb == rgb[..., :1]).all()):
+            raise DataError(f"{path} is a colour image (mode {mode}); a mask must be a label map: one channel "
+                            "(PNG mode L, P or I) whose values are class indices, 255 ignored")
+        mask = rgb[..., 0]
+    if not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool:
+        raise DataError(f"{path}: mask values are {mask.dtype}, not class indices")
+    return mask
+
+
 def _pairs(root: Path) -> list[tuple[Path, Path]]:
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
@@ -74,7 +105,7 @@ def _pairs(root: Path) -> list[tuple[Path, Path]]:
 
 
 class SegFolder(Dataset):
-    """(image, mask) pairs resized to a square; training adds flips and scale jitter."""
+    """(image, mask) pairs resized to a square; training adds horizontal flips."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], size: int, mean: Any, std: Any, train: bool) -> None:
         self.pairs, self.size, self.train = pairs, size, train
@@ -87,17 +118,10 @@ class SegFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         import numpy as np
-        from PIL import Image
 
         ip, mp = self.pairs[i]
         img = load_image(ip).convert("RGB")
-        try:
-            with Image.open(mp) as m:
-                mask = np.array(m)
-        except OSError:
-            raise DataError(f"{mp}: not a readable mask image") from None
-        if mask.ndim == 3:
-            mask = mask[..., 0]
+        mask = read_mask(mp)
         x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # 3, H, W
         y = torch.from_numpy(mask.astype("int64"))  # H, W
         if x.shape[-2:] != y.shape:
@@ -150,14 +174,19 @@ def _evaluate(model: torch.nn.Module, loader: DataLoader, C: int, device: torch.
 
 
 def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
-    import numpy as np
     from PIL import Image
 
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .engine import _write_csv, plot_curves  # noqa: F401
 
+    whole = cfg.model in WHOLE_NETWORKS
+    if whole and (cfg.head != "fpn" or cfg.pretrained is not None or cfg.channels != SegmentConfig.channels):
+        raise ValueError(f"{cfg.model} is a whole segmentation network: it takes no --seg-head, head width or --pretrained backbone")
+    if cfg.num_classes is not None and cfg.num_classes < 2:
+        raise ValueError(f"--num-classes must be at least 2 (background and one class), got {cfg.num_classes}")
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be positive, got {cfg.lr}")
     if cfg.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
     if cfg.batch_size < 1:
@@ -185,9 +214,15 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
             raise DataError(f"{root}: at least two images are needed to hold one out")
         val_pairs, train_pairs = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
     top, top_mask = 0, None  # the largest label in the masks (255 ignored), and where
-    for _, m in train_pairs + val_pairs:
-        with Image.open(m) as im:
-            a = np.array(im)
+    for p, m in train_pairs + val_pairs:  # every pair checked before the run folder is made
+        a = read_mask(m)
+        try:
+            with Image.open(p) as im:
+                size = im.size[::-1]
+        except OSError:
+            raise DataError(f"{p}: not a readable image") from None
+        if a.shape != size:
+            raise DataError(f"{p} is {size} pixels but its mask {a.shape}")
         a = a[a != IGNORE]
         if a.size and int(a.max()) > top:
             top, top_mask = int(a.max()), m
@@ -196,7 +231,7 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         raise DataError(f"{top_mask} holds label {top}, but --num-classes {C} allows labels 0..{C - 1} (and {IGNORE}: ignored)")
     if C < 2:
         raise DataError(f"{root}: the masks hold a single class; segmentation needs at least two")
-    entry = get_entry(cfg.model) if cfg.model not in ("unext", "unext_s") else None
+    entry = None if whole else get_entry(cfg.model)
     dcfg = entry.default_cfg if entry else {}
     mean, std = dcfg.get("mean", (0.485, 0.456, 0.406)), dcfg.get("std", (0.229, 0.224, 0.225))
     torch.manual_seed(cfg.seed)
@@ -205,7 +240,9 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         cfg.model_args = dict(SMALL_BACKBONE) if cfg.model == "convnext_tiny" else {}
     kwargs: dict[str, Any] = dict(cfg.model_args)
     if entry is not None:
-        kwargs.update(head=cfg.head, channels=cfg.channels, img_size=cfg.img_size, checkpoint=cfg.pretrained)
+        kwargs.update(head=cfg.head, checkpoint=cfg.pretrained)
+        if cfg.head != "hrnetv2":  # HRNetV2's head has its own width and takes any size
+            kwargs.update(channels=cfg.channels, img_size=cfg.img_size)
     model = create_segmentation_model(cfg.model, C, **kwargs).to(device)
     train_ds = SegFolder(train_pairs, cfg.img_size, mean, std, train=True)
     train_ds.seed = cfg.seed
@@ -245,7 +282,8 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
             print(f"epoch {epoch + 1}/{cfg.epochs} train loss {row['train_loss']:.4f} | held-out loss {ev['loss']:.4f} "
                   f"mIoU {ev['miou']:.4f} mDice {ev['mdice']:.4f} pixel acc {ev['pixel_acc']:.4f}", flush=True)
         meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
-                              {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment", head=cfg.head)
+                              {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment",
+                              **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
         save_state_dict(model.state_dict(), out / "model.safetensors", metadata=meta)
         lines = ["epoch,train_loss,val_loss,miou,mdice,pixel_acc"] + [
             ",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in ("epoch", "train_loss", "val_loss", "miou", "mdice", "pixel_acc"))
@@ -253,7 +291,7 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         ]
         (out / "metrics.csv").write_text("\n".join(lines) + "\n")
     summary = {
-        "task": "segment", "model": cfg.model, "head": cfg.head, "data": str(root), "num_classes": C,
+        "task": "segment", "model": cfg.model, "head": cfg.model if whole else cfg.head, "data": str(root), "num_classes": C,
         "train_images": len(train_ds), "heldout_images": len(val_ds), "img_size": cfg.img_size,
         "miou": ev["miou"], "mdice": ev["mdice"], "iou_per_class": ev["iou"], "dice_per_class": ev["dice"],
         "pixel_acc": ev["pixel_acc"], "miou_per_epoch": [r["miou"] for r in history],
@@ -262,3 +300,4 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     }
     write_json_atomic(summary, out / "summary.json")
     return summary
+
