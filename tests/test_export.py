@@ -44,6 +44,21 @@ def test_onnx_external_weights_are_named_after_the_file(tmp_path):
     assert onnx_files(moved / "r18.onnx") == [moved / "r18.onnx"]
 
 
+def test_a_failed_export_leaves_nothing_and_says_why(tmp_path):
+    """An input size the model refuses is the model's one-line error, not the exporter's trace,
+    and leaves no folder behind; folders a successful export needs are made at the end."""
+    from visionzoo.base import InputError
+
+    vit = visionzoo.create_model("vit_tiny_patch16_224", num_classes=3)
+    with pytest.raises(InputError, match="divisible by 16"):
+        export_onnx(vit, tmp_path / "new" / "sub" / "vit.onnx", img_size=100)
+    assert list(tmp_path.iterdir()) == []
+    pytest.importorskip("onnxruntime")
+    path = export_onnx(vit, tmp_path / "new" / "sub" / "vit.onnx", img_size=32)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["new", "sub", "vit.onnx"]  # nothing temporary left
+    assert verify_onnx(vit, path, img_size=32) < 1e-3
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_torch_export_dynamic_batch(family):
     name = FAMILIES[family]

@@ -52,10 +52,12 @@ def export_onnx(
 
     Weights over ONNX's 2 GB limit (or all, with ``external_data=True``) go to a second file
     beside it, ``<name>.onnx.data``, which the model names. The files are written in a
-    temporary folder beside ``path`` and moved into place once complete, the weights first.
+    temporary folder and moved into place once complete, the weights first; folders of
+    ``path`` that do not exist yet are made then, so a failed export leaves nothing behind.
 
     Raises:
-        ValueError: an opset outside 18-23; ``path`` is a directory.
+        ValueError: an opset outside 18-23; ``path`` is a directory or lies under a file.
+        The model's own error (e.g. an input size it refuses), from one forward pass run first.
     """
     path = Path(path)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -65,11 +67,13 @@ def export_onnx(
     above = next((p for p in path.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise ValueError(f"{above} is a file, not a folder: cannot write {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     x = _example(model, img_size, batch)
+    with torch.no_grad():
+        model(x)  # the model's own message for an input it refuses, not the exporter's trace
     dim = torch.export.Dim("batch", min=1, max=4096)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # the temporary folder in the nearest existing folder (the same file system, for the moves)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=above or Path.cwd()))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -81,6 +85,7 @@ def export_onnx(
         data = tmp / f"{path.name}.data"  # the name the exporter gives the external weights
         beside = path.with_name(data.name)
         external = data.exists()
+        path.parent.mkdir(parents=True, exist_ok=True)
         if external:
             publish(str(data), beside)
         publish(str(tmp / path.name), path)
