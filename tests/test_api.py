@@ -91,6 +91,10 @@ def test_cli_list_and_info():
     r = _cli("info", "vit_base_patch16_224", "--set", "pos_embed=learned_2d")
     # 197 x 768 learned table replaced by 14 x 384 row + 14 x 384 column + 768 class-token tables
     assert r.returncode == 0 and f"{86_567_656 - 197 * 768 + 2 * 14 * 384 + 768:,}" in r.stdout
+    # the paper's figure is for its own input size: named where the count is at another
+    r = _cli("info", "vit_base_patch16_224", "--img-size", "384")
+    assert r.returncode == 0 and "at 384x384 (paper: 17.6 at 224x224)" in r.stdout, r.stdout
+    assert "17.56" in _cli("info", "vit_base_patch16_224").stdout.split("(paper: 17.6)")[0]
 
 
 def test_cli_errors_are_one_line():

@@ -187,7 +187,8 @@ def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **over
     Returns:
         dict with ``name``, ``family``, ``params``, ``gmacs`` (multiply-adds counted by
         torch.utils.flop_counter at the default or given input size), ``input_size``,
-        ``published_params_m``, ``published_gmacs``, ``published_top1``, ``paper``.
+        ``published_params_m``, ``published_gmacs``, ``published_top1``, ``paper`` and
+        ``published_input_size`` (the size the paper's figures are for: the entry's default).
     """
     entry = get_entry(name)
     model = _meta_model(entry.name, img_size=img_size, **overrides)
@@ -204,6 +205,7 @@ def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **over
         "published_gmacs": pub.get("gmacs"),
         "published_top1": pub.get("top1"),
         "published_note": pub.get("note"),
+        "published_input_size": tuple(entry.default_cfg["input_size"]),
         "paper": entry.paper,
         "default_cfg": dict(model.default_cfg),
     }

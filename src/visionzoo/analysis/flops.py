@@ -132,7 +132,7 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
         ``input_size``, ``stages`` (stage path -> GMACs: the model's top-level children,
         containers of 2-8 stages split into ``stages.0``, ``stages.1``, ...; ``(model)`` for
         operators run by the model itself), ``kinds`` (:data:`LAYER_KINDS` -> GMACs) and
-        ``published`` (the registry's figures).
+        ``published`` (the registry's figures, for ``published_input_size``).
     """
     from ..base import count_params
     from ..factory import _meta_model, run_flop_counter
@@ -151,6 +151,7 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
         "stages": stages,
         "kinds": kinds,
         "published": dict(entry.published),
+        "published_input_size": tuple(entry.default_cfg["input_size"]),
     }
 
 
@@ -159,7 +160,8 @@ def flops_table(pattern: str | None = None, *, img_size: int | Sequence[int] | N
 
     Returns:
         list of dicts with ``name``, ``params_m``, ``gmacs``, ``input_size``,
-        ``published_params_m``, ``published_gmacs``, ``published_top1``.
+        ``published_params_m``, ``published_gmacs``, ``published_top1``,
+        ``published_input_size``.
     """
     from ..factory import model_info
     from ..registry import list_models
@@ -175,6 +177,7 @@ def flops_table(pattern: str | None = None, *, img_size: int | Sequence[int] | N
             "published_params_m": info["published_params_m"],
             "published_gmacs": info["published_gmacs"],
             "published_top1": info["published_top1"],
+            "published_input_size": info["published_input_size"],
         })
     return rows
 

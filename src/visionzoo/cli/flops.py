@@ -6,6 +6,7 @@ import argparse
 import json
 
 from . import CLIError
+from .models import paper_gmacs
 
 
 def _fmt(v: object, spec: str) -> str:
@@ -23,12 +24,13 @@ def _table(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'model':<{width}}  {'input':>7}  {'params M':>9}  {'paper':>7}  {'GMACs':>8}  {'paper':>7}  {'top-1':>6}")
+    paper = max(7, *(len(paper_gmacs(r)) for r in rows))
+    print(f"{'model':<{width}}  {'input':>7}  {'params M':>9}  {'paper':>7}  {'GMACs':>8}  {'paper':>{paper}}  {'top-1':>6}")
     for r in rows:
         size = f"{r['input_size'][1]}x{r['input_size'][2]}"
         print(
             f"{r['name']:<{width}}  {size:>7}  {r['params_m']:9.2f}  {_fmt(r['published_params_m'], '7.1f'):>7}"
-            f"  {r['gmacs']:8.3f}  {_fmt(r['published_gmacs'], '7.2f'):>7}  {_fmt(r['published_top1'], '6.1f'):>6}"
+            f"  {r['gmacs']:8.3f}  {paper_gmacs(r):>{paper}}  {_fmt(r['published_top1'], '6.1f'):>6}"
         )
     return 0
 
@@ -49,7 +51,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     total = b["gmacs"] or 1.0
     pub = b["published"]
     size = f"{b['input_size'][1]}x{b['input_size'][2]}"
-    print(f"{b['name']} at {size}: {b['gmacs']:.3f} GMACs (paper: {_fmt(pub.get('gmacs'), '.2f')}), "
+    print(f"{b['name']} at {size}: {b['gmacs']:.3f} GMACs (paper: {paper_gmacs({**b, 'published_gmacs': pub.get('gmacs')})}), "
           f"{b['params'] / 1e6:.2f} M params (paper: {_fmt(pub.get('params'), '.1f')})")
     width = max(len(s) for s in [*b["stages"], *b["kinds"], "per stage"])
     print("\nper stage")

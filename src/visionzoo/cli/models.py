@@ -14,6 +14,16 @@ def _fmt(v: object, spec: str = "") -> str:
     return format(v, spec) if spec and isinstance(v, (int, float)) else str(v)
 
 
+def paper_gmacs(row: dict) -> str:
+    """The published GMACs as the paper gives them, with their input size where the row was
+    counted at another (``model_info`` / ``flops_table`` rows)."""
+    v = row["published_gmacs"]
+    if v is None:
+        return "-"
+    at = row["published_input_size"]
+    return str(v) if tuple(at) == tuple(row["input_size"]) else f"{v} at {at[1]}x{at[2]}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ..registry import families, list_models
 
@@ -42,10 +52,11 @@ def _info_table(args: argparse.Namespace) -> int:
         print(json.dumps([{k: v for k, v in i.items() if k != "default_cfg"} for i in infos], indent=2, default=str))
         return 0
     width = max(len(n) for n in names)
-    print(f"{'model':<{width}}  {'params (M)':>10}  {'GMACs':>7}  {'paper GMACs':>11}  {'paper top-1':>11}  input")
+    paper = max(11, *(len(paper_gmacs(i)) for i in infos))
+    print(f"{'model':<{width}}  {'params (M)':>10}  {'GMACs':>7}  {'paper GMACs':>{paper}}  {'paper top-1':>11}  input")
     for i in infos:
         print(
-            f"{i['name']:<{width}}  {i['params'] / 1e6:>10.2f}  {i['gmacs']:>7.2f}  {_fmt(i['published_gmacs']):>11}  "
+            f"{i['name']:<{width}}  {i['params'] / 1e6:>10.2f}  {i['gmacs']:>7.3f}  {paper_gmacs(i):>{paper}}  "
             f"{_fmt(i['published_top1']):>11}  {i['input_size'][1]}x{i['input_size'][2]}"
         )
     return 0
@@ -77,7 +88,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("model", info["name"]),
         ("family", info["family"]),
         ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {_fmt(info['published_params_m'])} M)"),
-        ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {_fmt(info['published_gmacs'])})"),
+        ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {paper_gmacs(info)})"),
         ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"),
         ("top-1", f"{_fmt(info['published_top1'])} % (paper)"),
         ("paper", info["paper"] or "-"),
