@@ -428,3 +428,28 @@ def test_cli_attention_and_windows(tmp_path, capsys):
         assert cli_main(args) == 2, name
         err = capsys.readouterr().err.strip().splitlines()
         assert message in err[-1] and "Traceback" not in "".join(err), err
+    # an output that cannot be written, or a missing image, is refused before the model is built
+    for bad, message in [(tmp_path / "nodir" / "x.png", "does not exist"), (tmp_path / "x.txt", "pictures are written as")]:
+        assert cli_main(["attention", "posembed", "vit_tiny_patch16_224", "--output", str(bad)]) == 2
+        assert message in capsys.readouterr().err
+    assert cli_main(["attention", "rollout", "vit_tiny_patch16_224", "--image", str(tmp_path / "no.png"), "--output", str(tmp_path / "x.png")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_attention_image_is_the_models_evaluation_view(tmp_path):
+    """--image is resized on its short side and centre-cropped (timm's eval view), not squashed."""
+    from visionzoo.cli.analysis import _load_image
+    from visionzoo.train.data import eval_transform
+
+    wide = np.zeros((40, 120, 3), np.uint8)
+    wide[:, 40:80] = 255  # a white centre third: all that the centre crop keeps
+    PIL.fromarray(wide).save(tmp_path / "wide.png")
+    model = _small_vit()
+    x = _load_image(str(tmp_path / "wide.png"), model, required=True)
+    cfg = model.default_cfg
+    assert x.shape == (1, 3, 64, 64)
+    white = (1 - torch.tensor(cfg["mean"])) / torch.tensor(cfg["std"])
+    # the crop lies inside the white third (squashed, the left and right thirds would be black)
+    torch.testing.assert_close(x[0], white[:, None, None].expand(3, 64, 64), atol=0.05, rtol=0)
+    ref = eval_transform(64, cfg["mean"], cfg["std"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"])(PIL.open(tmp_path / "wide.png"))
+    torch.testing.assert_close(x[0], ref)

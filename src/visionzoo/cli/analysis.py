@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -20,6 +21,27 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse a picture path that cannot be written before any work is done: a folder that
+    does not exist, or a file type matplotlib does not write."""
+    if path is None:
+        return
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"--output {p} is a folder; give the picture's file name (e.g. {p / 'out.png'})")
+    if not p.parent.is_dir():
+        raise CLIError(f"--output {p}: the folder {p.parent} does not exist")
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return  # _plot says what to install
+    kinds = Figure().canvas.get_supported_filetypes()
+    if p.suffix.lower().lstrip(".") not in kinds:
+        raise CLIError(f"--output {p}: pictures are written as {', '.join('.' + k for k in sorted(kinds))}")
+
+
 def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
@@ -30,6 +52,7 @@ def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def cmd_rf(args: argparse.Namespace) -> int:
     from ..analysis import hdc_check, plot_receptive_field
 
+    _check_output(args.output)
     if args.output:
         verdict = _plot(plot_receptive_field, args.rates, args.output, kernel_size=args.kernel)
     else:
@@ -77,21 +100,24 @@ def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
         if required:
             raise CLIError("--image is required")
         return torch.randn(1, C, H, W, generator=torch.Generator().manual_seed(0))
-    from PIL import Image
+    from ..train.data import eval_transform, load_image
 
-    from ..train.data import load_image
-
-    im = load_image(path).convert("RGB" if C == 3 else "L").resize((W, H), Image.BICUBIC)  # DataError: one line
-    x = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).float().div(255)
-    x = x.view(H, W, C).permute(2, 0, 1)  # C, H, W
-    if C == 3:
-        x = (x - torch.tensor(cfg["mean"])[:, None, None]) / torch.tensor(cfg["std"])[:, None, None]
-    return x[None]
+    img = load_image(path)  # DataError: one line
+    mean, std = (cfg["mean"], cfg["std"]) if C == 3 else ((0.0,) * C, (1.0,) * C)
+    # the model's evaluation view (short side resized, centre crop): the picture is not distorted
+    side = max(H, W)
+    tf = eval_transform(side, mean, std, crop_pct=cfg.get("crop_pct", 1.0), interpolation=cfg.get("interpolation", "bicubic"), in_chans=C)
+    x = tf(img)
+    top, left = (side - H) // 2, (side - W) // 2
+    return x[None, :, top : top + H, left : left + W]
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
     from ..analysis import plot_attention_distance, plot_attention_rollout, plot_position_embedding_similarity
 
+    _check_output(args.output)
+    if args.image is not None and not os.path.isfile(args.image):
+        raise CLIError(f"--image {args.image}: no such file")
     model = _load_model(args)
     if args.what == "rollout":
         x = _load_image(args.image, model, required=True)
@@ -117,6 +143,7 @@ def cmd_windows(args: argparse.Namespace) -> int:
     for flag, v in (("--size", H), ("--width", W), ("--window", args.window)):
         if v < 1:
             raise CLIError(f"{flag} must be positive, got {v}")
+    _check_output(args.output)
     note = ""
     if args.shift is not None:
         shift = args.shift
