@@ -1,6 +1,6 @@
 """Boundary patch refinement: patch extraction, identity reassembly, learning on shapes."""
 
-
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,3 +100,61 @@ def test_default_refiner_is_hrnetv2_w18_small():
     assert refiner.backbone.model_name == "hrnet_w18_small" and refiner.backbone.in_chans == 4
     out = refiner(torch.randn(2, 4, 64, 64))
     assert out.shape == (2, 2, 64, 64)
+
+
+def test_masks_must_be_binary_and_images_floats_in_unit_range():
+    """A soft (0.2/0.9) or 0/255 mask used to be taken as is (soft pixels became foreground
+    outside the patches); a uint8 image was normalised as if in [0, 1]."""
+    bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=16, input_size=16)
+    image, mask = torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10)
+    for coarse in (mask.float() * 0.7 + 0.2, mask.float() * 255):
+        with pytest.raises(ValueError, match="mask must be binary"):
+            bpr(image, coarse)
+        with pytest.raises(ValueError, match="coarse must be binary"):
+            bpr.training_loss(image, coarse, mask)
+        with pytest.raises(ValueError, match="target must be binary"):
+            bpr.training_loss(image, mask, coarse)
+    for binary in (mask, mask.float(), mask.to(torch.uint8)):
+        assert torch.equal(bpr(image, binary), mask)
+    with pytest.raises(ValueError, match=r"image.float\(\) / 255"):
+        bpr((image * 255).byte(), mask)
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        bpr.training_loss(image * 255, mask, mask)
+
+
+def test_training_loss_refuses_a_target_of_another_size():
+    bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=16, input_size=16)
+    image, mask = torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10)
+    with pytest.raises(ValueError, match=r"target \(30, 48\)"):
+        bpr.training_loss(image, mask, mask[:30])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"patch_size": 0}, "patch_size must be an int >= 1"),
+    ({"input_size": -1}, "input_size must be an int >= 1"),
+    ({"max_patches": 0}, "max_patches must be an int >= 1"),
+    ({"iou_threshold": 1.5}, r"in \[0, 1\]"),
+    ({"iou_threshold": -0.1}, r"in \[0, 1\]"),
+])
+def test_refiner_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BoundaryPatchRefiner(MaskEcho(), **kwargs)
+
+
+def test_forward_builds_no_autograd_graph():
+    """The refined mask is boolean, so no gradient can flow through it: the refiner runs without
+    autograd (in training mode too), as inference should."""
+    seen = []
+
+    class Probe(MaskEcho):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(torch.is_grad_enabled())
+            return super().forward(x) * self.w
+
+    bpr = BoundaryPatchRefiner(Probe(), patch_size=16, input_size=16).train()
+    bpr(torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10))
+    assert seen == [False]

@@ -1,5 +1,7 @@
 """Segmentation heads and Mask R-CNN on visionzoo backbones."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,81 @@ def test_flow_align_starts_as_bilinear_upsampling_and_follows_the_flow():
         fa.flow.bias = torch.nn.Parameter(torch.tensor([1.0, 0.0]))
     shifted = fa(fine, coarse)
     torch.testing.assert_close(shifted[..., :-1], expect[..., 1:], rtol=1e-4, atol=1e-4)
+
+
+def test_fpn_reads_the_maps_at_strides_4_to_32_by_default():
+    """Panoptic FPN's P2-P5: a stride-2 stem map (ResNet, HRNet) or VGG's stride-1 map would
+    quadruple the head's cost; levels are chosen by stride, and explicit out_indices stay."""
+    with torch.device("meta"):
+        strides = {n: create_segmentation_model(n, 3).backbone.feature_info.reduction()
+                   for n in ("resnet18", "vgg11", "hrnet_w18_small", "convnext_tiny", "vit_tiny_patch16_224")}
+        explicit = create_segmentation_model("resnet18", 3, out_indices=(0, 2, 4)).backbone.feature_info.reduction()
+        dilated = create_segmentation_model("resnet18", 3, output_stride=8).backbone.feature_info.reduction()
+    assert strides == {"resnet18": [4, 8, 16, 32], "vgg11": [4, 8, 16, 32], "hrnet_w18_small": [4, 8, 16, 32],
+                       "convnext_tiny": [4, 8, 16, 32], "vit_tiny_patch16_224": [16, 16, 16, 16]}
+    assert explicit == [2, 8, 32] and dilated == [4, 8, 8, 8]
+
+
+@pytest.mark.parametrize("backbone, kwargs, match", [
+    ("resnet18", {"num_classes": 0}, "num_classes must be an int >= 1, got 0"),
+    ("resnet18", {"num_classes": -1}, "num_classes must be an int >= 1"),
+    ("resnet18", {"num_classes": 2.5}, "num_classes must be an int >= 1"),
+    ("resnet18", {"num_classes": "7"}, "num_classes must be an int >= 1, got '7'"),
+    ("unext", {"num_classes": 0}, "num_classes must be an int >= 1"),
+    ("unext", {"in_chans": 0}, "in_chans must be an int >= 1"),
+    ("resnet18", {"head": "aspp", "aspp_rates": (0,)}, "aspp_rates must be an int >= 1"),
+    ("resnet18", {"head": "aspp", "aspp_rates": (-2,)}, "aspp_rates must be an int >= 1"),
+    ("resnet18", {"head": "aspp", "aspp_rates": 6}, "non-empty sequence"),
+    ("resnet18", {"channels": 1}, "channels must be an int >= 2"),
+    ("resnet18", {"head": "aspp", "channels": 0}, "channels must be an int >= 1"),
+    ("unext", {"img_size": 64}, "img_size does not apply to unext"),
+    ("unext_s", {"channels": 8}, "channels does not apply to unext_s"),
+    ("hrnet_w18_small", {"head": "hrnetv2", "img_size": 64}, "img_size does not apply to head='hrnetv2'"),
+    ("hrnet_w18_small", {"head": "hrnetv2", "channels": 64, "aspp_rates": (1,)}, "channels, aspp_rates do not apply"),
+    ("resnet18", {"aspp_rates": (1, 2)}, "aspp_rates does not apply to head='fpn'"),
+    ("resnet18", {"head": "aspp", "out_indices": (1, 2)}, "ASPP head reads only the last one"),
+])
+def test_segmentation_arguments_are_checked(backbone, kwargs, match):
+    """One clear message at construction, for a bad value or for one the network would ignore."""
+    kwargs = {"num_classes": 3, **kwargs}
+    with pytest.raises(ValueError, match=re.escape(match)):
+        create_segmentation_model(backbone, **kwargs)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 6])
+def test_flow_align_takes_any_width(channels):
+    """The flow convolution sees both halved maps: an odd width (the FPN head's channels // 2
+    with channels=6) or a width of 1 used to give it the wrong number of input channels."""
+    fa = FlowAlign(channels)
+    assert fa(torch.randn(1, channels, 8, 8), torch.randn(1, channels, 4, 4)).shape == (1, channels, 8, 8)
+    m = create_segmentation_model("resnet18", 3, flow_align=True, channels=2 * channels)
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3, 32, 32)
+
+
+def test_convnext_on_padded_input_keeps_gradients_bounded():
+    """A zero-padded patch reaches ConvNeXt's stem LayerNorm as an all-zero vector (the stem's
+    bias starts at zero), which it divides by sqrt(1e-6): the stem-bias gradient was 1e7 on a
+    20x28 input padded to 32x32. Repeating the edge instead keeps it near 1."""
+    torch.manual_seed(0)
+    m = create_segmentation_model("convnext_tiny", 3, channels=16)
+    x, y = torch.randn(2, 3, 20, 28), torch.randint(0, 3, (2, 20, 28))
+    F.cross_entropy(m(x), y).backward()
+    assert m.backbone.stem[0].bias.grad.norm() < 100
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dilation_rates": 5}, r"one entry per stage \(4\)"),
+    ({"dilation_rates": (None, None, 5, None)}, r"dilation_rates\[2\] must be None or a tuple of rates"),
+    ({"dilation_rates": (None, None, (1, 2, 5), None)}, "gives 3 rates, but stage 3 has 2 blocks"),
+    ({"dilation_rates": (None, None, (), None)}, r"dilation_rates\[2\] is empty"),
+    ({"dilation_rates": (None, None, (True, 2), None)}, "positive ints"),
+    ({"multi_grid": 2}, "multi_grid must be None or a non-empty tuple"),
+    ({"output_stride": "8"}, "output_stride must be the int 4, 8, 16 or 32, got '8'"),
+    ({"output_stride": 8.0}, "got 8.0"),
+])
+def test_dilation_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        visionzoo.create_model("resnet18", **kwargs)
 
 
 def test_unknown_head_is_refused():
@@ -193,15 +270,16 @@ def test_unext_size_and_output():
     ("resnet18", "aspp", (70, 100)),  # any size: nothing padded
 ])
 def test_segmentation_at_any_size_pads_and_crops(backbone, head, padded):
-    """Sides the backbone cannot take are zero-padded at the bottom and right and the logits
-    cropped: the result is the top-left of the padded input's logits."""
+    """Sides the backbone cannot take are padded at the bottom and right, repeating the last
+    row and column, and the logits cropped: the result is the top-left of the padded input's
+    logits."""
     torch.manual_seed(0)
     m = create_segmentation_model(backbone, 3, head=head, in_chans=1).eval()
     x = torch.randn(1, 1, 70, 100)
     with torch.no_grad():
         out = m(x)
         assert out.shape == (1, 3, 70, 100)
-        full = m(F.pad(x, (0, padded[1] - 100, 0, padded[0] - 70)))
+        full = m(F.pad(x, (0, padded[1] - 100, 0, padded[0] - 70), mode="replicate"))
         assert full.shape[-2:] == padded
         torch.testing.assert_close(out, full[..., :70, :100], rtol=1e-5, atol=1e-5)
     m.train()  # gradients reach the input through the padding (batch 2: Inception's last map is 1x1 here)

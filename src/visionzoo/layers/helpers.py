@@ -55,13 +55,14 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     return x
 
 
-def pad_to_fit(x: Tensor, multiple: int = 1, min_size: int = 1) -> Tensor:
-    """``x`` (..., H, W) zero-padded at the bottom and right to the smallest size whose sides are
-    multiples of ``multiple`` and at least ``min_size`` (mmsegmentation's ``size_divisor``);
-    ``x`` itself when it already fits."""
+def pad_to_fit(x: Tensor, multiple: int = 1, min_size: int = 1, mode: str = "constant") -> Tensor:
+    """``x`` (..., H, W) padded at the bottom and right to the smallest size whose sides are
+    multiples of ``multiple`` and at least ``min_size`` (mmsegmentation's ``size_divisor``):
+    with zeros, or ``mode="replicate"`` repeating the last row and column; ``x`` itself when
+    it already fits."""
     H, W = x.shape[-2:]
     Hp, Wp = (-(-max(side, min_size) // multiple) * multiple for side in (H, W))
-    return x if (Hp, Wp) == (H, W) else F.pad(x, (0, Wp - W, 0, Hp - H))
+    return x if (Hp, Wp) == (H, W) else F.pad(x, (0, Wp - W, 0, Hp - H), mode=mode)
 
 
 @torch.no_grad()

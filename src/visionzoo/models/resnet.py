@@ -37,9 +37,10 @@ Dense prediction (dilation):
     ``multi_grid=(1, 2, 4)`` the three blocks of stage 4 use rates 2, 4, 8.
     ``dilation_rates`` sets the rates of any stage directly (hybrid dilated convolution,
     Wang et al., "Understanding Convolution for Semantic Segmentation", WACV 2018): one
-    entry per stage, ``None`` or a tuple of rates cycled over its blocks, NOT multiplied
-    by the stage's dilation — multiplying (1, 2, 5) by 2 would give (2, 4, 10), whose common
-    factor brings back the gridding HDC removes. For example, at output stride 8,
+    entry per stage, ``None`` or a non-empty tuple of at most as many rates as the stage has
+    blocks, cycled over its blocks, NOT multiplied by the stage's dilation — multiplying
+    (1, 2, 5) by 2 would give (2, 4, 10), whose common factor brings back the gridding HDC
+    removes. For example, at output stride 8,
     ``(None, None, (1, 2, 5), (5, 9, 17))``. Where rates are given every block of the
     stage uses its own rate, the first one included (check a pattern with
     ``visionzoo.analysis.hdc_check``)::
@@ -228,6 +229,15 @@ class ResNetConfig:
     drop_rate: float = 0.0
 
 
+def _is_sequence(x: object) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, (str, bytes))
+
+
+def _check_rates(name: str, rates: Sequence[object]) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in rates):
+        raise ValueError(f"{name}: dilation rates must be positive ints, got {tuple(rates)!r}")
+
+
 def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, int]]]]:
     """Per stage: (stride, reduction after it, [(first_dilation, dilation) per block]).
 
@@ -237,18 +247,27 @@ def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, i
     n = len(cfg.layers)
     rates: list[tuple[int, ...] | None] = [None] * n  # absolute rates (HDC)
     if cfg.dilation_rates is not None:
-        if len(cfg.dilation_rates) != n:
-            raise ValueError(f"dilation_rates needs one entry per stage ({n}), got {cfg.dilation_rates!r}")
-        rates = [tuple(r) if r else None for r in cfg.dilation_rates]
+        if not _is_sequence(cfg.dilation_rates) or len(cfg.dilation_rates) != n:
+            raise ValueError(f"dilation_rates needs one entry per stage ({n}): None or a tuple of rates, got {cfg.dilation_rates!r}")
+        for i, (r, depth) in enumerate(zip(cfg.dilation_rates, cfg.layers)):
+            if r is None:
+                continue
+            if not _is_sequence(r):
+                raise ValueError(f"dilation_rates[{i}] must be None or a tuple of rates (one rate for every block: ({r!r},)), got {r!r}")
+            if not r:
+                raise ValueError(f"dilation_rates[{i}] is empty: give None for the stage's default rates, or at least one rate")
+            if len(r) > depth:
+                raise ValueError(f"dilation_rates[{i}] gives {len(r)} rates, but stage {i + 1} has {depth} blocks: {r!r}")
+            _check_rates(f"dilation_rates[{i}]", r)
+            rates[i] = tuple(r)
+    if cfg.multi_grid is not None:
+        if not _is_sequence(cfg.multi_grid) or not cfg.multi_grid:
+            raise ValueError(f"multi_grid must be None or a non-empty tuple of unit rates, got {cfg.multi_grid!r}")
+        _check_rates("multi_grid", cfg.multi_grid)
     if cfg.multi_grid and rates[-1] is not None:
         raise ValueError(f"multi_grid {cfg.multi_grid!r} conflicts with dilation_rates[-1] {rates[-1]!r}: give one of them")
-    if cfg.multi_grid and not all(isinstance(v, int) and v >= 1 for v in cfg.multi_grid):
-        raise ValueError(f"multi_grid rates must be positive ints, got {cfg.multi_grid!r}")
-    for r in rates:
-        if r is not None and not all(isinstance(v, int) and v >= 1 for v in r):
-            raise ValueError(f"dilation rates must be positive ints, got {r!r}")
-    if cfg.output_stride not in (4, 8, 16, 32):
-        raise ValueError(f"output_stride must be 4, 8, 16 or 32, got {cfg.output_stride}")
+    if type(cfg.output_stride) is not int or cfg.output_stride not in (4, 8, 16, 32):
+        raise ValueError(f"output_stride must be the int 4, 8, 16 or 32, got {cfg.output_stride!r}")
 
     plan, net_stride, dilation, prev = [], 4, 1, 1
     for i, depth in enumerate(cfg.layers):

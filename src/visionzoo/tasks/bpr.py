@@ -13,6 +13,12 @@ Segmentation", CVPR 2021.
 
 The paper's refiner, HRNetV2-W18-small, is the default of ``create_refiner``; any network
 with 4 input and 2 output channels that returns logits at its input resolution works.
+
+Inputs: an image (3, H, W) of floats in [0, 1] (an integer image is refused: convert it with
+``image.float() / 255``) and binary masks (H, W): bool, or integers or floats that are all 0
+or 1. Soft or 0/255 masks are refused rather than thresholded, since the threshold is the
+caller's choice. ``forward`` returns a boolean mask, through which no gradient can flow, so
+it runs without autograd; train with ``training_loss``.
 """
 
 from __future__ import annotations
@@ -80,6 +86,23 @@ def _crop(x: Tensor, box: Tensor) -> Tensor:
     return out
 
 
+def _check_inputs(image: Tensor, masks: dict[str, Tensor]) -> None:
+    """One clear error for an image that is not (3, H, W) floats in [0, 1], or a mask that is
+    not (H, W) and binary."""
+    shapes = ", ".join(f"{name} {tuple(m.shape)}" for name, m in masks.items())
+    if image.ndim != 3 or image.shape[0] != 3 or any(m.shape != image.shape[1:] for m in masks.values()):
+        raise ValueError(f"expected image (3, H, W) and masks (H, W); got image {tuple(image.shape)}, {shapes}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be floats in [0, 1], got dtype {image.dtype} (convert with image.float() / 255)")
+    if image.numel() and (image.min() < 0 or image.max() > 1):
+        raise ValueError(f"image must be in [0, 1] (normalisation happens inside), got values in [{image.min():.3g}, {image.max():.3g}]")
+    for name, m in masks.items():
+        if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
+            values = torch.unique(m)
+            shown = ", ".join(f"{v:g}" for v in values[:4].tolist()) + (", ..." if len(values) > 4 else "")
+            raise ValueError(f"{name} must be binary (bool, or values 0 and 1), got values {shown}: threshold a soft mask, divide a 0/255 mask by 255")
+
+
 def create_refiner(name: str = "hrnet_w18_small") -> nn.Module:
     """A refinement network with 4 input channels (RGB + mask) and 2 output classes.
 
@@ -119,6 +142,11 @@ class BoundaryPatchRefiner(nn.Module):
         std: Iterable[float] = (0.229, 0.224, 0.225),
     ) -> None:
         super().__init__()
+        for name, value in (("patch_size", patch_size), ("input_size", input_size), ("max_patches", 1 if max_patches is None else max_patches)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not 0 <= iou_threshold <= 1:
+            raise ValueError(f"iou_threshold is an IoU between patches, in [0, 1]; got {iou_threshold!r}")
         self.refiner = refiner
         self.patch_size = patch_size
         self.input_size = input_size
@@ -137,10 +165,10 @@ class BoundaryPatchRefiner(nn.Module):
             crops = torch.cat([rgb, m], dim=1)
         return crops
 
+    @torch.no_grad()  # the result is boolean: no gradient flows through it (train with training_loss)
     def forward(self, image: Tensor, mask: Tensor) -> Tensor:
-        """Refined (H, W) boolean mask of one instance: ``image`` (3, H, W) in [0, 1], ``mask`` (H, W)."""
-        if image.ndim != 3 or image.shape[0] != 3 or mask.shape != image.shape[1:]:
-            raise ValueError(f"expected image (3, H, W) and mask (H, W); got {tuple(image.shape)} and {tuple(mask.shape)}")
+        """Refined (H, W) boolean mask of one instance: ``image`` (3, H, W) in [0, 1], ``mask`` (H, W) binary."""
+        _check_inputs(image, {"mask": mask})
         boxes = extract_patches(mask, self.patch_size, self.iou_threshold, self.max_patches)
         if len(boxes) == 0:
             return mask.bool()
@@ -163,6 +191,7 @@ class BoundaryPatchRefiner(nn.Module):
 
     def training_loss(self, image: Tensor, coarse: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy of the refiner on the boundary patches of (image, coarse, true) masks."""
+        _check_inputs(image, {"coarse": coarse, "target": target})
         boxes = extract_patches(coarse, self.patch_size, self.iou_threshold, self.max_patches)
         if len(boxes) == 0:  # no boundary: a zero that still reaches the parameters (backward works)
             return sum(p.sum() for p in self.refiner.parameters()) * 0.0

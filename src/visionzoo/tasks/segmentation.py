@@ -2,34 +2,49 @@
 
 * FPN (Lin et al., 2017) through ``torchvision.ops.FeaturePyramidNetwork``, followed by the
   semantic head of Panoptic FPN (Kirillov et al., 2019): every pyramid level is brought to
-  the finest level's resolution and summed, then classified per pixel.
+  the finest level's resolution and summed, then classified per pixel. By default the
+  levels are the backbone's maps at strides 4 to 32, Panoptic FPN's P2-P5 (a stride-2 stem
+  map, or VGG's stride-1 map, would quadruple the head's cost); ``out_indices`` chooses
+  others.
 * SFNet's flow alignment (Li et al., "Semantic Flow for Fast and Accurate Scene Parsing",
   ECCV 2020), an option of the FPN head: a coarse map is not upsampled bilinearly but
   warped by a learned flow field predicted from both maps (``grid_sample``, bilinear).
+  Unlike the paper, whose flow alignment modules sit in the FPN's top-down pathway and
+  align each level with the next finer one, the top-down pathway here stays torchvision's
+  (nearest upsampling) and each coarse level is warped straight onto the finest map in the
+  final fusion (up to 8x at strides 4-32).
 * ASPP (Chen et al., DeepLab-v3, 2017): parallel atrous convolutions and image pooling on
-  the last map.
+  the last map. The image-pooling branch has no BatchNorm (DeepLab-v3 and torchvision have
+  one): BatchNorm of a 1x1 map in training needs more than one image per batch, and without
+  it batch-1 training works. There is no dropout after the projection (DeepLab-v3 has 0.5).
 
 Any input size: an image whose sides the backbone cannot take (ViT and NesT need multiples
-of 16, HRNet and UNeXt of 32, Inception at least 75 px) is zero-padded at the bottom and right
-to the nearest size it can, and the logits are cropped back (mmsegmentation's
-``size_divisor``); sizes the backbone takes run unpadded.
+of 16, HRNet of 32, Inception at least 75 px) is padded at the bottom and right to the
+nearest size it can, and the logits are cropped back (mmsegmentation's ``size_divisor``);
+sizes the backbone takes run unpadded. The padding repeats the last row and column, where
+mmsegmentation pads zeros: a zero (mean-colour) patch through a zero-initialised patchify
+stem is an all-zero vector, which the stem's LayerNorm (ConvNeXt, eps 1e-6) divides by
+sqrt(eps); from scratch, ConvNeXt's stem-bias gradient was 1e7 on a 20x28 input padded
+with zeros and 0.4 with the edge repeated. UNeXt pads the same way inside.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..checkpoints import load_checkpoint
 from ..factory import create_model
 from ..layers import pad_to_fit
 from .unext import unext, unext_s
 
-__all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "HRNetV2Seg", "SegmentationModel", "create_segmentation_model"]
+__all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "HRNetV2Seg", "SegmentationModel", "create_segmentation_model", "fpn_levels"]
 
 
 def _conv_bn_relu(in_chs: int, out_chs: int, k: int = 3, dilation: int = 1) -> nn.Sequential:
@@ -43,8 +58,9 @@ def _conv_bn_relu(in_chs: int, out_chs: int, k: int = 3, dilation: int = 1) -> n
 class FlowAlign(nn.Module):
     """SFNet's flow alignment module: warp a coarse map onto a fine map's grid.
 
-    A 3x3 convolution on [fine, upsampled coarse] predicts a 2-channel flow (in pixels of
-    the fine grid); the coarse map is sampled at (grid + flow), bilinearly.
+    Both maps are reduced to half their channels (at least one) by 1x1 convolutions; a 3x3
+    convolution on [fine, upsampled coarse] predicts a 2-channel flow (in pixels of the fine
+    grid); the coarse map is sampled at (grid + flow), bilinearly.
 
     Shapes:
         fine (B, C, H, W), coarse (B, C, h, w) -> (B, C, H, W).
@@ -52,9 +68,10 @@ class FlowAlign(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.down_fine = nn.Conv2d(channels, channels // 2, 1, bias=False)
-        self.down_coarse = nn.Conv2d(channels, channels // 2, 1, bias=False)
-        self.flow = nn.Conv2d(channels, 2, 3, padding=1, bias=False)
+        half = max(channels // 2, 1)  # the flow convolution sees 2 * half channels, C odd or 1 included
+        self.down_fine = nn.Conv2d(channels, half, 1, bias=False)
+        self.down_coarse = nn.Conv2d(channels, half, 1, bias=False)
+        self.flow = nn.Conv2d(2 * half, 2, 3, padding=1, bias=False)
         nn.init.zeros_(self.flow.weight)  # starts as bilinear upsampling
 
     def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
@@ -75,8 +92,10 @@ class FPNSegHead(nn.Module):
     Args:
         in_channels: channels of the backbone maps, finest first.
         num_classes: output classes.
-        channels: FPN width.
-        flow_align: align coarse levels with learned flow instead of bilinear upsampling.
+        channels: FPN width; the per-level convolutions and the classifier are half as wide.
+        flow_align: warp each coarse level onto the finest with a learned flow instead of
+            bilinear upsampling (in the final fusion, not in the top-down pathway as SFNet;
+            module docstring).
 
     Shapes:
         list of (B, C_i, H_i, W_i), finest first -> (B, num_classes, H_0, W_0).
@@ -105,6 +124,9 @@ class FPNSegHead(nn.Module):
 class ASPPHead(nn.Module):
     """DeepLab-v3 atrous spatial pyramid pooling on the last backbone map.
 
+    Two departures from DeepLab-v3 (module docstring): no BatchNorm in the image-pooling
+    branch, so that batch-1 training works, and no dropout after the projection.
+
     Args:
         in_channels: channels of the last map.
         num_classes: output classes.
@@ -131,10 +153,10 @@ class ASPPHead(nn.Module):
 
 
 def logits_at_input_size(x: Tensor, backbone: nn.Module, logits_of: Callable[[Tensor], Tensor]) -> Tensor:
-    """``logits_of`` on ``x`` zero-padded to a size ``backbone`` takes (module docstring),
-    upsampled bilinearly to the padded size and cropped back to ``x``'s."""
+    """``logits_of`` on ``x`` padded by edge replication to a size ``backbone`` takes (module
+    docstring), upsampled bilinearly to the padded size and cropped back to ``x``'s."""
     H, W = x.shape[-2:]
-    x = pad_to_fit(x, backbone.input_multiple, backbone.min_input_size)
+    x = pad_to_fit(x, backbone.input_multiple, backbone.min_input_size, mode="replicate")
     return F.interpolate(logits_of(x), size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]
 
 
@@ -182,6 +204,28 @@ class SegmentationModel(nn.Module):
 
 
 DEDICATED = {"unext": unext, "unext_s": unext_s}
+FPN_STRIDES = (4, 32)  # Panoptic FPN's P2-P5
+
+
+def fpn_levels(net: nn.Module) -> list[int]:
+    """The FPN head's default maps: those of the family's default ``features_only`` maps whose
+    stride is 4 to 32 (Panoptic FPN's P2-P5), chosen by each map's ``feature_info``
+    reduction; all of them for a backbone with none there (ConvMixer-256/8, stride 2 only)."""
+    lo, hi = FPN_STRIDES
+    default = list(net.default_out_indices())
+    return [i for i in default if lo <= net.feature_info[i].reduction <= hi] or default
+
+
+def _check_int(name: str, value: Any, least: int = 1, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
+
+
+def _refuse_unused(what: str, given: dict[str, bool]) -> None:
+    """Refuse the arguments that ``what`` would silently ignore."""
+    names = [name for name, is_given in given.items() if is_given]
+    if names:
+        raise ValueError(f"{', '.join(names)} do{'es' if len(names) == 1 else ''} not apply to {what}")
 
 
 def create_segmentation_model(
@@ -190,7 +234,7 @@ def create_segmentation_model(
     *,
     head: str = "fpn",
     flow_align: bool = False,
-    channels: int = 256,
+    channels: int | None = None,
     in_chans: int = 3,
     img_size: int | Sequence[int] | None = None,
     out_indices: Sequence[int] | None = None,
@@ -207,38 +251,72 @@ def create_segmentation_model(
         head: ``"fpn"`` (FPN + Panoptic-FPN semantic head), ``"aspp"`` (DeepLab-v3) or, for
             HRNet backbones, ``"hrnetv2"`` (all branches concatenated at 1/4).
         flow_align: SFNet flow alignment in the FPN head.
-        channels: head width.
-        out_indices: backbone maps to use (default: the backbone's feature stages; with the
-            ASPP head, which reads only the last map, that map alone).
+        channels: head width (default 256); at least 2 for the FPN head, whose per-level
+            convolutions are ``channels // 2`` wide.
+        out_indices: backbone maps to use. Default: for the FPN head, the maps at strides 4
+            to 32 (:func:`fpn_levels`); for the ASPP head, which reads only the last map, that
+            map alone (an explicit ``out_indices`` must then name one map).
         aspp_rates: atrous rates of the ASPP head; default DeepLab-v3's (6, 12, 18) at output
             stride 16, scaled to the backbone's last map (doubled at output stride 8).
         checkpoint: backbone weights (classification checkpoint; the head stays initialised).
         **backbone_overrides: configuration overrides of the backbone.
+
+    Arguments that the chosen network would ignore (``img_size`` of UNeXt or HRNetV2, which
+    take any size; ``channels`` and ``aspp_rates`` of a head without them) are refused.
     """
+    _check_int("num_classes", num_classes)
+    if aspp_rates is not None:
+        if isinstance(aspp_rates, (str, bytes)) or not isinstance(aspp_rates, Sequence) or not aspp_rates:
+            raise ValueError(f"aspp_rates must be a non-empty sequence of ints >= 1, got {aspp_rates!r}")
+        for r in aspp_rates:
+            _check_int("each of aspp_rates", r)
     if backbone in DEDICATED:
-        if head != "fpn" or flow_align or out_indices is not None or checkpoint is not None or backbone_overrides:
-            raise ValueError(f"{backbone} is a complete segmentation network: it takes only num_classes and in_chans")
+        _refuse_unused(f"{backbone}, a complete segmentation network that takes only num_classes and in_chans", {
+            "head": head != "fpn", "flow_align": bool(flow_align), "channels": channels is not None,
+            "img_size": img_size is not None, "out_indices": out_indices is not None,
+            "aspp_rates": aspp_rates is not None, "checkpoint": checkpoint is not None,
+            **{name: True for name in backbone_overrides},
+        })
         return DEDICATED[backbone](num_classes=num_classes, in_chans=in_chans)
     if head == "hrnetv2":
-        if not backbone.startswith("hrnet") or flow_align or out_indices is not None:
-            raise ValueError("head='hrnetv2' takes an HRNet backbone (hrnet_*) and no flow_align / out_indices")
+        if not backbone.startswith("hrnet"):
+            raise ValueError(f"head='hrnetv2' takes an HRNet backbone (hrnet_*), got {backbone!r}")
+        _refuse_unused("head='hrnetv2' (its width is the HRNet branches'; it takes any size)", {
+            "flow_align": bool(flow_align), "channels": channels is not None, "img_size": img_size is not None,
+            "out_indices": out_indices is not None, "aspp_rates": aspp_rates is not None,
+        })
         return HRNetV2Seg(create_model(backbone, in_chans=in_chans, checkpoint=checkpoint, **backbone_overrides), num_classes)
-    if head == "aspp" and out_indices is None:
-        out_indices = (-1,)  # ASPP reads the last map only: the rest of the backbone is pruned
-    net = create_model(
-        backbone, features_only=True, out_indices=out_indices, in_chans=in_chans, img_size=img_size,
-        checkpoint=checkpoint, **backbone_overrides,
-    )
+    if head not in ("fpn", "aspp"):
+        raise ValueError(f"head must be 'fpn', 'aspp' or 'hrnetv2', got {head!r}")
+    if head == "aspp" and flow_align:
+        raise ValueError("flow_align is an option of the FPN head")
+    if head == "fpn" and aspp_rates is not None:
+        raise ValueError("aspp_rates does not apply to head='fpn'; it sets the ASPP head's rates (head='aspp')")
+    channels = 256 if channels is None else channels
+    if head == "fpn":
+        _check_int("channels", channels, 2, " (the FPN head's convolutions are channels // 2 wide)")
+    else:
+        _check_int("channels", channels)
+    if head == "fpn" and out_indices is None:
+        # built as a classifier first: the levels are chosen by the stride of each map
+        net = create_model(backbone, in_chans=in_chans, img_size=img_size, **backbone_overrides)
+        net.set_features_only(fpn_levels(net))
+        if checkpoint is not None:
+            load_checkpoint(net, checkpoint)  # a features_only model ignores the head's keys
+    else:
+        net = create_model(
+            backbone, features_only=True, out_indices=(-1,) if out_indices is None else out_indices,  # ASPP: last map only
+            in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, **backbone_overrides,
+        )
     chans = [fi.num_chs for fi in net.feature_info]
     if head == "fpn":
-        h: nn.Module = FPNSegHead(chans, num_classes, channels=channels, flow_align=flow_align)
-    elif head == "aspp":
-        if flow_align:
-            raise ValueError("flow_align is an option of the FPN head")
-        if aspp_rates is None:
-            scale = 16 / net.feature_info[-1].reduction
-            aspp_rates = tuple(max(1, round(r * scale)) for r in (6, 12, 18))
-        h = ASPPHead(chans[-1], num_classes, rates=aspp_rates, channels=channels)
-    else:
-        raise ValueError(f"head must be 'fpn', 'aspp' or 'hrnetv2', got {head!r}")
-    return SegmentationModel(net, h)
+        return SegmentationModel(net, FPNSegHead(chans, num_classes, channels=channels, flow_align=flow_align))
+    if len(chans) > 1:
+        raise ValueError(
+            f"out_indices {out_indices!r} names {len(chans)} maps, but the ASPP head reads only the last one: "
+            f"the others do not apply (name one map, e.g. out_indices=({net.out_indices[-1]},))"
+        )
+    if aspp_rates is None:
+        scale = 16 / net.feature_info[-1].reduction
+        aspp_rates = tuple(max(1, round(r * scale)) for r in (6, 12, 18))
+    return SegmentationModel(net, ASPPHead(chans[-1], num_classes, rates=aspp_rates, channels=channels))

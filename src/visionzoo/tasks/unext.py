@@ -118,11 +118,15 @@ class UNeXt(nn.Module):
 
     Shapes:
         (B, in_chans, H, W) -> (B, num_classes, H, W); sides that are not multiples of 32 are
-        zero-padded at the bottom and right inside, and the logits cropped back.
+        padded at the bottom and right inside, repeating the last row and column, and the
+        logits cropped back.
     """
 
     def __init__(self, cfg: UNeXtConfig = UNeXtConfig(), *, num_classes: int = 1, in_chans: int = 3, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"UNeXt: {name} must be an int >= 1, got {value!r}")
         c1, c2, c3, c4, c5 = cfg.dims
         self.in_chans = in_chans
         self.num_classes = num_classes
@@ -156,7 +160,7 @@ class UNeXt(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"UNeXt expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         H0, W0 = x.shape[-2:]
-        x = pad_to_fit(x, 32)  # five halvings: other sides are zero-padded, the logits cropped back
+        x = pad_to_fit(x, 32, mode="replicate")  # five halvings: other sides are padded (the edge repeated), the logits cropped back
         skips = []
         out = x
         for conv, bn in zip(self.encoder, self.ebn):  # three convolutional stages
