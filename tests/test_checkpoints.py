@@ -159,8 +159,10 @@ def test_headless_checkpoint_leaves_the_classifier_initialised():
         assert max_rel_diff(dst.forward_head(dst.forward_features(x), pre_logits=True), ref(x)) < 1e-5
     partial = ref.state_dict()
     partial.pop("blocks.0.norm1.weight")
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"missing 1 key\(s\).*blocks.0.norm1.weight"):
-        load_checkpoint(tiny(), partial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning about the head of a load that does not happen
+        with pytest.raises(CheckpointError, match=r"missing 1 key\(s\).*blocks.0.norm1.weight"):
+            load_checkpoint(tiny(), partial)
 
 
 def test_missing_keys_load_nothing():
@@ -228,21 +230,34 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_training_script_checkpoints_with_args_and_ema(tmp_path):
-    """timm's train.py (and DeiT's, Swin's, ConvNeXt's) saves its argparse options beside the
-    weights; an EMA-only file nests them under model_ema. Both load; a Namespace carrying an
+def test_training_script_checkpoints_with_args_and_ema(tmp_path, caplog):
+    """timm's train.py (and DeiT's, ConvNeXt's) saves its argparse options beside the
+    weights; an EMA-only file nests them under model_ema. Both load, the EMA copy by default
+    (as timm's use_ema=True), the plain one with use_ema=False; a Namespace carrying an
     object is still refused."""
     import argparse
+    import logging
 
     src = tiny()
     sd = src.state_dict()
-    torch.save({"epoch": 9, "arch": "vit", "state_dict": sd, "state_dict_ema": {k: v + 1 for k, v in sd.items()},
+    ema = {k: v + 1 for k, v in sd.items()}
+    torch.save({"epoch": 9, "arch": "vit", "state_dict": sd, "state_dict_ema": ema,
                 "args": argparse.Namespace(lr=0.1, model="vit", sizes=[1, 2])}, tmp_path / "model_best.pth.tar")
+    torch.save({"model": sd, "model_ema": ema, "optimizer": {}}, tmp_path / "deit.pth")  # DeiT / ConvNeXt
     torch.save({"model_ema": sd, "epoch": 1}, tmp_path / "ema.pth")
-    for name in ("model_best.pth.tar", "ema.pth"):
+    for name, use_ema, expect in [("model_best.pth.tar", True, ema), ("model_best.pth.tar", False, sd),
+                                  ("deit.pth", True, ema), ("deit.pth", False, sd), ("ema.pth", False, sd)]:
         dst = tiny()
-        load_checkpoint(dst, tmp_path / name)
-        torch.testing.assert_close(dst.state_dict()["pos_embed"], sd["pos_embed"])  # the plain copy first
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="visionzoo.checkpoints"):
+            load_checkpoint(dst, tmp_path / name, use_ema=use_ema)
+        torch.testing.assert_close(dst.state_dict()["pos_embed"], expect["pos_embed"], msg=f"{name} use_ema={use_ema}")
+        if name != "ema.pth":  # which copy was taken is logged
+            key = {"model_best.pth.tar": "state_dict", "deit.pth": "model"}[name] + ("_ema" if use_ema else "")
+            assert f"the weights under {key!r}" in caplog.text
+    from_dict = tiny()
+    load_checkpoint(from_dict, {"state_dict": sd, "state_dict_ema": ema})  # a state dict in memory, too
+    torch.testing.assert_close(from_dict.pos_embed, ema["pos_embed"])
     marker = tmp_path / "pwned"
     evil = _Evil()
     evil.marker = marker
@@ -299,3 +314,217 @@ def test_interrupted_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
         save_state_dict({"w": torch.zeros(3)}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_refused_load_gives_no_warning_about_the_classifier():
+    """resnet50's weights into resnet18: the classifier sizes differ, but the load is refused
+    (shapes), so the warning that the head is left initialised must not be given."""
+    src = visionzoo.create_model("resnet50", num_classes=7).state_dict()
+    dst = visionzoo.create_model("resnet18", num_classes=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match="shapes do not fit"):
+            load_checkpoint(dst, src)
+
+
+def test_messages_for_empty_random_and_truncated_files(tmp_path):
+    torch.save({"state_dict": {}, "epoch": 1}, tmp_path / "empty_nested.pth")
+    with pytest.raises(CheckpointError, match=r"holds no tensors \('state_dict' empty\)"):
+        load_checkpoint(tiny(), tmp_path / "empty_nested.pth")
+    (tmp_path / "junk.npz").write_bytes(os.urandom(4096))
+    with pytest.raises(CheckpointError, match="junk.npz: not a readable checkpoint") as err:
+        load_checkpoint(tiny(), tmp_path / "junk.npz")
+    assert "allow_pickle" not in str(err.value) and "unsafe" not in str(err.value)  # not numpy's advice
+    good = save_state_dict(tiny().state_dict(), tmp_path / "good.pth").read_bytes()
+    (tmp_path / "cut.pth").write_bytes(good[:-100])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tiny(), tmp_path / "cut.pth")
+    assert str(err.value).endswith((".", "...")), str(err.value)  # whole sentences, not cut mid-word
+
+
+def test_brief_cuts_messages_at_sentence_or_word_boundaries():
+    from visionzoo.checkpoints.io import _brief
+
+    assert _brief("One sentence here. " * 30, 100) == " ".join(["One sentence here."] * 5)
+    assert _brief("word " * 100, 50) == " ".join(["word"] * 10) + " ..."
+    numpy_advice = ("This file contains pickled (object) data. If you trust the file you can load it unsafely "
+                    "using the `allow_pickle=` keyword argument or `pickle.load()`.")
+    assert _brief(numpy_advice) == "This file contains pickled (object) data."
+
+
+@pytest.mark.parametrize("prefix", ["model.", "net.", "backbone.", "model.model."])
+def test_lightning_checkpoint_with_a_common_prefix(tmp_path, prefix):
+    """A Lightning .ckpt nests the weights under state_dict with the LightningModule's
+    attribute name as prefix; it is removed when (and only when) the keys then fit."""
+    src = tiny()
+    ckpt = {"state_dict": {prefix + k: v for k, v in src.state_dict().items()}, "epoch": 2, "global_step": 10,
+            "pytorch-lightning_version": "2.4.0", "hyper_parameters": {"lr": 0.1}, "optimizer_states": [], "lr_schedulers": []}
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    for source in ("auto", "timm"):
+        dst = tiny()
+        assert load_checkpoint(dst, tmp_path / "last.ckpt", source=source)["source"] == [source if source != "auto" else "visionzoo"]
+        x = torch.randn(1, 3, 32, 32)
+        torch.testing.assert_close(dst(x), src(x))
+    # keys that fit as they are keep their prefix, even when every key shares one
+    shared = {"blocks.0.weight": torch.ones(2), "blocks.1.weight": torch.ones(2)}
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([torch.nn.LayerNorm(2), torch.nn.LayerNorm(2)])
+    for b in model.blocks:
+        del b.bias
+        b.register_parameter("bias", None)
+    load_checkpoint(model, shared)
+    torch.testing.assert_close(model.blocks[1].weight, torch.ones(2))
+    with pytest.raises(CheckpointError, match="does not look like a checkpoint"):  # a prefix that does not help
+        load_checkpoint(tiny(), {"model.foo.weight": torch.zeros(3)})
+
+
+def test_metadata_needs_a_safetensors_path(tmp_path):
+    with pytest.raises(ValueError, match="metadata is stored only in .safetensors"):
+        save_state_dict(tiny().state_dict(), tmp_path / "w.pth", metadata={"a": "b"})
+    assert not list(tmp_path.iterdir())
+    save_state_dict(tiny().state_dict(), tmp_path / "w.safetensors", metadata={"a": "b"})
+
+
+def test_swin_training_checkpoint_with_yacs_config(tmp_path, monkeypatch):
+    """Swin's official script saves its yacs CfgNode (a dict subclass) as "config". It loads,
+    read as a dict, without yacs installed and without running anything from the file; an
+    object inside it is still refused."""
+    import sys
+    import types
+
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+
+    class CfgNode(dict):  # as yacs': items are the options, attributes its bookkeeping
+        def __init__(self, init_dict=None):
+            super().__init__(init_dict or {})
+            self.__dict__["__immutable__"] = True
+            self.__dict__["__new_allowed__"] = False
+
+        def __getattr__(self, name):
+            if name in self:
+                return self[name]
+            raise AttributeError(name)
+
+        def __setstate__(self, state):  # would run if the real class were rebuilt
+            raise AssertionError("yacs code ran")
+
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    config.CfgNode, yacs.config = CfgNode, config
+    monkeypatch.setitem(sys.modules, "yacs", yacs)
+    monkeypatch.setitem(sys.modules, "yacs.config", config)
+    src = tiny()
+    cfg = CfgNode({"MODEL": CfgNode({"TYPE": "swin", "DROP_PATH_RATE": 0.2}), "TRAIN": CfgNode({"EPOCHS": 300})})
+    torch.save({"model": src.state_dict(), "optimizer": {}, "lr_scheduler": {}, "max_accuracy": 81.2, "epoch": 299,
+                "config": cfg}, tmp_path / "ckpt_epoch_299.pth")
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = marker
+    torch.save({"model": src.state_dict(), "config": CfgNode({"MODEL": evil})}, tmp_path / "evil_cfg.pth")
+    monkeypatch.delitem(sys.modules, "yacs.config")
+    monkeypatch.delitem(sys.modules, "yacs")
+    dst = tiny()
+    load_checkpoint(dst, tmp_path / "ckpt_epoch_299.pth")
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(dst(x), src(x))
+    assert "yacs" not in sys.modules
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tiny(), tmp_path / "evil_cfg.pth")
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- EfficientNet numerics
+def _efficientnet_pytorch_layout(sd, cfg):
+    """timm's (= visionzoo's) EfficientNet keys -> efficientnet_pytorch's (lukemelas)."""
+    from visionzoo.models.efficientnet import official_key_map
+
+    key_map = official_key_map(cfg)
+    return {f"{key_map[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in sd.items()}
+
+
+def _numerics(model):
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    from visionzoo.models.efficientnet import Conv2dPad
+
+    pads = {m.tf_padding for m in model.modules() if isinstance(m, Conv2dPad)}
+    return {(m.eps, m.momentum) for m in bns}, pads, model.cfg
+
+
+def test_efficientnet_numerics_survive_training_save_and_reload(tmp_path):
+    """An efficientnet_pytorch checkpoint switches efficientnet_b0 to TF numerics; the weights
+    saved as ``visionzoo train`` saves them rebuild that network through load_trained."""
+    from visionzoo.registry import get_entry
+    from visionzoo.train.checkpoint import effective_overrides, model_metadata
+    from visionzoo.train.inference import load_trained
+
+    ref = build_random(lambda: timm.create_model("tf_efficientnet_b0", num_classes=3))
+    model = visionzoo.create_model("efficientnet_b0", num_classes=3).eval()
+    assert load_checkpoint(model, _efficientnet_pytorch_layout(ref.state_dict(), model.cfg))["source"] == ["official"]
+    assert (model.cfg.bn_eps, model.cfg.bn_momentum, model.cfg.tf_padding) == (1e-3, 0.01, True)
+    overrides = effective_overrides(model, get_entry("efficientnet_b0").config, {})  # as the trainer records them
+    assert overrides == {"bn_eps": 1e-3, "bn_momentum": 0.01, "tf_padding": True}
+    meta = model_metadata("efficientnet_b0", overrides, ["a", "b", "c"], {"img_size": 64})
+    save_state_dict(model.state_dict(), tmp_path / "model.safetensors", metadata=meta)
+    again, _ = load_trained(tmp_path / "model.safetensors")
+    assert _numerics(again) == _numerics(model)
+    x = torch.randn(2, 3, 65, 65)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+        assert max_rel_diff(again(x), ref(x)) < 1e-4
+
+
+def test_efficientnet_refused_checkpoint_leaves_numerics_unchanged():
+    """A lukemelas-layout checkpoint with one NaN is refused before the TF numerics are set."""
+    model = visionzoo.create_model("efficientnet_b0", num_classes=3, img_size=64).eval()
+    sd = _efficientnet_pytorch_layout(visionzoo.create_model("efficientnet_b0", num_classes=3).state_dict(), model.cfg)
+    sd["_blocks.3._expand_conv.weight"][0, 0] = float("nan")
+    before, numerics = snapshot(model), _numerics(model)
+    x = torch.randn(1, 3, 65, 65)
+    with torch.no_grad():
+        out = model(x)
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(model, sd)
+    assert_unchanged(model, before)
+    assert _numerics(model) == numerics and model.cfg == model.built_cfg
+    with torch.no_grad():
+        assert torch.equal(model(x), out)
+
+
+def test_efficientnet_numerics_follow_the_last_checkpoint_loaded():
+    """timm (and visionzoo) checkpoints carry no numerics: after an efficientnet_pytorch load,
+    a timm efficientnet_b0 checkpoint runs with the numerics the model was built with."""
+    ref = build_random(lambda: timm.create_model("efficientnet_b0", num_classes=3))
+    model = visionzoo.create_model("efficientnet_b0", num_classes=3).eval()
+    load_checkpoint(model, _efficientnet_pytorch_layout(ref.state_dict(), model.cfg))
+    assert model.cfg.tf_padding
+    load_checkpoint(model, ref.state_dict())
+    assert model.cfg == model.built_cfg == visionzoo.registry.get_entry("efficientnet_b0").config
+    x = torch.randn(2, 3, 65, 65)
+    with torch.no_grad():
+        assert max_rel_diff(model(x), ref(x)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_b0", "tf_efficientnet_b2", "tf_efficientnet_lite0"])
+def test_timm_tf_efficientnet_weights_load_into_the_tf_names(name):
+    ref = build_random(lambda: timm.create_model(name, num_classes=4))
+    ours = visionzoo.create_model(name, num_classes=4, checkpoint=ref.state_dict()).eval()
+    assert ours.cfg.bn_eps == 1e-3 and ours.cfg.tf_padding
+    x = torch.randn(2, 3, 67, 64)  # odd and even sides: 'SAME' padding differs from symmetric on even ones
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    plain = visionzoo.create_model(name[3:], num_classes=4, checkpoint=ref.state_dict()).eval()
+    with torch.no_grad():  # the keys fit the plain variant too, but it is another function
+        assert max_rel_diff(plain(x), ref(x)) > 1e-4
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_tf_efficientnet_params_and_preprocessing_equal_timm(i):
+    for name in [f"tf_efficientnet_b{i}"] + ([f"tf_efficientnet_lite{i}"] if i < 5 else []):
+        with torch.device("meta"):
+            ours = visionzoo.create_model(name)
+            ref = timm.create_model(name)
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()), name
+        eps = {m.eps for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+        assert eps == {m.eps for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {1e-3}, name
+        ours_cfg, ref_cfg = visionzoo.registry.get_entry(name).default_cfg, ref.pretrained_cfg
+        for key in ("input_size", "crop_pct", "interpolation", "mean", "std"):
+            assert tuple(ours_cfg[key]) == tuple(ref_cfg[key]) if key != "crop_pct" else ours_cfg[key] == ref_cfg[key], (name, key)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .convert import SOURCES, converters_for, identity, register_converter, rename_keys
+from .convert import SOURCES, ConfigChanges, converters_for, identity, register_converter, rename_keys, split_converted
 from .io import CheckpointError, read_state_dict, save_state_dict, unwrap_state_dict
 
 __all__ = [
@@ -70,35 +70,64 @@ def _match_score(sd: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> floa
     return (hits + 0.5 * named) / max(len(target), 1)
 
 
-def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, name: str) -> tuple[str, dict[str, Tensor]]:
+def _key_candidates(sd: dict[str, Tensor]) -> list[tuple[str, dict[str, Tensor]]]:
+    """``("", sd)``, then ``(prefix, sd without it)`` for each leading prefix all keys share,
+    shortest first: Lightning's ``model.``, a wrapper's ``net.`` / ``backbone.``, ``model.model.``."""
+    out, prefix = [("", sd)], ""
+    while sd and all("." in k for k in sd) and len({k.split(".", 1)[0] for k in sd}) == 1:
+        prefix += next(iter(sd)).split(".", 1)[0] + "."
+        sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
+        out.append((prefix, sd))
+    return out
+
+
+def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, name: str) -> tuple[str, dict[str, Tensor], ConfigChanges]:
+    """(layout, converted state dict, configuration changes). Converters only read the model;
+    where the keys fit no layout but do once a prefix all of them share is removed
+    (a Lightning module's ``model.``), that prefix is removed."""
     table = converters_for(family)
+    target = model.state_dict()
     if source != "auto":
         if source not in SOURCES:
             raise CheckpointError(f"unknown checkpoint source {source!r}; use one of {SOURCES} or 'auto'")
         if source not in table:
             known = ", ".join(table)
             raise CheckpointError(f"{name}: visionzoo has no converter from the {source} layout for {family} (has: {known})")
-        try:
-            return source, table[source](dict(sd), model)
-        except (KeyError, ValueError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"{name}: not a {source} checkpoint of a {family} model ({type(e).__name__}: {e})") from None
-    target = model.state_dict()
-    best: tuple[float, str, dict[str, Tensor]] | None = None
-    for src, fn in table.items():
-        try:
-            out = fn(dict(sd), model)
-        except (KeyError, ValueError, RuntimeError, IndexError):
-            continue
-        score = _match_score(out, target)
-        if best is None or score > best[0]:
-            best = (score, src, out)
-    if best is None or best[0] < 0.5:
-        sample = ", ".join(list(sd)[:4])
-        raise CheckpointError(
-            f"{name}: does not look like a checkpoint of {getattr(model, 'model_name', '') or family} in any known layout "
-            f"({', '.join(table)}); its first keys are {sample}"
-        )
-    return best[1], best[2]
+        error: Exception | None = None
+        first: tuple[dict[str, Tensor], ConfigChanges] | None = None
+        for prefix, candidate in _key_candidates(sd):
+            try:
+                out, changes = split_converted(table[source](dict(candidate), model))
+            except (KeyError, ValueError, RuntimeError, IndexError) as e:
+                error = error or e
+                continue
+            first = first or (out, changes)
+            if _match_score(out, target) >= 0.5:
+                if prefix:
+                    _log.info("%s: keys stripped of their common prefix %r", name, prefix)
+                return source, out, changes
+        if first is None:
+            raise CheckpointError(f"{name}: not a {source} checkpoint of a {family} model ({type(error).__name__}: {error})") from None
+        return source, *first  # it fits poorly: the checks below say how
+    for prefix, candidate in _key_candidates(sd):
+        best: tuple[float, str, dict[str, Tensor], ConfigChanges] | None = None
+        for src, fn in table.items():
+            try:
+                out, changes = split_converted(fn(dict(candidate), model))
+            except (KeyError, ValueError, RuntimeError, IndexError):
+                continue
+            score = _match_score(out, target)
+            if best is None or score > best[0]:
+                best = (score, src, out, changes)
+        if best is not None and best[0] >= 0.5:
+            if prefix:
+                _log.info("%s: keys stripped of their common prefix %r", name, prefix)
+            return best[1], best[2], best[3]
+    sample = ", ".join(list(sd)[:4])
+    raise CheckpointError(
+        f"{name}: does not look like a checkpoint of {getattr(model, 'model_name', '') or family} in any known layout "
+        f"({', '.join(table)}); its first keys are {sample}"
+    )
 
 
 @torch.no_grad()
@@ -108,6 +137,7 @@ def load_checkpoint(
     *,
     source: str = "auto",
     strict: bool = True,
+    use_ema: bool = True,
 ) -> dict[str, list[str]]:
     """Load weights into ``model``, converting from another layout where needed.
 
@@ -121,21 +151,33 @@ def load_checkpoint(
             (left initialised with a warning, listed as missing), and every key of the
             checkpoint must be used. With ``strict=False`` what matches is loaded and the
             rest keeps its initialisation.
+        use_ema: of a training checkpoint holding the weights and their EMA copy (timm's
+            ``state_dict`` / ``state_dict_ema``, DeiT's and ConvNeXt's ``model`` /
+            ``model_ema``), take the EMA copy, as timm's ``load_checkpoint`` does; ``False``
+            takes the plain one. A checkpoint with one copy loads it either way.
 
     Returns:
         ``{"missing": [...], "unexpected": [...], "dropped": [...], "source": [name]}``.
 
+    A layout may decide part of the model's configuration (efficientnet_pytorch's weights
+    need TensorFlow's numerics): a model with ``reconfigure`` gets those changes, or none for
+    a layout that decides nothing, when the load succeeds; ``model.cfg`` then shows them.
+
     Raises:
         CheckpointError: an unreadable file, a checkpoint of another architecture, shapes
-            that cannot be adapted, non-finite weights. The model is then left unchanged.
+            that cannot be adapted, non-finite weights. The model is then left unchanged:
+            weights, configuration and numerics; nor is any warning given.
     """
     name = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
     if isinstance(checkpoint, (str, os.PathLike)):
-        sd = read_state_dict(Path(checkpoint))
+        sd = read_state_dict(Path(checkpoint), prefer_ema=use_ema)
     else:
-        sd = unwrap_state_dict(checkpoint, source=name)
+        sd = unwrap_state_dict(checkpoint, source=name, prefer_ema=use_ema)
     family = getattr(model, "family", "")
-    src, sd = _convert(family, source, sd, model, name)
+    src, sd, changes = _convert(family, source, sd, model, name)
+    settable = getattr(model, "reconfigurable", ()) if hasattr(model, "reconfigure") else ()
+    if set(changes) - set(settable):
+        raise CheckpointError(f"{name}: the {src} layout needs configuration {changes}, which this model cannot take after it is built")
 
     adapt = getattr(model, "adapt_state_dict", None)
     if adapt is not None:
@@ -155,12 +197,13 @@ def load_checkpoint(
 
     dropped: list[str] = []
     headless: list[str] = []  # the model's classifier weights, which a headless checkpoint lacks
+    notes: list[str] = []  # warnings, given only once the load is certain
     for head in _prefixes(cfg.get("classifier", "")):
         keys = [k for k in sd if k == head or k.startswith(head + ".")]
         if not keys:
             own = [k for k in target if k == head or k.startswith(head + ".")]
             if own and any(k in target for k in sd):
-                warnings.warn(f"{name}: the checkpoint has no classifier {head} (a backbone checkpoint); the model's is left initialised", stacklevel=2)
+                notes.append(f"{name}: the checkpoint has no classifier {head} (a backbone checkpoint); the model's is left initialised")
                 headless += own
             continue
         if any(k not in target for k in keys):
@@ -170,10 +213,9 @@ def load_checkpoint(
                 continue
         if any(k in target and sd[k].shape != target[k].shape for k in keys):
             shapes = {k: tuple(sd[k].shape) for k in keys}
-            warnings.warn(
+            notes.append(
                 f"{name}: classifier {head} of the checkpoint has another size ({shapes}) than the model's "
-                f"({ {k: tuple(target[k].shape) for k in keys if k in target} }); it is left initialised",
-                stacklevel=2,
+                f"({ {k: tuple(target[k].shape) for k in keys if k in target} }); it is left initialised"
             )
             for k in keys:
                 sd.pop(k)
@@ -211,5 +253,9 @@ def load_checkpoint(
             raise CheckpointError(f"{name}: weight {k} has dtype {v.dtype}, the model expects {target[k].dtype}")
 
     # everything was checked above: copying cannot fail half-way
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    if settable:
+        model.reconfigure(**changes)
     model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
     return {"missing": missing, "unexpected": unexpected, "dropped": dropped, "source": [src]}

@@ -9,6 +9,12 @@ Each family registers one small function per foreign layout::
 
 visionzoo's own layout needs no converter. Where timm's layout equals ours, a family
 registers ``identity`` for "timm" so that the source is accepted by name.
+
+A converter never changes the model: ``load_checkpoint`` runs every converter of a family
+to detect the layout, and a checkpoint may still be refused afterwards. Where a layout's
+weights need another configuration than the model's (EfficientNet's TensorFlow numerics),
+the converter returns ``(state_dict, {field: value})``; ``load_checkpoint`` applies the
+changes with the model's ``reconfigure`` once every check has passed.
 """
 
 from __future__ import annotations
@@ -19,16 +25,18 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["SOURCES", "converters_for", "identity", "register_converter", "rename_keys"]
+__all__ = ["SOURCES", "ConfigChanges", "converters_for", "identity", "register_converter", "rename_keys", "split_converted"]
 
 SOURCES = ("visionzoo", "timm", "torchvision", "official")
 
-Converter = Callable[[dict[str, Tensor], nn.Module], dict[str, Tensor]]
+ConfigChanges = dict[str, Any]
+Converter = Callable[[dict[str, Tensor], nn.Module], "dict[str, Tensor] | tuple[dict[str, Tensor], ConfigChanges]"]
 _CONVERTERS: dict[str, dict[str, Converter]] = {}
 
 
 def register_converter(family: str, source: str) -> Callable[[Converter], Converter]:
-    """Decorator registering ``fn(state_dict, model) -> state_dict`` for (family, source)."""
+    """Decorator registering ``fn(state_dict, model) -> state_dict`` (or ``(state_dict,
+    config_changes)``) for (family, source)."""
     if source not in SOURCES[1:]:
         raise ValueError(f"unknown checkpoint source {source!r}; one of {SOURCES[1:]}")
 
@@ -45,6 +53,14 @@ def register_converter(family: str, source: str) -> Callable[[Converter], Conver
 def identity(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """For layouts equal to visionzoo's."""
     return dict(sd)
+
+
+def split_converted(out: dict[str, Tensor] | tuple[dict[str, Tensor], ConfigChanges]) -> tuple[dict[str, Tensor], ConfigChanges]:
+    """A converter's result as (state dict, configuration changes, {} when none)."""
+    if isinstance(out, tuple):
+        sd, changes = out
+        return sd, dict(changes)
+    return out, {}
 
 
 def converters_for(family: str) -> dict[str, Converter]:

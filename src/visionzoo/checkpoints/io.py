@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,10 +24,26 @@ __all__ = ["CheckpointError", "read_state_dict", "save_state_dict", "unwrap_stat
 _NESTED_KEYS = ("state_dict", "model", "model_state", "module", "net", "params")
 # ... and their EMA copies: taken first with prefer_ema, else only where no plain copy exists
 _EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
+_log = logging.getLogger(__name__)
+
+
+class _ConfigNode:
+    """Stand-in for yacs' ``CfgNode``, the options Swin's training script saves as "config".
+
+    A CfgNode is a dict subclass; weights-only unpickling gives items only to plain dicts, so
+    this class's constructor returns an ``OrderedDict``, which then receives the node's items
+    and attributes. yacs is never imported and nothing from the file runs.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+        return OrderedDict()
+
+
 # Objects besides tensors that weights-only unpickling may rebuild: the training scripts of timm,
-# DeiT, Swin and ConvNeXt store their argparse.Namespace of options as "args". Rebuilding one only
-# sets attributes, and its values must themselves be tensors, containers or plain values.
-_SAFE_GLOBALS = (argparse.Namespace,)
+# DeiT and ConvNeXt store their argparse.Namespace of options as "args", Swin's its yacs CfgNode
+# as "config". Rebuilding either only sets items and attributes, and their values must
+# themselves be tensors, containers or plain values.
+_SAFE_GLOBALS: tuple[Any, ...] = (argparse.Namespace, (_ConfigNode, "yacs.config.CfgNode"))
 
 
 class CheckpointError(ValueError):
@@ -53,7 +72,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel / AveragedMo
 def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: bool = False) -> dict[str, Tensor]:
     """Find the flat {name: tensor} mapping inside a loaded checkpoint object.
 
-    Training checkpoints nest the weights (``{"model": ..., "optimizer": ...}``); wrappers
+    Training checkpoints nest the weights (``{"model": ..., "optimizer": ...}``), some beside
+    an EMA copy, taken with ``prefer_ema`` (the entry used is logged); wrappers
     prefix every key: ``module.`` (DDP, DataParallel, ``torch.optim.swa_utils.AveragedModel``,
     whose ``n_averaged`` step counter is dropped: torchvision's EMA) and ``_orig_mod.``
     (``torch.compile``), in any nesting. All are removed.
@@ -64,11 +84,15 @@ def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: 
     for key in keys:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and inner and any(isinstance(v, (Tensor, Mapping)) for v in inner.values()):
-            return unwrap_state_dict(inner, source=source)
+            others = [k for k in keys if k != key and isinstance(obj.get(k), Mapping) and obj[k]]
+            if others:
+                _log.info("%s: loading the weights under %r (the checkpoint also holds %s)", source, key, others)
+            return unwrap_state_dict(inner, source=source, prefer_ema=prefer_ema)
     sd = {str(k): v for k, v in obj.items()}
     bad = [k for k, v in sd.items() if not isinstance(v, Tensor)]
-    if bad and all(isinstance(sd[k], Mapping) and not sd[k] for k in bad):
-        raise CheckpointError(f"{source}: the checkpoint holds no tensors ({', '.join(map(repr, bad[:5]))} empty)")
+    empty = [k for k in bad if isinstance(sd[k], Mapping) and not sd[k]]
+    if empty and len(bad) == len(sd):  # {"state_dict": {}, "epoch": 1}
+        raise CheckpointError(f"{source}: the checkpoint holds no tensors ({', '.join(map(repr, empty[:5]))} empty)")
     if bad:
         raise CheckpointError(f"{source}: entries that are not tensors: {bad[:5]}")
     if not sd:
@@ -83,8 +107,28 @@ def unwrap_state_dict(obj: object, *, source: str = "<state dict>", prefer_ema: 
 def _read_npz(path: Path) -> dict[str, Tensor]:
     import numpy as np
 
+    if not zipfile.is_zipfile(path):  # else numpy would try it as a pickle, and advise loading it unsafely
+        raise CheckpointError(f"{path}: not a readable checkpoint: not an .npz archive (a zip of arrays)")
     with np.load(path, allow_pickle=False) as data:  # pickled objects refused: no code runs
         return {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
+
+
+# sentences of numpy's and torch's errors that advise loading the file unsafely
+_IN_SENTENCE = r"(?:[^.]|\.(?=\S))*"  # up to a full stop that ends the sentence
+_UNSAFE_ADVICE = re.compile(_IN_SENTENCE + r"(?:\btrust|unsafe|weights_only=False|allow_pickle=True)" + _IN_SENTENCE + r"(?:\.\s*|$)", re.IGNORECASE)
+
+
+def _brief(text: str, limit: int = 300) -> str:
+    """An error message on one line, without advice to load unsafely, cut at a sentence
+    (or else a word) boundary within ``limit`` characters."""
+    text = " ".join(_UNSAFE_ADVICE.sub(" ", " ".join(str(text).split())).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = cut.rfind(". ")
+    if end > limit // 3:
+        return cut[: end + 1]
+    return cut[: cut.rfind(" ")].rstrip(",;:") + " ..." if " " in cut else cut + " ..."
 
 
 def _unpickling_failure(e: pickle.UnpicklingError) -> tuple[bool, str]:
@@ -95,15 +139,16 @@ def _unpickling_failure(e: pickle.UnpicklingError) -> tuple[bool, str]:
     if found:
         return True, f"global {found.group(1)}"
     found = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-    return False, (found.group(1) if found else text)[:200]
+    return False, _brief(found.group(1) if found else text)
 
 
 def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dict[str, Tensor]:
     """Read a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt or JAX .npz) to a state dict.
 
     Pickle-based files are read with ``torch.load(weights_only=True)``, which refuses any
-    object but tensors, plain containers and values, and the ``argparse.Namespace`` of options
-    training scripts store: a checkpoint never runs code when loaded.
+    object but tensors, plain containers and values, and the options training scripts store
+    (an ``argparse.Namespace``; Swin's yacs ``CfgNode``, read as a dict): a checkpoint never
+    runs code when loaded.
 
     Raises:
         CheckpointError: missing, truncated, corrupt or code-carrying files.
@@ -137,11 +182,9 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or a pickle torch.save did not write): {reason}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        msg = str(e).split("\n")[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {msg[:200]}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {_brief(str(e))}") from None
     except Exception as e:  # safetensors raises its own error type
-        msg = str(e).split("\n")[0]
-        raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {msg[:200]}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {_brief(str(e))}") from None
     return unwrap_state_dict(obj, source=str(path), prefer_ema=prefer_ema)
 
 
@@ -150,8 +193,14 @@ def save_state_dict(state_dict: Mapping[str, Tensor], path: str | os.PathLike, m
 
     ``.safetensors`` paths are written with safetensors (shared tensors are copied), other
     suffixes with ``torch.save``. A crash mid-write never leaves a half-written ``path``.
+
+    Raises:
+        ValueError: ``metadata`` for a path that is not ``.safetensors`` (only safetensors
+            files store it).
     """
     path = Path(path)
+    if metadata and path.suffix.lower() != ".safetensors":
+        raise ValueError(f"{path}: metadata is stored only in .safetensors files; save to a .safetensors path or pass no metadata")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_beside(path)
     try:

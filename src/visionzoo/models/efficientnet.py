@@ -16,13 +16,21 @@ below), repeats are ``ceil(r * d)``, as in the official ``efficientnet_model.py`
 Lite (for mobile accelerators) drops squeeze-and-excitation, uses ReLU6, keeps the stem
 (32) and head (1280) widths and the repeats of the first and last stages unscaled.
 
+``tf_efficientnet_b0-b7`` and ``tf_efficientnet_lite0-4`` are timm's names for the same
+networks with TensorFlow's numerics (BatchNorm eps 1e-3, 'SAME' padding), the numerics of
+the weights timm ported from TensorFlow: a timm ``tf_`` checkpoint belongs in the ``tf_``
+model of the same name. Their keys equal the plain variants', so only the name tells them
+apart.
+
 State-dict keys follow timm (``conv_stem``, ``bn1``, ``blocks.S.J.*``, ``conv_head``,
 ``bn2``, ``classifier``). Converters read torchvision's layout (``features.N.M.block.*``)
 and efficientnet_pytorch's (lukemelas, ``_blocks.N.*``; the key mapping is tabled in
-:func:`official_key_map`). Those two converters also set the numerics the layout's
-weights were trained with, see :func:`set_numerics`: torchvision's B5-B7 use BatchNorm
-eps 1e-3 (B0-B4 PyTorch's 1e-5), efficientnet_pytorch eps 1e-3 and TensorFlow 'SAME'
-padding.
+:func:`official_key_map`). Those two layouts also decide the numerics the weights were
+trained with: torchvision's B5-B7 use BatchNorm eps 1e-3 (B0-B4 PyTorch's 1e-5),
+efficientnet_pytorch eps 1e-3 and TensorFlow 'SAME' padding. Their converters return these
+as configuration changes, which ``load_checkpoint`` applies (:meth:`EfficientNet.reconfigure`)
+only once the checkpoint has passed every check. A timm or visionzoo checkpoint carries no
+numerics: it runs with those the model was built with.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
+from ..checkpoints.convert import ConfigChanges
 from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
@@ -247,6 +257,8 @@ class EfficientNet(VisionModel):
     """
 
     family = "efficientnet"
+    #: configuration fields a checkpoint's layout may set (:meth:`reconfigure`)
+    reconfigurable = ("bn_eps", "bn_momentum", "tf_padding")
     pool_types = POOL_TYPES
     grad_checkpoint_units = (r"blocks\.\d+\.\d+",)
     cpu_channels_last = True
@@ -255,7 +267,7 @@ class EfficientNet(VisionModel):
         super().__init__()
         if cfg.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
-        self.cfg = cfg
+        self.cfg = self.built_cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         act = ACTIVATIONS[cfg.act]
 
@@ -339,16 +351,29 @@ class EfficientNet(VisionModel):
         self.blocks = self.blocks[: self._feature_stages[max(indices)] + 1]
         self.conv_head = self.bn2 = nn.Identity()  # type: ignore[assignment]
 
+    def reconfigure(self, **changes: Any) -> None:
+        """Set the numerics a loaded checkpoint runs with: those the model was built with,
+        updated by ``changes`` (fields of :attr:`reconfigurable`, from the checkpoint's layout).
+
+        ``load_checkpoint`` calls this on every successful load, with no changes for a layout
+        that carries no numerics (visionzoo's, timm's), so the last checkpoint loaded decides
+        and a model never keeps the numerics of an earlier one.
+        """
+        unknown = sorted(set(changes) - set(self.reconfigurable))
+        if unknown:
+            raise ValueError(f"{self.model_name}: a checkpoint cannot set {unknown}; only {list(self.reconfigurable)}")
+        cfg = replace(self.built_cfg, **changes)
+        set_numerics(self, bn_eps=cfg.bn_eps, bn_momentum=cfg.bn_momentum, tf_padding=cfg.tf_padding)
+
 
 def set_numerics(model: EfficientNet, *, bn_eps: float, bn_momentum: float, tf_padding: bool) -> None:
     """Switch a built model's BatchNorm eps/momentum and padding (and ``model.cfg`` with them).
 
-    Weights trained in TensorFlow need eps 1e-3 and 'SAME' padding to give their logits;
-    the torchvision and efficientnet_pytorch converters call this once they have recognised
-    their layout, so that loading is enough. (A load that then fails, on shapes say, leaves
-    the weights untouched but the numerics switched.) timm's ``tf_efficientnet_*`` share
-    timm's keys and cannot be told apart: create the model with ``bn_eps=1e-3,
-    tf_padding=True`` for them.
+    Weights trained in TensorFlow need eps 1e-3 and 'SAME' padding to give their logits.
+    ``model.cfg`` then differs from the registry entry's configuration, and a training run
+    records the difference with the weights, so that the model is rebuilt the same. timm's
+    ``tf_efficientnet_*`` share timm's keys and cannot be told apart from the plain
+    variants' by the keys: load them into the ``tf_efficientnet_*`` models.
     """
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -372,10 +397,11 @@ _TV_TF_BN = {(1.6, 2.2), (1.8, 2.6), (2.0, 3.1)}
 
 
 @register_converter("efficientnet", "torchvision")
-def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], ConfigChanges]:
     """torchvision: ``features.0`` stem, ``features.1-7`` stages, ``features.8`` head conv, ``classifier.1``.
 
-    Sets torchvision's BatchNorm numerics for the variant (eps 1e-3, momentum 0.01 for B5-B7).
+    Returns torchvision's BatchNorm numerics for the variant (eps 1e-3, momentum 0.01 for
+    B5-B7; PyTorch's defaults otherwise) and symmetric padding as the configuration changes.
     """
     if "features.0.0.weight" not in sd:
         raise KeyError("features.0.0.weight")
@@ -391,8 +417,7 @@ def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
         prefix, name = k.rsplit(".", 1)
         out[f"{rev[prefix]}.{name}" if prefix in rev else k] = v
     tf_bn = (model.cfg.width_coefficient, model.cfg.depth_coefficient) in _TV_TF_BN
-    set_numerics(model, bn_eps=1e-3 if tf_bn else 1e-5, bn_momentum=0.01 if tf_bn else 0.1, tf_padding=False)
-    return out
+    return out, dict(bn_eps=1e-3 if tf_bn else 1e-5, bn_momentum=0.01 if tf_bn else 0.1, tf_padding=False)
 
 
 def official_key_map(cfg: EfficientNetConfig) -> dict[str, str]:
@@ -429,11 +454,11 @@ def official_key_map(cfg: EfficientNetConfig) -> dict[str, str]:
 
 
 @register_converter("efficientnet", "official")
-def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> tuple[dict[str, Tensor], ConfigChanges]:
     """efficientnet_pytorch (lukemelas), the PyTorch port of the official TensorFlow weights.
 
-    Keys by :func:`official_key_map`. Its weights were trained in TensorFlow: the model is
-    switched to BatchNorm eps 1e-3, momentum 0.01 and 'SAME' padding.
+    Keys by :func:`official_key_map`. Its weights were trained in TensorFlow: the changes
+    returned switch the model to BatchNorm eps 1e-3, momentum 0.01 and 'SAME' padding.
     """
     if "_conv_stem.weight" not in sd:
         raise KeyError("_conv_stem.weight")
@@ -442,8 +467,7 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
     for k, v in sd.items():
         prefix, name = k.rsplit(".", 1)
         out[f"{rev[prefix]}.{name}" if prefix in rev else k] = v
-    set_numerics(model, bn_eps=1e-3, bn_momentum=0.01, tf_padding=True)
-    return out
+    return out, dict(bn_eps=1e-3, bn_momentum=0.01, tf_padding=True)
 
 
 # --------------------------------------------------------------------------- variants
@@ -454,6 +478,12 @@ def _b(w: float, d: float, res: int, drop: float) -> EfficientNetConfig:
 def _lite(w: float, d: float, res: int, drop: float) -> EfficientNetConfig:
     return EfficientNetConfig(width_coefficient=w, depth_coefficient=d, resolution=res, drop_rate=drop,
                               scale_stem_head=False, scale_first_last_repeats=False, se_ratio=0.0, act="relu6")
+
+
+def _tf(cfg: EfficientNetConfig, res: int | None = None) -> EfficientNetConfig:
+    """timm's ``tf_`` port: TensorFlow's BatchNorm eps and 'SAME' padding. The momentum stays
+    PyTorch's 0.1 as in timm (TensorFlow trained with 0.01; it matters only when training)."""
+    return replace(cfg, bn_eps=1e-3, tf_padding=True, resolution=res or cfg.resolution)
 
 
 # (width, depth, resolution, dropout): efficientnet_builder.py / efficientnet_lite_builder.py.
@@ -473,13 +503,31 @@ VARIANTS = {
     "efficientnet_lite3": _lite(1.2, 1.4, 280, 0.3),
     "efficientnet_lite4": _lite(1.4, 1.8, 300, 0.3),
 }
+# timm's tf_ ports, at the input sizes of timm's pretrained cfgs (Lite3 / Lite4: 300 / 380)
+VARIANTS |= {f"tf_{name}": _tf(cfg) for name, cfg in VARIANTS.items()}
+VARIANTS |= {"tf_efficientnet_lite3": _tf(VARIANTS["efficientnet_lite3"], 300), "tf_efficientnet_lite4": _tf(VARIANTS["efficientnet_lite4"], 380)}
+
+#: timm's preprocessing of its tf_ weights where it is not the official crop res / (res + 32):
+#: B6's and Lite4's crops; Lite's [-1, 1] inputs, bilinear from Lite3.
+_TIMM_TF_CFGS = {
+    "tf_efficientnet_b6": dict(crop_pct=0.942),
+    **{f"tf_efficientnet_lite{i}": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) for i in range(3)},
+    "tf_efficientnet_lite3": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"),
+    "tf_efficientnet_lite4": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.920),
+}
+
+
+def _default_cfg(name: str, cfg: EfficientNetConfig) -> dict[str, Any]:
+    # the official evaluation crop: resize to res + 32, centre-crop res
+    kw: dict[str, Any] = dict(crop_pct=round(cfg.resolution / (cfg.resolution + 32), 3), first_conv="conv_stem", classifier="classifier")
+    return default_cfg(cfg.resolution, **{**kw, **_TIMM_TF_CFGS.get(name, {})})
+
 
 register_family(
     "efficientnet",
     EfficientNet,
     VARIANTS,
-    # the official evaluation crop: resize to res + 32, centre-crop res
-    default_cfgs=lambda name, cfg: default_cfg(cfg.resolution, crop_pct=round(cfg.resolution / (cfg.resolution + 32), 3), first_conv="conv_stem", classifier="classifier"),
+    default_cfgs=_default_cfg,
     # paper Table 2 (params, FLOPs = multiply-adds, top-1); Lite0 from the official Lite release.
     # B4/B5: visionzoo counts 4.39 / 10.27 GMACs at 380 / 456 (as timm and torchvision's nets
     # give), 4-5 % above the paper's 4.2 / 9.9, so those figures are notes.

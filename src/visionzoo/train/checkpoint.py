@@ -14,6 +14,7 @@ never runs code.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -29,6 +30,7 @@ from ..checkpoints.io import publish, temp_beside
 
 __all__ = [
     "capture_rng",
+    "effective_overrides",
     "latest_checkpoint",
     "load_training_state",
     "read_metadata",
@@ -100,9 +102,33 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- save / load
+def effective_overrides(model: Any, base_config: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``create_model`` overrides that rebuild ``model`` as it now is.
+
+    ``overrides`` (what the model was created with), where every field of the model's
+    configuration dataclass that was overridden or now differs from ``base_config`` (the
+    registry entry's) takes the model's current value: a checkpoint's converter may have
+    changed the configuration (EfficientNet's TensorFlow numerics), and the saved run must
+    rebuild that network, not the one the name alone gives. Other overrides (timm's
+    ``global_pool``) are kept as given.
+    """
+    cfg = getattr(model, "cfg", None)
+    out = dict(overrides)
+    if not (dataclasses.is_dataclass(cfg) and dataclasses.is_dataclass(base_config) and type(cfg) is type(base_config)):
+        return out
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in overrides or value != getattr(base_config, f.name):
+            out[f.name] = value
+    return out
+
+
 def model_metadata(model_name: str, overrides: Mapping[str, Any], classes: list[str], preprocessing: Mapping[str, Any],
                    **extra: Any) -> dict[str, str]:
-    """safetensors metadata (str -> str) that lets eval / predict rebuild the model and label outputs."""
+    """safetensors metadata (str -> str) that lets eval / predict rebuild the model and label outputs.
+
+    ``overrides`` must rebuild the trained model as it is (:func:`effective_overrides`).
+    """
     info = {"model": model_name, "overrides": dict(overrides), "classes": list(classes),
             "num_classes": len(classes), "preprocessing": dict(preprocessing), **extra}
     return {META_KEY: json.dumps(info), "format": "pt"}

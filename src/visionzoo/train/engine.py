@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from . import distributed as D
 from .checkpoint import (
     capture_rng,
+    effective_overrides,
     latest_checkpoint,
     load_training_state,
     model_metadata,
@@ -413,6 +414,14 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
     elif info.is_main and latest_checkpoint(out) is not None:
         raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --output")
+    if resume_from is not None:
+        # the configuration the run trained, as its checkpoint records it: loading --pretrained
+        # may have changed it when the run began (EfficientNet's TensorFlow numerics)
+        from .checkpoint import read_metadata
+
+        saved = read_metadata(resume_from[0])
+        if saved.get("model") == model_name and "overrides" in saved:
+            overrides = dict(saved["overrides"])
 
     torch.manual_seed(cfg.seed)
     # ---- data
@@ -435,6 +444,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             new_head = f"; new classifier for {data.num_classes} classes" if report["dropped"] else ""
             print(f"fine-tuning from {cfg.pretrained} ({report['source'][0]} layout){new_head}", flush=True)
         del caught
+    overrides = effective_overrides(model, entry.config, overrides)  # what the checkpoints must rebuild
     torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout, mixup: independent draws per rank
     if cfg.freeze_backbone:
         heads = _classifier_prefixes(model)
