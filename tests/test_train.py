@@ -333,16 +333,14 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     assert s["num_classes"] == 3 and len(s["iou_per_class"]) == 3 and len(s["dice_per_class"]) == 3
     curve = s["miou_per_epoch"]
     assert curve[-1] > curve[0] + 0.1, curve
-    # the metadata rebuilds the network: backbone and its overrides, head and its width
-    from safetensors.torch import load_file
+    # the metadata rebuilds the network (backbone and its overrides, head and its width);
+    # eval / predict, which take classifiers, say what the checkpoint is
+    from visionzoo.train.segment import load_segmentation
 
-    from visionzoo.tasks import create_segmentation_model
-    from visionzoo.train.checkpoint import read_metadata
-
-    meta = read_metadata(out / "model.safetensors")
-    rebuilt = create_segmentation_model(meta["model"], meta["num_classes"], head=meta["head"], channels=meta["channels"],
-                                        img_size=meta["preprocessing"]["img_size"], **meta["overrides"])
-    rebuilt.load_state_dict(load_file(out / "model.safetensors"))
+    net, meta = load_segmentation(out / "model.safetensors")
+    assert meta["channels"] == 64 and net(torch.zeros(1, 3, 20, 28)).shape == (1, 3, 20, 28)
+    _one_line_error(["predict", str(data / "images" / "0.png"), "--checkpoint", str(out / "model.safetensors")], capsys,
+                    "is a segmentation network (convnext_tiny)")
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--output", str(out)], capsys, "already holds a segmentation run")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--num-classes", "2", "--output", str(tmp_path / "two")], capsys,

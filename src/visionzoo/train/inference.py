@@ -41,6 +41,9 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
         raise CheckpointError(f"checkpoint file not found: {path}")
     meta = read_metadata(path)
     stored = meta.get("model")
+    if meta.get("task") == "segment":
+        raise CheckpointError(f"{path} is a segmentation network ({stored}); eval and predict take classifiers "
+                              "(visionzoo.train.segment.load_segmentation rebuilds it)")
     if model_name is None:
         if not stored:
             raise ValueError(f"{path} does not name its model (not written by visionzoo train); pass --model NAME")

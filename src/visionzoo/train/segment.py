@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import model_metadata, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
-__all__ = ["SegmentConfig", "seg_metrics", "train_segmentation"]
+__all__ = ["SegmentConfig", "load_segmentation", "seg_metrics", "train_segmentation"]
 
 IGNORE = 255
 # the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
@@ -301,3 +301,34 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     write_json_atomic(summary, out / "summary.json")
     return summary
 
+
+def load_segmentation(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(network in eval mode, the checkpoint's metadata) of a ``visionzoo train --task segment`` run.
+
+    The metadata names the backbone and its overrides, the head and its width, the classes
+    and the preprocessing (``img_size``, ``mean``, ``std``); the network is rebuilt from them.
+
+    Raises:
+        CheckpointError: a missing or unreadable file, or a checkpoint that is not a segmentation run's.
+    """
+    from ..checkpoints import CheckpointError, read_state_dict
+    from ..tasks import create_segmentation_model
+    from .checkpoint import read_metadata
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    meta = read_metadata(path)
+    if meta.get("task") != "segment":
+        raise CheckpointError(f"{path} is not a segmentation run's checkpoint (its metadata names no task 'segment')")
+    kwargs: dict[str, Any] = dict(meta.get("overrides") or {})
+    if meta["model"] not in WHOLE_NETWORKS:
+        kwargs["head"] = meta.get("head", "fpn")
+        if meta.get("channels") is not None:
+            kwargs.update(channels=meta["channels"], img_size=meta["preprocessing"]["img_size"])
+    model = create_segmentation_model(meta["model"], meta["num_classes"], **kwargs)
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit the network its metadata describes ({str(e).splitlines()[0]})") from None
+    return model.eval(), meta
