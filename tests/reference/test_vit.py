@@ -130,6 +130,12 @@ def test_official_jax_npz_loads(tmp_path):
     with torch.no_grad():
         assert max_rel_diff(ref(x), src(x)) < 1e-5  # the writer above is the release layout
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    # the same weights inside a Flax training state (opt/target/...), as timm also reads them
+    np.savez(tmp_path / "state.npz", **{f"opt/target/{k}": v for k, v in _to_jax_layout(src).items()})
+    ours = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=10).eval()
+    visionzoo.load_checkpoint(ours, tmp_path / "state.npz")
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
 # ---------------------------------------------------------------- position-embedding ablation

@@ -110,7 +110,14 @@ def _read_npz(path: Path) -> dict[str, Tensor]:
     if not zipfile.is_zipfile(path):  # else numpy would try it as a pickle, and advise loading it unsafely
         raise CheckpointError(f"{path}: not a readable checkpoint: not an .npz archive (a zip of arrays)")
     with np.load(path, allow_pickle=False) as data:  # pickled objects refused: no code runs
-        return {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
+        arrays = {k: torch.from_numpy(np.ascontiguousarray(data[k])) for k in data.files}
+    # a Flax training state keeps the weights under opt/target/ (the ViT authors' fine-tuned files)
+    if arrays and all(k.startswith(_FLAX_TARGET) for k in arrays):
+        arrays = {k[len(_FLAX_TARGET):]: v for k, v in arrays.items()}
+    return arrays
+
+
+_FLAX_TARGET = "opt/target/"
 
 
 # sentences of numpy's and torch's errors that advise loading the file unsafely
