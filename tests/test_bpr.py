@@ -120,6 +120,7 @@ def test_masks_must_be_binary_and_images_floats_in_unit_range():
         bpr((image * 255).byte(), mask)
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         bpr.training_loss(image * 255, mask, mask)
+    assert torch.equal(bpr(image * 1.01 - 0.005, mask), mask)  # bicubic overshoot is no error
 
 
 def test_training_loss_refuses_a_target_of_another_size():

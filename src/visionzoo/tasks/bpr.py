@@ -94,7 +94,8 @@ def _check_inputs(image: Tensor, masks: dict[str, Tensor]) -> None:
         raise ValueError(f"expected image (3, H, W) and masks (H, W); got image {tuple(image.shape)}, {shapes}")
     if not image.is_floating_point():
         raise ValueError(f"image must be floats in [0, 1], got dtype {image.dtype} (convert with image.float() / 255)")
-    if image.numel() and (image.min() < 0 or image.max() > 1):
+    # a margin for resampling overshoot (bicubic); 0-255 or normalised images fall outside it
+    if image.numel() and (image.min() < -0.5 or image.max() > 1.5):
         raise ValueError(f"image must be in [0, 1] (normalisation happens inside), got values in [{image.min():.3g}, {image.max():.3g}]")
     for name, m in masks.items():
         if m.dtype != torch.bool and not ((m == 0) | (m == 1)).all():
