@@ -22,6 +22,17 @@ def test_names():
     assert NAMES == sorted(B_NAMES + [f"efficientnet_lite{i}" for i in range(5)])
 
 
+def test_evaluation_resize_is_the_official_res_plus_32():
+    """The eval transform resizes to floor(res / crop_pct): res + 32 for every variant (B6's
+    crop_pct rounded to 0.943 gave 559)."""
+    import math
+
+    for name in NAMES:
+        cfg = visionzoo.registry.get_entry(name).default_cfg
+        res = cfg["input_size"][-1]
+        assert math.floor(res / cfg["crop_pct"] + 1e-6) == res + 32, name
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_params_equal_timm_and_torchvision(name):
     ours = _count(lambda: visionzoo.create_model(name))

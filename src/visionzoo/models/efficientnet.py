@@ -508,9 +508,8 @@ VARIANTS |= {f"tf_{name}": _tf(cfg) for name, cfg in VARIANTS.items()}
 VARIANTS |= {"tf_efficientnet_lite3": _tf(VARIANTS["efficientnet_lite3"], 300), "tf_efficientnet_lite4": _tf(VARIANTS["efficientnet_lite4"], 380)}
 
 #: timm's preprocessing of its tf_ weights where it is not the official crop res / (res + 32):
-#: B6's and Lite4's crops; Lite's [-1, 1] inputs, bilinear from Lite3.
+#: Lite4's crop; Lite's [-1, 1] inputs, bilinear from Lite3.
 _TIMM_TF_CFGS = {
-    "tf_efficientnet_b6": dict(crop_pct=0.942),
     **{f"tf_efficientnet_lite{i}": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) for i in range(3)},
     "tf_efficientnet_lite3": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"),
     "tf_efficientnet_lite4": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.920),
@@ -518,8 +517,11 @@ _TIMM_TF_CFGS = {
 
 
 def _default_cfg(name: str, cfg: EfficientNetConfig) -> dict[str, Any]:
-    # the official evaluation crop: resize to res + 32, centre-crop res
-    kw: dict[str, Any] = dict(crop_pct=round(cfg.resolution / (cfg.resolution + 32), 3), first_conv="conv_stem", classifier="classifier")
+    # the official evaluation crop: resize to res + 32, centre-crop res; the ratio truncated to
+    # 3 decimals, as timm's, so that floor(res / crop_pct) is res + 32 (rounded, B6's 0.943
+    # resized to 559)
+    crop_pct = math.floor(1000 * cfg.resolution / (cfg.resolution + 32)) / 1000
+    kw: dict[str, Any] = dict(crop_pct=crop_pct, first_conv="conv_stem", classifier="classifier")
     return default_cfg(cfg.resolution, **{**kw, **_TIMM_TF_CFGS.get(name, {})})
 
 

@@ -349,9 +349,9 @@ register_family(
         "hrnet_w18_small": dict(params=13.2, top1=72.1, note="paper: 1.49 GFLOPs; the released architecture counts 1.60 GMACs"),
         "hrnet_w18_small_v2": dict(params=15.6, top1=75.1, note="paper: 2.42 GFLOPs; the released architecture counts 2.60 GMACs"),
         "hrnet_w18": dict(params=21.3, top1=76.8, note="paper: 3.99 GFLOPs; the released architecture counts 4.28 GMACs"),
-        "hrnet_w30": dict(params=37.7, gmacs=8.15, top1=78.2),
+        "hrnet_w30": dict(params=37.7, top1=78.2, note="paper: 7.55 GFLOPs; the released architecture counts 8.11 GMACs"),
         "hrnet_w32": dict(params=41.2, top1=78.5, note="paper: 8.31 GFLOPs; the released architecture counts 8.92 GMACs"),
-        "hrnet_w48": dict(params=77.5, gmacs=17.36, top1=79.3),
+        "hrnet_w48": dict(params=77.5, top1=79.3, note="paper: 16.1 GFLOPs; the released architecture counts 17.28 GMACs"),
     },
     paper="Wang et al., Deep High-Resolution Representation Learning for Visual Recognition, TPAMI 2020",
 )
