@@ -93,6 +93,16 @@ def test_convnext_on_padded_input_keeps_gradients_bounded():
     assert m.backbone.stem[0].bias.grad.norm() < 100
 
 
+def test_output_stride_passes_through_to_efficientnet_mobilenet_and_convnext():
+    """As for ResNet: the maps stop at stride 8, and the ASPP head's rates double (12, 24, 36)."""
+    names = ("efficientnet_b0", "tf_efficientnet_b0", "mobilenetv2_100", "mobilenetv1_100", "convnext_tiny")
+    with torch.device("meta"):
+        strides = {n: create_segmentation_model(n, 3, output_stride=8).backbone.feature_info.reduction() for n in names}
+    assert strides == {n: [4, 8, 8, 8] for n in names}
+    m = create_segmentation_model("mobilenetv2_100", 3, head="aspp", output_stride=8, channels=16).eval()
+    assert [b[0].dilation for b in m.head.branches[1:]] == [(12, 12), (24, 24), (36, 36)]
+    with torch.no_grad():
+        assert m(torch.randn(1, 3, 64, 72)).shape == (1, 3, 64, 72)
 @pytest.mark.parametrize("kwargs, match", [
     ({"dilation_rates": 5}, r"one entry per stage \(4\)"),
     ({"dilation_rates": (None, None, 5, None)}, r"dilation_rates\[2\] must be None or a tuple of rates"),

@@ -8,6 +8,8 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
+from timm_checks import assert_output_stride_equals_timm
+
 NAMES = visionzoo.list_models(family="convnext")
 
 
@@ -130,3 +132,16 @@ def test_block_inference_path_folds_the_layer_scale_and_follows_it(side):
     blk.gamma = None  # no layer scale
     with torch.no_grad():
         torch.testing.assert_close(blk(x), x + blk.mlp(blk.norm(blk.conv_dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_output_stride_equals_timm(output_stride):
+    """The dilated stages downsample with a 'SAME'-padded 2x2 stride-1 convolution (odd side: 67).
+    convnext_tiny narrowed and made shallower (two blocks in stage 3), to stay fast."""
+    small = dict(depths=(1, 1, 2, 1), dims=(32, 48, 64, 96))
+    assert_output_stride_equals_timm("convnext_tiny", output_stride, torch.randn(1, 3, 67, 64), **small)
+
+
+def test_bad_output_stride_is_refused():
+    with pytest.raises(ValueError, match="output_stride must be the int 8, 16 or 32, got '8'"):
+        visionzoo.create_model("convnext_tiny", output_stride="8")

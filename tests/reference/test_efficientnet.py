@@ -9,6 +9,8 @@ import visionzoo
 from visionzoo.models.efficientnet import official_key_map, stage_specs
 from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
+from timm_checks import assert_output_stride_equals_timm
+
 NAMES = visionzoo.list_models("efficientnet*")
 B_NAMES = [f"efficientnet_b{i}" for i in range(8)]
 
@@ -158,3 +160,15 @@ def test_timm_tf_port_with_tf_numerics():
     x = torch.randn(1, 3, 64, 66)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "tf_efficientnet_b0"])  # tf_: 'SAME' padding with dilation
+def test_output_stride_equals_timm(name, output_stride):
+    assert_output_stride_equals_timm(name, output_stride, torch.randn(1, 3, 64, 72))
+
+
+@pytest.mark.parametrize("bad", [12, "8", 8.0, 4])
+def test_bad_output_stride_is_refused(bad):
+    with pytest.raises(ValueError, match=r"output_stride must be the int 8, 16 or 32, got"):
+        visionzoo.create_model("efficientnet_b0", output_stride=bad)

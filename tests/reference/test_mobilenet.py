@@ -8,6 +8,8 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, max_rel_diff
 
+from timm_checks import assert_output_stride_equals_timm
+
 V1 = visionzoo.list_models("mobilenetv1*")
 V2 = visionzoo.list_models("mobilenetv2*")
 
@@ -83,3 +85,15 @@ def test_torchvision_into_features_only_and_overrides():
     v1 = visionzoo.create_model("mobilenetv1_100", width_mult=0.5, act="relu", num_classes=4)
     assert v1.num_features == 512 and isinstance(v1.act1, torch.nn.ReLU)
     assert v1(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name", ["mobilenetv2_100", "mobilenetv1_100"])
+def test_output_stride_equals_timm(name, output_stride):
+    assert_output_stride_equals_timm(name, output_stride, torch.randn(1, 3, 64, 72))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv2_100"])
+def test_bad_output_stride_is_refused(name):
+    with pytest.raises(ValueError, match="output_stride must be the int 8, 16 or 32, got 12"):
+        visionzoo.create_model(name, output_stride=12)

@@ -9,6 +9,12 @@ LayerNorm + 2x2 stride-2 convolutions, and blocks of
 
 The head pools globally, normalises (LayerNorm) and classifies. State-dict keys follow
 timm; torchvision's and the authors' (facebookresearch/ConvNeXt) layouts convert.
+
+``output_stride`` (8 or 16; default 32) keeps the last stage(s) at that stride, for dense
+prediction, as timm's: a stage that would pass it downsamples with a 2x2 stride-1 convolution
+('SAME'-padded, dilated as its first rate) and dilates its blocks' depthwise convolutions by
+2 per removed stride. The first rate is 1 for block rate 2 and 2 beyond, as timm's (not the
+previous stage's rate).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, classifier, drop_path_rates, residual_mlp, trunc_normal_
+from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, classifier, drop_path_rates, pad_same, residual_mlp, to_2tuple, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -37,9 +43,10 @@ class ConvNeXtBlock(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, dim: int, *, kernel_size: int = 7, mlp_ratio: float = 4.0, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, *, kernel_size: int = 7, dilation: int = 1, mlp_ratio: float = 4.0, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.conv_dw = Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)  # (its fast CPU weight gradient)
+        # (Conv2d for its fast CPU weight gradient)
+        self.conv_dw = Conv2d(dim, dim, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
         self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value > 0 else None
@@ -86,13 +93,33 @@ class ConvNeXtBlock(nn.Module):
         return out.permute(0, 3, 1, 2)  # B, C, H, W (channels-last memory)
 
 
-class ConvNeXtStage(nn.Module):
-    """Optional LN + 2x2/2 downsampling, then ``depth`` blocks."""
+class SamePadConv2d(Conv2d):
+    """``Conv2d`` padded as TensorFlow's 'SAME' (the odd pixel right / bottom): the dilated
+    stages' 2x2 stride-1 downsampling, which keeps the map's size."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, *, downsample: bool, drop_paths: Sequence[float], **block_kwargs) -> None:
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(pad_same(x, to_2tuple(self.kernel_size), to_2tuple(self.stride), to_2tuple(self.dilation)))
+
+
+class ConvNeXtStage(nn.Module):
+    """Optional LN + 2x2 downsampling (stride 2, or stride 1 dilated), then ``depth`` blocks.
+
+    Args:
+        downsample: LN + 2x2 convolution first (every stage but the first).
+        stride: of that convolution; 1 in a stage that output_stride dilates.
+        dilation: (the downsampling's, the blocks') dilation.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, depth: int, *, downsample: bool, drop_paths: Sequence[float], stride: int = 2,
+                 dilation: tuple[int, int] = (1, 1), **block_kwargs) -> None:
         super().__init__()
-        self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), Conv2d(in_chs, out_chs, 2, stride=2)) if downsample else nn.Identity()
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(out_chs, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)])
+        if not downsample:
+            self.downsample = nn.Identity()
+        elif stride == 1:  # dilated: the map keeps its size
+            self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), SamePadConv2d(in_chs, out_chs, 2, dilation=dilation[0]))
+        else:
+            self.downsample = nn.Sequential(LayerNorm2d(in_chs, eps=1e-6), Conv2d(in_chs, out_chs, 2, stride=stride))
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(out_chs, dilation=dilation[1], drop_path=drop_paths[i], **block_kwargs) for i in range(depth)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.downsample(x))
@@ -115,20 +142,23 @@ class NormHead(nn.Module):
 
 @dataclass(frozen=True)
 class ConvNeXtConfig:
-    """One ConvNeXt: blocks and widths per stage, kernel size, layer-scale init."""
+    """One ConvNeXt: blocks and widths per stage, kernel size, layer-scale init, output
+    stride (8, 16 or 32; module docstring)."""
 
     depths: tuple[int, int, int, int] = (3, 3, 9, 3)
     dims: tuple[int, int, int, int] = (96, 192, 384, 768)
     kernel_size: int = 7
     ls_init_value: float = 1e-6
     drop_rate: float = 0.0
+    output_stride: int = 32
 
 
 class ConvNeXt(VisionModel):
     """ConvNeXt classifier.
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C4, H/32, W/32).
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C4, H/s, W/s),
+        s = ``output_stride``.
         Any H, W >= 32: as in timm, torchvision and the official code, the stride-4 stem and
         the three 2x2 stride-2 downsamplings do not pad, so rows and columns past the last
         whole patch are dropped (sides that are multiples of 32 lose none).
@@ -139,19 +169,28 @@ class ConvNeXt(VisionModel):
 
     def __init__(self, cfg: ConvNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        if type(cfg.output_stride) is not int or cfg.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be the int 8, 16 or 32, got {cfg.output_stride!r}")
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         self.min_input_size = 32
         self.stem = nn.Sequential(nn.Conv2d(in_chans, cfg.dims[0], 4, stride=4), LayerNorm2d(cfg.dims[0], eps=1e-6))
         dpr = drop_path_rates(drop_path_rate, sum(cfg.depths))
-        stages, start, prev = [], 0, cfg.dims[0]
+        stages, start, prev, reduction, dilation = [], 0, cfg.dims[0], 4, 1
+        self.feature_info = []
         for i, (d, c) in enumerate(zip(cfg.depths, cfg.dims)):
-            stages.append(ConvNeXtStage(prev, c, d, downsample=i > 0, drop_paths=dpr[start : start + d], kernel_size=cfg.kernel_size, ls_init_value=cfg.ls_init_value))
+            stride = 1 if i == 0 else 2
+            if reduction >= cfg.output_stride and stride > 1:  # trade the stride for dilation
+                stride, dilation = 1, dilation * stride
+            reduction *= stride
+            first_dilation = 1 if dilation <= 2 else 2  # timm's rule for the downsampling's rate
+            stages.append(ConvNeXtStage(prev, c, d, downsample=i > 0, drop_paths=dpr[start : start + d], stride=stride, dilation=(first_dilation, dilation),
+                                        kernel_size=cfg.kernel_size, ls_init_value=cfg.ls_init_value))
+            self.feature_info.append(FeatureInfo(c, reduction, f"stages.{i}"))
             start, prev = start + d, c
         self.stages = nn.Sequential(*stages)
         self.num_features = cfg.dims[-1]
         self.head = NormHead(self.num_features, num_classes, cfg.drop_rate)
-        self.feature_info = [FeatureInfo(c, 4 * 2**i, f"stages.{i}") for i, c in enumerate(cfg.dims)]
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 trunc_normal_(m.weight)

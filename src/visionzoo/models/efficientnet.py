@@ -22,6 +22,11 @@ the weights timm ported from TensorFlow: a timm ``tf_`` checkpoint belongs in th
 model of the same name. Their keys equal the plain variants', so only the name tells them
 apart.
 
+``output_stride`` (8 or 16; default 32) trades the strides that would take the network below
+it for dilation, for dense prediction (DeepLab), as timm's ``output_stride``: the stage whose
+stride is removed keeps the previous dilation in its first block and doubles it for the rest
+(and for every later block); ``feature_info`` reports the reductions reached.
+
 State-dict keys follow timm (``conv_stem``, ``bn1``, ``blocks.S.J.*``, ``conv_head``,
 ``bn2``, ``classifier``). Converters read torchvision's layout (``features.N.M.block.*``)
 and efficientnet_pytorch's (lukemelas, ``_blocks.N.*``; the key mapping is tabled in
@@ -49,7 +54,7 @@ from ..checkpoints.convert import ConfigChanges
 from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
-__all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
+__all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "check_output_stride", "dilate_strides", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
 
 _log = logging.getLogger(__name__)
 
@@ -110,6 +115,7 @@ class EfficientNetConfig:
             convolutions) instead of symmetric k // 2; needed by TF-trained weights
             (efficientnet_pytorch, timm's ``tf_efficientnet_*``).
         divisor: channel rounding multiple.
+        output_stride: 8, 16 or 32; below 32 the last strides become dilation (module docstring).
     """
 
     width_coefficient: float = 1.0
@@ -126,6 +132,7 @@ class EfficientNetConfig:
     bn_momentum: float = 0.1
     tf_padding: bool = False
     divisor: int = 8
+    output_stride: int = 32
 
 
 def stage_specs(cfg: EfficientNetConfig) -> list[StageSpec]:
@@ -138,16 +145,42 @@ def stage_specs(cfg: EfficientNetConfig) -> list[StageSpec]:
     return out
 
 
+def check_output_stride(output_stride: object) -> None:
+    """Refuse an ``output_stride`` other than the int 8, 16 or 32."""
+    if type(output_stride) is not int or output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be the int 8, 16 or 32, got {output_stride!r}")
+
+
+def dilate_strides(strides: Sequence[int], stem_stride: int, output_stride: int) -> list[tuple[int, int, int, int]]:
+    """Per stage: (stride, reduction after it, dilation of its first block, of the others).
+
+    A stride that would take the reduction past ``output_stride`` becomes 1 and multiplies
+    the dilation instead; the stage's first block keeps the previous dilation, as timm's
+    ``EfficientNetBuilder``.
+    """
+    plan, reduction, dilation = [], stem_stride, 1
+    for stride in strides:
+        first = dilation
+        if reduction * stride > output_stride:  # trade the stride for dilation
+            stride, dilation = 1, dilation * stride
+        reduction *= stride
+        plan.append((stride, reduction, first, dilation))
+    return plan
+
+
 # --------------------------------------------------------------------------- blocks
 class Conv2dPad(Conv2d):
-    """Bias-free ``nn.Conv2d`` padded symmetrically (k // 2) or as TensorFlow's 'SAME'.
+    """Bias-free ``nn.Conv2d`` padded symmetrically (d (k - 1) / 2) or as TensorFlow's 'SAME'.
 
     'SAME' is computed from each input's size, so any input size works either way; the two
-    differ only for stride-2 convolutions on even sides, where 'SAME' pads right/bottom only.
+    differ only for stride-2 convolutions on even sides, where 'SAME' pads right/bottom only
+    (a dilated stride-1 convolution pads ``dilation * (k - 1) / 2`` on every side either way).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, *, groups: int = 1, tf_padding: bool = False) -> None:
-        super().__init__(in_chs, out_chs, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=False)
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, *, dilation: int = 1, groups: int = 1,
+                 tf_padding: bool = False) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(in_chs, out_chs, kernel_size, stride, padding=padding, dilation=dilation, groups=groups, bias=False)
         self.tf_padding = tf_padding
 
     @property
@@ -190,10 +223,10 @@ class DepthwiseSeparable(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, *, kernel_size: int, stride: int, se_chs: int, act_layer: Callable[..., nn.Module],
-                 norm_layer: Callable[[int], nn.Module], tf_padding: bool = False, drop_path: float = 0.0) -> None:
+                 norm_layer: Callable[[int], nn.Module], dilation: int = 1, tf_padding: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
         self.has_skip = stride == 1 and in_chs == out_chs
-        self.conv_dw = Conv2dPad(in_chs, in_chs, kernel_size, stride, groups=in_chs, tf_padding=tf_padding)
+        self.conv_dw = Conv2dPad(in_chs, in_chs, kernel_size, stride, dilation=dilation, groups=in_chs, tf_padding=tf_padding)
         self.bn1 = norm_layer(in_chs)
         self.act = act_layer(inplace=True)  # in place: it acts on BN's fresh output
         self.se = SqueezeExcite(in_chs, se_chs, act_layer) if se_chs > 0 else nn.Identity()
@@ -220,14 +253,14 @@ class MBConv(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, *, expand_ratio: int, kernel_size: int, stride: int, se_chs: int,
-                 act_layer: Callable[..., nn.Module], norm_layer: Callable[[int], nn.Module], tf_padding: bool = False,
-                 drop_path: float = 0.0) -> None:
+                 act_layer: Callable[..., nn.Module], norm_layer: Callable[[int], nn.Module], dilation: int = 1,
+                 tf_padding: bool = False, drop_path: float = 0.0) -> None:
         super().__init__()
         mid = make_divisible(in_chs * expand_ratio)
         self.has_skip = stride == 1 and in_chs == out_chs
         self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
         self.bn1 = norm_layer(mid)
-        self.conv_dw = Conv2dPad(mid, mid, kernel_size, stride, groups=mid, tf_padding=tf_padding)
+        self.conv_dw = Conv2dPad(mid, mid, kernel_size, stride, dilation=dilation, groups=mid, tf_padding=tf_padding)
         self.bn2 = norm_layer(mid)
         self.act = act_layer(inplace=True)  # in place: both uses act on BN's fresh output
         self.se = SqueezeExcite(mid, se_chs, act_layer) if se_chs > 0 else nn.Identity()
@@ -252,8 +285,9 @@ class EfficientNet(VisionModel):
     (the official code's drop-connect schedule; the first block gets 0).
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, head_chs, H/32, W/32)
-        (sides rounded up). Feature maps: the last block of each resolution, strides 2-32.
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, head_chs, H/s, W/s)
+        with s = ``output_stride`` (sides rounded up). Feature maps: the last block of each
+        stage after which the stride would double, and the last (reductions 2 to s).
     """
 
     family = "efficientnet"
@@ -267,6 +301,7 @@ class EfficientNet(VisionModel):
         super().__init__()
         if cfg.act not in ACTIVATIONS:
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
+        check_output_stride(cfg.output_stride)
         self.cfg = self.built_cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         act = ACTIVATIONS[cfg.act]
@@ -284,22 +319,22 @@ class EfficientNet(VisionModel):
 
         specs = stage_specs(cfg)
         n_blocks, idx = sum(s.repeats for s in specs), 0
-        stages, prev, stride = [], stem_chs, 2
+        stages, prev = [], stem_chs
         self.feature_info = []
-        for i, s in enumerate(specs):
+        plan = dilate_strides([s.stride for s in specs], 2, cfg.output_stride)  # after the stride-2 stem
+        for i, (s, (stage_stride, stride, first_dilation, dilation)) in enumerate(zip(specs, plan)):
             blocks = []
             for j in range(s.repeats):
                 # SE width from the block's input width, as the official code (not the expanded one)
                 se_chs = max(1, int(prev * cfg.se_ratio)) if cfg.se_ratio > 0 else 0
-                kw = dict(kernel_size=s.kernel_size, stride=s.stride if j == 0 else 1, se_chs=se_chs, act_layer=act,
-                          norm_layer=norm, tf_padding=cfg.tf_padding, drop_path=drop_path_rate * idx / n_blocks)
+                kw = dict(kernel_size=s.kernel_size, stride=stage_stride if j == 0 else 1, dilation=first_dilation if j == 0 else dilation,
+                          se_chs=se_chs, act_layer=act, norm_layer=norm, tf_padding=cfg.tf_padding, drop_path=drop_path_rate * idx / n_blocks)
                 if s.expand_ratio == 1:
                     blocks.append(DepthwiseSeparable(prev, s.out_chs, **kw))
                 else:
                     blocks.append(MBConv(prev, s.out_chs, expand_ratio=s.expand_ratio, **kw))
                 prev, idx = s.out_chs, idx + 1
             stages.append(nn.Sequential(*blocks))
-            stride *= s.stride
             if i == len(specs) - 1 or specs[i + 1].stride > 1:  # last stage at this resolution
                 self.feature_info.append(FeatureInfo(s.out_chs, stride, f"blocks.{i}"))
         self.blocks = nn.Sequential(*stages)
@@ -507,11 +542,13 @@ VARIANTS = {
 VARIANTS |= {f"tf_{name}": _tf(cfg) for name, cfg in VARIANTS.items()}
 VARIANTS |= {"tf_efficientnet_lite3": _tf(VARIANTS["efficientnet_lite3"], 300), "tf_efficientnet_lite4": _tf(VARIANTS["efficientnet_lite4"], 380)}
 
-#: timm's preprocessing of its tf_ weights where it is not the official crop res / (res + 32):
-#: Lite4's crop; Lite's [-1, 1] inputs, bilinear from Lite3.
+#: timm's preprocessing of its tf_ weights where it is not the official crop res / (res + 32)
+#: truncated: B3's and Lite3's 0.904 (rounded, so timm resizes to 331), Lite4's 0.920; Lite's
+#: [-1, 1] inputs, bilinear from Lite3.
 _TIMM_TF_CFGS = {
+    "tf_efficientnet_b3": dict(crop_pct=0.904),
     **{f"tf_efficientnet_lite{i}": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) for i in range(3)},
-    "tf_efficientnet_lite3": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear"),
+    "tf_efficientnet_lite3": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.904),
     "tf_efficientnet_lite4": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.920),
 }
 

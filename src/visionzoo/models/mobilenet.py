@@ -19,6 +19,10 @@ The width multiplier scales every layer's channels (rounded to multiples of 8, n
 more than 10 % down); v2's head keeps at least 1280 channels. Keys follow timm's layout
 (``conv_stem``, ``bn1``, ``blocks.S.J.conv_dw`` ..., ``conv_head``, ``bn2``, ``classifier``);
 torchvision's ``mobilenet_v2`` converts. v1 uses ReLU6 as timm and TF-slim (the paper: ReLU).
+
+``output_stride`` (8 or 16; default 32) trades the last strides for dilation of the 3x3
+depthwise convolutions, as timm's (and EfficientNet's, :func:`~visionzoo.models.efficientnet.dilate_strides`):
+the first block of a stage that loses its stride keeps the previous dilation.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, DropPath, apply_conv_bn, classifier, make_divisible, skippable
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
+from .efficientnet import check_output_stride, dilate_strides
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
 
@@ -50,7 +55,7 @@ class DepthwiseSeparable(nn.Module):
 
     Args:
         in_chs, out_chs: channels.
-        stride: of the depthwise convolution.
+        stride, dilation: of the depthwise convolution.
         pw_act: activation after the pointwise convolution (v1); v2's first block is linear.
         act_layer: the activation class.
         residual: add the input (only where shapes agree).
@@ -60,9 +65,10 @@ class DepthwiseSeparable(nn.Module):
         (B, in_chs, H, W) -> (B, out_chs, H/stride, W/stride).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, *, pw_act: bool, act_layer: type[nn.Module] = nn.ReLU6, residual: bool = False, drop_path: float = 0.0) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, *, pw_act: bool, act_layer: type[nn.Module] = nn.ReLU6, residual: bool = False,
+                 dilation: int = 1, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, stride, 1, groups=in_chs, bias=False)
+        self.conv_dw = nn.Conv2d(in_chs, in_chs, 3, stride, dilation, dilation, groups=in_chs, bias=False)
         self.bn1 = nn.BatchNorm2d(in_chs)
         self.act1 = act_layer(inplace=True)  # in place: every activation here acts on a fresh BN output
         self.conv_pw = nn.Conv2d(in_chs, out_chs, 1, bias=False)
@@ -85,13 +91,14 @@ class InvertedResidual(nn.Module):
         and in_chs == out_chs.
     """
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, *, expand_ratio: int = 6, act_layer: type[nn.Module] = nn.ReLU6, drop_path: float = 0.0) -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, *, expand_ratio: int = 6, act_layer: type[nn.Module] = nn.ReLU6, dilation: int = 1,
+                 drop_path: float = 0.0) -> None:
         super().__init__()
         mid = in_chs * expand_ratio
         self.conv_pw = nn.Conv2d(in_chs, mid, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(mid)
         self.act1 = act_layer(inplace=True)  # in place: every activation here acts on a fresh BN output
-        self.conv_dw = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.conv_dw = nn.Conv2d(mid, mid, 3, stride, dilation, dilation, groups=mid, bias=False)
         self.bn2 = nn.BatchNorm2d(mid)
         self.act2 = act_layer(inplace=True)
         self.conv_pwl = nn.Conv2d(mid, out_chs, 1, bias=False)
@@ -113,7 +120,8 @@ class _MobileNet(VisionModel):
     """Stem, stages of blocks, optional 1x1 head convolution, pooling, classifier.
 
     Subclasses build the stages and call :meth:`_finish`. Feature maps are taken, as timm
-    does, at the end of every stage after which the resolution halves, and at the last.
+    does, at the end of every stage after which the resolution would halve (at full output
+    stride), and at the last.
     """
 
     pool_types = POOL_TYPES
@@ -125,7 +133,8 @@ class _MobileNet(VisionModel):
         self.bn1 = nn.BatchNorm2d(chs)
         self.act1 = act_layer(inplace=True)  # on BN's fresh output
 
-    def _finish(self, stages: list[nn.Sequential], strides: list[int], chs: list[int], head_chs: int, act_layer: type[nn.Module], num_classes: int, drop_rate: float) -> None:
+    def _finish(self, stages: list[nn.Sequential], strides: list[int], reductions: list[int], chs: list[int], head_chs: int, act_layer: type[nn.Module],
+                num_classes: int, drop_rate: float) -> None:
         self.blocks = nn.Sequential(*stages)
         if head_chs:
             self.conv_head = nn.Conv2d(chs[-1], head_chs, 1, bias=False)
@@ -137,13 +146,12 @@ class _MobileNet(VisionModel):
         self.head_drop = nn.Dropout(drop_rate)
         self.num_classes = num_classes
         self.classifier = classifier(self.pooled_features, num_classes)
-        self._taps, reduction = [], 2
+        self._taps = []
         self.feature_info = []
-        for i, s in enumerate(strides):
-            reduction *= s
-            if i == len(strides) - 1 or strides[i + 1] > 1:
+        for i in range(len(strides)):
+            if i == len(strides) - 1 or strides[i + 1] > 1:  # the stage strides, before output_stride removes any
                 self._taps.append(i)
-                self.feature_info.append(FeatureInfo(chs[i], reduction, f"blocks.{i}"))
+                self.feature_info.append(FeatureInfo(chs[i], reductions[i], f"blocks.{i}"))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -180,18 +188,21 @@ class _MobileNet(VisionModel):
 
 @dataclass(frozen=True)
 class MobileNetV1Config:
-    """Width multiplier, activation ('relu6' as timm; 'relu' as the paper), classifier dropout."""
+    """Width multiplier, activation ('relu6' as timm; 'relu' as the paper), classifier dropout,
+    output stride (8, 16 or 32; module docstring)."""
 
     width_mult: float = 1.0
     act: str = "relu6"
     drop_rate: float = 0.0
+    output_stride: int = 32
 
 
 class MobileNetV1(_MobileNet):
     """MobileNet v1.
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1024 w, H/32, W/32).
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1024 w, H/s, W/s),
+        s = ``output_stride``.
     """
 
     family = "mobilenetv1"
@@ -203,26 +214,29 @@ class MobileNetV1(_MobileNet):
             raise ValueError(f"act must be one of {sorted(ACTIVATIONS)}, got {cfg.act!r}")
         if cfg.width_mult <= 0:
             raise ValueError(f"width_mult must be positive, got {cfg.width_mult}")
+        check_output_stride(cfg.output_stride)
         self.cfg, self.in_chans = cfg, in_chans
         act = ACTIVATIONS[cfg.act]
         prev = make_divisible(32 * cfg.width_mult)
         self._build_stem(in_chans, prev, act)
-        stages, strides, chs = [], [], []
-        for c, n, s in V1_STAGES:
+        strides = [s for _, _, s in V1_STAGES]
+        plan = dilate_strides(strides, 2, cfg.output_stride)
+        stages, chs = [], []
+        for (c, n, _), (s, _, first_dilation, dilation) in zip(V1_STAGES, plan):
             c = make_divisible(c * cfg.width_mult)
             blocks = []
             for j in range(n):
-                blocks.append(DepthwiseSeparable(prev, c, s if j == 0 else 1, pw_act=True, act_layer=act))
+                blocks.append(DepthwiseSeparable(prev, c, s if j == 0 else 1, pw_act=True, act_layer=act, dilation=first_dilation if j == 0 else dilation))
                 prev = c
             stages.append(nn.Sequential(*blocks))
-            strides.append(s)
             chs.append(c)
-        self._finish(stages, strides, chs, 0, act, num_classes, cfg.drop_rate)
+        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, 0, act, num_classes, cfg.drop_rate)
 
 
 @dataclass(frozen=True)
 class MobileNetV2Config:
-    """Width and depth multipliers, classifier dropout (the paper's and torchvision's 0.2).
+    """Width and depth multipliers, classifier dropout (the paper's and torchvision's 0.2),
+    output stride (8, 16 or 32; module docstring).
 
     ``fix_stem_head`` keeps the stem (32), the head (1280) and the depth of the first and
     last stages unscaled, as timm's ``mobilenetv2_110d`` / ``_120d``.
@@ -232,6 +246,7 @@ class MobileNetV2Config:
     depth_mult: float = 1.0
     fix_stem_head: bool = False
     drop_rate: float = 0.2
+    output_stride: int = 32
 
 
 def v2_stage_depths(cfg: MobileNetV2Config) -> list[int]:
@@ -247,8 +262,8 @@ class MobileNetV2(_MobileNet):
     """MobileNet v2.
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1280, H/32, W/32)
-        (more than 1280 channels for width_mult > 1).
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, 1280, H/s, W/s),
+        s = ``output_stride`` (more than 1280 channels for width_mult > 1).
     """
 
     family = "mobilenetv2"
@@ -258,28 +273,31 @@ class MobileNetV2(_MobileNet):
         super().__init__()
         if cfg.width_mult <= 0 or cfg.depth_mult <= 0:
             raise ValueError(f"width_mult and depth_mult must be positive, got {cfg.width_mult}, {cfg.depth_mult}")
+        check_output_stride(cfg.output_stride)
         self.cfg, self.in_chans = cfg, in_chans
         act = nn.ReLU6
         prev = 32 if cfg.fix_stem_head else make_divisible(32 * cfg.width_mult)
         self._build_stem(in_chans, prev, act)
         depths = v2_stage_depths(cfg)
         total, idx = sum(depths), 0
-        stages, strides, chs = [], [], []
-        for (t, c, _, s), n in zip(V2_STAGES, depths):
+        strides = [s for _, _, _, s in V2_STAGES]
+        plan = dilate_strides(strides, 2, cfg.output_stride)
+        stages, chs = [], []
+        for (t, c, _, _), n, (s, _, first_dilation, dilation) in zip(V2_STAGES, depths, plan):
             c = make_divisible(c * cfg.width_mult)
             blocks: list[nn.Module] = []
             for j in range(n):
                 stride, dp = (s if j == 0 else 1), drop_path_rate * idx / total  # timm's stochastic-depth rule
+                kw = dict(act_layer=act, dilation=first_dilation if j == 0 else dilation, drop_path=dp)
                 if t == 1:  # no expansion: a depthwise separable convolution with a linear pointwise
-                    blocks.append(DepthwiseSeparable(prev, c, stride, pw_act=False, act_layer=act, residual=True, drop_path=dp))
+                    blocks.append(DepthwiseSeparable(prev, c, stride, pw_act=False, residual=True, **kw))
                 else:
-                    blocks.append(InvertedResidual(prev, c, stride, expand_ratio=t, act_layer=act, drop_path=dp))
+                    blocks.append(InvertedResidual(prev, c, stride, expand_ratio=t, **kw))
                 prev, idx = c, idx + 1
             stages.append(nn.Sequential(*blocks))
-            strides.append(s)
             chs.append(c)
         head = 1280 if cfg.fix_stem_head else max(1280, make_divisible(1280 * cfg.width_mult))
-        self._finish(stages, strides, chs, head, act, num_classes, cfg.drop_rate)
+        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, head, act, num_classes, cfg.drop_rate)
 
 
 # --------------------------------------------------------------------------- checkpoints
