@@ -562,24 +562,27 @@ def _default_cfg(name: str, cfg: EfficientNetConfig) -> dict[str, Any]:
     return default_cfg(cfg.resolution, **{**kw, **_TIMM_TF_CFGS.get(name, {})})
 
 
+#: paper Table 2 (params, FLOPs = multiply-adds, top-1); Lite0 from the official Lite release.
+#: B4/B5: visionzoo counts 4.39 / 10.27 GMACs at 380 / 456 (as timm and torchvision's nets
+#: give), 4-5 % above the paper's 4.2 / 9.9, so those figures are notes. The tf_ names carry
+#: the same figures: their weights are the paper's, ported from TensorFlow.
+PUBLISHED = {
+    "efficientnet_b0": dict(params=5.3, gmacs=0.39, top1=77.1),
+    "efficientnet_b1": dict(params=7.8, gmacs=0.70, top1=79.1),
+    "efficientnet_b2": dict(params=9.2, gmacs=1.0, top1=80.1),
+    "efficientnet_b3": dict(params=12.0, gmacs=1.8, top1=81.6),
+    "efficientnet_b4": dict(params=19.0, top1=82.9, note="paper: 4.2 B FLOPs; counted 4.39 GMACs at 380"),
+    "efficientnet_b5": dict(params=30.0, top1=83.6, note="paper: 9.9 B FLOPs; counted 10.27 GMACs at 456"),
+    "efficientnet_b6": dict(params=43.0, gmacs=19.0, top1=84.0),
+    "efficientnet_b7": dict(params=66.0, gmacs=37.0, top1=84.3),
+    "efficientnet_lite0": dict(params=4.7, top1=75.1, note="release: 0.41 B FLOPs; counted 0.385 GMACs (convolutions and classifier)"),
+}
+
 register_family(
     "efficientnet",
     EfficientNet,
     VARIANTS,
     default_cfgs=_default_cfg,
-    # paper Table 2 (params, FLOPs = multiply-adds, top-1); Lite0 from the official Lite release.
-    # B4/B5: visionzoo counts 4.39 / 10.27 GMACs at 380 / 456 (as timm and torchvision's nets
-    # give), 4-5 % above the paper's 4.2 / 9.9, so those figures are notes.
-    published={
-        "efficientnet_b0": dict(params=5.3, gmacs=0.39, top1=77.1),
-        "efficientnet_b1": dict(params=7.8, gmacs=0.70, top1=79.1),
-        "efficientnet_b2": dict(params=9.2, gmacs=1.0, top1=80.1),
-        "efficientnet_b3": dict(params=12.0, gmacs=1.8, top1=81.6),
-        "efficientnet_b4": dict(params=19.0, top1=82.9, note="paper: 4.2 B FLOPs; counted 4.39 GMACs at 380"),
-        "efficientnet_b5": dict(params=30.0, top1=83.6, note="paper: 9.9 B FLOPs; counted 10.27 GMACs at 456"),
-        "efficientnet_b6": dict(params=43.0, gmacs=19.0, top1=84.0),
-        "efficientnet_b7": dict(params=66.0, gmacs=37.0, top1=84.3),
-        "efficientnet_lite0": dict(params=4.7, top1=75.1, note="release: 0.41 B FLOPs; counted 0.385 GMACs (convolutions and classifier)"),
-    },
+    published=PUBLISHED | {f"tf_{name}": figures for name, figures in PUBLISHED.items()},  # the paper's own (TensorFlow) weights
     paper="Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019",
 )
