@@ -3,7 +3,7 @@
 from .attention import Attention, ProjectedAttention, attention
 from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing
 from .drop_path import DropPath, drop_path_rates, skippable
-from .helpers import classifier, clear_derived_caches, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
+from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
@@ -43,6 +43,9 @@ __all__ = [
     "max_pool2d",
     "pad_same",
     "pad_to_fit",
+    "check_int",
+    "check_output_stride",
+    "dilate_strides",
     "relative_position_index",
     "resample_abs_pos_embed",
     "residual_mlp",

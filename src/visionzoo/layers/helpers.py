@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules import module as _module
 from torch.utils.weak import WeakIdKeyDictionary
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -53,6 +53,36 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     if ph > 0 or pw > 0:
         x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=value)
     return x
+
+
+def check_int(name: str, value: object, least: int = 1, why: str = "") -> None:
+    """Refuse ``value`` unless it is an int (not a bool) of at least ``least``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
+
+
+def check_output_stride(output_stride: object, allowed: tuple[int, ...] = (8, 16, 32)) -> None:
+    """Refuse an ``output_stride`` other than one of the ints ``allowed``."""
+    if type(output_stride) is not int or output_stride not in allowed:
+        names = ", ".join(map(str, allowed[:-1])) + f" or {allowed[-1]}"
+        raise ValueError(f"output_stride must be the int {names}, got {output_stride!r}")
+
+
+def dilate_strides(strides: Sequence[int], stem_stride: int, output_stride: int) -> list[tuple[int, int, int, int]]:
+    """Per stage: (stride, reduction after it, dilation of its first block, of the others).
+
+    A stride that would take the reduction past ``output_stride`` becomes 1 and multiplies
+    the dilation instead; the stage's first block keeps the previous dilation, as timm's
+    ``EfficientNetBuilder``.
+    """
+    plan, reduction, dilation = [], stem_stride, 1
+    for stride in strides:
+        first = dilation
+        if reduction * stride > output_stride:  # trade the stride for dilation
+            stride, dilation = 1, dilation * stride
+        reduction *= stride
+        plan.append((stride, reduction, first, dilation))
+    return plan
 
 
 def pad_to_fit(x: Tensor, multiple: int = 1, min_size: int = 1, mode: str = "constant") -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, classifier, drop_path_rates, pad_same, residual_mlp, to_2tuple, trunc_normal_
+from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, check_output_stride, classifier, drop_path_rates, pad_same, residual_mlp, to_2tuple, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -169,8 +169,7 @@ class ConvNeXt(VisionModel):
 
     def __init__(self, cfg: ConvNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
-        if type(cfg.output_stride) is not int or cfg.output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be the int 8, 16 or 32, got {cfg.output_stride!r}")
+        check_output_stride(cfg.output_stride)
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         self.min_input_size = 32

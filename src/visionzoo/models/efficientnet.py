@@ -51,10 +51,10 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..checkpoints.convert import ConfigChanges
-from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, classifier, conv2d, make_divisible, pad_same, skippable
+from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, check_output_stride, classifier, conv2d, dilate_strides, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
-__all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "check_output_stride", "dilate_strides", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
+__all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
 
 _log = logging.getLogger(__name__)
 
@@ -143,29 +143,6 @@ def stage_specs(cfg: EfficientNetConfig) -> list[StageSpec]:
         repeats = s.repeats if fixed_depth else round_repeats(s.repeats, cfg.depth_coefficient)
         out.append(replace(s, out_chs=round_filters(s.out_chs, cfg.width_coefficient, cfg.divisor), repeats=repeats))
     return out
-
-
-def check_output_stride(output_stride: object) -> None:
-    """Refuse an ``output_stride`` other than the int 8, 16 or 32."""
-    if type(output_stride) is not int or output_stride not in (8, 16, 32):
-        raise ValueError(f"output_stride must be the int 8, 16 or 32, got {output_stride!r}")
-
-
-def dilate_strides(strides: Sequence[int], stem_stride: int, output_stride: int) -> list[tuple[int, int, int, int]]:
-    """Per stage: (stride, reduction after it, dilation of its first block, of the others).
-
-    A stride that would take the reduction past ``output_stride`` becomes 1 and multiplies
-    the dilation instead; the stage's first block keeps the previous dilation, as timm's
-    ``EfficientNetBuilder``.
-    """
-    plan, reduction, dilation = [], stem_stride, 1
-    for stride in strides:
-        first = dilation
-        if reduction * stride > output_stride:  # trade the stride for dilation
-            stride, dilation = 1, dilation * stride
-        reduction *= stride
-        plan.append((stride, reduction, first, dilation))
-    return plan
 
 
 # --------------------------------------------------------------------------- blocks

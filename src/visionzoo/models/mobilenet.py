@@ -21,7 +21,7 @@ more than 10 % down); v2's head keeps at least 1280 channels. Keys follow timm's
 torchvision's ``mobilenet_v2`` converts. v1 uses ReLU6 as timm and TF-slim (the paper: ReLU).
 
 ``output_stride`` (8 or 16; default 32) trades the last strides for dilation of the 3x3
-depthwise convolutions, as timm's (and EfficientNet's, :func:`~visionzoo.models.efficientnet.dilate_strides`):
+depthwise convolutions, as timm's (and EfficientNet's, :func:`~visionzoo.layers.dilate_strides`):
 the first block of a stage that loses its stride keeps the previous dilation.
 """
 
@@ -35,9 +35,8 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import POOL_TYPES, DropPath, apply_conv_bn, classifier, make_divisible, skippable
+from ..layers import POOL_TYPES, DropPath, apply_conv_bn, check_output_stride, classifier, dilate_strides, make_divisible, skippable
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
-from .efficientnet import check_output_stride, dilate_strides
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
 

@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, classifier, drop_path_rates, make_divisible, skippable
+from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, check_output_stride, classifier, drop_path_rates, make_divisible, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
@@ -266,8 +266,7 @@ def stage_dilations(cfg: ResNetConfig) -> list[tuple[int, int, list[tuple[int, i
         _check_rates("multi_grid", cfg.multi_grid)
     if cfg.multi_grid and rates[-1] is not None:
         raise ValueError(f"multi_grid {cfg.multi_grid!r} conflicts with dilation_rates[-1] {rates[-1]!r}: give one of them")
-    if type(cfg.output_stride) is not int or cfg.output_stride not in (4, 8, 16, 32):
-        raise ValueError(f"output_stride must be the int 4, 8, 16 or 32, got {cfg.output_stride!r}")
+    check_output_stride(cfg.output_stride, (4, 8, 16, 32))
 
     plan, net_stride, dilation, prev = [], 4, 1, 1
     for i, depth in enumerate(cfg.layers):

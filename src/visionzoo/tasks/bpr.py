@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms
 
+from ..layers import check_int
+
 __all__ = ["BoundaryPatchRefiner", "boundary_iou", "boundary_map", "create_refiner", "extract_patches"]
 
 
@@ -144,8 +146,7 @@ class BoundaryPatchRefiner(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("patch_size", patch_size), ("input_size", input_size), ("max_patches", 1 if max_patches is None else max_patches)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, value)
         if not 0 <= iou_threshold <= 1:
             raise ValueError(f"iou_threshold is an IoU between patches, in [0, 1]; got {iou_threshold!r}")
         self.refiner = refiner

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +40,7 @@ from torchvision.ops import FeaturePyramidNetwork
 
 from ..checkpoints import load_checkpoint
 from ..factory import create_model
-from ..layers import pad_to_fit
+from ..layers import check_int, pad_to_fit
 from .unext import unext, unext_s
 
 __all__ = ["ASPPHead", "FPNSegHead", "FlowAlign", "HRNetV2Seg", "SegmentationModel", "create_segmentation_model", "fpn_levels"]
@@ -216,11 +215,6 @@ def fpn_levels(net: nn.Module) -> list[int]:
     return [i for i in default if lo <= net.feature_info[i].reduction <= hi] or default
 
 
-def _check_int(name: str, value: Any, least: int = 1, why: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an int >= {least}{why}, got {value!r}")
-
-
 def _refuse_unused(what: str, given: dict[str, bool]) -> None:
     """Refuse the arguments that ``what`` would silently ignore."""
     names = [name for name, is_given in given.items() if is_given]
@@ -264,12 +258,12 @@ def create_segmentation_model(
     Arguments that the chosen network would ignore (``img_size`` of UNeXt or HRNetV2, which
     take any size; ``channels`` and ``aspp_rates`` of a head without them) are refused.
     """
-    _check_int("num_classes", num_classes)
+    check_int("num_classes", num_classes)
     if aspp_rates is not None:
         if isinstance(aspp_rates, (str, bytes)) or not isinstance(aspp_rates, Sequence) or not aspp_rates:
             raise ValueError(f"aspp_rates must be a non-empty sequence of ints >= 1, got {aspp_rates!r}")
         for r in aspp_rates:
-            _check_int("each of aspp_rates", r)
+            check_int("each of aspp_rates", r)
     if backbone in DEDICATED:
         _refuse_unused(f"{backbone}, a complete segmentation network that takes only num_classes and in_chans", {
             "head": head != "fpn", "flow_align": bool(flow_align), "channels": channels is not None,
@@ -294,9 +288,9 @@ def create_segmentation_model(
         raise ValueError("aspp_rates does not apply to head='fpn'; it sets the ASPP head's rates (head='aspp')")
     channels = 256 if channels is None else channels
     if head == "fpn":
-        _check_int("channels", channels, 2, " (the FPN head's convolutions are channels // 2 wide)")
+        check_int("channels", channels, 2, " (the FPN head's convolutions are channels // 2 wide)")
     else:
-        _check_int("channels", channels)
+        check_int("channels", channels)
     if head == "fpn" and out_indices is None:
         # built as a classifier first: the levels are chosen by the stride of each map
         net = create_model(backbone, in_chans=in_chans, img_size=img_size, **backbone_overrides)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import DropPath, pad_to_fit, trunc_normal_
+from ..layers import DropPath, check_int, pad_to_fit, trunc_normal_
 
 __all__ = ["UNeXt", "UNeXtConfig", "unext", "unext_s"]
 
@@ -125,8 +125,7 @@ class UNeXt(nn.Module):
     def __init__(self, cfg: UNeXtConfig = UNeXtConfig(), *, num_classes: int = 1, in_chans: int = 3, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"UNeXt: {name} must be an int >= 1, got {value!r}")
+            check_int(f"UNeXt: {name}", value)
         c1, c2, c3, c4, c5 = cfg.dims
         self.in_chans = in_chans
         self.num_classes = num_classes
