@@ -157,6 +157,9 @@ class VisionModel(nn.Module):
     #: (:data:`~visionzoo.layers.POOL_TYPES`) in families whose head pools the map with
     #: :meth:`pool` and classifies :attr:`pooled_features` with one linear layer
     pool_types: tuple[str, ...] = ("avg",)
+    #: the feature maps are the blocks' outputs, all at one stride (ViT, ConvMixer): ``features_only``
+    #: takes the last three by default, as timm does, and dense heads four spread over the depth
+    block_features: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -385,8 +388,17 @@ class VisionModel(nn.Module):
         return [fi.module for fi in self.feature_info]
 
     def default_out_indices(self) -> tuple[int, ...]:
-        """Stages returned by ``features_only`` when no ``out_indices`` is given: all."""
-        return tuple(range(len(self.feature_info)))
+        """Maps returned by ``features_only`` when no ``out_indices`` is given, as timm's: every
+        stage, or for a family whose maps are its blocks' (``block_features``) the last three."""
+        n = len(self.feature_info)
+        return tuple(range(max(n - 3, 0), n)) if self.block_features else tuple(range(n))
+
+    def dense_out_indices(self) -> tuple[int, ...]:
+        """Maps the dense-prediction heads read by default (:mod:`visionzoo.detection`,
+        :mod:`visionzoo.tasks.segmentation`): ``default_out_indices``, or for a family whose
+        maps are its blocks' four evenly spaced blocks (2, 5, 8, 11 of 12), as ViTDet's and
+        DPT's heads tap ViT."""
+        return evenly_spaced(len(self.feature_info)) if self.block_features else self.default_out_indices()
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         """Drop modules that ``features_only`` never uses (head, final norm, later stages)."""
@@ -464,20 +476,22 @@ class VisionModel(nn.Module):
 
     def set_features_only(self, out_indices: int | Sequence[int] | None = None) -> VisionModel:
         """Turn the classifier into a feature extractor returning a list of NCHW maps:
-        ``out_indices`` None gives the family's default maps, an int n the last n (as timm),
-        a sequence those maps in its order (negative from the end)."""
+        ``out_indices`` None gives the family's default maps, an int n the last n, a sequence
+        those maps (negative from the end). The maps come in network order, each once, as
+        timm's do (``out_indices=(-1, -3)`` returns the shallower map first); ``feature_info``
+        lists them in that order too."""
         if not self.feature_info:
             raise ValueError(f"{self._name()} defines no feature maps")
         if out_indices is None:
             idx: Sequence[int] = self.default_out_indices()
-        elif _as_int(out_indices) is not None:
-            idx = self.take_indices(out_indices)
-        elif isinstance(out_indices, (str, bytes, bool)) or not isinstance(out_indices, Iterable):
-            raise ValueError(f"out_indices takes None, a count n (the last n maps) or a sequence of indices, got {out_indices!r}")
         else:
-            idx = list(out_indices)
-            if not idx:
-                raise ValueError(f"out_indices is empty: {self._name()} has {len(self.feature_info)} feature maps; name at least one")
+            if isinstance(out_indices, Iterable) and not isinstance(out_indices, (str, bytes)):
+                out_indices = list(out_indices)
+                if not out_indices:
+                    raise ValueError(f"out_indices is empty: {self._name()} has {len(self.feature_info)} feature maps; name at least one")
+            elif _as_int(out_indices) is None:
+                raise ValueError(f"out_indices takes None, a count n (the last n maps) or a sequence of indices, got {out_indices!r}")
+            idx = self.take_indices(out_indices)
         self.out_indices = tuple(self._feature_index(i) for i in idx)
         self.prune_for_features(self.out_indices)
         self.features_only = True

@@ -212,14 +212,14 @@ def mask_rcnn(
         maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
     body = create_model(backbone_name)
-    default, every_end = body.default_out_indices(), body.level_ends()
-    levels = [body.feature_info[i] for i in default]  # what features_only returns by default
+    default, every_end = body.dense_out_indices(), body.level_ends()
+    levels = [body.feature_info[i] for i in default]  # the maps dense heads read by default
     ends = [every_end[i] for i in default]
     if neck is None:
         neck = "simple" if len({fi.reduction for fi in levels}) == 1 else "fpn"
     if out_indices is None:  # the four deepest maps, as ResNet-FPN; the last for the simple pyramid
         # (negative: ViT reads out_indices as block indices, as timm does; its default is four blocks)
-        out_indices = (-1,) if neck == "simple" else ((-4, -3, -2, -1) if len(levels) > 4 else None)
+        out_indices = (-1,) if neck == "simple" else ((-4, -3, -2, -1) if len(levels) > 4 else default)
     body.set_features_only(out_indices)  # then the checkpoint, as create_model(features_only=True, ...) does
     if checkpoint is not None:
         load_checkpoint(body, checkpoint)

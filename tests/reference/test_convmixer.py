@@ -58,7 +58,8 @@ def test_features_only_equal_timm_forward_intermediates():
     ref = build_random(lambda: timm.create_model("convmixer_768_32", num_classes=10)).eval()
     ours = visionzoo.create_model("convmixer_768_32", features_only=True, checkpoint=ref.state_dict()).eval()
     blocks = [int(f.module.split(".")[1]) for f in ours.feature_info]
-    assert blocks == [7, 15, 23, 31]  # four evenly spaced blocks
+    assert blocks == [29, 30, 31]  # the last three blocks, timm's default
+    assert visionzoo.create_model("convmixer_768_32").dense_out_indices() == (7, 15, 23, 31)  # dense heads
     x = torch.randn(1, 3, 56, 56)
     with torch.no_grad():
         expect = ref.forward_intermediates(x, indices=blocks, intermediates_only=True)

@@ -74,14 +74,18 @@ def test_features_equal_timm_resnet50():
     with torch.no_grad():
         ours = feats(x)
         expect = ref.forward_intermediates(x, intermediates_only=True)
-        # timm's own feature extractor on the same weights, for the later stages
-        tf = timm.create_model("resnet50", features_only=True, out_indices=(2, 4)).eval()
+        # timm's own feature extractor on the same weights, for two later stages asked for
+        # out of order (and one twice): both return them in network order, once each
+        tf = timm.create_model("resnet50", features_only=True, out_indices=(-1, 2, -3)).eval()
         tf.load_state_dict({k: v for k, v in ref.state_dict().items() if not k.startswith("fc.")})
         expect_fo = tf(x)
-        part = visionzoo.create_model("resnet50", features_only=True, out_indices=(2, 4), checkpoint=ref.state_dict()).eval()(x)
+        part_model = visionzoo.create_model("resnet50", features_only=True, out_indices=(-1, 2, -3), checkpoint=ref.state_dict()).eval()
+        part = part_model(x)
+    assert part_model.feature_info.channels() == [f.shape[1] for f in part] == [512, 2048]
     assert len(ours) == len(expect) == 5
     for f, e in zip(ours, expect, strict=True):
         assert f.shape == e.shape and max_rel_diff(f, e) < 1e-4
+    assert [f.shape for f in part] == [e.shape for e in expect_fo]
     for f, e in zip(part, expect_fo, strict=True):
         assert max_rel_diff(f, e) < 1e-4
 

@@ -214,14 +214,17 @@ def test_distilled_training_returns_both_heads():
 def test_features_equal_timm_intermediates():
     ref = build_random(lambda: timm.create_model("vit_small_patch16_224", img_size=64, num_classes=0))
     ours = visionzoo.create_model("vit_small_patch16_224", img_size=64, features_only=True, checkpoint=ref.state_dict()).eval()
-    assert ours.out_indices == (2, 5, 8, 11)
+    assert ours.out_indices == (9, 10, 11)  # timm's default: the last three blocks
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        expect = ref.forward_intermediates(x, indices=[2, 5, 8, 11], intermediates_only=True)
+        expect = ref.forward_intermediates(x, indices=3, intermediates_only=True)
         got = ours(x)
+    assert len(got) == len(expect) == 3
     for g, e in zip(got, expect):
         assert g.shape == e.shape == (1, 384, 4, 4)
         assert max_rel_diff(g, e) < 1e-4
+    # dense-prediction heads read four blocks spread over the depth (ViTDet, DPT)
+    assert visionzoo.create_model("vit_small_patch16_224", img_size=64).dense_out_indices() == (2, 5, 8, 11)
 
 
 def test_gmacs_match_papers():

@@ -16,7 +16,7 @@ from functools import partial
 
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel, evenly_spaced, tap_outputs
+from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, Conv2d, classifier
 from ..layers.activations import GELU
@@ -76,6 +76,7 @@ class ConvMixer(VisionModel):
     """
 
     family = "convmixer"
+    block_features = True
     pool_types = POOL_TYPES
     grad_checkpoint_units = (r"blocks\.\d+",)
 
@@ -95,7 +96,7 @@ class ConvMixer(VisionModel):
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = classifier(cfg.dim, num_classes)
         # every block's output is a feature map (all at stride p), as in timm; features_only
-        # returns four evenly spaced ones unless told otherwise
+        # returns the last three unless told otherwise, dense heads four evenly spaced ones
         self.feature_info = [FeatureInfo(cfg.dim, cfg.patch_size, f"blocks.{i}") for i in range(cfg.depth)]
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -116,10 +117,6 @@ class ConvMixer(VisionModel):
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.reset_classifier(0)
         self.blocks = self.blocks[: max(indices) + 1]
-
-    def default_out_indices(self) -> tuple[int, ...]:
-        """Four evenly spaced blocks (7, 15, 23, 31 for depth 32), as for ViT."""
-        return evenly_spaced(len(self.blocks))
 
 
 register_converter("convmixer", "timm")(identity)

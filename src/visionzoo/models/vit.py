@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..base import FeatureInfo, VisionModel, evenly_spaced
+from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import (
     Attention,
@@ -287,6 +287,7 @@ class VisionTransformer(VisionModel):
     """
 
     family = "vit"
+    block_features = True
     grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(
@@ -471,10 +472,6 @@ class VisionTransformer(VisionModel):
             self.head_dist = classifier(self.embed_dim, num_classes)
 
     # ------------------------------------------------------------ features
-    def default_out_indices(self) -> tuple[int, ...]:
-        """Four evenly spaced blocks (2, 5, 8, 11 for depth 12), as dense-prediction heads use."""
-        return evenly_spaced(len(self.blocks))
-
     def _block_tokens(self, x: Tensor, indices: Sequence[int], with_features: bool) -> tuple[list[Tensor], tuple[int, int], Tensor | None]:
         """The token sequences (B, P + Gh*Gw, D) leaving the blocks in ``indices`` (in that
         order), the patch grid, and with ``with_features`` ``forward_features(x)``, from one pass."""

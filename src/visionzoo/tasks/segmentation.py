@@ -207,11 +207,12 @@ FPN_STRIDES = (4, 32)  # Panoptic FPN's P2-P5
 
 
 def fpn_levels(net: nn.Module) -> list[int]:
-    """The FPN head's default maps: those of the family's default ``features_only`` maps whose
-    stride is 4 to 32 (Panoptic FPN's P2-P5), chosen by each map's ``feature_info``
-    reduction; all of them for a backbone with none there (ConvMixer-256/8, stride 2 only)."""
+    """The FPN head's default maps: those of the family's default dense-prediction maps
+    (``dense_out_indices``) whose stride is 4 to 32 (Panoptic FPN's P2-P5), chosen by each
+    map's ``feature_info`` reduction; all of them for a backbone with none there
+    (ConvMixer-256/8, stride 2 only)."""
     lo, hi = FPN_STRIDES
-    default = list(net.default_out_indices())
+    default = list(net.dense_out_indices())
     return [i for i in default if lo <= net.feature_info[i].reduction <= hi] or default
 
 
