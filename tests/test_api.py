@@ -274,23 +274,36 @@ def test_timms_global_pool_types(name):
         with torch.no_grad():
             f = model.forward_features(x)
             pre = model.forward_head(f, pre_logits=True)
-            torch.testing.assert_close(pre, expected(f))
+            nchw = f if f.shape[1] == model.num_features else f.permute(0, 3, 1, 2)  # (Swin's features are channels-last)
+            torch.testing.assert_close(pre, expected(nchw))
             torch.testing.assert_close(model(x), model.get_classifier()(pre), rtol=1e-4, atol=1e-5)
         assert model.head_hidden_size == pre.shape[1] == model.num_features * (2 if pool == "catavgmax" else 1)
     model.reset_classifier(5, "avg")  # back to C inputs
     assert model.get_classifier().in_features == model.num_features and model(x).shape == (2, 5)
 
 
-@pytest.mark.parametrize("name, size", [("resnet18", 64), ("regnetx_002", 64), ("inception_v3", 128)])
-def test_global_pool_types_equal_timms(name, size):
+_ALL_POOLS, _NORM_POOLS = ("max", "avgmax", "catavgmax"), ("max", "avgmax")
+
+
+@pytest.mark.parametrize("name, size, kwargs, pools", [
+    ("resnet18", 64, {}, _ALL_POOLS), ("regnetx_002", 64, {}, _ALL_POOLS), ("inception_v3", 128, {}, _ALL_POOLS),
+    ("swin_tiny_patch4_window7_224", 112, {"img_size": 112}, _ALL_POOLS),
+    # heads that normalise the pooled features (final norm after the pool) take the pools of one width
+    ("vit_tiny_patch16_224", 64, {"img_size": 64}, _NORM_POOLS), ("convnext_tiny", 64, {}, _NORM_POOLS),
+    ("coatnet_0_224", 64, {"img_size": 64}, _NORM_POOLS),
+])
+def test_global_pool_types_equal_timms(name, size, kwargs, pools):
     """The same logits as timm for each pool with the same weights (a timm state dict with a 2C classifier loads)."""
     timm = pytest.importorskip("timm")
     from visionzoo.testing import build_random
 
     x = torch.randn(2, 3, size, size)
-    for pool in ("max", "avgmax", "catavgmax"):
-        ref = build_random(lambda: timm.create_model(name, num_classes=7, global_pool=pool)).eval()
-        ours = visionzoo.create_model(name, num_classes=7, global_pool=pool, checkpoint=ref.state_dict()).eval()
+    if pools == _NORM_POOLS:
+        with pytest.raises(ValueError, match="global_pool"):
+            visionzoo.create_model(name, num_classes=7, global_pool="catavgmax", **kwargs)
+    for pool in pools:
+        ref = build_random(lambda: timm.create_model(name, num_classes=7, global_pool=pool, **kwargs)).eval()
+        ours = visionzoo.create_model(name, num_classes=7, global_pool=pool, checkpoint=ref.state_dict(), **kwargs).eval()
         with torch.no_grad():
             r = ref(x)
             torch.testing.assert_close(ours(x), r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))

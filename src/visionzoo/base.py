@@ -219,9 +219,10 @@ class VisionModel(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Default: ``self.head(x, pre_logits)``, a head module that pools (and normalises) and
-        classifies with ``head.fc``; families with another head override this."""
-        return self.head(x, pre_logits)
+        """Default: ``self.head(x, pre_logits, self.global_pool)``, a head module that pools as
+        :attr:`global_pool` says (and normalises) and classifies with ``head.fc``; families
+        with another head override this."""
+        return self.head(x, pre_logits, self.global_pool)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (timm's method; PyTorch's default initialisation);

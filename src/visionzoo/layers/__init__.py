@@ -8,7 +8,7 @@ from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed
-from .pooling import POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
+from .pooling import NORM_POOL_TYPES, POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
 from .pos_embed import relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table
 from .se import SqueezeExcite
 
@@ -20,6 +20,7 @@ __all__ = [
     "LayerNorm2d",
     "MaxPool2d",
     "Mlp",
+    "NORM_POOL_TYPES",
     "POOL_TYPES",
     "PatchEmbed",
     "ProjectedAttention",

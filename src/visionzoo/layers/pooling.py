@@ -102,17 +102,21 @@ class MaxPool2d(nn.MaxPool2d):
 #: timm's global pools of a classifier head (its ``SelectAdaptivePool2d``): the mean, the
 #: maximum, their average, and the two side by side (twice the channels)
 POOL_TYPES = ("avg", "max", "avgmax", "catavgmax")
+#: the pools of a head that normalises the pooled features (ConvNeXt's, CoAtNet's; timm's
+#: ``NormMlpClassifierHead``): ``catavgmax`` would double the width its LayerNorm was built for
+NORM_POOL_TYPES = POOL_TYPES[:3]
 
 
-def global_pool_2d(x: Tensor, pool_type: str = "avg") -> Tensor:
+def global_pool_2d(x: Tensor, pool_type: str = "avg", dims: int | tuple[int, ...] = (2, 3)) -> Tensor:
     """(B, C, H, W) -> (B, C) pooled over H and W as ``pool_type`` (:data:`POOL_TYPES`) says;
-    (B, 2C) for ``catavgmax`` (the means, then the maxima)."""
+    (B, 2C) for ``catavgmax`` (the means, then the maxima). ``dims``: the positions' axes of
+    another layout ((1, 2) for (B, H, W, C), 1 for (B, N, C) tokens)."""
     if pool_type == "avg":
-        return x.mean((2, 3))
+        return x.mean(dims)
     if pool_type == "max":
-        return x.amax((2, 3))
+        return x.amax(dims)
     if pool_type == "avgmax":
-        return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        return 0.5 * (x.mean(dims) + x.amax(dims))
     if pool_type == "catavgmax":
-        return torch.cat([x.mean((2, 3)), x.amax((2, 3))], dim=1)
+        return torch.cat([x.mean(dims), x.amax(dims)], dim=-1)
     raise ValueError(f"pool_type must be one of {POOL_TYPES}, got {pool_type!r}")

@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, global_pool_2d, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
 from ..layers.helpers import no_hooks
@@ -476,7 +476,7 @@ class TransformerStage(nn.Module):
 
 
 class NormMlpHead(nn.Module):
-    """Global average pool -> LayerNorm -> Linear + tanh (pre-logits) -> dropout -> classifier."""
+    """Global pool (average by default) -> LayerNorm -> Linear + tanh (pre-logits) -> dropout -> classifier."""
 
     def __init__(self, dim: int, num_classes: int, hidden: int | None, drop: float = 0.0) -> None:
         super().__init__()
@@ -491,8 +491,8 @@ class NormMlpHead(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc = classifier(self.num_features, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.pre_logits(self.norm(x.mean((2, 3)))))  # B, C
+    def forward(self, x: Tensor, pre_logits: bool = False, pool_type: str = "avg") -> Tensor:
+        x = self.drop(self.pre_logits(self.norm(global_pool_2d(x, pool_type))))  # B, C
         return x if pre_logits else self.fc(x)
 
 
@@ -533,6 +533,7 @@ class CoAtNet(VisionModel):
     """
 
     family = "coatnet"
+    pool_types = NORM_POOL_TYPES
     grad_checkpoint_units = (r"stages\.\d+\.blocks\.\d+",)
 
     def __init__(self, cfg: CoAtNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import Conv2d, DropPath, LayerNorm2d, Mlp, check_output_stride, classifier, drop_path_rates, pad_same, residual_mlp, to_2tuple, trunc_normal_
+from ..layers import NORM_POOL_TYPES, Conv2d, DropPath, LayerNorm2d, Mlp, check_output_stride, classifier, drop_path_rates, global_pool_2d, pad_same, residual_mlp, to_2tuple, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -126,7 +126,7 @@ class ConvNeXtStage(nn.Module):
 
 
 class NormHead(nn.Module):
-    """Global average pool -> LayerNorm -> dropout -> Linear (timm's key names)."""
+    """Global pool (average by default) -> LayerNorm -> dropout -> Linear (timm's key names)."""
 
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
@@ -134,8 +134,8 @@ class NormHead(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc = classifier(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.norm(x.mean((2, 3), keepdim=True)).flatten(1)  # B, C
+    def forward(self, x: Tensor, pre_logits: bool = False, pool_type: str = "avg") -> Tensor:
+        x = self.norm(global_pool_2d(x, pool_type)[:, :, None, None]).flatten(1)  # B, C
         x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
@@ -165,6 +165,7 @@ class ConvNeXt(VisionModel):
     """
 
     family = "convnext"
+    pool_types = NORM_POOL_TYPES
     grad_checkpoint_units = (r"stages\.\d+\.blocks\.\d+",)
 
     def __init__(self, cfg: ConvNeXtConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:

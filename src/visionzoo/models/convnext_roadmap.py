@@ -181,8 +181,8 @@ class _Head(nn.Module):
         self.drop = nn.Dropout(drop)
         self.fc = classifier(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(self.norm(x.mean((2, 3), keepdim=True)).flatten(1))
+    def forward(self, x: Tensor, pre_logits: bool = False, pool_type: str = "avg") -> Tensor:
+        x = self.drop(self.norm(x.mean((2, 3), keepdim=True)).flatten(1))  # (pool_type: "avg", the family's only one)
         return x if pre_logits else self.fc(x)
 
 

@@ -229,9 +229,6 @@ class RegNet(VisionModel):
         self.check_input(x)
         return tap_outputs(x, [self.stem, *(getattr(self, n) for n in self.stage_names)], indices, to_end=with_features)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        return self.head(x, pre_logits, self.global_pool)
-
     def prune_for_features(self, indices: Sequence[int]) -> None:
         for name in self.stage_names[max(indices) :]:
             delattr(self, name)

@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import DropPath, Mlp, classifier, drop_path_rates, linear, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import POOL_TYPES, DropPath, Mlp, classifier, drop_path_rates, global_pool_2d, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
 from ..layers.helpers import no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
@@ -352,6 +352,7 @@ class SwinTransformer(VisionModel):
     """
 
     family = "swin"
+    pool_types = POOL_TYPES
     grad_checkpoint_units = (r"layers\.\d+\.blocks\.\d+",)
     block_cls: type[nn.Module] = SwinBlock
     stage_cls: type[SwinStage] = SwinStage
@@ -454,15 +455,15 @@ class SwinTransformer(VisionModel):
 
 
 class _PoolHead(nn.Module):
-    """Global average pool over a channels-last map -> dropout -> Linear (key ``head.fc``)."""
+    """Global pool (average by default) of a channels-last map -> dropout -> Linear (key ``head.fc``)."""
 
     def __init__(self, dim: int, num_classes: int, drop: float = 0.0) -> None:
         super().__init__()
         self.drop = nn.Dropout(drop)
         self.fc = classifier(dim, num_classes)
 
-    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.drop(x.mean((1, 2)))
+    def forward(self, x: Tensor, pre_logits: bool = False, pool_type: str = "avg") -> Tensor:
+        x = self.drop(global_pool_2d(x, pool_type, (1, 2)))  # B, C (2C: catavgmax)
         return x if pre_logits else self.fc(x)
 
 

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import (
+    NORM_POOL_TYPES,
     Attention,
     DropPath,
     Mlp,
@@ -46,6 +47,7 @@ from ..layers import (
     attention,
     classifier,
     drop_path_rates,
+    global_pool_2d,
     pad_same,
     resample_abs_pos_embed,
     trunc_normal_,
@@ -242,8 +244,9 @@ class ViTConfig:
         patch_size: patch side p (1 for the hybrid, whose ResNet already reduces 16x).
         embed_dim, depth, num_heads, mlp_ratio, qkv_bias: transformer size.
         class_token: prepend a learned class token.
-        global_pool: ``token`` (class token) or ``avg`` (mean of the patch tokens, with the
-            final norm applied after pooling, as timm's ``*_gap`` models).
+        global_pool: ``token`` (class token), or a pool of the patch tokens with the final norm
+            applied after pooling (as timm's): ``avg`` (their mean, timm's ``*_gap`` models),
+            ``max``, ``avgmax`` (the two averaged).
         pos_embed: one of ``none``, ``learned_1d``, ``learned_2d``, ``relative``.
         pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
         distilled: DeiT's distillation token and second head.
@@ -288,6 +291,7 @@ class VisionTransformer(VisionModel):
 
     family = "vit"
     block_features = True
+    pool_types = ("token", *NORM_POOL_TYPES)  # timm's, but for its attention pool 'map'
     grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(
@@ -306,8 +310,8 @@ class VisionTransformer(VisionModel):
             raise ValueError(f"pos_embed_at must be one of {POS_EMBED_AT}, got {cfg.pos_embed_at!r}")
         if cfg.pos_embed in ("none", "relative") and cfg.pos_embed_at != "stem":
             raise ValueError(f"pos_embed={cfg.pos_embed!r} has no placement; pos_embed_at must stay 'stem'")
-        if cfg.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {cfg.global_pool!r}")
+        if cfg.global_pool not in self.pool_types:
+            raise ValueError(f"global_pool must be one of {', '.join(map(repr, self.pool_types))}, got {cfg.global_pool!r}")
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if cfg.distilled and cfg.global_pool != "token":
@@ -359,7 +363,7 @@ class VisionTransformer(VisionModel):
         else:
             blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*blocks)
-        use_fc_norm = cfg.global_pool == "avg"
+        use_fc_norm = cfg.global_pool != "token"
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=1e-6)
         self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -447,7 +451,7 @@ class VisionTransformer(VisionModel):
             if self.distilled_training and self.training:
                 return x, x_dist  # type: ignore[return-value]  (class and distillation logits)
             return (x + x_dist) / 2
-        x = x[:, self.num_prefix_tokens :].mean(dim=1) if self.global_pool == "avg" else x[:, 0]  # B, D
+        x = x[:, 0] if self.global_pool == "token" else global_pool_2d(x[:, self.num_prefix_tokens :], self.global_pool, 1)  # B, D
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -456,13 +460,13 @@ class VisionTransformer(VisionModel):
         self.distilled_training = enable
 
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
-        """As the base class's, plus ``'token'`` (the class token, the default) and ``'avg'``
-        (the mean of the patch tokens); the norms stay as built, as in timm."""
-        if pool not in ("token", "avg"):
+        """As the base class's: ``'token'`` (the class token, the default), or ``'avg'``,
+        ``'max'`` or ``'avgmax'`` of the patch tokens; the norms stay as built, as in timm."""
+        if pool not in self.pool_types:
             return super().set_global_pool(pool, num_classes)
         if pool == "token" and not self.cfg.class_token:
             raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
-        if pool == "avg" and self.cfg.distilled:
+        if pool != "token" and self.cfg.distilled:
             raise ValueError(f"{self._name()}: the distilled head reads the class and distillation tokens; global_pool takes 'token' only")
         self.global_pool, self.unpooled = pool, False
 
