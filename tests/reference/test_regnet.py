@@ -11,6 +11,8 @@ from visionzoo.models.regnet import TORCHVISION_ALIASES, RegNetConfig, regnet_bl
 from visionzoo.registry import get_entry
 from visionzoo.testing import build_random, max_rel_diff
 
+from timm_checks import assert_output_stride_equals_timm
+
 SIZES = ["002", "004", "006", "008", "016", "032", "040", "064", "080", "120", "160", "320"]
 TIMM_NAMES = [f"regnet{k}_{s}" for k in "xy" for s in SIZES]
 TV_DISTINCT = ["regnet_x_400mf", "regnet_y_800mf", "regnet_y_8gf"]
@@ -176,3 +178,14 @@ def test_design_space_overrides():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match="width_rounding"):
         visionzoo.create_model("regnetx_002", width_rounding="up")
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name", ["regnetx_002", "regnety_004"])
+def test_output_stride_equals_timm(name, output_stride):
+    assert_output_stride_equals_timm(name, output_stride, torch.randn(1, 3, 64, 72))
+
+
+def test_output_stride_refused_clearly():
+    with pytest.raises(ValueError, match="output_stride must be the int 8, 16 or 32, got 4"):
+        visionzoo.create_model("regnetx_002", output_stride=4)

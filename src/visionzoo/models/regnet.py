@@ -18,7 +18,10 @@ channels in its bottleneck. RegNet chooses the per-block widths from four number
     w_j = round(w0 * wm**s_j / 8) * 8        quantised widths; equal widths form a stage
 
 and the stage widths are then made divisible by their group widths (see
-:func:`regnet_stages`). State-dict keys follow timm (``stem.conv``, ``s1.b1.conv1.conv``,
+:func:`regnet_stages`). ``output_stride`` (8 or 16; default 32) trades the last stages'
+strides for dilation of their 3x3 convolutions, as timm's: a stage's first block keeps the
+rate of the stage before (:func:`~visionzoo.layers.dilate_strides`) and projects its
+shortcut. State-dict keys follow timm (``stem.conv``, ``s1.b1.conv1.conv``,
 ``head.fc``); torchvision's layout and pycls's release (BGR stem) convert.
 
 torchvision builds three of its models with a different compatibility rounding
@@ -40,7 +43,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import POOL_TYPES, ConvNormAct, DropPath, SqueezeExcite, classifier, drop_path_rates, global_pool_2d
+from ..layers import POOL_TYPES, ConvNormAct, DropPath, SqueezeExcite, check_output_stride, classifier, dilate_strides, drop_path_rates, global_pool_2d
 from ..registry import default_cfg, register_alias, register_family
 
 __all__ = ["RegNet", "RegNetConfig", "regnet_block_widths", "regnet_stages"]
@@ -98,6 +101,9 @@ class RegNetBlock(nn.Module):
     Args:
         in_chs, out_chs: block input and output widths.
         stride: stride of the 3x3 convolution and of the projection shortcut.
+        dilation: dilation rate of the 3x3 convolution.
+        project: a 1x1 convolution + BN on the shortcut; default where the width or the
+            stride changes.
         group_width: channels per group of the 3x3 convolution.
         bottle_ratio: bottleneck width / output width.
         se_ratio: SE bottleneck width as a fraction of ``in_chs`` (0: no SE).
@@ -107,15 +113,17 @@ class RegNetBlock(nn.Module):
         (B, in_chs, H, W) -> (B, out_chs, H / stride, W / stride).
     """
 
-    def __init__(self, in_chs: int, out_chs: int, *, stride: int, group_width: int, bottle_ratio: float = 1.0, se_ratio: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(self, in_chs: int, out_chs: int, *, stride: int, group_width: int, bottle_ratio: float = 1.0, se_ratio: float = 0.0, drop_path: float = 0.0,
+                 dilation: int = 1, project: bool | None = None) -> None:
         super().__init__()
         mid = int(round(out_chs * bottle_ratio))
         self.conv1 = ConvNormAct(in_chs, mid, 1)
-        self.conv2 = ConvNormAct(mid, mid, 3, stride, groups=mid // group_width)
+        self.conv2 = ConvNormAct(mid, mid, 3, stride, groups=mid // group_width, dilation=dilation)
         # the SE width is relative to the block's input, not to the bottleneck (pycls)
         self.se = SqueezeExcite(mid, int(round(in_chs * se_ratio))) if se_ratio else nn.Identity()
         self.conv3 = ConvNormAct(mid, out_chs, 1, act_layer=None)
-        project = in_chs != out_chs or stride != 1
+        if project is None:
+            project = in_chs != out_chs or stride != 1
         self.downsample = ConvNormAct(in_chs, out_chs, 1, stride, act_layer=None) if project else nn.Identity()
         self.drop_path = DropPath(drop_path)
         self.act3 = nn.ReLU(inplace=True)
@@ -126,12 +134,17 @@ class RegNetBlock(nn.Module):
 
 
 class RegNetStage(nn.Sequential):
-    """``depth`` blocks named ``b1 .. bN``; the first one changes width and stride."""
+    """``depth`` blocks named ``b1 .. bN``; the first one changes width and stride. With
+    ``dilation = (first, rest)`` the first block's 3x3 convolution is dilated by ``first``
+    and the others' by ``rest``; where they differ, the first block's shortcut projects."""
 
-    def __init__(self, in_chs: int, out_chs: int, depth: int, *, stride: int, drop_paths: Sequence[float], **block_kwargs) -> None:
+    def __init__(self, in_chs: int, out_chs: int, depth: int, *, stride: int, drop_paths: Sequence[float], dilation: tuple[int, int] = (1, 1), **block_kwargs) -> None:
         super().__init__()
+        first, rest = dilation
         for i in range(depth):
-            block = RegNetBlock(in_chs if i == 0 else out_chs, out_chs, stride=stride if i == 0 else 1, drop_path=drop_paths[i], **block_kwargs)
+            project = in_chs != out_chs or stride != 1 or first != rest if i == 0 else None
+            block = RegNetBlock(in_chs if i == 0 else out_chs, out_chs, stride=stride if i == 0 else 1, drop_path=drop_paths[i],
+                                dilation=first if i == 0 else rest, project=project, **block_kwargs)
             self.add_module(f"b{i + 1}", block)
 
 
@@ -151,7 +164,8 @@ class PoolHead(nn.Module):
 # --------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class RegNetConfig:
-    """One RegNet: the paper's (w0, wa, wm, d, g, b) and the SE ratio (0 for X, 0.25 for Y).
+    """One RegNet: the paper's (w0, wa, wm, d, g, b) and the SE ratio (0 for X, 0.25 for Y);
+    ``output_stride`` 8, 16 or 32 (module docstring).
 
     ``width_rounding`` is how stage widths are made divisible by the group width: "nearest"
     (pycls, timm) or "torchvision" (``_make_divisible``; see the module docstring).
@@ -167,16 +181,19 @@ class RegNetConfig:
     stem_width: int = 32
     width_rounding: str = "nearest"
     drop_rate: float = 0.0
+    output_stride: int = 32
 
 
 class RegNet(VisionModel):
     """RegNetX / RegNetY classifier.
 
-    ``feature_info`` lists the stem (stride 2) and the stages (strides 4 .. 32), as timm's.
+    ``feature_info`` lists the stem (stride 2) and the stages (strides 4 .. 32, or up to
+    ``output_stride``), as timm's.
 
     Shapes:
-        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C_last, H/32, W/32)
-        (rounded up: every downsampling is a padded stride-2 convolution, so any size works).
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, C_last, H/s, W/s),
+        s = ``output_stride`` (rounded up: every downsampling is a padded stride-2
+        convolution, so any size works).
     """
 
     family = "regnet"
@@ -186,6 +203,7 @@ class RegNet(VisionModel):
 
     def __init__(self, cfg: RegNetConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        check_output_stride(cfg.output_stride)
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
         self.stem = ConvNormAct(in_chans, cfg.stem_width, 3, 2)
@@ -194,12 +212,14 @@ class RegNet(VisionModel):
         dpr = drop_path_rates(drop_path_rate, sum(depths))
         self.stage_names: list[str] = []
         prev, start = cfg.stem_width, 0
-        for i, (w, d, g) in enumerate(zip(widths, depths, groups)):
+        plan = dilate_strides([2] * len(widths), 2, cfg.output_stride)
+        for i, (w, d, g, (stride, reduction, first, rest)) in enumerate(zip(widths, depths, groups, plan)):
             name = f"s{i + 1}"
-            stage = RegNetStage(prev, w, d, stride=2, drop_paths=dpr[start : start + d], group_width=g, bottle_ratio=cfg.bottle_ratio, se_ratio=cfg.se_ratio)
+            stage = RegNetStage(prev, w, d, stride=stride, dilation=(first, rest), drop_paths=dpr[start : start + d], group_width=g,
+                                bottle_ratio=cfg.bottle_ratio, se_ratio=cfg.se_ratio)
             self.add_module(name, stage)
             self.stage_names.append(name)
-            self.feature_info.append(FeatureInfo(w, 2 ** (i + 2), name))
+            self.feature_info.append(FeatureInfo(w, reduction, name))
             prev, start = w, start + d
         self.num_features = prev
         self.head = PoolHead(prev, num_classes, cfg.drop_rate)
