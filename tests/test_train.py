@@ -241,6 +241,8 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     (junk / "a" / "notes.txt").unlink()
     (junk / "a" / "broken.png").write_bytes(b"not a png at all")
     _one_line_error(["train", "--data", str(junk), *o], capsys, "broken.png")
+    one = _image_folder(tmp_path / "one", classes=("a",), n=2)  # every image would be scored correct
+    _one_line_error(["train", "--data", str(one), *o], capsys, "one class folder (a)", "at least two")
     _one_line_error(["train", "--epochs", "0", *o], capsys, "--epochs")
     _one_line_error(["train", "--batch-size", "-3", *o], capsys, "--batch-size")
     _one_line_error(["train", "--model", "no_such_net", *o], capsys, "no_such_net")

@@ -357,6 +357,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
     in_chans = 3 if len(mean) == 3 else len(mean)
     if (root / "train").is_dir():
         classes, train_samples = scan_class_folders(root / "train")
+        _need_two_classes(root / "train", classes)
         val_root = root / "val" if (root / "val").is_dir() else root / "test"
         if val_root.is_dir():
             val_classes, val_samples = scan_class_folders(val_root)
@@ -368,6 +369,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
             raise DataError(f"{root}: has train/ but no val/ folder; add one or pass --val-split 0.1")
     else:
         classes, samples = scan_class_folders(root)
+        _need_two_classes(root, classes)
         train_samples, val_samples = _split(samples, val_split or 0.2, len(classes))
     v2 = _v2()
     aug: list[Any] = [v2.ToImage(), _ToChannels(in_chans)]
@@ -385,6 +387,12 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         val=Subset(ImageFiles(val_samples), range(len(val_samples)), val_tf),
         classes=classes, in_chans=in_chans, img_size=size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct,
     )
+
+
+def _need_two_classes(root: Path, classes: list[str]) -> None:
+    """Refuse a training folder with one class: every image would be scored correct."""
+    if len(classes) < 2:
+        raise DataError(f"{root}: one class folder ({classes[0]}); a classifier needs at least two ({root}/<class>/<image files>)")
 
 
 def _split(samples: list[tuple[Path, int]], frac: float, num_classes: int) -> tuple[list, list]:
