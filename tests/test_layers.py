@@ -920,6 +920,18 @@ def test_depthwise_conv_gradients_equal_autograd(C, k, stride, dilation, padding
     assert torch.autograd.gradgradcheck(lambda *t: conv_module._DepthwiseConv2d.apply(*t[:2], t[2] if bias else None, ours.stride, ours.padding, ours.dilation), params)
 
 
+def test_depthwise_weight_grad_takes_the_weights_layout():
+    """A channels-last model (weights too) gets its depthwise weight gradient in the weight's
+    strides, as autograd gives nn.Conv2d's: DDP's buckets follow them (else a stride warning)."""
+    ref, ours = _depthwise_pair(6, 5, 1, 1, 2, True, torch.float32)
+    ref, ours = (m.to(memory_format=torch.channels_last) for m in (ref, ours))
+    x = torch.randn(2, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    for m in (ref, ours):
+        m(x).square().sum().backward()
+    assert ours.weight.grad.stride() == ref.weight.grad.stride() == ours.weight.stride()
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad)
+
+
 def test_depthwise_weight_grad_float32_batch():
     """float32, ConvNeXt-T's first-stage shape at batch 4: the weight gradient matches oneDNN's
     to float rounding."""

@@ -270,6 +270,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
             gx = torch.ops.aten.convolution_backward(grad, x, weight, None, *geometry, False, [0, 0], x.shape[1], [True, False, False])[0]
         if ctx.needs_input_grad[1]:
             gw = depthwise_weight_grad(x, grad, weight.shape[2:], ctx.stride, ctx.padding, ctx.dilation)
+            if gw.stride() != weight.stride():  # in the weight's layout, as autograd's own: DDP's buckets follow it
+                gw = torch.empty_like(weight).copy_(gw)
         if ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
         return gx, gw, gb, None, None, None
