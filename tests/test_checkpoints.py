@@ -127,11 +127,16 @@ def test_classifier_of_another_size_is_dropped_with_warning():
     src = tiny(num_classes=5)
     dst = tiny(num_classes=7)
     head_before = dst.head.weight.clone()
-    with pytest.warns(UserWarning, match="classifier head"):
+    with pytest.warns(UserWarning, match="classifier head") as record:
         info = load_checkpoint(dst, src.state_dict())
     assert sorted(info["dropped"]) == ["head.bias", "head.weight"]
     assert torch.equal(dst.head.weight, head_before)
     torch.testing.assert_close(dst.pos_embed, src.pos_embed)
+    # reported at the caller's line, through create_model too (not torch's no_grad wrapper)
+    assert record[0].filename == __file__
+    with pytest.warns(UserWarning, match="classifier head") as record:
+        visionzoo.create_model(NAME, img_size=32, num_classes=7, checkpoint=src.state_dict())
+    assert record[0].filename == __file__
 
 
 def test_num_classes_zero_takes_a_full_checkpoint():
@@ -340,6 +345,21 @@ def test_messages_for_empty_random_and_truncated_files(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tiny(), tmp_path / "cut.pth")
     assert str(err.value).endswith((".", "...")), str(err.value)  # whole sentences, not cut mid-word
+
+
+def test_unreadable_file_messages_name_the_cause_or_none(tmp_path):
+    """The reader's error is given with its type; a text file's unpickling error, a bare
+    KeyError(101), says nothing and is left out (it read "...: 101")."""
+    (tmp_path / "text.pth").write_bytes(b"hello world\n")
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tiny(), tmp_path / "text.pth")
+    assert str(err.value) == f"{tmp_path / 'text.pth'}: not a readable checkpoint (corrupt or truncated?)"
+    (tmp_path / "zip.pth").write_bytes(b"PK\x03\x04" + os.urandom(200))
+    with pytest.raises(CheckpointError, match=r"zip.pth: not a readable checkpoint \(corrupt or truncated\?\): RuntimeError: PytorchStreamReader"):
+        load_checkpoint(tiny(), tmp_path / "zip.pth")
+    (tmp_path / "text.safetensors").write_bytes(b"hello world\n")
+    with pytest.raises(CheckpointError, match=r"text.safetensors: not a readable checkpoint: SafetensorError: "):
+        load_checkpoint(tiny(), tmp_path / "text.safetensors")
 
 
 def test_brief_cuts_messages_at_sentence_or_word_boundaries():

@@ -254,8 +254,21 @@ def load_checkpoint(
 
     # everything was checked above: copying cannot fail half-way
     for note in notes:
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=_caller_level())
     if settable:
         model.reconfigure(**changes)
     model.load_state_dict({k: v for k, v in sd.items() if k in target}, strict=False)
     return {"missing": missing, "unexpected": unexpected, "dropped": dropped, "source": [src]}
+
+
+def _caller_level() -> int:
+    """``stacklevel`` that reports a warning at the first frame outside visionzoo and torch
+    (the user's ``load_checkpoint`` or ``create_model(checkpoint=...)`` line), whatever
+    decorators and wrappers lie between."""
+    import sys
+
+    roots = tuple(os.path.dirname(m.__file__) + os.sep for m in (sys.modules["visionzoo"], torch))
+    frame, level = sys._getframe(1), 1  # frame: the caller of warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(roots):
+        frame, level = frame.f_back, level + 1
+    return level

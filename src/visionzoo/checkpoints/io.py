@@ -138,6 +138,13 @@ def _brief(text: str, limit: int = 300) -> str:
     return cut[: cut.rfind(" ")].rstrip(",;:") + " ..." if " " in cut else cut + " ..."
 
 
+def _cause(e: BaseException) -> str:
+    """``": Type: message"`` of the error a reader raised, or "" where its message says
+    nothing: the unpickler's ``KeyError(101)`` on a text file would read as a bare "101"."""
+    text = _brief(str(e))
+    return f": {type(e).__name__}: {text}" if re.search(r"[A-Za-z]{2}", text) else ""
+
+
 def _unpickling_failure(e: pickle.UnpicklingError) -> tuple[bool, str]:
     """(whether the pickle names a Python global, i.e. carries code or objects; the reason in
     a few words) from torch's weights-only error, without its advice to load unsafely."""
@@ -189,9 +196,9 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or a pickle torch.save did not write): {reason}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?): {_brief(str(e))}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated?){_cause(e)}") from None
     except Exception as e:  # safetensors raises its own error type
-        raise CheckpointError(f"{path}: not a readable checkpoint: {type(e).__name__}: {_brief(str(e))}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint{_cause(e)}") from None
     return unwrap_state_dict(obj, source=str(path), prefer_ema=prefer_ema)
 
 
