@@ -17,17 +17,32 @@ def test_list_models_sorted_and_filtered():
     assert "vit_base_patch16_224" in vits and all(n.startswith("vit") for n in vits)
     assert visionzoo.list_models("no_such_*") == []
     assert "vit_b_16" not in names and "vit_b_16" in visionzoo.list_models(aliases=True)
+    with pytest.raises(TypeError, match=r"list_models: pattern takes an fnmatch pattern such as 'vit\*' \(a str\) or None, got int 123"):
+        visionzoo.list_models(123)
+    with pytest.raises(TypeError, match="list_models: family takes a family key"):
+        visionzoo.list_models(family=["vit"])
 
 
 def test_unknown_model_names_closest():
     with pytest.raises(visionzoo.UnknownModelError, match="vit_base_patch16_224") as e:
         visionzoo.create_model("vit_base_patch16_244")
     assert "unknown model 'vit_base_patch16_244'" in str(e.value)
+    for empty in ("", "  "):  # no suggestions (difflib offered coatnet_0_224 for '')
+        with pytest.raises(visionzoo.UnknownModelError, match=r"the model name is empty") as e:
+            visionzoo.create_model(empty)
+        assert "did you mean" not in str(e.value)
 
 
 def test_unknown_override_lists_options():
     with pytest.raises(TypeError, match="pos_embed"):
         visionzoo.create_model("vit_tiny_patch16_224", pos_embedding="none")
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['num_clases'\] \(did you mean 'num_classes'\?\)") as e:
+        visionzoo.create_model("resnet18", num_clases=10)  # a create_model argument, not a family field
+    common, own = str(e.value).split("; options of every model: ")[1].split("; this family's options: ")
+    assert all(o in common for o in ("num_classes", "in_chans", "img_size", "global_pool", "features_only", "checkpoint"))
+    assert "'layers'" in own and "num_classes" not in own
+    with pytest.raises(TypeError, match="did you mean 'drop_rate' for 'dropp_rate', 'in_chans' for 'in_chan'"):
+        visionzoo.create_model("resnet18", in_chan=1, dropp_rate=0.1)
 
 
 def test_bad_arguments():
@@ -58,6 +73,29 @@ def test_input_validation_messages():
         m(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
     with pytest.raises(visionzoo.InputError, match="4-D"):
         m(torch.randn(3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2_050", "regnetx_002", "hrnet_w18_small", "vit_tiny_patch16_224"])
+def test_non_tensor_and_wrong_dtype_inputs_are_input_errors(name):
+    """A NumPy array reaches no tensor method first (the channels-last CPU path of the
+    convolutional families called x.dim()); a float64 input is named with its fix."""
+    import numpy as np
+
+    m = visionzoo.create_model(name, num_classes=2).eval()
+    with torch.no_grad(), pytest.raises(visionzoo.InputError, match="expects a torch.Tensor, got ndarray"):
+        m(np.zeros((1, 3, 224, 224), np.float32))
+    with torch.no_grad(), pytest.raises(visionzoo.InputError, match=r"expects a float32 tensor \(its parameters are float32\), got dtype float64: convert it with x\.float\(\), or the model with model\.double\(\)"):
+        m(torch.zeros(1, 3, 224, 224, dtype=torch.float64))
+
+
+def test_autocast_input_dtype_is_not_refused():
+    m = visionzoo.create_model("resnet18", num_classes=2).eval().bfloat16()
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(visionzoo.InputError, match=r"parameters are bfloat16\), got dtype float32: convert it with x\.bfloat16\(\)"):
+        m(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x).shape == (1, 2)  # autocast runs float32 inputs on bf16 weights
+    assert m.double()(x.double()).dtype == torch.float64
 
 
 def test_model_info_fields_and_counted_macs():

@@ -470,7 +470,10 @@ class VisionModel(nn.Module):
         CPU tensor, no tracing or compiling) the network runs on a channels-last copy of the
         input: oneDNN's NHWC convolutions are 1.1-2x faster than its NCHW ones on these
         models. :func:`plain_layout` gives any map the call returns back in the ordinary layout.
+        Anything but a tensor gets :meth:`check_input`'s InputError here, before it is touched.
         """
+        if not isinstance(x, Tensor):
+            self.check_input(x)
         if self.cpu_channels_last and not self.training and x.dim() == 4 and not torch.is_grad_enabled() and plain_cpu_eager(x):
             return x.contiguous(memory_format=torch.channels_last), True
         return x, False
@@ -511,6 +514,13 @@ class VisionModel(nn.Module):
             raise InputError(
                 f"{name} expects a floating-point tensor, got dtype {x.dtype} (convert images with x.float() / 255)"
             )
+        weight = next(self.parameters(), None)
+        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            # (autocast runs a float32 input on bf16 / fp16 weights; without it PyTorch's own error names no fix)
+            raise InputError(
+                f"{name} expects a {_dtype_name(weight.dtype)} tensor (its parameters are {_dtype_name(weight.dtype)}), got dtype "
+                f"{_dtype_name(x.dtype)}: convert it with x{_cast(weight.dtype)}, or the model with model{_cast(x.dtype)}"
+            )
         if x.shape[1] != self.in_chans:
             raise InputError(
                 f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
@@ -547,6 +557,16 @@ def _as_int(value: Any) -> int | None:
         return operator.index(value)
     except TypeError:
         return None
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _cast(dtype: torch.dtype) -> str:
+    """The call that converts a tensor or module to ``dtype``: ``.float()``, ``.double()``, ..."""
+    method = {torch.float32: "float", torch.float64: "double", torch.float16: "half", torch.bfloat16: "bfloat16"}.get(dtype)
+    return f".{method}()" if method else f".to({dtype})"
 
 
 _MAP_FORMATS = {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -34,13 +36,25 @@ def _pop_global_pool(config: Any, overrides: dict[str, Any]) -> str | None:
 def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> Any:
     if not overrides:
         return config
-    if not dataclasses.is_dataclass(config):
-        raise TypeError(f"{name} takes no configuration overrides, got {sorted(overrides)}")
-    fields = {f.name for f in dataclasses.fields(config)}
+    fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else set()
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise TypeError(f"{name}: unknown option(s) {unknown}; this family's options are {sorted(fields)}")
+        raise TypeError(_unknown_options_message(name, unknown, fields))
     return dataclasses.replace(config, **overrides)
+
+
+def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
+    """The error for keyword arguments ``create_model`` does not take: the closest accepted
+    name of each (a misspelt ``num_classes`` lands among the family's overrides), then the
+    options every model takes apart from those of the family's configuration."""
+    params = inspect.signature(create_model).parameters.values()
+    common = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY] + ["global_pool"]
+    close = {u: difflib.get_close_matches(u, [*common, *fields], n=1) for u in unknown}
+    hints = [f"{c[0]!r}" if len(unknown) == 1 else f"{c[0]!r} for {u!r}" for u, c in close.items() if c]
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    own = sorted(fields - set(common))
+    family = f"this family's options: {own}" if own else "this family has no options of its own"
+    return f"{name}: unknown option(s) {list(unknown)}{hint}; options of every model: {common}; {family}"
 
 
 def create_model(
@@ -80,7 +94,8 @@ def create_model(
 
     Raises:
         UnknownModelError: for an unknown name, naming the closest registered ones.
-        TypeError: for an override that is not a field of the family's configuration.
+        TypeError: for an option that is neither an argument above nor a field of the family's
+            configuration, naming the closest accepted one.
     """
     entry = get_entry(name)
     if pretrained:

@@ -157,6 +157,8 @@ def get_entry(name: str) -> ModelEntry:
     _ensure_loaded()
     if not isinstance(name, str):
         raise UnknownModelError(f"a model name must be a string, got {type(name).__name__}")
+    if not name.strip():  # nothing to suggest from: difflib would offer the first names it meets
+        raise UnknownModelError(f"the model name is empty ({name!r}); see visionzoo.list_models()")
     name = _ALIASES.get(name, name)
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -174,6 +176,9 @@ def list_models(pattern: str | None = None, *, family: str | None = None, aliase
     Aliases are included only with ``aliases=True``. ``sort=False`` keeps the order in which
     families registered their variants (a family's own order, e.g. the ConvNeXt roadmap's steps).
     """
+    for arg, value, takes in (("pattern", pattern, "an fnmatch pattern such as 'vit*'"), ("family", family, "a family key such as 'vit'")):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"list_models: {arg} takes {takes} (a str) or None, got {type(value).__name__} {value!r}")
     _ensure_loaded()
     names = [n for n, e in _REGISTRY.items() if family is None or e.family == family]
     if aliases:
