@@ -268,6 +268,26 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["predict", "x.png", "--checkpoint", ckpt, "--model", "convmixer_256_8", "--mean", "0.5", "0.5"], capsys, "mean", "3")
 
 
+def test_predict_says_unreadable_or_training_state_before_asking_for_a_model(tmp_path, capsys):
+    """Without --model, a corrupt file is called unreadable (not "does not name its model"),
+    and the --resume state of a run names the weights files to pass instead."""
+    (tmp_path / "random.pth").write_bytes(os.urandom(5000))
+    err = _one_line_error(["predict", "--checkpoint", str(tmp_path / "random.pth"), "x.png"], capsys, "random.pth: not a readable checkpoint")
+    assert "--model" not in err
+    ckdir = tmp_path / "run" / "checkpoints"
+    ckdir.mkdir(parents=True)
+    weights = visionzoo.create_model("convmixer_256_8", num_classes=3, dim=16, depth=1, patch_size=2).state_dict()
+    visionzoo.save_state_dict(weights, ckdir / "step_00000242.safetensors")
+    state = ckdir / "step_00000242.state.pt"
+    torch.save({"optimizer": {}, "global_step": 242}, state)  # the layout does not matter: the name says what it is
+    for model in ([], ["--model", "convmixer_256_8"]):
+        err = _one_line_error(["predict", "--checkpoint", str(state), *model, "x.png"], capsys,
+                              "step_00000242.state.pt is a training state of visionzoo train", "--resume", f"instead: {ckdir / 'step_00000242.safetensors'}")
+        assert "not written by visionzoo train" not in err
+    visionzoo.save_state_dict(weights, tmp_path / "run" / "model.safetensors")  # the run's final weights, named first
+    _one_line_error(["eval", "--checkpoint", str(state)], capsys, f"instead: {tmp_path / 'run' / 'model.safetensors'} or {ckdir / 'step_00000242.safetensors'}")
+
+
 def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys):
     """A checkpoint from timm stores no preprocessing; given on the command line (here 160 px,
     bicubic, crop 0.95 and another mean and std), predict gives timm's own pipeline's

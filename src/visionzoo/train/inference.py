@@ -39,6 +39,8 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
         raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run's weights are its model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.name.endswith(".state.pt"):
+        raise CheckpointError(_training_state_message(path))
     meta = read_metadata(path)
     stored = meta.get("model")
     if meta.get("task") == "segment":
@@ -46,6 +48,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
                               "(visionzoo.train.segment.load_segmentation rebuilds it)")
     if model_name is None:
         if not stored:
+            read_state_dict(path)  # an unreadable file is called that first, as it is with a model name
             raise ValueError(f"{path} does not name its model (not written by visionzoo train); pass --model NAME")
         model_name = stored
     entry = get_entry(model_name)
@@ -80,6 +83,17 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     model.eval()
     return model, {"model": entry.name, "classes": classes, "preprocessing": prep, "num_classes": num_classes,
                    "data_path": meta.get("data_path"), "val_split": meta.get("val_split")}
+
+
+def _training_state_message(path: Path) -> str:
+    """The error for a ``step_*.state.pt`` file of ``visionzoo train``, naming the weights to
+    use: the run's final ``model.safetensors`` where it exists, and the step's own weights."""
+    weights = [path.with_name(path.name.removesuffix(".state.pt") + ".safetensors")]
+    final = path.parent.parent / "model.safetensors"  # <run>/checkpoints/step_*.state.pt -> <run>/model.safetensors
+    if path.parent.name == "checkpoints" and final.is_file():
+        weights.insert(0, final)
+    return (f"{path} is a training state of visionzoo train (optimizer, scheduler, RNG: what --resume reads), "
+            f"not model weights; pass the weights instead: {' or '.join(map(str, weights))}")
 
 
 def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:
