@@ -1,6 +1,7 @@
 """visionzoo train / eval / predict: exact resume after SIGKILL, Ctrl-C, torchrun (gloo), fine-tuning,
 bad input as one line, and a train -> eval -> predict round trip. Tiny models, few steps, CPU."""
 
+import csv
 import json
 import os
 import shutil
@@ -87,6 +88,9 @@ def test_resume_after_sigkill_is_exact(tmp_path, capsys):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    raw = _weights(sorted((ref / "checkpoints").glob("step_*.safetensors"))[-1])  # the last step's own weights
+    counters = [k for k in a if k.endswith("num_batches_tracked")]
+    assert counters and all(torch.equal(a[k], raw[k]) for k in counters)  # the EMA copy keeps the model's counts
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (ref, cut))
     assert (sa["top1"], sa["top5"], sa["loss"]) == (sb["top1"], sb["top5"], sb["loss"])
     cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]
@@ -446,3 +450,42 @@ def test_auxiliary_classifiers_add_their_weighted_loss(name, n_aux, size):
     assert logits is out[0]
     with pytest.raises(ValueError, match="auxiliary logits"):
         _loss(out, y, x, None, cfg, False, ())
+
+
+def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
+    """Batches of 32 summed in pairs train the same weights as batches of 64 (a model without
+    BatchNorm, the same images in the same order); the schedule counts optimizer steps."""
+    from visionzoo.train import TrainConfig, train
+
+    vit = {"depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    runs = {}
+    for batch, accum in ((64, 1), (32, 2), (16, 4)):
+        out = tmp_path / f"b{batch}"
+        summary = train(TrainConfig(model="vit_tiny_patch16_224", model_args=vit, img_size=8, epochs=1, batch_size=batch,
+                                    grad_accum_steps=accum, lr=3e-3, progress="lines", output=str(out)))
+        assert summary["grad_accum_steps"] == accum
+        with open(out / "metrics.csv") as f:
+            row = {k: float(v) for k, v in list(csv.DictReader(f))[-1].items()}
+        runs[batch] = (_weights(out / "model.safetensors"), row)
+    ref, ref_row = runs[64]
+    weights, row = runs[32]
+    assert row["step"] == ref_row["step"] == 22  # 1438 training digits: 22 steps of 64 (the last 30 dropped)
+    assert row["lr"] == pytest.approx(ref_row["lr"])
+    for k, v in ref.items():
+        torch.testing.assert_close(weights[k], v, rtol=1e-4, atol=1e-5)
+    # 89 batches of 16 in groups of 4: 22 steps and a last one of a single batch
+    assert runs[16][1]["step"] == 23 and runs[16][1]["lr"] == pytest.approx(ref_row["lr"])
+    moved = max(float((runs[64][0][k] - w).abs().max()) for k, w in visionzoo.create_model(
+        "vit_tiny_patch16_224", num_classes=10, in_chans=1, img_size=8, **vit).state_dict().items() if k in ref)
+    assert moved > 1e-3  # (the weights did train)
+
+
+def test_schedule_notes_for_a_capped_warmup_and_a_longer_resume(tmp_path, capsys):
+    from visionzoo.train import TrainConfig, train
+
+    vit = {"depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    cfg = dict(model="vit_tiny_patch16_224", model_args=vit, img_size=8, batch_size=128, progress="lines", output=str(tmp_path / "r"))
+    train(TrainConfig(epochs=1, warmup_epochs=5, **cfg))
+    assert "--warmup-epochs 5 is more than half of the run; warming up over its first half (5 steps)" in capsys.readouterr().out
+    train(TrainConfig(epochs=2, resume=True, **cfg))  # the cosine is rebuilt over 2 epochs: the lr rises again
+    assert "the schedule now spans 2 epochs, so the learning rate goes from 0.0001 to" in capsys.readouterr().out

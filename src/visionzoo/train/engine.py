@@ -3,7 +3,8 @@
 What it does, in order: join the process group (torchrun) and pick the device; build the
 data and the model (optionally from a pretrained checkpoint, with a new classifier);
 optimizer (AdamW or SGD, no decay on norms, biases, tokens), per-step warmup + cosine
-schedule, EMA, AMP scaler; then epochs of training with per-step checkpoints, evaluation
+schedule, EMA, AMP scaler; then epochs of training (optionally summing the gradients of
+``grad_accum_steps`` batches per optimizer step) with per-step checkpoints, evaluation
 after each epoch and the run's records (CSV, TensorBoard, PNG, summary.json) on rank 0.
 
 Resuming restores everything the next step depends on (weights, optimizer, scheduler, EMA,
@@ -76,6 +77,9 @@ class TrainConfig:
     freeze_backbone: bool = False
     epochs: int = 10
     batch_size: int = 64
+    #: optimizer step every N batches (their gradients summed, each loss divided by N): the
+    #: effective batch is N * batch_size (per process)
+    grad_accum_steps: int = 1
     lr: float = 1e-2
     weight_decay: float = 0.05
     opt: str = "adamw"
@@ -114,6 +118,10 @@ class TrainConfig:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"--grad-accum-steps must be at least 1, got {self.grad_accum_steps}")
+        if not 0 <= self.min_lr_ratio < 1:
+            raise ValueError(f"--min-lr-ratio must be in [0, 1), got {self.min_lr_ratio}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
@@ -220,6 +228,14 @@ def _autocast(cfg: TrainConfig, device: torch.device):
         return nullcontext()
     dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _copy_counters(ema_model: nn.Module, model: nn.Module) -> None:
+    """The model's integer buffers (BatchNorm's ``num_batches_tracked``) into the EMA copy,
+    which ``AveragedModel(use_buffers=True)`` would otherwise average like the weights."""
+    for b_ema, b in zip(ema_model.buffers(), model.buffers()):
+        if not b.is_floating_point():
+            b_ema.copy_(b)
 
 
 def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -477,8 +493,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
 
         ema = AveragedModel(base_model, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
     train_model: nn.Module = model
+    ddp = None
     if info.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_model = ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
 
@@ -490,7 +507,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     val_loader = DataLoader(data.val, batch_size=max(cfg.batch_size, 64), sampler=D.ShardSampler(len(data.val), info),
                             generator=torch.Generator().manual_seed(0), **loader_kw)
     per_rank = sampler.num_samples
-    steps_per_epoch = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
+    batches_per_epoch = per_rank // cfg.batch_size if drop_last else math.ceil(per_rank / cfg.batch_size)
+    accum = cfg.grad_accum_steps
+    steps_per_epoch = math.ceil(batches_per_epoch / accum)  # optimizer steps: the last may sum fewer batches
     total_steps = steps_per_epoch * cfg.epochs
 
     # ---- optimisation
@@ -500,7 +519,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     else:
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_steps, warmup, cfg.min_lr_ratio))
+    if warmup < int(round(cfg.warmup_epochs * steps_per_epoch)) and info.is_main and resume_from is None:
+        print(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; warming up over its first half ({warmup} steps)", flush=True)
+    schedule = _schedule(total_steps, warmup, cfg.min_lr_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     mix = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -535,6 +557,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
+        lr_then, lr_now = opt.param_groups[0]["lr"], cfg.lr * schedule(global_step)
+        if info.is_main and abs(lr_now - lr_then) > 0.05 * lr_then:  # --epochs changed: the cosine is rebuilt over the new length
+            print(f"note: the schedule now spans {cfg.epochs} epochs, so the learning rate goes from {lr_then:.3g} to {lr_now:.3g} "
+                  f"at step {global_step} (warmup and cosine over the new length, as timm's resume does)", flush=True)
         train_seconds, acc_sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
         restore_rng(st["rng"][info.rank] if isinstance(st["rng"], list) else st["rng"])
         if info.is_main:
@@ -547,7 +573,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
 
     preprocessing = data.preprocessing()
     split = {}
-    if Path(data.name).is_dir():  # an image folder: eval on it later evaluates the same held-out split
+    if data.name == "digits":  # eval --data digits later holds out the same split
+        split = {"data_path": "digits", "val_split": cfg.val_split}
+    elif Path(data.name).is_dir():  # an image folder: eval on it later evaluates the same held-out split
         split = {"data_path": str(Path(data.name).resolve()), "val_split": cfg.val_split}
     meta = model_metadata(model_name, overrides, data.classes, preprocessing, data=data.name, task="classify", **split)
     tb = _tensorboard(out / "tensorboard", purge_step=len(history)) if info.is_main else None
@@ -606,7 +634,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             train_model.train()
             if cfg.freeze_backbone:
                 _freeze_norm_statistics(model)
-            progress.start_epoch(epoch, cfg.epochs, steps_per_epoch, batch_in_epoch)
+            progress.start_epoch(epoch, cfg.epochs, batches_per_epoch, batch_in_epoch)
             t_epoch, seen = time.perf_counter(), 0
             t_last = t_epoch  # train_seconds: data loading + steps, without evaluation and checkpoint writing
             for x, y in loader:
@@ -617,31 +645,40 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                 if mix is not None:
                     x, y = mix(x, y)
                     hard = y.argmax(dim=1)
-                with autocast:
-                    out_ = train_model(x)
-                    loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
-                bad = not torch.isfinite(loss.detach()).item()
-                stop_now = stop["flag"]
-                if info.enabled:
-                    bad, stop_now = (v > 0 for v in D.all_reduce_sum([float(bad), float(stop_now)], info))
-                if bad:
-                    raise TrainingStopped(
-                        f"the loss became NaN/Inf at epoch {epoch + 1}, step {global_step + 1}; stopped without saving. "
-                        f"Last good checkpoint: {ckpt_path or 'none yet'} (lower --lr or add --clip-grad)"
-                    )
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if cfg.clip_grad:
-                    scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(base_model.parameters(), cfg.clip_grad)
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
-                if ema is not None:
-                    ema.update_parameters(base_model)
-                train_seconds += time.perf_counter() - t_last
-                global_step += 1
+                # gradient accumulation: one optimizer step per group of `accum` batches (the epoch's
+                # last group may be smaller), each batch's loss divided by its group's size
+                group_start = batch_in_epoch - batch_in_epoch % accum
+                group = min(accum, batches_per_epoch - group_start)
+                last_of_group = batch_in_epoch + 1 - group_start == group
+                if batch_in_epoch == group_start:
+                    opt.zero_grad(set_to_none=True)
+                with nullcontext() if last_of_group or ddp is None else ddp.no_sync():  # DDP averages gradients once per step
+                    with autocast:
+                        out_ = train_model(x)
+                        loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
+                    bad = not torch.isfinite(loss.detach()).item()
+                    stop_now = stop["flag"]
+                    if info.enabled:
+                        bad, stop_now = (v > 0 for v in D.all_reduce_sum([float(bad), float(stop_now)], info))
+                    if bad:
+                        raise TrainingStopped(
+                            f"the loss became NaN/Inf at epoch {epoch + 1}, step {global_step + 1}; stopped without saving. "
+                            f"Last good checkpoint: {ckpt_path or 'none yet'} (lower --lr or add --clip-grad)"
+                        )
+                    scaler.scale(loss / group).backward()
                 batch_in_epoch += 1
+                if last_of_group:
+                    if cfg.clip_grad:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(base_model.parameters(), cfg.clip_grad)
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    if ema is not None:
+                        ema.update_parameters(base_model)
+                        _copy_counters(ema.module, base_model)
+                    global_step += 1
+                train_seconds += time.perf_counter() - t_last
                 n = len(hard)
                 correct = (logits.detach().argmax(dim=1) == hard).sum().item()
                 acc_sums[0] += loss.item() * n
@@ -650,10 +687,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                 seen += n
                 progress.step(batch_in_epoch - 1, acc_sums[0] / acc_sums[2], acc_sums[1] / acc_sums[2],
                               seen * info.world_size / max(time.perf_counter() - t_epoch, 1e-9))
-                if stop_now:
+                if last_of_group and stop_now:  # (a stop or a checkpoint waits for the optimizer step)
                     interrupted = True
                     break
-                if cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and batch_in_epoch < steps_per_epoch:
+                if last_of_group and cfg.save_every_steps and global_step % cfg.save_every_steps == 0 and batch_in_epoch < batches_per_epoch:
                     save()
                 t_last = time.perf_counter()
             if interrupted:
@@ -752,7 +789,7 @@ def _summary(cfg: TrainConfig, info: D.DistInfo, model_name: str, overrides: Map
         "top1": last.get("val_top1"), "top5": last.get("val_top5"), "loss": last.get("val_loss"),
         "best_top1": max((r["val_top1"] for r in history), default=None),
         "epochs": len(history), "epochs_planned": cfg.epochs, "train_seconds": round(train_seconds, 3),
-        "world_size": info.world_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
+        "world_size": info.world_size, "batch_size": cfg.batch_size, "grad_accum_steps": cfg.grad_accum_steps, "seed": cfg.seed,
         "ema": cfg.ema, "interrupted": interrupted, "last_checkpoint": str(ckpt) if ckpt else None,
         "device": str(info.device), "torch_threads": torch.get_num_threads(),
     }
