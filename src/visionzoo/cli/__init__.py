@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["CLIError", "build_parser", "check_device", "main"]
+__all__ = ["CLIError", "build_parser", "check_device", "check_picture_output", "main"]
 
 
 class CLIError(Exception):
@@ -38,6 +40,36 @@ def check_device(device: str | None) -> str | None:
     if cuda.group(1) is not None and int(cuda.group(1)) >= torch.cuda.device_count():
         raise CLIError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def check_output_folder(path: str | os.PathLike[str], flag: str = "--output") -> None:
+    """Refuse an output path whose folder cannot hold it: one above it is a file (the wording
+    of ``visionzoo export``), or its folder does not exist."""
+    p = Path(path)
+    above = next((q for q in p.parents if q.exists()), None)
+    if above is not None and not above.is_dir():
+        raise CLIError(f"{flag} {p}: {above} is a file, not a folder")
+    if not p.parent.is_dir():
+        raise CLIError(f"{flag} {p}: the folder {p.parent} does not exist")
+
+
+def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--output") -> None:
+    """Refuse a picture path that cannot be written before any work is done: a folder, a path
+    under a file or in a folder that does not exist, or a file type matplotlib does not write
+    (a name without an extension included: matplotlib would add ``.png`` to it)."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{flag} {p} is a folder; give the picture's file name (e.g. {p / 'out.png'})")
+    check_output_folder(p, flag)
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return  # the command says what to install
+    kinds = Figure().canvas.get_supported_filetypes()
+    if p.suffix.lower().lstrip(".") not in kinds:
+        raise CLIError(f"{flag} {p}: pictures are written as {', '.join('.' + k for k in sorted(kinds))}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from . import CLIError
+from . import CLIError, check_picture_output
 
 
 def _ints(text: str) -> list[int]:
@@ -21,27 +21,6 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _check_output(path: str | None) -> None:
-    """Refuse a picture path that cannot be written before any work is done: a folder that
-    does not exist, or a file type matplotlib does not write."""
-    if path is None:
-        return
-    from pathlib import Path
-
-    p = Path(path)
-    if p.is_dir():
-        raise CLIError(f"--output {p} is a folder; give the picture's file name (e.g. {p / 'out.png'})")
-    if not p.parent.is_dir():
-        raise CLIError(f"--output {p}: the folder {p.parent} does not exist")
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        return  # _plot says what to install
-    kinds = Figure().canvas.get_supported_filetypes()
-    if p.suffix.lower().lstrip(".") not in kinds:
-        raise CLIError(f"--output {p}: pictures are written as {', '.join('.' + k for k in sorted(kinds))}")
-
-
 def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
@@ -52,7 +31,7 @@ def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def cmd_rf(args: argparse.Namespace) -> int:
     from ..analysis import hdc_check, plot_receptive_field
 
-    _check_output(args.output)
+    check_picture_output(args.output)
     if args.output:
         verdict = _plot(plot_receptive_field, args.rates, args.output, kernel_size=args.kernel)
     else:
@@ -85,10 +64,13 @@ def _load_model(args: argparse.Namespace) -> Any:
         if args.img_size < 1:
             raise CLIError(f"--img-size must be positive, got {args.img_size}")
         kwargs["img_size"] = args.img_size
-    model = visionzoo.create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+    return visionzoo.create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+
+
+def _random_weights_note(args: argparse.Namespace) -> None:
+    """Said once the pictures are drawn, so that a refusal stays one line."""
     if args.checkpoint is None:
         print("note: random weights (pass --checkpoint for trained attention)", file=sys.stderr)
-    return model
 
 
 def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
@@ -115,22 +97,27 @@ def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
 def cmd_attention(args: argparse.Namespace) -> int:
     from ..analysis import plot_attention_distance, plot_attention_rollout, plot_position_embedding_similarity
 
-    _check_output(args.output)
+    check_picture_output(args.output)
+    if args.what == "rollout" and args.image is None:
+        raise CLIError("--image is required")
     if args.image is not None and not os.path.isfile(args.image):
         raise CLIError(f"--image {args.image}: no such file")
     model = _load_model(args)
     if args.what == "rollout":
         x = _load_image(args.image, model, required=True)
         _plot(plot_attention_rollout, model, x[0], args.output, head_fusion=args.head_fusion)
+        _random_weights_note(args)
         print(f"wrote {args.output}")
     elif args.what == "distance":
         x = _load_image(args.image, model, required=False)
         d = _plot(plot_attention_distance, model, x, args.output)
+        _random_weights_note(args)
         for i, row in enumerate(d):
             print(f"layer {i:2d}: " + " ".join(f"{v:6.1f}" for v in row))
         print(f"wrote {args.output} (mean attention distance in pixels, per head)")
     else:
         _plot(plot_position_embedding_similarity, model, args.output)
+        _random_weights_note(args)
         print(f"wrote {args.output}")
     return 0
 
@@ -143,7 +130,7 @@ def cmd_windows(args: argparse.Namespace) -> int:
     for flag, v in (("--size", H), ("--width", W), ("--window", args.window)):
         if v < 1:
             raise CLIError(f"{flag} must be positive, got {v}")
-    _check_output(args.output)
+    check_picture_output(args.output)
     note = ""
     if args.shift is not None:
         shift = args.shift

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError, check_device
+from . import CLIError, check_device, check_picture_output
 from ._preprocess import add_preprocessing_args, preprocessing_overrides
 
 
@@ -28,11 +28,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.workers < 0:
+        raise CLIError(f"--workers must be >= 0, got {args.workers}")
+    check_picture_output(args.output)  # before the evaluation, not after it
+    device = torch.device(check_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.amp == "fp16" and device.type != "cuda":
+        raise CLIError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
     model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
     p = info["preprocessing"]
     try:
         folder = Path(args.data)
-        trained_here = folder.is_dir() and info["data_path"] is not None and folder.resolve() == Path(info["data_path"])
+        if args.data == "digits":  # the run's own held-out fraction (recorded since runs record it for digits)
+            trained_here = info["data_path"] == "digits"
+        else:
+            trained_here = folder.is_dir() and info["data_path"] is not None and folder.resolve() == Path(info["data_path"])
         split = "held-out split"
         if args.data != "digits" and args.data not in TORCHVISION_SETS and folder.is_dir() and not (folder / "train").is_dir() and not trained_here:
             # a folder of class folders the model was not trained on: evaluate every image in it
@@ -56,14 +65,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.data}'s classes are not the checkpoint's: {', '.join(diff[:3])}{' ...' if len(diff) > 3 else ''} "
                        "(data vs checkpoint, in label order)")
     names = info["classes"] or data_classes
-    device = torch.device(check_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     dist = DistInfo(device=device)
-    res = evaluate(model, loader, dist, num_classes=info["num_classes"], confusion=True)
-    print(f"{info['model']} on {args.data} ({split}, {res['count']} images): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    # the autocast of train --amp, under which training computed its held-out figures
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16) if args.amp else None
+    res = evaluate(model, loader, dist, num_classes=info["num_classes"], autocast=autocast, confusion=True)
+    amp = f", {args.amp} autocast" if args.amp else ""
+    print(f"{info['model']} on {args.data} ({split}, {res['count']} images{amp}): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "confusion_matrix.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if plot_confusion(res["confusion"], names, out, title=f"{info['model']}: top-1 {res['top1']:.4f}"):
         print(f"confusion matrix: {out}")
     else:
@@ -80,6 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--output", default=None, metavar="PNG", help="confusion-matrix image (default: beside the checkpoint)")
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None,
+                   help="mixed precision, as train --amp (fp16 on CUDA only): give the run's --amp to reproduce its held-out figures")
+    p.add_argument("--output", default=None, metavar="PNG",
+                   help="confusion-matrix picture, e.g. cm.png (default: confusion_matrix.png beside the checkpoint)")
     add_preprocessing_args(p)
     p.set_defaults(func=cmd_eval)
