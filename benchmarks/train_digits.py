@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/train_digits.py [--threads 2] [--seeds 0 1 2] [--output runs/bench-digits]
 
-Runs the default (a 4-block ConvMixer of width 64, 3x3 depthwise kernels, channels-last, on 16x16
+Runs the default (a 4-block ConvMixer of width 64, 5x5 depthwise kernels, channels-last, on 16x16
 upsampled digits, 10 epochs, fixed
 stratified 20 % held-out split) with torch limited to ``--threads`` threads and prints, per seed,
 the held-out top-1 / top-5 and the seconds spent in training steps (evaluation and checkpoint

@@ -101,9 +101,19 @@ def _timm_builder(timm, name: str, size: int):
     return build
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)" after each option's help, except where the help names its
+    default itself or there is none to show (None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="throughput / latency / memory, optionally beside timm",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("bench", help="throughput / latency / memory, optionally beside timm", formatter_class=_DefaultsHelp)
     p.add_argument("names", nargs="+", metavar="NAME", help="model names; wildcards as in `visionzoo list` ('resnet*')")
     p.add_argument("--batch-size", type=int, default=4, help="images per step")
     p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: each model's)")

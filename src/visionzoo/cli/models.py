@@ -90,7 +90,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {_fmt(info['published_params_m'])} M)"),
         ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {paper_gmacs(info)})"),
         ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"),
-        ("top-1", f"{_fmt(info['published_top1'])} % (paper)"),
+        *([("top-1", f"{info['published_top1']} % (paper)")] if info["published_top1"] is not None else []),
         ("paper", info["paper"] or "-"),
     ]
     if info.get("published_note"):

@@ -25,6 +25,21 @@ def _as_json(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def _held_out_note(cfg: Any) -> str | None:
+    """The line that says a folder of class folders gives part of its images to validation
+    (it has no val/ of its own and --val-split was not given), or None."""
+    from ..train.data import DEFAULT_VAL_SPLIT, TORCHVISION_SETS
+
+    folder = Path(cfg.data)
+    if cfg.val_split is not None or cfg.data == "digits" or cfg.data in TORCHVISION_SETS or not folder.is_dir() or (folder / "train").is_dir():
+        return None
+    return f"holding out {DEFAULT_VAL_SPLIT:.0%} of {cfg.data} for validation (--val-split to change; a val/ folder to use your own)"
+
+
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -45,9 +60,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_device(args.device)
     if args.task == "segment":
         return _segment(args)
-    for flag in ("num_classes", "seg_head"):
-        if getattr(args, flag) is not None:
-            raise CLIError(f"{_flag(flag)} is an option of --task segment (a classifier takes its classes from its data)")
+    if args.num_classes is not None:
+        raise CLIError("--num-classes is an option of --task segment (a classifier takes its classes from its data)")
+    if args.seg_head is not None:
+        raise CLIError("--seg-head is an option of --task segment (the head a segmentation network puts on its backbone)")
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
@@ -71,6 +87,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.resume, cfg.output = True, args.output
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
+    note = _held_out_note(cfg)
+    if note and _is_rank0():
+        print(note, flush=True)
     try:
         summary = train(cfg)
     except TrainingStopped as e:
@@ -86,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     top1, top5 = summary["top1"], summary["top5"]
     print(
-        f"{summary['model']} on {summary['data']}: held-out top-1 {top1:.4f}, top-5 {top5:.4f} after {summary['epochs']} epochs, "
+        f"{summary['model']} on {summary['data']}: held-out top-1 {top1:.4f}, top-5 {top5:.4f} after {_epochs(summary['epochs'])}, "
         f"{summary['train_seconds']:.1f} s of training (world size {summary['world_size']}); outputs in {cfg.output}"
     )
     if args.json:
@@ -118,7 +137,7 @@ def _segment(args: argparse.Namespace) -> int:
         s = train_segmentation(cfg)
     except DataError as e:
         raise CLIError(str(e)) from None
-    print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {s['epochs']} epochs, "
+    print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {_epochs(s['epochs'])}, "
           f"{s['train_seconds']:.1f} s of training; outputs in {Path(s['checkpoint']).parent}")
     return 0
 
@@ -132,7 +151,7 @@ def _is_rank0() -> bool:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a classifier (no arguments: a small model on scikit-learn's digits, ~1 min on CPU)",
-        description="Train a classifier. Without arguments: a 4-block ConvMixer (3x3 kernels) on scikit-learn's 8x8 digits "
+        description="Train a classifier. Without arguments: a 4-block ConvMixer (5x5 depthwise kernels) on scikit-learn's 8x8 digits "
         "(upsampled to 16x16, fixed 20 percent held-out split). Under torchrun, data-parallel (DDP).",
     )
     p.add_argument("--task", choices=["classify", "segment"], default="classify",
@@ -143,7 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--data", default=None, help="digits (default) | cifar10 | cifar100 | mnist | fashion_mnist | PATH "
                    "(folder with train/ and val/ class folders, or class folders and --val-split)")
     g.add_argument("--data-dir", default=None, help="where torchvision datasets are stored (default: data)")
-    g.add_argument("--val-split", type=float, default=None, help="fraction held out when PATH has no val/ folder")
+    g.add_argument("--val-split", type=float, default=None,
+                   help="fraction held out for validation where the data has no val/ folder: digits and a PATH of "
+                   "class folders hold out 0.2 unless told (a PATH with train/ but no val/ needs it)")
     g.add_argument("--img-size", type=int, default=None)
     g.add_argument("--randaugment", action="store_true", default=None, help="RandAugment (digits: small random affine)")
     g.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
@@ -162,7 +183,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 0.01")
     g.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
     g.add_argument("--opt", choices=["adamw", "sgd"], default=None)
+    g.add_argument("--grad-accum-steps", type=int, default=None, metavar="N",
+                   help="sum the gradients of N batches per optimizer step: an effective batch of N x --batch-size (default 1)")
     g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup, then cosine decay (default 1)")
+    g.add_argument("--min-lr-ratio", type=float, default=None, metavar="R",
+                   help="where the cosine ends, as a fraction of the peak --lr, 0 <= R < 1 (default 0.01)")
     g.add_argument("--label-smoothing", type=float, default=None, help="default 0.1")
     g.add_argument("--mixup", type=float, default=None, metavar="ALPHA")
     g.add_argument("--cutmix", type=float, default=None, metavar="ALPHA")
@@ -183,5 +208,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep-checkpoints", type=int, default=None, help="how many step checkpoints to keep (default 1)")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default=None)
+    g.add_argument("--log-every", type=int, default=None, metavar="N",
+                   help="progress as lines (--progress lines, or auto off a terminal): a line every N steps (default 50)")
     g.add_argument("--json", action="store_true", help="print summary.json on the last line")
     p.set_defaults(func=cmd_train)

@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image"]
+__all__ = ["DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image"]
 
+#: the fraction of digits, or of a folder of class folders without val/, held out for validation
+DEFAULT_VAL_SPLIT = 0.2
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 # name -> (torchvision class, channels, native size, mean, std, horizontal flips make sense)
@@ -228,7 +230,7 @@ def _digits(img_size: int | None, seed: int, val_split: float | None, randaugmen
     x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
     y = torch.tensor(d.target, dtype=torch.long)
     # fixed stratified split: the same 20 % is held out whatever the training seed
-    frac = 0.2 if val_split is None else val_split
+    frac = DEFAULT_VAL_SPLIT if val_split is None else val_split
     rng = np.random.default_rng(0)
     val_idx = []
     for c in range(10):
@@ -370,7 +372,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
     else:
         classes, samples = scan_class_folders(root)
         _need_two_classes(root, classes)
-        train_samples, val_samples = _split(samples, val_split or 0.2, len(classes))
+        train_samples, val_samples = _split(samples, val_split or DEFAULT_VAL_SPLIT, len(classes))
     v2 = _v2()
     aug: list[Any] = [v2.ToImage(), _ToChannels(in_chans)]
     if randaugment:
