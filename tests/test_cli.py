@@ -1,0 +1,205 @@
+"""The command line's messages and options: outputs checked before the work, one-line errors,
+help texts that say what the code does. Tiny runs only (a second or two each), CPU."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import visionzoo
+from visionzoo.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# a 2-block ConvMixer of width 16 on 8x8 digits (as in test_train.py)
+TINY = ["--model", "convmixer_256_8", "--model-arg", "dim=16", "--model-arg", "depth=2", "--model-arg", "patch_size=2",
+        "--img-size", "8", "--batch-size", "32", "--progress", "none"]
+
+
+def _one_line_error(args, capsys, *needles):
+    """The command fails with exit code 2 and one line on stderr, having printed nothing else."""
+    rc = main(args)
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert not out.strip(), out  # refused before any work
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+def _image_folder(root: Path, classes=("a", "b"), n=5) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            img = (torch.rand(12, 12, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(img).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bf16_run(tmp_path_factory):
+    """One epoch of a tiny model on digits, trained and evaluated under bf16 autocast."""
+    pytest.importorskip("sklearn")
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--amp", "bf16", "--output", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------- eval
+@pytest.mark.parametrize("name, needle", [
+    ("afile", "pictures are written as"),          # matplotlib would write afile.png
+    ("cm.txt", "pictures are written as"),
+    ("adir.png", "is a folder"),
+    ("nodir/cm.png", "the folder"),
+    ("afile.txt/cm.png", "afile.txt is a file, not a folder"),
+])
+def test_eval_output_is_checked_before_evaluating(bf16_run, tmp_path, capsys, name, needle):
+    (tmp_path / "adir.png").mkdir()
+    (tmp_path / "afile.txt").write_text("x")
+    _one_line_error(["eval", "--checkpoint", str(bf16_run / "model.safetensors"), "--output", str(tmp_path / name)], capsys, needle)
+    assert not (tmp_path / "nodir").exists() and not (tmp_path / "afile.png").exists()
+
+
+def test_eval_prints_the_picture_it_wrote(bf16_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "cm.png"
+    assert main(["eval", "--checkpoint", str(bf16_run / "model.safetensors"), "--output", str(out)]) == 0
+    written = capsys.readouterr().out.split("confusion matrix: ")[1].strip()
+    assert Path(written) == out and out.is_file()
+
+
+def test_eval_amp_reproduces_the_runs_held_out_figures(bf16_run, capsys):
+    """Training validates under its --amp; eval --amp bf16 computes the same figures."""
+    s = json.loads((bf16_run / "summary.json").read_text())
+    ckpt = str(bf16_run / "model.safetensors")
+    assert main(["eval", "--checkpoint", ckpt, "--amp", "bf16", "--batch-size", "64", "--output", str(bf16_run / "cm.png")]) == 0
+    text = capsys.readouterr().out
+    assert f"bf16 autocast): top-1 {s['top1']:.4f}  top-5 {s['top5']:.4f}  loss {s['loss']:.4f}" in text, (text, s)
+    if not torch.cuda.is_available():
+        _one_line_error(["eval", "--checkpoint", ckpt, "--amp", "fp16"], capsys, "--amp fp16 needs a CUDA device")
+
+
+def test_eval_on_digits_holds_out_the_runs_own_split(tmp_path, capsys):
+    """A run with --val-split 0.1 (and gradient accumulation): eval --data digits scores the
+    same held-out images the run did, not the default 20 % (half of them trained on)."""
+    pytest.importorskip("sklearn")
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--val-split", "0.1", "--grad-accum-steps", "2", "--output", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["heldout_images"] == 179 and s["grad_accum_steps"] == 2  # 10 % of each class, rounded
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", "digits"]) == 0
+    text = capsys.readouterr().out
+    assert f"179 images): top-1 {s['top1']:.4f}  top-5 {s['top5']:.4f}  loss {s['loss']:.4f}" in text, (text, s)
+
+
+@pytest.mark.parametrize("cmd", ["eval", "train"])
+def test_workers_must_not_be_negative(tmp_path, capsys, cmd):
+    extra = ["--checkpoint", str(tmp_path / "c.safetensors")] if cmd == "eval" else ["--output", str(tmp_path / "o")]
+    _one_line_error([cmd, *extra, "--workers", "-1"], capsys, "--workers must be >= 0, got -1")
+
+
+# ---------------------------------------------------------------- analysis pictures
+def test_rf_output_under_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    _one_line_error(["rf", "--rates", "1,2", "--output", str(tmp_path / "afile" / "x.png")], capsys,
+                    f"{tmp_path / 'afile'} is a file, not a folder")
+    _one_line_error(["rf", "--rates", "1,2", "--output", str(tmp_path / "nodir" / "x.png")], capsys, "does not exist")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
+def test_attention_rollout_without_image_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch, name):
+    def build(*args, **kwargs):
+        raise AssertionError("the model was built")
+
+    monkeypatch.setattr(visionzoo, "create_model", build)
+    err = _one_line_error(["attention", "rollout", name, "--output", str(tmp_path / "a.png")], capsys, "--image is required")
+    assert "random weights" not in err
+
+
+def test_attention_refusal_of_a_cnn_is_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "img.png")
+    err = _one_line_error(["attention", "rollout", "resnet18", "--img-size", "32", "--image", str(tmp_path / "img.png"),
+                           "--output", str(tmp_path / "a.png")], capsys, "ViT-style")
+    assert "random weights" not in err
+
+
+# ---------------------------------------------------------------- train
+def test_train_help_names_the_default_models_kernel(capsys):
+    from visionzoo.train.engine import DEFAULT_MODELS
+
+    k = DEFAULT_MODELS["digits"][1]["kernel_size"]
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{k}x{k} depthwise kernels" in text
+    doc = (ROOT / "benchmarks" / "train_digits.py").read_text()
+    assert f"{k}x{k} depthwise kernels" in doc and "3x3" not in doc
+
+
+def test_resume_lists_only_real_flags(tmp_path, capsys):
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.engine import write_json_atomic
+
+    out = tmp_path / "run"
+    out.mkdir()
+    write_json_atomic(json.loads(json.dumps(TrainConfig().__dict__)), out / "config.json")
+    err = _one_line_error(["train", "--output", str(out), "--resume", "--lr", "0.1"], capsys, "it takes --epochs")
+    listed = re.findall(r"--[a-z-]+", err.split("it takes")[1])
+    sub = build_parser()._subparsers._group_actions[0].choices["train"]
+    known = {s for a in sub._actions for s in a.option_strings}
+    assert "--log-every" in listed and set(listed) <= known, set(listed) - known
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--min-lr-ratio", "1"], "--min-lr-ratio must be in [0, 1), got 1.0"),
+    (["--min-lr-ratio", "-0.1"], "--min-lr-ratio must be in [0, 1)"),
+    (["--log-every", "0"], "--log-every must be at least 1, got 0"),
+    (["--seg-head", "aspp"], "--seg-head is an option of --task segment (the head"),
+])
+def test_train_option_errors(tmp_path, capsys, args, needle):
+    err = _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)
+    assert "takes its classes" not in err
+
+
+def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(tmp_path, capsys):
+    data = _image_folder(tmp_path / "imgs")
+    args = ["train", "--data", str(data), *TINY, "--batch-size", "2", "--epochs", "1", "--progress", "lines", "--log-every", "1",
+            "--min-lr-ratio", "0.5"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"holding out 20% of {data} for validation (--val-split to change; a val/ folder to use your own)"
+    assert sum(" step " in line for line in lines) == 3  # steps 1-3 of 4; the epoch's line ends it
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["min_lr_ratio"] == 0.5
+    assert "after 1 epoch," in lines[-1]
+    assert main([*args, "--val-split", "0.4", "--output", str(tmp_path / "b")]) == 0
+    assert "holding out" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- info, bench, README
+def test_info_without_a_published_top1_prints_no_placeholder(capsys):
+    assert main(["info", "vit_base_patch16_224"]) == 0
+    text = capsys.readouterr().out
+    assert "- %" not in text and "top-1" not in text
+    assert main(["info", "resnet50"]) == 0
+    assert re.search(r"top-1\s+\d+(\.\d+)? % \(paper\)", capsys.readouterr().out)
+
+
+def test_bench_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: each model's)" in text and "(default: None)" not in text and "(default: 4)" in text
+
+
+def test_readme_says_what_load_segmentation_returns():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "load_segmentation(path)` rebuilds the network" not in readme
+    assert "`(model, metadata)` tuple" in readme
