@@ -86,16 +86,20 @@ def test_eval_amp_reproduces_the_runs_held_out_figures(bf16_run, capsys):
 
 def test_eval_on_digits_holds_out_the_runs_own_split(tmp_path, capsys):
     """A run with --val-split 0.1 (and gradient accumulation): eval --data digits scores the
-    same held-out images the run did, not the default 20 % (half of them trained on)."""
+    same held-out images the run did, not the default 20 % (half of them trained on); so do
+    the best epoch's weights."""
     pytest.importorskip("sklearn")
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "1", "--val-split", "0.1", "--grad-accum-steps", "2", "--output", str(out)]) == 0
+    assert main(["train", *TINY, "--epochs", "2", "--val-split", "0.1", "--grad-accum-steps", "2", "--output", str(out)]) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["heldout_images"] == 179 and s["grad_accum_steps"] == 2  # 10 % of each class, rounded
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", "digits"]) == 0
     text = capsys.readouterr().out
     assert f"179 images): top-1 {s['top1']:.4f}  top-5 {s['top5']:.4f}  loss {s['loss']:.4f}" in text, (text, s)
+    # the best epoch's weights (timm's model_best) score the run's best held-out top-1
+    assert main(["eval", "--checkpoint", str(out / "model_best.safetensors"), "--data", "digits"]) == 0
+    assert f"179 images): top-1 {s['best_top1']:.4f}" in capsys.readouterr().out and s["best_epoch"] in (1, 2)
 
 
 @pytest.mark.parametrize("cmd", ["eval", "train"])

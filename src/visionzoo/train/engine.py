@@ -587,6 +587,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else train_model
 
+    def eval_weights() -> nn.Module:  # the evaluated weights, unwrapped: what model.safetensors holds
+        return ema.module if ema is not None else base_model
+
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
         # every rank's RNG state travels to rank 0, which alone writes
@@ -720,6 +723,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             )
             if info.is_main:
                 _write_csv(history, out / "metrics.csv")
+                if row["val_top1"] > max((r["val_top1"] for r in history[:-1]), default=-1.0):  # timm's model_best
+                    from ..checkpoints import save_state_dict
+
+                    save_state_dict(eval_weights().state_dict(), out / "model_best.safetensors", metadata=meta)
                 if tb is not None:
                     for k in ("train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "lr"):
                         tb.add_scalar(k, row[k], row["epoch"])
@@ -735,10 +742,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     summary = _summary(cfg, info, model_name, overrides, data, history, train_seconds, base_model, interrupted, ckpt_path)
     if info.is_main:
         if not interrupted:
-            final = ema.module if ema is not None else base_model
             from ..checkpoints import save_state_dict
 
-            save_state_dict(final.state_dict(), out / "model.safetensors", metadata=meta)
+            save_state_dict(eval_weights().state_dict(), out / "model.safetensors", metadata=meta)
             summary["checkpoint"] = str(out / "model.safetensors")
         write_json_atomic(summary, out / "summary.json")
         if history:
@@ -790,6 +796,7 @@ def _summary(cfg: TrainConfig, info: D.DistInfo, model_name: str, overrides: Map
         "img_size": data.img_size, "params": sum(p.numel() for p in model.parameters()),
         "top1": last.get("val_top1"), "top5": last.get("val_top5"), "loss": last.get("val_loss"),
         "best_top1": max((r["val_top1"] for r in history), default=None),
+        "best_epoch": max(history, key=lambda r: r["val_top1"])["epoch"] if history else None,
         "epochs": len(history), "epochs_planned": cfg.epochs, "train_seconds": round(train_seconds, 3),
         "world_size": info.world_size, "batch_size": cfg.batch_size, "grad_accum_steps": cfg.grad_accum_steps, "seed": cfg.seed,
         "ema": cfg.ema, "interrupted": interrupted, "last_checkpoint": str(ckpt) if ckpt else None,
