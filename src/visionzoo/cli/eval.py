@@ -23,7 +23,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scan_class_folders,
     )
     from ..train.distributed import DistInfo
-    from ..train.engine import evaluate
+    from ..train.engine import amp_autocast, evaluate
     from ..train.inference import load_trained, plot_confusion
 
     if args.batch_size < 1:
@@ -32,8 +32,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CLIError(f"--workers must be >= 0, got {args.workers}")
     check_picture_output(args.output)  # before the evaluation, not after it
     device = torch.device(check_device(args.device) or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if args.amp == "fp16" and device.type != "cuda":
-        raise CLIError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    try:
+        autocast = amp_autocast(args.amp, device)  # the autocast of train --amp, under which training computed its held-out figures
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
     p = info["preprocessing"]
     try:
@@ -68,8 +70,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.to(device)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.workers)
     dist = DistInfo(device=device)
-    # the autocast of train --amp, under which training computed its held-out figures
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16 if args.amp == "bf16" else torch.float16) if args.amp else None
     res = evaluate(model, loader, dist, num_classes=info["num_classes"], autocast=autocast, confusion=True)
     amp = f", {args.amp} autocast" if args.amp else ""
     print(f"{info['model']} on {args.data} ({split}, {res['count']} images{amp}): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")

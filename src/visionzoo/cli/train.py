@@ -29,17 +29,6 @@ def _epochs(n: int) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def _held_out_note(cfg: Any) -> str | None:
-    """The line that says a folder of class folders gives part of its images to validation
-    (it has no val/ of its own and --val-split was not given), or None."""
-    from ..train.data import DEFAULT_VAL_SPLIT, TORCHVISION_SETS
-
-    folder = Path(cfg.data)
-    if cfg.val_split is not None or cfg.data == "digits" or cfg.data in TORCHVISION_SETS or not folder.is_dir() or (folder / "train").is_dir():
-        return None
-    return f"holding out {DEFAULT_VAL_SPLIT:.0%} of {cfg.data} for validation (--val-split to change; a val/ folder to use your own)"
-
-
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
@@ -87,9 +76,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.resume, cfg.output = True, args.output
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
-    note = _held_out_note(cfg)
-    if note and _is_rank0():
-        print(note, flush=True)
     try:
         summary = train(cfg)
     except TrainingStopped as e:

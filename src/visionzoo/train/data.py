@@ -55,6 +55,8 @@ class DataBundle:
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: said at the start of a run: how the held-out split was made where the user did not say
+    split_note: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -357,6 +359,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
     crop_pct = float(model_cfg.get("crop_pct", 0.875))
     interpolation = str(model_cfg.get("interpolation", "bilinear"))
     in_chans = 3 if len(mean) == 3 else len(mean)
+    note = None
     if (root / "train").is_dir():
         classes, train_samples = scan_class_folders(root / "train")
         _need_two_classes(root / "train", classes)
@@ -373,6 +376,8 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         classes, samples = scan_class_folders(root)
         _need_two_classes(root, classes)
         train_samples, val_samples = _split(samples, val_split or DEFAULT_VAL_SPLIT, len(classes))
+        if not val_split:
+            note = f"holding out {DEFAULT_VAL_SPLIT:.0%} of {root} for validation (--val-split to change; a val/ folder to use your own)"
     v2 = _v2()
     aug: list[Any] = [v2.ToImage(), _ToChannels(in_chans)]
     if randaugment:
@@ -388,6 +393,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         name=str(root), train=SeededTransform(ImageFiles(train_samples), v2.Compose(aug), seed),
         val=Subset(ImageFiles(val_samples), range(len(val_samples)), val_tf),
         classes=classes, in_chans=in_chans, img_size=size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct,
+        split_note=note,
     )
 
 

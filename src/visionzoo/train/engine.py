@@ -48,7 +48,7 @@ from .checkpoint import (
 )
 from .data import DataBundle, build_data
 
-__all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "evaluate", "train"]
+__all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "amp_autocast", "evaluate", "train"]
 
 # The model ``visionzoo train`` uses when none is named: per dataset, (name, config overrides).
 # On digits, a 4-block ConvMixer of width 64 with 5x5 depthwise kernels on 16x16 inputs (patch 1)
@@ -225,11 +225,14 @@ def _schedule(total: int, warmup: int, min_ratio: float) -> Callable[[int], floa
     return factor
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp is None:
+def amp_autocast(amp: str | None, device: torch.device):
+    """The autocast context of ``--amp`` (``bf16`` or ``fp16``) on ``device``, a null context
+    for None; ValueError for fp16 off CUDA (its loss scaling is CUDA's)."""
+    if amp is None:
         return nullcontext()
-    dtype = torch.bfloat16 if cfg.amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def _copy_counters(ema_model: nn.Module, model: nn.Module) -> None:
@@ -403,8 +406,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..registry import get_entry
 
     device = info.device
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on CPU")
+    autocast = amp_autocast(cfg.amp, device)
     model_name, overrides = cfg.resolved_model()
     if cfg.pretrained and not cfg.model_args:
         # weights written by visionzoo train name their model and configuration: fine-tune that architecture
@@ -449,6 +451,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     )
     if len(data.train) < info.world_size:
         raise ValueError(f"the training split has {len(data.train)} images, fewer than the {info.world_size} processes")
+    if data.split_note and info.is_main:
+        print(data.split_note, flush=True)
 
     # ---- model (same initial weights on every rank: DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
@@ -533,7 +537,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         parts = ([v2.MixUp(alpha=cfg.mixup, num_classes=data.num_classes)] if cfg.mixup > 0 else []) + (
             [v2.CutMix(alpha=cfg.cutmix, num_classes=data.num_classes)] if cfg.cutmix > 0 else [])
         mix = parts[0] if len(parts) == 1 else v2.RandomChoice(parts)
-    autocast = _autocast(cfg, device)
 
     # ---- state to resume
     epoch, batch_in_epoch, global_step, train_seconds = 0, 0, 0, 0.0
