@@ -102,8 +102,8 @@ class RegNetBlock(nn.Module):
         in_chs, out_chs: block input and output widths.
         stride: stride of the 3x3 convolution and of the projection shortcut.
         dilation: dilation rate of the 3x3 convolution.
-        project: a 1x1 convolution + BN on the shortcut; default where the width or the
-            stride changes.
+        project: a 1x1 convolution + BN on the shortcut also where neither the width nor the
+            stride changes (the first block of a dilated stage, as timm's).
         group_width: channels per group of the 3x3 convolution.
         bottle_ratio: bottleneck width / output width.
         se_ratio: SE bottleneck width as a fraction of ``in_chs`` (0: no SE).
@@ -114,7 +114,7 @@ class RegNetBlock(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, *, stride: int, group_width: int, bottle_ratio: float = 1.0, se_ratio: float = 0.0, drop_path: float = 0.0,
-                 dilation: int = 1, project: bool | None = None) -> None:
+                 dilation: int = 1, project: bool = False) -> None:
         super().__init__()
         mid = int(round(out_chs * bottle_ratio))
         self.conv1 = ConvNormAct(in_chs, mid, 1)
@@ -122,8 +122,7 @@ class RegNetBlock(nn.Module):
         # the SE width is relative to the block's input, not to the bottleneck (pycls)
         self.se = SqueezeExcite(mid, int(round(in_chs * se_ratio))) if se_ratio else nn.Identity()
         self.conv3 = ConvNormAct(mid, out_chs, 1, act_layer=None)
-        if project is None:
-            project = in_chs != out_chs or stride != 1
+        project = project or in_chs != out_chs or stride != 1
         self.downsample = ConvNormAct(in_chs, out_chs, 1, stride, act_layer=None) if project else nn.Identity()
         self.drop_path = DropPath(drop_path)
         self.act3 = nn.ReLU(inplace=True)
@@ -142,9 +141,8 @@ class RegNetStage(nn.Sequential):
         super().__init__()
         first, rest = dilation
         for i in range(depth):
-            project = in_chs != out_chs or stride != 1 or first != rest if i == 0 else None
             block = RegNetBlock(in_chs if i == 0 else out_chs, out_chs, stride=stride if i == 0 else 1, drop_path=drop_paths[i],
-                                dilation=first if i == 0 else rest, project=project, **block_kwargs)
+                                dilation=first if i == 0 else rest, project=i == 0 and first != rest, **block_kwargs)
             self.add_module(f"b{i + 1}", block)
 
 
