@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -265,8 +266,6 @@ def _caller_level() -> int:
     """``stacklevel`` that reports a warning at the first frame outside visionzoo and torch
     (the user's ``load_checkpoint`` or ``create_model(checkpoint=...)`` line), whatever
     decorators and wrappers lie between."""
-    import sys
-
     roots = tuple(os.path.dirname(m.__file__) + os.sep for m in (sys.modules["visionzoo"], torch))
     frame, level = sys._getframe(1), 1  # frame: the caller of warnings.warn
     while frame is not None and frame.f_code.co_filename.startswith(roots):

@@ -28,7 +28,11 @@ from torch import Tensor
 from ..checkpoints import CheckpointError, save_state_dict
 from ..checkpoints.io import publish, temp_beside
 
+#: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
+STATE_SUFFIX = ".state.pt"
+
 __all__ = [
+    "STATE_SUFFIX",
     "capture_rng",
     "effective_overrides",
     "latest_checkpoint",
@@ -162,11 +166,11 @@ def save_training_checkpoint(out_dir: Path, step: int, weights: Mapping[str, Ten
     ckdir.mkdir(parents=True, exist_ok=True)
     stem = f"step_{step:08d}"
     save_state_dict(weights, ckdir / f"{stem}.safetensors", metadata=metadata)
-    _save_torch_atomic(dict(state), ckdir / f"{stem}.state.pt")
-    write_json_atomic({"step": step, "weights": f"{stem}.safetensors", "state": f"{stem}.state.pt"}, ckdir / "latest.json")
+    _save_torch_atomic(dict(state), ckdir / f"{stem}{STATE_SUFFIX}")
+    write_json_atomic({"step": step, "weights": f"{stem}.safetensors", "state": f"{stem}{STATE_SUFFIX}"}, ckdir / "latest.json")
     olds = sorted(p for p in ckdir.glob("step_*.safetensors") if p.name != f"{stem}.safetensors")
     for p in olds[: max(0, len(olds) - (keep - 1))]:
-        for q in (p, p.with_name(p.name.replace(".safetensors", ".state.pt"))):
+        for q in (p, p.with_name(p.name.replace(".safetensors", STATE_SUFFIX))):
             q.unlink(missing_ok=True)
     return ckdir / f"{stem}.safetensors"
 

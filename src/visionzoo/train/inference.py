@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, load_checkpoint, read_state_dict
-from .checkpoint import read_metadata
+from .checkpoint import STATE_SUFFIX, read_metadata
 from .data import DataError, eval_transform, load_image
 
 __all__ = ["iter_predictions", "load_trained", "plot_confusion", "predict_images"]
@@ -39,7 +39,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
         raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run's weights are its model.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.name.endswith(".state.pt"):
+    if path.name.endswith(STATE_SUFFIX):
         raise CheckpointError(_training_state_message(path))
     meta = read_metadata(path)
     stored = meta.get("model")
@@ -88,7 +88,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
 def _training_state_message(path: Path) -> str:
     """The error for a ``step_*.state.pt`` file of ``visionzoo train``, naming the weights to
     use: the run's final ``model.safetensors`` where it exists, and the step's own weights."""
-    weights = [path.with_name(path.name.removesuffix(".state.pt") + ".safetensors")]
+    weights = [path.with_name(path.name.removesuffix(STATE_SUFFIX) + ".safetensors")]
     final = path.parent.parent / "model.safetensors"  # <run>/checkpoints/step_*.state.pt -> <run>/model.safetensors
     if path.parent.name == "checkpoints" and final.is_file():
         weights.insert(0, final)
