@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import model_metadata, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
-__all__ = ["SegmentConfig", "load_segmentation", "seg_metrics", "train_segmentation"]
+__all__ = ["SegFolder", "SegmentConfig", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
 
 IGNORE = 255
 # the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
@@ -102,6 +102,36 @@ def _pairs(root: Path) -> list[tuple[Path, Path]]:
     if not pairs:
         raise DataError(f"{img_dir} is empty")
     return pairs
+
+
+#: the fraction of a folder without ``val/`` that is held out (a fixed draw)
+HELD_OUT = 0.2
+
+
+def split_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[Path, Path]]]:
+    """(training, held-out) (image, mask) pairs of a segmentation folder: ``train/`` and
+    ``val/`` where the folder has them, else a fixed ``HELD_OUT`` share of ``images/`` held out
+    (the same draw on every call).
+
+    Raises:
+        DataError: a missing folder, an image without a mask, fewer than two images to split.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    if (root / "train").is_dir():
+        train_pairs = _pairs(root / "train")
+        val_pairs = _pairs(root / "val") if (root / "val").is_dir() else []
+    else:
+        train_pairs, val_pairs = _pairs(root), []
+    if not val_pairs:
+        if len(train_pairs) < 2:
+            raise DataError(f"{root}: at least two images are needed to hold one out")
+        shuffled = train_pairs[:]
+        random.Random(0).shuffle(shuffled)
+        n_val = max(1, round(HELD_OUT * len(shuffled)))
+        val_pairs, train_pairs = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    return train_pairs, val_pairs
 
 
 class SegFolder(Dataset):
@@ -197,22 +227,7 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     if (out / "model.safetensors").exists():
         raise ValueError(f"{out} already holds a segmentation run; choose another --output")
     root = Path(cfg.data)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
-    if (root / "train").is_dir():
-        train_pairs = _pairs(root / "train")
-        val_pairs = _pairs(root / "val") if (root / "val").is_dir() else []
-    else:
-        train_pairs = _pairs(root)
-        val_pairs = []
-    if not val_pairs:
-        rng = random.Random(0)
-        shuffled = train_pairs[:]
-        rng.shuffle(shuffled)
-        n_val = max(1, round(0.2 * len(shuffled)))
-        if len(shuffled) < 2:
-            raise DataError(f"{root}: at least two images are needed to hold one out")
-        val_pairs, train_pairs = sorted(shuffled[:n_val]), sorted(shuffled[n_val:])
+    train_pairs, val_pairs = split_pairs(root)
     top, top_mask = 0, None  # the largest label in the masks (255 ignored), and where
     for p, m in train_pairs + val_pairs:  # every pair checked before the run folder is made
         a = read_mask(m)
