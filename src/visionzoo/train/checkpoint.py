@@ -39,6 +39,7 @@ __all__ = [
     "load_training_state",
     "read_metadata",
     "restore_rng",
+    "restore_training",
     "save_training_checkpoint",
     "write_json_atomic",
 ]
@@ -198,3 +199,32 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001
         msg = str(e).split("\n")[0]
         raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {msg[:160]})") from None
+
+
+def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any, *,
+                     world_size: int, epochs: int, name: str) -> dict[str, Any]:
+    """Load the checkpoint pair ``resume_from`` (weights, state) into ``model``, ``optimizer``,
+    ``scheduler`` and ``scaler``; return the state (loop position, history, RNG states) for the
+    loop to take the rest from. ValueError (one line) where the run cannot continue: weights that
+    do not fit ``name``, another process count, ``epochs`` below those already trained."""
+    from safetensors.torch import load_file
+
+    weights, state_path = resume_from
+    sd, own = load_file(str(weights), device="cpu"), model.state_dict()
+    missing, unexpected = set(own) - set(sd), set(sd) - set(own)
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not fit {name} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:  # a shape: the line after torch's "Error(s) in loading state_dict for ..."
+        raise ValueError(f"{weights}: does not fit {name} ({str(e).splitlines()[-1].strip()})") from None
+    st = load_training_state(state_path)
+    if st["world_size"] != world_size:
+        raise ValueError(f"the run was saved with {st['world_size']} process(es); resume it with the same number, not {world_size}")
+    if st["epoch"] > epochs:
+        raise ValueError(f"--epochs {epochs}: the run in {weights.parent.parent} has already trained {st['epoch']} epochs; give more to continue it")
+    optimizer.load_state_dict(st["optimizer"])
+    scheduler.load_state_dict(st["scheduler"])
+    if st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
+    return st

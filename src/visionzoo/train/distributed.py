@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_reduce_sum", "broadcast_object", "cleanup", "init"]
+__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_reduce_sum", "average_norm_statistics", "broadcast_object", "cleanup", "init"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,21 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def average_norm_statistics(model: torch.nn.Module, info: DistInfo) -> None:
+    """Average the BatchNorm running statistics of ``model`` over all ranks (timm's
+    ``--dist-bn reduce``). Each rank updates them from its own batches, and DDP copies rank
+    0's only at the start of a training forward; without this, each rank would evaluate its
+    shard with other statistics, and the held-out figures would not be those of the saved
+    weights."""
+    if not info.enabled:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None:
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(info.world_size)
 
 
 def barrier(info: DistInfo) -> None:

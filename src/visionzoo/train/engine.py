@@ -40,9 +40,9 @@ from .checkpoint import (
     capture_rng,
     effective_overrides,
     latest_checkpoint,
-    load_training_state,
     model_metadata,
     restore_rng,
+    restore_training,
     save_training_checkpoint,
     write_json_atomic,
 )
@@ -385,6 +385,8 @@ def load_run_config(out_dir: Path) -> TrainConfig:
     if not path.is_file():
         raise ValueError(f"--resume: {out_dir} holds no config.json (not a visionzoo training folder)")
     saved = json.loads(path.read_text())
+    if saved.get("task") == "segment":
+        raise ValueError(f"--resume: {out_dir} holds a segmentation run; resume it with --task segment")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in saved.items() if k in fields})
 
@@ -543,22 +545,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     acc_sums = [0.0, 0.0, 0.0]  # loss sum, correct, count of the epoch so far
     history: list[dict[str, Any]] = []
     if resume_from is not None:
-        from safetensors.torch import load_file
-
-        weights, state_path = resume_from
-        sd = load_file(str(weights), device="cpu")
-        missing, unexpected = set(base_model.state_dict()) - set(sd), set(sd) - set(base_model.state_dict())
-        if missing or unexpected:
-            raise ValueError(f"{weights}: does not fit {model_name} (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
-        base_model.load_state_dict(sd)
-        st = load_training_state(state_path)
-        if st["world_size"] != info.world_size:
-            raise ValueError(f"the run was saved with {st['world_size']} process(es); resume it with the same number, not {info.world_size}")
-        if st["epoch"] > cfg.epochs:
-            raise ValueError(f"--epochs {cfg.epochs}: the run in {out} has already trained {st['epoch']} epochs; give more to continue it")
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"]) if st.get("scaler") else None
+        st = restore_training(resume_from, base_model, opt, sched, scaler, world_size=info.world_size, epochs=cfg.epochs, name=model_name)
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
@@ -569,7 +556,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         train_seconds, acc_sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
         restore_rng(st["rng"][info.rank] if isinstance(st["rng"], list) else st["rng"])
         if info.is_main:
-            print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({weights.name})", flush=True)
+            print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})", flush=True)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
@@ -619,18 +606,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if reason:
             progress.note(f"{reason}: checkpoint {ckpt_path}")
 
-    # ---- Ctrl-C (SIGINT) or SIGTERM (torchrun, schedulers): finish the current step, save, stop
-    stop = {"flag": False}
-    old_handlers: dict[int, Any] = {}
-    if threading_main():
-        def on_signal(signum: int, frame: Any) -> None:
-            stop["flag"] = True
-            # a second signal stops at once
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old_handlers[sig] = signal.signal(sig, on_signal)
-
+    stop = StopRequests()  # Ctrl-C or SIGTERM: finish the current step, save, stop
     interrupted = False
     try:
         while epoch < cfg.epochs:
@@ -665,7 +641,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                         out_ = train_model(x)
                         loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
                     bad = not torch.isfinite(loss.detach()).item()
-                    stop_now = stop["flag"]
+                    stop_now = stop.requested
                     if info.enabled:
                         bad, stop_now = (v > 0 for v in D.all_reduce_sum([float(bad), float(stop_now)], info))
                     if bad:
@@ -707,6 +683,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             # ---- end of epoch: metrics over all ranks, evaluation, records, checkpoint
             epoch_time = time.perf_counter() - t_epoch
             loss_sum, correct, count = D.all_reduce_sum(acc_sums, info)
+            D.average_norm_statistics(eval_weights(), info)
             ev = evaluate(eval_model(), val_loader, info, num_classes=data.num_classes, autocast=autocast,
                           channels_last=cfg.channels_last)
             row = {
@@ -736,8 +713,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                     tb.flush()
             save()
     finally:
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
+        stop.restore()
         if tb is not None:
             tb.close()
         progress.end_epoch("") if progress.bar is not None else None
@@ -753,6 +729,29 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if history:
             plot_curves(history, out / "curves.png")
     return summary
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) or SIGTERM (torchrun, job schedulers) sets ``requested`` instead of
+    stopping, so a training loop can finish its step, save a checkpoint and stop; a second
+    signal stops at once. Installed on creation (in the main thread only: elsewhere signals
+    cannot be caught and ``requested`` stays False); :meth:`restore` puts the old handlers back."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old.clear()
 
 
 def threading_main() -> bool:
