@@ -58,22 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.output:
             raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
-        try:
-            cfg = load_run_config(Path(args.output))
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-        unset = lambda k, v: k == "model_args" and not v  # noqa: E731  (no --model-arg given)
-        changed = [k for k, v in given.items() if k not in (*_RUNTIME, "epochs", "output", "resume")
-                   and not unset(k, v) and _as_json(v) != _as_json(getattr(cfg, k))]
-        if changed:
-            flags = ", ".join(f"{_flag(k)} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
-            runtime = ", ".join(_flag(k) for k in ("epochs", *_RUNTIME))
-            raise CLIError(f"--resume continues the run with the settings in its config.json and cannot change {flags}; "
-                           f"it takes {runtime}")
-        for k in (*_RUNTIME, "epochs"):
-            if k in given:
-                setattr(cfg, k, given[k])
-        cfg.resume, cfg.output = True, args.output
+        cfg = _resumed(load_run_config, given, args.output)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
     try:
@@ -99,32 +84,65 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resumed(load: Any, given: dict[str, Any], output: str) -> Any:
+    """The configuration of the run in ``output`` (``load(path)`` reads its config.json), with
+    ``--epochs`` and the run options in ``given`` applied; CLIError where ``given`` would
+    change any other setting."""
+    try:
+        cfg = load(Path(output))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    runtime = [k for k in _RUNTIME if hasattr(cfg, k)]
+    unset = lambda k, v: k == "model_args" and not v  # noqa: E731  (no --model-arg given)
+    changed = [k for k, v in given.items() if k not in (*runtime, "epochs", "output", "resume")
+               and not unset(k, v) and _as_json(v) != _as_json(getattr(cfg, k))]
+    if changed:
+        flags = ", ".join(f"{_flag(k)} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
+        raise CLIError(f"--resume continues the run with the settings in its config.json and cannot change {flags}; "
+                       f"it takes {', '.join(_flag(k) for k in ('epochs', *runtime))}")
+    for k in ("epochs", *runtime):
+        if k in given:
+            setattr(cfg, k, given[k])
+    cfg.resume, cfg.output = True, output
+    return cfg
+
+
 def _segment(args: argparse.Namespace) -> int:
     from ..train.data import DataError
-    from ..train.segment import SegmentConfig, train_segmentation
+    from ..train.engine import TrainingStopped
+    from ..train.segment import SegmentConfig, load_run_config, train_segmentation
 
-    if not args.data or args.data == "digits":
-        raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
-    cfg = SegmentConfig(data=args.data)
-    used = ("model", "num_classes", "img_size", "epochs", "batch_size", "lr", "weight_decay", "seed", "pretrained", "output", "device", "progress")
+    fields = set(SegmentConfig.__dataclass_fields__)
     ignored = [_flag(k) for k, v in vars(args).items()
-               if v is not None and v is not False and k not in (*used, "data", "model_arg", "seg_head", "task", "func", "command", "debug", "json")]
+               if v is not None and v is not False and k not in (*fields, "model_arg", "seg_head", "task", "func", "command", "debug", "json")]
     if ignored:
         raise CLIError(f"--task segment does not take {', '.join(ignored)} (a classifier's options)")
-    for k in used:
-        v = getattr(args, k, None)
-        if v is not None:
-            setattr(cfg, k, v)
+    given = {k: v for k, v in vars(args).items() if v is not None and k in fields and k != "resume"}
     if args.model_arg:
-        cfg.model_args = _parse_model_args(args.model_arg)
+        given["model_args"] = _parse_model_args(args.model_arg)
     if args.seg_head:
-        cfg.head = args.seg_head
+        given["head"] = args.seg_head
+    if args.resume:
+        if not args.output:
+            raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
+        cfg = _resumed(load_run_config, given, args.output)
+    elif not args.data or args.data == "digits":
+        raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
+    else:
+        cfg = SegmentConfig(**given)
     try:
         s = train_segmentation(cfg)
-    except DataError as e:
+    except (DataError, TrainingStopped) as e:
         raise CLIError(str(e)) from None
+    if s["world_size"] > 1 and not _is_rank0():
+        return 0
+    if s["interrupted"]:
+        print(f"interrupted; continue with: visionzoo train --task segment --output {cfg.output} --resume", file=sys.stderr)
+        return 130
     print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {_epochs(s['epochs'])}, "
-          f"{s['train_seconds']:.1f} s of training; outputs in {Path(s['checkpoint']).parent}")
+          f"{s['train_seconds']:.1f} s of training (world size {s['world_size']}); outputs in {cfg.output}")
+    if args.json:
+        print(json.dumps(s))
     return 0
 
 

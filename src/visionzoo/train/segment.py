@@ -10,16 +10,24 @@ default; ``--seg-head aspp``, or ``hrnetv2`` on an HRNet). Training adds horizon
 Reported: per-class and mean IoU and Dice on the held-out images, computed at ``--img-size``
 (images and masks resized to that square, masks by nearest neighbour).
 
-A run writes ``model.safetensors`` (metadata: backbone, head and its width, classes,
-preprocessing), ``metrics.csv`` and ``summary.json``. Single process, no resume (classification
-has those); the checkpoint is rewritten at each epoch end.
+AdamW, a linear warm-up over the first tenth of the steps, then a cosine decay to 0.
+
+A run writes ``config.json``, ``metrics.csv``, ``summary.json``, ``model.safetensors`` (metadata:
+backbone, head and its width, classes, preprocessing, the data folder), ``model_best.safetensors``
+(the epoch of the best held-out mIoU) and, as classification runs do, a training checkpoint in
+``checkpoints/`` at each epoch end (and every ``--save-every-steps``): ``--resume`` continues
+from it exactly, Ctrl-C or SIGTERM saves one mid-epoch and stops. Under ``torchrun`` the
+processes train one network (DDP), each evaluating a shard of the held-out images; ``--amp``
+trains in mixed precision.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +37,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from . import distributed as D
 from .checkpoint import model_metadata, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
-__all__ = ["SegFolder", "SegmentConfig", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
+__all__ = ["SegFolder", "SegmentConfig", "evaluate_segmentation", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
 
 IGNORE = 255
 # the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
@@ -41,6 +50,8 @@ SMALL_BACKBONE = dict(depths=(1, 1, 2, 1), dims=(24, 48, 96, 192))
 
 @dataclass
 class SegmentConfig:
+    """The options of ``visionzoo train --task segment`` (see the module docstring)."""
+
     data: str
     model: str = "convnext_tiny"
     head: str = "fpn"
@@ -52,12 +63,38 @@ class SegmentConfig:
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 0.05
+    amp: str | None = None
     seed: int = 0
     pretrained: str | None = None
     output: str | None = None
+    resume: bool = False
+    save_every_steps: int = 0
+    keep_checkpoints: int = 1
+    workers: int = 0
     device: str | None = None
     progress: str = "auto"
 
+    def check(self) -> None:
+        """Raise ValueError (one line) for values training cannot use."""
+        whole = self.model in WHOLE_NETWORKS
+        if whole and (self.head != "fpn" or self.pretrained is not None or self.channels != SegmentConfig.channels):
+            raise ValueError(f"{self.model} is a whole segmentation network: it takes no --seg-head, head width or --pretrained backbone")
+        if self.num_classes is not None and self.num_classes < 2:
+            raise ValueError(f"--num-classes must be at least 2 (background and one class), got {self.num_classes}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        for name in ("epochs", "batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("save_every_steps", "workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"--amp must be bf16 or fp16, got {self.amp!r}")
+
+
+#: the share of the steps over which the learning rate warms up, before its cosine decay to 0
+WARMUP = 0.1
 
 #: backbones that are whole segmentation networks: they take no --seg-head, head width or checkpoint
 WHOLE_NETWORKS = ("unext", "unext_s")
@@ -188,48 +225,46 @@ def seg_metrics(conf: Tensor) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _evaluate(model: torch.nn.Module, loader: DataLoader, C: int, device: torch.device) -> dict[str, Any]:
+def evaluate_segmentation(model: torch.nn.Module, loader: DataLoader, num_classes: int, device: torch.device, *,
+                          info: D.DistInfo | None = None, autocast: Any = None) -> dict[str, Any]:
+    """Held-out loss (per labelled pixel) and :func:`seg_metrics` of ``model`` over ``loader``;
+    with ``info`` of a data-parallel run, each rank's shard summed over all ranks."""
     model.eval()
+    C = num_classes
     conf = torch.zeros(C, C, dtype=torch.long)
     loss_sum, n = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        out = model(x)
+        with autocast or nullcontext():
+            out = model(x)
+        out = out.float()
         loss_sum += F.cross_entropy(out, y, ignore_index=IGNORE, reduction="sum").item()
-        n += int((y != IGNORE).sum())
-        pred = out.argmax(1)
         keep = y != IGNORE
-        conf += torch.bincount((y[keep] * C + pred[keep]).cpu(), minlength=C * C).view(C, C)
+        n += int(keep.sum())
+        conf += torch.bincount((y[keep] * C + out.argmax(1)[keep]).cpu(), minlength=C * C).view(C, C)
+    if info is not None and info.enabled:
+        *counts, loss_sum, n = D.all_reduce_sum([*conf.view(-1).tolist(), loss_sum, n], info)
+        conf = torch.tensor(counts, dtype=torch.long).view(C, C)
     return {"loss": loss_sum / max(n, 1), **seg_metrics(conf)}
 
 
 def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
+    """Train (or, with ``cfg.resume``, continue) a segmentation run; returns its summary.json."""
+    cfg.check()
+    info = D.init(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        D.cleanup()
+
+
+def _check_data(train_pairs: list[tuple[Path, Path]], val_pairs: list[tuple[Path, Path]], num_classes: int | None) -> int:
+    """The class count (largest label + 1, or ``num_classes``), every pair checked first: a
+    readable image and mask of the same size, labels within the classes."""
     from PIL import Image
 
-    from ..checkpoints import save_state_dict
-    from ..registry import get_entry
-    from ..tasks import create_segmentation_model
-
-    whole = cfg.model in WHOLE_NETWORKS
-    if whole and (cfg.head != "fpn" or cfg.pretrained is not None or cfg.channels != SegmentConfig.channels):
-        raise ValueError(f"{cfg.model} is a whole segmentation network: it takes no --seg-head, head width or --pretrained backbone")
-    if cfg.num_classes is not None and cfg.num_classes < 2:
-        raise ValueError(f"--num-classes must be at least 2 (background and one class), got {cfg.num_classes}")
-    if not cfg.lr > 0:
-        raise ValueError(f"--lr must be positive, got {cfg.lr}")
-    if cfg.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1, got {cfg.epochs}")
-    if cfg.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
-    out = Path(cfg.output or f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
-    if (out / "model.safetensors").exists():
-        raise ValueError(f"{out} already holds a segmentation run; choose another --output")
-    root = Path(cfg.data)
-    train_pairs, val_pairs = split_pairs(root)
     top, top_mask = 0, None  # the largest label in the masks (255 ignored), and where
-    for p, m in train_pairs + val_pairs:  # every pair checked before the run folder is made
+    for p, m in train_pairs + val_pairs:
         a = read_mask(m)
         try:
             with Image.open(p) as im:
@@ -241,80 +276,201 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         a = a[a != IGNORE]
         if a.size and int(a.max()) > top:
             top, top_mask = int(a.max()), m
-    C = top + 1 if cfg.num_classes is None else cfg.num_classes
+    C = top + 1 if num_classes is None else num_classes
     if top >= C:
         raise DataError(f"{top_mask} holds label {top}, but --num-classes {C} allows labels 0..{C - 1} (and {IGNORE}: ignored)")
     if C < 2:
-        raise DataError(f"{root}: the masks hold a single class; segmentation needs at least two")
+        raise DataError(f"{train_pairs[0][1].parent.parent}: the masks hold a single class; segmentation needs at least two")
+    return C
+
+
+def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
+    from ..checkpoints import save_state_dict
+    from ..registry import get_entry
+    from ..tasks import create_segmentation_model
+    from .checkpoint import capture_rng, latest_checkpoint, restore_rng, restore_training, save_training_checkpoint
+    from .engine import StopRequests, TrainingStopped, _schedule, amp_autocast
+
+    whole = cfg.model in WHOLE_NETWORKS
+    device = info.device
+    autocast = amp_autocast(cfg.amp, device)
+    if cfg.output is None:
+        if cfg.resume:
+            raise ValueError("--resume needs --output DIR (the folder of the run to continue)")
+        cfg.output = D.broadcast_object(f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
+    resume_from = latest_checkpoint(out) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
+    if not cfg.resume and ((out / "model.safetensors").exists() or latest_checkpoint(out) is not None):
+        raise ValueError(f"{out} already holds a segmentation run; pass --resume to continue it or choose another --output")
+    root = Path(cfg.data)
+    train_pairs, val_pairs = split_pairs(root)
+    C = _check_data(train_pairs, val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
+    if len(train_pairs) < info.world_size:
+        raise ValueError(f"the training split has {len(train_pairs)} images, fewer than the {info.world_size} processes")
     entry = None if whole else get_entry(cfg.model)
     dcfg = entry.default_cfg if entry else {}
     mean, std = dcfg.get("mean", (0.485, 0.456, 0.406)), dcfg.get("std", (0.229, 0.224, 0.225))
-    torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.model_args is None:
         cfg.model_args = dict(SMALL_BACKBONE) if cfg.model == "convnext_tiny" else {}
     kwargs: dict[str, Any] = dict(cfg.model_args)
     if entry is not None:
-        kwargs.update(head=cfg.head, checkpoint=cfg.pretrained)
+        kwargs.update(head=cfg.head, checkpoint=None if resume_from else cfg.pretrained)
         if cfg.head != "hrnetv2":  # HRNetV2's head has its own width and takes any size
             kwargs.update(channels=cfg.channels, img_size=cfg.img_size)
     model = create_segmentation_model(cfg.model, C, **kwargs).to(device)
+    train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
+    torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout: independent draws per rank
     train_ds = SegFolder(train_pairs, cfg.img_size, mean, std, train=True)
     train_ds.seed = cfg.seed
     val_ds = SegFolder(val_pairs, cfg.img_size, mean, std, train=False)
-    g = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, generator=g, drop_last=len(train_ds) > cfg.batch_size)
-    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size)
+    sampler = D.ResumableSampler(train_ds, info, seed=cfg.seed, drop_last=False)
+    drop_last = sampler.num_samples > cfg.batch_size
+    per_epoch = sampler.num_samples // cfg.batch_size if drop_last else math.ceil(sampler.num_samples / cfg.batch_size)
+    loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, sampler=D.ShardSampler(len(val_ds), info), **loader_kw)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.1)
-    out.mkdir(parents=True, exist_ok=True)
+    total = cfg.epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, max(1, round(WARMUP * total)), 0.0))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+
+    epoch, batch_in_epoch, step, train_seconds, sums = 0, 0, 0, 0.0, [0.0, 0.0]  # sums: loss x images, images
     history: list[dict[str, Any]] = []
-    train_seconds = 0.0
-    show = cfg.progress != "none"
-    for epoch in range(cfg.epochs):
-        train_ds.epoch = epoch
-        model.train()
-        loss_sum, n = 0.0, 0
-        t0 = time.perf_counter()
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            loss = F.cross_entropy(model(x), y, ignore_index=IGNORE)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"the loss became NaN/Inf at epoch {epoch + 1}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.item() * len(x)
-            n += len(x)
-        train_seconds += time.perf_counter() - t0
-        ev = _evaluate(model, val_loader, C, device)
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(n, 1), "val_loss": ev["loss"], "miou": ev["miou"],
-               "mdice": ev["mdice"], "pixel_acc": ev["pixel_acc"]}
-        history.append(row)
-        if show:
-            print(f"epoch {epoch + 1}/{cfg.epochs} train loss {row['train_loss']:.4f} | held-out loss {ev['loss']:.4f} "
-                  f"mIoU {ev['miou']:.4f} mDice {ev['mdice']:.4f} pixel acc {ev['pixel_acc']:.4f}", flush=True)
-        meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
-                              {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment",
-                              **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
-        save_state_dict(model.state_dict(), out / "model.safetensors", metadata=meta)
-        lines = ["epoch,train_loss,val_loss,miou,mdice,pixel_acc"] + [
-            ",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in ("epoch", "train_loss", "val_loss", "miou", "mdice", "pixel_acc"))
-            for r in history
-        ]
-        (out / "metrics.csv").write_text("\n".join(lines) + "\n")
+    if resume_from is not None:
+        st = restore_training(resume_from, model, opt, sched, scaler, world_size=info.world_size, epochs=cfg.epochs,
+                              name=f"the {cfg.model} network of this run")
+        epoch, batch_in_epoch, step = st["epoch"], st["batch_in_epoch"], st["global_step"]
+        train_seconds, sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
+        restore_rng(st["rng"][info.rank])
+    meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
+                          {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment",
+                          data_path=str(root.resolve()), **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
+    show = cfg.progress != "none" and info.is_main
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_from is None:
+            write_json_atomic({"task": "segment", **dataclasses.asdict(cfg)}, out / "config.json")
+        elif show:
+            print(f"resuming {out} at epoch {epoch + 1}, step {step} ({resume_from[0].name})", flush=True)
+    D.barrier(info)
+    ckpt_path: Path | None = resume_from[0] if resume_from else None
+
+    def save(reason: str = "") -> None:
+        nonlocal ckpt_path
+        rng: Any = [capture_rng()]
+        if info.enabled:  # every rank's RNG state travels to rank 0, which alone writes
+            rng = [None] * info.world_size
+            torch.distributed.all_gather_object(rng, capture_rng())
+        if not info.is_main:
+            return
+        state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                 "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": step, "train_seconds": train_seconds,
+                 "epoch_sums": list(sums), "history": history, "world_size": info.world_size, "rng": rng}
+        ckpt_path = save_training_checkpoint(out, step, model.state_dict(), meta, state, keep=cfg.keep_checkpoints)
+        if reason and show:
+            print(f"{reason}: checkpoint {ckpt_path}", flush=True)
+
+    stop = StopRequests()  # Ctrl-C or SIGTERM: finish the current step, save, stop
+    interrupted = False
+    try:
+        while epoch < cfg.epochs:
+            train_ds.epoch = epoch
+            sampler.set_position(epoch, batch_in_epoch * cfg.batch_size)
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=drop_last, **loader_kw)
+            train_model.train()
+            t_last = time.perf_counter()
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast:
+                    loss = F.cross_entropy(train_model(x).float(), y, ignore_index=IGNORE)
+                bad, stop_now = D.all_reduce_sum([float(not torch.isfinite(loss.detach()).item()), float(stop.requested)], info)
+                if bad:
+                    raise TrainingStopped(f"the loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; stopped without saving. "
+                                          f"Last good checkpoint: {ckpt_path or 'none yet'} (lower --lr)")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                step += 1
+                batch_in_epoch += 1
+                sums[0] += loss.item() * len(x)
+                sums[1] += len(x)
+                train_seconds += time.perf_counter() - t_last
+                if stop_now:
+                    interrupted = True
+                    break
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0 and batch_in_epoch < per_epoch:
+                    save()
+                t_last = time.perf_counter()
+            if interrupted:
+                save("interrupted")
+                break
+            loss_sum, count = D.all_reduce_sum(sums, info)
+            D.average_norm_statistics(model, info)
+            ev = evaluate_segmentation(model, val_loader, C, device, info=info, autocast=autocast)
+            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(count, 1), "val_loss": ev["loss"], "miou": ev["miou"],
+                   "mdice": ev["mdice"], "pixel_acc": ev["pixel_acc"], "iou": ev["iou"], "dice": ev["dice"]}
+            history.append(row)
+            epoch, batch_in_epoch, sums = epoch + 1, 0, [0.0, 0.0]
+            if show:
+                print(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} | held-out loss {ev['loss']:.4f} "
+                      f"mIoU {ev['miou']:.4f} mDice {ev['mdice']:.4f} pixel acc {ev['pixel_acc']:.4f}", flush=True)
+            if info.is_main:
+                _write_metrics(history, out / "metrics.csv")
+                if row["miou"] > max((r["miou"] for r in history[:-1]), default=-1.0):
+                    save_state_dict(model.state_dict(), out / "model_best.safetensors", metadata=meta)
+            save()
+    finally:
+        stop.restore()
+
+    last = history[-1] if history else {}
+    best = max(history, key=lambda r: r["miou"]) if history else {}
     summary = {
         "task": "segment", "model": cfg.model, "head": cfg.model if whole else cfg.head, "data": str(root), "num_classes": C,
         "train_images": len(train_ds), "heldout_images": len(val_ds), "img_size": cfg.img_size,
-        "miou": ev["miou"], "mdice": ev["mdice"], "iou_per_class": ev["iou"], "dice_per_class": ev["dice"],
-        "pixel_acc": ev["pixel_acc"], "miou_per_epoch": [r["miou"] for r in history],
-        "epochs": cfg.epochs, "train_seconds": round(train_seconds, 3), "world_size": 1,
-        "checkpoint": str(out / "model.safetensors"),
+        "miou": last.get("miou"), "mdice": last.get("mdice"), "iou_per_class": last.get("iou"), "dice_per_class": last.get("dice"),
+        "pixel_acc": last.get("pixel_acc"), "miou_per_epoch": [r["miou"] for r in history],
+        "best_miou": best.get("miou"), "best_epoch": best.get("epoch"),
+        "epochs": len(history), "epochs_planned": cfg.epochs, "train_seconds": round(train_seconds, 3), "world_size": info.world_size,
+        "batch_size": cfg.batch_size, "amp": cfg.amp, "seed": cfg.seed, "interrupted": interrupted,
+        "last_checkpoint": str(ckpt_path) if ckpt_path else None, "checkpoint": None,
     }
-    write_json_atomic(summary, out / "summary.json")
+    if info.is_main:
+        if not interrupted:
+            save_state_dict(model.state_dict(), out / "model.safetensors", metadata=meta)
+            summary["checkpoint"] = str(out / "model.safetensors")
+        write_json_atomic(summary, out / "summary.json")
     return summary
+
+
+METRICS_FIELDS = ("epoch", "step", "train_loss", "val_loss", "miou", "mdice", "pixel_acc")
+
+
+def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
+    lines = [",".join(METRICS_FIELDS)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in METRICS_FIELDS) for r in history]
+    tmp = path.with_suffix(".csv.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def load_run_config(out_dir: Path) -> SegmentConfig:
+    """The configuration a segmentation run in ``out_dir`` was started with (config.json)."""
+    import json
+
+    path = out_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ValueError(f"--resume: {out_dir} holds no readable config.json (not a visionzoo training folder)") from None
+    if saved.get("task") != "segment":
+        raise ValueError(f"--resume: {out_dir} holds a classification run; resume it without --task segment")
+    fields = {f.name for f in dataclasses.fields(SegmentConfig)}
+    return SegmentConfig(**{k: v for k, v in saved.items() if k in fields})
 
 
 def load_segmentation(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
