@@ -7,6 +7,7 @@ import timm.layers
 import torch
 import torch.nn.functional as F
 
+import visionzoo
 from visionzoo.layers import (
     Attention,
     Conv2d,
@@ -341,6 +342,33 @@ def test_fused_linear_reorders_a_weight_once_it_is_reused():
         for _ in range(2):
             torch.testing.assert_close(linear_act(x, w), x @ w.T, rtol=1e-5, atol=1e-5)
         assert w not in _BLOCKED
+
+
+@needs_onednn
+@pytest.mark.usefixtures("onednn_on")
+@pytest.mark.parametrize("name, folded", [
+    ("convnext_tiny", lambda m: m.stages[0].blocks[0]._fc2_folded()[0]),  # fc2 times the layer scale
+    ("coatnet_0_224", lambda m: m.stages[1].blocks[0]._folded_expansion()[0]),  # 1x1 expansion with two BatchNorms folded
+])
+def test_folded_weights_reach_the_blocked_linear_cache(name, folded):
+    """A weight folded once and kept (DerivedCache) is, from its second use, run from linear's
+    blocked copy: computed inside inference_mode it used to be an inference tensor, which that
+    cache cannot track, so it was reordered on every call (ConvNeXt-T 6 % slower)."""
+    from visionzoo.layers.linear import _BLOCKED, _reorder_works
+
+    if not _reorder_works():
+        pytest.skip("torch build cannot reorder linear weights")
+    small = dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)) if name == "convnext_tiny" else {}
+    m = visionzoo.create_model(name, num_classes=10, **small).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ref = m(x)
+        torch.testing.assert_close(m(x), ref)  # the second call runs from the blocked copy
+        w = folded(m)
+        assert not w.is_inference() and not w.requires_grad
+        assert _BLOCKED._entries.get(w, (None, (None,)))[1][0] is not None
+    with torch.no_grad(), use_onednn_linear(False):
+        torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_derived_cache_sees_a_dtype_round_trip_that_reuses_the_weight_address():

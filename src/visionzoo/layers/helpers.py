@@ -233,7 +233,10 @@ class DerivedCache:
         hit = self._hit(owner, key)
         if hit is not None:
             return hit
-        value = compute()
+        # plain tensors even inside inference_mode: a cached weight handed to a cache of its
+        # own (linear's blocked copy) must be trackable there, and inference tensors are not
+        with torch.inference_mode(False), torch.no_grad():
+            value = compute()
         if value is not None:
             self._store(owner, sources, key, value)
         return value
