@@ -289,7 +289,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
     from .checkpoint import capture_rng, latest_checkpoint, restore_rng, restore_training, save_training_checkpoint
-    from .engine import StopRequests, TrainingStopped, _schedule, amp_autocast
+    from .engine import StopRequests, TrainingStopped, _schedule, _worker_init, amp_autocast
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -331,7 +331,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     sampler = D.ResumableSampler(train_ds, info, seed=cfg.seed, drop_last=False)
     drop_last = sampler.num_samples > cfg.batch_size
     per_epoch = sampler.num_samples // cfg.batch_size if drop_last else math.ceil(sampler.num_samples / cfg.batch_size)
-    loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda")
+    loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init if cfg.workers else None)
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, sampler=D.ShardSampler(len(val_ds), info), **loader_kw)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * per_epoch
