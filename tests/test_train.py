@@ -374,13 +374,13 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     curve = s["miou_per_epoch"]
     assert curve[-1] > curve[0] + 0.1, curve
     # the metadata rebuilds the network (backbone and its overrides, head and its width);
-    # eval / predict, which take classifiers, say what the checkpoint is
+    # predict, which writes label maps for it, asks where (tests/test_seg_cli.py)
     from visionzoo.train.segment import load_segmentation
 
     net, meta = load_segmentation(out / "model.safetensors")
     assert meta["channels"] == 64 and net(torch.zeros(1, 3, 20, 28)).shape == (1, 3, 20, 28)
     _one_line_error(["predict", str(data / "images" / "0.png"), "--checkpoint", str(out / "model.safetensors")], capsys,
-                    "is a segmentation network (convnext_tiny)")
+                    "is a segmentation network (convnext_tiny)", "pass --output-dir DIR")
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nothing")], capsys, "not found")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--output", str(out)], capsys, "already holds a segmentation run")
     _one_line_error(["train", "--task", "segment", "--data", str(data), "--num-classes", "2", "--output", str(tmp_path / "two")], capsys,

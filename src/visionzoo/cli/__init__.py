@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLIError", "build_parser", "check_device", "check_picture_output", "main"]
+__all__ = ["CLIError", "build_parser", "check_device", "check_output_dir", "check_picture_output", "main"]
 
 
 class CLIError(Exception):
@@ -51,6 +51,20 @@ def check_output_folder(path: str | os.PathLike[str], flag: str = "--output") ->
         raise CLIError(f"{flag} {p}: {above} is a file, not a folder")
     if not p.parent.is_dir():
         raise CLIError(f"{flag} {p}: the folder {p.parent} does not exist")
+
+
+def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -> Path:
+    """A folder to write files into, refused before any work is done where it cannot be: a
+    file, a path under a file or in a folder that does not exist, not writable. It is not
+    made here (the caller makes it once it has something to write)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {p} is a file, not a folder")
+    check_output_folder(p, flag)
+    target = p if p.is_dir() else p.parent
+    if not os.access(target, os.W_OK):
+        raise CLIError(f"{flag} {p}: {target} is not writable")
+    return p
 
 
 def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--output") -> None:

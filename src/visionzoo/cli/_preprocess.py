@@ -1,13 +1,18 @@
-"""The preprocessing options ``visionzoo eval`` and ``predict`` share (timm's validate.py has the same)."""
+"""The preprocessing options ``visionzoo eval`` and ``predict`` share (timm's validate.py has the same),
+and how both tell a segmentation checkpoint, which takes none of them, from a classifier's."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from . import CLIError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: the destinations of the options add_preprocessing_args adds
+PREPROCESSING = ("img_size", "crop_pct", "interpolation", "mean", "std")
 
 
 def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
@@ -41,3 +46,22 @@ def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key) is not None:
             out[key] = list(getattr(args, key))
     return out
+
+
+def segmentation_metadata(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """The metadata of a ``visionzoo train --task segment`` checkpoint; None for any other file
+    (a classifier's, or one that is missing or not a safetensors file: the classifier's loader
+    says what is wrong with it)."""
+    from ..train.checkpoint import read_metadata
+
+    meta = read_metadata(checkpoint)
+    return meta if meta.get("task") == "segment" else None
+
+
+def refuse_classifier_options(args: argparse.Namespace, dests: Sequence[str], meta: dict[str, Any]) -> None:
+    """A :class:`CLIError` naming those of ``dests`` given (not None) with a segmentation
+    checkpoint: they mean something for classifiers only, and its own preprocessing is used."""
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d) is not None]
+    if given:
+        raise CLIError(f"{args.checkpoint} is a segmentation network ({meta['model']}): {', '.join(given)} "
+                       f"{'is an option' if len(given) == 1 else 'are options'} of classifiers only")

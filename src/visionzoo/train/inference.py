@@ -44,8 +44,8 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     meta = read_metadata(path)
     stored = meta.get("model")
     if meta.get("task") == "segment":
-        raise CheckpointError(f"{path} is a segmentation network ({stored}); eval and predict take classifiers "
-                              "(visionzoo.train.segment.load_segmentation rebuilds it)")
+        raise CheckpointError(f"{path} is a segmentation network ({stored}); load_trained rebuilds classifiers: "
+                              "visionzoo.train.segment.load_segmentation rebuilds it (visionzoo eval and predict take it too)")
     if model_name is None:
         if not stored:
             read_state_dict(path)  # an unreadable file is called that first, as it is with a model name

@@ -41,7 +41,7 @@ from . import distributed as D
 from .checkpoint import model_metadata, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
-__all__ = ["SegFolder", "SegmentConfig", "evaluate_segmentation", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
+__all__ = ["SegFolder", "SegmentConfig", "check_pairs", "evaluate_segmentation", "folder_pairs", "image_input", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
 
 IGNORE = 255
 # the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
@@ -121,7 +121,8 @@ def read_mask(path: Path) -> Any:
     return mask
 
 
-def _pairs(root: Path) -> list[tuple[Path, Path]]:
+def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """The (image, mask) pairs of ``root/images`` and ``root/masks``, matched by file stem."""
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
@@ -157,10 +158,10 @@ def split_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[P
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}")
     if (root / "train").is_dir():
-        train_pairs = _pairs(root / "train")
-        val_pairs = _pairs(root / "val") if (root / "val").is_dir() else []
+        train_pairs = folder_pairs(root / "train")
+        val_pairs = folder_pairs(root / "val") if (root / "val").is_dir() else []
     else:
-        train_pairs, val_pairs = _pairs(root), []
+        train_pairs, val_pairs = folder_pairs(root), []
     if not val_pairs:
         if len(train_pairs) < 2:
             raise DataError(f"{root}: at least two images are needed to hold one out")
@@ -171,35 +172,40 @@ def split_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[P
     return train_pairs, val_pairs
 
 
+def image_input(path: str | Path, size: int, mean: Any, std: Any) -> tuple[Tensor, tuple[int, int]]:
+    """An image as the network takes it: RGB, resized to ``size`` x ``size`` (bilinear),
+    normalized; (3, size, size), and the image's own (H, W)."""
+    import numpy as np
+
+    x = torch.from_numpy(np.array(load_image(path).convert("RGB"))).permute(2, 0, 1).float() / 255  # 3, H, W
+    hw = (x.shape[1], x.shape[2])
+    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+    return (x - torch.as_tensor(mean).view(-1, 1, 1)) / torch.as_tensor(std).view(-1, 1, 1), hw
+
+
 class SegFolder(Dataset):
     """(image, mask) pairs resized to a square; training adds horizontal flips."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], size: int, mean: Any, std: Any, train: bool) -> None:
         self.pairs, self.size, self.train = pairs, size, train
-        self.mean = torch.tensor(mean).view(-1, 1, 1)
-        self.std = torch.tensor(std).view(-1, 1, 1)
+        self.mean, self.std = mean, std
         self.epoch, self.seed = 0, 0
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        import numpy as np
-
         ip, mp = self.pairs[i]
-        img = load_image(ip).convert("RGB")
-        mask = read_mask(mp)
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255  # 3, H, W
-        y = torch.from_numpy(mask.astype("int64"))  # H, W
-        if x.shape[-2:] != y.shape:
-            raise DataError(f"{ip} is {tuple(x.shape[-2:])} pixels but its mask {tuple(y.shape)}")
-        x = F.interpolate(x[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        x, hw = image_input(ip, self.size, self.mean, self.std)
+        y = torch.from_numpy(read_mask(mp).astype("int64"))  # H, W
+        if hw != tuple(y.shape):
+            raise DataError(f"{ip} is {hw} pixels but its mask {tuple(y.shape)}")
         y = F.interpolate(y[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
         if self.train:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
             if torch.rand((), generator=g) < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
-        return (x - self.mean) / self.std, y
+        return x, y
 
 
 def seg_metrics(conf: Tensor) -> dict[str, Any]:
@@ -258,13 +264,14 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
         D.cleanup()
 
 
-def _check_data(train_pairs: list[tuple[Path, Path]], val_pairs: list[tuple[Path, Path]], num_classes: int | None) -> int:
+def check_pairs(pairs: list[tuple[Path, Path]], num_classes: int | None = None, *, limit: str = "--num-classes") -> int:
     """The class count (largest label + 1, or ``num_classes``), every pair checked first: a
-    readable image and mask of the same size, labels within the classes."""
+    readable image and mask of the same size, labels within the classes (``limit`` names where
+    a given count comes from, in the message)."""
     from PIL import Image
 
     top, top_mask = 0, None  # the largest label in the masks (255 ignored), and where
-    for p, m in train_pairs + val_pairs:
+    for p, m in pairs:
         a = read_mask(m)
         try:
             with Image.open(p) as im:
@@ -278,9 +285,9 @@ def _check_data(train_pairs: list[tuple[Path, Path]], val_pairs: list[tuple[Path
             top, top_mask = int(a.max()), m
     C = top + 1 if num_classes is None else num_classes
     if top >= C:
-        raise DataError(f"{top_mask} holds label {top}, but --num-classes {C} allows labels 0..{C - 1} (and {IGNORE}: ignored)")
+        raise DataError(f"{top_mask} holds label {top}, but {limit} {C} allows labels 0..{C - 1} (and {IGNORE}: ignored)")
     if C < 2:
-        raise DataError(f"{train_pairs[0][1].parent.parent}: the masks hold a single class; segmentation needs at least two")
+        raise DataError(f"{pairs[0][1].parent.parent}: the masks hold a single class; segmentation needs at least two")
     return C
 
 
@@ -308,7 +315,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
         raise ValueError(f"{out} already holds a segmentation run; pass --resume to continue it or choose another --output")
     root = Path(cfg.data)
     train_pairs, val_pairs = split_pairs(root)
-    C = _check_data(train_pairs, val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
+    C = check_pairs(train_pairs + val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
     if len(train_pairs) < info.world_size:
         raise ValueError(f"the training split has {len(train_pairs)} images, fewer than the {info.world_size} processes")
     entry = None if whole else get_entry(cfg.model)
