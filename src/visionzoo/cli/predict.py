@@ -43,7 +43,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if seg is not None:
         return _predict_segmentation(args, seg)
     if args.output_dir is not None:
-        raise CLIError(f"--output-dir is where a segmentation network's label maps go; {args.checkpoint} is a classifier's checkpoint")
+        raise CLIError(f"--output-dir is where a segmentation network's label maps go; {args.checkpoint} is not a segmentation run's checkpoint")
     topk = 5 if args.topk is None else args.topk
     if topk < 1:
         raise CLIError(f"--topk must be positive, got {topk}")

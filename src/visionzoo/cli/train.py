@@ -56,8 +56,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
-        if not args.output:
-            raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
         cfg = _resumed(load_run_config, given, args.output)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
@@ -84,10 +82,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed(load: Any, given: dict[str, Any], output: str) -> Any:
+def _resumed(load: Any, given: dict[str, Any], output: str | None) -> Any:
     """The configuration of the run in ``output`` (``load(path)`` reads its config.json), with
     ``--epochs`` and the run options in ``given`` applied; CLIError where ``given`` would
-    change any other setting."""
+    change any other setting, or no ``--output`` names the run."""
+    if not output:
+        raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
     try:
         cfg = load(Path(output))
     except ValueError as e:
@@ -123,8 +123,6 @@ def _segment(args: argparse.Namespace) -> int:
     if args.seg_head:
         given["head"] = args.seg_head
     if args.resume:
-        if not args.output:
-            raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
         cfg = _resumed(load_run_config, given, args.output)
     elif not args.data or args.data == "digits":
         raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
