@@ -469,6 +469,9 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     (tmp_path / "cls" / "config.json").write_text(json.dumps({"data": "digits", "epochs": 1}))
     _one_line_error(["train", "--task", "segment", "--output", str(tmp_path / "cls"), "--resume"], capsys, "holds a classification run")
     _one_line_error([*seg, "--output", str(cut)], capsys, "already holds a segmentation run; pass --resume")
+    assert main(["train", "--task", "segment", "--output", str(cut), "--resume", "--epochs", "4"]) == 0  # one more epoch
+    assert "note: the schedule now spans 4 epochs, so the learning rate goes from" in capsys.readouterr().out
+    assert json.loads((cut / "summary.json").read_text())["epochs"] == 4
     assert main([*seg, "--epochs", "1", "--amp", "bf16", "--output", str(tmp_path / "bf16"), "--progress", "none"]) == 0
     s = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert s["amp"] == "bf16" and 0 < s["pixel_acc"] <= 1

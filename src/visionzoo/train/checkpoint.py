@@ -204,8 +204,9 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
 def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any, *,
                      world_size: int, epochs: int, name: str) -> dict[str, Any]:
     """Load the checkpoint pair ``resume_from`` (weights, state) into ``model``, ``optimizer``,
-    ``scheduler`` and ``scaler``; return the state (loop position, history, RNG states) for the
-    loop to take the rest from. ValueError (one line) where the run cannot continue: weights that
+    ``scheduler`` (a ``LambdaLR``) and ``scaler``; return the state (loop position, history, RNG
+    states) for the loop to take the rest from, with a ``schedule_note`` for the user where the
+    learning rate jumps (the schedule rebuilt over another ``epochs``). ValueError (one line) where the run cannot continue: weights that
     do not fit ``name``, another process count, ``epochs`` below those already trained."""
     from safetensors.torch import load_file
 
@@ -227,4 +228,8 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     scheduler.load_state_dict(st["scheduler"])
     if st.get("scaler"):
         scaler.load_state_dict(st["scaler"])
+    lr_then, lr_now = optimizer.param_groups[0]["lr"], scheduler.base_lrs[0] * scheduler.lr_lambdas[0](st["global_step"])
+    if abs(lr_now - lr_then) > 0.05 * lr_then:  # --epochs changed: the warm-up and cosine span the new length
+        st["schedule_note"] = (f"note: the schedule now spans {epochs} epochs, so the learning rate goes from {lr_then:.3g} to {lr_now:.3g} "
+                               f"at step {st['global_step']} (warmup and cosine over the new length, as timm's resume does)")
     return st

@@ -549,10 +549,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
-        lr_then, lr_now = opt.param_groups[0]["lr"], cfg.lr * schedule(global_step)
-        if info.is_main and abs(lr_now - lr_then) > 0.05 * lr_then:  # --epochs changed: the cosine is rebuilt over the new length
-            print(f"note: the schedule now spans {cfg.epochs} epochs, so the learning rate goes from {lr_then:.3g} to {lr_now:.3g} "
-                  f"at step {global_step} (warmup and cosine over the new length, as timm's resume does)", flush=True)
+        if info.is_main and "schedule_note" in st:
+            print(st["schedule_note"], flush=True)
         train_seconds, acc_sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
         restore_rng(st["rng"][info.rank] if isinstance(st["rng"], list) else st["rng"])
         if info.is_main:

@@ -363,6 +363,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
             write_json_atomic({"task": "segment", **dataclasses.asdict(cfg)}, out / "config.json")
         elif show:
             print(f"resuming {out} at epoch {epoch + 1}, step {step} ({resume_from[0].name})", flush=True)
+            if "schedule_note" in st:
+                print(st["schedule_note"], flush=True)
     D.barrier(info)
     ckpt_path: Path | None = resume_from[0] if resume_from else None
 
