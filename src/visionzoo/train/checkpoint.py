@@ -206,8 +206,10 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     """Load the checkpoint pair ``resume_from`` (weights, state) into ``model``, ``optimizer``,
     ``scheduler`` (a ``LambdaLR``) and ``scaler``; return the state (loop position, history, RNG
     states) for the loop to take the rest from, with a ``schedule_note`` for the user where the
-    learning rate jumps (the schedule rebuilt over another ``epochs``). ValueError (one line) where the run cannot continue: weights that
-    do not fit ``name``, another process count, ``epochs`` below those already trained."""
+    learning rate jumps (the schedule rebuilt over another ``epochs``).
+
+    ValueError (one line) where the run cannot continue: weights that do not fit ``name``,
+    another process count, ``epochs`` below those already trained."""
     from safetensors.torch import load_file
 
     weights, state_path = resume_from
