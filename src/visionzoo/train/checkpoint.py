@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointError, save_state_dict
 from ..checkpoints.io import publish, temp_beside
+from .distributed import DistInfo, broadcast_object
 
 #: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
 STATE_SUFFIX = ".state.pt"
@@ -35,11 +36,13 @@ __all__ = [
     "STATE_SUFFIX",
     "capture_rng",
     "effective_overrides",
+    "gather_rng",
     "latest_checkpoint",
     "load_training_state",
     "read_metadata",
     "restore_rng",
     "restore_training",
+    "run_folder",
     "save_training_checkpoint",
     "write_json_atomic",
 ]
@@ -90,6 +93,16 @@ def capture_rng() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    """:func:`capture_rng` of every rank, in rank order (a collective: every rank calls it); the
+    state a checkpoint keeps, so each rank resumes with its own draws."""
+    if not info.enabled:
+        return [capture_rng()]
+    gathered: list[Any] = [None] * info.world_size
+    torch.distributed.all_gather_object(gathered, capture_rng())
+    return gathered
 
 
 def restore_rng(state: Mapping[str, Any]) -> None:
@@ -174,6 +187,29 @@ def save_training_checkpoint(out_dir: Path, step: int, weights: Mapping[str, Ten
         for q in (p, p.with_name(p.name.replace(".safetensors", STATE_SUFFIX))):
             q.unlink(missing_ok=True)
     return ckdir / f"{stem}.safetensors"
+
+
+def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *, what: str = "a training run",
+               marker: str | None = None) -> tuple[Path, tuple[Path, Path] | None]:
+    """The folder of a run and, with ``resume``, its last checkpoint pair. ``default`` (rank 0's,
+    so every rank agrees) where no ``output`` is given. ValueError (one line): ``resume`` without
+    an ``output`` or a checkpoint in it, an ``output`` that is a file, or a new run in a folder
+    that already holds ``what`` (a checkpoint, or the file ``marker``)."""
+    if output is None:
+        if resume:
+            raise ValueError("--resume needs --output DIR (the folder of the run to continue)")
+        output = broadcast_object(default, info)
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
+    if resume:
+        resume_from = latest_checkpoint(out)
+        if resume_from is None:
+            raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
+        return out, resume_from
+    if latest_checkpoint(out) is not None or (marker is not None and (out / marker).exists()):
+        raise ValueError(f"{out} already holds {what}; pass --resume to continue it or choose another --output")
+    return out, None
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:

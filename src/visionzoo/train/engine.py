@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,12 +37,12 @@ from torch.utils.data import DataLoader
 
 from . import distributed as D
 from .checkpoint import (
-    capture_rng,
     effective_overrides,
-    latest_checkpoint,
+    gather_rng,
     model_metadata,
     restore_rng,
     restore_training,
+    run_folder,
     save_training_checkpoint,
     write_json_atomic,
 )
@@ -331,9 +331,10 @@ class _Progress:
 CSV_FIELDS = ["epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_top5", "epoch_seconds", "img_per_s"]
 
 
-def _write_csv(history: list[dict[str, Any]], path: Path) -> None:
+def write_csv(history: list[dict[str, Any]], path: Path, fields: Sequence[str] = CSV_FIELDS) -> None:
+    """The per-epoch rows' ``fields`` as a CSV file (floats to 6 significant digits), replaced whole."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore")
     w.writeheader()
     for row in history:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
@@ -421,21 +422,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     model_name = entry.name
 
     # ---- output folder (rank 0 chooses, everyone agrees)
-    if cfg.output is None:
-        if cfg.resume:
-            raise ValueError("--resume needs --output DIR (the folder of the run to continue)")
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        cfg.output = D.broadcast_object(f"runs/{model_name}-{stamp}", info)
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
-    resume_from = None
-    if cfg.resume:
-        resume_from = latest_checkpoint(out)
-        if resume_from is None:
-            raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
-    elif info.is_main and latest_checkpoint(out) is not None:
-        raise ValueError(f"{out} already holds a training run; pass --resume to continue it or choose another --output")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out, resume_from = run_folder(cfg.output, cfg.resume, f"runs/{model_name}-{stamp}", info)
+    cfg.output = str(out)
     if resume_from is not None:
         # the configuration the run trained, as its checkpoint records it: loading --pretrained
         # may have changed it when the run began (EfficientNet's TensorFlow numerics)
@@ -580,14 +569,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
 
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
-        # every rank's RNG state travels to rank 0, which alone writes
-        rng = capture_rng()
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            torch.distributed.all_gather_object(gathered, rng)
-            rng_all: Any = gathered
-        else:
-            rng_all = rng
+        rng = gather_rng(info)  # every rank's RNG state travels to rank 0, which alone writes
         if not info.is_main:
             return
         if any(not torch.isfinite(p).all() for p in base_model.parameters()):
@@ -598,7 +580,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
             "train_seconds": train_seconds, "epoch_sums": list(acc_sums), "history": history,
-            "world_size": info.world_size, "rng": rng_all,
+            "world_size": info.world_size, "rng": rng,
         }
         ckpt_path = save_training_checkpoint(out, global_step, base_model.state_dict(), meta, state, keep=cfg.keep_checkpoints)
         if reason:
@@ -700,7 +682,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
                 f"{row['img_per_s']:.0f} img/s"
             )
             if info.is_main:
-                _write_csv(history, out / "metrics.csv")
+                write_csv(history, out / "metrics.csv")
                 if row["val_top1"] > max((r["val_top1"] for r in history[:-1]), default=-1.0):  # timm's model_best
                     from ..checkpoints import save_state_dict
 

@@ -95,6 +95,8 @@ class SegmentConfig:
 
 #: the share of the steps over which the learning rate warms up, before its cosine decay to 0
 WARMUP = 0.1
+#: the columns of metrics.csv
+METRICS_FIELDS = ("epoch", "step", "train_loss", "val_loss", "miou", "mdice", "pixel_acc")
 
 #: backbones that are whole segmentation networks: they take no --seg-head, head width or checkpoint
 WHOLE_NETWORKS = ("unext", "unext_s")
@@ -295,24 +297,15 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .checkpoint import capture_rng, latest_checkpoint, restore_rng, restore_training, save_training_checkpoint
-    from .engine import StopRequests, TrainingStopped, _schedule, _worker_init, amp_autocast
+    from .checkpoint import gather_rng, restore_rng, restore_training, run_folder, save_training_checkpoint
+    from .engine import StopRequests, TrainingStopped, _schedule, _worker_init, amp_autocast, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
     autocast = amp_autocast(cfg.amp, device)
-    if cfg.output is None:
-        if cfg.resume:
-            raise ValueError("--resume needs --output DIR (the folder of the run to continue)")
-        cfg.output = D.broadcast_object(f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}", info)
-    out = Path(cfg.output)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output {out} is a file; give the folder to write the run to")
-    resume_from = latest_checkpoint(out) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
-    if not cfg.resume and ((out / "model.safetensors").exists() or latest_checkpoint(out) is not None):
-        raise ValueError(f"{out} already holds a segmentation run; pass --resume to continue it or choose another --output")
+    out, resume_from = run_folder(cfg.output, cfg.resume, f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}", info,
+                                  what="a segmentation run", marker="model.safetensors")
+    cfg.output = str(out)
     root = Path(cfg.data)
     train_pairs, val_pairs = split_pairs(root)
     C = check_pairs(train_pairs + val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
@@ -370,10 +363,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
 
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
-        rng: Any = [capture_rng()]
-        if info.enabled:  # every rank's RNG state travels to rank 0, which alone writes
-            rng = [None] * info.world_size
-            torch.distributed.all_gather_object(rng, capture_rng())
+        rng = gather_rng(info)  # every rank's RNG state travels to rank 0, which alone writes
         if not info.is_main:
             return
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -430,7 +420,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
                 print(f"epoch {epoch}/{cfg.epochs} train loss {row['train_loss']:.4f} | held-out loss {ev['loss']:.4f} "
                       f"mIoU {ev['miou']:.4f} mDice {ev['mdice']:.4f} pixel acc {ev['pixel_acc']:.4f}", flush=True)
             if info.is_main:
-                _write_metrics(history, out / "metrics.csv")
+                write_csv(history, out / "metrics.csv", METRICS_FIELDS)
                 if row["miou"] > max((r["miou"] for r in history[:-1]), default=-1.0):
                     save_state_dict(model.state_dict(), out / "model_best.safetensors", metadata=meta)
             save()
@@ -456,15 +446,6 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
         write_json_atomic(summary, out / "summary.json")
     return summary
 
-
-METRICS_FIELDS = ("epoch", "step", "train_loss", "val_loss", "miou", "mdice", "pixel_acc")
-
-
-def _write_metrics(history: list[dict[str, Any]], path: Path) -> None:
-    lines = [",".join(METRICS_FIELDS)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in METRICS_FIELDS) for r in history]
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
 
 
 def load_run_config(out_dir: Path) -> SegmentConfig:
