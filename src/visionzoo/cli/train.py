@@ -44,7 +44,6 @@ def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import DataError, TrainConfig, TrainingStopped, train
-    from ..train.engine import load_run_config
 
     check_device(args.device)
     if args.task == "segment":
@@ -56,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
-        cfg = _resumed(load_run_config, given, args.output)
+        cfg = _resumed(TrainConfig, "classify", given, args.output)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
     try:
@@ -82,14 +81,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed(load: Any, given: dict[str, Any], output: str | None) -> Any:
-    """The configuration of the run in ``output`` (``load(path)`` reads its config.json), with
-    ``--epochs`` and the run options in ``given`` applied; CLIError where ``given`` would
+def _resumed(config_cls: type, task: str, given: dict[str, Any], output: str | None) -> Any:
+    """The configuration of the ``task`` run in ``output`` (its config.json, as a ``config_cls``),
+    with ``--epochs`` and the run options in ``given`` applied; CLIError where ``given`` would
     change any other setting, or no ``--output`` names the run."""
+    from ..train.checkpoint import read_run_config
+
     if not output:
         raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
     try:
-        cfg = load(Path(output))
+        cfg = read_run_config(Path(output), config_cls, task)
     except ValueError as e:
         raise CLIError(str(e)) from None
     runtime = [k for k in _RUNTIME if hasattr(cfg, k)]
@@ -110,7 +111,7 @@ def _resumed(load: Any, given: dict[str, Any], output: str | None) -> Any:
 def _segment(args: argparse.Namespace) -> int:
     from ..train.data import DataError
     from ..train.engine import TrainingStopped
-    from ..train.segment import SegmentConfig, load_run_config, train_segmentation
+    from ..train.segment import SegmentConfig, train_segmentation
 
     fields = set(SegmentConfig.__dataclass_fields__)
     ignored = [_flag(k) for k, v in vars(args).items()
@@ -123,7 +124,7 @@ def _segment(args: argparse.Namespace) -> int:
     if args.seg_head:
         given["head"] = args.seg_head
     if args.resume:
-        cfg = _resumed(load_run_config, given, args.output)
+        cfg = _resumed(SegmentConfig, "segment", given, args.output)
     elif not args.data or args.data == "digits":
         raise CLIError("--task segment needs --data PATH (a folder with images/ and masks/)")
     else:

@@ -40,6 +40,7 @@ __all__ = [
     "latest_checkpoint",
     "load_training_state",
     "read_metadata",
+    "read_run_config",
     "restore_rng",
     "restore_training",
     "run_folder",
@@ -210,6 +211,22 @@ def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *
     if latest_checkpoint(out) is not None or (marker is not None and (out / marker).exists()):
         raise ValueError(f"{out} already holds {what}; pass --resume to continue it or choose another --output")
     return out, None
+
+
+def read_run_config(out_dir: Path, config_cls: type, task: str) -> Any:
+    """The configuration (a ``config_cls`` dataclass) a run of ``task`` (``classify`` or
+    ``segment``) in ``out_dir`` was started with, from its config.json; ValueError (one line)
+    where there is none, it cannot be read, or it is a run of the other task."""
+    try:
+        saved = json.loads((out_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ValueError(f"--resume: {out_dir} holds no readable config.json (not a visionzoo training folder)") from None
+    kind = saved.get("task", "classify")  # classification runs record no task
+    if kind != task:
+        raise ValueError(f"--resume: {out_dir} holds a {'segmentation' if kind == 'segment' else 'classification'} run; "
+                         f"resume it {'with' if kind == 'segment' else 'without'} --task segment")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in saved.items() if k in fields})
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:

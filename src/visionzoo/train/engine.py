@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import signal
 import sys
@@ -378,18 +377,6 @@ def _tensorboard(path: Path, purge_step: int | None):
 # --------------------------------------------------------------------------- the loop
 def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
-
-
-def load_run_config(out_dir: Path) -> TrainConfig:
-    """The configuration a run in ``out_dir`` was started with (config.json)."""
-    path = out_dir / "config.json"
-    if not path.is_file():
-        raise ValueError(f"--resume: {out_dir} holds no config.json (not a visionzoo training folder)")
-    saved = json.loads(path.read_text())
-    if saved.get("task") == "segment":
-        raise ValueError(f"--resume: {out_dir} holds a segmentation run; resume it with --task segment")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in saved.items() if k in fields})
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -447,22 +447,6 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     return summary
 
 
-
-def load_run_config(out_dir: Path) -> SegmentConfig:
-    """The configuration a segmentation run in ``out_dir`` was started with (config.json)."""
-    import json
-
-    path = out_dir / "config.json"
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise ValueError(f"--resume: {out_dir} holds no readable config.json (not a visionzoo training folder)") from None
-    if saved.get("task") != "segment":
-        raise ValueError(f"--resume: {out_dir} holds a classification run; resume it without --task segment")
-    fields = {f.name for f in dataclasses.fields(SegmentConfig)}
-    return SegmentConfig(**{k: v for k, v in saved.items() if k in fields})
-
-
 def load_segmentation(checkpoint: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """(network in eval mode, the checkpoint's metadata) of a ``visionzoo train --task segment`` run.
 
