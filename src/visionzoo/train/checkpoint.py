@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..checkpoints import CheckpointError, save_state_dict
 from ..checkpoints.io import publish, temp_beside
-from .distributed import DistInfo, broadcast_object
+from .distributed import DistInfo, all_gather_object, broadcast_object
 
 #: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
 STATE_SUFFIX = ".state.pt"
@@ -99,11 +99,7 @@ def capture_rng() -> dict[str, Any]:
 def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     """:func:`capture_rng` of every rank, in rank order (a collective: every rank calls it); the
     state a checkpoint keeps, so each rank resumes with its own draws."""
-    if not info.enabled:
-        return [capture_rng()]
-    gathered: list[Any] = [None] * info.world_size
-    torch.distributed.all_gather_object(gathered, capture_rng())
-    return gathered
+    return all_gather_object(capture_rng(), info)
 
 
 def restore_rng(state: Mapping[str, Any]) -> None:

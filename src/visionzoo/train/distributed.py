@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+import pickle
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_reduce_sum", "average_norm_statistics", "broadcast_object", "cleanup", "init"]
+__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_gather_object", "all_reduce_sum", "average_norm_statistics", "broadcast_object", "cleanup", "init"]
 
 
 @dataclass(frozen=True)
@@ -61,22 +63,80 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def _settled(collective: Callable[[], Any], tensors: Sequence[torch.Tensor]) -> None:
+    """Run ``collective`` on ``tensors`` and return once no Gloo worker thread holds them.
+
+    A Gloo collective returns when its result is ready; the worker thread that ran it lets go
+    of its tensors a moment later. Since torch 2.10 a C++ thread letting go of a tensor that
+    Python has seen takes the GIL, and if this process has begun shutting down by then (its
+    last collective, on a loaded machine) that thread dies inside a destructor: "terminate
+    called without an active exception", SIGABRT, and torchrun reports a finished run as
+    failed. Waiting (asleep, so the GIL is free) until each tensor's use count is back to
+    what it was keeps every collective of ours from outliving the process's Python.
+    NCCL's threads release their tensors only once the GPU is done; not waited for.
+    """
+    counts = [t._use_count() for t in tensors] if hasattr(torch.Tensor, "_use_count") else None
+    collective()
+    if counts is None or dist.get_backend() != "gloo":
+        return
+    deadline = time.monotonic() + 30.0  # never hang on a reference held elsewhere
+    while any(t._use_count() > n for t, n in zip(tensors, counts)) and time.monotonic() < deadline:
+        time.sleep(1e-4)
+
+
+def _device(info: DistInfo) -> torch.device:
+    """Where a collective's tensors live: the GPU under NCCL, else the CPU (Gloo)."""
+    return info.device if info.device.type == "cuda" else torch.device("cpu")
+
+
 def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
     """Sum a few numbers over all ranks (float64, so counts stay exact)."""
     if not info.enabled:
         return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device(info))
+    _settled(lambda: dist.all_reduce(t), [t])
     return t.tolist()
 
 
+def _encode(obj: Any, info: DistInfo) -> torch.Tensor:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).to(_device(info))
+
+
+def _decode(t: torch.Tensor, n: int) -> Any:
+    return pickle.loads(t[:n].cpu().numpy().tobytes())  # from the ranks of this run only
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
-    """Rank 0's ``obj`` on every rank."""
+    """Rank 0's ``obj`` on every rank (picklable; what ``dist.broadcast_object_list`` does, with
+    the tensors it sends settled: :func:`_settled`)."""
     if not info.enabled:
         return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    data = _encode(obj, info) if info.is_main else None
+    size = torch.tensor([data.numel() if data is not None else 0], dtype=torch.int64, device=_device(info))
+    _settled(lambda: dist.broadcast(size, src=0), [size])
+    if data is None:
+        data = torch.empty(int(size), dtype=torch.uint8, device=_device(info))
+    _settled(lambda: dist.broadcast(data, src=0), [data])
+    return _decode(data, int(size))
+
+
+def all_gather_object(obj: Any, info: DistInfo) -> list[Any]:
+    """Every rank's ``obj``, in rank order (picklable; what ``dist.all_gather_object`` does,
+    with the tensors it sends settled: :func:`_settled`)."""
+    if not info.enabled:
+        return [obj]
+    dev = _device(info)
+    data = _encode(obj, info)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=dev)
+    sizes = [torch.empty_like(size) for _ in range(info.world_size)]
+    _settled(lambda: dist.all_gather(sizes, size), [size, *sizes])
+    longest = max(int(s) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=dev)
+    padded[: data.numel()] = data
+    gathered = [torch.empty_like(padded) for _ in range(info.world_size)]
+    _settled(lambda: dist.all_gather(gathered, padded), [padded, *gathered])
+    return [_decode(t, int(s)) for t, s in zip(gathered, sizes)]
 
 
 def average_norm_statistics(model: torch.nn.Module, info: DistInfo) -> None:
@@ -90,7 +150,7 @@ def average_norm_statistics(model: torch.nn.Module, info: DistInfo) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None:
             for buf in (m.running_mean, m.running_var):
-                dist.all_reduce(buf)
+                _settled(lambda buf=buf: dist.all_reduce(buf), [buf])
                 buf.div_(info.world_size)
 
 
