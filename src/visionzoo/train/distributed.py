@@ -67,8 +67,8 @@ def _settled(collective: Callable[[], Any], tensors: Sequence[torch.Tensor]) -> 
     """Run ``collective`` on ``tensors`` and return once no Gloo worker thread holds them.
 
     A Gloo collective returns when its result is ready; the worker thread that ran it lets go
-    of its tensors a moment later. Since torch 2.10 a C++ thread letting go of a tensor that
-    Python has seen takes the GIL, and if this process has begun shutting down by then (its
+    of its tensors a moment later. In recent torch (2.14 here) a C++ thread letting go of a tensor
+    that Python has seen takes the GIL, and if this process has begun shutting down by then (its
     last collective, on a loaded machine) that thread dies inside a destructor: "terminate
     called without an active exception", SIGABRT, and torchrun reports a finished run as
     failed. Waiting (asleep, so the GIL is free) until each tensor's use count is back to
