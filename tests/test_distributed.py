@@ -1,16 +1,12 @@
 """The collectives of visionzoo.train.distributed under torchrun (Gloo, 8 processes)."""
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-import visionzoo
-
-SRC = str(Path(visionzoo.__file__).resolve().parents[1])
+from processes import child_env
 
 # Each rank checks what the helpers return, then ends with the collective named on its command
 # line and exits. Gloo's worker threads run at the lowest priority while two processes keep the
@@ -59,7 +55,7 @@ def test_collectives_under_torchrun_and_a_clean_exit(tmp_path, last):
     try:
         r = subprocess.run(
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "8", str(script), last],
-            env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"},
+            env=child_env(),
             capture_output=True, text=True, timeout=300,
         )
     finally:

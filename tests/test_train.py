@@ -18,22 +18,17 @@ import visionzoo
 from visionzoo.cli import main
 from visionzoo.train.inference import load_trained
 
+from processes import child_env
+
 pytest.importorskip("sklearn")
 
 # a 2-block ConvMixer of width 16 on 8x8 digits: a few hundred steps per second
 TINY = ["--model", "convmixer_256_8", "--model-arg", "dim=16", "--model-arg", "depth=2", "--model-arg", "patch_size=2",
         "--img-size", "8", "--batch-size", "32", "--progress", "lines"]
-SRC = str(Path(visionzoo.__file__).resolve().parents[1])
-
-
-def _env():
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    env.pop("PYTEST_XDIST_WORKER", None)
-    return env
 
 
 def _cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "visionzoo", *args], env=_env(), stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "visionzoo", *args], env=child_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
@@ -122,7 +117,7 @@ def test_torchrun_gloo_world_size_2(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "visionzoo",
          "train", *TINY, "--epochs", "1", "--ema", "--output", str(out)],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
@@ -491,7 +486,7 @@ def test_segmentation_torchrun_world_size_2(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "visionzoo",
          "train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "3", "--batch-size", "2",
          "--lr", "0.003", "--output", str(out)],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=child_env(), capture_output=True, text=True, timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((out / "summary.json").read_text())
@@ -509,7 +504,7 @@ def test_segmentation_torchrun_world_size_2(tmp_path):
 def test_default_run_reaches_99_percent_on_digits(tmp_path):
     """`visionzoo train` without arguments: >= 99 % held-out top-1 on digits (about a minute on 2 CPU cores)."""
     r = subprocess.run([sys.executable, "-m", "visionzoo", "train", "--output", str(tmp_path / "default")],
-                       env=dict(_env(), OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=900, check=False)
+                       env=dict(child_env(), OMP_NUM_THREADS="2"), capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "default" / "summary.json").read_text())
     assert s["data"] == "digits" and s["epochs"] == 10 and s["top1"] >= 0.99, s
