@@ -147,11 +147,17 @@ def average_norm_statistics(model: torch.nn.Module, info: DistInfo) -> None:
     weights."""
     if not info.enabled:
         return
+    groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}  # one collective per dtype, not two per layer
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None:
             for buf in (m.running_mean, m.running_var):
-                _settled(lambda buf=buf: dist.all_reduce(buf), [buf])
-                buf.div_(info.world_size)
+                groups.setdefault((buf.dtype, buf.device), []).append(buf)
+    for bufs in groups.values():
+        flat = torch.cat([b.reshape(-1) for b in bufs])
+        _settled(lambda: dist.all_reduce(flat), [flat])
+        flat.div_(info.world_size)
+        for b, part in zip(bufs, flat.split([b.numel() for b in bufs])):
+            b.copy_(part.view_as(b))
 
 
 def barrier(info: DistInfo) -> None:
