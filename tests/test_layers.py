@@ -1,5 +1,6 @@
 """Shared layers: one attention for every family, window ops, position tables, fused linear."""
 
+import copy
 import itertools
 
 import pytest
@@ -292,6 +293,11 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn):
         handle = mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
         assert norms_run(mlp, x) == 1 and seen[-2:] == [(*x.shape[:2], 64)] * 2  # a hooked fc1: one block
         handle.remove()
+        # off the CPU one pass (meta tensors stand in for a GPU's, where blocks were ~400 small launches per MLP)
+        mlp_meta, norm_meta = copy.deepcopy(mlp).to("meta"), copy.deepcopy(norm).to("meta")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = mlp_meta.add_to(residual.to("meta"), x.to("meta"), None, norm_meta)
+        assert out.shape == residual.shape and sum(e.name == "aten::layer_norm" for e in prof.events()) == 1
 
 
 def test_add_projection_skips_only_idle_modules():
