@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_models", "device_description", "gemm_peak_gflops", "paired_ratio", "peak_fraction"]
+__all__ = ["BenchResult", "bench_models", "device_description", "gemm_peak_gflops", "paired_ratio", "peak_fraction", "step_fn"]
 
 
 @dataclass
@@ -174,7 +174,9 @@ def _sync(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
+def step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
+    """One benchmark step of ``model`` on ``x`` as a call: inference (eval, inference_mode) or,
+    with ``train``, forward + backward + an SGD step; under bf16 autocast with ``amp``."""
     dtype = torch.bfloat16
     autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if amp else contextlib.nullcontext
     if train:
@@ -198,6 +200,24 @@ def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: 
             model(x)
 
     return infer
+
+
+def _peak_memory(steps: dict[str, Callable[[], None]], weights: dict[str, int], device: str) -> dict[str, float | None]:
+    """MiB each implementation needs on a CUDA device: its parameters and buffers plus the peak
+    that one more step allocates on top of what is held before it (activations, gradients,
+    workspace). Measured after every implementation has warmed up, so the libraries' lasting
+    workspaces (cuBLAS, cuDNN), made by whichever ran first, count for neither. None on a CPU."""
+    if torch.device(device).type != "cuda":
+        return dict.fromkeys(steps)
+    mems = {}
+    for impl, step in steps.items():
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        held = torch.cuda.memory_allocated(device)
+        step()
+        torch.cuda.synchronize(device)
+        mems[impl] = (weights[impl] + torch.cuda.max_memory_allocated(device) - held) / 2**20
+    return mems
 
 
 def bench_models(
@@ -234,16 +254,15 @@ def bench_models(
     x = torch.randn(batch_size, 3, img_size, img_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    steps, times, mems = {}, {}, {}
+    steps, times, weights = {}, {}, {}
     for impl, build in builders.items():
         model = build().to(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         if compile:
             model = torch.compile(model)
-        steps[impl] = _step_fn(model, x, train, amp, device)
-        if torch.device(device).type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        steps[impl] = step_fn(model, x, train, amp, device)
+        weights[impl] = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         step_s = float("inf")
         for _ in range(warmup):
             _sync(device)
@@ -253,7 +272,6 @@ def bench_models(
             step_s = min(step_s, time.perf_counter() - t)
         if warmup:  # the fastest warm-up step sets the count of steps per round
             iters = max(iters, math.ceil(min_round_s / max(step_s, 1e-6)))
-        mems[impl] = torch.cuda.max_memory_allocated(device) / 2**20 if torch.device(device).type == "cuda" else None
         times[impl] = []
     probe, peaks = (_PeakProbe(), []) if probe_peak else (None, None)
     try:
@@ -272,6 +290,7 @@ def bench_models(
     finally:
         if probe is not None:
             probe.close()
+    mems = _peak_memory(steps, weights, device)
     results = []
     for impl, ts in times.items():
         per_step = statistics.median(ts)

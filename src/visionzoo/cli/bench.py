@@ -52,7 +52,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("%peak: the median over rounds of a model's GFLOP/s over the fp32 GEMM peak probed in the same round"
               + (" (an fp32 peak: bf16 runs may exceed it)" if args.amp else ""))
     header = f"{'model':<34} {'impl':<9} {'mode':<6} {'input':>5} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
-    header += f" {'%peak':>6}" if peak else f" {'MB':>8}"
+    header += f" {'%peak':>6}" if peak else f" {'MiB':>8}"
     print(header)
     for name in names:
         size = sizes[name]
