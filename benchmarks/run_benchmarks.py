@@ -128,10 +128,17 @@ def main() -> None:
         if header not in section.splitlines():
             raise SystemExit(f"--update-rows: the table '{title}' has other columns than this script writes; re-run it whole")
         _update_rows(section, [f"| {m} | " for m in models], "")
-    results = {}
-    for name in models:
-        results[name] = r = bench_in_subprocess(name, args)
+    results, failed = {}, {}
+    for name in models:  # a model that fails is reported, and the others still get their rows
+        try:
+            results[name] = r = bench_in_subprocess(name, args)
+        except RuntimeError as e:
+            failed[name] = str(e).strip().splitlines()[-1]
+            print(f"{name}: FAILED: {failed[name]}", flush=True)
+            continue
         print(f"{name}: visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, ratio {r['ratio']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})", flush=True)
+    if not results:
+        raise SystemExit(f"every model failed; {args.output} is left as it was")
     lines = [
         title, "",
         f"torch {torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}"
@@ -142,15 +149,19 @@ def main() -> None:
     for name, r in results.items():
         row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ratio']:.2f} | {r['q1']:.2f}-{r['q3']:.2f} | {r['gflops']:.0f}"
         lines.append(row + (f" | {r['peak']:.0f} | {100 * r['peak_frac']:.0f}% |" if peak else " |"))
+    if failed:
+        lines += ["", *(f"Failed: {name}: {why}" for name, why in failed.items())]
     section = "\n".join(lines) + "\n"
     out = Path(args.output)
     text = out.read_text() if out.exists() else "# Benchmarks\n\nWritten by `benchmarks/run_benchmarks.py`.\n\n"
     pattern = _section_pattern(title)
     if args.update_rows:
-        section = _update_rows(_find_section(out, title), lines[6:], lines[2])
+        section = _update_rows(_find_section(out, title), [line for line in lines[6:] if line.startswith("| ")], lines[2])
     text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     out.write_text(text)
     print(f"wrote {out}")
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(models)} models failed: {', '.join(failed)}")
 
 
 def _section_pattern(title: str) -> re.Pattern:

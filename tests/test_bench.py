@@ -89,6 +89,57 @@ def test_run_benchmarks_refuses_bad_arguments_before_writing(tmp_path, monkeypat
     assert out.read_text() == "# Benchmarks\n\nkept\n"
 
 
+def test_run_benchmarks_keeps_the_rows_of_models_that_ran_when_one_fails(tmp_path, monkeypatch, capsys):
+    """One failing model lost the whole table (an H200 run would have lost 20 rows to one)."""
+    import sys
+
+    pytest.importorskip("timm")
+    rb = _run_benchmarks_module()
+    row = {"size": 224, "gmacs": 1.0, "ours": 10.0, "timm": 9.0, "gflops": 20.0, "ratio": 1.11, "q1": 1.1, "q3": 1.12,
+           "peak": 100.0, "peak_frac": 0.2}
+
+    def fake(name, args):
+        if name == "regnetx_004":
+            raise RuntimeError(f"benchmark of {name} failed:\nTraceback ...\nRuntimeError: out of memory")
+        return row
+
+    monkeypatch.setattr(rb, "bench_in_subprocess", fake)
+    out = tmp_path / "B.md"
+    monkeypatch.setattr(sys, "argv", ["run_benchmarks.py", "--device", "cpu", "--models", "regnetx_002", "regnetx_004", "--output", str(out)])
+    with pytest.raises(SystemExit, match="1 of 2 models failed: regnetx_004"):
+        rb.main()
+    text = out.read_text()
+    assert "| regnetx_002 | 224 | 1.00 | 10.0 | 9.0 | 1.11 | 1.10-1.12 | 20 | 100 | 20% |" in text
+    assert "| regnetx_004 |" not in text and "Failed: regnetx_004: RuntimeError: out of memory" in text
+    assert "regnetx_004: FAILED" in capsys.readouterr().out
+    monkeypatch.setattr(rb, "bench_in_subprocess", lambda name, args: fake("regnetx_004", args))
+    monkeypatch.setattr(sys, "argv", ["run_benchmarks.py", "--device", "cpu", "--models", "regnetx_004", "--output", str(out)])
+    with pytest.raises(SystemExit, match="every model failed"):
+        rb.main()
+    assert out.read_text() == text
+
+
+def test_profile_pair_lists_both_implementations_operators(monkeypatch, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("timm")
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_pair.py"
+    spec = importlib.util.spec_from_file_location("profile_pair", path)
+    pp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pp)
+    monkeypatch.setattr(sys, "argv", ["profile_pair.py", "regnetx_002", "--device", "cpu", "--batch-size", "1", "--steps", "1", "--top", "3", "--train"])
+    pp.main()
+    out = capsys.readouterr().out
+    heads = [line for line in out.splitlines() if line.startswith("-- ")]
+    assert [h.split(":")[0] for h in heads] == ["-- visionzoo", "-- timm"] and "train, batch 1" in out
+    assert out.count("aten::convolution_backward") == 2  # a training step's largest CPU operator, on both sides
+    monkeypatch.setattr(sys, "argv", ["profile_pair.py", "regnetx_02"])
+    with pytest.raises(SystemExit, match="regnetx_02"):
+        pp.main()
+
+
 def test_bench_cli_expands_wildcards_and_states_its_settings(capsys):
     from visionzoo.cli import main
 
