@@ -210,3 +210,42 @@ def test_bench_models_refuses_empty_timings(kw):
     with pytest.raises(ValueError, match="rounds >= 1"):
         bench_models({"a": lambda: built.append(1) or Recorder("a", [])}, name="rec", **{"batch_size": 1, "img_size": 8, **kw})
     assert not built  # refused before any model is built
+
+
+def _smallest_per_family():
+    from family_models import smallest_per_family
+
+    return smallest_per_family()
+
+
+@pytest.mark.parametrize("family", sorted(_smallest_per_family()))
+def test_off_the_cpu_the_operators_do_not_depend_on_the_batch(family):
+    """CPU fast paths that split the work for the CPU's caches (token blocks, batch chunks) must
+    stay on the CPU: on a GPU they turn into many small launches (an MLP blocked over 1024
+    tokens made Swin-T inference 8x slower than timm on an H200). Meta tensors stand in for a
+    GPU's: after one call that fills the caches, the inference and the training forward of the
+    family's smallest model dispatch the same number of operators at batch 2 and batch 64."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import visionzoo
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    name = _smallest_per_family()[family]
+    model = visionzoo.create_model(name).to("meta")
+    side = visionzoo.registry.get_entry(name).default_cfg["input_size"][-1]
+
+    def calls(batch: int, train: bool) -> int:
+        x = torch.empty(batch, 3, side, side, device="meta")
+        with (torch.enable_grad() if train else torch.inference_mode()), Count() as count:
+            model.train(train)(x)
+        return count.calls
+
+    for train in (False, True):
+        calls(2, train)
+        assert calls(2, train) == calls(64, train), f"{name} ({'train' if train else 'inference'})"
