@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/run_benchmarks.py [--device cpu|cuda] [--models NAME ...] [--batch-size 4]
-        [--amp --channels-last] [--train] [--malloc-fixed] [--output BENCHMARKS.md]
+        [--amp --channels-last] [--mode inference|train|both] [--malloc-fixed] [--output BENCHMARKS.md]
 
 Each model is timed in the same process as timm's implementation of the same name, the
 two alternating round by round (visionzoo.bench.bench_models). The ratio is the median of
@@ -17,7 +17,11 @@ temporaries gain the most from it. On a CPU the fp32 GEMM peak is probed at the 
 every round (visionzoo.bench.peak_fraction), and the "% of GEMM peak" column is the median
 over rounds of visionzoo's GFLOP/s over that round's probe. The table states the device, the torch version and
 the date; an existing BENCHMARKS.md keeps its other tables (a section is replaced only by
-a run on the same device and settings).
+a run on the same device and settings). ``--mode both`` writes the inference and the training
+table in one run, each model's process timing inference first and then training (half the
+process starts: on a lent GPU, where a process takes ~10 s to start, that decides whether
+both tables fit the device time). The file is rewritten after every model, so a run that is
+stopped keeps the rows it timed; until the last model is done, a table says how many it has.
 """
 
 from __future__ import annotations
@@ -53,7 +57,11 @@ DEFAULT_MODELS = [
 MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
-def bench_one(name: str, args: argparse.Namespace) -> dict:
+def _modes(args: argparse.Namespace) -> list[str]:
+    return ["inference", "train"] if args.mode == "both" else [args.mode]
+
+
+def bench_one(name: str, args: argparse.Namespace, mode: str) -> dict:
     """Time ``name`` beside timm's model of that name in this process; the row's numbers."""
     import timm
 
@@ -61,7 +69,7 @@ def bench_one(name: str, args: argparse.Namespace) -> dict:
     gmacs = visionzoo.model_info(name)["gmacs"]
     ours, ref = bench_models(
         {"visionzoo": lambda: visionzoo.create_model(name), "timm": lambda: timm.create_model(name)},
-        name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
+        name=name, batch_size=args.batch_size, img_size=size, train=mode == "train", amp=args.amp,
         channels_last=args.channels_last, device=args.device, gmacs=gmacs, rounds=args.rounds, probe_peak=args.device == "cpu",
     )
     ratio, q1, q3 = paired_ratio(ours, ref)
@@ -72,11 +80,11 @@ def bench_one(name: str, args: argparse.Namespace) -> dict:
     return row
 
 
-def bench_in_subprocess(name: str, args: argparse.Namespace) -> dict:
-    """:func:`bench_one` in a fresh Python process (with ``MALLOC_FIXED`` under ``--malloc-fixed``)."""
+def bench_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, dict]:
+    """{mode: :func:`bench_one`'s row} from a fresh Python process (with ``MALLOC_FIXED`` under ``--malloc-fixed``)."""
     cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--batch-size", str(args.batch_size),
-           "--rounds", str(args.rounds)]
-    cmd += [flag for flag, on in (("--amp", args.amp), ("--channels-last", args.channels_last), ("--train", args.train)) if on]
+           "--rounds", str(args.rounds), "--mode", args.mode]
+    cmd += [flag for flag, on in (("--amp", args.amp), ("--channels-last", args.channels_last)) if on]
     env = {**os.environ, **(MALLOC_FIXED if args.malloc_fixed else {}), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -93,7 +101,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--amp", action="store_true")
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--train", action="store_true")
+    p.add_argument("--mode", choices=("inference", "train", "both"), default="inference",
+                   help="inference, training steps (forward + backward + SGD step), or both tables from one run")
+    p.add_argument("--train", action="store_true", help="the same as --mode train")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--malloc-fixed", action="store_true", help="glibc mmap/trim thresholds set high (see above)")
     p.add_argument("--output", default="BENCHMARKS.md")
@@ -101,8 +111,10 @@ def main() -> None:
                    help="re-run only --models and replace their rows in the existing table (noted under its header)")
     p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)  # internal: time one model, print JSON
     args = p.parse_args()
+    if args.train:
+        args.mode = "train"
     if args.worker:
-        print(json.dumps(bench_one(args.worker, args)))
+        print(json.dumps({mode: bench_one(args.worker, args, mode) for mode in _modes(args)}))
         return
 
     if args.device not in ("cpu", "cuda"):
@@ -117,59 +129,79 @@ def main() -> None:
     if unknown:  # before anything is timed or written: a typo must not empty a table
         raise SystemExit(f"not a model that both visionzoo and timm have: {', '.join(unknown)}")
     peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models
-    mode = "train" if args.train else "inference"
     opts = ", ".join(o for o, on in (("bf16", args.amp), ("channels_last", args.channels_last)) if on) or "fp32"
     if args.malloc_fixed:
         opts += ", glibc malloc thresholds fixed"
-    title = f"## {device_description(args.device)} — {mode}, {opts}, batch {args.batch_size}"
+    titles = {mode: f"## {device_description(args.device)} — {mode}, {opts}, batch {args.batch_size}" for mode in _modes(args)}
     header = "| model | input | GMACs | visionzoo img/s | timm img/s | ratio | ratio quartiles | visionzoo GFLOP/s" + (" | GEMM peak GFLOP/s | % of GEMM peak |" if peak else " |")
-    if args.update_rows:  # the table and its rows must exist, with these columns, before anything is timed
-        section = _find_section(Path(args.output), title)
-        if header not in section.splitlines():
-            raise SystemExit(f"--update-rows: the table '{title}' has other columns than this script writes; re-run it whole")
-        _update_rows(section, [f"| {m} | " for m in models], "")
-    results, failed = {}, {}
-    for name in models:  # a model that fails is reported, and the others still get their rows
+    out = Path(args.output)
+    original = out.read_text() if out.exists() else "# Benchmarks\n\nWritten by `benchmarks/run_benchmarks.py`.\n\n"
+    if args.update_rows:  # the tables and their rows must exist, with these columns, before anything is timed
+        for title in titles.values():
+            section = _find_section(out, title)
+            if header not in section.splitlines():
+                raise SystemExit(f"--update-rows: the table '{title}' has other columns than this script writes; re-run it whole")
+            _update_rows(section, [f"| {m} | " for m in models], "")
+    run_line = (f"torch {torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}"
+                + ("; % of GEMM peak: the median over rounds of visionzoo's GFLOP/s over the fp32 GEMM peak probed in the same round"
+                   " (GEMM peak: the median of those probes)" if peak else ""))
+    results: dict[str, dict[str, dict]] = {mode: {} for mode in titles}
+    failed: dict[str, str] = {}
+    for i, name in enumerate(models):  # a model that fails is reported, and the others still get their rows
         try:
-            results[name] = r = bench_in_subprocess(name, args)
+            rows = bench_in_subprocess(name, args)
         except RuntimeError as e:
             failed[name] = str(e).strip().splitlines()[-1]
             print(f"{name}: FAILED: {failed[name]}", flush=True)
-            continue
-        print(f"{name}: visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, ratio {r['ratio']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})", flush=True)
-    if not results:
+        else:
+            for mode, r in rows.items():
+                results[mode][name] = r
+                print(f"{name} ({mode}): visionzoo {r['ours']:.1f} img/s, timm {r['timm']:.1f} img/s, "
+                      f"ratio {r['ratio']:.2f} ({r['q1']:.2f}-{r['q3']:.2f})", flush=True)
+        if any(results.values()):  # after every model: a run stopped part way keeps what it timed
+            text = original
+            for mode, title in titles.items():
+                lines = _table(title, run_line, header, results[mode], peak, failed, pending=len(models) - i - 1)
+                if args.update_rows:  # only the rows timed so far change; failures and the rest keep their old rows
+                    section = _update_rows(_find_section(out, title, original), [ln for ln in lines[6:] if ln.startswith("| ")], run_line)
+                else:
+                    section = "\n".join(lines) + "\n"
+                text = _put_section(text, title, section)
+            out.write_text(text)
+    if not any(results.values()):
         raise SystemExit(f"every model failed; {args.output} is left as it was")
-    lines = [
-        title, "",
-        f"torch {torch.__version__}, timm {timm.__version__}, {dt.date.today().isoformat()}"
-        + ("; % of GEMM peak: the median over rounds of visionzoo's GFLOP/s over the fp32 GEMM peak probed in the same round"
-           " (GEMM peak: the median of those probes)" if peak else ""), "",
-        header, "|" + "---|" * (header.count("|") - 1),
-    ]
-    for name, r in results.items():
-        row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ratio']:.2f} | {r['q1']:.2f}-{r['q3']:.2f} | {r['gflops']:.0f}"
-        lines.append(row + (f" | {r['peak']:.0f} | {100 * r['peak_frac']:.0f}% |" if peak else " |"))
-    if failed:
-        lines += ["", *(f"Failed: {name}: {why}" for name, why in failed.items())]
-    section = "\n".join(lines) + "\n"
-    out = Path(args.output)
-    text = out.read_text() if out.exists() else "# Benchmarks\n\nWritten by `benchmarks/run_benchmarks.py`.\n\n"
-    pattern = _section_pattern(title)
-    if args.update_rows:
-        section = _update_rows(_find_section(out, title), [line for line in lines[6:] if line.startswith("| ")], lines[2])
-    text = pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    out.write_text(text)
     print(f"wrote {out}")
     if failed:
         raise SystemExit(f"{len(failed)} of {len(models)} models failed: {', '.join(failed)}")
+
+
+def _table(title: str, run_line: str, header: str, results: dict[str, dict], peak: bool, failed: dict[str, str], pending: int) -> list[str]:
+    """The lines of one table: title, run line, header, a row per timed model, then what failed
+    and, while models are still to come, how many rows the table has so far."""
+    lines = [title, "", run_line, "", header, "|" + "---|" * (header.count("|") - 1)]
+    for name, r in results.items():
+        row = f"| {name} | {r['size']} | {r['gmacs']:.2f} | {r['ours']:.1f} | {r['timm']:.1f} | {r['ratio']:.2f} | {r['q1']:.2f}-{r['q3']:.2f} | {r['gflops']:.0f}"
+        lines.append(row + (f" | {r['peak']:.0f} | {100 * r['peak_frac']:.0f}% |" if peak else " |"))
+    notes = [f"Failed: {name}: {why}" for name, why in failed.items()]
+    if pending:
+        notes.append(f"Partial: {len(results)} rows so far, {pending} models still to run (a run stopped here has no more).")
+    return lines + ([""] + notes if notes else [])
+
+
+def _put_section(text: str, title: str, section: str) -> str:
+    """``text`` with the section titled ``title`` replaced by ``section``, or ``section`` appended."""
+    pattern = _section_pattern(title)
+    return pattern.sub(lambda _: section.rstrip("\n") + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
 
 
 def _section_pattern(title: str) -> re.Pattern:
     return re.compile(re.escape(title) + r"\n.*?(?=\n## |\Z)", re.DOTALL)
 
 
-def _find_section(out: Path, title: str) -> str:
-    found = _section_pattern(title).search(out.read_text()) if out.exists() else None
+def _find_section(out: Path, title: str, text: str | None = None) -> str:
+    if text is None:
+        text = out.read_text() if out.exists() else ""
+    found = _section_pattern(title).search(text)
     if found is None:
         raise SystemExit(f"--update-rows: {out} has no table '{title}' to update")
     return found.group(0)

@@ -101,7 +101,7 @@ def test_run_benchmarks_keeps_the_rows_of_models_that_ran_when_one_fails(tmp_pat
     def fake(name, args):
         if name == "regnetx_004":
             raise RuntimeError(f"benchmark of {name} failed:\nTraceback ...\nRuntimeError: out of memory")
-        return row
+        return {mode: row for mode in rb._modes(args)}
 
     monkeypatch.setattr(rb, "bench_in_subprocess", fake)
     out = tmp_path / "B.md"
@@ -117,6 +117,46 @@ def test_run_benchmarks_keeps_the_rows_of_models_that_ran_when_one_fails(tmp_pat
     with pytest.raises(SystemExit, match="every model failed"):
         rb.main()
     assert out.read_text() == text
+
+
+def test_run_benchmarks_both_modes_written_after_every_model(tmp_path, monkeypatch):
+    """--mode both writes the inference and the training table from one process per model; the
+    file is rewritten after each model, so a stopped run keeps its rows and says it is partial."""
+    import sys
+
+    pytest.importorskip("timm")
+    rb = _run_benchmarks_module()
+    seen = []
+
+    def fake(name, args):
+        seen.append((name, args.mode))
+        if name == "regnetx_006":
+            raise KeyboardInterrupt  # the run is stopped while this model is timed
+        speed = {"regnetx_002": 10.0, "regnetx_004": 20.0}[name]
+        return {mode: {"size": 224, "gmacs": 1.0, "ours": speed * (1 if mode == "inference" else 0.3), "timm": 9.0, "gflops": 2.0,
+                       "ratio": 1.0, "q1": 1.0, "q3": 1.0, "peak": 100.0, "peak_frac": 0.02} for mode in rb._modes(args)}
+
+    monkeypatch.setattr(rb, "bench_in_subprocess", fake)
+    monkeypatch.setattr(rb, "device_description", lambda device: "dev")
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\n## Notes\n\nkept\n")
+    argv = ["run_benchmarks.py", "--device", "cpu", "--mode", "both", "--output", str(out), "--models"]
+    monkeypatch.setattr(sys, "argv", argv + ["regnetx_002", "regnetx_004", "regnetx_006"])
+    with pytest.raises(KeyboardInterrupt):
+        rb.main()
+    assert seen == [("regnetx_002", "both"), ("regnetx_004", "both"), ("regnetx_006", "both")]  # one process per model
+    text = out.read_text()
+    inference, train = rb._find_section(out, "## dev — inference, fp32, batch 4"), rb._find_section(out, "## dev — train, fp32, batch 4")
+    assert "| regnetx_004 | 224 | 1.00 | 20.0 |" in inference and "| regnetx_004 | 224 | 1.00 | 6.0 |" in train
+    assert "| regnetx_006 |" not in text and "kept" in text
+    assert "Partial: 2 rows so far, 1 models still to run" in inference and "Partial: 2 rows so far" in train
+    monkeypatch.setattr(sys, "argv", argv + ["regnetx_002", "regnetx_004"])
+    rb.main()
+    assert "Partial" not in out.read_text() and "| regnetx_002 | 224 | 1.00 | 3.0 |" in out.read_text()
+    monkeypatch.setattr(sys, "argv", argv + ["regnetx_004", "--update-rows"])  # re-run one row of both tables
+    rb.main()
+    text = out.read_text()
+    assert text.count("Rows re-run later (regnetx_004)") == 2 and text.count("| regnetx_002 |") == 2
 
 
 def test_profile_pair_lists_both_implementations_operators(monkeypatch, capsys):
