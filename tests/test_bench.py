@@ -169,7 +169,7 @@ def test_profile_pair_lists_both_implementations_operators(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("profile_pair", path)
     pp = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pp)
-    monkeypatch.setattr(sys, "argv", ["profile_pair.py", "regnetx_002", "--device", "cpu", "--batch-size", "1", "--steps", "1", "--top", "3", "--train"])
+    monkeypatch.setattr(sys, "argv", ["profile_pair.py", "regnetx_002", "--device", "cpu", "--batch-size", "1", "--steps", "1", "--top", "6", "--train"])
     pp.main()
     out = capsys.readouterr().out
     heads = [line for line in out.splitlines() if line.startswith("-- ")]
