@@ -112,6 +112,8 @@ def main() -> None:
     p.add_argument("--worker", metavar="NAME", help=argparse.SUPPRESS)  # internal: time one model, print JSON
     args = p.parse_args()
     if args.train:
+        if args.mode == "both":
+            raise SystemExit("--train is --mode train; give one of --train and --mode both")
         args.mode = "train"
     if args.worker:
         print(json.dumps({mode: bench_one(args.worker, args, mode) for mode in _modes(args)}))

@@ -74,6 +74,7 @@ def test_update_rows_replaces_only_the_named_rows(tmp_path):
     (["--models", "convmixer_256_8"], "convmixer_256_8"),  # visionzoo's alone: no ratio to write
     (["--batch-size", "0"], "at least 1"),
     (["--device", "tpu"], "cpu or cuda"),
+    (["--train", "--mode", "both"], "give one of --train and --mode both"),
 ])
 def test_run_benchmarks_refuses_bad_arguments_before_writing(tmp_path, monkeypatch, args, message):
     """A misspelt model was dropped and the emptied table replaced the existing one."""
