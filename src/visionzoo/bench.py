@@ -39,7 +39,7 @@ class BenchResult:
     img_size: int
     images_per_s: float
     latency_ms: float
-    peak_mem_mb: float | None
+    peak_mem_mb: float | None  # CUDA: parameters and buffers plus one step's peak (_peak_memory); None on a CPU
     gmacs: float
     gflops_per_s: float
     round_ms: list[float]  # time per step in each round, in the order the rounds ran
