@@ -5,7 +5,7 @@ Usage:
         [--amp --channels-last] [--train] [--steps 5] [--top 15]
 
 For each model both implementations run the same steps as ``benchmarks/run_benchmarks.py``
-times (visionzoo.bench.step_fn), after warm-up, under torch.profiler. Printed per
+times (visionzoo.bench.prepare_step), after warm-up, under torch.profiler. Printed per
 implementation: the wall time per step, the time per step on the device (the CUDA kernels
 on a GPU, the CPU operators' self time otherwise) and the ``--top`` kernels or operators by
 that time, with their calls per step. On a GPU a wall time well above the kernels' time says
@@ -23,16 +23,13 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import visionzoo
-from visionzoo.bench import step_fn
+from visionzoo.bench import prepare_step
 
 
 def profile_impl(build, x: torch.Tensor, args: argparse.Namespace) -> tuple[float, float, list[tuple[str, float, int]]]:
     """(wall ms per step, device ms per step, [(operator, ms per step, calls per step)] by time)."""
     cuda = x.device.type == "cuda"
-    model = build().to(x.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    step = step_fn(model, x, args.train, args.amp, str(x.device))
+    _, step = prepare_step(build, x, train=args.train, amp=args.amp, channels_last=args.channels_last)
     for _ in range(3):
         step()
     if cuda:

@@ -8,6 +8,8 @@ from torch import nn
 
 from visionzoo.bench import bench_models
 
+from family_models import smallest_per_family
+
 
 class Recorder(nn.Module):
     """Appends its tag to a shared log on every forward."""
@@ -253,13 +255,7 @@ def test_bench_models_refuses_empty_timings(kw):
     assert not built  # refused before any model is built
 
 
-def _smallest_per_family():
-    from family_models import smallest_per_family
-
-    return smallest_per_family()
-
-
-@pytest.mark.parametrize("family", sorted(_smallest_per_family()))
+@pytest.mark.parametrize("family", sorted(smallest_per_family()))
 def test_off_the_cpu_the_operators_do_not_depend_on_the_batch(family):
     """CPU fast paths that split the work for the CPU's caches (token blocks, batch chunks) must
     stay on the CPU: on a GPU they turn into many small launches (an MLP blocked over 1024
@@ -277,7 +273,7 @@ def test_off_the_cpu_the_operators_do_not_depend_on_the_batch(family):
             self.calls += 1
             return func(*args, **(kwargs or {}))
 
-    name = _smallest_per_family()[family]
+    name = smallest_per_family()[family]
     model = visionzoo.create_model(name).to("meta")
     side = visionzoo.registry.get_entry(name).default_cfg["input_size"][-1]
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["BenchResult", "bench_models", "device_description", "gemm_peak_gflops", "paired_ratio", "peak_fraction", "step_fn"]
+__all__ = ["BenchResult", "bench_models", "device_description", "gemm_peak_gflops", "paired_ratio", "peak_fraction", "prepare_step"]
 
 
 @dataclass
@@ -174,9 +174,20 @@ def _sync(device: str | torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
-    """One benchmark step of ``model`` on ``x`` as a call: inference (eval, inference_mode) or,
-    with ``train``, forward + backward + an SGD step; under bf16 autocast with ``amp``."""
+def prepare_step(build: Callable[[], nn.Module], x: torch.Tensor, *, train: bool = False, amp: bool = False,
+                 channels_last: bool = False, compile: bool = False) -> tuple[nn.Module, Callable[[], None]]:
+    """(model, step): ``build()`` moved to ``x``'s device (channels-last, compiled where asked),
+    and one benchmark step of it on ``x`` as a call: inference (eval, inference_mode) or, with
+    ``train``, forward + backward + an SGD step; under bf16 autocast with ``amp``."""
+    model = build().to(x.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model, _step_fn(model, x, train, amp, x.device.type)
+
+
+def _step_fn(model: nn.Module, x: torch.Tensor, train: bool, amp: bool, device: str) -> Callable[[], None]:
     dtype = torch.bfloat16
     autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if amp else contextlib.nullcontext
     if train:
@@ -256,12 +267,7 @@ def bench_models(
         x = x.contiguous(memory_format=torch.channels_last)
     steps, times, weights = {}, {}, {}
     for impl, build in builders.items():
-        model = build().to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if compile:
-            model = torch.compile(model)
-        steps[impl] = step_fn(model, x, train, amp, device)
+        model, steps[impl] = prepare_step(build, x, train=train, amp=amp, channels_last=channels_last, compile=compile)
         weights[impl] = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
         step_s = float("inf")
         for _ in range(warmup):
