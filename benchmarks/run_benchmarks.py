@@ -11,9 +11,10 @@ the machine drifts between rounds); img/s are each implementation's median round
 model gets a fresh process: what ran before does not change the row (glibc's malloc adapts
 its mmap threshold to the frees it has seen, so a process that has run other models serves
 large tensors from different memory than a fresh one). ``--malloc-fixed`` runs those processes
-with glibc's mmap and trim thresholds set high, so large tensors are reused instead of
-mapped fresh (page faults) on every call; implementations that allocate many large
-temporaries gain the most from it. On a CPU the fp32 GEMM peak is probed at the start of
+with glibc's mmap and trim thresholds set high (visionzoo.runtime.retain_freed_memory, what the
+``visionzoo`` command does at start-up), so large tensors are reused instead of mapped fresh
+(page faults) on every call; implementations that allocate many large temporaries gain the
+most from it. On a CPU the fp32 GEMM peak is probed at the start of
 every round (visionzoo.bench.peak_fraction), and the "% of GEMM peak" column is the median
 over rounds of visionzoo's GFLOP/s over that round's probe. The table states the device, the torch version and
 the date; an existing BENCHMARKS.md keeps its other tables (a section is replaced only by
@@ -40,6 +41,7 @@ import torch
 
 import visionzoo
 from visionzoo.bench import bench_models, device_description, paired_ratio, peak_fraction
+from visionzoo.runtime import retain_freed_memory
 
 # every family timm also implements (the GEMM-bound ones first; the ResNet and Inception
 # families by their variants: hybrid ViT, ResNeXt, SE-ResNet, v3, v4, Inception-ResNet)
@@ -50,11 +52,6 @@ DEFAULT_MODELS = [
     "vit_base_r50_s16_224", "resnext50_32x4d", "seresnet50", "hrnet_w18", "inception_v4",
     "inception_resnet_v2", "mobilenetv1_100",
 ]
-
-
-#: glibc tunables of ``--malloc-fixed``: tensors up to 256 MB come from the heap, and the heap
-#: is not trimmed back to the OS below 1 GB of free top memory
-MALLOC_FIXED = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 
 
 def _modes(args: argparse.Namespace) -> list[str]:
@@ -81,11 +78,11 @@ def bench_one(name: str, args: argparse.Namespace, mode: str) -> dict:
 
 
 def bench_in_subprocess(name: str, args: argparse.Namespace) -> dict[str, dict]:
-    """{mode: :func:`bench_one`'s row} from a fresh Python process (with ``MALLOC_FIXED`` under ``--malloc-fixed``)."""
+    """{mode: :func:`bench_one`'s row} from a fresh Python process."""
     cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--batch-size", str(args.batch_size),
            "--rounds", str(args.rounds), "--mode", args.mode]
-    cmd += [flag for flag, on in (("--amp", args.amp), ("--channels-last", args.channels_last)) if on]
-    env = {**os.environ, **(MALLOC_FIXED if args.malloc_fixed else {}), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    cmd += [flag for flag, on in (("--amp", args.amp), ("--channels-last", args.channels_last), ("--malloc-fixed", args.malloc_fixed)) if on]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark of {name} failed:\n{proc.stderr[-2000:]}")
@@ -105,7 +102,7 @@ def main() -> None:
                    help="inference, training steps (forward + backward + SGD step), or both tables from one run")
     p.add_argument("--train", action="store_true", help="the same as --mode train")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--malloc-fixed", action="store_true", help="glibc mmap/trim thresholds set high (see above)")
+    p.add_argument("--malloc-fixed", action="store_true", help="freed memory kept for reuse, as the visionzoo command does (see above)")
     p.add_argument("--output", default="BENCHMARKS.md")
     p.add_argument("--update-rows", action="store_true",
                    help="re-run only --models and replace their rows in the existing table (noted under its header)")
@@ -116,6 +113,8 @@ def main() -> None:
             raise SystemExit("--train is --mode train; give one of --train and --mode both")
         args.mode = "train"
     if args.worker:
+        if args.malloc_fixed and not retain_freed_memory():
+            raise SystemExit("--malloc-fixed: the C library here is not glibc")
         print(json.dumps({mode: bench_one(args.worker, args, mode) for mode in _modes(args)}))
         return
 

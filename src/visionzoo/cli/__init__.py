@@ -118,6 +118,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
+        from ..runtime import malloc_from_env
+
+        malloc_from_env()  # freed activations stay in the heap for the next batch (visionzoo.runtime)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("visionzoo: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench import bench_models, device_description, paired_ratio, peak_fraction
     from ..factory import create_model, model_info
     from ..registry import get_entry, list_models
+    from ..runtime import MALLOC_ENV, memory_retained
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
@@ -45,6 +46,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"{'training steps (forward + backward + SGD step)' if args.train else 'inference (eval, inference_mode)'}, batch {args.batch_size}, "
           f"{precision}{layout}{', torch.compile' if args.compile else ''}; {args.rounds} rounds of {args.iters} steps after {args.warmup} warm-up steps")
     print("GMACs: per image, forward; GFLOP/s: 2 x GMACs x img/s" + (" x 3 (forward + backward)" if args.train else ""))
+    retained = memory_retained()
+    if args.device == "cpu":  # (host memory: what the C library does with freed activations)
+        print(f"malloc: freed memory kept for reuse (blocks up to {retained[0] >> 20} MiB, up to {retained[1] >> 20} MiB free; {MALLOC_ENV}=default turns this off)"
+              if retained else f"malloc: left as the process had it ({MALLOC_ENV}=default or not glibc; freed memory may go back to the OS between steps)")
     if args.warmup == 0:
         print("note: --warmup 0 times the first steps too (weight packing, caches, allocator growth)")
     peak = args.device == "cpu"  # the fp32 GEMM peak, probed in every round beside the models

@@ -1,0 +1,68 @@
+"""visionzoo.runtime: the malloc setting the visionzoo command makes at start-up."""
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+import visionzoo.runtime as runtime
+from processes import child_env
+from visionzoo.cli import main
+
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+
+# In a fresh process: allocate, fill and free a 96 MiB tensor six times, and print the median
+# of the minor page faults of the last five. glibc maps a block that large afresh on every
+# call (its adaptive threshold stops at 32 MiB), so each fill faults on ~24k pages. Retained,
+# a fill now and then still lands on new memory (a small block allocated behind the freed
+# one keeps it from merging back), hence the median.
+_FAULTS = """
+import resource, statistics, sys, torch
+import visionzoo.runtime as runtime
+if sys.argv[1] == "retain":
+    assert runtime.retain_freed_memory()
+torch.empty(24 << 20).fill_(1)
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(24 << 20).fill_(1)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(int(statistics.median(faults)))
+"""
+
+
+def _faults_per_fill(mode: str) -> int:
+    out = subprocess.run([sys.executable, "-c", _FAULTS, mode], env=child_env(), capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+@glibc
+def test_retained_memory_is_reused_without_page_faults():
+    pages = (96 << 20) // 4096
+    assert _faults_per_fill("default") > pages // 2  # mapped afresh each time
+    assert _faults_per_fill("retain") < pages // 50  # the same heap memory again
+
+
+@glibc
+def test_the_command_retains_memory_unless_told_not_to(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.delenv(runtime.MALLOC_ENV, raising=False)
+    assert main(["list", "resnet18"]) == 0
+    monkeypatch.setenv(runtime.MALLOC_ENV, "default")
+    assert main(["list", "resnet18"]) == 0
+    assert calls == [1]
+
+
+def test_a_bad_setting_is_one_line(monkeypatch, capsys):
+    monkeypatch.setenv(runtime.MALLOC_ENV, "jemalloc")
+    assert main(["list", "resnet18"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "VISIONZOO_MALLOC must be 'retain' or 'default', got 'jemalloc'" in err
+
+
+@pytest.mark.parametrize("kwargs", [{"block": 0}, {"keep": 1 << 31}])
+def test_sizes_out_of_range_are_refused(kwargs):
+    with pytest.raises(ValueError, match="between 1 and 2\\*\\*31 - 1 bytes"):
+        runtime.retain_freed_memory(**kwargs)
