@@ -1,6 +1,7 @@
 """Shared layers: one attention for every family, window ops, position tables, fused linear."""
 
 import copy
+import importlib
 import itertools
 
 import pytest
@@ -260,10 +261,12 @@ def test_add_to_equals_the_block_expression(kind):
 
 
 @pytest.mark.parametrize("onednn", ONEDNN_BOTH)
-def test_mlp_add_to_runs_many_tokens_in_blocks(onednn):
+def test_mlp_add_to_runs_many_tokens_in_blocks(onednn, monkeypatch):
     """With a norm and many tokens, Mlp.add_to runs norm, fc1 + GELU and fc2 block by block in
     inference: the numbers of one pass, the residual untouched. A hooked norm runs once over all
-    tokens; fewer tokens or a wider hidden layer: one block."""
+    tokens; fewer tokens, a wider hidden layer or freed memory kept for reuse: one block."""
+    mlp_module = importlib.import_module("visionzoo.layers.mlp")
+    monkeypatch.setattr(mlp_module, "memory_retained", lambda: None)  # (a CLI test in this process may have set it)
     torch.manual_seed(0)
     mlp, norm = Mlp(16, 64).eval(), torch.nn.LayerNorm(16)
     with torch.no_grad():
@@ -285,6 +288,9 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn):
         assert torch.equal(residual, keep)
         assert norms_run(mlp, x[:, : MIN_BLOCKED_ROWS // 2 - 1]) == 1
         assert norms_run(Mlp(16, MAX_BLOCKED_HIDDEN + 1).eval(), x) == 1
+        with monkeypatch.context() as m:
+            m.setattr(mlp_module, "memory_retained", lambda: (256 << 20, 1 << 30))
+            assert norms_run(mlp, x) == 1
         seen = []
         handle = norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
         norms_run(mlp, x)
