@@ -266,7 +266,7 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn, monkeypatch):
     inference: the numbers of one pass, the residual untouched. A hooked norm runs once over all
     tokens; fewer tokens, a wider hidden layer or freed memory kept for reuse: one block."""
     mlp_module = importlib.import_module("visionzoo.layers.mlp")
-    monkeypatch.setattr(mlp_module, "memory_retained", lambda: None)  # (a CLI test in this process may have set it)
+    monkeypatch.setattr(mlp_module, "memory_retained", lambda: None)  # blocks only where memory is not retained
     torch.manual_seed(0)
     mlp, norm = Mlp(16, 64).eval(), torch.nn.LayerNorm(16)
     with torch.no_grad():

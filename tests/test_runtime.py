@@ -8,7 +8,7 @@ import pytest
 
 import visionzoo.runtime as runtime
 from processes import child_env
-from visionzoo.cli import main
+from visionzoo.cli import command, main
 
 glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 
@@ -44,22 +44,37 @@ def test_retained_memory_is_reused_without_page_faults():
     assert _faults_per_fill("retain") < pages // 50  # the same heap memory again
 
 
-@glibc
 def test_the_command_retains_memory_unless_told_not_to(monkeypatch, capsys):
+    """The program does; main() called from a program (or this test process) does not."""
     calls = []
     monkeypatch.setattr(runtime, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(sys, "argv", ["visionzoo", "list", "resnet18"])
     monkeypatch.delenv(runtime.MALLOC_ENV, raising=False)
-    assert main(["list", "resnet18"]) == 0
+    assert main(["list", "resnet18"]) == 0 and calls == []
+    assert command() == 0 and calls == [1]
     monkeypatch.setenv(runtime.MALLOC_ENV, "default")
-    assert main(["list", "resnet18"]) == 0
-    assert calls == [1]
+    assert command() == 0 and calls == [1]
+    assert "resnet18" in capsys.readouterr().out
 
 
 def test_a_bad_setting_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["visionzoo", "list", "resnet18"])
     monkeypatch.setenv(runtime.MALLOC_ENV, "jemalloc")
-    assert main(["list", "resnet18"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "VISIONZOO_MALLOC must be 'retain' or 'default', got 'jemalloc'" in err
+    assert command() == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip().count("\n") == 0
+    assert "VISIONZOO_MALLOC must be 'retain' or 'default', got 'jemalloc'" in captured.err
+
+
+@glibc
+def test_the_installed_command_says_what_it_set(tmp_path):
+    """`python -m visionzoo bench` in a child process: its header names the malloc setting."""
+    args = [sys.executable, "-m", "visionzoo", "bench", "resnet18", "--device", "cpu", "--batch-size", "1", "--img-size", "32",
+            "--rounds", "1", "--iters", "1", "--warmup", "0"]
+    out = subprocess.run(args, env=child_env(), capture_output=True, text=True, check=True).stdout
+    assert "malloc: freed memory kept for reuse (blocks up to 256 MiB, up to 1024 MiB free" in out
+    out = subprocess.run(args, env={**child_env(), runtime.MALLOC_ENV: "default"}, capture_output=True, text=True, check=True).stdout
+    assert "malloc: left as the process had it" in out
 
 
 @pytest.mark.parametrize("kwargs", [{"block": 0}, {"keep": 1 << 31}])

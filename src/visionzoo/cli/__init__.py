@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CLIError", "build_parser", "check_device", "check_output_dir", "check_picture_output", "main"]
+__all__ = ["CLIError", "build_parser", "check_device", "check_output_dir", "check_picture_output", "command", "main"]
 
 
 class CLIError(Exception):
@@ -118,9 +118,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None else 2
     try:
-        from ..runtime import malloc_from_env
-
-        malloc_from_env()  # freed activations stay in the heap for the next batch (visionzoo.runtime)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("visionzoo: interrupted", file=sys.stderr)
@@ -135,5 +132,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def command() -> int:
+    """The ``visionzoo`` program (its console script and ``python -m visionzoo``): :func:`main`
+    in a process set up for throughput, where freed memory stays in the heap for the next
+    batch (:mod:`visionzoo.runtime`; ``VISIONZOO_MALLOC=default`` leaves malloc alone). A
+    program calling :func:`main` keeps its own settings."""
+    from ..runtime import malloc_from_env
+
+    try:
+        malloc_from_env()
+    except ValueError as e:
+        print(f"visionzoo: error: {e}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(command())
