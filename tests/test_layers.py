@@ -266,7 +266,7 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn, monkeypatch):
     inference: the numbers of one pass, the residual untouched. A hooked norm runs once over all
     tokens; fewer tokens, a wider hidden layer or freed memory kept for reuse: one block."""
     mlp_module = importlib.import_module("visionzoo.layers.mlp")
-    monkeypatch.setattr(mlp_module, "memory_retained", lambda: None)  # blocks only where memory is not retained
+    monkeypatch.setattr(mlp_module, "retains", lambda nbytes: False)  # blocks only where memory is not retained
     torch.manual_seed(0)
     mlp, norm = Mlp(16, 64).eval(), torch.nn.LayerNorm(16)
     with torch.no_grad():
@@ -289,8 +289,9 @@ def test_mlp_add_to_runs_many_tokens_in_blocks(onednn, monkeypatch):
         assert norms_run(mlp, x[:, : MIN_BLOCKED_ROWS // 2 - 1]) == 1
         assert norms_run(Mlp(16, MAX_BLOCKED_HIDDEN + 1).eval(), x) == 1
         with monkeypatch.context() as m:
-            m.setattr(mlp_module, "memory_retained", lambda: (256 << 20, 1 << 30))
-            assert norms_run(mlp, x) == 1
+            hidden = []
+            m.setattr(mlp_module, "retains", lambda nbytes: hidden.append(nbytes) or True)
+            assert norms_run(mlp, x) == 1 and hidden == [2 * tokens * 64 * 4]  # the whole hidden activation
         seen = []
         handle = norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
         norms_run(mlp, x)

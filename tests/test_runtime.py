@@ -81,3 +81,12 @@ def test_the_installed_command_says_what_it_set(tmp_path):
 def test_sizes_out_of_range_are_refused(kwargs):
     with pytest.raises(ValueError, match="between 1 and 2\\*\\*31 - 1 bytes"):
         runtime.retain_freed_memory(**kwargs)
+
+
+def test_retains_names_the_blocks_that_stay(monkeypatch):
+    monkeypatch.setattr(runtime, "_retained", [])
+    assert runtime.memory_retained() is None and not runtime.retains(1)
+    monkeypatch.setattr(runtime, "_retained", [(100, 1000)])
+    assert runtime.retains(100) and not runtime.retains(101)  # larger blocks are still mapped afresh
+    monkeypatch.setattr(runtime, "_retained", [(1000, 100)])
+    assert runtime.retains(100) and not runtime.retains(101)  # nor kept when more than `keep` is free

@@ -25,7 +25,7 @@ import os
 import platform
 import sys
 
-__all__ = ["MALLOC_ENV", "malloc_from_env", "memory_retained", "retain_freed_memory"]
+__all__ = ["MALLOC_ENV", "malloc_from_env", "memory_retained", "retain_freed_memory", "retains"]
 
 #: environment variable read by the ``visionzoo`` command: ``default`` leaves malloc alone
 MALLOC_ENV = "VISIONZOO_MALLOC"
@@ -69,6 +69,14 @@ def retain_freed_memory(*, block: int = 256 << 20, keep: int = 1 << 30) -> bool:
 def memory_retained() -> tuple[int, int] | None:
     """(block, keep) of the last :func:`retain_freed_memory` that took effect; None if none did."""
     return _retained[0] if _retained else None
+
+
+def retains(nbytes: int) -> bool:
+    """Whether a freed block of ``nbytes`` stays in this process for the next allocation
+    (:func:`retain_freed_memory` took effect with room for it): code that splits work only to
+    keep such a block from being mapped afresh on every call need not split it."""
+    kept = memory_retained()
+    return kept is not None and nbytes <= min(kept)
 
 
 def malloc_from_env() -> bool:

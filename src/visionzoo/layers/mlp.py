@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..runtime import memory_retained
+from ..runtime import retains
 from .drop_path import skippable
 from .helpers import no_hooks, plain_cpu_eager
 from .linear import linear, linear_add
@@ -48,7 +48,7 @@ def residual_mlp(residual: Tensor, x: Tensor, fc1: nn.Module, act: nn.Module | N
         x, norm = norm(x), None
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if (rows < MIN_BLOCKED_ROWS or fc2_weight.shape[1] > MAX_BLOCKED_HIDDEN or torch.is_grad_enabled() or not no_hooks(fc1)
-            or not plain_cpu_eager(x) or memory_retained() is not None):
+            or not plain_cpu_eager(x) or retains(rows * fc2_weight.shape[1] * x.element_size())):
         return linear_add(residual, linear(fc1, x if norm is None else norm(x), act), fc2_weight, fc2_bias)
     x, res = x.reshape(rows, -1), residual.reshape(rows, -1)
     out = torch.empty(res.shape, dtype=res.dtype, device=res.device)

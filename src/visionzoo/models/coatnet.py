@@ -71,7 +71,7 @@ from ..layers.attention import attention
 from ..layers.helpers import DerivedCache, no_hooks
 from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
-from ..runtime import memory_retained
+from ..runtime import retains
 
 __all__ = ["CoAtNet", "CoAtNetConfig", "MBConvBlock", "RelativeAttention", "TransformerBlock", "parse_layout"]
 
@@ -233,7 +233,7 @@ class MBConvBlock(nn.Module):
             return self._forward(x)
         B, _, H, W = x.shape
         per_sample = self.conv1_1x1.out_channels * H * W
-        if B > 1 and per_sample * B > self.chunk_elements and memory_retained() is None:
+        if B > 1 and per_sample * B > self.chunk_elements and not retains(per_sample * B * x.element_size()):
             chunk = max(1, self.chunk_elements // per_sample)
             return torch.cat([self._forward(c) for c in x.split(chunk)])
         return self._forward(x)
