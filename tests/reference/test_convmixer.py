@@ -65,3 +65,42 @@ def test_features_only_equal_timm_forward_intermediates():
         expect = ref.forward_intermediates(x, indices=blocks, intermediates_only=True)
         for f, e in zip(ours(x), expect, strict=True):
             assert max_rel_diff(f, e) < 1e-4
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_cpu_inference_blocks_run_fused_and_equal_timm(act):
+    """CPU inference runs each mixer block as a depthwise convolution with its activation fused,
+    one addcmul (BN1's scale + the residual), a oneDNN inner product with the activation fused
+    and BN1's shift in its bias, and one addcmul (BN2): no BatchNorm, activation or add of its
+    own, and the logits of timm's plain blocks. A hooked block, a block in training mode, a
+    BatchNorm in training mode (batch statistics) or autograd take the plain blocks."""
+    kinds = {"relu": torch.nn.ReLU, "gelu": torch.nn.GELU, "silu": torch.nn.SiLU}
+    ref = build_random(lambda: timm.models.convmixer.ConvMixer(dim=48, depth=3, kernel_size=5, patch_size=4, num_classes=7, act_layer=kinds[act])).eval()
+    ours = visionzoo.create_model("convmixer_768_32", num_classes=7, dim=48, depth=3, kernel_size=5, patch_size=4, act=act, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(3, 3, 40, 36)
+
+    def ops(model):
+        with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            out = model(x)
+        names = [e.name for e in prof.events()]
+        return out, sum(n == "aten::batch_norm" for n in names), sum(n == "aten::addcmul" for n in names)
+
+    with torch.no_grad():
+        expect = ref(x)
+    out, norms, addcmuls = ops(ours)
+    assert max_rel_diff(out, expect) < 1e-5
+    assert (norms, addcmuls) == (1, 2 * 3)  # the stem's BatchNorm only
+    seen = []
+    handle = ours.blocks[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    out, norms, _ = ops(ours)
+    handle.remove()
+    assert max_rel_diff(out, expect) < 1e-5 and norms == 1 + 2 * 3 and seen == [(3, 48, 10, 9)]
+    ours.blocks[2][3].train()  # batch statistics in one BatchNorm: the plain blocks
+    ref.blocks[2][3].train()
+    with torch.no_grad():
+        out, norms, _ = ops(ours)
+        assert max_rel_diff(out, ref(x)) < 1e-4 and norms == 1 + 2 * 3  # (batch statistics of a 10 x 9 map amplify fp32 rounding)
+    ours.eval()
+    out = ours(x)  # autograd on: the plain blocks, with gradients
+    out.sum().backward()
+    assert ours.blocks[0][1].weight.grad is not None

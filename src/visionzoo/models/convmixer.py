@@ -14,12 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+import torch
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import POOL_TYPES, Conv2d, classifier
+from ..layers import POOL_TYPES, Conv2d, apply_conv_bn, bn_affine, classifier, linear_act
 from ..layers.activations import GELU
+from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["ConvMixer", "ConvMixerConfig"]
@@ -56,6 +58,76 @@ def _mixer_block(dim: int, kernel_size: int, act: Callable[[], nn.Module]) -> nn
     )
 
 
+# --------------------------------------------------------------------------- CPU inference
+_KERNEL_ACTS = {nn.ReLU: nn.ReLU(), nn.SiLU: nn.SiLU(), GELU: nn.GELU()}  # what the fused kernels compute
+_AFFINES = DerivedCache()  # mixer block -> (s1, s2, t2, pointwise bias with BN1's shift folded in)
+
+
+def _inference_block(block: nn.Module) -> bool:
+    """Whether ``block`` is an unmodified, unhooked mixer block with eval-mode BatchNorms."""
+    if type(block) is not nn.Sequential or len(block) != 4 or type(block[0]) is not Residual or type(block[0].fn) is not nn.Sequential or len(block[0].fn) != 3:
+        return False
+    (dw, act1, bn1), (pw, act2, bn2) = block[0].fn, block[1:]
+    return (
+        type(dw) in (Conv2d, nn.Conv2d) and type(pw) is nn.Conv2d and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
+        and pw.padding == (0, 0) and pw.groups == 1 and pw.in_channels == pw.out_channels == dw.out_channels
+        and all(type(a) in _KERNEL_ACTS for a in (act1, act2))
+        and all(type(bn) is nn.BatchNorm2d and bn_affine(bn) is not None for bn in (bn1, bn2))  # (eval, running statistics)
+        and no_hooks(*block.modules()) and "parametrizations" not in pw._modules
+    )
+
+
+def _block_affines(block: nn.Sequential) -> tuple[Tensor, ...]:
+    """(s1, s2, t2, b): the BatchNorms as scale and shift (``bn(z) = s * z + t``), and the
+    pointwise bias with BN1's shift folded in (``pw(y + t1) = W y + (b + W t1)``: the 1x1
+    convolution has no padding, so the fold is exact); cached while the weights are unchanged."""
+    bn1, pw, bn2 = block[0].fn[2], block[1], block[3]
+
+    def compute() -> tuple[Tensor, ...]:
+        (s1, t1), (s2, t2) = bn_affine(bn1), bn_affine(bn2)
+        w = pw.weight.flatten(1)  # out, in
+        bias = w @ t1 if pw.bias is None else torch.addmv(pw.bias, w, t1)
+        return s1, s2, t2, bias
+
+    sources = (pw.weight, pw.bias, *(t for bn in (bn1, bn2) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)))
+    return _AFFINES.get(block, sources, compute, (bn1.eps, bn2.eps)) or compute()  # (computed per call if untrackable)
+
+
+def _mixer_inference(block: nn.Sequential, x: Tensor) -> Tensor:
+    """``block(x)`` for a channels-last map in CPU inference, in four passes instead of eight.
+
+    The depthwise convolution runs with its activation as a oneDNN post-op on a packed weight
+    (:func:`~visionzoo.layers.apply_conv_bn`); BN1's scale and the residual sum are one
+    ``addcmul`` into that fresh output, and BN1's shift is folded into the pointwise bias; the
+    pointwise convolution is one oneDNN inner product over the pixels with its activation fused,
+    on a cached blocked weight (:func:`~visionzoo.layers.linear_act`); BN2 is one ``addcmul`` in
+    place. The plain block runs eight: convolution, activation, BatchNorm, sum, convolution,
+    activation, BatchNorm (and the input copy of an NCHW 1x1 convolution's reorder)."""
+    (dw, act1, _), (pw, act2) = block[0].fn, block[1:3]
+    s1, s2, t2, bias = _block_affines(block)
+    B, C, H, W = x.shape
+    y = apply_conv_bn(dw, None, x, _KERNEL_ACTS[type(act1)])  # B, C, H, W (channels-last memory)
+    tokens = y.permute(0, 2, 3, 1).reshape(B * H * W, C)  # B*H*W, C (a view of a channels-last map)
+    torch.addcmul(x.permute(0, 2, 3, 1).reshape(B * H * W, C), tokens, s1, out=tokens)  # x + s1 * act(dw(x))
+    z = linear_act(tokens, pw.weight.flatten(1), bias, _KERNEL_ACTS[type(act2)])  # B*H*W, C
+    torch.addcmul(t2, z, s2, out=z)
+    return z.view(B, H, W, C).permute(0, 3, 1, 2)  # B, C, H, W (channels-last memory)
+
+
+def _run_blocks(blocks: nn.Sequential, x: Tensor) -> Tensor:
+    """``blocks(x)``; in CPU inference on a channels-last float32 map, block by block through
+    :func:`_mixer_inference` (where every block qualifies)."""
+    if (
+        torch.is_grad_enabled() or not plain_cpu_eager(x) or x.dtype != torch.float32 or x.dim() != 4
+        or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)
+        or not no_hooks(blocks) or not all(_inference_block(b) for b in blocks)
+    ):
+        return blocks(x)
+    for block in blocks:
+        x = _mixer_inference(block, x)
+    return x
+
+
 @dataclass(frozen=True)
 class ConvMixerConfig:
     """ConvMixer-h/d with kernel k and patch p; activation 'gelu' (paper default) or 'relu'."""
@@ -76,6 +148,7 @@ class ConvMixer(VisionModel):
     """
 
     family = "convmixer"
+    cpu_channels_last = True  # CPU inference on a channels-last copy: the blocks run as _mixer_inference
     block_features = True
     pool_types = POOL_TYPES
     grad_checkpoint_units = (r"blocks\.\d+",)
@@ -101,7 +174,7 @@ class ConvMixer(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return self.blocks(self.stem(x))
+        return _run_blocks(self.blocks, self.stem(x))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
