@@ -152,3 +152,26 @@ def test_inference_batch_chunking_changes_nothing():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
         ours.train(), ref.train()  # batch statistics: never chunked
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+
+def test_cached_relative_bias_follows_the_table():
+    """In CPU inference the gathered (1, nH, N, N) bias is cached, one tensor for every call;
+    an in-place change of the table (an optimizer step, load_state_dict) is gathered anew, and
+    with autograd on the bias is gathered with its graph."""
+    from visionzoo.models.coatnet import RelativePositionBias
+
+    torch.manual_seed(0)
+    m = RelativePositionBias((4, 5), 3)
+    with torch.no_grad():
+        m.relative_position_bias_table.normal_()
+        first = m.bias((4, 5))
+        assert m.bias((4, 5)) is first and first.shape == (1, 3, 20, 20)
+        before = first.clone()
+        m.relative_position_bias_table.add_(1.0)
+        again = m.bias((4, 5))
+        torch.testing.assert_close(again, before + 1.0)
+        assert m.bias((2, 3)).shape == (1, 3, 6, 6)  # another size: its own gather (resized table)
+    fresh = m.bias((4, 5))
+    assert fresh.requires_grad and fresh is not again
+    torch.testing.assert_close(fresh.detach(), again)

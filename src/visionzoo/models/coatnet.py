@@ -68,7 +68,7 @@ from ..checkpoints import register_converter
 from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, global_pool_2d, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.activations import gelu
 from ..layers.attention import attention
-from ..layers.helpers import DerivedCache, no_hooks
+from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from ..runtime import retains
@@ -136,6 +136,7 @@ def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None, act: nn.Module | N
 
 
 _GELU = nn.GELU()
+_BIASES = DerivedCache()  # RelativePositionBias -> its gathered (1, nH, N, N) bias
 _FOLDED_EXPANSION = DerivedCache()  # MBConvBlock -> its 1x1 expansion with both BatchNorms folded in
 
 
@@ -324,7 +325,16 @@ class RelativePositionBias(nn.Module):
         return self._index_cache[key]
 
     def bias(self, size: tuple[int, int]) -> Tensor:
-        """(1, nH, N, N) additive attention bias for an H x W map of N = H*W tokens."""
+        """(1, nH, N, N) additive attention bias for an H x W map of N = H*W tokens; in CPU
+        inference a cached tensor (kept until the table changes) that callers only read."""
+        table = self.relative_position_bias_table
+        if not torch.is_grad_enabled() and plain_cpu_eager(table.detach()):  # (a Parameter is a subclass)
+            cached = _BIASES.get(self, (table,), lambda: (self._gather(size),), (size,))
+            if cached is not None:
+                return cached[0]
+        return self._gather(size)
+
+    def _gather(self, size: tuple[int, int]) -> Tensor:
         table = self.relative_position_bias_table
         if size == self.size:
             idx = self.relative_position_index
