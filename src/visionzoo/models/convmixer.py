@@ -94,15 +94,15 @@ def _block_affines(block: nn.Sequential) -> tuple[Tensor, ...]:
 
 
 def _mixer_inference(block: nn.Sequential, x: Tensor) -> Tensor:
-    """``block(x)`` for a channels-last map in CPU inference, in four passes instead of eight.
+    """``block(x)`` for a channels-last map in CPU inference, in four passes instead of seven.
 
     The depthwise convolution runs with its activation as a oneDNN post-op on a packed weight
     (:func:`~visionzoo.layers.apply_conv_bn`); BN1's scale and the residual sum are one
     ``addcmul`` into that fresh output, and BN1's shift is folded into the pointwise bias; the
     pointwise convolution is one oneDNN inner product over the pixels with its activation fused,
     on a cached blocked weight (:func:`~visionzoo.layers.linear_act`); BN2 is one ``addcmul`` in
-    place. The plain block runs eight: convolution, activation, BatchNorm, sum, convolution,
-    activation, BatchNorm (and the input copy of an NCHW 1x1 convolution's reorder)."""
+    place. The plain block runs seven: convolution, activation, BatchNorm, sum, convolution,
+    activation, BatchNorm."""
     (dw, act1, _), (pw, act2) = block[0].fn, block[1:3]
     s1, s2, t2, bias = _block_affines(block)
     B, C, H, W = x.shape
