@@ -72,7 +72,7 @@ def _inference_block(block: nn.Module) -> bool:
         type(dw) in (Conv2d, nn.Conv2d) and type(pw) is nn.Conv2d and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
         and pw.padding == (0, 0) and pw.groups == 1 and pw.in_channels == pw.out_channels == dw.out_channels
         and all(type(a) in _KERNEL_ACTS for a in (act1, act2))
-        and all(type(bn) is nn.BatchNorm2d and bn_affine(bn) is not None for bn in (bn1, bn2))  # (eval, running statistics)
+        and all(type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None for bn in (bn1, bn2))  # bn_affine's condition
         and no_hooks(*block.modules()) and "parametrizations" not in pw._modules
     )
 
