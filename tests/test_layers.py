@@ -357,6 +357,27 @@ def test_fused_linear_reorders_a_weight_once_it_is_reused():
         assert w not in _BLOCKED
 
 
+
+@needs_onednn
+@pytest.mark.usefixtures("onednn_on")
+def test_visionzoo_gelu_is_fused_as_a_post_op(monkeypatch):
+    """visionzoo's in-place ``GELU`` (ConvMixer's) is exact GELU: both oneDNN kernels take it as
+    their "gelu" post-op, as ``nn.GELU``, instead of running it after the product."""
+    from visionzoo.layers.activations import GELU
+    from visionzoo.layers.helpers import onednn_post_op
+
+    assert onednn_post_op(GELU()) == onednn_post_op(torch.nn.GELU()) == ("gelu", [], "none")
+    linear_module = importlib.import_module("visionzoo.layers.linear")  # (the package exports a function of that name)
+    calls = []
+    kernel = linear_module._KERNEL
+    monkeypatch.setattr(linear_module, "_KERNEL", lambda *a: calls.append(a[3:]) or kernel(*a))
+    torch.manual_seed(0)
+    x, w, b = torch.randn(6, 32), torch.randn(16, 32), torch.randn(16)
+    with torch.inference_mode():
+        out = linear_act(x, w, b, GELU())
+    torch.testing.assert_close(out, F.gelu(x @ w.T + b), rtol=1e-5, atol=1e-5)
+    assert calls[-1] == ("gelu", [], "none")  # the product itself (earlier calls: once-per-process probes)
+
 @needs_onednn
 @pytest.mark.usefixtures("onednn_on")
 @pytest.mark.parametrize("name, folded", [

@@ -12,6 +12,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.nn.modules import module as _module
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .activations import GELU
+
 __all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
@@ -158,7 +160,7 @@ def onednn_post_op(act: nn.Module | None) -> tuple[str, list[float], str] | None
         return "hardtanh", [float(act.min_val), float(act.max_val)], ""
     if kind is nn.LeakyReLU:
         return "leaky_relu", [float(act.negative_slope)], ""
-    if kind is nn.GELU:
+    if kind in (nn.GELU, GELU):  # visionzoo's GELU: exact, in place outside autograd
         return "gelu", [], act.approximate  # "none" (erf) or "tanh"
     return None
 

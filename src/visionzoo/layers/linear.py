@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import GELU
 from .drop_path import skippable
 from .helpers import DerivedCache, no_hooks, onednn_post_op, plain_cpu_eager
 
@@ -70,13 +71,14 @@ _dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AV
 def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
     """oneDNN's (attr, scalars, algorithm) for an activation module the linear kernel fuses
     (GELU, ReLU, SiLU, Hardswish; :func:`~visionzoo.layers.helpers.onednn_post_op`), None for any other."""
-    if act is None or type(act) in (nn.Identity, nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish):
+    if act is None or type(act) in (nn.Identity, nn.GELU, GELU, nn.ReLU, nn.SiLU, nn.Hardswish):
         return onednn_post_op(act)
     return None
 
 
 _INPLACE = {
     nn.GELU: lambda x, act: torch.ops.aten.gelu_(x, approximate=act.approximate),
+    GELU: lambda x, act: torch.ops.aten.gelu_(x),
     nn.ReLU: lambda x, act: x.relu_(),
     nn.SiLU: lambda x, act: F.silu(x, inplace=True),
     nn.Hardswish: lambda x, act: F.hardswish(x, inplace=True),

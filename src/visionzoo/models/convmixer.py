@@ -59,7 +59,7 @@ def _mixer_block(dim: int, kernel_size: int, act: Callable[[], nn.Module]) -> nn
 
 
 # --------------------------------------------------------------------------- CPU inference
-_KERNEL_ACTS = {nn.ReLU: nn.ReLU(), nn.SiLU: nn.SiLU(), GELU: nn.GELU()}  # what the fused kernels compute
+_FUSED_ACTS = (nn.ReLU, nn.SiLU, GELU)  # activations both oneDNN kernels take as a post-op
 _AFFINES = DerivedCache()  # mixer block -> (s1, s2, t2, pointwise bias with BN1's shift folded in)
 
 
@@ -71,7 +71,7 @@ def _inference_block(block: nn.Module) -> bool:
     return (
         type(dw) in (Conv2d, nn.Conv2d) and type(pw) is nn.Conv2d and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
         and pw.padding == (0, 0) and pw.groups == 1 and pw.in_channels == pw.out_channels == dw.out_channels
-        and all(type(a) in _KERNEL_ACTS for a in (act1, act2))
+        and all(type(a) in _FUSED_ACTS for a in (act1, act2))
         and all(type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None for bn in (bn1, bn2))  # bn_affine's condition
         and no_hooks(*block.modules()) and "parametrizations" not in pw._modules
     )
@@ -106,10 +106,10 @@ def _mixer_inference(block: nn.Sequential, x: Tensor) -> Tensor:
     (dw, act1, _), (pw, act2) = block[0].fn, block[1:3]
     s1, s2, t2, bias = _block_affines(block)
     B, C, H, W = x.shape
-    y = apply_conv_bn(dw, None, x, _KERNEL_ACTS[type(act1)])  # B, C, H, W (channels-last memory)
+    y = apply_conv_bn(dw, None, x, act1)  # B, C, H, W (channels-last memory)
     tokens = y.permute(0, 2, 3, 1).reshape(B * H * W, C)  # B*H*W, C (a view of a channels-last map)
     torch.addcmul(x.permute(0, 2, 3, 1).reshape(B * H * W, C), tokens, s1, out=tokens)  # x + s1 * act(dw(x))
-    z = linear_act(tokens, pw.weight.flatten(1), bias, _KERNEL_ACTS[type(act2)])  # B*H*W, C
+    z = linear_act(tokens, pw.weight.flatten(1), bias, act2)  # B*H*W, C
     torch.addcmul(t2, z, s2, out=z)
     return z.view(B, H, W, C).permute(0, 3, 1, 2)  # B, C, H, W (channels-last memory)
 
