@@ -67,6 +67,8 @@ def test_input_validation_messages():
     m = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, num_classes=2)
     with pytest.raises(visionzoo.InputError, match="expects 3 input channels, got 1"):
         m(torch.randn(1, 1, 32, 32))
+    with pytest.raises(visionzoo.InputError, match=r"got shape \(1, 32, 32, 3\), which looks like \(B, H, W, C\): permute it with x.permute\(0, 3, 1, 2\)"):
+        m(torch.randn(1, 32, 32, 3))  # an image batch as numpy / PIL lay it out
     with pytest.raises(visionzoo.InputError, match="divisible by 16"):
         m(torch.randn(1, 3, 40, 32))
     with pytest.raises(visionzoo.InputError, match="floating-point"):

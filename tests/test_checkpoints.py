@@ -10,7 +10,7 @@ import torch
 
 import visionzoo
 from visionzoo import CheckpointError, load_checkpoint, save_state_dict
-from visionzoo.checkpoints.io import unwrap_state_dict
+from visionzoo.checkpoints.io import read_state_dict, unwrap_state_dict
 from visionzoo.testing import build_random, max_rel_diff
 
 NAME = "vit_tiny_patch16_224"
@@ -353,14 +353,69 @@ def test_unreadable_file_messages_name_the_cause_or_none(tmp_path):
     (tmp_path / "text.pth").write_bytes(b"hello world\n")
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(tiny(), tmp_path / "text.pth")
-    assert str(err.value) == f"{tmp_path / 'text.pth'}: not a readable checkpoint (corrupt or truncated?)"
+    assert str(err.value) == f"{tmp_path / 'text.pth'}: not a readable checkpoint (corrupt, truncated, or not a checkpoint at all?)"
+    (tmp_path / "words.pth").write_bytes(b"this is not a checkpoint\n")  # the unpickler: IndexError
+    with pytest.raises(CheckpointError, match=r"words.pth: not a readable checkpoint \(corrupt, truncated, or not a checkpoint at all\?\)"):
+        load_checkpoint(tiny(), tmp_path / "words.pth")
     (tmp_path / "zip.pth").write_bytes(b"PK\x03\x04" + os.urandom(200))
-    with pytest.raises(CheckpointError, match=r"zip.pth: not a readable checkpoint \(corrupt or truncated\?\): RuntimeError: PytorchStreamReader"):
+    with pytest.raises(CheckpointError, match=r"zip.pth: not a readable checkpoint \(corrupt, truncated, or not a checkpoint at all\?\): RuntimeError: PytorchStreamReader"):
         load_checkpoint(tiny(), tmp_path / "zip.pth")
     (tmp_path / "text.safetensors").write_bytes(b"hello world\n")
     with pytest.raises(CheckpointError, match=r"text.safetensors: not a readable checkpoint: SafetensorError: "):
         load_checkpoint(tiny(), tmp_path / "text.safetensors")
 
+
+def _damage(path, tensor):
+    """Flip the bits of a few bytes inside ``tensor``'s data as stored in the file ``path``."""
+    raw = bytearray(path.read_bytes())
+    at = raw.find(tensor.detach().contiguous().numpy().tobytes())
+    assert at >= 0, "tensor data not found in the file"
+    for i in range(at + 8, at + 24):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_tensor_bytes_in_a_zip_checkpoint_are_refused(tmp_path):
+    """torch.load does not check the CRC-32 its zip archives record: bytes damaged inside a
+    tensor's data used to load as silently wrong weights (numpy's .npz reads check them)."""
+    import numpy as np
+
+    sd = tiny().state_dict()
+    path = save_state_dict(sd, tmp_path / "flipped.pth")
+    _damage(path, sd["blocks.0.mlp.fc1.weight"])
+    model = tiny()
+    before = snapshot(model)
+    with pytest.raises(CheckpointError, match=r"flipped.pth: corrupt, archive member '.*' does not match its CRC-32 checksum"):
+        load_checkpoint(model, path)
+    assert_unchanged(model, before)
+    arrays = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    np.savez(tmp_path / "flipped.npz", **arrays)
+    _damage(tmp_path / "flipped.npz", torch.from_numpy(arrays["w"]))
+    with pytest.raises(CheckpointError, match=r"flipped.npz: not a readable checkpoint \(corrupt.*Bad CRC-32 for file 'w.npy'"):
+        read_state_dict(tmp_path / "flipped.npz")
+
+
+def test_zip_checkpoints_saved_without_crcs_still_load(tmp_path):
+    """torch records a CRC of 0 when saving with ``compute_crc32`` off: nothing to check."""
+    config = getattr(getattr(torch.utils, "serialization", None), "config", None)
+    if config is None or not hasattr(config.save, "compute_crc32"):
+        pytest.skip("this torch always records CRCs")
+    sd = tiny().state_dict()
+    old = config.save.compute_crc32
+    config.save.compute_crc32 = False
+    try:
+        torch.save(sd, tmp_path / "no_crc.pth")
+    finally:
+        config.save.compute_crc32 = old
+    model = tiny()
+    load_checkpoint(model, tmp_path / "no_crc.pth")
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+
+
+def test_save_state_dict_names_a_model_passed_for_its_state_dict(tmp_path):
+    with pytest.raises(TypeError, match=r"takes a state dict, a mapping of names to tensors; got VisionTransformer \(pass model.state_dict\(\)\)"):
+        save_state_dict(tiny(), tmp_path / "m.pth")
+    assert not list(tmp_path.iterdir())
 
 def test_brief_cuts_messages_at_sentence_or_word_boundaries():
     from visionzoo.checkpoints.io import _brief
@@ -548,3 +603,16 @@ def test_tf_efficientnet_params_and_preprocessing_equal_timm(i):
         ours_cfg, ref_cfg = visionzoo.registry.get_entry(name).default_cfg, ref.pretrained_cfg
         for key in ("input_size", "crop_pct", "interpolation", "mean", "std"):
             assert tuple(ours_cfg[key]) == tuple(ref_cfg[key]) if key != "crop_pct" else ours_cfg[key] == ref_cfg[key], (name, key)
+
+
+def test_damaged_training_state_is_refused(tmp_path):
+    """The resumable training state (optimizer moments, RNG states) is a torch zip file too."""
+    from visionzoo.train.checkpoint import load_training_state
+
+    moments = torch.randn(256)
+    path = tmp_path / "state.pth"
+    torch.save({"epoch": 3, "optimizer": {"exp_avg": moments}}, path)
+    assert torch.equal(load_training_state(path)["optimizer"]["exp_avg"], moments)
+    _damage(path, moments)
+    with pytest.raises(CheckpointError, match=r"state.pth: corrupt, archive member '.*' does not match its CRC-32 checksum"):
+        load_training_state(path)

@@ -522,6 +522,11 @@ class VisionModel(nn.Module):
                 f"{_dtype_name(x.dtype)}: convert it with x{_cast(weight.dtype)}, or the model with model{_cast(x.dtype)}"
             )
         if x.shape[1] != self.in_chans:
+            if x.shape[-1] == self.in_chans:  # an image batch as (B, H, W, C), as PIL / numpy give it
+                raise InputError(
+                    f"{name} expects (B, C, H, W) with C = {self.in_chans}, got shape {tuple(x.shape)}, which looks like "
+                    f"(B, H, W, C): permute it with x.permute(0, 3, 1, 2)"
+                )
             raise InputError(
                 f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
                 f"create it with in_chans={x.shape[1]} to take such input"

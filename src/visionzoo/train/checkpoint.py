@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import random
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import CheckpointError, save_state_dict
-from ..checkpoints.io import publish, temp_beside
+from ..checkpoints.io import check_zip_crcs, publish, temp_beside
 from .distributed import DistInfo, all_gather_object, broadcast_object
 
 #: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
@@ -242,7 +243,10 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """The training state (tensors and plain containers only: no code runs)."""
+    """The training state (tensors and plain containers only: no code runs; each member's
+    CRC-32 checked first, which torch.load does not)."""
+    if Path(path).is_file() and zipfile.is_zipfile(path):
+        check_zip_crcs(Path(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
