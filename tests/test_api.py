@@ -63,6 +63,34 @@ def test_bad_arguments():
             visionzoo.create_model(name, drop_path_rate=0.1)
 
 
+@pytest.mark.parametrize("name, override, error, match", [
+    ("convmixer_256_8", dict(patch_size=0), ValueError, "option patch_size must be a positive int, got 0"),  # failed in forward
+    ("convmixer_256_8", dict(depth=-1), ValueError, "option depth must be a positive int, got -1"),  # built with no blocks
+    ("vit_tiny_patch16_224", dict(depth=0), ValueError, "option depth must be a positive int, got 0"),
+    ("convmixer_256_8", dict(dim="abc"), ValueError, "option dim takes an int, got 'abc'"),
+    ("convmixer_256_8", dict(depth=2.0), ValueError, "option depth takes an int, got 2.0"),
+    ("swin_tiny_patch4_window7_224", dict(depths=(2, 2, 0, 2)), ValueError, r"option depths\[2\] must be a positive int, got 0"),
+    ("convnext_tiny", dict(depths=(3, 3, 9)), ValueError, r"option depths takes 4 values \(one per stage\), got 3"),
+    ("vit_tiny_patch16_224", dict(mlp_ratio=float("nan")), ValueError, "option mlp_ratio must be a finite number >= 0"),
+    ("vit_tiny_patch16_224", dict(drop_rate=1.0), ValueError, r"option drop_rate is a probability in \[0, 1\), got 1.0"),
+    ("vit_tiny_patch16_224", dict(qkv_bias=1), ValueError, "option qkv_bias takes True or False, got 1"),
+    ("vit_tiny_patch16_224", dict(pos_embed=3), ValueError, "option pos_embed takes a string, got 3"),
+])
+def test_override_values_are_checked_against_the_configuration(name, override, error, match):
+    """Overrides (``create_model`` keywords, the CLI's --model-arg / --set) are checked against
+    the configuration's annotations before anything is built: one line naming the option
+    (ValueError, as for create_model's own arguments; an unknown option is a TypeError)."""
+    with pytest.raises(error, match=f"^{name}: {match}"):
+        visionzoo.create_model(name, **override)
+
+
+def test_override_values_that_are_fine_pass():
+    """Lists for tuples (what JSON and the CLI give), None where the field allows it, 0 for
+    numbers that may be 0 (layer scale off)."""
+    m = visionzoo.create_model("convnext_tiny", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], ls_init_value=0, num_classes=2)
+    assert m.cfg.depths == (1, 1, 1, 1) and isinstance(m.cfg.dims, tuple) and m.cfg.ls_init_value == 0.0
+    assert visionzoo.create_model("coatnet_0_224", head_hidden_size=None, depths=[1, 1, 1, 1], num_classes=2).cfg.head_hidden_size is None
+
 def test_input_validation_messages():
     m = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, num_classes=2)
     with pytest.raises(visionzoo.InputError, match="expects 3 input channels, got 1"):

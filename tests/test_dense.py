@@ -109,7 +109,8 @@ def test_output_stride_passes_through_to_efficientnet_mobilenet_and_convnext():
     ({"dilation_rates": (None, None, (1, 2, 5), None)}, "gives 3 rates, but stage 3 has 2 blocks"),
     ({"dilation_rates": (None, None, (), None)}, r"dilation_rates\[2\] is empty"),
     ({"dilation_rates": (None, None, (True, 2), None)}, "positive ints"),
-    ({"multi_grid": 2}, "multi_grid must be None or a non-empty tuple"),
+    ({"multi_grid": 2}, "option multi_grid takes None or a sequence of ints, got 2"),
+    ({"multi_grid": ()}, "multi_grid must be None or a non-empty tuple"),
     ({"output_stride": "8"}, "output_stride must be the int 4, 8, 16 or 32, got '8'"),
     ({"output_stride": 8.0}, "got 8.0"),
 ])
@@ -171,6 +172,9 @@ def test_plain_backbones_get_vitdets_simple_pyramid():
     assert fpn.neck == "fpn" and [fi.module for fi in fpn.body.feature_info] == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]
     with pytest.raises(ValueError, match="neck must be"):
         mask_rcnn("resnet18", 3, neck="bifpn")
+    for bad in (0, 1, -1, 2.5, True):  # built without complaint, then failed inside torch in training
+        with pytest.raises(ValueError, match=r"num_classes counts the background too, so it must be an int >= 2"):
+            mask_rcnn("resnet18", bad)
 
 
 def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():

@@ -211,6 +211,8 @@ def mask_rcnn(
             checkpoint, as torchvision does.
         maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"mask_rcnn: num_classes counts the background too, so it must be an int >= 2 (background and one object class), got {num_classes!r}")
     body = create_model(backbone_name)
     default, every_end = body.dense_out_indices(), body.level_ends()
     levels = [body.feature_info[i] for i in default]  # the maps dense heads read by default

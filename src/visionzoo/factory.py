@@ -6,7 +6,11 @@ import dataclasses
 import difflib
 import inspect
 import logging
+import math
+import numbers
 import os
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +44,70 @@ def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> An
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(_unknown_options_message(name, unknown, fields))
-    return dataclasses.replace(config, **overrides)
+    hints = typing.get_type_hints(type(config))
+    checked = {k: _checked_value(name, k, hints[k], v, getattr(config, k)) for k, v in overrides.items()}
+    return dataclasses.replace(config, **checked)
+
+
+_CHECKED_BY_FAMILY = {"output_stride"}  # the message names the strides that family allows
+
+
+def _checked_value(name: str, key: str, hint: Any, value: Any, default: Any) -> Any:
+    """An override ``value`` for the configuration field ``key`` (annotated ``hint``), checked
+    against the annotation before anything is built: ints (and tuples of ints: depths, widths)
+    must be positive, numbers finite and not negative, drop rates below 1; lists become tuples.
+    The allowed values of strings and ``output_stride`` are checked by the family, which knows them;
+    fields of other types pass unchanged. Raises ValueError (one line), as ``create_model``'s
+    own arguments do for a value of the wrong type or range."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    or_none = ""
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        or_none = "None or " if type(None) in args else ""
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return value
+        hint = rest[0]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if (value is None and default is None) or key in _CHECKED_BY_FAMILY:
+        return value
+    where = f"{name}: option {key}"
+    if hint in (int, float, bool):
+        return _checked_scalar(where, key, hint, value)
+    if origin is tuple and args and all(a in (int, float, Ellipsis) for a in args):
+        kinds = [a for a in args if a is not Ellipsis]
+        if len(set(kinds)) != 1:
+            return value
+        kind = kinds[0]
+        if not isinstance(value, (tuple, list)):
+            raise ValueError(f"{where} takes {or_none}a sequence of {kind.__name__}s, got {value!r}")
+        if Ellipsis not in args and len(value) != len(args):
+            raise ValueError(f"{where} takes {len(args)} values (one per stage), got {len(value)}: {value!r}")
+        return tuple(_checked_scalar(f"{where}[{i}]", key, kind, v) for i, v in enumerate(value))
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{where} takes a string, got {value!r}")
+    return value
+
+
+def _checked_scalar(where: str, key: str, kind: type, value: Any) -> Any:
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} takes True or False, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{where} takes {'an int' if kind is int else 'a number'}, got {value!r}")
+    if kind is int:
+        if not isinstance(value, numbers.Integral):
+            raise ValueError(f"{where} takes an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{where} must be a positive int, got {value}")
+        return int(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{where} must be a finite number >= 0, got {value}")
+    if key.endswith("drop_rate") and value >= 1:
+        raise ValueError(f"{where} is a probability in [0, 1), got {value}")
+    return float(value)
 
 
 def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
