@@ -91,7 +91,8 @@ def test_resume_after_sigkill_is_exact(tmp_path, capsys):
     cols = lambda d: [line.split(",")[:8] for line in (d / "metrics.csv").read_text().splitlines()]
     assert cols(ref) == cols(cut)  # per-epoch losses / accuracies equal (timings aside)
     # fewer epochs than the run has trained: refused (it used to print "resuming" and do nothing)
-    _one_line_error(["train", "--output", str(ref), "--resume", "--epochs", "1"], capsys, "--epochs 1", "already trained 2 epochs")
+    _one_line_error(["train", "--output", str(ref), "--resume", "--epochs", "1"], capsys, "already trained 2 epochs, more than the 1 asked for",
+                    "give --epochs above 2")
 
 
 def test_ctrl_c_saves_and_resumes(tmp_path, capsys):
@@ -467,6 +468,10 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     assert main(["train", "--task", "segment", "--output", str(cut), "--resume", "--epochs", "4"]) == 0  # one more epoch
     assert "note: the schedule now spans 4 epochs, so the learning rate goes from" in capsys.readouterr().out
     assert json.loads((cut / "summary.json").read_text())["epochs"] == 4
+    # the new length is the run's now: a plain --resume (the command an interrupted run prints)
+    # continues to it; it used to be refused as "--epochs 3: already trained 4 epochs"
+    assert json.loads((cut / "config.json").read_text())["epochs"] == 4
+    assert main(["train", "--task", "segment", "--output", str(cut), "--resume"]) == 0
     assert main([*seg, "--epochs", "1", "--amp", "bf16", "--output", str(tmp_path / "bf16"), "--progress", "none"]) == 0
     s = json.loads((tmp_path / "bf16" / "summary.json").read_text())
     assert s["amp"] == "bf16" and 0 < s["pixel_acc"] <= 1

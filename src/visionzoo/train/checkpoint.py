@@ -42,6 +42,7 @@ __all__ = [
     "load_training_state",
     "read_metadata",
     "read_run_config",
+    "record_epochs",
     "restore_rng",
     "restore_training",
     "run_folder",
@@ -210,6 +211,17 @@ def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *
     return out, None
 
 
+def record_epochs(out_dir: Path, epochs: int) -> None:
+    """Write a resumed run's ``epochs`` into its config.json where ``--epochs`` changed it, so
+    that a later plain ``--resume`` (the command an interrupted run prints) continues to the
+    new length instead of being refused as already past its old one."""
+    path = out_dir / "config.json"
+    saved = json.loads(path.read_text())
+    if saved.get("epochs") != epochs:
+        saved["epochs"] = epochs
+        write_json_atomic(saved, path)
+
+
 def read_run_config(out_dir: Path, config_cls: type, task: str) -> Any:
     """The configuration (a ``config_cls`` dataclass) a run of ``task`` (``classify`` or
     ``segment``) in ``out_dir`` was started with, from its config.json; ValueError (one line)
@@ -278,7 +290,8 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     if st["world_size"] != world_size:
         raise ValueError(f"the run was saved with {st['world_size']} process(es); resume it with the same number, not {world_size}")
     if st["epoch"] > epochs:
-        raise ValueError(f"--epochs {epochs}: the run in {weights.parent.parent} has already trained {st['epoch']} epochs; give more to continue it")
+        raise ValueError(f"the run in {weights.parent.parent} has already trained {st['epoch']} epochs, more than the {epochs} asked for "
+                         f"(--epochs, or the run's config.json where it is not given); give --epochs above {st['epoch']} to continue it")
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     if st.get("scaler"):

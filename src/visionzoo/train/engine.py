@@ -39,6 +39,7 @@ from .checkpoint import (
     effective_overrides,
     gather_rng,
     model_metadata,
+    record_epochs,
     restore_rng,
     restore_training,
     run_folder,
@@ -535,6 +536,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             write_json_atomic(_config_dict(cfg), out / "config.json")
+        else:
+            record_epochs(out, cfg.epochs)
     D.barrier(info)
 
     preprocessing = data.preprocessing()

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
-from .checkpoint import model_metadata, write_json_atomic
+from .checkpoint import model_metadata, record_epochs, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
 __all__ = ["SegFolder", "SegmentConfig", "check_pairs", "evaluate_segmentation", "folder_pairs", "image_input", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
@@ -354,7 +354,9 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
             write_json_atomic({"task": "segment", **dataclasses.asdict(cfg)}, out / "config.json")
-        elif show:
+        else:
+            record_epochs(out, cfg.epochs)
+        if resume_from is not None and show:
             print(f"resuming {out} at epoch {epoch + 1}, step {step} ({resume_from[0].name})", flush=True)
             if "schedule_note" in st:
                 print(st["schedule_note"], flush=True)
