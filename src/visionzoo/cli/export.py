@@ -42,9 +42,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ImportError:
         print("onnxruntime is not installed: the file was not checked (pip install onnxruntime)")
         return 0
-    status = "ok" if diff < 1e-3 else "MISMATCH"
-    print(f"onnxruntime at batch 3: max |difference| = {diff:.2e} ({status})")
-    return 0 if diff < 1e-3 else 1
+    status = "ok" if diff < 1e-4 else "MISMATCH"
+    print(f"onnxruntime at batch 3: max |difference| = {diff:.2e} of the largest output ({status})")
+    return 0 if diff < 1e-4 else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
