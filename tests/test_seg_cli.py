@@ -50,6 +50,9 @@ def test_eval_reproduces_the_runs_held_out_figures(run, capsys):
             assert ev[key] == pytest.approx(s[key], abs=1e-6), key
         assert ev["iou"] == s["iou_per_class"] and ev["dice"] == s["dice_per_class"]
         assert ev["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5)
+    # without --data: the folder the run trained on, as its weights record it
+    ev = _eval_json(capsys, "--checkpoint", str(out / "model.safetensors"))
+    assert ev["split"] == "held-out split" and ev["miou"] == pytest.approx(s["miou"], abs=1e-6) and ev["data"] == str(data.resolve())
     assert main(["eval", *ckpt]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (f"convnext_tiny (fpn) on {data} (held-out split, 2 images): mIoU {s['miou']:.4f}  mDice {s['mdice']:.4f}  "
@@ -128,7 +131,7 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     ckpt = ["--checkpoint", str(out / "model.safetensors")]
     img = str(data / "images" / "0.png")
     maps = ["--output-dir", str(tmp_path / "maps")]
-    _one_line_error(["eval", *ckpt], capsys, "--data digits:", "is a segmentation network (convnext_tiny)", "folder of images/ and masks/")
+    _one_line_error(["eval", *ckpt, "--data", "digits"], capsys, "--data digits:", "is a segmentation network (convnext_tiny)", "folder of images/ and masks/")
     (tmp_path / "cls").mkdir()
     _one_line_error(["eval", *ckpt, "--data", str(tmp_path / "cls")], capsys, "no images/ folder")
     _one_line_error(["eval", *ckpt, "--data", str(data), "--output", str(tmp_path / "cm.png")], capsys,

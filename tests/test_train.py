@@ -167,6 +167,8 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(data), "--output", str(tmp_path / "cm.png")]) == 0
     text = capsys.readouterr().out
     assert f"held-out split, {s['heldout_images']} images): top-1 {s['top1']:.4f}" in text and s["heldout_images"] < 24
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors")]) == 0  # no --data: the folder the weights record
+    assert f"on {data.resolve()} (held-out split, {s['heldout_images']} images): top-1 {s['top1']:.4f}" in capsys.readouterr().out
     shutil.copytree(data, tmp_path / "copy")
     assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--data", str(tmp_path / "copy"), "--output", str(tmp_path / "cm.png")]) == 0
     assert "(every image, 24 images)" in capsys.readouterr().out

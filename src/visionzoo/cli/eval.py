@@ -51,6 +51,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if seg is not None:
         return _eval_segmentation(args, seg, device, autocast)
     model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
+    if args.data is None:  # the data the run trained on, as its weights record it (digits or its folder)
+        args.data = info["data_path"] or "digits"
     p = info["preprocessing"]
     try:
         folder = Path(args.data)
@@ -106,6 +108,11 @@ def _segmentation_pairs(args: argparse.Namespace, meta: dict[str, Any]) -> tuple
     of a folder the run did not train on (as for classifiers)."""
     from ..train.segment import folder_pairs, split_pairs
 
+    if args.data is None:  # the folder the run trained on, as its weights record it
+        if not meta.get("data_path"):
+            raise CLIError(f"{args.checkpoint} is a segmentation network ({meta['model']}) that records no training folder; "
+                           "give --data PATH, a folder of images/ and masks/")
+        args.data = meta["data_path"]
     folder = Path(args.data)
     if not folder.is_dir():
         raise CLIError(f"--data {args.data}: {args.checkpoint} is a segmentation network ({meta['model']}); evaluate it on a folder "
@@ -150,9 +157,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="top-1 / top-5 and a confusion matrix of a trained checkpoint; IoU and Dice of a segmentation run's")
     p.add_argument("--checkpoint", required=True, metavar="FILE", help="weights written by visionzoo train (model.safetensors)")
     p.add_argument("--model", default=None, help="model name (default: the one stored in the checkpoint)")
-    p.add_argument("--data", default="digits",
+    p.add_argument("--data", default=None,
                    help="digits | cifar10 | cifar100 | mnist | fashion_mnist | PATH; a segmentation run's: PATH with images/ and masks/ "
-                        "(its own folder or one with train/: the held-out split; another: every pair)")
+                        "(its own folder or one with train/: the held-out split; another: every pair). Default: the data the run "
+                        "trained on where its weights record it (digits or its folder), else digits")
     p.add_argument("--data-dir", default=None, help="where cifar10 and the like are kept (default: data)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=0)
