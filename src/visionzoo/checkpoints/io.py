@@ -177,8 +177,8 @@ def check_zip_crcs(path: Path) -> None:
                             pass
                 except (zipfile.BadZipFile, zlib.error, EOFError):
                     raise CheckpointError(f"{path}: corrupt, archive member {info.filename!r} does not match its CRC-32 checksum") from None
-    except zipfile.BadZipFile:
-        return  # not a readable archive: the reader itself says what is wrong
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip archive (torch's legacy format) or not readable: the reader says what is wrong
 
 
 def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dict[str, Tensor]:
@@ -208,8 +208,7 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
         elif suffix == ".npz":  # (numpy's reads check the members' CRC-32)
             obj = _read_npz(path)
         else:
-            if zipfile.is_zipfile(path):  # torch's format since 1.6; the legacy one has no checksums
-                check_zip_crcs(path)
+            check_zip_crcs(path)  # torch's format since 1.6; the legacy one has no checksums
             allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
             with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext():
                 obj = torch.load(path, map_location="cpu", weights_only=True)

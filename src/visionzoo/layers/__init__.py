@@ -1,7 +1,7 @@
 """Layers that two or more families share."""
 
 from .attention import Attention, ProjectedAttention, attention
-from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing
+from .conv import Conv2d, ConvNormAct, StdConv2d, apply_conv_bn, apply_conv_bn_seq, bn_affine, bn_tensors, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing, uses_running_stats
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
@@ -31,6 +31,7 @@ __all__ = [
     "apply_conv_bn_seq",
     "attention",
     "bn_affine",
+    "bn_tensors",
     "classifier",
     "clear_derived_caches",
     "conv2d",
@@ -56,6 +57,7 @@ __all__ = [
     "skippable",
     "to_2tuple",
     "trunc_normal_",
+    "uses_running_stats",
 ]
 from .window import shift_window_mask, window_partition, window_reverse  # noqa: E402
 

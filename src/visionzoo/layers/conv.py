@@ -80,9 +80,23 @@ _HAVE_PACKED_CONV = _have_packed_conv()
 _STANDARDIZED = DerivedCache()  # StdConv2d -> (its standardised weight,)
 
 
+def uses_running_stats(bn: nn.Module) -> bool:
+    """Whether a BatchNorm normalises with its running statistics (eval mode, statistics
+    tracked): where :func:`bn_affine` gives its scale and shift."""
+    return not bn.training and bn.running_var is not None
+
+
+def bn_tensors(bn: nn.Module) -> tuple[Tensor | None, ...]:
+    """A BatchNorm's weight, bias, running mean and running variance: what an affine or fold
+    derived from it depends on (read from the module's dicts: the ``nn.Module.__getattr__``
+    route costs ~1 us a tensor, on every call)."""
+    q, b = bn._parameters, bn._buffers
+    return q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var")
+
+
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
     """(scale, shift) of a BatchNorm in inference (running statistics), else None."""
-    if bn.training or bn.running_var is None:
+    if not uses_running_stats(bn):
         return None
     scale = bn.running_var.add(bn.eps).rsqrt()
     if bn.weight is not None:
@@ -119,10 +133,9 @@ def use_bn_folding(enabled: bool) -> Iterator[None]:
 
 
 def _sources(conv: nn.Module, bn: nn.Module) -> tuple[Tensor | None, ...]:
-    """The tensors the folded weights come from (read from the modules' dicts: the
-    ``nn.Module.__getattr__`` route costs ~1 us a tensor, on every call)."""
-    p, q, b = conv._parameters, bn._parameters, bn._buffers
-    return p["weight"], p.get("bias"), q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var")
+    """The tensors the folded weights come from (read from the modules' dicts, as :func:`bn_tensors`)."""
+    p = conv._parameters
+    return p["weight"], p.get("bias"), *bn_tensors(bn)
 
 
 def _packs(conv: nn.Conv2d, x: Tensor) -> bool:

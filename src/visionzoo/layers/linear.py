@@ -78,11 +78,11 @@ def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
 
 _INPLACE = {
     nn.GELU: lambda x, act: torch.ops.aten.gelu_(x, approximate=act.approximate),
-    GELU: lambda x, act: torch.ops.aten.gelu_(x),
     nn.ReLU: lambda x, act: x.relu_(),
     nn.SiLU: lambda x, act: F.silu(x, inplace=True),
     nn.Hardswish: lambda x, act: F.hardswish(x, inplace=True),
 }
+_INPLACE[GELU] = _INPLACE[nn.GELU]  # visionzoo's in-place GELU: exact, act.approximate == "none"
 
 
 def _kernel_works(dtype: torch.dtype = torch.float32) -> bool:

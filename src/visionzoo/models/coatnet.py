@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, classifier, drop_path_rates, global_pool_2d, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_
+from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, bn_tensors, classifier, drop_path_rates, global_pool_2d, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_, uses_running_stats
 from ..layers.activations import gelu
 from ..layers.attention import attention
 from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
@@ -249,7 +249,7 @@ class MBConvBlock(nn.Module):
         expansions of 64-96 channels ran at 155-220 GFLOP/s (batch 4, 2 AVX-512 cores), against
         ~450 for the other 1x1 convolutions."""
         pre, n1 = self.pre_norm, self.norm1
-        if pre.training or n1.training or pre.running_var is None or n1.running_var is None:
+        if not (uses_running_stats(pre) and uses_running_stats(n1)):
             return None
 
         def fold() -> tuple[Tensor, Tensor]:
@@ -259,7 +259,7 @@ class MBConvBlock(nn.Module):
 
         if torch.is_grad_enabled():
             return fold()
-        sources = (self.conv1_1x1.weight, *(t for bn in (pre, n1) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)))
+        sources = (self.conv1_1x1.weight, *bn_tensors(pre), *bn_tensors(n1))
         return _FOLDED_EXPANSION.get(self, sources, fold, (pre.eps, n1.eps)) or fold()  # (fold() per call if untrackable)
 
     def _forward(self, x: Tensor) -> Tensor:

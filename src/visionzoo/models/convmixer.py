@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
-from ..layers import POOL_TYPES, Conv2d, apply_conv_bn, bn_affine, classifier, linear_act
+from ..layers import POOL_TYPES, Conv2d, apply_conv_bn, bn_affine, bn_tensors, classifier, linear_act, uses_running_stats
 from ..layers.activations import GELU
 from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
@@ -72,7 +72,7 @@ def _inference_block(block: nn.Module) -> bool:
         type(dw) in (Conv2d, nn.Conv2d) and type(pw) is nn.Conv2d and pw.kernel_size == (1, 1) and pw.stride == (1, 1)
         and pw.padding == (0, 0) and pw.groups == 1 and pw.in_channels == pw.out_channels == dw.out_channels
         and all(type(a) in _FUSED_ACTS for a in (act1, act2))
-        and all(type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None for bn in (bn1, bn2))  # bn_affine's condition
+        and all(type(bn) is nn.BatchNorm2d and uses_running_stats(bn) for bn in (bn1, bn2))
         and no_hooks(*block.modules()) and "parametrizations" not in pw._modules
     )
 
@@ -89,7 +89,7 @@ def _block_affines(block: nn.Sequential) -> tuple[Tensor, ...]:
         bias = w @ t1 if pw.bias is None else torch.addmv(pw.bias, w, t1)
         return s1, s2, t2, bias
 
-    sources = (pw.weight, pw.bias, *(t for bn in (bn1, bn2) for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var)))
+    sources = (pw._parameters["weight"], pw._parameters.get("bias"), *bn_tensors(bn1), *bn_tensors(bn2))
     return _AFFINES.get(block, sources, compute, (bn1.eps, bn2.eps)) or compute()  # (computed per call if untrackable)
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import random
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -257,8 +256,7 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """The training state (tensors and plain containers only: no code runs; each member's
     CRC-32 checked first, which torch.load does not)."""
-    if Path(path).is_file() and zipfile.is_zipfile(path):
-        check_zip_crcs(Path(path))
+    check_zip_crcs(Path(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
