@@ -208,16 +208,36 @@ def _find_section(out: Path, title: str, text: str | None = None) -> str:
     return found.group(0)
 
 
+_RERUN = re.compile(r"Rows re-run later \((.*?)\): (.*)")
+
+
 def _update_rows(section: str, rows: list[str], run_line: str) -> str:
-    """``section`` with the rows of the models in ``rows`` replaced, and a line saying when."""
+    """``section`` with the rows of the models in ``rows`` replaced, and a line saying when.
+
+    Each "Rows re-run later (models): run" line names the rows that run wrote and still
+    stand: a model timed again leaves its older line (a line left with no model goes), and
+    rows timed by runs with the same run line share one line.
+    """
     new = {row.split(" | ", 1)[0]: row for row in rows}
     missing = sorted(set(new) - {line.split(" | ", 1)[0] for line in section.splitlines()})
     if missing:
         raise SystemExit(f"--update-rows: no rows for {', '.join(m[2:] for m in missing)} in the table")
-    out = [new.get(line.split(" | ", 1)[0], line) if line.startswith("| ") else line for line in section.splitlines()]
-    names = ", ".join(name[2:] for name in new)
+    names = [name[2:] for name in new]
+    reruns: dict[str, list[str]] = {}  # run line -> the models whose rows it wrote, oldest run first
+    lines, out = section.splitlines(), []
+    for i, line in enumerate(lines):
+        found = _RERUN.fullmatch(line)
+        if found:
+            run = reruns.setdefault(found.group(2), [])
+            run.extend(m for m in found.group(1).split(", ") if m not in names and m not in run)
+        elif line.startswith("| "):
+            out.append(new.get(line.split(" | ", 1)[0], line))
+        elif not (line == "" and i and _RERUN.fullmatch(lines[i - 1])):  # the blank line after a re-run line goes with it
+            out.append(line)
+    run = reruns.setdefault(run_line, [])
+    run.extend(m for m in names if m not in run)
     at = next(i for i, line in enumerate(out) if line.startswith("| model"))
-    out[at:at] = [f"Rows re-run later ({names}): {run_line}", ""]
+    out[at:at] = [part for when, models in reruns.items() if models for part in (f"Rows re-run later ({', '.join(models)}): {when}", "")]
     return "\n".join(out) + ("\n" if section.endswith("\n") else "")
 
 

@@ -65,6 +65,11 @@ def test_update_rows_replaces_only_the_named_rows(tmp_path):
     new = rb._update_rows(section, ["| m2 | 9 |"], "run line B")
     assert new.splitlines()[-2:] == ["| m1 | 1 |", "| m2 | 9 |"]
     assert "Rows re-run later (m2): run line B" in new and "run line A" in new and new.endswith("\n")
+    # each re-run line names the rows it wrote that still stand; the same run line is one line
+    again = rb._update_rows(rb._update_rows(new, ["| m1 | 5 |"], "run line B"), ["| m2 | 7 |"], "run line C")
+    assert again.splitlines()[2:] == ["run line A", "", "Rows re-run later (m1): run line B", "",
+                                      "Rows re-run later (m2): run line C", "", "| model | x |", "|---|---|", "| m1 | 5 |", "| m2 | 7 |"]
+    assert rb._update_rows(again, [], "") == again
     with pytest.raises(SystemExit, match="no rows for m3"):
         rb._update_rows(section, ["| m3 | 1 |"], "")
     with pytest.raises(SystemExit, match="no table"):
