@@ -79,7 +79,11 @@ def test_model_battery(name):
         assert all(isinstance(h, torch.nn.Identity) for h in (heads if isinstance(heads, tuple) else (heads,)))
         pool = model.global_pool  # the model's own: 'avg', or ViT's 'token'
         model.reset_classifier(0, "")  # timm's global_pool='': a map (or tokens) per image
-        assert model(x).ndim in (3, 4) and model(x).shape[0] == 2
+        unpooled = model(x)
+        assert unpooled.ndim in (3, 4) and unpooled.shape[0] == 2
+        for pre_logits in (False, True):  # timm's head then neither pools nor classifies
+            torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=pre_logits), unpooled,
+                                       rtol=1e-4, atol=1e-4 * float(unpooled.abs().max()))
         with pytest.raises(ValueError, match="num_classes=0"):
             model.reset_classifier(4, "")
         model.reset_classifier(0, pool)  # pooled again

@@ -3,7 +3,9 @@
 A family subclasses :class:`VisionModel` and provides
 
 * ``forward_features(x)``: the unpooled output of the last stage (tokens or a map);
-* ``forward_head(x, pre_logits=False)``: pooling, final norm where it belongs, classifier;
+* ``pooled_head(x, pre_logits=False)``: pooling, final norm where it belongs, classifier
+  (behind timm's ``forward_head``), and ``unpooled_head(x)`` where a model built with
+  ``global_pool=''`` returns more than ``forward_features`` (a head norm applied per position);
 * ``reset_head(num_classes)``: a new classifier (behind timm's ``reset_classifier``);
 * ``intermediate_maps(x, indices, with_features=False)``: NCHW maps of the stages in
   ``indices`` (behind ``features_only`` and timm's ``forward_intermediates``), and
@@ -219,10 +221,23 @@ class VisionModel(nn.Module):
         raise NotImplementedError
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """timm's ``forward_head`` of ``forward_features``' output: :meth:`pooled_head`, or for a
+        model without classifier and with ``global_pool=''`` what its ``forward`` returns, the
+        unpooled features (:meth:`unpooled_head`), as timm's head then neither pools nor
+        classifies (``pre_logits`` changes nothing there)."""
+        return self.unpooled_head(x) if self.returns_unpooled else self.pooled_head(x, pre_logits)
+
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Default: ``self.head(x, pre_logits, self.global_pool)``, a head module that pools as
         :attr:`global_pool` says (and normalises) and classifies with ``head.fc``; families
         with another head override this."""
         return self.head(x, pre_logits, self.global_pool)
+
+    def unpooled_head(self, x: Tensor) -> Tensor:
+        """The head of a model built with timm's ``global_pool=''`` and no classifier, on
+        ``forward_features``' output: by default the features themselves; a family whose head
+        normalises (or projects) before it pools applies that per position, as timm does."""
+        return x
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new classifier for ``num_classes`` (timm's method; PyTorch's default initialisation);
@@ -237,7 +252,7 @@ class VisionModel(nn.Module):
 
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
         """timm's ``global_pool``: ``''`` makes ``forward`` return the unpooled features
-        (:meth:`forward_unpooled`), which needs a model without classifier (``num_classes`` 0,
+        (:meth:`unpooled_head`), which needs a model without classifier (``num_classes`` 0,
         the model's own when None), as in timm; ``'avg'`` is the family's own pooling, and
         families with ``pool_types`` also take timm's ``'max'``, ``'avgmax'`` and
         ``'catavgmax'`` (a new classifier when the pooled width changes). A family with other
@@ -448,20 +463,12 @@ class VisionModel(nn.Module):
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """``forward`` of the classifier (not ``features_only``): the logits. A family whose
         training forward also returns auxiliary logits overrides this."""
-        if self.returns_unpooled:
-            return self.forward_unpooled(x)
         return self.forward_head(self.forward_features(x))
 
     @property
     def returns_unpooled(self) -> bool:
         """Whether ``forward`` returns the unpooled features (timm's ``global_pool=''``, no classifier)."""
         return self.unpooled and self.num_classes == 0
-
-    def forward_unpooled(self, x: Tensor) -> Tensor:
-        """``forward`` of a model built with timm's ``global_pool=''`` and no classifier: the
-        features as timm returns them, by default ``forward_features``; a family whose head
-        normalises (or projects) before it pools applies that per position, as timm does."""
-        return self.forward_features(x)
 
     def cpu_layout(self, x: Tensor) -> tuple[Tensor, bool]:
         """``x`` in the memory layout this call runs in, and whether that is channels-last.

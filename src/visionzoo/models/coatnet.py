@@ -632,11 +632,11 @@ class CoAtNet(VisionModel):
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
         return self.stages(x)
 
-    def forward_unpooled(self, x: Tensor) -> Tensor:
+    def unpooled_head(self, x: Tensor) -> Tensor:
         """timm's ``global_pool=''``: the head's LayerNorm and tanh pre-logits layer applied to
         every position of the map (B, hidden, H, W)."""
         head = self.head
-        return head.pre_logits(head.norm(self.forward_features(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return head.pre_logits(head.norm(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -176,7 +176,7 @@ class ConvMixer(VisionModel):
         self.check_input(x)
         return _run_blocks(self.blocks, self.stem(x))
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 

@@ -200,9 +200,9 @@ class ConvNeXt(VisionModel):
         self.check_input(x)
         return self.stages(self.stem(x))
 
-    def forward_unpooled(self, x: Tensor) -> Tensor:
+    def unpooled_head(self, x: Tensor) -> Tensor:
         """timm's ``global_pool=''``: the head's LayerNorm applied to every position of the map."""
-        return self.head.norm(self.forward_features(x))
+        return self.head.norm(x)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

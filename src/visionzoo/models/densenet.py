@@ -189,7 +189,7 @@ class DenseNet(VisionModel):
         self.check_input(x)
         return self.features(x)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 

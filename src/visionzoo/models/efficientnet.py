@@ -347,7 +347,7 @@ class EfficientNet(VisionModel):
     def _conv_head(self, x: Tensor) -> Tensor:
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))  # B, C
         return x if pre_logits else self.classifier(x)
 

@@ -280,7 +280,7 @@ class HRNet(VisionModel):
             y = incre[i] + apply_conv_bn_seq(self.downsamp_modules[i - 1], y)
         return apply_conv_bn_seq(self.final_layer, y)  # B, 2048, H/32, W/32
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 

@@ -91,8 +91,7 @@ class SequentialNet(VisionModel):
 
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         x, aux = self._body(x, with_aux=self.training)
-        if not self.returns_unpooled:  # (unpooled: the features themselves)
-            x = self.forward_head(x)
+        x = self.forward_head(x)
         return (x, *aux) if aux else x
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
@@ -254,7 +253,7 @@ class GoogLeNet(SequentialNet):
         shift = x.new_tensor(_TRANSFORM_SHIFT).view(1, 3, 1, 1)
         return x * scale + shift
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(self.pool(x))
         return x if pre_logits else self.fc(x)
 
@@ -525,7 +524,7 @@ class InceptionV3(SequentialNet):
     def min_input_size(self) -> int:  # type: ignore[override]
         return self._min_size_aux if self.training and self.AuxLogits is not None else self._min_size
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.fc(x)
 

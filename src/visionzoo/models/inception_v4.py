@@ -203,7 +203,7 @@ class InceptionV4(VisionModel):
         self.check_input(x)
         return tap_outputs(x, self.features, [self._taps[i] for i in indices], to_end=with_features)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.last_linear(x)
 
@@ -346,7 +346,7 @@ class InceptionResNetV2(SequentialNet):
         ]
         self._taps = [self.layer_names.index(f.module) for f in self.feature_info]
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classif(x)
 

@@ -168,7 +168,7 @@ class _MobileNet(VisionModel):
     def _conv_head(self, x: Tensor) -> Tensor:
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act2)
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classifier(x)
 

@@ -296,7 +296,7 @@ class Nest(VisionModel):
         self.check_input(x)
         return self.final_norm(self.levels(self.patch_embed(x)))  # B, C, H, W
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.head(x)
 

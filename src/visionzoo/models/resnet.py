@@ -364,7 +364,7 @@ class ResNet(VisionModel):
             x = getattr(self, name)(x)
         return x
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))  # B, C (2C: catavgmax)
         return x if pre_logits else self.fc(x)
 

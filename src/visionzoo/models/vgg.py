@@ -137,15 +137,15 @@ class VGG(VisionModel):
         self.check_input(x)
         return apply_conv_bn_seq(self.features, x)  # conv (+ BN) + ReLU as one call each in CPU inference
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.pre_logits(x)
         return x if pre_logits else self.head(x)
 
-    def forward_unpooled(self, x: Tensor) -> Tensor:
+    def unpooled_head(self, x: Tensor) -> Tensor:
         """timm's ``global_pool=''``: the fc6/fc7 features as a (B, 4096, 1, 1) map, which timm
         (whose fc6 is a 7x7 convolution) also returns at 224 px; at larger inputs timm slides
         that convolution over the map, while ours pools to 7x7 first, as torchvision does."""
-        return self.pre_logits(self.forward_features(x))[:, :, None, None]
+        return self.pre_logits(x)[:, :, None, None]
 
     def reset_head(self, num_classes: int) -> None:
         self.head = LinearHead(self.head_hidden_size, num_classes)

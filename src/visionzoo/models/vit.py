@@ -315,7 +315,7 @@ class VisionTransformer(VisionModel):
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if cfg.distilled and cfg.global_pool != "token":
-            raise ValueError(f"global_pool={cfg.global_pool!r}: the distilled head reads the class and distillation tokens; it takes 'token' only")
+            raise ValueError(f"global_pool={cfg.global_pool!r}: the distilled head reads the class and distillation tokens; it takes 'token' only (or '' without a classifier: all tokens)")
         if cfg.pos_embed == "learned_2d" and cfg.embed_dim % 2:
             raise ValueError("learned_2d position embeddings need an even embed_dim")
         self.cfg = cfg
@@ -442,7 +442,7 @@ class VisionTransformer(VisionModel):
                 x = self._block(i, x, grid)
         return self.norm(x)  # B, P + N, D
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+    def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.cfg.distilled:
             x, x_dist = x[:, 0], x[:, 1]
             if pre_logits:
@@ -467,7 +467,7 @@ class VisionTransformer(VisionModel):
         if pool == "token" and not self.cfg.class_token:
             raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
         if pool != "token" and self.cfg.distilled:
-            raise ValueError(f"{self._name()}: the distilled head reads the class and distillation tokens; global_pool takes 'token' only")
+            raise ValueError(f"{self._name()}: the distilled head reads the class and distillation tokens; global_pool takes 'token' only (or '' without a classifier: all tokens)")
         self.global_pool, self.unpooled = pool, False
 
     def reset_head(self, num_classes: int) -> None:
