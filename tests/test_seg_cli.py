@@ -63,6 +63,23 @@ def test_eval_reproduces_the_runs_held_out_figures(run, capsys):
     assert len(lines) == 1 + 3
 
 
+def test_run_writes_tensorboard_scalars_and_curves_as_classification_runs_do(run):
+    """The epoch's metrics.csv figures (loss, mIoU, mDice, pixel accuracy, learning rate) as
+    TensorBoard scalars, one point per epoch, and curves.png."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, out = run
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    for key in ("train_loss", "val_loss", "miou", "mdice", "pixel_acc", "lr"):
+        points = events.Scalars(key)
+        assert [p.step for p in points] == [int(r["epoch"]) for r in rows] == [1, 2], key
+        assert [p.value for p in points] == pytest.approx([float(r[key]) for r in rows], rel=1e-5), key
+    assert float(rows[0]["lr"]) > 0 and (out / "curves.png").stat().st_size > 0
+
+
 def test_eval_takes_val_of_a_train_val_folder_and_every_pair_of_another(run, tmp_path, capsys):
     """A folder with train/ and val/ is scored on val/ (here the run's own held-out pairs: the
     run's figures); a folder the run did not train on, on every pair."""

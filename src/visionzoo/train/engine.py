@@ -343,8 +343,16 @@ def write_csv(history: list[dict[str, Any]], path: Path, fields: Sequence[str] =
     tmp.replace(path)
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
-    """Loss and accuracy per epoch as a PNG; False when matplotlib is not installed."""
+#: the panels of a classification run's curves.png: (y label, [(metrics.csv column, legend, style)])
+CLASSIFICATION_CURVES = (
+    ("loss", (("train_loss", "train", "o-"), ("val_loss", "held-out", "o-"))),
+    ("accuracy", (("train_acc", "train", "o-"), ("val_top1", "held-out top-1", "o-"), ("val_top5", "held-out top-5", "o--"))),
+)
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path, panels: Sequence = CLASSIFICATION_CURVES) -> bool:
+    """The per-epoch ``history`` as a PNG, one panel per entry of ``panels`` (a y label and
+    the columns it plots); False when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -353,14 +361,11 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> bool:
     except ImportError:
         return False
     ep = [r["epoch"] for r in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
-    a.plot(ep, [r["val_loss"] for r in history], "o-", label="held-out")
-    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
-    b.plot(ep, [r["train_acc"] for r in history], "o-", label="train")
-    b.plot(ep, [r["val_top1"] for r in history], "o-", label="held-out top-1")
-    b.plot(ep, [r["val_top5"] for r in history], "o--", label="held-out top-5")
-    b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], panels):
+        for key, label, style in lines:
+            ax.plot(ep, [r[key] for r in history], style, label=label)
+        ax.set_xlabel("epoch"), ax.set_ylabel(ylabel), ax.legend(), ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

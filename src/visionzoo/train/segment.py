@@ -14,7 +14,9 @@ AdamW, a linear warm-up over the first tenth of the steps, then a cosine decay t
 
 A run writes ``config.json``, ``metrics.csv``, ``summary.json``, ``model.safetensors`` (metadata:
 backbone, head and its width, classes, preprocessing, the data folder), ``model_best.safetensors``
-(the epoch of the best held-out mIoU) and, as classification runs do, a training checkpoint in
+(the epoch of the best held-out mIoU), TensorBoard events (``tensorboard/``) and ``curves.png``
+(loss, mIoU, mDice and pixel accuracy per epoch) where those packages are installed and, as
+classification runs do, a training checkpoint in
 ``checkpoints/`` at each epoch end (and every ``--save-every-steps``): ``--resume`` continues
 from it exactly, Ctrl-C or SIGTERM saves one mid-epoch and stops. Under ``torchrun`` the
 processes train one network (DDP), each evaluating a shard of the held-out images; ``--amp``
@@ -96,7 +98,12 @@ class SegmentConfig:
 #: the share of the steps over which the learning rate warms up, before its cosine decay to 0
 WARMUP = 0.1
 #: the columns of metrics.csv
-METRICS_FIELDS = ("epoch", "step", "train_loss", "val_loss", "miou", "mdice", "pixel_acc")
+METRICS_FIELDS = ("epoch", "step", "lr", "train_loss", "val_loss", "miou", "mdice", "pixel_acc")
+#: the panels of curves.png (see :func:`visionzoo.train.engine.plot_curves`)
+CURVES = (
+    ("loss", (("train_loss", "train", "o-"), ("val_loss", "held-out", "o-"))),
+    ("held-out", (("miou", "mIoU", "o-"), ("mdice", "mDice", "o-"), ("pixel_acc", "pixel accuracy", "o--"))),
+)
 
 #: backbones that are whole segmentation networks: they take no --seg-head, head width or checkpoint
 WHOLE_NETWORKS = ("unext", "unext_s")
@@ -298,7 +305,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
     from .checkpoint import gather_rng, restore_rng, restore_training, run_folder, save_training_checkpoint
-    from .engine import StopRequests, TrainingStopped, _schedule, _worker_init, amp_autocast, write_csv
+    from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -377,6 +384,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
 
     stop = StopRequests()  # Ctrl-C or SIGTERM: finish the current step, save, stop
     interrupted = False
+    tb = _tensorboard(out / "tensorboard", purge_step=len(history)) if info.is_main else None
     try:
         while epoch < cfg.epochs:
             train_ds.epoch = epoch
@@ -414,7 +422,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
             loss_sum, count = D.all_reduce_sum(sums, info)
             D.average_norm_statistics(model, info)
             ev = evaluate_segmentation(model, val_loader, C, device, info=info, autocast=autocast)
-            row = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum / max(count, 1), "val_loss": ev["loss"], "miou": ev["miou"],
+            row = {"epoch": epoch + 1, "step": step, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / max(count, 1), "val_loss": ev["loss"], "miou": ev["miou"],
                    "mdice": ev["mdice"], "pixel_acc": ev["pixel_acc"], "iou": ev["iou"], "dice": ev["dice"]}
             history.append(row)
             epoch, batch_in_epoch, sums = epoch + 1, 0, [0.0, 0.0]
@@ -425,9 +433,15 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
                 write_csv(history, out / "metrics.csv", METRICS_FIELDS)
                 if row["miou"] > max((r["miou"] for r in history[:-1]), default=-1.0):
                     save_state_dict(model.state_dict(), out / "model_best.safetensors", metadata=meta)
+                if tb is not None:
+                    for k in ("train_loss", "val_loss", "miou", "mdice", "pixel_acc", "lr"):
+                        tb.add_scalar(k, row[k], row["epoch"])
+                    tb.flush()
             save()
     finally:
         stop.restore()
+        if tb is not None:
+            tb.close()
 
     last = history[-1] if history else {}
     best = max(history, key=lambda r: r["miou"]) if history else {}
@@ -446,6 +460,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
             save_state_dict(model.state_dict(), out / "model.safetensors", metadata=meta)
             summary["checkpoint"] = str(out / "model.safetensors")
         write_json_atomic(summary, out / "summary.json")
+        if history:
+            plot_curves(history, out / "curves.png", CURVES)
     return summary
 
 
