@@ -417,6 +417,72 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     assert not out.exists()
 
 
+def test_segmentation_augmentation_rescales_crops_pads_and_jitters_image_and_mask_together(tmp_path, capsys):
+    """--scale-range: image and mask resized by the same factor, then the same window (or the
+    same padding: mean colour and the ignore label); --color-jitter changes the image only.
+    Draws depend on (seed, epoch, index) alone; held-out images are never augmented."""
+    import torch.nn.functional as F
+
+    from visionzoo.train.segment import IGNORE, SegFolder, _normalize, _resize, _rgb, read_mask
+
+    data = _seg_folder(tmp_path / "seg", n=6, size=24)
+    pairs = sorted(zip(sorted((data / "images").iterdir()), sorted((data / "masks").iterdir())))
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    size = 20
+
+    def item(ds, i, epoch=0):
+        ds.epoch = epoch
+        return ds[i]
+
+    # factor 2: a 40x40 rescale, of which one 20x20 window (maybe mirrored) is returned
+    ds = SegFolder(pairs, size, mean, std, train=True, scale_range=(2.0, 2.0))
+    for i in range(len(pairs)):
+        x, y = item(ds, i)
+        img, lab = _normalize(_resize(_rgb(pairs[i][0]), (40, 40)), mean, std), torch.from_numpy(read_mask(pairs[i][1]).astype("int64"))
+        lab = F.interpolate(lab[None, None].float(), size=(40, 40), mode="nearest")[0, 0].long()
+        found = [(t, l, f) for f in (False, True) for t in range(21) for l in range(21)
+                 if torch.equal((lab.flip(-1) if f else lab)[t : t + size, l : l + size], y)
+                 and torch.allclose((img.flip(-1) if f else img)[:, t : t + size, l : l + size], x, atol=1e-6)]
+        assert found, i
+    # factor 0.5: a 10x10 square placed in a 20x20 field of mean colour (0) and ignored pixels
+    ds = SegFolder(pairs, size, mean, std, train=True, scale_range=(0.5, 0.5))
+    x, y = item(ds, 0)
+    pad = y == IGNORE
+    assert int(pad.sum()) == size * size - 100 and (x[:, pad] == 0).all() and (x[:, ~pad] != 0).any()
+    # random factors: the draws repeat for the same (epoch, index) and change with the epoch
+    ds = SegFolder(pairs, size, mean, std, train=True, scale_range=(0.5, 2.0), color_jitter=0.4)
+    a, b, c = item(ds, 3, 1), item(ds, 3, 1), item(ds, 3, 2)
+    assert all(torch.equal(u, v) for u, v in zip(a, b)) and not torch.equal(a[0], c[0])
+    assert a[0].shape == (3, size, size) and a[1].shape == (size, size)
+    # colour jitter alone: the mask is the plain one, the image differs from the plain image
+    plain = SegFolder(pairs, size, mean, std, train=True)
+    jit = SegFolder(pairs, size, mean, std, train=True, color_jitter=0.4)
+    (xp, yp), (xj, yj) = item(plain, 2), item(jit, 2)
+    assert torch.equal(yp, yj) and (xp - xj).abs().max() > 0.05
+    # the jitter is torchvision's brightness, contrast and saturation adjustments, in that order
+    from torchvision.transforms.v2 import functional as TF
+
+    from visionzoo.train.segment import color_jitter
+
+    img = torch.rand(3, 17, 23)
+    for seed in range(4):
+        f = (1 + 0.5 * (2 * torch.rand(3, generator=torch.Generator().manual_seed(seed)) - 1)).tolist()
+        ref = TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(img, f[0]), f[1]), f[2])
+        torch.testing.assert_close(color_jitter(img, 0.5, torch.Generator().manual_seed(seed)), ref, atol=1e-6, rtol=0)
+    # held-out images: no augmentation whatever the settings
+    val = SegFolder(pairs, size, mean, std, train=False)
+    val_aug = SegFolder(pairs, size, mean, std, train=False, scale_range=(0.5, 2.0), color_jitter=0.4)
+    assert all(torch.equal(u, v) for u, v in zip(val[1], val_aug[1]))
+    # the options are checked before the run; a classifier is told they are segmentation's
+    out = tmp_path / "run"
+    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "16", "--epochs", "1", "--output", str(out)]
+    _one_line_error([*seg, "--scale-range", "0", "2"], capsys, "--scale-range takes LO HI with 0 < LO <= HI, got 0 2")
+    _one_line_error([*seg, "--scale-range", "2", "1"], capsys, "--scale-range takes LO HI with 0 < LO <= HI, got 2 1")
+    _one_line_error([*seg, "--color-jitter", "1.5"], capsys, "--color-jitter must be in [0, 1), got 1.5")
+    _one_line_error(["train", "--color-jitter", "0.4"], capsys, "--color-jitter is an option of --task segment")
+    assert not out.exists()
+
+
 class _StopAtCheck:
     """Stands in for engine.StopRequests: a stop is requested at the ``at``-th check (one per step)."""
 
@@ -440,7 +506,8 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     import visionzoo.train.engine as engine
 
     data = _seg_folder(tmp_path / "seg")
-    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "3", "--batch-size", "2", "--lr", "0.003"]
+    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "3", "--batch-size", "2", "--lr", "0.003",
+           "--scale-range", "0.75", "1.5", "--color-jitter", "0.3"]  # (augmented: its draws must repeat on resume)
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     assert main([*seg, "--output", str(ref)]) == 0
     with monkeypatch.context() as m:
@@ -460,6 +527,8 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     assert sb["best_miou"] == max(sb["miou_per_epoch"]) and (sb["best_epoch"] < 3 or all(torch.equal(best[k], b[k]) for k in b))
     _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--lr", "0.5"], capsys,
                     "--lr (0.003 in the run, 0.5 given)")
+    _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--scale-range", "0.5", "2"], capsys,
+                    "--scale-range ([0.75, 1.5] in the run, (0.5, 2.0) given)")
     _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--epochs", "2"], capsys, "already trained 3 epochs")
     _one_line_error(["train", "--output", str(cut), "--resume"], capsys, "holds a segmentation run; resume it with --task segment")
     _one_line_error(["train", "--task", "segment", "--resume"], capsys, "--resume needs --output DIR")

@@ -52,6 +52,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("--num-classes is an option of --task segment (a classifier takes its classes from its data)")
     if args.seg_head is not None:
         raise CLIError("--seg-head is an option of --task segment (the head a segmentation network puts on its backbone)")
+    for opt in ("scale_range", "color_jitter"):
+        if getattr(args, opt) is not None:
+            raise CLIError(f"{_flag(opt)} is an option of --task segment (a classifier's augmentation: --randaugment, --mixup, --cutmix)")
     given = {k: v for k, v in vars(args).items() if v is not None and k in {f for f in TrainConfig.__dataclass_fields__}}
     given["model_args"] = _parse_model_args(args.model_arg)
     if args.resume:
@@ -123,6 +126,8 @@ def _segment(args: argparse.Namespace) -> int:
         given["model_args"] = _parse_model_args(args.model_arg)
     if args.seg_head:
         given["head"] = args.seg_head
+    if args.scale_range is not None:
+        given["scale_range"] = tuple(args.scale_range)
     if args.resume:
         cfg = _resumed(SegmentConfig, "segment", given, args.output)
     elif not args.data or args.data == "digits":
@@ -161,6 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="segment: --data PATH with images/ and masks/ (PNG label maps); reports IoU and Dice")
     p.add_argument("--num-classes", type=int, default=None, help="segment: classes of the masks (default: largest label + 1)")
     p.add_argument("--seg-head", choices=["fpn", "aspp", "hrnetv2"], default=None, help="segment: head on the backbone (default fpn; hrnetv2 on an HRNet)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="segment: rescale image and mask by a random factor in [LO, HI], then crop (or pad) --img-size (e.g. 0.5 2.0)")
+    p.add_argument("--color-jitter", type=float, default=None, metavar="S",
+                   help="segment: brightness, contrast and saturation factors in [1 - S, 1 + S] (e.g. 0.4)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="digits (default) | cifar10 | cifar100 | mnist | fashion_mnist | PATH "
                    "(folder with train/ and val/ class folders, or class folders and --val-split)")

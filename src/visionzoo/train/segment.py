@@ -6,7 +6,11 @@ whose pixel values are class indices (255: ignored): one channel (PNG mode ``L``
 colour-to-class table comes with them. Optional ``train/`` and ``val/`` sub-folders,
 each with ``images/`` and ``masks/``; otherwise a fixed 20 % is held out. The model is
 :func:`visionzoo.tasks.create_segmentation_model` (a registered backbone with an FPN head by
-default; ``--seg-head aspp``, or ``hrnetv2`` on an HRNet). Training adds horizontal flips.
+default; ``--seg-head aspp``, or ``hrnetv2`` on an HRNet). Training adds horizontal flips and,
+when asked, the usual segmentation augmentation (mmsegmentation's recipe, on the square resize
+this module trains at): ``--scale-range LO HI`` resizes image and mask by a random factor, then
+crops ``--img-size`` at random (a smaller map is padded, its mask with the ignore label), and
+``--color-jitter S`` varies brightness, contrast and saturation by factors in [1 - S, 1 + S].
 Reported: per-class and mean IoU and Dice on the held-out images, computed at ``--img-size``
 (images and masks resized to that square, masks by nearest neighbour).
 
@@ -61,6 +65,10 @@ class SegmentConfig:
     model_args: dict[str, Any] | None = None  # None: a small ConvNeXt (SMALL_BACKBONE) when model is the default
     num_classes: int | None = None
     img_size: int = 64
+    #: random rescaling of image and mask by a factor in [lo, hi], then a random img_size crop
+    scale_range: tuple[float, float] | None = None
+    #: brightness, contrast and saturation factors drawn from [1 - color_jitter, 1 + color_jitter]
+    color_jitter: float = 0.0
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
@@ -93,6 +101,12 @@ class SegmentConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"--amp must be bf16 or fp16, got {self.amp!r}")
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            if not (0 < lo <= hi and math.isfinite(hi)):
+                raise ValueError(f"--scale-range takes LO HI with 0 < LO <= HI, got {lo:g} {hi:g}")
+        if not 0 <= self.color_jitter < 1:
+            raise ValueError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
 
 
 #: the share of the steps over which the learning rate warms up, before its cosine decay to 0
@@ -181,23 +195,66 @@ def split_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[P
     return train_pairs, val_pairs
 
 
+def _rgb(path: str | Path) -> Tensor:
+    """An image file as RGB floats in [0, 1], (3, H, W)."""
+    import numpy as np
+
+    return torch.from_numpy(np.array(load_image(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+
+
+def _normalize(x: Tensor, mean: Any, std: Any) -> Tensor:
+    return (x - torch.as_tensor(mean).view(-1, 1, 1)) / torch.as_tensor(std).view(-1, 1, 1)
+
+
+def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(3, H, W) image floats to ``size`` (bilinear), as the network's input is made."""
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def image_input(path: str | Path, size: int, mean: Any, std: Any) -> tuple[Tensor, tuple[int, int]]:
     """An image as the network takes it: RGB, resized to ``size`` x ``size`` (bilinear),
     normalized; (3, size, size), and the image's own (H, W)."""
-    import numpy as np
+    x = _rgb(path)
+    return _normalize(_resize(x, (size, size)), mean, std), (x.shape[1], x.shape[2])
 
-    x = torch.from_numpy(np.array(load_image(path).convert("RGB"))).permute(2, 0, 1).float() / 255  # 3, H, W
-    hw = (x.shape[1], x.shape[2])
-    x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False)[0]
-    return (x - torch.as_tensor(mean).view(-1, 1, 1)) / torch.as_tensor(std).view(-1, 1, 1), hw
+
+def color_jitter(x: Tensor, strength: float, g: torch.Generator) -> Tensor:
+    """Brightness, contrast and saturation of (3, H, W) floats in [0, 1], each scaled by a
+    factor drawn from [1 - strength, 1 + strength], in that order, as torchvision defines them
+    (contrast about the image's mean grey level, saturation about each pixel's grey; ITU-R 601
+    luma), clamped to [0, 1] after each step."""
+    b, c, s = (1 + strength * (2 * torch.rand(3, generator=g) - 1)).tolist()
+    luma = torch.tensor([0.2989, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)
+    x = (x * b).clamp_(0, 1)
+    x = (x * c + (1 - c) * (x * luma).sum(0).mean()).clamp_(0, 1)
+    return (x * s + (1 - s) * (x * luma).sum(0, keepdim=True)).clamp_(0, 1)
+
+
+def crop_or_pad(x: Tensor, y: Tensor, size: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """A random ``size`` x ``size`` window of a normalized square image (3, S, S) and its mask
+    (S, S); where S < size, the square is placed at a random offset in a ``size`` square
+    filled with 0 (the mean colour) and, in the mask, the ignore label."""
+    side = x.shape[-1]
+    if side >= size:
+        top, left = (int(v) for v in torch.randint(0, side - size + 1, (2,), generator=g))
+        return x[:, top : top + size, left : left + size], y[top : top + size, left : left + size]
+    top, left = (int(v) for v in torch.randint(0, size - side + 1, (2,), generator=g))
+    xp, yp = x.new_zeros(3, size, size), y.new_full((size, size), IGNORE)
+    xp[:, top : top + side, left : left + side], yp[top : top + side, left : left + side] = x, y
+    return xp, yp
 
 
 class SegFolder(Dataset):
-    """(image, mask) pairs resized to a square; training adds horizontal flips."""
+    """(image, mask) pairs resized to a square; training adds horizontal flips and, where
+    given, a random rescaling by a factor in ``scale_range`` with :func:`crop_or_pad` back to
+    the square, and :func:`color_jitter`. A training sample's random draws depend only on
+    (seed, epoch, index), so a resumed run sees the same images."""
 
-    def __init__(self, pairs: list[tuple[Path, Path]], size: int, mean: Any, std: Any, train: bool) -> None:
+    def __init__(self, pairs: list[tuple[Path, Path]], size: int, mean: Any, std: Any, train: bool, *,
+                 scale_range: tuple[float, float] | None = None, color_jitter: float = 0.0) -> None:
         self.pairs, self.size, self.train = pairs, size, train
         self.mean, self.std = mean, std
+        self.scale_range, self.color_jitter = scale_range, color_jitter
         self.epoch, self.seed = 0, 0
 
     def __len__(self) -> int:
@@ -205,15 +262,25 @@ class SegFolder(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         ip, mp = self.pairs[i]
-        x, hw = image_input(ip, self.size, self.mean, self.std)
+        x = _rgb(ip)
         y = torch.from_numpy(read_mask(mp).astype("int64"))  # H, W
-        if hw != tuple(y.shape):
-            raise DataError(f"{ip} is {hw} pixels but its mask {tuple(y.shape)}")
-        y = F.interpolate(y[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
-        if self.train:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i)
+        if x.shape[1:] != y.shape:
+            raise DataError(f"{ip} is {tuple(x.shape[1:])} pixels but its mask {tuple(y.shape)}")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 100_003 + i) if self.train else None
+        side = self.size
+        if g is not None and self.scale_range is not None:  # rescaled by f in scale_range, then cropped or padded
+            lo, hi = self.scale_range
+            side = max(1, round(self.size * (lo + (hi - lo) * torch.rand((), generator=g).item())))
+        x = _resize(x, (side, side))
+        y = F.interpolate(y[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+        if g is not None:
             if torch.rand((), generator=g) < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
+            if self.color_jitter:
+                x = color_jitter(x, self.color_jitter, g)
+        x = _normalize(x, self.mean, self.std)
+        if side != self.size:
+            x, y = crop_or_pad(x, y, self.size, g)
         return x, y
 
 
@@ -332,7 +399,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     model = create_segmentation_model(cfg.model, C, **kwargs).to(device)
     train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if info.enabled else model
     torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout: independent draws per rank
-    train_ds = SegFolder(train_pairs, cfg.img_size, mean, std, train=True)
+    train_ds = SegFolder(train_pairs, cfg.img_size, mean, std, train=True, scale_range=cfg.scale_range, color_jitter=cfg.color_jitter)
     train_ds.seed = cfg.seed
     val_ds = SegFolder(val_pairs, cfg.img_size, mean, std, train=False)
     sampler = D.ResumableSampler(train_ds, info, seed=cfg.seed, drop_last=False)
