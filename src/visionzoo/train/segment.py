@@ -7,8 +7,8 @@ colour-to-class table comes with them. Optional ``train/`` and ``val/`` sub-fold
 each with ``images/`` and ``masks/``; otherwise a fixed 20 % is held out. The model is
 :func:`visionzoo.tasks.create_segmentation_model` (a registered backbone with an FPN head by
 default; ``--seg-head aspp``, or ``hrnetv2`` on an HRNet). Training adds horizontal flips and,
-when asked, the usual segmentation augmentation (mmsegmentation's recipe, on the square resize
-this module trains at): ``--scale-range LO HI`` resizes image and mask by a random factor, then
+when asked, the usual segmentation augmentation (mmsegmentation's RandomResize with a ratio
+range and RandomCrop, on the square resize this module trains at): ``--scale-range LO HI`` resizes image and mask by a random factor, then
 crops ``--img-size`` at random (a smaller map is padded, its mask with the ignore label), and
 ``--color-jitter S`` varies brightness, contrast and saturation by factors in [1 - S, 1 + S].
 Reported: per-class and mean IoU and Dice on the held-out images, computed at ``--img-size``
