@@ -528,7 +528,7 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--lr", "0.5"], capsys,
                     "--lr (0.003 in the run, 0.5 given)")
     _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--scale-range", "0.5", "2"], capsys,
-                    "--scale-range ([0.75, 1.5] in the run, (0.5, 2.0) given)")
+                    "--scale-range ((0.75, 1.5) in the run, (0.5, 2.0) given)")
     _one_line_error(["train", "--task", "segment", "--output", str(cut), "--resume", "--epochs", "2"], capsys, "already trained 3 epochs")
     _one_line_error(["train", "--output", str(cut), "--resume"], capsys, "holds a segmentation run; resume it with --task segment")
     _one_line_error(["train", "--task", "segment", "--resume"], capsys, "--resume needs --output DIR")

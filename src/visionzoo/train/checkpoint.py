@@ -234,7 +234,8 @@ def read_run_config(out_dir: Path, config_cls: type, task: str) -> Any:
         raise ValueError(f"--resume: {out_dir} holds a {'segmentation' if kind == 'segment' else 'classification'} run; "
                          f"resume it {'with' if kind == 'segment' else 'without'} --task segment")
     fields = {f.name for f in dataclasses.fields(config_cls)}
-    return config_cls(**{k: v for k, v in saved.items() if k in fields})
+    # (JSON has no tuples: a pair such as --scale-range comes back as the tuple it was given as)
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
 
 
 def latest_checkpoint(out_dir: str | os.PathLike) -> tuple[Path, Path] | None:
