@@ -432,9 +432,11 @@ class VisionModel(nn.Module):
         ``torch.utils.checkpoint`` (non-reentrant): the forward keeps only the blocks' inputs,
         and the backward runs each block again, about a third more compute for a fraction of
         the activation memory. Gradients are those of the plain model; random masks (dropout,
-        drop path) are replayed. As with timm's checkpointing, a BatchNorm inside a block in
-        training updates its running statistics in both passes. Parameter names and
-        checkpoints are unchanged; ``enable=False`` restores the plain forward.
+        drop path) are replayed. A BatchNorm inside a block in training updates its running
+        statistics once a step, as in the plain model: what the recomputation adds is undone
+        (timm's checkpointing counts each batch twice), except under ``torch.compile``, where
+        the recomputation updates them again as in timm. Parameter names and checkpoints are
+        unchanged; ``enable=False`` restores the plain forward.
         """
         units = [m for n, m in self.named_modules() if any(re.fullmatch(p, n) for p in self.grad_checkpoint_units)]
         if enable and not units:
