@@ -22,10 +22,27 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from .helpers import no_hooks
 from .linear import add_projection, linear
 
-__all__ = ["Attention", "ProjectedAttention", "attention", "record_attention_weights", "sdpa_biased_short"]
+__all__ = ["Attention", "ProjectedAttention", "attention", "record_attention_weights", "sdpa_biased_short", "set_fused_attention"]
 
 # functions that receive the softmax weights of every attention() call (see below)
 _WEIGHT_RECORDERS: list[Callable[[Tensor], None]] = []
+
+
+def set_fused_attention(model: nn.Module, enable: bool) -> int:
+    """Turn the fused attention kernel on or off in every attention module of ``model`` (their
+    ``fused`` flag; on by default), as timm's ``TIMM_FUSED_ATTN``; returns how many there are.
+
+    Off, attention runs as matmul + softmax + matmul: slower, but twice differentiable.
+    PyTorch's fused CPU kernel has no second derivative, so gradient penalties
+    (``create_graph=True``) on ViT, DeiT or NesT need it off (Swin and CoAtNet, whose learned
+    biases send training to PyTorch's differentiable path, work either way). ValueError for a
+    model without attention."""
+    found = [m for m in model.modules() if isinstance(m.__dict__.get("fused"), bool)]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no attention module to switch")
+    for m in found:
+        m.fused = bool(enable)
+    return len(found)
 
 
 @contextmanager
