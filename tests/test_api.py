@@ -505,3 +505,33 @@ def test_prune_intermediate_layers(name, kwargs, size):
         pruned.forward_intermediates(x, [n - 1], intermediates_only=True)
     with pytest.raises(ValueError, match="prune_head=False"):
         visionzoo.create_model(name, **kwargs).prune_intermediate_layers([1], prune_head=False)
+
+
+@pytest.mark.parametrize("name, keep, size", [
+    ("swin_tiny_patch4_window7_224", [1], 112), ("nest_tiny", [0], 64), ("convnext_tiny", [1], 64),
+    ("efficientnet_b0", [1], 64), ("mobilenetv2_100", [2], 64), ("vit_tiny_patch16_224", [5], 64), ("hrnet_w18_small", [1], 64),
+])
+def test_pruned_forward_features_end_at_the_last_map_left(name, keep, size):
+    """After prune_intermediate_layers, forward_features returns the last map left, as timm's:
+    a final norm sized for a stage that is gone goes (Swin, NesT crashed on it), EfficientNet
+    no longer applies its activation a second time, HRNet no longer fails on its pruned head;
+    num_features follows. (timm's pruned HRNet keeps its own head-less fusion, so HRNet is
+    checked against its own forward_intermediates.)"""
+    timm = pytest.importorskip("timm")
+    from visionzoo.testing import build_random, max_rel_diff
+
+    kw = {"img_size": size} if name.split("_")[0] in ("swin", "nest", "vit") else {}
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    ours = visionzoo.create_model(name, checkpoint=ref.state_dict(), **kw).eval()
+    x = torch.randn(1, 3, size, size)
+    take = ours.prune_intermediate_layers(keep)
+    ref.prune_intermediate_layers(keep)
+    with torch.no_grad():
+        got = ours.forward_features(x)
+        if name.startswith("hrnet"):
+            want = ours.forward_intermediates(x, take, intermediates_only=True)[-1]
+            assert ours.num_features == ours.feature_info[take[-1]].num_chs == got.shape[1]
+        else:
+            want = ref.forward_features(x)
+            assert ours.num_features == ref.num_features
+    assert got.shape == want.shape and max_rel_diff(got, want) < 1e-5

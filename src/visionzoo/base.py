@@ -356,14 +356,19 @@ class VisionModel(nn.Module):
         :meth:`forward_intermediates` reads them) and the classifier; returns the indices, sorted.
         Afterwards ``forward_intermediates(x, indices, intermediates_only=True)`` gives those maps
         (and ``features_only``'s pruning is the same). ``prune_norm=False`` keeps the final norm
-        for ``norm=True``. visionzoo always drops the classifier: ``prune_head=False`` is refused."""
+        for ``norm=True`` where its width is that of the last map left (ViT), and drops it
+        otherwise, as timm; ``num_features`` becomes that map's width. visionzoo always drops
+        the classifier: ``prune_head=False`` is refused."""
         if not prune_head:
             raise ValueError(f"{self._name()}: prune_intermediate_layers drops the classifier with the layers after the last map; prune_head=False is not supported")
         take = self.take_indices(indices)
         norm = getattr(self, "norm", None)
         self.prune_for_features(take)
-        if not prune_norm and isinstance(norm, nn.Module):
-            self.norm = norm
+        width = self.feature_info[take[-1]].num_chs
+        if isinstance(norm, nn.Module):  # a final norm sized for a stage that is gone goes, as in timm
+            shape = getattr(norm, "normalized_shape", None) or (getattr(norm, "num_features", width),)
+            self.norm = norm if not prune_norm and shape[-1] == width else nn.Identity()
+        self.num_features = width  # forward_features now ends at that map, as timm's
         self._pruned_after = take[-1]
         return take
 

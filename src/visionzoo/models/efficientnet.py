@@ -345,6 +345,8 @@ class EfficientNet(VisionModel):
         return apply_conv_bn(self.conv_stem, self.bn1, x, self.act)
 
     def _conv_head(self, x: Tensor) -> Tensor:
+        if type(self.conv_head) is nn.Identity:  # pruned (prune_for_features): the blocks' map as it is
+            return x
         return apply_conv_bn(self.conv_head, self.bn2, x, self.act)
 
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
