@@ -271,7 +271,8 @@ class HRNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         if self.final_layer is None:  # pruned (prune_for_features): the last map left
-            return self.intermediate_maps(x, [self._pruned_after])[0]
+            last = self._pruned_after if self._pruned_after is not None else max(self.out_indices)  # (features_only)
+            return self.intermediate_maps(x, [last])[0]
         xs = self._trunk(self._stem(x))
         return self._fuse([incre(b) for incre, b in zip(self.incre_modules, xs)])
 
