@@ -535,3 +535,6 @@ def test_pruned_forward_features_end_at_the_last_map_left(name, keep, size):
             want = ref.forward_features(x)
             assert ours.num_features == ref.num_features
     assert got.shape == want.shape and max_rel_diff(got, want) < 1e-5
+    with torch.no_grad():  # forward: those features, neither pooled nor classified (ConvNeXt's raised)
+        out = ours(x)
+    assert out.shape == got.shape and max_rel_diff(out, got) < 1e-5

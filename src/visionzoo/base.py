@@ -225,6 +225,8 @@ class VisionModel(nn.Module):
         model without classifier and with ``global_pool=''`` what its ``forward`` returns, the
         unpooled features (:meth:`unpooled_head`), as timm's head then neither pools nor
         classifies (``pre_logits`` changes nothing there)."""
+        if self._pruned_after is not None:  # pruned: no head, as timm's (reset to 0 classes, no pooling)
+            return x
         return self.unpooled_head(x) if self.returns_unpooled else self.pooled_head(x, pre_logits)
 
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -357,8 +359,9 @@ class VisionModel(nn.Module):
         Afterwards ``forward_intermediates(x, indices, intermediates_only=True)`` gives those maps
         (and ``features_only``'s pruning is the same). ``prune_norm=False`` keeps the final norm
         for ``norm=True`` where its width is that of the last map left (ViT), and drops it
-        otherwise, as timm; ``num_features`` becomes that map's width. visionzoo always drops
-        the classifier: ``prune_head=False`` is refused."""
+        otherwise, as timm; ``num_features`` becomes that map's width, and ``forward`` returns
+        ``forward_features`` (no pooling, no classifier), as timm's. visionzoo always drops the
+        classifier: ``prune_head=False`` is refused."""
         if not prune_head:
             raise ValueError(f"{self._name()}: prune_intermediate_layers drops the classifier with the layers after the last map; prune_head=False is not supported")
         take = self.take_indices(indices)
