@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import visionzoo
+import visionzoo.testing
 from visionzoo.layers import (
     Attention,
     Conv2d,
@@ -837,8 +838,40 @@ def test_packed_conv_follows_shapes_weights_and_the_switch():
 
 
 @needs_packed_conv
+def test_packed_conv_takes_1x1_maps_and_one_channel_inputs():
+    """Layouts that are channels-last and contiguous at once run packed: a 1x1 map (ResNet's
+    last stage at 32 px ran the NCHW kernel on a weight reordered on every call, 5x timm's
+    time), and a one-channel model's input, which the model hands on with channels-last
+    strides (its stem ran NCHW and so did every convolution after it)."""
+    from visionzoo.layers import Conv2d, apply_conv_bn
+
+    torch.manual_seed(0)
+    conv, bn = Conv2d(8, 6, 3, padding=1), torch.nn.BatchNorm2d(6).eval()
+    bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2)
+    with torch.no_grad():
+        for x in (torch.randn(2, 8, 1, 1), torch.randn(2, 8, 1, 1).to(memory_format=_CL)):
+            r = torch.randn(2, 6, 1, 1)
+            out, calls = _packed_ran(lambda: apply_conv_bn(conv, bn, x, torch.nn.ReLU(), residual=r))
+            assert calls == 1
+            torch.testing.assert_close(out, F.relu(bn(conv(x.contiguous())) + r), rtol=1e-5, atol=1e-5)
+
+    def convs_packed(model, x):
+        with torch.inference_mode():
+            out, calls = _packed_ran(lambda: model(x))
+        ref = model(x)  # autograd on: the plain modules
+        assert visionzoo.testing.max_rel_diff(out, ref) < 1e-5
+        return calls
+
+    n_convs = 20  # ResNet-18: stem, 16 in the blocks, 3 projections
+    model = visionzoo.create_model("resnet18", num_classes=5).eval()
+    assert convs_packed(model, torch.randn(2, 3, 32, 32)) == n_convs  # last stage on 1x1 maps
+    gray = visionzoo.create_model("resnet18", num_classes=5, in_chans=1).eval()
+    assert convs_packed(gray, torch.randn(2, 1, 64, 64)) == n_convs
+
+
+@needs_packed_conv
 def test_packed_conv_stays_out_of_the_way():
-    """NCHW, ambiguous-layout, bf16 and autograd inputs, reflect or TF 'SAME' padding, hooks
+    """NCHW (one channel too), bf16 and autograd inputs, reflect or TF 'SAME' padding, hooks
     and a residual oneDNN cannot take all run the plain modules, with the same result."""
     from visionzoo.layers import Conv2d, apply_conv_bn
     from visionzoo.models.efficientnet import Conv2dPad
@@ -849,10 +882,10 @@ def test_packed_conv_stays_out_of_the_way():
     with torch.no_grad():
         for x in (
             torch.randn(2, 4, 8, 8),  # NCHW
-            torch.randn(2, 4, 1, 1).to(memory_format=_CL),  # 1x1: both layouts
+            torch.randn(2, 1, 8, 8),  # NCHW of one channel: is_contiguous(memory_format=channels_last) holds too
             torch.randn(2, 4, 8, 8, dtype=torch.bfloat16).to(memory_format=_CL),
         ):
-            conv_x = conv.to(x.dtype)
+            conv_x = (conv if x.shape[1] == 4 else Conv2d(1, 6, 3, padding=1)).to(x.dtype)
             out, calls = _packed_ran(lambda: conv_x(x))
             assert calls == 0
             torch.testing.assert_close(out, F.conv2d(x, conv_x.weight, conv_x.bias, padding=1))

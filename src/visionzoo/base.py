@@ -492,7 +492,11 @@ class VisionModel(nn.Module):
         if not isinstance(x, Tensor):
             self.check_input(x)
         if self.cpu_channels_last and not self.training and x.dim() == 4 and not torch.is_grad_enabled() and plain_cpu_eager(x):
-            return x.contiguous(memory_format=torch.channels_last), True
+            x = x.contiguous(memory_format=torch.channels_last)
+            if x.stride(1) != 1:  # one channel: the same memory, given channels-last strides (a view)
+                B, _, H, W = x.shape
+                x = x.reshape(B, H, W, 1).permute(0, 3, 1, 2)
+            return x, True
         return x, False
 
     def set_features_only(self, out_indices: int | Sequence[int] | None = None) -> VisionModel:

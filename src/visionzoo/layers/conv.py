@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import DerivedCache, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
+from .helpers import DerivedCache, channels_last_map, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
 __all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
 
@@ -139,9 +139,9 @@ def _sources(conv: nn.Module, bn: nn.Module) -> tuple[Tensor | None, ...]:
 
 
 def _packs(conv: nn.Conv2d, x: Tensor) -> bool:
-    """Whether ``conv`` runs on ``x`` with a prepacked weight: a float32 4-D map strictly in
-    channels-last order (not also contiguous: a 1x1 map or one channel is ambiguous and keeps
-    ``F.conv2d``), explicit zero padding, and ``nn.Conv2d``'s own ``_conv_forward`` (a subclass
+    """Whether ``conv`` runs on ``x`` with a prepacked weight: a float32 map in channels-last
+    order (:func:`~visionzoo.layers.helpers.channels_last_map`: a 1x1 map qualifies, a plain NCHW
+    map of one channel does not), explicit zero padding, and ``nn.Conv2d``'s own ``_conv_forward`` (a subclass
     that overrides it for 'SAME' padding says where it pads as ``nn.Conv2d`` does through a
     true ``plain_padding`` attribute)."""
     return (
@@ -149,9 +149,7 @@ def _packs(conv: nn.Conv2d, x: Tensor) -> bool:
         and _HAVE_PACKED_CONV
         and torch._C._get_mkldnn_enabled()
         and x.dtype == torch.float32
-        and x.dim() == 4
-        and not x.is_contiguous()
-        and x.is_contiguous(memory_format=torch.channels_last)
+        and channels_last_map(x)
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
         and (type(conv)._conv_forward in (nn.Conv2d._conv_forward, Conv2d._conv_forward) or getattr(conv, "plain_padding", False))
@@ -182,7 +180,7 @@ def _run_packed(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None,
 
 def _fusable_residual(conv: nn.Conv2d, x: Tensor, residual: Tensor | None) -> bool:
     """Whether oneDNN can add ``residual`` to ``conv(x)`` as a post-op: a plain float32 tensor
-    of exactly the output's shape, strictly channels-last like ``x``."""
+    of exactly the output's shape, channels-last like ``x``."""
     if residual is None:
         return True
     size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(x.shape[2:], conv.padding, conv.dilation, conv.kernel_size, conv.stride)]
@@ -190,8 +188,7 @@ def _fusable_residual(conv: nn.Conv2d, x: Tensor, residual: Tensor | None) -> bo
         type(residual) is Tensor
         and residual.dtype == x.dtype
         and residual.shape == (x.shape[0], conv.out_channels, *size)
-        and not residual.is_contiguous()
-        and residual.is_contiguous(memory_format=torch.channels_last)
+        and channels_last_map(residual)
     )
 
 

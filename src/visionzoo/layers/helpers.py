@@ -14,7 +14,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .activations import GELU
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
@@ -119,6 +119,18 @@ def trunc_normal_(t: Tensor, std: float = 0.02) -> Tensor:
     if not t.is_contiguous():
         t.copy_(flat.view_as(t))
     return t
+
+
+def channels_last_map(x: Tensor) -> bool:
+    """Whether ``x`` is a 4-D map whose memory is in channels-last order with the channels
+    innermost (stride 1): the layout oneDNN's NHWC kernels take.
+
+    ``x.is_contiguous(memory_format=torch.channels_last)`` alone also holds for plain NCHW maps
+    of one channel, and ``x.is_contiguous()`` also for channels-last maps of 1x1, where both
+    orders put the same values in the same places; the channel stride tells them apart. A 1x1
+    map (B, C, 1, 1) with its channels at stride 1 qualifies, as any contiguous one does.
+    """
+    return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def plain_cpu_eager(x: Tensor) -> bool:

@@ -21,7 +21,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, Conv2d, apply_conv_bn, bn_affine, bn_tensors, classifier, linear_act, uses_running_stats
 from ..layers.activations import GELU
-from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
+from ..layers.helpers import DerivedCache, channels_last_map, no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["ConvMixer", "ConvMixerConfig"]
@@ -118,8 +118,7 @@ def _run_blocks(blocks: nn.Sequential, x: Tensor) -> Tensor:
     """``blocks(x)``; in CPU inference on a channels-last float32 map, block by block through
     :func:`_mixer_inference` (where every block qualifies)."""
     if (
-        torch.is_grad_enabled() or not plain_cpu_eager(x) or x.dtype != torch.float32 or x.dim() != 4
-        or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)
+        torch.is_grad_enabled() or not plain_cpu_eager(x) or x.dtype != torch.float32 or not channels_last_map(x)
         or not no_hooks(blocks) or not all(_inference_block(b) for b in blocks)
     ):
         return blocks(x)
