@@ -5,15 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from visionzoo.tasks import create_segmentation_model
 from visionzoo.tasks.bpr import BoundaryPatchRefiner, boundary_iou, boundary_map, create_refiner, extract_patches
 
 
 class MaskEcho(nn.Module):
-    """Refiner that returns the mask channel as its prediction."""
+    """Refiner that returns the mask channel (-1 background, +1 foreground) as its prediction."""
 
     def forward(self, x):
         m = x[:, 3:4]
-        return torch.cat([(1 - m) * 20 - 10, m * 20 - 10], dim=1)
+        return torch.cat([-10 * m, 10 * m], dim=1)
 
 
 def disk(H, W, cy, cx, r):
@@ -95,11 +96,83 @@ def test_trained_refiner_beats_the_coarse_mask():
     assert sum(after) / 8 > sum(before) / 8 + 0.05, (before, after)
 
 
-def test_default_refiner_is_hrnetv2_w18_small():
+def test_default_refiner_is_the_official_hrnetv2_w18_small_v2():
+    """The official configs/bpr/hrnet18s_128.py builds HRNetV2-W18-Small-v2: 2 bottlenecks of 64,
+    widths 18/36/72/144, an FCN head on the concatenated branches; 3,935,278 parameters (timm's
+    hrnet_w18_small_v2 trunk 3,860,720 + the mask conv 1*64*3*3 = 576 + the head 270*270 + 2*270
+    + 270*2 + 2 = 73,982). The default used to be v1 (widths 16/32/64/128, 1,537,058)."""
     refiner = create_refiner()
-    assert refiner.backbone.model_name == "hrnet_w18_small" and refiner.backbone.in_chans == 4
+    assert refiner.backbone.model_name == "hrnet_w18_small_v2" and refiner.backbone.in_chans == 4
+    assert list(refiner.backbone.branch_channels) == [18, 36, 72, 144]
+    assert sum(p.numel() for p in refiner.parameters()) == 3_935_278
     out = refiner(torch.randn(2, 4, 64, 64))
     assert out.shape == (2, 2, 64, 64)
+
+
+def test_refiner_sees_the_mask_as_minus_one_and_one():
+    """Official encoder_decoder_refine.py: the mask channel is (m - 0.5) / 0.5, in inference and in
+    training (it used to be 0/1, which an official checkpoint does not expect)."""
+    seen = []
+    refiner = MaskEcho()
+    refiner.register_forward_pre_hook(lambda module, args: seen.append(args[0][:, 3].clone()))
+    image, mask = torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10)
+    for P, S in ((16, 16), (16, 32)):
+        bpr = BoundaryPatchRefiner(refiner, patch_size=P, input_size=S)
+        assert torch.equal(bpr(image, mask), mask)
+        bpr.training_loss(image, mask, mask)
+    assert len(seen) == 4
+    for m in seen:
+        assert set(m.unique().tolist()) == {-1.0, 1.0}
+    x0, y0, x1, y1 = extract_patches(mask, 16, 0.25)[0].long().tolist()
+    assert torch.equal(seen[0][0], mask[y0:y1, x0:x1].float() * 2 - 1)
+
+
+def test_patches_at_the_image_edge_are_moved_inside():
+    """Official _force_move_back: a patch reaching past the image edge is moved inside the image
+    (it used to be zero-padded: a false foreground/background edge in the mask channel), without
+    the official off-by-one that never covers the last row and column. Along a side shorter than
+    the patch, patches stay centred and padded (the official code skips such images)."""
+    H, W = 70, 90
+    mask = disk(H, W, 35, 0, 20) | disk(H, W, H - 1, W - 1, 18)  # cut by the left edge; in the corner
+    bnd = boundary_map(mask)
+    assert bnd[:, 0].any() and bnd[-1].any() and bnd[:, -1].any()
+    for P in (16, 31, 32):
+        for thr in (0.25, 0.5, 1.0):
+            boxes = extract_patches(mask, P, thr).long()
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= W).all() and (boxes[:, 3] <= H).all(), (P, thr)
+            assert torch.all(boxes[:, 2:] - boxes[:, :2] == P)
+            covered = torch.zeros(H, W, dtype=torch.bool)
+            for x0, y0, x1, y1 in boxes.tolist():
+                covered[y0:y1, x0:x1] = True
+            assert covered[bnd].all(), (P, thr, int((bnd & ~covered).sum()))
+        bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=P, input_size=2 * P)
+        assert torch.equal(bpr(torch.rand(3, H, W), mask), mask)
+    # a 20-pixel-high image, patches of 32: moved inside along x, centred and padded along y
+    mask = disk(20, 90, 10, 0, 8) | disk(20, 90, 10, 89, 8)
+    boxes = extract_patches(mask, 32, 0.25).long()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 90).all() and (boxes[:, 1] < 0).all()
+    assert torch.equal(BoundaryPatchRefiner(MaskEcho(), patch_size=32, input_size=64)(torch.rand(3, 20, 90), mask), mask)
+
+
+class Stripes(nn.Module):
+    """Refiner whose foreground logits alternate -1, 10 along x (background logit 0)."""
+
+    def forward(self, x):
+        fg = torch.tensor([-1.0, 10.0]).repeat(x.shape[-1] // 2).expand(x.shape[0], 1, *x.shape[-2:])
+        return torch.cat([torch.zeros_like(fg), fg], dim=1)
+
+
+def test_logits_are_resized_to_the_patch_before_the_softmax():
+    """Official order (encoder_decoder.py): the logits are resized to the patch, then softmax. With
+    these logits, upsampled 16 -> 32, resizing the probabilities instead gives another mask."""
+    logits = Stripes()(torch.zeros(1, 4, 16, 16))
+    official = F.interpolate(logits, size=32, mode="bilinear", align_corners=False).softmax(1)[0, 1] > 0.5
+    other = F.interpolate(logits.softmax(1)[:, 1:], size=32, mode="bilinear", align_corners=False)[0, 0] > 0.5
+    assert not torch.equal(official, other)
+    mask = disk(64, 64, 32, 32, 15)
+    bpr = BoundaryPatchRefiner(Stripes(), patch_size=32, input_size=16, max_patches=1)
+    x0, y0, x1, y1 = extract_patches(mask, 32, 0.25, max_patches=1)[0].long().tolist()
+    assert torch.equal(bpr(torch.rand(3, 64, 64), mask)[y0:y1, x0:x1], official)
 
 
 def test_masks_must_be_binary_and_images_floats_in_unit_range():
@@ -121,6 +194,35 @@ def test_masks_must_be_binary_and_images_floats_in_unit_range():
     with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
         bpr.training_loss(image * 255, mask, mask)
     assert torch.equal(bpr(image * 1.01 - 0.005, mask), mask)  # bicubic overshoot is no error
+    # a NaN pixel used to be accepted (the covered pixels around it turned background)
+    for bad in (float("nan"), float("inf")):
+        broken = image.clone()
+        broken[0, 5, 5] = bad
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            bpr(broken, mask)
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            bpr.training_loss(broken, mask, mask)
+    # numpy arrays used to raise AttributeError
+    with pytest.raises(TypeError, match=r"image must be a torch.Tensor.*torch.from_numpy\(image\)"):
+        bpr(image.numpy(), mask)
+    with pytest.raises(TypeError, match=r"mask must be a torch.Tensor.*torch.from_numpy\(mask\)"):
+        bpr(image, mask.numpy())
+    with pytest.raises(TypeError, match=r"target must be a torch.Tensor"):
+        bpr.training_loss(image, mask, mask.numpy())
+    # an empty image used to raise max_pool2d's RuntimeError
+    for shape in ((3, 0, 0), (3, 0, 5), (3, 4, 0)):
+        with pytest.raises(ValueError, match=r"image is empty.*H, W >= 1"):
+            bpr(torch.rand(shape), torch.zeros(shape[1:], dtype=torch.bool))
+    # a refiner for RGB only used to raise torch's convolution error
+    rgb_only = [nn.Conv2d(3, 2, 3, padding=1), create_segmentation_model("unext_s", num_classes=2)]
+    for refiner in rgb_only:
+        wrong = BoundaryPatchRefiner(refiner, patch_size=16, input_size=16)
+        with pytest.raises(ValueError, match=r"4 input channels \(RGB \+ mask\)"):
+            wrong(image, mask)
+        with pytest.raises(ValueError, match=r"4 input channels \(RGB \+ mask\)"):
+            wrong.training_loss(image, mask, mask)
+    with pytest.raises(ValueError, match=r"must return \(K, 2, S, S\) logits"):
+        BoundaryPatchRefiner(nn.Conv2d(4, 1, 1), patch_size=16, input_size=16)(image, mask)
 
 
 def test_training_loss_refuses_a_target_of_another_size():
