@@ -246,30 +246,32 @@ def test_swin_mlp_params_within_3_percent_of_the_model_hub(name):
 
 
 def _naive_spatial_mlp(x, weight, bias, M, shifted):
-    """Per output pixel: its (offset) window, its head, W_h[pos, pos'] summed over the window."""
+    """Per output pixel: its (offset) window, its head, W_h[pos, pos'] summed over the window.
+    The release's rule: a block shifts (both axes) only where min(H, W) > M."""
     B, H, W, C = x.shape
     nH = weight.shape[0]
     hd = C // nH
-    s = M - M // 2 if shifted else 0
+    s = M - M // 2 if shifted and min(H, W) > M else 0
     out = torch.zeros_like(x)
     for i in range(H):
         for j in range(W):
-            wi, wj = (i + (s if H > M else 0)) // M, (j + (s if W > M else 0)) // M
-            pi, pj = (i + (s if H > M else 0)) % M, (j + (s if W > M else 0)) % M
+            wi, wj = (i + s) // M, (j + s) // M
+            pi, pj = (i + s) % M, (j + s) % M
             for h in range(nH):
                 acc = bias[h, pi * M + pj].expand(B, hd).clone()
                 for i2 in range(H):
                     for j2 in range(W):
-                        if ((i2 + (s if H > M else 0)) // M, (j2 + (s if W > M else 0)) // M) != (wi, wj):
+                        if ((i2 + s) // M, (j2 + s) // M) != (wi, wj):
                             continue
-                        q = ((i2 + (s if H > M else 0)) % M) * M + (j2 + (s if W > M else 0)) % M
+                        q = ((i2 + s) % M) * M + (j2 + s) % M
                         acc = acc + weight[h, pi * M + pj, q] * x[:, i2, j2, h * hd : (h + 1) * hd]
                 out[:, i, j, h * hd : (h + 1) * hd] = acc
     return out
 
 
 @pytest.mark.parametrize("shifted", [False, True])
-def test_swin_mlp_spatial_mixing_equals_a_naive_per_window_sum(shifted):
+@pytest.mark.parametrize("size", [(7, 5), (3, 7), (8, 2)])  # not multiples of the window; one side <= M: no shift at all
+def test_swin_mlp_spatial_mixing_equals_a_naive_per_window_sum(shifted, size):
     from visionzoo.models.swin_mlp import SwinMLPBlock
 
     torch.manual_seed(0)
@@ -277,7 +279,7 @@ def test_swin_mlp_spatial_mixing_equals_a_naive_per_window_sum(shifted):
     blk = SwinMLPBlock(C, nH, (M, M), shifted=shifted)
     torch.nn.init.normal_(blk.spatial_mlp.weight)
     torch.nn.init.normal_(blk.spatial_mlp.bias)
-    x = torch.randn(2, 7, 5, C)  # not multiples of the window
+    x = torch.randn(2, *size, C)
     weight = blk.spatial_mlp.weight.view(nH, M * M, M * M)
     bias = blk.spatial_mlp.bias.view(nH, M * M)
     with torch.no_grad():
@@ -295,3 +297,73 @@ def test_swin_mlp_official_layout_loads_and_any_size_runs():
     with torch.no_grad():
         assert torch.equal(ours(x), ref(x))
         assert ours(torch.randn(1, 3, 200, 300)).shape == (1, 10)
+
+
+def _swin_mlp_block_inputs(model, x):
+    """{(stage, block): the block's input} of one forward."""
+    inputs, hooks = {}, []
+    for i, stage in enumerate(model.layers):
+        for j, blk in enumerate(stage.blocks):
+            hooks.append(blk.register_forward_pre_hook(lambda m, args, key=(i, j): inputs.__setitem__(key, args[0])))
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
+def test_swin_mlp_shifts_only_where_both_sides_of_the_map_exceed_the_window():
+    """The release's rule (swin_mlp.py, SwinMLPBlock.__init__): ``min(H, W) <= M`` turns the
+    shift off on both axes. At 256x512 the last stage's map is 8x16 (M = 8): its shifted
+    block runs unshifted; the third stage's 16x32 and, at 256x256, 16x16 still shift."""
+    import copy
+
+    name = "swin_mlp_tiny_c24_patch4_window8_256"
+    model = visionzoo.testing.random_weights(visionzoo.create_model(name, img_size=(256, 512)), std=0.1).eval()
+    for size, shifting, still in (((256, 512), [(2, 1), (2, 3), (2, 5)], [(3, 1)]), ((256, 256), [(2, 1), (2, 5)], [(3, 1)])):
+        inputs = _swin_mlp_block_inputs(model, torch.randn(1, 3, *size))
+        for key in shifting + still:
+            blk = model.layers[key[0]].blocks[key[1]]
+            assert blk.shifted
+            plain = copy.deepcopy(blk)
+            plain.shifted = False
+            with torch.no_grad():
+                out, ref = blk(inputs[key]), plain(inputs[key])
+            if key in still:
+                assert torch.equal(out, ref), (size, key, inputs[key].shape)
+            else:
+                assert max_rel_diff(out, ref) > 1e-3, (size, key, inputs[key].shape)
+    x = torch.randn(1, 3, 256, 512)  # and so the whole model: as with that block unshifted
+    with torch.no_grad():
+        out = model(x)
+        model.layers[3].blocks[1].shifted = False
+        assert torch.equal(out, model(x))
+
+
+def test_swin_mlp_spatial_mlp_initialised_as_the_linear_layers():
+    """The release initialises its grouped Conv1d as its Linear layers: truncated normal
+    (std 0.02), bias zero; not PyTorch's default uniform(+-1/8) with a non-zero bias."""
+    torch.manual_seed(0)
+    model = visionzoo.create_model("swin_mlp_tiny_c24_patch4_window8_256")
+    spatial = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(spatial) == 12
+    w = torch.cat([m.weight.detach().flatten() for m in spatial])
+    lin = torch.cat([m.weight.detach().flatten() for m in model.modules() if isinstance(m, torch.nn.Linear)])
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in spatial)
+    assert abs(w.mean()) < 1e-3 and abs(w.std() / lin.std() - 1) < 0.02, (w.std(), lin.std())
+    assert w.abs().max() <= lin.abs().max() + 1e-7 and w.abs().max() <= 0.04 + 1e-7
+
+
+@pytest.mark.parametrize("name", sorted(SWIN_MLP_HUB))
+def test_swin_mlp_eval_crop_is_the_releases(name):
+    """The release evaluates with Resize(int(256 / 224 * S)) then CenterCrop(S): 292 -> 256, 256 -> 224."""
+    from visionzoo.train.data import eval_transform
+
+    cfg = visionzoo.registry.get_entry(name).default_cfg
+    S = cfg["input_size"][-1]
+    assert cfg["crop_pct"] == 0.875
+    tf = eval_transform(S, cfg["mean"], cfg["std"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"])
+    resize = next(t for t in tf.transforms if type(t).__name__ == "Resize")
+    crop = next(t for t in tf.transforms if type(t).__name__ == "CenterCrop")
+    assert list(resize.size) == [int(256 / 224 * S)] == [{256: 292, 224: 256}[S]]
+    assert list(crop.size) == [S, S]

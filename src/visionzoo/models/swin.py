@@ -410,7 +410,7 @@ class SwinTransformer(VisionModel):
 
     @staticmethod
     def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Conv1d)):  # Conv1d: Swin-MLP's spatial MLP, initialised so in its release
             trunc_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

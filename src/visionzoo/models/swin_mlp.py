@@ -11,8 +11,19 @@ instead of wrapped-around pixels — no mask is needed. A channel MLP follows, b
 and residual. Patch embedding, patch merging and head are Swin's.
 
 Any input size: maps are padded up to a multiple of M (weights are tied to M, so unlike
-Swin the window never shrinks); along an axis no longer than M there is no shift (the
-release's rule at its own resolution).
+Swin the window never shrinks). A shifted block shifts only where both sides of the map are
+longer than M; where the shorter side is at most M it shifts along neither axis. That is the
+release's rule, ``min(H, W) <= M``, decided per block, not per axis: an 8 x 16 stage map
+with M = 8 runs unshifted (Swin's attention blocks decide per axis, as timm's). Where that
+side is shorter than M the release also shrinks the window to it, which changes the
+weights' shapes; visionzoo keeps M and pads instead (the released checkpoints, built at 256
+with M = 8 and at 224 with M = 7, have no such stage; a model the release builds for a
+smaller size is not loadable).
+
+Initialisation as the release: the spatial MLP's grouped Conv1d as the Linear layers,
+weights truncated normal (std 0.02; visionzoo's ``trunc_normal_``), biases zero.
+Evaluation crop as the release: resize to int(S * 256 / 224), centre crop S (crop_pct
+0.875: 292 -> 256, 256 -> 224).
 
 The ``c24``/``c12``/``c6`` names give the channels per head of stage 1 (96/4, 96/8, 96/16).
 Keys follow the Swin layout of timm (downsampling opens a stage); the official release
@@ -54,16 +65,23 @@ class SwinMLPBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.drop_path2 = DropPath(drop_path)
 
-    def _pads(self, side: int, m: int) -> tuple[int, int]:
-        """(before, after) padding of one axis: offset grid when shifted, then up to a multiple of m."""
-        before = m - m // 2 if self.shifted and side > m else 0
+    def shifts(self, H: int, W: int) -> bool:
+        """Whether the block shifts on an H x W map: shifted, and both sides longer than the
+        window (the release's ``min(H, W) > M``; otherwise neither axis shifts)."""
+        return self.shifted and H > self.window[0] and W > self.window[1]
+
+    @staticmethod
+    def _pads(side: int, m: int, shift: bool) -> tuple[int, int]:
+        """(before, after) padding of one axis: offset grid when shifting, then up to a multiple of m."""
+        before = m - m // 2 if shift else 0
         after = -(side + before) % m
         return before, after
 
     def spatial_mixing(self, x: Tensor) -> Tensor:
         B, H, W, C = x.shape
         (Mh, Mw), nH = self.window, self.num_heads
-        (top, bottom), (left, right) = self._pads(H, Mh), self._pads(W, Mw)
+        shift = self.shifts(H, W)
+        (top, bottom), (left, right) = self._pads(H, Mh, shift), self._pads(W, Mw, shift)
         x = F.pad(x, (0, 0, left, right, top, bottom))
         Hp, Wp = H + top + bottom, W + left + right
         N = Mh * Mw
@@ -135,7 +153,7 @@ register_family(
     SwinMLP,
     VARIANTS,
     default_cfgs=lambda name, cfg: default_cfg(
-        256 if name.endswith("_256") else 224, crop_pct=0.9, first_conv="patch_embed.proj", classifier="head.fc"
+        256 if name.endswith("_256") else 224, crop_pct=0.875, first_conv="patch_embed.proj", classifier="head.fc"
     ),
     published={  # official model hub (ImageNet-1k); params rounded to 1M there
         "swin_mlp_tiny_c24_patch4_window8_256": dict(params=20.0, gmacs=4.0, top1=79.4),
