@@ -275,6 +275,67 @@ def test_unext_size_and_output():
         m(torch.randn(1, 1, 64, 64))
 
 
+def test_unext_drop_path_rates_are_the_released_codes():
+    """archs.py: dpr = linspace(0, r, 3); block1 and dblock1 take dpr[0], block2 and dblock2 dpr[1]."""
+    from visionzoo.tasks.unext import unext
+
+    m = unext(drop_path_rate=0.2)
+    rates = [getattr(m, n).drop_path.drop_prob for n in ("block1", "block2", "dblock1", "dblock2")]
+    assert rates == pytest.approx([0.0, 0.1, 0.0, 0.1])
+
+
+def _unext_to_official(sd):
+    """visionzoo's UNeXt keys -> UNeXt-pytorch's archs.py (written independently of the converter)."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[0] in ("encoder", "ebn", "decoder", "dbn"):  # encoder.0 -> encoder1
+            parts = [parts[0] + str(int(parts[1]) + 1)] + parts[2:]
+        elif parts[0] in ("block1", "block2", "dblock1", "dblock2"):  # an nn.ModuleList of one block there
+            rest = {"norm": ["norm2"], "mlp": ["mlp"] + (["dwconv"] if parts[2] == "dwconv" else [])}[parts[1]]
+            parts = [parts[0], "0"] + rest + parts[2:]
+        out[".".join(parts)] = v
+    return out
+
+
+@pytest.mark.parametrize("name", ["unext", "unext_s"])
+def test_unext_loads_the_released_codes_checkpoints(name, tmp_path):
+    """A plain state dict of UNeXt-pytorch's UNext / UNext_S (keys encoder1.weight, ebn1.*,
+    block1.0.mlp.dwconv.dwconv.*, ...) loads by renaming, with the usual checks."""
+    from visionzoo.checkpoints import CheckpointError
+    from visionzoo.tasks import unext as U
+    from visionzoo.testing import random_weights, randomize_norms
+
+    build = getattr(U, name)
+    src = randomize_norms(random_weights(build(), std=0.2)).eval()
+    official = _unext_to_official(src.state_dict())
+    assert len(official) == 101 and {"encoder1.weight", "ebn3.running_var", "block1.0.norm2.weight", "dblock2.0.mlp.dwconv.dwconv.weight",
+                                     "block2.0.mlp.fc1.weight", "decoder5.bias", "dbn4.num_batches_tracked", "final.weight"} <= set(official)
+    path = tmp_path / "model.pth"
+    torch.save(official, path)
+    model = build(checkpoint=path).eval()
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), src(x))
+        assert torch.equal(create_segmentation_model(name, num_classes=1, checkpoint=str(path)).eval()(x), src(x))  # the factory too
+    # another width, a missing key: refused whole, the model unchanged
+    other = U.unext_s() if name == "unext" else U.unext()
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(CheckpointError, match="shapes do not fit"):
+        visionzoo.load_checkpoint(other, path)
+    partial = tmp_path / "partial.pth"
+    torch.save({k: v for k, v in official.items() if k != "block2.0.mlp.fc2.weight"}, partial)
+    with pytest.raises(CheckpointError, match=r"missing 1 key.*block2\.mlp\.fc2\.weight"):
+        build(checkpoint=partial)
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+    # fine-tuning on more classes: the one-class classifier is left initialised, with a warning
+    with pytest.warns(UserWarning, match="classifier final"):
+        three = build(num_classes=3, checkpoint=path)
+    assert torch.equal(three.encoder[0].weight, src.encoder[0].weight) and three.final.weight.shape[0] == 3
+
+
 @pytest.mark.parametrize("backbone, head, padded", [
     ("vit_tiny_patch16_224", "fpn", (80, 112)),  # multiples of 16
     ("nest_tiny", "aspp", (80, 112)),

@@ -253,7 +253,9 @@ def create_segmentation_model(
             map alone (an explicit ``out_indices`` must then name one map).
         aspp_rates: atrous rates of the ASPP head; default DeepLab-v3's (6, 12, 18) at output
             stride 16, scaled to the backbone's last map (doubled at output stride 8).
-        checkpoint: backbone weights (classification checkpoint; the head stays initialised).
+        checkpoint: backbone weights (classification checkpoint; the head stays initialised);
+            for ``unext`` / ``unext_s`` the whole network's, in visionzoo's layout or the
+            released UNeXt-pytorch code's.
         **backbone_overrides: configuration overrides of the backbone.
 
     Arguments that the chosen network would ignore (``img_size`` of UNeXt or HRNetV2, which
@@ -266,13 +268,12 @@ def create_segmentation_model(
         for r in aspp_rates:
             check_int("each of aspp_rates", r)
     if backbone in DEDICATED:
-        _refuse_unused(f"{backbone}, a complete segmentation network that takes only num_classes and in_chans", {
+        _refuse_unused(f"{backbone}, a complete segmentation network that takes only num_classes, in_chans and checkpoint", {
             "head": head != "fpn", "flow_align": bool(flow_align), "channels": channels is not None,
             "img_size": img_size is not None, "out_indices": out_indices is not None,
-            "aspp_rates": aspp_rates is not None, "checkpoint": checkpoint is not None,
-            **{name: True for name in backbone_overrides},
+            "aspp_rates": aspp_rates is not None, **{name: True for name in backbone_overrides},
         })
-        return DEDICATED[backbone](num_classes=num_classes, in_chans=in_chans)
+        return DEDICATED[backbone](num_classes=num_classes, in_chans=in_chans, checkpoint=checkpoint)
     if head == "hrnetv2":
         if not backbone.startswith("hrnet"):
             raise ValueError(f"head='hrnetv2' takes an HRNet backbone (hrnet_*), got {backbone!r}")

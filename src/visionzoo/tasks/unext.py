@@ -18,16 +18,31 @@ for the same five levels. ``unext`` follows the released network so that the rep
 holds (measured here: 1,471,921 parameters, 0.562 GMACs at 256x256). ``unext_s`` halves
 every width (8/16/32/64/128): 253,561 parameters and 0.099 GMACs measured; the paper's
 UNeXt-S row is not reproduced by these widths and is not claimed.
+
+Stochastic depth as the released code: rates linspace(0, r, 3)[:2] = 0 and r/2, the first
+of each pair of tokenised blocks (encoder ``block1``, decoder ``dblock1``) at 0, the second
+(``block2``, ``dblock2``) at r/2.
+
+Checkpoints of the released code (jeya-maria-jose/UNeXt-pytorch's ``UNext`` / ``UNext_S``,
+a plain state dict: ``encoder1.weight``, ``ebn1.*``, ``block1.0.*``, ``final.*``) load by
+renaming their keys (``unext(checkpoint=path)`` or :func:`visionzoo.load_checkpoint`), with
+the checks of every other checkpoint: nothing is executed from the file and a checkpoint
+that does not fit is refused whole (:class:`~visionzoo.checkpoints.CheckpointError`). As
+for classifiers, the first convolution is adapted to another ``in_chans`` and a ``final``
+layer of another ``num_classes`` is left initialised, with a warning.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoints import load_checkpoint, register_converter, rename_keys
 from ..layers import DropPath, check_int, pad_to_fit, trunc_normal_
 
 __all__ = ["UNeXt", "UNeXtConfig", "unext", "unext_s"]
@@ -114,7 +129,8 @@ class UNeXt(nn.Module):
         cfg: widths.
         num_classes: output classes (logits per pixel).
         in_chans: image channels.
-        drop_path_rate: stochastic depth of the tokenised blocks.
+        drop_path_rate: stochastic depth of the tokenised blocks: 0 for ``block1`` and
+            ``dblock1``, half of it for ``block2`` and ``dblock2`` (the released code's).
 
     Shapes:
         (B, in_chans, H, W) -> (B, num_classes, H, W); sides that are not multiples of 32 are
@@ -122,8 +138,12 @@ class UNeXt(nn.Module):
         logits cropped back.
     """
 
+    family = "unext"  # its checkpoint converters
+
     def __init__(self, cfg: UNeXtConfig = UNeXtConfig(), *, num_classes: int = 1, in_chans: int = 3, drop_path_rate: float = 0.0) -> None:
         super().__init__()
+        # for load_checkpoint: the first convolution adapts to in_chans, a classifier of another size is dropped
+        self.default_cfg = {"first_conv": "encoder.0", "classifier": "final"}
         for name, value in (("num_classes", num_classes), ("in_chans", in_chans)):
             check_int(f"UNeXt: {name}", value)
         c1, c2, c3, c4, c5 = cfg.dims
@@ -132,14 +152,14 @@ class UNeXt(nn.Module):
         self.encoder = nn.ModuleList([nn.Conv2d(in_chans, c1, 3, padding=1), nn.Conv2d(c1, c2, 3, padding=1), nn.Conv2d(c2, c3, 3, padding=1)])
         self.ebn = nn.ModuleList([nn.BatchNorm2d(c) for c in (c1, c2, c3)])
         self.patch_embed3, self.patch_embed4 = OverlapPatchEmbed(c3, c4), OverlapPatchEmbed(c4, c5)
-        dpr = [0.0, drop_path_rate]
+        dpr = [0.0, drop_path_rate / 2]  # the released code's linspace(0, r, 3)[:2]
         self.block1, self.block2 = ShiftedBlock(c4, cfg.mlp_ratio, dpr[0]), ShiftedBlock(c5, cfg.mlp_ratio, dpr[1])
         self.norm3, self.norm4 = nn.LayerNorm(c4), nn.LayerNorm(c5)
         self.decoder = nn.ModuleList(
             [nn.Conv2d(a, b, 3, padding=1) for a, b in ((c5, c4), (c4, c3), (c3, c2), (c2, c1), (c1, c1))]
         )
         self.dbn = nn.ModuleList([nn.BatchNorm2d(c) for c in (c4, c3, c2, c1)])
-        self.dblock1, self.dblock2 = ShiftedBlock(c4, cfg.mlp_ratio, dpr[1]), ShiftedBlock(c3, cfg.mlp_ratio, dpr[0])
+        self.dblock1, self.dblock2 = ShiftedBlock(c4, cfg.mlp_ratio, dpr[0]), ShiftedBlock(c3, cfg.mlp_ratio, dpr[1])
         self.dnorm3, self.dnorm4 = nn.LayerNorm(c4), nn.LayerNorm(c3)
         self.final = nn.Conv2d(c1, num_classes, 1)
         for m in self.modules():
@@ -185,11 +205,38 @@ class UNeXt(nn.Module):
         return self.final(out)[..., :H0, :W0]
 
 
-def unext(num_classes: int = 1, in_chans: int = 3, **kwargs) -> UNeXt:
-    """UNeXt as released (1.47 M parameters)."""
-    return UNeXt(UNeXtConfig(), num_classes=num_classes, in_chans=in_chans, **kwargs)
+_OFFICIAL_RULES = (  # the released code's key -> visionzoo's, applied in order
+    (r"^(encoder|ebn|decoder|dbn)(\d)\.", lambda m: f"{m.group(1)}.{int(m.group(2)) - 1}."),  # encoder1 -> encoder.0
+    (r"^(d?block\d)\.0\.norm2\.", r"\1.norm."),  # its blocks sit in an nn.ModuleList of one
+    (r"^(d?block\d)\.0\.mlp\.dwconv\.dwconv\.", r"\1.mlp.dwconv."),
+    (r"^(d?block\d)\.0\.mlp\.", r"\1.mlp."),
+)
 
 
-def unext_s(num_classes: int = 1, in_chans: int = 3, **kwargs) -> UNeXt:
-    """UNeXt-S: every width halved (see the module docstring)."""
-    return UNeXt(UNeXtConfig(dims=(8, 16, 32, 64, 128)), num_classes=num_classes, in_chans=in_chans, **kwargs)
+@register_converter("unext", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """jeya-maria-jose/UNeXt-pytorch's ``UNext`` / ``UNext_S`` (``archs.py``): a renaming."""
+    if "encoder1.weight" not in sd:
+        raise KeyError("encoder1.weight")
+    return rename_keys(sd, _OFFICIAL_RULES)
+
+
+def _build(cfg: UNeXtConfig, checkpoint: str | os.PathLike | Mapping[str, Tensor] | None, **kwargs) -> UNeXt:
+    model = UNeXt(cfg, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
+def unext(num_classes: int = 1, in_chans: int = 3, *, checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None, **kwargs) -> UNeXt:
+    """UNeXt as released (1.47 M parameters).
+
+    ``checkpoint``: a file or state dict, visionzoo's or the released code's layout (module
+    docstring), loaded with :func:`visionzoo.load_checkpoint`.
+    """
+    return _build(UNeXtConfig(), checkpoint, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def unext_s(num_classes: int = 1, in_chans: int = 3, *, checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None, **kwargs) -> UNeXt:
+    """UNeXt-S: every width halved (see the module docstring); ``checkpoint`` as :func:`unext`."""
+    return _build(UNeXtConfig(dims=(8, 16, 32, 64, 128)), checkpoint, num_classes=num_classes, in_chans=in_chans, **kwargs)
