@@ -21,6 +21,7 @@ inputs once, cheaply, at the stem (:meth:`check_input`).
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import classifier, clear_derived_caches, plain_cpu_eager
+from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
@@ -139,8 +140,31 @@ def _running_stats_frozen(norms: Sequence[nn.Module]) -> Iterator[None]:
                 b.copy_(s)
 
 
+def _in_cpu_layout(forward_features: Callable[..., Any]) -> Callable[..., Any]:
+    """A family's ``forward_features``, run on the layout of :meth:`VisionModel.cpu_layout` when
+    a caller hands it a map in another (its maps then come back in the plain layout, as from
+    ``forward``); a channels-last map, which is what ``forward`` passes on, goes straight in."""
+
+    @functools.wraps(forward_features)
+    def run(self: VisionModel, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if not self.cpu_channels_last or not isinstance(x, Tensor) or channels_last_map(x):
+            return forward_features(self, x, *args, **kwargs)
+        x, channels_last = self.cpu_layout(x)
+        out = forward_features(self, x, *args, **kwargs)
+        return plain_layout(out) if channels_last else out
+
+    run.in_cpu_layout = True
+    return run
+
+
 class VisionModel(nn.Module):
     """Base class of every visionzoo classifier (see module docstring)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("forward_features")
+        if own is not None and not getattr(own, "in_cpu_layout", False):
+            cls.forward_features = _in_cpu_layout(own)  # called directly, as fast as from forward
 
     family: str = ""
     #: spatial sides must be multiples of this (a patch size, the total stride of a
@@ -153,7 +177,8 @@ class VisionModel(nn.Module):
     #: checkpoints them); empty where the family has none worth it (VGG, as in timm)
     grad_checkpoint_units: tuple[str, ...] = ()
     #: run CPU inference in channels-last memory (convolutional families, where oneDNN's
-    #: NHWC kernels beat its NCHW ones; see :meth:`forward`). An instance may turn it off.
+    #: NHWC kernels beat its NCHW ones; see :meth:`cpu_layout`): ``forward``,
+    #: ``forward_features`` and ``forward_intermediates``. An instance may turn it off.
     cpu_channels_last: bool = False
     #: the ``global_pool`` values the head takes besides ``''``: ``avg`` alone, or timm's four
     #: (:data:`~visionzoo.layers.POOL_TYPES`) in families whose head pools the map with
@@ -328,6 +353,7 @@ class VisionModel(nn.Module):
             intermediates_only: return only the maps.
         """
         take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
+        x, channels_last = self.cpu_layout(x)
         if intermediates_only:
             maps, features = self.intermediate_maps(x, take), None
         else:
@@ -335,6 +361,8 @@ class VisionModel(nn.Module):
         if norm and take[-1] == len(self.feature_info) - 1:
             maps[-1] = self.final_norm(maps[-1])
         maps = [fmt(m) for m in maps]
+        if channels_last:
+            maps, features = plain_layout(maps), None if features is None else plain_layout(features)
         return maps if intermediates_only else (features, maps)
 
     def _intermediates_request(self, indices: int | Sequence[int] | None, output_fmt: str, intermediates_only: bool) -> tuple[list[int], Callable[[Tensor], Tensor]]:
