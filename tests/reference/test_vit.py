@@ -154,8 +154,25 @@ def test_position_embedding_variants_have_the_papers_parameters():
         # 2-D: a row and a column table of width D/2 each, plus the class token's position
         assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="learned_2d", **kw)) - none == 2 * G * D // 2 + D
         assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="learned_2d", pos_embed_at="every_layer", **kw)) - none == L * (2 * G * D // 2 + D)
-        # relative: one embedding per 2-D offset per layer, of the head width
-        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="relative", **kw)) - none == L * (2 * G - 1) ** 2 * hd
+        # relative (the paper's 1-D form): one embedding per raster offset per layer, of the head width;
+        # relative_2d: one per 2-D offset
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="relative", **kw)) - none == L * (2 * G * G - 1) * hd
+        assert _count(visionzoo.create_model("vit_base_patch16_224", pos_embed="relative_2d", **kw)) - none == L * (2 * G - 1) ** 2 * hd
+
+
+def test_relative_position_embeddings_are_the_papers_1d_raster_offsets():
+    """App. D.4: "1-dimensional Relative Attention", an embedding per offset p_q - p_k of the
+    raster positions: (0, 0) -> (0, 1) and (0, 13) -> (1, 0) are both one step apart there and
+    share an embedding; the 2-D variant tells them apart. Other grids resample the table."""
+    attn = visionzoo.create_model("vit_tiny_patch16_224", pos_embed="relative", depth=1).blocks[0].attn
+    attn2d = visionzoo.create_model("vit_tiny_patch16_224", pos_embed="relative_2d", depth=1).blocks[0].attn
+    i = lambda r, c: 14 * r + c  # noqa: E731
+    with torch.no_grad():
+        e, e2 = attn._offset_embeddings((14, 14)), attn2d._offset_embeddings((14, 14))
+        assert torch.equal(e[i(0, 0), i(0, 1)], e[i(0, 13), i(1, 0)]) and torch.equal(e[i(0, 0), i(0, 1)], attn.rel_embed[195 - 1])
+        assert not torch.equal(e2[i(0, 0), i(0, 1)], e2[i(0, 13), i(1, 0)])
+        assert torch.equal(e[i(3, 4), i(3, 4)], attn.rel_embed[195]) and tuple(attn.rel_embed.shape) == (391, 64)
+        assert attn._offset_embeddings((5, 7)).shape == (35, 35, 64)
 
 
 @pytest.mark.parametrize(
@@ -166,6 +183,7 @@ def test_position_embedding_variants_have_the_papers_parameters():
         ("learned_1d", "every_layer", True),
         ("learned_2d", "every_layer_shared", True),
         ("relative", "stem", True),
+        ("relative_2d", "stem", True),
     ],
 )
 def test_position_information_reaches_the_output(pos_embed, at, sensitive):
@@ -187,7 +205,7 @@ def test_position_information_reaches_the_output(pos_embed, at, sensitive):
 
 
 def test_position_embedding_variants_take_other_sizes():
-    for pe, at in [("learned_2d", "stem"), ("learned_2d", "every_layer"), ("relative", "stem"), ("learned_1d", "every_layer")]:
+    for pe, at in [("learned_2d", "stem"), ("learned_2d", "every_layer"), ("relative", "stem"), ("relative_2d", "stem"), ("learned_1d", "every_layer")]:
         m = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=3, pos_embed=pe, pos_embed_at=at, depth=2).eval()
         with torch.no_grad():
             assert m(torch.randn(1, 3, 96, 48)).shape == (1, 3)

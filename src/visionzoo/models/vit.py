@@ -15,10 +15,13 @@ Position embeddings (``ViTConfig.pos_embed``), as in the paper's Table 8:
 * ``none``: no positional information.
 * ``learned_1d``: one learned vector per token of the raster order (the default).
 * ``learned_2d``: a row and a column embedding, each of width D/2, concatenated per patch.
-* ``relative``: a learned embedding per 2-D offset (dy, dx) between query and key
-  patches, used as keys of an extra attention with the original queries; its logits are
+* ``relative``: the paper's "1-dimensional Relative Attention": a learned embedding per
+  offset p_q - p_k between query and key patches in the raster order (2N - 1 of them for N
+  patches), used as keys of an extra attention with the original queries; its logits are
   added to the attention logits before softmax (so it runs through the fused kernel as an
   additive bias).
+* ``relative_2d``: the same with an embedding per 2-D offset (dy, dx), (2Gh - 1)(2Gw - 1) of
+  them: not in the paper, which tried the 1-D form only; here for comparison.
 
 and where absolute embeddings enter (``pos_embed_at``): ``stem`` (after the patch
 embedding), ``every_layer`` (before every block, separate parameters) or
@@ -56,7 +59,8 @@ from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_ST
 
 __all__ = ["ViTConfig", "VisionTransformer"]
 
-POS_EMBEDS = ("none", "learned_1d", "learned_2d", "relative")
+POS_EMBEDS = ("none", "learned_1d", "learned_2d", "relative", "relative_2d")
+RELATIVE = ("relative", "relative_2d")
 POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
 
 
@@ -95,30 +99,41 @@ class Block(nn.Module):
 
 
 class RelPosAttention(Attention):
-    """Attention with the ViT paper's 2-D relative position embeddings (App. D.4).
+    """Attention with the ViT paper's relative position embeddings (App. D.4).
 
-    Each offset (dy, dx) between two patches has a learned embedding of the head width,
-    shared by the heads. The queries attend to these embeddings as extra keys; the
-    resulting logits q_i . E[p_i - p_j] are added to q_i . k_j before softmax. Pairs with
-    a class or distillation token get no relative term.
+    Each offset between two patches has a learned embedding of the head width, shared by the
+    heads: the paper's 1-D offset p_i - p_j of their raster positions (``two_d=False``), or
+    the 2-D offset (dy, dx) (``two_d=True``, not in the paper). The queries attend to these
+    embeddings as extra keys; the resulting logits q_i . E[p_i - p_j] are added to
+    q_i . k_j before softmax. Pairs with a class or distillation token get no relative term
+    (the paper does not say).
 
     Args:
-        grid_size: patch grid (Gh, Gw) the table is built for; other grids resample it.
+        grid_size: patch grid (Gh, Gw) the table is built for; other grids resample it
+            (linearly over the 2N - 1 raster offsets, bicubically over the 2-D table).
         num_prefix_tokens: tokens before the patch tokens.
+        two_d: 2-D offsets instead of the paper's 1-D ones.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, grid_size: tuple[int, int], num_prefix_tokens: int, **kwargs) -> None:
+    def __init__(self, dim: int, num_heads: int, *, grid_size: tuple[int, int], num_prefix_tokens: int, two_d: bool = False, **kwargs) -> None:
         super().__init__(dim, num_heads, **kwargs)
         self.grid_size = grid_size
         self.num_prefix_tokens = num_prefix_tokens
         Gh, Gw = grid_size
-        self.rel_embed = nn.Parameter(torch.zeros(2 * Gh - 1, 2 * Gw - 1, self.head_dim))
+        shape = (2 * Gh - 1, 2 * Gw - 1) if two_d else (2 * Gh * Gw - 1,)
+        self.rel_embed = nn.Parameter(torch.zeros(*shape, self.head_dim))
         trunc_normal_(self.rel_embed)
 
     def _offset_embeddings(self, grid: tuple[int, int]) -> Tensor:
         """(N, N, hd) embeddings of the offsets between every pair of grid patches."""
         table = self.rel_embed
         Gh, Gw = grid
+        if table.dim() == 2:  # 1-D: raster offsets i - j in [-(N - 1), N - 1]
+            N = Gh * Gw
+            if table.shape[0] != 2 * N - 1:
+                table = F.interpolate(table.t()[None], size=2 * N - 1, mode="linear", align_corners=False)[0].t()  # 2N-1, hd
+            idx = torch.arange(N, device=table.device)
+            return table[idx[:, None] - idx[None, :] + N - 1]  # N, N, hd
         if (2 * Gh - 1, 2 * Gw - 1) != tuple(table.shape[:2]):
             table = F.interpolate(
                 table.permute(2, 0, 1)[None], size=(2 * Gh - 1, 2 * Gw - 1), mode="bicubic", align_corners=False
@@ -247,7 +262,8 @@ class ViTConfig:
         global_pool: ``token`` (class token), or a pool of the patch tokens with the final norm
             applied after pooling (as timm's): ``avg`` (their mean, timm's ``*_gap`` models),
             ``max``, ``avgmax`` (the two averaged).
-        pos_embed: one of ``none``, ``learned_1d``, ``learned_2d``, ``relative``.
+        pos_embed: one of ``none``, ``learned_1d``, ``learned_2d``, ``relative`` (the paper's
+            1-D relative attention), ``relative_2d`` (2-D offsets, not in the paper).
         pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
         distilled: DeiT's distillation token and second head.
         hybrid_layers: ResNet stages of the hybrid's backbone, ``()`` for plain patches.
@@ -308,7 +324,7 @@ class VisionTransformer(VisionModel):
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {cfg.pos_embed!r}")
         if cfg.pos_embed_at not in POS_EMBED_AT:
             raise ValueError(f"pos_embed_at must be one of {POS_EMBED_AT}, got {cfg.pos_embed_at!r}")
-        if cfg.pos_embed in ("none", "relative") and cfg.pos_embed_at != "stem":
+        if cfg.pos_embed in ("none", *RELATIVE) and cfg.pos_embed_at != "stem":
             raise ValueError(f"pos_embed={cfg.pos_embed!r} has no placement; pos_embed_at must stay 'stem'")
         if cfg.global_pool not in self.pool_types:
             raise ValueError(f"global_pool must be one of {', '.join(map(repr, self.pool_types))}, got {cfg.global_pool!r}")
@@ -357,8 +373,8 @@ class VisionTransformer(VisionModel):
 
         dpr = drop_path_rates(drop_path_rate, cfg.depth)
         block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
-        if cfg.pos_embed == "relative":
-            attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P)
+        if cfg.pos_embed in RELATIVE:
+            attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P, two_d=cfg.pos_embed == "relative_2d")
             blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
         else:
             blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
@@ -429,13 +445,13 @@ class VisionTransformer(VisionModel):
     def _block(self, i: int, x: Tensor, grid: tuple[int, int]) -> Tensor:
         if self.cfg.pos_embed_at != "stem":
             x = x + self._absolute_pos_embed(i, grid)
-        if self.cfg.pos_embed == "relative":
+        if self.cfg.pos_embed in RELATIVE:
             return self.blocks[i](x, grid)
         return self.blocks[i](x)
 
     def forward_features(self, x: Tensor) -> Tensor:
         x, grid = self._embed(x)
-        if self.cfg.pos_embed_at == "stem" and self.cfg.pos_embed != "relative":
+        if self.cfg.pos_embed_at == "stem" and self.cfg.pos_embed not in RELATIVE:
             x = self.blocks(x)
         else:
             for i in range(len(self.blocks)):
