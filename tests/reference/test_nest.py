@@ -119,6 +119,27 @@ def test_cifar_structure_and_multi_query():
         assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_cifar_networks_pool_and_gelu_as_the_official_code():
+    """The official JAX NesT pools with TensorFlow's 'SAME' padding (on an even map 0 before and
+    1 after: output i covers inputs 2i..2i+2) and uses jax.nn.gelu's tanh form; the ImageNet
+    networks keep timm's port (1 on each side, exact GELU), against which they are tested."""
+    import torch.nn.functional as F
+
+    cifar = visionzoo.create_model("nest_tiny_cifar", num_classes=10, depths=(1, 1, 1, 1)).eval()
+    agg = cifar.levels[1].pool
+    x = torch.randn(2, 192, 16, 16)
+    with torch.no_grad():
+        y = agg.norm(agg.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        want = torch.stack([torch.stack([y[..., 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].amax((-2, -1)) for j in range(8)], -1) for i in range(8)], -2)
+        assert torch.equal(agg(x), want)
+    assert all(lyr.mlp.act.approximate == "tanh" for lvl in cifar.levels for lyr in lvl.transformer_encoder)
+    imagenet = visionzoo.create_model("nest_tiny", depths=(1, 1, 1))
+    assert imagenet.levels[1].pool.pool.padding == 1 and not imagenet.levels[1].pool.same_pool
+    assert all(lyr.mlp.act.approximate == "none" for lvl in imagenet.levels for lyr in lvl.transformer_encoder)
+    with torch.no_grad():  # and the pool is what a symmetric pad would not give
+        assert not torch.equal(agg(x), F.max_pool2d(y, 3, 2, padding=1))
+
+
 def test_fused_and_plain_attention_agree():
     m = visionzoo.create_model("nest_tiny", num_classes=3, img_size=32, depths=(1, 1, 1)).eval()
     mq = visionzoo.create_model("nest_tiny_cifar", num_classes=3, img_size=16, embed_dims=(32,) * 4, num_heads=(2,) * 4, depths=(1,) * 4).eval()

@@ -33,7 +33,9 @@ Variants:
   but only multi-query reproduces the paper's parameter counts (multi-head would give
   6.79 / 26.19 / 102.80 M against the paper's 6.2 / 23.4 / 90.1 M). Counted here with the
   default 1000-class head: 6.20 / 23.23 / 89.81 M (within 1 % of the paper's, which seem to
-  be counted that way); with a 10-class head 6.01 / 22.85 / 89.05 M.
+  be counted that way); with a 10-class head 6.01 / 22.85 / 89.05 M. As the official code,
+  they pool with TensorFlow's 'SAME' padding and use the tanh approximation of GELU
+  (``NestConfig.same_pool``, ``gelu_tanh``); the ImageNet networks follow timm's port.
 
 Other input sizes: the block grid stays g x g (so the top hierarchy stays one block) and
 the blocks grow or shrink with the image; sides must be multiples of p * 2^(L-1). The
@@ -47,6 +49,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +57,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
-from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
+from ..layers.helpers import DerivedCache, no_hooks, pad_same, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -142,13 +145,17 @@ class BlockAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """LN -> block attention -> + x; LN -> MLP -> + x. Shapes: (B, T, N, C) -> (B, T, N, C)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True, multi_query: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, qkv_bias: bool = True, multi_query: bool = False, gelu_tanh: bool = False,
+        drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = BlockAttention(dim, num_heads, qkv_bias=qkv_bias, multi_query=multi_query, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        act = partial(nn.GELU, approximate="tanh") if gelu_tanh else nn.GELU
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act, drop=drop)
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -159,18 +166,25 @@ class TransformerLayer(nn.Module):
 class ConvPool(nn.Module):
     """Block aggregation on the image plane: 3x3 conv, LayerNorm over channels, 3x3/2 max-pool.
 
+    The pool pads 1 on each side (timm's port), or as TensorFlow's 'SAME' with ``same_pool``
+    (the official JAX code: on an even map 0 before and 1 after, so output i covers inputs
+    2i..2i+2 rather than 2i-1..2i+1).
+
     Shapes: (B, C_in, H, W) -> (B, C_out, H/2, W/2) for even H, W.
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, *, same_pool: bool = False) -> None:
         super().__init__()
         self.conv = Conv2d(in_dim, out_dim, 3, padding=1)  # channels-last input: a prepacked weight in CPU inference
         self.norm = nn.LayerNorm(out_dim, eps=1e-6)
-        self.pool = MaxPool2d(3, stride=2, padding=1)
+        self.same_pool = same_pool
+        self.pool = MaxPool2d(3, stride=2, padding=0 if same_pool else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv(x).permute(0, 2, 3, 1)  # B, H, W, C
         x = self.norm(x).permute(0, 3, 1, 2)  # B, C, H, W
+        if self.same_pool:
+            x = pad_same(x, (3, 3), (2, 2), value=float("-inf"))
         return self.pool(x)
 
 
@@ -186,11 +200,14 @@ class NestLevel(nn.Module):
         (B, C_in, H, W) -> (B, C, H', W'), H' = H/2 after aggregation, else H.
     """
 
-    def __init__(self, grid: int, block: tuple[int, int], dim: int, depth: int, num_heads: int, *, in_dim: int | None, drop_paths: Sequence[float], **layer_kwargs) -> None:
+    def __init__(
+        self, grid: int, block: tuple[int, int], dim: int, depth: int, num_heads: int, *, in_dim: int | None, drop_paths: Sequence[float],
+        same_pool: bool = False, **layer_kwargs,
+    ) -> None:
         super().__init__()
         self.grid, self.block = grid, block
         self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, block[0] * block[1], dim))
-        self.pool = ConvPool(in_dim, dim) if in_dim is not None else nn.Identity()
+        self.pool = ConvPool(in_dim, dim, same_pool=same_pool) if in_dim is not None else nn.Identity()
         self.transformer_encoder = nn.Sequential(
             *[TransformerLayer(dim, num_heads, drop_path=drop_paths[i], **layer_kwargs) for i in range(depth)]
         )
@@ -232,6 +249,11 @@ class NestConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     multi_query: bool = False
+    #: the official JAX code's forms (the CIFAR networks): the aggregation's max-pool padded as
+    #: TensorFlow's 'SAME', and the tanh approximation of GELU (``jax.nn.gelu``'s default);
+    #: timm's port of the ImageNet networks pads 1 on each side and uses the exact GELU
+    same_pool: bool = False
+    gelu_tanh: bool = False
     #: dropout before the classifier (timm's meaning); after the attention projection and
     #: MLP layers; on the attention weights
     drop_rate: float = 0.0
@@ -271,8 +293,8 @@ class Nest(VisionModel):
             levels.append(NestLevel(
                 2 ** (L - 1 - i), block, cfg.embed_dims[i], cfg.depths[i], cfg.num_heads[i],
                 in_dim=cfg.embed_dims[i - 1] if i else None, drop_paths=dpr[start : start + cfg.depths[i]],
-                mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, multi_query=cfg.multi_query,
-                drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate,
+                mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, multi_query=cfg.multi_query, gelu_tanh=cfg.gelu_tanh,
+                same_pool=cfg.same_pool, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate,
             ))
             start += cfg.depths[i]
         self.levels = nn.Sequential(*levels)
@@ -345,7 +367,7 @@ class _PatchEmbed(nn.Module):
 
 register_converter("nest", "timm")(identity)
 
-_CIFAR = dict(patch_size=1, depths=(3, 3, 3, 3), multi_query=True)
+_CIFAR = dict(patch_size=1, depths=(3, 3, 3, 3), multi_query=True, same_pool=True, gelu_tanh=True)
 VARIANTS = {
     "nest_tiny": NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 8)),
     "nest_small": NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 20)),
