@@ -220,7 +220,9 @@ def hdc_check(rates: Sequence[int], kernel_size: int = 3) -> dict[str, Any]:
         M_n = r_n, listed M_1 ... M_n over one group: the paper applies HDC to each
         group of a repeated pattern, so for ``[1, 2, 5, 1, 2, 5]`` the group is ``[1, 2, 5]``;
         ``hdc_ok``: the paper's rule for that group: M_2 <= K and no common factor > 1
-        (for a one-layer group: r_1 == 1 or K == 1);
+        (for a one-layer group: r_1 == 1 or K == 1). The rule does not look at r_1, and
+        the paper's groups start at rate 1: ``[2, 3]`` passes it and grids (40 holes), so
+        ``gridding`` (counted) is the answer to trust;
         ``common_factor``: the greatest common factor of the rates when it is > 1 (which
         always grids), else ``None``;
         ``suggestion``: :func:`suggest_rates` when gridding, else ``None``.
