@@ -389,6 +389,27 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     _one_line_error(["train", "--seg-head", "aspp"], capsys, "--seg-head is an option of --task segment")
 
 
+def test_unext_fine_tunes_from_a_released_checkpoint(tmp_path, capsys):
+    """--pretrained on a whole network (UNeXt) loads all its weights, here a file in the
+    released UNeXt-pytorch layout; its one-class layer is left initialised for 3 classes."""
+    import safetensors.torch
+
+    from test_dense import _unext_to_official
+    from visionzoo.tasks.unext import unext
+
+    data = _seg_folder(tmp_path / "seg", n=4, size=16)
+    src = unext(num_classes=1)
+    torch.save(_unext_to_official(src.state_dict()), tmp_path / "official.pth")
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="classifier final"):
+        rc = main(["train", "--task", "segment", "--data", str(data), "--model", "unext", "--img-size", "16", "--epochs", "1",
+                   "--lr", "1e-9", "--pretrained", str(tmp_path / "official.pth"), "--output", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    trained = safetensors.torch.load_file(out / "model.safetensors")
+    assert torch.allclose(trained["encoder.0.weight"], src.encoder[0].weight, atol=1e-6)  # loaded (lr ~ 0), not a fresh init
+    assert trained["final.weight"].shape[0] == 3
+
+
 def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, capsys):
     """Colour-coded masks used to be read as their red channel (a silent 0 mIoU); grey stored as
     RGB is a label map. Bad pairs and options are refused before the run folder exists."""
@@ -413,7 +434,7 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     _one_line_error([*seg, "--num-classes", "0"], capsys, "--num-classes must be at least 2")
     _one_line_error([*seg, "--lr", "0"], capsys, "--lr must be positive")
     _one_line_error([*seg, "--model", "unext", "--seg-head", "aspp"], capsys, "unext is a whole segmentation network")
-    _one_line_error([*seg, "--model", "unext", "--pretrained", str(tmp_path / "none.pth")], capsys, "unext is a whole segmentation network")
+    _one_line_error([*seg, "--model", "unext", "--pretrained", str(tmp_path / "none.pth")], capsys, "checkpoint file not found")
     assert not out.exists()
 
 

@@ -87,8 +87,8 @@ class SegmentConfig:
     def check(self) -> None:
         """Raise ValueError (one line) for values training cannot use."""
         whole = self.model in WHOLE_NETWORKS
-        if whole and (self.head != "fpn" or self.pretrained is not None or self.channels != SegmentConfig.channels):
-            raise ValueError(f"{self.model} is a whole segmentation network: it takes no --seg-head, head width or --pretrained backbone")
+        if whole and (self.head != "fpn" or self.channels != SegmentConfig.channels):
+            raise ValueError(f"{self.model} is a whole segmentation network: it takes no --seg-head or head width")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"--num-classes must be at least 2 (background and one class), got {self.num_classes}")
         if not self.lr > 0:
@@ -119,7 +119,7 @@ CURVES = (
     ("held-out", (("miou", "mIoU", "o-"), ("mdice", "mDice", "o-"), ("pixel_acc", "pixel accuracy", "o--"))),
 )
 
-#: backbones that are whole segmentation networks: they take no --seg-head, head width or checkpoint
+#: backbones that are whole segmentation networks: they take no --seg-head or head width, and --pretrained gives all their weights
 WHOLE_NETWORKS = ("unext", "unext_s")
 
 
@@ -392,8 +392,9 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     if cfg.model_args is None:
         cfg.model_args = dict(SMALL_BACKBONE) if cfg.model == "convnext_tiny" else {}
     kwargs: dict[str, Any] = dict(cfg.model_args)
+    kwargs.update(checkpoint=None if resume_from else cfg.pretrained)  # a whole network's: all its weights (its class layer if the count fits)
     if entry is not None:
-        kwargs.update(head=cfg.head, checkpoint=None if resume_from else cfg.pretrained)
+        kwargs.update(head=cfg.head)
         if cfg.head != "hrnetv2":  # HRNetV2's head has its own width and takes any size
             kwargs.update(channels=cfg.channels, img_size=cfg.img_size)
     model = create_segmentation_model(cfg.model, C, **kwargs).to(device)
