@@ -284,6 +284,21 @@ def test_unext_drop_path_rates_are_the_released_codes():
     assert rates == pytest.approx([0.0, 0.1, 0.0, 0.1])
 
 
+def test_unext_initialised_as_the_released_code():
+    """The release initialises its tokenised stages' convolutions (patch embeddings and the
+    depthwise convolutions of the shifted MLPs) He-normal over the fan-out with zero bias."""
+    import math
+
+    from visionzoo.tasks.unext import unext
+
+    torch.manual_seed(0)
+    m = unext()
+    for conv in (m.patch_embed3.proj, m.patch_embed4.proj, m.block1.mlp.dwconv, m.dblock2.mlp.dwconv):
+        fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+        assert abs(conv.weight.std().item() / math.sqrt(2 / fan_out) - 1) < 0.1, conv
+        assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+
+
 def _unext_to_official(sd):
     """visionzoo's UNeXt keys -> UNeXt-pytorch's archs.py (written independently of the converter)."""
     out = {}

@@ -19,6 +19,12 @@ holds (measured here: 1,471,921 parameters, 0.562 GMACs at 256x256). ``unext_s``
 every width (8/16/32/64/128): 253,561 parameters and 0.099 GMACs measured; the paper's
 UNeXt-S row is not reproduced by these widths and is not claimed.
 
+Initialisation as the released code: the linear layers truncated normal (std 0.02), the
+convolutions of the tokenised stages (patch embeddings, depthwise) normal with std
+sqrt(2 / fan-out) and zero bias, the encoder and decoder convolutions PyTorch's default.
+(visionzoo's truncated normal is cut at 2 std, as the original ViT's; the release's timm
+call cuts at +-2 absolute, which leaves std 0.02 untruncated.)
+
 Stochastic depth as the released code: rates linspace(0, r, 3)[:2] = 0 and r/2, the first
 of each pair of tokenised blocks (encoder ``block1``, decoder ``dblock1``) at 0, the second
 (``block2``, ``dblock2``) at r/2.
@@ -34,6 +40,7 @@ layer of another ``num_classes`` is left initialised, with a warning.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,6 +173,13 @@ class UNeXt(nn.Module):
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight)
                 nn.init.zeros_(m.bias)
+        for part in (self.patch_embed3, self.patch_embed4, self.block1, self.block2, self.dblock1, self.dblock2):
+            for m in part.modules():  # as the release: its tokenised stages' convolutions He-normal over the fan-out, biases 0
+                if isinstance(m, nn.Conv2d):
+                    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     @staticmethod
     def _to_map(x: Tensor, H: int, W: int) -> Tensor:
