@@ -23,9 +23,13 @@ stride) gets ViTDet's *simple feature pyramid* instead (Li, Mao, Girshick & He, 
 Plain Vision Transformer Backbones for Object Detection", ECCV 2022, Sec. 3 and Fig. 2):
 from the last level's map alone, two stride-2 deconvolutions (LayerNorm and GELU between) give
 1/4 of its stride, one gives 1/2, the map itself 1, a 2x2 max-pool 2; each then passes a 1x1
-and a 3x3 convolution, each followed by a LayerNorm, to ``out_channels``; a stride-2
-subsampling of the coarsest adds the fifth level, as in the FPN. Only the neck is ViTDet's:
-the backbone stays the plain ViT (no window attention or relative positions).
+and a 3x3 convolution, each followed by a LayerNorm (eps 1e-6, detectron2's), to
+``out_channels``; a stride-2 subsampling of the coarsest adds the fifth level, as in the FPN.
+Only the neck is ViTDet's (checked layer by layer against detectron2's SimpleFeaturePyramid):
+the backbone stays the plain ViT (no window attention or relative positions, the class token
+kept in its sequence, no stochastic depth), and the rest is torchvision's Mask R-CNN (its
+default heads, resize to 800/1333 and padding to a multiple of 32; ViTDet pads to a 1024
+square and uses heads with LayerNorm and 4 convolutions).
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class SimpleFeaturePyramid(nn.Module):
         if dim % 4:
             raise ValueError(f"the simple feature pyramid halves the width twice: {dim} channels do not divide by 4 (use neck='fpn')")
         ups = [
-            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2), nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
+            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6), nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
             (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),),
             (),
             (nn.MaxPool2d(2, stride=2),),
@@ -97,9 +101,9 @@ class SimpleFeaturePyramid(nn.Module):
             nn.Sequential(
                 *resample,
                 nn.Conv2d(width, out_channels, 1, bias=False),
-                LayerNorm2d(out_channels),
+                LayerNorm2d(out_channels, eps=1e-6),
                 nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                LayerNorm2d(out_channels),
+                LayerNorm2d(out_channels, eps=1e-6),
             )
             for resample, width in zip(ups, widths)
         )
