@@ -108,12 +108,9 @@ def extract_patches(mask: Tensor, patch_size: int, iou_threshold: float, max_pat
     y0, y1 = y0.clamp(0, H), (y0 + P).clamp(0, H)
     scores = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
     kept = boxes[nms(boxes, scores, iou_threshold)].long()  # highest score first
-    x0, y0 = _move_inside(kept[:, 0], W, P), _move_inside(kept[:, 1], H, P)
+    starts = zip(_move_inside(kept[:, 0], W, P).tolist(), _move_inside(kept[:, 1], H, P).tolist())
+    x0, y0 = torch.tensor(list(dict.fromkeys(starts)), device=kept.device).view(-1, 2).unbind(1)  # each distinct box once, in score order
     moved = torch.stack([x0, y0, x0 + P, y0 + P], dim=1)
-    _, inverse = torch.unique(moved, dim=0, return_inverse=True)
-    order = torch.arange(len(moved), device=moved.device)
-    first = torch.full((int(inverse.max()) + 1,), len(moved), device=moved.device).scatter_reduce(0, inverse, order, "amin")
-    moved = moved[first.sort().values]  # each distinct box once, in score order
     if max_patches is not None:
         moved = moved[:max_patches]
     return moved.float()
