@@ -889,6 +889,46 @@ def test_forward_features_and_intermediates_run_channels_last_as_forward(name):
 
 
 @needs_packed_conv
+def test_std_conv_runs_packed_on_channels_last_maps():
+    """In CPU inference a weight-standardised convolution on a channels-last map is one oneDNN
+    call on its cached standardised kernel, prepacked (it ran ``F.conv2d``, which reorders the
+    kernel on every call); an NCHW map keeps ``F.conv2d``, and a changed weight is seen."""
+    from visionzoo.layers import StdConv2d
+
+    torch.manual_seed(0)
+    for kw in ({"kernel_size": 3, "stride": 2, "same_pad": True}, {"kernel_size": 1, "bias": True}, {"kernel_size": 3, "padding": 1, "groups": 2}):
+        conv = StdConv2d(8, 6, eps=1e-8, **kw).eval()
+        x = torch.randn(2, 8, 9, 11)
+        for layout, packed in ((_CL, 1), (torch.contiguous_format, 0)):
+            xl = x.contiguous(memory_format=layout)
+            with torch.inference_mode():
+                out, calls = _packed_ran(lambda: conv(xl))
+            assert calls == packed, (kw, layout)
+            torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)  # autograd on: computed afresh
+        with torch.no_grad():
+            conv.weight.mul_(-2).add_(0.1)
+        with torch.inference_mode():
+            out = conv(x.contiguous(memory_format=_CL))
+        torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
+
+
+@needs_packed_conv
+@pytest.mark.parametrize("name, n_packed", [("vit_base_r50_s16_224", 53), ("coatnet_0_224", 7)])
+def test_hybrid_backbones_run_packed(name, n_packed):
+    """R50+ViT's ResNet runs channels-last in CPU inference, so its 52 weight-standardised
+    convolutions and the projection run packed; CoAtNet's stem and its MBConv depthwise
+    convolutions (BatchNorm folded, GELU fused) do too. Outputs equal the autograd path's."""
+    model = visionzoo.create_model(name, num_classes=5, img_size=64).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        out, calls = _packed_ran(lambda: model(x))
+    assert calls == n_packed
+    # 1e-4 as the timm equivalence tests: against a float64 run, R50+ViT's logits are 4.6e-5 off
+    # channels-last (GroupNorm's NHWC kernel sums in another order) and 2.0e-5 off NCHW
+    assert visionzoo.testing.max_rel_diff(out, model(x)) < 1e-4
+
+
+@needs_packed_conv
 def test_packed_conv_stays_out_of_the_way():
     """NCHW (one channel too), bf16 and autograd inputs, reflect or TF 'SAME' padding, hooks
     and a residual oneDNN cannot take all run the plain modules, with the same result."""

@@ -438,6 +438,9 @@ class StdConv2d(nn.Conv2d):
     The kernel of each output channel is normalised to zero mean and unit variance before
     the convolution. With ``same_pad=True`` the input is padded as TensorFlow's 'SAME'
     (the layout the official BiT / R50+ViT weights were trained with).
+
+    In CPU inference the standardised kernel is computed once and cached (as folded BatchNorms
+    are); on a channels-last float32 map it is also prepacked for oneDNN, as :class:`Conv2d`'s.
     """
 
     def __init__(self, *args, eps: float = 1e-6, same_pad: bool = False, **kwargs) -> None:
@@ -468,4 +471,11 @@ class StdConv2d(nn.Conv2d):
         else:
             _STANDARDIZED.discard(self)
         w = hit[0] if hit is not None else self.standardized_weight()
+        if hit is not None and _packs(self, x):  # packed from the cached standardised kernel
+            p = self._parameters
+            packed = _PACKED.get(self, (p["weight"], p["bias"]), lambda: _pack(self, w, p["bias"], x.shape), (self.eps, x.shape))
+            if packed is not None:
+                return _run_packed(self, x, *packed)
+        else:
+            _PACKED.discard(self)
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
