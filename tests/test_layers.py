@@ -870,7 +870,7 @@ def test_packed_conv_takes_1x1_maps_and_one_channel_inputs():
 
 
 @needs_packed_conv
-@pytest.mark.parametrize("name", ["resnet18", "regnetx_002", "googlenet", "inception_v4", "mobilenetv1_100", "efficientnet_b0", "vgg11", "convmixer_256_8", "hrnet_w18_small"])
+@pytest.mark.parametrize("name", ["resnet18", "regnetx_002", "googlenet", "inception_v4", "mobilenetv1_100", "efficientnet_b0", "vgg11", "convmixer_256_8", "hrnet_w18_small", "densenet121"])
 def test_forward_features_and_intermediates_run_channels_last_as_forward(name):
     """Called directly on an NCHW image, ``forward_features`` and ``forward_intermediates`` of a
     channels-last family run the packed channels-last convolutions as ``forward`` does (they
@@ -886,6 +886,38 @@ def test_forward_features_and_intermediates_run_channels_last_as_forward(name):
     assert calls > 0 and calls2 > 0
     for out, ref in [(features, ref_features), (features2, ref_features), *zip(maps, ref_maps), *zip(maps_only, ref_maps)]:
         assert out.is_contiguous() and visionzoo.testing.max_rel_diff(out, ref) < 1e-5
+
+
+def test_apply_bn_act_equals_the_modules():
+    """``apply_bn_act`` (one addcmul with the cached affine in CPU inference) gives act(bn(x)) on
+    channel slices of channels-last maps and on NCHW maps, sees changed statistics, and calls the
+    modules for a training BN, autograd, hooks and activations it has no in-place form of."""
+    from visionzoo.layers import apply_bn_act
+
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(5).eval()
+    bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2), bn.weight.data.normal_(), bn.bias.data.normal_()
+    wide = torch.randn(2, 9, 6, 7).contiguous(memory_format=_CL)
+    for x in (wide[:, :5], wide[:, 2:7], torch.randn(2, 5, 6, 7)):
+        for act in (None, torch.nn.ReLU(), torch.nn.ReLU6(), torch.nn.SiLU(), torch.nn.GELU(), torch.nn.Tanh()):
+            ref = bn(x) if act is None else act(bn(x))
+            with torch.no_grad():
+                out = apply_bn_act(bn, x, act)
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    x = wide[:, :5]
+    with torch.no_grad():
+        bn.running_var.mul_(3)  # a changed statistic is seen (the cached affine is recomputed)
+        torch.testing.assert_close(apply_bn_act(bn, x, torch.nn.ReLU()), F.relu(bn(x)))
+    seen = []
+    h = bn.register_forward_hook(lambda m, i, o: seen.append(1))
+    with torch.no_grad():
+        apply_bn_act(bn, x)
+    h.remove()
+    assert seen == [1]
+    bn.train()
+    y = apply_bn_act(bn, x.clone().requires_grad_(), torch.nn.ReLU())  # batch statistics, with autograd
+    torch.testing.assert_close(y, F.relu(F.batch_norm(x, None, None, bn.weight, bn.bias, True)))
+    assert y.requires_grad
 
 
 @needs_packed_conv

@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from .helpers import DerivedCache, channels_last_map, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
-__all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
+__all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_bn_act", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
 
 _FOLD = {"enabled": os.environ.get("VISIONZOO_FOLD_BN", "1") != "0"}
 _PACK = {"enabled": os.environ.get("VISIONZOO_PACK_CONV", "1") != "0"}
@@ -78,6 +78,7 @@ def _have_packed_conv() -> bool:
 
 _HAVE_PACKED_CONV = _have_packed_conv()
 _STANDARDIZED = DerivedCache()  # StdConv2d -> (its standardised weight,)
+_AFFINE = DerivedCache()  # BatchNorm2d -> its (scale, shift), shaped (1, C, 1, 1)
 
 
 def uses_running_stats(bn: nn.Module) -> bool:
@@ -363,6 +364,36 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Modu
     if residual is not None:
         y += residual
     return y if act is None else act(y)
+
+
+def apply_bn_act(bn: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
+    """``act(bn(x))`` for a BatchNorm that no convolution precedes (a pre-activation network's
+    BN -> ReLU -> conv). In CPU inference, for an ``nn.BatchNorm2d`` with running statistics
+    and modules without hooks, one ``addcmul`` with the cached (scale, shift) and the activation
+    in place on its fresh output: on the channel slices of a channels-last map that DenseNet's
+    layers read, 2.4-2.6x faster than ``F.batch_norm`` and ``relu_`` (batch 4, 2-core Xeon).
+    Anywhere else the modules are called."""
+    if (
+        type(bn) is nn.BatchNorm2d
+        and uses_running_stats(bn)
+        and not torch.is_grad_enabled()
+        and plain_cpu_eager(x)
+        and x.dim() == 4
+        and x.dtype == bn.running_var.dtype
+        and no_hooks(bn, *([act] if act is not None else []))
+    ):
+        inplace = _INPLACE_ACTS.get(type(act)) if act is not None else None
+        affine = _AFFINE.get(bn, bn_tensors(bn), lambda: tuple(t.view(1, -1, 1, 1) for t in bn_affine(bn)), (bn.eps,))
+        if affine is not None and (act is None or inplace is not None):
+            y = torch.addcmul(affine[1], x, affine[0])
+            return y if act is None else inplace(y, act)
+    else:
+        _AFFINE.discard(bn)
+    x = bn(x)
+    return x if act is None else act(x)
+
+
+_INPLACE_ACTS = {nn.ReLU: lambda y, act: y.relu_(), nn.ReLU6: lambda y, act: y.clamp_(0, 6), nn.SiLU: lambda y, act: F.silu(y, inplace=True), nn.GELU: lambda y, act: torch.ops.aten.gelu_(y, approximate=act.approximate)}
 
 
 def apply_conv_bn_seq(seq: nn.Module, x: Tensor) -> Tensor:

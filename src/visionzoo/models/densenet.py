@@ -14,6 +14,12 @@ the network.
 State-dict keys equal torchvision's and timm's (``features.denseblock1.denselayer1.norm1``
 ...). torchvision's own pretrained files use an older spelling (``norm.1``, ``conv.2``) that
 its loader renames; the "torchvision" converter does the same.
+
+CPU inference runs channels-last (``cpu_channels_last``): each block writes into one
+preallocated channels-last output, a layer's BN -> ReLU on the channel slice it reads is one
+``addcmul`` with the cached affine (:func:`~visionzoo.layers.apply_bn_act`), the bottleneck runs
+on a packed weight with its BatchNorm folded and the ReLU fused, and the 3x3 and transition
+convolutions on packed weights (:mod:`visionzoo.layers.conv`).
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import POOL_TYPES, MaxPool2d, apply_conv_bn, classifier
+from ..layers import POOL_TYPES, Conv2d, MaxPool2d, apply_bn_act, apply_conv_bn, apply_conv_bn_seq, classifier
+from ..layers.helpers import channels_last_map
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
+
+
+_RELU = nn.ReLU(inplace=True)
 
 
 class DenseLayer(nn.Module):
@@ -47,14 +57,16 @@ class DenseLayer(nn.Module):
         self.norm1 = nn.BatchNorm2d(in_chs)
         self.conv1 = nn.Conv2d(in_chs, mid, 1, bias=False)
         self.norm2 = nn.BatchNorm2d(mid)
-        self.conv2 = nn.Conv2d(mid, growth_rate, 3, padding=1, bias=False)
+        self.conv2 = Conv2d(mid, growth_rate, 3, padding=1, bias=False)
         self.drop_rate = drop_rate
 
     def forward(self, x: Tensor | Sequence[Tensor]) -> Tensor:
         if not isinstance(x, Tensor):  # the concatenation inside: gradient checkpointing recomputes it too
             x = torch.cat(tuple(x), 1)
-        x = apply_conv_bn(self.conv1, self.norm2, F.relu(self.norm1(x), inplace=True))  # BN's output is fresh: ReLU in place
-        x = self.conv2(F.relu(x, inplace=True))
+        # BN's output is fresh: ReLU in place (in CPU inference one addcmul, and conv1 with norm2
+        # folded in and the ReLU as its post-op)
+        x = apply_conv_bn(self.conv1, self.norm2, apply_bn_act(self.norm1, x, _RELU), _RELU)
+        x = self.conv2(x)
         return F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
 
 
@@ -98,7 +110,7 @@ class DenseBlock(nn.ModuleDict):
         # CPU inference: every layer writes its k channels into one preallocated output, and reads
         # the channels before them as a view, instead of concatenating all maps again per layer
         B, C, H, W = x.shape
-        out = x.new_empty(B, C + len(self) * k, H, W)
+        out = torch.empty((B, C + len(self) * k, H, W), dtype=x.dtype, device=x.device, memory_format=torch.channels_last if channels_last_map(x) else torch.contiguous_format)
         out[:, :C] = x
         for i, layer in enumerate(self.values()):
             c = C + i * k
@@ -109,11 +121,14 @@ class DenseBlock(nn.ModuleDict):
 class Transition(nn.Sequential):
     """BN -> ReLU -> 1x1 conv -> 2x2 average pool (keys ``norm``, ``conv``)."""
 
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.conv(apply_bn_act(self.norm, x, self.relu)))
+
     def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__(OrderedDict(
             norm=nn.BatchNorm2d(in_chs),
             relu=nn.ReLU(inplace=True),
-            conv=nn.Conv2d(in_chs, out_chs, 1, bias=False),
+            conv=Conv2d(in_chs, out_chs, 1, bias=False),
             pool=nn.AvgPool2d(2, 2),
         ))
 
@@ -146,6 +161,7 @@ class DenseNet(VisionModel):
     """
 
     family = "densenet"
+    cpu_channels_last = True
     pool_types = POOL_TYPES
     grad_checkpoint_units = (r"features\.denseblock\d+\.denselayer\d+",)
 
@@ -187,7 +203,7 @@ class DenseNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        return self.features(x)
+        return apply_conv_bn_seq(self.features, x)
 
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
