@@ -945,13 +945,13 @@ def test_std_conv_runs_packed_on_channels_last_maps():
 
 
 @needs_packed_conv
-@pytest.mark.parametrize("name, n_packed", [("vit_base_r50_s16_224", 53), ("coatnet_0_224", 7)])
-def test_hybrid_backbones_run_packed(name, n_packed):
-    """R50+ViT's ResNet runs channels-last in CPU inference, so its 52 weight-standardised
-    convolutions and the projection run packed; CoAtNet's stem and its MBConv depthwise
-    convolutions (BatchNorm folded, GELU fused) do too. Outputs equal the autograd path's."""
-    model = visionzoo.create_model(name, num_classes=5, img_size=64).eval()
-    x = torch.randn(2, 3, 64, 64)
+@pytest.mark.parametrize("name, in_chans, n_packed", [("vit_base_r50_s16_224", 3, 53), ("vit_base_r50_s16_224", 1, 53), ("coatnet_0_224", 3, 7)])
+def test_hybrid_backbones_run_packed(name, in_chans, n_packed):
+    """R50+ViT's ResNet runs channels-last in CPU inference (a one-channel input too), so its 52
+    weight-standardised convolutions and the projection run packed; CoAtNet's stem and its MBConv
+    depthwise convolutions (BatchNorm folded, GELU fused) do too. Outputs equal the autograd path's."""
+    model = visionzoo.create_model(name, num_classes=5, img_size=64, in_chans=in_chans).eval()
+    x = torch.randn(2, in_chans, 64, 64)
     with torch.inference_mode():
         out, calls = _packed_ran(lambda: model(x))
     assert calls == n_packed

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager
+from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
@@ -520,11 +520,7 @@ class VisionModel(nn.Module):
         if not isinstance(x, Tensor):
             self.check_input(x)
         if self.cpu_channels_last and not self.training and x.dim() == 4 and not torch.is_grad_enabled() and plain_cpu_eager(x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            if x.stride(1) != 1:  # one channel: the same memory, given channels-last strides (a view)
-                B, _, H, W = x.shape
-                x = x.reshape(B, H, W, 1).permute(0, 3, 1, 2)
-            return x, True
+            return to_channels_last(x), True
         return x, False
 
     def set_features_only(self, out_indices: int | Sequence[int] | None = None) -> VisionModel:

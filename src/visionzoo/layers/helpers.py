@@ -133,6 +133,16 @@ def channels_last_map(x: Tensor) -> bool:
     return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
 
 
+def to_channels_last(x: Tensor) -> Tensor:
+    """A 4-D map in channels-last memory that :func:`channels_last_map` accepts: a copy where
+    needed; a one-channel map, already in that order, gets channels-last strides (a view)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    if x.stride(1) != 1:  # one channel: the same memory, given channels-last strides
+        B, _, H, W = x.shape
+        x = x.reshape(B, H, W, 1).permute(0, 3, 1, 2)
+    return x
+
+
 def plain_cpu_eager(x: Tensor) -> bool:
     """True when ``x`` is a plain CPU tensor in an eager call that nothing else observes.
 

@@ -121,9 +121,6 @@ class DenseBlock(nn.ModuleDict):
 class Transition(nn.Sequential):
     """BN -> ReLU -> 1x1 conv -> 2x2 average pool (keys ``norm``, ``conv``)."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(self.conv(apply_bn_act(self.norm, x, self.relu)))
-
     def __init__(self, in_chs: int, out_chs: int) -> None:
         super().__init__(OrderedDict(
             norm=nn.BatchNorm2d(in_chs),
@@ -131,6 +128,9 @@ class Transition(nn.Sequential):
             conv=Conv2d(in_chs, out_chs, 1, bias=False),
             pool=nn.AvgPool2d(2, 2),
         ))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.conv(apply_bn_act(self.norm, x, self.relu)))
 
 
 @dataclass(frozen=True)

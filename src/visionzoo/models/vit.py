@@ -56,7 +56,7 @@ from ..layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from ..layers.helpers import plain_cpu_eager
+from ..layers.helpers import plain_cpu_eager, to_channels_last
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["ViTConfig", "VisionTransformer"]
@@ -254,7 +254,7 @@ class HybridEmbed(nn.Module):
             # oneDNN's prepacked path (layers.StdConv2d) and GroupNorm its NHWC kernel (R50+ViT-B/16
             # at batch 4: 0.97x the time of NCHW). The map it returns is channels-last: the caller's
             # flatten(2).transpose(1, 2) then gives contiguous tokens without a copy.
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = to_channels_last(x)
         return apply_conv_bn(self.proj, None, self.backbone(x))  # B, C, H/16, W/16
 
 
