@@ -888,6 +888,25 @@ def test_forward_features_and_intermediates_run_channels_last_as_forward(name):
         assert out.is_contiguous() and visionzoo.testing.max_rel_diff(out, ref) < 1e-5
 
 
+def test_to_contiguous_transposes_large_channels_last_maps_in_blocks():
+    """``to_contiguous`` (what the channels-last families hand their maps back through) gives
+    exactly ``contiguous()``: large maps go block by block, with a last partial block, in fp32
+    and bf16; small, NCHW and autograd-recorded maps take ``contiguous()``."""
+    from visionzoo.layers.helpers import to_contiguous
+
+    torch.manual_seed(0)
+    for shape, dtype in (((2, 64, 97, 89), torch.float32), ((1, 24, 300, 301), torch.bfloat16), ((3, 512, 29, 31), torch.float32), ((2, 3, 8, 8), torch.float32)):
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=_CL)
+        out = to_contiguous(x)
+        assert out.is_contiguous() and out.dtype == dtype and torch.equal(out, x)
+    nchw = torch.randn(2, 64, 97, 89)
+    assert to_contiguous(nchw) is nchw
+    g = torch.randn(2, 64, 97, 89).contiguous(memory_format=_CL).requires_grad_()
+    y = to_contiguous(g)
+    y.sum().backward()
+    assert y.is_contiguous() and torch.equal(g.grad, torch.ones_like(g))
+
+
 def test_apply_bn_act_equals_the_modules():
     """``apply_bn_act`` (one addcmul with the cached affine in CPU inference) gives act(bn(x)) on
     channel slices of channels-last maps and on NCHW maps, sees changed statistics, and calls the

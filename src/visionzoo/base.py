@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last
+from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
@@ -633,9 +633,10 @@ def evenly_spaced(depth: int, count: int = 4) -> tuple[int, ...]:
 
 
 def plain_layout(out: Any) -> Any:
-    """``out`` (a tensor, or a list or tuple of them) with every tensor contiguous."""
+    """``out`` (a tensor, or a list or tuple of them) with every tensor contiguous
+    (:func:`~visionzoo.layers.helpers.to_contiguous`)."""
     if isinstance(out, Tensor):
-        return out.contiguous()
+        return to_contiguous(out)
     return type(out)(plain_layout(o) for o in out)
 
 

@@ -143,6 +143,27 @@ def to_channels_last(x: Tensor) -> Tensor:
     return x
 
 
+def to_contiguous(x: Tensor) -> Tensor:
+    """``x.contiguous()``; a large channels-last CPU map is transposed block by block.
+
+    ``contiguous()`` turns a channels-last map into NCHW as one strided copy that walks the whole
+    map for every channel; in blocks of ~32k values (a few hundred pixels) source and target
+    stay in cache. Batch 4, 2-core Xeon, ms, ``contiguous()`` / blocks: 64 x 224 x 224
+    45.7 / 11.7, 128 x 112 x 112 25.0 / 5.0, 256 x 56 x 56 10.4 / 2.4; maps under 2**20 values
+    (equal or slower in blocks) and anything autograd records take ``contiguous()``.
+    """
+    if x.is_contiguous() or x.numel() < 1 << 20 or x.requires_grad or not plain_cpu_eager(x) or not channels_last_map(x):
+        return x.contiguous()
+    B, C, H, W = x.shape
+    tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view of the channels-last memory
+    out = torch.empty((B, C, H, W), dtype=x.dtype)
+    flat = out.view(B, C, H * W)
+    step = max(16, (1 << 15) // C)
+    for i in range(0, H * W, step):
+        flat[:, :, i : i + step].copy_(tokens[:, i : i + step].transpose(1, 2))
+    return out
+
+
 def plain_cpu_eager(x: Tensor) -> bool:
     """True when ``x`` is a plain CPU tensor in an eager call that nothing else observes.
 
