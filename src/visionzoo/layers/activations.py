@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["GELU", "gelu"]
+__all__ = ["GELU", "INPLACE_ACTS", "gelu"]
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -34,3 +34,15 @@ class GELU(nn.GELU):
 
     def forward(self, x: Tensor) -> Tensor:
         return gelu(x)
+
+
+#: activation module type -> ``f(y, act)`` applying ``act`` in place on ``y``, a fresh tensor
+#: nothing else reads (the output of a GEMM or of a BatchNorm's affine in inference)
+INPLACE_ACTS = {
+    nn.GELU: lambda y, act: torch.ops.aten.gelu_(y, approximate=act.approximate),
+    GELU: lambda y, act: torch.ops.aten.gelu_(y),  # exact, act.approximate == "none"
+    nn.ReLU: lambda y, act: y.relu_(),
+    nn.ReLU6: lambda y, act: y.clamp_(0, 6),
+    nn.SiLU: lambda y, act: F.silu(y, inplace=True),
+    nn.Hardswish: lambda y, act: F.hardswish(y, inplace=True),
+}

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import INPLACE_ACTS
 from .helpers import DerivedCache, channels_last_map, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
 __all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_bn_act", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
@@ -382,7 +383,7 @@ def apply_bn_act(bn: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tens
         and x.dtype == bn.running_var.dtype
         and no_hooks(bn, *([act] if act is not None else []))
     ):
-        inplace = _INPLACE_ACTS.get(type(act)) if act is not None else None
+        inplace = INPLACE_ACTS.get(type(act)) if act is not None else None
         affine = _AFFINE.get(bn, bn_tensors(bn), lambda: tuple(t.view(1, -1, 1, 1) for t in bn_affine(bn)), (bn.eps,))
         if affine is not None and (act is None or inplace is not None):
             y = torch.addcmul(affine[1], x, affine[0])
@@ -391,9 +392,6 @@ def apply_bn_act(bn: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tens
         _AFFINE.discard(bn)
     x = bn(x)
     return x if act is None else act(x)
-
-
-_INPLACE_ACTS = {nn.ReLU: lambda y, act: y.relu_(), nn.ReLU6: lambda y, act: y.clamp_(0, 6), nn.SiLU: lambda y, act: F.silu(y, inplace=True), nn.GELU: lambda y, act: torch.ops.aten.gelu_(y, approximate=act.approximate)}
 
 
 def apply_conv_bn_seq(seq: nn.Module, x: Tensor) -> Tensor:

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import GELU
+from .activations import GELU, INPLACE_ACTS
 from .drop_path import skippable
 from .helpers import DerivedCache, no_hooks, onednn_post_op, plain_cpu_eager
 
@@ -75,14 +75,6 @@ def _post_op(act: nn.Module | None) -> tuple[str, list, str] | None:
         return onednn_post_op(act)
     return None
 
-
-_INPLACE = {
-    nn.GELU: lambda x, act: torch.ops.aten.gelu_(x, approximate=act.approximate),
-    nn.ReLU: lambda x, act: x.relu_(),
-    nn.SiLU: lambda x, act: F.silu(x, inplace=True),
-    nn.Hardswish: lambda x, act: F.hardswish(x, inplace=True),
-}
-_INPLACE[GELU] = _INPLACE[nn.GELU]  # visionzoo's in-place GELU: exact, act.approximate == "none"
 
 
 def _kernel_works(dtype: torch.dtype = torch.float32) -> bool:
@@ -186,7 +178,7 @@ def linear_act(x: Tensor, weight: Tensor, bias: Tensor | None = None, act: nn.Mo
     x = F.linear(x, weight, bias)
     if act is None:
         return x
-    inplace = _INPLACE.get(type(act))  # the GEMM's output is fresh: no second buffer
+    inplace = INPLACE_ACTS.get(type(act))  # the GEMM's output is fresh: no second buffer
     return inplace(x, act) if inplace is not None else act(x)
 
 
