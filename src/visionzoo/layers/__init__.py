@@ -3,7 +3,7 @@
 from .attention import Attention, ProjectedAttention, attention, set_fused_attention
 from .conv import Conv2d, ConvNormAct, StdConv2d, apply_bn_act, apply_conv_bn, apply_conv_bn_seq, bn_affine, bn_tensors, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing, uses_running_stats
 from .drop_path import DropPath, drop_path_rates, skippable
-from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
+from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
@@ -39,6 +39,7 @@ __all__ = [
     "depthwise_weight_grad",
     "drop_path_rates",
     "global_pool_2d",
+    "he_normal_fan_out_",
     "linear",
     "linear_act",
     "linear_add",

@@ -121,6 +121,15 @@ def trunc_normal_(t: Tensor, std: float = 0.02) -> Tensor:
     return t
 
 
+def he_normal_fan_out_(conv: nn.Conv2d) -> None:
+    """He-normal over the fan-out per group (TF's and pycls's convolution init, timm's
+    ``_init_weight_goog``): weight ~ N(0, 2 / (kh * kw * out / groups)), bias 0."""
+    fan_out = conv.kernel_size[0] * conv.kernel_size[1] * conv.out_channels // conv.groups
+    nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / fan_out))
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 def channels_last_map(x: Tensor) -> bool:
     """Whether ``x`` is a 4-D map whose memory is in channels-last order with the channels
     innermost (stride 1): the layout oneDNN's NHWC kernels take.

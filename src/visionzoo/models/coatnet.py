@@ -65,7 +65,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
-from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, bn_tensors, classifier, drop_path_rates, global_pool_2d, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_, uses_running_stats
+from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, bn_tensors, classifier, drop_path_rates, global_pool_2d, he_normal_fan_out_, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_, uses_running_stats
 from ..layers.activations import gelu
 from ..layers.attention import attention
 from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
@@ -612,10 +612,7 @@ class CoAtNet(VisionModel):
         """EfficientNet-style normal init for convolutions, Xavier in Transformer blocks (timm's 'vit_eff')."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                he_normal_fan_out_(m)
         for blk in self.modules():
             if isinstance(blk, TransformerBlock):
                 for m in blk.modules():

@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..checkpoints.convert import ConfigChanges
-from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, check_output_stride, classifier, conv2d, dilate_strides, make_divisible, pad_same, skippable
+from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, check_output_stride, classifier, conv2d, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, skippable
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -328,10 +328,7 @@ class EfficientNet(VisionModel):
         # the official initialisation: fan-out normal convolutions, uniform(+-1/sqrt(out)) classifier
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                he_normal_fan_out_(m)
             elif isinstance(m, nn.Linear):
                 r = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -r, r)

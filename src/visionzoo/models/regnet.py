@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
-from ..layers import POOL_TYPES, ConvNormAct, DropPath, SqueezeExcite, check_output_stride, classifier, dilate_strides, drop_path_rates, global_pool_2d
+from ..layers import POOL_TYPES, ConvNormAct, DropPath, SqueezeExcite, check_output_stride, classifier, dilate_strides, drop_path_rates, global_pool_2d, he_normal_fan_out_
 from ..registry import default_cfg, register_alias, register_family
 
 __all__ = ["RegNet", "RegNetConfig", "regnet_block_widths", "regnet_stages"]
@@ -227,10 +227,7 @@ class RegNet(VisionModel):
         """pycls's: He-normal (fan-out) convolutions, N(0, 0.01) classifier."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                he_normal_fan_out_(m)
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)

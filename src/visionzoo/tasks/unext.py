@@ -40,7 +40,6 @@ layer of another ``num_classes`` is left initialised, with a warning.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoints import load_checkpoint, register_converter, rename_keys
-from ..layers import DropPath, check_int, pad_to_fit, trunc_normal_
+from ..layers import DropPath, check_int, he_normal_fan_out_, pad_to_fit, trunc_normal_
 
 __all__ = ["UNeXt", "UNeXtConfig", "unext", "unext_s"]
 
@@ -176,10 +175,7 @@ class UNeXt(nn.Module):
         for part in (self.patch_embed3, self.patch_embed4, self.block1, self.block2, self.dblock1, self.dblock2):
             for m in part.modules():  # as the release: its tokenised stages' convolutions He-normal over the fan-out, biases 0
                 if isinstance(m, nn.Conv2d):
-                    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                    nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+                    he_normal_fan_out_(m)
 
     @staticmethod
     def _to_map(x: Tensor, H: int, W: int) -> Tensor:
