@@ -792,6 +792,15 @@ def test_packed_conv_with_activation_and_sum_equals_the_expression(kwargs, norm)
         for act, r in ((_ACTS[2], residual), (_ACTS[6], None), (_ACTS[8], None)):  # post-ops: no separate pass
             _, ops = _ops_run(lambda: apply_conv_bn(conv, bn, x, act, residual=r))
             assert not ops & {"aten::relu_", "aten::relu", "aten::silu_", "aten::gelu", "aten::add_", "aten::add"}, ops
+        for act in _ACTS:  # into_residual: the fused sum (alone or before a ReLU) is written into the residual
+            ref = y + residual if act is None else act((y + residual).clone())
+            r = residual.clone()
+            out = apply_conv_bn(conv, bn, x, act, residual=r, into_residual=True)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5, msg=lambda m: f"{act}, into the residual: {m}")
+            fused = act is None or type(act) in (torch.nn.Identity, torch.nn.ReLU)
+            assert (out.data_ptr() == r.data_ptr()) == fused, act  # the others sum into the convolution's fresh output
+            if not fused:
+                assert torch.equal(r, residual)
 
 
 @needs_packed_conv
@@ -977,6 +986,60 @@ def test_hybrid_backbones_run_packed(name, in_chans, n_packed):
     # 1e-4 as the timm equivalence tests: against a float64 run, R50+ViT's logits are 4.6e-5 off
     # channels-last (GroupNorm's NHWC kernel sums in another order) and 2.0e-5 off NCHW
     assert visionzoo.testing.max_rel_diff(out, model(x)) < 1e-4
+
+
+@needs_packed_conv
+@pytest.mark.parametrize("name, n_into", [("resnet18", 7), ("resnet50", 16)])
+def test_resnet_stages_sum_into_tensors_only_they_hold(monkeypatch, name, n_into):
+    """In CPU inference a ResNet block sums its residual into its shortcut (oneDNN's in-place
+    sum) where nothing else holds that tensor: its projection's fresh output, or its input where
+    the stage hands over the previous block's output. ResNet-18: every block but layer1's first
+    (whose input is the stage's); ResNet-50: all 16 (each stage's first block projects). The
+    model's input, a directly called block's input and what a hook saw are never written;
+    logits and intermediates equal the autograd path's."""
+    calls = []
+    run = conv_module._run_packed
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs.get("into_residual", args[6] if len(args) > 6 else False))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "_run_packed", recording)
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=5).eval()
+    for m in model.modules():  # nonzero residual branches (the last BN of each starts at zero)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(m.running_mean, -0.1, 0.1)
+    x = torch.randn(2, 3, 64, 64)
+    keep = x.clone()
+    with torch.inference_mode():
+        out = model(x)
+        assert sum(calls) == n_into
+        maps = model.forward_intermediates(x, intermediates_only=True)
+    assert torch.equal(x, keep)
+    want = model(x)  # autograd on: the plain modules
+    assert visionzoo.testing.max_rel_diff(out, want) < 1e-4
+    for got, ref in zip(maps, model.forward_intermediates(x, intermediates_only=True)):
+        assert visionzoo.testing.max_rel_diff(got, ref) < 1e-4
+
+    block = model.layer1[-1]  # called directly: its input is the caller's
+    y = torch.randn(2, block.conv1.in_channels, 16, 16).to(memory_format=_CL)
+    keep = y.clone()
+    calls.clear()
+    with torch.inference_mode():
+        block(y)
+    assert torch.equal(y, keep) and not any(calls)
+
+    seen = []
+    handle = model.layer2[0].register_forward_hook(lambda m, a, o: seen.append((o, o.clone())))
+    calls.clear()
+    with torch.inference_mode():
+        hooked = model(x)
+    handle.remove()
+    assert torch.equal(seen[0][0], seen[0][1])  # what the hook kept was not written afterwards
+    assert sum(calls) == n_into - (len(model.layer2) - 1)  # the hooked stage hands nothing over
+    assert visionzoo.testing.max_rel_diff(hooked, want) < 1e-4
 
 
 @needs_packed_conv

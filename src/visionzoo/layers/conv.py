@@ -171,13 +171,16 @@ def _is_act(m: nn.Module) -> bool:
     return type(m) is not nn.Identity and onednn_post_op(m) is not None
 
 
-def _run_packed(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None, act: tuple = _NO_ACT, residual: Tensor | None = None) -> Tensor:
-    """``act(conv(x) + residual)`` in one oneDNN call on a packed weight."""
+def _run_packed(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None, act: tuple = _NO_ACT, residual: Tensor | None = None, into_residual: bool = False) -> Tensor:
+    """``act(conv(x) + residual)`` in one oneDNN call on a packed weight; with
+    ``into_residual``, written into ``residual`` (oneDNN's sum post-op) and returned."""
     geometry = list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups
     if residual is None:
         return _MKLDNN._convolution_pointwise(x, weight, bias, *geometry, *act)
     name, scalars, algorithm = act
-    return _MKLDNN._convolution_pointwise.binary(x, residual, weight, bias, *geometry, "add", 1.0, None if name == "none" else name, scalars, algorithm)
+    op = _MKLDNN._convolution_pointwise_.binary if into_residual else _MKLDNN._convolution_pointwise.binary
+    args = (residual, x) if into_residual else (x, residual)
+    return op(*args, weight, bias, *geometry, "add", 1.0, None if name == "none" else name, scalars, algorithm)
 
 
 def _fusable_residual(conv: nn.Conv2d, x: Tensor, residual: Tensor | None) -> bool:
@@ -340,13 +343,21 @@ class Conv2d(nn.Conv2d):
 _PLAIN_FORWARDS = (nn.Conv2d.forward, Conv2d.forward)
 
 
-def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Module | None = None, residual: Tensor | None = None) -> Tensor:
+def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Module | None = None, residual: Tensor | None = None, *, into_residual: bool = False) -> Tensor:
     """``act(bn(conv(x)) + residual)``, without the norm, the sum or the activation where
     ``bn``, ``residual`` or ``act`` is None. In CPU inference one convolution with the BatchNorm
     folded in; on a channels-last map one oneDNN call on a prepacked weight, with the
     activation and the sum as its post-ops where oneDNN has them: ReLU, ReLU6/Hardtanh,
     LeakyReLU, SiLU, Hardswish, GELU, sigmoid, tanh and hard sigmoid without a sum; a sum alone
     or before a ReLU.
+
+    ``into_residual=True`` says the caller owns ``residual`` and nothing reads it afterwards
+    (a tensor made in the same forward that no hook or other caller has seen): that fused call
+    then writes the result into ``residual`` and returns it, oneDNN's in-place sum, which
+    reads the residual where the output goes instead of from a second tensor. ResNet-50's
+    1x1 expansions with the residual, batch 4, 2-core Xeon: 0.85-0.94x the time of the
+    out-of-place sum per call, 0.964x the model (paired A/B). Every other path leaves
+    ``residual`` unchanged.
 
     Any ``conv``, ``bn`` and ``act`` work (an ``nn.Identity`` norm, a frozen or synchronised BN,
     a hooked module): where the fast paths' conditions (module docstring) do not hold, this is
@@ -360,7 +371,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Modu
         if post is not None and residual is not None and post[0] not in ("none", "relu"):
             post = None  # oneDNN's convolution takes a sum only alone or before a ReLU
         if post is not None and _fusable_residual(conv, x, residual):
-            return _run_packed(conv, x, *wb, post, residual)
+            return _run_packed(conv, x, *wb, post, residual, into_residual and residual is not None)
         y = _run_packed(conv, x, *wb) if packed else conv._conv_forward(x, *wb)
     if residual is not None:
         y += residual

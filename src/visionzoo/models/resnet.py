@@ -56,14 +56,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, check_output_stride, classifier, drop_path_rates, make_divisible, skippable
+from ..layers.helpers import no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "stage_dilations"]
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "ResidualStage", "stage_dilations"]
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 1, dilation: int = 1, groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -77,6 +79,35 @@ def _downsample(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
     if stride == 1 and in_chs == out_chs:
         return None
     return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride=stride))
+
+
+def _owns_shortcut(block: nn.Module, owns_input: bool) -> bool:
+    """Whether ``block``'s shortcut is a tensor nothing else holds, which its last convolution
+    may sum into (:func:`~visionzoo.layers.apply_conv_bn`'s ``into_residual``): the block's
+    input where its caller handed that over, or the fresh output of its own projection (a
+    plain conv + BN ``nn.Sequential``, as built here, that no hook sees)."""
+    ds = block.downsample
+    if ds is None:
+        return owns_input
+    return type(ds) is nn.Sequential and all(type(m) in (nn.Conv2d, nn.BatchNorm2d) for m in ds) and no_hooks(ds, *ds)
+
+
+class ResidualStage(nn.Sequential):
+    """A stage of residual blocks (an ``nn.Sequential``: keys ``layer1.0.conv1.weight`` ...).
+
+    In CPU inference, where no hook sees any of its modules, each block after the first is
+    handed its input, the previous block's output, which nothing outside the stage holds: its
+    last convolution then writes the residual sum into that tensor (oneDNN's in-place sum)
+    instead of a new one. The stage's input, which a caller may keep (``forward_intermediates``
+    keeps every stage's output), is never written. Anywhere else, ``nn.Sequential``'s forward.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or not plain_cpu_eager(x) or not no_hooks(*self.modules()):
+            return super().forward(x)
+        for i, block in enumerate(self):
+            x = block(x, owns_input=i > 0) if type(block) in (BasicBlock, Bottleneck) else block(x)
+        return x
 
 
 class BasicBlock(nn.Module):
@@ -122,11 +153,14 @@ class BasicBlock(nn.Module):
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, planes, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, owns_input: bool = False) -> Tensor:
+        """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
+        residual sum may be written into it."""
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        into = _owns_shortcut(self, owns_input)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
-            return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut)
+            return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut, into_residual=into)
         x = apply_conv_bn(self.conv2, self.bn2, x)
         if self.se is not None:
             x = self.se(x)
@@ -183,12 +217,15 @@ class Bottleneck(nn.Module):
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, out_chs, stride)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, owns_input: bool = False) -> Tensor:
+        """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
+        residual sum may be written into it."""
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
+        into = _owns_shortcut(self, owns_input)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
         x = apply_conv_bn(self.conv2, self.bn2, x, self.act2)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
-            return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut)
+            return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut, into_residual=into)
         x = apply_conv_bn(self.conv3, self.bn3, x)
         if self.se is not None:
             x = self.se(x)
@@ -333,7 +370,7 @@ class ResNet(VisionModel):
                     groups=cfg.groups, base_width=cfg.base_width, se=cfg.se, drop_path=dpr[k],
                 ))
                 in_chs, k = planes * block.expansion, k + 1
-            self.add_module(self.stage_names[i], nn.Sequential(*blocks))
+            self.add_module(self.stage_names[i], ResidualStage(*blocks))
             self.feature_info.append(FeatureInfo(in_chs, reduction, self.stage_names[i]))
 
         self.num_features = in_chs
