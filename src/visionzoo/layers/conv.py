@@ -355,7 +355,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Modu
     (a tensor made in the same forward that no hook or other caller has seen): that fused call
     then writes the result into ``residual`` and returns it, oneDNN's in-place sum, which
     reads the residual where the output goes instead of from a second tensor. ResNet-50's
-    1x1 expansions with the residual, batch 4, 2-core Xeon: 0.85-0.94x the time of the
+    1x1 expansions with the residual, batch 4, 2-core Xeon: 0.89-0.94x the time of the
     out-of-place sum per call; the model 0.949x (paired A/B, its blocks handed their shortcuts
     by :class:`~visionzoo.models.resnet.ResidualStage`). Every other path leaves ``residual``
     unchanged.
