@@ -372,7 +372,7 @@ def apply_conv_bn(conv: nn.Module, bn: nn.Module | None, x: Tensor, act: nn.Modu
         if post is not None and residual is not None and post[0] not in ("none", "relu"):
             post = None  # oneDNN's convolution takes a sum only alone or before a ReLU
         if post is not None and _fusable_residual(conv, x, residual):
-            return _run_packed(conv, x, *wb, post, residual, into_residual and residual is not None)
+            return _run_packed(conv, x, *wb, post, residual, into_residual)  # (no residual: no sum to write)
         y = _run_packed(conv, x, *wb) if packed else conv._conv_forward(x, *wb)
     if residual is not None:
         y += residual

@@ -157,10 +157,9 @@ class BasicBlock(nn.Module):
         """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
         residual sum may be written into it."""
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        into = _owns_shortcut(self, owns_input)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
-            return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut, into_residual=into)
+            return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut, into_residual=_owns_shortcut(self, owns_input))
         x = apply_conv_bn(self.conv2, self.bn2, x)
         if self.se is not None:
             x = self.se(x)
@@ -221,11 +220,10 @@ class Bottleneck(nn.Module):
         """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
         residual sum may be written into it."""
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
-        into = _owns_shortcut(self, owns_input)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
         x = apply_conv_bn(self.conv2, self.bn2, x, self.act2)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
-            return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut, into_residual=into)
+            return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut, into_residual=_owns_shortcut(self, owns_input))
         x = apply_conv_bn(self.conv3, self.bn3, x)
         if self.se is not None:
             x = self.se(x)
