@@ -32,8 +32,9 @@ Implementation notes.
   of a stage strides its depthwise convolution (the 1x1 expansion runs at the input
   resolution); the paper strides before the expansion, which is why the counted GMACs
   exceed the paper's FLOPs by 3-8 % (see ``published``).
-* Speed (CPU, fp32, batch 4 on a 2-core AVX-512 host: 1.9x timm's coatnet_0_224 with glibc's
-  default malloc, 1.2-1.3x with its mmap threshold pinned high; BENCHMARKS.md): every 1x1 convolution is a
+* Speed (CPU, fp32, batch 4, 2 AVX-512 cores; BENCHMARKS.md): 2.37x timm's coatnet_0_224 with
+  glibc's default malloc and 1.60x with freed memory kept on an AMD EPYC host, 1.99x and 1.44x on
+  an Intel Xeon host. Every 1x1 convolution is a
   matmul over a channels-last view (PyTorch's CPU conv takes a slow path for 1x1 kernels);
   in inference the BatchNorms are folded into the adjacent convolutions at forward time and
   the SE gate into the projection weights; GELU and residual sums run in place where
