@@ -56,6 +56,16 @@ def _input(name: str, ref: torch.nn.Module, ours: torch.nn.Module, batch: int = 
         return torch.randn(batch, 3, H, W, generator=torch.Generator().manual_seed(0))
 
 
+def _pair(name: str, max_params: float) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """(visionzoo's model, timm's, an input batch) with the same random weights; skipped above
+    ``max_params`` parameters (time and memory on a 2-core host)."""
+    if _params(name) > max_params:
+        pytest.skip(f"{name}: over {max_params / 1e6:.0f} M parameters")
+    ref, kw = _timm(name)
+    ours = visionzoo.create_model(name, num_classes=7, checkpoint=ref.state_dict(), **kw)
+    return ours, ref, _input(name, ref, ours)
+
+
 def _fp64_spread(ours: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, got: torch.Tensor, expect: torch.Tensor) -> None:
     """Where fp32 rounding grows through a deep random network: the architectures must agree
     in float64, and visionzoo's fp32 logits must be no further from them than timm's are."""
@@ -69,15 +79,11 @@ def _fp64_spread(ours: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, g
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED)
 def test_inference_equals_timm(name):
-    if _params(name) > 350e6:
-        pytest.skip(f"{name}: over 350 M parameters")
-    ref, kw = _timm(name)
-    sd = ref.state_dict()
-    ours = visionzoo.create_model(name, num_classes=7, checkpoint=sd, **kw).eval()
-    x = _input(name, ref, ours)
+    ours, ref, x = _pair(name, 350e6)
+    ours.eval()
     with torch.inference_mode():
         got, expect = ours(x), ref.eval()(x)
-        maps = visionzoo.create_model(name, features_only=True, checkpoint=sd).eval()(x)
+        maps = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict()).eval()(x)
         expect_maps = ref.forward_intermediates(x, intermediates_only=True)
     assert got.shape == expect.shape == (x.shape[0], 7)
     by_shape = [e for e in expect_maps if any(e.shape == m.shape for m in maps)]
@@ -115,11 +121,7 @@ def _grad_error(grads: dict, ref_grads: dict) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SHARED)
 def test_training_step_equals_timm(name):
-    if _params(name) > 100e6:
-        pytest.skip(f"{name}: over 100 M parameters")
-    ref, kw = _timm(name)
-    ours = visionzoo.create_model(name, num_classes=7, checkpoint=ref.state_dict(), **kw)
-    x = _input(name, ref, ours)
+    ours, ref, x = _pair(name, 100e6)
     (loss, grads, stats), (ref_loss, ref_grads, ref_stats) = _training_step(ours, x), _training_step(ref, x)
     assert sorted(grads) == sorted(ref_grads) and sorted(stats) == sorted(ref_stats)
     assert abs(loss - ref_loss) <= 1e-4 * ref_loss.abs().clamp_min(1.0)
