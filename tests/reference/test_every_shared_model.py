@@ -25,12 +25,12 @@ def _params(name: str) -> int:
         return sum(p.numel() for p in timm.create_model(name).parameters())
 
 
-def _timm(name: str, **kwargs) -> tuple[torch.nn.Module, dict]:
+def _timm(name: str) -> tuple[torch.nn.Module, dict]:
     """timm's model with dropout and stochastic depth off (and the keywords used to say so:
     families without stochastic depth take no ``drop_path_rate``)."""
     for kw in (NO_DROPOUT, dict(drop_rate=0.0)):
         try:
-            model = build_random(lambda: timm.create_model(name, num_classes=7, **kw, **kwargs))
+            model = build_random(lambda: timm.create_model(name, num_classes=7, **kw))
         except TypeError:
             continue
         with torch.no_grad():  # position biases and embeddings at unit scale, not the weights' 0.02:
@@ -41,7 +41,7 @@ def _timm(name: str, **kwargs) -> tuple[torch.nn.Module, dict]:
     raise AssertionError(f"timm builds {name} with neither {NO_DROPOUT} nor drop_rate alone")
 
 
-def _input(name: str, ref: torch.nn.Module, ours: torch.nn.Module, batch: int = 2) -> torch.Tensor:
+def _input(ref: torch.nn.Module, ours: torch.nn.Module, batch: int = 2) -> torch.Tensor:
     """A batch at a size off the default (31 x 63 px smaller, rounded up to what the network
     takes) where timm's model takes it, else at the default size (fixed-size transformers)."""
     _, H, W = ref.pretrained_cfg.get("input_size", (3, 224, 224))
@@ -63,7 +63,7 @@ def _pair(name: str, max_params: float) -> tuple[torch.nn.Module, torch.nn.Modul
         pytest.skip(f"{name}: over {max_params / 1e6:.0f} M parameters")
     ref, kw = _timm(name)
     ours = visionzoo.create_model(name, num_classes=7, checkpoint=ref.state_dict(), **kw)
-    return ours, ref, _input(name, ref, ours)
+    return ours, ref, _input(ref, ours)
 
 
 def _fp64_spread(ours: torch.nn.Module, ref: torch.nn.Module, x: torch.Tensor, got: torch.Tensor, expect: torch.Tensor) -> None:
