@@ -16,6 +16,8 @@ from visionzoo.base import VisionModel
 from visionzoo.layers import conv as conv_module
 from visionzoo.registry import get_entry
 
+from family_models import smallest_per_family
+
 ALL_MODELS = visionzoo.list_models()
 
 
@@ -174,6 +176,42 @@ def test_cpu_inference_layout(name):
     for m, r in zip(maps, ref_maps):
         assert m.is_contiguous()
         torch.testing.assert_close(m, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+@pytest.mark.parametrize("name", sorted(smallest_per_family().values()))
+def test_feature_maps_layout(name):
+    """``features_only`` and ``forward_intermediates`` maps are contiguous for an NCHW input,
+    as timm's ViT, Swin and CoAtNet maps are (``.view`` works), in inference and with autograd;
+    a channels-last input gets channels-last maps; ``contiguous_maps = False`` (the dense
+    heads') returns the maps as computed. The values are the same in every case."""
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name).eval()
+    S = small_size(model)
+    x = torch.randn(2, 3, S, S)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        _, maps = model.forward_intermediates(x)
+        for m in maps:
+            assert m.is_contiguous()
+            m.view(m.shape[0], m.shape[1], -1)
+        _, maps_cl = model.forward_intermediates(x_cl)
+    feats = model.set_features_only()
+    with torch.no_grad():
+        ref = feats(x)
+    grad = feats(x)  # autograd on: no fast path
+    with torch.inference_mode():
+        cl = feats(x_cl)
+        feats.contiguous_maps = False
+        raw = feats(x)
+    assert len(ref) == len(grad) == len(cl) == len(raw) == len(feats.feature_info)
+    for r, g, c, w in zip(ref, grad, cl, raw):
+        assert r.is_contiguous() and g.is_contiguous()
+        # a channels-last input: channels-last maps (a one-channel or 1x1 map is both layouts)
+        assert c.is_contiguous(memory_format=torch.channels_last)
+        for other in (g, c, w):
+            torch.testing.assert_close(other, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+    for m in maps_cl:
+        assert m.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_tiny_patch16_224"])

@@ -187,6 +187,10 @@ class VisionModel(nn.Module):
     #: the feature maps are the blocks' outputs, all at one stride (ViT, ConvMixer): ``features_only``
     #: takes the last three by default, as timm does, and dense heads four spread over the depth
     block_features: bool = False
+    #: ``features_only`` and ``forward_intermediates`` return contiguous maps, as timm's ViT, Swin and
+    #: CoAtNet do (``.view`` works on them), unless the input was channels-last: the maps then keep
+    #: that layout. The dense heads, whose convolutions read either, turn it off to skip the copies.
+    contiguous_maps: bool = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -353,6 +357,7 @@ class VisionModel(nn.Module):
             intermediates_only: return only the maps.
         """
         take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
+        x_in = x
         x, channels_last = self.cpu_layout(x)
         if intermediates_only:
             maps, features = self.intermediate_maps(x, take), None
@@ -360,9 +365,9 @@ class VisionModel(nn.Module):
             maps, features = self.intermediate_maps(x, take, with_features=True)
         if norm and take[-1] == len(self.feature_info) - 1:
             maps[-1] = self.final_norm(maps[-1])
-        maps = [fmt(m) for m in maps]
-        if channels_last:
-            maps, features = plain_layout(maps), None if features is None else plain_layout(features)
+        maps = self._maps_out([fmt(m) for m in maps], x_in, channels_last, nchw=output_fmt == "NCHW")
+        if features is not None and channels_last and not channels_last_map(x_in):  # as forward_features gives them
+            features = plain_layout(features)
         return maps if intermediates_only else (features, maps)
 
     def _intermediates_request(self, indices: int | Sequence[int] | None, output_fmt: str, intermediates_only: bool) -> tuple[list[int], Callable[[Tensor], Tensor]]:
@@ -494,9 +499,21 @@ class VisionModel(nn.Module):
 
     # ---------------------------------------------------------------- behaviour
     def forward(self, x: Tensor) -> Tensor | list[Tensor]:
+        x_in = x
         x, channels_last = self.cpu_layout(x)
-        out = self.intermediate_maps(x, self.out_indices) if self.features_only else self._forward_classifier(x)
+        if self.features_only:
+            return self._maps_out(self.intermediate_maps(x, self.out_indices), x_in, channels_last)
+        out = self._forward_classifier(x)
         return plain_layout(out) if channels_last else out
+
+    def _maps_out(self, maps: list[Tensor], x: Tensor, converted: bool, *, nchw: bool = True) -> list[Tensor]:
+        """``maps`` of a call on input ``x`` in the layout they go back in: for a channels-last
+        ``x``, channels-last (``nchw``: the maps are (B, C, H, W); otherwise contiguous);
+        otherwise contiguous where :meth:`cpu_layout` ``converted`` the input or under
+        :attr:`contiguous_maps`, and as computed without either."""
+        if channels_last_map(x) and not x.is_contiguous():
+            return [m.contiguous(memory_format=torch.channels_last) if nchw else m.contiguous() for m in maps]
+        return plain_layout(maps) if converted or self.contiguous_maps else maps
 
     def _forward_classifier(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
         """``forward`` of the classifier (not ``features_only``): the logits. A family whose

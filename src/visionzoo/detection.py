@@ -227,6 +227,7 @@ def mask_rcnn(
         # (negative: ViT reads out_indices as block indices, as timm does; its default is four blocks)
         out_indices = (-1,) if neck == "simple" else ((-4, -3, -2, -1) if len(levels) > 4 else default)
     body.set_features_only(out_indices)  # then the checkpoint, as create_model(features_only=True, ...) does
+    body.contiguous_maps = False  # the neck's convolutions read the maps in the layout they come in
     if checkpoint is not None:
         load_checkpoint(body, checkpoint)
     pretrained = checkpoint is not None

@@ -540,7 +540,7 @@ class VisionTransformer(VisionModel):
         tokens, grid, features = self._block_tokens(x, take, not intermediates_only)
         if norm:
             tokens = [self.norm(t) for t in tokens]
-        maps = [fmt(self._token_map(t, grid)) for t in tokens]
+        maps = self._maps_out([fmt(self._token_map(t, grid)) for t in tokens], x, False, nchw=output_fmt == "NCHW")
         if return_prefix_tokens:
             maps = [(m, t[:, : self.num_prefix_tokens]) for m, t in zip(maps, tokens)]
         return maps if intermediates_only else (features, maps)

@@ -304,6 +304,7 @@ def create_segmentation_model(
             backbone, features_only=True, out_indices=(-1,) if out_indices is None else out_indices,  # ASPP: last map only
             in_chans=in_chans, img_size=img_size, checkpoint=checkpoint, **backbone_overrides,
         )
+    net.contiguous_maps = False  # the head's convolutions read the maps in the layout they come in
     chans = [fi.num_chs for fi in net.feature_info]
     if head == "fpn":
         return SegmentationModel(net, FPNSegHead(chans, num_classes, channels=channels, flow_align=flow_align))
