@@ -569,6 +569,41 @@ def test_segmentation_run_stopped_mid_epoch_resumes_exactly(tmp_path, capsys, mo
     assert s["amp"] == "bf16" and 0 < s["pixel_acc"] <= 1
 
 
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_resume_at_the_epochs_trained_ends_only_an_ended_run(tmp_path, capsys, monkeypatch, task):
+    """--resume --epochs N on a run stopped part-way into epoch N + 1 is refused (it used to save
+    that step's weights beside the figures of epoch N); on a run that has ended at N it says
+    there is nothing to do and leaves the outputs as they are (it used to write them again)."""
+    import visionzoo.train.engine as engine
+    from visionzoo.train.checkpoint import latest_checkpoint, load_training_state
+
+    if task == "segment":
+        run = ["train", "--task", "segment", "--data", str(_seg_folder(tmp_path / "seg")), "--img-size", "32", "--batch-size", "2"]
+        again = ["train", "--task", "segment"]
+    else:
+        run = ["train", "--data", str(_image_folder(tmp_path / "colours", n=5)), *TINY, "--img-size", "16", "--batch-size", "4"]
+        again = ["train"]
+    out = tmp_path / "run"
+    again += ["--output", str(out), "--resume", "--progress", "none"]
+    with monkeypatch.context() as m:
+        m.setattr(engine, "StopRequests", _StopAtCheck)  # a stop after 7 steps: past epoch 1, mid-epoch (3 or 5 steps an epoch)
+        assert main([*run, "--epochs", "3", "--output", str(out)]) == 130
+    st = load_training_state(latest_checkpoint(out)[1])
+    n = st["epoch"]  # epochs trained and evaluated
+    assert n >= 1 and st["batch_in_epoch"] > 0, (n, st["batch_in_epoch"])
+    capsys.readouterr()
+    _one_line_error([*again, "--epochs", str(n)], capsys, f"has trained {n} epochs and is part-way into epoch {n + 1}",
+                    f"give --epochs above {n}")
+    assert not (out / "model.safetensors").exists()
+    assert main([*again, "--epochs", str(n + 1)]) == 0
+    written = {f: (out / f).read_bytes() for f in ("model.safetensors", "summary.json", "metrics.csv", "config.json")}
+    capsys.readouterr()
+    assert main([*again, "--epochs", str(n + 1)]) == 0
+    text = capsys.readouterr().out
+    assert "is complete" in text and "nothing to do" in text and f"give --epochs above {n + 1}" in text and "resuming" not in text, text
+    assert {f: (out / f).read_bytes() for f in written} == written
+
+
 def test_segmentation_torchrun_world_size_2(tmp_path):
     """Two processes train one segmentation network; the held-out figures they report together
     are those of the saved weights (each rank evaluates its shard with rank 0's BatchNorm

@@ -71,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError(f"a package is missing: {e} (pip install 'visionzoo[train]')") from None
     if summary.get("world_size", 1) > 1 and not _is_rank0():
         return 0
+    if summary.get("nothing_to_do"):
+        return _nothing_to_do(summary, cfg.output, args.json)
     if summary["interrupted"]:
         print(f"interrupted; continue with: visionzoo train --output {cfg.output} --resume", file=sys.stderr)
         return 130
@@ -140,6 +142,8 @@ def _segment(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if s["world_size"] > 1 and not _is_rank0():
         return 0
+    if s.get("nothing_to_do"):
+        return _nothing_to_do(s, cfg.output, args.json)
     if s["interrupted"]:
         print(f"interrupted; continue with: visionzoo train --task segment --output {cfg.output} --resume", file=sys.stderr)
         return 130
@@ -147,6 +151,17 @@ def _segment(args: argparse.Namespace) -> int:
           f"{s['train_seconds']:.1f} s of training (world size {s['world_size']}); outputs in {cfg.output}")
     if args.json:
         print(json.dumps(s))
+    return 0
+
+
+def _nothing_to_do(summary: dict[str, Any], output: str, as_json: bool) -> int:
+    """Exit code 0 for a run resumed at the epochs it has already ended at, saying so; its
+    outputs were left as they were."""
+    n = summary["epochs"]
+    print(f"the run in {output} is complete: it has trained its {_epochs(n)} and written its outputs, so there is nothing to do "
+          f"(give --epochs above {n} to train it further)")
+    if as_json:
+        print(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}))
     return 0
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "STATE_SUFFIX",
     "capture_rng",
     "effective_overrides",
+    "finished_run",
     "gather_rng",
     "latest_checkpoint",
     "load_training_state",
@@ -210,6 +211,20 @@ def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *
     return out, None
 
 
+def finished_run(out_dir: Path, latest: Path, epochs: int) -> dict[str, Any] | None:
+    """The summary.json of the run in ``out_dir`` where the run has ended: it trained ``epochs``
+    epochs, was not interrupted, and wrote its summary and ``model.safetensors`` from its last
+    checkpoint, ``latest`` (the weights file ``latest.json`` names). Resuming it to ``epochs``
+    has nothing to do. None otherwise (a run killed before it wrote its outputs among them)."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    ended = (isinstance(summary, dict) and summary.get("epochs") == epochs and summary.get("interrupted") is False
+             and Path(summary.get("last_checkpoint") or "").name == latest.name and (out_dir / "model.safetensors").is_file())
+    return summary if ended else None
+
+
 def record_epochs(out_dir: Path, epochs: int) -> None:
     """Write a resumed run's ``epochs`` into its config.json where ``--epochs`` changed it, so
     that a later plain ``--resume`` (the command an interrupted run prints) continues to the
@@ -273,7 +288,8 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     learning rate jumps (the schedule rebuilt over another ``epochs``).
 
     ValueError (one line) where the run cannot continue: weights that do not fit ``name``,
-    another process count, ``epochs`` below those already trained."""
+    another process count, ``epochs`` below those already trained, or equal to them with the
+    checkpoint part-way into the next epoch (its weights are not those of the last evaluated one)."""
     from safetensors.torch import load_file
 
     weights, state_path = resume_from
@@ -291,6 +307,10 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     if st["epoch"] > epochs:
         raise ValueError(f"the run in {weights.parent.parent} has already trained {st['epoch']} epochs, more than the {epochs} asked for "
                          f"(--epochs, or the run's config.json where it is not given); give --epochs above {st['epoch']} to continue it")
+    if st["epoch"] == epochs and st["batch_in_epoch"]:  # its weights have moved on from those of its last evaluated epoch
+        raise ValueError(f"the run in {weights.parent.parent} has trained {epochs} epochs and is part-way into epoch {epochs + 1} "
+                         f"(step {st['global_step']}), so it cannot end at the {epochs} asked for (--epochs, or the run's config.json "
+                         f"where it is not given); give --epochs above {epochs} to continue it")
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
     if st.get("scaler"):

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from . import distributed as D
 from .checkpoint import (
     effective_overrides,
+    finished_run,
     gather_rng,
     model_metadata,
     record_epochs,
@@ -386,7 +387,9 @@ def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a classifier; returns the summary written to summary.json."""
+    """Train (or resume) a classifier; returns the summary written to summary.json. A run resumed
+    at the epochs it has already ended at trains nothing and writes nothing: its summary.json as
+    it stands comes back, with ``nothing_to_do`` set."""
     cfg.check()
     cfg.resolve_channels_last()
     info = D.init(cfg.device)
@@ -418,6 +421,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out, resume_from = run_folder(cfg.output, cfg.resume, f"runs/{model_name}-{stamp}", info)
     cfg.output = str(out)
+    if resume_from is not None and (done := finished_run(out, resume_from[0], cfg.epochs)) is not None:
+        return {**done, "nothing_to_do": True}  # the run has ended at cfg.epochs: its outputs stay as they are
     if resume_from is not None:
         # the configuration the run trained, as its checkpoint records it: loading --pretrained
         # may have changed it when the run began (EfficientNet's TensorFlow numerics)

@@ -331,7 +331,8 @@ def evaluate_segmentation(model: torch.nn.Module, loader: DataLoader, num_classe
 
 
 def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
-    """Train (or, with ``cfg.resume``, continue) a segmentation run; returns its summary.json."""
+    """Train (or, with ``cfg.resume``, continue) a segmentation run; returns its summary.json (one
+    resumed at the epochs it has already ended at: as it stands, with ``nothing_to_do`` set)."""
     cfg.check()
     info = D.init(cfg.device)
     try:
@@ -371,7 +372,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .checkpoint import gather_rng, restore_rng, restore_training, run_folder, save_training_checkpoint
+    from .checkpoint import finished_run, gather_rng, restore_rng, restore_training, run_folder, save_training_checkpoint
     from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
@@ -380,6 +381,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     out, resume_from = run_folder(cfg.output, cfg.resume, f"runs/seg-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}", info,
                                   what="a segmentation run", marker="model.safetensors")
     cfg.output = str(out)
+    if resume_from is not None and (done := finished_run(out, resume_from[0], cfg.epochs)) is not None:
+        return {**done, "nothing_to_do": True}  # the run has ended at cfg.epochs: its outputs stay as they are
     root = Path(cfg.data)
     train_pairs, val_pairs = split_pairs(root)
     C = check_pairs(train_pairs + val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
