@@ -284,6 +284,21 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["predict", "x.png", "--checkpoint", ckpt, "--model", "convmixer_256_8", "--mean", "0.5", "0.5"], capsys, "mean", "3")
 
 
+def test_class_folder_scan_skips_hidden_folders_and_files(tmp_path):
+    """Files in hidden sub-folders of a class folder (Jupyter's .ipynb_checkpoints/) are skipped,
+    as hidden files and class folders are: they used to become training images, or stop the run."""
+    from visionzoo.train.data import scan_class_folders
+
+    data = _image_folder(tmp_path / "d", classes=("a", "b"), n=2)
+    shutil.copytree(data / "a", data / "a" / "more")  # a visible sub-folder's images count
+    for junk in ("a/.ipynb_checkpoints/0-checkpoint.png", "a/more/.cache/x.png", "b/.x.png", ".hidden/c.png"):
+        (data / junk).parent.mkdir(parents=True, exist_ok=True)
+        (data / junk).write_bytes(b"not a png")
+    classes, samples = scan_class_folders(data)
+    assert classes == ["a", "b"]
+    assert [str(p.relative_to(data)) for p, _ in samples] == ["a/0.png", "a/1.png", "a/more/0.png", "a/more/1.png", "b/0.png", "b/1.png"]
+
+
 def test_predict_says_unreadable_or_training_state_before_asking_for_a_model(tmp_path, capsys):
     """Without --model, a corrupt file is called unreadable (not "does not name its model"),
     and the --resume state of a run names the weights files to pass instead."""

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image"]
+__all__ = ["DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image",
+           "visible_files"]
 
 #: the fraction of digits, or of a folder of class folders without val/, held out for validation
 DEFAULT_VAL_SPLIT = 0.2
@@ -314,8 +315,16 @@ class ImageFiles(Dataset):
         return load_image(path), label
 
 
+def visible_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, sorted, less those with a part of their path below it that
+    starts with ``.``: hidden files (``.DS_Store``, macOS's ``._name`` copies) and everything in
+    hidden folders (``.ipynb_checkpoints/``)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def scan_class_folders(root: Path, *, check_images: bool = True) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folders) and (file, label) pairs; every problem is a DataError."""
+    """Class names (sorted sub-folders) and (file, label) pairs, hidden folders and files skipped
+    (:func:`visible_files`); every problem is a DataError."""
     if not root.exists():
         raise DataError(f"data folder not found: {root}")
     if not root.is_dir():
@@ -325,7 +334,7 @@ def scan_class_folders(root: Path, *, check_images: bool = True) -> tuple[list[s
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<image files>)")
     samples: list[tuple[Path, int]] = []
     for label, c in enumerate(classes):
-        files = sorted(p for p in (root / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+        files = visible_files(root / c)
         if not files:
             raise DataError(f"class folder {root / c} is empty")
         for p in files:
