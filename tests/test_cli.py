@@ -108,6 +108,25 @@ def test_workers_must_not_be_negative(tmp_path, capsys, cmd):
     _one_line_error([cmd, *extra, "--workers", "-1"], capsys, "--workers must be >= 0, got -1")
 
 
+# ---------------------------------------------------------------- predict
+def test_predict_on_a_folder_skips_hidden_files_and_folders(bf16_run, tmp_path, capsys):
+    """Hidden files (macOS's ._ copies) and folders under a folder given are not read, as training
+    skips them (predict used to fail on them and exit 2); a hidden file named is read."""
+    import shutil
+
+    data = _image_folder(tmp_path / "photos", n=2)
+    shutil.copy(data / "a" / "0.png", data / ".real.png")
+    for junk in ("._0.png", "a/.hidden.png", ".thumbs/x.png", "b/.cache/y.png"):
+        (data / junk).parent.mkdir(exist_ok=True)
+        (data / junk).write_bytes(b"not a png")
+    ckpt = ["--checkpoint", str(bf16_run / "model.safetensors"), "--json"]
+    assert main(["predict", str(data), *ckpt]) == 0
+    rows = [json.loads(r)["image"] for r in capsys.readouterr().out.splitlines()]
+    assert rows == [str(data / f) for f in ("a/0.png", "a/1.png", "b/0.png", "b/1.png")]
+    assert main(["predict", str(data / ".real.png"), *ckpt]) == 0
+    assert json.loads(capsys.readouterr().out)["image"] == str(data / ".real.png")
+
+
 # ---------------------------------------------------------------- analysis pictures
 def test_rf_output_under_a_file(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")

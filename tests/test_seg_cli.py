@@ -143,6 +143,18 @@ def test_predict_writes_the_networks_label_maps_at_each_images_size(run, tmp_pat
     assert "bad.png: not a readable image" in err and "1 of 3 images could not be read" in err
 
 
+def test_predict_on_a_folder_skips_hidden_files_and_folders(run, tmp_path, capsys):
+    data, out = run
+    photos = tmp_path / "photos"
+    (photos / ".cache").mkdir(parents=True)
+    shutil.copy(data / "images" / "0.png", photos / "0.png")
+    for junk in ("._0.png", ".cache/1.png"):
+        (photos / junk).write_bytes(b"not a png")
+    assert main(["predict", str(photos), "--checkpoint", str(out / "model.safetensors"), "--output-dir", str(tmp_path / "maps")]) == 0
+    assert capsys.readouterr().out.startswith(f"{photos / '0.png'} -> ")
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == ["0.png"]
+
+
 def test_bad_input_is_one_line(run, tmp_path, capsys):
     data, out = run
     ckpt = ["--checkpoint", str(out / "model.safetensors")]

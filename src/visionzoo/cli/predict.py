@@ -21,13 +21,15 @@ from ._preprocess import (
 
 
 def _image_files(args: list[str]) -> list[str]:
-    """The arguments, a folder replaced by the image files under it (sorted)."""
-    from ..train.data import IMAGE_EXTENSIONS
+    """The arguments, a folder replaced by the image files under it (sorted; hidden files and
+    folders skipped, as training skips them: :func:`visionzoo.train.data.visible_files`). A
+    file named on the command line is read whatever its name."""
+    from ..train.data import IMAGE_EXTENSIONS, visible_files
 
     files: list[str] = []
     for a in args:
         if Path(a).is_dir():
-            found = sorted(str(p) for p in Path(a).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            found = [str(p) for p in visible_files(Path(a)) if p.suffix.lower() in IMAGE_EXTENSIONS]
             if not found:
                 raise CLIError(f"{a}: a folder with no image files (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
             files += found
