@@ -206,6 +206,26 @@ def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(
     assert "holding out" not in capsys.readouterr().out
 
 
+SEG = ["--task", "segment", "--data", "nowhere"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    # these failed as "create_model() got multiple values for keyword argument"
+    (["--model-arg", "in_chans=1"], "--model-arg in_chans: not taken, the data sets it (the images' channels: 1 for digits"),
+    (["--model-arg", "num_classes=5"], "--model-arg num_classes: not taken, the data sets it (one output per class"),
+    (["--model", "resnet18", "--model-arg", "img_size=64"], "--model-arg img_size: not taken, give --img-size"),
+    (["--model-arg", "drop_path_rate=0.1"], "--model-arg drop_path_rate: not taken, give --drop-path"),
+    ([*SEG, "--model-arg", "num_classes=5"], "--model-arg num_classes: not taken, give --num-classes"),
+    # and these were overwritten by the run's own values without a word
+    ([*SEG, "--model-arg", "img_size=64"], "--model-arg img_size: not taken, give --img-size"),
+    ([*SEG, "--model-arg", "head=aspp"], "--model-arg head: not taken, give --seg-head"),
+    ([*SEG, "--model-arg", "in_chans=1"], "--model-arg in_chans: not taken, the data sets it (the images are read as RGB"),
+])
+def test_model_args_the_run_sets_are_refused_saying_what_sets_them(tmp_path, capsys, args, needle):
+    _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)
+    assert not (tmp_path / "o").exists()
+
+
 # ---------------------------------------------------------------- info, bench, README
 def test_info_without_a_published_top1_prints_no_placeholder(capsys):
     assert main(["info", "vit_base_patch16_224"]) == 0

@@ -59,6 +59,23 @@ DEFAULT_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 DEFAULT_MODEL = ("convmixer_256_8", {})
 
+#: create_model's arguments that a classification run sets itself, and what sets each
+SET_BY_THE_RUN = {
+    "num_classes": "the data sets it (one output per class: the class folders, or the dataset's classes)",
+    "in_chans": "the data sets it (the images' channels: 1 for digits, mnist and fashion_mnist; 3 for cifar10, cifar100 "
+                "and image folders, read as RGB)",
+    "img_size": "give --img-size",
+    "drop_path_rate": "give --drop-path",
+}
+
+
+def check_model_args(model_args: Mapping[str, Any] | None, set_by: Mapping[str, str]) -> None:
+    """ValueError (one line) for a ``--model-arg`` that the run sets itself (``set_by``: each
+    such argument and what sets it): it used to fail as a keyword given twice, or be overwritten."""
+    taken = [k for k in model_args or {} if k in set_by]
+    if taken:
+        raise ValueError("; ".join(f"--model-arg {k}: not taken, {set_by[k]}" for k in taken))
+
 
 class TrainingStopped(RuntimeError):
     """Training stopped on a condition the user should see as one line (a NaN loss)."""
@@ -157,6 +174,7 @@ class TrainConfig:
             raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"--keep-checkpoints must be at least 1, got {self.keep_checkpoints}")
+        check_model_args(self.model_args, SET_BY_THE_RUN)
 
     def resolve_channels_last(self) -> None:
         if self.channels_last is None:

@@ -107,6 +107,9 @@ class SegmentConfig:
                 raise ValueError(f"--scale-range takes LO HI with 0 < LO <= HI, got {lo:g} {hi:g}")
         if not 0 <= self.color_jitter < 1:
             raise ValueError(f"--color-jitter must be in [0, 1), got {self.color_jitter:g}")
+        from .engine import check_model_args
+
+        check_model_args(self.model_args, SET_BY_THE_RUN)
 
 
 #: the share of the steps over which the learning rate warms up, before its cosine decay to 0
@@ -118,6 +121,16 @@ CURVES = (
     ("loss", (("train_loss", "train", "o-"), ("val_loss", "held-out", "o-"))),
     ("held-out", (("miou", "mIoU", "o-"), ("mdice", "mDice", "o-"), ("pixel_acc", "pixel accuracy", "o--"))),
 )
+
+#: create_segmentation_model's arguments that a run sets itself, and what sets each
+SET_BY_THE_RUN = {
+    "num_classes": "give --num-classes (default: the largest label in the masks + 1)",
+    "in_chans": "the data sets it (the images are read as RGB: 3 channels)",
+    "img_size": "give --img-size",
+    "head": "give --seg-head",
+    "channels": f"the head's width is the run's own ({SegmentConfig.channels}; SegmentConfig.channels in Python)",
+    "checkpoint": "give --pretrained",
+}
 
 #: backbones that are whole segmentation networks: they take no --seg-head or head width, and --pretrained gives all their weights
 WHOLE_NETWORKS = ("unext", "unext_s")
