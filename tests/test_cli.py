@@ -186,6 +186,7 @@ def test_resume_lists_only_real_flags(tmp_path, capsys):
     (["--min-lr-ratio", "-0.1"], "--min-lr-ratio must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1, got 0"),
     (["--seg-head", "aspp"], "--seg-head is an option of --task segment (the head"),
+    (["--ema-decay", "0.9"], "--ema-decay is an option of --ema"),  # it used to be recorded and ignored
 ])
 def test_train_option_errors(tmp_path, capsys, args, needle):
     err = _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)
@@ -204,6 +205,17 @@ def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(
     assert "after 1 epoch," in lines[-1]
     assert main([*args, "--val-split", "0.4", "--output", str(tmp_path / "b")]) == 0
     assert "holding out" not in capsys.readouterr().out
+
+
+def test_freeze_backbone_without_weights_to_keep_is_a_warning(tmp_path, capsys):
+    """--freeze-backbone without --pretrained trains a classifier on random features: said once,
+    not refused (a baseline may mean it); with the weights to keep, nothing is said."""
+    assert main(["train", *TINY, "--epochs", "1", "--freeze-backbone", "--output", str(tmp_path / "random")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: --freeze-backbone without --pretrained") == 1 and "randomly initialised backbone" in err, err
+    assert main(["train", *TINY, "--epochs", "1", "--freeze-backbone", "--pretrained", str(tmp_path / "random" / "model.safetensors"),
+                 "--output", str(tmp_path / "kept")]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 SEG = ["--task", "segment", "--data", "nowhere"]

@@ -61,6 +61,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _resumed(TrainConfig, "classify", given, args.output)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
+    if args.ema_decay is not None and not cfg.ema:
+        raise CLIError("--ema-decay is an option of --ema (the decay of its moving average of the weights); add --ema or leave --ema-decay out")
+    if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and not cfg.resume and _is_rank0():
+        # a warning, not a refusal: random features under a trained classifier can be what is meant (a baseline)
+        print("warning: --freeze-backbone without --pretrained (or --model-arg checkpoint=FILE): only the classifier trains, "
+              "on a randomly initialised backbone", file=sys.stderr)
     try:
         summary = train(cfg)
     except TrainingStopped as e:
