@@ -227,6 +227,8 @@ SEG = ["--task", "segment", "--data", "nowhere"]
     (["--model-arg", "num_classes=5"], "--model-arg num_classes: not taken, the data sets it (one output per class"),
     (["--model", "resnet18", "--model-arg", "img_size=64"], "--model-arg img_size: not taken, give --img-size"),
     (["--model-arg", "drop_path_rate=0.1"], "--model-arg drop_path_rate: not taken, give --drop-path"),
+    # this failed after the run folder was made ("the model returned 5 outputs in training")
+    (["--model", "resnet18", "--model-arg", "features_only=True"], "--model-arg features_only: not taken, a classification run trains the classifier"),
     ([*SEG, "--model-arg", "num_classes=5"], "--model-arg num_classes: not taken, give --num-classes"),
     # and these were overwritten by the run's own values without a word
     ([*SEG, "--model-arg", "img_size=64"], "--model-arg img_size: not taken, give --img-size"),

@@ -66,6 +66,8 @@ SET_BY_THE_RUN = {
                 "and image folders, read as RGB)",
     "img_size": "give --img-size",
     "drop_path_rate": "give --drop-path",
+    "features_only": "a classification run trains the classifier (backbones for dense heads: --task segment)",
+    "out_indices": "it chooses features_only maps, and a classification run trains the classifier (--task segment takes it)",
 }
 
 
