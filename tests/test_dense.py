@@ -440,3 +440,51 @@ def test_hrnet_features_of_some_levels_equal_the_full_networks():
         for fmap, i in zip(maps, indices):
             r = ref[i % 5]
             torch.testing.assert_close(fmap, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+@pytest.mark.parametrize("backbone", ["convmixer_1024_20_ks9_p14", "convmixer_768_32", "convmixer_256_8", "vit_tiny_patch16_224"])
+def test_simple_pyramid_levels_match_anchors_and_roialign_at_any_backbone_stride(backbone):
+    """Backbone strides 14, 7 and 2 are resampled to 16, 8 and 2, and every stride gives maps at
+    4-32 (+64): anchors cover the whole padded image at every level and each map's size over the
+    image's is the scale RoIAlign infers (14 used to give maps at 0.2831.. read at 0.25, 2 a level
+    at twice the input's resolution with anchors of size 0)."""
+    torch.manual_seed(0)
+    model = mask_rcnn(backbone, num_classes=3, min_size=128, max_size=192)
+    assert model.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,), (512,))
+    model.eval()
+    with torch.no_grad():
+        images, _ = model.transform([torch.rand(3, 128, 192)])
+        H, W = images.tensors.shape[-2:]
+        maps = model.backbone(images.tensors)
+        strides = (4, 8, 16, 32, 64)
+        assert [tuple(m.shape[-2:]) for m in maps.values()] == [(H // s, W // s) for s in strides] and H % 64 == W % 64 == 0
+        anchors = model.rpn.anchor_generator(images, list(maps.values()))[0]
+        for level, (m, s) in enumerate(zip(maps.values(), strides)):
+            level_anchors = anchors[: m.shape[-2] * m.shape[-1] * 3]
+            anchors = anchors[len(level_anchors):]
+            centres = (level_anchors[:, :2] + level_anchors[:, 2:]) / 2
+            assert W - s <= centres[:, 0].max() < W and H - s <= centres[:, 1].max() < H, (level, centres.max(0))
+            assert (level_anchors[:, 2] - level_anchors[:, 0]).max() > 8 * s  # 8 x stride, three aspect ratios
+        pool = model.roi_heads.box_roi_pool
+        pool(maps, [torch.tensor([[10.0, 10.0, 90.0, 60.0]])], images.image_sizes)  # infers its scales
+        assert pool.scales == [m.shape[-2] / H for m in list(maps.values())[:-1]] == [m.shape[-1] / W for m in list(maps.values())[:-1]]
+    model.train()
+    images, targets = _mrcnn_batch()
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_simple_pyramid_resampling_keeps_each_cell_on_its_image_point():
+    """A stride-14 map resampled to stride 16: output cell j holds the input at image position
+    16 j + 8 (the input cell i is centred at 14 i + 7), so the maps stay aligned with the boxes."""
+    from visionzoo.detection import SimpleFeaturePyramid
+
+    sfp = SimpleFeaturePyramid(8, 4, in_stride=14)
+    assert (sfp.stride, sfp.strides) == (16, (4, 8, 16, 32))
+    seen = {}
+    sfp.stages[2][0].register_forward_hook(lambda mod, args, out: seen.update(x=args[0]))
+    n = 10  # an image of 128 px padded to 140 for the backbone: 10 cells, resampled to 128 / 16 = 8
+    centres = (14 * torch.arange(n) + 7.0).expand(1, 8, n, n)  # each cell holds its x centre in pixels
+    sfp(centres, (128, 128))
+    assert seen["x"].shape[-2:] == (8, 8)
+    torch.testing.assert_close(seen["x"][0, 0, 0], 16 * torch.arange(8) + 8.0)

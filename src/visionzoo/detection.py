@@ -25,6 +25,11 @@ from the last level's map alone, two stride-2 deconvolutions (LayerNorm and GELU
 1/4 of its stride, one gives 1/2, the map itself 1, a 2x2 max-pool 2; each then passes a 1x1
 and a 3x3 convolution, each followed by a LayerNorm (eps 1e-6, detectron2's), to
 ``out_channels``; a stride-2 subsampling of the coarsest adds the fifth level, as in the FPN.
+Those are strides 4-64 for ViT's 16. A backbone stride that is not a power of two (ConvMixer's
+14 and 7, ViT-H/14's) is first resampled bilinearly to the nearest one, and a finer map
+(ConvMixer-256/8's stride 2) reaches 4-32 by max-pools, so that every map sits at a
+power-of-two stride that the anchors and RoIAlign's scales match exactly
+(:class:`SimpleFeaturePyramid`).
 Only the neck is ViTDet's (checked layer by layer against detectron2's SimpleFeaturePyramid):
 the backbone stays the plain ViT (no window attention or relative positions, the class token
 kept in its sequence, no stochastic depth), and the rest is torchvision's Mask R-CNN (its
@@ -34,9 +39,11 @@ square and uses heads with LayerNorm and 4 convolutions).
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -45,7 +52,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .checkpoints import load_checkpoint
 from .factory import create_model
-from .layers import LayerNorm2d
+from .layers import LayerNorm2d, pad_to_fit
 
 __all__ = ["BackboneWithFPN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
 
@@ -81,35 +88,65 @@ def backbone_levels(body: nn.Module, taps: Sequence[str]) -> dict[str, int]:
 class SimpleFeaturePyramid(nn.Module):
     """ViTDet's simple feature pyramid (module docstring) from one map of ``dim`` channels.
 
+    The four maps are at power-of-two strides, the finest 4 (8 for a backbone stride of 32
+    or more), each twice the last, so that anchors and RoIAlign (which rounds each level's
+    scale to a power of two) match them exactly. A map at stride ``in_stride`` 16 gives
+    strides 4-32 as ViTDet: two stride-2 deconvolutions, one, none, a 2x2 max-pool. Any
+    other stride is first resampled bilinearly to the nearest power of two ``stride`` (in
+    log scale: 14 -> 16, 7 -> 8; 2 stays), and each level then takes one deconvolution per
+    halving of the stride (LayerNorm and GELU between two) or a max-pool of the factor
+    (stride 2: max-pools of 2, 4, 8 and 16).
+
     Shapes:
-        (B, dim, H, W) -> OrderedDict "0": (B, out, 4H, 4W), "1": 2H, "2": H, "3": H/2,
-        "pool": H/4 (floors), each ``out_channels`` wide.
+        (B, dim, H, W) at stride 16 -> OrderedDict "0": (B, out, 4H, 4W), "1": 2H, "2": H,
+        "3": H/2, "pool": H/4 (floors), each ``out_channels`` wide; an image of side S
+        padded to a multiple of 2 * ``strides[-1]`` gives every map but "pool" at S / stride.
     """
 
-    def __init__(self, dim: int, out_channels: int = 256) -> None:
+    def __init__(self, dim: int, out_channels: int = 256, *, in_stride: int = 16) -> None:
         super().__init__()
-        if dim % 4:
-            raise ValueError(f"the simple feature pyramid halves the width twice: {dim} channels do not divide by 4 (use neck='fpn')")
-        ups = [
-            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2), LayerNorm2d(dim // 2, eps=1e-6), nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, stride=2)),
-            (nn.ConvTranspose2d(dim, dim // 2, 2, stride=2),),
-            (),
-            (nn.MaxPool2d(2, stride=2),),
-        ]
-        widths = (dim // 4, dim // 2, dim, dim)
+        self.in_stride = in_stride
+        self.stride = 2 ** round(math.log2(in_stride))  # the map's stride once resampled
+        finest = max(4, self.stride // 4)
+        self.strides = tuple(finest * 2**i for i in range(4))
+        ups = [round(math.log2(self.stride // s)) if s < self.stride else 0 for s in self.strides]  # deconvolutions per level
+        if dim % 2 ** max(ups):
+            raise ValueError(
+                f"the simple feature pyramid halves the width {max(ups)} time(s): {dim} channels do not divide by {2 ** max(ups)} (use neck='fpn')"
+            )
+        resamples = []
+        for s, n in zip(self.strides, ups):
+            if n:  # ConvTranspose2d (LayerNorm, GELU, ConvTranspose2d)*, each halving the width
+                layers: list[nn.Module] = []
+                for i in range(n):
+                    if i:
+                        layers += [LayerNorm2d(dim >> i, eps=1e-6), nn.GELU()]
+                    layers.append(nn.ConvTranspose2d(dim >> i, dim >> (i + 1), 2, stride=2))
+                resamples.append(layers)
+            else:
+                resamples.append([nn.MaxPool2d(s // self.stride, stride=s // self.stride)] if s > self.stride else [])
         self.stages = nn.ModuleList(
             nn.Sequential(
                 *resample,
-                nn.Conv2d(width, out_channels, 1, bias=False),
+                nn.Conv2d(dim >> n, out_channels, 1, bias=False),
                 LayerNorm2d(out_channels, eps=1e-6),
                 nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
                 LayerNorm2d(out_channels, eps=1e-6),
             )
-            for resample, width in zip(ups, widths)
+            for resample, n in zip(resamples, ups)
         )
         self.top = LastLevelMaxPool()
 
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+    def forward(self, x: Tensor, image_size: tuple[int, int] | None = None) -> "OrderedDict[str, Tensor]":
+        """``x``: the backbone's map of the image padded to a multiple of ``in_stride``;
+        ``image_size``: the image's (H, W) before that padding, to which a resampled map is
+        cropped (H / stride, W / stride)."""
+        if self.stride != self.in_stride:
+            # the scale factor, not an output size, sets the sampling grid: output cell j reads
+            # input position (j + 0.5) * stride / in_stride - 0.5, the same image point
+            x = F.interpolate(x, scale_factor=self.in_stride / self.stride, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+            if image_size is not None:
+                x = x[..., : image_size[0] // self.stride, : image_size[1] // self.stride]  # B, dim, H/stride, W/stride
         maps = [stage(x) for stage in self.stages]
         names = [str(i) for i in range(len(maps))]
         maps, names = self.top(maps, maps, names)
@@ -144,7 +181,7 @@ class BackboneWithFPN(nn.Module):
         if neck == "fpn":
             self.fpn: nn.Module = FeaturePyramidNetwork([fi.num_chs for fi in body.feature_info], out_channels, extra_blocks=LastLevelMaxPool())
         elif neck == "simple":
-            self.fpn = SimpleFeaturePyramid(body.feature_info[-1].num_chs, out_channels)
+            self.fpn = SimpleFeaturePyramid(body.feature_info[-1].num_chs, out_channels, in_stride=body.feature_info[-1].reduction)
         else:
             raise ValueError(f"neck must be 'fpn' or 'simple', got {neck!r}")
         self.neck = neck
@@ -173,9 +210,9 @@ class BackboneWithFPN(nn.Module):
         return self
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        if self.neck == "simple":  # the image padded (zeros, as the detector's own padding) to a multiple of the backbone's stride
+            return self.fpn(self.body(pad_to_fit(x, self.fpn.in_stride))[-1], tuple(x.shape[-2:]))
         feats = self.body(x)
-        if self.neck == "simple":
-            return self.fpn(feats[-1])
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
@@ -239,8 +276,9 @@ def mask_rcnn(
     # anchors and RoI pooling for the maps the neck gives (torchvision's defaults assume four
     # maps at strides 4..32 plus the pool level; these equal them there): anchors of 8x each
     # map's stride, three aspect ratios; RoIs pooled from every map but the pool level
-    r = body.feature_info.reduction()
-    strides = [r[-1] // 4, r[-1] // 2, r[-1], 2 * r[-1]] if neck == "simple" else list(r)
+    strides = list(backbone.fpn.strides) if neck == "simple" else list(body.feature_info.reduction())
+    if neck == "simple":  # every map RoIAlign reads an exact fraction of the padded image (32 for strides 4-32, torchvision's default)
+        maskrcnn_kwargs.setdefault("size_divisible", max(32, strides[-1]))
     strides.append(2 * strides[-1])  # the pool level
     names = [str(i) for i in range(len(strides) - 1)]
     maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)))
