@@ -85,6 +85,37 @@ def test_torch_export_dynamic_batch(family):
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("backbone, head", [("resnet18", "fpn"), ("hrnet_w18_small", "hrnetv2")])
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_segmentation_models_of_any_channel_count_export(backbone, head, in_chans, tmp_path):
+    """The segmentation wrappers give their backbone's in_chans to the exporters, which traced
+    them on 3 channels (InputError: resnet18 expects 1 input channels, got 3)."""
+    from visionzoo.tasks import create_segmentation_model
+
+    torch.manual_seed(0)
+    model = create_segmentation_model(backbone, 3, head=head, in_chans=in_chans).eval()
+    assert model.in_chans == in_chans
+    x = torch.randn(3, in_chans, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(export_program(model, 64).module()(x), model(x), rtol=1e-4, atol=1e-4)
+    pytest.importorskip("onnxruntime")
+    path = export_onnx(model, tmp_path / "seg.onnx", img_size=64)
+    assert verify_onnx(model, path, img_size=64) < 1e-4
+
+
+def test_export_takes_the_channel_count_of_a_model_without_one(tmp_path):
+    """A module with no in_chans attribute is traced on in_chans channels when given (3 when not)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(3, 2, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(export_program(model, 20, in_chans=2).module()(x), model(x))
+    with pytest.raises(RuntimeError, match="expected input.* to have 2 channels"):
+        export_program(model, 20)
+    pytest.importorskip("onnxruntime")
+    path = export_onnx(model, tmp_path / "conv.onnx", img_size=20, in_chans=2)
+    assert verify_onnx(model, path, img_size=20, in_chans=2) < 1e-4
+
+
 def test_export_cli(tmp_path):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "vit.onnx"

@@ -23,18 +23,24 @@ _log = logging.getLogger(__name__)
 MIN_OPSET, MAX_OPSET = 18, 23
 
 
-def _example(model: nn.Module, img_size: int | tuple[int, int] | None, batch: int) -> torch.Tensor:
+def _example(model: nn.Module, img_size: int | tuple[int, int] | None, batch: int, in_chans: int | None = None) -> torch.Tensor:
+    """A random (batch, C, H, W) input: C ``in_chans``, else the model's ``in_chans``, else its
+    ``default_cfg`` input size's (3 without one); H, W ``img_size``, else that input size's."""
     cfg = getattr(model, "default_cfg", {}) or {}
     C, H, W = cfg.get("input_size", (3, 224, 224))
     if img_size is not None:
         H, W = to_2tuple(img_size)
-    return torch.randn(batch, getattr(model, "in_chans", C), H, W)
+    return torch.randn(batch, in_chans or getattr(model, "in_chans", C), H, W)
 
 
-def export_program(model: nn.Module, img_size: int | tuple[int, int] | None = None, *, batch: int = 2) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of an eval-mode model with a dynamic batch dimension."""
+def export_program(
+    model: nn.Module, img_size: int | tuple[int, int] | None = None, *, batch: int = 2, in_chans: int | None = None
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of an eval-mode model with a dynamic batch dimension, traced on a
+    random input of ``img_size`` and ``in_chans`` channels (default the model's ``in_chans``,
+    for a model without that attribute 3)."""
     model = model.eval()
-    x = _example(model, img_size, batch)
+    x = _example(model, img_size, batch, in_chans)
     dim = torch.export.Dim("batch", min=1, max=4096)
     return torch.export.export(model, (x,), dynamic_shapes=({0: dim},))
 
@@ -46,9 +52,12 @@ def export_onnx(
     img_size: int | tuple[int, int] | None = None,
     opset: int = 18,
     batch: int = 2,
+    in_chans: int | None = None,
     external_data: bool | None = None,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``).
+    """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``),
+    traced on a random input of ``img_size`` and ``in_chans`` channels (default the model's
+    ``in_chans``, for a model without that attribute 3).
 
     Weights over ONNX's 2 GB limit (or all, with ``external_data=True``) go to a second file
     beside it, ``<name>.onnx.data``, which the model names. The files are written in a
@@ -68,7 +77,7 @@ def export_onnx(
     if above is not None and not above.is_dir():
         raise ValueError(f"{above} is a file, not a folder: cannot write {path}")
     model = model.eval()
-    x = _example(model, img_size, batch)
+    x = _example(model, img_size, batch, in_chans)
     with torch.no_grad():
         model(x)  # the model's own message for an input it refuses, not the exporter's trace
     dim = torch.export.Dim("batch", min=1, max=4096)
@@ -102,14 +111,17 @@ def onnx_files(path: str | os.PathLike) -> list[Path]:
     return [p for p in (path, path.with_name(f"{path.name}.data")) if p.exists()]
 
 
-def verify_onnx(model: nn.Module, path: str | os.PathLike, *, img_size: int | tuple[int, int] | None = None, batch: int = 3) -> float:
+def verify_onnx(
+    model: nn.Module, path: str | os.PathLike, *, img_size: int | tuple[int, int] | None = None, batch: int = 3, in_chans: int | None = None
+) -> float:
     """Max |onnxruntime - PyTorch| relative to max |PyTorch|, at a batch size other than the
-    exported one. Relative: an absolute bound passes anything for a model whose outputs are
-    small (a randomly initialised EfficientNet's logits are ~1e-4)."""
+    exported one (``img_size`` and ``in_chans`` as :func:`export_onnx`). Relative: an absolute
+    bound passes anything for a model whose outputs are small (a randomly initialised
+    EfficientNet's logits are ~1e-4)."""
     import onnxruntime as ort
 
     model = model.eval()
-    x = _example(model, img_size, batch)
+    x = _example(model, img_size, batch, in_chans)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():

@@ -172,6 +172,7 @@ class HRNetV2Seg(nn.Module):
         hrnet.reset_classifier(0)
         hrnet.incre_modules = hrnet.downsamp_modules = hrnet.final_layer = None  # the classification head is unused
         self.backbone = hrnet
+        self.in_chans = hrnet.in_chans  # for the example inputs of export_onnx and export_program
         width = sum(hrnet.branch_channels)
         self.mix = _conv_bn_relu(width, width, 1)
         self.classifier = nn.Conv2d(width, num_classes, 1)
@@ -197,6 +198,7 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.in_chans = backbone.in_chans  # for the example inputs of export_onnx and export_program
 
     def forward(self, x: Tensor) -> Tensor:
         return logits_at_input_size(x, self.backbone, lambda padded: self.head(self.backbone(padded)))
