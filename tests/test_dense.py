@@ -488,3 +488,60 @@ def test_simple_pyramid_resampling_keeps_each_cell_on_its_image_point():
     sfp(centres, (128, 128))
     assert seen["x"].shape[-2:] == (8, 8)
     torch.testing.assert_close(seen["x"][0, 0, 0], 16 * torch.arange(8) + 8.0)
+
+
+def _bad(images=None, **target):
+    """_mrcnn_batch's images and targets with the first target's entries replaced."""
+    good_images, targets = _mrcnn_batch()
+    targets[0].update(target)
+    return (good_images if images is None else images), targets
+
+
+def _checked_mrcnn():
+    torch.manual_seed(0)
+    return mask_rcnn("resnet18", num_classes=3, min_size=64, max_size=96)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _bad(masks=torch.zeros(1, 50, 50, dtype=torch.uint8)), r"targets\[0\]\['masks'\] is \(1, 50, 50\); one mask per box at the image's size: \(1, 120, 150\)"),
+    (lambda: _bad(masks=torch.zeros(2, 120, 150, dtype=torch.uint8)), r"targets\[0\]\['masks'\] is \(2, 120, 150\)"),
+    (lambda: _bad(labels=torch.tensor([1, 2])), r"targets\[0\]\['labels'\] has shape \(2,\); one label per box: \(1,\)"),
+    (lambda: _bad(labels=torch.tensor([0])), r"targets\[0\]\['labels'\] holds 0: object labels are 1 to 2 \(0 is the background class\)"),
+    (lambda: _bad(labels=torch.tensor([-1])), r"targets\[0\]\['labels'\] holds -1: .* \(negative\)"),
+    (lambda: _bad(labels=torch.tensor([7])), r"targets\[0\]\['labels'\] holds 7: object labels are 1 to 2 \(num_classes=3 counts the background\)"),
+    (lambda: _bad(labels=torch.tensor([1.0])), r"targets\[0\]\['labels'\] has dtype torch.float32"),
+    (lambda: _bad(boxes=torch.tensor([[20.0, float("nan"), 90.0, 60.0]])), r"targets\[0\]\['boxes'\] has a NaN or infinite coordinate"),
+    (lambda: _bad(boxes=torch.tensor([20.0, 10.0, 90.0, 60.0])), r"targets\[0\]\['boxes'\] has shape \(4,\)"),
+    (lambda: _bad(masks=None), r"targets\[0\]\['masks'\] is missing"),
+    (lambda: _bad([torch.rand(1, 120, 150), torch.rand(3, 140, 128)]), r"images\[0\] has 1 channels .* the backbone takes 3"),
+    (lambda: _bad([torch.rand(3, 120, 150), torch.rand(140, 128, 3)]), r"images\[1\] has shape \(140, 128, 3\), which looks like \(H, W, C\)"),
+    (lambda: _bad([torch.rand(3, 120, 150), (255 * torch.rand(3, 140, 128)).byte()]), r"images\[1\] has dtype torch.uint8"),
+    (lambda: _bad(torch.rand(2, 3, 120, 150)), r"got a tensor of shape \(2, 3, 120, 150\): pass list\(images\)"),
+    (lambda: (_mrcnn_batch()[0], _mrcnn_batch()[1][:1]), r"one target dict per image: got 1 targets for 2 images"),
+    (lambda: (_mrcnn_batch()[0], None), r"in training mode the model takes targets"),
+], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
+        "box shape", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets"])
+def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
+    """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box, a
+    1-channel image broadcast to 3) or failed deep inside (IndexError: Target 7 is out of
+    bounds); each is now one InputError naming the image, the key and the problem."""
+    model = _checked_mrcnn().train()
+    images, targets = make()
+    with pytest.raises(visionzoo.InputError, match=match):
+        model(images, targets)
+
+
+def test_mask_rcnn_takes_empty_images_and_boxes_outside_them():
+    """What augmentation produces passes the checks: an image without boxes, a box partly
+    outside the image; the checks add no module, so the state dict is torchvision's."""
+    from torchvision.models.detection import MaskRCNN
+
+    model = _checked_mrcnn()
+    assert isinstance(model, MaskRCNN) and not any("check" in k for k in model.state_dict())
+    images, targets = _mrcnn_batch()
+    targets[0]["boxes"] = torch.tensor([[-30.0, -10.0, 200.0, 60.0]])
+    targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 140, 128, dtype=torch.uint8)}
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        assert len(model.eval()(images)) == 2

@@ -43,6 +43,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
@@ -50,11 +51,12 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from .base import InputError
 from .checkpoints import load_checkpoint
 from .factory import create_model
 from .layers import LayerNorm2d, pad_to_fit
 
-__all__ = ["BackboneWithFPN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
+__all__ = ["BackboneWithFPN", "CheckedMaskRCNN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -216,6 +218,84 @@ class BackboneWithFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
+class CheckedMaskRCNN(MaskRCNN):
+    """torchvision's MaskRCNN whose ``forward`` checks the images and targets first.
+
+    torchvision's takes many mistakes silently (masks of another size or count, labels of
+    another count, label 0 or negative, a NaN box, a 1-channel image on a 3-channel backbone,
+    a 4-D batch tensor) or fails deep inside (a label >= num_classes, fewer targets than
+    images, an HWC image). Here each is one :class:`~visionzoo.InputError` naming the image
+    index, the key and the problem. Boxes partly outside the image and images without boxes
+    (both from augmentation) pass. The checks cost a few reductions per image; the modules,
+    state dict and outputs are torchvision's.
+    """
+
+    def __init__(self, backbone: BackboneWithFPN, num_classes: int, **kwargs) -> None:
+        super().__init__(backbone, num_classes=num_classes, **kwargs)
+        self.num_classes = num_classes
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        self.check_inputs(images, targets)
+        return super().forward(images, targets)
+
+    def check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> None:
+        """Raise :class:`~visionzoo.InputError` for images or targets the model cannot use."""
+        C = self.backbone.body.in_chans
+        if isinstance(images, Tensor):
+            fix = "list(images)" if images.ndim == 4 else "[image]"
+            raise InputError(f"Mask R-CNN takes a list of (C, H, W) image tensors, got a tensor of shape {tuple(images.shape)}: pass {fix}")
+        if not isinstance(images, (list, tuple)):
+            raise InputError(f"Mask R-CNN takes a list of (C, H, W) image tensors, got {type(images).__name__}")
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor):
+                raise InputError(f"images[{i}] is a {type(img).__name__}, not a (C, H, W) tensor")
+            if img.ndim != 3:
+                raise InputError(f"images[{i}] has shape {tuple(img.shape)}; each image is one (C, H, W) tensor")
+            if not img.is_floating_point():
+                raise InputError(f"images[{i}] has dtype {img.dtype}; the model takes floats in [0, 1] (img.float() / 255)")
+            if img.shape[0] != C:
+                if img.shape[-1] == C:
+                    raise InputError(f"images[{i}] has shape {tuple(img.shape)}, which looks like (H, W, C): permute it with img.permute(2, 0, 1)")
+                raise InputError(f"images[{i}] has {img.shape[0]} channels (shape {tuple(img.shape)}); the backbone takes {C} (in_chans)")
+            if 0 in img.shape[-2:]:
+                raise InputError(f"images[{i}] is empty: {img.shape[-2]}x{img.shape[-1]}")
+        if targets is None:
+            if self.training:
+                raise InputError("in training mode the model takes targets, one dict of boxes, labels and masks per image (model.eval() to predict)")
+            return
+        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+            got = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else f"a {type(targets).__name__}"
+            raise InputError(f"Mask R-CNN takes one target dict per image: got {got} for {len(images)} images")
+        for i, (img, t) in enumerate(zip(images, targets)):
+            if not isinstance(t, dict):
+                raise InputError(f"targets[{i}] is a {type(t).__name__}, not a dict of boxes, labels and masks")
+            for key in ("boxes", "labels", "masks") if self.training else ("boxes", "labels"):
+                if not isinstance(t.get(key), Tensor):
+                    raise InputError(f"targets[{i}]['{key}'] is missing or not a tensor (got {type(t.get(key)).__name__})")
+            boxes, labels = t["boxes"], t["labels"]
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise InputError(f"targets[{i}]['boxes'] has shape {tuple(boxes.shape)}; boxes are (N, 4), x1 y1 x2 y2")
+            n = len(boxes)
+            if not bool(torch.isfinite(boxes).all()):
+                raise InputError(f"targets[{i}]['boxes'] has a NaN or infinite coordinate")
+            if labels.shape != (n,):
+                raise InputError(f"targets[{i}]['labels'] has shape {tuple(labels.shape)}; one label per box: ({n},)")
+            if labels.dtype != torch.int64:
+                raise InputError(f"targets[{i}]['labels'] has dtype {labels.dtype}; class indices are int64 (labels.long())")
+            if n:
+                lo, hi = (int(v) for v in labels.aminmax())
+                if lo < 1 or hi >= self.num_classes:
+                    bad = lo if lo < 1 else hi
+                    why = {0: "0 is the background class"}.get(bad, "negative" if bad < 0 else f"num_classes={self.num_classes} counts the background")
+                    raise InputError(f"targets[{i}]['labels'] holds {bad}: object labels are 1 to {self.num_classes - 1} ({why})")
+            masks = t.get("masks")
+            if masks is not None and (not isinstance(masks, Tensor) or tuple(masks.shape) != (n, *img.shape[-2:])):
+                got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+                raise InputError(
+                    f"targets[{i}]['masks'] is {got}; one mask per box at the image's size: ({n}, {img.shape[-2]}, {img.shape[-1]})"
+                )
+
+
 def mask_rcnn(
     backbone_name: str,
     num_classes: int,
@@ -227,8 +307,9 @@ def mask_rcnn(
     trainable_backbone_layers: int | None = None,
     frozen_bn: bool | None = None,
     **maskrcnn_kwargs,
-) -> MaskRCNN:
-    """torchvision's MaskRCNN on a visionzoo backbone (``num_classes`` includes background).
+) -> CheckedMaskRCNN:
+    """torchvision's MaskRCNN on a visionzoo backbone (``num_classes`` includes background),
+    checking its inputs (:class:`CheckedMaskRCNN`).
 
     It trains and predicts as torchvision's own: ``model(images, targets)`` returns the loss
     dict in training, ``model(images)`` a list of {boxes, labels, scores, masks} in eval. With
@@ -284,4 +365,4 @@ def mask_rcnn(
     maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)))
     maskrcnn_kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2))
     maskrcnn_kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2))
-    return MaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
+    return CheckedMaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
