@@ -278,7 +278,7 @@ def test_unext_size_and_output():
     assert out.shape == (2, 2, 96, 160)
     small = create_segmentation_model("unext_s", num_classes=3, in_chans=1)
     assert small(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
-    with pytest.raises(ValueError, match=r"expects \(B, 3, H, W\)"):
+    with pytest.raises(visionzoo.InputError, match=r"UNeXt expects 3 input channels, got 1 .*in_chans=1"):
         m(torch.randn(1, 1, 64, 64))
 
 
@@ -545,3 +545,21 @@ def test_mask_rcnn_takes_empty_images_and_boxes_outside_them():
     assert all(torch.isfinite(v) for v in losses.values())
     with torch.no_grad():
         assert len(model.eval()(images)) == 2
+
+
+@pytest.mark.parametrize("backbone, kwargs", [("unext_s", {}), ("resnet18", {}), ("hrnet_w18_small", {"head": "hrnetv2"})])
+def test_segmentation_models_refuse_inputs_as_the_backbones_do(backbone, kwargs):
+    """UNeXt on uint8 raised PyTorch's 'Input type (unsigned char) and bias type (float) should
+    be the same', and an empty side a pooling error in UNeXt and the padding segmentation
+    wrappers; they give the backbones' InputError now (any non-empty size is still padded)."""
+    model = create_segmentation_model(backbone, 2, **kwargs).eval()
+    name = "UNeXt" if backbone == "unext_s" else backbone
+    with pytest.raises(visionzoo.InputError, match=f"^{name} expects a floating-point tensor, got dtype torch.uint8"):
+        model((255 * torch.rand(1, 3, 32, 32)).byte())
+    for shape in ((1, 3, 0, 64), (1, 3, 64, 0)):
+        with pytest.raises(visionzoo.InputError, match=rf"^{name} needs inputs of at least 1x1, got {shape[2]}x{shape[3]}"):
+            model(torch.rand(shape))
+    with pytest.raises(visionzoo.InputError, match=r"which looks like \(B, H, W, C\)"):
+        model(torch.rand(1, 20, 20, 3))
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 1, 33)).shape == (1, 2, 1, 33)

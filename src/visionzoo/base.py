@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
-__all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "evenly_spaced", "plain_layout", "tap_outputs"]
+__all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -567,35 +567,7 @@ class VisionModel(nn.Module):
 
     def check_input(self, x: Tensor) -> None:
         """Raise :class:`InputError` for a tensor this network cannot take."""
-        name = self._name()
-        if not isinstance(x, Tensor):
-            raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise InputError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise InputError(
-                f"{name} expects a floating-point tensor, got dtype {x.dtype} (convert images with x.float() / 255)"
-            )
-        weight = next(self.parameters(), None)
-        if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            # (autocast runs a float32 input on bf16 / fp16 weights; without it PyTorch's own error names no fix)
-            raise InputError(
-                f"{name} expects a {_dtype_name(weight.dtype)} tensor (its parameters are {_dtype_name(weight.dtype)}), got dtype "
-                f"{_dtype_name(x.dtype)}: convert it with x{_cast(weight.dtype)}, or the model with model{_cast(x.dtype)}"
-            )
-        if x.shape[1] != self.in_chans:
-            if x.shape[-1] == self.in_chans:  # an image batch as (B, H, W, C), as PIL / numpy give it
-                raise InputError(
-                    f"{name} expects (B, C, H, W) with C = {self.in_chans}, got shape {tuple(x.shape)}, which looks like "
-                    f"(B, H, W, C): permute it with x.permute(0, 3, 1, 2)"
-                )
-            raise InputError(
-                f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
-                f"create it with in_chans={x.shape[1]} to take such input"
-            )
-        problem = self.size_problem(*x.shape[-2:])
-        if problem:
-            raise InputError(f"{name} {problem}")
+        check_image_batch(x, self._name(), self.in_chans, next(self.parameters(), None), self.size_problem)
 
     def size_problem(self, H: int, W: int) -> str | None:
         """What keeps this network from taking an H x W input (``min_input_size``,
@@ -614,6 +586,47 @@ class VisionModel(nn.Module):
     def no_weight_decay(self) -> set[str]:
         """Parameter names that the optimiser should not decay (position tables, tokens)."""
         return set()
+
+
+def nonempty_size(H: int, W: int) -> str | None:
+    """The size rule of a network that pads any input to a size it takes: none but an empty side."""
+    return f"needs inputs of at least 1x1, got {H}x{W}" if H < 1 or W < 1 else None
+
+
+def check_image_batch(
+    x: Tensor, name: str, in_chans: int, weight: Tensor | None = None, size_problem: Callable[[int, int], str | None] = nonempty_size
+) -> None:
+    """Raise :class:`InputError`, its message starting with ``name``, for anything but a float
+    (B, ``in_chans``, H, W) tensor of ``weight``'s dtype (unless autocast is on) whose H x W
+    ``size_problem`` takes (:meth:`VisionModel.check_input`; UNeXt and the segmentation
+    wrappers, which pad any non-empty size)."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise InputError(f"{name} expects a 4-D tensor (B, C, H, W), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"{name} expects a floating-point tensor, got dtype {x.dtype} (convert images with x.float() / 255)"
+        )
+    if weight is not None and x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        # (autocast runs a float32 input on bf16 / fp16 weights; without it PyTorch's own error names no fix)
+        raise InputError(
+            f"{name} expects a {_dtype_name(weight.dtype)} tensor (its parameters are {_dtype_name(weight.dtype)}), got dtype "
+            f"{_dtype_name(x.dtype)}: convert it with x{_cast(weight.dtype)}, or the model with model{_cast(x.dtype)}"
+        )
+    if x.shape[1] != in_chans:
+        if x.shape[-1] == in_chans:  # an image batch as (B, H, W, C), as PIL / numpy give it
+            raise InputError(
+                f"{name} expects (B, C, H, W) with C = {in_chans}, got shape {tuple(x.shape)}, which looks like "
+                f"(B, H, W, C): permute it with x.permute(0, 3, 1, 2)"
+            )
+        raise InputError(
+            f"{name} expects {in_chans} input channels, got {x.shape[1]} (shape {tuple(x.shape)}); "
+            f"create it with in_chans={x.shape[1]} to take such input"
+        )
+    problem = size_problem(*x.shape[-2:])
+    if problem:
+        raise InputError(f"{name} {problem}")
 
 
 def _as_int(value: Any) -> int | None:

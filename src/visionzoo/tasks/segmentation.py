@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 
+from ..base import check_image_batch
 from ..checkpoints import load_checkpoint
 from ..factory import create_model
 from ..layers import check_int, pad_to_fit
@@ -153,7 +154,10 @@ class ASPPHead(nn.Module):
 
 def logits_at_input_size(x: Tensor, backbone: nn.Module, logits_of: Callable[[Tensor], Tensor]) -> Tensor:
     """``logits_of`` on ``x`` padded by edge replication to a size ``backbone`` takes (module
-    docstring), upsampled bilinearly to the padded size and cropped back to ``x``'s."""
+    docstring), upsampled bilinearly to the padded size and cropped back to ``x``'s. An input
+    ``backbone`` refuses for anything but its size (an empty side included) is refused first,
+    with its message."""
+    check_image_batch(x, backbone._name(), backbone.in_chans, next(backbone.parameters(), None))
     H, W = x.shape[-2:]
     x = pad_to_fit(x, backbone.input_multiple, backbone.min_input_size, mode="replicate")
     return F.interpolate(logits_of(x), size=x.shape[-2:], mode="bilinear", align_corners=False)[..., :H, :W]

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..base import check_image_batch
 from ..checkpoints import load_checkpoint, register_converter, rename_keys
 from ..layers import DropPath, check_int, he_normal_fan_out_, pad_to_fit, trunc_normal_
 
@@ -186,8 +187,7 @@ class UNeXt(nn.Module):
         return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"UNeXt expects (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_image_batch(x, "UNeXt", self.in_chans, self.final.weight)  # any size but an empty one is padded
         H0, W0 = x.shape[-2:]
         x = pad_to_fit(x, 32, mode="replicate")  # five halvings: other sides are padded (the edge repeated), the logits cropped back
         skips = []
