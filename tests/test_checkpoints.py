@@ -108,6 +108,27 @@ def test_position_embedding_resized_to_model_size():
         assert max_rel_diff(ours(x), ref384(x)) < 1e-4
 
 
+@pytest.mark.parametrize(
+    "checkpoint, model, message",
+    [
+        (("deit_tiny_distilled_patch16_224", {}), ("deit_tiny_patch16_224", {}), r"has a distillation token \(dist_token, head_dist\).*distilled DeiT"),
+        (("deit_tiny_patch16_224", {}), ("deit_tiny_distilled_patch16_224", {}), r"has no distillation token.*not a distilled DeiT"),
+        ((NAME, {}), (NAME, dict(class_token=False, global_pool="avg")), r"has a class token \(cls_token\).*class_token=False"),
+        ((NAME, dict(class_token=False, global_pool="avg")), (NAME, {}), r"has no class token \(cls_token\)"),
+    ],
+)
+def test_checkpoint_with_other_prefix_tokens_names_the_token(checkpoint, model, message):
+    """A checkpoint of a variant with another class / distillation token is refused for that
+    reason, not with an error about its position embedding's grid; the model is untouched."""
+    sd = timm.create_model(checkpoint[0], img_size=32, **checkpoint[1]).state_dict()
+    dst = visionzoo.create_model(model[0], img_size=32, **model[1])
+    before = snapshot(dst)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(dst, sd)
+    assert "grid" not in str(info.value)
+    assert_unchanged(dst, before)
+
+
 @pytest.mark.parametrize("in_chans", [1, 2, 4])
 def test_first_convolution_adapted_to_in_chans(in_chans):
     src = tiny()

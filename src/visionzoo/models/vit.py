@@ -562,11 +562,32 @@ class VisionTransformer(VisionModel):
 
     # ------------------------------------------------------------ checkpoints
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resample a checkpoint's 1-D position embedding to this model's grid (bicubic)."""
+        """Resample a checkpoint's 1-D position embedding to this model's grid (bicubic).
+
+        A checkpoint whose prefix tokens (class, distillation) are not this model's is of
+        another variant and is refused, naming the token, before any resampling."""
+        self._check_prefix_tokens(state_dict)
         pe = state_dict.get("pos_embed")
         if pe is not None and self.pos_embed is not None and pe.shape != self.pos_embed.shape and pe.shape[0] == 1:
             state_dict["pos_embed"] = resample_abs_pos_embed(pe, self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
         return state_dict
+
+    def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
+        """ValueError where the checkpoint has a class / distillation token this model lacks,
+        or lacks one it has: its position embedding then counts other prefix rows, and the
+        variant differs (a distilled DeiT's head, a class-token-free average pool)."""
+        has = {  # the model lacks the token the checkpoint has: what the checkpoint is
+            "cls_token": "a class token (cls_token), which this model (class_token=False) has not: it is a checkpoint of a class-token variant",
+            "dist_token": "a distillation token (dist_token, head_dist), which this model has not: it is a distilled DeiT's checkpoint (deit_*_distilled_*)",
+        }
+        lacks = {  # the model has a token the checkpoint lacks
+            "cls_token": "no class token (cls_token), which this model has: it is a checkpoint of a variant without one (class_token=False, global_pool='avg')",
+            "dist_token": "no distillation token (dist_token), which this distilled model has: it is a plain ViT's / DeiT's checkpoint, not a distilled DeiT's",
+        }
+        for key in ("cls_token", "dist_token"):
+            ours = getattr(self, key) is not None
+            if (key in state_dict) != ours:
+                raise ValueError(f"the checkpoint has {lacks[key] if ours else has[key]} (model: {self._name()})")
 
 
 # --------------------------------------------------------------------------- checkpoints
