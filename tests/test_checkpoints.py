@@ -170,6 +170,22 @@ def test_num_classes_zero_takes_a_full_checkpoint():
     torch.testing.assert_close(dst(x), src.forward_head(src.forward_features(x), pre_logits=True))
 
 
+def test_features_only_skips_only_the_pruned_layers_of_a_checkpoint():
+    """A features_only model ignores the keys of the layers it pruned (classifier, later
+    stages), but a deeper variant's extra blocks are not pruned layers: refused."""
+    whole = visionzoo.create_model("resnet18", num_classes=5).state_dict()
+    two = visionzoo.create_model("resnet18", features_only=True, out_indices=(0, 1))
+    load_checkpoint(two, whole)
+    assert all(torch.equal(v, whole[k]) for k, v in two.state_dict().items())
+    assert "layer4.0.conv1.weight" in two.pruned_keys and "fc.weight" in two.pruned_keys
+    deeper = visionzoo.create_model("resnet34").state_dict()
+    for dst in (visionzoo.create_model("resnet18", features_only=True), two):
+        before = snapshot(dst)
+        with pytest.raises(CheckpointError, match=r"unexpected key\(s\) such as \['layer1\.2\."):
+            load_checkpoint(dst, deeper)
+        assert_unchanged(dst, before)
+
+
 def test_headless_checkpoint_leaves_the_classifier_initialised():
     """A backbone checkpoint (timm's with num_classes=0) loads with a warning; the head keeps
     its weights. Any other missing key still refuses the checkpoint."""

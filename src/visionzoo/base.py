@@ -196,6 +196,9 @@ class VisionModel(nn.Module):
         super().__init__()
         self.features_only = False
         self.out_indices: tuple[int, ...] = ()
+        #: state-dict keys that ``features_only`` pruned (head, final norm, later stages): a
+        #: checkpoint of the whole network holds them, and ``load_checkpoint`` skips only those
+        self.pruned_keys: frozenset[str] = frozenset()
         self._pruned_after: int | None = None  # the last feature map left by prune_intermediate_layers
         self.feature_info = FeatureInfoList()
         self.default_cfg: dict[str, Any] = {}
@@ -559,7 +562,9 @@ class VisionModel(nn.Module):
                 raise ValueError(f"out_indices takes None, a count n (the last n maps) or a sequence of indices, got {out_indices!r}")
             idx = self.take_indices(out_indices)
         self.out_indices = tuple(self._feature_index(i) for i in idx)
+        whole = self.state_dict().keys()
         self.prune_for_features(self.out_indices)
+        self.pruned_keys = frozenset(whole - self.state_dict().keys())
         self.features_only = True
         every = list(self.feature_info)
         self.feature_info = FeatureInfoList((every[i] for i in self.out_indices), self.out_indices, every)

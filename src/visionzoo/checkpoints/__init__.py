@@ -224,9 +224,13 @@ def load_checkpoint(
 
     unexpected = sorted(k for k in sd if k not in target)
     if getattr(model, "features_only", False):
-        for k in unexpected:  # pruned layers (head, final norm, unused stages)
+        # the layers features_only pruned (head, final norm, unused stages), and only those: a
+        # deeper variant's extra blocks (resnet34's layer1.2 in resnet18) stay unexpected
+        pruned = getattr(model, "pruned_keys", None)
+        skipped = [k for k in unexpected if pruned is None or k in pruned]
+        for k in skipped:
             sd.pop(k)
-        unexpected = []
+        unexpected = [k for k in unexpected if k not in skipped]
     missing = sorted(k for k in target if k not in sd and k not in dropped)
     mismatched = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
