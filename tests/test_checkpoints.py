@@ -186,6 +186,48 @@ def test_features_only_skips_only_the_pruned_layers_of_a_checkpoint():
         assert_unchanged(dst, before)
 
 
+@pytest.mark.parametrize(
+    "name, kw, size",
+    [  # the first seven: timm's feature wrapper flattens their names (stem.0 -> stem_0)
+        ("convnext_tiny", {}, 64),
+        ("swin_tiny_patch4_window7_224", dict(img_size=64, window_size=4), 64),
+        ("densenet121", {}, 64),
+        ("inception_v4", {}, 75),
+        ("coatnet_0_224", dict(img_size=64), 64),
+        ("nest_tiny", dict(img_size=64), 64),
+        ("vgg11_bn", {}, 64),
+        ("resnet18", {}, 64),  # names timm keeps
+        ("vit_tiny_patch16_224", dict(img_size=32), 32),  # timm's wrapper adds a prefix (model.)
+    ],
+)
+def test_timm_features_only_checkpoints_load_and_give_timms_maps(name, kw, size):
+    """The state dict of timm's features_only model loads into visionzoo's, which then
+    returns timm's maps; a features_only model of fewer maps takes it too."""
+    ref = build_random(lambda: timm.create_model(name, features_only=True, **kw), seed=1)
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        expect = ref(x)
+        ours = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict(), **kw).eval()
+        first_two = visionzoo.create_model(name, features_only=True, out_indices=ours.out_indices[:2], checkpoint=ref.state_dict(), **kw).eval()
+        assert len(ours(x)) == len(expect) and len(first_two(x)) == 2
+        for maps in (ours(x), first_two(x)):
+            for a, b in zip(maps, expect):
+                b = b.permute(0, 3, 1, 2) if b.shape != a.shape else b  # timm's Swin maps: NHWC
+                assert max_rel_diff(a, b) < 1e-4
+
+
+def test_timm_features_only_checkpoint_of_another_variant_is_refused():
+    """Restoring timm's flattened names does not make another variant's checkpoint fit."""
+    ref = timm.create_model("convnext_small", features_only=True)  # stage 3: 27 blocks, not 9
+    dst = visionzoo.create_model("convnext_tiny", features_only=True)
+    before = snapshot(dst)
+    with pytest.raises(CheckpointError, match=r"unexpected key\(s\) such as \['stages\.2\.blocks\.10\."):
+        load_checkpoint(dst, ref.state_dict())
+    assert_unchanged(dst, before)
+    with pytest.raises(CheckpointError, match="does not look like a checkpoint of densenet121"):
+        load_checkpoint(visionzoo.create_model("densenet121", features_only=True), visionzoo.create_model("convnext_tiny").state_dict())
+
+
 def test_headless_checkpoint_leaves_the_classifier_initialised():
     """A backbone checkpoint (timm's with num_classes=0) loads with a warning; the head keeps
     its weights. Any other missing key still refuses the checkpoint."""

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -71,21 +71,64 @@ def _match_score(sd: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> floa
     return (hits + 0.5 * named) / max(len(target), 1)
 
 
-def _key_candidates(sd: dict[str, Tensor]) -> list[tuple[str, dict[str, Tensor]]]:
-    """``("", sd)``, then ``(prefix, sd without it)`` for each leading prefix all keys share,
-    shortest first: Lightning's ``model.``, a wrapper's ``net.`` / ``backbone.``, ``model.model.``."""
-    out, prefix = [("", sd)], ""
+def _key_candidates(sd: dict[str, Tensor], names: Iterable[str]) -> list[list[tuple[str, dict[str, Tensor]]]]:
+    """Readings of the keys, in groups the layout detection tries in turn, each reading
+    ``(how, keys)``: first ``("", sd)``, then the keys without a leading prefix all of them
+    share, shortest first (Lightning's ``model.``, a wrapper's ``net.`` / ``backbone.``,
+    ``model.model.``). Each group adds its keys with the module names of timm's
+    ``features_only`` wrappers restored (:func:`_unflatten_timm_features`), where any are
+    flattened; the best-fitting reading of a group is taken."""
+    readings, prefix = [("", sd)], ""
     while sd and all("." in k for k in sd) and len({k.split(".", 1)[0] for k in sd}) == 1:
         prefix += next(iter(sd)).split(".", 1)[0] + "."
         sd = {k.split(".", 1)[1]: v for k, v in sd.items()}
-        out.append((prefix, sd))
-    return out
+        readings.append((f"keys stripped of their common prefix {prefix!r}", sd))
+    groups = []
+    for how, keys in readings:
+        group = [(how, keys)]
+        unflat = _unflatten_timm_features(keys, names)
+        if unflat is not None:
+            note = "module names of a timm features_only model restored (stem_0 -> stem.0)"
+            group.append((f"{how}; {note}" if how else note, unflat))
+        groups.append(group)
+    return groups
+
+
+def _unflatten_timm_features(sd: dict[str, Tensor], names: Iterable[str]) -> dict[str, Tensor] | None:
+    """The keys of a timm ``features_only`` state dict in the model's own module names, or
+    None where none is flattened.
+
+    timm's feature wrappers (``FeatureListNet``, ``FeatureDictNet``) lift the children of a
+    top-level Sequential to the top, joining the two names with '_': ``stem.0.weight`` is
+    saved as ``stem_0.weight``, ``features.conv0.weight`` as ``features_conv0.weight``. Which
+    '_' was a '.' is read off the model's keys ``names`` (with those ``features_only`` pruned):
+    a checkpoint key's first name is restored where it equals the first two names of one of
+    the model's keys joined with '_', and is no first name of the model's own. Only names are restored; the layout detection and the
+    checks of :func:`load_checkpoint` then judge the keys as any others.
+    """
+    names = list(names)
+    own = {k.split(".", 1)[0] for k in names}
+    joined: dict[str, str | None] = {}
+    for k in names:
+        parts = k.split(".")
+        if len(parts) >= 3:  # module.child.tensor: the child may be lifted
+            dotted, flat = f"{parts[0]}.{parts[1]}", f"{parts[0]}_{parts[1]}"
+            joined[flat] = dotted if joined.get(flat, dotted) == dotted else None  # None: two readings
+    out, restored = {}, False
+    for k, v in sd.items():
+        first, sep, rest = k.partition(".")
+        dotted = joined.get(first) if sep and first not in own else None
+        if dotted is not None:
+            k, restored = f"{dotted}.{rest}", True
+        out[k] = v
+    return out if restored else None
 
 
 def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, name: str) -> tuple[str, dict[str, Tensor], ConfigChanges]:
     """(layout, converted state dict, configuration changes). Converters only read the model;
     where the keys fit no layout but do once a prefix all of them share is removed
-    (a Lightning module's ``model.``), that prefix is removed."""
+    (a Lightning module's ``model.``), that prefix is removed; the flattened module names of
+    a timm ``features_only`` model are restored where that fits better."""
     table = converters_for(family)
     target = model.state_dict()
     if source != "auto":
@@ -94,36 +137,31 @@ def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, 
         if source not in table:
             known = ", ".join(table)
             raise CheckpointError(f"{name}: visionzoo has no converter from the {source} layout for {family} (has: {known})")
-        error: Exception | None = None
-        first: tuple[dict[str, Tensor], ConfigChanges] | None = None
-        for prefix, candidate in _key_candidates(sd):
-            try:
-                out, changes = split_converted(table[source](dict(candidate), model))
-            except (KeyError, ValueError, RuntimeError, IndexError) as e:
-                error = error or e
-                continue
-            first = first or (out, changes)
-            if _match_score(out, target) >= 0.5:
-                if prefix:
-                    _log.info("%s: keys stripped of their common prefix %r", name, prefix)
-                return source, out, changes
+        table = {source: table[source]}
+    error: Exception | None = None
+    first: tuple[str, dict[str, Tensor], ConfigChanges] | None = None
+    names = target.keys() | getattr(model, "pruned_keys", frozenset())  # a features_only model's whole network
+    for group in _key_candidates(sd, names):
+        best: tuple[float, str, str, dict[str, Tensor], ConfigChanges] | None = None
+        for how, candidate in group:
+            for src, fn in table.items():
+                try:
+                    out, changes = split_converted(fn(dict(candidate), model))
+                except (KeyError, ValueError, RuntimeError, IndexError) as e:
+                    error = error or e
+                    continue
+                first = first or (src, out, changes)
+                score = _match_score(out, target)
+                if best is None or score > best[0]:
+                    best = (score, how, src, out, changes)
+        if best is not None and best[0] >= 0.5:
+            if best[1]:
+                _log.info("%s: %s", name, best[1])
+            return best[2], best[3], best[4]
+    if source != "auto":
         if first is None:
             raise CheckpointError(f"{name}: not a {source} checkpoint of a {family} model ({type(error).__name__}: {error})") from None
-        return source, *first  # it fits poorly: the checks below say how
-    for prefix, candidate in _key_candidates(sd):
-        best: tuple[float, str, dict[str, Tensor], ConfigChanges] | None = None
-        for src, fn in table.items():
-            try:
-                out, changes = split_converted(fn(dict(candidate), model))
-            except (KeyError, ValueError, RuntimeError, IndexError):
-                continue
-            score = _match_score(out, target)
-            if best is None or score > best[0]:
-                best = (score, src, out, changes)
-        if best is not None and best[0] >= 0.5:
-            if prefix:
-                _log.info("%s: keys stripped of their common prefix %r", name, prefix)
-            return best[1], best[2], best[3]
+        return first  # it fits poorly: the checks below say how
     sample = ", ".join(list(sd)[:4])
     raise CheckpointError(
         f"{name}: does not look like a checkpoint of {getattr(model, 'model_name', '') or family} in any known layout "
