@@ -63,6 +63,34 @@ def test_bad_arguments():
             visionzoo.create_model(name, drop_path_rate=0.1)
 
 
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("resnet18", dict(num_classes=True), "num_classes must be an int >= 0, got True"),  # was a TypeError from torch.empty
+    ("resnet18", dict(num_classes="10"), "num_classes must be an int >= 0, got '10'"),
+    ("resnet18", dict(in_chans=True), "in_chans must be an int >= 1, got True"),  # built a 1-channel model
+    ("resnet18", dict(img_size=True), "img_size takes an int or a pair of ints, got True"),  # input_size (3, 1, 1)
+    ("vit_tiny_patch16_224", dict(img_size=224.9), "img_size takes an int or a pair of ints, got 224.9"),  # was 224
+    ("resnet18", dict(img_size=(64, 64.5)), r"img_size takes an int or a pair of ints, got \(64, 64.5\)"),
+    ("resnet18", dict(img_size="64"), "img_size takes an int or a pair of ints, got '64'"),
+    ("resnet18", dict(drop_path_rate="0.1"), r"drop_path_rate takes a number in \[0, 1\), got '0.1'"),  # was a TypeError on '<='
+    ("resnet18", dict(drop_path_rate=float("nan")), r"drop_path_rate must be in \[0, 1\), got nan"),
+    ("resnet18", dict(features_only="yes"), "features_only takes True or False, got 'yes'"),
+    ("resnet18", dict(drop_rate="0.1"), "resnet18: option drop_rate takes a number, got '0.1'"),  # a configuration field
+    ("vit_tiny_patch16_224", dict(attn_drop_rate=True), "option attn_drop_rate takes a number, got True"),
+])
+def test_create_model_arguments_of_the_wrong_type(name, kwargs, match):
+    """create_model's own arguments are checked before anything is built, as its configuration
+    fields are: one ValueError naming the argument and the value, never a truncated or
+    bool-as-int value, nor an error from deep inside PyTorch."""
+    with pytest.raises(ValueError, match=match):
+        visionzoo.create_model(name, **kwargs)
+
+
+def test_reset_classifier_checks_num_classes_as_create_model_does():
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0, got True"):
+        visionzoo.create_model("resnet18", num_classes=2).reset_classifier(True)
+    assert visionzoo.create_model("resnet18", img_size=[64, 96], num_classes=2).default_cfg["input_size"] == (3, 64, 96)
+
+
 @pytest.mark.parametrize("name, override, error, match", [
     ("convmixer_256_8", dict(patch_size=0), ValueError, "option patch_size must be a positive int, got 0"),  # failed in forward
     ("convmixer_256_8", dict(depth=-1), ValueError, "option depth must be a positive int, got -1"),  # built with no blocks

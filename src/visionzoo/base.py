@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import channels_last_map, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
+from .layers.helpers import channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
@@ -277,8 +277,7 @@ class VisionModel(nn.Module):
         """A new classifier for ``num_classes`` (timm's method; PyTorch's default initialisation);
         0 removes it, and ``forward`` returns the pooled features. ``global_pool``: None keeps the pooling;
         otherwise as :meth:`set_global_pool` (``reset_classifier(0, '')``: unpooled features)."""
-        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
-            raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
+        check_int("num_classes", num_classes, 0)
         if global_pool is not None:
             self.set_global_pool(global_pool, num_classes)  # (checked before anything changes)
         self.num_classes = num_classes

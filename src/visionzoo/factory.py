@@ -19,7 +19,7 @@ from torch import Tensor
 
 from .base import VisionModel, count_params
 from .layers import DropPath
-from .layers.helpers import to_2tuple
+from .layers.helpers import check_int, to_2tuple
 from .registry import get_entry
 
 __all__ = ["create_model", "model_info"]
@@ -161,6 +161,9 @@ def create_model(
 
     Raises:
         UnknownModelError: for an unknown name, naming the closest registered ones.
+        ValueError: for an argument of the wrong type or range (``num_classes=True``,
+            ``img_size=224.9``, ``drop_path_rate="0.1"``), naming it and the value; the
+            configuration's own fields (``drop_rate``, ``attn_drop_rate``, ...) likewise.
         TypeError: for an option that is neither an argument above nor a field of the family's
             configuration, naming the closest accepted one.
     """
@@ -170,15 +173,17 @@ def create_model(
             f"{entry.name}: visionzoo downloads no weights (pretrained=True); pass checkpoint=PATH, a timm, "
             f"torchvision or official checkpoint file (or state dict) of {entry.name}, which load_checkpoint converts"
         )
-    if not isinstance(num_classes, int) or num_classes < 0:
-        raise ValueError(f"num_classes must be a non-negative int, got {num_classes!r}")
-    if not isinstance(in_chans, int) or in_chans < 1:
-        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    check_int("num_classes", num_classes, 0)
+    check_int("in_chans", in_chans)
+    if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, numbers.Real):
+        raise ValueError(f"drop_path_rate takes a number in [0, 1), got {drop_path_rate!r}")
     if not 0 <= drop_path_rate < 1:
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+    if not isinstance(features_only, bool):
+        raise ValueError(f"features_only takes True or False, got {features_only!r}")
     global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
-    size = to_2tuple(img_size) if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
+    size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
     if min(size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
     model = entry.model_cls(

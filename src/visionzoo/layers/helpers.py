@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -17,14 +18,24 @@ from .activations import GELU
 __all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
-def to_2tuple(x: int | Iterable[int]) -> tuple[int, int]:
-    """``7 -> (7, 7)``; a pair is returned as a tuple."""
-    if isinstance(x, Iterable):
-        t = tuple(int(v) for v in x)
-        if len(t) != 2:
-            raise ValueError(f"expected an int or a pair, got {x!r}")
-        return t  # type: ignore[return-value]
-    return (int(x), int(x))
+def to_2tuple(x: int | Iterable[int], name: str = "size") -> tuple[int, int]:
+    """``7 -> (7, 7)``; a pair is returned as a tuple of ints.
+
+    Raises ValueError naming ``name`` for anything else: a bool, a float (224.9 is not
+    truncated), a string, a sequence of another length.
+    """
+    pair = tuple(x) if isinstance(x, Iterable) and not isinstance(x, (str, bytes)) else (x, x)
+    ints = [None if isinstance(v, bool) else _index(v) for v in pair]
+    if len(pair) != 2 or None in ints:
+        raise ValueError(f"{name} takes an int or a pair of ints, got {x!r}")
+    return ints[0], ints[1]  # type: ignore[return-value]
+
+
+def _index(v: object) -> int | None:
+    try:
+        return operator.index(v)  # ints, NumPy ints, 0-d integer tensors; not 224.0
+    except TypeError:
+        return None
 
 
 def classifier(in_features: int, num_classes: int) -> nn.Module:
