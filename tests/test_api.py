@@ -17,10 +17,38 @@ def test_list_models_sorted_and_filtered():
     assert "vit_base_patch16_224" in vits and all(n.startswith("vit") for n in vits)
     assert visionzoo.list_models("no_such_*") == []
     assert "vit_b_16" not in names and "vit_b_16" in visionzoo.list_models(aliases=True)
-    with pytest.raises(TypeError, match=r"list_models: pattern takes an fnmatch pattern such as 'vit\*' \(a str\) or None, got int 123"):
+    with pytest.raises(TypeError, match=r"list_models: filter takes an fnmatch pattern such as 'vit\*' \(a str\), a list of them or '', got int 123"):
         visionzoo.list_models(123)
     with pytest.raises(TypeError, match="list_models: family takes a family key"):
         visionzoo.list_models(family=["vit"])
+
+
+def test_list_models_takes_timms_arguments():
+    """timm's list_models(filter, module, pretrained, exclude_filters, name_matches_cfg,
+    include_tags) and is_model."""
+    vits = visionzoo.list_models(filter="vit*")
+    assert vits == visionzoo.list_models("vit*") and "vit_tiny_patch16_224" in vits
+    tiny = visionzoo.list_models(["vit_t*", "deit_t*"])  # a union, sorted
+    assert tiny == sorted(set(visionzoo.list_models("vit_t*")) | set(visionzoo.list_models("deit_t*")))
+    assert "deit_tiny_distilled_patch16_224" in tiny and "vit_tiny_patch16_224" in tiny
+    assert visionzoo.list_models("vit*", exclude_filters="*_384") == [n for n in vits if not n.endswith("_384")]
+    assert visionzoo.list_models("vit*", exclude_filters=["*_384", "*_r50_*"]) == [n for n in vits if not n.endswith("_384") and "_r50_" not in n]
+    # module: visionzoo's family keys (DeiT and the R50 hybrid are in the vit family), as family=
+    assert visionzoo.list_models(module="vit") == visionzoo.list_models(family="vit")
+    assert "deit_tiny_patch16_224" in visionzoo.list_models("*tiny*", "vit")
+    both = visionzoo.list_models(module=["swin", "nest"])
+    assert both == sorted(visionzoo.list_models(family="swin") + visionzoo.list_models(family="nest"))
+    with pytest.raises(ValueError, match="unknown family 'vision_transformer'.*not timm's module names"):
+        visionzoo.list_models(module="vision_transformer")
+    with pytest.raises(ValueError, match="visionzoo downloads no weights.*checkpoint=PATH"):
+        visionzoo.list_models(pretrained=True)
+    with pytest.raises(ValueError, match="no pretrained tags"):
+        visionzoo.list_models(include_tags=True)
+    assert visionzoo.list_models(include_tags=False) == visionzoo.list_models(name_matches_cfg=True, aliases=True) == visionzoo.list_models()
+    with pytest.raises(TypeError, match="list_models: exclude_filters takes an fnmatch pattern"):
+        visionzoo.list_models(exclude_filters=[3])
+    assert visionzoo.is_model("resnet18") and visionzoo.is_model("vit_b_16")  # a name and an alias
+    assert not visionzoo.is_model("resnet_18") and not visionzoo.is_model(None) and not visionzoo.is_model("resnet50.a1_in1k")
 
 
 def test_unknown_model_names_closest():

@@ -3,7 +3,7 @@
 from .base import FeatureInfo, InputError, VisionModel
 from .checkpoints import CheckpointError, load_checkpoint, save_state_dict
 from .factory import create_model, model_info
-from .registry import UnknownModelError, list_models
+from .registry import UnknownModelError, is_model, list_models
 
 __version__ = "0.1.0"
 
@@ -14,6 +14,7 @@ __all__ = [
     "UnknownModelError",
     "VisionModel",
     "create_model",
+    "is_model",
     "list_models",
     "load_checkpoint",
     "model_info",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "UnknownModelError",
     "default_cfg",
     "get_entry",
+    "is_model",
     "list_models",
     "register_alias",
     "register_family",
@@ -170,22 +171,90 @@ def get_entry(name: str) -> ModelEntry:
     raise UnknownModelError(f"unknown model {name!r}{hint}")
 
 
-def list_models(pattern: str | None = None, *, family: str | None = None, aliases: bool = False, sort: bool = True) -> list[str]:
-    """Sorted registered names, filtered by an fnmatch ``pattern`` and/or a ``family``.
+def list_models(
+    filter: str | Iterable[str] | None = "",
+    module: str | Iterable[str] = "",
+    pretrained: bool = False,
+    exclude_filters: str | Iterable[str] = "",
+    name_matches_cfg: bool = False,
+    include_tags: bool | None = None,
+    *,
+    family: str | None = None,
+    aliases: bool = False,
+    sort: bool = True,
+) -> list[str]:
+    """Sorted registered names, with timm's arguments.
 
-    Aliases are included only with ``aliases=True``. ``sort=False`` keeps the order in which
-    families registered their variants (a family's own order, e.g. the ConvNeXt roadmap's steps).
+    Args:
+        filter: an fnmatch pattern (``'vit*'``) or a list of them: the names any of them
+            matches; empty or None: every name.
+        module: a visionzoo family key (:func:`families`: ``'vit'``, ``'swin'``,
+            ``'resnet'``, ...) or a list of them. timm's ``module`` is the Python module a
+            model is defined in (``'vision_transformer'``, ``'swin_transformer'``,
+            ``'maxxvit'`` for CoAtNet); visionzoo's families are its files' keys, so timm's
+            module names are not taken: an unknown key is refused, naming the families.
+        pretrained: timm's argument: visionzoo downloads no weights, so no model has any to
+            list and ``True`` raises (``create_model(name, checkpoint=PATH)`` loads a timm,
+            torchvision or official checkpoint); ``False`` does nothing.
+        exclude_filters: an fnmatch pattern or a list of them: names any of them matches
+            are left out.
+        name_matches_cfg: timm's "only names that have their own configuration": every
+            registered name has one, so ``True`` only leaves out the aliases.
+        include_tags: timm's pretrained tags (``resnet50.a1_in1k``): visionzoo has none, so
+            ``True`` is refused; None and False list the plain names.
+        family: a family key, as ``module``.
+        aliases: include aliases (torchvision's names, say) of the registered names.
+        sort: ``False`` keeps the order in which families registered their variants (a
+            family's own order, e.g. the ConvNeXt roadmap's steps).
+
+    Raises:
+        TypeError: a filter, module or family of the wrong type.
+        ValueError: ``pretrained=True``, ``include_tags=True``, an unknown family key.
     """
-    for arg, value, takes in (("pattern", pattern, "an fnmatch pattern such as 'vit*'"), ("family", family, "a family key such as 'vit'")):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"list_models: {arg} takes {takes} (a str) or None, got {type(value).__name__} {value!r}")
+    include = _patterns("filter", filter, "an fnmatch pattern such as 'vit*'")
+    exclude = _patterns("exclude_filters", exclude_filters, "an fnmatch pattern such as '*_384'")
+    keys = _patterns("module", module, "a family key such as 'vit'")
+    if family is not None:
+        if not isinstance(family, str):
+            raise TypeError(f"list_models: family takes a family key such as 'vit' (a str) or None, got {type(family).__name__} {family!r}")
+        keys.append(family)
+    if pretrained:
+        raise ValueError(
+            "list_models(pretrained=True): visionzoo downloads no weights, so no model has pretrained weights to list; "
+            "list_models() names every model, and create_model(name, checkpoint=PATH) loads a timm, torchvision or official checkpoint"
+        )
+    if include_tags:
+        raise ValueError("list_models(include_tags=True): visionzoo's names carry no pretrained tags (timm's 'resnet50.a1_in1k'): it has no weights to tag")
     _ensure_loaded()
-    names = [n for n, e in _REGISTRY.items() if family is None or e.family == family]
-    if aliases:
-        names += [a for a, n in _ALIASES.items() if family is None or _REGISTRY[n].family == family]
-    if pattern:
-        names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    unknown = [k for k in keys if k not in families()]
+    if unknown:
+        raise ValueError(f"list_models: unknown family {unknown[0]!r} (module and family take visionzoo's family keys, not timm's module names): one of {families()}")
+    names = [n for n, e in _REGISTRY.items() if not keys or e.family in keys]
+    if aliases and not name_matches_cfg:
+        names += [a for a, n in _ALIASES.items() if not keys or _REGISTRY[n].family in keys]
+    if include:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in include)]
+    names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude)]
     return sorted(names) if sort else names
+
+
+def _patterns(arg: str, value: object, takes: str) -> list[str]:
+    """``value`` (a str, a list of them, or empty / None: none) as a list of non-empty strs."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [value]
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, (bytes, Mapping)) else None
+    if items is None or not all(isinstance(v, str) for v in items):
+        raise TypeError(f"list_models: {arg} takes {takes} (a str), a list of them or '', got {type(value).__name__} {value!r}")
+    return [v for v in items if v]
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` is a registered model name or an alias (timm's ``is_model``): what
+    :func:`visionzoo.create_model` accepts. timm's tagged names (``resnet50.a1_in1k``) are not."""
+    _ensure_loaded()
+    return isinstance(name, str) and (name in _REGISTRY or name in _ALIASES)
 
 
 def families() -> list[str]:
