@@ -27,7 +27,9 @@ def test_list_models_takes_timms_arguments():
     """timm's list_models(filter, module, pretrained, exclude_filters, name_matches_cfg,
     include_tags) and is_model."""
     vits = visionzoo.list_models(filter="vit*")
-    assert vits == visionzoo.list_models("vit*") and "vit_tiny_patch16_224" in vits
+    assert vits == visionzoo.list_models("vit*") == visionzoo.list_models(pattern="vit*") and "vit_tiny_patch16_224" in vits
+    with pytest.raises(TypeError, match="filter or pattern"):
+        visionzoo.list_models("vit*", pattern="deit*")
     tiny = visionzoo.list_models(["vit_t*", "deit_t*"])  # a union, sorted
     assert tiny == sorted(set(visionzoo.list_models("vit_t*")) | set(visionzoo.list_models("deit_t*")))
     assert "deit_tiny_distilled_patch16_224" in tiny and "vit_tiny_patch16_224" in tiny

@@ -182,6 +182,7 @@ def list_models(
     family: str | None = None,
     aliases: bool = False,
     sort: bool = True,
+    pattern: str | None = None,
 ) -> list[str]:
     """Sorted registered names, with timm's arguments.
 
@@ -206,12 +207,18 @@ def list_models(
         aliases: include aliases (torchvision's names, say) of the registered names.
         sort: ``False`` keeps the order in which families registered their variants (a
             family's own order, e.g. the ConvNeXt roadmap's steps).
+        pattern: the name of ``filter`` before it took timm's name (one pattern), kept so
+            that ``list_models(pattern='vit*')`` still works.
 
     Raises:
         TypeError: a filter, module or family of the wrong type.
         ValueError: ``pretrained=True``, ``include_tags=True``, an unknown family key.
     """
     include = _patterns("filter", filter, "an fnmatch pattern such as 'vit*'")
+    if pattern is not None:
+        if include:
+            raise TypeError("list_models: give filter or pattern (its former name), not both")
+        include = _patterns("pattern", pattern, "an fnmatch pattern such as 'vit*'")
     exclude = _patterns("exclude_filters", exclude_filters, "an fnmatch pattern such as '*_384'")
     keys = _patterns("module", module, "a family key such as 'vit'")
     if family is not None:
