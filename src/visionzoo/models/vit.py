@@ -575,7 +575,11 @@ class VisionTransformer(VisionModel):
     def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
         """ValueError where the checkpoint has a class / distillation token this model lacks,
         or lacks one it has: its position embedding then counts other prefix rows, and the
-        variant differs (a distilled DeiT's head, a class-token-free average pool)."""
+        variant differs (a distilled DeiT's head, a class-token-free average pool). A checkpoint
+        without a position embedding (a partial one, loaded with ``strict=False``) is left to the
+        key checks of :func:`~visionzoo.load_checkpoint`."""
+        if "pos_embed" not in state_dict:
+            return
         has = {  # the model lacks the token the checkpoint has: what the checkpoint is
             "cls_token": "a class token (cls_token), which this model (class_token=False) has not: it is a checkpoint of a class-token variant",
             "dist_token": "a distillation token (dist_token, head_dist), which this model has not: it is a distilled DeiT's checkpoint (deit_*_distilled_*)",
