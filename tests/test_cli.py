@@ -187,6 +187,10 @@ def test_resume_lists_only_real_flags(tmp_path, capsys):
     (["--log-every", "0"], "--log-every must be at least 1, got 0"),
     (["--seg-head", "aspp"], "--seg-head is an option of --task segment (the head"),
     (["--ema-decay", "0.9"], "--ema-decay is an option of --ema"),  # it used to be recorded and ignored
+    # these trained (a label-loss weight of -0.5; a negative temperature) or failed as a NaN loss
+    (["--distill-alpha", "0.3"], "--distill-alpha is an option of distillation; give --teacher NAME"),
+    (["--teacher", "resnet18", "--teacher-checkpoint", "t.safetensors", "--distill-alpha", "1.5"], "--distill-alpha must be in [0, 1]"),
+    (["--teacher", "resnet18", "--teacher-checkpoint", "t.safetensors", "--distill-tau", "0"], "--distill-tau must be a positive temperature, got 0.0"),
 ])
 def test_train_option_errors(tmp_path, capsys, args, needle):
     err = _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)

@@ -61,6 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = _resumed(TrainConfig, "classify", given, args.output)
     else:
         cfg = TrainConfig(**{k: v for k, v in given.items() if k != "resume"})
+    for flag, value in (("--distill-alpha", args.distill_alpha), ("--distill-tau", args.distill_tau)):
+        if value is not None and not cfg.teacher:
+            raise CLIError(f"{flag} is an option of distillation; give --teacher NAME --teacher-checkpoint FILE or leave {flag} out")
     if args.ema_decay is not None and not cfg.ema:
         raise CLIError("--ema-decay is an option of --ema (the decay of its moving average of the weights); add --ema or leave --ema-decay out")
     if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and not cfg.resume and _is_rank0():
@@ -232,8 +235,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("distillation")
     g.add_argument("--teacher", default=None, metavar="NAME")
     g.add_argument("--teacher-checkpoint", default=None, metavar="FILE")
-    g.add_argument("--distill-alpha", type=float, default=None, help="weight of the soft-KD term (default 0.5)")
-    g.add_argument("--distill-tau", type=float, default=None, help="soft-KD temperature (default 1)")
+    g.add_argument("--distill-alpha", type=float, default=None,
+                   help="weight of the distillation term, in [0, 1] (the labels' 1 - alpha): soft KD's, or deit_*_distilled's hard-label loss through its distillation token (default 0.5, DeiT's)")
+    g.add_argument("--distill-tau", type=float, default=None, help="soft-KD temperature (default 1; hard-label distillation has none)")
     g = p.add_argument_group("run")
     g.add_argument("--output", default=None, help="output folder (default runs/<model>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint, with its own settings (only --epochs and the run options may change)")
