@@ -247,6 +247,7 @@ def test_ema_leaves_a_constant_tensor_bit_identical():
     for n in range(2000):
         ema = avg(ema, const, torch.tensor(n))
     assert torch.equal(ema, const)
+    assert torch.equal(avg(torch.tensor(3), torch.tensor(7), torch.tensor(5)), torch.tensor(7))  # num_batches_tracked
     ema, p = torch.zeros(3), torch.ones(3)
     for n in range(3):
         d = min(0.999, (1 + n) / (10 + n))

@@ -276,6 +276,8 @@ def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     away a little on every step (up to 4e-6 relative after 2,000 steps)."""
 
     def avg(ema_p: Tensor, p: Tensor, n: Tensor) -> Tensor:
+        if not ema_p.is_floating_point():  # BatchNorm's num_batches_tracked: copied (_copy_int_buffers)
+            return p
         k = float(n)
         d = min(decay, (1 + k) / (10 + k))
         return ema_p.lerp(p, 1 - d)
