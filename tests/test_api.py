@@ -144,7 +144,7 @@ def test_override_values_are_checked_against_the_configuration(name, override, e
 
 def test_override_values_that_are_fine_pass():
     """Lists for tuples (what JSON and the CLI give), None where the field allows it, 0 for
-    numbers that may be 0 (layer scale off)."""
+    numbers that may be 0 (a layer scale starting at 0)."""
     m = visionzoo.create_model("convnext_tiny", depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], ls_init_value=0, num_classes=2)
     assert m.cfg.depths == (1, 1, 1, 1) and isinstance(m.cfg.dims, tuple) and m.cfg.ls_init_value == 0.0
     assert visionzoo.create_model("coatnet_0_224", head_hidden_size=None, depths=[1, 1, 1, 1], num_classes=2).cfg.head_hidden_size is None
@@ -194,6 +194,19 @@ def test_model_info_fields_and_counted_macs():
     assert abs(info["gmacs"] - 17.6) / 17.6 < 0.03
     # the counter sees attention: at 384 the (hw)^2 term grows the total faster than hw
     assert visionzoo.model_info("vit_base_patch16_224", img_size=384)["gmacs"] > 3 * info["gmacs"]
+
+
+def test_model_info_gives_no_published_figures_for_a_changed_network():
+    """The paper's figures describe the default configuration: with depth=2 (or 10 classes)
+    they used to be printed beside the changed network's counts. Dropout and the default
+    values change nothing."""
+    for overrides in ({"depth": 2}, {"pos_embed": "relative_2d"}, {"num_classes": 10}):
+        info = visionzoo.model_info("vit_tiny_patch16_224", **overrides)
+        assert info["published_params_m"] is info["published_gmacs"] is info["published_top1"] is None
+        k, v = next(iter(overrides.items()))
+        assert info["published_note"] == f"the paper's figures are for the default configuration; this one sets {k}={v!r}"
+    for overrides in ({"depth": 12}, {"drop_path_rate": 0.1}, {"num_classes": 1000, "in_chans": 3}):
+        assert visionzoo.model_info("vit_tiny_patch16_224", **overrides)["published_params_m"] == 5.7
 
 
 @pytest.mark.parametrize("name", [n for n in visionzoo.list_models() if visionzoo.registry.get_entry(n).published.get("gmacs")])

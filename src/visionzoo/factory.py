@@ -258,6 +258,11 @@ def count_macs(model: torch.nn.Module, input_size: Sequence[int], *, device: str
     return run_flop_counter(model, input_size, device=device).get_total_flops() // 2
 
 
+_UNSET = object()
+#: create_model's arguments at the values the papers' figures are for
+_PLAIN_ARGS = {"num_classes": 1000, "in_chans": 3}
+
+
 def _meta_model(name: str, **kwargs: Any) -> VisionModel:
     """``create_model`` on the meta device (no memory, no initialisation), in eval mode."""
     with torch.device("meta"):
@@ -276,12 +281,18 @@ def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **over
         torch.utils.flop_counter at the default or given input size), ``input_size``,
         ``published_params_m``, ``published_gmacs``, ``published_top1``, ``paper`` and
         ``published_input_size`` (the size the paper's figures are for: the entry's default).
+        Where ``overrides`` change the network (any but dropout rates, and ``num_classes`` /
+        ``in_chans`` at 1000 / 3), the published figures are None and ``published_note`` says
+        what was changed: the paper's figures describe the default configuration.
     """
     entry = get_entry(name)
     model = _meta_model(entry.name, img_size=img_size, **overrides)
     input_size = model.default_cfg["input_size"]
     macs = count_macs(model, input_size)
     pub = entry.published
+    changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, _PLAIN_ARGS.get(k, _UNSET))]
+    if changed:
+        pub = {"note": f"the paper's figures are for the default configuration; this one sets {', '.join(changed)}"}
     return {
         "name": entry.name,
         "family": entry.family,

@@ -32,6 +32,23 @@ def test_logits_equal_timm(name):
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
 
 
+@pytest.mark.parametrize("ls_init_value", [None, 0.0, 0.5])
+def test_layer_scale_option_as_timms(ls_init_value):
+    """timm's ls_init_value: None builds no layer scale, a number (0 too) a gamma starting at
+    it, so a block at 0 starts as the identity (0 used to drop gamma, and a timm checkpoint of
+    such a model did not load). (timm's create_model drops None arguments: its class is built.)"""
+    kw = dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), ls_init_value=ls_init_value, num_classes=5)
+    ref = timm.models.convnext.ConvNeXt(**kw).eval()
+    ours = visionzoo.create_model("convnext_tiny", **kw).eval()
+    assert sorted(ours.state_dict()) == sorted(ref.state_dict())
+    if ls_init_value is not None:
+        torch.testing.assert_close(ours.stages[0].blocks[0].gamma, torch.full((16,), ls_init_value))
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
 def test_training_gradients_equal_timm():
     """Training mode, float64: every gradient equals timm's (the depthwise 7x7's weight
     gradient runs visionzoo's own CPU path, layers.conv.depthwise_weight_grad)."""

@@ -43,13 +43,14 @@ class ConvNeXtBlock(nn.Module):
         (B, C, H, W) -> (B, C, H, W).
     """
 
-    def __init__(self, dim: int, *, kernel_size: int = 7, dilation: int = 1, mlp_ratio: float = 4.0, ls_init_value: float = 1e-6, drop_path: float = 0.0) -> None:
+    def __init__(self, dim: int, *, kernel_size: int = 7, dilation: int = 1, mlp_ratio: float = 4.0, ls_init_value: float | None = 1e-6, drop_path: float = 0.0) -> None:
         super().__init__()
         # (Conv2d for its fast CPU weight gradient)
         self.conv_dw = Conv2d(dim, dim, kernel_size, padding=dilation * (kernel_size - 1) // 2, dilation=dilation, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(mlp_ratio * dim))
-        self.gamma = nn.Parameter(torch.full((dim,), ls_init_value)) if ls_init_value > 0 else None
+        # timm's convention: None, no layer scale; any number (0 too: the block starts as the identity) its initial value
+        self.gamma = nn.Parameter(torch.full((dim,), float(ls_init_value))) if ls_init_value is not None else None
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -148,7 +149,7 @@ class ConvNeXtConfig:
     depths: tuple[int, int, int, int] = (3, 3, 9, 3)
     dims: tuple[int, int, int, int] = (96, 192, 384, 768)
     kernel_size: int = 7
-    ls_init_value: float = 1e-6
+    ls_init_value: float | None = 1e-6  # None: no layer scale (timm's; 0 is a layer scale starting at 0)
     drop_rate: float = 0.0
     output_stride: int = 32
 
