@@ -264,3 +264,33 @@ def test_readme_says_what_load_segmentation_returns():
     readme = " ".join((ROOT / "README.md").read_text().split())
     assert "load_segmentation(path)` rebuilds the network" not in readme
     assert "`(model, metadata)` tuple" in readme
+
+
+@pytest.mark.parametrize("error, one_line", [
+    (MemoryError("Unable to allocate 67.1 GiB for an array"), True),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to allocate 72000000000 bytes."), True),
+    (RuntimeError("an error of the code, not of the request"), False),
+])
+def test_out_of_memory_is_one_line(monkeypatch, capsys, error, one_line):
+    """A request too large for the machine (visionzoo rf --rates 3000,3000 drew a 6000-px
+    picture) ends in one line, where it was a traceback; any other RuntimeError still raises."""
+    import visionzoo.cli.analysis as analysis
+
+    def too_big(args):
+        raise error
+
+    monkeypatch.setattr(analysis, "cmd_rf", too_big)
+    if not one_line:
+        with pytest.raises(RuntimeError, match="of the code"):
+            main(["rf", "--rates", "1,2"])
+        return
+    assert main(["rf", "--rates", "1,2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("visionzoo rf: error: out of memory") and "ask for less" in err and "\n" not in err
+
+
+def test_info_takes_img_size_through_set(capsys):
+    """--set img_size=64 failed as model_info() 'got multiple values for keyword argument'."""
+    assert main(["info", "vit_tiny_patch16_224", "--set", "img_size=64"]) == 0
+    assert "at 64x64 (paper: 1.26 at 224x224)" in capsys.readouterr().out
+    _one_line_error(["info", "vit_tiny_patch16_224", "--set", "img_size=64", "--img-size", "32"], capsys, "give the input size once")

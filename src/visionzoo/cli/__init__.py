@@ -130,6 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"visionzoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # RuntimeError: torch's CPU allocator ("can't allocate memory"), CUDA's OOM
+        if args.debug or not (isinstance(e, MemoryError) or _out_of_memory(e)):
+            raise
+        print(f"visionzoo {args.command}: error: out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}): "
+              "ask for less (a smaller size, batch or picture)", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    """Whether ``e`` is an allocation failure (torch's CPU allocator's or CUDA's), not another error."""
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def command() -> int:

@@ -44,7 +44,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     precision = "bf16 autocast" if args.amp else "fp32"
     layout = ", channels_last" if args.channels_last else ""
     print(f"{'training steps (forward + backward + SGD step)' if args.train else 'inference (eval, inference_mode)'}, batch {args.batch_size}, "
-          f"{precision}{layout}{', torch.compile' if args.compile else ''}; {args.rounds} rounds of {args.iters} steps after {args.warmup} warm-up steps")
+          f"{precision}{layout}{', torch.compile' if args.compile else ''}; {args.rounds} rounds of at least {args.iters} steps after {args.warmup} warm-up steps"
+          + (" (a round of a fast model runs more: at least 0.5 s of steps per implementation)" if args.warmup else ""))
     print("GMACs: per image, forward; GFLOP/s: 2 x GMACs x img/s" + (" x 3 (forward + backward)" if args.train else ""))
     retained = memory_retained()
     if args.device == "cpu":  # (host memory: what the C library does with freed activations)

@@ -21,7 +21,7 @@ def paper_gmacs(row: dict) -> str:
     if v is None:
         return "-"
     at = row["published_input_size"]
-    return str(v) if tuple(at) == tuple(row["input_size"]) else f"{v} at {at[1]}x{at[2]}"
+    return str(v) if tuple(at[1:]) == tuple(row["input_size"][1:]) else f"{v} at {at[1]}x{at[2]}"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -79,6 +79,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
+    if "img_size" in overrides:  # --img-size under another name: taken as it, once
+        if args.img_size is not None:
+            raise ValueError("give the input size once: --img-size or --set img_size=..., not both")
+        args.img_size = overrides.pop("img_size")
     info = model_info(args.name, img_size=args.img_size, **overrides)
     if args.json:
         print(json.dumps({k: v for k, v in info.items() if k != "default_cfg"}, indent=2, default=str))
