@@ -5,6 +5,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -152,6 +153,99 @@ def test_attention_refusal_of_a_cnn_is_one_line(tmp_path, capsys):
     err = _one_line_error(["attention", "rollout", "resnet18", "--img-size", "32", "--image", str(tmp_path / "img.png"),
                            "--output", str(tmp_path / "a.png")], capsys, "ViT-style")
     assert "random weights" not in err
+
+
+def _colour_photo(path: Path) -> Path:
+    """A 40x48 RGB picture whose channels differ, so a grey conversion is not a channel pick."""
+    from PIL import Image
+
+    y, x = torch.meshgrid(torch.arange(40), torch.arange(48), indexing="ij")
+    rgb = torch.stack([x * 5, y * 6, (x * y) % 256], -1).to(torch.uint8).numpy()
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _recording(monkeypatch, fn_name):
+    """Replace ``visionzoo.analysis.<fn_name>`` by a wrapper that records (model, input, result)."""
+    import visionzoo.analysis as analysis
+
+    calls = []
+    fn = getattr(analysis, fn_name)
+
+    def wrapper(model, x, *args, **kwargs):
+        out = fn(model, x, *args, **kwargs)
+        calls.append((model, x, out))
+        return out
+
+    monkeypatch.setattr(analysis, fn_name, wrapper)
+    return calls
+
+
+def test_attention_reads_a_train_runs_checkpoint_as_predict_does(tmp_path, capsys, monkeypatch):
+    """A visionzoo train run's checkpoint (architecture overrides, 1-channel 32 px digits, its
+    normalisation) is rebuilt as load_trained rebuilds it, and the image (a colour photo)
+    converted to grey and normalised as predict does: the maps are those of the trained
+    network. attention used create_model(name, checkpoint=...), which refused the file
+    (learned_2d keys, depth 2) or drew a fresh 224 px, 3-channel, ImageNet-normalised ViT."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from visionzoo.analysis import attention_rollout, mean_attention_distance
+    from visionzoo.train.data import eval_transform, load_image
+    from visionzoo.train.inference import load_trained
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "vit_tiny_patch16_224", "--img-size", "32", "--model-arg", "depth=2",
+                 "--model-arg", "patch_size=8", "--model-arg", "pos_embed=learned_2d", "--epochs", "1",
+                 "--batch-size", "64", "--progress", "none", "--output", str(run)]) == 0
+    ckpt = str(run / "model.safetensors")
+    expected, info = load_trained(ckpt, "vit_tiny_patch16_224")
+    p = info["preprocessing"]
+    assert p["in_chans"] == 1 and p["img_size"] == 32 and p["mean"] != [0.0]  # the run's own normalisation
+    img = _colour_photo(tmp_path / "photo.png")
+    x = eval_transform(32, p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=1)(load_image(img))
+    assert x.shape == (1, 32, 32)
+
+    rollouts = _recording(monkeypatch, "plot_attention_rollout")
+    distances = _recording(monkeypatch, "plot_attention_distance")
+    capsys.readouterr()
+    for what in ("rollout", "distance", "posembed"):
+        assert main(["attention", what, "vit_tiny_patch16_224", "--image", str(img), "--checkpoint", ckpt,
+                     "--output", str(tmp_path / f"{what}.png")]) == 0, capsys.readouterr().err
+        assert (tmp_path / f"{what}.png").is_file()
+    assert "random weights" not in capsys.readouterr().err
+    (model, xr, roll), (model_d, xd, dist) = rollouts[0], distances[0]
+    for m in (model, model_d):
+        assert len(m.blocks) == 2
+        sd, ref = m.state_dict(), expected.state_dict()
+        assert sd.keys() == ref.keys() and all(torch.equal(sd[k], ref[k]) for k in ref)
+    torch.testing.assert_close(xr, x)
+    torch.testing.assert_close(xd, x[None])
+    np.testing.assert_allclose(roll, attention_rollout(expected, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dist, mean_attention_distance(expected, x[None]), rtol=1e-5, atol=1e-5)
+    assert dist.shape == (2, 3)
+
+
+def test_attention_reads_a_foreign_checkpoint_with_its_classifier(tmp_path, capsys, monkeypatch):
+    """A timm-layout .pth (a state dict, no metadata) is still read: the NAME's architecture,
+    the file's 10-class head (not a fresh 1000-class one left initialised, with a warning), the
+    model's default_cfg normalisation, at --img-size."""
+    import warnings
+
+    pytest.importorskip("matplotlib")
+    from visionzoo.analysis import mean_attention_distance
+
+    torch.manual_seed(0)
+    full = visionzoo.create_model("vit_tiny_patch16_224", num_classes=10, img_size=64).eval()
+    torch.save(full.state_dict(), tmp_path / "vit.pth")
+    distances = _recording(monkeypatch, "plot_attention_distance")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["attention", "distance", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "vit.pth"),
+                     "--img-size", "64", "--output", str(tmp_path / "d.png")]) == 0, capsys.readouterr().err
+    model, x, d = distances[0]
+    assert model.head.out_features == 10 and x.shape == (1, 3, 64, 64)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), full.state_dict().values()))
+    np.testing.assert_allclose(d, mean_attention_distance(full, x), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------- train

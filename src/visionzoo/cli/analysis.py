@@ -56,15 +56,29 @@ def cmd_rf(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(args: argparse.Namespace) -> Any:
+def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode, preprocessing). A checkpoint is read as ``export``, ``eval`` and
+    ``predict`` read it (:func:`visionzoo.train.inference.load_trained`): a ``visionzoo train``
+    run's architecture, input channels, size, classes and normalisation, or a foreign
+    checkpoint's classifier size with the model's default_cfg. Without one, the model's
+    default_cfg."""
     import visionzoo
 
-    kwargs: dict[str, Any] = {}
-    if args.img_size is not None:
-        if args.img_size < 1:
-            raise CLIError(f"--img-size must be positive, got {args.img_size}")
-        kwargs["img_size"] = args.img_size
-    return visionzoo.create_model(args.name, checkpoint=args.checkpoint, **kwargs).eval()
+    from ..train.inference import load_trained
+
+    if args.img_size is not None and args.img_size < 1:
+        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    if args.checkpoint is not None:
+        model, info = load_trained(args.checkpoint, args.name, img_size=args.img_size)
+        p = info["preprocessing"]
+        return model, {**p, "input_size": (p["in_chans"], p["img_size"], p["img_size"])}
+    kwargs = {"img_size": args.img_size} if args.img_size is not None else {}
+    model = visionzoo.create_model(args.name, **kwargs).eval()
+    cfg = model.default_cfg
+    C = cfg["input_size"][0]
+    mean, std = (cfg["mean"], cfg["std"]) if C == 3 else ((0.0,) * C, (1.0,) * C)
+    return model, {"input_size": tuple(cfg["input_size"]), "in_chans": C, "mean": mean, "std": std,
+                   "crop_pct": cfg.get("crop_pct", 1.0), "interpolation": cfg.get("interpolation", "bicubic")}
 
 
 def _random_weights_note(args: argparse.Namespace) -> None:
@@ -73,11 +87,13 @@ def _random_weights_note(args: argparse.Namespace) -> None:
         print("note: random weights (pass --checkpoint for trained attention)", file=sys.stderr)
 
 
-def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
+def _load_image(path: str | None, prep: dict[str, Any], *, required: bool) -> Any:
+    """The image as the model sees it, (1, C, H, W): converted to its input channels (a colour
+    photo to grey for a 1-channel network, as predict does), resized and normalised with
+    ``prep`` (:func:`_load_model`'s); random noise of that shape where no path is given."""
     import torch
 
-    cfg = model.default_cfg
-    C, H, W = cfg["input_size"]
+    C, H, W = prep["input_size"]
     if path is None:
         if required:
             raise CLIError("--image is required")
@@ -85,10 +101,9 @@ def _load_image(path: str | None, model: Any, *, required: bool) -> Any:
     from ..train.data import eval_transform, load_image
 
     img = load_image(path)  # DataError: one line
-    mean, std = (cfg["mean"], cfg["std"]) if C == 3 else ((0.0,) * C, (1.0,) * C)
     # the model's evaluation view (short side resized, centre crop): the picture is not distorted
     side = max(H, W)
-    tf = eval_transform(side, mean, std, crop_pct=cfg.get("crop_pct", 1.0), interpolation=cfg.get("interpolation", "bicubic"), in_chans=C)
+    tf = eval_transform(side, prep["mean"], prep["std"], crop_pct=prep["crop_pct"], interpolation=prep["interpolation"], in_chans=C)
     x = tf(img)
     top, left = (side - H) // 2, (side - W) // 2
     return x[None, :, top : top + H, left : left + W]
@@ -102,14 +117,14 @@ def cmd_attention(args: argparse.Namespace) -> int:
         raise CLIError("--image is required")
     if args.image is not None and not os.path.isfile(args.image):
         raise CLIError(f"--image {args.image}: no such file")
-    model = _load_model(args)
+    model, prep = _load_model(args)
     if args.what == "rollout":
-        x = _load_image(args.image, model, required=True)
+        x = _load_image(args.image, prep, required=True)
         _plot(plot_attention_rollout, model, x[0], args.output, head_fusion=args.head_fusion)
         _random_weights_note(args)
         print(f"wrote {args.output}")
     elif args.what == "distance":
-        x = _load_image(args.image, model, required=False)
+        x = _load_image(args.image, prep, required=False)
         d = _plot(plot_attention_distance, model, x, args.output)
         _random_weights_note(args)
         for i, row in enumerate(d):
@@ -157,8 +172,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("what", choices=("rollout", "distance", "posembed"))
     p.add_argument("name", help="model name, e.g. vit_base_patch16_224")
     p.add_argument("--image", default=None, help="image file (rollout: required; distance: random noise if omitted)")
-    p.add_argument("--checkpoint", default=None, help="weights (any layout load_checkpoint knows)")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    p.add_argument("--checkpoint", default=None, help="weights: a visionzoo train run's (its architecture, channels, size and normalisation), "
+                   "or any layout load_checkpoint knows")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the checkpoint's, else the model's)")
     p.add_argument("--head-fusion", default="mean", choices=("mean", "max", "min"), help="rollout: how heads combine")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(func=cmd_attention)
