@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -224,6 +225,52 @@ def test_flops_breakdown_hierarchical_and_uncalled_containers():
     h = flops_breakdown("hrnet_w18_small")
     assert math.isclose(sum(h["stages"].values()), h["gmacs"], rel_tol=1e-9)
     assert "(model)" not in h["stages"]
+
+
+def test_flops_breakdown_rows_are_stages():
+    """One row per stage (the modules from one feature map to the next), not per block
+    (ResNet-50 gave 16 rows, layer1.0 ... layer4.2) nor per top-level child (DenseNet-121
+    gave ``features`` at 100 %)."""
+    r = flops_breakdown("resnet101")
+    assert list(r["stages"]) == ["conv1", "layer1", "layer2", "layer3", "layer4", "fc"]
+    assert r["stage_levels"]["layer3"] == [3] and r["stage_levels"]["fc"] == []
+    assert 0.6 < r["stages"]["layer3"] / r["gmacs"] < 0.7  # 23 of its 33 blocks
+    d = flops_breakdown("densenet121")
+    assert list(d["stages"]) == ["features.conv0", "features.denseblock1"] + [
+        f"features.denseblock{i} (+ transition{i - 1})" for i in (2, 3, 4)
+    ] + ["classifier"]
+    v = flops_breakdown("vgg11")
+    assert list(v["stages"])[:3] == ["features.0-1", "features.2-4", "features.5-9"]
+    for b in (r, d, v):
+        assert math.isclose(sum(b["stages"].values()), b["gmacs"], rel_tol=1e-9)
+
+
+def _family_models():
+    from family_models import smallest_per_family
+
+    return sorted(set(smallest_per_family().values()))
+
+
+@pytest.mark.parametrize("name", _family_models())
+def test_flops_stages_follow_feature_info(name):
+    """Every family: the rows that end feature maps are one per ``feature_info`` map in network
+    order (ViT-like models, whose every block is a map: one row for the blocks), with at most a
+    stem row before them and a head row after; they sum to the total and name the model's modules."""
+    b = flops_breakdown(name)
+    with torch.device("meta"):
+        model = visionzoo.create_model(name)
+    n = len(model.feature_info)
+    rows, levels = list(b["stages"]), b["stage_levels"]
+    assert math.isclose(sum(b["stages"].values()), b["gmacs"], rel_tol=1e-9)
+    assert "(model)" not in rows
+    ended = [levels[s] for s in rows if levels[s]]
+    assert ended == ([list(range(n))] if model.block_features else [[k] for k in range(n)])
+    maps = [i for i, s in enumerate(rows) if levels[s]]
+    assert maps == list(range(maps[0], maps[-1] + 1)) and maps[0] <= 1 and len(rows) - 1 - maps[-1] <= 1
+    assert maps[-1] >= 1  # more than one row before the head
+    for s in rows:  # the first name of each row is a module of the model ("features.5-9": features.5)
+        path = re.sub(r"\.(\d+)-\d+$", r".\1", s.split(" ")[0])
+        model.get_submodule(path)
 
 
 def test_flops_breakdown_counts_projections_run_as_matmuls_as_projections():

@@ -442,7 +442,7 @@ class VisionModel(nn.Module):
         """Per ``feature_info`` level, the module (named as in this model) that ends it in
         definition order: a level owns the modules defined after the previous level's end up
         to its own (:func:`visionzoo.detection.backbone_levels`, which freezes a fine-tuned
-        detector's shallow levels). Default: each map's own module; a family whose maps are
+        detector's shallow levels, and :func:`visionzoo.analysis.flops_breakdown`'s stage rows). Default: each map's own module; a family whose maps are
         tapped from modules defined after the trunk (HRNet) names its trunk's stages."""
         return [fi.module for fi in self.feature_info]
 
