@@ -485,14 +485,14 @@ def test_cli_attention_and_windows(tmp_path, capsys):
 
 def test_attention_image_is_the_models_evaluation_view(tmp_path):
     """--image is resized on its short side and centre-cropped (timm's eval view), not squashed."""
-    from visionzoo.cli.analysis import _load_image
+    from visionzoo.cli.analysis import _load_image, default_preprocessing
     from visionzoo.train.data import eval_transform
 
     wide = np.zeros((40, 120, 3), np.uint8)
     wide[:, 40:80] = 255  # a white centre third: all that the centre crop keeps
     PIL.fromarray(wide).save(tmp_path / "wide.png")
     model = _small_vit()
-    x = _load_image(str(tmp_path / "wide.png"), model, required=True)
+    x = _load_image(str(tmp_path / "wide.png"), default_preprocessing(model), required=True)
     cfg = model.default_cfg
     assert x.shape == (1, 3, 64, 64)
     white = (1 - torch.tensor(cfg["mean"])) / torch.tensor(cfg["std"])

@@ -74,11 +74,16 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         return model, {**p, "input_size": (p["in_chans"], p["img_size"], p["img_size"])}
     kwargs = {"img_size": args.img_size} if args.img_size is not None else {}
     model = visionzoo.create_model(args.name, **kwargs).eval()
+    return model, default_preprocessing(model)
+
+
+def default_preprocessing(model: Any) -> dict[str, Any]:
+    """The preprocessing of :func:`_load_image` from a model's default_cfg (no checkpoint's)."""
     cfg = model.default_cfg
     C = cfg["input_size"][0]
     mean, std = (cfg["mean"], cfg["std"]) if C == 3 else ((0.0,) * C, (1.0,) * C)
-    return model, {"input_size": tuple(cfg["input_size"]), "in_chans": C, "mean": mean, "std": std,
-                   "crop_pct": cfg.get("crop_pct", 1.0), "interpolation": cfg.get("interpolation", "bicubic")}
+    return {"input_size": tuple(cfg["input_size"]), "in_chans": C, "mean": mean, "std": std,
+            "crop_pct": cfg.get("crop_pct", 1.0), "interpolation": cfg.get("interpolation", "bicubic")}
 
 
 def _random_weights_note(args: argparse.Namespace) -> None:
