@@ -699,3 +699,23 @@ def test_damaged_training_state_is_refused(tmp_path):
     _damage(path, moments)
     with pytest.raises(CheckpointError, match=r"state.pth: corrupt, archive member '.*' does not match its CRC-32 checksum"):
         load_training_state(path)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(pos_embed="learned_2d"),
+    dict(pos_embed="learned_2d", pos_embed_at="every_layer", class_token=False, global_pool="avg"),
+    dict(pos_embed="learned_1d", pos_embed_at="every_layer"),
+])
+def test_position_tables_of_every_kind_resample_to_the_models_size(kw):
+    """A checkpoint at 32 px loaded into the same ViT at 64 px: learned_2d's row and column
+    tables and per-block 1-D embeddings are resampled as the forward resamples them for a
+    64 px input, so both give the same logits (they were refused as shapes that do not fit)."""
+    torch.manual_seed(0)
+    base = dict(embed_dim=32, depth=2, num_heads=2, num_classes=3, **kw)
+    small = visionzoo.create_model("vit_tiny_patch16_224", img_size=32, **base).eval()
+    for p in small.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    large = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, checkpoint=small.state_dict(), **base).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(large(x), small(x))

@@ -562,14 +562,22 @@ class VisionTransformer(VisionModel):
 
     # ------------------------------------------------------------ checkpoints
     def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resample a checkpoint's 1-D position embedding to this model's grid (bicubic).
+        """Resample a checkpoint's position embedding to this model's grid: 1-D (bicubic; one set
+        or one per block), or the row and column tables of ``learned_2d`` (linear), as the
+        forward resamples them for another input size.
 
         A checkpoint whose prefix tokens (class, distillation) are not this model's is of
         another variant and is refused, naming the token, before any resampling."""
         self._check_prefix_tokens(state_dict)
         pe = state_dict.get("pos_embed")
-        if pe is not None and self.pos_embed is not None and pe.shape != self.pos_embed.shape and pe.shape[0] == 1:
-            state_dict["pos_embed"] = resample_abs_pos_embed(pe, self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
+        if pe is not None and self.pos_embed is not None and pe.shape != self.pos_embed.shape and pe.shape[0] == self.pos_embed.shape[0]:
+            # one set, or one per block (pos_embed_at="every_layer"), each resampled as the forward would
+            state_dict["pos_embed"] = torch.cat([resample_abs_pos_embed(pe[i : i + 1], self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
+                                                 for i in range(pe.shape[0])])
+        for key, side in (("pos_embed_row", 0), ("pos_embed_col", 1)):  # learned_2d: (sets, G, D/2) tables, linear as the forward's
+            t, own = state_dict.get(key), getattr(self, key)
+            if t is not None and own is not None and t.ndim == 3 and t.shape[::2] == own.shape[::2] and t.shape[1] != own.shape[1]:
+                state_dict[key] = F.interpolate(t.transpose(1, 2), size=self.grid_size[side], mode="linear", align_corners=False).transpose(1, 2)
         return state_dict
 
     def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
