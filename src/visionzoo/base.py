@@ -22,7 +22,6 @@ inputs once, cheaply, at the stem (:meth:`check_input`).
 from __future__ import annotations
 
 import functools
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
+from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
@@ -416,7 +415,7 @@ class VisionModel(nn.Module):
         n = len(self.feature_info)
         if indices is None:
             return list(range(n))
-        count = _as_int(indices)
+        count = as_int(indices)
         if count is not None:
             if not 0 < count <= n:
                 raise ValueError(f"indices={count} asks for the last {count} maps; {self._name()} has {n} (1..{n})")
@@ -431,7 +430,7 @@ class VisionModel(nn.Module):
     def _feature_index(self, i: Any) -> int:
         """A feature-map index (negative from the end) as an index into ``feature_info``; a
         clear error for a non-integer or one out of range."""
-        n, j = len(self.feature_info), _as_int(i)
+        n, j = len(self.feature_info), as_int(i)
         if j is None:
             raise ValueError(f"feature indices are integers, got {i!r}")
         if not -n <= j < n:
@@ -557,7 +556,7 @@ class VisionModel(nn.Module):
                 out_indices = list(out_indices)
                 if not out_indices:
                     raise ValueError(f"out_indices is empty: {self._name()} has {len(self.feature_info)} feature maps; name at least one")
-            elif _as_int(out_indices) is None:
+            elif as_int(out_indices) is None:
                 raise ValueError(f"out_indices takes None, a count n (the last n maps) or a sequence of indices, got {out_indices!r}")
             idx = self.take_indices(out_indices)
         self.out_indices = tuple(self._feature_index(i) for i in idx)
@@ -631,16 +630,6 @@ def check_image_batch(
     problem = size_problem(*x.shape[-2:])
     if problem:
         raise InputError(f"{name} {problem}")
-
-
-def _as_int(value: Any) -> int | None:
-    """``value`` as an int if it is an integer (Python, NumPy or a 0-d tensor; not a bool), else None."""
-    if isinstance(value, bool):
-        return None
-    try:
-        return operator.index(value)
-    except TypeError:
-        return None
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -15,7 +15,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .activations import GELU
 
-__all__ = ["to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["as_int", "to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int], name: str = "size") -> tuple[int, int]:
@@ -25,15 +25,19 @@ def to_2tuple(x: int | Iterable[int], name: str = "size") -> tuple[int, int]:
     truncated), a string, a sequence of another length.
     """
     pair = tuple(x) if isinstance(x, Iterable) and not isinstance(x, (str, bytes)) else (x, x)
-    ints = [None if isinstance(v, bool) else _index(v) for v in pair]
+    ints = [as_int(v) for v in pair]
     if len(pair) != 2 or None in ints:
         raise ValueError(f"{name} takes an int or a pair of ints, got {x!r}")
     return ints[0], ints[1]  # type: ignore[return-value]
 
 
-def _index(v: object) -> int | None:
+def as_int(value: object) -> int | None:
+    """``value`` as an int if it is an integer (Python, NumPy or a 0-d tensor; not a bool, not
+    224.0), else None."""
+    if isinstance(value, bool):
+        return None
     try:
-        return operator.index(v)  # ints, NumPy ints, 0-d integer tensors; not 224.0
+        return operator.index(value)
     except TypeError:
         return None
 
