@@ -158,3 +158,24 @@ def test_export_cli_builds_the_checkpoints_classifier(tmp_path, capsys):
     assert main(["export", "resnet18", "--output", str(tmp_path / "dir.onnx")]) == 2
     assert "is a directory" in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+def test_jit_trace_passes_its_own_check_and_equals_eager(family, grad):
+    """``torch.jit.trace(model.eval(), x)`` as users call it: the trace checks itself by
+    tracing again under no_grad, so a path chosen by grad mode or a cache filled during the
+    first trace failed that check ("Graphs differed across invocations"). The traced module
+    computes the model's logits, also for another batch of another batch size."""
+    name = FAMILIES[family]
+    torch.manual_seed(0)
+    model = visionzoo.create_model(name, num_classes=10).eval()
+    S = small_side(model)
+    x = torch.randn(2, 3, S, S)
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(model, x)  # check_trace=True: raises TracingCheckError on a mismatch
+    x3 = torch.randn(3, 3, S, S)
+    with torch.no_grad():
+        expect = model(x3)
+        got = traced(x3)
+    assert (got - expect).abs().max() <= 1e-4 * expect.abs().max()

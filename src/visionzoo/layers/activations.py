@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .grad_mode import needs_grad
+
 __all__ = ["GELU", "INPLACE_ACTS", "gelu"]
 
 
@@ -17,7 +19,7 @@ def gelu(x: Tensor) -> Tensor:
     faults (77 MB at 112x112x384, batch 4); writing over the input avoids the allocation.
     With autograd recording, GELU's backward needs its input, so the result is a new tensor.
     """
-    if torch.is_grad_enabled() and x.requires_grad:
+    if needs_grad(x):
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
 

@@ -14,8 +14,9 @@ from torch.nn.modules import module as _module
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .activations import GELU
+from .grad_mode import autograd_off, needs_grad
 
-__all__ = ["as_int", "to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["as_int", "to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "autograd_off", "needs_grad", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int], name: str = "size") -> tuple[int, int]:
@@ -196,9 +197,9 @@ def plain_cpu_eager(x: Tensor) -> bool:
     condition under which a fast path may run other aten ops than the module it replaces.
     Autograd and dtype conditions are each caller's own.
     """
-    if type(x) is not Tensor or x.device.type != "cpu":
-        return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # (first: under torch.jit.trace, see autograd_off, x is not touched)
+    if type(x) is not Tensor or x.device.type != "cpu":
         return False
     return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
 
@@ -294,6 +295,8 @@ class DerivedCache:
         """The cached ``compute()`` for ``owner`` while ``sources`` (and ``extra``, plain values
         such as an eps) are unchanged; None where the sources cannot be tracked or ``compute``
         gives None."""
+        if torch.jit.is_tracing():  # a cached value would enter the trace as a constant
+            return None
         sources = tuple(sources)
         stamp = self.stamp(sources)
         if stamp is None:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from .activations import GELU, INPLACE_ACTS
 from .drop_path import skippable
-from .helpers import DerivedCache, no_hooks, onednn_post_op, plain_cpu_eager
+from .helpers import DerivedCache, autograd_off, no_hooks, onednn_post_op, plain_cpu_eager
 
 __all__ = ["add_projection", "linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
 
@@ -153,7 +153,7 @@ def use_onednn_linear(enabled: bool) -> Iterator[None]:
 
 def _inference_tensors(x: Tensor, w: Tensor) -> bool:
     """True when nothing but the result of this matmul can be observed (see module doc)."""
-    if torch.is_grad_enabled() or (type(w) is not nn.Parameter and type(w) is not Tensor):
+    if not autograd_off() or (type(w) is not nn.Parameter and type(w) is not Tensor):
         return False
     if w.device.type != "cpu" or not plain_cpu_eager(x) or x.dtype not in _DTYPES or w.dtype != x.dtype:
         return False  # (plain_cpu_eager first: an FX proxy must not reach the comparisons)
@@ -215,7 +215,7 @@ def add_projection(residual: Tensor, x: Tensor, proj: nn.Module, *after: nn.Modu
     and ``proj`` is a plain unhooked ``nn.Linear``, the projection accumulates into the residual
     (:func:`linear_add`) instead of writing its own output for a separate sum.
     """
-    if not torch.is_grad_enabled() and _plain_linear(proj) and all(skippable(m) for m in after):
+    if autograd_off() and _plain_linear(proj) and all(skippable(m) for m in after):
         return linear_add(residual, x, proj.weight.flatten(1), proj.bias)
     x = proj(x)
     for m in after:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..runtime import retains
 from .drop_path import skippable
-from .helpers import no_hooks, plain_cpu_eager
+from .helpers import autograd_off, no_hooks, plain_cpu_eager
 from .linear import linear, linear_add
 
 __all__ = ["Mlp", "residual_mlp"]
@@ -47,7 +47,7 @@ def residual_mlp(residual: Tensor, x: Tensor, fc1: nn.Module, act: nn.Module | N
     if norm is not None and not (type(norm) is nn.LayerNorm and no_hooks(norm) and norm.normalized_shape == x.shape[-1:]):
         x, norm = norm(x), None
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if (rows < MIN_BLOCKED_ROWS or fc2_weight.shape[1] > MAX_BLOCKED_HIDDEN or torch.is_grad_enabled() or not no_hooks(fc1)
+    if (rows < MIN_BLOCKED_ROWS or fc2_weight.shape[1] > MAX_BLOCKED_HIDDEN or not autograd_off() or not no_hooks(fc1)
             or not plain_cpu_eager(x) or retains(rows * fc2_weight.shape[1] * x.element_size())):
         return linear_add(residual, linear(fc1, x if norm is None else norm(x), act), fc2_weight, fc2_bias)
     x, res = x.reshape(rows, -1), residual.reshape(rows, -1)
@@ -116,7 +116,7 @@ class Mlp(nn.Module):
         this module (and ``drop_path`` after it): autograd off, eval mode, a plain ``Mlp``
         forward and ``nn.Linear`` fc2, an inactive drop path, nothing hooked."""
         return (
-            not torch.is_grad_enabled()
+            autograd_off()
             and not self.training
             and type(self).forward is Mlp.forward
             and type(self.fc2) is nn.Linear

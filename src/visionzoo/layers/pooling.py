@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .helpers import plain_cpu_eager, to_2tuple
+from .helpers import needs_grad, plain_cpu_eager, to_2tuple
 
 __all__ = ["POOL_TYPES", "MaxPool2d", "global_pool_2d", "max_pool2d"]
 
@@ -44,7 +44,7 @@ def _out_size(n: int, k: int, s: int, p: int, ceil_mode: bool) -> int:
 
 
 def _fast_path_ok(x: Tensor) -> bool:
-    if torch.is_grad_enabled() and x.requires_grad:
+    if needs_grad(x):
         return False
     if x.dtype not in _DTYPES or x.dim() != 4 or x.numel() < MIN_ELEMENTS:
         return False

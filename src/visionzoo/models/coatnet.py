@@ -69,7 +69,7 @@ from ..checkpoints import register_converter
 from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, bn_tensors, classifier, drop_path_rates, global_pool_2d, he_normal_fan_out_, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_, uses_running_stats
 from ..layers.activations import gelu
 from ..layers.attention import attention
-from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager
+from ..layers.helpers import DerivedCache, autograd_off, needs_grad, no_hooks, plain_cpu_eager
 from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from ..runtime import retains
@@ -230,7 +230,7 @@ class MBConvBlock(nn.Module):
     chunk_elements: int = 1 << 23
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or any(m.training for m in self.modules()):
+        if torch.compiler.is_compiling() or needs_grad(x) or x.device.type != "cpu" or any(m.training for m in self.modules()):
             # traced graphs get no shape-dependent branches; batch statistics need the whole batch
             # (also where only the BatchNorms train, as in test-time adaptation of an eval model)
             return self._forward(x)
@@ -259,7 +259,7 @@ class MBConvBlock(nn.Module):
             w = self.conv1_1x1.weight.flatten(1)  # mid, in
             return s1[:, None] * w * s0[None, :], s1 * (w @ t0) + t1
 
-        if torch.is_grad_enabled():
+        if not autograd_off():
             return fold()
         sources = (self.conv1_1x1.weight, *bn_tensors(pre), *bn_tensors(n1))
         return _FOLDED_EXPANSION.get(self, sources, fold, (pre.eps, n1.eps)) or fold()  # (fold() per call if untrackable)
@@ -291,7 +291,7 @@ class MBConvBlock(nn.Module):
         gate = se.gate(se.fc2(se.act(se.fc1(x.mean((2, 3), keepdim=True))))).view(B, 1, C)  # B, 1, mid
         w = self.conv3_1x1.weight.flatten(1)  # out, mid
         tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # B, HW, mid (a view in channels-last memory)
-        if not torch.is_grad_enabled():
+        if autograd_off():
             x = linear_act(tokens.mul_(gate), w, self.conv3_1x1.bias)
         else:
             x = torch.bmm(tokens, (w * gate).transpose(1, 2))  # B, HW, out
@@ -318,7 +318,7 @@ class RelativePositionBias(nn.Module):
         self._index_cache: dict[tuple, Tensor] = {}
 
     def _index(self, size: tuple[int, int], device: torch.device) -> Tensor:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
             return relative_position_index(size).view(-1).to(device)
         key = (size, device)
         if key not in self._index_cache:
@@ -329,7 +329,7 @@ class RelativePositionBias(nn.Module):
         """(1, nH, N, N) additive attention bias for an H x W map of N = H*W tokens; in CPU
         inference a cached tensor (kept until the table changes) that callers only read."""
         table = self.relative_position_bias_table
-        if not torch.is_grad_enabled() and plain_cpu_eager(table.detach()):  # (a Parameter is a subclass)
+        if autograd_off() and plain_cpu_eager(table.detach()):  # (a Parameter is a subclass)
             cached = _BIASES.get(self, (table,), lambda: (self._gather(size),), (size,))
             if cached is not None:
                 return cached[0]

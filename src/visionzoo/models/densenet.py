@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import POOL_TYPES, Conv2d, MaxPool2d, apply_bn_act, apply_conv_bn, apply_conv_bn_seq, classifier
-from ..layers.helpers import channels_last_map
+from ..layers.helpers import autograd_off, channels_last_map
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -95,7 +95,7 @@ class DenseBlock(nn.ModuleDict):
         in three alternating runs), while at batch 1 and 224 px the preallocated large blocks
         still win (91-97 vs 107 ms).
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or x.device.type != "cpu":
+        if not autograd_off() or torch.compiler.is_compiling() or x.device.type != "cpu":
             return False
         B, C, H, W = x.shape
         return B * (C + len(self) * k) * H * W >= self.PREALLOC_MIN_ELEMENTS

@@ -60,7 +60,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
 from ..layers import POOL_TYPES, DropPath, Mlp, classifier, drop_path_rates, global_pool_2d, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
-from ..layers.helpers import no_hooks
+from ..layers.helpers import autograd_off, no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..registry import default_cfg, register_family
 
@@ -253,7 +253,7 @@ class SwinStage(nn.Module):
     def plans(self, H: int, W: int, device: torch.device) -> tuple[WindowPlan, WindowPlan]:
         """(regular, shifted) plans for an H x W map; cached per size outside compilation."""
         make = lambda shifted: plan_windows(H, W, self.window, shifted, device, pad_small=self.pad_small)  # noqa: E731
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (a plan made by a trace is part of its graph)
             return make(False), make(True)
         key = (H, W, device)
         if key not in self._plans:
@@ -264,7 +264,7 @@ class SwinStage(nn.Module):
         x = self.downsample(x)
         B, H, W, C = x.shape
         plans = self.plans(H, W, x.device)
-        if not torch.is_grad_enabled() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self.blocks) and plans[0].padded == (H, W):
+        if autograd_off() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self.blocks) and plans[0].padded == (H, W):
             return self._forward_windowed(x, plans)
         for blk in self.blocks:
             x = blk(x, plans[blk.shifted])
