@@ -609,3 +609,37 @@ def test_pruned_forward_features_end_at_the_last_map_left(name, keep, size):
     with torch.no_grad():  # forward: those features, neither pooled nor classified (ConvNeXt's raised)
         out = ours(x)
     assert out.shape == got.shape and max_rel_diff(out, got) < 1e-5
+
+
+def test_timms_ways_of_naming_local_weights(tmp_path):
+    """timm code loads local weights with ``checkpoint_path=PATH`` or ``pretrained=True,
+    pretrained_cfg_overlay=dict(file=PATH)``: both load here as ``checkpoint=PATH`` does (a
+    classifier of another size left initialised, as timm's pretrained loading does);
+    the overlay's preprocessing keys reach ``default_cfg``; a download source is refused."""
+    import timm
+
+    ref = timm.create_model("resnet18", num_classes=4)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    x = torch.randn(1, 3, 64, 64)
+    expect = ref.eval()(x)
+    a = visionzoo.create_model("resnet18", num_classes=4, checkpoint_path=path).eval()
+    b = visionzoo.create_model("resnet18", num_classes=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(path), crop_pct=0.95)).eval()
+    c = visionzoo.create_model("resnet18", num_classes=4, pretrained=True, checkpoint=path).eval()
+    with torch.no_grad():
+        for m in (a, b, c):
+            torch.testing.assert_close(m(x), expect, rtol=1e-4, atol=1e-5)
+    assert b.default_cfg["crop_pct"] == 0.95 and a.default_cfg["crop_pct"] == 0.875
+    with pytest.raises(ValueError, match="checkpoint_path.*checkpoint.*one"):
+        visionzoo.create_model("resnet18", checkpoint=path, checkpoint_path=path)
+    with pytest.raises(ValueError, match="downloads no weights.*'url'"):
+        visionzoo.create_model("resnet18", pretrained=True, pretrained_cfg_overlay=dict(url="https://example.com/w.pth"))
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay.*'file'.*only with pretrained=True"):
+        visionzoo.create_model("resnet18", pretrained_cfg_overlay=dict(file=str(path)))
+    with pytest.raises(ValueError, match="pretrained_cfg_overlay takes a dict"):
+        visionzoo.create_model("resnet18", pretrained_cfg_overlay=str(path))
+    with pytest.raises(ValueError, match="scriptable.*torch.jit.trace"):
+        visionzoo.create_model("resnet18", scriptable=True)
+    for flag in ("exportable", "no_jit", "scriptable"):  # timm's layer flags: False, and exportable / no_jit True, change nothing
+        assert visionzoo.create_model("resnet18", **{flag: False}).num_classes == 1000
+    assert visionzoo.create_model("resnet18", exportable=True, no_jit=True).num_classes == 1000

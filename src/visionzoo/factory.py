@@ -110,6 +110,51 @@ def _checked_scalar(where: str, key: str, kind: type, value: Any) -> Any:
     return float(value)
 
 
+_DOWNLOAD_SOURCES = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision")
+_SET_BY_ARGUMENTS = {"num_classes": "num_classes", "input_size": "img_size and in_chans", "architecture": "the model name"}
+
+
+def _timm_weight_arguments(
+    name: str, pretrained: bool, checkpoint: Any, checkpoint_path: Any, overlay: Mapping[str, Any] | None
+) -> tuple[Any, dict[str, Any]]:
+    """timm's ways of naming local weights (``checkpoint_path``, ``pretrained=True`` with
+    ``pretrained_cfg_overlay=dict(file=...)``) as ``checkpoint``, checked: returns the
+    checkpoint and the overlay's entries for ``default_cfg``."""
+    if checkpoint_path is not None:
+        if checkpoint is not None:
+            raise ValueError(f"{name}: checkpoint_path is timm's name for checkpoint; give one of the two, got both")
+        checkpoint = checkpoint_path
+    if overlay is None:
+        overlay = {}
+    if not isinstance(overlay, Mapping):
+        raise ValueError(f"{name}: pretrained_cfg_overlay takes a dict (as timm's), got {overlay!r}")
+    overlay = dict(overlay)
+    sources = [k for k in _DOWNLOAD_SOURCES if overlay.get(k)]
+    if sources:
+        raise ValueError(
+            f"{name}: visionzoo downloads no weights (pretrained_cfg_overlay has {sources[0]!r}); "
+            "pass the downloaded file as pretrained_cfg_overlay=dict(file=PATH) or checkpoint=PATH"
+        )
+    for key, arg in _SET_BY_ARGUMENTS.items():
+        if key in overlay:
+            raise ValueError(f"{name}: pretrained_cfg_overlay cannot set {key!r}; {arg} set it")
+    file = overlay.pop("file", None)
+    for key in _DOWNLOAD_SOURCES:
+        overlay.pop(key, None)  # (empty entries, as timm's configurations carry)
+    if file is not None:
+        if not pretrained:
+            raise ValueError(f"{name}: pretrained_cfg_overlay's 'file' is read only with pretrained=True (as timm does); pass pretrained=True or checkpoint=PATH")
+        if checkpoint is not None:
+            raise ValueError(f"{name}: pretrained_cfg_overlay's 'file' and checkpoint both name weights; give one")
+        checkpoint = file
+    if pretrained and checkpoint is None:
+        raise ValueError(
+            f"{name}: visionzoo downloads no weights (pretrained=True); pass checkpoint=PATH, a timm, "
+            f"torchvision or official checkpoint file (or state dict) of {name}, which load_checkpoint converts"
+        )
+    return checkpoint, overlay
+
+
 def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
     """The error for keyword arguments ``create_model`` does not take: the closest accepted
     name of each (a misspelt ``num_classes`` lands among the family's overrides), then the
@@ -135,6 +180,11 @@ def create_model(
     out_indices: int | Sequence[int] | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None,
     pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    pretrained_cfg_overlay: Mapping[str, Any] | None = None,
+    scriptable: bool | None = None,
+    exportable: bool | None = None,
+    no_jit: bool | None = None,
     **overrides: Any,
 ) -> VisionModel:
     """Build a registered model.
@@ -153,7 +203,16 @@ def create_model(
         checkpoint: a checkpoint file or state dict loaded with ``load_checkpoint``
             (layout detected).
         pretrained: timm's argument, accepted so that timm code runs: visionzoo downloads no
-            weights, so ``True`` raises (pass ``checkpoint``) and ``False`` does nothing.
+            weights, so ``True`` needs local weights (``checkpoint``, ``checkpoint_path`` or
+            ``pretrained_cfg_overlay=dict(file=PATH)``) and raises without; ``False`` does nothing.
+        checkpoint_path: timm's name for ``checkpoint`` (give one of the two).
+        pretrained_cfg_overlay: timm's overlay of the pretrained configuration: with
+            ``pretrained=True`` its ``file`` is the checkpoint; its preprocessing keys
+            (``mean``, ``std``, ``crop_pct``, ``interpolation``, ...) go into ``default_cfg``.
+            Download sources (``url``, ``hf_hub_id``) are refused.
+        scriptable, exportable, no_jit: timm's layer flags. Every model traces and exports as it
+            is, so ``exportable`` and ``no_jit`` change nothing; ``scriptable=True`` is refused
+            (``torch.jit.script`` does not take this code; ``torch.jit.trace`` does).
         **overrides: fields of the family's configuration dataclass, for example
             ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet; and timm's
             ``global_pool``: ``''`` with ``num_classes=0`` makes ``forward`` return the unpooled
@@ -168,10 +227,11 @@ def create_model(
             configuration, naming the closest accepted one.
     """
     entry = get_entry(name)
-    if pretrained:
+    checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
+    if scriptable:
         raise ValueError(
-            f"{entry.name}: visionzoo downloads no weights (pretrained=True); pass checkpoint=PATH, a timm, "
-            f"torchvision or official checkpoint file (or state dict) of {entry.name}, which load_checkpoint converts"
+            f"{entry.name}: scriptable=True is not supported: torch.jit.script does not take visionzoo's code; "
+            "torch.jit.trace, visionzoo.export.export_program and export_onnx do"
         )
     check_int("num_classes", num_classes, 0)
     check_int("in_chans", in_chans)
@@ -202,6 +262,7 @@ def create_model(
         **entry.default_cfg,
         "input_size": (in_chans, *size),
         "num_classes": num_classes,
+        **cfg_overlay,
         "architecture": entry.name,
     }
     if features_only:
