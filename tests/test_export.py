@@ -179,3 +179,17 @@ def test_jit_trace_passes_its_own_check_and_equals_eager(family, grad):
         expect = model(x3)
         got = traced(x3)
     assert (got - expect).abs().max() <= 1e-4 * expect.abs().max()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_fx_symbolic_trace_is_refused_naming_what_works(family):
+    """torch.fx.symbolic_trace (torchvision's create_feature_extractor) cannot follow the
+    networks' shape-dependent Python; it gets one InputError naming the ways that work, not
+    'expects a torch.Tensor, got Proxy' or a TraceError from deep inside."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = visionzoo.create_model(FAMILIES[family], num_classes=10).eval()
+    with pytest.raises(visionzoo.InputError, match="torch.fx.symbolic_trace.*features_only.*torch.jit.trace"):
+        torch.fx.symbolic_trace(model)
+    with pytest.raises(visionzoo.InputError, match="create_feature_extractor"):
+        create_feature_extractor(model, return_nodes=["head"])

@@ -603,6 +603,12 @@ def check_image_batch(
     (B, ``in_chans``, H, W) tensor of ``weight``'s dtype (unless autocast is on) whose H x W
     ``size_problem`` takes (:meth:`VisionModel.check_input`; UNeXt and the segmentation
     wrappers, which pad any non-empty size)."""
+    if isinstance(x, torch.fx.Proxy):
+        raise InputError(
+            f"{name} cannot be traced by torch.fx.symbolic_trace (nor torchvision's create_feature_extractor, which "
+            "uses it): the network reads its input's shape in Python. For feature maps use features_only=True or "
+            "forward_intermediates; for a graph torch.export (visionzoo.export.export_program) or torch.jit.trace"
+        )
     if not isinstance(x, Tensor):
         raise InputError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 4:
