@@ -590,6 +590,13 @@ class VisionModel(nn.Module):
         """Parameter names that the optimiser should not decay (position tables, tokens)."""
         return set()
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping of the parameters by depth (read by :mod:`visionzoo.param_groups`
+        and by timm's optimizer factory): ``stem``, then ``blocks`` (one group per block, per
+        stage with ``coarse=True``); the head is what no expression matches. Each family
+        defines its own."""
+        raise NotImplementedError(f"{type(self).__name__} does not group its parameters by depth")
+
 
 def nonempty_size(H: int, W: int) -> str | None:
     """The size rule of a network that pads any input to a size it takes: none but an empty side."""
