@@ -53,7 +53,7 @@ def test_layer_decay_groups_equal_timms(name):
         names = {id(p): n for n, p in model.named_parameters()}
         return {names[id(p)]: (round(g["lr_scale"], 12), g["weight_decay"]) for g in groups for p in g["params"]}
 
-    expect = per_param(ref, timm_layer_decay(ref, weight_decay=0.05, no_weight_decay_list=ref.no_weight_decay(), layer_decay=0.7))
+    expect = per_param(ref, timm_layer_decay(ref, weight_decay=0.05, no_weight_decay_list=getattr(ref, "no_weight_decay", set)(), layer_decay=0.7))
     got = per_param(ours, param_groups_layer_decay(ours, weight_decay=0.05, layer_decay=0.7))
     assert got == expect
 
@@ -62,7 +62,7 @@ def test_layer_decay_groups_equal_timms(name):
 def test_every_family_groups_its_parameters_by_depth(family):
     """Also the families timm lacks: the first parameter (the stem) is in group 0, the
     classifier in the last, and the fine grouping has more groups than the coarse one or than
-    the network has stages."""
+    the network has feature maps (stages)."""
     with torch.device("meta"):
         model = visionzoo.create_model(smallest_per_family()[family], num_classes=10)
     fine, coarse = layer_ids(model), layer_ids(model, coarse=True)
@@ -70,4 +70,4 @@ def test_every_family_groups_its_parameters_by_depth(family):
     classifier = [n for n, p in model.named_parameters() if p.shape[:1] == (10,)]
     assert fine[first] == 0 and coarse[first] == 0
     assert classifier and all(fine[n] == max(fine.values()) for n in classifier)
-    assert max(fine.values()) > max(coarse.values()) or max(fine.values()) > len(model.feature_info)
+    assert max(fine.values()) > max(coarse.values()) or max(fine.values()) + 1 > len(model.feature_info)
