@@ -771,3 +771,28 @@ def test_schedule_notes_for_a_capped_warmup_and_a_longer_resume(tmp_path, capsys
     assert "--warmup-epochs 5 is more than half of the run; warming up over its first half (5 steps)" in capsys.readouterr().out
     train(TrainConfig(epochs=2, resume=True, **cfg))  # the cosine is rebuilt over 2 epochs: the lr rises again
     assert "the schedule now spans 2 epochs, so the learning rate goes from 0.0001 to" in capsys.readouterr().out
+
+
+def test_layer_decay_scales_each_depth_groups_learning_rate(tmp_path, capsys):
+    """--layer-decay 0.5 on a 2-block ViT: four depth groups (stem, two blocks, head), each
+    stepping at 0.5 ** (3 - id) times the head's rate through the whole schedule; the
+    checkpointed optimizer holds them, and a resumed run keeps them."""
+    from visionzoo.train import TrainConfig, train
+    from visionzoo.train.checkpoint import latest_checkpoint, load_training_state
+
+    vit = {"depth": 2, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    cfg = dict(model="vit_tiny_patch16_224", model_args=vit, img_size=8, batch_size=128, lr=1e-3, layer_decay=0.5,
+               progress="lines", output=str(tmp_path / "r"))
+    train(TrainConfig(epochs=1, **cfg))
+    assert "layer-wise lr decay 0.5: 4 depth groups, lr x 0.125 (stem) to x 1 (head)" in capsys.readouterr().out
+    for epochs in (1, 2):
+        if epochs == 2:
+            train(TrainConfig(epochs=2, resume=True, **cfg))
+        groups = load_training_state(latest_checkpoint(tmp_path / "r")[1])["optimizer"]["param_groups"]
+        top = max(g["lr"] for g in groups)
+        assert sorted({g["layer_id"] for g in groups}) == [0, 1, 2, 3]
+        for g in groups:
+            assert g["lr"] == pytest.approx(top * 0.5 ** (3 - g["layer_id"]))
+            assert g["weight_decay"] in (0.0, 0.05)
+    with open(tmp_path / "r" / "metrics.csv") as f:
+        assert float(list(csv.DictReader(f))[-1]["lr"]) == pytest.approx(top)  # the head's rate is the one logged

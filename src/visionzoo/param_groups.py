@@ -44,9 +44,14 @@ def layer_ids(model: nn.Module, coarse: bool = False) -> dict[str, int]:
     """{parameter name: group id} from ``model.group_matcher(coarse)``: 0 for the stem, one id
     per block (per stage with ``coarse=True``) in the order of depth, the largest for the
     parameters no expression matches (the head)."""
-    if not hasattr(model, "group_matcher"):
-        raise ValueError(f"{type(model).__name__} has no group_matcher(): its parameters cannot be grouped by depth")
-    rules = _rules(model.group_matcher(coarse=coarse))
+    missing = ValueError(f"{type(model).__name__} has no group_matcher(): its parameters cannot be grouped by depth")
+    if not callable(getattr(model, "group_matcher", None)):
+        raise missing
+    try:
+        spec = model.group_matcher(coarse=coarse)
+    except NotImplementedError:
+        raise missing from None
+    rules = _rules(spec)
 
     def key(name: str) -> tuple[float, ...]:
         for rx, ordinal, suffix in rules:

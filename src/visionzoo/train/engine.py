@@ -47,6 +47,7 @@ from .checkpoint import (
     save_training_checkpoint,
     write_json_atomic,
 )
+from ..param_groups import param_groups_layer_decay
 from .data import DataBundle, build_data
 
 __all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "amp_autocast", "evaluate", "train"]
@@ -102,6 +103,9 @@ class TrainConfig:
     grad_accum_steps: int = 1
     lr: float = 1e-2
     weight_decay: float = 0.05
+    #: layer-wise learning-rate decay (BEiT's fine-tuning recipe): group i of n (stem 0 ... head,
+    #: visionzoo.param_groups.layer_ids) learns at lr x layer_decay ** (n - 1 - i); None: off
+    layer_decay: float | None = None
     opt: str = "adamw"
     momentum: float = 0.9
     warmup_epochs: float = 1.0
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer-decay must be in (0, 1] (1: every layer at --lr), got {self.layer_decay}")
         if self.opt not in ("adamw", "sgd"):
             raise ValueError(f"--opt must be adamw or sgd, got {self.opt!r}")
         if self.amp not in (None, "bf16", "fp16"):
@@ -541,7 +547,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     total_steps = steps_per_epoch * cfg.epochs
 
     # ---- optimisation
-    groups = _param_groups(base_model, cfg.weight_decay)
+    if cfg.layer_decay is None:
+        groups = _param_groups(base_model, cfg.weight_decay)
+    else:
+        groups = param_groups_layer_decay(base_model, cfg.weight_decay, cfg.layer_decay)
+        for g in groups:
+            g["lr"] = cfg.lr * g["lr_scale"]  # the schedule scales each group's own peak
+        if info.is_main and resume_from is None:
+            print(f"layer-wise lr decay {cfg.layer_decay:g}: {len({g['layer_id'] for g in groups})} depth groups, "
+                  f"lr x {min(g['lr_scale'] for g in groups):.3g} (stem) to x 1 (head)", flush=True)
     if cfg.opt == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     else:
@@ -700,7 +714,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             ev = evaluate(eval_model(), val_loader, info, num_classes=data.num_classes, autocast=autocast,
                           channels_last=cfg.channels_last)
             row = {
-                "epoch": epoch + 1, "step": global_step, "lr": opt.param_groups[0]["lr"],
+                "epoch": epoch + 1, "step": global_step, "lr": max(g["lr"] for g in opt.param_groups),
                 "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
                 "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
                 "epoch_seconds": epoch_time, "img_per_s": seen * info.world_size / max(epoch_time, 1e-9),
