@@ -52,6 +52,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..checkpoints.convert import ConfigChanges
 from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, check_output_stride, classifier, conv2d, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, skippable
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
 __all__ = ["EfficientNet", "EfficientNetConfig", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
@@ -333,6 +334,14 @@ class EfficientNet(VisionModel):
                 r = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -r, r)
                 nn.init.zeros_(m.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Groups by depth, as timm's EfficientNet (which also builds MobileNet v1 / v2): the
+        stem convolution and its norm; then each block ``blocks.<stage>.<block>`` (each stage
+        with ``coarse``), the 1x1 head convolution and its norm joining the last one; the
+        classifier, matched by nothing, last."""
+        unit = r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)"
+        return {"stem": r"^(?:conv_stem|bn1)\.", "blocks": [(unit, None), (r"^(?:conv_head|bn2)\.", MATCH_PREV_GROUP)]}
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, apply_conv_bn, apply_conv_bn_seq, classifier
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
 __all__ = ["HRNet", "HRNetConfig"]
@@ -251,6 +253,20 @@ class HRNet(VisionModel):
         levels end at the stride-2 stem, the stride-4 ``layer1``, and each later stage, which
         adds the next coarser branch."""
         return ["bn1", "layer1", "stage2", "stage3", "stage4"]
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Groups by depth, as timm's: the two stem convolutions and their norms; then each
+        block of ``layer1`` and each multi-resolution module ``stage<k>.<m>``, the
+        ``transition<k>`` that feeds stage k + 1 joining the last one before it (with
+        ``coarse``: one group per level k, ``layer1``/``stage<k>`` with ``transition<k>``).
+        timm's head follows: ``incre_modules``, ``downsamp_modules``, ``final_layer`` and the
+        classifier, matched by nothing, share the last group."""
+        if coarse:
+            return {"stem": r"^(?:conv|bn)[12]\.", "levels": r"^(?:layer|stage|transition)(\d+)\."}
+        return {
+            "stem": r"^(?:conv|bn)[12]\.",
+            "levels": [(r"^(?:layer|stage)(\d+)\.(\d+)\.", None), (r"^transition(\d+)\.", MATCH_PREV_GROUP)],
+        }
 
     def _stem(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -30,12 +30,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, DropPath, apply_conv_bn, check_output_stride, classifier, dilate_strides, make_divisible, skippable
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["MobileNetV1", "MobileNetV1Config", "MobileNetV2", "MobileNetV2Config"]
@@ -157,6 +159,14 @@ class _MobileNet(VisionModel):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Groups by depth, as timm's (its EfficientNet class builds both MobileNets): the stem
+        convolution and its norm; then each block ``blocks.<stage>.<block>`` (each stage with
+        ``coarse``), v2's 1x1 head convolution and its norm joining the last one; the
+        classifier, matched by nothing, last."""
+        unit = r"^blocks\.(\d+)" if coarse else r"^blocks\.(\d+)\.(\d+)"
+        return {"stem": r"^(?:conv_stem|bn1)\.", "blocks": [(unit, None), (r"^(?:conv_head|bn2)\.", MATCH_PREV_GROUP)]}
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -231,6 +232,11 @@ class RegNet(VisionModel):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Groups by depth, as timm's: the stem; then each block ``s<stage>.b<block>`` (each
+        stage with ``coarse``); the classifier (``head.fc``), matched by nothing, last."""
+        return {"stem": r"^stem\.", "blocks": r"^s(\d+)\." if coarse else r"^s(\d+)\.b(\d+)\."}
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
