@@ -29,7 +29,9 @@ SHARED = sorted(
 
 def _pair(name: str):
     with torch.device("meta"):
-        return visionzoo.create_model(name), timm.create_model(name)
+        ours = visionzoo.create_model(name)
+        # the same classifier on both (timm's default for some, e.g. vit_base_r50_s16_224, is none)
+        return ours, timm.create_model(name, num_classes=ours.num_classes)
 
 
 @pytest.mark.parametrize("coarse", [False, True], ids=["fine", "coarse"])

@@ -645,6 +645,11 @@ class CoAtNet(VisionModel):
         self.head = nn.Identity()  # type: ignore[assignment]
         self.num_classes = 0
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Group 0 is the stem; then one group per stage, fine or ``coarse`` alike (as timm
+        groups CoAtNet); the head (its norm and pre-logits included) last."""
+        return dict(stem=r"^stem\.", blocks=r"^stages\.(\d+)\.")
+
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from functools import partial
 
 import torch
@@ -181,6 +182,11 @@ class ConvMixer(VisionModel):
 
     def reset_head(self, num_classes: int) -> None:
         self.head = classifier(self.pooled_features, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping, the same fine and coarse: ``stem`` (patch embedding and its
+        norm), then one group per mixer block; ``head`` last."""
+        return dict(stem=r"^stem\.", blocks=r"^blocks\.(\d+)\.")
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -223,6 +223,17 @@ class RoadmapNet(VisionModel):
                 trunc_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """As :meth:`ConvNeXt.group_matcher`: group 0 is the stem; then one group per block, a
+        stage's separate downsampling (which opens the stage) with its first block (``coarse``:
+        one group per stage); the head (its norm included) last."""
+        if coarse:
+            return dict(stem=r"^stem\.", blocks=r"^stages\.(\d+)\.")
+        return dict(
+            stem=r"^stem\.",
+            blocks=[(r"^stages\.(\d+)\.downsample\.", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)\.", None)],
+        )
+
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
         return self.stages(self.stem(x))

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import POOL_TYPES, Conv2d, MaxPool2d, apply_bn_act, apply_conv_bn, apply_conv_bn_seq, classifier
 from ..layers.helpers import autograd_off, channels_last_map
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
 __all__ = ["DenseNet", "DenseNetConfig"]
@@ -211,6 +213,21 @@ class DenseNet(VisionModel):
 
     def reset_head(self, num_classes: int) -> None:
         self.classifier = classifier(self.pooled_features, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping: ``stem`` (conv0, norm0), then one group per dense layer, each
+        transition joining the last layer of the block before it (per dense block, its
+        transition included, with ``coarse=True``). As in timm, the final ``norm5`` matches
+        nothing and learns with the classifier."""
+        if coarse:
+            return dict(stem=r"^features\.(?:conv|norm)0\.", blocks=r"^features\.(?:denseblock|transition)(\d+)\.")
+        return dict(
+            stem=r"^features\.(?:conv|norm)0\.",
+            blocks=[
+                (r"^features\.denseblock(\d+)\.denselayer(\d+)\.", None),
+                (r"^features\.transition(\d+)\.", MATCH_PREV_GROUP),
+            ],
+        )
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -256,6 +257,19 @@ class GoogLeNet(SequentialNet):
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(self.pool(x))
         return x if pre_logits else self.fc(x)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Grouped as timm groups Inception-v3 (timm has no GoogLeNet): the convolutions
+        before the first max-pool (conv1) are group 0, those before the second (conv2,
+        conv3) group 1, then one group per Inception module (per grid, inception3/4/5, with
+        ``coarse=True``); each auxiliary head follows the module it reads (inception4a,
+        4d), as timm places Inception-v3's; ``fc`` last."""
+        if coarse:
+            blocks = [(r"^inception(\d)", None), (r"^aux[12]\.", (4,))]
+        else:  # inception3a -> (3, 0), ...; the letter is not a number: one expression each
+            blocks = [(rf"^inception(\d){c}\.", (i,)) for i, c in enumerate("abcde")]
+            blocks += [(r"^aux1\.", (4, 0, 1)), (r"^aux2\.", (4, 3, 1))]
+        return dict(stem=r"^conv1\.", stem_convs=r"^conv[23]\.", blocks=blocks)
 
     def reset_head(self, num_classes: int) -> None:
         self.fc = classifier(self.pooled_features, num_classes)
@@ -527,6 +541,16 @@ class InceptionV3(SequentialNet):
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.fc(x)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping, the same fine and coarse: the convolutions before the first
+        max-pool (Conv2d_1a-2b) are group 0, those before the 35x35 modules (Conv2d_3*,
+        Conv2d_4a) group 1, then one group per ``Mixed_*`` module; ``AuxLogits``, where
+        built, is a group between the last 17x17 module and Mixed_7a, as in timm; ``fc`` last."""
+        # Mixed_6b -> (6, 1): the grid's digit is captured, the letter is the suffix
+        blocks = [(rf"^Mixed_(\d){c}\.", (i,)) for i, c in enumerate("abcdef")]
+        blocks.append((r"^AuxLogits\.", (6, len("abcdef"))))
+        return dict(stem=r"^Conv2d_[12]", stem_convs=r"^Conv2d_[34]", blocks=blocks)
 
     def reset_head(self, num_classes: int) -> None:
         self.fc = classifier(self.pooled_features, num_classes)

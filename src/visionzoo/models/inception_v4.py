@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -207,6 +208,12 @@ class InceptionV4(VisionModel):
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.last_linear(x)
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping, the same fine and coarse: ``stem`` (the first three
+        convolutions, features.0-2), then one group per later module of ``features``
+        (the stem's mixed modules 3-5 included); ``last_linear`` last."""
+        return dict(stem=r"^features\.[012]\.", blocks=r"^features\.(\d+)\.")
+
     def reset_head(self, num_classes: int) -> None:
         self.last_linear = classifier(self.pooled_features, num_classes)
 
@@ -349,6 +356,23 @@ class InceptionResNetV2(SequentialNet):
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.classif(x)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping, the same fine and coarse, in forward order: conv2d_1a-2b (before
+        the first max-pool), conv2d_3b-4a, mixed_5b, each block of ``repeat``, mixed_6a,
+        each block of ``repeat_1``, mixed_7a, each block of ``repeat_2``, then block8 with
+        conv2d_7b in one group (timm puts both after every other module); ``classif`` last."""
+        return dict(
+            stem=r"^conv2d_[12]",
+            stem_convs=r"^conv2d_[34]",
+            mixed_5b=r"^mixed_5b\.",
+            repeat=r"^repeat\.(\d+)\.",
+            mixed_6a=r"^mixed_6a\.",
+            repeat_1=r"^repeat_1\.(\d+)\.",
+            mixed_7a=r"^mixed_7a\.",
+            repeat_2=r"^repeat_2\.(\d+)\.",
+            final=r"^(?:block8|conv2d_7b)\.",
+        )
 
     def reset_head(self, num_classes: int) -> None:
         self.classif = classifier(self.pooled_features, num_classes)

@@ -58,6 +58,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import identity, register_converter
 from ..layers import POOL_TYPES, Conv2d, DropPath, MaxPool2d, Mlp, attention, classifier, drop_path_rates, linear, linear_act, resample_abs_pos_embed, trunc_normal_
 from ..layers.helpers import DerivedCache, no_hooks, pad_same, plain_cpu_eager
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
 __all__ = ["Nest", "NestConfig", "blockify", "deblockify"]
@@ -336,6 +337,20 @@ class Nest(VisionModel):
         self.levels = self.levels[: max(indices) + 1]
         self.norm = nn.Identity()  # type: ignore[assignment]
         self.reset_classifier(0)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Group 0 is the patch embedding; then one group per transformer block, a level's
+        position table and the pooling that opens it with the level's first block
+        (``coarse``: one group per level); the final norm with the last block; the head last."""
+        level = r"^levels\.(\d+)\." if coarse else r"^levels\.(\d+)\.transformer_encoder\.(\d+)\."
+        return dict(
+            stem=r"^patch_embed\.",
+            blocks=[
+                (level, None),
+                (r"^levels\.(\d+)\.(?:pos_embed|pool\.)", (0,)),
+                (r"^norm\.", MATCH_PREV_GROUP),
+            ],
+        )
 
     def no_weight_decay(self) -> set[str]:
         return {f"levels.{i}.pos_embed" for i in range(len(self.levels))}

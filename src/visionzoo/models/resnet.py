@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -405,6 +406,11 @@ class ResNet(VisionModel):
 
     def reset_head(self, num_classes: int) -> None:
         self.fc = classifier(self.pooled_features, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping: ``stem`` (conv1, bn1), then one group per residual block
+        (``layerS.B``; per stage ``layerS`` with ``coarse=True``); ``fc`` last."""
+        return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.")
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

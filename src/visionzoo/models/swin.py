@@ -62,6 +62,7 @@ from ..layers import POOL_TYPES, DropPath, Mlp, classifier, drop_path_rates, glo
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
 from ..layers.helpers import autograd_off, no_hooks
 from ..layers.window import shift_window_mask, window_partition, window_reverse
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
 __all__ = ["PatchMerging", "SwinConfig", "SwinTransformer", "WindowPlan", "plan_windows"]
@@ -435,6 +436,21 @@ class SwinTransformer(VisionModel):
         self.norm = nn.Identity()  # type: ignore[assignment]
         self.head = nn.Identity()  # type: ignore[assignment]
         self.num_classes = 0
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Group 0 is the patch embedding; then one group per block, a stage's patch merging
+        (which opens the stage) with its first block and the final norm with the last block
+        (``coarse``: one group per stage, the final norm with the head); the head last."""
+        if coarse:
+            return dict(stem=r"^patch_embed\.", blocks=r"^layers\.(\d+)\.")
+        return dict(
+            stem=r"^patch_embed\.",
+            blocks=[
+                (r"^layers\.(\d+)\.downsample\.", (0,)),
+                (r"^layers\.(\d+)\.blocks\.(\d+)\.", None),
+                (r"^norm\.", MATCH_PREV_GROUP),
+            ],
+        )
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}

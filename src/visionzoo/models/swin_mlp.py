@@ -106,7 +106,8 @@ class SwinMLPStage(SwinStage):
 
 
 class SwinMLP(SwinTransformer):
-    """Swin-MLP classifier (same shapes and interface as :class:`SwinTransformer`)."""
+    """Swin-MLP classifier (same shapes and interface as :class:`SwinTransformer`; its
+    parameters are grouped by depth as Swin's, by the inherited ``group_matcher``)."""
 
     family = "swin_mlp"
     block_cls = SwinMLPBlock

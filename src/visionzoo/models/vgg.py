@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -149,6 +150,12 @@ class VGG(VisionModel):
 
     def reset_head(self, num_classes: int) -> None:
         self.head = LinearHead(self.head_hidden_size, num_classes)
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's grouping, the same fine and coarse: ``stem`` (the first convolution), then
+        one group per parametrised layer of ``features`` (in the ``_bn`` variants each
+        BatchNorm is a group of its own, as in timm); ``pre_logits`` and ``head`` last."""
+        return dict(stem=r"^features\.0\.", blocks=r"^features\.(\d+)\.")
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)

@@ -57,6 +57,7 @@ from ..layers import (
     trunc_normal_,
 )
 from ..layers.helpers import plain_cpu_eager, to_channels_last
+from ..param_groups import MATCH_PREV_GROUP
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["ViTConfig", "VisionTransformer"]
@@ -556,6 +557,16 @@ class VisionTransformer(VisionModel):
         self.fc_norm = nn.Identity()
         if self.cfg.pos_embed_at != "every_layer":
             self.blocks = self.blocks[: max(indices) + 1]
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Group 0 is the embedding (the patch embedding, the hybrid's whole ResNet stem
+        included, the class / distillation tokens, the position tables); then one group per
+        block, the final norm with the last; the head (``fc_norm`` included) last. A ViT has
+        no stages: ``coarse`` groups the same way."""
+        return dict(
+            stem=r"^(?:cls_token|dist_token|pos_embed|patch_embed)",
+            blocks=[(r"^blocks\.(\d+)\.", None), (r"^norm\.", MATCH_PREV_GROUP)],
+        )
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if "pos_embed" in n or n.endswith("_token") or "rel_embed" in n}
