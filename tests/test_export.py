@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -160,6 +161,7 @@ def test_export_cli_builds_the_checkpoints_classifier(tmp_path, capsys):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")  # (PyTorch deprecates it for torch.export; still widely used)
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 def test_jit_trace_passes_its_own_check_and_equals_eager(family, grad):
@@ -172,8 +174,11 @@ def test_jit_trace_passes_its_own_check_and_equals_eager(family, grad):
     model = visionzoo.create_model(name, num_classes=10).eval()
     S = small_side(model)
     x = torch.randn(2, 3, S, S)
-    with torch.set_grad_enabled(grad):
+    with torch.set_grad_enabled(grad), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         traced = torch.jit.trace(model, x)  # check_trace=True: raises TracingCheckError on a mismatch
+    # the input checks read sizes as Python values: no TracerWarning from them
+    assert not [w for w in seen if issubclass(w.category, torch.jit.TracerWarning) and w.filename.endswith("visionzoo/base.py")]
     x3 = torch.randn(3, 3, S, S)
     with torch.no_grad():
         expect = model(x3)

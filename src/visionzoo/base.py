@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -610,6 +611,16 @@ def check_image_batch(
     (B, ``in_chans``, H, W) tensor of ``weight``'s dtype (unless autocast is on) whose H x W
     ``size_problem`` takes (:meth:`VisionModel.check_input`; UNeXt and the segmentation
     wrappers, which pad any non-empty size)."""
+    if torch.jit.is_tracing():
+        # the checks read the traced sizes as Python values, each a TracerWarning; they only
+        # validate, and the trace records nothing from them
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            return _check_image_batch(x, name, in_chans, weight, size_problem)
+    return _check_image_batch(x, name, in_chans, weight, size_problem)
+
+
+def _check_image_batch(x: Tensor, name: str, in_chans: int, weight: Tensor | None, size_problem: Callable[[int, int], str | None]) -> None:
     if isinstance(x, torch.fx.Proxy):
         raise InputError(
             f"{name} cannot be traced by torch.fx.symbolic_trace (nor torchvision's create_feature_extractor, which "
