@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
-__all__ = ["MATCH_PREV_GROUP", "layer_ids", "param_groups_layer_decay"]
+__all__ = ["MATCH_PREV_GROUP", "layer_ids", "param_groups_layer_decay", "weight_decayed"]
 
 #: a suffix that puts a parameter into the group before its own key (timm's value)
 MATCH_PREV_GROUP = (99999,)
@@ -70,6 +70,14 @@ def layer_ids(model: nn.Module, coarse: bool = False) -> dict[str, int]:
     return {name: ids[k] for name, k in keys.items()}
 
 
+def weight_decayed(model: nn.Module, no_weight_decay: Collection[str] = ()) -> Callable[[str, Tensor], bool]:
+    """Whether weight decay applies to a parameter ``(name, tensor)`` of ``model``: not to 1-D
+    tensors (biases, norms' scales) nor to the names of ``model.no_weight_decay()`` (position
+    tables, tokens) and ``no_weight_decay``."""
+    skip = set(no_weight_decay) | set(getattr(model, "no_weight_decay", lambda: set())())
+    return lambda name, p: p.ndim > 1 and name not in skip
+
+
 def param_groups_layer_decay(
     model: nn.Module, weight_decay: float, layer_decay: float, no_weight_decay: Collection[str] = ()
 ) -> list[dict[str, Any]]:
@@ -84,12 +92,12 @@ def param_groups_layer_decay(
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
     ids = layer_ids(model)
     deepest = max(ids.values(), default=0)
-    skip = set(no_weight_decay) | set(getattr(model, "no_weight_decay", lambda: set())())
+    decayed = weight_decayed(model, no_weight_decay)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decays = p.ndim > 1 and name not in skip
+        decays = decayed(name, p)
         i = ids[name]
         group = groups.setdefault((i, decays), {
             "params": [], "weight_decay": weight_decay if decays else 0.0, "lr_scale": layer_decay ** (deepest - i), "layer_id": i,

@@ -47,7 +47,7 @@ from .checkpoint import (
     save_training_checkpoint,
     write_json_atomic,
 )
-from ..param_groups import param_groups_layer_decay
+from ..param_groups import param_groups_layer_decay, weight_decayed
 from .data import DataBundle, build_data
 
 __all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "amp_autocast", "evaluate", "train"]
@@ -237,12 +237,12 @@ def enable_grad_checkpointing(model: nn.Module) -> None:
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decayed = weight_decayed(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+        (decay if decayed(name, p) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
