@@ -94,6 +94,21 @@ def test_checkpoints_of_wrapped_models_load(tmp_path):
         unwrap_state_dict({"state_dict": {}})
 
 
+def test_checkpoints_load_into_wrapped_models():
+    """A model inside torch.compile, DataParallel or both takes a plain checkpoint (its keys,
+    family and configuration are the wrapped model's); it used to be refused as "not a
+    checkpoint of" the model, the wrapper's ``_orig_mod.`` / ``module.`` names matching no key."""
+    from torch.nn.parallel import DataParallel
+
+    src = tiny()
+    x = torch.randn(1, 3, 32, 32)
+    for wrap in (torch.compile, DataParallel, lambda m: DataParallel(torch.compile(m))):
+        dst = tiny()
+        info = load_checkpoint(wrap(dst), src.state_dict())
+        assert info["source"] == ["visionzoo"]
+        torch.testing.assert_close(dst(x), src(x))
+
+
 def test_position_embedding_resized_to_model_size():
     ref = build_random(lambda: timm.create_model(NAME, num_classes=5))  # 224: 14 x 14 grid
     ours = visionzoo.create_model(NAME, img_size=384, num_classes=5).eval()  # 24 x 24 grid

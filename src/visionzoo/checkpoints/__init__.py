@@ -32,6 +32,7 @@ __all__ = [
     "register_converter",
     "rename_keys",
     "save_state_dict",
+    "unwrap_model",
 ]
 
 _log = logging.getLogger(__name__)
@@ -57,6 +58,21 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
         reps = -(-in_chans // I)
         w = w.repeat(1, reps, 1, 1)[:, :in_chans] * (I / in_chans)
     return w.to(weight.dtype)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside the wrappers training puts around it: DistributedDataParallel's and
+    DataParallel's ``module``, torch.compile's ``_orig_mod``, in any nesting. A wrapper shares
+    the inner model's parameters but prefixes their names (``module.``, ``_orig_mod.``) and
+    hides its family and configuration, so checkpoints are matched against, and loaded into,
+    the model it wraps."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _prefixes(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -181,7 +197,8 @@ def load_checkpoint(
     """Load weights into ``model``, converting from another layout where needed.
 
     Args:
-        model: a visionzoo model (from :func:`visionzoo.create_model`).
+        model: a visionzoo model (from :func:`visionzoo.create_model`), also inside DDP,
+            DataParallel or torch.compile (:func:`unwrap_model`).
         checkpoint: a file (.safetensors, .pth, .pt, .bin, .npz) or a state dict.
         source: "visionzoo", "timm", "torchvision", "official" or "auto" (detected from
             the keys).
@@ -207,6 +224,7 @@ def load_checkpoint(
             that cannot be adapted, non-finite weights. The model is then left unchanged:
             weights, configuration and numerics; nor is any warning given.
     """
+    model = unwrap_model(model)
     name = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
     if isinstance(checkpoint, (str, os.PathLike)):
         sd = read_state_dict(Path(checkpoint), prefer_ema=use_ema)

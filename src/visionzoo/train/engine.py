@@ -47,6 +47,7 @@ from .checkpoint import (
     save_training_checkpoint,
     write_json_atomic,
 )
+from ..checkpoints import unwrap_model
 from ..param_groups import param_groups_layer_decay, weight_decayed
 from .data import DataBundle, build_data
 
@@ -201,14 +202,8 @@ class TrainConfig:
 
 # --------------------------------------------------------------------------- helpers
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
+    """The plain module inside DDP / DataParallel / torch.compile wrappers (:func:`~visionzoo.checkpoints.unwrap_model`)."""
+    return unwrap_model(model)
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
