@@ -43,6 +43,24 @@ def test_round_trip(tmp_path, suffix):
     torch.testing.assert_close(dst(x), src(x))
 
 
+def test_the_format_is_read_from_the_file_not_its_suffix(tmp_path):
+    """A safetensors file named .pth, torch's files named .safetensors, .npz or nothing load:
+    the reader is chosen by the first bytes. By the suffix alone they were refused with the
+    wrong reader's error ("Unsupported operand 80", "header too large")."""
+    src = tiny()
+    sd = src.state_dict()
+    x = torch.randn(1, 3, 32, 32)
+    save_state_dict(sd, tmp_path / "st.safetensors").rename(tmp_path / "st.pth")
+    save_state_dict(sd, tmp_path / "pt.pth").rename(tmp_path / "blob")
+    for name in ("pt.safetensors", "pt.npz"):
+        torch.save(sd, tmp_path / name)
+    torch.save(sd, tmp_path / "legacy.safetensors", _use_new_zipfile_serialization=False)
+    for name in ("st.pth", "blob", "pt.safetensors", "pt.npz", "legacy.safetensors"):
+        dst = tiny()
+        load_checkpoint(dst, tmp_path / name)
+        torch.testing.assert_close(dst(x), src(x), msg=name)
+
+
 def test_written_files_have_the_modes_open_gives(tmp_path):
     """Atomic writes go through a temp file; mkstemp makes it 0600, the saved file must not be."""
     from visionzoo.train.checkpoint import write_json_atomic

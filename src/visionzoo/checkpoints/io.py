@@ -181,6 +181,36 @@ def check_zip_crcs(path: Path) -> None:
         return  # not a zip archive (torch's legacy format) or not readable: the reader says what is wrong
 
 
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _file_format(path: Path) -> str:
+    """``'safetensors'``, ``'npz'`` or ``'torch'``: what the file's first bytes say it is, else
+    what its suffix says. Files are renamed and downloaded under other names (a safetensors
+    file saved as ``.pth``, a hub blob without a suffix); read by the suffix alone, such a file
+    was refused with the wrong reader's error ("Unsupported operand 80", "header too large").
+
+    A safetensors file opens with its header's length (8 bytes, little-endian) and the JSON
+    header itself; torch's format and numpy's ``.npz`` are zip archives, told apart by their
+    members (``.npy`` arrays in an ``.npz``); torch's legacy format is a pickle. A file that fits neither, corrupt or not a
+    checkpoint, goes to the reader its suffix names, whose error then describes it."""
+    by_suffix = {".safetensors": "safetensors", ".npz": "npz"}.get(path.suffix.lower(), "torch")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        if head[:4] == _ZIP_MAGIC:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+            return "npz" if names and all(n.endswith(".npy") for n in names) else "torch"
+        if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+            return "safetensors"
+        if head[:1] == b"\x80":  # a pickle's PROTO opcode: torch's legacy (pre-1.6) format
+            return "torch"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return by_suffix
+
+
 def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dict[str, Tensor]:
     """Read a checkpoint file (.safetensors, .pth/.pt/.bin/.ckpt or JAX .npz) to a state dict.
 
@@ -199,19 +229,20 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty")
-    suffix = path.suffix.lower()
+    kind = _file_format(path)
     try:
-        if suffix == ".safetensors":  # (no checksums in the format: damaged tensor bytes cannot be seen)
+        if kind == "safetensors":  # (no checksums in the format: damaged tensor bytes cannot be seen)
             from safetensors.torch import load_file
 
             obj: object = load_file(str(path), device="cpu")
-        elif suffix == ".npz":  # (numpy's reads check the members' CRC-32)
+        elif kind == "npz":  # (numpy's reads check the members' CRC-32)
             obj = _read_npz(path)
         else:
             check_zip_crcs(path)  # torch's format since 1.6; the legacy one has no checksums
             allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-            with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext():
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+            # (an open file: torch.load hands a path ending in .safetensors to safetensors)
+            with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext(), open(path, "rb") as f:
+                obj = torch.load(f, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
