@@ -47,7 +47,6 @@ from .checkpoint import (
     save_training_checkpoint,
     write_json_atomic,
 )
-from ..checkpoints import unwrap_model
 from ..param_groups import param_groups_layer_decay, weight_decayed
 from .data import DataBundle, build_data
 
@@ -201,11 +200,6 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------- helpers
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / DataParallel / torch.compile wrappers (:func:`~visionzoo.checkpoints.unwrap_model`)."""
-    return unwrap_model(model)
-
-
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     spec = (getattr(model, "default_cfg", {}) or {}).get("classifier", "head")
     return (spec,) if isinstance(spec, str) else tuple(spec)
