@@ -285,10 +285,21 @@ def test_resume_lists_only_real_flags(tmp_path, capsys):
     (["--distill-alpha", "0.3"], "--distill-alpha is an option of distillation; give --teacher NAME"),
     (["--teacher", "resnet18", "--teacher-checkpoint", "t.safetensors", "--distill-alpha", "1.5"], "--distill-alpha must be in [0, 1]"),
     (["--teacher", "resnet18", "--teacher-checkpoint", "t.safetensors", "--distill-tau", "0"], "--distill-tau must be a positive temperature, got 0.0"),
+    # these failed mid-run: a traceback (OverflowError building the schedule), "cannot convert float NaN to
+    # integer", a NaN loss blamed on --lr after the run folder was made, or mixing silently off
+    (["--warmup-epochs", "inf"], "--warmup-epochs must be a finite number, got inf"),
+    (["--warmup-epochs", "nan"], "--warmup-epochs must be a finite number, got nan"),
+    (["--weight-decay", "nan"], "--weight-decay must be a finite number, got nan"),
+    (["--weight-decay", "inf"], "--weight-decay must be a finite number, got inf"),
+    (["--clip-grad", "nan"], "--clip-grad must be a finite number, got nan"),
+    (["--mixup", "nan"], "--mixup must be a finite number, got nan"),
+    (["--cutmix", "inf"], "--cutmix must be a finite number, got inf"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
 ])
 def test_train_option_errors(tmp_path, capsys, args, needle):
     err = _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)
     assert "takes its classes" not in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(tmp_path, capsys):

@@ -138,6 +138,12 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ValueError (one line) for values training cannot use."""
+        # NaN passes every comparison below and inf most of them: both would fail mid-run (a NaN
+        # loss blamed on --lr, or an OverflowError building the schedule), not here naming the option
+        for name in ("lr", "weight_decay", "warmup_epochs", "mixup", "cutmix", "clip_grad"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
         if self.epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -148,7 +154,7 @@ class TrainConfig:
             raise ValueError(f"--min-lr-ratio must be in [0, 1), got {self.min_lr_ratio}")
         if self.log_every < 1:
             raise ValueError(f"--log-every must be at least 1, got {self.log_every}")
-        if not self.lr > 0 or not math.isfinite(self.lr):
+        if not self.lr > 0:
             raise ValueError(f"--lr must be a positive number, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
