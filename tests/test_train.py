@@ -488,6 +488,9 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     Image.fromarray(lab).save(data / "masks" / "1.png")
     _one_line_error([*seg, "--num-classes", "0"], capsys, "--num-classes must be at least 2")
     _one_line_error([*seg, "--lr", "0"], capsys, "--lr must be positive")
+    _one_line_error([*seg, "--lr", "inf"], capsys, "--lr must be positive and finite, got inf")  # trained to NaN weights, exit 0
+    _one_line_error([*seg, "--weight-decay", "-1"], capsys, "--weight-decay must be >= 0, got -1.0")  # torch's words, after the data
+    _one_line_error([*seg, "--weight-decay", "nan"], capsys, "--weight-decay must be >= 0, got nan")
     _one_line_error([*seg, "--model", "unext", "--seg-head", "aspp"], capsys, "unext is a whole segmentation network")
     _one_line_error([*seg, "--model", "unext", "--pretrained", str(tmp_path / "none.pth")], capsys, "checkpoint file not found")
     assert not out.exists()

@@ -91,8 +91,10 @@ class SegmentConfig:
             raise ValueError(f"{self.model} is a whole segmentation network: it takes no --seg-head or head width")
         if self.num_classes is not None and self.num_classes < 2:
             raise ValueError(f"--num-classes must be at least 2 (background and one class), got {self.num_classes}")
-        if not self.lr > 0:
-            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:  # inf trained to NaN weights, saved as the run's model
+            raise ValueError(f"--lr must be positive and finite, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:  # (AdamW's own refusal does not name the option)
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         for name in ("epochs", "batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
