@@ -103,6 +103,15 @@ def test_eval_on_digits_holds_out_the_runs_own_split(tmp_path, capsys):
     assert f"179 images): top-1 {s['best_top1']:.4f}" in capsys.readouterr().out and s["best_epoch"] in (1, 2)
 
 
+def test_eval_of_a_folder_with_train_but_no_val_names_what_eval_takes(bf16_run, tmp_path, capsys):
+    """A folder with train/ and no val/ the run did not hold out from: eval used to advise
+    --val-split, which only train takes."""
+    data = _image_folder(tmp_path / "data" / "train")
+    err = _one_line_error(["eval", "--checkpoint", str(bf16_run / "model.safetensors"), "--data", str(data.parent)], capsys,
+                          "has train/ but no val/ folder to evaluate on", f"--data {data} to evaluate every image in it")
+    assert "--val-split" not in err
+
+
 @pytest.mark.parametrize("cmd", ["eval", "train"])
 def test_workers_must_not_be_negative(tmp_path, capsys, cmd):
     extra = ["--checkpoint", str(tmp_path / "c.safetensors")] if cmd == "eval" else ["--output", str(tmp_path / "o")]

@@ -67,6 +67,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])
             dataset, data_classes, split = Subset(ImageFiles(samples), range(len(samples)), tf), classes, "every image"
         else:
+            own_split = trained_here and info["val_split"]  # a run's --val-split of its train/ folder
+            if (args.data != "digits" and args.data not in TORCHVISION_SETS and (folder / "train").is_dir()
+                    and not any((folder / d).is_dir() for d in ("val", "test")) and not own_split):
+                # (build_data's own words advise --val-split, an option of train only)
+                raise CLIError(f"--data {args.data}: has train/ but no val/ folder to evaluate on; add one, or give "
+                               f"--data {folder / 'train'} to evaluate every image in it")
             # a dataset's test split, a folder's val/, or the held-out split of the run's own folder
             # (the same images as in training: the split is fixed by the fraction)
             cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
