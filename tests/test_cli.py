@@ -325,6 +325,24 @@ def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(
     assert "holding out" not in capsys.readouterr().out
 
 
+def test_resume_from_another_working_folder_reads_the_runs_own_data(tmp_path, capsys, monkeypatch):
+    """config.json records a relative --data absolute: --resume from another working folder (as a
+    job scheduler's) used to fail as "--data 'imgs': neither a known dataset nor an existing
+    folder"; giving the same relative --data where the run began still counts as no change."""
+    _image_folder(tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "imgs", *TINY, "--epochs", "1", "--output", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["data"] == str(tmp_path / "imgs")
+    assert main(["train", "--data", "imgs", "--output", str(out), "--resume", "--epochs", "2"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--output", str(out), "--resume", "--epochs", "3"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 3
+
+
 def test_freeze_backbone_without_weights_to_keep_is_a_warning(tmp_path, capsys):
     """--freeze-backbone without --pretrained trains a classifier on random features: said once,
     not refused (a baseline may mean it); with the weights to keep, nothing is said."""

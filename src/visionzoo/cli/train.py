@@ -99,7 +99,7 @@ def _resumed(config_cls: type, task: str, given: dict[str, Any], output: str | N
     """The configuration of the ``task`` run in ``output`` (its config.json, as a ``config_cls``),
     with ``--epochs`` and the run options in ``given`` applied; CLIError where ``given`` would
     change any other setting, or no ``--output`` names the run."""
-    from ..train.checkpoint import read_run_config
+    from ..train.checkpoint import read_run_config, recorded_path
 
     if not output:
         raise CLIError("--resume needs --output DIR (the folder of the run to continue)")
@@ -110,7 +110,7 @@ def _resumed(config_cls: type, task: str, given: dict[str, Any], output: str | N
     runtime = [k for k in _RUNTIME if hasattr(cfg, k)]
     unset = lambda k, v: k == "model_args" and not v  # noqa: E731  (no --model-arg given)
     changed = [k for k, v in given.items() if k not in (*runtime, "epochs", "output", "resume")
-               and not unset(k, v) and _as_json(v) != _as_json(getattr(cfg, k))]
+               and not unset(k, v) and _as_json(recorded_path(k, v)) != _as_json(recorded_path(k, getattr(cfg, k)))]
     if changed:
         flags = ", ".join(f"{_flag(k)} ({getattr(cfg, k)!r} in the run, {given[k]!r} given)" for k in changed)
         raise CLIError(f"--resume continues the run with the settings in its config.json and cannot change {flags}; "

@@ -43,8 +43,10 @@ __all__ = [
     "read_metadata",
     "read_run_config",
     "record_epochs",
+    "recorded_path",
     "restore_rng",
     "restore_training",
+    "run_config",
     "run_folder",
     "save_training_checkpoint",
     "write_json_atomic",
@@ -223,6 +225,27 @@ def finished_run(out_dir: Path, latest: Path, epochs: int) -> dict[str, Any] | N
     ended = (isinstance(summary, dict) and summary.get("epochs") == epochs and summary.get("interrupted") is False
              and Path(summary.get("last_checkpoint") or "").name == latest.name and (out_dir / "model.safetensors").is_file())
     return summary if ended else None
+
+
+#: the options that name a file or folder (config.json records them absolute)
+PATH_OPTIONS = ("data", "data_dir", "pretrained", "teacher_checkpoint")
+
+
+def recorded_path(key: str, value: Any) -> Any:
+    """``value`` of the option ``key`` as a run's config.json records it: a file or folder
+    absolute, so that ``--resume`` from another working folder (a job scheduler's) reads the
+    run's own data; a dataset's name (``digits``, ``cifar10``) stays a name, as other options."""
+    from .data import TORCHVISION_SETS
+
+    if key not in PATH_OPTIONS or not isinstance(value, str) or (key == "data" and value in ("digits", *TORCHVISION_SETS)):
+        return value
+    return str(Path(value).resolve())
+
+
+def run_config(cfg: Any) -> dict[str, Any]:
+    """What a run's config.json holds: the fields of ``cfg`` (a dataclass), paths absolute
+    (:func:`recorded_path`)."""
+    return {k: recorded_path(k, v) for k, v in dataclasses.asdict(cfg).items()}
 
 
 def record_epochs(out_dir: Path, epochs: int) -> None:

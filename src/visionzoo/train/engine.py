@@ -15,7 +15,6 @@ ends with the weights of an uninterrupted one.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 import signal
@@ -43,6 +42,7 @@ from .checkpoint import (
     record_epochs,
     restore_rng,
     restore_training,
+    run_config,
     run_folder,
     save_training_checkpoint,
     write_json_atomic,
@@ -413,10 +413,6 @@ def _tensorboard(path: Path, purge_step: int | None):
 
 
 # --------------------------------------------------------------------------- the loop
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) a classifier; returns the summary written to summary.json. A run resumed
     at the epochs it has already ended at trains nothing and writes nothing: its summary.json as
@@ -587,7 +583,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            write_json_atomic(_config_dict(cfg), out / "config.json")
+            write_json_atomic(run_config(cfg), out / "config.json")
         else:
             record_epochs(out, cfg.epochs)
     D.barrier(info)

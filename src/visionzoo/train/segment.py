@@ -29,7 +29,6 @@ trains in mixed precision.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 import time
@@ -387,7 +386,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .checkpoint import finished_run, gather_rng, restore_rng, restore_training, run_folder, save_training_checkpoint
+    from .checkpoint import finished_run, gather_rng, restore_rng, restore_training, run_config, run_folder, save_training_checkpoint
     from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
@@ -446,7 +445,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            write_json_atomic({"task": "segment", **dataclasses.asdict(cfg)}, out / "config.json")
+            write_json_atomic({"task": "segment", **run_config(cfg)}, out / "config.json")
         else:
             record_epochs(out, cfg.epochs)
         if resume_from is not None and show:
