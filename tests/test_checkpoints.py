@@ -733,6 +733,14 @@ def test_damaged_training_state_is_refused(tmp_path):
     _damage(path, moments)
     with pytest.raises(CheckpointError, match=r"state.pth: corrupt, archive member '.*' does not match its CRC-32 checksum"):
         load_training_state(path)
+    # a state carrying code is refused saying so (it used to end in torch's advice, cut mid-sentence)
+    evil = _Evil()
+    evil.marker = tmp_path / "ran"
+    torch.save({"epoch": 3, "payload": evil}, path)
+    with pytest.raises(CheckpointError, match=r"state.pth: not a readable training state, refused: it holds Python objects "
+                       r"other than tensors \(global .*system\), and loading them could run code$") as err:
+        load_training_state(path)
+    assert "weights_only" not in str(err.value) and not evil.marker.exists()
 
 
 @pytest.mark.parametrize("kw", [

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import CheckpointError, save_state_dict
-from ..checkpoints.io import check_zip_crcs, publish, temp_beside
+from ..checkpoints.io import _unpickling_failure, check_zip_crcs, publish, temp_beside
 from .distributed import DistInfo, all_gather_object, broadcast_object
 
 #: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
@@ -298,6 +299,10 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     check_zip_crcs(Path(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's words end in advice to load it unsafely, cut mid-sentence
+        code, reason = _unpickling_failure(e)
+        what = f"it holds Python objects other than tensors ({reason}), and loading them could run code" if code else reason
+        raise CheckpointError(f"{path}: not a readable training state, refused: {what}") from None
     except Exception as e:  # noqa: BLE001
         msg = str(e).split("\n")[0]
         raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {msg[:160]})") from None
