@@ -284,6 +284,11 @@ def test_resume_lists_only_real_flags(tmp_path, capsys):
     assert "--log-every" in listed and set(listed) <= known, set(listed) - known
 
 
+def test_train_output_under_a_file_is_refused_first(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    _one_line_error(["train", *TINY, "--output", str(tmp_path / "afile" / "run")], capsys, f"{tmp_path / 'afile'} is a file, not a folder")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--min-lr-ratio", "1"], "--min-lr-ratio must be in [0, 1), got 1.0"),
     (["--min-lr-ratio", "-0.1"], "--min-lr-ratio must be in [0, 1)"),

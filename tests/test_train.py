@@ -310,7 +310,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
     (tmp_path / "afile.txt").write_text("x")
     _one_line_error(["train", "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
-    _one_line_error(["train", "--output", str(tmp_path / "afile.txt" / "run")], capsys, "Not a directory", "afile.txt")
+    _one_line_error(["train", "--output", str(tmp_path / "afile.txt" / "run")], capsys, "afile.txt is a file, not a folder")
     _one_line_error(["train", "--device", "gpu0", *o], capsys, "--device must be cpu, cuda or cuda:N, got 'gpu0'")
     _one_line_error(["train", "--task", "segment", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")
     _one_line_error(["predict", "x.png", "--checkpoint", str(tmp_path), "--model", "convmixer_256_8"], capsys, "is a directory")

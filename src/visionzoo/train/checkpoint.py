@@ -204,6 +204,9 @@ def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output {out} is a file; give the folder to write the run to")
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():  # (else "[Errno 20] Not a directory" once the data is read)
+        raise ValueError(f"--output {out}: {above} is a file, not a folder")
     if resume:
         resume_from = latest_checkpoint(out)
         if resume_from is None:
