@@ -75,6 +75,24 @@ def test_a_failed_export_leaves_nothing_and_says_why(tmp_path):
     assert verify_onnx(vit, path, img_size=32) < 1e-4
 
 
+def test_an_unwritable_folder_is_named_as_asked(tmp_path, monkeypatch):
+    """A folder the exporter cannot write in (read-only, no permission; simulated, as root writes
+    anywhere) said "[Errno 30] Read-only file system: 'out/.vit.onnx.ge4407nr'", naming a
+    temporary folder the user never asked for; the message names the path given."""
+    import errno
+    import tempfile
+
+    def refuse(prefix, dir):
+        raise OSError(errno.EROFS, "Read-only file system", f"{dir}/{prefix}ge4407nr")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    path = tmp_path / "out" / "r18.onnx"
+    with pytest.raises(OSError, match=rf"^\[Errno {errno.EROFS}\] cannot write {path}: Read-only file system$"):
+        export_onnx(model, path, img_size=32)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_torch_export_dynamic_batch(family):
     name = FAMILIES[family]

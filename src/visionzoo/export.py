@@ -66,6 +66,7 @@ def export_onnx(
 
     Raises:
         ValueError: an opset outside 18-23; ``path`` is a directory or lies under a file.
+        OSError: ``path``'s folder cannot be written (read-only, no permission), naming ``path``.
         The model's own error (e.g. an input size it refuses), from one forward pass run first.
     """
     path = Path(path)
@@ -81,8 +82,12 @@ def export_onnx(
     with torch.no_grad():
         model(x)  # the model's own message for an input it refuses, not the exporter's trace
     dim = torch.export.Dim("batch", min=1, max=4096)
-    # the temporary folder in the nearest existing folder (the same file system, for the moves)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=above or Path.cwd()))
+    # the temporary folder in the nearest existing folder (the same file system, for the moves);
+    # a folder that cannot hold it is reported with the path asked for, not the temporary name
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=above or Path.cwd()))
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
