@@ -519,12 +519,14 @@ def _checked_mrcnn():
     (lambda: _bad(torch.rand(2, 3, 120, 150)), r"got a tensor of shape \(2, 3, 120, 150\): pass list\(images\)"),
     (lambda: (_mrcnn_batch()[0], _mrcnn_batch()[1][:1]), r"one target dict per image: got 1 targets for 2 images"),
     (lambda: (_mrcnn_batch()[0], None), r"in training mode the model takes targets"),
+    (lambda: ([], []), r"got an empty list: pass at least one image"),
 ], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
-        "box shape", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets"])
+        "box shape", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images"])
 def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
     """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box, a
     1-channel image broadcast to 3) or failed deep inside (IndexError: Target 7 is out of
-    bounds); each is now one InputError naming the image, the key and the problem."""
+    bounds, and for no images at all: list index out of range); each is now one InputError naming
+    the image, the key and the problem."""
     model = _checked_mrcnn().train()
     images, targets = make()
     with pytest.raises(visionzoo.InputError, match=match):

@@ -224,7 +224,7 @@ class CheckedMaskRCNN(MaskRCNN):
     torchvision's takes many mistakes silently (masks of another size or count, labels of
     another count, label 0 or negative, a NaN box, a 1-channel image on a 3-channel backbone,
     a 4-D batch tensor) or fails deep inside (a label >= num_classes, fewer targets than
-    images, an HWC image). Here each is one :class:`~visionzoo.InputError` naming the image
+    images, an HWC image, no image at all). Here each is one :class:`~visionzoo.InputError` naming the image
     index, the key and the problem. Boxes partly outside the image and images without boxes
     (both from augmentation) pass. The checks cost a few reductions per image; the modules,
     state dict and outputs are torchvision's.
@@ -246,6 +246,8 @@ class CheckedMaskRCNN(MaskRCNN):
             raise InputError(f"Mask R-CNN takes a list of (C, H, W) image tensors, got a tensor of shape {tuple(images.shape)}: pass {fix}")
         if not isinstance(images, (list, tuple)):
             raise InputError(f"Mask R-CNN takes a list of (C, H, W) image tensors, got {type(images).__name__}")
+        if not images:  # torchvision's transform fails on it with an IndexError
+            raise InputError("Mask R-CNN takes a list of (C, H, W) image tensors, got an empty list: pass at least one image")
         for i, img in enumerate(images):
             if not isinstance(img, Tensor):
                 raise InputError(f"images[{i}] is a {type(img).__name__}, not a (C, H, W) tensor")
