@@ -396,6 +396,19 @@ def test_attention_rollout_map(tmp_path):
         assert im.size == (900, 450)
 
 
+def test_rollout_and_distance_leave_a_training_model_in_training():
+    """Both ran the model in eval mode and left it there, so a run logging attention distance
+    between steps trained on without dropout or drop path; gradcat already restored the mode."""
+    m = _small_vit().train()
+    attention_rollout(m, torch.randn(3, 64, 48))
+    assert m.training and all(mod.training for mod in m.modules())
+    mean_attention_distance(m, torch.randn(1, 3, 64, 64))
+    assert m.training and all(mod.training for mod in m.modules())
+    m.eval()
+    attention_rollout(m, torch.randn(3, 64, 48))
+    assert not any(mod.training for mod in m.modules())
+
+
 def _uniform_vit():
     m = _small_vit()
     with torch.no_grad():

@@ -78,7 +78,8 @@ def _as_batch(image: Tensor) -> Tensor:
 
 
 def _token_attention(model: nn.Module, images: Tensor) -> list[Tensor]:
-    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N).
+    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N), from
+    one pass in eval mode (the model's mode is restored after it).
 
     Raises:
         ValueError: a model that is not ViT-style: without a patch stride (``reduction``) and
@@ -88,9 +89,13 @@ def _token_attention(model: nn.Module, images: Tensor) -> list[Tensor]:
     if getattr(model, "reduction", None) is None or not hasattr(model, "num_prefix_tokens"):
         raise ValueError(f"{type(model).__name__}: attention rollout and distance are defined for ViT-style models "
                          "(every block one global attention over the patch tokens); capture_attention gives any model's maps")
+    was_training = model.training
     model.eval()
-    with torch.no_grad(), capture_attention(model) as store:
-        model(images)
+    try:
+        with torch.no_grad(), capture_attention(model) as store:
+            model(images)
+    finally:
+        model.train(was_training)  # a model in training stays so (dropout, drop path), as gradcat leaves it
     maps = [w for ws in store.values() for w in ws if w.ndim == 4 and w.shape[0] == images.shape[0] and w.shape[-1] == w.shape[-2]]
     if not maps:
         raise ValueError(f"{type(model).__name__} computed no global token attention")
