@@ -278,6 +278,7 @@ def test_unext_size_and_output():
     assert out.shape == (2, 2, 96, 160)
     small = create_segmentation_model("unext_s", num_classes=3, in_chans=1)
     assert small(torch.randn(1, 1, 64, 64)).shape == (1, 3, 64, 64)
+    assert small(torch.randn(0, 1, 64, 64)).shape == (0, 3, 64, 64)  # (its token maps inferred no size from 0 images)
     with pytest.raises(visionzoo.InputError, match=r"UNeXt expects 3 input channels, got 1 .*in_chans=1"):
         m(torch.randn(1, 1, 64, 64))
 

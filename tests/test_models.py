@@ -214,6 +214,24 @@ def test_feature_maps_layout(name):
         assert m.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("name", sorted(smallest_per_family().values()))
+def test_an_empty_batch_gives_empty_outputs(name):
+    """A batch of 0 images gives (0, classes) logits and 0-image maps of the sizes one image
+    gets, in inference and with autograd. Reshapes that inferred a size (``view(B, -1, ...)``)
+    failed on it in CoAtNet, Swin (where windows pad) and ViT's maps: "cannot reshape tensor of
+    0 elements"."""
+    model = visionzoo.create_model(name, num_classes=5).eval()
+    S = small_size(model)
+    empty, one = torch.randn(0, 3, S, S), torch.randn(1, 3, S, S)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert model(empty).shape == (0, 5)
+    feats = model.set_features_only()
+    with torch.no_grad():
+        maps, ref = feats(empty), feats(one)
+    assert [tuple(m.shape) for m in maps] == [(0, *r.shape[1:]) for r in ref]
+
+
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_tiny_patch16_224"])
 def test_weights_written_through_data_are_seen_after_eval(name):
     """Writes through ``.data`` bypass the version counters that stamp the cached inference

@@ -297,7 +297,7 @@ class MBConvBlock(nn.Module):
             x = torch.bmm(tokens, (w * gate).transpose(1, 2))  # B, HW, out
             if self.conv3_1x1.bias is not None:
                 x += self.conv3_1x1.bias  # in place: bmm's backward does not need its output
-        x = x.view(B, H, W, -1).permute(0, 3, 1, 2)  # B, out, H, W
+        x = x.view(B, H, W, w.shape[0]).permute(0, 3, 1, 2)  # B, out, H, W (sizes given: an empty batch has none to infer)
         return self.drop_path(x).add_(shortcut)  # in place on a fresh tensor (no extra 1-map allocation)
 
 
@@ -390,7 +390,8 @@ class RelativeAttention(nn.Module):
             # which would invalidate the view that reshape records at trace time
             x = x.clone(memory_format=torch.contiguous_format)
         x = x.reshape(B, N, nH * hd)  # B, N, C (a view in eager: CPU SDPA writes B, N, nH, hd)
-        return self.proj_drop(self.proj(x).view(B, H, W, -1))  # B, H, W, C
+        x = self.proj(x)  # B, N, C
+        return self.proj_drop(x.view(B, H, W, x.shape[-1]))  # B, H, W, C
 
 
 class NormPool(nn.Module):

@@ -194,7 +194,7 @@ class SwinBlock(nn.Module):
             x = F.pad(x, (0, 0, 0, Wp - W, 0, Hp - H))
         if sh or sw:
             x = torch.roll(x, (-sh, -sw), (1, 2))
-        windows = window_partition(x, (Mh, Mw)).view(B, -1, Mh * Mw, C)  # B, nW, N, C
+        windows = window_partition(x, (Mh, Mw)).view(B, (Hp // Mh) * (Wp // Mw), Mh * Mw, C)  # B, nW, N, C
         windows = self.attn(windows, (Mh, Mw), plan.mask)
         x = window_reverse(windows.view(-1, Mh * Mw, C), (Mh, Mw), Hp, Wp)  # B, Hp, Wp, C
         if sh or sw:

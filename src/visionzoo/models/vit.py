@@ -156,7 +156,7 @@ class RelPosAttention(Attention):
         rel = torch.einsum("bhnd,nmd->bhnm", q[:, :, P:] * self.scale, emb)  # B, nH, Ng, Ng
         bias = F.pad(rel, (P, 0, P, 0))  # B, nH, N, N (zero for prefix tokens)
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)
-        return x.transpose(1, 2).reshape(B, N, -1)  # B, N, nH*hd
+        return x.transpose(1, 2).reshape(B, N, x.shape[1] * x.shape[3])  # B, N, nH*hd
 
 
 class RelPosBlock(Block):
@@ -515,7 +515,7 @@ class VisionTransformer(VisionModel):
 
     def _token_map(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, P + Gh*Gw, D) tokens -> the patch tokens as a (B, D, Gh, Gw) map (a view)."""
-        return tokens[:, self.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], -1, *grid)
+        return tokens[:, self.num_prefix_tokens :].transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         """Outputs of the blocks in ``indices``, prefix tokens removed, as (B, D, Gh, Gw) maps."""

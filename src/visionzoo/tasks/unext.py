@@ -180,7 +180,7 @@ class UNeXt(nn.Module):
 
     @staticmethod
     def _to_map(x: Tensor, H: int, W: int) -> Tensor:
-        return x.transpose(1, 2).reshape(x.shape[0], -1, H, W)  # B, C, H, W
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], H, W)  # B, C, H, W (no -1: an empty batch has no size to infer)
 
     @staticmethod
     def _up(x: Tensor) -> Tensor:
