@@ -38,9 +38,11 @@ __all__ = [
     "capture_rng",
     "effective_overrides",
     "finished_run",
+    "gather_per_rank",
     "gather_rng",
     "latest_checkpoint",
     "load_training_state",
+    "own_entry",
     "read_metadata",
     "read_run_config",
     "record_epochs",
@@ -105,6 +107,24 @@ def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     """:func:`capture_rng` of every rank, in rank order (a collective: every rank calls it); the
     state a checkpoint keeps, so each rank resumes with its own draws."""
     return all_gather_object(capture_rng(), info)
+
+
+def gather_per_rank(info: DistInfo, **values: Any) -> dict[str, list[Any]]:
+    """``rng`` (:func:`capture_rng`) and each of ``values``, as every rank holds them: per key, a
+    list in rank order (a collective: every rank calls it). What differs between the ranks of a
+    run (its RNG states, its share of the epoch's training loss, an EMA's BatchNorm statistics)
+    a checkpoint keeps for each, so that each rank resumes with its own, not rank 0's."""
+    ranks = all_gather_object({"rng": capture_rng(), **values}, info)
+    return {k: [r[k] for r in ranks] for k in ranks[0]}
+
+
+def own_entry(saved: Any, rank: int) -> Any:
+    """This ``rank``'s entry of a per-rank list a checkpoint keeps (:func:`gather_per_rank`), or
+    ``saved`` as it is where the checkpoint kept one for all ranks (RNG states and epoch sums
+    of older checkpoints: a dict, a list of numbers)."""
+    if isinstance(saved, list) and saved and isinstance(saved[0], (list, tuple, dict)):
+        return saved[rank]
+    return saved
 
 
 def restore_rng(state: Mapping[str, Any]) -> None:

@@ -37,8 +37,9 @@ from . import distributed as D
 from .checkpoint import (
     effective_overrides,
     finished_run,
-    gather_rng,
+    gather_per_rank,
     model_metadata,
+    own_entry,
     record_epochs,
     restore_rng,
     restore_training,
@@ -284,6 +285,17 @@ def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         return ema_p.lerp(p, 1 - d)
 
     return avg
+
+
+def _float_buffers(module: nn.Module) -> dict[str, Tensor]:
+    """The floating-point buffers of ``module`` (BatchNorm's running statistics), on the CPU."""
+    return {n: b.detach().cpu().clone() for n, b in module.named_buffers() if b.is_floating_point()}
+
+
+def _load_buffers(module: nn.Module, buffers: Mapping[str, Tensor]) -> None:
+    for n, b in module.named_buffers():
+        if n in buffers:
+            b.copy_(buffers[n])
 
 
 def _worker_init(_: int) -> None:
@@ -573,11 +585,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         st = restore_training(resume_from, base_model, opt, sched, scaler, world_size=info.world_size, epochs=cfg.epochs, name=model_name)
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
+            if st.get("ema_buffers"):  # this rank's own EMA BatchNorm statistics (torchrun)
+                _load_buffers(ema.module, st["ema_buffers"][info.rank])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
         if info.is_main and "schedule_note" in st:
             print(st["schedule_note"], flush=True)
-        train_seconds, acc_sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
-        restore_rng(st["rng"][info.rank] if isinstance(st["rng"], list) else st["rng"])
+        train_seconds, acc_sums, history = st["train_seconds"], list(own_entry(st["epoch_sums"], info.rank)), list(st["history"])
+        restore_rng(own_entry(st["rng"], info.rank))
         if info.is_main:
             print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})", flush=True)
     if info.is_main:
@@ -607,7 +621,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
 
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
-        rng = gather_rng(info)  # every rank's RNG state travels to rank 0, which alone writes
+        # every rank's own state travels to rank 0, which alone writes: its RNG states, its sums of the
+        # epoch so far and, under torchrun, its EMA's BatchNorm statistics (each rank's EMA averages
+        # its own until the epoch's end averages them over the ranks)
+        own = dict(epoch_sums=list(acc_sums))
+        if ema is not None and info.enabled:
+            own["ema_buffers"] = _float_buffers(ema.module)
+        ranks = gather_per_rank(info, **own)
         if not info.is_main:
             return
         if any(not torch.isfinite(p).all() for p in base_model.parameters()):
@@ -617,8 +637,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": global_step,
-            "train_seconds": train_seconds, "epoch_sums": list(acc_sums), "history": history,
-            "world_size": info.world_size, "rng": rng,
+            "train_seconds": train_seconds, "history": history, "world_size": info.world_size, **ranks,
         }
         ckpt_path = save_training_checkpoint(out, global_step, base_model.state_dict(), meta, state, keep=cfg.keep_checkpoints)
         if reason:

@@ -386,7 +386,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .checkpoint import finished_run, gather_rng, restore_rng, restore_training, run_config, run_folder, save_training_checkpoint
+    from .checkpoint import finished_run, gather_per_rank, own_entry, restore_rng, restore_training, run_config, run_folder, save_training_checkpoint
     from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
@@ -436,8 +436,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
         st = restore_training(resume_from, model, opt, sched, scaler, world_size=info.world_size, epochs=cfg.epochs,
                               name=f"the {cfg.model} network of this run")
         epoch, batch_in_epoch, step = st["epoch"], st["batch_in_epoch"], st["global_step"]
-        train_seconds, sums, history = st["train_seconds"], list(st["epoch_sums"]), list(st["history"])
-        restore_rng(st["rng"][info.rank])
+        train_seconds, sums, history = st["train_seconds"], list(own_entry(st["epoch_sums"], info.rank)), list(st["history"])
+        restore_rng(own_entry(st["rng"], info.rank))
     meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
                           {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment",
                           data_path=str(root.resolve()), **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
@@ -457,12 +457,12 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
 
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
-        rng = gather_rng(info)  # every rank's RNG state travels to rank 0, which alone writes
+        ranks = gather_per_rank(info, epoch_sums=list(sums))  # every rank's RNG states and sums travel to rank 0, which alone writes
         if not info.is_main:
             return
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                  "epoch": epoch, "batch_in_epoch": batch_in_epoch, "global_step": step, "train_seconds": train_seconds,
-                 "epoch_sums": list(sums), "history": history, "world_size": info.world_size, "rng": rng}
+                 "history": history, "world_size": info.world_size, **ranks}
         ckpt_path = save_training_checkpoint(out, step, model.state_dict(), meta, state, keep=cfg.keep_checkpoints)
         if reason and show:
             print(f"{reason}: checkpoint {ckpt_path}", flush=True)
