@@ -824,6 +824,30 @@ def test_schedule_notes_for_a_capped_warmup_and_a_longer_resume(tmp_path, capsys
     assert "the schedule now spans 2 epochs, so the learning rate goes from 0.0001 to" in capsys.readouterr().out
 
 
+def test_a_longer_resume_steps_at_the_new_schedules_rates_from_its_first_step(tmp_path):
+    """A 1-epoch run resumed to 2 epochs takes each step, its first included, at the rate of a
+    2-epoch run (the warm-up + cosine rebuilt over the new length); its first step used to
+    take the old schedule's last rate (0.0001: --min-lr-ratio x --lr) instead of the new one's 0.01."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from visionzoo.train import TrainConfig, train
+
+    vit = {"depth": 1, "embed_dim": 16, "num_heads": 2, "patch_size": 4}
+    cfg = dict(model="vit_tiny_patch16_224", model_args=vit, img_size=8, batch_size=128, progress="none")
+    rates: list[float] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, args, kwargs: rates.append(opt.param_groups[0]["lr"]))
+    try:
+        train(TrainConfig(epochs=2, output=str(tmp_path / "ref"), **cfg))
+        ref, rates[:] = list(rates), []
+        train(TrainConfig(epochs=1, output=str(tmp_path / "r"), **cfg))
+        rates.clear()
+        train(TrainConfig(epochs=2, resume=True, output=str(tmp_path / "r"), **cfg))
+    finally:
+        hook.remove()
+    assert len(ref) == 22 and len(rates) == 11  # 11 steps of 128 an epoch
+    assert rates == ref[11:]
+
+
 def test_layer_decay_scales_each_depth_groups_learning_rate(tmp_path, capsys):
     """--layer-decay 0.5 on a 2-block ViT: four depth groups (stem, two blocks, head), each
     stepping at 0.5 ** (3 - id) times the head's rate through the whole schedule; the

@@ -370,4 +370,11 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
     if abs(lr_now - lr_then) > 0.05 * lr_then:  # --epochs changed: the warm-up and cosine span the new length
         st["schedule_note"] = (f"note: the schedule now spans {epochs} epochs, so the learning rate goes from {lr_then:.3g} to {lr_now:.3g} "
                                f"at step {st['global_step']} (warmup and cosine over the new length, as timm's resume does)")
+    # the next step's rates from the schedule of this run's length: the optimizer's are the saved
+    # schedule's, which, where --epochs changed, would drive one more step at the old length's rate
+    # (the same value, bit for bit, where it did not: LambdaLR computes them so)
+    rates = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    scheduler._last_lr = rates
     return st
