@@ -161,15 +161,24 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_torchrun_run_stopped_mid_epoch_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("case", ["ema", "epoch_end", "segment"])
+def test_torchrun_run_stopped_mid_epoch_resumes_exactly(tmp_path, case):
     """Under torchrun, a run stopped part-way into an epoch and resumed ends with the weights and
     per-epoch figures of an uninterrupted one: each rank takes back its own share of the epoch's
-    training loss and accuracy, and its own EMA BatchNorm statistics (they used to come back
-    as rank 0's on every rank: epoch 1's train loss 1.74837 against 1.76082, the EMA's running
-    statistics 2e-6 off)."""
+    training loss and accuracy, and its own BatchNorm statistics of the weights it evaluates
+    (the EMA's, updated by each rank on its own through the epoch; the model's, stopped after an
+    epoch's last step, before the ranks average them). They used to come back as rank 0's on every
+    rank: epoch 1's train loss 1.74837 against 1.76082, running statistics 2e-6 off."""
     script = tmp_path / "stopping_rank.py"
     script.write_text(STOPPING_RANK)
-    args = [*TINY, "--epochs", "2", "--ema", "--save-every-steps", "3", "--progress", "none"]
+    task = "segment" if case == "segment" else "classify"
+    if task == "classify":  # 22 steps an epoch: stopped in epoch 1, or after its last step
+        args = [*TINY, "--epochs", "2", "--save-every-steps", "3", "--progress", "none"] + (["--ema"] if case == "ema" else [])
+        stop_at = 5 if case == "ema" else 22
+    else:  # 2 steps an epoch: stopped after the last step of epoch 2
+        args, stop_at = ["--task", "segment", "--data", str(_seg_folder(tmp_path / "seg")), "--img-size", "32", "--epochs", "2",
+                         "--batch-size", "2", "--lr", "0.003", "--scale-range", "0.75", "1.5", "--progress", "none"], 4
+    resume = ["--task", "segment"] if task == "segment" else []
 
     def torchrun(*cli, stop_at=0):
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *cli],
@@ -178,9 +187,9 @@ def test_torchrun_run_stopped_mid_epoch_resumes_exactly(tmp_path):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     r = torchrun("train", *args, "--output", str(ref))
     assert r.returncode == 0, r.stderr[-2000:]
-    torchrun("train", *args, "--output", str(cut), stop_at=5)  # (rank 0 exits 130: torchrun reports a failure)
-    assert json.loads((cut / "checkpoints" / "latest.json").read_text())["step"] == 5  # 22 steps an epoch: mid-epoch 1
-    r = torchrun("train", "--output", str(cut), "--resume")
+    torchrun("train", *args, "--output", str(cut), stop_at=stop_at)  # (rank 0 exits 130: torchrun reports a failure)
+    assert json.loads((cut / "checkpoints" / "latest.json").read_text())["step"] == stop_at
+    r = torchrun("train", *resume, "--output", str(cut), "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
     a, b = _weights(ref / "model.safetensors"), _weights(cut / "model.safetensors")
     assert a.keys() == b.keys() and [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -38,9 +38,11 @@ __all__ = [
     "capture_rng",
     "effective_overrides",
     "finished_run",
+    "float_buffers",
     "gather_per_rank",
     "gather_rng",
     "latest_checkpoint",
+    "load_buffers",
     "load_training_state",
     "own_entry",
     "read_metadata",
@@ -116,6 +118,19 @@ def gather_per_rank(info: DistInfo, **values: Any) -> dict[str, list[Any]]:
     a checkpoint keeps for each, so that each rank resumes with its own, not rank 0's."""
     ranks = all_gather_object({"rng": capture_rng(), **values}, info)
     return {k: [r[k] for r in ranks] for k in ranks[0]}
+
+
+def float_buffers(module: torch.nn.Module) -> dict[str, Tensor]:
+    """The floating-point buffers of ``module`` (BatchNorm's running statistics), on the CPU: under
+    torchrun each rank's own until the epoch's end averages them, so a checkpoint keeps each rank's."""
+    return {n: b.detach().cpu().clone() for n, b in module.named_buffers() if b.is_floating_point()}
+
+
+def load_buffers(module: torch.nn.Module, buffers: Mapping[str, Tensor]) -> None:
+    """:func:`float_buffers` back into ``module``."""
+    for n, b in module.named_buffers():
+        if n in buffers:
+            b.copy_(buffers[n])
 
 
 def own_entry(saved: Any, rank: int) -> Any:

@@ -37,7 +37,9 @@ from . import distributed as D
 from .checkpoint import (
     effective_overrides,
     finished_run,
+    float_buffers,
     gather_per_rank,
+    load_buffers,
     model_metadata,
     own_entry,
     record_epochs,
@@ -285,17 +287,6 @@ def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
         return ema_p.lerp(p, 1 - d)
 
     return avg
-
-
-def _float_buffers(module: nn.Module) -> dict[str, Tensor]:
-    """The floating-point buffers of ``module`` (BatchNorm's running statistics), on the CPU."""
-    return {n: b.detach().cpu().clone() for n, b in module.named_buffers() if b.is_floating_point()}
-
-
-def _load_buffers(module: nn.Module, buffers: Mapping[str, Tensor]) -> None:
-    for n, b in module.named_buffers():
-        if n in buffers:
-            b.copy_(buffers[n])
 
 
 def _worker_init(_: int) -> None:
@@ -585,13 +576,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         st = restore_training(resume_from, base_model, opt, sched, scaler, world_size=info.world_size, epochs=cfg.epochs, name=model_name)
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
-            if st.get("ema_buffers"):  # this rank's own EMA BatchNorm statistics (torchrun)
-                _load_buffers(ema.module, st["ema_buffers"][info.rank])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
         if info.is_main and "schedule_note" in st:
             print(st["schedule_note"], flush=True)
         train_seconds, acc_sums, history = st["train_seconds"], list(own_entry(st["epoch_sums"], info.rank)), list(st["history"])
         restore_rng(own_entry(st["rng"], info.rank))
+        if st.get("buffers"):  # torchrun: this rank's own BatchNorm statistics of the weights it evaluates
+            load_buffers(ema.module if ema is not None else base_model, st["buffers"][info.rank])
         if info.is_main:
             print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})", flush=True)
     if info.is_main:
@@ -622,11 +613,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
         # every rank's own state travels to rank 0, which alone writes: its RNG states, its sums of the
-        # epoch so far and, under torchrun, its EMA's BatchNorm statistics (each rank's EMA averages
-        # its own until the epoch's end averages them over the ranks)
-        own = dict(epoch_sums=list(acc_sums))
-        if ema is not None and info.enabled:
-            own["ema_buffers"] = _float_buffers(ema.module)
+        # epoch so far and, under torchrun, the BatchNorm statistics of the weights it evaluates (each
+        # rank updates its own, the EMA's through the epoch, until the epoch's end averages them)
+        own = dict(epoch_sums=list(acc_sums), **({"buffers": float_buffers(eval_weights())} if info.enabled else {}))
         ranks = gather_per_rank(info, **own)
         if not info.is_main:
             return

@@ -386,7 +386,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
-    from .checkpoint import finished_run, gather_per_rank, own_entry, restore_rng, restore_training, run_config, run_folder, save_training_checkpoint
+    from .checkpoint import (finished_run, float_buffers, gather_per_rank, load_buffers, own_entry, restore_rng, restore_training, run_config,
+                             run_folder, save_training_checkpoint)
     from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
@@ -438,6 +439,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
         epoch, batch_in_epoch, step = st["epoch"], st["batch_in_epoch"], st["global_step"]
         train_seconds, sums, history = st["train_seconds"], list(own_entry(st["epoch_sums"], info.rank)), list(st["history"])
         restore_rng(own_entry(st["rng"], info.rank))
+        if st.get("buffers"):  # torchrun: this rank's own BatchNorm statistics
+            load_buffers(model, st["buffers"][info.rank])
     meta = model_metadata(cfg.model, cfg.model_args or {}, [str(c) for c in range(C)],
                           {"img_size": cfg.img_size, "mean": list(mean), "std": list(std)}, task="segment",
                           data_path=str(root.resolve()), **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
@@ -457,7 +460,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
 
     def save(reason: str = "") -> None:
         nonlocal ckpt_path
-        ranks = gather_per_rank(info, epoch_sums=list(sums))  # every rank's RNG states and sums travel to rank 0, which alone writes
+        # every rank's RNG states, sums and (torchrun) BatchNorm statistics travel to rank 0, which alone writes
+        ranks = gather_per_rank(info, epoch_sums=list(sums), **({"buffers": float_buffers(model)} if info.enabled else {}))
         if not info.is_main:
             return
         state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
