@@ -452,6 +452,30 @@ def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
+def test_a_new_run_failing_before_its_first_checkpoint_leaves_nothing_behind(tmp_path, capsys):
+    """A new run stopped before any checkpoint (here a NaN loss at the second step) removes what
+    it wrote (config.json, tensorboard/) and the folders it made; in a folder that held other
+    files, those stay. It used to leave a folder nothing could resume."""
+    nan = ["train", *TINY, "--epochs", "1", "--opt", "sgd", "--lr", "1e12", "--label-smoothing", "0", "--warmup-epochs", "0"]
+    out = tmp_path / "new" / "run"
+    _one_line_error([*nan, "--output", str(out)], capsys, "NaN", "none yet")
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("kept")
+    _one_line_error([*nan, "--output", str(mine)], capsys, "NaN")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    # a segmentation run likewise (a truncated image, read at the first step)
+    data = _seg_folder(tmp_path / "seg", n=4)
+    png = data / "images" / "0.png"
+    png.write_bytes(png.read_bytes()[: png.stat().st_size * 3 // 5])
+    seg = tmp_path / "segruns" / "run"
+    assert main(["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+                 "--output", str(seg)]) != 0
+    capsys.readouterr()
+    assert not (tmp_path / "segruns").exists()
+
+
 def _seg_folder(root: Path, n=12, size=32) -> Path:
     """Images with a bright square (class 1) and a dark disc (class 2) on noise; masks as PNG label maps."""
     from PIL import Image

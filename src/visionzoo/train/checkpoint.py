@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
     "latest_checkpoint",
     "load_buffers",
     "load_training_state",
+    "NewRunFolder",
     "own_entry",
     "read_metadata",
     "read_run_config",
@@ -224,6 +226,40 @@ def save_training_checkpoint(out_dir: Path, step: int, weights: Mapping[str, Ten
         for q in (p, p.with_name(p.name.replace(".safetensors", STATE_SUFFIX))):
             q.unlink(missing_ok=True)
     return ckdir / f"{stem}.safetensors"
+
+
+class NewRunFolder:
+    """The folder of a new run, made by :meth:`make`, and what :meth:`discard` removes where the
+    run fails before its first checkpoint: the files and folders the run added (config.json,
+    tensorboard/, a partly written checkpoints/), then each folder ``make`` created, now empty.
+    A run that failed on a corrupt image, a NaN loss or a lack of memory left config.json and
+    tensorboard/ in a folder nothing could resume. A folder with a checkpoint is kept whole:
+    ``--resume`` continues it."""
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        self.created: list[Path] = []  # the folders make() created, deepest first
+        self.had: set[str] = set()  # the names in the run's folder before the run
+
+    def make(self, out: Path) -> None:
+        self.created = [p for p in (out, *out.parents) if not p.exists()]
+        self.had = {p.name for p in out.iterdir()} if out.is_dir() else set()
+        out.mkdir(parents=True, exist_ok=True)
+        self.out = out
+
+    def discard(self) -> None:
+        """Remove what the run added, unless it wrote a checkpoint (``latest.json`` comes last)."""
+        out, self.out = self.out, None
+        if out is None or (out / "checkpoints" / "latest.json").exists():
+            return
+        for entry in out.iterdir():
+            if entry.name not in self.had:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: another process wrote there
+                return
 
 
 def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *, what: str = "a training run",

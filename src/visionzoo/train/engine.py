@@ -41,6 +41,7 @@ from .checkpoint import (
     gather_per_rank,
     load_buffers,
     model_metadata,
+    NewRunFolder,
     own_entry,
     record_epochs,
     restore_rng,
@@ -423,13 +424,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     cfg.check()
     cfg.resolve_channels_last()
     info = D.init(cfg.device)
+    folder = NewRunFolder()
     try:
-        return _train(cfg, info)
+        return _train(cfg, info, folder)
+    except BaseException:
+        folder.discard()  # a new run that failed before its first checkpoint leaves nothing behind
+        raise
     finally:
         D.cleanup()
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
+def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str, Any]:
     from ..checkpoints import load_checkpoint
     from ..factory import create_model
     from ..registry import get_entry
@@ -586,10 +591,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo) -> dict[str, Any]:
         if info.is_main:
             print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})", flush=True)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
+            folder.make(out)
             write_json_atomic(run_config(cfg), out / "config.json")
         else:
+            out.mkdir(parents=True, exist_ok=True)
             record_epochs(out, cfg.epochs)
     D.barrier(info)
 

@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as D
-from .checkpoint import model_metadata, record_epochs, write_json_atomic
+from .checkpoint import NewRunFolder, model_metadata, record_epochs, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
 __all__ = ["SegFolder", "SegmentConfig", "check_pairs", "evaluate_segmentation", "folder_pairs", "image_input", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
@@ -349,8 +349,12 @@ def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     resumed at the epochs it has already ended at: as it stands, with ``nothing_to_do`` set)."""
     cfg.check()
     info = D.init(cfg.device)
+    folder = NewRunFolder()
     try:
-        return _train(cfg, info)
+        return _train(cfg, info, folder)
+    except BaseException:
+        folder.discard()  # as a classification run's: nothing left of a new run without a checkpoint
+        raise
     finally:
         D.cleanup()
 
@@ -382,7 +386,7 @@ def check_pairs(pairs: list[tuple[Path, Path]], num_classes: int | None = None, 
     return C
 
 
-def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
+def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
     from ..tasks import create_segmentation_model
@@ -446,10 +450,11 @@ def _train(cfg: SegmentConfig, info: D.DistInfo) -> dict[str, Any]:
                           data_path=str(root.resolve()), **({} if whole else {"head": cfg.head, "channels": kwargs.get("channels")}))
     show = cfg.progress != "none" and info.is_main
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
+            folder.make(out)
             write_json_atomic({"task": "segment", **run_config(cfg)}, out / "config.json")
         else:
+            out.mkdir(parents=True, exist_ok=True)
             record_epochs(out, cfg.epochs)
         if resume_from is not None and show:
             print(f"resuming {out} at epoch {epoch + 1}, step {step} ({resume_from[0].name})", flush=True)
