@@ -452,6 +452,30 @@ def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):
     assert all(torch.isfinite(v).all() for v in w.values() if v.is_floating_point())
 
 
+def test_model_best_never_holds_nan_weights(tmp_path, capsys, monkeypatch):
+    """Weights gone NaN at an epoch's last step, evaluated as the best so far (argmax of NaN
+    logits scores the share of class 0; here the evaluation is made to say 0.99): model_best
+    keeps the last finite best and the run stops at save()'s check. It was written first."""
+    from visionzoo.train import engine
+
+    real, calls = engine.evaluate, []
+
+    def evaluate(model, *args, **kw):
+        calls.append(1)
+        ev = real(model, *args, **kw)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+            ev = {**ev, "top1": 0.99}
+        return ev
+
+    monkeypatch.setattr(engine, "evaluate", evaluate)
+    out = tmp_path / "run"
+    _one_line_error(["train", *TINY, "--epochs", "2", "--output", str(out)], capsys, "NaN")
+    best = _weights(out / "model_best.safetensors")
+    assert all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point())
+
+
 def test_a_new_run_failing_before_its_first_checkpoint_leaves_nothing_behind(tmp_path, capsys):
     """A new run stopped before any checkpoint (here a NaN loss at the second step) removes what
     it wrote (config.json, tensorboard/) and the folders it made; in a folder that held other

@@ -735,7 +735,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
             )
             if info.is_main:
                 write_csv(history, out / "metrics.csv")
-                if row["val_top1"] > max((r["val_top1"] for r in history[:-1]), default=-1.0):  # timm's model_best
+                best = row["val_top1"] > max((r["val_top1"] for r in history[:-1]), default=-1.0)  # timm's model_best
+                if best and all(torch.isfinite(p).all() for p in eval_weights().parameters()):  # (NaN weights: save() stops the run)
                     from ..checkpoints import save_state_dict
 
                     save_state_dict(eval_weights().state_dict(), out / "model_best.safetensors", metadata=meta)
