@@ -513,6 +513,7 @@ def _checked_mrcnn():
     (lambda: _bad(labels=torch.tensor([1.0])), r"targets\[0\]\['labels'\] has dtype torch.float32"),
     (lambda: _bad(boxes=torch.tensor([[20.0, float("nan"), 90.0, 60.0]])), r"targets\[0\]\['boxes'\] has a NaN or infinite coordinate"),
     (lambda: _bad(boxes=torch.tensor([20.0, 10.0, 90.0, 60.0])), r"targets\[0\]\['boxes'\] has shape \(4,\)"),
+    (lambda: _bad(boxes=torch.tensor([[90.0, 10.0, 20.0, 60.0]])), r"targets\[0\]\['boxes'\]\[0\] = \[90.0, 10.0, 20.0, 60.0\] has no width or height"),
     (lambda: _bad(masks=None), r"targets\[0\]\['masks'\] is missing"),
     (lambda: _bad([torch.rand(1, 120, 150), torch.rand(3, 140, 128)]), r"images\[0\] has 1 channels .* the backbone takes 3"),
     (lambda: _bad([torch.rand(3, 120, 150), torch.rand(140, 128, 3)]), r"images\[1\] has shape \(140, 128, 3\), which looks like \(H, W, C\)"),
@@ -522,11 +523,12 @@ def _checked_mrcnn():
     (lambda: (_mrcnn_batch()[0], None), r"in training mode the model takes targets"),
     (lambda: ([], []), r"got an empty list: pass at least one image"),
 ], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
-        "box shape", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images"])
+        "box shape", "flat box", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images"])
 def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
     """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box, a
     1-channel image broadcast to 3) or failed deep inside (IndexError: Target 7 is out of
-    bounds, and for no images at all: list index out of range); each is now one InputError naming
+    bounds, and for no images at all: list index out of range; an AssertionError for a box with
+    x2 <= x1); each is now one InputError naming
     the image, the key and the problem."""
     model = _checked_mrcnn().train()
     images, targets = make()

@@ -224,7 +224,7 @@ class CheckedMaskRCNN(MaskRCNN):
     torchvision's takes many mistakes silently (masks of another size or count, labels of
     another count, label 0 or negative, a NaN box, a 1-channel image on a 3-channel backbone,
     a 4-D batch tensor) or fails deep inside (a label >= num_classes, fewer targets than
-    images, an HWC image, no image at all). Here each is one :class:`~visionzoo.InputError` naming the image
+    images, an HWC image, no image at all, a box with x2 <= x1 or y2 <= y1). Here each is one :class:`~visionzoo.InputError` naming the image
     index, the key and the problem. Boxes partly outside the image and images without boxes
     (both from augmentation) pass. The checks cost a few reductions per image; the modules,
     state dict and outputs are torchvision's.
@@ -280,6 +280,10 @@ class CheckedMaskRCNN(MaskRCNN):
             n = len(boxes)
             if not bool(torch.isfinite(boxes).all()):
                 raise InputError(f"targets[{i}]['boxes'] has a NaN or infinite coordinate")
+            flat = (boxes[:, 2:] <= boxes[:, :2]).any(1).nonzero().flatten()
+            if len(flat):  # (torchvision's own check is an AssertionError)
+                j = int(flat[0])
+                raise InputError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no width or height: boxes are x1 y1 x2 y2 with x2 > x1, y2 > y1")
             if labels.shape != (n,):
                 raise InputError(f"targets[{i}]['labels'] has shape {tuple(labels.shape)}; one label per box: ({n},)")
             if labels.dtype != torch.int64:
