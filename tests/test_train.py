@@ -879,6 +879,9 @@ def test_schedule_notes_for_a_capped_warmup_and_a_longer_resume(tmp_path, capsys
     assert "--warmup-epochs 5 is more than half of the run; warming up over its first half (5 steps)" in capsys.readouterr().out
     train(TrainConfig(epochs=2, resume=True, **cfg))  # the cosine is rebuilt over 2 epochs: the lr rises again
     assert "the schedule now spans 2 epochs, so the learning rate goes from 0.0001 to" in capsys.readouterr().out
+    one_step = {**cfg, "batch_size": 1024, "output": str(tmp_path / "one")}  # 1438 digits: one step (the rest dropped)
+    train(TrainConfig(epochs=1, warmup_epochs=1, **one_step))
+    assert "more than half of the run; no warm-up in a run of 1 step\n" in capsys.readouterr().out  # (not "over its first half (0 steps)")
 
 
 def test_a_longer_resume_steps_at_the_new_schedules_rates_from_its_first_step(tmp_path):

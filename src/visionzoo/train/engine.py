@@ -561,7 +561,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
     if warmup < int(round(cfg.warmup_epochs * steps_per_epoch)) and info.is_main and resume_from is None:
-        print(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; warming up over its first half ({warmup} steps)", flush=True)
+        span = (f"warming up over its first half ({warmup} step{'s' if warmup > 1 else ''})" if warmup
+                else f"no warm-up in a run of {total_steps} step{'s' if total_steps > 1 else ''}")
+        print(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; {span}", flush=True)
     schedule = _schedule(total_steps, warmup, cfg.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
