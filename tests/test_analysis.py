@@ -27,6 +27,7 @@ from visionzoo.analysis import (
     plot_shift_window_masks,
     position_embedding_similarity,
     receptive_field,
+    shift_window_masks,
     shift_window_regions,
     suggest_rates,
 )
@@ -447,14 +448,15 @@ def test_position_embedding_similarity(tmp_path):
         assert im.size == (640, 640)
 
 
-@pytest.mark.parametrize("H, W, M, s", [(14, 14, 7, 3), (8, 12, 4, 2), (8, 8, 4, 0)])
+@pytest.mark.parametrize("H, W, M, s", [(14, 14, 7, 3), (8, 12, 4, 2), (8, 8, 4, 0), (7, 56, (7, 7), (0, 3)), (14, 4, (7, 4), (3, 0))])
 def test_shift_window_regions_match_layer_mask(H, W, M, s, tmp_path):
+    (Mh, Mw), (sh, sw) = (v if isinstance(v, tuple) else (v, v) for v in (M, s))
     labels = torch.from_numpy(shift_window_regions(H, W, M, s)).float()[None, :, :, None]
-    win = window_partition(labels, (M, M)).squeeze(-1)  # nW, M*M
+    win = window_partition(labels, (Mh, Mw)).squeeze(-1)  # nW, Mh*Mw
     mask = torch.where(win[:, :, None] == win[:, None, :], 0.0, -100.0)
-    torch.testing.assert_close(mask, shift_window_mask(H, W, (M, M), (s, s)))
+    torch.testing.assert_close(mask, shift_window_mask(H, W, (Mh, Mw), (sh, sw)))
     masks = plot_shift_window_masks(H, W, M, s, tmp_path / "w.png")
-    assert masks.shape == (H * W // M**2, M * M, M * M)
+    assert masks.shape == (H * W // (Mh * Mw), Mh * Mw, Mh * Mw)
     with PIL.open(tmp_path / "w.png") as im:
         assert im.size == (1200, 420)
 
@@ -473,11 +475,27 @@ def test_cli_attention_and_windows(tmp_path, capsys):
     assert cli_main(["attention", "posembed", "convnext_tiny", "--output", str(tmp_path / "x.png")]) == 2
     assert cli_main(["windows", "--size", "14", "--window", "7", "--output", str(tmp_path / "w.png")]) == 0
     assert "4 windows, 3 with masked pairs" in capsys.readouterr().out
-    assert cli_main(["windows", "--size", "10", "--window", "7", "--output", str(tmp_path / "w.png")]) == 2
-    capsys.readouterr()
-    # a map that fits one window is not shifted (Swin's rule, as the model runs it)
-    assert cli_main(["windows", "--size", "7", "--window", "7", "--output", str(tmp_path / "w.png")]) == 0
-    assert "shift 0 (Swin shifts no map that fits one window" in capsys.readouterr().out
+    # the windows a shifted Swin block takes (plan_windows): a map not a multiple of the window is
+    # padded first (it was refused), a side within one window is one unshifted window of its length
+    # (a 4x4 map with window 7 was refused, and along a 7-row side of a 7x56 map both axes lost their shift)
+    from visionzoo.models.swin import plan_windows
+
+    for size, width, said in [(10, 10, "window 7, shift 3 (as Swin: padded to 14x14 first): 4 windows, 3 with masked pairs"),
+                              (7, 7, "window 7, shift 0 (as Swin: a side no longer than the window"),
+                              (4, 4, "window 4, shift 0 (as Swin: a side no longer than the window is one window of its length, unshifted: 4x4): 1 window,"),
+                              (7, 56, "window 7, shift 0x3 (as Swin: a side no longer than the window is one window of its length, unshifted: 7x7): 8 windows, 1 with"),
+                              (10, 4, "window 7x4, shift 3x0 (as Swin: a side no longer than the window is one window of its length, unshifted: 7x4; padded to 14x4")]:
+        png = tmp_path / f"w{size}x{width}.png"
+        assert cli_main(["windows", "--size", str(size), "--width", str(width), "--window", "7", "--output", str(png)]) == 0
+        assert said in capsys.readouterr().out
+        plan = plan_windows(size, width, (7, 7), True, torch.device("cpu"))
+        drawn = shift_window_masks(*plan.padded, plan.window, plan.shift)
+        if plan.mask is not None:
+            np.testing.assert_array_equal(drawn, plan.mask[:, 0].numpy())  # the model's own mask
+        else:
+            assert not drawn.any()
+    assert cli_main(["windows", "--size", "14", "--shift", "7", "--output", str(tmp_path / "w.png")]) == 2
+    assert "--shift must lie in [0, 7)" in capsys.readouterr().err
     assert cli_main(["windows", "--size", "0", "--output", str(tmp_path / "w.png")]) == 2
     assert "--size must be positive" in capsys.readouterr().err
     # rollout needs a ViT; a file that is not an image is one line

@@ -21,6 +21,7 @@ from .attention import (
     shift_window_masks,
     shift_window_regions,
 )
+from ..layers.helpers import to_2tuple
 from .receptive import hdc_check, receptive_field
 
 __all__ = [
@@ -177,44 +178,45 @@ def plot_position_embedding_similarity(model: nn.Module, path: PathLike, *, size
 
 
 def plot_shift_window_masks(
-    H: int, W: int, window: int, shift: int, path: PathLike, *, size: tuple[int, int] = (1200, 420)
+    H: int, W: int, window: int | Sequence[int], shift: int | Sequence[int], path: PathLike, *, size: tuple[int, int] = (1200, 420)
 ) -> np.ndarray:
     """Swin's cyclic shift and its attention masks for an H x W map (Liu et al. 2021, Fig. 4).
 
+    ``window`` and ``shift`` are one side for both axes or (height, width): a Swin block
+    shifts only along an axis it partitions (:func:`visionzoo.models.swin.plan_windows`).
     Panels: the map with the shifted windows outlined (where they lie in the image); the
     map after ``roll(-shift)`` with its regular windows and the 3 x 3 region labels; and
-    the (M*M, M*M) mask of every window, black where attention is masked (-100).
+    the (Mh*Mw, Mh*Mw) mask of every window, black where attention is masked (-100).
 
     Returns:
-        the (nW, M*M, M*M) masks.
+        the (nW, Mh*Mw, Mh*Mw) masks.
     """
-    labels = shift_window_regions(H, W, window, shift)
-    masks = shift_window_masks(H, W, window, shift)
+    (Mh, Mw), (sh, sw) = to_2tuple(window), to_2tuple(shift)
+    labels = shift_window_regions(H, W, (Mh, Mw), (sh, sw))
+    masks = shift_window_masks(H, W, (Mh, Mw), (sh, sw))
     plt = _pyplot()
     fig, (a, b, c) = _figure(size, 3)
-    # panel a: the image-space map; shifted windows start at -s + k M
-    a.imshow(np.roll(labels, (shift, shift), (0, 1)), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-    for k in range(-1, max(H, W) // window + 1):
-        v = k * window + shift - 0.5  # rolled window k starts at k M + s in the image
-        if -0.5 <= v <= H - 0.5:
-            a.axhline(v, color="k", lw=1)
-        if -0.5 <= v <= W - 0.5:
-            a.axvline(v, color="k", lw=1)
+    # panel a: the image-space map; shifted windows start at -s + k M along each axis
+    a.imshow(np.roll(labels, (sh, sw), (0, 1)), cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+    for side, M, s, line in ((H, Mh, sh, a.axhline), (W, Mw, sw, a.axvline)):
+        for k in range(-1, side // M + 1):
+            v = k * M + s - 0.5  # rolled window k starts at k M + s in the image
+            if -0.5 <= v <= side - 0.5:
+                line(v, color="k", lw=1)
     a.set_title(f"shifted windows on the {H}x{W} map", fontsize=9)
     # panel b: after the cyclic shift, regular windows and region labels
     b.imshow(labels, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-    for k in range(1, H // window):
-        b.axhline(k * window - 0.5, color="k", lw=1)
-    for k in range(1, W // window):
-        b.axvline(k * window - 0.5, color="k", lw=1)
+    for side, M, line in ((H, Mh, b.axhline), (W, Mw, b.axvline)):
+        for k in range(1, side // M):
+            line(k * M - 0.5, color="k", lw=1)
     if H * W <= 400:
         for i in range(H):
             for j in range(W):
                 b.text(j, i, str(labels[i, j]), ha="center", va="center", fontsize=6)
-    b.set_title(f"after roll by -{shift}: regions", fontsize=9)
+    b.set_title(f"after roll by -{sh if sh == sw else (sh, sw)}: regions", fontsize=9)
     # panel c: all window masks tiled in the windows' raster order
-    nh, nw = H // window, W // window
-    n = window * window
+    nh, nw = H // Mh, W // Mw
+    n = Mh * Mw
     tile = np.full((nh * (n + 1) - 1, nw * (n + 1) - 1), np.nan)
     for w_i in range(nh * nw):
         r, q = divmod(w_i, nw)

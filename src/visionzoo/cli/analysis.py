@@ -151,16 +151,29 @@ def cmd_windows(args: argparse.Namespace) -> int:
         if v < 1:
             raise CLIError(f"{flag} must be positive, got {v}")
     check_picture_output(args.output)
-    note = ""
-    if args.shift is not None:
-        shift = args.shift
-    elif min(H, W) <= args.window:  # Swin's rule: a map that fits one window is not shifted
-        shift, note = 0, f" (Swin shifts no map that fits one window: {H}x{W} <= {args.window})"
-    else:
-        shift = args.window // 2
-    masks = _plot(plot_shift_window_masks, H, W, args.window, shift, args.output)
+    import torch
+
+    from ..models.swin import plan_windows
+
+    # the windows a shifted Swin block takes on this map (timm's rule): a side within one window
+    # gets a window of its length and no shift; a longer side is padded to a multiple of the window
+    plan = plan_windows(H, W, (args.window, args.window), True, torch.device("cpu"))
+    (Mh, Mw), (Hp, Wp) = plan.window, plan.padded
+    if args.shift is not None and not 0 <= args.shift < args.window:
+        raise CLIError(f"--shift must lie in [0, {args.window}) for a window of {args.window}, got {args.shift}")
+    # (--shift sets the amount along the sides Swin shifts: those longer than the window)
+    shift = plan.shift if args.shift is None else tuple(args.shift if s else 0 for s in plan.shift)
+    notes = []
+    if min(H, W) <= args.window:
+        notes.append(f"a side no longer than the window is one window of its length, unshifted: {Mh}x{Mw}")
+    if (Hp, Wp) != (H, W):
+        notes.append(f"padded to {Hp}x{Wp} first")
+    note = f" (as Swin: {'; '.join(notes)})" if notes else ""
+    masks = _plot(plot_shift_window_masks, Hp, Wp, (Mh, Mw), shift, args.output)
     masked = int((masks != 0).any(axis=(1, 2)).sum())
-    print(f"{H}x{W} map, window {args.window}, shift {shift}{note}: {masks.shape[0]} windows, {masked} with masked pairs")
+    win = Mh if Mh == Mw else f"{Mh}x{Mw}"
+    shown = shift[0] if shift[0] == shift[1] else f"{shift[0]}x{shift[1]}"
+    print(f"{H}x{W} map, window {win}, shift {shown}{note}: {masks.shape[0]} window{'s' if masks.shape[0] > 1 else ''}, {masked} with masked pairs")
     print(f"wrote {args.output}")
     return 0
 
@@ -188,6 +201,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, required=True, help="feature map height (and width unless --width)")
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--window", type=int, default=7, help="window side M (default 7)")
-    p.add_argument("--shift", type=int, default=None, help="shift s (default M // 2; 0 for a map that fits one window, as in Swin)")
+    p.add_argument("--shift", type=int, default=None, help="shift s along the sides longer than the window (default M // 2; the others are not shifted, as in Swin)")
     p.add_argument("--output", required=True, help="PNG to write")
     p.set_defaults(func=cmd_windows)
