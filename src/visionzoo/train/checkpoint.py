@@ -253,8 +253,12 @@ class NewRunFolder:
         if out is None or (out / "checkpoints" / "latest.json").exists():
             return
         for entry in out.iterdir():
-            if entry.name not in self.had:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            if entry.name in self.had:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
         for folder in self.created:
             try:
                 folder.rmdir()
