@@ -364,6 +364,7 @@ def test_bad_inputs_are_one_line(tmp_path, capsys):
     _one_line_error(["train", "--ema-decay", "2", *o], capsys, "--ema-decay")
     _one_line_error(["train", "--warmup-epochs", "-1", *o], capsys, "--warmup-epochs")
     _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "offline"), *o], capsys, "cifar10")
+    assert not (tmp_path / "offline").exists()  # (the failed download made it, and left it)
     _one_line_error(["train", "--output", str(tmp_path / "nothing"), "--resume"], capsys, "--resume")
     (tmp_path / "afile.txt").write_text("x")
     _one_line_error(["train", "--output", str(tmp_path / "afile.txt")], capsys, "afile.txt is a file")

@@ -35,6 +35,7 @@ from .distributed import DistInfo, all_gather_object, broadcast_object
 STATE_SUFFIX = ".state.pt"
 
 __all__ = [
+    "AddedPaths",
     "STATE_SUFFIX",
     "capture_rng",
     "effective_overrides",
@@ -228,42 +229,54 @@ def save_training_checkpoint(out_dir: Path, step: int, weights: Mapping[str, Ten
     return ckdir / f"{stem}.safetensors"
 
 
-class NewRunFolder:
-    """The folder of a new run, made by :meth:`make`, and what :meth:`discard` removes where the
-    run fails before its first checkpoint: the files and folders the run added (config.json,
-    tensorboard/, a partly written checkpoints/), then each folder ``make`` created, now empty.
-    A run that failed on a corrupt image, a NaN loss or a lack of memory left config.json and
-    tensorboard/ in a folder nothing could resume. A folder with a checkpoint is kept whole:
-    ``--resume`` continues it."""
+class AddedPaths:
+    """What a step that may fail adds to ``folder``: the folders on its path that do not exist yet
+    and the entries new in it, which :meth:`remove` deletes, so that a failed step leaves nothing
+    half-done (a run's config.json, a partly downloaded archive)."""
 
-    def __init__(self) -> None:
-        self.out: Path | None = None
-        self.created: list[Path] = []  # the folders make() created, deepest first
-        self.had: set[str] = set()  # the names in the run's folder before the run
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+        self.had = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
-    def make(self, out: Path) -> None:
-        self.created = [p for p in (out, *out.parents) if not p.exists()]
-        self.had = {p.name for p in out.iterdir()} if out.is_dir() else set()
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
-
-    def discard(self) -> None:
-        """Remove what the run added, unless it wrote a checkpoint (``latest.json`` comes last)."""
-        out, self.out = self.out, None
-        if out is None or (out / "checkpoints" / "latest.json").exists():
-            return
-        for entry in out.iterdir():
-            if entry.name in self.had:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+    def remove(self) -> None:
+        if self.folder.is_dir():
+            for entry in self.folder.iterdir():
+                if entry.name in self.had:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         for folder in self.created:
             try:
                 folder.rmdir()
+            except FileNotFoundError:
+                continue
             except OSError:  # not empty: another process wrote there
                 return
+
+
+class NewRunFolder:
+    """The folder of a new run, made by :meth:`make`, and what :meth:`discard` removes where the
+    run fails before its first checkpoint: the files and folders the run added (config.json,
+    tensorboard/, a partly written checkpoints/), then each folder ``make`` created, now empty
+    (:class:`AddedPaths`). A run that failed on a corrupt image, a NaN loss or a lack of memory
+    left config.json and tensorboard/ in a folder nothing could resume. A folder with a
+    checkpoint is kept whole: ``--resume`` continues it."""
+
+    def __init__(self) -> None:
+        self.added: AddedPaths | None = None
+
+    def make(self, out: Path) -> None:
+        self.added = AddedPaths(out)
+        out.mkdir(parents=True, exist_ok=True)
+
+    def discard(self) -> None:
+        """Remove what the run added, unless it wrote a checkpoint (``latest.json`` comes last)."""
+        added, self.added = self.added, None
+        if added is not None and not (added.folder / "checkpoints" / "latest.json").exists():
+            added.remove()
 
 
 def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *, what: str = "a training run",

@@ -263,6 +263,8 @@ def _digits(img_size: int | None, seed: int, val_split: float | None, randaugmen
 def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, randaugment: bool) -> DataBundle:
     import torchvision.datasets as tvd
 
+    from .checkpoint import AddedPaths
+
     cls_name, chans, native, mean, std, flip = TORCHVISION_SETS[name]
     cls = getattr(tvd, cls_name)
     root = Path(data_dir)
@@ -272,9 +274,11 @@ def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, 
             return cls(str(root), train=train, download=False)
         except RuntimeError:
             pass
+        added = AddedPaths(root)
         try:
             return cls(str(root), train=train, download=True)
         except Exception as e:  # URLError, HTTPError, socket errors, checksum failures
+            added.remove()  # the folders the download made and what it left in them (a partial archive)
             raise DataError(
                 f"{name} is not in {root} and could not be downloaded ({type(e).__name__}: {str(e)[:120]}); "
                 f"download it on a connected machine into --data-dir {root}"
