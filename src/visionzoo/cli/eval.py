@@ -26,6 +26,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         TORCHVISION_SETS,
         DataError,
         ImageFiles,
+        NoValFolder,
         Subset,
         build_data,
         eval_transform,
@@ -67,12 +68,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])
             dataset, data_classes, split = Subset(ImageFiles(samples), range(len(samples)), tf), classes, "every image"
         else:
-            own_split = trained_here and info["val_split"]  # a run's --val-split of its train/ folder
-            if (args.data != "digits" and args.data not in TORCHVISION_SETS and (folder / "train").is_dir()
-                    and not any((folder / d).is_dir() for d in ("val", "test")) and not own_split):
-                # (build_data's own words advise --val-split, an option of train only)
-                raise CLIError(f"--data {args.data}: has train/ but no val/ folder to evaluate on; add one, or give "
-                               f"--data {folder / 'train'} to evaluate every image in it")
             # a dataset's test split, a folder's val/, or the held-out split of the run's own folder
             # (the same images as in training: the split is fixed by the fraction)
             cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
@@ -80,6 +75,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             bundle = build_data(args.data, data_dir=args.data_dir or "data", img_size=p["img_size"], model_cfg=cfg,
                                 val_split=info["val_split"] if trained_here else None)
             dataset, data_classes = bundle.val, bundle.classes
+    except NoValFolder:  # (build_data's words advise --val-split, an option of train only)
+        raise CLIError(f"--data {args.data}: has train/ but no val/ folder to evaluate on; add one, or give "
+                       f"--data {folder / 'train'} to evaluate every image in it") from None
     except DataError as e:
         raise CLIError(str(e)) from None
     if len(data_classes) != info["num_classes"]:

@@ -41,6 +41,11 @@ class DataError(ValueError):
     """A dataset that cannot be used; the message names the path and the problem."""
 
 
+class NoValFolder(DataError):
+    """A folder with train/ but neither val/ nor test/, and no --val-split to hold images out of
+    train/ (``visionzoo eval``, which has no --val-split, says what it takes instead)."""
+
+
 @dataclass
 class DataBundle:
     """A train split, a held-out split and what a model needs to know about them."""
@@ -384,7 +389,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         elif val_split:
             train_samples, val_samples = _split(train_samples, val_split, len(classes))
         else:
-            raise DataError(f"{root}: has train/ but no val/ folder; add one or pass --val-split 0.1")
+            raise NoValFolder(f"{root}: has train/ but no val/ folder; add one or pass --val-split 0.1")
     else:
         classes, samples = scan_class_folders(root)
         _need_two_classes(root, classes)
