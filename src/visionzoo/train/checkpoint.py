@@ -111,7 +111,7 @@ def capture_rng() -> dict[str, Any]:
 def gather_rng(info: DistInfo) -> list[dict[str, Any]]:
     """:func:`capture_rng` of every rank, in rank order (a collective: every rank calls it); the
     state a checkpoint keeps, so each rank resumes with its own draws."""
-    return all_gather_object(capture_rng(), info)
+    return gather_per_rank(info)["rng"]
 
 
 def gather_per_rank(info: DistInfo, **values: Any) -> dict[str, list[Any]]:
