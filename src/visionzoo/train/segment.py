@@ -376,6 +376,8 @@ def check_pairs(pairs: list[tuple[Path, Path]], num_classes: int | None = None, 
         if a.shape != size:
             raise DataError(f"{p} is {size} pixels but its mask {a.shape}")
         a = a[a != IGNORE]
+        if a.size and int(a.min()) < 0:  # (a mode I mask; cross-entropy's own refusal named no file)
+            raise DataError(f"{m} holds label {int(a.min())}; labels are class indices 0, 1, ... ({IGNORE}: ignored)")
         if a.size and int(a.max()) > top:
             top, top_mask = int(a.max()), m
     C = top + 1 if num_classes is None else num_classes
