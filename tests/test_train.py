@@ -140,6 +140,42 @@ def test_torchrun_gloo_world_size_2(tmp_path):
     assert ev["loss"] == pytest.approx(s["loss"], abs=1e-6)
 
 
+
+@pytest.mark.parametrize("num_classes", [3, 10])
+def test_evaluate_agrees_with_sklearn_on_tied_logits_and_a_short_last_batch(num_classes):
+    """Top-1, the confusion matrix and the loss are scikit-learn's on the same logits, among them
+    rows of equal logits (bf16 autocast, a collapsed network): the first of the tied classes is the
+    prediction, as argmax (the training accuracy) takes it. Top-5 (all classes for 3) ranks ties by
+    class index, as numpy's stable sort. torch.topk, used before, orders ties as its kernel does (on
+    CPU, not the first class for 10 classes; on GPU otherwise): another top-1 and confusion matrix."""
+    import numpy as np
+    from sklearn.metrics import accuracy_score, confusion_matrix, log_loss
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from visionzoo.train import distributed as D
+    from visionzoo.train.engine import evaluate
+
+    g = torch.Generator().manual_seed(0)
+    n, C = 40, num_classes
+    logits = torch.randint(0, 3, (n, C), generator=g).float()  # many ties
+    logits[:10] = 0.0  # rows with every class tied
+    y = torch.randint(0, C, (n,), generator=g)
+
+    class Stored(torch.nn.Module):  # the input is the row index
+        def forward(self, x):
+            return logits[x[:, 0].long()]
+
+    loader = DataLoader(TensorDataset(torch.arange(n, dtype=torch.float32)[:, None], y), batch_size=7)  # 5 rows last
+    ev = evaluate(Stored(), loader, D.DistInfo(), num_classes=C, confusion=True)
+    L, Y = logits.numpy(), y.numpy()
+    assert ev["count"] == n
+    assert ev["top1"] == pytest.approx(accuracy_score(Y, L.argmax(1)), abs=1e-12)
+    assert (ev["confusion"].numpy() == confusion_matrix(Y, L.argmax(1), labels=range(C))).all()
+    top5 = np.argsort(-L, axis=1, kind="stable")[:, :5]
+    assert ev["top5"] == pytest.approx((top5 == Y[:, None]).any(1).mean(), abs=1e-12)
+    assert ev["loss"] == pytest.approx(log_loss(Y, torch.softmax(logits.double(), 1).numpy(), labels=range(C)), rel=1e-6)
+
+
 # a torchrun rank that stops (as on Ctrl-C) at its STOP_AT-th step check, then saves
 STOPPING_RANK = """
 import os, sys

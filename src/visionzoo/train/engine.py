@@ -312,7 +312,10 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
             out = (out[0] + out[1]) / 2
         out = out.float()
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        top = out.topk(k, dim=1).indices
+        # ranked by a stable sort: among equal logits (bf16 autocast, a collapsed network) the lowest class
+        # index first, as argmax (the training accuracy), numpy and scikit-learn rank them; topk's order
+        # among ties is its kernel's, and differs between CPU and GPU
+        top = out.sort(dim=1, descending=True, stable=True).indices[:, :k]
         c1 += (top[:, 0] == y).sum().item()
         c5 += (top == y[:, None]).any(dim=1).sum().item()
         n += len(y)
