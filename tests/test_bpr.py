@@ -32,6 +32,30 @@ def test_boundary_and_nms():
     assert torch.all(sparse[:, 2] - sparse[:, 0] == 16)
 
 
+
+def test_boundary_iou_is_cheng_et_als_also_at_the_image_edge():
+    """Boundary IoU as the authors' mask_to_boundary computes it (a mask's pixels within d of a
+    pixel outside it, beyond the image edge included), here by brute force over each pixel's
+    window. It used to give masks that reach the image edge no band there: 0 for a full mask
+    against one missing its top row, where the authors' code gives 0.75 (97x131 pixels, d = 2)."""
+    import numpy as np
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    def band(m, d):
+        windows = sliding_window_view(np.pad(m, d), (2 * d + 1, 2 * d + 1))  # H, W, 2d+1, 2d+1
+        return m & ~windows.all(axis=(-2, -1))
+
+    yy, xx = np.mgrid[:37, :53]
+    cases = [(np.ones((37, 53), bool), yy > 0), (xx < 20, xx < 23), ((yy < 15) & (xx < 15), (yy < 17) & (xx < 12)),
+             ((yy - 18) ** 2 + (xx - 26) ** 2 < 100, (yy - 19) ** 2 + (xx - 25) ** 2 < 90)]
+    for d in (1, 2, 3):
+        for truth, pred in cases:
+            t, p = band(truth, d), band(pred, d)
+            want = (t & p).sum() / (t | p).sum()
+            assert boundary_iou(torch.from_numpy(pred), torch.from_numpy(truth), width=d) == pytest.approx(want, abs=1e-12)
+    assert boundary_iou(torch.zeros(5, 5), torch.zeros(5, 5)) == 1.0
+
+
 def test_identity_refiner_gives_back_the_coarse_mask():
     mask = disk(80, 96, 40, 50, 22)
     image = torch.rand(3, 80, 96)

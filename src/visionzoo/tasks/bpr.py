@@ -66,10 +66,20 @@ def boundary_map(mask: Tensor, width: int = 1) -> Tensor:
     return (dil != ero)[0, 0]
 
 
+def _inner_band(mask: Tensor, width: int) -> Tensor:
+    """Pixels of a (H, W) binary mask within ``width`` pixels (chessboard distance) of a pixel
+    outside it, the image's surroundings counting as outside."""
+    m = F.pad(mask.float()[None, None], (width,) * 4)  # zeros beyond the image edge
+    eroded = -F.max_pool2d(-m, 2 * width + 1, stride=1)  # 1, 1, H, W
+    return mask.bool() & (eroded[0, 0] == 0)
+
+
 def boundary_iou(pred: Tensor, target: Tensor, width: int = 2) -> float:
-    """IoU restricted to the boundary bands of both masks (Cheng et al., 2021)."""
-    pb = boundary_map(pred, width) & pred.bool()
-    tb = boundary_map(target, width) & target.bool()
+    """IoU restricted to the boundary bands of both masks (Cheng et al., 2021): each mask's
+    pixels within ``width`` of its contour. As in the authors' code (``mask_to_boundary``), the
+    image edge is a contour: a mask that reaches it has a band along it (unlike
+    :func:`boundary_map`, which places the refinement patches). 1.0 where both bands are empty."""
+    pb, tb = _inner_band(pred, width), _inner_band(target, width)
     inter = (pb & tb).sum().item()
     union = (pb | tb).sum().item()
     return inter / union if union else 1.0
