@@ -170,6 +170,10 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     labels7 = shutil.copytree(data, tmp_path / "labels7")
     Image.fromarray(np.full((32, 32), 7, np.uint8)).save(labels7 / "masks" / "5.png")
     _one_line_error(["eval", *ckpt, "--data", str(labels7)], capsys, "5.png holds label 7")
+    ignored = shutil.copytree(data, tmp_path / "ignored")  # every mask 255: scored, mIoU, pixel accuracy and loss 0
+    for m in (ignored / "masks").iterdir():
+        Image.fromarray(np.full((32, 32), 255, np.uint8)).save(m)
+    _one_line_error(["eval", *ckpt, "--data", str(ignored)], capsys, f"--data {ignored} (every image): its 12 masks hold no labelled pixel")
     _one_line_error(["predict", img, *ckpt], capsys, "is a segmentation network (convnext_tiny)", "pass --output-dir DIR")
     _one_line_error(["predict", img, *ckpt, *maps, "--topk", "3"], capsys, "--topk is an option of classifiers only")
     _one_line_error(["predict", img, str(tmp_path / "missing.png"), *ckpt, *maps], capsys, f"image not found: {tmp_path / 'missing.png'}")

@@ -633,6 +633,11 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     (data / "masks" / "1.tif").unlink()
     Image.fromarray(lab).save(data / "masks" / "1.png")
     _one_line_error([*seg, "--num-classes", "0"], capsys, "--num-classes must be at least 2")
+    split = tmp_path / "split"  # held-out masks all 255: the run reported mIoU, pixel accuracy and loss 0
+    _seg_folder(split / "train", n=3, size=16), _seg_folder(split / "val", n=2, size=16)
+    for m in (split / "val" / "masks").iterdir():
+        Image.fromarray(np.full((16, 16), 255, np.uint8)).save(m)
+    _one_line_error([*seg[:4], str(split), *seg[5:]], capsys, f"{split}'s held-out split: its 2 masks hold no labelled pixel")
     _one_line_error([*seg, "--lr", "0"], capsys, "--lr must be positive")
     _one_line_error([*seg, "--lr", "inf"], capsys, "--lr must be positive and finite, got inf")  # trained to NaN weights, exit 0
     _one_line_error([*seg, "--weight-decay", "-1"], capsys, "--weight-decay must be >= 0, got -1.0")  # torch's words, after the data

@@ -133,12 +133,13 @@ def _eval_segmentation(args: argparse.Namespace, meta: dict[str, Any], device: A
     from torch.utils.data import DataLoader
 
     from ..train.data import DataError
-    from ..train.segment import SegFolder, check_pairs, evaluate_segmentation, load_segmentation
+    from ..train.segment import SegFolder, check_labelled, check_pairs, evaluate_segmentation, load_segmentation
 
     C, p = meta["num_classes"], meta["preprocessing"]
     try:
         pairs, split = _segmentation_pairs(args, meta)
         check_pairs(pairs, C, limit="the network's class count")  # readable pairs of one size, labels within the classes, before any is scored
+        check_labelled(pairs, f"--data {args.data} ({split})")
     except DataError as e:
         raise CLIError(str(e)) from None
     model, _ = load_segmentation(args.checkpoint)

@@ -46,7 +46,7 @@ from . import distributed as D
 from .checkpoint import NewRunFolder, model_metadata, record_epochs, write_json_atomic
 from .data import IMAGE_EXTENSIONS, DataError, load_image
 
-__all__ = ["SegFolder", "SegmentConfig", "check_pairs", "evaluate_segmentation", "folder_pairs", "image_input", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
+__all__ = ["SegFolder", "SegmentConfig", "check_labelled", "check_pairs", "evaluate_segmentation", "folder_pairs", "image_input", "load_segmentation", "read_mask", "seg_metrics", "split_pairs", "train_segmentation"]
 
 IGNORE = 255
 # the default backbone: ConvNeXt-T's layout at a quarter of its width and depth
@@ -388,6 +388,16 @@ def check_pairs(pairs: list[tuple[Path, Path]], num_classes: int | None = None, 
     return C
 
 
+def check_labelled(pairs: list[tuple[Path, Path]], what: str) -> None:
+    """Refuse pairs to score whose masks hold no labelled pixel: scored, they gave mIoU, pixel
+    accuracy and loss 0 and every class 'absent', as if the network had failed on them."""
+    import numpy as np
+
+    if not any(np.any(read_mask(m) != IGNORE) for _, m in pairs):
+        raise DataError(f"{what}: its {len(pairs)} mask{'s hold' if len(pairs) > 1 else ' holds'} no labelled pixel "
+                        f"(every pixel {IGNORE}, ignored): nothing to score")
+
+
 def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str, Any]:
     from ..checkpoints import save_state_dict
     from ..registry import get_entry
@@ -407,6 +417,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     root = Path(cfg.data)
     train_pairs, val_pairs = split_pairs(root)
     C = check_pairs(train_pairs + val_pairs, cfg.num_classes)  # every pair checked before the run folder is made
+    check_labelled(val_pairs, f"{root}'s held-out split")
     if len(train_pairs) < info.world_size:
         raise ValueError(f"the training split has {len(train_pairs)} images, fewer than the {info.world_size} processes")
     entry = None if whole else get_entry(cfg.model)
