@@ -38,6 +38,15 @@ SCRIPT = textwrap.dedent("""
     bn.running_mean.fill_(float(r))
     D.average_norm_statistics(bn, info)
     assert torch.allclose(bn.running_mean, torch.full((3,), (w - 1) / 2))
+    from visionzoo.train.engine import evaluate
+    y = torch.tensor([r % 3, 2])  # each rank's two images; logits pick class 1 for the first, 0 for the second
+    logits = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    res = evaluate(torch.nn.Identity(), [(logits, y)], info, num_classes=3, confusion=True)
+    want = torch.zeros(3, 3, dtype=torch.long)
+    for i in range(w):
+        want[i % 3, 1] += 1
+        want[2, 0] += 1
+    assert res["count"] == 2 * w and torch.equal(res["confusion"], want), res
     last = sys.argv[1]
     if last == "sum":
         assert D.all_reduce_sum([r, 1], info) == [w * (w - 1) / 2, w]

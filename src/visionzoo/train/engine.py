@@ -297,7 +297,8 @@ def _worker_init(_: int) -> None:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_classes: int,
              autocast: Any = None, channels_last: bool = False, confusion: bool = False) -> dict[str, Any]:
-    """Loss, top-1 and top-5 (fractions) over the loader, summed over all ranks."""
+    """Loss, top-1 and top-5 (fractions) and, with ``confusion``, the (true, predicted) count matrix
+    over the loader, summed over all ranks."""
     model.eval()
     n = loss_sum = c1 = c5 = 0.0
     cm = torch.zeros(num_classes, num_classes, dtype=torch.long) if confusion else None
@@ -321,12 +322,13 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
         n += len(y)
         if cm is not None:
             cm += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(), minlength=num_classes**2).view(num_classes, num_classes)
-    n, loss_sum, c1, c5 = D.all_reduce_sum([n, loss_sum, c1, c5], info)
+    cells = [] if cm is None else cm.flatten().tolist()  # (each rank's matrix holds its own images only)
+    n, loss_sum, c1, c5, *cells = D.all_reduce_sum([n, loss_sum, c1, c5, *cells], info)
     if n == 0:
         raise ValueError("the evaluation split is empty")
     out = {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": int(n)}
     if cm is not None:
-        out["confusion"] = cm
+        out["confusion"] = torch.tensor(cells, dtype=torch.float64).round().long().view(num_classes, num_classes)
     return out
 
 
