@@ -619,6 +619,8 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     lab = read_mask(data / "masks" / "0.png")
     Image.fromarray(np.stack([lab] * 3, -1)).save(tmp_path / "grey_rgb.png")
     assert (read_mask(tmp_path / "grey_rgb.png") == lab).all()
+    Image.fromarray(lab).convert("LA").save(tmp_path / "grey_alpha.png")  # alpha set aside, as RGBA's
+    assert (read_mask(tmp_path / "grey_alpha.png") == lab).all()
     colour = np.zeros((*lab.shape, 3), np.uint8)
     colour[lab == 1], colour[lab == 2] = (128, 0, 0), (0, 128, 0)
     Image.fromarray(colour).save(data / "masks" / "1.png")

@@ -147,8 +147,8 @@ def read_mask(path: Path) -> Any:
             mode, mask = m.mode, np.array(m)
     except OSError:
         raise DataError(f"{path}: not a readable mask image") from None
-    if mask.ndim == 3:  # RGB(A): only grey stored in colour channels is a label map
-        rgb = mask[..., :3]
+    if mask.ndim == 3:  # LA, RGB(A): the alpha channel aside, only grey stored in colour channels is a label map
+        rgb = mask[..., :1] if mode in ("LA", "La") else mask[..., :3]
         if not ((rgb == rgb[..., :1]).all()):
             raise DataError(f"{path} is a colour image (mode {mode}); a mask must be a label map: one channel "
                             "(PNG mode L, P or I) whose values are class indices, 255 ignored")
