@@ -118,6 +118,20 @@ def test_workers_must_not_be_negative(tmp_path, capsys, cmd):
     _one_line_error([cmd, *extra, "--workers", "-1"], capsys, "--workers must be >= 0, got -1")
 
 
+def test_a_damaged_image_read_by_a_worker_process_is_one_line(tmp_path, capsys):
+    """A truncated image (its header passes the scan before training) read in a DataLoader
+    worker: torch raises the worker's error again with the worker's traceback as its message,
+    which used to be printed whole; now the worker's own one line, naming the file."""
+    data = _image_folder(tmp_path / "imgs")
+    png = data / "a" / "0.png"
+    png.write_bytes(png.read_bytes()[: png.stat().st_size // 2])
+    args = ["train", "--data", str(data), *TINY, "--batch-size", "2", "--epochs", "1", "--val-split", "0.4"]
+    assert main([*args, "--workers", "1", "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"visionzoo train: error: {png}: not a readable image (OSError)\n", err
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- predict
 def test_predict_on_a_folder_skips_hidden_files_and_folders(bf16_run, tmp_path, capsys):
     """Hidden files (macOS's ._ copies) and folders under a folder given are not read, as training

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _user_errors() as e:
         if args.debug:
             raise
-        print(f"visionzoo {args.command}: error: {e}", file=sys.stderr)
+        print(f"visionzoo {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # RuntimeError: torch's CPU allocator ("can't allocate memory"), CUDA's OOM
         if args.debug or not (isinstance(e, MemoryError) or _out_of_memory(e)):
@@ -136,6 +136,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionzoo {args.command}: error: out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}): "
               "ask for less (a smaller size, batch or picture)", file=sys.stderr)
         return 2
+
+
+def _message(e: BaseException) -> str:
+    """The error's message; for one raised in a DataLoader worker process (``--workers N``), which
+    torch raises again here with the worker's whole traceback as its message (and which a
+    command may have passed on as a :class:`CLIError`), the worker's own message: the
+    traceback's last line, less the error's name."""
+    import re
+
+    text = str(e)
+    caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback", text)
+    if caught is None:
+        return text
+    return re.sub(rf"^(?:[\w.]+\.)?{caught.group(1)}: ", "", text.rstrip().splitlines()[-1])
 
 
 def _out_of_memory(e: RuntimeError) -> bool:
