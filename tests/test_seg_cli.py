@@ -208,3 +208,18 @@ def test_eval_json_of_a_classifier(tmp_path, capsys):
     assert ev["top1"] == pytest.approx(s["top1"], abs=1e-6) and ev["images"] == s["heldout_images"] and ev["split"] == "held-out split"
     assert main(ckpt) == 0
     assert f"held-out split, {ev['images']} images): top-1 {ev['top1']:.4f}  top-5 {ev['top5']:.4f}  loss {ev['loss']:.4f}" in capsys.readouterr().out
+
+
+def test_a_link_to_nothing_in_images_is_named_not_skipped(tmp_path):
+    """An image (or mask) that is a link to a deleted file is named when the pairs are checked;
+    it used to be left out of the pairs unsaid."""
+    from visionzoo.train.data import DataError
+    from visionzoo.train.segment import check_pairs, folder_pairs
+
+    data = _seg_folder(tmp_path / "seg", n=2, size=8)
+    shutil.copy(data / "masks" / "0.png", data / "masks" / "gone.png")
+    (data / "images" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    pairs = folder_pairs(data)
+    assert [p.name for p, _ in pairs] == ["0.png", "1.png", "gone.png"]
+    with pytest.raises(DataError, match="gone.png: not a readable image"):
+        check_pairs(pairs)

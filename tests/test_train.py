@@ -433,6 +433,41 @@ def test_class_folder_scan_skips_hidden_folders_and_files(tmp_path):
     assert [str(p.relative_to(data)) for p, _ in samples] == ["a/0.png", "a/1.png", "a/more/0.png", "a/more/1.png", "b/0.png", "b/1.png"]
 
 
+
+def test_class_folder_scan_follows_linked_folders_and_names_a_link_to_nothing(tmp_path, capsys):
+    """A linked sub-folder's images count, as in torchvision's ImageFolder (they used to be
+    skipped unsaid), a link back up the tree no loop; a link to nothing stops the scan naming
+    it, where it used to be skipped unsaid, in training and in predict's folder listing; a
+    class folder of hidden files only says it has them."""
+    from torchvision.datasets import ImageFolder
+
+    from visionzoo.train.data import DataError, scan_class_folders
+
+    data = _image_folder(tmp_path / "d", classes=("a", "b"), n=2)
+    shutil.copytree(data / "a", tmp_path / "elsewhere")
+    (data / "a" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    classes, samples = scan_class_folders(data)
+    assert (classes, [(str(p), c) for p, c in samples]) == (ImageFolder(str(data)).classes, ImageFolder(str(data)).samples)
+    assert len(samples) == 6
+    (data / "b" / "up").symlink_to(data, target_is_directory=True)  # os.walk alone would not end
+    assert len(scan_class_folders(data)[1]) == 6 + 4  # b: its own, and a's and a/linked's through up/ (b itself once)
+    (data / "b" / "up").unlink()
+    (data / "b" / "gone.png").symlink_to(tmp_path / "deleted.png")
+    with pytest.raises(DataError, match=f"^{data / 'b' / 'gone.png'}: a symbolic link to {tmp_path / 'deleted.png'}, which does not exist$"):
+        scan_class_folders(data)
+    ckpt = tmp_path / "m.safetensors"
+    visionzoo.save_state_dict(visionzoo.create_model("mobilenetv2_035", num_classes=2).state_dict(), ckpt)
+    assert main(["predict", str(data), "--checkpoint", str(ckpt), "--model", "mobilenetv2_035", "--img-size", "32"]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6 and "linked/1.png" in out
+    assert err.splitlines() == [f"visionzoo predict: error: {data / 'b' / 'gone.png'}: a symbolic link to {tmp_path / 'deleted.png'}, "
+                                "which does not exist", "visionzoo predict: 1 of 7 images could not be read"]
+    (data / "b" / "gone.png").unlink()
+    (data / "c").mkdir()
+    (data / "c" / ".DS_Store").write_bytes(b"\0")
+    with pytest.raises(DataError, match=f"^class folder {data / 'c'} is empty \\(but for hidden files, which are skipped\\)$"):
+        scan_class_folders(data)
+
 def test_predict_says_unreadable_or_training_state_before_asking_for_a_model(tmp_path, capsys):
     """Without --model, a corrupt file is called unreadable (not "does not name its model"),
     and the --resume state of a run names the weights files to pass instead."""

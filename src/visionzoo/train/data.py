@@ -218,10 +218,17 @@ def load_image(path: str | os.PathLike) -> Any:
                 a = np.asarray(im, dtype=np.float64)
                 return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), mode="L")
             return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str | os.PathLike, e: Exception) -> DataError:
+    """The error for an image file that cannot be opened or decoded."""
+    if isinstance(e, FileNotFoundError):
+        if os.path.islink(path):
+            return DataError(f"{path}: a symbolic link to {os.readlink(path)}, which does not exist")
+        return DataError(f"image not found: {path}")
+    return DataError(f"{path}: not a readable image ({type(e).__name__})")
 
 
 # --------------------------------------------------------------------------- digits
@@ -327,8 +334,20 @@ class ImageFiles(Dataset):
 def visible_files(folder: Path) -> list[Path]:
     """The files under ``folder``, sorted, less those with a part of their path below it that
     starts with ``.``: hidden files (``.DS_Store``, macOS's ``._name`` copies) and everything in
-    hidden folders (``.ipynb_checkpoints/``)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    hidden folders (``.ipynb_checkpoints/``). Linked folders are followed, as torchvision's
+    ImageFolder follows them, each real folder once (a link to a folder above is no loop); a
+    link to nothing is listed, for the reader to name it, not skipped unsaid."""
+    found: list[Path] = []
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(top, f) for f in files if not f.startswith(".")]
+    return sorted(found)
 
 
 def scan_class_folders(root: Path, *, check_images: bool = True) -> tuple[list[str], list[tuple[Path, int]]]:
@@ -345,7 +364,8 @@ def scan_class_folders(root: Path, *, check_images: bool = True) -> tuple[list[s
     for label, c in enumerate(classes):
         files = visible_files(root / c)
         if not files:
-            raise DataError(f"class folder {root / c} is empty")
+            hidden = " (but for hidden files, which are skipped)" if any((root / c).iterdir()) else ""
+            raise DataError(f"class folder {root / c} is empty{hidden}")
         for p in files:
             if p.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise DataError(f"{p}: not an image file (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
@@ -363,7 +383,7 @@ def _check_header(path: Path) -> None:
         with Image.open(path) as im:
             im.size  # noqa: B018  (reads the header only)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise _unreadable(path, e) from None
 
 
 def _folder(path: str, img_size: int | None, seed: int, val_split: float | None, randaugment: bool,

@@ -164,10 +164,11 @@ def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DataError(f"{root}: no {d.name}/ folder (segmentation data: images/ and masks/ with the same file names)")
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
+    # a link to nothing is listed, for the reader to name it, not skipped unsaid
+    masks = {p.stem: p for p in mask_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")}
     pairs = []
     for p in sorted(img_dir.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if p.is_dir() or p.name.startswith("."):
             continue
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{p}: not an image file")
