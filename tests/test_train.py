@@ -903,6 +903,27 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
     assert np.abs(out.astype(np.int64) - np.rint(ramp / 257.0)).max() == 0
 
 
+@pytest.mark.parametrize("orientation, quarter_turns", [(6, -1), (8, 1), (3, 2)])
+def test_images_are_read_upright(tmp_path, orientation, quarter_turns):
+    """A photo stored on its side with an EXIF orientation (6: turn it 90 degrees clockwise to
+    view, 8: anticlockwise, 3: half a turn; the EXIF 2.3 table) is read as a viewer shows it,
+    in training, eval and predict; it used to be read on its side. Segmentation's images keep
+    their stored pixels, which their masks label."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.data import load_image
+    from visionzoo.train.segment import image_input
+
+    a = (torch.rand(6, 10, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(tmp_path / "photo.png", exif=exif)
+    assert np.array_equal(np.asarray(load_image(tmp_path / "photo.png")), np.rot90(a, quarter_turns))
+    assert np.array_equal(np.asarray(load_image(tmp_path / "photo.png", upright=False)), a)
+    assert image_input(tmp_path / "photo.png", 8, (0.5,) * 3, (0.5,) * 3)[1] == (6, 10)
+
+
 @pytest.mark.parametrize("name, n_aux, size", [("googlenet", 2, 96), ("inception_v3", 1, 299)])
 def test_auxiliary_classifiers_add_their_weighted_loss(name, n_aux, size):
     """Inception's auxiliary logits are auxiliary losses (GoogLeNet 0.3 each, v3 0.4), not DeiT's

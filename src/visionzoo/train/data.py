@@ -201,9 +201,12 @@ class _ToChannels(torch.nn.Module):
         return x[..., : self.in_chans, :, :]
 
 
-def load_image(path: str | os.PathLike) -> Any:
+def load_image(path: str | os.PathLike, *, upright: bool = True) -> Any:
     """A PIL image (RGB, or L for grayscale), or a :class:`DataError` naming the file.
 
+    ``upright``: as a photo viewer shows it, the file's EXIF orientation applied (a phone's
+    portrait photo is stored on its side with orientation 6 or 8). timm's and torchvision's
+    loaders read the pixels as stored; segmentation does (its masks match the stored pixels).
     16-bit grayscale (PIL modes ``I;16*``, and ``I`` as some Pillow versions open 16-bit PNGs)
     is scaled to 8 bits: PIL's own conversion clips every value above 255 to white.
     """
@@ -212,6 +215,8 @@ def load_image(path: str | os.PathLike) -> Any:
     try:
         with Image.open(path) as im:
             im.load()
+            if upright:
+                im = _upright(im)
             if im.mode.startswith("I;16") or im.mode == "I":
                 import numpy as np
 
@@ -220,6 +225,17 @@ def load_image(path: str | os.PathLike) -> Any:
             return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _unreadable(path, e) from None
+
+
+def _upright(im: Any) -> Any:
+    """``im`` with its EXIF orientation applied; as stored where it has none, or a damaged EXIF block."""
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(0x0112, 1)  # 0x0112: Orientation
+    except Exception:  # the EXIF parser's errors are not one kind (struct.error, SyntaxError, ...)
+        return im
+    return im if orientation in (None, 1) else ImageOps.exif_transpose(im)
 
 
 def _unreadable(path: str | os.PathLike, e: Exception) -> DataError:

@@ -211,10 +211,11 @@ def split_pairs(root: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[P
 
 
 def _rgb(path: str | Path) -> Tensor:
-    """An image file as RGB floats in [0, 1], (3, H, W)."""
+    """An image file as RGB floats in [0, 1], (3, H, W): its pixels as stored (EXIF orientation not
+    applied, as classification applies it), for its mask labels those."""
     import numpy as np
 
-    return torch.from_numpy(np.array(load_image(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(np.array(load_image(path, upright=False).convert("RGB"))).permute(2, 0, 1).float() / 255
 
 
 def _normalize(x: Tensor, mean: Any, std: Any) -> Tensor:
