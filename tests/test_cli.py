@@ -147,6 +147,16 @@ def test_predict_on_a_folder_skips_hidden_files_and_folders(bf16_run, tmp_path, 
     assert main(["predict", str(data), *ckpt]) == 0
     rows = [json.loads(r)["image"] for r in capsys.readouterr().out.splitlines()]
     assert rows == [str(data / f) for f in ("a/0.png", "a/1.png", "b/0.png", "b/1.png")]
+    (data / "a" / "IMG_1.heic").write_bytes(b"x")  # other files are named as skipped (training refuses them)
+    (data / "notes.txt").write_text("x")
+    assert main(["predict", str(data), *ckpt]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    (data / "a" / "IMG_1.heic").unlink()
+    assert main(["predict", str(data), *ckpt]) == 0
+    assert capsys.readouterr().err == f"note: {data}: skipped 1 file without an image extension (notes.txt)\n"
+    (data / "a" / "IMG_1.heic").write_bytes(b"x")
+    assert main(["predict", str(data), *ckpt]) == 0
+    assert "skipped 2 files without an image extension (IMG_1.heic, notes.txt)" in capsys.readouterr().err
     assert main(["predict", str(data / ".real.png"), *ckpt]) == 0
     assert json.loads(capsys.readouterr().out)["image"] == str(data / ".real.png")
 

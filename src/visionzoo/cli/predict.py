@@ -22,16 +22,22 @@ from ._preprocess import (
 
 def _image_files(args: list[str]) -> list[str]:
     """The arguments, a folder replaced by the image files under it (sorted; hidden files and
-    folders skipped, as training skips them: :func:`visionzoo.train.data.visible_files`). A
-    file named on the command line is read whatever its name."""
+    folders skipped, as training skips them: :func:`visionzoo.train.data.visible_files`); other
+    files in a folder are named on stderr as skipped (training refuses them). A file named on
+    the command line is read whatever its name."""
     from ..train.data import IMAGE_EXTENSIONS, visible_files
 
     files: list[str] = []
     for a in args:
         if Path(a).is_dir():
-            found = [str(p) for p in visible_files(Path(a)) if p.suffix.lower() in IMAGE_EXTENSIONS]
+            listed = visible_files(Path(a))
+            found = [str(p) for p in listed if p.suffix.lower() in IMAGE_EXTENSIONS]
             if not found:
                 raise CLIError(f"{a}: a folder with no image files (extensions read: {', '.join(IMAGE_EXTENSIONS)})")
+            other = [p.name for p in listed if p.suffix.lower() not in IMAGE_EXTENSIONS]
+            if other:
+                shown = ", ".join(other[:5]) + (f", ... ({len(other) - 5} more)" if len(other) > 5 else "")
+                print(f"note: {a}: skipped {len(other)} file{'s' if len(other) > 1 else ''} without an image extension ({shown})", file=sys.stderr)
             files += found
         else:
             files.append(a)
