@@ -175,9 +175,10 @@ def to_contiguous(x: Tensor) -> Tensor:
     map for every channel; in blocks of ~32k values (a few hundred pixels) source and target
     stay in cache. Batch 4, 2-core Xeon, ms, ``contiguous()`` / blocks: 64 x 224 x 224
     45.7 / 11.7, 128 x 112 x 112 25.0 / 5.0, 256 x 56 x 56 10.4 / 2.4; maps under 2**20 values
-    (equal or slower in blocks) and anything autograd records take ``contiguous()``.
+    (equal or slower in blocks), anything autograd records and anything traced or exported take ``contiguous()``.
     """
-    if x.is_contiguous() or x.numel() < 1 << 20 or x.requires_grad or not plain_cpu_eager(x) or not channels_last_map(x):
+    # plain_cpu_eager first: under torch.export a size test on a symbolic batch would be a guard
+    if not plain_cpu_eager(x) or x.requires_grad or x.is_contiguous() or x.numel() < 1 << 20 or not channels_last_map(x):
         return x.contiguous()
     B, C, H, W = x.shape
     tokens = x.permute(0, 2, 3, 1).reshape(B, H * W, C)  # a view of the channels-last memory
