@@ -40,6 +40,21 @@ def test_onnx_check_is_relative_to_the_outputs_scale(tmp_path):
     diff = verify_onnx(model, path, img_size=32)
     assert 0.3 < diff < 0.7, diff  # half the largest output
 
+def test_onnx_of_a_features_only_model_checks_every_map(tmp_path):
+    """A features_only model's file has one output per map, named features.0, ...; the check
+    compares each (it unpacked a single output: "too many values to unpack"), so a change in
+    the last map's layers alone is found."""
+    ort = pytest.importorskip("onnxruntime")
+    model = visionzoo.create_model("resnet18", features_only=True).eval()
+    path = export_onnx(model, tmp_path / "r18.onnx", img_size=32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == [f"features.{i}" for i in range(5)]
+    assert verify_onnx(model, path, img_size=32) < 1e-4
+    with torch.no_grad():
+        model.layer4[-1].bn2.bias.add_(1.0)  # only the last map changes
+    assert verify_onnx(model, path, img_size=32) > 0.1
+
+
 def test_onnx_external_weights_are_named_after_the_file(tmp_path):
     """Weights in a second file (ONNX's 2 GB limit; forced here) lie beside the model as
     ``<name>.onnx.data``, which the model reads; they used to keep the temporary name."""

@@ -55,7 +55,8 @@ def export_onnx(
     in_chans: int | None = None,
     external_data: bool | None = None,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``),
+    """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``, or
+    ``features.0``, ``features.1``, ... for a model that returns a list of feature maps),
     traced on a random input of ``img_size`` and ``in_chans`` channels (default the model's
     ``in_chans``, for a model without that attribute 3).
 
@@ -80,7 +81,9 @@ def export_onnx(
     model = model.eval()
     x = _example(model, img_size, batch, in_chans)
     with torch.no_grad():
-        model(x)  # the model's own message for an input it refuses, not the exporter's trace
+        out = model(x)  # the model's own message for an input it refuses, not the exporter's trace
+    # a features_only model returns one map per level: features.0, features.1, ...
+    names = [f"features.{i}" for i in range(len(out))] if isinstance(out, (list, tuple)) else ["logits"]
     dim = torch.export.Dim("batch", min=1, max=4096)
     # the temporary folder in the nearest existing folder (the same file system, for the moves);
     # a folder that cannot hold it is reported with the path asked for, not the temporary name
@@ -92,7 +95,7 @@ def export_onnx(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
-                model, (x,), input_names=["image"], output_names=["logits"],
+                model, (x,), input_names=["image"], output_names=names,
                 dynamic_shapes=({0: dim},), opset_version=opset, dynamo=True, verbose=False,
             )
             program.save(str(tmp / path.name), external_data=external_data)
@@ -120,18 +123,23 @@ def verify_onnx(
     model: nn.Module, path: str | os.PathLike, *, img_size: int | tuple[int, int] | None = None, batch: int = 3, in_chans: int | None = None
 ) -> float:
     """Max |onnxruntime - PyTorch| relative to max |PyTorch|, at a batch size other than the
-    exported one (``img_size`` and ``in_chans`` as :func:`export_onnx`). Relative: an absolute
-    bound passes anything for a model whose outputs are small (a randomly initialised
-    EfficientNet's logits are ~1e-4)."""
+    exported one (``img_size`` and ``in_chans`` as :func:`export_onnx`); for a model with
+    several outputs (features_only: one per map), the largest of the outputs' figures. Relative:
+    an absolute bound passes anything for a model whose outputs are small (a randomly
+    initialised EfficientNet's logits are ~1e-4)."""
     import onnxruntime as ort
 
     model = model.eval()
     x = _example(model, img_size, batch, in_chans)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        ref = model(x)
-    if isinstance(ref, (list, tuple)):
-        ref = ref[0]
-    diff, scale = float((torch.from_numpy(out) - ref).abs().max()), float(ref.abs().max())
-    return diff / scale if scale > 0 else diff
+        refs = model(x)
+    refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
+    if len(outs) != len(refs):
+        raise ValueError(f"{path} has {len(outs)} outputs, the model returns {len(refs)}: it is not this model's export")
+    worst = 0.0
+    for out, ref in zip(outs, refs):
+        diff, scale = float((torch.from_numpy(out) - ref).abs().max()), float(ref.abs().max())
+        worst = max(worst, diff / scale if scale > 0 else diff)
+    return worst
