@@ -397,6 +397,12 @@ def test_attention_rollout_map(tmp_path):
         assert im.size == (900, 450)
 
 
+def test_attention_rollout_refuses_a_batch():
+    """A batch of images gave the first image's map and dropped the others unsaid."""
+    with pytest.raises(ValueError, match="one image, got a batch of 2"):
+        attention_rollout(_small_vit(), torch.randn(2, 3, 64, 48))
+
+
 def test_rollout_and_distance_leave_a_training_model_in_training():
     """Both ran the model in eval mode and left it there, so a run logging attention distance
     between steps trained on without dropout or drop path; gradcat already restored the mode."""

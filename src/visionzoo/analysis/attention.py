@@ -131,7 +131,9 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
     Returns:
         (H, W) float array in [0, 1].
     """
-    x = _as_batch(image)[:1]
+    x = _as_batch(image)
+    if x.shape[0] != 1:
+        raise ValueError(f"attention_rollout draws the map of one image, got a batch of {x.shape[0]}; call it once per image")
     maps = _token_attention(model, x)
     fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
     if head_fusion not in fuse:
