@@ -119,6 +119,18 @@ def test_torch_export_dynamic_batch(family):
         torch.testing.assert_close(program.module()(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_a_batch_the_exporters_cannot_trace_is_refused_by_name():
+    """export_program traced on batch 1 failed in torch.export ("Constraints violated (batch)!":
+    it fixes a traced size of 1), batch 0 the same way and -1 inside torch.randn."""
+    model = visionzoo.create_model("resnet18", num_classes=3)
+    for batch in (1, 0, -1, 2.0):
+        with pytest.raises(ValueError, match=rf"^batch must be an int >= 2 .*, got {batch}$"):
+            export_program(model, 32, batch=batch)
+    for fn in (lambda b: export_onnx(model, "unused.onnx", img_size=32, batch=b), lambda b: verify_onnx(model, "unused.onnx", img_size=32, batch=b)):
+        with pytest.raises(ValueError, match=r"^batch must be an int >= 1, got 0$"):
+            fn(0)
+
+
 @pytest.mark.parametrize("name, kwargs", [
     ("swin_tiny_patch4_window7_224", dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))),
     ("vit_tiny_patch16_224", dict(depth=2)),

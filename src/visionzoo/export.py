@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoints.io import publish
-from .layers.helpers import to_2tuple
+from .layers.helpers import check_int, to_2tuple
 
 __all__ = ["export_onnx", "export_program", "onnx_files", "verify_onnx"]
 
@@ -37,8 +37,10 @@ def export_program(
     model: nn.Module, img_size: int | tuple[int, int] | None = None, *, batch: int = 2, in_chans: int | None = None
 ) -> torch.export.ExportedProgram:
     """``torch.export.export`` of an eval-mode model with a dynamic batch dimension, traced on a
-    random input of ``img_size`` and ``in_chans`` channels (default the model's ``in_chans``,
-    for a model without that attribute 3)."""
+    random input of ``batch`` (at least 2) images of ``img_size`` and ``in_chans`` channels
+    (default the model's ``in_chans``, for a model without that attribute 3)."""
+    # torch.export takes a traced size of 1 for a constant, so that axis could not stay dynamic
+    check_int("batch", batch, 2, " (torch.export fixes a traced batch of 1; the program takes any batch)")
     model = model.eval()
     x = _example(model, img_size, batch, in_chans)
     dim = torch.export.Dim("batch", min=1, max=4096)
@@ -71,6 +73,7 @@ def export_onnx(
         The model's own error (e.g. an input size it refuses), from one forward pass run first.
     """
     path = Path(path)
+    check_int("batch", batch)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {opset}")
     if path.is_dir():
@@ -127,6 +130,7 @@ def verify_onnx(
     several outputs (features_only: one per map), the largest of the outputs' figures. Relative:
     an absolute bound passes anything for a model whose outputs are small (a randomly
     initialised EfficientNet's logits are ~1e-4)."""
+    check_int("batch", batch)
     import onnxruntime as ort
 
     model = model.eval()
