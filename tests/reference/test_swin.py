@@ -299,6 +299,14 @@ def test_swin_mlp_official_layout_loads_and_any_size_runs():
         assert ours(torch.randn(1, 3, 200, 300)).shape == (1, 10)
 
 
+@pytest.mark.parametrize("option", [dict(qkv_bias=False), dict(attn_drop_rate=0.1)])
+def test_swin_mlp_refuses_the_attention_options_it_has_nothing_to_apply_to(option):
+    """SwinConfig's qkv_bias and attn_drop_rate used to build a Swin-MLP that ignored them
+    (no qkv projection, no attention weights): a user asking for them is told so."""
+    with pytest.raises(ValueError, match=f"Swin-MLP has no attention: {next(iter(option))}"):
+        visionzoo.create_model("swin_mlp_tiny_c24_patch4_window8_256", img_size=64, **option)
+
+
 def _swin_mlp_block_inputs(model, x):
     """{(stage, block): the block's input} of one forward."""
     inputs, hooks = {}, []

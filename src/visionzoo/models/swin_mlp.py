@@ -114,6 +114,13 @@ class SwinMLP(SwinTransformer):
     stage_cls = SwinMLPStage
     size_rules = ("shrink",)  # its blocks pad for themselves, as the release does
 
+    def __init__(self, cfg: SwinConfig, **kwargs: object) -> None:
+        # SwinConfig's attention options have nothing to act on here: refused, not ignored
+        unused = [f"{k}={getattr(cfg, k)!r}" for k, v in (("qkv_bias", True), ("attn_drop_rate", 0.0)) if getattr(cfg, k) != v]
+        if unused:
+            raise ValueError(f"Swin-MLP has no attention: {', '.join(unused)} would change nothing (use proj_drop_rate / drop_rate for dropout)")
+        super().__init__(cfg, **kwargs)
+
     @classmethod
     def stage_windows(cls, cfg: SwinConfig, img_size: tuple[int, int]) -> list[tuple[int, int]]:
         """The configured window in every stage: the blocks pad a smaller map up to it."""
