@@ -122,6 +122,14 @@ def test_vit_rel_layout():
     assert [tuple(f.shape) for f in maps] == [(1, 64, 32, 32), (1, 384, 4, 4)]
 
 
+def test_vit_patch_size_is_refused_where_the_layout_has_no_vit_patch():
+    """It used to be ignored outside layout 'ViT_REL': the network built was the default one."""
+    with pytest.raises(ValueError, match="vit_patch_size is the patch of layout 'ViT_REL' only"):
+        visionzoo.create_model("coatnet_0_224", vit_patch_size=4, img_size=64)
+    m = visionzoo.create_model("coatnet_0_224", layout="ViT_REL", vit_patch_size=4, img_size=64)
+    assert [f.reduction for f in m.feature_info] == [2, 8]
+
+
 def test_layout_validation():
     assert parse_layout("c-c-t-t", 4) == ("C", "C", "T", "T")
     assert parse_layout("vit-rel", 4) == ("ViT_REL",)

@@ -94,6 +94,13 @@ def test_googlenet_aux_heads_in_training_equal_torchvision():
     assert ours(x).shape == (2, 6)
 
 
+def test_googlenet_refuses_aux_drop_rate_without_aux_heads():
+    """aux_drop_rate without aux_logits used to build a network without the heads it acts on."""
+    with pytest.raises(ValueError, match="aux_drop_rate .* needs aux_logits=True"):
+        visionzoo.create_model("googlenet", aux_drop_rate=0.3)
+    assert visionzoo.create_model("googlenet", aux_logits=True, aux_drop_rate=0.3).aux1.dropout.p == 0.3
+
+
 def test_inception_v3_equals_torchvision_and_aux_head_in_training():
     ref = build_random(lambda: _tv_inception_v3(num_classes=10, dropout=0.0))
     ours = visionzoo.create_model("inception_v3", num_classes=10, checkpoint=ref.state_dict()).eval()

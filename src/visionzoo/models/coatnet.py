@@ -579,6 +579,8 @@ class CoAtNet(VisionModel):
             raise ValueError(f"embed_dim {cfg.embed_dim} and depths {cfg.depths} must have one entry per stage")
         self.cfg = cfg
         self.layout = parse_layout(cfg.layout, len(cfg.depths))
+        if self.layout != (VIT_REL,) and cfg.vit_patch_size != CoAtNetConfig.vit_patch_size:
+            raise ValueError(f"vit_patch_size is the patch of layout 'ViT_REL' only; layout {cfg.layout!r} has no such patch, got vit_patch_size={cfg.vit_patch_size}")
         self.num_classes, self.in_chans = num_classes, in_chans
         self.img_size = tuple(img_size)
         self.stem = Stem(in_chans, cfg.stem_width)

@@ -218,6 +218,8 @@ class GoogLeNet(SequentialNet):
         super().__init__()
         if cfg.transform_input and in_chans != 3:
             raise ValueError(f"transform_input maps ImageNet RGB normalisation; it needs in_chans=3, got {in_chans}")
+        if not cfg.aux_logits and cfg.aux_drop_rate != GoogLeNetConfig.aux_drop_rate:
+            raise ValueError(f"aux_drop_rate is the auxiliary classifiers' dropout: it needs aux_logits=True, got aux_drop_rate={cfg.aux_drop_rate}")
         self.cfg = cfg
         self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, 1024
         self.conv1 = conv_bn(in_chans, 64, 7, stride=2, padding=3)
