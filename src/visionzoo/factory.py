@@ -243,7 +243,9 @@ def create_model(
         raise ValueError(f"features_only takes True or False, got {features_only!r}")
     global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
-    size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry.default_cfg["input_size"][1:])
+    # an overridden configuration's own default_cfg (EfficientNet's resolution sets its size and crop)
+    entry_cfg = entry.default_cfg if cfg is entry.config or entry.default_cfg_for is None else entry.default_cfg_for(cfg)
+    size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry_cfg["input_size"][1:])
     if min(size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
     model = entry.model_cls(
@@ -259,7 +261,7 @@ def create_model(
     if global_pool is not None:
         model.set_global_pool(global_pool)
     model.default_cfg = {
-        **entry.default_cfg,
+        **entry_cfg,
         "input_size": (in_chans, *size),
         "num_classes": num_classes,
         **cfg_overlay,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,9 @@ class ModelEntry:
     default_cfg: Mapping[str, Any]
     published: Mapping[str, Any] = field(default_factory=dict)
     paper: str = ""
+    #: the family's ``default_cfg`` as a function of the configuration, where it depends on it
+    #: (EfficientNet's ``resolution``): ``create_model`` applies it to an overridden configuration
+    default_cfg_for: Callable[[Any], Mapping[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -101,11 +105,12 @@ def register_model(
     default_cfg: Mapping[str, Any],
     published: Mapping[str, Any] | None = None,
     paper: str = "",
+    default_cfg_for: Callable[[Any], Mapping[str, Any]] | None = None,
 ) -> ModelEntry:
     """Register one variant; a name registered twice is an error (two families clashing)."""
     if name in _REGISTRY or name in _ALIASES:
         raise ValueError(f"model name {name!r} is registered twice")
-    entry = ModelEntry(name, family, model_cls, config, dict(default_cfg), dict(published or {}), paper)
+    entry = ModelEntry(name, family, model_cls, config, dict(default_cfg), dict(published or {}), paper, default_cfg_for)
     _REGISTRY[name] = entry
     return entry
 
@@ -135,6 +140,7 @@ def register_family(
         register_model(
             name, family=family, model_cls=model_cls, config=cfg, default_cfg=dcfg,
             published=published.get(name), paper=paper,
+            default_cfg_for=functools.partial(default_cfgs, name) if callable(default_cfgs) else None,
         )
 
 

@@ -35,6 +35,18 @@ def test_evaluation_resize_is_the_official_res_plus_32():
         assert math.floor(res / cfg["crop_pct"] + 1e-6) == res + 32, name
 
 
+def test_a_resolution_override_sets_the_default_input_size_and_evaluation_crop():
+    """B0 rescaled by B3's coefficients (w 1.2, d 1.4, r 300, the paper's Table / official
+    builder) is B3: input 300, evaluated as resize 332 and crop 300. ``resolution`` used to
+    change nothing: the model kept B0's 224 and crop 0.875."""
+    import math
+
+    model = visionzoo.create_model("efficientnet_b0", width_coefficient=1.2, depth_coefficient=1.4, resolution=300)
+    assert model.default_cfg["input_size"] == (3, 300, 300)
+    assert math.floor(300 / model.default_cfg["crop_pct"] + 1e-6) == 332
+    assert visionzoo.create_model("efficientnet_b0", resolution=300, img_size=256).default_cfg["input_size"] == (3, 256, 256)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_params_equal_timm_and_torchvision(name):
     ours = _count(lambda: visionzoo.create_model(name))
