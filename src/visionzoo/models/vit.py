@@ -594,7 +594,9 @@ class VisionTransformer(VisionModel):
     def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
         """ValueError where the checkpoint has a class / distillation token this model lacks,
         or lacks one it has: its position embedding then counts other prefix rows, and the
-        variant differs (a distilled DeiT's head, a class-token-free average pool). A checkpoint
+        variant differs (a distilled DeiT's head, a class-token-free average pool); likewise for
+        timm's register tokens and its ``no_embed_class`` layout (no position rows for the
+        prefix tokens), which visionzoo's ViT does not build. A checkpoint
         without a position embedding (a partial one, loaded with ``strict=False``) is left to the
         key checks of :func:`~visionzoo.load_checkpoint`."""
         if "pos_embed" not in state_dict:
@@ -611,6 +613,15 @@ class VisionTransformer(VisionModel):
             ours = getattr(self, key) is not None
             if (key in state_dict) != ours:
                 raise ValueError(f"the checkpoint has {lacks[key] if ours else has[key]} (model: {self._name()})")
+        if "reg_token" in state_dict:  # timm's reg_tokens=N: prefix rows no visionzoo ViT has
+            raise ValueError(f"the checkpoint has register tokens (reg_token, timm's reg_tokens={state_dict['reg_token'].shape[1]}), which visionzoo's ViT has not (model: {self._name()})")
+        rows, P = state_dict["pos_embed"].shape[1], self.num_prefix_tokens
+        if P and self.pos_embed is not None and rows == self.pos_embed.shape[1] - P:
+            # this model's grid and no prefix rows: timm's no_embed_class, whose tokens get no position
+            raise ValueError(
+                f"the checkpoint's position embedding has {rows} rows, one per patch of this model and none for the class / distillation "
+                f"token (timm's no_embed_class=True): this model adds one to them too (model: {self._name()})"
+            )
 
 
 # --------------------------------------------------------------------------- checkpoints
