@@ -73,6 +73,12 @@ def test_unknown_override_lists_options():
     assert "'layers'" in own and "num_classes" not in own
     with pytest.raises(TypeError, match="did you mean 'drop_rate' for 'dropp_rate', 'in_chans' for 'in_chan'"):
         visionzoo.create_model("resnet18", in_chan=1, dropp_rate=0.1)
+    # timm's dynamic_img_size is refused with why, not "did you mean 'img_size'": the model
+    # already takes other sizes (checked here at 160 x 192 against a 224 model)
+    with pytest.raises(TypeError, match=r"\['dynamic_img_size'\] \(dynamic_img_size: visionzoo's ViT takes any input whose sides the patch divides"):
+        visionzoo.create_model("vit_tiny_patch16_224", dynamic_img_size=True)
+    with torch.no_grad():
+        assert visionzoo.create_model("vit_tiny_patch16_224", depth=1).eval()(torch.randn(1, 3, 160, 192)).shape == (1, 1000)
 
 
 def test_bad_arguments():

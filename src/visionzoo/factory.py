@@ -155,12 +155,23 @@ def _timm_weight_arguments(
     return checkpoint, overlay
 
 
+#: timm options visionzoo has no use for, and why (the closest name would mislead: img_size)
+_TIMM_ONLY = {
+    "dynamic_img_size": "visionzoo's ViT takes any input whose sides the patch divides, its position embedding resized to each",
+    "dynamic_img_pad": "an input whose sides the patch does not divide is refused: pad or resize it first",
+}
+
+
 def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
     """The error for keyword arguments ``create_model`` does not take: the closest accepted
-    name of each (a misspelt ``num_classes`` lands among the family's overrides), then the
-    options every model takes apart from those of the family's configuration."""
+    name of each (a misspelt ``num_classes`` lands among the family's overrides), or for a timm
+    option with no use here why, then the options every model takes apart from those of the
+    family's configuration."""
     params = inspect.signature(create_model).parameters.values()
     common = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY] + ["global_pool"]
+    why = [f"{u}: {_TIMM_ONLY[u]}" for u in unknown if u in _TIMM_ONLY and {"pos_embed", "class_token"} <= fields]  # a ViT
+    if why:
+        return f"{name}: unknown option(s) {list(unknown)} ({'; '.join(why)}); options of every model: {common}; this family's options: {sorted(fields - set(common))}"
     close = {u: difflib.get_close_matches(u, [*common, *fields], n=1) for u in unknown}
     hints = [f"{c[0]!r}" if len(unknown) == 1 else f"{c[0]!r} for {u!r}" for u, c in close.items() if c]
     hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
