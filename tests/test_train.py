@@ -300,6 +300,20 @@ def test_finetune_to_other_class_count_and_roundtrip(tmp_path, capsys):
         torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)
 
 
+def test_a_resolution_override_sets_the_runs_input_size_and_crop(tmp_path, capsys):
+    """EfficientNet's ``--model-arg resolution=R`` without ``--img-size``: the run trains and
+    evaluates at R with the official crop (resize R + 32, crop R), as the model's default_cfg
+    says; the data took the unchanged registry entry's 224 px and 0.875."""
+    from visionzoo.train.checkpoint import read_metadata
+
+    data = _image_folder(tmp_path / "colours", n=4)
+    args = ["--model", "efficientnet_b0", "--model-arg", "resolution=40", "--model-arg", "width_coefficient=0.25",
+            "--model-arg", "depth_coefficient=0.25", "--epochs", "1", "--batch-size", "4", "--progress", "none"]
+    assert main(["train", "--data", str(data), *args, "--output", str(tmp_path / "run")]) == 0, capsys.readouterr().err
+    p = read_metadata(tmp_path / "run" / "model.safetensors")["preprocessing"]
+    assert p["img_size"] == 40 and p["crop_pct"] == pytest.approx(40 / 72, abs=1e-3)
+
+
 def test_finetune_vit_resizes_position_embeddings(tmp_path, capsys):
     """A ViT checkpoint at one size fine-tuned at another: position table resampled, new head."""
     data = _image_folder(tmp_path / "colours", n=4)

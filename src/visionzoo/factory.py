@@ -162,6 +162,21 @@ _TIMM_ONLY = {
 }
 
 
+def _entry_default_cfg(entry: Any, cfg: Any) -> Mapping[str, Any]:
+    """The registry entry's default_cfg, or an overridden configuration's own where the family
+    computes it from its configuration (EfficientNet's ``resolution`` sets its size and crop)."""
+    return entry.default_cfg if cfg is entry.config or entry.default_cfg_for is None else entry.default_cfg_for(cfg)
+
+
+def default_cfg_of(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``default_cfg`` (input size, crop, mean and std) of ``create_model(name, **overrides)``
+    with ``overrides`` of the family's configuration, without building the model."""
+    entry = get_entry(name)
+    overrides = dict(overrides or {})
+    _pop_global_pool(entry.config, overrides)
+    return dict(_entry_default_cfg(entry, _apply_overrides(entry.name, entry.config, overrides)))
+
+
 def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
     """The error for keyword arguments ``create_model`` does not take: the closest accepted
     name of each (a misspelt ``num_classes`` lands among the family's overrides), or for a timm
@@ -254,8 +269,7 @@ def create_model(
         raise ValueError(f"features_only takes True or False, got {features_only!r}")
     global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
-    # an overridden configuration's own default_cfg (EfficientNet's resolution sets its size and crop)
-    entry_cfg = entry.default_cfg if cfg is entry.config or entry.default_cfg_for is None else entry.default_cfg_for(cfg)
+    entry_cfg = _entry_default_cfg(entry, cfg)
     size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry_cfg["input_size"][1:])
     if min(size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")

@@ -441,7 +441,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str, Any]:
     from ..checkpoints import load_checkpoint
-    from ..factory import create_model
+    from ..factory import create_model, default_cfg_of
     from ..registry import get_entry
 
     device = info.device
@@ -476,7 +476,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     # ---- data
     data: DataBundle = build_data(
         cfg.data, data_dir=cfg.data_dir, img_size=cfg.img_size, seed=cfg.seed + 7919 * info.rank,
-        val_split=cfg.val_split, randaugment=cfg.randaugment, model_cfg=dict(entry.default_cfg),
+        val_split=cfg.val_split, randaugment=cfg.randaugment, model_cfg=default_cfg_of(model_name, overrides),
     )
     if len(data.train) < info.world_size:
         raise ValueError(f"the training split has {len(data.train)} images, fewer than the {info.world_size} processes")
