@@ -267,6 +267,32 @@ def test_mask_rcnn_with_fewer_than_four_maps(backbone, kwargs):
         assert len(model.eval()(images)) == 2
 
 
+def test_mask_rcnn_takes_other_channel_counts_and_refuses_unknown_arguments():
+    """in_chans reached torchvision's MaskRCNN, which ignores keyword arguments it does not
+    know (as drop_path_rate or a misspelt min_sizes): the backbone stayed 3-channel and a
+    4-channel image was refused with 'the backbone takes 3 (in_chans)'. in_chans now builds the
+    backbone (a 3-channel checkpoint adapted as create_model adapts it), with the
+    normalisation's per-channel values required; other unknown arguments are a TypeError."""
+    ckpt = visionzoo.create_model("resnet18").state_dict()
+    torch.manual_seed(0)
+    model = mask_rcnn("resnet18", 3, in_chans=4, checkpoint=ckpt, image_mean=[0.5] * 4, image_std=[0.25] * 4, min_size=64, max_size=96)
+    reference = visionzoo.create_model("resnet18", in_chans=4, checkpoint=ckpt)
+    torch.testing.assert_close(model.backbone.body.conv1.weight, reference.conv1.weight)
+    images = [torch.rand(4, 70, 90), torch.rand(4, 64, 81)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 40.0, 50.0]]), "labels": torch.tensor([2]), "masks": torch.ones(1, *im.shape[-2:], dtype=torch.uint8)} for im in images]
+    assert all(torch.isfinite(v) for v in model.train()(images, targets).values())
+    with torch.no_grad():
+        out = model.eval()(images)
+    assert [tuple(o["masks"].shape[-2:]) for o in out] == [(70, 90), (64, 81)]
+    for kwargs in ({"drop_path_rate": 0.1}, {"min_sizes": 64}):
+        with pytest.raises(TypeError, match=f"mask_rcnn got unexpected keyword argument.* {next(iter(kwargs))}:"):
+            mask_rcnn("resnet18", 3, **kwargs)
+    with pytest.raises(ValueError, match=r"in_chans=1 needs image_mean, one value per channel"):
+        mask_rcnn("resnet18", 3, in_chans=1)
+    with pytest.raises(ValueError, match=r"image_std has 3 values, but in_chans=4"):
+        mask_rcnn("resnet18", 3, in_chans=4, image_mean=[0.5] * 4, image_std=[0.2] * 3)
+
+
 def test_unext_size_and_output():
     from visionzoo.factory import count_macs
 

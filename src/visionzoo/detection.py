@@ -39,6 +39,7 @@ square and uses heads with LayerNorm and 4 convolutions).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -46,19 +47,29 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .base import InputError
 from .checkpoints import load_checkpoint
 from .factory import create_model
-from .layers import LayerNorm2d, pad_to_fit
+from .layers import LayerNorm2d, check_int, pad_to_fit
 
 __all__ = ["BackboneWithFPN", "CheckedMaskRCNN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+def _maskrcnn_options() -> set[str]:
+    """The keyword arguments torchvision's MaskRCNN uses: its own, FasterRCNN's and its
+    transform's (each passes unknown ones on, and the transform ignores them)."""
+    names = {"_skip_resize"}  # read from the transform's **kwargs
+    for f in (MaskRCNN.__init__, FasterRCNN.__init__, GeneralizedRCNNTransform.__init__):
+        names |= {p.name for p in inspect.signature(f).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD}
+    return names - {"self", "backbone", "num_classes"}
 
 
 def backbone_levels(body: nn.Module, taps: Sequence[str]) -> dict[str, int]:
@@ -312,6 +323,7 @@ def mask_rcnn(
     checkpoint: str | None = None,
     trainable_backbone_layers: int | None = None,
     frozen_bn: bool | None = None,
+    in_chans: int = 3,
     **maskrcnn_kwargs,
 ) -> CheckedMaskRCNN:
     """torchvision's MaskRCNN on a visionzoo backbone (``num_classes`` includes background),
@@ -337,11 +349,33 @@ def mask_rcnn(
             default); without one, all.
         frozen_bn: freeze the backbone's BatchNorms (statistics and affine). Default: with a
             checkpoint, as torchvision does.
-        maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ...).
+        in_chans: image channels; other than 3, ``image_mean`` and ``image_std`` (one value
+            per channel, or one for all, which the model normalises images with) must be
+            given too.
+        maskrcnn_kwargs: to ``MaskRCNN`` (``min_size``, ``max_size``, ``image_mean``, ...).
+            One it does not take is refused (torchvision's ignores it).
+
+    Raises:
+        TypeError: for a keyword argument that neither this function nor ``MaskRCNN`` takes.
+        ValueError: for ``num_classes`` < 2, or ``image_mean`` / ``image_std`` missing for
+            ``in_chans`` != 3 or of another length.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"mask_rcnn: num_classes counts the background too, so it must be an int >= 2 (background and one object class), got {num_classes!r}")
-    body = create_model(backbone_name)
+    unknown = sorted(set(maskrcnn_kwargs) - _maskrcnn_options())
+    if unknown:  # torchvision's MaskRCNN would ignore them
+        raise TypeError(
+            f"mask_rcnn got unexpected keyword argument(s) {', '.join(unknown)}: it takes backbone_name, num_classes, out_indices, "
+            "out_channels, neck, checkpoint, trainable_backbone_layers, frozen_bn, in_chans and torchvision MaskRCNN's arguments"
+        )
+    check_int("in_chans", in_chans)
+    for key in ("image_mean", "image_std"):
+        values = maskrcnn_kwargs.get(key)
+        if values is None and in_chans != 3:  # torchvision's default is ImageNet's 3 channels
+            raise ValueError(f"mask_rcnn: in_chans={in_chans} needs {key}, one value per channel (the default is ImageNet's, for 3 channels)")
+        if values is not None and len(values) not in (1, in_chans):  # one value: every channel
+            raise ValueError(f"mask_rcnn: {key} has {len(values)} values, but in_chans={in_chans}: give one per channel")
+    body = create_model(backbone_name, in_chans=in_chans)
     default, every_end = body.dense_out_indices(), body.level_ends()
     levels = [body.feature_info[i] for i in default]  # the maps dense heads read by default
     ends = [every_end[i] for i in default]
