@@ -548,11 +548,18 @@ def _checked_mrcnn():
     (lambda: (_mrcnn_batch()[0], _mrcnn_batch()[1][:1]), r"one target dict per image: got 1 targets for 2 images"),
     (lambda: (_mrcnn_batch()[0], None), r"in training mode the model takes targets"),
     (lambda: ([], []), r"got an empty list: pass at least one image"),
+    (lambda: _bad(boxes=torch.tensor([[160.0, 10.0, 200.0, 60.0]])), r"targets\[0\]\['boxes'\]\[0\] = \[160.0, 10.0, 200.0, 60.0\] lies outside the 150x120 image"),
+    (lambda: _bad(boxes=torch.tensor([[-40.0, 10.0, -5.0, 60.0]])), r"targets\[0\]\['boxes'\]\[0\] = \[-40.0, 10.0, -5.0, 60.0\] lies outside"),
+    (lambda: _bad(masks=torch.full((1, 120, 150), 255, dtype=torch.uint8)), r"targets\[0\]\['masks'\] holds values in \[255, 255\]; .* divide a 0 / 255 mask by 255"),
+    (lambda: _bad(masks=torch.full((1, 120, 150), float("nan"))), r"targets\[0\]\['masks'\] has a NaN"),
+    (lambda: _bad([torch.rand(3, 120, 150), torch.rand(3, 140, 128).index_fill(1, torch.tensor([5]), float("nan"))]), r"images\[1\] has 384 NaN or infinite values"),
 ], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
-        "box shape", "flat box", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images"])
+        "box shape", "flat box", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images",
+        "box right of the image", "box left of the image", "0-255 masks", "NaN mask", "NaN image"])
 def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
-    """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box, a
-    1-channel image broadcast to 3) or failed deep inside (IndexError: Target 7 is out of
+    """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box or
+    image, a 1-channel image broadcast to 3, a mask loss of 899 for 0 / 255 masks, a box
+    wholly outside the image pooled from the padding) or failed deep inside (IndexError: Target 7 is out of
     bounds, and for no images at all: list index out of range; an AssertionError for a box with
     x2 <= x1); each is now one InputError naming
     the image, the key and the problem."""
@@ -564,13 +571,14 @@ def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
 
 def test_mask_rcnn_takes_empty_images_and_boxes_outside_them():
     """What augmentation produces passes the checks: an image without boxes, a box partly
-    outside the image; the checks add no module, so the state dict is torchvision's."""
+    outside the image, soft masks; the checks add no module, so the state dict is torchvision's."""
     from torchvision.models.detection import MaskRCNN
 
     model = _checked_mrcnn()
     assert isinstance(model, MaskRCNN) and not any("check" in k for k in model.state_dict())
     images, targets = _mrcnn_batch()
     targets[0]["boxes"] = torch.tensor([[-30.0, -10.0, 200.0, 60.0]])
+    targets[0]["masks"] = targets[0]["masks"] * 0.75  # soft masks
     targets[1] = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 140, 128, dtype=torch.uint8)}
     losses = model.train()(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())

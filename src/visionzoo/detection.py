@@ -234,10 +234,11 @@ class CheckedMaskRCNN(MaskRCNN):
 
     torchvision's takes many mistakes silently (masks of another size or count, labels of
     another count, label 0 or negative, a NaN box, a 1-channel image on a 3-channel backbone,
-    a 4-D batch tensor) or fails deep inside (a label >= num_classes, fewer targets than
-    images, an HWC image, no image at all, a box with x2 <= x1 or y2 <= y1). Here each is one :class:`~visionzoo.InputError` naming the image
-    index, the key and the problem. Boxes partly outside the image and images without boxes
-    (both from augmentation) pass. The checks cost a few reductions per image; the modules,
+    a 4-D batch tensor, a NaN in an image, a box wholly outside its image, 0 / 255 masks) or
+    fails deep inside (a label >= num_classes, fewer targets than images, an HWC image, no image
+    at all, a box with x2 <= x1 or y2 <= y1). Here each is one :class:`~visionzoo.InputError`
+    naming the image index, the key and the problem. Boxes partly outside the image, images
+    without boxes (both from augmentation) and soft masks (values in [0, 1]) pass. The checks cost a few reductions per image; the modules,
     state dict and outputs are torchvision's.
     """
 
@@ -272,6 +273,8 @@ class CheckedMaskRCNN(MaskRCNN):
                 raise InputError(f"images[{i}] has {img.shape[0]} channels (shape {tuple(img.shape)}); the backbone takes {C} (in_chans)")
             if 0 in img.shape[-2:]:
                 raise InputError(f"images[{i}] is empty: {img.shape[-2]}x{img.shape[-1]}")
+            if not bool(torch.isfinite(img).all()):
+                raise InputError(f"images[{i}] has {int((~torch.isfinite(img)).sum())} NaN or infinite values")
         if targets is None:
             if self.training:
                 raise InputError("in training mode the model takes targets, one dict of boxes, labels and masks per image (model.eval() to predict)")
@@ -295,6 +298,11 @@ class CheckedMaskRCNN(MaskRCNN):
             if len(flat):  # (torchvision's own check is an AssertionError)
                 j = int(flat[0])
                 raise InputError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has no width or height: boxes are x1 y1 x2 y2 with x2 > x1, y2 > y1")
+            H, W = img.shape[-2:]
+            outside = ((boxes[:, 0] >= W) | (boxes[:, 1] >= H) | (boxes[:, 2] <= 0) | (boxes[:, 3] <= 0)).nonzero().flatten()
+            if len(outside):  # (part of a box may lie outside)
+                j = int(outside[0])
+                raise InputError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} lies outside the {W}x{H} image (x1 y1 x2 y2 in pixels): drop it with its label and mask")
             if labels.shape != (n,):
                 raise InputError(f"targets[{i}]['labels'] has shape {tuple(labels.shape)}; one label per box: ({n},)")
             if labels.dtype != torch.int64:
@@ -311,6 +319,12 @@ class CheckedMaskRCNN(MaskRCNN):
                 raise InputError(
                     f"targets[{i}]['masks'] is {got}; one mask per box at the image's size: ({n}, {img.shape[-2]}, {img.shape[-1]})"
                 )
+            if masks is not None and masks.dtype != torch.bool and masks.numel():
+                if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+                    raise InputError(f"targets[{i}]['masks'] has a NaN or infinite value; masks are 0 / 1 (or soft, in [0, 1])")
+                lo, hi = (float(v) for v in masks.aminmax())
+                if lo < 0 or hi > 1:  # the mask loss reads them as probabilities
+                    raise InputError(f"targets[{i}]['masks'] holds values in [{lo:g}, {hi:g}]; masks are 0 / 1 (or soft, in [0, 1]): divide a 0 / 255 mask by 255")
 
 
 def mask_rcnn(
