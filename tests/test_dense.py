@@ -293,6 +293,18 @@ def test_mask_rcnn_takes_other_channel_counts_and_refuses_unknown_arguments():
         mask_rcnn("resnet18", 3, in_chans=4, image_mean=[0.5] * 4, image_std=[0.2] * 3)
 
 
+def test_mask_rcnn_names_a_whole_detectors_checkpoint(tmp_path):
+    """checkpoint= takes backbone weights; a whole detector's state dict (as torchvision's
+    maskrcnn_resnet50_fpn's) was refused with its backbone.body.* keys listed as unexpected,
+    which did not say that load_state_dict on the built model takes it."""
+    det = mask_rcnn("resnet18", 3, min_size=64, max_size=96)
+    visionzoo.save_state_dict(det.state_dict(), tmp_path / "det.safetensors")
+    for ckpt in (tmp_path / "det.safetensors", det.state_dict()):
+        with pytest.raises(visionzoo.CheckpointError, match=r"holds a whole detector \(rpn\.\*, roi_heads\.\*\): checkpoint= takes backbone weights"):
+            mask_rcnn("resnet18", 3, checkpoint=ckpt)
+    mask_rcnn("resnet18", 3, min_size=64, max_size=96).load_state_dict(det.state_dict())  # the way it loads
+
+
 def test_unext_size_and_output():
     from visionzoo.factory import count_macs
 

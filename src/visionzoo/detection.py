@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -54,7 +55,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .base import InputError
-from .checkpoints import load_checkpoint
+from .checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from .factory import create_model
 from .layers import LayerNorm2d, check_int, pad_to_fit
 
@@ -401,7 +402,16 @@ def mask_rcnn(
     body.set_features_only(out_indices)  # then the checkpoint, as create_model(features_only=True, ...) does
     body.contiguous_maps = False  # the neck's convolutions read the maps in the layout they come in
     if checkpoint is not None:
-        load_checkpoint(body, checkpoint)
+        try:
+            load_checkpoint(body, checkpoint)
+        except CheckpointError:
+            keys = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+            if any(k.startswith(("roi_heads.", "rpn.")) for k in keys):  # a whole detector's: its key errors say nothing of that
+                raise CheckpointError(
+                    f"{checkpoint} holds a whole detector (rpn.*, roi_heads.*): checkpoint= takes backbone weights; "
+                    "load a detector's into the built model: mask_rcnn(...).load_state_dict(state_dict)"
+                ) from None
+            raise
     pretrained = checkpoint is not None
     if trainable_backbone_layers is None and pretrained:
         trainable_backbone_layers = sum(fi.reduction > 4 for fi in levels)
