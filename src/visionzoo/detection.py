@@ -405,10 +405,11 @@ def mask_rcnn(
         try:
             load_checkpoint(body, checkpoint)
         except CheckpointError:
-            keys = read_state_dict(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+            is_file = isinstance(checkpoint, (str, os.PathLike))
+            keys = read_state_dict(checkpoint) if is_file else checkpoint
             if any(k.startswith(("roi_heads.", "rpn.")) for k in keys):  # a whole detector's: its key errors say nothing of that
                 raise CheckpointError(
-                    f"{checkpoint} holds a whole detector (rpn.*, roi_heads.*): checkpoint= takes backbone weights; "
+                    f"{checkpoint if is_file else 'the state dict'} holds a whole detector (rpn.*, roi_heads.*): checkpoint= takes backbone weights; "
                     "load a detector's into the built model: mask_rcnn(...).load_state_dict(state_dict)"
                 ) from None
             raise
