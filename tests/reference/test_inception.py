@@ -120,6 +120,24 @@ def test_inception_v3_equals_torchvision_and_aux_head_in_training():
     assert max_rel_diff(o, r.logits) < 1e-4 and max_rel_diff(o_aux, r.aux_logits) < 1e-4
 
 
+def test_a_size_only_the_aux_head_refuses_names_it():
+    """`visionzoo train --model inception_v3 --model-arg aux_logits=True --img-size 139` said
+    'needs inputs of at least 299x299', as if the network took nothing smaller: only its auxiliary
+    classifier does (torchvision's fails below 299 too); without it 75 works."""
+    for name in ("inception_v3", "inception_v2"):
+        with pytest.raises(ValueError, match=r"at least 299x299, got 139x139 \(in training, for its auxiliary classifier, "
+                                             r"aux_logits=True; without it, or in eval mode, from 75x75\)"):
+            visionzoo.create_model(name, num_classes=3, aux_logits=True, img_size=139)
+    model = visionzoo.create_model("inception_v3", num_classes=3, aux_logits=True).train()
+    with pytest.raises(InputError, match="aux_logits=True"):
+        model(torch.randn(1, 3, 298, 298))
+    with pytest.raises(InputError, match=r"at least 299x299, got 60x299$"):  # too small without the head too
+        model(torch.randn(1, 3, 60, 299))
+    ref = _tv_inception_v3(num_classes=3, aux_logits=True).train()
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+        ref(torch.randn(1, 3, 298, 298))
+
+
 def test_other_classes_and_channels():
     for name in ("inception_v3", "inception_resnet_v2"):
         ref = build_random(lambda: timm.create_model(name, num_classes=4, in_chans=1))

@@ -540,6 +540,14 @@ class InceptionV3(SequentialNet):
     def min_input_size(self) -> int:  # type: ignore[override]
         return self._min_size_aux if self.training and self.AuxLogits is not None else self._min_size
 
+    def size_problem(self, H: int, W: int) -> str | None:
+        problem = super().size_problem(H, W)
+        if problem and min(H, W) >= self._min_size and self.min_input_size > self._min_size:
+            # only the auxiliary head keeps this size out: say so, and what it takes without it
+            problem += (f" (in training, for its auxiliary classifier, aux_logits=True; "
+                        f"without it, or in eval mode, from {self._min_size}x{self._min_size})")
+        return problem
+
     def pooled_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.head_drop(self.pool(x))
         return x if pre_logits else self.fc(x)
