@@ -319,6 +319,7 @@ def test_train_output_under_a_file_is_refused_first(tmp_path, capsys):
     (["--log-every", "0"], "--log-every must be at least 1, got 0"),
     (["--seg-head", "aspp"], "--seg-head is an option of --task segment (the head"),
     (["--ema-decay", "0.9"], "--ema-decay is an option of --ema"),  # it used to be recorded and ignored
+    (["--freeze-backbone", "--layer-decay", "0.7"], "--layer-decay lowers the learning rate of the backbone's layers, which --freeze-backbone freezes"),  # the same
     # these trained (a label-loss weight of -0.5; a negative temperature) or failed as a NaN loss
     (["--distill-alpha", "0.3"], "--distill-alpha is an option of distillation; give --teacher NAME"),
     (["--teacher", "resnet18", "--teacher-checkpoint", "t.safetensors", "--distill-alpha", "1.5"], "--distill-alpha must be in [0, 1]"),

@@ -66,6 +66,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} is an option of distillation; give --teacher NAME --teacher-checkpoint FILE or leave {flag} out")
     if args.ema_decay is not None and not cfg.ema:
         raise CLIError("--ema-decay is an option of --ema (the decay of its moving average of the weights); add --ema or leave --ema-decay out")
+    if cfg.freeze_backbone and cfg.layer_decay is not None:  # (it was accepted and changed nothing)
+        raise CLIError("--layer-decay lowers the learning rate of the backbone's layers, which --freeze-backbone freezes (only the classifier trains, at --lr); leave one out")
     if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and not cfg.resume and _is_rank0():
         # a warning, not a refusal: random features under a trained classifier can be what is meant (a baseline)
         print("warning: --freeze-backbone without --pretrained (or --model-arg checkpoint=FILE): only the classifier trains, "
