@@ -314,6 +314,23 @@ def test_train_output_under_a_file_is_refused_first(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
+    (["train", "--amp", "bf8"], "visionzoo train: error: argument --amp: invalid choice: 'bf8'"),
+    (["train", "--epochs", "abc"], "visionzoo train: error: argument --epochs: invalid int value: 'abc'"),
+    (["predict"], "visionzoo predict: error: the following arguments are required: IMAGE, --checkpoint"),
+    (["nosuch"], "visionzoo: error: argument COMMAND: invalid choice: 'nosuch'"),
+])
+def test_argparse_refusals_are_one_line(capsys, args, needle):
+    """A value of the wrong type or not among the choices, or a missing argument, is one line
+    pointing to --help, as the commands' own refusals; argparse printed its usage above it
+    (25 lines for train)."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and not out
+    assert err.startswith(needle) and err.endswith("--help)\n") and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args, needle", [
     (["--min-lr-ratio", "1"], "--min-lr-ratio must be in [0, 1), got 1.0"),
     (["--min-lr-ratio", "-0.1"], "--min-lr-ratio must be in [0, 1)"),
     (["--log-every", "0"], "--log-every must be at least 1, got 0"),

@@ -15,6 +15,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["CLIError", "build_parser", "check_device", "check_output_dir", "check_picture_output", "command", "main"]
 
@@ -86,8 +87,17 @@ def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--out
         raise CLIError(f"{flag} {p}: pictures are written as {', '.join('.' + k for k in sorted(kinds))}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its refusals (an unknown option, a value of the wrong type or not among
+    the choices) one line like the commands' own, which point to ``--help`` for the usage
+    argparse prints in full above them (25 lines for ``train``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="visionzoo", description="Vision architectures: list, inspect, train, evaluate, analyse."
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
