@@ -198,6 +198,22 @@ def test_bench_cli_expands_wildcards_and_states_its_settings(capsys):
     assert "batch 1, fp32" in out and "GMACs: per image" in out and "--warmup 0 times the first steps" in out
 
 
+def test_bench_compare_leaves_out_a_timm_model_that_refuses_the_size(capsys):
+    timm = pytest.importorskip("timm")
+    from visionzoo.cli import main
+
+    # timm's CoAtNet takes img_size=48 but its forward fails there (a relative-position table
+    # of another shape); ours runs it. The run goes on without the comparison, saying why.
+    with pytest.raises(RuntimeError):
+        timm.create_model("coatnet_0_224", img_size=48).eval()(torch.randn(1, 3, 48, 48))
+    args = ["--img-size", "48", "--batch-size", "1", "--rounds", "1", "--iters", "1", "--warmup", "0", "--compare", "timm"]
+    assert main(["bench", "coatnet_0_224", *args]) == 0
+    out = capsys.readouterr().out
+    assert "coatnet_0_224: timm's model does not run at 48x48 (RuntimeError: " in out and "timing visionzoo alone" in out
+    rows = [line.split()[:2] for line in out.splitlines() if " infer " in line]
+    assert rows == [["coatnet_0_224", "visionzoo"]]
+
+
 def _result(impl: str, round_ms: list[float]):
     from visionzoo.bench import BenchResult
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Callable
+from typing import Any
 
 from . import CLIError, check_device
 
@@ -67,7 +69,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not timm.is_model(name):
                 print(f"{name}: timm has no model of this name; timing visionzoo alone")
             else:
-                builders["timm"] = _timm_builder(timm, name, size)
+                build = _timm_builder(timm, name, size)
+                why = _refusal(build, size, args.device)
+                if why is not None:
+                    print(f"{name}: timm's model does not run at {size}x{size} ({why}); timing visionzoo alone")
+                else:
+                    builders["timm"] = build
         try:
             results = bench_models(
                 builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
@@ -105,6 +112,24 @@ def _timm_builder(timm, name: str, size: int):
             return timm.create_model(name)
 
     return build
+
+
+def _refusal(build: Callable[[], Any], size: int, device: str) -> str | None:
+    """Why the model ``build()`` makes cannot run an image of ``size`` on ``device``, in one
+    line; None where it runs one. timm's models refuse some sizes that ours take (its CoAtNet
+    48 or 100 px), from deep inside the model: without this check the run would end there
+    with a traceback. The model that ran is thrown away, so that the one timed starts as cold
+    as ours."""
+    import torch
+
+    try:
+        model = build().to(device).eval()
+        with torch.inference_mode():
+            model(torch.randn(1, 3, size, size, device=device))
+    except Exception as e:  # any error of the other library's: its comparison is left out, not the run
+        first = next((line for line in str(e).splitlines() if line.strip()), "no details")
+        return f"{type(e).__name__}: {first[:200]}"
+    return None
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
