@@ -429,7 +429,12 @@ def test_info_without_a_published_top1_prints_no_placeholder(capsys):
     text = capsys.readouterr().out
     assert "- %" not in text and "top-1" not in text
     assert main(["info", "resnet50"]) == 0
-    assert re.search(r"top-1\s+\d+(\.\d+)? % \(paper\)", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"top-1\s+\d+(\.\d+)? % \(paper\)", out) and "(25.56 M; paper: 25.6 M)" in out
+    # a changed configuration has no published figures: a dash, not "- M"
+    assert main(["info", "vit_base_patch16_224", "--set", "pos_embed=learned_2d"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^params .* M; paper: -\)$", out, re.M) and "- M" not in out
 
 
 def test_bench_help_shows_each_default_once(capsys):

@@ -88,10 +88,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in info.items() if k != "default_cfg"}, indent=2, default=str))
         return 0
     cfg = info["default_cfg"]
+    paper_params = "-" if info["published_params_m"] is None else f"{info['published_params_m']} M"
     rows = [
         ("model", info["name"]),
         ("family", info["family"]),
-        ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {_fmt(info['published_params_m'])} M)"),
+        ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {paper_params})"),
         ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {paper_gmacs(info)})"),
         ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"),
         *([("top-1", f"{info['published_top1']} % (paper)")] if info["published_top1"] is not None else []),
