@@ -92,6 +92,12 @@ def test_bad_arguments():
         visionzoo.create_model("hrnet_w18_small", img_size=(224, 200))  # its branches must halve exactly
     with pytest.raises(ValueError, match="cannot take img_size 20x20: it needs inputs of at least 32x32"):
         visionzoo.create_model("convnext_tiny", img_size=20)
+    # NesT builds its block tables for the size, so its constructor refuses it: in the same words,
+    # naming the family (a `bench resnet18 nest_tiny --img-size 40` said only "img_size (40, 40) must be ...")
+    with pytest.raises(ValueError, match=r"^NesT cannot take img_size 40x40: it needs height and width divisible by 16, got 40x40$"):
+        visionzoo.create_model("nest_tiny", img_size=40)  # 4 px patches, 3 levels: 4 x 2^2
+    with pytest.raises(ValueError, match=r"^NesT cannot take img_size 4x4: it needs inputs of at least 8x8"):
+        visionzoo.create_model("nest_tiny_cifar", img_size=4)  # 1 px patches, 4 levels: 2^3
     with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.0"):
         visionzoo.create_model("resnet18", drop_path_rate=1.0)
     for name in ("vgg11", "densenet121", "inception_v3", "hrnet_w18_small", "convmixer_256_8", "mobilenetv1_100"):

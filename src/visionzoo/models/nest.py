@@ -284,8 +284,9 @@ class Nest(VisionModel):
         self.num_classes, self.in_chans = num_classes, in_chans
         self.input_multiple = self.min_input_size = cfg.patch_size * 2 ** (L - 1)
         H, W = img_size
-        if H % self.input_multiple or W % self.input_multiple:
-            raise ValueError(f"img_size {img_size} must be a multiple of patch_size * 2^(levels-1) = {self.input_multiple}")
+        problem = self.size_problem(H, W)  # the position tables are built for the size: refused here, not in the factory
+        if problem:  # in the factory's words, with the family's name (the variant's is not known here)
+            raise ValueError(f"NesT cannot take img_size {H}x{W}: it {problem}")
         block = (H // self.input_multiple, W // self.input_multiple)  # tokens per block side
         self.patch_embed = _PatchEmbed(in_chans, cfg.embed_dims[0], cfg.patch_size)
         dpr = drop_path_rates(drop_path_rate, sum(cfg.depths))
