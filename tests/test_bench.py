@@ -214,6 +214,19 @@ def test_bench_compare_leaves_out_a_timm_model_that_refuses_the_size(capsys):
     assert rows == [["coatnet_0_224", "visionzoo"]]
 
 
+def test_bench_table_columns_fit_the_longest_name(capsys):
+    from visionzoo.cli import main
+
+    long = "swin_mlp_tiny_c6_patch4_window8_256"  # 35 characters
+    args = ["--img-size", "32", "--batch-size", "1", "--rounds", "1", "--iters", "1", "--warmup", "0"]
+    assert main(["bench", long, *args]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("model "))
+    row = next(line for line in lines if " infer " in line)
+    assert row.split()[0] == long
+    assert row.index(" visionzoo ") == header.index(" impl ") and len(row) == len(header)  # columns under their headings
+
+
 def _result(impl: str, round_ms: list[float]):
     from visionzoo.bench import BenchResult
 

@@ -59,7 +59,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if peak:
         print("%peak: the median over rounds of a model's GFLOP/s over the fp32 GEMM peak probed in the same round"
               + (" (an fp32 peak: bf16 runs may exceed it)" if args.amp else ""))
-    header = f"{'model':<34} {'impl':<9} {'mode':<6} {'input':>5} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
+    width = max(34, *(len(n) for n in names))  # the model column fits the longest name (Swin-MLP's are 36)
+    header = f"{'model':<{width}} {'impl':<9} {'mode':<6} {'input':>5} {'img/s':>9} {'ms/step':>9} {'GMACs':>7} {'GFLOP/s':>9}"
     header += f" {'%peak':>6}" if peak else f" {'MiB':>8}"
     print(header)
     for name in names:
@@ -88,16 +89,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise CLIError(f"torch.compile failed for {name}: {first[:300]}") from None
         for r in results:
-            line = f"{r.name:<34} {r.impl:<9} {r.mode:<6} {size:>5} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
+            line = f"{r.name:<{width}} {r.impl:<9} {r.mode:<6} {size:>5} {r.images_per_s:>9.1f} {r.latency_ms:>9.1f} {r.gmacs:>7.2f} {r.gflops_per_s:>9.1f}"
             line += f" {100 * peak_fraction(r)[0]:>5.0f}%" if peak else f" {r.peak_mem_mb or 0:>8.0f}"
             print(line)
         if peak:
             probes = sorted(results[0].round_peak_gflops)
-            print(f"{name:<34} GEMM peak probed in each round: median {statistics.median(probes):.1f} GFLOP/s (range {probes[0]:.1f}-{probes[-1]:.1f})")
+            print(f"{name:<{width}} GEMM peak probed in each round: median {statistics.median(probes):.1f} GFLOP/s (range {probes[0]:.1f}-{probes[-1]:.1f})")
         if len(results) == 2:
             ratio, q1, q3 = paired_ratio(*results)
             faster = "visionzoo faster" if ratio > 1 else "timm faster" if ratio < 1 else "equal"
-            print(f"{name:<34} speed-up of visionzoo over timm = {ratio:.3f} ({faster}; timm's time per step over visionzoo's, "
+            print(f"{name:<{width}} speed-up of visionzoo over timm = {ratio:.3f} ({faster}; timm's time per step over visionzoo's, "
                   f"median of {len(results[0].round_ms)} per-round ratios; quartiles {q1:.3f}-{q3:.3f})")
     return 0
 
