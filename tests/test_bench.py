@@ -225,6 +225,7 @@ def test_bench_table_columns_fit_the_longest_name(capsys):
     row = next(line for line in lines if " infer " in line)
     assert row.split()[0] == long
     assert row.index(" visionzoo ") == header.index(" impl ") and len(row) == len(header)  # columns under their headings
+    assert any("; 1 round of at least 1 step after 0 warm-up steps" in line for line in lines), lines  # (it said "1 rounds")
 
 
 def _result(impl: str, round_ms: list[float]):
