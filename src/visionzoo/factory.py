@@ -186,10 +186,11 @@ def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]
     common = [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY] + ["global_pool"]
     why = [f"{u}: {_TIMM_ONLY[u]}" for u in unknown if u in _TIMM_ONLY and {"pos_embed", "class_token"} <= fields]  # a ViT
     if why:
-        return f"{name}: unknown option(s) {list(unknown)} ({'; '.join(why)}); options of every model: {common}; this family's options: {sorted(fields - set(common))}"
-    close = {u: difflib.get_close_matches(u, [*common, *fields], n=1) for u in unknown}
-    hints = [f"{c[0]!r}" if len(unknown) == 1 else f"{c[0]!r} for {u!r}" for u, c in close.items() if c]
-    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+        hint = f" ({'; '.join(why)})"
+    else:
+        close = {u: difflib.get_close_matches(u, [*common, *fields], n=1) for u in unknown}
+        hints = [f"{c[0]!r}" if len(unknown) == 1 else f"{c[0]!r} for {u!r}" for u, c in close.items() if c]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
     own = sorted(fields - set(common))
     family = f"this family's options: {own}" if own else "this family has no options of its own"
     return f"{name}: unknown option(s) {list(unknown)}{hint}; options of every model: {common}; {family}"

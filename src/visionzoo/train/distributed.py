@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler, Sampler
 
-__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_gather_object", "all_reduce_sum", "average_norm_statistics", "broadcast_object", "cleanup", "init"]
+__all__ = ["DistInfo", "ResumableSampler", "ShardSampler", "all_gather_object", "all_reduce_sum", "all_reduce_tensor", "average_norm_statistics", "broadcast_object", "cleanup", "init"]
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,18 @@ def _device(info: DistInfo) -> torch.device:
     return info.device if info.device.type == "cuda" else torch.device("cpu")
 
 
+def all_reduce_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """``t`` summed over all ranks, on ``t``'s device (``t`` itself where not distributed)."""
+    if not info.enabled:
+        return t
+    r = t.to(_device(info), copy=True)
+    _settled(lambda: dist.all_reduce(r), [r])
+    return r.to(t.device)
+
+
 def all_reduce_sum(values: Sequence[float], info: DistInfo) -> list[float]:
     """Sum a few numbers over all ranks (float64, so counts stay exact)."""
-    if not info.enabled:
-        return [float(v) for v in values]
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_device(info))
-    _settled(lambda: dist.all_reduce(t), [t])
-    return t.tolist()
+    return all_reduce_tensor(torch.tensor([float(v) for v in values], dtype=torch.float64), info).tolist()
 
 
 def _encode(obj: Any, info: DistInfo) -> torch.Tensor:

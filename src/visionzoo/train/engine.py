@@ -322,13 +322,12 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
         n += len(y)
         if cm is not None:
             cm += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(), minlength=num_classes**2).view(num_classes, num_classes)
-    cells = [] if cm is None else cm.flatten().tolist()  # (each rank's matrix holds its own images only)
-    n, loss_sum, c1, c5, *cells = D.all_reduce_sum([n, loss_sum, c1, c5, *cells], info)
+    n, loss_sum, c1, c5 = D.all_reduce_sum([n, loss_sum, c1, c5], info)
     if n == 0:
         raise ValueError("the evaluation split is empty")
     out = {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": int(n)}
-    if cm is not None:
-        out["confusion"] = torch.tensor(cells, dtype=torch.float64).round().long().view(num_classes, num_classes)
+    if cm is not None:  # (each rank's matrix holds its own images only)
+        out["confusion"] = D.all_reduce_tensor(cm, info)
     return out
 
 

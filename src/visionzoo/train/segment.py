@@ -341,8 +341,8 @@ def evaluate_segmentation(model: torch.nn.Module, loader: DataLoader, num_classe
         n += int(keep.sum())
         conf += torch.bincount((y[keep] * C + out.argmax(1)[keep]).cpu(), minlength=C * C).view(C, C)
     if info is not None and info.enabled:
-        *counts, loss_sum, n = D.all_reduce_sum([*conf.view(-1).tolist(), loss_sum, n], info)
-        conf = torch.tensor(counts, dtype=torch.long).view(C, C)
+        conf = D.all_reduce_tensor(conf, info)
+        loss_sum, n = D.all_reduce_sum([loss_sum, n], info)
     return {"loss": loss_sum / max(n, 1), **seg_metrics(conf)}
 
 
