@@ -917,6 +917,31 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
     assert np.abs(out.astype(np.int64) - np.rint(ramp / 257.0)).max() == 0
 
 
+def test_float_and_wide_integer_images_are_refused_by_name(tmp_path):
+    """PIL's convert("RGB") clips a 32-bit float image (0-1 read black) and a 32-bit integer one
+    beyond 255: such files are refused in one line naming them; 32-bit integers within 16 bits
+    are read as 16-bit."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.data import DataError, load_image
+
+    ramp = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+    Image.fromarray(ramp).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    with pytest.raises(DataError, match=r"float\.tif: an image of 32-bit floats"):
+        load_image(tmp_path / "float.tif")
+    wide = (ramp * 200000).astype(np.int32)
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    assert Image.open(tmp_path / "wide.tif").mode == "I"
+    with pytest.raises(DataError, match=r"wide\.tif: .* values 0 to 200000, outside 16 bits"):
+        load_image(tmp_path / "wide.tif")
+    within = (ramp * 65535).astype(np.int32)
+    Image.fromarray(within).save(tmp_path / "within.tif")
+    out = np.asarray(load_image(tmp_path / "within.tif"))
+    assert np.abs(out.astype(np.int64) - np.rint(within / 257.0)).max() == 0
+
+
 @pytest.mark.parametrize("orientation, quarter_turns", [(6, -1), (8, 1), (3, 2)])
 def test_images_are_read_upright(tmp_path, orientation, quarter_turns):
     """A photo stored on its side with an EXIF orientation (6: turn it 90 degrees clockwise to

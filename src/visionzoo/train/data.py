@@ -208,7 +208,10 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Any:
     portrait photo is stored on its side with orientation 6 or 8). timm's and torchvision's
     loaders read the pixels as stored; segmentation does (its masks match the stored pixels).
     16-bit grayscale (PIL modes ``I;16*``, and ``I`` as some Pillow versions open 16-bit PNGs)
-    is scaled to 8 bits: PIL's own conversion clips every value above 255 to white.
+    is scaled to 8 bits: PIL's own conversion clips every value above 255 to white. An image
+    of 32-bit integers (mode ``I``) is read as 16-bit where its values lie in 0-65535 and is
+    refused otherwise, as is a 32-bit float image (mode ``F``): their range is not stored in
+    the file, and PIL's conversion clips them (a float image holding 0-1 reads black).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -217,12 +220,20 @@ def load_image(path: str | os.PathLike, *, upright: bool = True) -> Any:
             im.load()
             if upright:
                 im = _upright(im)
+            if im.mode == "F":
+                raise DataError(f"{path}: an image of 32-bit floats, whose value range the file does not give; save it with 8 or 16 bits a channel")
             if im.mode.startswith("I;16") or im.mode == "I":
                 import numpy as np
 
                 a = np.asarray(im, dtype=np.float64)
+                if a.size and (a.min() < 0 or a.max() > 65535):
+                    raise DataError(
+                        f"{path}: an image of 32-bit integers with values {a.min():.0f} to {a.max():.0f}, outside 16 bits (0-65535); save it with 8 or 16 bits a channel"
+                    )
                 return Image.fromarray(np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8), mode="L")
             return im.convert("RGB") if im.mode not in ("RGB", "L") else im.copy()
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise _unreadable(path, e) from None
 
