@@ -363,6 +363,97 @@ def test_ema_leaves_a_constant_tensor_bit_identical():
         torch.testing.assert_close(ema, expect)
 
 
+def test_schedule_is_timms_cosine_with_a_prefixed_warmup_one_step_ahead():
+    """The rate of each optimizer step is that of timm's create_scheduler_v2 (cosine, per update,
+    warmup_prefix, warmup_lr 0, min_lr --min-lr-ratio x --lr), but for the warm-up, which reaches
+    --lr one step sooner: step s of it at (s + 1) / W x --lr, where timm's first step is at 0."""
+    from timm.scheduler import create_scheduler_v2
+
+    from visionzoo.train.engine import _schedule
+
+    lr, per_epoch, epochs, warmup_epochs = 0.1, 5, 4, 1
+    total, warmup = per_epoch * epochs, per_epoch * warmup_epochs
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    ref, _ = create_scheduler_v2(opt, "cosine", num_epochs=epochs - warmup_epochs, warmup_epochs=warmup_epochs, warmup_prefix=True,
+                                 warmup_lr=0.0, min_lr=0.01 * lr, step_on_epochs=False, updates_per_epoch=per_epoch)
+
+    def timm_lr(step: int) -> float:
+        ref.step_update(step)
+        return opt.param_groups[0]["lr"]
+
+    ours = _schedule(total, warmup, 0.01)
+    assert [lr * ours(s) for s in range(warmup)] == pytest.approx([timm_lr(s + 1) for s in range(warmup)])
+    assert [lr * ours(s) for s in range(warmup, total)] == pytest.approx([timm_lr(s) for s in range(warmup, total)], rel=1e-12)
+
+
+def test_ema_is_timms_model_ema_v3_with_a_warmup():
+    """--ema's update is timm's ModelEmaV3 (weights and float buffers averaged, BatchNorm's
+    counter copied) at the decay min(--ema-decay, (1 + n) / (10 + n)) after n updates, the first a copy."""
+    from timm.utils import ModelEmaV3
+    from torch.optim.swa_utils import AveragedModel
+
+    from visionzoo.train.engine import _copy_counters, _ema_avg
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2))
+    ours, ref = AveragedModel(model, avg_fn=_ema_avg(0.9), use_buffers=True), ModelEmaV3(model, decay=0.9)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for n in range(25):
+        opt.zero_grad()
+        model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+        opt.step()
+        ours.update_parameters(model)
+        _copy_counters(ours.module, model)
+        ref.apply_update_(model, 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n)))
+    got, expect = ours.module.state_dict(), ref.module.state_dict()
+    assert got.keys() == expect.keys() and "1.running_var" in got
+    for k in got:
+        torch.testing.assert_close(got[k], expect[k], rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(got["1.running_var"], model.state_dict()["1.running_var"])  # (averaged, not copied)
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixed_targets_and_their_smoothed_loss_are_timms(kind, monkeypatch):
+    """A batch of two real photos mixed at lambda 0.37: the images, the targets and the label-smoothed
+    loss are those of timm's Mixup (the pair mirrored there, rolled here: the same for two) and
+    SoftTargetCrossEntropy; CutMix's lambda is corrected to the area of its box, timm's ``correct_lam``."""
+    import numpy as np
+    from skimage import data as photos
+    from timm.data import Mixup
+    from timm.data.mixup import mixup_target
+    from timm.loss import SoftTargetCrossEntropy
+
+    from visionzoo.train import TrainConfig
+    from visionzoo.train.engine import _loss, _mixer
+
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(p()[:45, :62])).permute(2, 0, 1).float() / 255
+                     for p in (photos.chelsea, photos.coffee)])
+    y, classes, lam = torch.tensor([1, 3]), 5, 0.37
+    mix = _mixer(1.0 if kind == "mixup" else 0.0, 1.0 if kind == "cutmix" else 0.0, classes)
+    monkeypatch.setattr(mix, "_dist", type("Fixed", (), {"sample": lambda self, shape=(): torch.tensor(lam)})())
+    centre = iter([torch.tensor([50]), torch.tensor([10])])  # CutMix's box centre: x, then y
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(centre))
+    mixed, target = mix(x.clone(), y)
+    monkeypatch.undo()
+    cfg = TrainConfig(label_smoothing=0.1)
+    logits = torch.randn(2, classes)
+    loss = _loss(logits, target, mixed, None, cfg, False)[0]
+    if kind == "mixup":
+        ref = Mixup(mixup_alpha=1.0, cutmix_alpha=0.0, label_smoothing=0.1, num_classes=classes)
+        monkeypatch.setattr(np.random, "beta", lambda *a, **k: lam)
+        ref_x, ref_target = ref(x.clone(), y)
+        torch.testing.assert_close(mixed, ref_x)
+    else:  # timm's box is another size (odd sides allowed): the same lambda correction on this box
+        pasted = (mixed != x).any(dim=1)[0]
+        assert pasted.any() and torch.equal(pasted, (mixed != x).any(dim=1)[1])
+        rows, cols = pasted.any(dim=1).nonzero(), pasted.any(dim=0).nonzero()
+        box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert box == pasted.sum() and int(rows.min()) == 0  # a rectangle, clipped at the top
+        ref_target = mixup_target(y, classes, lam=1 - float(box) / (45 * 62), smoothing=0.1)
+    torch.testing.assert_close(target * 0.9 + 0.1 / classes, ref_target)
+    torch.testing.assert_close(loss, SoftTargetCrossEntropy()(logits, ref_target))
+
+
 @pytest.mark.parametrize("alpha", [0.5, 0.9])
 def test_deit_hard_distillation_takes_distill_alpha(alpha):
     """A distilled DeiT's loss: (1 - alpha) CE(class token, labels) + alpha CE(distillation

@@ -226,7 +226,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--opt", choices=["adamw", "sgd"], default=None)
     g.add_argument("--grad-accum-steps", type=int, default=None, metavar="N",
                    help="sum the gradients of N batches per optimizer step: an effective batch of N x --batch-size (default 1)")
-    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warmup, then cosine decay (default 1)")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up over the optimizer steps of this many epochs (W steps: the first at --lr / W, the last at --lr), "
+                   "then cosine decay over the rest (default 1)")
     g.add_argument("--min-lr-ratio", type=float, default=None, metavar="R",
                    help="where the cosine ends, as a fraction of the peak --lr, 0 <= R < 1 (default 0.01)")
     g.add_argument("--label-smoothing", type=float, default=None, help="default 0.1")
@@ -234,7 +235,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cutmix", type=float, default=None, metavar="ALPHA")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM")
     g.add_argument("--ema", action="store_true", default=None, help="evaluate and export an exponential moving average of the weights")
-    g.add_argument("--ema-decay", type=float, default=None)
+    g.add_argument("--ema-decay", type=float, default=None,
+                   help="decay of --ema (default 0.998), warmed up: min(D, (1 + n) / (10 + n)) after n optimizer steps")
     g.add_argument("--amp", choices=["bf16", "fp16"], default=None, help="mixed precision (fp16 on CUDA only)")
     g.add_argument("--seed", type=int, default=None)
     g = p.add_argument_group("distillation")

@@ -290,6 +290,23 @@ def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
     return avg
 
 
+def _mixer(mixup: float, cutmix: float, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
+    """``(images, labels) -> (mixed images, soft targets)`` of ``--mixup`` / ``--cutmix`` (their
+    Beta alphas; None where both are 0): torchvision's MixUp and CutMix, one of them chosen at
+    random per batch where both are on (timm's ``switch_prob`` 0.5). As timm's Mixup (batch mode):
+    one lambda per batch, each image mixed with another of the batch (the previous one; timm's: the
+    mirrored one), CutMix's lambda corrected to the pasted box's area (its sides even: 2 floor(r W / 2)
+    against timm's floor(r W)). Label smoothing is the loss's, which on these targets gives timm's
+    smoothed ones."""
+    if not (mixup > 0 or cutmix > 0):
+        return None
+    from torchvision.transforms import v2
+
+    parts = ([v2.MixUp(alpha=mixup, num_classes=num_classes)] if mixup > 0 else []) + (
+        [v2.CutMix(alpha=cutmix, num_classes=num_classes)] if cutmix > 0 else [])
+    return parts[0] if len(parts) == 1 else v2.RandomChoice(parts)
+
+
 def _worker_init(_: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
 
@@ -571,13 +588,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     schedule = _schedule(total_steps, warmup, cfg.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    mix = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        from torchvision.transforms import v2
-
-        parts = ([v2.MixUp(alpha=cfg.mixup, num_classes=data.num_classes)] if cfg.mixup > 0 else []) + (
-            [v2.CutMix(alpha=cfg.cutmix, num_classes=data.num_classes)] if cfg.cutmix > 0 else [])
-        mix = parts[0] if len(parts) == 1 else v2.RandomChoice(parts)
+    mix = _mixer(cfg.mixup, cfg.cutmix, data.num_classes)
 
     # ---- state to resume
     epoch, batch_in_epoch, global_step, train_seconds = 0, 0, 0, 0.0
