@@ -763,3 +763,25 @@ def test_position_tables_of_every_kind_resample_to_the_models_size(kw):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(large(x), small(x))
+
+
+def test_resume_with_other_parameter_groups_says_so(tmp_path):
+    """A training state whose optimizer was built with other parameter groups (a segmentation run
+    saved before its norms and position tables left weight decay: one group, now two) is refused
+    naming the groups; torch's own refusal did not say which file or why."""
+    from safetensors.torch import save_file
+
+    from visionzoo.train.checkpoint import restore_training
+    from visionzoo.train.engine import _param_groups
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    old = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(old, lambda s: 1.0)
+    save_file(model.state_dict(), str(tmp_path / "w.safetensors"))
+    torch.save({"world_size": 1, "epoch": 1, "batch_in_epoch": 0, "global_step": 4, "optimizer": old.state_dict(),
+                "scheduler": sched.state_dict()}, tmp_path / "state.pth")
+    new = torch.optim.AdamW(_param_groups(model, 0.05), lr=0.1)
+    with pytest.raises(ValueError, match=r"state.pth: its optimizer holds 1 parameter group\(s\) of 4 tensors, where this "
+                       r"version of visionzoo builds 2 of 1, 3 for tiny"):
+        restore_training((tmp_path / "w.safetensors", tmp_path / "state.pth"), model, new,
+                         torch.optim.lr_scheduler.LambdaLR(new, lambda s: 1.0), None, world_size=1, epochs=2, name="tiny")

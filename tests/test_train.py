@@ -341,25 +341,58 @@ def test_distillation_soft_and_deit_hard(tmp_path, capsys):
     assert "head_dist.weight" in _weights(tmp_path / "deit" / "model.safetensors")
 
 
+def test_weight_decay_defaults_to_each_optimizers_own():
+    """AdamW's decoupled 0.05 (DeiT's, ConvNeXt's) was also SGD's default, where it is an L2 term
+    amplified tenfold by momentum 0.9 (timm's SGD recipes use 1e-5 to 1e-4): SGD now takes 1e-4,
+    torchvision's ResNet recipe; a value given is kept, and a resumed run keeps its own."""
+    from visionzoo.train.engine import TrainConfig
+
+    assert TrainConfig().weight_decay == 0.05 and TrainConfig(opt="sgd").weight_decay == 1e-4
+    assert TrainConfig(opt="sgd", weight_decay=0.05).weight_decay == 0.05
+    assert TrainConfig(opt="adamw", weight_decay=0.0).weight_decay == 0.0
+
+
+def test_segmentation_models_decay_what_their_backbones_do():
+    """--task segment's AdamW decayed every parameter (norms, biases, Swin's relative-position
+    tables, ViT's position embedding); it now leaves out what classification leaves out, each
+    backbone's no_weight_decay() named under its prefix in the segmentation model."""
+    from visionzoo.param_groups import weight_decayed
+    from visionzoo.tasks.segmentation import create_segmentation_model
+
+    for name, kept in (("swin_tiny_patch4_window7_224", "relative_position_bias_table"), ("vit_tiny_patch16_224", "pos_embed")):
+        with torch.device("meta"):
+            seg = create_segmentation_model(name, 3)
+            net = visionzoo.create_model(name)
+        decayed = weight_decayed(seg)
+        skipped = {n for n, p in seg.named_parameters() if not decayed(n, p)}
+        assert any(kept in n for n in skipped) and any("norm" in n and n.endswith(".weight") for n in skipped), name
+        plain = weight_decayed(net)
+        inside = {n.removeprefix("backbone.") for n, _ in seg.named_parameters() if n.startswith("backbone.")}  # (no head, no final norm)
+        assert {n for n, p in net.named_parameters() if n in inside and not plain(n, p)} == {
+            n.removeprefix("backbone.") for n in skipped if n.startswith("backbone.")}, name
+
+
 def test_ema_leaves_a_constant_tensor_bit_identical():
     """A frozen backbone's weights and BatchNorm statistics stay as loaded under --ema: the
     average is a lerp, where ema * d + p * (1 - d) moved 91 % of such values (up to 4e-6
     relative after 2,000 steps); a changing tensor is averaged by the documented formula."""
     from visionzoo.train.engine import _ema_avg
 
-    avg = _ema_avg(0.999)
+    update = _ema_avg(0.999)
     torch.manual_seed(0)
     const = torch.randn(1000)
     ema = const.clone()
     for n in range(2000):
-        ema = avg(ema, const, torch.tensor(n))
+        update([ema], [const], torch.tensor(n))
     assert torch.equal(ema, const)
-    assert torch.equal(avg(torch.tensor(3), torch.tensor(7), torch.tensor(5)), torch.tensor(7))  # num_batches_tracked
+    count = torch.tensor(3)
+    update([count], [torch.tensor(7)], torch.tensor(5))
+    assert count == 7  # num_batches_tracked: copied
     ema, p = torch.zeros(3), torch.ones(3)
     for n in range(3):
         d = min(0.999, (1 + n) / (10 + n))
         expect = ema * d + p * (1 - d)
-        ema = avg(ema, p, torch.tensor(n))
+        update([ema], [p], torch.tensor(n))
         torch.testing.assert_close(ema, expect)
 
 
@@ -392,18 +425,17 @@ def test_ema_is_timms_model_ema_v3_with_a_warmup():
     from timm.utils import ModelEmaV3
     from torch.optim.swa_utils import AveragedModel
 
-    from visionzoo.train.engine import _copy_counters, _ema_avg
+    from visionzoo.train.engine import _ema_avg
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    ours, ref = AveragedModel(model, avg_fn=_ema_avg(0.9), use_buffers=True), ModelEmaV3(model, decay=0.9)
+    ours, ref = AveragedModel(model, multi_avg_fn=_ema_avg(0.9), use_buffers=True), ModelEmaV3(model, decay=0.9)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for n in range(25):
         opt.zero_grad()
         model(torch.randn(4, 3, 6, 6)).square().mean().backward()
         opt.step()
         ours.update_parameters(model)
-        _copy_counters(ours.module, model)
         ref.apply_update_(model, 0.0 if n == 0 else min(0.9, (1 + n) / (10 + n)))
     got, expect = ours.module.state_dict(), ref.module.state_dict()
     assert got.keys() == expect.keys() and "1.running_var" in got

@@ -73,8 +73,12 @@ def layer_ids(model: nn.Module, coarse: bool = False) -> dict[str, int]:
 def weight_decayed(model: nn.Module, no_weight_decay: Collection[str] = ()) -> Callable[[str, Tensor], bool]:
     """Whether weight decay applies to a parameter ``(name, tensor)`` of ``model``: not to 1-D
     tensors (biases, norms' scales) nor to the names of ``model.no_weight_decay()`` (position
-    tables, tokens) and ``no_weight_decay``."""
-    skip = set(no_weight_decay) | set(getattr(model, "no_weight_decay", lambda: set())())
+    tables, tokens) and ``no_weight_decay``. A network inside ``model`` (a segmentation model's
+    backbone) adds its own ``no_weight_decay()``, under its prefix."""
+    skip = set(no_weight_decay)
+    for prefix, m in model.named_modules():
+        if callable(getattr(m, "no_weight_decay", None)):
+            skip |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
     return lambda name, p: p.ndim > 1 and name not in skip
 
 

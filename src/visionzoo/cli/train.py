@@ -219,7 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, default=None, help="default 10")
     g.add_argument("--batch-size", type=int, default=None, help="per process; default 64")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 0.01")
-    g.add_argument("--weight-decay", type=float, default=None, help="default 0.05")
+    g.add_argument("--weight-decay", type=float, default=None, help="default 0.05 with AdamW, 1e-4 with SGD")
     g.add_argument("--layer-decay", type=float, default=None, metavar="D",
                    help="layer-wise lr decay for fine-tuning, 0 < D <= 1: the head learns at --lr, each group of "
                    "layers below it (block by block, to the stem) at D times the one above (BEiT / MAE: 0.65-0.75)")

@@ -106,7 +106,9 @@ class TrainConfig:
     #: effective batch is N * batch_size (per process)
     grad_accum_steps: int = 1
     lr: float = 1e-2
-    weight_decay: float = 0.05
+    #: None: 0.05 with AdamW (decoupled, DeiT's and ConvNeXt's), 1e-4 with SGD (an L2 term in the
+    #: gradient that momentum amplifies: torchvision's ResNet recipe)
+    weight_decay: float | None = None
     #: layer-wise learning-rate decay (BEiT's fine-tuning recipe): group i of n (stem 0 ... head,
     #: visionzoo.param_groups.layer_ids) learns at lr x layer_decay ** (n - 1 - i); None: off
     layer_decay: float | None = None
@@ -139,6 +141,10 @@ class TrainConfig:
     device: str | None = None
     progress: str = "auto"
     log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.weight_decay is None:
+            self.weight_decay = 1e-4 if self.opt == "sgd" else 0.05
 
     def check(self) -> None:
         """Raise ValueError (one line) for values training cannot use."""
@@ -265,29 +271,25 @@ def amp_autocast(amp: str | None, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _copy_counters(ema_model: nn.Module, model: nn.Module) -> None:
-    """The model's integer buffers (BatchNorm's ``num_batches_tracked``) into the EMA copy,
-    which ``AveragedModel(use_buffers=True)`` would otherwise average like the weights."""
-    for b_ema, b in zip(ema_model.buffers(), model.buffers()):
-        if not b.is_floating_point():
-            b_ema.copy_(b)
-
-
-def _ema_avg(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+def _ema_avg(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
     """EMA with a warm-up: decay min(d, (1 + n) / (10 + n)) after n updates, so early averages follow the weights.
 
-    As ``lerp`` (ema + (1 - d) (p - ema)): a tensor that does not change (a frozen backbone's
-    weights and BatchNorm statistics) stays bit-identical, where ``ema d + p (1 - d)`` rounds it
-    away a little on every step (up to 4e-6 relative after 2,000 steps)."""
+    ``AveragedModel``'s ``multi_avg_fn``: it updates the averaged tensors of one device and dtype
+    in place, reading the count ``n`` (a tensor on the device) once per call, where an ``avg_fn``
+    called per tensor reads it once per parameter (a GPU synchronisation each). As ``lerp``
+    (ema + (1 - d) (p - ema)): a tensor that does not change (a frozen backbone's weights and
+    BatchNorm statistics) stays bit-identical, where ``ema d + p (1 - d)`` rounds it away a little
+    on every step (up to 4e-6 relative after 2,000 steps). Integer buffers (BatchNorm's
+    ``num_batches_tracked``) are copied."""
 
-    def avg(ema_p: Tensor, p: Tensor, n: Tensor) -> Tensor:
-        if not ema_p.is_floating_point():  # BatchNorm's num_batches_tracked: copied (_copy_int_buffers)
-            return p
+    def update(ema_ps: list[Tensor], ps: list[Tensor], n: Tensor) -> None:
+        if not ema_ps[0].is_floating_point():  # AveragedModel groups the tensors by dtype
+            torch._foreach_copy_(ema_ps, ps)
+            return
         k = float(n)
-        d = min(decay, (1 + k) / (10 + k))
-        return ema_p.lerp(p, 1 - d)
+        torch._foreach_lerp_(ema_ps, ps, 1 - min(decay, (1 + k) / (10 + k)))
 
-    return avg
+    return update
 
 
 def _mixer(mixup: float, cutmix: float, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
@@ -545,7 +547,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     if cfg.ema:
         from torch.optim.swa_utils import AveragedModel
 
-        ema = AveragedModel(base_model, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
+        ema = AveragedModel(base_model, multi_avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
     train_model: nn.Module = model
     ddp = None
     if info.enabled:
@@ -709,7 +711,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                     sched.step()
                     if ema is not None:
                         ema.update_parameters(base_model)
-                        _copy_counters(ema.module, base_model)
                     global_step += 1
                 train_seconds += time.perf_counter() - t_last
                 n = len(hard)

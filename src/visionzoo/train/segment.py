@@ -406,7 +406,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     from ..tasks import create_segmentation_model
     from .checkpoint import (finished_run, float_buffers, gather_per_rank, load_buffers, own_entry, restore_rng, restore_training, run_config,
                              run_folder, save_training_checkpoint)
-    from .engine import StopRequests, TrainingStopped, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
+    from .engine import StopRequests, TrainingStopped, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -445,7 +445,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     per_epoch = sampler.num_samples // cfg.batch_size if drop_last else math.ceil(sampler.num_samples / cfg.batch_size)
     loader_kw: dict[str, Any] = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init if cfg.workers else None)
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, sampler=D.ShardSampler(len(val_ds), info), **loader_kw)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     total = cfg.epochs * per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total, max(1, round(WARMUP * total)), 0.0))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
