@@ -21,13 +21,16 @@ SCRIPT = textwrap.dedent("""
     from visionzoo.train.checkpoint import gather_rng
 
     info = D.init("cpu")
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/comm") as f:
-            if f.read().startswith(("pt_gloo", "gloo")):
-                os.setpriority(os.PRIO_PROCESS, int(tid), 19)
     r, w = info.rank, info.world_size
     ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
     ddp(torch.randn(3, 4)).sum().backward()
+    for tid in os.listdir("/proc/self/task"):  # (Gloo names its threads once they have run)
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().startswith(("pt_gloo", "gloo")):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), 19)
+        except OSError:  # a thread that ended meanwhile
+            pass
     assert D.broadcast_object({"from": r, "big": list(range(1000 * (r + 1)))}, info) == {"from": 0, "big": list(range(1000))}
     objs = D.all_gather_object({"rank": r, "pad": "x" * (r * 97)}, info)  # objects of different sizes
     assert objs == [{"rank": i, "pad": "x" * (i * 97)} for i in range(w)], objs
