@@ -478,3 +478,34 @@ def test_info_takes_img_size_through_set(capsys):
     assert main(["info", "vit_tiny_patch16_224", "--set", "img_size=64"]) == 0
     assert "at 64x64 (paper: 1.26 at 224x224)" in capsys.readouterr().out
     _one_line_error(["info", "vit_tiny_patch16_224", "--set", "img_size=64", "--img-size", "32"], capsys, "give the input size once")
+
+
+@pytest.mark.parametrize("args, needle", [
+    # a pattern that matches nothing was printed on stdout with exit code 1 by list, info and
+    # flops --table, and refused on stderr with exit code 2 by bench
+    (["list", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
+    (["list", "resnet*", "--family", "vit"], "no model matches 'resnet*' in family vit"),
+    (["info", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
+    (["flops", "--table", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
+    (["bench", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
+    # a name without a close one pointed to visionzoo.list_models(), the Python function
+    (["info", "qqqq"], "unknown model 'qqqq'; see visionzoo list"),
+    (["flops", "qqqq"], "unknown model 'qqqq'; see visionzoo list"),
+    (["bench", "qqqq"], "unknown model 'qqqq'; see visionzoo list"),
+    (["export", "qqqq", "--output", "m.onnx"], "unknown model 'qqqq'; see visionzoo list"),
+    (["info", " "], "the model name is empty (' '); see visionzoo list"),
+])
+def test_a_name_or_pattern_without_a_model_is_refused_alike_by_every_command(capsys, args, needle):
+    err = _one_line_error(args, capsys, needle)
+    assert "list_models()" not in err
+    with pytest.raises(visionzoo.UnknownModelError, match=r"; see visionzoo\.list_models\(\)$"):
+        visionzoo.create_model("qqqq")  # in Python, the function
+
+
+@pytest.mark.parametrize("args", [
+    ["info", "resnet18"], ["info", "resnet1*"], ["flops", "resnet18"], ["flops", "--table", "resnet1*"], ["bench", "resnet18"],
+])
+def test_img_size_refusals_name_the_option(capsys, args):
+    """info and flops said 'img_size must be positive', the argument of model_info, where bench
+    named --img-size."""
+    _one_line_error([*args, "--img-size", "0"], capsys, "--img-size must be positive, got 0")

@@ -40,10 +40,19 @@ INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
 class UnknownModelError(KeyError, ValueError):
-    """A model name that is not registered; the message names the closest ones."""
+    """A model name that is not registered; the message names the closest ones or, where it
+    has none to offer (``listing=True``), where every name is listed: ``list_models()`` in
+    Python, ``visionzoo list`` on the command line (:meth:`message`)."""
+
+    def __init__(self, message: str, listing: bool = False) -> None:
+        super().__init__(message, listing)
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+        return self.message("visionzoo.list_models()")
+
+    def message(self, listing: str) -> str:
+        """The message, pointing to ``listing`` for the names where it offers none."""
+        return f"{self.args[0]}; see {listing}" if self.args[1] else str(self.args[0])
 
 
 def default_cfg(
@@ -165,7 +174,7 @@ def get_entry(name: str) -> ModelEntry:
     if not isinstance(name, str):
         raise UnknownModelError(f"a model name must be a string, got {type(name).__name__}")
     if not name.strip():  # nothing to suggest from: difflib would offer the first names it meets
-        raise UnknownModelError(f"the model name is empty ({name!r}); see visionzoo.list_models()")
+        raise UnknownModelError(f"the model name is empty ({name!r})", listing=True)
     name = _ALIASES.get(name, name)
     if name in _REGISTRY:
         return _REGISTRY[name]
@@ -173,8 +182,9 @@ def get_entry(name: str) -> ModelEntry:
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     if not close:  # try a prefix match before giving up: 'swin' -> swin_*
         close = [k for k in known if k.startswith(name.split("_")[0])][:5]
-    hint = f"; did you mean: {', '.join(close)}?" if close else "; see visionzoo.list_models()"
-    raise UnknownModelError(f"unknown model {name!r}{hint}")
+    if not close:
+        raise UnknownModelError(f"unknown model {name!r}", listing=True)
+    raise UnknownModelError(f"unknown model {name!r}; did you mean: {', '.join(close)}?")
 
 
 def list_models(

@@ -17,11 +17,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["CLIError", "build_parser", "check_device", "check_output_dir", "check_picture_output", "command", "main"]
+__all__ = [
+    "CLIError", "build_parser", "check_device", "check_img_size", "check_output_dir", "check_picture_output", "command", "main",
+    "no_model_matches",
+]
 
 
 class CLIError(Exception):
     """A problem with the user's input, reported as one line."""
+
+
+def no_model_matches(pattern: str | None, where: str = "") -> CLIError:
+    """The refusal of a wildcard pattern that matches no registered name (``list``, ``info``,
+    ``flops --table``, ``bench``): an error, as an unknown name is, not an empty listing."""
+    return CLIError(f"no model matches {pattern or '*'!r}{where} (visionzoo list shows the names)")
+
+
+def check_img_size(img_size: int | None) -> None:
+    """Refuse an ``--img-size`` below 1, naming the option (the library's message names its
+    argument, ``img_size``)."""
+    if img_size is not None and img_size < 1:
+        raise CLIError(f"--img-size must be positive, got {img_size}")
 
 
 def check_device(device: str | None) -> str | None:
@@ -149,12 +165,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _message(e: BaseException) -> str:
-    """The error's message; for one raised in a DataLoader worker process (``--workers N``), which
-    torch raises again here with the worker's whole traceback as its message (and which a
-    command may have passed on as a :class:`CLIError`), the worker's own message: the
-    traceback's last line, less the error's name."""
+    """The error's message; an unknown model name's pointing to ``visionzoo list`` (the library's
+    points to ``visionzoo.list_models()``); for one raised in a DataLoader worker process
+    (``--workers N``), which torch raises again here with the worker's whole traceback as its
+    message (and which a command may have passed on as a :class:`CLIError`), the worker's own
+    message: the traceback's last line, less the error's name."""
     import re
 
+    from ..registry import UnknownModelError
+
+    if isinstance(e, UnknownModelError):
+        return e.message("visionzoo list")
     text = str(e)
     caught = re.match(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback", text)
     if caught is None:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from . import CLIError
+from . import CLIError, check_img_size
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: the destinations of the options add_preprocessing_args adds
@@ -30,9 +30,8 @@ def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
 def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, checked."""
     out: dict[str, Any] = {}
+    check_img_size(args.img_size)
     if args.img_size is not None:
-        if args.img_size < 1:
-            raise CLIError(f"--img-size must be positive, got {args.img_size}")
         out["img_size"] = args.img_size
     if args.crop_pct is not None:
         if not 0 < args.crop_pct <= 1:

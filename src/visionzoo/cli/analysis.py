@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from . import CLIError, check_picture_output
+from . import CLIError, check_img_size, check_picture_output
 
 
 def _ints(text: str) -> list[int]:
@@ -66,8 +66,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 
     from ..train.inference import load_trained
 
-    if args.img_size is not None and args.img_size < 1:
-        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    check_img_size(args.img_size)
     if args.checkpoint is not None:
         model, info = load_trained(args.checkpoint, args.name, img_size=args.img_size)
         p = info["preprocessing"]

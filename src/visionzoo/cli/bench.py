@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from . import CLIError, check_device
+from . import CLIError, check_device, check_img_size, no_model_matches
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -20,8 +20,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be positive, got {args.batch_size}")
-    if args.img_size is not None and args.img_size < 1:
-        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    check_img_size(args.img_size)
     for flag, value, least in (("--rounds", args.rounds, 1), ("--iters", args.iters, 1), ("--warmup", args.warmup, 0)):
         if value < least:
             raise CLIError(f"{flag} must be at least {least}, got {value}")
@@ -38,7 +37,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for pattern in args.names:  # wildcards as in `visionzoo list`; unknown names fail before any timing
         matched = list_models(pattern) if any(c in pattern for c in "*?[") else [get_entry(pattern).name]
         if not matched:
-            raise CLIError(f"no model matches {pattern!r} (visionzoo list shows the names)")
+            raise no_model_matches(pattern)
         names += [n for n in matched if n not in names]
     sizes = {name: args.img_size or get_entry(name).default_cfg["input_size"][-1] for name in names}
     gmacs = {name: model_info(name, img_size=sizes[name])["gmacs"] for name in names}  # and sizes a model refuses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, check_img_size
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -18,8 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"--output must end in .onnx, got {out}")
     if out.is_dir():
         raise CLIError(f"--output {out} is a directory; give the path of the .onnx file to write")
-    if args.img_size is not None and args.img_size < 1:
-        raise CLIError(f"--img-size must be positive, got {args.img_size}")
+    check_img_size(args.img_size)
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise CLIError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {args.opset}")
     if args.num_classes is not None and args.num_classes < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, check_img_size, no_model_matches
 from .models import paper_gmacs
 
 
@@ -18,8 +18,7 @@ def _table(args: argparse.Namespace) -> int:
 
     rows = flops_table(args.table, img_size=args.img_size)
     if not rows:
-        print(f"no model matches {args.table!r}")
-        return 1
+        raise no_model_matches(args.table)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -36,6 +35,7 @@ def _table(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
+    check_img_size(args.img_size)
     if args.table is not None:
         if args.name:
             raise CLIError("give a model name or --table PATTERN, not both")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import CLIError
+from . import CLIError, check_img_size, no_model_matches
 
 
 def _fmt(v: object, spec: str = "") -> str:
@@ -31,9 +31,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown family {args.family!r}; families: {', '.join(families())}")
     names = list_models(args.pattern, family=args.family, aliases=args.aliases)
     if not names:
-        where = f" in family {args.family}" if args.family else ""
-        print(f"no model matches {args.pattern or '*'!r}{where} (visionzoo list shows every name)")
-        return 1
+        raise no_model_matches(args.pattern, f" in family {args.family}" if args.family else "")
     print("\n".join(names))
     return 0
 
@@ -45,8 +43,7 @@ def _info_table(args: argparse.Namespace) -> int:
 
     names = list_models(args.name, sort=False)  # each family's own order
     if not names:
-        print(f"no model matches {args.name!r}")
-        return 1
+        raise no_model_matches(args.name)
     infos = [model_info(n, img_size=args.img_size) for n in names]
     if args.json:
         print(json.dumps([{k: v for k, v in i.items() if k != "default_cfg"} for i in infos], indent=2, default=str))
@@ -65,6 +62,7 @@ def _info_table(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from ..factory import model_info
 
+    check_img_size(args.img_size)
     if any(c in args.name for c in "*?["):
         if args.set:
             raise ValueError("--set applies to one model, not to a pattern")
