@@ -372,6 +372,23 @@ def test_folder_run_says_what_it_holds_out_and_takes_log_every_and_min_lr_ratio(
     assert "holding out" not in capsys.readouterr().out
 
 
+def test_a_refused_run_prints_its_error_alone(tmp_path, capsys):
+    """The run's notes (the held-out split, the --freeze-backbone warning) were printed before
+    checks that then refused it: a finished 2-epoch run resumed with --epochs 1 said 'holding out
+    20% ...' above its error. They are printed once the run starts; the split's, whose advice
+    (--val-split) a resumed run cannot take, only when it begins."""
+    data = _image_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), *TINY, "--batch-size", "4", "--epochs", "2", "--output", str(out)]) == 0
+    assert "holding out 20%" in capsys.readouterr().out
+    _one_line_error(["train", "--output", str(out), "--resume", "--epochs", "1"], capsys, "has already trained 2 epochs, more than the 1")
+    _one_line_error(["train", "--data", str(tmp_path / "nowhere"), "--freeze-backbone", *TINY, "--output", str(tmp_path / "b")], capsys,
+                    "data folder not found")
+    assert main(["train", "--output", str(out), "--resume", "--epochs", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "holding out" not in text and f"resuming {out} at epoch 3" in text
+
+
 def test_resume_from_another_working_folder_reads_the_runs_own_data(tmp_path, capsys, monkeypatch):
     """config.json records a relative --data absolute: --resume from another working folder (as a
     job scheduler's) used to fail as "--data 'imgs': neither a known dataset nor an existing

@@ -68,10 +68,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise CLIError("--ema-decay is an option of --ema (the decay of its moving average of the weights); add --ema or leave --ema-decay out")
     if cfg.freeze_backbone and cfg.layer_decay is not None:  # (it was accepted and changed nothing)
         raise CLIError("--layer-decay lowers the learning rate of the backbone's layers, which --freeze-backbone freezes (only the classifier trains, at --lr); leave one out")
-    if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and not cfg.resume and _is_rank0():
-        # a warning, not a refusal: random features under a trained classifier can be what is meant (a baseline)
-        print("warning: --freeze-backbone without --pretrained (or --model-arg checkpoint=FILE): only the classifier trains, "
-              "on a randomly initialised backbone", file=sys.stderr)
     try:
         summary = train(cfg)
     except TrainingStopped as e:

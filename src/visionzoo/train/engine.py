@@ -498,8 +498,14 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     )
     if len(data.train) < info.world_size:
         raise ValueError(f"the training split has {len(data.train)} images, fewer than the {info.world_size} processes")
-    if data.split_note and info.is_main:
-        print(data.split_note, flush=True)
+    # what the run says about itself, printed once it starts: a refusal on the way there is its one line
+    # alone. (The split's note advises --val-split, which a resumed run does not take: said when it began.)
+    notes = [data.split_note] if data.split_note and resume_from is None else []
+    warned = []  # (on stderr)
+    if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and resume_from is None:
+        # a warning, not a refusal: random features under a trained classifier can be what is meant (a baseline)
+        warned.append("warning: --freeze-backbone without --pretrained (or --model-arg checkpoint=FILE): only the classifier trains, "
+                     "on a randomly initialised backbone")
 
     # ---- model (same initial weights on every rank: DDP also broadcasts rank 0's)
     torch.manual_seed(cfg.seed)
@@ -509,9 +515,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = load_checkpoint(model, cfg.pretrained)
-        if info.is_main:
-            new_head = f"; new classifier for {data.num_classes} classes" if report["dropped"] else ""
-            print(f"fine-tuning from {cfg.pretrained} ({report['source'][0]} layout){new_head}", flush=True)
+        new_head = f"; new classifier for {data.num_classes} classes" if report["dropped"] else ""
+        notes.append(f"fine-tuning from {cfg.pretrained} ({report['source'][0]} layout){new_head}")
         del caught
     overrides = effective_overrides(model, entry.config, overrides)  # what the checkpoints must rebuild
     torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout, mixup: independent draws per rank
@@ -536,9 +541,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         teacher.requires_grad_(False).eval().to(device)
         if distilled_student:
             model.set_distilled_training(True)
-            if cfg.distill_tau != 1.0 and info.is_main:
-                print(f"note: --distill-tau {cfg.distill_tau:g} does not apply: {model_name} learns the teacher's hard labels "
-                      f"through its distillation token, without a temperature (--distill-alpha weights that loss)", flush=True)
+            if cfg.distill_tau != 1.0:
+                notes.append(f"note: --distill-tau {cfg.distill_tau:g} does not apply: {model_name} learns the teacher's hard labels "
+                             f"through its distillation token, without a temperature (--distill-alpha weights that loss)")
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -575,18 +580,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         groups = param_groups_layer_decay(base_model, cfg.weight_decay, cfg.layer_decay)
         for g in groups:
             g["lr"] = cfg.lr * g["lr_scale"]  # the schedule scales each group's own peak
-        if info.is_main and resume_from is None:
-            print(f"layer-wise lr decay {cfg.layer_decay:g}: {len({g['layer_id'] for g in groups})} depth groups, "
-                  f"lr x {min(g['lr_scale'] for g in groups):.3g} (stem) to x 1 (head)", flush=True)
+        if resume_from is None:
+            notes.append(f"layer-wise lr decay {cfg.layer_decay:g}: {len({g['layer_id'] for g in groups})} depth groups, "
+                         f"lr x {min(g['lr_scale'] for g in groups):.3g} (stem) to x 1 (head)")
     if cfg.opt == "adamw":
         opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
     else:
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
-    if warmup < int(round(cfg.warmup_epochs * steps_per_epoch)) and info.is_main and resume_from is None:
+    if warmup < int(round(cfg.warmup_epochs * steps_per_epoch)) and resume_from is None:
         span = (f"warming up over its first half ({warmup} step{'s' if warmup > 1 else ''})" if warmup
                 else f"no warm-up in a run of {total_steps} step{'s' if total_steps > 1 else ''}")
-        print(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; {span}", flush=True)
+        notes.append(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; {span}")
     schedule = _schedule(total_steps, warmup, cfg.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
@@ -601,15 +606,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
         epoch, batch_in_epoch, global_step = st["epoch"], st["batch_in_epoch"], st["global_step"]
-        if info.is_main and "schedule_note" in st:
-            print(st["schedule_note"], flush=True)
+        if "schedule_note" in st:
+            notes.append(st["schedule_note"])
         train_seconds, acc_sums, history = st["train_seconds"], list(own_entry(st["epoch_sums"], info.rank)), list(st["history"])
         restore_rng(own_entry(st["rng"], info.rank))
         if st.get("buffers"):  # torchrun: this rank's own BatchNorm statistics of the weights it evaluates
             load_buffers(ema.module if ema is not None else base_model, st["buffers"][info.rank])
-        if info.is_main:
-            print(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})", flush=True)
+        notes.append(f"resuming {out} at epoch {epoch + 1}, step {global_step} ({resume_from[0].name})")
     if info.is_main:
+        for line in warned:
+            print(line, file=sys.stderr, flush=True)
+        for note in notes:
+            print(note, flush=True)
         if resume_from is None:
             folder.make(out)
             write_json_atomic(run_config(cfg), out / "config.json")
