@@ -214,6 +214,28 @@ def test_bench_compare_leaves_out_a_timm_model_that_refuses_the_size(capsys):
     assert rows == [["coatnet_0_224", "visionzoo"]]
 
 
+def test_bench_compare_builds_timms_model_once(capsys, monkeypatch):
+    """timm's model was built once to check that it runs at the size, thrown away, and built
+    again to be timed: the one that ran is timed."""
+    timm = pytest.importorskip("timm")
+    from visionzoo.cli import main
+
+    built, create = [], timm.create_model
+
+    def counted(name, **kwargs):  # models made (a CNN's img_size=... is refused before any is)
+        model = create(name, **kwargs)
+        built.append(name)
+        return model
+
+    monkeypatch.setattr(timm, "create_model", counted)
+    args = ["--img-size", "32", "--batch-size", "1", "--rounds", "1", "--iters", "1", "--warmup", "0", "--compare", "timm"]
+    assert main(["bench", "regnetx_002", *args]) == 0
+    out = capsys.readouterr().out
+    assert built == ["regnetx_002"]
+    assert [line.split()[:2] for line in out.splitlines() if " infer " in line] == [["regnetx_002", "visionzoo"], ["regnetx_002", "timm"]]
+    assert "speed-up of visionzoo over timm" in out
+
+
 def test_bench_table_columns_fit_the_longest_name(capsys):
     from visionzoo.cli import main
 

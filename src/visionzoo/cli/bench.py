@@ -69,12 +69,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             if not timm.is_model(name):
                 print(f"{name}: timm has no model of this name; timing visionzoo alone")
             else:
-                build = _timm_builder(timm, name, size)
-                why = _refusal(build, size, args.device)
+                model, why = _checked(_timm_builder(timm, name, size), size, args.device)
                 if why is not None:
                     print(f"{name}: timm's model does not run at {size}x{size} ({why}); timing visionzoo alone")
                 else:
-                    builders["timm"] = build
+                    builders["timm"] = lambda m=model: m
         try:
             results = bench_models(
                 builders, name=name, batch_size=args.batch_size, img_size=size, train=args.train, amp=args.amp,
@@ -114,12 +113,14 @@ def _timm_builder(timm, name: str, size: int):
     return build
 
 
-def _refusal(build: Callable[[], Any], size: int, device: str) -> str | None:
-    """Why the model ``build()`` makes cannot run an image of ``size`` on ``device``, in one
-    line; None where it runs one. timm's models refuse some sizes that ours take (its CoAtNet
-    48 or 100 px), from deep inside the model: without this check the run would end there
-    with a traceback. The model that ran is thrown away, so that the one timed starts as cold
-    as ours."""
+def _checked(build: Callable[[], Any], size: int, device: str) -> tuple[Any, str | None]:
+    """(the model ``build()`` makes, None) where it runs an image of ``size`` on ``device``;
+    (None, why it cannot, in one line) otherwise. timm's models refuse some sizes that ours
+    take (its CoAtNet 48 or 100 px), from deep inside the model: without this check the run
+    would end there with a traceback. The model that ran is the one timed (it was built twice,
+    a large model's construction and memory spent again): one image in eval and inference
+    mode leaves nothing in it, and what a first run warms (the allocator, oneDNN's and cuDNN's
+    caches) is the process's, warmed as much by a model thrown away."""
     import torch
 
     try:
@@ -128,8 +129,8 @@ def _refusal(build: Callable[[], Any], size: int, device: str) -> str | None:
             model(torch.randn(1, 3, size, size, device=device))
     except Exception as e:  # any error of the other library's: its comparison is left out, not the run
         first = next((line for line in str(e).splitlines() if line.strip()), "no details")
-        return f"{type(e).__name__}: {first[:200]}"
-    return None
+        return None, f"{type(e).__name__}: {first[:200]}"
+    return model, None
 
 
 def _count(n: int, noun: str) -> str:
