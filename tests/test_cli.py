@@ -389,6 +389,25 @@ def test_a_refused_run_prints_its_error_alone(tmp_path, capsys):
     assert "holding out" not in text and f"resuming {out} at epoch 3" in text
 
 
+def test_top5_is_printed_only_where_the_classes_are_more_than_5(tmp_path, capsys):
+    """train and eval printed 'top-5 1.0000' for a 2-class folder, where every class is among
+    the best 5 whatever the network; summary.json and --json keep the figure (timm's 100 %).
+    digits (10 classes) prints it: test_eval_amp_reproduces_the_runs_held_out_figures."""
+    data = _image_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), *TINY, "--batch-size", "4", "--epochs", "1", "--progress", "lines", "--output", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    s = json.loads((out / "summary.json").read_text())
+    assert s["num_classes"] == 2 and s["top5"] == 1.0
+    assert f"held-out loss {s['loss']:.4f} top-1 {s['top1']:.4f} | " in lines[-2], lines
+    assert f"held-out top-1 {s['top1']:.4f} after 1 epoch," in lines[-1] and "top-5" not in "".join(lines)
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--output", str(tmp_path / "cm.png")]) == 0
+    text = capsys.readouterr().out
+    assert f"images): top-1 {s['top1']:.4f}  loss {s['loss']:.4f}" in text and "top-5" not in text, text
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--output", str(tmp_path / "cm.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top5"] == 1.0
+
+
 def test_resume_from_another_working_folder_reads_the_runs_own_data(tmp_path, capsys, monkeypatch):
     """config.json records a relative --data absolute: --resume from another working folder (as a
     job scheduler's) used to fail as "--data 'imgs': neither a known dataset nor an existing

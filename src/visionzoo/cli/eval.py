@@ -33,7 +33,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         scan_class_folders,
     )
     from ..train.distributed import DistInfo
-    from ..train.engine import amp_autocast, evaluate
+    from ..train.engine import accuracy_text, amp_autocast, evaluate
     from ..train.inference import load_trained, plot_confusion
 
     if args.batch_size < 1:
@@ -98,7 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": info["model"], "data": args.data, "split": split, "images": res["count"], "amp": args.amp,
                           "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "confusion_matrix": str(out) if drawn else None}))
         return 0
-    print(f"{info['model']} on {args.data} ({split}, {res['count']} images{amp}): top-1 {res['top1']:.4f}  top-5 {res['top5']:.4f}  loss {res['loss']:.4f}")
+    print(f"{info['model']} on {args.data} ({split}, {res['count']} images{amp}): "
+          f"{accuracy_text(res['top1'], res['top5'], info['num_classes'], sep='  ')}  loss {res['loss']:.4f}")
     if drawn:
         print(f"confusion matrix: {out}")
     else:

@@ -44,6 +44,7 @@ def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import DataError, TrainConfig, TrainingStopped, train
+    from ..train.engine import accuracy_text
 
     check_device(args.device)
     if args.task == "segment":
@@ -83,9 +84,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary["interrupted"]:
         print(f"interrupted; continue with: visionzoo train --output {cfg.output} --resume", file=sys.stderr)
         return 130
-    top1, top5 = summary["top1"], summary["top5"]
+    held_out = accuracy_text(summary["top1"], summary["top5"], summary["num_classes"], sep=", ")
     print(
-        f"{summary['model']} on {summary['data']}: held-out top-1 {top1:.4f}, top-5 {top5:.4f} after {_epochs(summary['epochs'])}, "
+        f"{summary['model']} on {summary['data']}: held-out {held_out} after {_epochs(summary['epochs'])}, "
         f"{summary['train_seconds']:.1f} s of training (world size {summary['world_size']}); outputs in {cfg.output}"
     )
     if args.json:

@@ -54,7 +54,7 @@ from .checkpoint import (
 from ..param_groups import param_groups_layer_decay, weight_decayed
 from .data import DataBundle, build_data
 
-__all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "amp_autocast", "evaluate", "train"]
+__all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "accuracy_text", "amp_autocast", "evaluate", "train"]
 
 # The model ``visionzoo train`` uses when none is named: per dataset, (name, config overrides).
 # On digits, a 4-block ConvMixer of width 64 with 5x5 depthwise kernels on 16x16 inputs (patch 1)
@@ -350,6 +350,13 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
     return out
 
 
+def accuracy_text(top1: float, top5: float, num_classes: int, sep: str = " ") -> str:
+    """``top-1 0.9000 top-5 0.9900`` as the command line prints it; top-5 only where the data
+    has more than 5 classes: with 5 or fewer every class is among the best 5, so it is 1
+    whatever the network (timm prints it as 100 %). summary.json and ``--json`` keep it."""
+    return f"top-1 {top1:.4f}" + (f"{sep}top-5 {top5:.4f}" if num_classes > 5 else "")
+
+
 class _Progress:
     """tqdm bar on a terminal, plain log lines otherwise; silent on ranks other than 0."""
 
@@ -407,6 +414,14 @@ CLASSIFICATION_CURVES = (
     ("loss", (("train_loss", "train", "o-"), ("val_loss", "held-out", "o-"))),
     ("accuracy", (("train_acc", "train", "o-"), ("val_top1", "held-out top-1", "o-"), ("val_top5", "held-out top-5", "o--"))),
 )
+
+
+def _curves(num_classes: int) -> Sequence:
+    """The panels of a classification run's curves.png: without top-5 where it is 1 throughout
+    (:func:`accuracy_text`)."""
+    if num_classes > 5:
+        return CLASSIFICATION_CURVES
+    return tuple((label, tuple(c for c in cols if c[0] != "val_top5")) for label, cols in CLASSIFICATION_CURVES)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path, panels: Sequence = CLASSIFICATION_CURVES) -> bool:
@@ -756,7 +771,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
             acc_sums = [0.0, 0.0, 0.0]
             progress.end_epoch(
                 f"epoch {row['epoch']}/{cfg.epochs} train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f} | "
-                f"held-out loss {row['val_loss']:.4f} top-1 {row['val_top1']:.4f} top-5 {row['val_top5']:.4f} | "
+                f"held-out loss {row['val_loss']:.4f} {accuracy_text(row['val_top1'], row['val_top5'], data.num_classes)} | "
                 f"{row['img_per_s']:.0f} img/s"
             )
             if info.is_main:
@@ -786,7 +801,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
             summary["checkpoint"] = str(out / "model.safetensors")
         write_json_atomic(summary, out / "summary.json")
         if history:
-            plot_curves(history, out / "curves.png")
+            plot_curves(history, out / "curves.png", _curves(data.num_classes))
     return summary
 
 
