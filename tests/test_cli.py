@@ -169,6 +169,14 @@ def test_rf_output_under_a_file(tmp_path, capsys):
     _one_line_error(["rf", "--rates", "1,2", "--output", str(tmp_path / "nodir" / "x.png")], capsys, "does not exist")
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--rates", "1,2", "--kernel", "0"], "--kernel must be positive, got 0"),  # it said kernel_size
+    (["--rates", "0,2"], "--rates must be positive integers, got 0,2"),  # it said 'dilation rates ... [0, 2]'
+])
+def test_rf_refusals_name_the_option(capsys, args, needle):
+    _one_line_error(["rf", *args], capsys, needle)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "vit_tiny_patch16_224"])
 def test_attention_rollout_without_image_is_refused_before_the_model_is_built(tmp_path, capsys, monkeypatch, name):
     def build(*args, **kwargs):

@@ -31,6 +31,11 @@ def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def cmd_rf(args: argparse.Namespace) -> int:
     from ..analysis import hdc_check, plot_receptive_field
 
+    # (the library's messages name its arguments, kernel_size and "dilation rates")
+    if args.kernel < 1:
+        raise CLIError(f"--kernel must be positive, got {args.kernel}")
+    if min(args.rates) < 1:
+        raise CLIError(f"--rates must be positive integers, got {','.join(map(str, args.rates))}")
     check_picture_output(args.output)
     if args.output:
         verdict = _plot(plot_receptive_field, args.rates, args.output, kernel_size=args.kernel)
