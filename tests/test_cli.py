@@ -553,3 +553,14 @@ def test_img_size_refusals_name_the_option(capsys, args):
     """info and flops said 'img_size must be positive', the argument of model_info, where bench
     named --img-size."""
     _one_line_error([*args, "--img-size", "0"], capsys, "--img-size must be positive, got 0")
+
+
+def test_a_folder_given_for_a_file_or_a_file_for_a_folder_is_named(tmp_path, capsys):
+    """attention --image on a folder said 'no such file'; train --data-dir on a file tried to
+    download into it and reported torch's FileExistsError."""
+    _one_line_error(["attention", "distance", "vit_tiny_patch16_224", "--image", str(tmp_path), "--output", str(tmp_path / "a.png")],
+                    capsys, f"--image {tmp_path}: a folder, not an image file")
+    (tmp_path / "afile").write_text("x")
+    _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "afile"), "--output", str(tmp_path / "run")],
+                    capsys, f"--data-dir {tmp_path / 'afile'}: a file, not a folder")
+    assert not (tmp_path / "run").exists()

@@ -125,7 +125,7 @@ def cmd_attention(args: argparse.Namespace) -> int:
     if args.what == "rollout" and args.image is None:
         raise CLIError("--image is required")
     if args.image is not None and not os.path.isfile(args.image):
-        raise CLIError(f"--image {args.image}: no such file")
+        raise CLIError(f"--image {args.image}: " + ("a folder, not an image file" if os.path.isdir(args.image) else "no such file"))
     model, prep = _load_model(args)
     if args.what == "rollout":
         x = _load_image(args.image, prep, required=True)

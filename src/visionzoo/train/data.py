@@ -307,6 +307,8 @@ def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, 
     cls_name, chans, native, mean, std, flip = TORCHVISION_SETS[name]
     cls = getattr(tvd, cls_name)
     root = Path(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-dir {root}: a file, not a folder (where {name} is, or is to be downloaded)")
 
     def get(train: bool):
         try:
