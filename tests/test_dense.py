@@ -197,8 +197,10 @@ def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():
             m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.1), m.bias.normal_(0, 0.1)
     backbone_sd = {k: v.clone() for k, v in r.state_dict().items()}
     assert not any(k.endswith("num_batches_tracked") for k in backbone_sd)
-    tv = MaskRCNN(_resnet_fpn_extractor(r, 3), 91, min_size=128, max_size=160)
-    ours = mask_rcnn("resnet50", 91, checkpoint=backbone_sd, min_size=128, max_size=160)
+    # a 128x128 batch: torchvision infers its pool level's anchor stride as image side // map
+    # side, 64 here but 53 for a 160-px batch's 3 cells, where ours keep 64
+    tv = MaskRCNN(_resnet_fpn_extractor(r, 3), 91, min_size=128, max_size=128)
+    ours = mask_rcnn("resnet50", 91, checkpoint=backbone_sd, min_size=128, max_size=128)
     assert set(ours.state_dict()) - set(tv.state_dict()) == {k for k in ours.state_dict() if k.endswith("num_batches_tracked")}
     ours.load_state_dict(tv.state_dict(), strict=False)  # the FPN and heads: the backbone came from the checkpoint
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
@@ -225,6 +227,13 @@ def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():
         assert (go[k] - gt[k]).abs().max() <= 1e-9 * gt[k].abs().max(), k
     assert torch.equal(ours.backbone.body.layer2[0].bn1.running_mean, stats)
     assert not ours.backbone.body.layer2[0].bn1.training and ours.backbone.fpn.training
+    for m in (tv, ours):  # every detection, not only those above 0.05
+        m.roi_heads.score_thresh = 0.0
+    with torch.no_grad():
+        dt, do = (m.eval()(images[:1])[0] for m in (tv, ours))
+    assert len(dt["boxes"]) > 10
+    for k in dt:
+        torch.testing.assert_close(do[k], dt[k], rtol=1e-9, atol=1e-9)
 
 
 def test_mask_rcnn_freezing_rules():
@@ -265,6 +274,70 @@ def test_mask_rcnn_with_fewer_than_four_maps(backbone, kwargs):
     assert all(torch.isfinite(v) for v in losses.values())
     with torch.no_grad():
         assert len(model.eval()(images)) == 2
+
+
+def test_mask_rcnn_anchors_and_roialign_follow_the_maps_true_grid():
+    """Inception's valid convolutions leave maps of fewer than side / stride cells:
+    torchvision's anchor generator inferred strides 4, 9, 21, 64 (for 4, 8, 16, 32) on a
+    128-px image and its RoIAlign a scale of 1/64 for the stride-32 map. Anchors and RoIAlign
+    now use the strides, and the centre of each map's cell 0, where the maps' sizes put it."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    from visionzoo.detection import GridRoIAlign
+
+    model = mask_rcnn("inception_v3", num_classes=3, min_size=128, max_size=192).eval()
+    strides, offsets = [4, 8, 16, 32, 64], model.rpn.anchor_generator.offsets
+    assert model.rpn.anchor_generator.strides == strides
+    # a map whose cell 0 is centred at o has side floor((S - 2o - 1) / stride) + 1 for an image
+    # side S (valid convolutions, symmetric paddings): one cell more from S = 2o + 1 + stride * k
+    probe = visionzoo.create_model("inception_v3", features_only=True, out_indices=(1, 2, 3, 4)).eval()
+    for level, ((oy, ox), J) in enumerate(zip(offsets[:4], strides)):
+        assert oy == ox and oy > J / 2, (level, oy)
+        first = int(2 * oy + 1 + J * -(-(76 - 2 * oy - 1) // J))  # the smallest such S with S - 1 >= 75, which the network takes
+        with torch.no_grad():
+            sides = [probe(torch.zeros(1, 3, S, S))[level].shape[-1] for S in (first - 1, first)]
+        assert sides[1] == sides[0] + 1 == (first - 2 * oy - 1) // J + 1, (level, first, sides)
+    assert offsets[4] == offsets[3]  # the pool level subsamples the stride-32 map
+    with torch.no_grad():
+        for H, W in ((128, 128), (96, 192)):
+            images, _ = model.transform([torch.rand(3, H, W)])
+            maps = list(model.backbone(images.tensors).values())
+            th = images.tensors.shape[-2]
+            if (H, W) == (128, 128):  # torchvision's anchors: spaced side // map side, from 0
+                tv = AnchorGenerator(model.rpn.anchor_generator.sizes, model.rpn.anchor_generator.aspect_ratios)(images, maps)[0]
+                assert [th // m.shape[-2] for m in maps] == [4, 9, 21, 64, 128] and tv[:, :2].min() < -200
+            anchors = model.rpn.anchor_generator(images, maps)[0]
+            for m, J, (oy, ox) in zip(maps, strides, offsets):
+                h, w = m.shape[-2:]
+                level, anchors = anchors[: h * w * 3].view(h, w, 3, 4), anchors[h * w * 3 :]
+                centres = (level[..., :2] + level[..., 2:]) / 2  # h, w, 3, (x, y)
+                assert torch.equal(centres[..., 0], (ox + J * torch.arange(w)).view(1, w, 1).expand(h, w, 3))
+                assert torch.equal(centres[..., 1], (oy + J * torch.arange(h)).view(h, 1, 1).expand(h, w, 3))
+            assert len(anchors) == 0
+        model.roi_heads.box_roi_pool(dict(zip("0123", maps)), [torch.tensor([[10.0, 10.0, 60.0, 50.0]])], images.image_sizes)
+        assert model.roi_heads.box_roi_pool.scales == model.roi_heads.mask_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    # RoIAlign reads image point (x, y) at map position ((x - ox) / stride, (y - oy) / stride):
+    # a map whose cells hold their own column index, read at a box centred on cell 3's centre
+    pool = GridRoIAlign(["0"], 1, 1, strides=[32], offsets=[(37.0, 37.0)])
+    cells = torch.arange(6.0).expand(1, 1, 6, 6)
+    x = 37 + 32 * 3
+    got = pool({"0": cells}, [torch.tensor([[x - 20.0, 37 - 20.0, x + 20.0, 37 + 20.0]])], [(256, 256)])
+    assert got.flatten().tolist() == [3.0]
+    # ResNet's pool level keeps stride 64 for a 3-cell map (torchvision's: 160 // 3 = 53)
+    resnet = mask_rcnn("resnet18", 3, min_size=128, max_size=160)
+    assert resnet.rpn.anchor_generator.strides == strides and resnet.rpn.anchor_generator.offsets == [(0.0, 0.0)] * 5
+
+
+def test_mask_rcnn_trains_on_an_inception_backbone():
+    """A training step through the offset anchors and RoIAlign (few proposals, to stay quick)."""
+    torch.manual_seed(0)
+    model = mask_rcnn("inception_v3", num_classes=3, min_size=96, max_size=128, rpn_post_nms_top_n_train=64, box_batch_size_per_image=32)
+    images, targets = _mrcnn_batch()
+    losses = model.train()(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values()) and float(losses["loss_mask"]) > 0
+    sum(losses.values()).backward()
+    assert model.roi_heads.box_roi_pool.scales == [1 / 4, 1 / 8, 1 / 16, 1 / 32]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.backbone.body.named_parameters() if n.startswith("Conv2d_1a"))
 
 
 def test_mask_rcnn_takes_other_channel_counts_and_refuses_unknown_arguments():

@@ -48,18 +48,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_align
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.poolers import initLevelMapper
 
 from .base import InputError
 from .checkpoints import CheckpointError, load_checkpoint, read_state_dict
 from .factory import create_model
-from .layers import LayerNorm2d, check_int, pad_to_fit
+from .layers import LayerNorm2d, check_int, pad_to_fit, to_2tuple
 
-__all__ = ["BackboneWithFPN", "CheckedMaskRCNN", "SimpleFeaturePyramid", "backbone_levels", "mask_rcnn"]
+__all__ = ["BackboneWithFPN", "CheckedMaskRCNN", "GridAnchorGenerator", "GridRoIAlign", "SimpleFeaturePyramid", "backbone_levels", "map_grid", "mask_rcnn"]
 
 _NORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -228,6 +232,168 @@ class BackboneWithFPN(nn.Module):
             return self.fpn(self.body(pad_to_fit(x, self.fpn.in_stride))[-1], tuple(x.shape[-2:]))
         feats = self.body(x)
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+class _CellCentres(TorchFunctionMode):
+    """Follows, through one forward, where cell 0 of each (B, C, H, W) map is centred in the
+    image and how many pixels apart its cells are: per axis (offset, step), cell i at
+    offset + step * i, a pixel's index being its centre (ResNet's cell i sits on pixel
+    stride * i, where torchvision puts its anchors).
+
+    A convolution or pool of kernel k, stride s, padding p and dilation d moves the offset by
+    step * (d * (k - 1) / 2 - p) and multiplies the step by s; ``F.pad`` moves it back by step
+    times the top / left padding; any other op whose output keeps a followed input's height
+    and width (norms, activations, sums, cat) keeps its place. What it cannot follow (tokens
+    reshaped into a map, interpolation) has no entry.
+    """
+
+    def __init__(self, x: Tensor) -> None:
+        super().__init__()
+        self.cells: dict[int, tuple[tuple[float, int], ...]] = {id(x): ((0.0, 1), (0.0, 1))}
+        self._alive = [x]  # ids stay unique while the tensors live
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if not (isinstance(out, Tensor) and out.dim() == 4):
+            return out
+        name = getattr(func, "__name__", "")
+        src = args[0] if args else kwargs.get("input")
+        cells = self.cells.get(id(src)) if isinstance(src, Tensor) else None
+        if cells is not None and name in ("conv2d", "max_pool2d", "avg_pool2d"):
+            keys = ("stride", "padding", "dilation") if name == "conv2d" else ("kernel_size", "stride", "padding", "dilation")[: 4 if name == "max_pool2d" else 3]
+            given = dict(zip(keys, args[3:] if name == "conv2d" else args[1:])) | kwargs
+            k = to_2tuple(given.get("weight", args[1] if len(args) > 1 else None).shape[-2:] if name == "conv2d" else given["kernel_size"])
+            s, d = to_2tuple(given.get("stride") or (1 if name == "conv2d" else k)), to_2tuple(given.get("dilation", 1))
+            p = given.get("padding", 0)
+            p = to_2tuple(0 if p == "valid" else [di * (ki - 1) // 2 for di, ki in zip(d, k)] if p == "same" else p)
+            cells = tuple((o + step * (di * (ki - 1) / 2 - pi), step * si) for (o, step), ki, si, pi, di in zip(cells, k, s, p, d))
+        elif cells is not None and name in ("pad", "_pad"):
+            pad = list(args[1] if len(args) > 1 else kwargs["pad"]) + [0, 0, 0]
+            (oy, sy), (ox, sx) = cells
+            cells = ((oy - sy * pad[2], sy), (ox - sx * pad[0], sx))
+        else:
+            followed = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,)) if isinstance(t, Tensor) and id(t) in self.cells]
+            cells = next((self.cells[id(t)] for t in followed if t.dim() == 4 and t.shape[-2:] == out.shape[-2:]), None)
+        if cells is not None:
+            self.cells[id(out)] = cells
+            self._alive.append(out)
+        return out
+
+
+def map_grid(backbone: BackboneWithFPN) -> tuple[list[int], list[tuple[float, float]]]:
+    """The stride and the (y, x) offset in pixels of each map ``backbone`` gives ("0", "1", ...,
+    "pool"): cell (i, j) is centred at (oy + stride * i, ox + stride * j).
+
+    The strides are the backbone's ``feature_info`` reductions (the simple pyramid's own), and
+    twice the coarsest for the pool level (a stride-2 subsampling, which keeps the offset).
+    A map of side / stride cells for a side its stride divides (every family whose
+    convolutions pad: ResNet, ConvNeXt, Swin, ViT, GoogLeNet, ...) has offset 0, torchvision's
+    convention: ResNet's cells are centred there, patchified ones (ConvNeXt, Swin) half a cell
+    further, as in torchvision's, detectron2's and mmdetection's detectors, whose results stay
+    the same. A map with fewer cells, from valid convolutions (Inception v2-v4,
+    Inception-ResNet-v2), has lost cells at both edges: its offset is where the network
+    centres its cell 0 (37 px for Inception-v3's stride-32 map), traced through one forward of
+    the body on the meta device (:class:`_CellCentres`). Anchors there (torchvision's at
+    stride * i) would sit that far above and left of their cells, leaving the bottom and right
+    edges without any, and RoIAlign would read each box's features that far from it.
+    """
+    body = backbone.body
+    if backbone.neck == "simple":  # power-of-two strides, each map cropped to the image's side / stride
+        strides, offsets = list(backbone.fpn.strides), [(0.0, 0.0)] * len(backbone.fpn.strides)
+    else:
+        strides = list(body.feature_info.reduction())
+        step = math.lcm(32, *strides, body.input_multiple)  # a side every map's stride divides
+        S = step * -(-body.min_input_size // step)
+        while body.size_problem(S, S):
+            S += step
+        x = torch.empty(2, body.in_chans, S, S, device="meta")  # two images: training-mode BatchNorm takes 1x1 maps
+        meta = {k: torch.empty_like(v, device="meta") for k, v in (*body.named_parameters(), *body.named_buffers())}
+        trace = _CellCentres(x)
+        with torch.no_grad(), trace:
+            maps = functional_call(body, meta, (x,))
+        offsets = []
+        for m, s in zip(maps, strides):
+            cells = trace.cells.get(id(m), (None, None))
+            # a full map: torchvision's convention; a smaller one: its traced cell 0, or where
+            # untraced, its cells centred on the image
+            offsets.append(tuple(0.0 if n == S // s else c[0] if c and c[1] == s else (S - s * n) / 2 for n, c in zip(m.shape[-2:], cells)))
+    return [*strides, 2 * strides[-1]], [*offsets, offsets[-1]]
+
+
+class GridAnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator on the maps' known grids (:func:`map_grid`): map l's
+    anchors are centred at (oy + stride * i, ox + stride * j).
+
+    torchvision's infers each map's stride as image side // map side, which holds only for a
+    map of side / stride cells: Inception-v3's maps of a 128-px image gave strides 4, 9, 21, 64
+    for 4, 8, 16, 32 (4, 8, 16, 34 at 800 px), and the pool level of a 5-cell map (3 cells)
+    53 for 64, also on ResNet.
+
+    Args:
+        sizes, aspect_ratios: as torchvision's, one tuple per map.
+        strides: each map's stride in pixels.
+        offsets: each map's (y, x) centre of cell 0 in pixels.
+    """
+
+    def __init__(self, sizes: tuple[tuple[int, ...], ...], aspect_ratios: tuple[tuple[float, ...], ...], strides: Sequence[int], offsets: Sequence[tuple[float, float]]) -> None:
+        super().__init__(sizes, aspect_ratios)
+        if not len(strides) == len(offsets) == len(self.sizes):
+            raise ValueError(f"GridAnchorGenerator takes one stride and offset per map: {len(self.sizes)} sizes, {len(strides)} strides, {len(offsets)} offsets")
+        self.strides = [int(s) for s in strides]
+        self.offsets = [(float(oy), float(ox)) for oy, ox in offsets]
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        dtype, device = feature_maps[0].dtype, feature_maps[0].device
+        steps = [[torch.tensor(s, device=device)] * 2 for s in self.strides]  # int64, as torchvision's
+        self.set_cell_anchors(dtype, device)
+        grids = self.grid_anchors([list(f.shape[-2:]) for f in feature_maps], steps)  # per map: (h * w * A, 4), x1 y1 x2 y2
+        grids = [g + g.new_tensor([ox, oy, ox, oy]) if oy or ox else g for g, (oy, ox) in zip(grids, self.offsets)]
+        return [torch.cat(grids) for _ in image_list.image_sizes]
+
+
+class GridRoIAlign(MultiScaleRoIAlign):
+    """torchvision's MultiScaleRoIAlign at the maps' known strides and offsets (:func:`map_grid`):
+    an image point (x, y) is read at map position ((x - ox) / stride, (y - oy) / stride).
+
+    torchvision's infers each scale from the first batch's map and image sizes, rounded to a
+    power of two, and keeps it: exact for maps of side / stride cells at power-of-two strides,
+    as its ResNet's (where this gives its results); 1/64 for Inception-v3's stride-32 map of
+    a 128-px image, 1/16 for a stride-14 map. Boxes go to levels as in torchvision (FPN
+    paper's eq. 1) by the strides' nearest powers of two.
+
+    Args:
+        featmap_names, output_size, sampling_ratio, canonical_scale, canonical_level: as
+            torchvision's.
+        strides: each named map's stride in pixels.
+        offsets: each named map's (y, x) centre of cell 0 in pixels.
+    """
+
+    def __init__(
+        self, featmap_names: list[str], output_size: int | tuple[int, int], sampling_ratio: int, *, strides: Sequence[int], offsets: Sequence[tuple[float, float]],
+        canonical_scale: int = 224, canonical_level: int = 4,
+    ) -> None:
+        super().__init__(featmap_names, output_size, sampling_ratio, canonical_scale=canonical_scale, canonical_level=canonical_level)
+        if not len(strides) == len(offsets) == len(featmap_names):
+            raise ValueError(f"GridRoIAlign takes one stride and offset per map: {len(featmap_names)} names, {len(strides)} strides, {len(offsets)} offsets")
+        self.strides = [int(s) for s in strides]
+        self.offsets = [(float(oy), float(ox)) for oy, ox in offsets]
+        self.scales = [1 / s for s in self.strides]  # set, so torchvision's forward infers nothing
+        levels = [round(math.log2(s)) for s in self.strides]
+        self.map_levels = initLevelMapper(levels[0], levels[-1], canonical_scale=canonical_scale, canonical_level=canonical_level)
+
+    def forward(self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]) -> Tensor:
+        if not any(oy or ox for oy, ox in self.offsets):
+            return super().forward(x, boxes, image_shapes)
+        maps = [x[name] for name in self.featmap_names]
+        rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], 1) for i, b in enumerate(boxes)])  # K, 5: image index, x1 y1 x2 y2
+        levels = self.map_levels(boxes) if len(maps) > 1 else torch.zeros(len(rois), dtype=torch.int64, device=rois.device)
+        out = maps[0].new_zeros((len(rois), maps[0].shape[1], *self.output_size))
+        for level, (m, scale, (oy, ox)) in enumerate(zip(maps, self.scales, self.offsets)):
+            idx = torch.where(levels == level)[0]
+            shifted = rois[idx] - rois.new_tensor([0.0, ox, oy, ox, oy])  # the map's cell 0 at the origin
+            out[idx] = roi_align(m, shifted, self.output_size, spatial_scale=scale, sampling_ratio=self.sampling_ratio).to(out.dtype)
+        return out
 
 
 class CheckedMaskRCNN(MaskRCNN):
@@ -419,15 +585,14 @@ def mask_rcnn(
     backbone = BackboneWithFPN(
         body, out_channels, neck=neck, trainable_layers=trainable_backbone_layers, taps=ends, frozen_bn=pretrained if frozen_bn is None else frozen_bn
     )
-    # anchors and RoI pooling for the maps the neck gives (torchvision's defaults assume four
-    # maps at strides 4..32 plus the pool level; these equal them there): anchors of 8x each
-    # map's stride, three aspect ratios; RoIs pooled from every map but the pool level
-    strides = list(backbone.fpn.strides) if neck == "simple" else list(body.feature_info.reduction())
+    # anchors and RoI pooling on the maps' grids (map_grid; torchvision's defaults assume four
+    # maps at strides 4..32 plus the pool level, and infer each grid from map and image sizes):
+    # anchors of 8x each map's stride, three aspect ratios; RoIs pooled from every map but the pool level
+    strides, offsets = map_grid(backbone)
     if neck == "simple":  # every map RoIAlign reads an exact fraction of the padded image (32 for strides 4-32, torchvision's default)
-        maskrcnn_kwargs.setdefault("size_divisible", max(32, strides[-1]))
-    strides.append(2 * strides[-1])  # the pool level
+        maskrcnn_kwargs.setdefault("size_divisible", max(32, strides[-2]))
     names = [str(i) for i in range(len(strides) - 1)]
-    maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)))
-    maskrcnn_kwargs.setdefault("box_roi_pool", MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2))
-    maskrcnn_kwargs.setdefault("mask_roi_pool", MultiScaleRoIAlign(names, output_size=14, sampling_ratio=2))
+    maskrcnn_kwargs.setdefault("rpn_anchor_generator", GridAnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides), strides, offsets))
+    for key, size in (("box_roi_pool", 7), ("mask_roi_pool", 14)):
+        maskrcnn_kwargs.setdefault(key, GridRoIAlign(names, size, 2, strides=strides[:-1], offsets=offsets[:-1]))
     return CheckedMaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
