@@ -197,10 +197,8 @@ def test_mask_rcnn_resnet50_fine_tunes_as_torchvisions():
             m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2), m.weight.normal_(1, 0.1), m.bias.normal_(0, 0.1)
     backbone_sd = {k: v.clone() for k, v in r.state_dict().items()}
     assert not any(k.endswith("num_batches_tracked") for k in backbone_sd)
-    # a 128x128 batch: torchvision infers its pool level's anchor stride as image side // map
-    # side, 64 here but 53 for a 160-px batch's 3 cells, where ours keep 64
-    tv = MaskRCNN(_resnet_fpn_extractor(r, 3), 91, min_size=128, max_size=128)
-    ours = mask_rcnn("resnet50", 91, checkpoint=backbone_sd, min_size=128, max_size=128)
+    tv = MaskRCNN(_resnet_fpn_extractor(r, 3), 91, min_size=128, max_size=160)
+    ours = mask_rcnn("resnet50", 91, checkpoint=backbone_sd, min_size=128, max_size=160)
     assert set(ours.state_dict()) - set(tv.state_dict()) == {k for k in ours.state_dict() if k.endswith("num_batches_tracked")}
     ours.load_state_dict(tv.state_dict(), strict=False)  # the FPN and heads: the backbone came from the checkpoint
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
@@ -323,9 +321,9 @@ def test_mask_rcnn_anchors_and_roialign_follow_the_maps_true_grid():
     x = 37 + 32 * 3
     got = pool({"0": cells}, [torch.tensor([[x - 20.0, 37 - 20.0, x + 20.0, 37 + 20.0]])], [(256, 256)])
     assert got.flatten().tolist() == [3.0]
-    # ResNet's pool level keeps stride 64 for a 3-cell map (torchvision's: 160 // 3 = 53)
+    # full maps (ResNet) keep torchvision's own classes, on whose grids its detectors were trained
     resnet = mask_rcnn("resnet18", 3, min_size=128, max_size=160)
-    assert resnet.rpn.anchor_generator.strides == strides and resnet.rpn.anchor_generator.offsets == [(0.0, 0.0)] * 5
+    assert type(resnet.rpn.anchor_generator) is AnchorGenerator and type(resnet.roi_heads.box_roi_pool).__name__ == "MultiScaleRoIAlign"
 
 
 def test_mask_rcnn_trains_on_an_inception_backbone():

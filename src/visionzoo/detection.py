@@ -327,8 +327,9 @@ class GridAnchorGenerator(AnchorGenerator):
 
     torchvision's infers each map's stride as image side // map side, which holds only for a
     map of side / stride cells: Inception-v3's maps of a 128-px image gave strides 4, 9, 21, 64
-    for 4, 8, 16, 32 (4, 8, 16, 34 at 800 px), and the pool level of a 5-cell map (3 cells)
-    53 for 64, also on ResNet.
+    for 4, 8, 16, 32 (4, 8, 16, 34 at 800 px). (Its pool level of a 5-cell map, 3 cells, is
+    53 px apart for 64 on any backbone; :func:`mask_rcnn` keeps torchvision's classes where the
+    maps are full, as its detectors were trained on them.)
 
     Args:
         sizes, aspect_ratios: as torchvision's, one tuple per map.
@@ -585,14 +586,24 @@ def mask_rcnn(
     backbone = BackboneWithFPN(
         body, out_channels, neck=neck, trainable_layers=trainable_backbone_layers, taps=ends, frozen_bn=pretrained if frozen_bn is None else frozen_bn
     )
-    # anchors and RoI pooling on the maps' grids (map_grid; torchvision's defaults assume four
-    # maps at strides 4..32 plus the pool level, and infer each grid from map and image sizes):
-    # anchors of 8x each map's stride, three aspect ratios; RoIs pooled from every map but the pool level
+    # anchors and RoI pooling (torchvision's defaults assume four maps at strides 4..32 plus the
+    # pool level): anchors of 8x each map's stride, three aspect ratios; RoIs pooled from every
+    # map but the pool level. Where every map has side / stride cells, torchvision's own classes,
+    # which infer each grid from map and image sizes: its released detectors were trained on
+    # those grids, its pool level's included (53 px apart for 3 cells of a 160-px image, 61 at
+    # 800 px). Where valid convolutions leave fewer cells (Inception), the maps' true grids
+    # (map_grid): torchvision's inference is wrong on every level there.
     strides, offsets = map_grid(backbone)
     if neck == "simple":  # every map RoIAlign reads an exact fraction of the padded image (32 for strides 4-32, torchvision's default)
         maskrcnn_kwargs.setdefault("size_divisible", max(32, strides[-2]))
     names = [str(i) for i in range(len(strides) - 1)]
-    maskrcnn_kwargs.setdefault("rpn_anchor_generator", GridAnchorGenerator(tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides), strides, offsets))
-    for key, size in (("box_roi_pool", 7), ("mask_roi_pool", 14)):
-        maskrcnn_kwargs.setdefault(key, GridRoIAlign(names, size, 2, strides=strides[:-1], offsets=offsets[:-1]))
+    sizes, ratios = tuple((8 * s,) for s in strides), ((0.5, 1.0, 2.0),) * len(strides)
+    if any(oy or ox for oy, ox in offsets):
+        maskrcnn_kwargs.setdefault("rpn_anchor_generator", GridAnchorGenerator(sizes, ratios, strides, offsets))
+        for key, size in (("box_roi_pool", 7), ("mask_roi_pool", 14)):
+            maskrcnn_kwargs.setdefault(key, GridRoIAlign(names, size, 2, strides=strides[:-1], offsets=offsets[:-1]))
+    else:
+        maskrcnn_kwargs.setdefault("rpn_anchor_generator", AnchorGenerator(sizes, ratios))
+        for key, size in (("box_roi_pool", 7), ("mask_roi_pool", 14)):
+            maskrcnn_kwargs.setdefault(key, MultiScaleRoIAlign(names, output_size=size, sampling_ratio=2))
     return CheckedMaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
