@@ -162,6 +162,29 @@ def test_inference_batch_chunking_changes_nothing():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
 
+def test_hooks_on_mbconv_parts_see_the_whole_batch_once():
+    """A batch chunked for the CPU's memory ran every part of an MBConv block once per chunk,
+    so a forward hook on ``stages.0.blocks.0.norm1`` (a feature extractor) fired once per image
+    with a batch of one in inference, where timm's fires once with the batch. With a hook on a
+    part the batch runs whole."""
+    ours, ref = _pair(num_classes=10)
+    for m in ours.modules():
+        if isinstance(m, MBConvBlock):
+            m.chunk_elements = 1  # every unhooked MBConv runs sample by sample
+    x = torch.randn(3, 3, 64, 64)
+    names = ["stages.0.blocks.0.conv1_1x1", "stages.1.blocks.1.norm1", "stages.1.blocks.0.conv2_kxk"]
+    seen = {}
+    for model in (ours, ref):
+        for n in names:
+            model.get_submodule(n).register_forward_hook(lambda m, args, out, n=n, key=model is ours: seen.setdefault((key, n), []).append(out))
+    with torch.inference_mode():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    for n in names:
+        got, expect = seen[True, n], seen[False, n]
+        assert [o.shape for o in got] == [o.shape for o in expect] and len(expect) == 1, n
+        assert max_rel_diff(got[0], expect[0]) < 1e-4, n
+
+
 
 def test_cached_relative_bias_follows_the_table():
     """In CPU inference the gathered (1, nH, N, N) bias is cached, one tensor for every call;

@@ -236,7 +236,8 @@ class MBConvBlock(nn.Module):
             return self._forward(x)
         B, _, H, W = x.shape
         per_sample = self.conv1_1x1.out_channels * H * W
-        if B > 1 and per_sample * B > self.chunk_elements and not retains(per_sample * B * x.element_size()):
+        # a forward hook on a part would see each chunk as a call of its own: the batch runs whole
+        if B > 1 and per_sample * B > self.chunk_elements and not retains(per_sample * B * x.element_size()) and no_hooks(*(m for m in self.modules() if m is not self)):
             chunk = max(1, self.chunk_elements // per_sample)
             return torch.cat([self._forward(c) for c in x.split(chunk)])
         return self._forward(x)
