@@ -40,6 +40,22 @@ def test_logits_equal_timm():
         assert a.shape == b.shape and max_rel_diff(a, b) < 1e-4
 
 
+def test_dynamically_quantised_linear_layers_give_timms_logits():
+    """torch.ao.quantization.quantize_dynamic swaps every nn.Linear for an int8 one whose
+    ``weight`` is a method: NesT's attention read ``proj.weight`` as a tensor and failed
+    with "'function' object has no attribute 'is_inference'" in inference."""
+    from torch.ao.quantization import quantize_dynamic
+
+    tiny = dict(num_classes=4, embed_dims=(32, 64, 128), num_heads=(2, 2, 4), depths=(1, 1, 1))
+    ref = build_random(lambda: Nest(img_size=32, **tiny))
+    ours = visionzoo.create_model("nest_tiny", img_size=32, checkpoint=ref.state_dict(), **tiny).eval()
+    ours, ref = (quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8) for m in (ours, ref))
+    x = torch.randn(2, 3, 32, 32)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
 def test_other_classes_channels_and_size():
     # NesT-B's widths and heads with fewer layers (timm's Nest class, as nest_base builds it)
     ref = build_random(lambda: Nest(img_size=32, in_chans=2, num_classes=4, embed_dims=(128, 256, 512), num_heads=(4, 8, 16), depths=(1, 1, 2)))

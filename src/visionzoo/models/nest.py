@@ -136,7 +136,7 @@ class BlockAttention(nn.Module):
             qkv = linear(self.qkv, x).view(B * T, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, nH, N, hd
             x = attention(qkv[0], qkv[1], qkv[2], dropout_p=drop, fused=self.fused)  # B*T, nH, N, hd
             x = x.transpose(1, 2)  # B*T, N, nH, hd
-        if not no_hooks(self.proj):  # the module, on its (hd, nH) input order (timm's)
+        if type(self.proj) is not nn.Linear or not no_hooks(self.proj):  # the module (a hooked or quantised one), on its (hd, nH) input order (timm's)
             return self.proj_drop(self.proj(x.reshape(B, T, N, nH, hd).transpose(-1, -2).reshape(B, T, N, C)))
         cached = not torch.is_grad_enabled() and plain_cpu_eager(x)
         x = linear_act(x.reshape(B, T, N, C), self.proj_weight(cached), self.proj.bias)
