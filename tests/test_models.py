@@ -406,3 +406,26 @@ def test_fp64_inference_keeps_fp64_precision(family):
     with torch.inference_mode():
         out = model(x)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["coatnet", "convmixer", "densenet", "resnet"])  # each its own channels-last path
+def test_vmap_over_the_images_of_a_batch_gives_the_batch_logits(family):
+    """torch.vmap (per-sample gradients, ensembles) wraps its tensors, which take no memory
+    formats: CPU inference moved the input to channels-last memory and failed with "NYI:
+    querying is_contiguous inside of vmap" in the families with that layout (timm's models
+    run), and CoAtNet's
+    stem did so with autograd on too. Under vmap the plain path runs, and the images' logits
+    are the batch's, with autograd off and on."""
+    from family_models import small_side, smallest_per_family
+
+    from visionzoo.testing import build_random
+
+    torch.manual_seed(0)
+    model = build_random(lambda: visionzoo.create_model(smallest_per_family()[family], num_classes=5)).double().eval()
+    S = small_side(model)
+    x = torch.randn(2, 3, S, S, dtype=torch.float64)
+    ref = model(x).detach()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            out = torch.vmap(lambda image: model(image[None])[0])(x)
+        torch.testing.assert_close(out.detach(), ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))

@@ -155,12 +155,17 @@ def channels_last_map(x: Tensor) -> bool:
     orders put the same values in the same places; the channel stride tells them apart. A 1x1
     map (B, C, 1, 1) with its channels at stride 1 qualifies, as any contiguous one does.
     """
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # inside vmap, which cannot say
+        return False
     return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def to_channels_last(x: Tensor) -> Tensor:
     """A 4-D map in channels-last memory that :func:`channels_last_map` accepts: a copy where
-    needed; a one-channel map, already in that order, gets channels-last strides (a view)."""
+    needed; a one-channel map, already in that order, gets channels-last strides (a view).
+    Inside torch.func's vmap, which has no memory formats, ``x`` as it is."""
+    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+        return x
     x = x.contiguous(memory_format=torch.channels_last)
     if x.stride(1) != 1:  # one channel: the same memory, given channels-last strides
         B, _, H, W = x.shape
@@ -193,15 +198,16 @@ def to_contiguous(x: Tensor) -> Tensor:
 def plain_cpu_eager(x: Tensor) -> bool:
     """True when ``x`` is a plain CPU tensor in an eager call that nothing else observes.
 
-    No tensor subclass, and no compiler, tracer, TorchScript, dispatch mode (FlopCounterMode,
-    FakeTensorMode) or torch-function mode (``torch.device(...)`` contexts) active: the
+    No tensor subclass, and no compiler, tracer, TorchScript, torch.func transform (``vmap``,
+    ``grad``), dispatch mode (FlopCounterMode, FakeTensorMode) or torch-function mode
+    (``torch.device(...)`` contexts) active: the
     condition under which a fast path may run other aten ops than the module it replaces.
     Autograd and dtype conditions are each caller's own.
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting():
         return False  # (first: under torch.jit.trace, see autograd_off, x is not touched)
-    if type(x) is not Tensor or x.device.type != "cpu":
-        return False
+    if type(x) is not Tensor or x.device.type != "cpu" or torch._C._are_functorch_transforms_active():
+        return False  # (torch.func's vmap and grad wrap tensors the fast kernels cannot take)
     return torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
 
 
@@ -278,8 +284,8 @@ class DerivedCache:
         for t in sources:
             if t is None:
                 out.append(None)
-            elif t.is_inference():
-                return None
+            elif t.is_inference() or torch._C._functorch.is_functorch_wrapped_tensor(t):
+                return None  # (a vmapped weight, as in model ensembling, has no one storage)
             else:
                 out.append((t.untyped_storage()._cdata, t.data_ptr(), t._version, t.dtype))
         return tuple(out)

@@ -69,7 +69,7 @@ from ..checkpoints import register_converter
 from ..layers import NORM_POOL_TYPES, DropPath, SqueezeExcite, apply_conv_bn, bn_affine, bn_tensors, classifier, drop_path_rates, global_pool_2d, he_normal_fan_out_, linear, linear_act, make_divisible, relative_position_index, resize_rel_pos_bias_table, trunc_normal_, uses_running_stats
 from ..layers.activations import gelu
 from ..layers.attention import attention
-from ..layers.helpers import DerivedCache, autograd_off, needs_grad, no_hooks, plain_cpu_eager
+from ..layers.helpers import DerivedCache, autograd_off, needs_grad, no_hooks, plain_cpu_eager, to_channels_last
 from ..layers.linear import register_linear_type
 from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_family
 from ..runtime import retains
@@ -631,7 +631,7 @@ class CoAtNet(VisionModel):
         self.check_input(x)
         # NHWC memory from here on: the convolutions run without layout reorders and the
         # Transformer stages' (B, H, W, C) views need no copy
-        x = self.stem(x.contiguous(memory_format=torch.channels_last))
+        x = self.stem(to_channels_last(x))
         return self.stages(x)
 
     def unpooled_head(self, x: Tensor) -> Tensor:
@@ -642,7 +642,7 @@ class CoAtNet(VisionModel):
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
-        return tap_outputs(x.contiguous(memory_format=torch.channels_last), [self.stem, *self.stages], indices, to_end=with_features)
+        return tap_outputs(to_channels_last(x), [self.stem, *self.stages], indices, to_end=with_features)
 
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.stages = self.stages[: max(indices)]
