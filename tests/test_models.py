@@ -415,7 +415,7 @@ def test_vmap_over_the_images_of_a_batch_gives_the_batch_logits(family):
     querying is_contiguous inside of vmap" in the families with that layout (timm's models
     run), and CoAtNet's
     stem did so with autograd on too. Under vmap the plain path runs, and the images' logits
-    are the batch's, with autograd off and on."""
+    are the batch's, with autograd off and on; an ensemble's are each model's."""
     from family_models import small_side, smallest_per_family
 
     from visionzoo.testing import build_random
@@ -429,3 +429,9 @@ def test_vmap_over_the_images_of_a_batch_gives_the_batch_logits(family):
         with torch.set_grad_enabled(grad):
             out = torch.vmap(lambda image: model(image[None])[0])(x)
         torch.testing.assert_close(out.detach(), ref, rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+    # an ensemble (torch.func's recipe): vmapped weights, whose storage the weight caches cannot stamp
+    other = build_random(lambda: visionzoo.create_model(smallest_per_family()[family], num_classes=5), seed=1).double().eval()
+    params, buffers = torch.func.stack_module_state([model, other])
+    with torch.no_grad():
+        both = torch.vmap(lambda p, b: torch.func.functional_call(model, (p, b), (x,)))(params, buffers)
+        torch.testing.assert_close(both, torch.stack([ref, other(x)]), rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
