@@ -46,6 +46,30 @@ def test_logits_equal_timm_tiny_224():
         assert max_rel_diff(f, e) < 1e-4
 
 
+def test_hooks_on_a_stages_blocks_fire_as_timms():
+    """timm's ``layers.N.blocks`` is an nn.Sequential that a forward hook can watch (the stage's
+    tokens, B, H, W, C); ours was a ModuleList the stage iterated, so a hook registered under
+    timm's name silently never fired. It fires once per call with timm's tensors, in inference
+    (where the stage keeps tokens in window order) and with autograd."""
+    kw = dict(num_classes=4, embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+    ref = build_random(lambda: timm.create_model("swin_tiny_patch4_window7_224", **kw))
+    ours = visionzoo.create_model("swin_tiny_patch4_window7_224", checkpoint=ref.state_dict(), **kw).eval()
+    names = [f"layers.{i}.blocks" for i in range(4)]
+    seen = {}
+    for model in (ours, ref):
+        for n in names:
+            model.get_submodule(n).register_forward_hook(lambda m, args, out, n=n, key=model is ours: seen.setdefault((key, n), []).append(out.detach()))
+    x = torch.randn(1, 3, 224, 224)
+    for grad in (False, True):
+        seen.clear()
+        with torch.set_grad_enabled(grad):
+            assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        for n in names:
+            got, expect = seen.get((True, n), []), seen[False, n]
+            assert len(got) == len(expect) == 1, n
+            assert got[0].shape == expect[0].shape and max_rel_diff(got[0], expect[0]) < 1e-4, n
+
+
 @pytest.mark.parametrize("name", ["swin_base_patch4_window7_224", "swin_large_patch4_window7_224"])
 def test_wider_variants_equal_timm_with_fewer_blocks(name):
     """B and L at their widths, heads and window, two blocks per stage (tiny runs at full depth above)."""

@@ -236,6 +236,36 @@ class PatchMerging(nn.Module):
         return linear(self.reduction, self.norm(x))
 
 
+class SwinBlocks(nn.ModuleList):
+    """A stage's blocks, alternating W-MSA and SW-MSA, called as one module (timm's
+    ``layers.N.blocks``, an ``nn.Sequential`` there: a forward hook on it sees the tokens the
+    stage gives). Shapes: (B, H, W, C) and the stage's window plans -> (B, H, W, C)."""
+
+    def forward(self, x: Tensor, plans: tuple[WindowPlan, WindowPlan]) -> Tensor:
+        _, H, W, _ = x.shape
+        if autograd_off() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self) and plans[0].padded == (H, W):
+            return self._forward_windowed(x, plans)
+        for blk in self:
+            x = blk(x, plans[blk.shifted])
+        return x
+
+    def _forward_windowed(self, x: Tensor, plans: tuple[WindowPlan, WindowPlan]) -> Tensor:
+        """Inference on a map that needs no padding: the tokens stay listed window by window
+        through the stage, re-listed once between a regular and a shifted block (one gather,
+        where the per-block path rolls, partitions, reverses and rolls back), and the
+        attention's projection accumulates into the residual. LayerNorm and the MLP act per
+        token, so the order changes nothing but the memory traffic. Not taken where a block or
+        any part of it has forward hooks: they would see tokens in window order."""
+        B, H, W, C = x.shape
+        x = x.reshape(B, H * W, C)
+        prev = None  # the plan whose order the tokens are in; None: raster
+        for blk in self:
+            plan = plans[blk.shifted]
+            x = _reorder(x, prev, plan)
+            x, prev = blk.forward_windowed(x, plan), plan
+        return _reorder(x, prev, None).view(B, H, W, C)
+
+
 class SwinStage(nn.Module):
     """Optional patch merging, then ``depth`` blocks alternating W-MSA and SW-MSA.
 
@@ -246,7 +276,7 @@ class SwinStage(nn.Module):
         super().__init__()
         self.window, self.pad_small = window, pad_small
         self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = nn.ModuleList(
+        self.blocks = SwinBlocks(
             [block_cls(dim, num_heads, window, shifted=i % 2 == 1, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)]
         )
         self._plans: dict[tuple, tuple[WindowPlan, WindowPlan]] = {}
@@ -263,29 +293,8 @@ class SwinStage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
-        B, H, W, C = x.shape
-        plans = self.plans(H, W, x.device)
-        if autograd_off() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self.blocks) and plans[0].padded == (H, W):
-            return self._forward_windowed(x, plans)
-        for blk in self.blocks:
-            x = blk(x, plans[blk.shifted])
-        return x
-
-    def _forward_windowed(self, x: Tensor, plans: tuple[WindowPlan, WindowPlan]) -> Tensor:
-        """Inference on a map that needs no padding: the tokens stay listed window by window
-        through the stage, re-listed once between a regular and a shifted block (one gather,
-        where the per-block path rolls, partitions, reverses and rolls back), and the
-        attention's projection accumulates into the residual. LayerNorm and the MLP act per
-        token, so the order changes nothing but the memory traffic. Not taken where a block or
-        any part of it has forward hooks: they would see tokens in window order."""
-        B, H, W, C = x.shape
-        x = x.reshape(B, H * W, C)
-        prev = None  # the plan whose order the tokens are in; None: raster
-        for blk in self.blocks:
-            plan = plans[blk.shifted]
-            x = _reorder(x, prev, plan)
-            x, prev = blk.forward_windowed(x, plan), plan
-        return _reorder(x, prev, None).view(B, H, W, C)
+        _, H, W, _ = x.shape
+        return self.blocks(x, self.plans(H, W, x.device))
 
 
 def _reorder(x: Tensor, src: WindowPlan | None, dst: WindowPlan | None) -> Tensor:
