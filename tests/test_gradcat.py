@@ -44,6 +44,20 @@ def test_one_block_per_hierarchy_and_heatmap_of_image_size():
         gradcat(visionzoo.create_model("convmixer_256_8", num_classes=2), torch.randn(3, 32, 32), 0)
 
 
+def test_heatmap_on_the_models_device():
+    """The heat map is made where the model's scores are (a CPU map summed from a GPU model's
+    scores raised a device mismatch). The default device set to meta stands in for a GPU run:
+    a tensor made without ``device=`` lands on meta instead of beside the CPU scores."""
+    torch.manual_seed(0)
+    m = visionzoo.create_model("nest_tiny", num_classes=5, img_size=32)
+    img = torch.randn(3, 32, 32)
+    ref = gradcat(m, img, 2)
+    with torch.device("meta"):
+        r = gradcat(m, img, 2)
+    assert r.heatmap.device == img.device and r.path == ref.path
+    torch.testing.assert_close(r.heatmap, ref.heatmap, rtol=0, atol=0)
+
+
 def test_picks_the_quadrant_that_holds_the_evidence():
     """A tiny NesT learns 'is there a plus sign'; GradCAT must find the quadrant holding it."""
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ class GradCATResult:
         boxes: each chosen block as (top, left, bottom, right) in input pixels (bottom and
             right exclusive).
         scores: the block scores h of each hierarchy, (g, g) tensors, root first.
-        heatmap: (H, W) map at the input's size, values in [0, 1].
+        heatmap: (H, W) map at the input's size, values in [0, 1], on the model's device.
         logit: the class logit.
     """
 
@@ -118,7 +118,7 @@ def gradcat(model: nn.Module, image: Tensor, class_index: int) -> GradCATResult:
         order.append(i)
         boxes.append((r * H // g, c * W // g, (r + 1) * H // g, (c + 1) * W // g))
 
-    heat = torch.zeros(H, W)
+    heat = torch.zeros(H, W, device=scores[0].device)  # on the model's device, as the scores it sums
     for i in range(n - 1):
         s = scores[i].clamp_min(0)
         s = s / s.max() if s.max() > 0 else s
