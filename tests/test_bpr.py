@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from visionzoo.tasks import create_segmentation_model
 from visionzoo.tasks.bpr import BoundaryPatchRefiner, boundary_iou, boundary_map, create_refiner, extract_patches
@@ -285,3 +286,31 @@ def test_forward_builds_no_autograd_graph():
     bpr = BoundaryPatchRefiner(Probe(), patch_size=16, input_size=16).train()
     bpr(torch.rand(3, 40, 48), disk(40, 48, 20, 24, 10))
     assert seen == [False]
+
+
+def test_no_host_transfer_per_patch_and_boxes_on_the_masks_device():
+    """Inference reads the patch corners to the host once, not twice per patch with ``.item()``
+    (each a GPU synchronisation); the masks come out equal. An empty set of boxes is made on
+    the mask's device: with the default device set to meta (standing in for a GPU run, where
+    the mask is not on the default device) it stays on the CPU beside the mask."""
+
+    class ScalarReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten._local_scalar_dense.default  # .item(), int(t), bool(t)
+            return func(*args, **(kwargs or {}))
+
+    image = torch.rand(3, 80, 96)
+    bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=16, input_size=16, iou_threshold=0.3)
+    reads = []
+    for r in (10, 25):  # 5 and 19 patches
+        mask = disk(80, 96, 40, 50, r)
+        with ScalarReads() as mode:
+            assert torch.equal(bpr(image, mask), mask)
+        reads.append(mode.count)
+    assert len(extract_patches(disk(80, 96, 40, 50, 25), 16, 0.3)) > len(extract_patches(disk(80, 96, 40, 50, 10), 16, 0.3))
+    assert reads[0] == reads[1], reads  # independent of the number of patches
+    empty = torch.zeros(8, 8)
+    with torch.device("meta"):
+        assert extract_patches(empty, 4, 0.3).device == empty.device

@@ -45,7 +45,7 @@ gradient can flow, so it runs without autograd; train with ``training_loss``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +105,7 @@ def extract_patches(mask: Tensor, patch_size: int, iou_threshold: float, max_pat
     b = boundary_map(mask)
     ys, xs = torch.nonzero(b, as_tuple=True)
     if ys.numel() == 0:
-        return torch.zeros(0, 4)
+        return torch.zeros(0, 4, device=mask.device)
     H, W = b.shape
     P = patch_size
     # integer corners, exactly patch_size apart (half-pixel corners rounded to even gave crops
@@ -126,9 +126,15 @@ def extract_patches(mask: Tensor, patch_size: int, iou_threshold: float, max_pat
     return moved.float()
 
 
-def _crop(x: Tensor, box: Tensor) -> Tensor:
-    """Crop (C, H, W) at an integer box, zero-padding outside the image."""
-    x0, y0, x1, y1 = (int(round(v)) for v in box.tolist())
+def _corners(boxes: Tensor) -> list[list[int]]:
+    """The (K, 4) boxes as integer corners, read to the host in one transfer (one GPU
+    synchronisation for all of them, not one per box)."""
+    return boxes.round().long().tolist()
+
+
+def _crop(x: Tensor, box: Sequence[int]) -> Tensor:
+    """Crop (C, H, W) at integer corners (x0, y0, x1, y1), zero-padding outside the image."""
+    x0, y0, x1, y1 = box
     C, H, W = x.shape
     out = x.new_zeros(C, y1 - y0, x1 - x0)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
@@ -244,7 +250,7 @@ class BoundaryPatchRefiner(nn.Module):
         """(K, 4, S, S) refiner inputs: normalised RGB, and the coarse mask as -1 (background)
         and +1 (foreground) as in the official code (``(m - 0.5) / 0.5``), resized to S."""
         x = torch.cat([(image - self.mean) / self.std, mask[None].float()], dim=0)  # 4, H, W
-        crops = torch.stack([_crop(x, b) for b in boxes])  # K, 4, P, P; zero padding: mean colour, background
+        crops = torch.stack([_crop(x, b) for b in _corners(boxes)])  # K, 4, P, P; zero padding: mean colour, background
         rgb, m = crops[:, :3], crops[:, 3:] * 2 - 1
         if self.input_size != self.patch_size:
             rgb = F.interpolate(rgb, size=self.input_size, mode="bilinear", align_corners=False)
@@ -286,8 +292,8 @@ class BoundaryPatchRefiner(nn.Module):
         pad = P  # boxes reach outside the image only along a side shorter than the patch
         total = mask.new_zeros(H + 2 * pad, W + 2 * pad, dtype=probs.dtype)
         count = torch.zeros_like(total)
-        for box, p in zip(boxes, probs):
-            x0, y0 = int(round(box[0].item())) + pad, int(round(box[1].item())) + pad
+        for (x0, y0, _, _), p in zip(_corners(boxes), probs):
+            x0, y0 = x0 + pad, y0 + pad
             total[y0 : y0 + P, x0 : x0 + P] += p
             count[y0 : y0 + P, x0 : x0 + P] += 1
         total, count = total[pad:-pad, pad:-pad], count[pad:-pad, pad:-pad]
@@ -305,7 +311,7 @@ class BoundaryPatchRefiner(nn.Module):
         if len(boxes) == 0:  # no boundary: a zero that still reaches the parameters (backward works)
             return sum(p.sum() for p in self.refiner.parameters()) * 0.0
         x = self.patches(image, coarse, boxes)
-        y = torch.stack([_crop(target[None].float(), b) for b in boxes])  # K, 1, P, P
+        y = torch.stack([_crop(target[None].float(), b) for b in _corners(boxes)])  # K, 1, P, P
         if self.input_size != self.patch_size:
             y = F.interpolate(y, size=self.input_size, mode="nearest")
         logits = self._logits(x)
