@@ -1197,3 +1197,18 @@ def test_layer_decay_scales_each_depth_groups_learning_rate(tmp_path, capsys):
             assert g["weight_decay"] in (0.0, 0.05)
     with open(tmp_path / "r" / "metrics.csv") as f:
         assert float(list(csv.DictReader(f))[-1]["lr"]) == pytest.approx(top)  # the head's rate is the one logged
+
+
+def test_all_finite_reads_every_parameter():
+    """The check before each save (one device read for all parameters) finds a NaN or Inf in any of them."""
+    from visionzoo.train.engine import all_finite
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    assert all_finite(net) and all_finite(torch.nn.ReLU())
+    for p, bad in zip(net.parameters(), (float("nan"), float("inf"), float("-inf"), float("nan"), float("nan"), float("inf"))):
+        with torch.no_grad():
+            old = p.view(-1)[-1].item()
+            p.view(-1)[-1] = bad
+            assert not all_finite(net)
+            p.view(-1)[-1] = old
+    assert all_finite(net)

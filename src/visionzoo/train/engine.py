@@ -292,6 +292,13 @@ def _ema_avg(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], Non
     return update
 
 
+def all_finite(module: nn.Module) -> bool:
+    """Whether every parameter of ``module`` is finite, read from the device once (a read per
+    parameter is a GPU synchronisation each)."""
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all())
+
+
 def _mixer(mixup: float, cutmix: float, num_classes: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None:
     """``(images, labels) -> (mixed images, soft targets)`` of ``--mixup`` / ``--cutmix`` (their
     Beta alphas; None where both are 0): torchvision's MixUp and CutMix, one of them chosen at
@@ -667,7 +674,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         ranks = gather_per_rank(info, **own)
         if not info.is_main:
             return
-        if any(not torch.isfinite(p).all() for p in base_model.parameters()):
+        if not all_finite(base_model):
             raise TrainingStopped(f"weights became NaN/Inf at step {global_step}; kept the last good checkpoint {ckpt_path}")
         state = {
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -777,7 +784,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
             if info.is_main:
                 write_csv(history, out / "metrics.csv")
                 best = row["val_top1"] > max((r["val_top1"] for r in history[:-1]), default=-1.0)  # timm's model_best
-                if best and all(torch.isfinite(p).all() for p in eval_weights().parameters()):  # (NaN weights: save() stops the run)
+                if best and all_finite(eval_weights()):  # (NaN weights: save() stops the run)
                     from ..checkpoints import save_state_dict
 
                     save_state_dict(eval_weights().state_dict(), out / "model_best.safetensors", metadata=meta)
