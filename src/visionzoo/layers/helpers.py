@@ -146,6 +146,12 @@ def he_normal_fan_out_(conv: nn.Conv2d) -> None:
         nn.init.zeros_(conv.bias)
 
 
+def _vmapped(x: Tensor) -> bool:
+    """Whether ``x`` is a tensor of torch.func's transforms (vmap, grad); False while dynamo
+    traces, which handles those transforms itself and cannot trace this query (a graph break)."""
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def channels_last_map(x: Tensor) -> bool:
     """Whether ``x`` is a 4-D map whose memory is in channels-last order with the channels
     innermost (stride 1): the layout oneDNN's NHWC kernels take.
@@ -155,7 +161,7 @@ def channels_last_map(x: Tensor) -> bool:
     orders put the same values in the same places; the channel stride tells them apart. A 1x1
     map (B, C, 1, 1) with its channels at stride 1 qualifies, as any contiguous one does.
     """
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):  # inside vmap, which cannot say
+    if _vmapped(x):  # inside vmap, which cannot say
         return False
     return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
 
@@ -164,7 +170,7 @@ def to_channels_last(x: Tensor) -> Tensor:
     """A 4-D map in channels-last memory that :func:`channels_last_map` accepts: a copy where
     needed; a one-channel map, already in that order, gets channels-last strides (a view).
     Inside torch.func's vmap, which has no memory formats, ``x`` as it is."""
-    if torch._C._functorch.is_functorch_wrapped_tensor(x):
+    if _vmapped(x):
         return x
     x = x.contiguous(memory_format=torch.channels_last)
     if x.stride(1) != 1:  # one channel: the same memory, given channels-last strides
@@ -284,7 +290,7 @@ class DerivedCache:
         for t in sources:
             if t is None:
                 out.append(None)
-            elif t.is_inference() or torch._C._functorch.is_functorch_wrapped_tensor(t):
+            elif t.is_inference() or _vmapped(t):
                 return None  # (a vmapped weight, as in model ensembling, has no one storage)
             else:
                 out.append((t.untyped_storage()._cdata, t.data_ptr(), t._version, t.dtype))
