@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from . import CLIError, check_img_size, check_picture_output
+from . import CLIError, check_img_size, check_picture_output, count
 
 
 def _ints(text: str) -> list[int]:
@@ -177,7 +177,7 @@ def cmd_windows(args: argparse.Namespace) -> int:
     masked = int((masks != 0).any(axis=(1, 2)).sum())
     win = Mh if Mh == Mw else f"{Mh}x{Mw}"
     shown = shift[0] if shift[0] == shift[1] else f"{shift[0]}x{shift[1]}"
-    print(f"{H}x{W} map, window {win}, shift {shown}{note}: {masks.shape[0]} window{'s' if masks.shape[0] > 1 else ''}, {masked} with masked pairs")
+    print(f"{H}x{W} map, window {win}, shift {shown}{note}: {count(masks.shape[0], 'window')}, {masked} with masked pairs")
     print(f"wrote {args.output}")
     return 0
 

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
-from . import CLIError, check_device, check_img_size, no_model_matches
+from . import CLIError, check_device, check_img_size, count, no_model_matches
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -45,7 +45,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     precision = "bf16 autocast" if args.amp else "fp32"
     layout = ", channels_last" if args.channels_last else ""
     print(f"{'training steps (forward + backward + SGD step)' if args.train else 'inference (eval, inference_mode)'}, batch {args.batch_size}, "
-          f"{precision}{layout}{', torch.compile' if args.compile else ''}; {_count(args.rounds, 'round')} of at least {_count(args.iters, 'step')} after {_count(args.warmup, 'warm-up step')}"
+          f"{precision}{layout}{', torch.compile' if args.compile else ''}; {count(args.rounds, 'round')} of at least {count(args.iters, 'step')} after {count(args.warmup, 'warm-up step')}"
           + (" (a round of a fast model runs more: at least 0.5 s of steps per implementation)" if args.warmup else ""))
     print("GMACs: per image, forward; GFLOP/s: 2 x GMACs x img/s" + (" x 3 (forward + backward)" if args.train else ""))
     retained = memory_retained()
@@ -131,11 +131,6 @@ def _checked(build: Callable[[], Any], size: int, device: str) -> tuple[Any, str
         first = next((line for line in str(e).splitlines() if line.strip()), "no details")
         return None, f"{type(e).__name__}: {first[:200]}"
     return model, None
-
-
-def _count(n: int, noun: str) -> str:
-    """``n`` and the noun, plural unless n is 1 ("1 round", "5 rounds")."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import CLIError, check_device, check_picture_output
+from . import CLIError, check_device, check_picture_output, count
 from ._preprocess import (
     PREPROCESSING,
     add_preprocessing_args,
@@ -98,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps({"model": info["model"], "data": args.data, "split": split, "images": res["count"], "amp": args.amp,
                           "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "confusion_matrix": str(out) if drawn else None}))
         return 0
-    print(f"{info['model']} on {args.data} ({split}, {res['count']} image{'s' if res['count'] != 1 else ''}{amp}): "
+    print(f"{info['model']} on {args.data} ({split}, {count(res['count'], 'image')}{amp}): "
           f"{accuracy_text(res['top1'], res['top5'], info['num_classes'], sep='  ')}  loss {res['loss']:.4f}")
     if drawn:
         print(f"confusion matrix: {out}")
@@ -152,7 +152,7 @@ def _eval_segmentation(args: argparse.Namespace, meta: dict[str, Any], device: A
                           "amp": args.amp, **ev}))
         return 0
     amp = f", {args.amp} autocast" if args.amp else ""
-    print(f"{head} on {args.data} ({split}, {len(pairs)} image{'s' if len(pairs) != 1 else ''}{amp}): mIoU {ev['miou']:.4f}  mDice {ev['mdice']:.4f}  "
+    print(f"{head} on {args.data} ({split}, {count(len(pairs), 'image')}{amp}): mIoU {ev['miou']:.4f}  mDice {ev['mdice']:.4f}  "
           f"pixel acc {ev['pixel_acc']:.4f}  loss {ev['loss']:.4f}")
     for name, iou, dice in zip(meta["classes"], ev["iou"], ev["dice"]):
         print(f"  class {name}: " + ("absent (not in the masks, never predicted)" if iou is None else f"IoU {iou:.4f}  Dice {dice:.4f}"))

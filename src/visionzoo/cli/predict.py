@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import CLIError, check_device, check_output_dir
+from . import CLIError, check_device, check_output_dir, count
 from ._preprocess import (
     PREPROCESSING,
     add_preprocessing_args,
@@ -37,7 +37,7 @@ def _image_files(args: list[str]) -> list[str]:
             other = [p.name for p in listed if p.suffix.lower() not in IMAGE_EXTENSIONS]
             if other:
                 shown = ", ".join(other[:5]) + (f", ... ({len(other) - 5} more)" if len(other) > 5 else "")
-                print(f"note: {a}: skipped {len(other)} file{'s' if len(other) > 1 else ''} without an image extension ({shown})", file=sys.stderr)
+                print(f"note: {a}: skipped {count(len(other), 'file')} without an image extension ({shown})", file=sys.stderr)
             files += found
         else:
             files.append(a)

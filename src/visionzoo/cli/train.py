@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import CLIError, check_device
+from . import CLIError, check_device, count
 
 # options whose value a resumed run takes from the command line rather than from config.json
 _RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
@@ -23,10 +23,6 @@ def _flag(field: str) -> str:
 def _as_json(value: Any) -> Any:
     """``value`` as config.json holds it (tuples become lists)."""
     return json.loads(json.dumps(value))
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def _parse_model_args(items: list[str] | None) -> dict[str, Any]:
@@ -86,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 130
     held_out = accuracy_text(summary["top1"], summary["top5"], summary["num_classes"], sep=", ")
     print(
-        f"{summary['model']} on {summary['data']}: held-out {held_out} after {_epochs(summary['epochs'])}, "
+        f"{summary['model']} on {summary['data']}: held-out {held_out} after {count(summary['epochs'], 'epoch')}, "
         f"{summary['train_seconds']:.1f} s of training (world size {summary['world_size']}); outputs in {cfg.output}"
     )
     if args.json:
@@ -155,7 +151,7 @@ def _segment(args: argparse.Namespace) -> int:
     if s["interrupted"]:
         print(f"interrupted; continue with: visionzoo train --task segment --output {cfg.output} --resume", file=sys.stderr)
         return 130
-    print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {_epochs(s['epochs'])}, "
+    print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {count(s['epochs'], 'epoch')}, "
           f"{s['train_seconds']:.1f} s of training (world size {s['world_size']}); outputs in {cfg.output}")
     if args.json:
         print(json.dumps(s))
@@ -166,7 +162,7 @@ def _nothing_to_do(summary: dict[str, Any], output: str, as_json: bool) -> int:
     """Exit code 0 for a run resumed at the epochs it has already ended at, saying so; its
     outputs were left as they were."""
     n = summary["epochs"]
-    print(f"the run in {output} is complete: it has trained its {_epochs(n)} and written its outputs, so there is nothing to do "
+    print(f"the run in {output} is complete: it has trained its {count(n, 'epoch')} and written its outputs, so there is nothing to do "
           f"(give --epochs above {n} to train it further)")
     if as_json:
         print(json.dumps({k: v for k, v in summary.items() if k != "nothing_to_do"}))
