@@ -430,11 +430,10 @@ def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, opt
         raise ValueError(f"the run in {weights.parent.parent} has trained {epochs} epochs and is part-way into epoch {epochs + 1} "
                          f"(step {st['global_step']}), so it cannot end at the {epochs} asked for (--epochs, or the run's config.json "
                          f"where it is not given); give --epochs above {epochs} to continue it")
-    saved_groups = st["optimizer"].get("param_groups", [])
-    if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups]:
-        raise ValueError(f"{state_path}: its optimizer holds {len(saved_groups)} parameter group(s) of "
-                         f"{', '.join(str(len(g['params'])) for g in saved_groups)} tensors, where this version of visionzoo "
-                         f"builds {len(optimizer.param_groups)} of {', '.join(str(len(g['params'])) for g in optimizer.param_groups)} "
+    saved, built = ([len(g["params"]) for g in groups] for groups in (st["optimizer"].get("param_groups", []), optimizer.param_groups))
+    if saved != built:
+        raise ValueError(f"{state_path}: its optimizer holds {len(saved)} parameter group(s) of {', '.join(map(str, saved))} tensors, "
+                         f"where this version of visionzoo builds {len(built)} of {', '.join(map(str, built))} "
                          f"for {name} (a run saved by another version, or with other options); it cannot continue exactly")
     optimizer.load_state_dict(st["optimizer"])
     scheduler.load_state_dict(st["scheduler"])
