@@ -1128,6 +1128,11 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert row["step"] == ref_row["step"] == 22  # 1438 training digits: 22 steps of 64 (the last 30 dropped)
     assert row["lr"] == pytest.approx(ref_row["lr"])
     for k, v in ref.items():
+        if k.endswith("qkv.bias"):  # the key bias shifts every logit of a softmax row alike: its gradient is
+            # 0 but for rounding, which AdamW scales up to steps of --lr whose signs depend on the kernels
+            # (1.2e-5 apart on one host): the query and value biases only
+            d = vit["embed_dim"]
+            v, weights[k] = (torch.cat([t[:d], t[2 * d :]]) for t in (v, weights[k]))
         torch.testing.assert_close(weights[k], v, rtol=1e-4, atol=1e-5)
     # 89 batches of 16 in groups of 4: 22 steps and a last one of a single batch
     assert runs[16][1]["step"] == 23 and runs[16][1]["lr"] == pytest.approx(ref_row["lr"])
