@@ -166,7 +166,11 @@ def test_evaluate_agrees_with_sklearn_on_tied_logits_and_a_short_last_batch(num_
             return logits[x[:, 0].long()]
 
     loader = DataLoader(TensorDataset(torch.arange(n, dtype=torch.float32)[:, None], y), batch_size=7)  # 5 rows last
-    ev = evaluate(Stored(), loader, D.DistInfo(), num_classes=C, confusion=True)
+    reads = _HostReads()
+    with reads:
+        ev = evaluate(Stored(), loader, D.DistInfo(), num_classes=C, confusion=True)
+    # the sums stay on the device until the end, where a read per batch waited for a GPU each time
+    assert reads.by_function.get("evaluate", 0) <= 4, reads.by_function
     L, Y = logits.numpy(), y.numpy()
     assert ev["count"] == n
     assert ev["top1"] == pytest.approx(accuracy_score(Y, L.argmax(1)), abs=1e-12)
@@ -1217,3 +1221,73 @@ def test_all_finite_reads_every_parameter():
             assert not all_finite(net)
             p.view(-1)[-1] = old
     assert all_finite(net)
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the reads of a tensor's values by the host (each waits for a GPU to finish the work
+    queued so far), by the function of engine.py or segment.py that made them."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__index__, torch.Tensor.cpu, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.by_function: dict[str, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            frame = sys._getframe(1)  # the caller, past the dispatch (not torch's optimizers: their step counts live on the host)
+            while frame is not None and frame.f_code.co_filename.endswith((f"torch{os.sep}overrides.py", f"torch{os.sep}_tensor.py")):
+                frame = frame.f_back
+            if frame is not None and frame.f_code.co_filename.endswith((f"train{os.sep}engine.py", f"train{os.sep}segment.py")):
+                name = frame.f_code.co_name
+                self.by_function[name] = self.by_function.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("task", ["classify", "segment"])
+def test_a_training_step_reads_the_device_once(tmp_path, capsys, task):
+    """Every .item() waits for a GPU to finish the step, which keeps the host from queueing the
+    next: the loss's NaN check, its value and the accuracy are read together, once a step (the
+    NaN and stop flags reduced over the ranks on the device under torchrun). Three reads a step
+    (two for segmentation) before."""
+    if task == "classify":
+        args = ["train", *TINY, "--data", str(_image_folder(tmp_path / "data", n=10)), "--batch-size", "4", "--epochs", "1"]
+    else:
+        args = ["train", "--task", "segment", "--data", str(_seg_folder(tmp_path / "seg")), "--model", "resnet18", "--img-size", "32",
+                "--epochs", "1", "--batch-size", "2"]
+    reads = _HostReads()
+    with reads:
+        assert main([*args, "--output", str(tmp_path / "run")]) == 0
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        steps = int(list(csv.DictReader(f))[-1]["step"])
+    per_step = reads.by_function.get("read_step", 0) + reads.by_function.get("_train", 0) + reads.by_function.get("train_segmentation", 0)
+    assert steps > 4 and per_step <= steps + 2, (steps, reads.by_function)
+
+
+def test_segmentation_evaluation_reads_the_device_once_and_counts_labelled_pixels_only():
+    """The held-out loss, the confusion matrix over labelled pixels (255 ignored) and the pixel
+    count are those of a per-batch computation, with the sums read from the device at the end,
+    not per batch (boolean indexing and bincount each read a GPU as well)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from visionzoo.train.segment import IGNORE, evaluate_segmentation, seg_metrics
+
+    g = torch.Generator().manual_seed(0)
+    C, n = 4, 11
+    x = torch.randn(n, 3, 6, 5, generator=g)
+    y = torch.randint(0, C, (n, 6, 5), generator=g)
+    y[torch.rand(n, 6, 5, generator=g) < 0.3] = IGNORE
+    net = torch.nn.Conv2d(3, C, 1)
+    reads = _HostReads()
+    with reads:
+        ev = evaluate_segmentation(net, DataLoader(TensorDataset(x, y), batch_size=3), C, torch.device("cpu"))
+    assert reads.by_function.get("evaluate_segmentation", 0) <= 4, reads.by_function
+    with torch.no_grad():
+        out = net(x)
+    keep = y != IGNORE
+    conf = torch.bincount(y[keep] * C + out.argmax(1)[keep], minlength=C * C).view(C, C)
+    loss = torch.nn.functional.cross_entropy(out, y, ignore_index=IGNORE, reduction="sum") / keep.sum()
+    assert ev["loss"] == pytest.approx(float(loss), rel=1e-5)
+    for key, value in seg_metrics(conf).items():
+        assert ev[key] == pytest.approx(value, nan_ok=True), key

@@ -292,6 +292,23 @@ def _ema_avg(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], Non
     return update
 
 
+def read_step(loss: Tensor, counts: Sequence[Tensor], stop_requested: bool, info: D.DistInfo) -> tuple[bool, bool, float, list[float]]:
+    """A training step's numbers in one read of the device: whether the loss is NaN/Inf on any
+    rank, whether any rank was asked to stop, this rank's loss and ``counts`` (0-d tensors).
+
+    Each read (``.item()``) waits for the device to finish the step; on a GPU, three a step kept
+    the host from queueing the next step's work while the device ran this one.
+    """
+    local = torch.stack([loss.detach().float().reshape(())] + [c.detach().float().reshape(()) for c in counts])
+    if info.enabled:  # every rank stops together: the flags summed over the ranks
+        # (new_full fills on the device: torch.tensor(..., device=) copies from the host and waits)
+        flags = torch.stack([(~torch.isfinite(local[0])).float(), local.new_full((), float(stop_requested))])
+        values = torch.cat([D.all_reduce_tensor(flags, info), local]).tolist()
+        return values[0] > 0, values[1] > 0, values[2], values[3:]
+    values = local.tolist()
+    return not math.isfinite(values[0]), stop_requested, values[0], values[1:]
+
+
 def all_finite(module: nn.Module) -> bool:
     """Whether every parameter of ``module`` is finite, read from the device once (a read per
     parameter is a GPU synchronisation each)."""
@@ -326,8 +343,10 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
     """Loss, top-1 and top-5 (fractions) and, with ``confusion``, the (true, predicted) count matrix
     over the loader, summed over all ranks."""
     model.eval()
-    n = loss_sum = c1 = c5 = 0.0
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long) if confusion else None
+    # per batch, sums kept on the device and read once at the end (a read per batch waits for the
+    # device each time): the loss summed in float32 per batch, the batches' sums added in float64
+    n, losses, hits = 0, [], []
+    cm = torch.zeros(num_classes * num_classes, dtype=torch.long, device=info.device) if confusion else None
     k = min(5, num_classes)
     for x, y in loader:
         x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
@@ -338,22 +357,24 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
         if isinstance(out, (tuple, list)):
             out = (out[0] + out[1]) / 2
         out = out.float()
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        losses.append(F.cross_entropy(out, y, reduction="sum"))
         # ranked by a stable sort: among equal logits (bf16 autocast, a collapsed network) the lowest class
         # index first, as argmax (the training accuracy), numpy and scikit-learn rank them; topk's order
         # among ties is its kernel's, and differs between CPU and GPU
         top = out.sort(dim=1, descending=True, stable=True).indices[:, :k]
-        c1 += (top[:, 0] == y).sum().item()
-        c5 += (top == y[:, None]).any(dim=1).sum().item()
+        hits.append(torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(dim=1).sum()]))
         n += len(y)
         if cm is not None:
-            cm += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(), minlength=num_classes**2).view(num_classes, num_classes)
+            cell = y * num_classes + top[:, 0]  # (bincount reads the largest index from a GPU first)
+            cm.index_add_(0, cell, torch.ones_like(cell))
+    loss_sum = float(torch.stack(losses).cpu().double().sum()) if losses else 0.0
+    c1, c5 = torch.stack(hits).sum(dim=0).tolist() if hits else (0, 0)
     n, loss_sum, c1, c5 = D.all_reduce_sum([n, loss_sum, c1, c5], info)
     if n == 0:
         raise ValueError("the evaluation split is empty")
     out = {"loss": loss_sum / n, "top1": c1 / n, "top5": c5 / n, "count": int(n)}
     if cm is not None:  # (each rank's matrix holds its own images only)
-        out["confusion"] = D.all_reduce_tensor(cm, info)
+        out["confusion"] = D.all_reduce_tensor(cm.view(num_classes, num_classes).cpu(), info)
     return out
 
 
@@ -721,10 +742,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                     with autocast:
                         out_ = train_model(x)
                         loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
-                    bad = not torch.isfinite(loss.detach()).item()
-                    stop_now = stop.requested
-                    if info.enabled:
-                        bad, stop_now = (v > 0 for v in D.all_reduce_sum([float(bad), float(stop_now)], info))
+                    n = len(hard)
+                    bad, stop_now, loss_value, (correct,) = read_step(
+                        loss, [(logits.detach().argmax(dim=1) == hard).sum()], stop.requested, info)
                     if bad:
                         raise TrainingStopped(
                             f"the loss became NaN/Inf at epoch {epoch + 1}, step {global_step + 1}; stopped without saving. "
@@ -743,9 +763,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                         ema.update_parameters(base_model)
                     global_step += 1
                 train_seconds += time.perf_counter() - t_last
-                n = len(hard)
-                correct = (logits.detach().argmax(dim=1) == hard).sum().item()
-                acc_sums[0] += loss.item() * n
+                acc_sums[0] += loss_value * n
                 acc_sums[1] += correct
                 acc_sums[2] += n
                 seen += n

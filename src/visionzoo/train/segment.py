@@ -329,17 +329,22 @@ def evaluate_segmentation(model: torch.nn.Module, loader: DataLoader, num_classe
     with ``info`` of a data-parallel run, each rank's shard summed over all ranks."""
     model.eval()
     C = num_classes
-    conf = torch.zeros(C, C, dtype=torch.long)
-    loss_sum, n = 0.0, 0
+    # sums kept on the device and read once at the end (a read per batch waits for the device);
+    # the ignored pixels counted in an extra cell, dropped (boolean indexing and bincount read the
+    # device too)
+    conf = torch.zeros(C * C + 1, dtype=torch.long, device=device)
+    losses = []
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         with autocast or nullcontext():
             out = model(x)
         out = out.float()
-        loss_sum += F.cross_entropy(out, y, ignore_index=IGNORE, reduction="sum").item()
-        keep = y != IGNORE
-        n += int(keep.sum())
-        conf += torch.bincount((y[keep] * C + out.argmax(1)[keep]).cpu(), minlength=C * C).view(C, C)
+        losses.append(F.cross_entropy(out, y, ignore_index=IGNORE, reduction="sum"))
+        cell = torch.where(y == IGNORE, C * C, y * C + out.argmax(1)).flatten()
+        conf.index_add_(0, cell, torch.ones_like(cell))
+    conf = conf[:-1].view(C, C).cpu()
+    loss_sum = float(torch.stack(losses).cpu().double().sum()) if losses else 0.0
+    n = int(conf.sum())
     if info is not None and info.enabled:
         conf = D.all_reduce_tensor(conf, info)
         loss_sum, n = D.all_reduce_sum([loss_sum, n], info)
@@ -406,7 +411,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     from ..tasks import create_segmentation_model
     from .checkpoint import (finished_run, float_buffers, gather_per_rank, load_buffers, own_entry, restore_rng, restore_training, run_config,
                              run_folder, save_training_checkpoint)
-    from .engine import StopRequests, TrainingStopped, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, write_csv
+    from .engine import StopRequests, TrainingStopped, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, read_step, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -505,7 +510,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast:
                     loss = F.cross_entropy(train_model(x).float(), y, ignore_index=IGNORE)
-                bad, stop_now = D.all_reduce_sum([float(not torch.isfinite(loss.detach()).item()), float(stop.requested)], info)
+                bad, stop_now, loss_value, _ = read_step(loss, [], stop.requested, info)
                 if bad:
                     raise TrainingStopped(f"the loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; stopped without saving. "
                                           f"Last good checkpoint: {ckpt_path or 'none yet'} (lower --lr)")
@@ -516,7 +521,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
                 sched.step()
                 step += 1
                 batch_in_epoch += 1
-                sums[0] += loss.item() * len(x)
+                sums[0] += loss_value * len(x)
                 sums[1] += len(x)
                 train_seconds += time.perf_counter() - t_last
                 if stop_now:
