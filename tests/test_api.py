@@ -1,6 +1,7 @@
 """Registry, create_model, model_info and the list/info commands."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -94,15 +95,31 @@ def test_bad_arguments():
         visionzoo.create_model("convnext_tiny", img_size=20)
     # NesT builds its block tables for the size, so its constructor refuses it: in the same words,
     # naming the family (a `bench resnet18 nest_tiny --img-size 40` said only "img_size (40, 40) must be ...")
-    with pytest.raises(ValueError, match=r"^NesT cannot take img_size 40x40: it needs height and width divisible by 16, got 40x40$"):
+    with pytest.raises(ValueError, match=r"^nest_tiny: NesT cannot take img_size 40x40: it needs height and width divisible by 16, got 40x40$"):
         visionzoo.create_model("nest_tiny", img_size=40)  # 4 px patches, 3 levels: 4 x 2^2
-    with pytest.raises(ValueError, match=r"^NesT cannot take img_size 4x4: it needs inputs of at least 8x8"):
+    with pytest.raises(ValueError, match=r"^nest_tiny_cifar: NesT cannot take img_size 4x4: it needs inputs of at least 8x8"):
         visionzoo.create_model("nest_tiny_cifar", img_size=4)  # 1 px patches, 4 levels: 2^3
     with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.0"):
         visionzoo.create_model("resnet18", drop_path_rate=1.0)
     for name in ("vgg11", "densenet121", "inception_v3", "hrnet_w18_small", "convmixer_256_8", "mobilenetv1_100"):
         with pytest.raises(ValueError, match=f"{name} is built without stochastic depth"):  # it would do nothing
             visionzoo.create_model(name, drop_path_rate=0.1)
+
+
+@pytest.mark.parametrize("name, kwargs, match", [
+    ("swin_tiny_patch4_window7_224", dict(depths=(2, 2, 6), num_heads=(3, 6, 12, 24)), r"depths \(2, 2, 6\) and num_heads \(3, 6, 12, 24\) must have one entry per stage"),
+    ("swin_mlp_tiny_c24_patch4_window8_256", dict(depths=(2, 2, 6)), r"depths \(2, 2, 6\) and num_heads \(4, 8, 16, 32\) must have one entry per stage"),
+    ("nest_tiny", dict(depths=(2, 2)), r"embed_dims .* and depths \(2, 2\) need one entry per hierarchy"),
+    ("resnet18", dict(block="basic_v2"), r"block must be one of \['basic', 'bottleneck'\], got 'basic_v2'"),
+    ("convmixer_256_8", dict(kernel_size=4), r"kernel_size must be odd"),
+    ("vit_tiny_patch16_224", dict(pos_embed="sincos"), r"pos_embed must be one of"),
+])
+def test_family_configuration_refusals_name_the_model(name, kwargs, match):
+    """A family's own check of its configuration (run by its constructor) starts with the model's
+    name, as create_model's checks of each field do ('convnext_tiny: option depths takes 4
+    values'): Swin's mismatched depths / num_heads read only 'depths (2, 2, 6) and num_heads ...'."""
+    with pytest.raises(ValueError, match=f"^{re.escape(name)}: {match}"):
+        visionzoo.create_model(name, **kwargs)
 
 
 @pytest.mark.parametrize("name, kwargs, match", [

@@ -249,7 +249,9 @@ def create_model(
         UnknownModelError: for an unknown name, naming the closest registered ones.
         ValueError: for an argument of the wrong type or range (``num_classes=True``,
             ``img_size=224.9``, ``drop_path_rate="0.1"``), naming it and the value; the
-            configuration's own fields (``drop_rate``, ``attn_drop_rate``, ...) likewise.
+            configuration's own fields (``drop_rate``, ``attn_drop_rate``, ...) likewise; and
+            for a configuration its family refuses (Swin's ``depths`` and ``num_heads`` of
+            different lengths), its message starting with the model's name.
         TypeError: for an option that is neither an argument above nor a field of the family's
             configuration, naming the closest accepted one.
     """
@@ -274,9 +276,14 @@ def create_model(
     size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry_cfg["input_size"][1:])
     if min(size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
-    model = entry.model_cls(
-        cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
-    )
+    try:
+        model = entry.model_cls(
+            cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
+        )
+    except ValueError as e:  # the family's own checks of its configuration: name the model, as the checks above do
+        if len(e.args) == 1 and isinstance(e.args[0], str) and not e.args[0].startswith(entry.name):
+            e.args = (f"{entry.name}: {e.args[0]}",)
+        raise
     if drop_path_rate and not any(isinstance(m, DropPath) and m.drop_prob > 0 for m in model.modules()):
         raise ValueError(f"{entry.name} is built without stochastic depth: drop_path_rate must be 0, got {drop_path_rate}")
     problem = model.size_problem(*size)  # the input check every forward runs
