@@ -1145,6 +1145,23 @@ def test_gradient_accumulation_equals_the_larger_batch(tmp_path):
     assert moved > 1e-3  # (the weights did train)
 
 
+def test_top5_is_shown_with_more_than_5_classes_in_the_text_and_the_curves():
+    """One rule (shows_top5) for the printed figures and curves.png's panels: with 5 classes
+    top-5 is 1 whatever the network, so neither shows it; with 6 both do."""
+    from visionzoo.train.engine import _curves, accuracy_text
+
+    assert accuracy_text(0.5, 1.0, 5) == "top-1 0.5000"
+    assert accuracy_text(0.5, 0.75, 6, sep=", ") == "top-1 0.5000, top-5 0.7500"
+    plotted = lambda n: [c[0] for _, cols in _curves(n) for c in cols]  # noqa: E731
+    assert "val_top5" not in plotted(5) and "val_top5" in plotted(6)
+
+
+def test_the_command_lines_plural_helper_is_the_librarys():
+    from visionzoo import base, cli
+
+    assert cli.count is base.count  # (training's notes use it; engine may not import the command line)
+    assert [base.count(n, "step") for n in (0, 1, 2)] == ["0 steps", "1 step", "2 steps"]
+
 def test_schedule_notes_for_a_capped_warmup_and_a_longer_resume(tmp_path, capsys):
     from visionzoo.train import TrainConfig, train
 

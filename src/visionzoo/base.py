@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
-__all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
+__all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "count", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
 
 
 class InputError(ValueError):
@@ -708,6 +708,12 @@ def tap_outputs(
     if not to_end:
         return maps
     return maps, (x if tail is None else tail(x))
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless n is 1 ("1 round", "5 rounds"): for messages, here where
+    both the library (training's notes) and the command line (``visionzoo.cli.count``) reach it."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def count_params(model: nn.Module) -> int:

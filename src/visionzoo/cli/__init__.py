@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ..base import count  # (re-exported: the commands' plural helper, shared with the library)
+
 __all__ = [
     "CLIError", "build_parser", "check_device", "check_img_size", "check_output_dir", "check_picture_output", "command", "count", "main",
     "no_model_matches",
@@ -25,11 +27,6 @@ __all__ = [
 
 class CLIError(Exception):
     """A problem with the user's input, reported as one line."""
-
-
-def count(n: int, noun: str) -> str:
-    """``n`` and the noun, plural unless n is 1 ("1 round", "5 rounds")."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def no_model_matches(pattern: str | None, where: str = "") -> CLIError:

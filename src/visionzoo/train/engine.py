@@ -51,6 +51,7 @@ from .checkpoint import (
     save_training_checkpoint,
     write_json_atomic,
 )
+from ..base import count
 from ..param_groups import param_groups_layer_decay, weight_decayed
 from .data import DataBundle, build_data
 
@@ -378,11 +379,17 @@ def evaluate(model: nn.Module, loader: DataLoader, info: D.DistInfo, *, num_clas
     return out
 
 
+def shows_top5(num_classes: int) -> bool:
+    """Whether top-5 is shown (printed, plotted) for data of ``num_classes`` classes: only with
+    more than 5, since with 5 or fewer every class is among the best 5, so it is 1 whatever the
+    network (timm prints it as 100 %). summary.json and ``--json`` keep it."""
+    return num_classes > 5
+
+
 def accuracy_text(top1: float, top5: float, num_classes: int, sep: str = " ") -> str:
-    """``top-1 0.9000 top-5 0.9900`` as the command line prints it; top-5 only where the data
-    has more than 5 classes: with 5 or fewer every class is among the best 5, so it is 1
-    whatever the network (timm prints it as 100 %). summary.json and ``--json`` keep it."""
-    return f"top-1 {top1:.4f}" + (f"{sep}top-5 {top5:.4f}" if num_classes > 5 else "")
+    """``top-1 0.9000 top-5 0.9900`` as the command line prints it; top-5 only where
+    :func:`shows_top5`."""
+    return f"top-1 {top1:.4f}" + (f"{sep}top-5 {top5:.4f}" if shows_top5(num_classes) else "")
 
 
 class _Progress:
@@ -446,8 +453,8 @@ CLASSIFICATION_CURVES = (
 
 def _curves(num_classes: int) -> Sequence:
     """The panels of a classification run's curves.png: without top-5 where it is 1 throughout
-    (:func:`accuracy_text`)."""
-    if num_classes > 5:
+    (:func:`shows_top5`)."""
+    if shows_top5(num_classes):
         return CLASSIFICATION_CURVES
     return tuple((label, tuple(c for c in cols if c[0] != "val_top5")) for label, cols in CLASSIFICATION_CURVES)
 
@@ -632,8 +639,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
     if warmup < int(round(cfg.warmup_epochs * steps_per_epoch)) and resume_from is None:
-        span = (f"warming up over its first half ({warmup} step{'s' if warmup > 1 else ''})" if warmup
-                else f"no warm-up in a run of {total_steps} step{'s' if total_steps > 1 else ''}")
+        span = (f"warming up over its first half ({count(warmup, 'step')})" if warmup
+                else f"no warm-up in a run of {count(total_steps, 'step')}")  # (both counts >= 1: --epochs >= 1)
         notes.append(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the run; {span}")
     schedule = _schedule(total_steps, warmup, cfg.min_lr_ratio)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -780,13 +787,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                 break
             # ---- end of epoch: metrics over all ranks, evaluation, records, checkpoint
             epoch_time = time.perf_counter() - t_epoch
-            loss_sum, correct, count = D.all_reduce_sum(acc_sums, info)
+            loss_sum, correct, n_train = D.all_reduce_sum(acc_sums, info)
             D.average_norm_statistics(eval_weights(), info)
             ev = evaluate(eval_model(), val_loader, info, num_classes=data.num_classes, autocast=autocast,
                           channels_last=cfg.channels_last)
             row = {
                 "epoch": epoch + 1, "step": global_step, "lr": max(g["lr"] for g in opt.param_groups),
-                "train_loss": loss_sum / max(count, 1), "train_acc": correct / max(count, 1),
+                "train_loss": loss_sum / max(n_train, 1), "train_acc": correct / max(n_train, 1),
                 "val_loss": ev["loss"], "val_top1": ev["top1"], "val_top5": ev["top5"],
                 "epoch_seconds": epoch_time, "img_per_s": seen * info.world_size / max(epoch_time, 1e-9),
             }
