@@ -762,6 +762,20 @@ def test_segmentation_iou_rises(tmp_path, capsys):
     _one_line_error(["train", "--seg-head", "aspp"], capsys, "--seg-head is an option of --task segment")
 
 
+def test_finetuning_note_from_a_timm_file_with_our_keys_names_no_origin(tmp_path, capsys):
+    """timm's ResNet has visionzoo's keys, so its file loads as it is: the note said
+    '(visionzoo layout)' of a file timm wrote; it now says what was found."""
+    timm = pytest.importorskip("timm")
+
+    args = dict(block=timm.models.resnet.BasicBlock, layers=[1, 1, 1, 1], num_classes=10)
+    torch.save(timm.models.resnet.ResNet(**args).state_dict(), tmp_path / "timm_resnet.pth")
+    data = _image_folder(tmp_path / "colours", n=4)
+    rc = main(["train", "--data", str(data), "--model", "resnet18", "--model-arg", "layers=1,1,1,1", "--img-size", "32", "--batch-size", "8",
+               "--epochs", "1", "--lr", "1e-9", "--pretrained", str(tmp_path / "timm_resnet.pth"), "--output", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"fine-tuning from {tmp_path / 'timm_resnet.pth'} (keys already in visionzoo's layout); new classifier for 3 classes\n" in out, out
+
 def test_unext_fine_tunes_from_a_released_checkpoint(tmp_path, capsys):
     """--pretrained on a whole network (UNeXt) loads all its weights, here a file in the
     released UNeXt-pytorch layout; its one-class layer is left initialised for 3 classes."""

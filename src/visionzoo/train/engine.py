@@ -566,7 +566,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
             warnings.simplefilter("always")
             report = load_checkpoint(model, cfg.pretrained)
         new_head = f"; new classifier for {data.num_classes} classes" if report["dropped"] else ""
-        notes.append(f"fine-tuning from {cfg.pretrained} ({report['source'][0]} layout){new_head}")
+        # keys that fit ours as they are tell nothing of the file's origin (timm's ResNets have our
+        # keys; plain torch.save files carry no metadata): say what was found, not who wrote it
+        src = report["source"][0]
+        layout = "keys already in visionzoo's layout" if src == "visionzoo" else f"{src} layout"
+        notes.append(f"fine-tuning from {cfg.pretrained} ({layout}){new_head}")
         del caught
     overrides = effective_overrides(model, entry.config, overrides)  # what the checkpoints must rebuild
     torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout, mixup: independent draws per rank
