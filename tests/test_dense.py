@@ -376,6 +376,20 @@ def test_mask_rcnn_names_a_whole_detectors_checkpoint(tmp_path):
     mask_rcnn("resnet18", 3, min_size=64, max_size=96).load_state_dict(det.state_dict())  # the way it loads
 
 
+def test_mask_rcnn_reads_a_refused_checkpoint_file_once(tmp_path, monkeypatch):
+    """The whole-detector check looks at the keys of the file the load read: it used to read
+    the file a second time (a detector's checkpoint is some 170 MB)."""
+    import safetensors.torch
+
+    det = mask_rcnn("resnet18", 3, min_size=64, max_size=96)
+    visionzoo.save_state_dict(det.state_dict(), tmp_path / "det.safetensors")
+    reads, load_file = [], safetensors.torch.load_file
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: reads.append(a) or load_file(*a, **k))
+    with pytest.raises(visionzoo.CheckpointError, match="holds a whole detector"):
+        mask_rcnn("resnet18", 3, checkpoint=tmp_path / "det.safetensors")
+    assert len(reads) == 1
+
+
 def test_unext_size_and_output():
     from visionzoo.factory import count_macs
 

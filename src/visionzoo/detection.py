@@ -59,7 +59,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.poolers import initLevelMapper
 
 from .base import InputError
-from .checkpoints import CheckpointError, load_checkpoint, read_state_dict
+from .checkpoints import CheckpointError, load_read_checkpoint, read_checkpoint
 from .factory import create_model
 from .layers import LayerNorm2d, check_int, pad_to_fit, to_2tuple
 
@@ -569,12 +569,12 @@ def mask_rcnn(
     body.set_features_only(out_indices)  # then the checkpoint, as create_model(features_only=True, ...) does
     body.contiguous_maps = False  # the neck's convolutions read the maps in the layout they come in
     if checkpoint is not None:
+        name, sd = read_checkpoint(checkpoint)  # (once: its keys are looked at below where the load fails)
         try:
-            load_checkpoint(body, checkpoint)
+            load_read_checkpoint(body, name, sd)
         except CheckpointError:
-            is_file = isinstance(checkpoint, (str, os.PathLike))
-            keys = read_state_dict(checkpoint) if is_file else checkpoint
-            if any(k.startswith(("roi_heads.", "rpn.")) for k in keys):  # a whole detector's: its key errors say nothing of that
+            if any(k.startswith(("roi_heads.", "rpn.")) for k in sd):  # a whole detector's: its key errors say nothing of that
+                is_file = isinstance(checkpoint, (str, os.PathLike))
                 raise CheckpointError(
                     f"{checkpoint if is_file else 'the state dict'} holds a whole detector (rpn.*, roi_heads.*): checkpoint= takes backbone weights; "
                     "load a detector's into the built model: mask_rcnn(...).load_state_dict(state_dict)"

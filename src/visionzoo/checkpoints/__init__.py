@@ -224,12 +224,21 @@ def load_checkpoint(
             that cannot be adapted, non-finite weights. The model is then left unchanged:
             weights, configuration and numerics; nor is any warning given.
     """
-    model = unwrap_model(model)
-    name = str(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
+    return load_read_checkpoint(unwrap_model(model), *read_checkpoint(checkpoint, use_ema=use_ema), source=source, strict=strict)
+
+
+def read_checkpoint(checkpoint: str | os.PathLike | Mapping[str, Tensor], *, use_ema: bool = True) -> tuple[str, dict[str, Tensor]]:
+    """The name :func:`load_checkpoint`'s messages give ``checkpoint`` (its path, or
+    ``<state dict>``) and its flat state dict, the file read once; ``use_ema`` as there."""
     if isinstance(checkpoint, (str, os.PathLike)):
-        sd = read_state_dict(Path(checkpoint), prefer_ema=use_ema)
-    else:
-        sd = unwrap_state_dict(checkpoint, source=name, prefer_ema=use_ema)
+        return str(checkpoint), read_state_dict(Path(checkpoint), prefer_ema=use_ema)
+    return "<state dict>", unwrap_state_dict(checkpoint, source="<state dict>", prefer_ema=use_ema)
+
+
+@torch.no_grad()
+def load_read_checkpoint(model: nn.Module, name: str, sd: dict[str, Tensor], *, source: str = "auto", strict: bool = True) -> dict[str, list[str]]:
+    """:func:`load_checkpoint` of a checkpoint :func:`read_checkpoint` has read (``name``,
+    ``sd``) into ``model`` (unwrapped): for a caller that looks at the keys too."""
     family = getattr(model, "family", "")
     src, sd, changes = _convert(family, source, sd, model, name)
     settable = getattr(model, "reconfigurable", ()) if hasattr(model, "reconfigure") else ()
