@@ -390,6 +390,28 @@ def test_mask_rcnn_reads_a_refused_checkpoint_file_once(tmp_path, monkeypatch):
     assert len(reads) == 1
 
 
+def test_mask_rcnn_traces_the_map_grid_only_where_it_is_read(monkeypatch):
+    """map_grid (a meta forward of the body) sizes the default anchors, RoI pools and the simple
+    pyramid's size_divisible; with all of them given it went unused, and is now skipped."""
+    import visionzoo.detection as det
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    calls, map_grid = [], det.map_grid
+    monkeypatch.setattr(det, "map_grid", lambda backbone: calls.append(backbone) or map_grid(backbone))
+    mask_rcnn("resnet18", 3)
+    assert len(calls) == 1
+    names = ["0", "1", "2", "3"]
+    given = dict(rpn_anchor_generator=AnchorGenerator(((32,), (64,), (128,), (256,), (512,)), ((0.5, 1.0, 2.0),) * 5),
+                 box_roi_pool=MultiScaleRoIAlign(names, 7, 2), mask_roi_pool=MultiScaleRoIAlign(names, 14, 2))
+    model = mask_rcnn("resnet18", 3, **given)
+    assert len(calls) == 1  # (not traced again)
+    assert model.rpn.anchor_generator is given["rpn_anchor_generator"] and model.roi_heads.mask_roi_pool is given["mask_roi_pool"]
+    mask_rcnn("vit_tiny_patch16_224", 3, **given)  # the simple pyramid also reads it for size_divisible
+    assert len(calls) == 2
+    mask_rcnn("vit_tiny_patch16_224", 3, size_divisible=32, **given)
+    assert len(calls) == 2
+
 def test_unext_size_and_output():
     from visionzoo.factory import count_macs
 

@@ -593,6 +593,10 @@ def mask_rcnn(
     # those grids, its pool level's included (53 px apart for 3 cells of a 160-px image, 61 at
     # 800 px). Where valid convolutions leave fewer cells (Inception), the maps' true grids
     # (map_grid): torchvision's inference is wrong on every level there.
+    # (map_grid traces a forward: not where the caller gave everything it is read for)
+    needs_grid = ["rpn_anchor_generator", "box_roi_pool", "mask_roi_pool"] + (["size_divisible"] if neck == "simple" else [])
+    if all(key in maskrcnn_kwargs for key in needs_grid):
+        return CheckedMaskRCNN(backbone, num_classes=num_classes, **maskrcnn_kwargs)
     strides, offsets = map_grid(backbone)
     if neck == "simple":  # every map RoIAlign reads an exact fraction of the padded image (32 for strides 4-32, torchvision's default)
         maskrcnn_kwargs.setdefault("size_divisible", max(32, strides[-2]))
