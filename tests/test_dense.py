@@ -672,9 +672,10 @@ def _checked_mrcnn():
     (lambda: _bad(masks=torch.full((1, 120, 150), 255, dtype=torch.uint8)), r"targets\[0\]\['masks'\] holds values in \[255, 255\]; .* divide a 0 / 255 mask by 255"),
     (lambda: _bad(masks=torch.full((1, 120, 150), float("nan"))), r"targets\[0\]\['masks'\] has a NaN"),
     (lambda: _bad([torch.rand(3, 120, 150), torch.rand(3, 140, 128).index_fill(1, torch.tensor([5]), float("nan"))]), r"images\[1\] has 384 NaN or infinite values"),
+    (lambda: _bad([torch.rand(3, 120, 150), torch.full((3, 140, 128), 255.0)]), r"images\[1\] has values up to 255; the model takes floats in \[0, 1\] .* divide 0-255 images by 255"),
 ], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
         "box shape", "flat box", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images",
-        "box right of the image", "box left of the image", "0-255 masks", "NaN mask", "NaN image"])
+        "box right of the image", "box left of the image", "0-255 masks", "NaN mask", "NaN image", "0-255 image"])
 def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
     """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box or
     image, a 1-channel image broadcast to 3, a mask loss of 899 for 0 / 255 masks, a box
@@ -704,6 +705,18 @@ def test_mask_rcnn_takes_empty_images_and_boxes_outside_them():
     with torch.no_grad():
         assert len(model.eval()(images)) == 2
 
+
+def test_mask_rcnn_takes_0_255_images_with_its_own_normalisation():
+    """The [0, 1] check applies with torchvision's default normalisation only: with image_mean /
+    image_std in 0-255 units (detectron2's, 123.675 ...) a 0-255 image is the right input, and
+    normalises to the same values as the [0, 1] image under the default."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 64, 80)
+    ours = mask_rcnn("resnet18", 3, min_size=64, max_size=96, image_mean=[123.675, 116.28, 103.53], image_std=[58.395, 57.12, 57.375]).eval()
+    ours.check_inputs([255 * image])  # passes
+    default = _checked_mrcnn().eval()
+    torch.testing.assert_close(ours.transform.normalize(255 * image), default.transform.normalize(image), rtol=1e-4, atol=1e-4)
+    default.check_inputs([image * 1.4])  # (an overshoot of augmentation passes)
 
 @pytest.mark.parametrize("backbone, kwargs", [("unext_s", {}), ("resnet18", {}), ("hrnet_w18_small", {"head": "hrnetv2"})])
 def test_segmentation_models_refuse_inputs_as_the_backbones_do(backbone, kwargs):

@@ -62,6 +62,7 @@ from .base import InputError
 from .checkpoints import CheckpointError, load_read_checkpoint, read_checkpoint
 from .factory import create_model
 from .layers import LayerNorm2d, check_int, pad_to_fit, to_2tuple
+from .registry import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["BackboneWithFPN", "CheckedMaskRCNN", "GridAnchorGenerator", "GridRoIAlign", "SimpleFeaturePyramid", "backbone_levels", "map_grid", "mask_rcnn"]
 
@@ -406,7 +407,10 @@ class CheckedMaskRCNN(MaskRCNN):
     fails deep inside (a label >= num_classes, fewer targets than images, an HWC image, no image
     at all, a box with x2 <= x1 or y2 <= y1). Here each is one :class:`~visionzoo.InputError`
     naming the image index, the key and the problem. Boxes partly outside the image, images
-    without boxes (both from augmentation) and soft masks (values in [0, 1]) pass. The checks cost a few reductions per image; the modules,
+    without boxes (both from augmentation) and soft masks (values in [0, 1]) pass. With the
+    default ``image_mean`` / ``image_std`` (ImageNet's, for images in [0, 1]), an image with
+    values above 1.5 (0-255, or normalised already) is refused: torchvision would normalise
+    it again, 255 to (255 - 0.485) / 0.229 = 1111, far from anything a backbone saw. The checks cost a few reductions per image; the modules,
     state dict and outputs are torchvision's.
     """
 
@@ -421,6 +425,10 @@ class CheckedMaskRCNN(MaskRCNN):
     def check_inputs(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> None:
         """Raise :class:`~visionzoo.InputError` for images or targets the model cannot use."""
         C = self.backbone.body.in_chans
+        # torchvision's default normalisation is for images in [0, 1] (its documented input); with
+        # the caller's own image_mean / image_std the image's units are theirs (0-255 with means
+        # such as 123.7 is right there), so the range is checked only with the default
+        unit_range = (tuple(self.transform.image_mean), tuple(self.transform.image_std)) == (IMAGENET_MEAN, IMAGENET_STD)
         if isinstance(images, Tensor):
             fix = "list(images)" if images.ndim == 4 else "[image]"
             raise InputError(f"Mask R-CNN takes a list of (C, H, W) image tensors, got a tensor of shape {tuple(images.shape)}: pass {fix}")
@@ -443,6 +451,9 @@ class CheckedMaskRCNN(MaskRCNN):
                 raise InputError(f"images[{i}] is empty: {img.shape[-2]}x{img.shape[-1]}")
             if not bool(torch.isfinite(img).all()):
                 raise InputError(f"images[{i}] has {int((~torch.isfinite(img)).sum())} NaN or infinite values")
+            if unit_range and float(img.amax()) > 1.5:  # (well above 1: not augmentation's overshoot)
+                raise InputError(f"images[{i}] has values up to {float(img.amax()):g}; the model takes floats in [0, 1] and normalises them "
+                                 "itself: divide 0-255 images by 255 (and do not normalise them first)")
         if targets is None:
             if self.training:
                 raise InputError("in training mode the model takes targets, one dict of boxes, labels and masks per image (model.eval() to predict)")
