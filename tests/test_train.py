@@ -380,24 +380,51 @@ def test_ema_leaves_a_constant_tensor_bit_identical():
     """A frozen backbone's weights and BatchNorm statistics stay as loaded under --ema: the
     average is a lerp, where ema * d + p * (1 - d) moved 91 % of such values (up to 4e-6
     relative after 2,000 steps); a changing tensor is averaged by the documented formula."""
-    from visionzoo.train.engine import _ema_avg
+    from visionzoo.train.engine import ModelEma
 
-    update = _ema_avg(0.999)
     torch.manual_seed(0)
-    const = torch.randn(1000)
-    ema = const.clone()
-    for n in range(2000):
-        update([ema], [const], torch.tensor(n))
-    assert torch.equal(ema, const)
-    count = torch.tensor(3)
-    update([count], [torch.tensor(7)], torch.tensor(5))
-    assert count == 7  # num_batches_tracked: copied
-    ema, p = torch.zeros(3), torch.ones(3)
-    for n in range(3):
+    net = torch.nn.Module()
+    net.w = torch.nn.Parameter(torch.randn(1000))
+    net.register_buffer("count", torch.tensor(3))
+    const = net.w.detach().clone()
+    ema = ModelEma(net, 0.999)
+    for _ in range(2000):
+        ema.update_parameters(net)
+    assert torch.equal(ema.module.w, const) and int(ema.n_averaged) == 2000
+    net.count.fill_(7)
+    ema.update_parameters(net)
+    assert ema.module.count == 7  # num_batches_tracked: copied
+    with torch.no_grad():
+        net.w.fill_(1.0)
+    for n in range(2001, 2004):
         d = min(0.999, (1 + n) / (10 + n))
-        expect = ema * d + p * (1 - d)
-        update([ema], [p], torch.tensor(n))
-        torch.testing.assert_close(ema, expect)
+        expect = ema.module.w.detach() * d + net.w.detach() * (1 - d)
+        ema.update_parameters(net)
+        torch.testing.assert_close(ema.module.w, expect)
+
+
+def test_ema_counts_on_the_host_and_keeps_averaged_models_state():
+    """--ema's update never reads a value from the model's device (here the meta device, where a
+    read raises; torch's AveragedModel compared and copied its count there, two waits for a GPU
+    each step), and its state dict is AveragedModel's, so earlier training states resume."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from visionzoo.train.engine import ModelEma
+
+    with torch.device("meta"):
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = ModelEma(net, 0.9)
+    for _ in range(3):
+        ema.update_parameters(net)
+    assert int(ema.n_averaged) == 3
+    cpu = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    old = AveragedModel(cpu, use_buffers=True)
+    old.update_parameters(cpu)
+    old.update_parameters(cpu)
+    resumed = ModelEma(cpu, 0.9)
+    assert resumed.state_dict().keys() == old.state_dict().keys()
+    resumed.load_state_dict(old.state_dict())
+    assert int(resumed.n_averaged) == 2 and resumed.n_averaged.device.type == "cpu"
 
 
 def test_schedule_is_timms_cosine_with_a_prefixed_warmup_one_step_ahead():
@@ -427,13 +454,11 @@ def test_ema_is_timms_model_ema_v3_with_a_warmup():
     """--ema's update is timm's ModelEmaV3 (weights and float buffers averaged, BatchNorm's
     counter copied) at the decay min(--ema-decay, (1 + n) / (10 + n)) after n updates, the first a copy."""
     from timm.utils import ModelEmaV3
-    from torch.optim.swa_utils import AveragedModel
-
-    from visionzoo.train.engine import _ema_avg
+    from visionzoo.train.engine import ModelEma
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(64, 2))
-    ours, ref = AveragedModel(model, multi_avg_fn=_ema_avg(0.9), use_buffers=True), ModelEmaV3(model, decay=0.9)
+    ours, ref = ModelEma(model, 0.9), ModelEmaV3(model, decay=0.9)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for n in range(25):
         opt.zero_grad()

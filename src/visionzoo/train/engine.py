@@ -14,6 +14,7 @@ ends with the weights of an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -272,25 +273,42 @@ def amp_autocast(amp: str | None, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _ema_avg(decay: float) -> Callable[[list[Tensor], list[Tensor], Tensor], None]:
-    """EMA with a warm-up: decay min(d, (1 + n) / (10 + n)) after n updates, so early averages follow the weights.
+class ModelEma(nn.Module):
+    """An exponential moving average of a model's weights and buffers (``--ema``), with a warm-up:
+    after n updates the decay is min(d, (1 + n) / (10 + n)), so early averages follow the weights;
+    the first update copies them. timm's ModelEmaV3 with that decay.
 
-    ``AveragedModel``'s ``multi_avg_fn``: it updates the averaged tensors of one device and dtype
-    in place, reading the count ``n`` (a tensor on the device) once per call, where an ``avg_fn``
-    called per tensor reads it once per parameter (a GPU synchronisation each). As ``lerp``
-    (ema + (1 - d) (p - ema)): a tensor that does not change (a frozen backbone's weights and
-    BatchNorm statistics) stays bit-identical, where ``ema d + p (1 - d)`` rounds it away a little
-    on every step (up to 4e-6 relative after 2,000 steps). Integer buffers (BatchNorm's
-    ``num_batches_tracked``) are copied."""
+    The state dict is ``torch.optim.swa_utils.AveragedModel``'s (``module.*`` and ``n_averaged``),
+    which earlier versions used, so their training states resume. The count lives on the host: an
+    AveragedModel compares it on its device and copies it there on every update, two waits for a
+    GPU each step. As ``lerp`` (ema + (1 - d) (p - ema)): a tensor that does not change (a frozen
+    backbone's weights, BatchNorm statistics) stays bit-identical, where ``ema d + p (1 - d)``
+    rounds it away a little on every step (up to 4e-6 relative after 2,000 steps). Integer buffers
+    (BatchNorm's ``num_batches_tracked``) are copied.
+    """
 
-    def update(ema_ps: list[Tensor], ps: list[Tensor], n: Tensor) -> None:
-        if not ema_ps[0].is_floating_point():  # AveragedModel groups the tensors by dtype
-            torch._foreach_copy_(ema_ps, ps)
-            return
-        k = float(n)
-        torch._foreach_lerp_(ema_ps, ps, 1 - min(decay, (1 + k) / (10 + k)))
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.module = copy.deepcopy(model)
+        self.module.requires_grad_(False)
+        self.decay = decay
+        self.register_buffer("n_averaged", torch.tensor(0, dtype=torch.long))  # (kept on the host: never moved)
 
-    return update
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        ours = [*self.module.parameters(), *self.module.buffers()]
+        theirs = [t.detach() for t in (*model.parameters(), *model.buffers())]
+        k = int(self.n_averaged)
+        floats = [i for i, t in enumerate(ours) if t.is_floating_point()]
+        rest = [i for i, t in enumerate(ours) if not t.is_floating_point()]
+        if k == 0:
+            torch._foreach_copy_(ours, theirs)
+        else:
+            if floats:
+                torch._foreach_lerp_([ours[i] for i in floats], [theirs[i] for i in floats], 1 - min(self.decay, (1 + k) / (10 + k)))
+            if rest:
+                torch._foreach_copy_([ours[i] for i in rest], [theirs[i] for i in rest])
+        self.n_averaged += 1
 
 
 def read_step(loss: Tensor, counts: Sequence[Tensor], stop_requested: bool, info: D.DistInfo) -> tuple[bool, bool, float, list[float]]:
@@ -604,9 +622,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     base_model = model
     ema = None
     if cfg.ema:
-        from torch.optim.swa_utils import AveragedModel
-
-        ema = AveragedModel(base_model, multi_avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
+        ema = ModelEma(base_model, cfg.ema_decay)
     train_model: nn.Module = model
     ddp = None
     if info.enabled:
