@@ -1243,3 +1243,26 @@ def test_depthwise_grad_path_stays_out_of_the_way():
     for k in (3, 5):  # FX symbolic tracing (torchvision's feature extraction) sees F.conv2d
         traced = torch.fx.symbolic_trace(Conv2d(4, 4, k, padding=k // 2, groups=4))
         assert [n.target for n in traced.graph.nodes if n.op == "call_function"] == [F.conv2d]
+
+
+@pytest.mark.parametrize("shape, dtype, std", [((3000, 700), torch.float32, 0.02), ((5, 40000), torch.float32, 1.0),
+                                               ((700, 300), torch.bfloat16, 0.02)])
+def test_trunc_normal_is_the_truncated_normal(shape, dtype, std):
+    """The initialisation of ViT-style models: N(0, std) truncated at +-2 std (scipy's truncnorm by
+    a Kolmogorov-Smirnov test), on a tensor of two chunks and more, a non-contiguous one (a
+    transposed view) and in bfloat16; every value in range."""
+    from scipy import stats
+
+    from visionzoo.layers.helpers import trunc_normal_
+
+    torch.manual_seed(0)
+    t = torch.empty(shape, dtype=dtype)
+    view = t.t() if shape[0] == 5 else t  # (a column-major view: filled through a copy)
+    trunc_normal_(view, std)
+    x = t.float().flatten()
+    assert x.abs().max() <= torch.tensor(2 * std, dtype=dtype).float()  # (the bound in the tensor's precision)
+    assert x.unique().numel() > (x.numel() // 4 if dtype == torch.float32 else 1000)
+    sample = x[torch.randperm(x.numel())[:200_000]].double().numpy() / std
+    if dtype == torch.float32:
+        assert stats.kstest(sample, stats.truncnorm(-2, 2).cdf).pvalue > 1e-3
+    assert abs(sample.std() - stats.truncnorm(-2, 2).std()) < 0.01 and abs(sample.mean()) < 0.01
