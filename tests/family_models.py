@@ -27,3 +27,12 @@ def small_side(model) -> int:
     """The smallest side >= 32 that the network takes."""
     m = max(model.input_multiple, 1)
     return math.ceil(max(model.min_input_size, 32) / m) * m
+
+
+def shallow_options(name: str) -> dict:
+    """ViT-L and ViT-H at 4 of their 24 / 32 blocks, for checks that build and run them: each block
+    is the same code, and 300-630M parameters took 30-40 s a check on 2 cores. Width, heads, patch
+    and input size stay; their full depth is checked by the parameter counts of
+    reference/test_vit.py and by the slow every-shared-model sweep."""
+    entry = get_entry(name)
+    return {"depth": 4} if entry.family == "vit" and entry.config.depth > 12 else {}

@@ -16,7 +16,7 @@ from visionzoo.base import VisionModel
 from visionzoo.layers import conv as conv_module
 from visionzoo.registry import get_entry
 
-from family_models import smallest_per_family
+from family_models import shallow_options, smallest_per_family
 
 ALL_MODELS = visionzoo.list_models()
 
@@ -31,7 +31,7 @@ def small_size(model: VisionModel) -> int:  # noqa: D401
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_model_battery(name):
     torch.manual_seed(0)
-    model = visionzoo.create_model(name, num_classes=7)
+    model = visionzoo.create_model(name, num_classes=7, **shallow_options(name))
     assert isinstance(model, VisionModel)
     assert model.default_cfg["input_size"][0] == 3
     for key in ("mean", "std", "interpolation", "crop_pct"):

@@ -9,6 +9,8 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, max_rel_diff
 
+from family_models import shallow_options
+
 VIT_NAMES = visionzoo.list_models(family="vit")
 TIMM_NAMES = [n for n in VIT_NAMES if timm.is_model(n)]
 
@@ -17,14 +19,6 @@ def _small(name: str) -> int:
     """A small input for an equivalence check: a 2x2 to 4x4 patch grid."""
     entry_patch = visionzoo.registry.get_entry(name).config.patch_size
     return 64 if entry_patch in (1, 14, 16) else 96  # hybrid: 64 -> 4x4 grid
-
-
-def _shallow(name: str) -> dict:
-    """ViT-L and ViT-H (24 and 32 blocks) at 4 blocks in the equivalence checks: each block is the
-    same code, and building 300-630M parameters twice took ~40 s a check. Their full depth: the
-    parameter counts below, and every shared model at full size in the slow sweep
-    (reference/test_every_shared_model.py)."""
-    return {"depth": 4} if visionzoo.registry.get_entry(name).config.depth > 12 else {}
 
 
 def test_every_timm_vit_is_registered():
@@ -42,8 +36,8 @@ def test_param_count_equals_timm(name):
 @pytest.mark.parametrize("name", TIMM_NAMES)
 def test_logits_equal_timm(name):
     size = 28 if "patch14" in name else _small(name)
-    ref = build_random(lambda: timm.create_model(name, img_size=size, num_classes=10, **_shallow(name)))
-    ours = visionzoo.create_model(name, img_size=size, num_classes=10, **_shallow(name)).eval()
+    ref = build_random(lambda: timm.create_model(name, img_size=size, num_classes=10, **shallow_options(name)))
+    ours = visionzoo.create_model(name, img_size=size, num_classes=10, **shallow_options(name)).eval()
     visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
@@ -83,16 +77,16 @@ def test_on_the_fly_resampling_equals_timm_dynamic_size():
 )
 def test_logits_equal_torchvision(tv_name, ours_name):
     size = 28 if tv_name == "vit_h_14" else 64
-    if _shallow(ours_name):  # torchvision's builder fixes num_layers: its class, with the builder's other settings
+    if shallow_options(ours_name):  # torchvision's builder fixes num_layers: its class, with the builder's other settings
         with torch.device("meta"):
             full = getattr(torchvision.models, tv_name)(image_size=size)
         build = lambda: torchvision.models.vision_transformer.VisionTransformer(
-            image_size=size, patch_size=full.patch_size, num_layers=_shallow(ours_name)["depth"], num_heads=full.encoder.layers[0].num_heads,
+            image_size=size, patch_size=full.patch_size, num_layers=shallow_options(ours_name)["depth"], num_heads=full.encoder.layers[0].num_heads,
             hidden_dim=full.hidden_dim, mlp_dim=full.mlp_dim, num_classes=10)
     else:
         build = lambda: getattr(torchvision.models, tv_name)(image_size=size, num_classes=10)
     ref = build_random(build)
-    ours = visionzoo.create_model(tv_name, img_size=size, num_classes=10, **_shallow(ours_name)).eval()  # the alias
+    ours = visionzoo.create_model(tv_name, img_size=size, num_classes=10, **shallow_options(ours_name)).eval()  # the alias
     assert ours.model_name == ours_name
     visionzoo.load_checkpoint(ours, ref.state_dict(), source="torchvision")
     x = torch.randn(2, 3, size, size)
