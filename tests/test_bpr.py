@@ -314,3 +314,22 @@ def test_no_host_transfer_per_patch_and_boxes_on_the_masks_device():
     empty = torch.zeros(8, 8)
     with torch.device("meta"):
         assert extract_patches(empty, 4, 0.3).device == empty.device
+
+
+def test_the_patch_corners_are_read_to_the_host_once_a_call(monkeypatch):
+    """Inference and the training loss each read the boxes' corners from the device once (one
+    GPU synchronisation), where cutting the patches and pasting them back (or cutting the
+    targets) read them twice."""
+    from visionzoo.tasks import bpr as bpr_module
+
+    calls = []
+    real = bpr_module._corners
+    monkeypatch.setattr(bpr_module, "_corners", lambda boxes: calls.append(len(boxes)) or real(boxes))
+    image, mask = torch.rand(3, 80, 96), disk(80, 96, 40, 50, 25)
+    bpr = BoundaryPatchRefiner(MaskEcho(), patch_size=16, input_size=16, iou_threshold=0.3)
+    assert torch.equal(bpr(image, mask), mask)
+    assert len(calls) == 1 and calls[0] > 1, calls
+    calls.clear()
+    refiner = BoundaryPatchRefiner(create_refiner(), patch_size=16, input_size=16, iou_threshold=0.3)
+    assert torch.isfinite(refiner.training_loss(image, disk(80, 96, 40, 50, 20), mask))
+    assert len(calls) == 1, calls

@@ -249,8 +249,12 @@ class BoundaryPatchRefiner(nn.Module):
     def patches(self, image: Tensor, mask: Tensor, boxes: Tensor) -> Tensor:
         """(K, 4, S, S) refiner inputs: normalised RGB, and the coarse mask as -1 (background)
         and +1 (foreground) as in the official code (``(m - 0.5) / 0.5``), resized to S."""
+        return self._patches(image, mask, _corners(boxes))
+
+    def _patches(self, image: Tensor, mask: Tensor, corners: list[list[int]]) -> Tensor:
+        """:meth:`patches` at corners already read to the host (by a caller that uses them again)."""
         x = torch.cat([(image - self.mean) / self.std, mask[None].float()], dim=0)  # 4, H, W
-        crops = torch.stack([_crop(x, b) for b in _corners(boxes)])  # K, 4, P, P; zero padding: mean colour, background
+        crops = torch.stack([_crop(x, b) for b in corners])  # K, 4, P, P; zero padding: mean colour, background
         rgb, m = crops[:, :3], crops[:, 3:] * 2 - 1
         if self.input_size != self.patch_size:
             rgb = F.interpolate(rgb, size=self.input_size, mode="bilinear", align_corners=False)
@@ -284,7 +288,8 @@ class BoundaryPatchRefiner(nn.Module):
         if len(boxes) == 0:
             return mask.bool()
         P = self.patch_size
-        logits = self._logits(self.patches(image, mask, boxes))
+        corners = _corners(boxes)  # (read once: the patches are cut and pasted back at them)
+        logits = self._logits(self._patches(image, mask, corners))
         if logits.shape[-2:] != (P, P):  # official order: resize the logits to the patch, then softmax
             logits = F.interpolate(logits, size=P, mode="bilinear", align_corners=False)
         probs = logits.softmax(dim=1)[:, 1]  # K, P, P
@@ -292,7 +297,7 @@ class BoundaryPatchRefiner(nn.Module):
         pad = P  # boxes reach outside the image only along a side shorter than the patch
         total = mask.new_zeros(H + 2 * pad, W + 2 * pad, dtype=probs.dtype)
         count = torch.zeros_like(total)
-        for (x0, y0, _, _), p in zip(_corners(boxes), probs):
+        for (x0, y0, _, _), p in zip(corners, probs):
             x0, y0 = x0 + pad, y0 + pad
             total[y0 : y0 + P, x0 : x0 + P] += p
             count[y0 : y0 + P, x0 : x0 + P] += 1
@@ -310,8 +315,9 @@ class BoundaryPatchRefiner(nn.Module):
         boxes = extract_patches(coarse, self.patch_size, self.iou_threshold, self.max_patches)
         if len(boxes) == 0:  # no boundary: a zero that still reaches the parameters (backward works)
             return sum(p.sum() for p in self.refiner.parameters()) * 0.0
-        x = self.patches(image, coarse, boxes)
-        y = torch.stack([_crop(target[None].float(), b) for b in _corners(boxes)])  # K, 1, P, P
+        corners = _corners(boxes)  # (read once: the inputs and the targets are cut at them)
+        x = self._patches(image, coarse, corners)
+        y = torch.stack([_crop(target[None].float(), b) for b in corners])  # K, 1, P, P
         if self.input_size != self.patch_size:
             y = F.interpolate(y, size=self.input_size, mode="nearest")
         logits = self._logits(x)
