@@ -652,6 +652,11 @@ def test_predict_says_unreadable_or_training_state_before_asking_for_a_model(tmp
         assert "not written by visionzoo train" not in err
     visionzoo.save_state_dict(weights, tmp_path / "run" / "model.safetensors")  # the run's final weights, named first
     _one_line_error(["eval", "--checkpoint", str(state)], capsys, f"instead: {tmp_path / 'run' / 'model.safetensors'} or {ckdir / 'step_00000242.safetensors'}")
+    # one image that cannot be read: its own line only (a second one said "1 of 1 images could not be read")
+    visionzoo.save_state_dict(visionzoo.create_model("resnet18", num_classes=3).state_dict(), tmp_path / "r18.safetensors")
+    rc = main(["predict", "--checkpoint", str(tmp_path / "r18.safetensors"), "--model", "resnet18", str(tmp_path / "missing.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "missing.png" in err, err
 
 
 def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys):

@@ -69,9 +69,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(json.dumps({"image": str(path), "top": [{"class": name, "p": round(p, 6)} for name, p in top]}))
         else:
             print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
-    if failed:
-        print(f"visionzoo predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
-    return 2 if failed else 0
+    return _failures(failed, len(files))
 
 
 def _label_map_paths(files: list[str], out_dir: Path) -> list[Path]:
@@ -165,9 +163,7 @@ def _predict_segmentation(args: argparse.Namespace, meta: dict[str, Any]) -> int
             print(json.dumps({"image": f, "label_map": str(targets[f]), "classes": [{"class": n, "share": round(v, 6)} for n, v in shares]}))
         else:
             print(f"{f} -> {targets[f]}: " + ", ".join(f"{n} {v:.3f}" for n, v in shares[:5]))
-    if failed:
-        print(f"visionzoo predict: {failed} of {len(files)} images could not be read", file=sys.stderr)
-    return 2 if failed else 0
+    return _failures(failed, len(files))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -184,3 +180,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     add_preprocessing_args(p)
     p.set_defaults(func=cmd_predict)
+
+
+def _failures(failed: int, total: int) -> int:
+    """The exit code, after a count of the images that could not be read where there was more
+    than one image (for one, its own error line says it all)."""
+    if failed and total > 1:
+        print(f"visionzoo predict: {failed} of {total} images could not be read", file=sys.stderr)
+    return 2 if failed else 0
