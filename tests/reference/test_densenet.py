@@ -103,3 +103,21 @@ def test_block_inference_paths_equal_concatenation(monkeypatch, min_elements):
     assert n_cat == (0 if min_elements == 0 else 4)
     assert got.shape == (2, 16 + 3 * 8, 9, 9)
     assert max_rel_diff(got, want.detach()) < 1e-6
+
+
+def test_memory_efficient_is_timms_and_torchvisions_keyword():
+    """memory_efficient=True (timm's and torchvision's keyword, refused before) builds the model
+    with its dense layers recomputed in the backward pass; gradients are the plain model's."""
+    kw = dict(num_classes=3, growth_rate=8, depths=(2, 2), bn_size=2)
+    torch.manual_seed(0)
+    plain = visionzoo.create_model("densenet121", **kw).train()
+    lean = visionzoo.create_model("densenet121", memory_efficient=True, **kw).train()
+    assert lean.grad_checkpointing and not plain.grad_checkpointing
+    with torch.device("meta"):  # the same spelling in timm
+        timm.create_model("densenet121", memory_efficient=True)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    for m in (plain, lean):
+        m(x).square().sum().backward()
+    for (n, p), q in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=n)

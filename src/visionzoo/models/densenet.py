@@ -142,7 +142,10 @@ class DenseNetConfig:
     The stem has 2k channels. ``drop_rate`` is the dropout before the classifier and
     ``proj_drop_rate`` the dropout after each dense layer, as timm names them (torchvision's
     ``drop_rate`` is the latter; the paper uses 0.2 on CIFAR without augmentation, none on
-    ImageNet).
+    ImageNet). ``memory_efficient`` (timm's and torchvision's keyword) builds the model with
+    :meth:`~visionzoo.base.VisionModel.set_grad_checkpointing` on: each dense layer is
+    recomputed in the backward pass (Pleiss et al., "Memory-Efficient Implementation of
+    DenseNets", 2017); outputs and gradients are the plain model's.
     """
 
     growth_rate: int = 32
@@ -151,6 +154,7 @@ class DenseNetConfig:
     compression: float = 0.5
     drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
+    memory_efficient: bool = False
 
 
 class DenseNet(VisionModel):
@@ -202,6 +206,8 @@ class DenseNet(VisionModel):
                 nn.init.kaiming_normal_(m.weight)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        if cfg.memory_efficient:
+            self.set_grad_checkpointing()
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
