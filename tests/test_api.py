@@ -384,6 +384,44 @@ def test_timm_style_pretrained_argument():
         visionzoo.create_model("resnet18", pretrained=True)
 
 
+def test_none_arguments_mean_the_default_as_in_timm():
+    """timm drops arguments given as None, and its training script passes every unset option so:
+    the same call builds the default model here (it was refused: 'num_classes must be an int
+    >= 0, got None', then 'unknown option(s) ['bn_eps', 'bn_momentum', 'drop_block_rate']')."""
+    import timm
+
+    kw = dict(pretrained=False, in_chans=3, num_classes=None, drop_rate=None, drop_path_rate=None, drop_block_rate=None,
+              global_pool=None, bn_momentum=None, bn_eps=None, scriptable=None, checkpoint_path=None, pretrained_cfg=None)
+    with torch.device("meta"):
+        for name in ("resnet50", "vit_small_patch16_224"):
+            ours, ref = visionzoo.create_model(name, **kw), timm.create_model(name, **kw)
+            assert ours.num_classes == ref.num_classes == 1000
+            assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+        # where None is a value of its own it stays one: ConvNeXt without LayerScale, CoAtNet without pre-logits
+        assert not any("gamma" in n for n, _ in visionzoo.create_model("convnext_tiny", ls_init_value=None).named_parameters())
+        counts = [sum(p.numel() for p in visionzoo.create_model("coatnet_0_224", **kw).parameters())
+                  for kw in (dict(head_hidden_size=None), {})]
+        assert counts[1] - counts[0] == 768 * 768 + 768  # the 768 -> 768 pre-logits layer
+
+
+def test_device_and_dtype_build_the_model_there_as_timm():
+    """create_model(device=, dtype=), timm's arguments: parameters and buffers on the device, floating
+    ones in the type; a forward runs in it. Bad values and a checkpoint for a meta model: one line."""
+    meta = visionzoo.create_model("vit_base_patch16_224", device="meta", dtype=torch.bfloat16)
+    assert {t.device.type for t in [*meta.parameters(), *meta.buffers()]} == {"meta"}
+    assert {p.dtype for p in meta.parameters()} == {torch.bfloat16}
+    torch.manual_seed(0)
+    m = visionzoo.create_model("resnet18", num_classes=3, dtype=torch.float64, device=torch.device("cpu")).eval()
+    assert {p.dtype for p in m.parameters()} == {torch.float64} and m.bn1.num_batches_tracked.dtype == torch.long
+    assert m(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+    for kw, match in [(dict(device="gpu0"), "device takes a torch.device or a name like 'cpu'"),
+                      (dict(dtype=torch.int64), "dtype takes a floating torch.dtype"),
+                      (dict(dtype="bfloat16"), "dtype takes a floating torch.dtype"),
+                      (dict(device="meta", checkpoint=m.state_dict()), "a model on the meta device holds no values")]:
+        with pytest.raises(ValueError, match=f"^resnet18: {match}"):
+            visionzoo.create_model("resnet18", num_classes=3, **kw)
+
+
 @pytest.mark.parametrize("name, size", [("resnet18", 96), ("convnext_tiny", 96), ("coatnet_0_224", 224), ("vgg11", 224),
                                         ("vit_tiny_patch16_224", 224), ("swin_tiny_patch4_window7_224", 224), ("inception_v3", 160)])
 def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):

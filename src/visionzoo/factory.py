@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import inspect
@@ -199,19 +200,21 @@ def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
-    in_chans: int = 3,
+    num_classes: int | None = 1000,
+    in_chans: int | None = 3,
     img_size: int | Sequence[int] | None = None,
-    drop_path_rate: float = 0.0,
-    features_only: bool = False,
+    drop_path_rate: float | None = 0.0,
+    features_only: bool | None = False,
     out_indices: int | Sequence[int] | None = None,
     checkpoint: str | os.PathLike | Mapping[str, Tensor] | None = None,
-    pretrained: bool = False,
+    pretrained: bool | None = False,
     checkpoint_path: str | os.PathLike | None = None,
     pretrained_cfg_overlay: Mapping[str, Any] | None = None,
     scriptable: bool | None = None,
     exportable: bool | None = None,
     no_jit: bool | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
     **overrides: Any,
 ) -> VisionModel:
     """Build a registered model.
@@ -240,6 +243,9 @@ def create_model(
         scriptable, exportable, no_jit: timm's layer flags. Every model traces and exports as it
             is, so ``exportable`` and ``no_jit`` change nothing; ``scriptable=True`` is refused
             (``torch.jit.script`` does not take this code; ``torch.jit.trace`` does).
+        device, dtype: where and in which floating type the model is built (timm's arguments):
+            its parameters are created under ``torch.device(device)``, so ``device="cuda"`` skips
+            the copy from host memory and ``device="meta"`` allocates nothing (no checkpoint then).
         **overrides: fields of the family's configuration dataclass, for example
             ``pos_embed="learned_2d"`` for ViT or ``layout="C-T-T-T"`` for CoAtNet; and timm's
             ``global_pool``: ``''`` with ``num_classes=0`` makes ``forward`` return the unpooled
@@ -254,9 +260,21 @@ def create_model(
             different lengths), its message starting with the model's name.
         TypeError: for an option that is neither an argument above nor a field of the family's
             configuration, naming the closest accepted one.
+
+    An argument given as ``None`` is left at its default, as timm does (its training script
+    passes ``drop_path_rate=None``, ``drop_block_rate=None``, ``bn_eps=None`` ... for options not
+    set), except a configuration field for which ``None`` is a value of its own (ConvNeXt's
+    ``ls_init_value=None``: no LayerScale; CoAtNet's ``head_hidden_size=None``: no pre-logits layer).
     """
     entry = get_entry(name)
+    num_classes = 1000 if num_classes is None else num_classes
+    in_chans = 3 if in_chans is None else in_chans
+    drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
+    features_only = False if features_only is None else features_only
+    pretrained = False if pretrained is None else pretrained
+    overrides = {k: v for k, v in overrides.items() if v is not None or k in _fields_taking_none(entry.config)}
     checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
+    device, dtype = _placement(entry.name, device, dtype, checkpoint)
     if scriptable:
         raise ValueError(
             f"{entry.name}: scriptable=True is not supported: torch.jit.script does not take visionzoo's code; "
@@ -277,9 +295,10 @@ def create_model(
     if min(size) < 1:
         raise ValueError(f"img_size must be positive, got {img_size!r}")
     try:
-        model = entry.model_cls(
-            cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
-        )
+        with device if device is not None else contextlib.nullcontext():
+            model = entry.model_cls(
+                cfg, num_classes=num_classes, in_chans=in_chans, img_size=size, drop_path_rate=drop_path_rate
+            )
     except ValueError as e:  # the family's own checks of its configuration: name the model, as the checks above do
         if len(e.args) == 1 and isinstance(e.args[0], str) and not e.args[0].startswith(entry.name):
             e.args = (f"{entry.name}: {e.args[0]}",)
@@ -289,6 +308,8 @@ def create_model(
     problem = model.size_problem(*size)  # the input check every forward runs
     if problem:
         raise ValueError(f"{entry.name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
+    if device is not None or dtype is not None:  # what a constructor made on another device, and the type
+        model.to(device=device, dtype=dtype)
     model.model_name = entry.name
     model.family = entry.family
     if global_pool is not None:
@@ -309,6 +330,33 @@ def create_model(
 
         load_checkpoint(model, checkpoint)  # a features_only model ignores the head's keys
     return model
+
+
+def _fields_taking_none(config: Any) -> set[str]:
+    """The fields of a family's configuration for which ``None`` is a value of its own (their type
+    admits it and their default is another)."""
+    if not dataclasses.is_dataclass(config):
+        return set()
+    hints = typing.get_type_hints(type(config))
+    return {
+        f.name
+        for f in dataclasses.fields(config)
+        if getattr(config, f.name) is not None and type(None) in typing.get_args(hints[f.name])
+    }
+
+
+def _placement(name: str, device: Any, dtype: Any, checkpoint: Any) -> tuple[torch.device | None, torch.dtype | None]:
+    """create_model's ``device`` and ``dtype``, checked: (a torch.device or None, a floating dtype or None)."""
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"{name}: device takes a torch.device or a name like 'cpu' or 'cuda:0', got {device!r}") from e
+        if device.type == "meta" and checkpoint is not None:
+            raise ValueError(f"{name}: a model on the meta device holds no values, so no checkpoint can be loaded into it")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"{name}: dtype takes a floating torch.dtype (torch.float32, torch.bfloat16, ...), got {dtype!r}")
+    return device, dtype
 
 
 class _FlopCounter:
