@@ -195,6 +195,26 @@ def test_attention_complexity_matches_flop_counter(h, w, C, M):
     assert abs(fc.get_total_flops() / 2 - expected["msa"]) / expected["msa"] < 0.01
 
 
+@pytest.mark.parametrize("h, w, pad_small", [(10, 10, False), (5, 5, False), (6, 8, False), (14, 21, False), (5, 9, True)])
+def test_w_msa_is_what_a_swin_block_runs_off_the_window_grid(h, w, pad_small):
+    # maps that are not a multiple of the window (Swin-T at 160 or 192x256): Swin pads them,
+    # and a side within one window is one window of its length (or, torchvision's rule, padded
+    # up to the window); the projections and products run on the padded tokens
+    from visionzoo.factory import _FlopCounter
+    from visionzoo.models.swin import SwinBlock, plan_windows
+
+    C, M = 32, 7
+    block = SwinBlock(C, 4, (M, M), shifted=True).eval()
+    plan = plan_windows(h, w, (M, M), True, torch.device("cpu"), pad_small=pad_small)
+    x = torch.randn(1, h, w, C)
+    with torch.no_grad(), _FlopCounter() as fc:  # (counts the fused kernel too)
+        block.window_attention(x, plan)
+    rule = {"pad_small": True} if pad_small else {}
+    assert attention_complexity(h, w, C, M, **rule)["w_msa"] == fc.get_total_flops() // 2
+    if max(h, w) <= M and not pad_small:  # one window over the whole map: global attention
+        assert attention_complexity(h, w, C, M)["w_msa"] == attention_complexity(h, w, C, M)["msa"]
+
+
 def test_window_attention_is_cheaper_beyond_the_window():
     c = attention_complexity(56, 56, 96, 7)
     assert c["w_msa"] < c["msa"]

@@ -17,15 +17,26 @@ def _check(h: int, w: int, C: int) -> None:
         raise ValueError(f"h, w and C must be positive, got {(h, w, C)}")
 
 
-def attention_complexity(h: int, w: int, C: int, window: int) -> dict[str, int]:
+def _windowed_side(side: int, window: int, pad_small: bool) -> tuple[int, int]:
+    """(window, padded side) along one axis, as a Swin block takes it
+    (:func:`visionzoo.models.swin.plan_windows`)."""
+    if side <= window:  # one window covers the axis: shrunk to it, or the side padded up to it
+        return (window, window) if pad_small else (side, side)
+    return window, -(-side // window) * window
+
+
+def attention_complexity(h: int, w: int, C: int, window: int, *, pad_small: bool = False) -> dict[str, int]:
     """Global versus window attention (Swin Transformer, Liu et al. 2021, eqs. 1-2).
 
         Omega(MSA)   = 4 hw C^2 + 2 (hw)^2 C
         Omega(W-MSA) = 4 hw C^2 + 2 M^2 hw C
 
     with M = ``window``: every token attends to the M^2 tokens of its window, so the
-    quadratic term becomes linear in hw. The map is taken to be a multiple of M (Swin
-    pads it so).
+    quadratic term becomes linear in hw. The equations are for a map that is a multiple
+    of M; on any other, W-MSA is counted as Swin runs it: each side is padded to a
+    multiple of M, and the projections and products run on the padded tokens. A side no
+    longer than M is one window of its length (the official code and timm; the MSA cost
+    along that axis), or with ``pad_small`` padded up to M (torchvision's Swin).
 
     Returns:
         ``{"msa": ..., "w_msa": ...}`` in multiply-adds.
@@ -33,8 +44,9 @@ def attention_complexity(h: int, w: int, C: int, window: int) -> dict[str, int]:
     _check(h, w, C)
     if window < 1:
         raise ValueError(f"window must be positive, got {window}")
-    hw = h * w
-    return {"msa": 4 * hw * C**2 + 2 * hw**2 * C, "w_msa": 4 * hw * C**2 + 2 * window**2 * hw * C}
+    (mh, hp), (mw, wp) = _windowed_side(h, window, pad_small), _windowed_side(w, window, pad_small)
+    hw, padded = h * w, hp * wp
+    return {"msa": 4 * hw * C**2 + 2 * hw**2 * C, "w_msa": 4 * padded * C**2 + 2 * mh * mw * padded * C}
 
 
 def nest_attention_complexity(h: int, w: int, C: int, block: int) -> int:
