@@ -237,6 +237,17 @@ def test_flops_breakdown_sums_and_analytic_vit_split():
     assert b["published"]["gmacs"] == 1.26
 
 
+def test_flops_breakdown_at_another_configuration_has_no_paper_figures():
+    # patch 32 at 160 (a user's own ViT): 25 patches + the class token, counted by hand, and
+    # the paper's 1.26 GMACs / 5.7 M were given as this network's, where model_info gives none
+    b = flops_breakdown("vit_tiny_patch16_224", img_size=160, patch_size=32, in_chans=1, num_classes=10)
+    N, C = 26, 192
+    assert math.isclose(b["gmacs"], (25 * 32 * 32 * C + 12 * (2 * N * N * C + 12 * N * C * C) + C * 10) / 1e9, rel_tol=1e-9)
+    info = visionzoo.model_info("vit_tiny_patch16_224", img_size=160, patch_size=32, in_chans=1, num_classes=10)
+    assert b["published"] == {"note": info["published_note"]} and "patch_size=32" in info["published_note"]
+    assert flops_breakdown("vit_tiny_patch16_224", num_classes=1000, drop_rate=0.1)["published"]["gmacs"] == 1.26
+
+
 def test_flops_breakdown_hierarchical_and_uncalled_containers():
     b = flops_breakdown("convnext_tiny")
     assert [s for s in b["stages"] if s.startswith("stages.")] == [f"stages.{i}" for i in range(4)]

@@ -407,6 +407,16 @@ _UNSET = object()
 _PLAIN_ARGS = {"num_classes": 1000, "in_chans": 3}
 
 
+def _published_for(entry: Any, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The registry's published figures of ``entry``, or only a note where ``overrides``
+    change the network (any but dropout rates, and ``num_classes`` / ``in_chans`` at 1000 / 3):
+    the paper's figures describe the default configuration."""
+    changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, _PLAIN_ARGS.get(k, _UNSET))]
+    if changed:
+        return {"note": f"the paper's figures are for the default configuration; this one sets {', '.join(changed)}"}
+    return dict(entry.published)
+
+
 def _meta_model(name: str, **kwargs: Any) -> VisionModel:
     """``create_model`` on the meta device (no memory, no initialisation), in eval mode."""
     with torch.device("meta"):
@@ -433,10 +443,7 @@ def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **over
     model = _meta_model(entry.name, img_size=img_size, **overrides)
     input_size = model.default_cfg["input_size"]
     macs = count_macs(model, input_size)
-    pub = entry.published
-    changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, _PLAIN_ARGS.get(k, _UNSET))]
-    if changed:
-        pub = {"note": f"the paper's figures are for the default configuration; this one sets {', '.join(changed)}"}
+    pub = _published_for(entry, overrides)
     return {
         "name": entry.name,
         "family": entry.family,

@@ -223,10 +223,11 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
         itself included), ``stage_levels`` (row -> the ``feature_info`` indices whose maps
         the row ends: ``[2]``, all of them for ViT's ``blocks``, ``[]`` for stem and head),
         ``kinds`` (:data:`LAYER_KINDS` -> GMACs) and ``published`` (the registry's
-        figures, for ``published_input_size``). The rows, as the kinds, sum to ``gmacs``.
+        figures, for ``published_input_size``; where ``overrides`` change the network, only
+        a ``note`` saying so, as in ``model_info``). The rows, as the kinds, sum to ``gmacs``.
     """
     from ..base import count_params
-    from ..factory import _meta_model, run_flop_counter
+    from ..factory import _meta_model, _published_for, run_flop_counter
     from ..registry import get_entry
 
     entry = get_entry(name)
@@ -242,7 +243,7 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
         "stages": stages,
         "stage_levels": levels,
         "kinds": kinds,
-        "published": dict(entry.published),
+        "published": _published_for(entry, overrides),
         "published_input_size": tuple(entry.default_cfg["input_size"]),
     }
 
