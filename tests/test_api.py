@@ -51,7 +51,8 @@ def test_list_models_takes_timms_arguments():
     with pytest.raises(TypeError, match="list_models: exclude_filters takes an fnmatch pattern"):
         visionzoo.list_models(exclude_filters=[3])
     assert visionzoo.is_model("resnet18") and visionzoo.is_model("vit_b_16")  # a name and an alias
-    assert not visionzoo.is_model("resnet_18") and not visionzoo.is_model(None) and not visionzoo.is_model("resnet50.a1_in1k")
+    assert not visionzoo.is_model("resnet_18") and not visionzoo.is_model(None) and not visionzoo.is_model("resnet5.a1_in1k")
+    assert visionzoo.is_model("resnet50.a1_in1k") and visionzoo.is_model("vit_b_16.tv_in1k")  # timm's tagged names, as timm's is_model
 
 
 def test_unknown_model_names_closest():
@@ -402,6 +403,29 @@ def test_none_arguments_mean_the_default_as_in_timm():
         counts = [sum(p.numel() for p in visionzoo.create_model("coatnet_0_224", **kw).parameters())
                   for kw in (dict(head_hidden_size=None), {})]
         assert counts[1] - counts[0] == 768 * 768 + 768  # the 768 -> 768 pre-logits layer
+
+
+def test_timms_tagged_names_build_the_architecture():
+    """timm names weight sets 'architecture.tag' (its model cards and docs do): the same name
+    builds the architecture here, the tag kept in default_cfg; weights loaded under a tag warn
+    that the preprocessing is the architecture's unless the overlay gives it. A Hub name is
+    refused in one line (nothing downloads). Before: 'unknown model 'resnet18.a1_in1k''."""
+    import warnings
+
+    ref = visionzoo.create_model("resnet18", num_classes=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = visionzoo.create_model("resnet18.a1_in1k", num_classes=3)  # random weights: nothing to warn about
+        assert (m.model_name, m.default_cfg["architecture"], m.default_cfg["tag"]) == ("resnet18", "resnet18", "a1_in1k")
+        visionzoo.create_model("resnet18.a1_in1k", num_classes=3, checkpoint=ref.state_dict(),
+                               pretrained_cfg_overlay=dict(interpolation="bicubic", crop_pct=0.95))
+    with pytest.warns(UserWarning, match=r"^resnet18.a1_in1k: visionzoo does not know the preprocessing .*interpolation 'bilinear', crop_pct 0.875"):
+        m = visionzoo.create_model("resnet18.a1_in1k", num_classes=3, checkpoint=ref.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(m.eval()(x), ref.eval()(x))
+    assert visionzoo.create_model("vit_b_16.tv_in1k", device="meta").model_name == "vit_base_patch16_224"  # an alias with a tag
+    with pytest.raises(visionzoo.UnknownModelError, match="^'hf-hub:timm/resnet18.a1_in1k' names weights to download .* downloads nothing"):
+        visionzoo.create_model("hf-hub:timm/resnet18.a1_in1k")
 
 
 def test_device_and_dtype_build_the_model_there_as_timm():

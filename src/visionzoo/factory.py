@@ -12,6 +12,7 @@ import numbers
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from .base import VisionModel, count_params
 from .layers import DropPath
 from .layers.helpers import check_int, to_2tuple
-from .registry import get_entry
+from .registry import get_entry, split_tag
 
 __all__ = ["create_model", "model_info"]
 
@@ -156,6 +157,9 @@ def _timm_weight_arguments(
     return checkpoint, overlay
 
 
+#: default_cfg's preprocessing entries, which a pretrained tag's weights may want otherwise
+_PREPROCESSING = {"mean", "std", "interpolation", "crop_pct", "crop_mode", "input_size", "test_input_size"}
+
 #: timm options visionzoo has no use for, and why (the closest name would mislead: img_size)
 _TIMM_ONLY = {
     "dynamic_img_size": "visionzoo's ViT takes any input whose sides the patch divides, its position embedding resized to each",
@@ -220,7 +224,10 @@ def create_model(
     """Build a registered model.
 
     Args:
-        name: a name from :func:`visionzoo.list_models` (or an alias).
+        name: a name from :func:`visionzoo.list_models` (or an alias), with or without one of
+            timm's pretrained tags (``"resnet50.a1_in1k"``: the architecture, ``default_cfg["tag"]``
+            the tag; the weights come from ``checkpoint``, with a warning that ``default_cfg``'s
+            preprocessing is the architecture's unless ``pretrained_cfg_overlay`` sets it).
         num_classes: classifier outputs; 0 gives pooled features (no classifier).
         in_chans: image channels.
         img_size: the size the model is built for (position tables, windows); the
@@ -267,6 +274,7 @@ def create_model(
     ``ls_init_value=None``: no LayerScale; CoAtNet's ``head_hidden_size=None``: no pre-logits layer).
     """
     entry = get_entry(name)
+    tag = split_tag(name)[1]  # timm's pretrained tag ('a1_in1k' of 'resnet50.a1_in1k'): names the weights
     num_classes = 1000 if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
     drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
@@ -320,7 +328,16 @@ def create_model(
         "num_classes": num_classes,
         **cfg_overlay,
         "architecture": entry.name,
+        **({"tag": tag} if tag else {}),
     }
+    if tag and checkpoint is not None and not _PREPROCESSING.intersection(cfg_overlay):
+        warnings.warn(
+            f"{entry.name}.{tag}: visionzoo does not know the preprocessing timm gives the weights tagged {tag!r}; "
+            f"default_cfg is {entry.name}'s (interpolation {model.default_cfg.get('interpolation')!r}, crop_pct "
+            f"{model.default_cfg.get('crop_pct')}): set the tag's with pretrained_cfg_overlay=dict(mean=..., std=..., "
+            "interpolation=..., crop_pct=...) where they differ",
+            stacklevel=2,
+        )
     if features_only:
         model.set_features_only(out_indices)
     elif out_indices is not None:

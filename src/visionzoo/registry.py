@@ -31,6 +31,7 @@ __all__ = [
     "register_alias",
     "register_family",
     "register_model",
+    "split_tag",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -175,9 +176,17 @@ def get_entry(name: str) -> ModelEntry:
         raise UnknownModelError(f"a model name must be a string, got {type(name).__name__}")
     if not name.strip():  # nothing to suggest from: difflib would offer the first names it meets
         raise UnknownModelError(f"the model name is empty ({name!r})", listing=True)
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
+        raise UnknownModelError(
+            f"{name!r} names weights to download or a folder of timm's: visionzoo downloads nothing; give the "
+            "architecture's name (and its pretrained tag if you like: 'resnet50.a1_in1k') with checkpoint=PATH to the weights file"
+        )
     name = _ALIASES.get(name, name)
     if name in _REGISTRY:
         return _REGISTRY[name]
+    arch, tag = split_tag(name)
+    if tag and _ALIASES.get(arch, arch) in _REGISTRY:  # timm's name of a weight set: its architecture
+        return _REGISTRY[_ALIASES.get(arch, arch)]
     known = sorted(set(_REGISTRY) | set(_ALIASES))
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
     if not close:  # try a prefix match before giving up: 'swin' -> swin_*
@@ -274,10 +283,20 @@ def _patterns(arg: str, value: object, takes: str) -> list[str]:
 
 
 def is_model(name: str) -> bool:
-    """Whether ``name`` is a registered model name or an alias (timm's ``is_model``): what
-    :func:`visionzoo.create_model` accepts. timm's tagged names (``resnet50.a1_in1k``) are not."""
+    """Whether ``name`` is a registered model name or an alias (timm's ``is_model``), with or
+    without one of timm's pretrained tags (``resnet50.a1_in1k``): what :func:`visionzoo.create_model` accepts."""
     _ensure_loaded()
-    return isinstance(name, str) and (name in _REGISTRY or name in _ALIASES)
+    if not isinstance(name, str):
+        return False
+    arch = split_tag(name)[0]
+    return any(n in _REGISTRY or n in _ALIASES for n in (name, arch))
+
+
+def split_tag(name: str) -> tuple[str, str]:
+    """timm's model name with a pretrained tag, ``'resnet50.a1_in1k'``, as (architecture, tag);
+    ``('resnet50', '')`` for a name without one."""
+    arch, _, tag = name.partition(".")
+    return arch, tag
 
 
 def families() -> list[str]:
