@@ -263,3 +263,41 @@ def test_fx_symbolic_trace_is_refused_naming_what_works(family):
         torch.fx.symbolic_trace(model)
     with pytest.raises(visionzoo.InputError, match="create_feature_extractor"):
         create_feature_extractor(model, return_nodes=["head"])
+
+
+def test_a_plain_state_dict_is_rebuilt_with_its_channel_count(tmp_path):
+    """load_trained (export, eval, predict) rebuilt a 1-channel state dict without visionzoo's
+    metadata as a 3-channel network; now its channels, and one mean and std per channel."""
+    from visionzoo.train.inference import load_trained
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("resnet18", num_classes=10, in_chans=1).eval()
+    torch.save(model.state_dict(), tmp_path / "gray.pth")
+    loaded, info = load_trained(tmp_path / "gray.pth", "resnet18", img_size=32)
+    assert loaded.in_chans == info["preprocessing"]["in_chans"] == 1
+    assert info["preprocessing"]["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+@pytest.mark.slow
+def test_export_cli_keeps_a_plain_state_dicts_channel_count(tmp_path, capsys):
+    """A plain 1-channel state dict (no visionzoo metadata) was rebuilt as a 3-channel model, its
+    stem adapted to RGB: the file took (batch, 3, H, W) images, which the user's model does not.
+    The channel count is now read from the checkpoint's first convolution, as the classes are
+    from its classifier."""
+    ort = pytest.importorskip("onnxruntime")
+    from visionzoo.cli import main
+
+    torch.manual_seed(0)
+    model = visionzoo.create_model("resnet18", num_classes=10, in_chans=1).eval()
+    torch.save(model.state_dict(), tmp_path / "gray.pth")
+    out = tmp_path / "gray.onnx"
+    assert main(["export", "resnet18", "--checkpoint", str(tmp_path / "gray.pth"), "--img-size", "32", "--output", str(out)]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 1, 32, 32]
+    x = torch.randn(2, 1, 32, 32)
+    (y,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)

@@ -58,7 +58,15 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     dcfg = entry.default_cfg
     prep = dict(meta.get("preprocessing") or {})
     prep.setdefault("img_size", int(dcfg["input_size"][-1]))
-    prep.setdefault("in_chans", int(dcfg["input_size"][0]))
+    if "in_chans" not in prep:
+        # a checkpoint without visionzoo's metadata: the channels its first convolution takes (a
+        # 1-channel network was rebuilt for RGB, its stem adapted), the mean and std of the
+        # default's channels repeated for a count that differs
+        prep["in_chans"] = _infer_in_chans(path, dcfg)
+        for key, default in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))):
+            values = list(dcfg.get(key, default))
+            if key not in prep and len(values) != prep["in_chans"]:
+                prep[key] = [sum(values) / len(values)] * prep["in_chans"]
     prep.setdefault("mean", list(dcfg.get("mean", (0.485, 0.456, 0.406))))
     prep.setdefault("std", list(dcfg.get("std", (0.229, 0.224, 0.225))))
     prep.setdefault("crop_pct", float(dcfg.get("crop_pct", 0.875)))
@@ -94,6 +102,13 @@ def _training_state_message(path: Path) -> str:
         weights.insert(0, final)
     return (f"{path} is a training state of visionzoo train (optimizer, scheduler, RNG: what --resume reads), "
             f"not model weights; pass the weights instead: {' or '.join(map(str, weights))}")
+
+
+def _infer_in_chans(path: Path, dcfg: dict[str, Any]) -> int:
+    """The input channels of the checkpoint's ``first_conv`` weight (out, in, kH, kW); the
+    default's where the file has no such key (a foreign layout)."""
+    w = read_state_dict(path).get(f"{dcfg.get('first_conv')}.weight")
+    return int(w.shape[1]) if w is not None and w.ndim == 4 else int(dcfg["input_size"][0])
 
 
 def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:
