@@ -58,11 +58,13 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     dcfg = entry.default_cfg
     prep = dict(meta.get("preprocessing") or {})
     prep.setdefault("img_size", int(dcfg["input_size"][-1]))
+    foreign = None
     if "in_chans" not in prep:
         # a checkpoint without visionzoo's metadata: the channels its first convolution takes (a
         # 1-channel network was rebuilt for RGB, its stem adapted), the mean and std of the
         # default's channels repeated for a count that differs
-        prep["in_chans"] = _infer_in_chans(path, dcfg)
+        foreign = read_state_dict(path)  # read once for the channels and the classifier size
+        prep["in_chans"] = _infer_in_chans(foreign, dcfg)
         for key, default in (("mean", (0.485, 0.456, 0.406)), ("std", (0.229, 0.224, 0.225))):
             values = list(dcfg.get(key, default))
             if key not in prep and len(values) != prep["in_chans"]:
@@ -79,7 +81,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
             raise ValueError(f"{key} {list(prep[key])} needs one value per input channel ({prep['in_chans']})")
     classes = meta.get("classes")
     if num_classes is None:
-        num_classes = meta.get("num_classes") or _infer_num_classes(path, dcfg)
+        num_classes = meta.get("num_classes") or _infer_num_classes(foreign if foreign is not None else read_state_dict(path), dcfg)
     model = create_model(entry.name, num_classes=num_classes, in_chans=prep["in_chans"], img_size=prep["img_size"], **overrides)
     import warnings
 
@@ -104,15 +106,14 @@ def _training_state_message(path: Path) -> str:
             f"not model weights; pass the weights instead: {' or '.join(map(str, weights))}")
 
 
-def _infer_in_chans(path: Path, dcfg: dict[str, Any]) -> int:
-    """The input channels of the checkpoint's ``first_conv`` weight (out, in, kH, kW); the
-    default's where the file has no such key (a foreign layout)."""
-    w = read_state_dict(path).get(f"{dcfg.get('first_conv')}.weight")
+def _infer_in_chans(sd: dict[str, Any], dcfg: dict[str, Any]) -> int:
+    """The input channels of the state dict's ``first_conv`` weight (out, in, kH, kW); the
+    default's where it has no such key (a foreign layout)."""
+    w = sd.get(f"{dcfg.get('first_conv')}.weight")
     return int(w.shape[1]) if w is not None and w.ndim == 4 else int(dcfg["input_size"][0])
 
 
-def _infer_num_classes(path: Path, dcfg: dict[str, Any]) -> int:
-    sd = read_state_dict(path)
+def _infer_num_classes(sd: dict[str, Any], dcfg: dict[str, Any]) -> int:
     spec = dcfg.get("classifier", "head")
     for head in (spec,) if isinstance(spec, str) else spec:
         w = sd.get(f"{head}.weight")
