@@ -253,7 +253,7 @@ def test_timm_features_only_checkpoints_load_and_give_timms_maps(name, kw, size)
         for maps in (ours(x), first_two(x)):
             for a, b in zip(maps, expect):
                 b = b.permute(0, 3, 1, 2) if b.shape != a.shape else b  # timm's Swin maps: NHWC
-                assert max_rel_diff(a, b) < 1e-4
+                assert max_rel_diff(a, b) < 5e-4  # Inception v4's 1x1 maps at 75 px: ~2e-4 of fp32 rounding
 
 
 def test_timm_features_only_checkpoint_of_another_variant_is_refused():

@@ -435,3 +435,23 @@ def test_vmap_over_the_images_of_a_batch_gives_the_batch_logits(family):
     with torch.no_grad():
         both = torch.vmap(lambda p, b: torch.func.functional_call(model, (p, b), (x,)))(params, buffers)
         torch.testing.assert_close(both, torch.stack([ref, other(x)]), rtol=1e-9, atol=1e-9 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "resnet50", "inception_v3"])
+def test_random_test_weights_pass_the_input_to_the_logits(name):
+    """visionzoo.testing.build_random, behind the equivalence tests: with BatchNorm statistics of
+    a random batch, the logits of a deep CNN move with the input (by a few % of their scale or
+    more). Before, EfficientNet-B0's came out the same for every input (spread 0) and ResNet-50's
+    to 5e-5, so a comparison with timm could not see a wrong backbone. The statistics are
+    per-channel and not the identity's, and the model comes back in eval mode."""
+    from visionzoo.testing import build_random
+
+    model = build_random(lambda: visionzoo.create_model(name, num_classes=10))
+    assert not model.training
+    side = 96 if name == "inception_v3" else 64
+    x = torch.randn(3, 3, side, side, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        y = model(x)
+    assert (y - y.mean(0)).abs().max() > 0.02 * y.abs().max()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.running_var.std() > 0.05 * bn.running_var.mean() and bn.running_mean.std() > 0 and bn.momentum == 0.1
