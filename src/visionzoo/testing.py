@@ -125,9 +125,10 @@ def calibrate_batch_norms(model: nn.Module, x: Tensor | None = None, seed: int =
                 model(batch)
                 break
             except Exception:  # a size (or channel count) the model does not take: the next one
-                if batch is batches[-1]:
+                if batch is batches[-1]:  # none taken: the statistics as they were, and the last error
                     for m, (_, mean, var, _) in zip(norms, saved):
-                        m.running_mean.copy_(mean), m.running_var.copy_(var)
+                        m.running_mean.copy_(mean)
+                        m.running_var.copy_(var)
                     raise
     finally:
         for m, (momentum, _, _, count) in zip(norms, saved):
