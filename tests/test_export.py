@@ -9,6 +9,7 @@ import torch
 
 import visionzoo
 from visionzoo.export import export_onnx, export_program, verify_onnx
+from visionzoo.testing import calibrate_batch_norms
 
 from family_models import small_side, smallest_per_family
 
@@ -23,12 +24,8 @@ def _calibrated(family: str) -> tuple[torch.nn.Module, int]:
     torch.manual_seed(0)
     model = visionzoo.create_model(FAMILIES[family], num_classes=10)
     side = small_side(model)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = 1.0
-    with torch.no_grad():
-        model.train()(torch.randn(4, model.in_chans, side, side, generator=torch.Generator().manual_seed(1)))
-    return model.eval(), side
+    x = torch.randn(4, model.in_chans, side, side, generator=torch.Generator().manual_seed(1))
+    return calibrate_batch_norms(model, x), side
 
 
 def _tolerance(model: torch.nn.Module, x: torch.Tensor) -> float:
