@@ -20,7 +20,9 @@ def test_params_and_logits_equal_timm(name):
     ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
-        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        # live BatchNorm statistics (build_random): fp32 rounding through the 32 blocks of
+        # convmixer_768_32 reaches ~2e-4 (timm's own logits are 1.1e-4 from fp64, ours 1.9e-4)
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
 
 
 def test_other_classes_channels_and_any_configuration():
@@ -64,7 +66,7 @@ def test_features_only_equal_timm_forward_intermediates():
     with torch.no_grad():
         expect = ref.forward_intermediates(x, indices=blocks, intermediates_only=True)
         for f, e in zip(ours(x), expect, strict=True):
-            assert max_rel_diff(f, e) < 1e-4
+            assert max_rel_diff(f, e) < 5e-4  # fp32 rounding through 32 blocks, as in the logits test
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
