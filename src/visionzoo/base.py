@@ -22,11 +22,12 @@ inputs once, cheaply, at the stem (:meth:`check_input`).
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from typing import Any
 
 import torch
@@ -463,9 +464,57 @@ class VisionModel(nn.Module):
         """Drop modules that ``features_only`` never uses (head, final norm, later stages)."""
         self.reset_classifier(0)
 
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Family hook of ``load_checkpoint``: resize position tables to this model's size."""
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
+        """Family hook of ``load_checkpoint``: resize position tables to this model's size.
+        ``source``: the model ``state_dict`` comes from, where known (:meth:`set_input_size`):
+        its sizes then replace those inferred from the tables' shapes (taken as square)."""
         return state_dict
+
+    def set_input_size(self, img_size: int | Sequence[int] | None = None, **size_options: Any) -> None:
+        """timm's method: make this model the one ``create_model`` builds for ``img_size``,
+        keeping its trained values, in place.
+
+        The parts that depend on the size (position embeddings and relative-position tables,
+        Swin's windows, their index buffers and masks) become those of a model built for
+        ``img_size``; the trained tables are resampled as :meth:`adapt_state_dict` resamples a
+        checkpoint of another size when it loads (so the model equals one built for
+        ``img_size`` that loaded this model's state dict). Every other parameter is kept as
+        it is: an optimizer holding them still does, and the resized ones are new Parameters
+        (``requires_grad``, device and dtype kept). ``default_cfg["input_size"]`` is updated.
+        Families with nothing size-dependent (the CNNs) only update ``default_cfg``.
+
+        ``size_options``: the family's own (Swin: ``window_size``, ``window_ratio``; ViT:
+        ``patch_size``, at its current value only); others raise TypeError. Nothing is changed
+        where the size or an option is refused (ValueError).
+        """
+        from .layers.helpers import to_2tuple
+
+        current = tuple(self.default_cfg.get("input_size", ())[1:])
+        if img_size is None and not current:
+            raise ValueError(f"{self._name()}: the size it was built for is unknown (no default_cfg['input_size']): give img_size")
+        size = to_2tuple(img_size, "img_size") if img_size is not None else current
+        if min(size) < 1:
+            raise ValueError(f"{self._name()}: img_size must be positive, got {img_size!r}")
+        problem = self.size_problem(*size)
+        if problem:
+            raise ValueError(f"{self._name()} cannot take img_size {size[0]}x{size[1]}: it {problem}")
+        takes = [k for k, v in inspect.signature(self.config_for_size).parameters.items() if v.kind is v.KEYWORD_ONLY]
+        unknown = sorted(set(size_options) - set(takes))
+        if unknown:
+            raise TypeError(f"{self._name()}: set_input_size takes img_size{''.join(f', {k}' for k in takes)}; got {unknown}")
+        cfg = self.config_for_size(size, current or size, **size_options)
+        if self.size_dependent:
+            _resize_in_place(self, cfg, current or size, size)
+        self.default_cfg = {**self.default_cfg, "input_size": (self.in_chans, *size)}
+
+    #: built with parts whose shapes or values depend on ``img_size`` (:meth:`set_input_size`)
+    size_dependent: bool = False
+
+    def config_for_size(self, size: tuple[int, int], current: tuple[int, int]) -> Any:
+        """Family hook of :meth:`set_input_size`: the configuration a model for ``size`` is built
+        with (``current``: the size this one is for); a family's own options of
+        ``set_input_size`` are its keyword-only arguments."""
+        return getattr(self, "cfg", None)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass instead of keeping its activations
@@ -597,6 +646,80 @@ class VisionModel(nn.Module):
         stage with ``coarse=True``); the head is what no expression matches. Each family
         defines its own."""
         raise NotImplementedError(f"{type(self).__name__} does not group its parameters by depth")
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain(value: Any) -> bool:
+    """A value a module keeps as a setting (a window, a grid, a configuration): numbers, strings,
+    None, tuples and lists of them, frozen dataclasses (not tensors, modules or caches)."""
+    if isinstance(value, _PLAIN):
+        return True
+    if type(value) in (tuple, list, torch.Size):
+        return all(_plain(v) for v in value)
+    return is_dataclass(value) and not isinstance(value, type)
+
+
+def _resize_in_place(model: VisionModel, cfg: Any, current: tuple[int, int], size: tuple[int, int]) -> None:
+    """:meth:`VisionModel.set_input_size` of a size-dependent family. Two twins of ``model`` are
+    built (its configuration, channels and classes): one for the size it is for (on the meta
+    device: shapes and settings only) and one for ``size`` (real, for its derived buffers). What
+    differs between them is what depends on the size: settings (windows, grids), parameters
+    and buffers of another shape, and every derived (non-persistent) buffer of a module whose
+    settings change. The parameters take ``model``'s values resampled by the new twin's
+    :meth:`~VisionModel.adapt_state_dict`; the buffers and settings are the new twin's. All of it
+    is worked out before ``model`` is touched."""
+    name = model._name()
+    kwargs = dict(num_classes=model.num_classes, in_chans=model.in_chans, drop_path_rate=0.0)
+    try:
+        with torch.random.fork_rng(devices=[]):  # the new twin's random initialisation leaves the caller's stream alone
+            with torch.device("meta"):
+                old = type(model)(model.cfg, img_size=current, **kwargs)
+            new = type(model)(cfg, img_size=size, **kwargs)
+    except ValueError as e:  # the family's own checks of a configuration or size: name the model
+        raise ValueError(f"{name}: {e}") from None
+    problem = new.size_problem(*size)
+    if problem:
+        raise ValueError(f"{name} cannot take img_size {size[0]}x{size[1]}: it {problem}")
+    old_mods, new_mods = dict(old.named_modules()), dict(new.named_modules())
+    if old_mods.keys() != new_mods.keys() or any(type(old_mods[k]) is not type(m) for k, m in new_mods.items()):
+        raise ValueError(f"{name}: a model for {size[0]}x{size[1]} has other layers than one for {current[0]}x{current[1]}; build it with create_model(img_size=...) and load this one's state dict")
+    own = dict(model.named_modules())
+    adapted = new.adapt_state_dict(dict(model.state_dict()), source=model)
+    settings, tensors = [], []  # (module, attribute, value) to set
+    for path, nm in new_mods.items():
+        om, target = old_mods[path], own.get(path)
+        changed = {a: v for a, v in vars(nm).items() if not a.startswith("_") and a != "training" and _plain(v) and v != vars(om).get(a)}
+        # resampled: tables of another shape, and those of a module whose settings change (a
+        # transposed grid: the same shape, another layout), where the values change
+        params = [k for k, p in nm._parameters.items() if p is not None and (changed or p.shape != om._parameters[k].shape)]
+        buffers = [
+            k for k, b in nm._buffers.items()
+            if b is not None and (b.shape != om._buffers[k].shape or (changed and k in nm._non_persistent_buffers_set))
+        ]
+        if not (changed or params or buffers) or target is None:  # nothing size-dependent, or pruned (features_only)
+            continue
+        if type(target) is not type(nm):
+            raise ValueError(f"{name}: {path or 'the model'} is a {type(target).__name__} where the family builds a {type(nm).__name__}; set_input_size resizes models as create_model builds them")
+        settings += [(target, a, v) for a, v in changed.items()]
+        for k in params:
+            key = f"{path}.{k}" if path else k
+            value, mine = adapted.get(key), target._parameters[k]
+            if value is None or value.shape != nm._parameters[k].shape:
+                raise ValueError(f"{name}: {key} ({tuple(mine.shape)}) cannot be resampled to {tuple(nm._parameters[k].shape)} for {size[0]}x{size[1]}")
+            if value.shape == mine.shape and torch.equal(value, mine):
+                continue  # unchanged: the same Parameter
+            param = nn.Parameter(value.detach().to(device=mine.device, dtype=mine.dtype), requires_grad=mine.requires_grad)
+            tensors.append((target, k, param))
+        for k in buffers:
+            mine, value = target._buffers.get(k), nm._buffers[k]
+            if mine is not None:
+                value = value.to(device=mine.device, dtype=mine.dtype if value.is_floating_point() else value.dtype)
+            tensors.append((target, k, value))
+    for target, attribute, value in settings + tensors:
+        setattr(target, attribute, value)
+    clear_derived_caches(model)
 
 
 def nonempty_size(H: int, W: int) -> str | None:

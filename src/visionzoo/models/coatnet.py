@@ -571,6 +571,7 @@ class CoAtNet(VisionModel):
     """
 
     family = "coatnet"
+    size_dependent = True
     pool_types = NORM_POOL_TYPES
     grad_checkpoint_units = (r"stages\.\d+\.blocks\.\d+",)
 
@@ -657,17 +658,22 @@ class CoAtNet(VisionModel):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
         """Resize relative-position tables trained at another image size to this model's
         (:func:`~visionzoo.layers.resize_rel_pos_bias_table`).
 
-        The source table is taken as square (timm's and the paper's checkpoints are).
+        The source table is the ``source`` model's size where given, else taken as square
+        (timm's and the paper's checkpoints are).
         """
-        sizes = {f"{n}.relative_position_bias_table": m.size for n, m in self.named_modules() if isinstance(m, RelativePositionBias)}
+        def sizes(model: nn.Module | None) -> dict[str, tuple[int, int]]:
+            mods = model.named_modules() if model is not None else ()
+            return {f"{n}.relative_position_bias_table": m.size for n, m in mods if isinstance(m, RelativePositionBias)}
+
+        ours, theirs = sizes(self), sizes(source)
         out = dict(state_dict)
         for k, v in state_dict.items():
-            if k in sizes and v.ndim == 2 and v.shape[0] != (2 * sizes[k][0] - 1) * (2 * sizes[k][1] - 1):
-                out[k] = resize_rel_pos_bias_table(v, sizes[k])
+            if k in ours and v.ndim == 2 and (v.shape[0] != (2 * ours[k][0] - 1) * (2 * ours[k][1] - 1) or theirs.get(k, ours[k]) != ours[k]):
+                out[k] = resize_rel_pos_bias_table(v, ours[k], theirs.get(k))
         return out
 
 

@@ -112,7 +112,7 @@ class SequentialNet(VisionModel):
     def _preprocess(self, x: Tensor) -> Tensor:
         return x
 
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
         """Drop the checkpoint's auxiliary classifiers when this model has none."""
         absent = tuple(f"{h}." for h in self._aux_after.values() if getattr(self, h) is None)
         return {k: v for k, v in state_dict.items() if not (absent and k.startswith(absent))}

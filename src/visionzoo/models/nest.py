@@ -272,6 +272,7 @@ class Nest(VisionModel):
     """
 
     family = "nest"
+    size_dependent = True
     pool_types = POOL_TYPES
     grad_checkpoint_units = (r"levels\.\d+\.transformer_encoder\.\d+",)
 
@@ -356,17 +357,22 @@ class Nest(VisionModel):
     def no_weight_decay(self) -> set[str]:
         return {f"levels.{i}.pos_embed" for i in range(len(self.levels))}
 
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Resample position tables trained at another image size to this model's blocks."""
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
+        """Resample position tables trained at another image size to this model's blocks (the
+        ``source`` model's blocks where given; else square ones, as checkpoints come from square images)."""
         out = dict(state_dict)
         for i, level in enumerate(self.levels):
             key = f"levels.{i}.pos_embed"
             v = state_dict.get(key)
-            if v is None or v.shape == level.pos_embed.shape or v.shape[1] != level.pos_embed.shape[1]:
+            if v is None or v.shape[1] != level.pos_embed.shape[1]:
                 continue
-            side = round(v.shape[2] ** 0.5)  # checkpoints come from square images
-            if side * side == v.shape[2]:
-                out[key] = resize_block_pos_embed(v, level.grid, (side, side), level.block)
+            if source is not None:
+                block = source.levels[i].block
+            else:
+                side = round(v.shape[2] ** 0.5)
+                block = (side, side)
+            if block != level.block and block[0] * block[1] == v.shape[2]:
+                out[key] = resize_block_pos_embed(v, level.grid, block, level.block)
         return out
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,7 @@ from ..base import FeatureInfo, VisionModel, tap_outputs
 from ..checkpoints import register_converter
 from ..layers import POOL_TYPES, DropPath, Mlp, classifier, drop_path_rates, global_pool_2d, linear, resize_rel_pos_bias_table, trunc_normal_
 from ..layers.attention import ProjectedAttention, attention, sdpa_biased_short
-from ..layers.helpers import autograd_off, no_hooks
+from ..layers.helpers import as_int, autograd_off, no_hooks, to_2tuple
 from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
@@ -334,12 +334,13 @@ class SwinPatchEmbed(nn.Module):
 # --------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class SwinConfig:
-    """One Swin: width C of stage 1 (doubling per stage), blocks and heads per stage, window M."""
+    """One Swin: width C of stage 1 (doubling per stage), blocks and heads per stage, window M
+    (an int, or (Mh, Mw) as timm's ``window_size`` takes)."""
 
     embed_dim: int = 96
     depths: tuple[int, ...] = (2, 2, 6, 2)
     num_heads: tuple[int, ...] = (3, 6, 12, 24)
-    window_size: int = 7
+    window_size: int | tuple[int, int] = 7
     patch_size: int = 4
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
@@ -350,6 +351,14 @@ class SwinConfig:
     attn_drop_rate: float = 0.0
     #: maps that do not fit the windows (module doc): "shrink" (timm's rule) or "torchvision"
     size_rule: str = "shrink"
+
+
+def window_pair(window: int | Sequence[int]) -> tuple[int, int]:
+    """A Swin window, ``7`` or ``(7, 10)``, as (Mh, Mw) of positive ints; ValueError otherwise."""
+    pair = to_2tuple(window, "window_size")
+    if min(pair) < 1:
+        raise ValueError(f"window_size must be positive, got {window!r}")
+    return pair
 
 
 class SwinTransformer(VisionModel):
@@ -404,15 +413,53 @@ class SwinTransformer(VisionModel):
         "shrink" rule, an axis along which a stage's map is no longer than the window gets a
         window the size of the map, as in the official code and timm (whose tables then have
         that size too); under "torchvision" every stage keeps the window."""
-        M = cfg.window_size
+        Mh, Mw = window_pair(cfg.window_size)
         if cfg.size_rule != "shrink":
-            return [(M, M)] * len(cfg.depths)
+            return [(Mh, Mw)] * len(cfg.depths)
         sides = [math.ceil(s / cfg.patch_size) for s in img_size]
         windows = []
         for _ in cfg.depths:
-            windows.append((min(sides[0], M), min(sides[1], M)))
+            windows.append((min(sides[0], Mh), min(sides[1], Mw)))
             sides = [math.ceil(s / 2) for s in sides]  # patch merging pads odd sides
         return windows
+
+    #: :meth:`set_input_size` without a window scales the window with the patch grid (timm's rule)
+    scales_windows: bool = True
+    size_dependent = True
+
+    def set_input_size(self, img_size: int | Sequence[int] | None = None, **size_options: Any) -> None:
+        """timm's method (:meth:`VisionModel.set_input_size`), with timm's window rule: without
+        ``window_size`` or ``window_ratio``, the window scales with the patch grid, so that it
+        keeps its ratio to the grid the model was built for (or last given a window for):
+        ``swin_tiny_patch4_window7_224`` at 384 gets windows of 12 (7 x 96 // 56), and its
+        bias tables are interpolated to them; calling it at the current size changes nothing.
+        ``window_size`` (an int or (h, w)) sets the window; ``window_ratio`` sets it to the patch
+        grid divided by the ratio. As everywhere in Swin, a stage whose map is no larger than the
+        window takes a window the size of the map. The torchvision-rule models (``swin_t``, ...)
+        and Swin-MLP, whose weights are tied to the window, keep their window unless given one."""
+        super().set_input_size(img_size, **size_options)
+        if any(size_options.get(k) is not None for k in ("window_size", "window_ratio")):  # the new reference of timm's rule
+            self._window_reference = (window_pair(self.cfg.window_size), self._patch_grid(self.default_cfg["input_size"][1:]))
+
+    def config_for_size(self, size: tuple[int, int], current: tuple[int, int], *, window_size: int | Sequence[int] | None = None, window_ratio: int | None = None) -> SwinConfig:
+        grid = self._patch_grid(size)
+        if window_size is not None:
+            window = window_pair(window_size)
+        elif window_ratio is not None:
+            ratio = as_int(window_ratio)
+            if ratio is None or ratio < 1:
+                raise ValueError(f"window_ratio takes a positive int, got {window_ratio!r}")
+            window = (max(1, grid[0] // ratio), max(1, grid[1] // ratio))
+        elif self.scales_windows and self.cfg.size_rule == "shrink":
+            ref_window, ref_grid = getattr(self, "_window_reference", None) or (window_pair(self.cfg.window_size), self._patch_grid(current))
+            window = tuple(max(1, w * g // r) for w, g, r in zip(ref_window, grid, ref_grid))
+        else:
+            window = window_pair(self.cfg.window_size)
+        return replace(self.cfg, window_size=window[0] if window[0] == window[1] else window)
+
+    def _patch_grid(self, size: Sequence[int]) -> tuple[int, int]:
+        p = self.cfg.patch_size
+        return -(-size[0] // p), -(-size[1] // p)
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
@@ -464,18 +511,21 @@ class SwinTransformer(VisionModel):
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
 
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
         """Fit relative-position tables of another window size to each block's window: a
         larger window interpolates bicubically (e.g. 7 -> 12, as the official code does), a
         smaller one (a stage at a small ``img_size``) keeps the sub-table of its offsets
-        (:func:`~visionzoo.layers.resize_rel_pos_bias_table`)."""
+        (:func:`~visionzoo.layers.resize_rel_pos_bias_table`). The source window is the
+        ``source`` model's where given, else inferred from the table as square."""
         out = dict(state_dict)
+        theirs = dict(source.named_modules()) if source is not None else {}
         for name, m in self.named_modules():
             k = f"{name}.relative_position_bias_table"
             if isinstance(m, WindowAttention) and k in state_dict:
                 v, own = state_dict[k], m.relative_position_bias_table
-                if v.shape != own.shape and v.ndim == 2 and v.shape[1] == own.shape[1]:
-                    out[k] = resize_rel_pos_bias_table(v, m.window)
+                window = getattr(theirs.get(name), "window", None)
+                if (v.shape != own.shape or window not in (None, m.window)) and v.ndim == 2 and v.shape[1] == own.shape[1]:
+                    out[k] = resize_rel_pos_bias_table(v, m.window, window)
         return out
 
 

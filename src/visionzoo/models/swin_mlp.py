@@ -43,7 +43,7 @@ from ..layers import DropPath, Mlp
 from ..layers.helpers import no_hooks
 from ..layers.window import window_partition, window_reverse
 from ..registry import default_cfg, register_family
-from .swin import SwinConfig, SwinStage, SwinTransformer, _from_stage_end_layout
+from .swin import SwinConfig, SwinStage, SwinTransformer, _from_stage_end_layout, window_pair
 
 __all__ = ["SwinMLP", "SwinMLPBlock"]
 
@@ -113,6 +113,7 @@ class SwinMLP(SwinTransformer):
     block_cls = SwinMLPBlock
     stage_cls = SwinMLPStage
     size_rules = ("shrink",)  # its blocks pad for themselves, as the release does
+    scales_windows = False  # the spatial MLPs' weights are tied to the window
 
     def __init__(self, cfg: SwinConfig, **kwargs: object) -> None:
         # SwinConfig's attention options have nothing to act on here: refused, not ignored
@@ -124,7 +125,7 @@ class SwinMLP(SwinTransformer):
     @classmethod
     def stage_windows(cls, cfg: SwinConfig, img_size: tuple[int, int]) -> list[tuple[int, int]]:
         """The configured window in every stage: the blocks pad a smaller map up to it."""
-        return [(cfg.window_size, cfg.window_size)] * len(cfg.depths)
+        return [window_pair(cfg.window_size)] * len(cfg.depths)
 
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:

@@ -56,7 +56,7 @@ from ..layers import (
     resample_abs_pos_embed,
     trunc_normal_,
 )
-from ..layers.helpers import plain_cpu_eager, to_channels_last
+from ..layers.helpers import plain_cpu_eager, to_2tuple, to_channels_last
 from ..param_groups import MATCH_PREV_GROUP
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
@@ -127,20 +127,26 @@ class RelPosAttention(Attention):
         self.rel_embed = nn.Parameter(torch.zeros(*shape, self.head_dim))
         trunc_normal_(self.rel_embed)
 
+    @staticmethod
+    def resampled_table(table: Tensor, grid: tuple[int, int]) -> Tensor:
+        """``table`` (1-D: (2N' - 1, hd); 2-D: (2Gh' - 1, 2Gw' - 1, hd)) for the offsets of ``grid``:
+        linear over the raster offsets, bicubic over the 2-D ones; unchanged where it fits."""
+        Gh, Gw = grid
+        if table.dim() == 2:
+            n = 2 * Gh * Gw - 1
+            return table if table.shape[0] == n else F.interpolate(table.t()[None], size=n, mode="linear", align_corners=False)[0].t()
+        if (2 * Gh - 1, 2 * Gw - 1) == tuple(table.shape[:2]):
+            return table
+        return F.interpolate(table.permute(2, 0, 1)[None], size=(2 * Gh - 1, 2 * Gw - 1), mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+
     def _offset_embeddings(self, grid: tuple[int, int]) -> Tensor:
         """(N, N, hd) embeddings of the offsets between every pair of grid patches."""
-        table = self.rel_embed
+        table = self.resampled_table(self.rel_embed, grid)  # 1-D: 2N-1, hd; 2-D: 2Gh-1, 2Gw-1, hd
         Gh, Gw = grid
         if table.dim() == 2:  # 1-D: raster offsets i - j in [-(N - 1), N - 1]
             N = Gh * Gw
-            if table.shape[0] != 2 * N - 1:
-                table = F.interpolate(table.t()[None], size=2 * N - 1, mode="linear", align_corners=False)[0].t()  # 2N-1, hd
             idx = torch.arange(N, device=table.device)
             return table[idx[:, None] - idx[None, :] + N - 1]  # N, N, hd
-        if (2 * Gh - 1, 2 * Gw - 1) != tuple(table.shape[:2]):
-            table = F.interpolate(
-                table.permute(2, 0, 1)[None], size=(2 * Gh - 1, 2 * Gw - 1), mode="bicubic", align_corners=False
-            )[0].permute(1, 2, 0)  # 2Gh-1, 2Gw-1, hd
         ys = torch.arange(Gh, device=table.device).repeat_interleave(Gw)  # N
         xs = torch.arange(Gw, device=table.device).repeat(Gh)  # N
         dy = ys[:, None] - ys[None, :] + Gh - 1  # N, N
@@ -315,6 +321,7 @@ class VisionTransformer(VisionModel):
     """
 
     family = "vit"
+    size_dependent = True
     block_features = True
     pool_types = ("token", *NORM_POOL_TYPES)  # timm's, but for its attention pool 'map'
     grad_checkpoint_units = (r"blocks\.\d+",)
@@ -572,24 +579,42 @@ class VisionTransformer(VisionModel):
         return {n for n, _ in self.named_parameters() if "pos_embed" in n or n.endswith("_token") or "rel_embed" in n}
 
     # ------------------------------------------------------------ checkpoints
-    def adapt_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
         """Resample a checkpoint's position embedding to this model's grid: 1-D (bicubic; one set
-        or one per block), or the row and column tables of ``learned_2d`` (linear), as the
-        forward resamples them for another input size.
+        or one per block), or the row and column tables of ``learned_2d`` (linear), and the
+        relative position tables, as the forward resamples them for another input size. The
+        source grid is the ``source`` model's where given, else taken as square.
 
         A checkpoint whose prefix tokens (class, distillation) are not this model's is of
         another variant and is refused, naming the token, before any resampling."""
         self._check_prefix_tokens(state_dict)
         pe = state_dict.get("pos_embed")
-        if pe is not None and self.pos_embed is not None and pe.shape != self.pos_embed.shape and pe.shape[0] == self.pos_embed.shape[0]:
+        old_grid = getattr(source, "grid_size", None)
+        regridded = old_grid is not None and old_grid != self.grid_size
+        if pe is not None and self.pos_embed is not None and (pe.shape != self.pos_embed.shape or regridded) and pe.shape[0] == self.pos_embed.shape[0]:
             # one set, or one per block (pos_embed_at="every_layer"), each resampled as the forward would
-            state_dict["pos_embed"] = torch.cat([resample_abs_pos_embed(pe[i : i + 1], self.grid_size, num_prefix_tokens=self.num_prefix_tokens)
+            state_dict["pos_embed"] = torch.cat([resample_abs_pos_embed(pe[i : i + 1], self.grid_size, old_grid, num_prefix_tokens=self.num_prefix_tokens)
                                                  for i in range(pe.shape[0])])
         for key, side in (("pos_embed_row", 0), ("pos_embed_col", 1)):  # learned_2d: (sets, G, D/2) tables, linear as the forward's
             t, own = state_dict.get(key), getattr(self, key)
             if t is not None and own is not None and t.ndim == 3 and t.shape[::2] == own.shape[::2] and t.shape[1] != own.shape[1]:
                 state_dict[key] = F.interpolate(t.transpose(1, 2), size=self.grid_size[side], mode="linear", align_corners=False).transpose(1, 2)
+        for name, m in self.named_modules():  # relative position tables: resampled as the forward does for another grid
+            key = f"{name}.rel_embed"
+            t = state_dict.get(key)
+            if isinstance(m, RelPosAttention) and t is not None and t.shape != m.rel_embed.shape and t.ndim == m.rel_embed.ndim and t.shape[-1] == m.rel_embed.shape[-1]:
+                state_dict[key] = m.resampled_table(t, m.grid_size)
         return state_dict
+
+    def config_for_size(self, size: tuple[int, int], current: tuple[int, int], *, patch_size: int | Sequence[int] | None = None) -> ViTConfig:
+        """timm's ``set_input_size(img_size, patch_size)``: the patch size can only stay what it is
+        (resampling the patch embedding to another, as FlexiViT does, is not implemented)."""
+        if patch_size is not None and to_2tuple(patch_size, "patch_size") != (self.reduction, self.reduction):
+            raise ValueError(
+                f"{self._name()}: set_input_size cannot change the patch size ({self.reduction} -> {patch_size!r}): "
+                "resampling the patch embedding (FlexiViT) is not implemented"
+            )
+        return self.cfg
 
     def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
         """ValueError where the checkpoint has a class / distillation token this model lacks,
