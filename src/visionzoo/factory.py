@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import inspect
 import logging
 import math
@@ -46,7 +47,7 @@ def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> An
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(_unknown_options_message(name, unknown, fields))
-    hints = typing.get_type_hints(type(config))
+    hints = _type_hints(type(config))
     checked = {k: _checked_value(name, k, hints[k], v, getattr(config, k)) for k, v in overrides.items()}
     return dataclasses.replace(config, **checked)
 
@@ -349,12 +350,18 @@ def create_model(
     return model
 
 
+@functools.cache
+def _type_hints(config_cls: type) -> dict[str, Any]:
+    """A configuration dataclass's field annotations, resolved once per class."""
+    return typing.get_type_hints(config_cls)
+
+
 def _fields_taking_none(config: Any) -> set[str]:
     """The fields of a family's configuration for which ``None`` is a value of its own (their type
     admits it and their default is another)."""
     if not dataclasses.is_dataclass(config):
         return set()
-    hints = typing.get_type_hints(type(config))
+    hints = _type_hints(type(config))
     return {
         f.name
         for f in dataclasses.fields(config)
@@ -436,9 +443,22 @@ def _published_for(entry: Any, overrides: dict[str, Any]) -> dict[str, Any]:
 
 def _meta_model(name: str, **kwargs: Any) -> VisionModel:
     """``create_model`` on the meta device (no memory, no initialisation), in eval mode."""
-    with torch.device("meta"):
-        model = create_model(name, **kwargs)
-    return model.eval()
+    return create_model(name, device="meta", **kwargs).eval()
+
+
+def infos_at_size(names: Sequence[str], img_size: int | Sequence[int] | None, unfit: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+    """:func:`model_info` of each name at ``img_size``. A model that cannot take that size raises,
+    unless ``unfit`` is a list: it is then left out and ``(name, reason)`` appended there (the
+    tables of ``visionzoo info PATTERN`` and ``flops --table`` list the models that can)."""
+    infos = []
+    for n in names:
+        try:
+            infos.append(model_info(n, img_size=img_size))
+        except ValueError as e:
+            if unfit is None or img_size is None:
+                raise
+            unfit.append((n, str(e)))
+    return infos
 
 
 def model_info(name: str, *, img_size: int | Sequence[int] | None = None, **overrides: Any) -> dict[str, Any]:

@@ -248,22 +248,23 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
     }
 
 
-def flops_table(pattern: str | None = None, *, img_size: int | Sequence[int] | None = None) -> list[dict[str, Any]]:
+def flops_table(pattern: str | None = None, *, img_size: int | Sequence[int] | None = None, unfit: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """One row per registered model matching ``pattern`` (fnmatch): counted and published figures.
+    A model that cannot take ``img_size`` raises ValueError, unless ``unfit`` is a list: it is
+    then left out, and ``(name, reason)`` appended there.
 
     Returns:
         list of dicts with ``name``, ``params_m``, ``gmacs``, ``input_size``,
         ``published_params_m``, ``published_gmacs``, ``published_top1``,
         ``published_input_size``.
     """
-    from ..factory import model_info
+    from ..factory import infos_at_size
     from ..registry import list_models
 
     rows = []
-    for n in list_models(pattern):
-        info = model_info(n, img_size=img_size)
+    for info in infos_at_size(list_models(pattern), img_size, unfit):
         rows.append({
-            "name": n,
+            "name": info["name"],
             "params_m": info["params"] / 1e6,
             "gmacs": info["gmacs"],
             "input_size": info["input_size"],

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from . import CLIError, check_img_size, no_model_matches
-from .models import paper_gmacs
+from .models import paper_gmacs, report_unfit
 
 
 def _fmt(v: object, spec: str) -> str:
@@ -16,9 +16,13 @@ def _fmt(v: object, spec: str) -> str:
 def _table(args: argparse.Namespace) -> int:
     from ..analysis import flops_table
 
-    rows = flops_table(args.table, img_size=args.img_size)
+    unfit: list[tuple[str, str]] = []
+    rows = flops_table(args.table, img_size=args.img_size, unfit=unfit)
+    if not rows and unfit:  # none takes the size: the first one's reason
+        raise ValueError(unfit[0][1])
     if not rows:
         raise no_model_matches(args.table)
+    report_unfit(unfit, args.img_size)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from . import CLIError, check_img_size, no_model_matches
+from . import CLIError, check_img_size, count, no_model_matches
 
 
 def _fmt(v: object, spec: str = "") -> str:
     if v is None:
         return "-"
     return format(v, spec) if spec and isinstance(v, (int, float)) else str(v)
+
+
+def report_unfit(unfit: list[tuple[str, str]], img_size: int | None) -> None:
+    """Where a table at ``--img-size`` left out models that cannot take it: an error if it left
+    out all of them (the first one's reason), else a note on stderr naming them."""
+    if not unfit:
+        return
+    names = [n for n, _ in unfit]
+    shown = ", ".join(names[:6]) + (f", ... ({len(names) - 6} more)" if len(names) > 6 else "")
+    print(f"note: left out {count(len(names), 'model')} that cannot take {img_size}x{img_size}: {shown} (visionzoo info NAME --img-size {img_size} says why)", file=sys.stderr)
 
 
 def paper_gmacs(row: dict) -> str:
@@ -38,13 +49,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _info_table(args: argparse.Namespace) -> int:
     """One row per model matching a wildcard pattern."""
-    from ..factory import model_info
+    from ..factory import infos_at_size
     from ..registry import list_models
 
     names = list_models(args.name, sort=False)  # each family's own order
     if not names:
         raise no_model_matches(args.name)
-    infos = [model_info(n, img_size=args.img_size) for n in names]
+    unfit: list[tuple[str, str]] = []
+    infos = infos_at_size(names, args.img_size, unfit)
+    if not infos:  # none takes the size: the first one's reason
+        raise ValueError(unfit[0][1])
+    report_unfit(unfit, args.img_size)
+    names = [i["name"] for i in infos]
     if args.json:
         print(json.dumps([{k: v for k, v in i.items() if k != "default_cfg"} for i in infos], indent=2, default=str))
         return 0
