@@ -96,6 +96,48 @@ def test_a_transposed_grid_is_resampled():
     assert not torch.equal(model.pos_embed, old)
 
 
+@pytest.mark.parametrize("new", [8, 32, 14, (16, 12)])
+def test_patch_kernel_pi_resize_equals_timms(new):
+    """FlexiViT's PI-resize of a 16x16 kernel, against timm's resample_patch_embed (which works in
+    float32: 1e-6), and its defining property: where the resize loses nothing (upsampling), the
+    resized patch embedded with the new kernel equals the patch embedded with the old one."""
+    timm_layers = pytest.importorskip("timm.layers")
+    from visionzoo.layers import resample_patch_kernel
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 3, 16, 16, dtype=torch.float64)
+    ours = resample_patch_kernel(w, new)
+    size = [new, new] if isinstance(new, int) else list(new)
+    assert ours.shape == (6, 3, *size) and ours.dtype == torch.float64
+    assert max_rel_diff(ours, timm_layers.resample_patch_embed(w.float(), size)) < 1e-5
+    if min(size) >= 16:
+        x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+        resized = torch.nn.functional.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        assert max_rel_diff(torch.einsum("bchw,dchw->bd", resized, ours), torch.einsum("bchw,dchw->bd", x, w)) < 1e-10
+
+
+def test_vit_patch_size_changes_as_timms_and_as_a_checkpoint_of_another_patch_size_loads():
+    """set_input_size(patch_size=8) on a /16 model: its kernel PI-resized, its position embedding
+    resampled to the 28x28 grid, its strides 8 (feature_info too); timm's logits (1e-5). A /16
+    state dict loaded into a model built with patch_size=8 is resampled the same way."""
+    timm = pytest.importorskip("timm")
+    ours = visionzoo.create_model("vit_small_patch16_224").eval()
+    ref = timm.create_model("vit_small_patch16_224").eval()
+    weights = {k: v.clone() for k, v in ours.state_dict().items()}
+    ref.load_state_dict(weights)
+    ours.set_input_size(224, patch_size=8)
+    ref.set_input_size(224, patch_size=8)
+    assert ours.patch_embed.proj.weight.shape == (384, 3, 8, 8) and ours.pos_embed.shape == (1, 1 + 28 * 28, 384)
+    assert ours.feature_info.reduction() == [8] * 12 and ours.grid_size == (28, 28)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+    loaded = visionzoo.create_model("vit_small_patch16_224", patch_size=8, checkpoint=weights).eval()
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in loaded.state_dict().items())
+    with pytest.raises(ValueError, match="the hybrid's patches are its ResNet's 16 px"):
+        visionzoo.create_model("vit_base_r50_s16_224", device="meta").set_input_size(224, patch_size=8)
+
+
 def test_swin_windows_follow_timms_rule_and_its_logits():
     """Without a window, Swin's scales with the patch grid as timm's does (7 at 224 -> 12 at 384;
     rectangular for a rectangular image); the rule keeps the size the model was built for as its
@@ -189,8 +231,11 @@ def test_refusals_change_nothing():
     with pytest.raises(ValueError, match=r"vit_tiny_patch16_224 cannot take img_size 100x96: it needs height and width divisible by 16"):
         model.set_input_size((100, 96))
     unchanged()
-    with pytest.raises(ValueError, match=r"cannot change the patch size \(16 -> 8\)"):
-        model.set_input_size(96, patch_size=8)
+    with pytest.raises(ValueError, match=r"patch_size takes a positive int \(square patches\), got \(8, 4\)"):
+        model.set_input_size(96, patch_size=(8, 4))
+    unchanged()
+    with pytest.raises(ValueError, match=r"vit_tiny_patch16_224 cannot take img_size 68x64: it needs height and width divisible by 8"):
+        model.set_input_size((68, 64), patch_size=8)  # checked for the new patch size
     unchanged()
     model.set_input_size(64, patch_size=16)  # the current patch size is accepted, as timm's
     unchanged()

@@ -27,7 +27,7 @@ import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass, is_dataclass, replace
 from typing import Any
 
 import torch
@@ -495,14 +495,14 @@ class VisionModel(nn.Module):
         size = to_2tuple(img_size, "img_size") if img_size is not None else current
         if min(size) < 1:
             raise ValueError(f"{self._name()}: img_size must be positive, got {img_size!r}")
-        problem = self.size_problem(*size)
-        if problem:
-            raise ValueError(f"{self._name()} cannot take img_size {size[0]}x{size[1]}: it {problem}")
         takes = [k for k, v in inspect.signature(self.config_for_size).parameters.items() if v.kind is v.KEYWORD_ONLY]
         unknown = sorted(set(size_options) - set(takes))
         if unknown:
             raise TypeError(f"{self._name()}: set_input_size takes img_size{''.join(f', {k}' for k in takes)}; got {unknown}")
         cfg = self.config_for_size(size, current or size, **size_options)
+        problem = self.size_problem(*size) if cfg == getattr(self, "cfg", None) else None  # (another patch size: the resized model's)
+        if problem:
+            raise ValueError(f"{self._name()} cannot take img_size {size[0]}x{size[1]}: it {problem}")
         if self.size_dependent:
             _resize_in_place(self, cfg, current or size, size)
         self.default_cfg = {**self.default_cfg, "input_size": (self.in_chans, *size)}
@@ -717,8 +717,14 @@ def _resize_in_place(model: VisionModel, cfg: Any, current: tuple[int, int], siz
             if mine is not None:
                 value = value.to(device=mine.device, dtype=mine.dtype if value.is_floating_point() else value.dtype)
             tensors.append((target, k, value))
+    reductions = {f.module: f.reduction for f in new.feature_info}  # strides change with ViT's patch size
+    infos = model.feature_info
+    if reductions != {f.module: f.reduction for f in old.feature_info}:
+        rescale = lambda fs: [replace(f, reduction=reductions.get(f.module, f.reduction)) for f in fs]  # noqa: E731
+        infos = FeatureInfoList(rescale(infos), infos._out_indices, None if infos._every is None else rescale(infos._every))
     for target, attribute, value in settings + tensors:
         setattr(target, attribute, value)
+    model.feature_info = infos
     clear_derived_caches(model)
 
 

@@ -7,7 +7,7 @@ from .helpers import check_int, check_output_stride, classifier, clear_derived_c
 from .linear import add_projection, linear, linear_act, linear_add
 from .mlp import Mlp, residual_mlp
 from .norms import LayerNorm2d
-from .patch_embed import PatchEmbed
+from .patch_embed import PatchEmbed, resample_patch_kernel
 from .pooling import NORM_POOL_TYPES, POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
 from .pos_embed import relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table
 from .se import SqueezeExcite
@@ -52,6 +52,7 @@ __all__ = [
     "dilate_strides",
     "relative_position_index",
     "resample_abs_pos_embed",
+    "resample_patch_kernel",
     "residual_mlp",
     "resize_rel_pos_bias_table",
     "set_bn_folding",

@@ -31,7 +31,7 @@ embedding), ``every_layer`` (before every block, separate parameters) or
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -54,6 +54,7 @@ from ..layers import (
     global_pool_2d,
     pad_same,
     resample_abs_pos_embed,
+    resample_patch_kernel,
     trunc_normal_,
 )
 from ..layers.helpers import plain_cpu_eager, to_2tuple, to_channels_last
@@ -580,7 +581,9 @@ class VisionTransformer(VisionModel):
 
     # ------------------------------------------------------------ checkpoints
     def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
-        """Resample a checkpoint's position embedding to this model's grid: 1-D (bicubic; one set
+        """Resample a checkpoint's patch embedding of another patch size (FlexiViT's PI-resize,
+        :func:`~visionzoo.layers.resample_patch_kernel`), and its position embedding to this
+        model's grid: 1-D (bicubic; one set
         or one per block), or the row and column tables of ``learned_2d`` (linear), and the
         relative position tables, as the forward resamples them for another input size. The
         source grid is the ``source`` model's where given, else taken as square.
@@ -588,6 +591,10 @@ class VisionTransformer(VisionModel):
         A checkpoint whose prefix tokens (class, distillation) are not this model's is of
         another variant and is refused, naming the token, before any resampling."""
         self._check_prefix_tokens(state_dict)
+        kernel, own = state_dict.get("patch_embed.proj.weight"), getattr(self.patch_embed, "proj", None)
+        if kernel is not None and isinstance(own, nn.Conv2d) and kernel.ndim == 4 and kernel.shape[:2] == own.weight.shape[:2] and kernel.shape[2:] != own.weight.shape[2:]:
+            # another patch size (a /16 checkpoint in a /8 model): FlexiViT's PI-resize, as timm does
+            state_dict["patch_embed.proj.weight"] = resample_patch_kernel(kernel, own.weight.shape[2:])
         pe = state_dict.get("pos_embed")
         old_grid = getattr(source, "grid_size", None)
         regridded = old_grid is not None and old_grid != self.grid_size
@@ -607,14 +614,19 @@ class VisionTransformer(VisionModel):
         return state_dict
 
     def config_for_size(self, size: tuple[int, int], current: tuple[int, int], *, patch_size: int | Sequence[int] | None = None) -> ViTConfig:
-        """timm's ``set_input_size(img_size, patch_size)``: the patch size can only stay what it is
-        (resampling the patch embedding to another, as FlexiViT does, is not implemented)."""
-        if patch_size is not None and to_2tuple(patch_size, "patch_size") != (self.reduction, self.reduction):
-            raise ValueError(
-                f"{self._name()}: set_input_size cannot change the patch size ({self.reduction} -> {patch_size!r}): "
-                "resampling the patch embedding (FlexiViT) is not implemented"
-            )
-        return self.cfg
+        """timm's ``set_input_size(img_size, patch_size)``: another (square) patch size resamples the
+        patch embedding's kernel by FlexiViT's PI-resize (:func:`~visionzoo.layers.resample_patch_kernel`)
+        and the position embedding to the new grid. The hybrid's patches are its ResNet's 16 px."""
+        if patch_size is None:
+            return self.cfg
+        p = to_2tuple(patch_size, "patch_size")
+        if p == (self.reduction, self.reduction):
+            return self.cfg
+        if self.cfg.hybrid_layers:
+            raise ValueError(f"{self._name()}: the hybrid's patches are its ResNet's {self.reduction} px; patch_size cannot change")
+        if p[0] != p[1] or p[0] < 1:
+            raise ValueError(f"{self._name()}: patch_size takes a positive int (square patches), got {patch_size!r}")
+        return replace(self.cfg, patch_size=p[0])
 
     def _check_prefix_tokens(self, state_dict: dict[str, Tensor]) -> None:
         """ValueError where the checkpoint has a class / distillation token this model lacks,
