@@ -20,7 +20,8 @@ def _n_params(model):
 def test_names():
     assert NAMES == sorted([
         "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
-        "wide_resnet50_2", "seresnet50", "seresnet101",
+        "wide_resnet50_2", "seresnet50", "seresnet101", "seresnext50_32x4d", "seresnext101_32x4d",
+        "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d",
     ])
     assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 8
 
@@ -36,7 +37,7 @@ def test_params_equal_timm_and_torchvision(name):
     assert abs(n / 1e6 - published) < 0.051, (n, published)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d"])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
     ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
@@ -90,6 +91,43 @@ def test_features_equal_timm_resnet50():
         assert max_rel_diff(f, e) < 1e-4
 
 
+def test_resnet_d_as_timm_builds_it_from_its_keywords():
+    """timm's structural keywords of ResNet (stem_type, stem_width, avg_down) build the same
+    network as timm's (ResNet-S's deep 64-64-128 stem here, and ResNet-D's shortcut): keys,
+    logits and features_only maps (the deep stem's channels) with the same weights; the shortcut
+    reads every pixel (a 2x2 average pool), not one in four."""
+    kw = dict(stem_type="deep", stem_width=64, avg_down=True)
+    ref = build_random(lambda: timm.create_model("resnet34", num_classes=5, **kw))
+    ours = visionzoo.create_model("resnet34", num_classes=5, checkpoint=ref.state_dict(), **kw).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    feats = visionzoo.create_model("resnet34", features_only=True, checkpoint=ref.state_dict(), **kw).eval()
+    assert feats.feature_info.channels() == [128, 64, 128, 256, 512]
+    assert isinstance(ours.layer2[0].downsample[0], torch.nn.AvgPool2d)  # stride 2: pooled
+    assert isinstance(ours.layer1[0].downsample[0], torch.nn.Identity)  # 128 -> 64 channels at stride 1: projected only
+    x = torch.randn(2, 3, 65, 47)  # odd sides: the pool's ceil mode
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+        for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
+    with pytest.raises(ValueError, match="stem_type must be one of '', 'deep', got 'tiered'"):
+        visionzoo.create_model("resnet50", stem_type="tiered")
+
+
+def test_a_hook_on_the_deep_stem_sees_its_output_in_inference():
+    """The deep stem's convolutions run with their BatchNorms folded in CPU inference; a hook
+    on the stem's Sequential (conv1) makes it run as the module, and sees what autograd sees."""
+    model = build_random(lambda: visionzoo.create_model("resnet18d", num_classes=3)).eval()
+    seen = []
+    model.conv1.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.enable_grad():
+        ref = model(x).detach()
+    with torch.inference_mode():
+        out = model(x)
+    assert len(seen) == 2 and seen[0].shape == (1, 64, 32, 32)
+    assert max_rel_diff(seen[1], seen[0]) < 1e-5 and max_rel_diff(out, ref) < 1e-4
+
+
 # --------------------------------------------------------------------------- dilation
 def test_output_stride_8_resnet50_equals_timm_and_torchvision():
     ref = build_random(lambda: timm.create_model("resnet50", num_classes=10, output_stride=8))
@@ -119,6 +157,15 @@ def test_output_stride_16_basic_block_equals_timm():
     with torch.no_grad():
         assert ours.forward_features(x).shape[-2:] == (4, 4)
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+@pytest.mark.parametrize("name, output_stride", [("resnet50d", 8), ("resnet18d", 16)])
+def test_output_stride_of_resnet_d_equals_timm(name, output_stride):
+    """A stage whose stride becomes dilation pools its shortcut 2x2 with stride 1 over a map
+    padded at its end (timm's AvgPool2dSame), to the same logits and maps as timm's."""
+    from timm_checks import assert_output_stride_equals_timm
+
+    assert_output_stride_equals_timm(name, output_stride, torch.randn(1, 3, 64, 80))
 
 
 def test_multi_grid_rates_repeat_times_the_stage_dilation_and_hdc_rates_are_absolute():

@@ -1,7 +1,10 @@
-"""ResNet and its direct descendants: ResNeXt, Wide ResNet, SE-ResNet.
+"""ResNet and its direct descendants: ResNeXt, Wide ResNet, SE-ResNet(Xt), ResNet-D.
 
 Papers:
     He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (ResNet).
+    He et al., "Bag of Tricks for Image Classification with Convolutional Neural Networks",
+    CVPR 2019 (ResNet-C's deep stem, ResNet-D's average-pool shortcut: ``stem_type="deep"``,
+    ``avg_down=True``; the ``resnet*d`` networks, as timm builds them).
     Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017 (ResNeXt).
     Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (Wide ResNet).
     Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (SE-ResNet).
@@ -22,6 +25,11 @@ torchvision and timm; the paper strides the first 1x1) and projects the shortcut
 1x1 convolution + BN. ResNeXt splits the 3x3 into ``groups`` paths of ``base_width``
 channels each (for the first stage, doubling per stage); Wide ResNet doubles
 ``base_width``; SE-ResNet gates the last BN's output with squeeze-and-excitation.
+ResNet-D (Bag of Tricks) replaces the 7x7 stem by three 3x3 convolutions (32, 32, 64
+channels; stride 2 in the first) and projects the shortcut after a 2x2 stride-2 average pool
+with a stride-1 1x1 convolution, so that it reads every pixel instead of one in four; in a
+stage whose stride became dilation, timm's rule pools 2x2 with stride 1 over the map padded
+by a zero row and column at its end. Keys and evaluation settings are timm's.
 
 Dense prediction (dilation):
     ``output_stride`` (32, 16, 8 or 4) replaces the stride of the last stage(s) by dilation,
@@ -58,6 +66,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
@@ -75,11 +84,37 @@ def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 1, di
     return conv, nn.BatchNorm2d(out_chs)
 
 
-def _downsample(in_chs: int, out_chs: int, stride: int) -> nn.Sequential | None:
-    """1x1 projection of the shortcut where the shape changes (keys ``downsample.0/1``)."""
+class AvgPool2dSame(nn.AvgPool2d):
+    """2x2 stride-1 average pool over a map padded by one zero row and column at its end
+    (TensorFlow's 'SAME'), which keeps the size: ResNet-D's shortcut in a stage whose stride
+    became dilation (timm's rule). The padded zeros count in the border averages."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
+
+
+#: the shortcut projections of a stage's first block: "conv", the 1x1 convolution with the
+#: stride (ResNet-B); "avg", ResNet-D's 2x2 average pool with the stride (nothing at stride 1,
+#: ceil mode, padding not counted) before a stride-1 1x1 convolution; "avg_same", ResNet-D's in a
+#: stage whose stride became dilation (:class:`AvgPool2dSame`)
+SHORTCUTS = ("conv", "avg", "avg_same")
+
+
+def _downsample(in_chs: int, out_chs: int, stride: int, shortcut: str = "conv") -> nn.Sequential | None:
+    """Projection of the shortcut where the shape changes (keys ``downsample.0/1``; after
+    ResNet-D's pool, ``downsample.1/2``)."""
     if stride == 1 and in_chs == out_chs:
         return None
-    return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride=stride))
+    if shortcut == "conv":
+        return nn.Sequential(*_conv_bn(in_chs, out_chs, 1, stride=stride))
+    if shortcut == "avg_same":
+        pool: nn.Module = AvgPool2dSame()
+    else:
+        pool = nn.Identity() if stride == 1 else nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+    return nn.Sequential(pool, *_conv_bn(in_chs, out_chs, 1))
 
 
 def _owns_shortcut(block: nn.Module, owns_input: bool) -> bool:
@@ -90,7 +125,8 @@ def _owns_shortcut(block: nn.Module, owns_input: bool) -> bool:
     ds = block.downsample
     if ds is None:
         return owns_input
-    return type(ds) is nn.Sequential and all(type(m) in (nn.Conv2d, nn.BatchNorm2d) for m in ds) and no_hooks(ds, *ds)
+    parts = (nn.Conv2d, nn.BatchNorm2d, nn.AvgPool2d, AvgPool2dSame, nn.Identity)  # ends in the projection's conv + BN
+    return type(ds) is nn.Sequential and all(type(m) in parts for m in ds) and type(ds[-1]) is nn.BatchNorm2d and no_hooks(ds, *ds)
 
 
 class ResidualStage(nn.Sequential):
@@ -123,6 +159,7 @@ class BasicBlock(nn.Module):
             block of a dilated stage keeps the previous stage's rate here).
         se: squeeze-and-excitation after the last BN.
         drop_path: stochastic-depth rate of the residual branch.
+        shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
     Shapes:
         (B, in_chs, H, W) -> (B, planes, H/stride, W/stride).
@@ -142,6 +179,7 @@ class BasicBlock(nn.Module):
         base_width: int = 64,
         se: bool = False,
         drop_path: float = 0.0,
+        shortcut: str = "conv",
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -152,7 +190,7 @@ class BasicBlock(nn.Module):
         self.se = SqueezeExcite(planes, make_divisible(planes / 16, 8, round_limit=0.0)) if se else None
         self.drop_path = DropPath(drop_path)
         self.act2 = nn.ReLU(inplace=True)
-        self.downsample = _downsample(in_chs, planes, stride)
+        self.downsample = _downsample(in_chs, planes, stride, shortcut)
 
     def forward(self, x: Tensor, *, owns_input: bool = False) -> Tensor:
         """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
@@ -184,6 +222,7 @@ class Bottleneck(nn.Module):
             ``floor(planes * base_width / 64) * groups`` channels.
         se: squeeze-and-excitation (reduction 16) after the last BN.
         drop_path: stochastic-depth rate of the residual branch.
+        shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
     Shapes:
         (B, in_chs, H, W) -> (B, 4 * planes, H/stride, W/stride).
@@ -203,6 +242,7 @@ class Bottleneck(nn.Module):
         base_width: int = 64,
         se: bool = False,
         drop_path: float = 0.0,
+        shortcut: str = "conv",
     ) -> None:
         super().__init__()
         width = planes * base_width // 64 * groups
@@ -215,7 +255,7 @@ class Bottleneck(nn.Module):
         self.se = SqueezeExcite(out_chs, make_divisible(out_chs / 16, 8, round_limit=0.0)) if se else None
         self.drop_path = DropPath(drop_path)
         self.act3 = nn.ReLU(inplace=True)
-        self.downsample = _downsample(in_chs, out_chs, stride)
+        self.downsample = _downsample(in_chs, out_chs, stride, shortcut)
 
     def forward(self, x: Tensor, *, owns_input: bool = False) -> Tensor:
         """``owns_input``: the caller hands ``x`` over (:class:`ResidualStage`), so the
@@ -234,6 +274,7 @@ class Bottleneck(nn.Module):
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+STEM_TYPES = ("", "deep")
 
 
 @dataclass(frozen=True)
@@ -247,6 +288,13 @@ class ResNetConfig:
         base_width: channels per group of the first stage's 3x3 (64 for ResNet; 4 or 8 for
             ResNeXt 32x4d / 32x8d; 128 for Wide ResNet-50-2).
         se: squeeze-and-excitation in every block (SE-ResNet).
+        stem_type: ``""``, the 7x7 stride-2 convolution; ``"deep"``, ResNet-C's three 3x3
+            convolutions (stride 2, then 1, 1; BN and ReLU between) of ``stem_width``,
+            ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019).
+        stem_width: the 7x7 stem's channels, or the deep stem's first two widths (timm's
+            ResNet-C/D networks: 32, so that the stem gives 64 channels as the plain one does).
+        avg_down: ResNet-D's shortcut: a 2x2 average pool with the stride before a stride-1
+            1x1 projection, so the shortcut reads every pixel (timm's ``avg_down``).
         output_stride: 32, 16, 8 or 4; smaller values dilate the last stage(s) instead of
             striding (module docstring).
         multi_grid: unit rates cycled over the last stage's blocks (DeepLabv3).
@@ -259,6 +307,9 @@ class ResNetConfig:
     groups: int = 1
     base_width: int = 64
     se: bool = False
+    stem_type: str = ""
+    stem_width: int = 64
+    avg_down: bool = False
     output_stride: int = 32
     multi_grid: tuple[int, ...] | None = None
     dilation_rates: tuple[tuple[int, ...] | None, ...] | None = None
@@ -348,25 +399,39 @@ class ResNet(VisionModel):
             raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {cfg.block!r}")
         if len(cfg.layers) != 4:
             raise ValueError(f"layers must give four stages, got {cfg.layers!r}")
+        if cfg.stem_type not in STEM_TYPES:
+            raise ValueError(f"stem_type must be one of {', '.join(map(repr, STEM_TYPES))}, got {cfg.stem_type!r}")
         block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
 
-        self.conv1, self.bn1 = _conv_bn(in_chans, 64, 7, stride=2)
+        sw = cfg.stem_width
+        if cfg.stem_type == "deep":  # keys conv1.0 / .1 / .3 / .4 / .6, then bn1, as timm's
+            stem_chs = 2 * sw
+            self.conv1: nn.Module = nn.Sequential(
+                *_conv_bn(in_chans, sw, 3, stride=2), nn.ReLU(inplace=True),
+                *_conv_bn(sw, sw, 3), nn.ReLU(inplace=True),
+                nn.Conv2d(sw, stem_chs, 3, 1, 1, bias=False),
+            )
+            self.bn1 = nn.BatchNorm2d(stem_chs)
+        else:
+            stem_chs = sw
+            self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, 7, stride=2)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.feature_info = [FeatureInfo(64, 2, "act1")]
+        self.feature_info = [FeatureInfo(stem_chs, 2, "act1")]
 
         dpr = drop_path_rates(drop_path_rate, sum(cfg.layers))
-        in_chs, k = 64, 0
+        in_chs, k = stem_chs, 0
         self.stage_names = [f"layer{i + 1}" for i in range(4)]  # torchvision's / timm's names
         for i, (stride, reduction, rates) in enumerate(stage_dilations(cfg)):
             planes = 64 * 2**i
+            shortcut = "conv" if not cfg.avg_down else "avg_same" if i > 0 and stride == 1 else "avg"  # (a stride that became dilation)
             blocks = []
             for j, (first_dilation, dilation) in enumerate(rates):
                 blocks.append(block(
                     in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
-                    groups=cfg.groups, base_width=cfg.base_width, se=cfg.se, drop_path=dpr[k],
+                    groups=cfg.groups, base_width=cfg.base_width, se=cfg.se, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
                 ))
                 in_chs, k = planes * block.expansion, k + 1
             self.add_module(self.stage_names[i], ResidualStage(*blocks))
@@ -391,7 +456,14 @@ class ResNet(VisionModel):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def _stem(self, x: Tensor) -> Tensor:
-        return apply_conv_bn(self.conv1, self.bn1, x, self.act1)  # B, 64, H/2, W/2
+        if self.cfg.stem_type != "deep":
+            return apply_conv_bn(self.conv1, self.bn1, x, self.act1)  # B, 64, H/2, W/2
+        c = self.conv1
+        if not no_hooks(c):  # its forward runs, as a hook on it expects
+            return self.act1(self.bn1(c(x)))
+        x = apply_conv_bn(c[0], c[1], x, c[2])
+        x = apply_conv_bn(c[3], c[4], x, c[5])
+        return apply_conv_bn(c[6], self.bn1, x, self.act1)  # B, 2 * stem_width, H/2, W/2
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -448,6 +520,23 @@ VARIANTS = {
     "wide_resnet50_2": ResNetConfig(base_width=128),
     "seresnet50": ResNetConfig(se=True),
     "seresnet101": ResNetConfig(layers=(3, 4, 23, 3), se=True),
+    "seresnext50_32x4d": ResNetConfig(groups=32, base_width=4, se=True),
+    "seresnext101_32x4d": ResNetConfig(layers=(3, 4, 23, 3), groups=32, base_width=4, se=True),
+    # ResNet-D (Bag of Tricks): the deep stem (ResNet-C) and the average-pool shortcut
+    **{
+        f"resnet{depth}d": ResNetConfig(block=block, layers=layers, stem_type="deep", stem_width=32, avg_down=True)
+        for depth, block, layers in (
+            (18, "basic", (2, 2, 2, 2)), (26, "bottleneck", (2, 2, 2, 2)), (34, "basic", (3, 4, 6, 3)),
+            (50, "bottleneck", (3, 4, 6, 3)), (101, "bottleneck", (3, 4, 23, 3)), (152, "bottleneck", (3, 8, 36, 3)),
+        )
+    },
+}
+#: the networks timm trained (no torchvision weights): timm's evaluation of its default weights
+#: (bicubic; side, crop_pct), where ResNet's is torchvision's
+TIMM_EVAL = {
+    **{n: (224, 0.875) for n in ("seresnext50_32x4d", "seresnext101_32x4d", "resnet18d", "resnet26d", "resnet34d", "resnet50d")},
+    "resnet101d": (256, 0.95),
+    "resnet152d": (256, 0.95),
 }
 
 # Params: the papers' where they give them, else the reference implementations' (equal to
@@ -467,6 +556,13 @@ PUBLISHED: dict[str, dict] = {
     "wide_resnet50_2": dict(params=68.9, gmacs=11.4, top1=78.1, note="WRN paper (WRN-50-2-bottleneck, 21.9 % error); torchvision's weights: 78.5"),
     "seresnet50": dict(params=28.1, gmacs=4.1, top1=76.7, note="SENet paper Table 2: 23.29 % error, 3.87 GFLOPs with the v1 block; 4.1 = v1.5 (timm)"),
     "seresnet101": dict(params=49.3, gmacs=7.8, top1=77.6, note="SENet paper Table 2: 22.38 % error, 7.60 GFLOPs with the v1 block; 7.8 = v1.5; params counted"),
+    "seresnext50_32x4d": dict(params=27.6, top1=79.0, note="top-1 of the SENet authors' released model (20.97 % error); params counted (equal to timm's)"),
+    "seresnext101_32x4d": dict(params=49.0, top1=80.2, note="top-1 of the SENet authors' released model (19.81 % error); params counted (equal to timm's)"),
+    "resnet50d": dict(params=25.6, top1=77.2, note="Bag of Tricks (He et al., CVPR 2019): ResNet-50-D 77.16 % top-1, 25 M params (counted: 25.58)"),
+    **{
+        name: dict(params=params, note="ResNet-D tweaks applied as timm does; no paper gives this network: params counted (equal to timm's)")
+        for name, params in (("resnet18d", 11.7), ("resnet26d", 16.0), ("resnet34d", 21.8), ("resnet101d", 44.6), ("resnet152d", 60.2))
+    },
 }
 
 register_family(
@@ -474,10 +570,15 @@ register_family(
     ResNet,
     VARIANTS,
     # torchvision's evaluation: resize 256 (bilinear), centre crop 224
-    default_cfgs=lambda name, cfg: default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1", classifier="fc"),
+    default_cfgs=lambda name, cfg: (
+        default_cfg(TIMM_EVAL[name][0], crop_pct=TIMM_EVAL[name][1], interpolation="bicubic", first_conv="conv1.0" if cfg.stem_type == "deep" else "conv1", classifier="fc")
+        if name in TIMM_EVAL
+        else default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1.0" if cfg.stem_type == "deep" else "conv1", classifier="fc")
+    ),
     published=PUBLISHED,
     paper=(
         "He et al., Deep Residual Learning for Image Recognition, CVPR 2016; ResNeXt: Xie et al., CVPR 2017; "
-        "Wide ResNet: Zagoruyko & Komodakis, BMVC 2016; SE-ResNet: Hu et al., CVPR 2018"
+        "Wide ResNet: Zagoruyko & Komodakis, BMVC 2016; SE-ResNet: Hu et al., CVPR 2018; "
+        "ResNet-C/D: He et al., Bag of Tricks for Image Classification with Convolutional Neural Networks, CVPR 2019"
     ),
 )
