@@ -32,6 +32,18 @@ def test_logits_equal_timm(name):
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
 
 
+def test_timms_small_networks_load_with_their_convolutional_mlps():
+    """timm builds convnext_atto ... convnext_nano with conv_mlp=True: 1x1-convolution MLPs whose
+    kernels load into visionzoo's linear layers (the timm layout is detected), to timm's logits."""
+    ref = build_random(lambda: timm.create_model("convnext_femto", num_classes=6))
+    assert ref.state_dict()["stages.0.blocks.0.mlp.fc1.weight"].shape == (192, 48, 1, 1)
+    ours = visionzoo.create_model("convnext_femto", num_classes=6, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    assert visionzoo.create_model("convnext_nano", device="meta").default_cfg["crop_pct"] == 0.95  # timm's default weights'
+
+
 @pytest.mark.parametrize("ls_init_value", [None, 0.0, 0.5])
 def test_layer_scale_option_as_timms(ls_init_value):
     """timm's ls_init_value: None builds no layer scale, a number (0 too) a gamma starting at

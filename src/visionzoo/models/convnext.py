@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel, tap_outputs
-from ..checkpoints import identity, register_converter, rename_keys
+from ..checkpoints import register_converter, rename_keys
 from ..layers import NORM_POOL_TYPES, Conv2d, DropPath, LayerNorm2d, Mlp, check_output_stride, classifier, drop_path_rates, global_pool_2d, pad_same, residual_mlp, to_2tuple, trunc_normal_
 from ..layers.helpers import DerivedCache, plain_cpu_eager
 from ..registry import default_cfg, register_family
@@ -227,7 +227,12 @@ class ConvNeXt(VisionModel):
 
 
 # --------------------------------------------------------------------------- checkpoints
-register_converter("convnext", "timm")(identity)
+@register_converter("convnext", "timm")
+def _from_timm(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """timm's keys are ours. Its small networks (``convnext_atto`` ... ``convnext_nano``) are built
+    with ``conv_mlp=True``: the block's MLP as 1x1 convolutions, whose (out, in, 1, 1) kernels
+    are our linear layers' weights."""
+    return {k: v.flatten(1) if v.ndim == 4 and k.endswith((".mlp.fc1.weight", ".mlp.fc2.weight")) else v for k, v in sd.items()}
 
 
 @register_converter("convnext", "torchvision")
@@ -281,13 +286,20 @@ VARIANTS = {
     "convnext_base": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
     "convnext_large": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
     "convnext_xlarge": ConvNeXtConfig(depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048)),
+    # timm's small networks (not in the paper); timm builds their MLPs as 1x1 convolutions, the same map
+    "convnext_atto": ConvNeXtConfig(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)),
+    "convnext_femto": ConvNeXtConfig(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384)),
+    "convnext_pico": ConvNeXtConfig(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512)),
+    "convnext_nano": ConvNeXtConfig(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640)),
 }
+#: timm's evaluation of the default weights of its small networks (bicubic): crop_pct
+_TIMM_CROP = {"convnext_atto": 0.875, "convnext_femto": 0.875, "convnext_pico": 0.875, "convnext_nano": 0.95}
 
 register_family(
     "convnext",
     ConvNeXt,
     VARIANTS,
-    default_cfgs=lambda name, cfg: default_cfg(224, crop_pct=0.875, first_conv="stem.0", classifier="head.fc"),
+    default_cfgs=lambda name, cfg: default_cfg(224, crop_pct=_TIMM_CROP.get(name, 0.875), first_conv="stem.0", classifier="head.fc"),
     published={  # paper Table 1 (ImageNet-1k, 224); XL only after ImageNet-22k
         "convnext_tiny": dict(params=28.6, gmacs=4.5, top1=82.1),
         "convnext_small": dict(params=50.0, gmacs=8.7, top1=83.1),
