@@ -437,9 +437,16 @@ class SwinTransformer(VisionModel):
         grid divided by the ratio. As everywhere in Swin, a stage whose map is no larger than the
         window takes a window the size of the map. The torchvision-rule models (``swin_t``, ...)
         and Swin-MLP, whose weights are tied to the window, keep their window unless given one."""
+        built = tuple(self.default_cfg.get("input_size", ())[1:])
+        reference = self._reference(built) if built else None  # taken before the resize changes the window
         super().set_input_size(img_size, **size_options)
-        if any(size_options.get(k) is not None for k in ("window_size", "window_ratio")):  # the new reference of timm's rule
-            self._window_reference = (window_pair(self.cfg.window_size), self._patch_grid(self.default_cfg["input_size"][1:]))
+        if reference is None or any(size_options.get(k) is not None for k in ("window_size", "window_ratio")):  # a new reference
+            reference = (window_pair(self.cfg.window_size), self._patch_grid(self.default_cfg["input_size"][1:]))
+        self._window_reference = reference  # kept across calls: resizing back gives the window back, without rounding drift
+
+    def _reference(self, current: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """timm's rule's reference: (window, patch grid) of the size built for or last given a window."""
+        return getattr(self, "_window_reference", None) or (window_pair(self.cfg.window_size), self._patch_grid(current))
 
     def config_for_size(self, size: tuple[int, int], current: tuple[int, int], *, window_size: int | Sequence[int] | None = None, window_ratio: int | None = None) -> SwinConfig:
         grid = self._patch_grid(size)
@@ -451,7 +458,7 @@ class SwinTransformer(VisionModel):
                 raise ValueError(f"window_ratio takes a positive int, got {window_ratio!r}")
             window = (max(1, grid[0] // ratio), max(1, grid[1] // ratio))
         elif self.scales_windows and self.cfg.size_rule == "shrink":
-            ref_window, ref_grid = getattr(self, "_window_reference", None) or (window_pair(self.cfg.window_size), self._patch_grid(current))
+            ref_window, ref_grid = self._reference(current)
             window = tuple(max(1, w * g // r) for w, g, r in zip(ref_window, grid, ref_grid))
         else:
             window = window_pair(self.cfg.window_size)
