@@ -716,6 +716,8 @@ def _resize_in_place(model: VisionModel, cfg: Any, current: tuple[int, int], siz
             mine, value = target._buffers.get(k), nm._buffers[k]
             if mine is not None:
                 value = value.to(device=mine.device, dtype=mine.dtype if value.is_floating_point() else value.dtype)
+            else:  # (a buffer this model lacks: where its parameters are)
+                value = value.to(device=next(model.parameters()).device)
             tensors.append((target, k, value))
     reductions = {f.module: f.reduction for f in new.feature_info}  # strides change with ViT's patch size
     infos = model.feature_info

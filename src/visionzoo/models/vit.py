@@ -582,11 +582,11 @@ class VisionTransformer(VisionModel):
     # ------------------------------------------------------------ checkpoints
     def adapt_state_dict(self, state_dict: dict[str, Tensor], source: VisionModel | None = None) -> dict[str, Tensor]:
         """Resample a checkpoint's patch embedding of another patch size (FlexiViT's PI-resize,
-        :func:`~visionzoo.layers.resample_patch_kernel`), and its position embedding to this
-        model's grid: 1-D (bicubic; one set
-        or one per block), or the row and column tables of ``learned_2d`` (linear), and the
-        relative position tables, as the forward resamples them for another input size. The
-        source grid is the ``source`` model's where given, else taken as square.
+        :func:`~visionzoo.layers.resample_patch_kernel`), and its position tables to this model's
+        grid as the forward resamples them for another input size: the 1-D embedding (bicubic;
+        one set or one per block), the row and column tables of ``learned_2d`` (linear), the
+        relative position tables. The source grid is the ``source`` model's where given, else
+        taken as square.
 
         A checkpoint whose prefix tokens (class, distillation) are not this model's is of
         another variant and is refused, naming the token, before any resampling."""
