@@ -149,7 +149,8 @@ def test_position_embedding_resized_to_model_size():
         ((NAME, {}), (NAME, dict(class_token=False, global_pool="avg")), r"has a class token \(cls_token\).*class_token=False"),
         ((NAME, dict(class_token=False, global_pool="avg")), (NAME, {}), r"has no class token \(cls_token\)"),
         ((NAME, dict(reg_tokens=4)), (NAME, {}), r"has register tokens \(reg_token, timm's reg_tokens=4\)"),
-        ((NAME, dict(no_embed_class=True)), (NAME, {}), r"4 rows, one per patch of this model and none for the class .*no_embed_class=True"),
+        ((NAME, dict(no_embed_class=True)), (NAME, {}), r"4 rows, one per patch of this model and none for the class .*build it with no_embed_class=True"),
+        ((NAME, {}), (NAME, dict(no_embed_class=True)), r"5 rows, 1 of them for the class / distillation token, which this model \(no_embed_class=True\) gives none"),
     ],
 )
 def test_checkpoint_with_other_prefix_tokens_names_the_token(checkpoint, model, message):

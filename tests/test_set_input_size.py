@@ -16,6 +16,7 @@ CASES = [
     ("vit_tiny_patch16_224", {"pos_embed": "relative_2d"}, (48, 64), (80, 64), {}),
     ("vit_tiny_patch16_224", {"pos_embed_at": "every_layer"}, 64, (112, 96), {}),
     ("deit_tiny_distilled_patch16_224", {}, 64, (96, 64), {}),
+    ("deit3_small_patch16_224", {}, 64, (80, 96), {}),
     ("swin_tiny_patch4_window7_224", {}, 112, (160, 224), {}),
     ("swin_tiny_patch4_window7_224", {}, 112, (96, 96), {"window_size": (6, 5)}),
     ("swin_tiny_patch4_window7_224", {}, 112, (128, 128), {"window_ratio": 4}),

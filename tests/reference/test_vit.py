@@ -259,3 +259,25 @@ def test_gmacs_match_papers():
     for name in ("vit_base_patch16_224", "vit_base_patch16_384", "vit_large_patch16_384", "vit_base_r50_s16_384", "vit_tiny_patch16_224"):
         info = visionzoo.model_info(name)
         assert abs(info["gmacs"] - info["published_gmacs"]) / info["published_gmacs"] < 0.03, (name, info["gmacs"])
+
+
+def test_deit3_layer_scale_and_patch_only_position_embedding_equal_timm():
+    """DeiT III's options on any ViT (timm's init_values and no_embed_class): the patch tokens alone
+    take the position embedding, resampled for another input size without prefix rows; each
+    branch scaled by its LayerScale (keys ls1.gamma, ls2.gamma). Logits equal timm's at the built
+    size and at another, and after set_input_size."""
+    kw = dict(init_values=1e-5, no_embed_class=True)
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, **kw))
+    ours = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, checkpoint=ref.state_dict(), **kw).eval()
+    assert ours.pos_embed.shape == (1, 16, 192) and ours.blocks[0].ls2.gamma.shape == (192,)
+    with torch.no_grad():
+        for size in ((64, 64), (96, 128)):
+            x = torch.randn(2, 3, *size)
+            if size != (64, 64):
+                ref.set_input_size(size)  # timm resamples once; ours at the forward
+            assert max_rel_diff(ours(x), ref(x)) < 1e-5, size
+        ours.set_input_size((96, 128))
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+    assert visionzoo.create_model("deit3_small_patch16_224", device="meta").blocks[0].ls1.gamma.shape == (384,)
+    with pytest.raises(ValueError, match="no_embed_class=True takes pos_embed='learned_1d' at the stem"):
+        visionzoo.create_model("vit_tiny_patch16_224", no_embed_class=True, pos_embed="learned_2d")

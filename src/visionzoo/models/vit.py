@@ -69,8 +69,21 @@ POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
 
 
 # --------------------------------------------------------------------------- blocks
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch, learned from ``init_values`` (CaiT; DeiT III).
+    Key ``gamma``, as timm's."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
-    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)).
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)); with ``init_values``,
+    each branch scaled per channel by a :class:`LayerScale` (``ls1``, ``ls2``) first.
 
     Shapes:
         (B, N, C) -> (B, N, C).
@@ -88,18 +101,25 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         attn_layer: type[Attention] = Attention,
+        init_values: float | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.ls1 = LayerScale(dim, init_values) if init_values else None  # timm's rule: 0 or None, no layer scale
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.ls2 = LayerScale(dim, init_values) if init_values else None
         self.drop_path2 = DropPath(drop_path)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.attn.add_to(x, self.norm1(x), drop_path=self.drop_path1)
-        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
+    def forward(self, x: Tensor, *args: object) -> Tensor:
+        """``args``: the attention's own (RelPosAttention's grid)."""
+        if self.ls1 is None:  # the projections accumulate into the residual in inference
+            x = self.attn.add_to(x, self.norm1(x), *args, drop_path=self.drop_path1)
+            return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), *args)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class RelPosAttention(Attention):
@@ -170,8 +190,7 @@ class RelPosBlock(Block):
     """A :class:`Block` whose attention carries relative position embeddings."""
 
     def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
-        x = self.attn.add_to(x, self.norm1(x), grid, drop_path=self.drop_path1)
-        return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
+        return super().forward(x, grid)
 
 
 class Bottleneck(nn.Module):
@@ -283,6 +302,11 @@ class ViTConfig:
         pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
         distilled: DeiT's distillation token and second head.
         hybrid_layers: ResNet stages of the hybrid's backbone, ``()`` for plain patches.
+        init_values: LayerScale's initial value on both branches of every block (CaiT, DeiT III;
+            timm's ``init_values``); None (or 0): no layer scale.
+        no_embed_class: the position embedding covers the patch tokens only, added before the
+            class / distillation tokens are prepended (DeiT III, timm's ``no_embed_class``);
+            ``learned_1d`` at the stem only.
         drop_rate: dropout before the classifier (timm's meaning).
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding,
             after the attention projection and MLP layers, and on the attention weights.
@@ -300,6 +324,8 @@ class ViTConfig:
     pos_embed_at: str = "stem"
     distilled: bool = False
     hybrid_layers: tuple[int, ...] = ()
+    init_values: float | None = None
+    no_embed_class: bool = False
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
@@ -351,6 +377,8 @@ class VisionTransformer(VisionModel):
             raise ValueError(f"global_pool={cfg.global_pool!r}: the distilled head reads the class and distillation tokens; it takes 'token' only (or '' without a classifier: all tokens)")
         if cfg.pos_embed == "learned_2d" and cfg.embed_dim % 2:
             raise ValueError("learned_2d position embeddings need an even embed_dim")
+        if cfg.no_embed_class and (cfg.pos_embed != "learned_1d" or cfg.pos_embed_at != "stem"):
+            raise ValueError(f"no_embed_class=True takes pos_embed='learned_1d' at the stem, got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -374,12 +402,14 @@ class VisionTransformer(VisionModel):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
         P = self.num_prefix_tokens
+        self.pos_prefix_rows = 0 if cfg.no_embed_class else P  # rows of the position embedding for the prefix tokens
 
         # absolute position embeddings: one set, or one per layer
         n_sets = cfg.depth if cfg.pos_embed_at == "every_layer" else 1
         self.pos_embed = self.pos_embed_row = self.pos_embed_col = self.pos_embed_prefix = None
         if cfg.pos_embed == "learned_1d":
-            shape = (1, P + Gh * Gw, D) if n_sets == 1 else (n_sets, P + Gh * Gw, D)
+            rows = self.pos_prefix_rows + Gh * Gw
+            shape = (1, rows, D) if n_sets == 1 else (n_sets, rows, D)
             self.pos_embed = nn.Parameter(torch.zeros(shape))
         elif cfg.pos_embed == "learned_2d":
             self.pos_embed_row = nn.Parameter(torch.zeros(n_sets, Gh, D // 2))
@@ -389,7 +419,7 @@ class VisionTransformer(VisionModel):
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
 
         dpr = drop_path_rates(drop_path_rate, cfg.depth)
-        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
+        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values)
         if cfg.pos_embed in RELATIVE:
             attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P, two_d=cfg.pos_embed == "relative_2d")
             blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
@@ -424,15 +454,16 @@ class VisionTransformer(VisionModel):
 
     # ------------------------------------------------------------ position embeddings
     def _absolute_pos_embed(self, layer: int, grid: tuple[int, int]) -> Tensor | None:
-        """The (1, P + Gh*Gw, D) embedding added before block ``layer`` (or at the stem, -1)."""
+        """The (1, P + Gh*Gw, D) embedding added before block ``layer`` (or at the stem, -1);
+        (1, Gh*Gw, D) with ``no_embed_class``."""
         cfg = self.cfg
         if cfg.pos_embed not in ("learned_1d", "learned_2d"):
             return None
         i = layer if cfg.pos_embed_at == "every_layer" else 0
         P = self.num_prefix_tokens
         if cfg.pos_embed == "learned_1d":
-            pe = self.pos_embed[i : i + 1]  # 1, P + Gh*Gw, D
-            return resample_abs_pos_embed(pe, grid, self.grid_size, num_prefix_tokens=P)
+            pe = self.pos_embed[i : i + 1]  # 1, P + Gh*Gw, D (no_embed_class: 1, Gh*Gw, D)
+            return resample_abs_pos_embed(pe, grid, self.grid_size, num_prefix_tokens=self.pos_prefix_rows)
         row, col = self.pos_embed_row[i], self.pos_embed_col[i]  # Gh, D/2 and Gw, D/2
         if grid != self.grid_size:
             row = F.interpolate(row.T[None], size=grid[0], mode="linear", align_corners=False)[0].T
@@ -450,10 +481,12 @@ class VisionTransformer(VisionModel):
         x = self.patch_embed(x)  # B, D, Gh, Gw
         grid = (x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)  # B, Gh*Gw, D
+        if self.cfg.no_embed_class:  # DeiT III: the patch tokens take the embedding, the prefix tokens none
+            x = x + self._absolute_pos_embed(0, grid)
         prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
         if prefix:
             x = torch.cat(prefix + [x], dim=1)  # B, P + Gh*Gw, D
-        if self.cfg.pos_embed_at == "stem":
+        if self.cfg.pos_embed_at == "stem" and not self.cfg.no_embed_class:
             pe = self._absolute_pos_embed(0, grid)
             if pe is not None:
                 x = x + pe
@@ -600,7 +633,7 @@ class VisionTransformer(VisionModel):
         regridded = old_grid is not None and old_grid != self.grid_size
         if pe is not None and self.pos_embed is not None and (pe.shape != self.pos_embed.shape or regridded) and pe.shape[0] == self.pos_embed.shape[0]:
             # one set, or one per block (pos_embed_at="every_layer"), each resampled as the forward would
-            state_dict["pos_embed"] = torch.cat([resample_abs_pos_embed(pe[i : i + 1], self.grid_size, old_grid, num_prefix_tokens=self.num_prefix_tokens)
+            state_dict["pos_embed"] = torch.cat([resample_abs_pos_embed(pe[i : i + 1], self.grid_size, old_grid, num_prefix_tokens=self.pos_prefix_rows)
                                                  for i in range(pe.shape[0])])
         for key, side in (("pos_embed_row", 0), ("pos_embed_col", 1)):  # learned_2d: (sets, G, D/2) tables, linear as the forward's
             t, own = state_dict.get(key), getattr(self, key)
@@ -653,11 +686,16 @@ class VisionTransformer(VisionModel):
         if "reg_token" in state_dict:  # timm's reg_tokens=N: prefix rows no visionzoo ViT has
             raise ValueError(f"the checkpoint has register tokens (reg_token, timm's reg_tokens={state_dict['reg_token'].shape[1]}), which visionzoo's ViT has not (model: {self._name()})")
         rows, P = state_dict["pos_embed"].shape[1], self.num_prefix_tokens
-        if P and self.pos_embed is not None and rows == self.pos_embed.shape[1] - P:
+        if P and self.pos_embed is not None and not self.cfg.no_embed_class and rows == self.pos_embed.shape[1] - P:
             # this model's grid and no prefix rows: timm's no_embed_class, whose tokens get no position
             raise ValueError(
                 f"the checkpoint's position embedding has {rows} rows, one per patch of this model and none for the class / distillation "
-                f"token (timm's no_embed_class=True): this model adds one to them too (model: {self._name()})"
+                f"token (timm's no_embed_class=True, as DeiT III's): this model adds one to them too; build it with no_embed_class=True (model: {self._name()})"
+            )
+        if P and self.pos_embed is not None and self.cfg.no_embed_class and rows == self.pos_embed.shape[1] + P:
+            raise ValueError(
+                f"the checkpoint's position embedding has {rows} rows, {P} of them for the class / distillation token, which this model "
+                f"(no_embed_class=True) gives none (model: {self._name()})"
             )
 
 
@@ -768,6 +806,17 @@ for _dist in (False, True):
     _n = f"deit_base_{'distilled_' if _dist else ''}patch16_384"
     VARIANTS[_n] = ViTConfig(distilled=_dist)
     _DEFAULT_CFGS[_n] = default_cfg(384, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=1.0, first_conv="patch_embed.proj", classifier=("head", "head_dist") if _dist else "head")
+
+# DeiT III (Touvron et al., ECCV 2022): LayerScale and a position embedding for the patch tokens only,
+# as timm builds them (ViT-M: 512 wide, 8 heads)
+for _size, (_d, _l, _h), _p, _sides in (
+    ("small", _SIZES["small"], 16, (224, 384)), ("medium", (512, 12, 8), 16, (224,)), ("base", _SIZES["base"], 16, (224, 384)),
+    ("large", _SIZES["large"], 16, (224, 384)), ("huge", _SIZES["huge"], 14, (224,)),
+):
+    for _res in _sides:
+        _n = f"deit3_{_size}_patch{_p}_{_res}"
+        VARIANTS[_n] = ViTConfig(patch_size=_p, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-6, no_embed_class=True)
+        _DEFAULT_CFGS[_n] = default_cfg(_res, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.proj")
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
