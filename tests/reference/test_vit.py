@@ -281,3 +281,23 @@ def test_deit3_layer_scale_and_patch_only_position_embedding_equal_timm():
     assert visionzoo.create_model("deit3_small_patch16_224", device="meta").blocks[0].ls1.gamma.shape == (384,)
     with pytest.raises(ValueError, match="no_embed_class=True takes pos_embed='learned_1d' at the stem"):
         visionzoo.create_model("vit_tiny_patch16_224", no_embed_class=True, pos_embed="learned_2d")
+
+
+def test_deit3_inference_folds_the_layer_scales_and_a_hook_stands_it_aside():
+    """In inference each LayerScale is multiplied into its branch's projection (cached), to the
+    logits of the autograd path; a hook on a LayerScale makes that block run its modules, and
+    the hook sees what autograd's run sees."""
+    from visionzoo.models.vit import _SCALED
+
+    model = build_random(lambda: visionzoo.create_model("deit3_small_patch16_224", num_classes=5, img_size=64)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    seen = []
+    model.blocks[3].ls2.register_forward_hook(lambda m, args, out: seen.append(out.detach().clone()))
+    with torch.enable_grad():
+        ref = model(x).detach()
+    with torch.inference_mode():
+        out = model(x)
+    assert max_rel_diff(out, ref) < 1e-5
+    assert len(seen) == 2 and max_rel_diff(seen[1], seen[0]) < 1e-5
+    folded = [i for i, b in enumerate(model.blocks) if b in _SCALED._entries]
+    assert folded == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]

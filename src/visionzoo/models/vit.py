@@ -57,7 +57,11 @@ from ..layers import (
     resample_patch_kernel,
     trunc_normal_,
 )
-from ..layers.helpers import plain_cpu_eager, to_2tuple, to_channels_last
+from ..layers.attention import ProjectedAttention
+from ..layers.drop_path import skippable
+from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager, to_2tuple, to_channels_last
+from ..layers.linear import linear_add
+from ..layers.mlp import residual_mlp
 from ..param_groups import MATCH_PREV_GROUP
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
@@ -69,6 +73,9 @@ POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
 
 
 # --------------------------------------------------------------------------- blocks
+_SCALED = DerivedCache()  # block -> (proj, fc2) (weight, bias) times their layer scales
+
+
 class LayerScale(nn.Module):
     """Per-channel scale of a residual branch, learned from ``init_values`` (CaiT; DeiT III).
     Key ``gamma``, as timm's."""
@@ -118,8 +125,36 @@ class Block(nn.Module):
         if self.ls1 is None:  # the projections accumulate into the residual in inference
             x = self.attn.add_to(x, self.norm1(x), *args, drop_path=self.drop_path1)
             return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
+        if self._scales_folded():
+            return self._forward_scales_folded(x, *args)
+        _SCALED.discard(self)  # training, autograd, hooks: no folded copy kept
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), *args)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def _scales_folded(self) -> bool:
+        """Inference with plain, unhooked parts: the layer scales fold into the projections."""
+        attn = self.attn
+        return (
+            self.mlp.inference_unrolled(self.drop_path2)
+            and type(attn).forward is ProjectedAttention.forward
+            and type(attn.proj) is nn.Linear
+            and skippable(attn.proj_drop) and skippable(self.drop_path1)
+            and no_hooks(attn, attn.proj, self.ls1, self.ls2)
+        )
+
+    def _forward_scales_folded(self, x: Tensor, *args: object) -> Tensor:
+        """Each branch's projection with its layer scale multiplied in (cached while the weights
+        are unchanged), accumulating into the residual: no separate passes for the scales."""
+        (w1, b1), (w2, b2) = _SCALED.get(self, (self.attn.proj.weight, self.attn.proj.bias, self.ls1.gamma, self.mlp.fc2.weight, self.mlp.fc2.bias, self.ls2.gamma), self._scaled) or self._scaled()
+        x = linear_add(x, self.attn.attend(self.norm1(x), *args), w1, b1)
+        return residual_mlp(x, x, self.mlp.fc1, self.mlp.act, w2, b2, self.norm2)
+
+    def _scaled(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
+        def scaled(fc: nn.Linear, ls: LayerScale) -> tuple[Tensor, Tensor | None]:
+            g = ls.gamma.detach()
+            return fc.weight.detach() * g[:, None], None if fc.bias is None else fc.bias.detach() * g
+
+        return scaled(self.attn.proj, self.ls1), scaled(self.mlp.fc2, self.ls2)
 
 
 class RelPosAttention(Attention):
