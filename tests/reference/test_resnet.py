@@ -22,6 +22,7 @@ def test_names():
         "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d",
         "wide_resnet50_2", "seresnet50", "seresnet101", "seresnext50_32x4d", "seresnext101_32x4d",
         "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d",
+        "resnext50d_32x4d", "seresnext26d_32x4d", "seresnext26t_32x4d", "resnet10t", "resnet14t", "resnet26t", "resnet50t",
     ])
     assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 8
 
@@ -37,7 +38,7 @@ def test_params_equal_timm_and_torchvision(name):
     assert abs(n / 1e6 - published) < 0.051, (n, published)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d"])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
     ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
@@ -109,7 +110,7 @@ def test_resnet_d_as_timm_builds_it_from_its_keywords():
         assert max_rel_diff(ours(x), ref(x)) < 5e-4
         for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
             assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
-    with pytest.raises(ValueError, match="stem_type must be one of '', 'deep', got 'tiered'"):
+    with pytest.raises(ValueError, match="stem_type must be one of '', 'deep', 'deep_tiered', got 'tiered'"):
         visionzoo.create_model("resnet50", stem_type="tiered")
 
 
@@ -126,6 +127,20 @@ def test_a_hook_on_the_deep_stem_sees_its_output_in_inference():
         out = model(x)
     assert len(seen) == 2 and seen[0].shape == (1, 64, 32, 32)
     assert max_rel_diff(seen[1], seen[0]) < 1e-5 and max_rel_diff(out, ref) < 1e-4
+
+
+def test_deep_stem_first_convolution_takes_other_channel_counts():
+    """A 3-channel checkpoint of a deep-stem network loads into a 1- or 4-channel model: the stem's
+    first convolution (conv1.0, default_cfg's first_conv) is adapted, as conv1 is for ResNet."""
+    src = build_random(lambda: visionzoo.create_model("resnet26t", num_classes=4)).eval()
+    for chans in (1, 4):
+        dst = visionzoo.create_model("resnet26t", num_classes=4, in_chans=chans, checkpoint=src.state_dict()).eval()
+        assert dst.conv1[0].weight.shape == (24, chans, 3, 3)
+        x = torch.randn(1, 3, 64, 64)
+        gray = x.mean(1, keepdim=True)
+        if chans == 1:  # a gray image in the 1-channel model: the RGB model's logits on its gray copy
+            with torch.no_grad():
+                assert max_rel_diff(dst(gray), src(gray.expand(-1, 3, -1, -1))) < 1e-4
 
 
 # --------------------------------------------------------------------------- dilation

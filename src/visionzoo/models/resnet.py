@@ -274,7 +274,7 @@ class Bottleneck(nn.Module):
 
 
 BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
-STEM_TYPES = ("", "deep")
+STEM_TYPES = ("", "deep", "deep_tiered")
 
 
 @dataclass(frozen=True)
@@ -290,7 +290,8 @@ class ResNetConfig:
         se: squeeze-and-excitation in every block (SE-ResNet).
         stem_type: ``""``, the 7x7 stride-2 convolution; ``"deep"``, ResNet-C's three 3x3
             convolutions (stride 2, then 1, 1; BN and ReLU between) of ``stem_width``,
-            ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019).
+            ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019);
+            ``"deep_tiered"``, timm's: the first of them 3/4 as wide (24, 32, 64 for 32).
         stem_width: the 7x7 stem's channels, or the deep stem's first two widths (timm's
             ResNet-C/D networks: 32, so that the stem gives 64 channels as the plain one does).
         avg_down: ResNet-D's shortcut: a 2x2 average pool with the stride before a stride-1
@@ -406,11 +407,12 @@ class ResNet(VisionModel):
         self.num_classes, self.in_chans = num_classes, in_chans
 
         sw = cfg.stem_width
-        if cfg.stem_type == "deep":  # keys conv1.0 / .1 / .3 / .4 / .6, then bn1, as timm's
+        if cfg.stem_type:  # deep: keys conv1.0 / .1 / .3 / .4 / .6, then bn1, as timm's
             stem_chs = 2 * sw
+            first = 3 * (sw // 4) if cfg.stem_type == "deep_tiered" else sw
             self.conv1: nn.Module = nn.Sequential(
-                *_conv_bn(in_chans, sw, 3, stride=2), nn.ReLU(inplace=True),
-                *_conv_bn(sw, sw, 3), nn.ReLU(inplace=True),
+                *_conv_bn(in_chans, first, 3, stride=2), nn.ReLU(inplace=True),
+                *_conv_bn(first, sw, 3), nn.ReLU(inplace=True),
                 nn.Conv2d(sw, stem_chs, 3, 1, 1, bias=False),
             )
             self.bn1 = nn.BatchNorm2d(stem_chs)
@@ -456,7 +458,7 @@ class ResNet(VisionModel):
                 nn.init.zeros_(m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight)
 
     def _stem(self, x: Tensor) -> Tensor:
-        if self.cfg.stem_type != "deep":
+        if not self.cfg.stem_type:
             return apply_conv_bn(self.conv1, self.bn1, x, self.act1)  # B, 64, H/2, W/2
         c = self.conv1
         if not no_hooks(c):  # its forward runs, as a hook on it expects
@@ -530,6 +532,16 @@ VARIANTS = {
             (50, "bottleneck", (3, 4, 6, 3)), (101, "bottleneck", (3, 4, 23, 3)), (152, "bottleneck", (3, 8, 36, 3)),
         )
     },
+    "resnext50d_32x4d": ResNetConfig(groups=32, base_width=4, stem_type="deep", stem_width=32, avg_down=True),
+    "seresnext26d_32x4d": ResNetConfig(layers=(2, 2, 2, 2), groups=32, base_width=4, se=True, stem_type="deep", stem_width=32, avg_down=True),
+    # timm's tiered deep stem (24, 32, 64 channels) with ResNet-D's shortcut
+    **{
+        f"resnet{depth}t": ResNetConfig(block=block, layers=layers, stem_type="deep_tiered", stem_width=32, avg_down=True)
+        for depth, block, layers in (
+            (10, "basic", (1, 1, 1, 1)), (14, "bottleneck", (1, 1, 1, 1)), (26, "bottleneck", (2, 2, 2, 2)), (50, "bottleneck", (3, 4, 6, 3)),
+        )
+    },
+    "seresnext26t_32x4d": ResNetConfig(layers=(2, 2, 2, 2), groups=32, base_width=4, se=True, stem_type="deep_tiered", stem_width=32, avg_down=True),
 }
 #: the networks timm trained (no torchvision weights): timm's evaluation of its default weights
 #: (bicubic; side, crop_pct), where ResNet's is torchvision's
@@ -537,6 +549,10 @@ TIMM_EVAL = {
     **{n: (224, 0.875) for n in ("seresnext50_32x4d", "seresnext101_32x4d", "resnet18d", "resnet26d", "resnet34d", "resnet50d")},
     "resnet101d": (256, 0.95),
     "resnet152d": (256, 0.95),
+    **{n: (224, 0.875) for n in ("resnext50d_32x4d", "seresnext26d_32x4d", "seresnext26t_32x4d", "resnet50t")},
+    "resnet10t": (176, 0.875),
+    "resnet14t": (176, 0.875),
+    "resnet26t": (256, 0.94),
 }
 
 # Params: the papers' where they give them, else the reference implementations' (equal to
@@ -563,6 +579,13 @@ PUBLISHED: dict[str, dict] = {
         name: dict(params=params, note="ResNet-D tweaks applied as timm does; no paper gives this network: params counted (equal to timm's)")
         for name, params in (("resnet18d", 11.7), ("resnet26d", 16.0), ("resnet34d", 21.8), ("resnet101d", 44.6), ("resnet152d", 60.2))
     },
+    **{
+        name: dict(params=params, note="timm's network (deep or tiered stem, ResNet-D shortcut); no paper gives it: params counted (equal to timm's)")
+        for name, params in (
+            ("resnext50d_32x4d", 25.0), ("seresnext26d_32x4d", 16.8), ("seresnext26t_32x4d", 16.8),
+            ("resnet10t", 5.4), ("resnet14t", 10.1), ("resnet26t", 16.0), ("resnet50t", 25.6),
+        )
+    },
 }
 
 register_family(
@@ -571,9 +594,9 @@ register_family(
     VARIANTS,
     # torchvision's evaluation: resize 256 (bilinear), centre crop 224
     default_cfgs=lambda name, cfg: (
-        default_cfg(TIMM_EVAL[name][0], crop_pct=TIMM_EVAL[name][1], interpolation="bicubic", first_conv="conv1.0" if cfg.stem_type == "deep" else "conv1", classifier="fc")
+        default_cfg(TIMM_EVAL[name][0], crop_pct=TIMM_EVAL[name][1], interpolation="bicubic", first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
         if name in TIMM_EVAL
-        else default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1.0" if cfg.stem_type == "deep" else "conv1", classifier="fc")
+        else default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
     ),
     published=PUBLISHED,
     paper=(
