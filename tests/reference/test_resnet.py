@@ -112,6 +112,8 @@ def test_resnet_d_as_timm_builds_it_from_its_keywords():
             assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
     with pytest.raises(ValueError, match="stem_type must be one of '', 'deep', 'deep_tiered', got 'tiered'"):
         visionzoo.create_model("resnet50", stem_type="tiered")
+    with pytest.raises(ValueError, match=r"stem_type='deep_tiered' needs stem_width >= 4 .*got 2"):
+        visionzoo.create_model("resnet26t", stem_width=2)  # (a stem of 0 channels otherwise)
 
 
 def test_a_hook_on_the_deep_stem_sees_its_output_in_inference():

@@ -402,6 +402,8 @@ class ResNet(VisionModel):
             raise ValueError(f"layers must give four stages, got {cfg.layers!r}")
         if cfg.stem_type not in STEM_TYPES:
             raise ValueError(f"stem_type must be one of {', '.join(map(repr, STEM_TYPES))}, got {cfg.stem_type!r}")
+        if cfg.stem_type == "deep_tiered" and cfg.stem_width < 4:
+            raise ValueError(f"stem_type='deep_tiered' needs stem_width >= 4 (its first convolution is 3 * (stem_width // 4) wide), got {cfg.stem_width}")
         block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
