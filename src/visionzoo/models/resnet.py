@@ -424,6 +424,8 @@ class ResNet(VisionModel):
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = [FeatureInfo(stem_chs, 2, "act1")]
+        if cfg.stem_type:  # the deep stem's three convolutions at half resolution are recomputed too
+            self.grad_checkpoint_units = (r"conv1", *type(self).grad_checkpoint_units)
 
         dpr = drop_path_rates(drop_path_rate, sum(cfg.layers))
         in_chs, k = stem_chs, 0
@@ -463,7 +465,7 @@ class ResNet(VisionModel):
         if not self.cfg.stem_type:
             return apply_conv_bn(self.conv1, self.bn1, x, self.act1)  # B, 64, H/2, W/2
         c = self.conv1
-        if not no_hooks(c):  # its forward runs, as a hook on it expects
+        if torch.is_grad_enabled() or not plain_cpu_eager(x) or not no_hooks(c):  # its forward runs: hooks, checkpointing, tracing
             return self.act1(self.bn1(c(x)))
         x = apply_conv_bn(c[0], c[1], x, c[2])
         x = apply_conv_bn(c[3], c[4], x, c[5])
