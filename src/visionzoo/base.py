@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_channels_last, to_contiguous
+from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_2tuple, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "count", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
@@ -484,11 +484,9 @@ class VisionModel(nn.Module):
         Families with nothing size-dependent (the CNNs) only update ``default_cfg``.
 
         ``size_options``: the family's own (Swin: ``window_size``, ``window_ratio``; ViT:
-        ``patch_size``, at its current value only); others raise TypeError. Nothing is changed
-        where the size or an option is refused (ValueError).
+        ``patch_size``); others raise TypeError. Nothing is changed where the size or an option
+        is refused (ValueError).
         """
-        from .layers.helpers import to_2tuple
-
         current = tuple(self.default_cfg.get("input_size", ())[1:])
         if img_size is None and not current:
             raise ValueError(f"{self._name()}: the size it was built for is unknown (no default_cfg['input_size']): give img_size")

@@ -222,10 +222,8 @@ class RelPosAttention(Attention):
 
 
 class RelPosBlock(Block):
-    """A :class:`Block` whose attention carries relative position embeddings."""
-
-    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:  # type: ignore[override]
-        return super().forward(x, grid)
+    """A :class:`Block` whose attention carries relative position embeddings: called with the
+    patch grid, ``block(x, grid)``, which :meth:`Block.forward` hands to the attention."""
 
 
 class Bottleneck(nn.Module):
