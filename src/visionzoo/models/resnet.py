@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
 from ..checkpoints import identity, register_converter
-from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, check_output_stride, classifier, drop_path_rates, make_divisible, skippable
+from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_bn, apply_conv_bn_seq, check_output_stride, classifier, drop_path_rates, make_divisible, pad_same, skippable
 from ..layers.helpers import no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
@@ -93,7 +93,7 @@ class AvgPool2dSame(nn.AvgPool2d):
         super().__init__(2, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, 1)
+        return F.avg_pool2d(pad_same(x, (2, 2), (1, 1)), 2, 1)
 
 
 #: the shortcut projections of a stage's first block: "conv", the 1x1 convolution with the
@@ -592,16 +592,19 @@ PUBLISHED: dict[str, dict] = {
     },
 }
 
+def _default_cfg(name: str, cfg: ResNetConfig) -> dict:
+    """torchvision's evaluation (resize 256 bilinear, centre crop 224), or timm's (bicubic) for the
+    networks only timm trained; the first convolution is the deep stem's first where it has one."""
+    size, crop = TIMM_EVAL.get(name, (224, 0.875))
+    interpolation = "bicubic" if name in TIMM_EVAL else "bilinear"
+    return default_cfg(size, crop_pct=crop, interpolation=interpolation, first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
+
+
 register_family(
     "resnet",
     ResNet,
     VARIANTS,
-    # torchvision's evaluation: resize 256 (bilinear), centre crop 224
-    default_cfgs=lambda name, cfg: (
-        default_cfg(TIMM_EVAL[name][0], crop_pct=TIMM_EVAL[name][1], interpolation="bicubic", first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
-        if name in TIMM_EVAL
-        else default_cfg(224, crop_pct=0.875, interpolation="bilinear", first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
-    ),
+    default_cfgs=_default_cfg,
     published=PUBLISHED,
     paper=(
         "He et al., Deep Residual Learning for Image Recognition, CVPR 2016; ResNeXt: Xie et al., CVPR 2017; "
