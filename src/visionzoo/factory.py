@@ -449,8 +449,9 @@ def _meta_model(name: str, **kwargs: Any) -> VisionModel:
 def infos_at_size(names: Sequence[str], img_size: int | Sequence[int] | None, unfit: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """:func:`model_info` of each name at ``img_size``. A model that cannot take that size raises,
     unless ``unfit`` is a list: it is then left out and ``(name, reason)`` appended there (the
-    tables of ``visionzoo info PATTERN`` and ``flops --table`` list the models that can)."""
-    infos = []
+    tables of ``visionzoo info PATTERN`` and ``flops --table`` list the models that can); where
+    none of them can, the first one's error is raised."""
+    infos, first = [], None
     for n in names:
         try:
             infos.append(model_info(n, img_size=img_size))
@@ -458,6 +459,9 @@ def infos_at_size(names: Sequence[str], img_size: int | Sequence[int] | None, un
             if unfit is None or img_size is None:
                 raise
             unfit.append((n, str(e)))
+            first = first or e
+    if first is not None and not infos:
+        raise first
     return infos
 
 

@@ -251,7 +251,7 @@ def flops_breakdown(name: str, *, img_size: int | Sequence[int] | None = None, *
 def flops_table(pattern: str | None = None, *, img_size: int | Sequence[int] | None = None, unfit: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """One row per registered model matching ``pattern`` (fnmatch): counted and published figures.
     A model that cannot take ``img_size`` raises ValueError, unless ``unfit`` is a list: it is
-    then left out, and ``(name, reason)`` appended there.
+    then left out, and ``(name, reason)`` appended there (where none can, the first one raises).
 
     Returns:
         list of dicts with ``name``, ``params_m``, ``gmacs``, ``input_size``,

@@ -18,8 +18,6 @@ def _table(args: argparse.Namespace) -> int:
 
     unfit: list[tuple[str, str]] = []
     rows = flops_table(args.table, img_size=args.img_size, unfit=unfit)
-    if not rows and unfit:  # none takes the size: the first one's reason
-        raise ValueError(unfit[0][1])
     if not rows:
         raise no_model_matches(args.table)
     report_unfit(unfit, args.img_size)

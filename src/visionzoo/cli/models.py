@@ -16,8 +16,8 @@ def _fmt(v: object, spec: str = "") -> str:
 
 
 def report_unfit(unfit: list[tuple[str, str]], img_size: int | None) -> None:
-    """Where a table at ``--img-size`` left out models that cannot take it: an error if it left
-    out all of them (the first one's reason), else a note on stderr naming them."""
+    """Where a table at ``--img-size`` left out models that cannot take it (some, not all:
+    :func:`~visionzoo.factory.infos_at_size` raises then), a note on stderr naming them."""
     if not unfit:
         return
     names = [n for n, _ in unfit]
@@ -57,8 +57,6 @@ def _info_table(args: argparse.Namespace) -> int:
         raise no_model_matches(args.name)
     unfit: list[tuple[str, str]] = []
     infos = infos_at_size(names, args.img_size, unfit)
-    if not infos:  # none takes the size: the first one's reason
-        raise ValueError(unfit[0][1])
     report_unfit(unfit, args.img_size)
     names = [i["name"] for i in infos]
     if args.json:
