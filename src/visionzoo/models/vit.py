@@ -873,6 +873,22 @@ PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
     "deit_small_distilled_patch16_224": dict(params=22.0, top1=81.2),
     "deit_base_distilled_patch16_224": dict(params=87.0, top1=83.4),
     "deit_base_distilled_patch16_384": dict(params=87.0, top1=85.2),
+    # DeiT III: the authors' model zoo (facebookresearch/deit, README_revenge.md), ImageNet-1k training
+    # (their "GFLOPs" are multiply-adds, as timm's GMACs); ImageNet-21k pre-training gives the second top-1
+    **{
+        f"deit3_{size}": dict(params=params, gmacs=gmacs, top1=top1, note=f"DeiT III authors' ImageNet-1k model; {top1_21k} after ImageNet-21k")
+        for size, params, gmacs, top1, top1_21k in (
+            ("small_patch16_224", 22.0, 4.6, 81.4, 83.1), ("small_patch16_384", 22.0, 15.5, 83.4, 84.8),
+            ("base_patch16_224", 86.6, 17.5, 83.8, 85.7), ("base_patch16_384", 86.9, 55.5, 85.0, 86.7),
+            ("large_patch16_224", 304.4, 61.6, 84.9, 87.0), ("large_patch16_384", 304.8, 191.2, 85.8, 87.7),
+            ("huge_patch14_224", 632.1, 167.4, 85.2, 87.2),
+        )
+    },
+    "deit3_small_patch16_384": dict(
+        params=22.0, gmacs=15.5, top1=83.4,
+        note="DeiT III authors' ImageNet-1k model; 84.8 after ImageNet-21k; their 22.0 M is the 224 count (22.2 counted: the 384 position table)",
+    ),
+    "deit3_medium_patch16_224": dict(params=38.8, note="not in the DeiT III authors' tables; params counted (equal to timm's)"),
 }
 
 _TORCHVISION_NAMES = {  # torchvision's builders of the same architectures
