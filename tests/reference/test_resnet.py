@@ -23,8 +23,14 @@ def test_names():
         "wide_resnet50_2", "seresnet50", "seresnet101", "seresnext50_32x4d", "seresnext101_32x4d",
         "resnet18d", "resnet26d", "resnet34d", "resnet50d", "resnet101d", "resnet152d",
         "resnext50d_32x4d", "seresnext26d_32x4d", "seresnext26t_32x4d", "resnet10t", "resnet14t", "resnet26t", "resnet50t",
+        "resnet26", "resnet200", "resnet200d", "resnet50c", "resnet50s", "resnet101c", "resnet101s", "resnet152c", "resnet152s",
+        "resnext101_32x4d", "resnext101_32x16d", "resnext101_32x32d", "resnext101_64x4d", "wide_resnet101_2",
+        "seresnet18", "seresnet34", "seresnet50t", "seresnet152", "seresnet152d", "seresnet200d", "seresnet269d",
+        "seresnext101_32x8d", "seresnext101_64x4d", "seresnext101d_32x8d",
+        "ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnet101d", "ecaresnet200d", "ecaresnet269d", "ecaresnetlight",
+        "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
     ])
-    assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 8
+    assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 10  # + resnext101_64x4d, wide_resnet101_2
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -38,7 +44,10 @@ def test_params_equal_timm_and_torchvision(name):
     assert abs(n / 1e6 - published) < 0.051, (n, published)
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d"])
+@pytest.mark.parametrize("name", [
+    "resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d",
+    "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d",
+])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
     ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
@@ -228,3 +237,57 @@ def test_counted_macs_match_published():
     for name in ("resnet50", "resnext50_32x4d", "wide_resnet50_2"):
         counted = visionzoo.model_info(name)["gmacs"]
         assert abs(counted - visionzoo.registry.get_entry(name).published["gmacs"]) < 0.06, name
+
+
+def test_eca_kernel_sizes_equal_timms_for_every_width():
+    """ECA-Net's adaptive kernel (odd, from log2 of the width) as timm's EcaModule picks it, for
+    1 to 4096 channels: 3 below 128, 5 from 128 ((7 + 1) / 2 = 4, even, so 5), 7 from 2048."""
+    from timm.layers import EcaModule
+
+    from visionzoo.models.resnet import EfficientChannelAttention, eca_kernel_size
+
+    for c in range(1, 4097):
+        assert eca_kernel_size(c) == EcaModule(c).conv.kernel_size[0], c
+    assert [eca_kernel_size(c) for c in (64, 127, 128, 256, 1024, 2047, 2048)] == [3, 3, 5, 5, 5, 5, 7]
+    assert EfficientChannelAttention(256, kernel_size=9).conv.kernel_size == (9,)
+    with pytest.raises(ValueError, match="ECA's kernel_size must be a positive odd number .*got 4"):
+        EfficientChannelAttention(256, kernel_size=4)
+
+
+def test_eca_module_gates_each_channel_from_its_neighbours_only():
+    """A k-tap convolution across the pooled channels: changing one channel's map moves the gate
+    of that channel and its (k - 1) / 2 neighbours each side, no other, as the paper draws it."""
+    from visionzoo.models.resnet import EfficientChannelAttention
+
+    torch.manual_seed(0)
+    eca = EfficientChannelAttention(256).eval()  # k = 5
+    x = torch.randn(2, 256, 5, 7)
+    y = x.clone()
+    y[:, 30] += 1.0
+    gate = lambda t: eca(t) / t  # noqa: E731
+    changed = ((gate(x) - gate(y)).abs().amax((0, 2, 3)) > 1e-6).nonzero().flatten().tolist()
+    assert changed == [28, 29, 30, 31, 32]
+
+
+@pytest.mark.parametrize("attn", ["eca", "se"])
+def test_channel_attention_on_any_resnet_equals_timms_block_args(attn):
+    """timm's block_args=dict(attn_layer=...) is our attn=...: a basic-block ResNet with ECA or SE,
+    one input channel and 5 classes, at an odd size, loads timm's weights and gives its logits
+    and features_only maps."""
+    ref = build_random(lambda: timm.create_model("resnet18", num_classes=5, in_chans=1, block_args=dict(attn_layer=attn)))
+    ours = visionzoo.create_model("resnet18", num_classes=5, in_chans=1, attn=attn, checkpoint=ref.state_dict()).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    feats = visionzoo.create_model("resnet18", in_chans=1, attn=attn, features_only=True, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 1, 57, 41)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+        for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
+
+
+def test_channel_attention_options_are_checked():
+    with pytest.raises(ValueError, match="attn must be one of '', 'se', 'eca', got 'cbam'"):
+        visionzoo.create_model("resnet50", attn="cbam")
+    with pytest.raises(ValueError, match=r"se=True asks for squeeze-and-excitation, attn='eca' for another attention: give one of them"):
+        visionzoo.create_model("seresnet50", attn="eca")
+    assert visionzoo.create_model("seresnet50", attn="se").cfg.se  # the same request twice is no conflict

@@ -1,4 +1,4 @@
-"""ResNet and its direct descendants: ResNeXt, Wide ResNet, SE-ResNet(Xt), ResNet-D.
+"""ResNet and its direct descendants: ResNeXt, Wide ResNet, SE-ResNet(Xt), ECA-ResNet, ResNet-D.
 
 Papers:
     He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (ResNet).
@@ -8,6 +8,8 @@ Papers:
     Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017 (ResNeXt).
     Zagoruyko & Komodakis, "Wide Residual Networks", BMVC 2016 (Wide ResNet).
     Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (SE-ResNet).
+    Wang et al., "ECA-Net: Efficient Channel Attention for Deep Convolutional Neural
+    Networks", CVPR 2020 (``attn="eca"``; timm's ``ecaresnet*`` networks).
     Chen et al., "Rethinking Atrous Convolution for Semantic Image Segmentation", 2017
     (output stride, multi-grid); Wang et al., "Understanding Convolution for Semantic
     Segmentation", WACV 2018 (hybrid dilated convolution, HDC).
@@ -17,14 +19,15 @@ stages of residual blocks follow at strides 4/8/16/32, then global average pooli
 linear classifier. The blocks are
 
     basic:      3x3 -> BN -> ReLU -> 3x3 -> BN               (+ x, ReLU)      ResNet-18/34
-    bottleneck: 1x1 -> BN -> ReLU -> 3x3 (groups) -> BN -> ReLU -> 1x1 (4x) -> BN [-> SE]
+    bottleneck: 1x1 -> BN -> ReLU -> 3x3 (groups) -> BN -> ReLU -> 1x1 (4x) -> BN [-> SE/ECA]
                                                               (+ x, ReLU)      ResNet-50+
 
 A stage's first block downsamples in its 3x3 convolution (the "v1.5" placement of
 torchvision and timm; the paper strides the first 1x1) and projects the shortcut with a
 1x1 convolution + BN. ResNeXt splits the 3x3 into ``groups`` paths of ``base_width``
 channels each (for the first stage, doubling per stage); Wide ResNet doubles
-``base_width``; SE-ResNet gates the last BN's output with squeeze-and-excitation.
+``base_width``; SE-ResNet gates the last BN's output with squeeze-and-excitation, ECA-ResNet
+with a k-tap 1-D convolution across the pooled channels (no bottleneck; k from the width).
 ResNet-D (Bag of Tricks) replaces the 7x7 stem by three 3x3 convolutions (32, 32, 64
 channels; stride 2 in the first) and projects the shortcut after a 2x2 stride-2 average pool
 with a stride-1 1x1 convolution, so that it reads every pixel instead of one in four; in a
@@ -61,6 +64,7 @@ equal both timm's and torchvision's, so both load without conversion.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +79,7 @@ from ..layers import POOL_TYPES, DropPath, MaxPool2d, SqueezeExcite, apply_conv_
 from ..layers.helpers import no_hooks, plain_cpu_eager
 from ..registry import default_cfg, register_family
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ResNetConfig", "ResidualStage", "stage_dilations"]
+__all__ = ["BasicBlock", "Bottleneck", "EfficientChannelAttention", "ResNet", "ResNetConfig", "ResidualStage", "eca_kernel_size", "stage_dilations"]
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int, *, stride: int = 1, dilation: int = 1, groups: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
@@ -147,6 +151,54 @@ class ResidualStage(nn.Sequential):
         return x
 
 
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """ECA-Net's adaptive kernel (Wang et al. 2020): ``t = int((log2(C) + beta) / gamma)``, made
+    odd by adding 1 where it is even: 3 below 128 channels, 5 from 128, 7 from 2048. Computed
+    as the authors' and timm's code does (``math.log(C, 2)``), so every width gets their
+    kernel; at least 3, as timm's (the paper's rule gives 1 below 8 channels)."""
+    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    return max(t if t % 2 else t + 1, 3)
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA (Wang et al., CVPR 2020): squeeze-and-excitation without the bottleneck. The
+    pooled channel vector passes one 1-D convolution across neighbouring channels
+    (``kernel_size`` weights, no bias), then a sigmoid gates the map.
+
+    Args:
+        channels: channels of the map; they set the kernel (:func:`eca_kernel_size`).
+        kernel_size: a fixed odd kernel instead.
+
+    Submodule ``conv`` (a ``Conv1d(1, 1, k)``) follows timm's ``EcaModule``, so its
+    ``ecaresnet*`` checkpoints load as they are.
+
+    Shapes:
+        (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, *, kernel_size: int | None = None) -> None:
+        super().__init__()
+        k = eca_kernel_size(channels) if kernel_size is None else kernel_size
+        if k < 1 or k % 2 == 0:
+            raise ValueError(f"ECA's kernel_size must be a positive odd number (the gate keeps the channel count), got {k}")
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.conv(x.mean((2, 3)).unsqueeze(1))  # B, C -> B, 1, C: channels as a sequence
+        return x * self.gate(s).view(x.shape[0], -1, 1, 1)  # B, C, 1, 1 gate
+
+
+#: channel attention after a block's last BN: SE (reduction 16, at least 8 wide) or ECA
+ATTENTION_TYPES = ("", "se", "eca")
+
+
+def _channel_attention(attn: str, channels: int) -> nn.Module | None:
+    if attn == "se":
+        return SqueezeExcite(channels, make_divisible(channels / 16, 8, round_limit=0.0))
+    return EfficientChannelAttention(channels) if attn == "eca" else None
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34).
 
@@ -157,7 +209,7 @@ class BasicBlock(nn.Module):
         dilation: rate of the second convolution.
         first_dilation: rate of the first convolution (``dilation`` when omitted; the first
             block of a dilated stage keeps the previous stage's rate here).
-        se: squeeze-and-excitation after the last BN.
+        attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -177,7 +229,7 @@ class BasicBlock(nn.Module):
         first_dilation: int | None = None,
         groups: int = 1,
         base_width: int = 64,
-        se: bool = False,
+        attn: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
@@ -187,7 +239,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=stride, dilation=first_dilation or dilation)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = _conv_bn(planes, planes, 3, dilation=dilation)
-        self.se = SqueezeExcite(planes, make_divisible(planes / 16, 8, round_limit=0.0)) if se else None
+        self.se = _channel_attention(attn, planes)  # (timm's key for any kind)
         self.drop_path = DropPath(drop_path)
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, planes, stride, shortcut)
@@ -203,7 +255,7 @@ class BasicBlock(nn.Module):
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(x)
-        x += shortcut  # x is a fresh conv / BN / SE / drop-path output: sum in place
+        x += shortcut  # x is a fresh conv / BN / attention / drop-path output: sum in place
         return self.act2(x)
 
 
@@ -220,7 +272,7 @@ class Bottleneck(nn.Module):
         groups: groups of the 3x3 convolution (ResNeXt's cardinality).
         base_width: channels per group at ``planes=64``; the 3x3 has
             ``floor(planes * base_width / 64) * groups`` channels.
-        se: squeeze-and-excitation (reduction 16) after the last BN.
+        attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -240,7 +292,7 @@ class Bottleneck(nn.Module):
         first_dilation: int | None = None,
         groups: int = 1,
         base_width: int = 64,
-        se: bool = False,
+        attn: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
@@ -252,7 +304,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=stride, dilation=first_dilation or dilation, groups=groups)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
-        self.se = SqueezeExcite(out_chs, make_divisible(out_chs / 16, 8, round_limit=0.0)) if se else None
+        self.se = _channel_attention(attn, out_chs)  # (timm's key for any kind)
         self.drop_path = DropPath(drop_path)
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, out_chs, stride, shortcut)
@@ -269,7 +321,7 @@ class Bottleneck(nn.Module):
         if self.se is not None:
             x = self.se(x)
         x = self.drop_path(x)
-        x += shortcut  # x is a fresh conv / BN / SE / drop-path output: sum in place
+        x += shortcut  # x is a fresh conv / BN / attention / drop-path output: sum in place
         return self.act3(x)
 
 
@@ -287,7 +339,9 @@ class ResNetConfig:
         groups: groups of the bottleneck's 3x3 (ResNeXt cardinality).
         base_width: channels per group of the first stage's 3x3 (64 for ResNet; 4 or 8 for
             ResNeXt 32x4d / 32x8d; 128 for Wide ResNet-50-2).
-        se: squeeze-and-excitation in every block (SE-ResNet).
+        se: squeeze-and-excitation in every block (SE-ResNet): ``attn="se"``.
+        attn: channel attention in every block: ``"se"`` or ``"eca"`` (ECA-Net; timm's
+            ``ecaresnet*``), or ``""``.
         stem_type: ``""``, the 7x7 stride-2 convolution; ``"deep"``, ResNet-C's three 3x3
             convolutions (stride 2, then 1, 1; BN and ReLU between) of ``stem_width``,
             ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019);
@@ -308,6 +362,7 @@ class ResNetConfig:
     groups: int = 1
     base_width: int = 64
     se: bool = False
+    attn: str = ""
     stem_type: str = ""
     stem_width: int = 64
     avg_down: bool = False
@@ -404,6 +459,11 @@ class ResNet(VisionModel):
             raise ValueError(f"stem_type must be one of {', '.join(map(repr, STEM_TYPES))}, got {cfg.stem_type!r}")
         if cfg.stem_type == "deep_tiered" and cfg.stem_width < 4:
             raise ValueError(f"stem_type='deep_tiered' needs stem_width >= 4 (its first convolution is 3 * (stem_width // 4) wide), got {cfg.stem_width}")
+        if cfg.attn not in ATTENTION_TYPES:
+            raise ValueError(f"attn must be one of {', '.join(map(repr, ATTENTION_TYPES))}, got {cfg.attn!r}")
+        if cfg.se and cfg.attn not in ("", "se"):
+            raise ValueError(f"se=True asks for squeeze-and-excitation, attn={cfg.attn!r} for another attention: give one of them")
+        attn = "se" if cfg.se else cfg.attn
         block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -437,7 +497,7 @@ class ResNet(VisionModel):
             for j, (first_dilation, dilation) in enumerate(rates):
                 blocks.append(block(
                     in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
-                    groups=cfg.groups, base_width=cfg.base_width, se=cfg.se, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
+                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
                 ))
                 in_chs, k = planes * block.expansion, k + 1
             self.add_module(self.stage_names[i], ResidualStage(*blocks))
@@ -518,26 +578,48 @@ register_converter("resnet", "torchvision")(identity)
 VARIANTS = {
     "resnet18": ResNetConfig(block="basic", layers=(2, 2, 2, 2)),
     "resnet34": ResNetConfig(block="basic", layers=(3, 4, 6, 3)),
+    "resnet26": ResNetConfig(layers=(2, 2, 2, 2)),
     "resnet50": ResNetConfig(),
     "resnet101": ResNetConfig(layers=(3, 4, 23, 3)),
     "resnet152": ResNetConfig(layers=(3, 8, 36, 3)),
+    "resnet200": ResNetConfig(layers=(3, 24, 36, 3)),
     "resnext50_32x4d": ResNetConfig(groups=32, base_width=4),
-    "resnext101_32x8d": ResNetConfig(layers=(3, 4, 23, 3), groups=32, base_width=8),
+    **{f"resnext101_{g}x{w}d": ResNetConfig(layers=(3, 4, 23, 3), groups=g, base_width=w) for g, w in ((32, 4), (32, 8), (32, 16), (32, 32), (64, 4))},
     "wide_resnet50_2": ResNetConfig(base_width=128),
+    "wide_resnet101_2": ResNetConfig(layers=(3, 4, 23, 3), base_width=128),
+    "seresnet18": ResNetConfig(block="basic", layers=(2, 2, 2, 2), se=True),
+    "seresnet34": ResNetConfig(block="basic", layers=(3, 4, 6, 3), se=True),
     "seresnet50": ResNetConfig(se=True),
     "seresnet101": ResNetConfig(layers=(3, 4, 23, 3), se=True),
+    "seresnet152": ResNetConfig(layers=(3, 8, 36, 3), se=True),
     "seresnext50_32x4d": ResNetConfig(groups=32, base_width=4, se=True),
-    "seresnext101_32x4d": ResNetConfig(layers=(3, 4, 23, 3), groups=32, base_width=4, se=True),
+    **{f"seresnext101_{g}x{w}d": ResNetConfig(layers=(3, 4, 23, 3), groups=g, base_width=w, se=True) for g, w in ((32, 4), (32, 8), (64, 4))},
+    # ResNet-C (Bag of Tricks' deep stem, plain shortcut), and timm's "s": the deep stem 64 wide
+    **{
+        f"resnet{depth}{kind}": ResNetConfig(layers=layers, stem_type="deep", stem_width=32 if kind == "c" else 64)
+        for depth, layers in ((50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3))) for kind in "cs"
+    },
     # ResNet-D (Bag of Tricks): the deep stem (ResNet-C) and the average-pool shortcut
     **{
         f"resnet{depth}d": ResNetConfig(block=block, layers=layers, stem_type="deep", stem_width=32, avg_down=True)
         for depth, block, layers in (
             (18, "basic", (2, 2, 2, 2)), (26, "bottleneck", (2, 2, 2, 2)), (34, "basic", (3, 4, 6, 3)),
             (50, "bottleneck", (3, 4, 6, 3)), (101, "bottleneck", (3, 4, 23, 3)), (152, "bottleneck", (3, 8, 36, 3)),
+            (200, "bottleneck", (3, 24, 36, 3)),
         )
     },
     "resnext50d_32x4d": ResNetConfig(groups=32, base_width=4, stem_type="deep", stem_width=32, avg_down=True),
     "seresnext26d_32x4d": ResNetConfig(layers=(2, 2, 2, 2), groups=32, base_width=4, se=True, stem_type="deep", stem_width=32, avg_down=True),
+    "seresnext101d_32x8d": ResNetConfig(layers=(3, 4, 23, 3), groups=32, base_width=8, se=True, stem_type="deep", stem_width=32, avg_down=True),
+    **{
+        f"{attn}resnet{depth}d": ResNetConfig(layers=layers, attn=attn, stem_type="deep", stem_width=32, avg_down=True)
+        for attn, depth, layers in (
+            ("se", 152, (3, 8, 36, 3)), ("se", 200, (3, 24, 36, 3)), ("se", 269, (3, 30, 48, 8)),
+            ("eca", 50, (3, 4, 6, 3)), ("eca", 101, (3, 4, 23, 3)), ("eca", 200, (3, 24, 36, 3)), ("eca", 269, (3, 30, 48, 8)),
+        )
+    },
+    # ECA-ResNet-light (timm): ResNet-D's shortcut on the plain stem, stages of 1, 1, 11, 3 blocks
+    "ecaresnetlight": ResNetConfig(layers=(1, 1, 11, 3), attn="eca", avg_down=True),
     # timm's tiered deep stem (24, 32, 64 channels) with ResNet-D's shortcut
     **{
         f"resnet{depth}t": ResNetConfig(block=block, layers=layers, stem_type="deep_tiered", stem_width=32, avg_down=True)
@@ -545,7 +627,14 @@ VARIANTS = {
             (10, "basic", (1, 1, 1, 1)), (14, "bottleneck", (1, 1, 1, 1)), (26, "bottleneck", (2, 2, 2, 2)), (50, "bottleneck", (3, 4, 6, 3)),
         )
     },
-    "seresnext26t_32x4d": ResNetConfig(layers=(2, 2, 2, 2), groups=32, base_width=4, se=True, stem_type="deep_tiered", stem_width=32, avg_down=True),
+    **{
+        f"{attn}resnext{depth}t_32x4d": ResNetConfig(layers=layers, groups=32, base_width=4, attn=attn, stem_type="deep_tiered", stem_width=32, avg_down=True)
+        for attn, depth, layers in (("se", 26, (2, 2, 2, 2)), ("eca", 26, (2, 2, 2, 2)), ("eca", 50, (3, 4, 6, 3)))
+    },
+    **{
+        f"{attn}resnet{depth}t": ResNetConfig(layers=layers, attn=attn, stem_type="deep_tiered", stem_width=32, avg_down=True)
+        for attn, depth, layers in (("se", 50, (3, 4, 6, 3)), ("eca", 26, (2, 2, 2, 2)), ("eca", 50, (3, 4, 6, 3)))
+    },
 }
 #: the networks timm trained (no torchvision weights): timm's evaluation of its default weights
 #: (bicubic; side, crop_pct), where ResNet's is torchvision's
@@ -557,6 +646,15 @@ TIMM_EVAL = {
     "resnet10t": (176, 0.875),
     "resnet14t": (176, 0.875),
     "resnet26t": (256, 0.94),
+    **{n: (224, 0.875) for n in (
+        "resnet26", "resnet50c", "resnet50s", "resnet101c", "resnet101s", "resnet152c", "resnet152s", "resnet200",
+        "seresnet18", "seresnet34", "seresnet50t", "seresnet152", "seresnext101_64x4d",
+        "ecaresnet50d", "ecaresnet101d", "ecaresnetlight", "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
+    )},
+    **{n: (224, 0.95) for n in ("seresnext101_32x8d", "seresnext101d_32x8d")},
+    **{n: (256, 0.875) for n in ("seresnet200d", "seresnet269d", "ecaresnet26t", "ecaresnet50t")},
+    **{n: (256, 0.95) for n in ("resnet200d", "seresnet152d", "ecaresnet200d")},
+    "ecaresnet269d": (320, 0.95),
 }
 
 # Params: the papers' where they give them, else the reference implementations' (equal to
@@ -588,8 +686,27 @@ PUBLISHED: dict[str, dict] = {
         for name, params in (
             ("resnext50d_32x4d", 25.0), ("seresnext26d_32x4d", 16.8), ("seresnext26t_32x4d", 16.8),
             ("resnet10t", 5.4), ("resnet14t", 10.1), ("resnet26t", 16.0), ("resnet50t", 25.6),
+            ("resnet26", 16.0), ("resnet200", 64.7), ("resnet200d", 64.7),
+            ("resnet50c", 25.6), ("resnet50s", 25.7), ("resnet101c", 44.6), ("resnet101s", 44.7), ("resnet152c", 60.2), ("resnet152s", 60.3),
+            ("seresnet18", 11.8), ("seresnet34", 22.0), ("seresnet50t", 28.1), ("seresnet152", 66.8), ("seresnet152d", 66.8),
+            ("seresnet200d", 71.9), ("seresnet269d", 113.7),
+            ("seresnext101_32x8d", 93.6), ("seresnext101_64x4d", 88.2), ("seresnext101d_32x8d", 93.6),
         )
     },
+    # ECA-Net's figures (Wang et al. 2020: ResNet-50 + ECA, 24.37 M, 77.48 %) are for the plain
+    # network; timm's ECA-ResNets add ResNet-D's stem and shortcut
+    **{
+        name: dict(params=params, note="timm's ECA-ResNet (ECA after every block's last BN; ResNet-D tweaks); no paper gives it: params counted (equal to timm's)")
+        for name, params in (
+            ("ecaresnet26t", 16.0), ("ecaresnet50d", 25.6), ("ecaresnet50t", 25.6), ("ecaresnet101d", 44.6), ("ecaresnet200d", 64.7),
+            ("ecaresnet269d", 102.1), ("ecaresnetlight", 30.2), ("ecaresnext26t_32x4d", 15.4), ("ecaresnext50t_32x4d", 25.0),
+        )
+    },
+    "resnext101_32x4d": dict(params=44.2, note="Facebook's semi-supervised release (YFCC100M pre-training; timm's default weights); params counted (equal to timm's)"),
+    "resnext101_32x16d": dict(params=194.0, note="Facebook's WSL release (Instagram pre-training; timm's default weights); params counted (equal to timm's)"),
+    "resnext101_32x32d": dict(params=468.5, note="Facebook's WSL release (Instagram pre-training; timm's default weights); params counted (equal to timm's)"),
+    "resnext101_64x4d": dict(params=83.5, gmacs=15.5, top1=83.2, note="not in the paper's 224 tables; torchvision's figures and weights (its 2022 recipe)"),
+    "wide_resnet101_2": dict(params=126.9, gmacs=22.8, top1=78.8, note="not in the WRN paper; torchvision's figures and IMAGENET1K_V1 weights (82.5 with V2)"),
 }
 
 def _default_cfg(name: str, cfg: ResNetConfig) -> dict:
