@@ -205,7 +205,7 @@ def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]
 def create_model(
     name: str,
     *,
-    num_classes: int | None = 1000,
+    num_classes: int | None = None,
     in_chans: int | None = 3,
     img_size: int | Sequence[int] | None = None,
     drop_path_rate: float | None = 0.0,
@@ -229,7 +229,9 @@ def create_model(
             timm's pretrained tags (``"resnet50.a1_in1k"``: the architecture, ``default_cfg["tag"]``
             the tag; the weights come from ``checkpoint``, with a warning that ``default_cfg``'s
             preprocessing is the architecture's unless ``pretrained_cfg_overlay`` sets it).
-        num_classes: classifier outputs; 0 gives pooled features (no classifier).
+        num_classes: classifier outputs; 0 gives pooled features (no classifier). By default
+            1000, or the variant's ``default_cfg["num_classes"]`` where its weights come without
+            a classifier (timm's rule: the DINOv2 backbones give 0).
         in_chans: image channels.
         img_size: the size the model is built for (position tables, windows); the
             variant's default input size when omitted. Most networks also take other sizes.
@@ -276,7 +278,7 @@ def create_model(
     """
     entry = get_entry(name)
     tag = split_tag(name)[1]  # timm's pretrained tag ('a1_in1k' of 'resnet50.a1_in1k'): names the weights
-    num_classes = 1000 if num_classes is None else num_classes
+    num_classes = entry.default_cfg.get("num_classes", 1000) if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
     drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
     features_only = False if features_only is None else features_only
@@ -427,15 +429,18 @@ def count_macs(model: torch.nn.Module, input_size: Sequence[int], *, device: str
 
 
 _UNSET = object()
-#: create_model's arguments at the values the papers' figures are for
-_PLAIN_ARGS = {"num_classes": 1000, "in_chans": 3}
+#: create_model's arguments at the values the papers' figures are for (and num_classes at the
+#: variant's default: 1000 unless its default_cfg says otherwise)
+_PLAIN_ARGS = {"in_chans": 3}
 
 
 def _published_for(entry: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     """The registry's published figures of ``entry``, or only a note where ``overrides``
-    change the network (any but dropout rates, and ``num_classes`` / ``in_chans`` at 1000 / 3):
+    change the network (any but dropout rates, and ``num_classes`` / ``in_chans`` at their
+    defaults, 1000 (or the variant's) / 3):
     the paper's figures describe the default configuration."""
-    changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, _PLAIN_ARGS.get(k, _UNSET))]
+    plain = {**_PLAIN_ARGS, "num_classes": entry.default_cfg.get("num_classes", 1000)}
+    changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, plain.get(k, _UNSET))]
     if changed:
         return {"note": f"the paper's figures are for the default configuration; this one sets {', '.join(changed)}"}
     return dict(entry.published)

@@ -316,3 +316,71 @@ def test_deit3_params_and_gmacs_match_the_authors_model_zoo():
         if info["published_gmacs"] is not None:
             assert abs(info["gmacs"] - info["published_gmacs"]) / info["published_gmacs"] < 0.01, (name, info["gmacs"])
             assert 81 < info["published_top1"] < 86
+
+
+def test_dinov2_backbones_default_to_no_classifier_as_timm():
+    """timm builds the DINOv2 backbones at 518 px without a classifier (their weights have none);
+    so does create_model, and model_info's published figures stay for that default."""
+    for name in ("vit_small_patch14_dinov2", "vit_base_patch14_reg4_dinov2"):
+        with torch.device("meta"):
+            ours, ref = visionzoo.create_model(name), timm.create_model(name)
+        assert ours.num_classes == ref.num_classes == 0 and ref.pretrained_cfg["num_classes"] == 0
+        assert ours.default_cfg["input_size"] == ref.pretrained_cfg["input_size"] == (3, 518, 518)
+        assert [k for k in ours.state_dict()] == [k for k in ref.state_dict()]
+        info = visionzoo.model_info(name)
+        assert info["published_top1"] is not None and visionzoo.model_info(name, num_classes=10)["published_top1"] is None
+    assert visionzoo.create_model("vit_small_patch14_dinov2", num_classes=3, device="meta").head.out_features == 3
+    assert visionzoo.create_model("vit_small_patch16_224", device="meta").num_classes == 1000  # the others as before
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_small_patch14_dinov2"])
+def test_dinov2_official_checkpoint_loads_as_timm_converts_it(name):
+    """The DINOv2 authors' layout (mask_token; with registers register_tokens, and a position
+    table with a class row that timm folds into the class token): loaded into our model, the
+    logits, tokens and maps equal timm's model loaded through timm's own converter."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    kw = dict(img_size=70, num_classes=0, depth=3)
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    g = torch.Generator().manual_seed(3)
+    official = {k: v.clone() for k, v in ref.state_dict().items()}
+    D = official["cls_token"].shape[-1]
+    official["mask_token"] = torch.randn(1, D, generator=g)
+    if "reg_token" in official:  # the authors' layout: a class row in the position table, not in the token
+        row = torch.randn(1, 1, D, generator=g)
+        official["register_tokens"] = official.pop("reg_token")
+        official["pos_embed"] = torch.cat([row, official["pos_embed"]], dim=1)
+        official["cls_token"] = official["cls_token"] - row
+    ref2 = timm.create_model(name, **kw).eval()
+    ref2.load_state_dict(checkpoint_filter_fn(dict(official), ref2))
+    ours = visionzoo.create_model(name, **kw).eval()
+    info = visionzoo.load_checkpoint(ours, official)
+    assert info["source"] == ["official"] and not info["missing"] and not info["unexpected"]
+    x = torch.randn(2, 3, 70, 70)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref2(x)) < 1e-5
+        assert max_rel_diff(ours.forward_features(x), ref2.forward_features(x)) < 1e-5
+        for f, e in zip(ours.forward_intermediates(x, intermediates_only=True), ref2.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert max_rel_diff(f, e) < 1e-5
+
+
+def test_register_tokens_on_any_vit_equal_timm():
+    """timm's reg_tokens on a class-token-free, average-pooled ViT (its *_reg4_gap_* layout), at
+    another size: logits, the prefix tokens forward_intermediates returns, and the pool reading the
+    patch tokens only; a checkpoint with another number of registers is refused, naming it."""
+    kw = dict(img_size=48, num_classes=6, class_token=False, global_pool="avg", reg_tokens=4, no_embed_class=True, depth=2)
+    ref = build_random(lambda: timm.create_model("vit_small_patch16_224", **kw))
+    ours = visionzoo.create_model("vit_small_patch16_224", checkpoint=ref.state_dict(), **kw).eval()
+    assert ours.num_prefix_tokens == ref.num_prefix_tokens == 4
+    x = torch.randn(2, 3, 64, 80)
+    ref.set_input_size(img_size=(64, 80))
+    ours.set_input_size((64, 80))
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+        (m, p), = ours.forward_intermediates(x, indices=[1], return_prefix_tokens=True, intermediates_only=True)
+        (em, ep), = ref.forward_intermediates(x, indices=[1], return_prefix_tokens=True, intermediates_only=True)
+        assert p.shape == ep.shape == (2, 4, 384) and max_rel_diff(p, ep) < 1e-5 and max_rel_diff(m, em) < 1e-5
+    with pytest.raises(ValueError, match=r"the checkpoint has 4 register tokens \(reg_token\), this model 2: build it with reg_tokens=4"):
+        visionzoo.create_model("vit_small_patch16_224", checkpoint=ref.state_dict(), **{**kw, "reg_tokens": 2})
+    with pytest.raises(ValueError, match="reg_tokens"):
+        visionzoo.create_model("vit_small_patch16_224", reg_tokens=-1)

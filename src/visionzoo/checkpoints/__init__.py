@@ -81,10 +81,13 @@ def _prefixes(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return (spec,) if isinstance(spec, str) else tuple(spec)
 
 
-def _match_score(sd: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> float:
+def _match_score(sd: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> tuple[float, int]:
+    """(the share of the model's keys the converted checkpoint fills, a shape match counting
+    more; minus the keys it leaves over): of two layouts that fill the model alike, the one that
+    accounts for every key (DINOv2's: its unused mask_token dropped) is the checkpoint's."""
     hits = sum(1 for k, v in sd.items() if k in target and tuple(v.shape) == tuple(target[k].shape))
     named = sum(1 for k in sd if k in target)
-    return (hits + 0.5 * named) / max(len(target), 1)
+    return (hits + 0.5 * named) / max(len(target), 1), -(len(sd) - named)
 
 
 def _key_candidates(sd: dict[str, Tensor], names: Iterable[str]) -> list[list[tuple[str, dict[str, Tensor]]]]:
@@ -158,7 +161,7 @@ def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, 
     first: tuple[str, dict[str, Tensor], ConfigChanges] | None = None
     names = target.keys() | getattr(model, "pruned_keys", frozenset())  # a features_only model's whole network
     for group in _key_candidates(sd, names):
-        best: tuple[float, str, str, dict[str, Tensor], ConfigChanges] | None = None
+        best: tuple[tuple[float, int], str, str, dict[str, Tensor], ConfigChanges] | None = None
         for how, candidate in group:
             for src, fn in table.items():
                 try:
@@ -170,7 +173,7 @@ def _convert(family: str, source: str, sd: dict[str, Tensor], model: nn.Module, 
                 score = _match_score(out, target)
                 if best is None or score > best[0]:
                     best = (score, how, src, out, changes)
-        if best is not None and best[0] >= 0.5:
+        if best is not None and best[0][0] >= 0.5:
             if best[1]:
                 _log.info("%s: %s", name, best[1])
             return best[2], best[3], best[4]

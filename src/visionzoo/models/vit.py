@@ -49,6 +49,7 @@ from ..layers import (
     StdConv2d,
     apply_conv_bn,
     attention,
+    check_int,
     classifier,
     drop_path_rates,
     global_pool_2d,
@@ -340,6 +341,9 @@ class ViTConfig:
         no_embed_class: the position embedding covers the patch tokens only, added before the
             class / distillation tokens are prepended (DeiT III, timm's ``no_embed_class``);
             ``learned_1d`` at the stem only.
+        reg_tokens: learned register tokens after the class token, which no head reads
+            (Darcet et al., "Vision Transformers Need Registers", ICLR 2024; timm's
+            ``reg_tokens``, key ``reg_token``); they count among the prefix tokens.
         drop_rate: dropout before the classifier (timm's meaning).
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding,
             after the attention projection and MLP layers, and on the attention weights.
@@ -359,6 +363,7 @@ class ViTConfig:
     hybrid_layers: tuple[int, ...] = ()
     init_values: float | None = None
     no_embed_class: bool = False
+    reg_tokens: int = 0
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
@@ -412,6 +417,7 @@ class VisionTransformer(VisionModel):
             raise ValueError("learned_2d position embeddings need an even embed_dim")
         if cfg.no_embed_class and (cfg.pos_embed != "learned_1d" or cfg.pos_embed_at != "stem"):
             raise ValueError(f"no_embed_class=True takes pos_embed='learned_1d' at the stem, got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
+        check_int("reg_tokens", cfg.reg_tokens, 0)
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -433,7 +439,8 @@ class VisionTransformer(VisionModel):
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
-        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled) + cfg.reg_tokens
         P = self.num_prefix_tokens
         self.pos_prefix_rows = 0 if cfg.no_embed_class else P  # rows of the position embedding for the prefix tokens
 
@@ -476,7 +483,7 @@ class VisionTransformer(VisionModel):
         for p in (self.pos_embed, self.pos_embed_row, self.pos_embed_col, self.pos_embed_prefix):
             if p is not None:
                 trunc_normal_(p)
-        for t in (self.cls_token, self.dist_token):
+        for t in (self.cls_token, self.dist_token, self.reg_token):
             if t is not None:
                 nn.init.normal_(t, std=1e-6)
         for m in self.modules():
@@ -516,7 +523,7 @@ class VisionTransformer(VisionModel):
         x = x.flatten(2).transpose(1, 2)  # B, Gh*Gw, D
         if self.cfg.no_embed_class:  # DeiT III: the patch tokens take the embedding, the prefix tokens none
             x = x + self._absolute_pos_embed(0, grid)
-        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        prefix = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         if prefix:
             x = torch.cat(prefix + [x], dim=1)  # B, P + Gh*Gw, D
         if self.cfg.pos_embed_at == "stem" and not self.cfg.no_embed_class:
@@ -638,7 +645,7 @@ class VisionTransformer(VisionModel):
         block, the final norm with the last; the head (``fc_norm`` included) last. A ViT has
         no stages: ``coarse`` groups the same way."""
         return dict(
-            stem=r"^(?:cls_token|dist_token|pos_embed|patch_embed)",
+            stem=r"^(?:cls_token|dist_token|reg_token|pos_embed|patch_embed)",
             blocks=[(r"^blocks\.(\d+)\.", None), (r"^norm\.", MATCH_PREV_GROUP)],
         )
 
@@ -698,8 +705,8 @@ class VisionTransformer(VisionModel):
         """ValueError where the checkpoint has a class / distillation token this model lacks,
         or lacks one it has: its position embedding then counts other prefix rows, and the
         variant differs (a distilled DeiT's head, a class-token-free average pool); likewise for
-        timm's register tokens and its ``no_embed_class`` layout (no position rows for the
-        prefix tokens), which visionzoo's ViT does not build. A checkpoint
+        another number of register tokens and for the other position layout (``no_embed_class``:
+        no position rows for the prefix tokens). A checkpoint
         without a position embedding (a partial one, loaded with ``strict=False``) is left to the
         key checks of :func:`~visionzoo.load_checkpoint`."""
         if "pos_embed" not in state_dict:
@@ -716,8 +723,12 @@ class VisionTransformer(VisionModel):
             ours = getattr(self, key) is not None
             if (key in state_dict) != ours:
                 raise ValueError(f"the checkpoint has {lacks[key] if ours else has[key]} (model: {self._name()})")
-        if "reg_token" in state_dict:  # timm's reg_tokens=N: prefix rows no visionzoo ViT has
-            raise ValueError(f"the checkpoint has register tokens (reg_token, timm's reg_tokens={state_dict['reg_token'].shape[1]}), which visionzoo's ViT has not (model: {self._name()})")
+        theirs = state_dict["reg_token"].shape[1] if "reg_token" in state_dict else 0
+        if theirs != self.cfg.reg_tokens:
+            raise ValueError(
+                f"the checkpoint has {theirs} register tokens (reg_token), this model {self.cfg.reg_tokens}: "
+                f"build it with reg_tokens={theirs} (model: {self._name()})"
+            )
         rows, P = state_dict["pos_embed"].shape[1], self.num_prefix_tokens
         if P and self.pos_embed is not None and not self.cfg.no_embed_class and rows == self.pos_embed.shape[1] - P:
             # this model's grid and no prefix rows: timm's no_embed_class, whose tokens get no position
@@ -762,9 +773,27 @@ def _jax_conv(w: Tensor) -> Tensor:
     return w.permute(3, 2, 0, 1) if w.ndim == 4 else w  # HWIO -> OIHW
 
 
+def _from_dinov2(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The DINOv2 authors' backbones (facebookresearch/dinov2 ``*_pretrain.pth``): timm's keys,
+    plus the masked-modelling ``mask_token`` that inference never reads (dropped). With
+    registers (``register_tokens``) their position embedding has a class row, which the class
+    token takes in: the tokens are the same after the stem, in the patch-only layout of
+    ``no_embed_class`` that timm and visionzoo build for them."""
+    sd = dict(sd)
+    sd.pop("mask_token")
+    if "register_tokens" in sd:
+        sd["reg_token"] = sd.pop("register_tokens")
+        sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]  # 1, 1, D
+        sd["pos_embed"] = sd["pos_embed"][:, 1:]  # 1, Gh*Gw, D
+    return sd
+
+
 @register_converter("vit", "official")
 def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """The ViT authors' JAX release (google-research/vision_transformer ``.npz`` files)."""
+    """The ViT authors' JAX release (google-research/vision_transformer ``.npz`` files), or the
+    DINOv2 authors' PyTorch one (:func:`_from_dinov2`)."""
+    if "mask_token" in sd:
+        return _from_dinov2(sd)
     if "embedding/kernel" not in sd:
         raise KeyError("embedding/kernel")
     depth = len(model.blocks)
@@ -851,6 +880,17 @@ for _size, (_d, _l, _h), _p, _sides in (
         VARIANTS[_n] = ViTConfig(patch_size=_p, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-6, no_embed_class=True)
         _DEFAULT_CFGS[_n] = default_cfg(_res, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.proj")
 
+# DINOv2 (Oquab et al., TMLR 2024): self-supervised backbones released without a classifier (their
+# default is num_classes=0, as timm's), LayerScale 1e-5, patch 14 at 518 px; with registers (Darcet
+# et al., ICLR 2024): four register tokens, the class row of the position table in the class token
+# (:func:`_from_dinov2`). ViT-g is left out: its MLP is SwiGLU, which visionzoo's ViT does not build.
+for _size in ("small", "base", "large"):
+    _d, _l, _h = _SIZES[_size]
+    for _reg in (0, 4):
+        _n = f"vit_{_size}_patch14_{'reg4_' if _reg else ''}dinov2"
+        VARIANTS[_n] = ViTConfig(patch_size=14, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-5, reg_tokens=_reg, no_embed_class=bool(_reg))
+        _DEFAULT_CFGS[_n] = default_cfg(518, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=1.0, first_conv="patch_embed.proj", num_classes=0)
+
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
     VARIANTS[_n] = ViTConfig(patch_size=1, hybrid_layers=(3, 4, 9))
@@ -889,6 +929,15 @@ PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
         note="DeiT III authors' ImageNet-1k model; 84.8 after ImageNet-21k; their 22.0 M is the 224 count (22.2 counted: the 384 position table)",
     ),
     "deit3_medium_patch16_224": dict(params=38.8, note="not in the DeiT III authors' tables; params counted (equal to timm's)"),
+    # DINOv2: the authors' model zoo (facebookresearch/dinov2 README): ImageNet top-1 of a linear
+    # classifier on the frozen features (their k-NN top-1 in the note); params counted without a head
+    **{
+        f"vit_{size}_patch14_{reg}dinov2": dict(params=params, top1=top1, note=f"linear probe on the frozen backbone (DINOv2 authors' table; k-NN: {knn}); the backbone has no classifier")
+        for size, reg, params, top1, knn in (
+            ("small", "", 22.1, 81.1, 79.0), ("small", "reg4_", 22.1, 80.9, 79.1), ("base", "", 86.6, 84.5, 82.1),
+            ("base", "reg4_", 86.6, 84.6, 82.0), ("large", "", 304.4, 86.3, 83.5), ("large", "reg4_", 304.4, 86.7, 83.8),
+        )
+    },
 }
 
 _TORCHVISION_NAMES = {  # torchvision's builders of the same architectures
