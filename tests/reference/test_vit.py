@@ -384,3 +384,25 @@ def test_register_tokens_on_any_vit_equal_timm():
         visionzoo.create_model("vit_small_patch16_224", checkpoint=ref.state_dict(), **{**kw, "reg_tokens": 2})
     with pytest.raises(ValueError, match="reg_tokens"):
         visionzoo.create_model("vit_small_patch16_224", reg_tokens=-1)
+
+
+@pytest.mark.parametrize("kw", [dict(fc_norm=False, class_token=False, global_pool="avg"), dict(fc_norm=True), dict(fc_norm=False, global_pool="max")])
+def test_fc_norm_places_the_final_norm_as_timm(kw):
+    """timm's fc_norm: the final LayerNorm on every token before the pool (False), or on the
+    pooled vector (True, also with the class token): same keys, logits and pre-logits."""
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=4, depth=2, **kw))
+    ours = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=4, depth=2, checkpoint=ref.state_dict(), **kw).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+        assert max_rel_diff(ours.forward_head(ours.forward_features(x), pre_logits=True), ref.forward_head(ref.forward_features(x), pre_logits=True)) < 1e-5
+
+
+def test_variants_with_their_own_class_count_default_to_it():
+    """MIIL's ViT-B/16 (ImageNet-21k, 11221 classes) and the ImageNet-12k ViT-M/16 gap-240 build
+    with timm's class counts; num_classes= overrides them."""
+    for name, classes in (("vit_base_patch16_224_miil", 11221), ("vit_medium_patch16_gap_240", 11821), ("vit_small_patch8_224", 0)):
+        with torch.device("meta"):
+            assert visionzoo.create_model(name).num_classes == timm.create_model(name).num_classes == classes
+            assert visionzoo.create_model(name, num_classes=10).num_classes == 10

@@ -341,6 +341,10 @@ class ViTConfig:
         no_embed_class: the position embedding covers the patch tokens only, added before the
             class / distillation tokens are prepended (DeiT III, timm's ``no_embed_class``);
             ``learned_1d`` at the stem only.
+        fc_norm: where the final LayerNorm goes with a pool of the patch tokens: after the pool
+            (True), or on every token before it (False: timm's ``fc_norm=False``, as its
+            ``*_gap_*`` ViTs without registers and the I-JEPA ones); None: after the pool unless
+            ``global_pool`` is ``token`` (timm's default).
         reg_tokens: learned register tokens after the class token, which no head reads
             (Darcet et al., "Vision Transformers Need Registers", ICLR 2024; timm's
             ``reg_tokens``, key ``reg_token``); they count among the prefix tokens.
@@ -363,6 +367,7 @@ class ViTConfig:
     hybrid_layers: tuple[int, ...] = ()
     init_values: float | None = None
     no_embed_class: bool = False
+    fc_norm: bool | None = None
     reg_tokens: int = 0
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
@@ -466,7 +471,7 @@ class VisionTransformer(VisionModel):
         else:
             blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*blocks)
-        use_fc_norm = cfg.global_pool != "token"
+        use_fc_norm = cfg.global_pool != "token" if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=1e-6)
         self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -890,6 +895,52 @@ for _size in ("small", "base", "large"):
         _n = f"vit_{_size}_patch14_{'reg4_' if _reg else ''}dinov2"
         VARIANTS[_n] = ViTConfig(patch_size=14, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-5, reg_tokens=_reg, no_embed_class=bool(_reg))
         _DEFAULT_CFGS[_n] = default_cfg(518, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=1.0, first_conv="patch_embed.proj", num_classes=0)
+
+# timm's other plain ViTs: patch 8 (AugReg; DINO's ViT-S/8, released without a classifier),
+# MIIL's ImageNet-21k ViT-B (no qkv bias; 11221 classes), LayerScale "plus" widths, average-pooled
+# ones (the final norm before the pool: fc_norm=False; I-JEPA's ViT-H without a classifier) and
+# Ross Wightman's register-token ViTs ("sbb" weights). name: (config, side, crop_pct, mean/std, num_classes)
+_IMAGENET, _INCEPTION = (IMAGENET_MEAN, IMAGENET_STD), (INCEPTION_MEAN, INCEPTION_STD)
+_GAP = dict(class_token=False, global_pool="avg")
+_REG = dict(class_token=False, no_embed_class=True, global_pool="avg", init_values=1e-5)
+for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
+    "vit_small_patch8_224": (ViTConfig(patch_size=8, embed_dim=384, num_heads=6), 224, 0.9, _IMAGENET, 0),
+    "vit_base_patch8_224": (ViTConfig(patch_size=8), 224, 0.9, _INCEPTION, 1000),
+    "vit_large_patch14_224": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16), 224, 0.9, _INCEPTION, 1000),
+    "vit_base_patch16_224_miil": (ViTConfig(qkv_bias=False), 224, 0.875, ((0.0,) * 3, (1.0,) * 3), 11221),
+    "vit_base_patch16_plus_240": (ViTConfig(embed_dim=896, num_heads=14, init_values=1e-5), 240, 0.95, _INCEPTION, 1000),
+    "vit_base_patch32_plus_256": (ViTConfig(patch_size=32, embed_dim=896, num_heads=14, init_values=1e-5), 256, 0.95, _INCEPTION, 1000),
+    "vit_base_patch16_gap_224": (ViTConfig(num_heads=16, fc_norm=False, **_GAP), 224, 0.9, _INCEPTION, 1000),
+    "vit_medium_patch16_gap_240": (ViTConfig(embed_dim=512, num_heads=8, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 240, 0.95, _INCEPTION, 11821),
+    "vit_medium_patch16_gap_256": (ViTConfig(embed_dim=512, num_heads=8, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 256, 0.95, _INCEPTION, 1000),
+    "vit_betwixt_patch16_gap_256": (ViTConfig(embed_dim=640, num_heads=10, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 256, 0.95, _INCEPTION, 1000),
+    "vit_huge_patch14_gap_224": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, fc_norm=False, **_GAP), 224, 0.9, _IMAGENET, 0),
+    "vit_huge_patch16_gap_448": (ViTConfig(embed_dim=1280, depth=32, num_heads=16, fc_norm=False, **_GAP), 448, 1.0, _IMAGENET, 0),
+    "vit_base_patch16_reg4_gap_256": (ViTConfig(reg_tokens=4, **{**_REG, "init_values": None}), 256, 0.9, _INCEPTION, 1000),
+    "vit_medium_patch16_reg1_gap_256": (ViTConfig(embed_dim=512, num_heads=8, reg_tokens=1, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_medium_patch16_reg4_gap_256": (ViTConfig(embed_dim=512, num_heads=8, reg_tokens=4, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_mediumd_patch16_reg4_gap_256": (ViTConfig(embed_dim=512, depth=20, num_heads=8, reg_tokens=4, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_mediumd_patch16_reg4_gap_384": (ViTConfig(embed_dim=512, depth=20, num_heads=8, reg_tokens=4, **_REG), 384, 1.0, _INCEPTION, 1000),
+    "vit_betwixt_patch16_reg1_gap_256": (ViTConfig(embed_dim=640, num_heads=10, reg_tokens=1, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_betwixt_patch16_reg4_gap_256": (ViTConfig(embed_dim=640, num_heads=10, reg_tokens=4, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_betwixt_patch16_reg4_gap_384": (ViTConfig(embed_dim=640, num_heads=10, reg_tokens=4, **_REG), 384, 1.0, _INCEPTION, 1000),
+    "vit_little_patch16_reg1_gap_256": (ViTConfig(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6, reg_tokens=1, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_little_patch16_reg4_gap_256": (ViTConfig(embed_dim=320, depth=14, num_heads=5, mlp_ratio=5.6, reg_tokens=4, **_REG), 256, 0.95, _INCEPTION, 1000),
+    "vit_wee_patch16_reg1_gap_256": (ViTConfig(embed_dim=256, depth=14, num_heads=4, mlp_ratio=5, reg_tokens=1, **_REG), 256, 0.95, _INCEPTION, 1000),
+    # "shape-optimised" widths (Alabdulmohsin et al. 2023); the 150M's position table has rows for its registers
+    **{
+        f"vit_so150m_patch16_reg4_gap_{_r}": (ViTConfig(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572, class_token=False, reg_tokens=4, global_pool="avg", fc_norm=False), _r, _c, _INCEPTION, 1000)
+        for _r, _c in ((256, 0.95), (384, 1.0))
+    },
+    **{
+        f"vit_so150m2_patch16_reg1_gap_{_r}": (ViTConfig(embed_dim=832, depth=21, num_heads=13, mlp_ratio=34 / 13, init_values=1e-5, qkv_bias=False, class_token=False, reg_tokens=1, global_pool="avg"), _r, 1.0, _INCEPTION, 1000)
+        for _r in (256, 384)
+    },
+}.items():
+    VARIANTS[_n] = _cfg
+    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
+    if _n == "vit_base_patch16_224_miil":
+        _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
