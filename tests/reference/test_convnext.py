@@ -8,6 +8,7 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
+from family_models import shallow_options
 from timm_checks import assert_output_stride_equals_timm
 
 NAMES = visionzoo.list_models(family="convnext")
@@ -23,8 +24,8 @@ def test_params_equal_timm(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_equal_timm(name):
-    ref = build_random(lambda: timm.create_model(name, num_classes=10))
-    ours = visionzoo.create_model(name, num_classes=10).eval()
+    ref = build_random(lambda: timm.create_model(name, num_classes=10, **shallow_options(name)))
+    ours = visionzoo.create_model(name, num_classes=10, **shallow_options(name)).eval()
     visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -108,6 +109,8 @@ def _to_official(sd):
         elif ".blocks." in k:
             s, rest = k.split(".blocks.")
             rest = rest.replace("conv_dw", "dwconv").replace("mlp.fc1", "pwconv1").replace("mlp.fc2", "pwconv2")
+            if ".mlp.grn." in f".{rest}":  # ConvNeXt V2: gamma / beta of shape (1, 1, 1, C)
+                rest, v = rest.replace("mlp.grn.weight", "grn.gamma").replace("mlp.grn.bias", "grn.beta"), v.view(1, 1, 1, -1)
             k = f"{s}.{rest}"
         elif k.startswith("head.norm."):
             k = "norm." + k[len("head.norm."):]
@@ -117,11 +120,14 @@ def _to_official(sd):
     return out
 
 
-def test_official_layout_loads():
-    ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=10))
+@pytest.mark.parametrize("name", ["convnext_tiny", "convnextv2_tiny"])
+def test_official_layout_loads(name):
+    ref = build_random(lambda: timm.create_model(name, num_classes=10))
     official = _to_official(ref.state_dict())
     assert "downsample_layers.3.1.weight" in official and "stages.2.8.pwconv2.weight" in official
-    ours = visionzoo.create_model("convnext_tiny", num_classes=10).eval()
+    if "v2" in name:
+        assert official["stages.2.8.grn.gamma"].shape == (1, 1, 1, 4 * 384)
+    ours = visionzoo.create_model(name, num_classes=10).eval()
     assert visionzoo.load_checkpoint(ours, official)["source"] == ["official"]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -174,3 +180,56 @@ def test_output_stride_equals_timm(output_stride):
 def test_bad_output_stride_is_refused():
     with pytest.raises(ValueError, match="output_stride must be the int 8, 16 or 32, got '8'"):
         visionzoo.create_model("convnext_tiny", output_stride="8")
+
+
+def test_convnext_v2_global_response_norm_as_the_paper_defines_it():
+    """GRN (Woo et al. 2023, Alg. 1): gx = ||x||_2 over the map per channel, nx = gx / (mean_c gx +
+    1e-6), out = gamma * (x * nx) + beta + x; at its zero initialisation the identity. Written from
+    the paper's formula, against our one-pass form."""
+    from visionzoo.models.convnext import GlobalResponseNorm
+
+    torch.manual_seed(0)
+    grn = GlobalResponseNorm(12)
+    x = torch.randn(2, 5, 7, 12)  # B, H, W, C
+    torch.testing.assert_close(grn(x), x)
+    with torch.no_grad():
+        grn.weight.normal_(), grn.bias.normal_()
+    gx = x.pow(2).sum((1, 2), keepdim=True).sqrt()
+    nx = gx / (gx.mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(grn(x), grn.weight * (x * nx) + grn.bias + x, rtol=1e-5, atol=1e-6)
+
+
+def test_convnext_v2_gradients_and_output_stride_equal_timm():
+    ref = build_random(lambda: timm.create_model("convnextv2_atto", num_classes=5))
+    ours = visionzoo.create_model("convnextv2_atto", num_classes=5, checkpoint=ref.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    ours.train(), ref.train()
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    grads = dict(ours.named_parameters())
+    for k, p in ref.named_parameters():
+        g = grads[k].grad
+        assert max_rel_diff(g, p.grad.view(g.shape)) < 1e-4, k
+    assert_output_stride_equals_timm("convnextv2_atto", 16, torch.randn(2, 3, 64, 96))
+
+
+def test_convnext_v2_block_inference_path_equals_its_modules():
+    """CPU inference runs a V2 block as fc1 + GELU, GRN over the whole map, fc2 into the residual;
+    the same as the modules' forward (autograd on) and as with a hook on the GRN, which that path
+    then steps aside for (the hook sees the GRN's output)."""
+    from visionzoo.models.convnext import ConvNeXtBlock
+
+    torch.manual_seed(0)
+    blk = ConvNeXtBlock(16, ls_init_value=None, use_grn=True).eval()
+    with torch.no_grad():
+        blk.mlp.grn.weight.normal_(), blk.mlp.grn.bias.normal_()
+    x = torch.randn(2, 16, 11, 9)
+    with torch.enable_grad():
+        plain = blk(x).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), plain, rtol=1e-5, atol=1e-5)
+        seen = []
+        h = blk.mlp.grn.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        torch.testing.assert_close(blk(x), plain, rtol=1e-5, atol=1e-5)
+        h.remove()
+    assert seen == [(2, 11, 9, 64)]
