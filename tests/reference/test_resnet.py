@@ -29,6 +29,7 @@ def test_names():
         "seresnext101_32x8d", "seresnext101_64x4d", "seresnext101d_32x8d",
         "ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnet101d", "ecaresnet200d", "ecaresnet269d", "ecaresnetlight",
         "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
+        "resnetaa34d", "resnetaa50", "resnetaa50d", "resnetaa101d", "seresnetaa50d", "seresnextaa101d_32x8d", "seresnextaa201d_32x8d",
     ])
     assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 10  # + resnext101_64x4d, wide_resnet101_2
 
@@ -46,7 +47,7 @@ def test_params_equal_timm_and_torchvision(name):
 
 @pytest.mark.parametrize("name", [
     "resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d",
-    "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d",
+    "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d", "resnetaa34d", "seresnetaa50d",
 ])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
@@ -291,3 +292,24 @@ def test_channel_attention_options_are_checked():
     with pytest.raises(ValueError, match=r"se=True asks for squeeze-and-excitation, attn='eca' for another attention: give one of them"):
         visionzoo.create_model("seresnet50", attn="eca")
     assert visionzoo.create_model("seresnet50", attn="se").cfg.se  # the same request twice is no conflict
+
+
+@pytest.mark.parametrize("name, output_stride", [("resnet50", 32), ("resnet18", 8)])
+def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(name, output_stride):
+    """timm's aa_layer=nn.AvgPool2d is our aa_layer="avg": the strided 3x3 at stride 1 and a 2x2
+    average pool after it, the stem's 2x2 average pool; logits and maps with timm's weights,
+    dilated too. Sides must divide by the output stride (timm fails on the others, where its pools
+    floor an odd side that the shortcut rounds up): an odd one is refused in one line."""
+    ref = build_random(lambda: timm.create_model(name, num_classes=4, aa_layer=torch.nn.AvgPool2d, output_stride=output_stride))
+    kw = dict(aa_layer="avg", output_stride=output_stride)
+    ours = visionzoo.create_model(name, num_classes=4, checkpoint=ref.state_dict(), **kw).eval()
+    feats = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict(), **kw).eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+        for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
+    with pytest.raises(visionzoo.InputError, match=f"needs height and width divisible by {output_stride}, got 100x100"):
+        ours(torch.randn(1, 3, 100, 100))
+    with pytest.raises(ValueError, match="aa_layer must be '' or 'avg'"):
+        visionzoo.create_model(name, aa_layer="blur")

@@ -199,6 +199,12 @@ def _channel_attention(attn: str, channels: int) -> nn.Module | None:
     return EfficientChannelAttention(channels) if attn == "eca" else None
 
 
+def _anti_alias(aa: bool, stride: int) -> nn.AvgPool2d | None:
+    """The 2x2 average pool that takes a strided convolution's stride (Zhang, "Making
+    Convolutional Networks Shift-Invariant Again", ICML 2019, with timm's box filter)."""
+    return nn.AvgPool2d(2) if aa and stride == 2 else None
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18/34).
 
@@ -210,6 +216,8 @@ class BasicBlock(nn.Module):
         first_dilation: rate of the first convolution (``dilation`` when omitted; the first
             block of a dilated stage keeps the previous stage's rate here).
         attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
+        aa: anti-aliased downsampling: a stride-2 block's first convolution runs at stride 1 and
+            a 2x2 average pool follows it (timm's ``aa_layer=nn.AvgPool2d``).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -230,13 +238,15 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
+        aa: bool = False,
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("the basic block has no groups / base width (use block='bottleneck' for ResNeXt / Wide ResNet)")
-        self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=stride, dilation=first_dilation or dilation)
+        self.aa = _anti_alias(aa, stride)
+        self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = _conv_bn(planes, planes, 3, dilation=dilation)
         self.se = _channel_attention(attn, planes)  # (timm's key for any kind)
@@ -249,6 +259,8 @@ class BasicBlock(nn.Module):
         residual sum may be written into it."""
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
+        if self.aa is not None:
+            x = self.aa(x)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
             return apply_conv_bn(self.conv2, self.bn2, x, self.act2, residual=shortcut, into_residual=_owns_shortcut(self, owns_input))
         x = apply_conv_bn(self.conv2, self.bn2, x)
@@ -273,6 +285,8 @@ class Bottleneck(nn.Module):
         base_width: channels per group at ``planes=64``; the 3x3 has
             ``floor(planes * base_width / 64) * groups`` channels.
         attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
+        aa: anti-aliased downsampling: a stride-2 block's 3x3 runs at stride 1 and a 2x2 average
+            pool follows it (timm's ``aa_layer=nn.AvgPool2d``).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -293,6 +307,7 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
+        aa: bool = False,
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
@@ -301,7 +316,8 @@ class Bottleneck(nn.Module):
         out_chs = planes * self.expansion
         self.conv1, self.bn1 = _conv_bn(in_chs, width, 1)
         self.act1 = nn.ReLU(inplace=True)
-        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=stride, dilation=first_dilation or dilation, groups=groups)
+        self.aa = _anti_alias(aa, stride)
+        self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation, groups=groups)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
         self.se = _channel_attention(attn, out_chs)  # (timm's key for any kind)
@@ -315,6 +331,8 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else apply_conv_bn_seq(self.downsample, x)
         x = apply_conv_bn(self.conv1, self.bn1, x, self.act1)
         x = apply_conv_bn(self.conv2, self.bn2, x, self.act2)
+        if self.aa is not None:
+            x = self.aa(x)
         if self.se is None and skippable(self.drop_path):  # sum and ReLU as the convolution's post-ops where it can
             return apply_conv_bn(self.conv3, self.bn3, x, self.act3, residual=shortcut, into_residual=_owns_shortcut(self, owns_input))
         x = apply_conv_bn(self.conv3, self.bn3, x)
@@ -342,6 +360,10 @@ class ResNetConfig:
         se: squeeze-and-excitation in every block (SE-ResNet): ``attn="se"``.
         attn: channel attention in every block: ``"se"`` or ``"eca"`` (ECA-Net; timm's
             ``ecaresnet*``), or ``""``.
+        aa_layer: ``"avg"``: anti-aliased downsampling as timm's ``aa_layer=nn.AvgPool2d``
+            (its ``resnetaa*``): each stride-2 convolution of the blocks runs at stride 1 and
+            a 2x2 average pool takes the stride, and the stem pools 2x2 average instead of
+            3x3 max; ``""``: none.
         stem_type: ``""``, the 7x7 stride-2 convolution; ``"deep"``, ResNet-C's three 3x3
             convolutions (stride 2, then 1, 1; BN and ReLU between) of ``stem_width``,
             ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019);
@@ -363,6 +385,7 @@ class ResNetConfig:
     base_width: int = 64
     se: bool = False
     attn: str = ""
+    aa_layer: str = ""
     stem_type: str = ""
     stem_width: int = 64
     avg_down: bool = False
@@ -464,6 +487,8 @@ class ResNet(VisionModel):
         if cfg.se and cfg.attn not in ("", "se"):
             raise ValueError(f"se=True asks for squeeze-and-excitation, attn={cfg.attn!r} for another attention: give one of them")
         attn = "se" if cfg.se else cfg.attn
+        if cfg.aa_layer not in ("", "avg"):
+            raise ValueError(f"aa_layer must be '' or 'avg' (a 2x2 average pool; timm's blur pool is not built), got {cfg.aa_layer!r}")
         block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -482,7 +507,9 @@ class ResNet(VisionModel):
             stem_chs = sw
             self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, 7, stride=2)
         self.act1 = nn.ReLU(inplace=True)
-        self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool: nn.Module = nn.AvgPool2d(2) if cfg.aa_layer else MaxPool2d(kernel_size=3, stride=2, padding=1)
+        if cfg.aa_layer:  # the pools floor an odd side where the shortcut rounds it up (as in timm, which then fails)
+            self.input_multiple = cfg.output_stride
         self.feature_info = [FeatureInfo(stem_chs, 2, "act1")]
         if cfg.stem_type:  # the deep stem's three convolutions at half resolution are recomputed too
             self.grad_checkpoint_units = (r"conv1", *type(self).grad_checkpoint_units)
@@ -497,7 +524,7 @@ class ResNet(VisionModel):
             for j, (first_dilation, dilation) in enumerate(rates):
                 blocks.append(block(
                     in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
-                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
+                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, aa=bool(cfg.aa_layer), drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
                 ))
                 in_chs, k = planes * block.expansion, k + 1
             self.add_module(self.stage_names[i], ResidualStage(*blocks))
@@ -618,6 +645,16 @@ VARIANTS = {
             ("eca", 50, (3, 4, 6, 3)), ("eca", 101, (3, 4, 23, 3)), ("eca", 200, (3, 24, 36, 3)), ("eca", 269, (3, 30, 48, 8)),
         )
     },
+    # timm's anti-aliased ResNets (aa_layer=nn.AvgPool2d): 2x2 average pools take the strides
+    "resnetaa50": ResNetConfig(aa_layer="avg"),
+    **{
+        name: ResNetConfig(block=block, layers=layers, groups=g, base_width=w, se=se, aa_layer="avg", stem_type="deep", stem_width=sw, avg_down=True)
+        for name, block, layers, g, w, se, sw in (
+            ("resnetaa34d", "basic", (3, 4, 6, 3), 1, 64, False, 32), ("resnetaa50d", "bottleneck", (3, 4, 6, 3), 1, 64, False, 32),
+            ("resnetaa101d", "bottleneck", (3, 4, 23, 3), 1, 64, False, 32), ("seresnetaa50d", "bottleneck", (3, 4, 6, 3), 1, 64, True, 32),
+            ("seresnextaa101d_32x8d", "bottleneck", (3, 4, 23, 3), 32, 8, True, 32), ("seresnextaa201d_32x8d", "bottleneck", (3, 24, 36, 4), 32, 8, True, 64),
+        )
+    },
     # ECA-ResNet-light (timm): ResNet-D's shortcut on the plain stem, stages of 1, 1, 11, 3 blocks
     "ecaresnetlight": ResNetConfig(layers=(1, 1, 11, 3), attn="eca", avg_down=True),
     # timm's tiered deep stem (24, 32, 64 channels) with ResNet-D's shortcut
@@ -655,6 +692,10 @@ TIMM_EVAL = {
     **{n: (256, 0.875) for n in ("seresnet200d", "seresnet269d", "ecaresnet26t", "ecaresnet50t")},
     **{n: (256, 0.95) for n in ("resnet200d", "seresnet152d", "ecaresnet200d")},
     "ecaresnet269d": (320, 0.95),
+    **{n: (224, 0.875) for n in ("resnetaa34d", "seresnetaa50d")},
+    **{n: (224, 0.95) for n in ("resnetaa50", "resnetaa50d", "resnetaa101d")},
+    "seresnextaa101d_32x8d": (288, 0.95),
+    "seresnextaa201d_32x8d": (384, 1.0),
 }
 
 # Params: the papers' where they give them, else the reference implementations' (equal to
@@ -700,6 +741,13 @@ PUBLISHED: dict[str, dict] = {
         for name, params in (
             ("ecaresnet26t", 16.0), ("ecaresnet50d", 25.6), ("ecaresnet50t", 25.6), ("ecaresnet101d", 44.6), ("ecaresnet200d", 64.7),
             ("ecaresnet269d", 102.1), ("ecaresnetlight", 30.2), ("ecaresnext26t_32x4d", 15.4), ("ecaresnext50t_32x4d", 25.0),
+        )
+    },
+    **{
+        name: dict(params=params, note="timm's anti-aliased ResNet (average-pool downsampling); no paper gives it: params counted (equal to timm's)")
+        for name, params in (
+            ("resnetaa50", 25.6), ("resnetaa34d", 21.8), ("resnetaa50d", 25.6), ("resnetaa101d", 44.6), ("seresnetaa50d", 28.1),
+            ("seresnextaa101d_32x8d", 93.6), ("seresnextaa201d_32x8d", 149.4),
         )
     },
     "resnext101_32x4d": dict(params=44.2, note="Facebook's semi-supervised release (YFCC100M pre-training; timm's default weights); params counted (equal to timm's)"),
