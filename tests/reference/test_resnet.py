@@ -30,6 +30,7 @@ def test_names():
         "ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnet101d", "ecaresnet200d", "ecaresnet269d", "ecaresnetlight",
         "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
         "resnetaa34d", "resnetaa50", "resnetaa50d", "resnetaa101d", "seresnetaa50d", "seresnextaa101d_32x8d", "seresnextaa201d_32x8d",
+        "resnetblur18", "resnetblur50", "resnetblur50d", "resnetblur101d",
     ])
     assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 10  # + resnext101_64x4d, wide_resnet101_2
 
@@ -47,7 +48,7 @@ def test_params_equal_timm_and_torchvision(name):
 
 @pytest.mark.parametrize("name", [
     "resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d",
-    "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d", "resnetaa34d", "seresnetaa50d",
+    "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d", "resnetaa34d", "seresnetaa50d", "resnetblur18", "resnetblur50d",
 ])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
@@ -311,5 +312,25 @@ def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(name, out
             assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
     with pytest.raises(visionzoo.InputError, match=f"needs height and width divisible by {output_stride}, got 100x100"):
         ours(torch.randn(1, 3, 100, 100))
-    with pytest.raises(ValueError, match="aa_layer must be '' or 'avg'"):
-        visionzoo.create_model(name, aa_layer="blur")
+    with pytest.raises(ValueError, match="aa_layer must be one of '', 'avg', 'blur', got 'blurpc'"):
+        visionzoo.create_model(name, aa_layer="blurpc")
+
+
+@pytest.mark.parametrize("name, output_stride", [("resnet50d", 32), ("resnet18", 8)])
+def test_blur_pool_downsampling_on_any_resnet_equals_timms(name, output_stride):
+    """timm's aa_layer=BlurPool2d is our aa_layer="blur": a 3x3 binomial blur at the stride (at
+    stride 1 where a stride became dilation, as timm's), the stem's max pool at stride 1 before
+    one; its filter is no state (timm's buffer is not in its state dict). Logits and maps at an
+    odd size, where the reflect-padded blur rounds up as the shortcut does."""
+    from timm.layers import BlurPool2d
+
+    ref = build_random(lambda: timm.create_model(name, num_classes=4, aa_layer=BlurPool2d, output_stride=output_stride))
+    kw = dict(aa_layer="blur", output_stride=output_stride)
+    ours = visionzoo.create_model(name, num_classes=4, checkpoint=ref.state_dict(), **kw).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    feats = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict(), **kw).eval()
+    x = torch.randn(2, 3, 75, 66)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+        for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4

@@ -199,10 +199,37 @@ def _channel_attention(attn: str, channels: int) -> nn.Module | None:
     return EfficientChannelAttention(channels) if attn == "eca" else None
 
 
-def _anti_alias(aa: bool, stride: int) -> nn.AvgPool2d | None:
-    """The 2x2 average pool that takes a strided convolution's stride (Zhang, "Making
-    Convolutional Networks Shift-Invariant Again", ICML 2019, with timm's box filter)."""
-    return nn.AvgPool2d(2) if aa and stride == 2 else None
+class BlurPool2d(nn.Module):
+    """Anti-aliased downsampling (Zhang, "Making Convolutional Networks Shift-Invariant Again",
+    ICML 2019): each channel blurred by the 3x3 binomial filter ([1, 2, 1] / 4 each way) over
+    the map reflect-padded by one, at ``stride`` (timm's ``BlurPool2d``; the filter holds no
+    state, as timm's is a buffer left out of its state dict).
+
+    Shapes:
+        (B, C, H, W) -> (B, C, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, channels: int, stride: int = 2) -> None:
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+        w = (k[:, None] * k[None, :]).expand(self.channels, 1, 3, 3).contiguous()  # C, 1, 3, 3
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, stride=self.stride, groups=self.channels)
+
+
+#: anti-aliased downsampling (timm's ``aa_layer``): "avg", a 2x2 average pool; "blur", :class:`BlurPool2d`
+AA_TYPES = ("", "avg", "blur")
+
+
+def _anti_alias(aa: str, channels: int, stride: int, dilated: bool) -> nn.Module | None:
+    """The layer that takes a block's stride after its convolution ran at stride 1, as timm's
+    ``create_aa``: where the stride became dilation (first rate != rate) the blur still blurs,
+    at stride 1; the average pool is then a 1x1 identity, so none is built."""
+    if aa == "avg" and stride == 2:
+        return nn.AvgPool2d(2)
+    return BlurPool2d(channels, stride) if aa == "blur" and (stride == 2 or dilated) else None
 
 
 class BasicBlock(nn.Module):
@@ -216,8 +243,8 @@ class BasicBlock(nn.Module):
         first_dilation: rate of the first convolution (``dilation`` when omitted; the first
             block of a dilated stage keeps the previous stage's rate here).
         attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
-        aa: anti-aliased downsampling: a stride-2 block's first convolution runs at stride 1 and
-            a 2x2 average pool follows it (timm's ``aa_layer=nn.AvgPool2d``).
+        aa: anti-aliased downsampling (:data:`AA_TYPES`): a stride-2 block's first convolution
+            runs at stride 1 and a 2x2 average pool or a blur pool follows it (timm's ``aa_layer``).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -238,14 +265,14 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
-        aa: bool = False,
+        aa: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("the basic block has no groups / base width (use block='bottleneck' for ResNeXt / Wide ResNet)")
-        self.aa = _anti_alias(aa, stride)
+        self.aa = _anti_alias(aa, planes, stride, (first_dilation or dilation) != dilation)
         self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = _conv_bn(planes, planes, 3, dilation=dilation)
@@ -285,8 +312,8 @@ class Bottleneck(nn.Module):
         base_width: channels per group at ``planes=64``; the 3x3 has
             ``floor(planes * base_width / 64) * groups`` channels.
         attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
-        aa: anti-aliased downsampling: a stride-2 block's 3x3 runs at stride 1 and a 2x2 average
-            pool follows it (timm's ``aa_layer=nn.AvgPool2d``).
+        aa: anti-aliased downsampling (:data:`AA_TYPES`): a stride-2 block's 3x3 runs at stride 1
+            and a 2x2 average pool or a blur pool follows it (timm's ``aa_layer``).
         drop_path: stochastic-depth rate of the residual branch.
         shortcut: the shortcut's projection where the shape changes (:data:`SHORTCUTS`).
 
@@ -307,7 +334,7 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
-        aa: bool = False,
+        aa: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
     ) -> None:
@@ -316,7 +343,7 @@ class Bottleneck(nn.Module):
         out_chs = planes * self.expansion
         self.conv1, self.bn1 = _conv_bn(in_chs, width, 1)
         self.act1 = nn.ReLU(inplace=True)
-        self.aa = _anti_alias(aa, stride)
+        self.aa = _anti_alias(aa, width, stride, (first_dilation or dilation) != dilation)
         self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation, groups=groups)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
@@ -360,10 +387,12 @@ class ResNetConfig:
         se: squeeze-and-excitation in every block (SE-ResNet): ``attn="se"``.
         attn: channel attention in every block: ``"se"`` or ``"eca"`` (ECA-Net; timm's
             ``ecaresnet*``), or ``""``.
-        aa_layer: ``"avg"``: anti-aliased downsampling as timm's ``aa_layer=nn.AvgPool2d``
-            (its ``resnetaa*``): each stride-2 convolution of the blocks runs at stride 1 and
-            a 2x2 average pool takes the stride, and the stem pools 2x2 average instead of
-            3x3 max; ``""``: none.
+        aa_layer: anti-aliased downsampling, timm's ``aa_layer``: each stride-2 convolution of
+            the blocks runs at stride 1 and a pool takes the stride. ``"avg"`` (its
+            ``nn.AvgPool2d``, the ``resnetaa*`` networks): a 2x2 average pool, and the stem
+            pools 2x2 average instead of 3x3 max; ``"blur"`` (its ``BlurPool2d``,
+            ``resnetblur*``): a 3x3 binomial blur at the stride, and the stem's max pool runs
+            at stride 1 before one; ``""``: none.
         stem_type: ``""``, the 7x7 stride-2 convolution; ``"deep"``, ResNet-C's three 3x3
             convolutions (stride 2, then 1, 1; BN and ReLU between) of ``stem_width``,
             ``stem_width`` and twice ``stem_width`` channels (Bag of Tricks, He et al. 2019);
@@ -487,8 +516,8 @@ class ResNet(VisionModel):
         if cfg.se and cfg.attn not in ("", "se"):
             raise ValueError(f"se=True asks for squeeze-and-excitation, attn={cfg.attn!r} for another attention: give one of them")
         attn = "se" if cfg.se else cfg.attn
-        if cfg.aa_layer not in ("", "avg"):
-            raise ValueError(f"aa_layer must be '' or 'avg' (a 2x2 average pool; timm's blur pool is not built), got {cfg.aa_layer!r}")
+        if cfg.aa_layer not in AA_TYPES:
+            raise ValueError(f"aa_layer must be one of {', '.join(map(repr, AA_TYPES))}, got {cfg.aa_layer!r}")
         block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -507,9 +536,13 @@ class ResNet(VisionModel):
             stem_chs = sw
             self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, 7, stride=2)
         self.act1 = nn.ReLU(inplace=True)
-        self.maxpool: nn.Module = nn.AvgPool2d(2) if cfg.aa_layer else MaxPool2d(kernel_size=3, stride=2, padding=1)
-        if cfg.aa_layer:  # the pools floor an odd side where the shortcut rounds it up (as in timm, which then fails)
-            self.input_multiple = cfg.output_stride
+        if cfg.aa_layer == "avg":
+            self.maxpool: nn.Module = nn.AvgPool2d(2)
+            self.input_multiple = cfg.output_stride  # its pools floor an odd side that the shortcut rounds up (timm then fails)
+        elif cfg.aa_layer == "blur":
+            self.maxpool = nn.Sequential(MaxPool2d(kernel_size=3, stride=1, padding=1), BlurPool2d(stem_chs, 2))
+        else:
+            self.maxpool = MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.feature_info = [FeatureInfo(stem_chs, 2, "act1")]
         if cfg.stem_type:  # the deep stem's three convolutions at half resolution are recomputed too
             self.grad_checkpoint_units = (r"conv1", *type(self).grad_checkpoint_units)
@@ -524,7 +557,7 @@ class ResNet(VisionModel):
             for j, (first_dilation, dilation) in enumerate(rates):
                 blocks.append(block(
                     in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
-                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, aa=bool(cfg.aa_layer), drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
+                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, aa=cfg.aa_layer, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
                 ))
                 in_chs, k = planes * block.expansion, k + 1
             self.add_module(self.stage_names[i], ResidualStage(*blocks))
@@ -645,8 +678,12 @@ VARIANTS = {
             ("eca", 50, (3, 4, 6, 3)), ("eca", 101, (3, 4, 23, 3)), ("eca", 200, (3, 24, 36, 3)), ("eca", 269, (3, 30, 48, 8)),
         )
     },
-    # timm's anti-aliased ResNets (aa_layer=nn.AvgPool2d): 2x2 average pools take the strides
+    # timm's anti-aliased ResNets (aa_layer=nn.AvgPool2d or BlurPool2d): pools take the strides
     "resnetaa50": ResNetConfig(aa_layer="avg"),
+    "resnetblur18": ResNetConfig(block="basic", layers=(2, 2, 2, 2), aa_layer="blur"),
+    "resnetblur50": ResNetConfig(aa_layer="blur"),
+    "resnetblur50d": ResNetConfig(aa_layer="blur", stem_type="deep", stem_width=32, avg_down=True),
+    "resnetblur101d": ResNetConfig(layers=(3, 4, 23, 3), aa_layer="blur", stem_type="deep", stem_width=32, avg_down=True),
     **{
         name: ResNetConfig(block=block, layers=layers, groups=g, base_width=w, se=se, aa_layer="avg", stem_type="deep", stem_width=sw, avg_down=True)
         for name, block, layers, g, w, se, sw in (
@@ -692,7 +729,7 @@ TIMM_EVAL = {
     **{n: (256, 0.875) for n in ("seresnet200d", "seresnet269d", "ecaresnet26t", "ecaresnet50t")},
     **{n: (256, 0.95) for n in ("resnet200d", "seresnet152d", "ecaresnet200d")},
     "ecaresnet269d": (320, 0.95),
-    **{n: (224, 0.875) for n in ("resnetaa34d", "seresnetaa50d")},
+    **{n: (224, 0.875) for n in ("resnetaa34d", "seresnetaa50d", "resnetblur18", "resnetblur50", "resnetblur50d", "resnetblur101d")},
     **{n: (224, 0.95) for n in ("resnetaa50", "resnetaa50d", "resnetaa101d")},
     "seresnextaa101d_32x8d": (288, 0.95),
     "seresnextaa201d_32x8d": (384, 1.0),
@@ -744,10 +781,11 @@ PUBLISHED: dict[str, dict] = {
         )
     },
     **{
-        name: dict(params=params, note="timm's anti-aliased ResNet (average-pool downsampling); no paper gives it: params counted (equal to timm's)")
+        name: dict(params=params, note="timm's anti-aliased ResNet (average or blur pool downsampling); no paper gives it: params counted (equal to timm's)")
         for name, params in (
             ("resnetaa50", 25.6), ("resnetaa34d", 21.8), ("resnetaa50d", 25.6), ("resnetaa101d", 44.6), ("seresnetaa50d", 28.1),
             ("seresnextaa101d_32x8d", 93.6), ("seresnextaa201d_32x8d", 149.4),
+            ("resnetblur18", 11.7), ("resnetblur50", 25.6), ("resnetblur50d", 25.6), ("resnetblur101d", 44.6),
         )
     },
     "resnext101_32x4d": dict(params=44.2, note="Facebook's semi-supervised release (YFCC100M pre-training; timm's default weights); params counted (equal to timm's)"),
