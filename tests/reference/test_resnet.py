@@ -295,42 +295,31 @@ def test_channel_attention_options_are_checked():
     assert visionzoo.create_model("seresnet50", attn="se").cfg.se  # the same request twice is no conflict
 
 
-@pytest.mark.parametrize("name, output_stride", [("resnet50", 32), ("resnet18", 8)])
-def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(name, output_stride):
-    """timm's aa_layer=nn.AvgPool2d is our aa_layer="avg": the strided 3x3 at stride 1 and a 2x2
-    average pool after it, the stem's 2x2 average pool; logits and maps with timm's weights,
-    dilated too. Sides must divide by the output stride (timm fails on the others, where its pools
-    floor an odd side that the shortcut rounds up): an odd one is refused in one line."""
-    ref = build_random(lambda: timm.create_model(name, num_classes=4, aa_layer=torch.nn.AvgPool2d, output_stride=output_stride))
-    kw = dict(aa_layer="avg", output_stride=output_stride)
-    ours = visionzoo.create_model(name, num_classes=4, checkpoint=ref.state_dict(), **kw).eval()
-    feats = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict(), **kw).eval()
-    x = torch.randn(2, 3, 96, 64)
-    with torch.no_grad():
-        assert max_rel_diff(ours(x), ref(x)) < 5e-4
-        for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
-            assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
-    with pytest.raises(visionzoo.InputError, match=f"needs height and width divisible by {output_stride}, got 100x100"):
-        ours(torch.randn(1, 3, 100, 100))
-    with pytest.raises(ValueError, match="aa_layer must be one of '', 'avg', 'blur', got 'blurpc'"):
-        visionzoo.create_model(name, aa_layer="blurpc")
-
-
-@pytest.mark.parametrize("name, output_stride", [("resnet50d", 32), ("resnet18", 8)])
-def test_blur_pool_downsampling_on_any_resnet_equals_timms(name, output_stride):
-    """timm's aa_layer=BlurPool2d is our aa_layer="blur": a 3x3 binomial blur at the stride (at
-    stride 1 where a stride became dilation, as timm's), the stem's max pool at stride 1 before
-    one; its filter is no state (timm's buffer is not in its state dict). Logits and maps at an
-    odd size, where the reflect-padded blur rounds up as the shortcut does."""
+@pytest.mark.parametrize("aa, name, output_stride, side", [
+    ("avg", "resnet50", 32, (96, 64)), ("avg", "resnet18", 8, (96, 64)), ("blur", "resnet50d", 32, (75, 66)), ("blur", "resnet18", 8, (75, 66)),
+])
+def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(aa, name, output_stride, side):
+    """timm's aa_layer is ours: the strided 3x3 at stride 1, then "avg" (its nn.AvgPool2d): a 2x2
+    average pool, the stem's 2x2 average pool; "blur" (its BlurPool2d): a 3x3 binomial blur at the
+    stride (at stride 1 where a stride became dilation), the stem's max pool at stride 1 before
+    one, the filter no state (timm's buffer is not in its state dict). Same keys, logits and maps
+    with timm's weights, dilated too. The blur takes odd sides (reflect-padded, it rounds up as the
+    shortcut does); with "avg" the sides must divide by the output stride (timm fails on the
+    others, where its pools floor an odd side that the shortcut rounds up): refused in one line."""
     from timm.layers import BlurPool2d
 
-    ref = build_random(lambda: timm.create_model(name, num_classes=4, aa_layer=BlurPool2d, output_stride=output_stride))
-    kw = dict(aa_layer="blur", output_stride=output_stride)
+    ref = build_random(lambda: timm.create_model(name, num_classes=4, aa_layer={"avg": torch.nn.AvgPool2d, "blur": BlurPool2d}[aa], output_stride=output_stride))
+    kw = dict(aa_layer=aa, output_stride=output_stride)
     ours = visionzoo.create_model(name, num_classes=4, checkpoint=ref.state_dict(), **kw).eval()
     assert list(ours.state_dict()) == list(ref.state_dict())
     feats = visionzoo.create_model(name, features_only=True, checkpoint=ref.state_dict(), **kw).eval()
-    x = torch.randn(2, 3, 75, 66)
+    x = torch.randn(2, 3, *side)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 5e-4
         for f, e in zip(feats(x), ref.forward_intermediates(x, intermediates_only=True), strict=True):
             assert f.shape == e.shape and max_rel_diff(f, e) < 5e-4
+    if aa == "avg":
+        with pytest.raises(visionzoo.InputError, match=f"needs height and width divisible by {output_stride}, got 100x100"):
+            ours(torch.randn(1, 3, 100, 100))
+    with pytest.raises(ValueError, match="aa_layer must be one of '', 'avg', 'blur', got 'blurpc'"):
+        visionzoo.create_model(name, aa_layer="blurpc")
