@@ -406,3 +406,25 @@ def test_variants_with_their_own_class_count_default_to_it():
         with torch.device("meta"):
             assert visionzoo.create_model(name).num_classes == timm.create_model(name).num_classes == classes
             assert visionzoo.create_model(name, num_classes=10).num_classes == 10
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu_tanh"])
+def test_clip_tower_options_on_any_vit_equal_timm(act):
+    """timm's pre_norm (a LayerNorm before the blocks, a bias-free patch projection), LayerNorm eps
+    1e-5 and act_layer on a ViT of another size: keys, logits and the blocks' maps; QuickGELU is
+    CLIP's x * sigmoid(1.702 x)."""
+    from visionzoo.layers.activations import QuickGELU
+
+    kw = dict(img_size=48, num_classes=3, depth=2, embed_dim=96, num_heads=3)
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_224", pre_norm=True, norm_layer=torch.nn.LayerNorm, act_layer=act, **kw))
+    ours = visionzoo.create_model("vit_tiny_patch16_224", pre_norm=True, norm_eps=1e-5, act_layer=act, checkpoint=ref.state_dict(), **kw).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict()) and "patch_embed.proj.bias" not in ours.state_dict()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+        for f, e in zip(ours.forward_intermediates(x, intermediates_only=True), ref.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert max_rel_diff(f, e) < 1e-5
+    t = torch.linspace(-4, 4, 9)
+    torch.testing.assert_close(QuickGELU()(t), t / (1 + torch.exp(-1.702 * t)))
+    with pytest.raises(ValueError, match="act_layer must be one of 'gelu', 'gelu_tanh', 'quick_gelu', got 'relu'"):
+        visionzoo.create_model("vit_tiny_patch16_224", act_layer="relu")

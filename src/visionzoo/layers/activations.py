@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .grad_mode import needs_grad
 
-__all__ = ["GELU", "INPLACE_ACTS", "gelu"]
+__all__ = ["GELU", "INPLACE_ACTS", "QuickGELU", "gelu"]
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -22,6 +22,14 @@ def gelu(x: Tensor) -> Tensor:
     if needs_grad(x):
         return F.gelu(x)
     return torch.ops.aten.gelu_(x)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's sigmoid approximation of GELU, ``x * sigmoid(1.702 x)`` (timm's
+    ``quick_gelu``): the activation its ViTs (and models tuned from them) were trained with."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 class GELU(nn.GELU):

@@ -30,7 +30,7 @@ embedding), ``every_layer`` (before every block, separate parameters) or
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -58,6 +58,7 @@ from ..layers import (
     resample_patch_kernel,
     trunc_normal_,
 )
+from ..layers.activations import QuickGELU
 from ..layers.attention import ProjectedAttention
 from ..layers.drop_path import skippable
 from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager, to_2tuple, to_channels_last
@@ -70,6 +71,8 @@ __all__ = ["ViTConfig", "VisionTransformer"]
 
 POS_EMBEDS = ("none", "learned_1d", "learned_2d", "relative", "relative_2d")
 RELATIVE = ("relative", "relative_2d")
+#: the MLPs' activations (timm's act_layer names)
+ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "quick_gelu": QuickGELU}
 POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
 
 
@@ -109,6 +112,7 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
         attn_layer: type[Attention] = Attention,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
         init_values: float | None = None,
     ) -> None:
         super().__init__()
@@ -117,7 +121,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, init_values) if init_values else None  # timm's rule: 0 or None, no layer scale
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else None
         self.drop_path2 = DropPath(drop_path)
 
@@ -345,6 +349,11 @@ class ViTConfig:
             (True), or on every token before it (False: timm's ``fc_norm=False``, as its
             ``*_gap_*`` ViTs without registers and the I-JEPA ones); None: after the pool unless
             ``global_pool`` is ``token`` (timm's default).
+        pre_norm: a LayerNorm on the tokens before the first block (``norm_pre``), and a
+            bias-free patch projection (CLIP's image tower; timm's ``pre_norm``).
+        norm_eps: every LayerNorm's epsilon (1e-6; CLIP's towers 1e-5, PyTorch's default).
+        act_layer: the MLPs' activation: ``gelu`` (exact), ``gelu_tanh`` or ``quick_gelu``
+            (OpenAI CLIP's ``x * sigmoid(1.702 x)``).
         reg_tokens: learned register tokens after the class token, which no head reads
             (Darcet et al., "Vision Transformers Need Registers", ICLR 2024; timm's
             ``reg_tokens``, key ``reg_token``); they count among the prefix tokens.
@@ -368,6 +377,9 @@ class ViTConfig:
     init_values: float | None = None
     no_embed_class: bool = False
     fc_norm: bool | None = None
+    pre_norm: bool = False
+    norm_eps: float = 1e-6
+    act_layer: str = "gelu"
     reg_tokens: int = 0
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
@@ -423,6 +435,8 @@ class VisionTransformer(VisionModel):
         if cfg.no_embed_class and (cfg.pos_embed != "learned_1d" or cfg.pos_embed_at != "stem"):
             raise ValueError(f"no_embed_class=True takes pos_embed='learned_1d' at the stem, got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
         check_int("reg_tokens", cfg.reg_tokens, 0)
+        if cfg.act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {', '.join(map(repr, ACT_LAYERS))}, got {cfg.act_layer!r}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -434,7 +448,7 @@ class VisionTransformer(VisionModel):
             stride = self.patch_embed.patch_size[0]
             self.input_multiple = 1  # 'SAME' padding takes any size
         else:
-            self.patch_embed = PatchEmbed(cfg.patch_size, in_chans, D, flatten=False)
+            self.patch_embed = PatchEmbed(cfg.patch_size, in_chans, D, flatten=False, bias=not cfg.pre_norm)
             stride = cfg.patch_size
             self.input_multiple = cfg.patch_size
         self.min_input_size = stride
@@ -462,9 +476,12 @@ class VisionTransformer(VisionModel):
             if P:
                 self.pos_embed_prefix = nn.Parameter(torch.zeros(n_sets, P, D))
         self.pos_drop = nn.Dropout(cfg.pos_drop_rate)
+        norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
+        self.norm_pre = norm_layer(D) if cfg.pre_norm else None
 
         dpr = drop_path_rates(drop_path_rate, cfg.depth)
-        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values)
+        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values,
+                            norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer])
         if cfg.pos_embed in RELATIVE:
             attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P, two_d=cfg.pos_embed == "relative_2d")
             blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
@@ -472,8 +489,8 @@ class VisionTransformer(VisionModel):
             blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*blocks)
         use_fc_norm = cfg.global_pool != "token" if cfg.fc_norm is None else cfg.fc_norm
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=1e-6)
-        self.fc_norm = nn.LayerNorm(D, eps=1e-6) if use_fc_norm else nn.Identity()
+        self.norm = nn.Identity() if use_fc_norm else norm_layer(D)
+        self.fc_norm = norm_layer(D) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = classifier(D, num_classes)
         self.head_dist = None
@@ -535,7 +552,8 @@ class VisionTransformer(VisionModel):
             pe = self._absolute_pos_embed(0, grid)
             if pe is not None:
                 x = x + pe
-        return self.pos_drop(x), grid
+        x = self.pos_drop(x)
+        return (x if self.norm_pre is None else self.norm_pre(x)), grid
 
     def _block(self, i: int, x: Tensor, grid: tuple[int, int]) -> Tensor:
         if self.cfg.pos_embed_at != "stem":
@@ -650,7 +668,7 @@ class VisionTransformer(VisionModel):
         block, the final norm with the last; the head (``fc_norm`` included) last. A ViT has
         no stages: ``coarse`` groups the same way."""
         return dict(
-            stem=r"^(?:cls_token|dist_token|reg_token|pos_embed|patch_embed)",
+            stem=r"^(?:cls_token|dist_token|reg_token|pos_embed|patch_embed|norm_pre)",
             blocks=[(r"^blocks\.(\d+)\.", None), (r"^norm\.", MATCH_PREV_GROUP)],
         )
 
@@ -941,6 +959,44 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
     _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
     if _n == "vit_base_patch16_224_miil":
         _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
+
+# CLIP's image towers as timm builds them (Radford et al., ICML 2021; OpenCLIP, MetaCLIP, DFN, TinyCLIP
+# weights): a LayerNorm before the blocks and a bias-free patch projection, LayerNorm eps 1e-5, and
+# QuickGELU for the towers trained with it. Where timm's default weights are the bare tower, the
+# "classifier" is its projection into the joint embedding (512 ... 1024 wide).
+_CLIP = dict(pre_norm=True, norm_eps=1e-5)
+_OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
+    "vit_xsmall_patch16_clip_224": (ViTConfig(embed_dim=256, depth=10, num_heads=4, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
+    "vit_medium_patch16_clip_224": (ViTConfig(embed_dim=512, num_heads=8, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
+    "vit_medium_patch32_clip_224": (ViTConfig(patch_size=32, embed_dim=512, num_heads=8, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
+    "vit_betwixt_patch32_clip_224": (ViTConfig(patch_size=32, embed_dim=640, num_heads=10, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
+    "vit_base_patch16_clip_224": (ViTConfig(**_CLIP), 224, 0.95, _OPENAI_CLIP, 1000),
+    "vit_base_patch16_clip_384": (ViTConfig(**_CLIP), 384, 1.0, _OPENAI_CLIP, 1000),
+    "vit_base_patch16_clip_quickgelu_224": (ViTConfig(act_layer="quick_gelu", **_CLIP), 224, 1.0, _OPENAI_CLIP, 512),
+    "vit_base_patch16_plus_clip_240": (ViTConfig(embed_dim=896, num_heads=14, **_CLIP), 240, 1.0, _OPENAI_CLIP, 640),
+    "vit_base_patch32_clip_224": (ViTConfig(patch_size=32, **_CLIP), 224, 0.9, _OPENAI_CLIP, 1000),
+    "vit_base_patch32_clip_256": (ViTConfig(patch_size=32, **_CLIP), 256, 1.0, _OPENAI_CLIP, 512),
+    "vit_base_patch32_clip_384": (ViTConfig(patch_size=32, **_CLIP), 384, 1.0, _OPENAI_CLIP, 1000),
+    "vit_base_patch32_clip_448": (ViTConfig(patch_size=32, **_CLIP), 448, 1.0, _OPENAI_CLIP, 1000),
+    "vit_base_patch32_clip_quickgelu_224": (ViTConfig(patch_size=32, act_layer="quick_gelu", **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
+    "vit_large_patch14_clip_224": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16, **_CLIP), 224, 1.0, _INCEPTION, 1000),
+    "vit_large_patch14_clip_336": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16, **_CLIP), 336, 1.0, _INCEPTION, 1000),
+    **{
+        f"vit_large_patch14_clip_quickgelu_{_r}": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16, act_layer="quick_gelu", **_CLIP), _r, 1.0, _OPENAI_CLIP, 768)
+        for _r in (224, 336)
+    },
+    **{
+        f"vit_huge_patch14_clip_{_r}": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, **_CLIP), _r, 1.0, _OPENAI_CLIP, 1024 if _r == 378 else 1000)
+        for _r in (224, 336, 378)
+    },
+    **{
+        f"vit_huge_patch14_clip_quickgelu_{_r}": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, act_layer="quick_gelu", **_CLIP), _r, 1.0, _OPENAI_CLIP, 1024)
+        for _r in (224, 378)
+    },
+}.items():
+    VARIANTS[_n] = _cfg
+    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
