@@ -428,3 +428,38 @@ def test_clip_tower_options_on_any_vit_equal_timm(act):
     torch.testing.assert_close(QuickGELU()(t), t / (1 + torch.exp(-1.702 * t)))
     with pytest.raises(ValueError, match="act_layer must be one of 'gelu', 'gelu_tanh', 'quick_gelu', got 'relu'"):
         visionzoo.create_model("vit_tiny_patch16_224", act_layer="relu")
+
+
+def test_openai_clip_checkpoint_loads_as_timm_converts_it():
+    """OpenAI CLIP's / OpenCLIP's layout (visual.conv1, visual.transformer.resblocks.N, in_proj,
+    c_fc, ln_post, visual.proj (D, E); text-tower keys beside them), written here from timm's
+    weights: it loads as the 'official' layout, leaves the text tower out, and gives the logits
+    of timm's model loaded through timm's own converter, the projection as the classifier."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    kw = dict(img_size=64, depth=2, num_classes=32)
+    ref = build_random(lambda: timm.create_model("vit_base_patch32_clip_quickgelu_224", **kw))
+    with torch.no_grad():
+        ref.head.bias.zero_()  # CLIP's projection has no bias
+    renames = [("patch_embed.proj.", "conv1."), ("norm_pre.", "ln_pre."), ("norm.", "ln_post."), ("blocks.", "transformer.resblocks."), (".norm1.", ".ln_1."),
+               (".norm2.", ".ln_2."), (".attn.qkv.", ".attn.in_proj_"), (".attn.proj.", ".attn.out_proj."), (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj.")]
+    sd = ref.state_dict()
+    official = {  # the text tower's keys are in the same file
+        "logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.randn(10, 8), "transformer.resblocks.0.ln_1.weight": torch.ones(8),
+        "visual.class_embedding": sd.pop("cls_token").flatten(), "visual.positional_embedding": sd.pop("pos_embed")[0],
+        "visual.proj": sd.pop("head.weight").t().contiguous(),
+    }
+    del sd["head.bias"]
+    for k, v in sd.items():
+        for a, b in renames:
+            if k.startswith(a) or (a.startswith(".") and a in k):
+                k = k.replace(a, b, 1)
+        official["visual." + k] = v
+    ref2 = timm.create_model("vit_base_patch32_clip_quickgelu_224", **kw).eval()
+    ref2.load_state_dict(checkpoint_filter_fn(dict(official), ref2))
+    ours = visionzoo.create_model("vit_base_patch32_clip_quickgelu_224", **kw).eval()
+    info = visionzoo.load_checkpoint(ours, official)
+    assert info["source"] == ["official"] and not info["missing"] and not info["unexpected"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref2(x)) < 1e-5 and max_rel_diff(ours(x), ref.eval()(x)) < 1e-5
