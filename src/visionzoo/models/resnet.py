@@ -812,6 +812,7 @@ register_family(
     paper=(
         "He et al., Deep Residual Learning for Image Recognition, CVPR 2016; ResNeXt: Xie et al., CVPR 2017; "
         "Wide ResNet: Zagoruyko & Komodakis, BMVC 2016; SE-ResNet: Hu et al., CVPR 2018; "
-        "ResNet-C/D: He et al., Bag of Tricks for Image Classification with Convolutional Neural Networks, CVPR 2019"
+        "ResNet-C/D: He et al., Bag of Tricks for Image Classification with Convolutional Neural Networks, CVPR 2019; "
+        "ECA: Wang et al., CVPR 2020; anti-aliasing: Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019"
     ),
 )

@@ -1090,7 +1090,10 @@ register_family(
     VARIANTS,
     default_cfgs=_DEFAULT_CFGS,
     published=PUBLISHED,
-    paper="Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021; DeiT III: Touvron et al., ECCV 2022)",
+    paper=(
+        "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021; DeiT III: Touvron et al., ECCV 2022; "
+        "DINOv2: Oquab et al., TMLR 2024; registers: Darcet et al., ICLR 2024; CLIP: Radford et al., ICML 2021)"
+    ),
 )
 for _alias, _target in _TORCHVISION_NAMES.items():
     register_alias(_alias, _target)
