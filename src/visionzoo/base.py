@@ -193,6 +193,13 @@ class VisionModel(nn.Module):
     #: that layout. The dense heads, whose convolutions read either, turn it off to skip the copies.
     contiguous_maps: bool = True
 
+    @classmethod
+    def timm_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``create_model``'s family options with timm's spellings of them turned into this
+        family's configuration fields (ResNet's ``cardinality``, ``block_args``); as given by
+        default. Raises ValueError for a timm spelling with a value the family does not build."""
+        return options
+
     def __init__(self) -> None:
         super().__init__()
         self.features_only = False

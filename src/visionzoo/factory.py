@@ -299,6 +299,10 @@ def create_model(
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
     if not isinstance(features_only, bool):
         raise ValueError(f"features_only takes True or False, got {features_only!r}")
+    try:
+        overrides = entry.model_cls.timm_options(overrides)
+    except ValueError as e:
+        raise ValueError(f"{entry.name}: {e}") from None
     global_pool = _pop_global_pool(entry.config, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
     entry_cfg = _entry_default_cfg(entry, cfg)

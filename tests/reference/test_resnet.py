@@ -323,3 +323,24 @@ def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(aa, name,
             ours(torch.randn(1, 3, 100, 100))
     with pytest.raises(ValueError, match="aa_layer must be one of '', 'avg', 'blur', got 'blurpc'"):
         visionzoo.create_model(name, aa_layer="blurpc")
+
+
+def test_timms_resnet_keywords_are_taken_as_timm_spells_them():
+    """cardinality (groups), block_args=dict(attn_layer=...) (attn) and aa_layer as timm's classes
+    build timm's network: its keys and logits with its weights; a conflicting pair or a block
+    argument visionzoo does not build is refused in one line naming it."""
+    from timm.layers import BlurPool2d
+
+    kw = dict(cardinality=8, base_width=8, block_args=dict(attn_layer="eca"), aa_layer=BlurPool2d, num_classes=3)
+    ref = build_random(lambda: timm.create_model("resnet26", **kw))
+    ours = visionzoo.create_model("resnet26", checkpoint=ref.state_dict(), **kw).eval()
+    assert (ours.cfg.groups, ours.cfg.attn, ours.cfg.aa_layer) == (8, "eca", "blur")
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+    assert visionzoo.create_model("resnet50", aa_layer=torch.nn.AvgPool2d, device="meta").cfg.aa_layer == "avg"
+    with pytest.raises(ValueError, match="resnet50: cardinality=8 and groups=4 are timm's and visionzoo's names of one option: give one"):
+        visionzoo.create_model("resnet50", cardinality=8, groups=4)
+    with pytest.raises(ValueError, match=r"resnet50: block_args takes attn_layer only .*got \['drop_block'\]"):
+        visionzoo.create_model("resnet50", block_args=dict(attn_layer="se", drop_block=1))

@@ -568,6 +568,30 @@ class ResNet(VisionModel):
         self.fc = classifier(in_chs, num_classes)
         self._init_weights()
 
+    @classmethod
+    def timm_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """timm's ResNet keywords: ``cardinality`` is ``groups``; ``block_args=dict(attn_layer=
+        "se" / "eca")`` is ``attn``; ``aa_layer`` as its classes (``nn.AvgPool2d``, timm's
+        ``BlurPool2d``) or its strings ("avgpool", "blurpool") is "avg" / "blur"."""
+        options = dict(options)
+        if "cardinality" in options:
+            groups = options.pop("cardinality")
+            if options.setdefault("groups", groups) != groups:
+                raise ValueError(f"cardinality={groups!r} and groups={options['groups']!r} are timm's and visionzoo's names of one option: give one")
+        if "block_args" in options:
+            args = dict(options.pop("block_args") or {})
+            attn = args.pop("attn_layer", None)
+            if args:
+                raise ValueError(f"block_args takes attn_layer only ('se' or 'eca', timm's channel attention), got {sorted(args)}")
+            if attn is not None and options.setdefault("attn", attn) != attn:
+                raise ValueError(f"block_args attn_layer={attn!r} and attn={options['attn']!r} name one option: give one")
+        aa = options.get("aa_layer")
+        if aa is not None and not isinstance(aa, str):
+            options["aa_layer"] = {"AvgPool2d": "avg", "BlurPool2d": "blur"}.get(getattr(aa, "__name__", ""), aa)
+        elif isinstance(aa, str):
+            options["aa_layer"] = {"avgpool": "avg", "blurpool": "blur"}.get(aa.lower().replace("_", ""), aa)
+        return options
+
     def _init_weights(self) -> None:
         """He init (fan-out) for convolutions; the last BN of each residual branch starts at
         zero, so every block starts as the identity (Goyal et al., 2017; timm's default)."""
