@@ -233,3 +233,15 @@ def test_convnext_v2_block_inference_path_equals_its_modules():
         torch.testing.assert_close(blk(x), plain, rtol=1e-5, atol=1e-5)
         h.remove()
     assert seen == [(2, 11, 9, 64)]
+
+
+def test_timms_conv_mlp_keyword_builds_the_same_network():
+    """timm's conv_mlp=True (1x1-convolution MLPs) is the same map as linear layers: taken, and the
+    checkpoint of a timm model built with it loads, to its logits."""
+    ref = build_random(lambda: timm.create_model("convnext_tiny", num_classes=4, conv_mlp=True, depths=(1, 1, 2, 1)))
+    ours = visionzoo.create_model("convnext_tiny", num_classes=4, conv_mlp=True, depths=(1, 1, 2, 1), checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    with pytest.raises(ValueError, match="convnext_tiny: conv_mlp takes True or False, got 'yes'"):
+        visionzoo.create_model("convnext_tiny", conv_mlp="yes")

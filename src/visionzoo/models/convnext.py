@@ -255,6 +255,16 @@ class ConvNeXt(VisionModel):
                 trunc_normal_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    @classmethod
+    def timm_options(cls, options: dict) -> dict:
+        """timm's ``conv_mlp`` (its MLP as 1x1 convolutions, the same map as linear layers) is
+        taken and dropped: either layout's checkpoints load (:func:`_from_timm`)."""
+        options = dict(options)
+        conv_mlp = options.pop("conv_mlp", False)
+        if not isinstance(conv_mlp, bool):
+            raise ValueError(f"conv_mlp takes True or False, got {conv_mlp!r}")
+        return options
+
     def group_matcher(self, coarse: bool = False) -> dict:
         """Group 0 is the stem; then one group per block, a stage's downsampling (which opens
         the stage) with its first block (``coarse``: one group per stage); the head (its norm
