@@ -9,7 +9,7 @@ import visionzoo
 from visionzoo.models.nest import blockify, deblockify, resize_block_pos_embed
 from visionzoo.testing import build_random, max_rel_diff
 
-TIMM_NAMES = ["nest_tiny", "nest_small", "nest_base"]
+TIMM_NAMES = ["nest_tiny", "nest_small", "nest_base", "nest_tiny_jx", "nest_small_jx", "nest_base_jx"]
 
 
 def _params(fn) -> int:
@@ -24,11 +24,17 @@ def test_params_equal_timm_and_macs_the_papers(name):
     assert abs(info["gmacs"] - info["published_gmacs"]) / info["published_gmacs"] < 0.03
 
 
-def test_logits_equal_timm():
-    # nest_tiny at 64x64 (blocks of 4x4 tokens); the deeper variants only add layers
-    ref = build_random(lambda: timm.create_model("nest_tiny", num_classes=10, img_size=64))
-    ours = visionzoo.create_model("nest_tiny", num_classes=10, img_size=64, checkpoint=ref.state_dict()).eval()
+@pytest.mark.parametrize("name", ["nest_tiny", "nest_tiny_jx"])
+def test_logits_equal_timm(name):
+    """At 64x64 (blocks of 4x4 tokens); the deeper variants only add layers. The _jx network
+    (the official weights' 'SAME'-padded pool) gives logits other than nest_tiny's, timm's."""
+    ref = build_random(lambda: timm.create_model(name, num_classes=10, img_size=64))
+    ours = visionzoo.create_model(name, num_classes=10, img_size=64, checkpoint=ref.state_dict()).eval()
     x = torch.randn(2, 3, 64, 64)
+    if name.endswith("_jx"):
+        other = visionzoo.create_model("nest_tiny", num_classes=10, img_size=64, checkpoint=ref.state_dict()).eval()
+        with torch.no_grad():
+            assert max_rel_diff(other(x), ref(x)) > 1e-3
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
         # features: timm's forward_intermediates (the hierarchies' NCHW outputs)

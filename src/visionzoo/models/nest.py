@@ -24,7 +24,9 @@ Variants:
   projection of attention reads its input features in (head_dim, heads) order -- the
   transposed order of the JAX ``proj_kernel`` as timm converted it; we keep that layout so
   the weights load unchanged, and reorder the small weight, not the activations.
-  The ``_jx`` timm names (official weights, TF 'SAME' padding) are not registered.
+  ``nest_{tiny,small,base}_jx`` are timm's names of the same networks with the official JAX
+  weights' aggregation pool, padded as TensorFlow's 'SAME' (``same_pool``; timm's
+  ``pad_type='same'``): timm's default weights are theirs.
 * ``nest_tiny_cifar`` / ``nest_small_cifar`` / ``nest_base_cifar``: the paper's CIFAR
   networks (official ``nest_{tiny,small,base}_s16_32``): 32 x 32 input, patch 1, blocks of
   4 x 4 tokens, 4 hierarchies of 3 layers each, constant width 192 / 384 / 768 with 3 / 6
@@ -48,7 +50,7 @@ checkpoint filter). Non-square inputs work (blocks are then rectangles).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -394,6 +396,10 @@ VARIANTS = {
     "nest_tiny": NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 8)),
     "nest_small": NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 20)),
     "nest_base": NestConfig(embed_dims=(128, 256, 512), num_heads=(4, 8, 16), depths=(2, 2, 20)),
+}
+# the official JAX weights' networks (timm's *_jx): the aggregation's max pool padded as 'SAME'
+VARIANTS |= {f"{name}_jx": replace(cfg, same_pool=True) for name, cfg in VARIANTS.items()}
+VARIANTS |= {
     # the paper's CIFAR networks (official nest_*_s16_32): 4 hierarchies of 4x4-token blocks
     "nest_tiny_cifar": NestConfig(embed_dims=(192,) * 4, num_heads=(3,) * 4, **_CIFAR),
     "nest_small_cifar": NestConfig(embed_dims=(384,) * 4, num_heads=(6,) * 4, **_CIFAR),
@@ -413,6 +419,8 @@ register_family(
         "nest_tiny": dict(params=17.0, gmacs=5.8, top1=81.5),
         "nest_small": dict(params=38.0, gmacs=10.4, top1=83.3),
         "nest_base": dict(params=68.0, gmacs=17.9, top1=83.8),
+        **{f"nest_{size}_jx": dict(params=params, gmacs=gmacs, top1=top1, note="the paper's network with its official weights' 'SAME'-padded pool")
+           for size, params, gmacs, top1 in (("tiny", 17.0, 5.8, 81.5), ("small", 38.0, 10.4, 83.3), ("base", 68.0, 17.9, 83.8))},
         "nest_tiny_cifar": dict(params=6.2, top1=96.0, note=_CIFAR_NOTE.format(6.01)),
         "nest_small_cifar": dict(params=23.4, top1=97.0, note=_CIFAR_NOTE.format(22.85)),
         "nest_base_cifar": dict(params=90.1, top1=97.2, note=_CIFAR_NOTE.format(89.05)),
