@@ -23,7 +23,7 @@ branch outputs) that segmentation heads and BPR's refiner use.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch.nn.functional as F
@@ -196,6 +196,9 @@ class HRNetConfig:
     stem_width: int = 64
     head_channels: tuple[int, int, int, int] = (32, 64, 128, 256)
     num_features: int = 2048
+    #: biases on the head's downsampling and final convolutions (each followed by a BatchNorm);
+    #: False for PaddleClas's SSLD-distilled weights (timm's ``head_conv_bias``)
+    head_conv_bias: bool = True
     drop_rate: float = 0.0
 
 
@@ -237,9 +240,9 @@ class HRNet(VisionModel):
         head = [c * 4 for c in cfg.head_channels]
         self.incre_modules = nn.ModuleList(_layer(Bottleneck, pre[i], cfg.head_channels[i], 1) for i in range(4))
         self.downsamp_modules = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(head[i], head[i + 1], 3, 2, 1), nn.BatchNorm2d(head[i + 1]), nn.ReLU(inplace=True)) for i in range(3)
+            nn.Sequential(nn.Conv2d(head[i], head[i + 1], 3, 2, 1, bias=cfg.head_conv_bias), nn.BatchNorm2d(head[i + 1]), nn.ReLU(inplace=True)) for i in range(3)
         )
-        self.final_layer = nn.Sequential(nn.Conv2d(head[3], cfg.num_features, 1), nn.BatchNorm2d(cfg.num_features), nn.ReLU(inplace=True))
+        self.final_layer = nn.Sequential(nn.Conv2d(head[3], cfg.num_features, 1, bias=cfg.head_conv_bias), nn.BatchNorm2d(cfg.num_features), nn.ReLU(inplace=True))
         self.num_features = cfg.num_features
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.classifier = classifier(cfg.num_features, num_classes)
@@ -357,13 +360,15 @@ VARIANTS = {
         StageSpec(2, "basic", (2, 2, 2, 2), (18, 36, 72, 144)),
     )),
     **{f"hrnet_w{w}": _hrnet(w) for w in (18, 30, 32, 40, 44, 48, 64)},
+    # PaddleClas's SSLD-distilled HRNets (timm's *_ssld): no biases in the head's convolutions
+    **{f"hrnet_w{w}_ssld": replace(_hrnet(w), head_conv_bias=False) for w in (18, 48)},
 }
 
 register_family(
     "hrnet",
     HRNet,
     VARIANTS,
-    default_cfgs=lambda name, cfg: default_cfg(224, interpolation="bilinear", crop_pct=0.875, first_conv="conv1", classifier="classifier"),
+    default_cfgs=lambda name, cfg: default_cfg(224, interpolation="bilinear", crop_pct=0.95 if name.endswith("_ssld") else 0.875, first_conv="conv1", classifier="classifier"),
     published={  # TPAMI paper, Table 9 / the authors' classification release (HRNet-W*-C)
         "hrnet_w18_small": dict(params=13.2, top1=72.1, note="paper: 1.49 GFLOPs; the released architecture counts 1.60 GMACs"),
         "hrnet_w18_small_v2": dict(params=15.6, top1=75.1, note="paper: 2.42 GFLOPs; the released architecture counts 2.60 GMACs"),
@@ -371,6 +376,8 @@ register_family(
         "hrnet_w30": dict(params=37.7, top1=78.2, note="paper: 7.55 GFLOPs; the released architecture counts 8.11 GMACs"),
         "hrnet_w32": dict(params=41.2, top1=78.5, note="paper: 8.31 GFLOPs; the released architecture counts 8.92 GMACs"),
         "hrnet_w48": dict(params=77.5, top1=79.3, note="paper: 16.1 GFLOPs; the released architecture counts 17.28 GMACs"),
+        **{f"hrnet_w{w}_ssld": dict(params=p, note="PaddleClas's SSLD-distilled weights' network (no biases in the head's convolutions); params counted (equal to timm's)")
+           for w, p in ((18, 21.3), (48, 77.5))},
     },
     paper="Wang et al., Deep High-Resolution Representation Learning for Visual Recognition, TPAMI 2020",
 )
