@@ -65,6 +65,22 @@ def test_torchvision_distinct_variants_differ_from_timm_only_in_rounding():
     assert regnet_stages(get_entry("regnetx_004").config)[0] == [32, 64, 160, 384]
 
 
+@pytest.mark.parametrize("timm_name, name", [("regnetx_004_tv", "regnet_x_400mf"), ("regnety_008_tv", "regnet_y_800mf"), ("regnety_080_tv", "regnet_y_8gf")])
+def test_timms_tv_names_are_the_torchvision_networks(timm_name, name):
+    """timm's *_tv RegNets (its group_min_ratio=0.9 widths) are torchvision's: the alias builds
+    that network, with timm's keys and params; logits equal timm's for the smallest."""
+    assert get_entry(timm_name).name == name
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(timm_name), timm.create_model(timm_name)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    if timm_name == "regnetx_004_tv":
+        ref = build_random(lambda: timm.create_model(timm_name, num_classes=5))
+        ours = visionzoo.create_model(timm_name, num_classes=5, checkpoint=ref.state_dict()).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            assert max_rel_diff(ours(x), ref(x)) < 5e-4
+
+
 # (widths, depths, group widths) that pycls's generate_regnet + adjust_block_compatibility give
 PYCLS_STAGES = {
     "regnetx_002": ([24, 56, 152, 368], [1, 1, 4, 7], [8, 8, 8, 8]),

@@ -426,5 +426,7 @@ register_family(
     published=_published(),
     paper="Radosavovic et al., Designing Network Design Spaces, CVPR 2020",
 )
-for _alias, _name in TORCHVISION_ALIASES.items():
+#: timm's names of the three networks whose torchvision widths differ from pycls's (its *_tv)
+TIMM_TV_ALIASES = {"regnetx_004_tv": "regnet_x_400mf", "regnety_008_tv": "regnet_y_800mf", "regnety_080_tv": "regnet_y_8gf"}
+for _alias, _name in (TORCHVISION_ALIASES | TIMM_TV_ALIASES).items():
     register_alias(_alias, _name)
