@@ -230,8 +230,9 @@ def create_model(
             the tag; the weights come from ``checkpoint``, with a warning that ``default_cfg``'s
             preprocessing is the architecture's unless ``pretrained_cfg_overlay`` sets it).
         num_classes: classifier outputs; 0 gives pooled features (no classifier). By default
-            1000, or the variant's ``default_cfg["num_classes"]`` where its weights come without
-            a classifier (timm's rule: the DINOv2 backbones give 0).
+            the variant's ``default_cfg["num_classes"]`` where it has one, timm's class count of
+            its default weights (0 for backbones released without a classifier, as DINOv2's;
+            11221 for MIIL's ImageNet-21k ViT; a CLIP tower's projection width), else 1000.
         in_chans: image channels.
         img_size: the size the model is built for (position tables, windows); the
             variant's default input size when omitted. Most networks also take other sizes.
