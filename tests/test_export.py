@@ -324,3 +324,23 @@ def test_export_cli_keeps_a_plain_state_dicts_channel_count(tmp_path, capsys):
     (y,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_backbone_checkpoint_without_classifier_exports_its_features(tmp_path):
+    """A foreign checkpoint with no classifier (the DINOv2 authors' layout: mask_token, register
+    tokens, a class row in the position table) builds the variant's default head, none for
+    DINOv2, as timm does: the model gives pooled features, not 1000 untrained logits."""
+    from visionzoo.train.inference import load_trained
+
+    torch.manual_seed(0)
+    src = visionzoo.create_model("vit_small_patch14_reg4_dinov2", img_size=56)
+    sd = src.state_dict()
+    sd["mask_token"] = torch.zeros(1, 384)
+    sd["register_tokens"] = sd.pop("reg_token")
+    sd["pos_embed"] = torch.cat([torch.zeros(1, 1, 384), sd["pos_embed"]], 1)
+    torch.save(sd, tmp_path / "dinov2_vits14_reg4_pretrain.pth")
+    model, info = load_trained(tmp_path / "dinov2_vits14_reg4_pretrain.pth", "vit_small_patch14_reg4_dinov2", img_size=56)
+    assert info["num_classes"] == model.num_classes == 0
+    x = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src.eval()(x))

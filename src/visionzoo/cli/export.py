@@ -52,6 +52,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="weights to load first (any supported layout)")
     p.add_argument("--output", required=True, help="path of the .onnx file to write")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000, or the checkpoint's)")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the checkpoint's, else the model's: 1000, 0 for a backbone such as DINOv2)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23 (default 18)")
     p.set_defaults(func=cmd_export)

@@ -114,12 +114,14 @@ def _infer_in_chans(sd: dict[str, Any], dcfg: dict[str, Any]) -> int:
 
 
 def _infer_num_classes(sd: dict[str, Any], dcfg: dict[str, Any]) -> int:
+    """The outputs of the checkpoint's classifier; without one (a backbone's weights, as
+    DINOv2's), the variant's default class count (0 there: pooled features)."""
     spec = dcfg.get("classifier", "head")
     for head in (spec,) if isinstance(spec, str) else spec:
         w = sd.get(f"{head}.weight")
         if w is not None and w.ndim >= 2:
             return int(w.shape[0])
-    return 1000
+    return int(dcfg.get("num_classes", 1000))
 
 
 def predict_images(model: nn.Module, info: dict[str, Any], images: Sequence[str | os.PathLike], *, topk: int = 5,
