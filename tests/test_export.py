@@ -11,6 +11,7 @@ import visionzoo
 from visionzoo.export import export_onnx, export_program, verify_onnx
 from visionzoo.testing import calibrate_batch_norms
 
+from checkpoint_layouts import openai_clip_layout
 from family_models import small_side, smallest_per_family
 
 FAMILIES = smallest_per_family()
@@ -344,3 +345,22 @@ def test_a_backbone_checkpoint_without_classifier_exports_its_features(tmp_path)
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         torch.testing.assert_close(model(x), src.eval()(x))
+
+
+def test_a_foreign_checkpoint_s_classifier_is_read_in_the_model_s_layout(tmp_path):
+    """OpenAI CLIP's layout names its projection visual.proj (D, E), not head.weight: the class
+    count comes from the checkpoint converted as loading converts it (E = 24 here), where it was
+    the variant's default (512) and the load then refused the file."""
+    from visionzoo.train.inference import load_trained
+
+    torch.manual_seed(0)
+    src = visionzoo.create_model("vit_xsmall_patch16_clip_224", img_size=64, num_classes=24).eval()
+    with torch.no_grad():
+        src.head.bias.zero_()
+    official = openai_clip_layout({k: v.detach() for k, v in src.state_dict().items()})
+    torch.save(official, tmp_path / "clip.pt")
+    model, info = load_trained(tmp_path / "clip.pt", "vit_xsmall_patch16_clip_224", img_size=64)
+    assert info["num_classes"] == model.num_classes == 24
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), src(x))

@@ -9,6 +9,7 @@ import torchvision
 import visionzoo
 from visionzoo.testing import build_random, max_rel_diff
 
+from checkpoint_layouts import openai_clip_layout
 from family_models import shallow_options
 
 VIT_NAMES = visionzoo.list_models(family="vit")
@@ -441,20 +442,7 @@ def test_openai_clip_checkpoint_loads_as_timm_converts_it():
     ref = build_random(lambda: timm.create_model("vit_base_patch32_clip_quickgelu_224", **kw))
     with torch.no_grad():
         ref.head.bias.zero_()  # CLIP's projection has no bias
-    renames = [("patch_embed.proj.", "conv1."), ("norm_pre.", "ln_pre."), ("norm.", "ln_post."), ("blocks.", "transformer.resblocks."), (".norm1.", ".ln_1."),
-               (".norm2.", ".ln_2."), (".attn.qkv.", ".attn.in_proj_"), (".attn.proj.", ".attn.out_proj."), (".mlp.fc1.", ".mlp.c_fc."), (".mlp.fc2.", ".mlp.c_proj.")]
-    sd = ref.state_dict()
-    official = {  # the text tower's keys are in the same file
-        "logit_scale": torch.tensor(4.6), "token_embedding.weight": torch.randn(10, 8), "transformer.resblocks.0.ln_1.weight": torch.ones(8),
-        "visual.class_embedding": sd.pop("cls_token").flatten(), "visual.positional_embedding": sd.pop("pos_embed")[0],
-        "visual.proj": sd.pop("head.weight").t().contiguous(),
-    }
-    del sd["head.bias"]
-    for k, v in sd.items():
-        for a, b in renames:
-            if k.startswith(a) or (a.startswith(".") and a in k):
-                k = k.replace(a, b, 1)
-        official["visual." + k] = v
+    official = openai_clip_layout(ref.state_dict())
     ref2 = timm.create_model("vit_base_patch32_clip_quickgelu_224", **kw).eval()
     ref2.load_state_dict(checkpoint_filter_fn(dict(official), ref2))
     ours = visionzoo.create_model("vit_base_patch32_clip_quickgelu_224", **kw).eval()

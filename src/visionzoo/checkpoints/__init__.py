@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointError",
     "SOURCES",
     "adapt_input_conv",
+    "converted_state_dict",
     "identity",
     "load_checkpoint",
     "read_state_dict",
@@ -239,6 +240,13 @@ def read_checkpoint(checkpoint: str | os.PathLike | Mapping[str, Tensor], *, use
 
 
 @torch.no_grad()
+def converted_state_dict(model: nn.Module, sd: dict[str, Tensor], *, name: str = "<state dict>") -> dict[str, Tensor]:
+    """``sd`` in ``model``'s keys, as :func:`load_checkpoint` would convert it from its layout
+    (before sizes are adapted); ``model`` may be on the meta device. CheckpointError where no
+    known layout fits."""
+    return _convert(getattr(model, "family", ""), "auto", sd, model, name)[1]
+
+
 def load_read_checkpoint(model: nn.Module, name: str, sd: dict[str, Tensor], *, source: str = "auto", strict: bool = True) -> dict[str, list[str]]:
     """:func:`load_checkpoint` of a checkpoint :func:`read_checkpoint` has read (``name``,
     ``sd``) into ``model`` (unwrapped): for a caller that looks at the keys too."""

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..checkpoints import CheckpointError, load_checkpoint, read_state_dict
+from ..checkpoints import CheckpointError, converted_state_dict, load_checkpoint, read_state_dict
 from .checkpoint import STATE_SUFFIX, read_metadata
 from .data import DataError, eval_transform, load_image
 
@@ -81,7 +81,15 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
             raise ValueError(f"{key} {list(prep[key])} needs one value per input channel ({prep['in_chans']})")
     classes = meta.get("classes")
     if num_classes is None:
-        num_classes = meta.get("num_classes") or _infer_num_classes(foreign if foreign is not None else read_state_dict(path), dcfg)
+        num_classes = meta.get("num_classes")
+        if not num_classes:  # a foreign checkpoint: its classifier as loading would convert it (CLIP's visual.proj)
+            sd = foreign if foreign is not None else read_state_dict(path)
+            try:
+                probe = create_model(entry.name, in_chans=prep["in_chans"], img_size=prep["img_size"], device="meta", **overrides)
+                sd = converted_state_dict(probe, sd, name=str(path))
+            except (CheckpointError, ValueError):
+                pass  # no layout fits: the load below says so
+            num_classes = _infer_num_classes(sd, dcfg)
     model = create_model(entry.name, num_classes=num_classes, in_chans=prep["in_chans"], img_size=prep["img_size"], **overrides)
     import warnings
 
