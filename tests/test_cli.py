@@ -526,14 +526,15 @@ def test_info_takes_img_size_through_set(capsys):
 
 @pytest.mark.parametrize("command", [["info", "nest_*"], ["flops", "--table", "nest_*"]])
 def test_tables_at_a_size_leave_out_the_models_that_cannot_take_it(command, capsys):
-    """At --img-size 40, ImageNet NesTs (patch 4, 4x4 blocks of 14x14) cannot run, the CIFAR ones
-    can: the table lists those and a note names the others (the table stopped at the first that
-    could not, with its error); where none can, the first one's reason is the error."""
+    """At --img-size 40, the six ImageNet NesTs (patch 4, 4x4 blocks of 14x14; the _jx ones too)
+    cannot run, the CIFAR ones can: the table lists those and a note names the others (the table
+    stopped at the first that could not, with its error); where none can, the first one's reason
+    is the error."""
     assert main([*command, "--img-size", "40"]) == 0
     out, err = capsys.readouterr()
     listed = [line.split()[0] for line in out.strip().splitlines()[1:]]
     assert sorted(listed) == ["nest_base_cifar", "nest_small_cifar", "nest_tiny_cifar"]
-    assert err.startswith("note: left out 3 models that cannot take 40x40: ") and "nest_tiny" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("note: left out 6 models that cannot take 40x40: ") and "nest_tiny_jx" in err and len(err.strip().splitlines()) == 1
     pattern = command[-1].replace("nest_*", "vit_tiny*")
     _one_line_error([*command[:-1], pattern, "--img-size", "40"], capsys, "vit_tiny_patch16_224 cannot take img_size 40x40: it needs height and width divisible by 16")
 
