@@ -770,6 +770,16 @@ class VisionTransformer(VisionModel):
 register_converter("vit", "timm")(identity)
 
 
+#: the block keys that torchvision's and CLIP's layouts share: both build their blocks around
+#: nn.MultiheadAttention (in_proj, out_proj) with norms ln_1 / ln_2
+_MHA_BLOCK_RENAMES = [
+    (r"\.ln_1\.", ".norm1."),
+    (r"\.ln_2\.", ".norm2."),
+    (r"\.(?:self_attention|attn)\.in_proj_", ".attn.qkv."),
+    (r"\.(?:self_attention|attn)\.out_proj\.", ".attn.proj."),
+]
+
+
 @register_converter("vit", "torchvision")
 def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """torchvision's ``vit_b_16`` ... layout (``encoder.layers.encoder_layer_N``)."""
@@ -780,10 +790,7 @@ def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tens
         (r"^class_token$", "cls_token"),
         (r"^encoder\.pos_embedding$", "pos_embed"),
         (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
-        (r"\.ln_1\.", ".norm1."),
-        (r"\.ln_2\.", ".norm2."),
-        (r"\.self_attention\.in_proj_", ".attn.qkv."),
-        (r"\.self_attention\.out_proj\.", ".attn.proj."),
+        *_MHA_BLOCK_RENAMES,
         (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),
         (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
         (r"^encoder\.ln\.", "norm."),
@@ -821,10 +828,7 @@ def _from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
         (r"^ln_pre\.", "norm_pre."),
         (r"^ln_post\.", "norm."),
         (r"^transformer\.resblocks\.(\d+)\.", r"blocks.\1."),
-        (r"\.ln_1\.", ".norm1."),
-        (r"\.ln_2\.", ".norm2."),
-        (r"\.attn\.in_proj_", ".attn.qkv."),
-        (r"\.attn\.out_proj\.", ".attn.proj."),
+        *_MHA_BLOCK_RENAMES,
         (r"\.mlp\.c_fc\.", ".mlp.fc1."),
         (r"\.mlp\.c_proj\.", ".mlp.fc2."),
     ])
@@ -950,7 +954,7 @@ for _size in ("small", "base", "large"):
 _IMAGENET, _INCEPTION = (IMAGENET_MEAN, IMAGENET_STD), (INCEPTION_MEAN, INCEPTION_STD)
 _GAP = dict(class_token=False, global_pool="avg")
 _REG = dict(class_token=False, no_embed_class=True, global_pool="avg", init_values=1e-5)
-for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
+_TIMM_VITS = {
     "vit_small_patch8_224": (ViTConfig(patch_size=8, embed_dim=384, num_heads=6), 224, 0.9, _IMAGENET, 0),
     "vit_base_patch8_224": (ViTConfig(patch_size=8), 224, 0.9, _INCEPTION, 1000),
     "vit_large_patch14_224": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16), 224, 0.9, _INCEPTION, 1000),
@@ -983,11 +987,7 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
         f"vit_so150m2_patch16_reg1_gap_{_r}": (ViTConfig(embed_dim=832, depth=21, num_heads=13, mlp_ratio=34 / 13, init_values=1e-5, qkv_bias=False, class_token=False, reg_tokens=1, global_pool="avg"), _r, 1.0, _INCEPTION, 1000)
         for _r in (256, 384)
     },
-}.items():
-    VARIANTS[_n] = _cfg
-    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
-    if _n == "vit_base_patch16_224_miil":
-        _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
+}
 
 # CLIP's image towers as timm builds them (Radford et al., ICML 2021; OpenCLIP, MetaCLIP, DFN, TinyCLIP
 # weights): a LayerNorm before the blocks and a bias-free patch projection, LayerNorm eps 1e-5, and
@@ -995,7 +995,7 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
 # "classifier" is its projection into the joint embedding (512 ... 1024 wide).
 _CLIP = dict(pre_norm=True, norm_eps=1e-5)
 _OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
+_TIMM_VITS |= {
     "vit_xsmall_patch16_clip_224": (ViTConfig(embed_dim=256, depth=10, num_heads=4, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
     "vit_medium_patch16_clip_224": (ViTConfig(embed_dim=512, num_heads=8, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
     "vit_medium_patch32_clip_224": (ViTConfig(patch_size=32, embed_dim=512, num_heads=8, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
@@ -1023,9 +1023,12 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in {
         f"vit_huge_patch14_clip_quickgelu_{_r}": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, act_layer="quick_gelu", **_CLIP), _r, 1.0, _OPENAI_CLIP, 1024)
         for _r in (224, 378)
     },
-}.items():
+}
+for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in _TIMM_VITS.items():
     VARIANTS[_n] = _cfg
     _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
+    if _n == "vit_base_patch16_224_miil":
+        _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
