@@ -23,7 +23,7 @@ from torch import Tensor
 from .base import VisionModel, count_params
 from .layers import DropPath
 from .layers.helpers import check_int, to_2tuple
-from .registry import get_entry, split_tag
+from .registry import default_num_classes, get_entry, split_tag
 
 __all__ = ["create_model", "model_info"]
 
@@ -279,7 +279,7 @@ def create_model(
     """
     entry = get_entry(name)
     tag = split_tag(name)[1]  # timm's pretrained tag ('a1_in1k' of 'resnet50.a1_in1k'): names the weights
-    num_classes = entry.default_cfg.get("num_classes", 1000) if num_classes is None else num_classes
+    num_classes = default_num_classes(entry.default_cfg) if num_classes is None else num_classes
     in_chans = 3 if in_chans is None else in_chans
     drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
     features_only = False if features_only is None else features_only
@@ -444,7 +444,7 @@ def _published_for(entry: Any, overrides: dict[str, Any]) -> dict[str, Any]:
     change the network (any but dropout rates, and ``num_classes`` / ``in_chans`` at their
     defaults, 1000 (or the variant's) / 3):
     the paper's figures describe the default configuration."""
-    plain = {**_PLAIN_ARGS, "num_classes": entry.default_cfg.get("num_classes", 1000)}
+    plain = {**_PLAIN_ARGS, "num_classes": default_num_classes(entry.default_cfg)}
     changed = [f"{k}={v!r}" for k, v in overrides.items() if "drop" not in k and v != getattr(entry.config, k, plain.get(k, _UNSET))]
     if changed:
         return {"note": f"the paper's figures are for the default configuration; this one sets {', '.join(changed)}"}

@@ -56,6 +56,12 @@ class UnknownModelError(KeyError, ValueError):
         return f"{self.args[0]}; see {listing}" if self.args[1] else str(self.args[0])
 
 
+def default_num_classes(cfg: Mapping[str, Any]) -> int:
+    """The class count of a variant's default weights (timm's ``pretrained_cfg["num_classes"]``:
+    0 for a backbone released without a classifier), 1000 where its ``default_cfg`` gives none."""
+    return int(cfg.get("num_classes", 1000))
+
+
 def default_cfg(
     input_size: int | tuple[int, int] = 224,
     *,

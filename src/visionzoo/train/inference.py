@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoints import CheckpointError, converted_state_dict, load_checkpoint, read_state_dict
+from ..registry import default_num_classes
 from .checkpoint import STATE_SUFFIX, read_metadata
 from .data import DataError, eval_transform, load_image
 
@@ -129,7 +130,7 @@ def _infer_num_classes(sd: dict[str, Any], dcfg: dict[str, Any]) -> int:
         w = sd.get(f"{head}.weight")
         if w is not None and w.ndim >= 2:
             return int(w.shape[0])
-    return int(dcfg.get("num_classes", 1000))
+    return default_num_classes(dcfg)
 
 
 def predict_images(model: nn.Module, info: dict[str, Any], images: Sequence[str | os.PathLike], *, topk: int = 5,
