@@ -30,14 +30,17 @@ def small_side(model) -> int:
 
 
 def shallow_options(name: str) -> dict:
-    """ViT-L and ViT-H at 4 of their 24 / 32 blocks, and the ConvNeXts of 2048 channels and more
-    (XL, V2-H) at 3 blocks a stage, for checks that build and run them: each block is the same
-    code, and 300-660M parameters took 30-45 s a check on 2 cores. Widths, heads, patch and input
-    size stay; their full depth is checked by the parameter counts of the reference tests and by
-    the slow every-shared-model sweep."""
+    """ViT-L and ViT-H at 4 of their 24 / 32 blocks, the ConvNeXts of 2048 channels and more
+    (XL, V2-H) at 3 blocks a stage, and EfficientNetV2-L / XL at a quarter of their blocks, for
+    checks that build and run them: each block is the same code, and 120-660M parameters took
+    10-45 s a check on 2 cores. Widths, heads, patch and input size stay; their full depth is
+    checked by the parameter counts of the reference tests and by the slow every-shared-model
+    sweep."""
     entry = get_entry(name)
     if entry.family == "vit" and entry.config.depth > 12:
         return {"depth": 4}
     if entry.family == "convnext" and entry.config.dims[-1] >= 2048:
         return {"depths": (3, 3, 3, 3)}
+    if entry.family == "efficientnet" and sum(s.repeats for s in entry.config.stages) > 60:
+        return {"depth_coefficient": 0.25}
     return {}

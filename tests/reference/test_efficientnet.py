@@ -1,4 +1,4 @@
-"""EfficientNet B0-B7 and Lite0-4 against timm, torchvision and efficientnet_pytorch's layout."""
+"""EfficientNet B0-B7, Lite0-4 and V2 against timm, torchvision and efficientnet_pytorch's layout."""
 
 import pytest
 import timm
@@ -13,6 +13,7 @@ from timm_checks import assert_output_stride_equals_timm
 
 NAMES = visionzoo.list_models("efficientnet*")
 B_NAMES = [f"efficientnet_b{i}" for i in range(8)]
+V2_NAMES = visionzoo.list_models("*efficientnetv2*")
 
 
 def _count(fn):
@@ -21,7 +22,10 @@ def _count(fn):
 
 
 def test_names():
-    assert NAMES == sorted(B_NAMES + [f"efficientnet_lite{i}" for i in range(5)])
+    v2 = [f"efficientnetv2_{v}" for v in ("s", "m", "l", "xl", "rw_t", "rw_s", "rw_m")]
+    assert NAMES == sorted(B_NAMES + [f"efficientnet_lite{i}" for i in range(5)] + v2)
+    assert V2_NAMES == sorted(v2 + [f"tf_efficientnetv2_{v}" for v in ("s", "m", "l", "xl", "b0", "b1", "b2", "b3")])
+    assert set(V2_NAMES) <= set(timm.list_models())
 
 
 def test_evaluation_resize_is_the_official_res_plus_32():
@@ -29,7 +33,7 @@ def test_evaluation_resize_is_the_official_res_plus_32():
     crop_pct rounded to 0.943 gave 559)."""
     import math
 
-    for name in NAMES:
+    for name in set(NAMES) - set(V2_NAMES):
         cfg = visionzoo.registry.get_entry(name).default_cfg
         res = cfg["input_size"][-1]
         assert math.floor(res / cfg["crop_pct"] + 1e-6) == res + 32, name
@@ -57,11 +61,12 @@ def test_params_equal_timm_and_torchvision(name):
         assert ours == 5_288_548
 
 
-@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnet_lite0", "efficientnetv2_rw_t", "efficientnetv2_rw_s", "tf_efficientnetv2_b3"])
 def test_logits_equal_timm(name):
+    """Random timm weights (BN statistics randomised) in, an odd-sized input (tf_: 'SAME' padding)."""
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
     ours = visionzoo.create_model(name, num_classes=10, checkpoint=ref.state_dict()).eval()
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 65, 72)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
@@ -184,3 +189,85 @@ def test_output_stride_equals_timm(name, output_stride):
 def test_bad_output_stride_is_refused(bad):
     with pytest.raises(ValueError, match=r"output_stride must be the int 8, 16 or 32, got"):
         visionzoo.create_model("efficientnet_b0", output_stride=bad)
+
+
+# --------------------------------------------------------------------------- EfficientNetV2
+@pytest.mark.parametrize("name", V2_NAMES)
+def test_v2_params_keys_features_and_preprocessing_equal_timm(name):
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(name), timm.create_model(name)
+    assert _count(lambda: ours) == _count(lambda: ref)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert [(f.num_chs, f.reduction) for f in ours.feature_info] == [(f["num_chs"], f["reduction"]) for f in ref.feature_info]
+    tcfg = ref.pretrained_cfg
+    for key in ("input_size", "test_input_size", "crop_pct", "mean", "std", "interpolation"):
+        assert ours.default_cfg[key] == tcfg[key], key
+    assert ours.default_cfg.get("crop_mode", "center") == tcfg.get("crop_mode", "center")
+
+
+@pytest.mark.parametrize("name,size", [("efficientnet_v2_s", 21_458_488), ("efficientnet_v2_m", 54_139_356), ("efficientnet_v2_l", 118_515_272)])
+def test_v2_torchvision_names_are_the_same_networks(name, size):
+    """torchvision's names resolve to the V2 networks; parameter counts equal torchvision's
+    builders and the counts its weights' metadata state."""
+    assert visionzoo.registry.get_entry(name).name == name.replace("efficientnet_v2", "efficientnetv2")
+    assert _count(lambda: visionzoo.create_model(name)) == _count(lambda: getattr(torchvision.models, name)()) == size
+
+
+def test_v2_widths_depths_and_blocks():
+    """tf_efficientnetv2_b3 (w 1.2, d 1.4 on the base table): the widths round to the nearest
+    multiple of 8 without the 10 % rule (16 * 1.2 = 19.2 -> 16, where V1's rule gives 24), the
+    repeats ceil(r * 1.4); stage 1 is conv-BN-SiLU with a residual, stages 2-3 Fused-MBConv
+    without SE, the rest MBConv with SE."""
+    from visionzoo.models.efficientnet import ConvBnAct, FusedMBConv, MBConv
+
+    specs = stage_specs(visionzoo.registry.get_entry("tf_efficientnetv2_b3").config)
+    assert [s.out_chs for s in specs] == [16, 40, 56, 112, 136, 232]
+    assert [s.repeats for s in specs] == [2, 3, 3, 5, 7, 12]
+    with torch.device("meta"):
+        b3 = visionzoo.create_model("tf_efficientnetv2_b3")
+    assert [type(s[0]) for s in b3.blocks] == [ConvBnAct, FusedMBConv, FusedMBConv, MBConv, MBConv, MBConv]
+    assert b3.blocks[0][1].has_skip and isinstance(b3.blocks[1][0].se, torch.nn.Identity) and not isinstance(b3.blocks[3][0].se, torch.nn.Identity)
+    assert b3.conv_stem.out_channels == 40 and b3.num_features == 1536  # 32 * 1.2 = 38.4 -> 40; 1280 * 1.2
+    # timm's rw_m: one depth coefficient per stage (1.2 for the first four, 1.6 for the last two)
+    rw_m = stage_specs(visionzoo.registry.get_entry("efficientnetv2_rw_m").config)
+    assert [s.repeats for s in rw_m] == [3, 5, 5, 8, 15, 24]
+    with pytest.raises(ValueError, match="depth_coefficient gives 2 values for 6 stages"):
+        visionzoo.create_model("efficientnetv2_s", depth_coefficient=(1.0, 2.0))
+
+
+def test_v2_features_equal_timm_intermediates():
+    """The features_only maps of a V2 (the cn stage at stride 2, 'SAME' padding) equal timm's
+    forward_intermediates."""
+    ref = build_random(lambda: timm.create_model("tf_efficientnetv2_b3", num_classes=10))
+    feats = visionzoo.create_model("tf_efficientnetv2_b3", features_only=True, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 65, 72)
+    with torch.no_grad():
+        maps, expect = feats(x), ref.forward_intermediates(x, intermediates_only=True)
+    assert len(maps) == len(expect) == 5
+    for f, e in zip(maps, expect, strict=True):
+        assert max_rel_diff(f, e) < 1e-4
+
+
+def test_v2_training_gradients_equal_timm():
+    """Training mode, float64, no dropout: every gradient of a V2 (conv-BN-act, Fused-MBConv
+    and MBConv blocks) equals timm's."""
+    ref = build_random(lambda: timm.create_model("tf_efficientnetv2_b0", num_classes=10, drop_rate=0.0)).double()
+    ours = visionzoo.create_model("tf_efficientnetv2_b0", num_classes=10, drop_rate=0.0, checkpoint=ref.state_dict()).double()
+    diffs = gradient_rel_diffs(ours, ref, torch.randn(2, 3, 64, 72, dtype=torch.float64))
+    assert max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
+
+
+def test_v2_logits_equal_torchvision():
+    """torchvision's efficientnet_v2_s layout converts (its Fused-MBConv of expansion 1 is our
+    conv-BN-act block) and sets its BatchNorm eps 1e-3 on loading."""
+    ref = build_random(lambda: torchvision.models.efficientnet_v2_s(num_classes=10))
+    ours = visionzoo.create_model("efficientnet_v2_s", num_classes=10).eval()
+    assert visionzoo.load_checkpoint(ours, ref.state_dict())["source"] == ["torchvision"]
+    assert ours.cfg.bn_eps == 1e-3 and not ours.cfg.tf_padding
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_v2_output_stride_equals_timm():
+    assert_output_stride_equals_timm("tf_efficientnetv2_b0", 8, torch.randn(1, 3, 64, 72))
