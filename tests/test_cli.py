@@ -481,6 +481,19 @@ def test_info_without_a_published_top1_prints_no_placeholder(capsys):
     assert re.search(r"^params .* M; paper: -\)$", out, re.M) and "- M" not in out
 
 
+def test_info_shows_a_crop_mode_other_than_center(capsys, monkeypatch):
+    """The input line names crop_mode "squash" (timm's tf_efficientnetv2_m/l/xl); the default
+    centre crop is not said, as before."""
+    from visionzoo.registry import get_entry
+
+    assert main(["info", "resnet18"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("input"))
+    assert "crop_mode" not in line and line.endswith("crop_pct 0.875")
+    monkeypatch.setitem(get_entry("resnet18").default_cfg, "crop_mode", "squash")
+    assert main(["info", "resnet18"]) == 0
+    assert next(x for x in capsys.readouterr().out.splitlines() if x.startswith("input")) == line + ", crop_mode squash"
+
+
 def test_bench_help_shows_each_default_once(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])

@@ -315,7 +315,7 @@ def test_a_resolution_override_sets_the_runs_input_size_and_crop(tmp_path, capsy
             "--model-arg", "depth_coefficient=0.25", "--epochs", "1", "--batch-size", "4", "--progress", "none"]
     assert main(["train", "--data", str(data), *args, "--output", str(tmp_path / "run")]) == 0, capsys.readouterr().err
     p = read_metadata(tmp_path / "run" / "model.safetensors")["preprocessing"]
-    assert p["img_size"] == 40 and p["crop_pct"] == pytest.approx(40 / 72, abs=1e-3)
+    assert p["img_size"] == 40 and p["crop_pct"] == pytest.approx(40 / 72, abs=1e-3) and p["crop_mode"] == "center"
 
 
 def test_finetune_vit_resizes_position_embeddings(tmp_path, capsys):
@@ -659,10 +659,13 @@ def test_predict_says_unreadable_or_training_state_before_asking_for_a_model(tmp
     assert rc == 2 and len(err.splitlines()) == 1 and "missing.png" in err, err
 
 
-def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys):
+@pytest.mark.parametrize("crop_mode", [None, "squash"])
+def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys, crop_mode):
     """A checkpoint from timm stores no preprocessing; given on the command line (here 160 px,
-    bicubic, crop 0.95 and another mean and std), predict gives timm's own pipeline's
-    probabilities on a real photo."""
+    bicubic, crop 0.95 and another mean and std; timm's default centre crop, or --crop-mode
+    squash), predict gives timm's own pipeline's probabilities on a real photo. (The classifier's
+    weights are scaled up so that the two crops' probabilities differ by 0.03, where the
+    comparison's tolerance is 2e-3.)"""
     timm = pytest.importorskip("timm")
     from PIL import Image
     from skimage import data
@@ -670,19 +673,115 @@ def test_predict_with_a_timm_checkpoint_and_its_preprocessing(tmp_path, capsys):
 
     torch.manual_seed(0)
     ref = timm.create_model("resnet18", num_classes=4).eval()
+    with torch.no_grad():
+        ref.fc.weight.mul_(30)
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.png")
-    tf = create_transform(input_size=(3, 160, 160), interpolation="bicubic", crop_pct=0.95, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
-    with torch.no_grad():
-        probs = ref(tf(Image.open(tmp_path / "cat.png").convert("RGB"))[None]).softmax(1)[0]
+    by_mode = {}
+    for mode in ("center", "squash"):
+        tf = create_transform(input_size=(3, 160, 160), interpolation="bicubic", crop_pct=0.95, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25),
+                              crop_mode=mode)
+        with torch.no_grad():
+            by_mode[mode] = ref(tf(Image.open(tmp_path / "cat.png").convert("RGB"))[None]).softmax(1)[0]
+    assert (by_mode["center"] - by_mode["squash"]).abs().max() > 0.01
+    probs = by_mode[crop_mode or "center"]
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "cat.png"), "--checkpoint", str(tmp_path / "r18.pth"), "--model", "resnet18", "--topk", "4",
-                 "--img-size", "160", "--interpolation", "bicubic", "--crop-pct", "0.95", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.3", "0.25"]) == 0
+                 "--img-size", "160", "--interpolation", "bicubic", "--crop-pct", "0.95", "--mean", "0.5", "0.4", "0.3", "--std", "0.2", "0.3", "0.25",
+                 *(["--crop-mode", crop_mode] if crop_mode else [])]) == 0
     line = capsys.readouterr().out.strip()
     got = dict(kv.rsplit(" ", 1) for kv in line.split(": ", 1)[1].split(", "))
     for cls, p in got.items():
         assert abs(float(p) - float(probs[int(cls)])) < 2e-3, (line, probs)
     assert list(got) == [str(int(i)) for i in probs.argsort(descending=True)]
+
+
+def test_eval_transform_squash_is_timms_and_center_is_unchanged():
+    """crop_mode "squash" (timm's tf_efficientnetv2_m/l/xl) resizes both sides of the photo
+    (451 x 300) to floor(S / crop_pct), then centre-crops S: timm's transform on the same PIL
+    image to one grey level (timm resizes the PIL image, we the uint8 tensor), where the centre
+    crop (the default, unchanged) differs by a fifth of the range on average; "border" and
+    unknown modes are refused naming those taken."""
+    from PIL import Image
+    from skimage import data
+    from timm.data import create_transform
+
+    from visionzoo.train.data import eval_transform
+
+    img = Image.fromarray(data.chelsea())
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    grey_level = 1 / 255 / min(std)
+    for size, crop_pct, interpolation in ((64, 1.0, "bicubic"), (96, 0.875, "bilinear")):
+        squash = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, crop_mode="squash")(img)
+        center = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, crop_mode="center")(img)
+        theirs = create_transform(input_size=(3, size, size), crop_pct=crop_pct, crop_mode="squash", interpolation=interpolation,
+                                  mean=mean, std=std)(img)
+        assert squash.shape == theirs.shape == (3, size, size)
+        assert (squash - theirs).abs().max() <= 1.01 * grey_level and (squash - theirs).abs().mean() < 1e-3
+        assert (center - theirs).abs().mean() > 0.1  # a centre crop would fail the comparison above
+        torch.testing.assert_close(center, eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation)(img), rtol=0, atol=0)
+    for bad in ("border", "Squash"):
+        with pytest.raises(ValueError, match=f"^crop_mode must be one of 'center', 'squash', got '{bad}'$"):
+            eval_transform(64, mean, std, crop_mode=bad)
+
+
+def test_crop_mode_goes_from_the_default_cfg_to_the_held_out_split_the_saved_preprocessing_load_trained_and_eval(tmp_path, monkeypatch):
+    """A model whose default_cfg says crop_mode "squash": a folder's held-out images are
+    squashed, and the preprocessing a run saves in its checkpoint records it; load_trained takes
+    a checkpoint's crop_mode, else (a checkpoint written before it was recorded, or from
+    elsewhere) the model's default_cfg's, else "center", and eval prepares images with it (a
+    given --crop-mode overrides both: test_predict_with_a_timm_checkpoint_and_its_preprocessing)."""
+    from PIL import Image
+    from skimage import data
+
+    from visionzoo.registry import get_entry
+    from visionzoo.train.checkpoint import model_metadata
+    from visionzoo.train.data import build_data, eval_transform, load_image
+
+    cfg = get_entry("mobilenetv2_035").default_cfg
+    assert "crop_mode" not in cfg
+    folder = tmp_path / "photos"
+    for c in ("a", "b"):
+        (folder / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(data.chelsea()[::10, ::10]).save(folder / c / f"{i}.png")  # 46 x 30
+    bundle = build_data(str(folder), img_size=24, val_split=0.5, model_cfg=dict(cfg))
+    assert bundle.crop_mode == bundle.preprocessing()["crop_mode"] == "center"
+    bundle = build_data(str(folder), img_size=24, val_split=0.5, model_cfg=dict(cfg, crop_mode="squash"))
+    assert bundle.crop_mode == bundle.preprocessing()["crop_mode"] == "squash"
+    squashed = eval_transform(24, cfg["mean"], cfg["std"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"], crop_mode="squash")
+    torch.testing.assert_close(bundle.val[0][0], squashed(load_image(folder / "a" / "0.png")), rtol=0, atol=0)
+
+    weights = visionzoo.create_model("mobilenetv2_035", num_classes=2).state_dict()
+    old = {"img_size": 24, "in_chans": 3, "mean": list(cfg["mean"]), "std": list(cfg["std"]), "interpolation": "bicubic", "crop_pct": 1.0}
+    for name, prep in (("old", old), ("squash", dict(old, crop_mode="squash")), ("center", dict(old, crop_mode="center"))):
+        visionzoo.save_state_dict(weights, tmp_path / f"{name}.safetensors", metadata=model_metadata("mobilenetv2_035", {}, ["a", "b"], prep))
+    torch.save(weights, tmp_path / "foreign.pth")
+
+    def crop_mode(name, **kw):
+        return load_trained(tmp_path / name, "mobilenetv2_035", **kw)[1]["preprocessing"]["crop_mode"]
+
+    assert [crop_mode(f) for f in ("old.safetensors", "foreign.pth", "squash.safetensors")] == ["center", "center", "squash"]
+    monkeypatch.setitem(cfg, "crop_mode", "squash")  # as timm's tf_efficientnetv2_m
+    assert [crop_mode(f) for f in ("old.safetensors", "foreign.pth", "center.safetensors")] == ["squash", "squash", "center"]
+    assert crop_mode("old.safetensors", preprocessing={"crop_mode": "center"}) == "center"  # --crop-mode
+    assert crop_mode("center.safetensors", preprocessing={"crop_mode": "squash"}) == "squash"
+    # eval: a folder of class folders (every image), and one with train/ and val/ (build_data)
+    from visionzoo.train import data as data_module
+
+    modes = []
+
+    def spy(*args, **kw):
+        modes.append(kw.get("crop_mode"))
+        return eval_transform(*args, **kw)
+
+    monkeypatch.setattr(data_module, "eval_transform", spy)
+    shutil.copytree(folder, tmp_path / "split" / "train")
+    shutil.copytree(folder, tmp_path / "split" / "val")
+    for where in (folder, tmp_path / "split"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "old.safetensors"), "--model", "mobilenetv2_035", "--data", str(where),
+                     "--output", str(tmp_path / "cm.png")]) == 0
+    assert modes == ["squash", "squash"]
 
 
 def test_nan_loss_stops_keeping_last_good_checkpoint(tmp_path, capsys):

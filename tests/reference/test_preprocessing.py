@@ -17,14 +17,15 @@ def _configs():
     seen = {}
     for name in visionzoo.list_models():
         c = get_entry(name).default_cfg
-        key = (c["input_size"][1], round(c["crop_pct"], 6), c["interpolation"], tuple(c["mean"]), tuple(c["std"]))
+        key = (c["input_size"][1], round(c["crop_pct"], 6), c["interpolation"], tuple(c["mean"]), tuple(c["std"]), c.get("crop_mode", "center"))
         seen.setdefault(key, name)
     return sorted(seen.items())
 
 
 @pytest.mark.parametrize("key, name", _configs(), ids=lambda v: v if isinstance(v, str) else "")
 def test_eval_transform_equals_timms(key, name):
-    """Same resize (timm floors img_size / crop_pct), crop, interpolation and normalisation.
+    """Same resize (timm floors img_size / crop_pct; the short side, or both where crop_mode is
+    "squash"), crop, interpolation and normalisation.
     timm resizes the PIL image, we the uint8 tensor (torchvision's v2 pipeline): a pixel may
     round one grey level apart, two where the photo is upsampled (its short side is 300 px:
     EfficientNet-B3's resize to 332, B4..B7's to 412-632); a one-pixel-off resize moves most
@@ -32,10 +33,10 @@ def test_eval_transform_equals_timms(key, name):
     from PIL import Image
     from skimage import data
 
-    size, crop_pct, interpolation, mean, std = key
+    size, crop_pct, interpolation, mean, std, crop_mode = key
     img = Image.fromarray(data.chelsea())  # 451 x 300
-    ours = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation)(img)
-    theirs = timm_data.create_transform(input_size=(3, size, size), mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, crop_mode="center")(img)
+    ours = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode)(img)
+    theirs = timm_data.create_transform(input_size=(3, size, size), mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, crop_mode=crop_mode)(img)
     assert ours.shape == theirs.shape == (3, size, size)
     grey_level = 1 / 255 / np.min(std)
     upsampled = math.floor(size / crop_pct + 1e-6) > min(img.size)

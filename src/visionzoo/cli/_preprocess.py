@@ -8,11 +8,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..train.data import CROP_MODES
 from . import CLIError, check_img_size
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 #: the destinations of the options add_preprocessing_args adds
-PREPROCESSING = ("img_size", "crop_pct", "interpolation", "mean", "std")
+PREPROCESSING = ("img_size", "crop_pct", "crop_mode", "interpolation", "mean", "std")
 
 
 def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
@@ -21,7 +22,10 @@ def add_preprocessing_args(p: argparse.ArgumentParser) -> None:
         "a checkpoint from elsewhere may need its own (timm's resnet50.a1_in1k: --interpolation bicubic --crop-pct 0.95)"
     )
     g.add_argument("--img-size", type=int, default=None, metavar="S", help="input side (the model is built for it)")
-    g.add_argument("--crop-pct", type=float, default=None, metavar="F", help="resize the short side to floor(S / F), then centre-crop S")
+    g.add_argument("--crop-pct", type=float, default=None, metavar="F", help="resize to floor(S / F) (see --crop-mode), then centre-crop S")
+    g.add_argument("--crop-mode", choices=CROP_MODES, default=None,
+                   help="what --crop-pct resizes: center, the short side (the aspect ratio kept); squash, both sides "
+                        "(the whole image squashed to a square; timm's tf_efficientnetv2_m/l/xl)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, default=None)
     g.add_argument("--mean", type=float, nargs="+", default=None, metavar="M", help="one value per input channel")
     g.add_argument("--std", type=float, nargs="+", default=None, metavar="SD", help="one value per input channel")
@@ -37,6 +41,8 @@ def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not 0 < args.crop_pct <= 1:
             raise CLIError(f"--crop-pct must be in (0, 1], got {args.crop_pct}")
         out["crop_pct"] = args.crop_pct
+    if args.crop_mode is not None:
+        out["crop_mode"] = args.crop_mode
     if args.interpolation is not None:
         out["interpolation"] = args.interpolation
     if args.std is not None and min(args.std) <= 0:

@@ -87,7 +87,8 @@ def default_preprocessing(model: Any) -> dict[str, Any]:
     C = cfg["input_size"][0]
     mean, std = (cfg["mean"], cfg["std"]) if C == 3 else ((0.0,) * C, (1.0,) * C)
     return {"input_size": tuple(cfg["input_size"]), "in_chans": C, "mean": mean, "std": std,
-            "crop_pct": cfg.get("crop_pct", 1.0), "interpolation": cfg.get("interpolation", "bicubic")}
+            "crop_pct": cfg.get("crop_pct", 1.0), "crop_mode": cfg.get("crop_mode", "center"),
+            "interpolation": cfg.get("interpolation", "bicubic")}
 
 
 def _random_weights_note(args: argparse.Namespace) -> None:
@@ -110,9 +111,11 @@ def _load_image(path: str | None, prep: dict[str, Any], *, required: bool) -> An
     from ..train.data import eval_transform, load_image
 
     img = load_image(path)  # DataError: one line
-    # the model's evaluation view (short side resized, centre crop): the picture is not distorted
+    # the model's evaluation view (short side resized, centre crop; squashed to a square where its
+    # crop_mode is "squash"): a non-square input is cropped from it, not distorted further
     side = max(H, W)
-    tf = eval_transform(side, prep["mean"], prep["std"], crop_pct=prep["crop_pct"], interpolation=prep["interpolation"], in_chans=C)
+    tf = eval_transform(side, prep["mean"], prep["std"], crop_pct=prep["crop_pct"], interpolation=prep["interpolation"], in_chans=C,
+                        crop_mode=prep["crop_mode"])
     x = tf(img)
     top, left = (side - H) // 2, (side - W) // 2
     return x[None, :, top : top + H, left : left + W]

@@ -65,13 +65,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.data != "digits" and args.data not in TORCHVISION_SETS and folder.is_dir() and not (folder / "train").is_dir() and not trained_here:
             # a folder of class folders the model was not trained on: evaluate every image in it
             classes, samples = scan_class_folders(folder)
-            tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"], in_chans=p["in_chans"])
+            tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"],
+                                in_chans=p["in_chans"], crop_mode=p["crop_mode"])
             dataset, data_classes, split = Subset(ImageFiles(samples), range(len(samples)), tf), classes, "every image"
         else:
             # a dataset's test split, a folder's val/, or the held-out split of the run's own folder
             # (the same images as in training: the split is fixed by the fraction)
             cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
-                   "crop_pct": p["crop_pct"], "interpolation": p["interpolation"]}
+                   "crop_pct": p["crop_pct"], "crop_mode": p["crop_mode"], "interpolation": p["interpolation"]}
             bundle = build_data(args.data, data_dir=args.data_dir or "data", img_size=p["img_size"], model_cfg=cfg,
                                 val_split=info["val_split"] if trained_here else None)
             dataset, data_classes = bundle.val, bundle.classes

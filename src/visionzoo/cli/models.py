@@ -106,7 +106,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("family", info["family"]),
         ("params", f"{info['params']:,} ({info['params'] / 1e6:.2f} M; paper: {paper_params})"),
         ("GMACs", f"{info['gmacs']:.3f} at {info['input_size'][1]}x{info['input_size'][2]} (paper: {paper_gmacs(info)})"),
-        ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"),
+        ("input", f"{info['input_size']}, mean {cfg['mean']}, std {cfg['std']}, {cfg['interpolation']}, crop_pct {cfg['crop_pct']}"
+                  + (f", crop_mode {cfg['crop_mode']}" if cfg.get("crop_mode", "center") != "center" else "")),
         *([("top-1", f"{info['published_top1']} % (paper)")] if info["published_top1"] is not None else []),
         ("paper", info["paper"] or "-"),
     ]

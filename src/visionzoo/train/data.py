@@ -21,11 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image",
+__all__ = ["CROP_MODES", "DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image",
            "visible_files"]
 
 #: the fraction of digits, or of a folder of class folders without val/, held out for validation
 DEFAULT_VAL_SPLIT = 0.2
+#: eval_transform's crop modes (timm's, but for "border")
+CROP_MODES = ("center", "squash")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 
 # name -> (torchvision class, channels, native size, mean, std, horizontal flips make sense)
@@ -60,6 +62,7 @@ class DataBundle:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     crop_pct: float = 1.0
+    crop_mode: str = "center"
     extra: dict[str, Any] = field(default_factory=dict)
     #: said at the start of a run: how the held-out split was made where the user did not say
     split_note: str | None = None
@@ -72,7 +75,7 @@ class DataBundle:
         """What ``predict`` needs to prepare an image as in training (stored in checkpoints)."""
         return dict(
             img_size=self.img_size, in_chans=self.in_chans, mean=list(self.mean), std=list(self.std),
-            interpolation=self.interpolation, crop_pct=self.crop_pct,
+            interpolation=self.interpolation, crop_pct=self.crop_pct, crop_mode=self.crop_mode,
         )
 
 
@@ -163,16 +166,23 @@ def _interp(name: str):
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *, crop_pct: float = 1.0,
-                   interpolation: str = "bilinear", in_chans: int = 3) -> Callable[[Any], Tensor]:
-    """Resize the short side to floor(img_size / crop_pct), centre-crop img_size, scale to [0, 1],
-    normalise: timm's eval transform (it floors: Inception-v3's 299 at 0.875 resizes to 341, not
-    342), and torchvision's presets where a crop_pct states their resize (swin_t: 224 / 232)."""
+                   interpolation: str = "bilinear", in_chans: int = 3, crop_mode: str = "center") -> Callable[[Any], Tensor]:
+    """Resize to floor(img_size / crop_pct), centre-crop img_size, scale to [0, 1], normalise:
+    timm's eval transform (it floors: Inception-v3's 299 at 0.875 resizes to 341, not 342), and
+    torchvision's presets where a crop_pct states their resize (swin_t: 224 / 232).
+
+    ``crop_mode`` as timm's: ``"center"`` resizes the short side (the aspect ratio kept),
+    ``"squash"`` both sides (the whole image squashed to a square: at crop_pct 1.0 nothing is
+    cropped; timm's tf_efficientnetv2_m/l/xl). timm's ``"border"`` (pad to a square) is refused.
+    """
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f"crop_mode must be one of {', '.join(map(repr, CROP_MODES))}, got {crop_mode!r}")
     v2 = _v2()
     resize = math.floor(img_size / max(crop_pct, 1e-3) + 1e-6)  # the tolerance keeps 224 / (224 / 232) at 232
     return v2.Compose([
         v2.ToImage(),
         _ToChannels(in_chans),
-        v2.Resize(resize, interpolation=_interp(interpolation), antialias=True),
+        v2.Resize((resize, resize) if crop_mode == "squash" else resize, interpolation=_interp(interpolation), antialias=True),
         v2.CenterCrop(img_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
@@ -424,6 +434,7 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
     mean = tuple(model_cfg.get("mean", (0.485, 0.456, 0.406)))
     std = tuple(model_cfg.get("std", (0.229, 0.224, 0.225)))
     crop_pct = float(model_cfg.get("crop_pct", 0.875))
+    crop_mode = str(model_cfg.get("crop_mode", "center"))
     interpolation = str(model_cfg.get("interpolation", "bilinear"))
     in_chans = 3 if len(mean) == 3 else len(mean)
     note = None
@@ -455,12 +466,12 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(list(mean), list(std)),
     ]
-    val_tf = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, in_chans=in_chans)
+    val_tf = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, in_chans=in_chans, crop_mode=crop_mode)
     return DataBundle(
         name=str(root), train=SeededTransform(ImageFiles(train_samples), v2.Compose(aug), seed),
         val=Subset(ImageFiles(val_samples), range(len(val_samples)), val_tf),
         classes=classes, in_chans=in_chans, img_size=size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct,
-        split_note=note,
+        crop_mode=crop_mode, split_note=note,
     )
 
 

@@ -23,7 +23,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     """(model in eval mode, info) from a checkpoint written by ``visionzoo train`` or any known layout.
 
     ``info`` has ``classes`` (names, or None), ``preprocessing`` (img_size, in_chans, mean,
-    std, crop_pct, interpolation: the checkpoint's when saved by training, else the model's
+    std, crop_pct, crop_mode, interpolation: the checkpoint's when saved by training, else the model's
     default_cfg, then any given in ``preprocessing``) and ``model``. The model is built for
     the resulting img_size.
 
@@ -73,6 +73,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     prep.setdefault("mean", list(dcfg.get("mean", (0.485, 0.456, 0.406))))
     prep.setdefault("std", list(dcfg.get("std", (0.229, 0.224, 0.225))))
     prep.setdefault("crop_pct", float(dcfg.get("crop_pct", 0.875)))
+    prep.setdefault("crop_mode", str(dcfg.get("crop_mode", "center")))  # (checkpoints written before it was stored)
     prep.setdefault("interpolation", str(dcfg.get("interpolation", "bilinear")))
     prep.update(preprocessing or {})
     if img_size:
@@ -154,7 +155,7 @@ def iter_predictions(model: nn.Module, info: dict[str, Any], images: Sequence[st
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     p = info["preprocessing"]
     tf = eval_transform(p["img_size"], p["mean"], p["std"], crop_pct=p["crop_pct"], interpolation=p["interpolation"],
-                        in_chans=p["in_chans"])
+                        in_chans=p["in_chans"], crop_mode=p["crop_mode"])
     model.to(device)
     for start in range(0, len(images), batch_size):
         done: list[tuple[str | os.PathLike, Tensor | DataError]] = []
