@@ -26,6 +26,9 @@ Position embeddings (``ViTConfig.pos_embed``), as in the paper's Table 8:
 and where absolute embeddings enter (``pos_embed_at``): ``stem`` (after the patch
 embedding), ``every_layer`` (before every block, separate parameters) or
 ``every_layer_shared`` (before every block, one set of parameters).
+
+The hybrid's ResNet-50 is in :mod:`.vit_hybrid`, the checkpoint key converters in
+:mod:`.vit_convert`.
 """
 
 from __future__ import annotations
@@ -39,21 +42,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..base import FeatureInfo, VisionModel
-from ..checkpoints import identity, register_converter, rename_keys
 from ..layers import (
     NORM_POOL_TYPES,
     Attention,
     DropPath,
     Mlp,
     PatchEmbed,
-    StdConv2d,
-    apply_conv_bn,
     attention,
     check_int,
     classifier,
     drop_path_rates,
     global_pool_2d,
-    pad_same,
     resample_abs_pos_embed,
     resample_patch_kernel,
     trunc_normal_,
@@ -61,11 +60,12 @@ from ..layers import (
 from ..layers.activations import QuickGELU
 from ..layers.attention import ProjectedAttention
 from ..layers.drop_path import skippable
-from ..layers.helpers import DerivedCache, no_hooks, plain_cpu_eager, to_2tuple, to_channels_last
+from ..layers.helpers import DerivedCache, no_hooks, to_2tuple
 from ..layers.linear import linear_add
 from ..layers.mlp import residual_mlp
 from ..param_groups import MATCH_PREV_GROUP
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
+from .vit_hybrid import HybridEmbed
 
 __all__ = ["ViTConfig", "VisionTransformer"]
 
@@ -229,98 +229,6 @@ class RelPosAttention(Attention):
 class RelPosBlock(Block):
     """A :class:`Block` whose attention carries relative position embeddings: called with the
     patch grid, ``block(x, grid)``, which :meth:`Block.forward` hands to the attention."""
-
-
-class Bottleneck(nn.Module):
-    """Bottleneck of the hybrid's ResNet: StdConv + GroupNorm, stride on the 3x3 (BiT layout).
-
-    Shapes:
-        (B, C_in, H, W) -> (B, C_out, H/s, W/s).
-    """
-
-    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
-        super().__init__()
-        mid = out_chs // 4
-        conv = partial(StdConv2d, eps=1e-8, same_pad=True, bias=False)
-        gn = partial(nn.GroupNorm, 32)
-        self.downsample = None
-        if stride != 1 or in_chs != out_chs:
-            self.downsample = nn.Sequential()
-            self.downsample.add_module("conv", conv(in_chs, out_chs, 1, stride=stride))
-            self.downsample.add_module("norm", gn(out_chs))
-        self.conv1, self.norm1 = conv(in_chs, mid, 1), gn(mid)
-        self.conv2, self.norm2 = conv(mid, mid, 3, stride=stride), gn(mid)
-        self.conv3, self.norm3 = conv(mid, out_chs, 1), gn(out_chs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        # GroupNorm's outputs are fresh and its backward needs only its input: ReLU and sum in place
-        x = F.relu(self.norm1(self.conv1(x)), inplace=True)
-        x = F.relu(self.norm2(self.conv2(x)), inplace=True)
-        x = self.norm3(self.conv3(x))
-        x += shortcut
-        return F.relu(x, inplace=True)
-
-
-class ResNetStage(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, depth: int, stride: int) -> None:
-        super().__init__()
-        self.blocks = nn.Sequential(*[Bottleneck(in_chs if i == 0 else out_chs, out_chs, stride if i == 0 else 1) for i in range(depth)])
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.blocks(x)
-
-
-class HybridBackbone(nn.Module):
-    """The ResNet-50 of the R50+ViT hybrid: 7x7 stem, then stages of ``layers`` bottlenecks.
-
-    Stages (3, 4, 9) give a 1024-channel map at stride 16 (ResNet-50's fourth stage is
-    dropped and its 6 blocks of stage 3 become 9, as in the ViT paper's hybrid).
-    Convolutions are weight-standardised with TensorFlow 'SAME' padding and followed by
-    GroupNorm(32), the layout of the released weights.
-
-    Shapes:
-        (B, in_chans, H, W) -> (B, 256 * 2**(len(layers)-1), ceil(H/4)/2**(len(layers)-1), ...).
-    """
-
-    def __init__(self, in_chans: int, layers: Sequence[int]) -> None:
-        super().__init__()
-        self.stem = nn.Sequential()
-        self.stem.add_module("conv", StdConv2d(in_chans, 64, 7, stride=2, eps=1e-8, same_pad=True, bias=False))
-        self.stem.add_module("norm", nn.GroupNorm(32, 64))
-        stages, chs = [], 64
-        for i, depth in enumerate(layers):
-            out = 256 * 2**i
-            stages.append(ResNetStage(chs, out, depth, 1 if i == 0 else 2))
-            chs = out
-        self.stages = nn.Sequential(*stages)
-        self.num_features = chs
-        self.reduction = 4 * 2 ** (len(layers) - 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.stem.norm(self.stem.conv(x)), inplace=True)
-        x = pad_same(x, (3, 3), (2, 2), value=float("-inf"))
-        x = F.max_pool2d(x, 3, 2)  # B, 64, H/4, W/4
-        return self.stages(x)
-
-
-class HybridEmbed(nn.Module):
-    """ResNet feature map -> 1x1 projection -> tokens (the hybrid's 'patch' embedding)."""
-
-    def __init__(self, in_chans: int, layers: Sequence[int], embed_dim: int) -> None:
-        super().__init__()
-        self.backbone = HybridBackbone(in_chans, layers)
-        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, 1)
-        self.patch_size = (self.backbone.reduction, self.backbone.reduction)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training and not torch.is_grad_enabled() and x.dim() == 4 and plain_cpu_eager(x):
-            # CPU inference runs the ResNet channels-last: its weight-standardised convolutions take
-            # oneDNN's prepacked path (layers.StdConv2d) and GroupNorm its NHWC kernel (R50+ViT-B/16
-            # at batch 4: 0.97x the time of NCHW). The map it returns is channels-last: the caller's
-            # flatten(2).transpose(1, 2) then gives contiguous tokens without a copy.
-            x = to_channels_last(x)
-        return apply_conv_bn(self.proj, None, self.backbone(x))  # B, C, H/16, W/16
 
 
 # --------------------------------------------------------------------------- model
@@ -766,134 +674,6 @@ class VisionTransformer(VisionModel):
             )
 
 
-# --------------------------------------------------------------------------- checkpoints
-register_converter("vit", "timm")(identity)
-
-
-#: the block keys that torchvision's and CLIP's layouts share: both build their blocks around
-#: nn.MultiheadAttention (in_proj, out_proj) with norms ln_1 / ln_2
-_MHA_BLOCK_RENAMES = [
-    (r"\.ln_1\.", ".norm1."),
-    (r"\.ln_2\.", ".norm2."),
-    (r"\.(?:self_attention|attn)\.in_proj_", ".attn.qkv."),
-    (r"\.(?:self_attention|attn)\.out_proj\.", ".attn.proj."),
-]
-
-
-@register_converter("vit", "torchvision")
-def _from_torchvision(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """torchvision's ``vit_b_16`` ... layout (``encoder.layers.encoder_layer_N``)."""
-    if "conv_proj.weight" not in sd:
-        raise KeyError("conv_proj.weight")
-    sd = rename_keys(sd, [
-        (r"^conv_proj\.", "patch_embed.proj."),
-        (r"^class_token$", "cls_token"),
-        (r"^encoder\.pos_embedding$", "pos_embed"),
-        (r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1."),
-        *_MHA_BLOCK_RENAMES,
-        (r"\.mlp\.(0|linear_1)\.", ".mlp.fc1."),
-        (r"\.mlp\.(3|linear_2)\.", ".mlp.fc2."),
-        (r"^encoder\.ln\.", "norm."),
-        (r"^heads\.head\.", "head."),
-    ])
-    return sd
-
-
-def _jax_conv(w: Tensor) -> Tensor:
-    return w.permute(3, 2, 0, 1) if w.ndim == 4 else w  # HWIO -> OIHW
-
-
-def _from_dinov2(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The DINOv2 authors' backbones (facebookresearch/dinov2 ``*_pretrain.pth``): timm's keys,
-    plus the masked-modelling ``mask_token`` that inference never reads (dropped). With
-    registers (``register_tokens``) their position embedding has a class row, which the class
-    token takes in: the tokens are the same after the stem, in the patch-only layout of
-    ``no_embed_class`` that timm and visionzoo build for them."""
-    sd = dict(sd)
-    sd.pop("mask_token")
-    if "register_tokens" in sd:
-        sd["reg_token"] = sd.pop("register_tokens")
-        sd["cls_token"] = sd["cls_token"] + sd["pos_embed"][:, :1]  # 1, 1, D
-        sd["pos_embed"] = sd["pos_embed"][:, 1:]  # 1, Gh*Gw, D
-    return sd
-
-
-def _from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    """OpenAI CLIP's and OpenCLIP's checkpoints (``visual.conv1``, ``visual.transformer.resblocks.N``
-    ...): the image tower's keys; the text tower's are left out. Its projection into the joint
-    embedding, ``visual.proj`` (D, E), is the classifier (E outputs, bias zero), as in timm."""
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-    out = rename_keys(sd, [
-        (r"^conv1\.", "patch_embed.proj."),
-        (r"^ln_pre\.", "norm_pre."),
-        (r"^ln_post\.", "norm."),
-        (r"^transformer\.resblocks\.(\d+)\.", r"blocks.\1."),
-        *_MHA_BLOCK_RENAMES,
-        (r"\.mlp\.c_fc\.", ".mlp.fc1."),
-        (r"\.mlp\.c_proj\.", ".mlp.fc2."),
-    ])
-    out["cls_token"] = out.pop("class_embedding").view(1, 1, -1)  # D -> 1, 1, D
-    out["pos_embed"] = out.pop("positional_embedding").unsqueeze(0)  # 1 + N, D -> 1, 1 + N, D
-    if "proj" in out:
-        proj = out.pop("proj")  # D, E
-        out["head.weight"], out["head.bias"] = proj.t(), proj.new_zeros(proj.shape[1])
-    return out
-
-
-@register_converter("vit", "official")
-def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """The ViT authors' JAX release (google-research/vision_transformer ``.npz`` files), the
-    DINOv2 authors' PyTorch one (:func:`_from_dinov2`), or OpenAI CLIP's / OpenCLIP's
-    (:func:`_from_clip`)."""
-    if "mask_token" in sd:
-        return _from_dinov2(sd)
-    for prefix in ("visual.", "module.visual."):
-        if prefix + "conv1.weight" in sd:
-            return _from_clip(sd, prefix)
-    if "embedding/kernel" not in sd:
-        raise KeyError("embedding/kernel")
-    depth = len(model.blocks)
-    out: dict[str, Tensor] = {}
-    hybrid = any(k.startswith("conv_root") for k in sd)
-    if hybrid:
-        b = "patch_embed.backbone."
-        out[b + "stem.conv.weight"] = _jax_conv(sd["conv_root/kernel"])
-        out[b + "stem.norm.weight"], out[b + "stem.norm.bias"] = sd["gn_root/scale"].flatten(), sd["gn_root/bias"].flatten()
-        for s, stage in enumerate(model.patch_embed.backbone.stages):
-            for u in range(len(stage.blocks)):
-                src, dst = f"block{s + 1}/unit{u + 1}/", f"{b}stages.{s}.blocks.{u}."
-                for j in (1, 2, 3):
-                    out[f"{dst}conv{j}.weight"] = _jax_conv(sd[f"{src}conv{j}/kernel"])
-                    out[f"{dst}norm{j}.weight"] = sd[f"{src}gn{j}/scale"].flatten()
-                    out[f"{dst}norm{j}.bias"] = sd[f"{src}gn{j}/bias"].flatten()
-                if f"{src}conv_proj/kernel" in sd:
-                    out[f"{dst}downsample.conv.weight"] = _jax_conv(sd[f"{src}conv_proj/kernel"])
-                    out[f"{dst}downsample.norm.weight"] = sd[f"{src}gn_proj/scale"].flatten()
-                    out[f"{dst}downsample.norm.bias"] = sd[f"{src}gn_proj/bias"].flatten()
-    out["patch_embed.proj.weight"] = _jax_conv(sd["embedding/kernel"])
-    out["patch_embed.proj.bias"] = sd["embedding/bias"]
-    if "cls" in sd:
-        out["cls_token"] = sd["cls"]
-    out["pos_embed"] = sd["Transformer/posembed_input/pos_embedding"]
-    out["norm.weight"], out["norm.bias"] = sd["Transformer/encoder_norm/scale"], sd["Transformer/encoder_norm/bias"]
-    for i in range(depth):
-        src, dst = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        att = src + "MultiHeadDotProductAttention_1/"
-        out[dst + "norm1.weight"], out[dst + "norm1.bias"] = sd[src + "LayerNorm_0/scale"], sd[src + "LayerNorm_0/bias"]
-        out[dst + "norm2.weight"], out[dst + "norm2.bias"] = sd[src + "LayerNorm_2/scale"], sd[src + "LayerNorm_2/bias"]
-        # query/key/value kernels are (D, nH, hd): flatten the heads, transpose to (out, in)
-        out[dst + "attn.qkv.weight"] = torch.cat([sd[f"{att}{n}/kernel"].flatten(1).T for n in ("query", "key", "value")])
-        out[dst + "attn.qkv.bias"] = torch.cat([sd[f"{att}{n}/bias"].flatten() for n in ("query", "key", "value")])
-        out[dst + "attn.proj.weight"] = sd[att + "out/kernel"].flatten(0, 1).T  # (nH*hd, D) -> (D, nH*hd)
-        out[dst + "attn.proj.bias"] = sd[att + "out/bias"]
-        for j in (0, 1):
-            out[f"{dst}mlp.fc{j + 1}.weight"] = sd[f"{src}MlpBlock_3/Dense_{j}/kernel"].T
-            out[f"{dst}mlp.fc{j + 1}.bias"] = sd[f"{src}MlpBlock_3/Dense_{j}/bias"]
-    if "head/kernel" in sd:
-        out["head.weight"], out["head.bias"] = sd["head/kernel"].T, sd["head/bias"]
-    return out
-
-
 # --------------------------------------------------------------------------- variants
 _SIZES = {  # name: (embed_dim, depth, num_heads), ViT paper Table 1 and DeiT Table 1 (Ti, S)
     "tiny": (192, 12, 3),
@@ -939,7 +719,7 @@ for _size, (_d, _l, _h), _p, _sides in (
 # DINOv2 (Oquab et al., TMLR 2024): self-supervised backbones released without a classifier (their
 # default is num_classes=0, as timm's), LayerScale 1e-5, patch 14 at 518 px; with registers (Darcet
 # et al., ICLR 2024): four register tokens, the class row of the position table in the class token
-# (:func:`_from_dinov2`). ViT-g is left out: its MLP is SwiGLU, which visionzoo's ViT does not build.
+# (:func:`.vit_convert._from_dinov2`). ViT-g is left out: its MLP is SwiGLU, which visionzoo's ViT does not build.
 for _size in ("small", "base", "large"):
     _d, _l, _h = _SIZES[_size]
     for _reg in (0, 4):
