@@ -21,7 +21,7 @@ SHARED = sorted(
     | {
         "vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_base_r50_s16_224", "swin_tiny_patch4_window7_224",
         "convnext_tiny", "coatnet_0_224", "nest_tiny", "convmixer_768_32", "resnet50", "resnext50_32x4d", "seresnet50",
-        "densenet121", "efficientnet_b0", "tf_efficientnet_b0", "mobilenetv2_100", "regnety_040", "vgg16", "inception_v3",
+        "densenet121", "efficientnet_b0", "tf_efficientnet_b0", "tf_efficientnetv2_b0", "resnetrs50", "mobilenetv2_100", "regnety_040", "vgg16", "inception_v3",
         "inception_v4", "inception_resnet_v2", "hrnet_w18",
     }
 )

@@ -31,6 +31,7 @@ def test_names():
         "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
         "resnetaa34d", "resnetaa50", "resnetaa50d", "resnetaa101d", "seresnetaa50d", "seresnextaa101d_32x8d", "seresnextaa201d_32x8d",
         "resnetblur18", "resnetblur50", "resnetblur50d", "resnetblur101d",
+        "resnetrs50", "resnetrs101", "resnetrs152", "resnetrs200", "resnetrs270", "resnetrs350", "resnetrs420",
     ])
     assert "seresnet50" not in TV_NAMES and len(TV_NAMES) == 10  # + resnext101_64x4d, wide_resnet101_2
 
@@ -49,6 +50,7 @@ def test_params_equal_timm_and_torchvision(name):
 @pytest.mark.parametrize("name", [
     "resnet18", "resnet50", "resnext50_32x4d", "seresnet50", "seresnext50_32x4d", "resnet18d", "resnet50d", "resnet10t", "seresnext26t_32x4d",
     "seresnet18", "resnet50s", "ecaresnet26t", "ecaresnetlight", "ecaresnext26t_32x4d", "resnetaa34d", "seresnetaa50d", "resnetblur18", "resnetblur50d",
+    "resnetrs50",
 ])
 def test_logits_equal_timm(name):
     ref = build_random(lambda: timm.create_model(name, num_classes=10))
@@ -297,6 +299,7 @@ def test_channel_attention_options_are_checked():
 
 @pytest.mark.parametrize("aa, name, output_stride, side", [
     ("avg", "resnet50", 32, (96, 64)), ("avg", "resnet18", 8, (96, 64)), ("blur", "resnet50d", 32, (75, 66)), ("blur", "resnet18", 8, (75, 66)),
+    ("avg", "resnetrs50", 32, (96, 64)), ("blur", "resnetrs50", 16, (75, 66)),  # the stem's strided convolution at stride 1, the pool after it
 ])
 def test_anti_aliased_downsampling_on_any_resnet_equals_timms_aa_layer(aa, name, output_stride, side):
     """timm's aa_layer is ours: the strided 3x3 at stride 1, then "avg" (its nn.AvgPool2d): a 2x2
@@ -344,3 +347,26 @@ def test_timms_resnet_keywords_are_taken_as_timm_spells_them():
         visionzoo.create_model("resnet50", cardinality=8, groups=4)
     with pytest.raises(ValueError, match=r"resnet50: block_args takes attn_layer only .*got \['drop_block'\]"):
         visionzoo.create_model("resnet50", block_args=dict(attn_layer="se", drop_block=1))
+
+
+def test_resnet_rs_stem_convolution_and_se_width_on_any_resnet():
+    """ResNet-RS's two changes are options of every ResNet: replace_stem_pool (a 3x3 stride-2
+    convolution, BN and ReLU where the max pool was; timm's keys maxpool.0 / maxpool.1) and
+    se_ratio (SE a quarter of the block's width: 256 -> 64, where SENet's 1/16 gives 16). On a
+    basic-block ResNet they give timm's keys and logits with timm's weights; the stem's
+    convolution is in the stem's parameter group."""
+    from functools import partial
+
+    from timm.layers import get_attn
+
+    ref = build_random(lambda: timm.create_model("resnet18", num_classes=4, replace_stem_pool=True, block_args=dict(attn_layer=partial(get_attn("se"), rd_ratio=0.25))))
+    ours = visionzoo.create_model("resnet18", num_classes=4, replace_stem_pool=True, attn="se", se_ratio=0.25, checkpoint=ref.state_dict()).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict()) and "maxpool.0.weight" in ref.state_dict()
+    assert ours.layer1[0].se.fc1.out_channels == 16 and visionzoo.create_model("resnet50", attn="se").layer1[0].se.fc1.out_channels == 16
+    assert visionzoo.create_model("resnetrs50").layer1[0].se.fc1.out_channels == 64
+    x = torch.randn(2, 3, 70, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 5e-4
+    from visionzoo.param_groups import layer_ids
+
+    assert layer_ids(ours)["maxpool.0.weight"] == layer_ids(ours)["conv1.weight"] == 0

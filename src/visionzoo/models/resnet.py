@@ -189,13 +189,14 @@ class EfficientChannelAttention(nn.Module):
         return x * self.gate(s).view(x.shape[0], -1, 1, 1)  # B, C, 1, 1 gate
 
 
-#: channel attention after a block's last BN: SE (reduction 16, at least 8 wide) or ECA
+#: channel attention after a block's last BN: SE (``se_ratio`` of the width, 1/16 by default,
+#: rounded to a multiple of 8) or ECA
 ATTENTION_TYPES = ("", "se", "eca")
 
 
-def _channel_attention(attn: str, channels: int) -> nn.Module | None:
+def _channel_attention(attn: str, channels: int, se_ratio: float = 1 / 16) -> nn.Module | None:
     if attn == "se":
-        return SqueezeExcite(channels, make_divisible(channels / 16, 8, round_limit=0.0))
+        return SqueezeExcite(channels, make_divisible(channels * se_ratio, 8, round_limit=0.0))
     return EfficientChannelAttention(channels) if attn == "eca" else None
 
 
@@ -243,6 +244,7 @@ class BasicBlock(nn.Module):
         first_dilation: rate of the first convolution (``dilation`` when omitted; the first
             block of a dilated stage keeps the previous stage's rate here).
         attn: channel attention after the last BN (:data:`ATTENTION_TYPES`).
+        se_ratio: squeeze-excitation width over the block's output width.
         aa: anti-aliased downsampling (:data:`AA_TYPES`): a stride-2 block's first convolution
             runs at stride 1 and a 2x2 average pool or a blur pool follows it (timm's ``aa_layer``).
         drop_path: stochastic-depth rate of the residual branch.
@@ -265,6 +267,7 @@ class BasicBlock(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
+        se_ratio: float = 1 / 16,
         aa: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
@@ -276,7 +279,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = _conv_bn(in_chs, planes, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation)
         self.act1 = nn.ReLU(inplace=True)
         self.conv2, self.bn2 = _conv_bn(planes, planes, 3, dilation=dilation)
-        self.se = _channel_attention(attn, planes)  # (timm's key for any kind)
+        self.se = _channel_attention(attn, planes, se_ratio)  # (timm's key for any kind)
         self.drop_path = DropPath(drop_path)
         self.act2 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, planes, stride, shortcut)
@@ -334,6 +337,7 @@ class Bottleneck(nn.Module):
         groups: int = 1,
         base_width: int = 64,
         attn: str = "",
+        se_ratio: float = 1 / 16,
         aa: str = "",
         drop_path: float = 0.0,
         shortcut: str = "conv",
@@ -347,7 +351,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = _conv_bn(width, width, 3, stride=1 if self.aa else stride, dilation=first_dilation or dilation, groups=groups)
         self.act2 = nn.ReLU(inplace=True)
         self.conv3, self.bn3 = _conv_bn(width, out_chs, 1)
-        self.se = _channel_attention(attn, out_chs)  # (timm's key for any kind)
+        self.se = _channel_attention(attn, out_chs, se_ratio)  # (timm's key for any kind)
         self.drop_path = DropPath(drop_path)
         self.act3 = nn.ReLU(inplace=True)
         self.downsample = _downsample(in_chs, out_chs, stride, shortcut)
@@ -387,6 +391,8 @@ class ResNetConfig:
         se: squeeze-and-excitation in every block (SE-ResNet): ``attn="se"``.
         attn: channel attention in every block: ``"se"`` or ``"eca"`` (ECA-Net; timm's
             ``ecaresnet*``), or ``""``.
+        se_ratio: the SE bottleneck's width over the block's output width (rounded to a
+            multiple of 8): 1/16 as SENet, 1/4 in ResNet-RS (timm's ``rd_ratio``).
         aa_layer: anti-aliased downsampling, timm's ``aa_layer``: each stride-2 convolution of
             the blocks runs at stride 1 and a pool takes the stride. ``"avg"`` (its
             ``nn.AvgPool2d``, the ``resnetaa*`` networks): a 2x2 average pool, and the stem
@@ -399,6 +405,9 @@ class ResNetConfig:
             ``"deep_tiered"``, timm's: the first of them 3/4 as wide (24, 32, 64 for 32).
         stem_width: the 7x7 stem's channels, or the deep stem's first two widths (timm's
             ResNet-C/D networks: 32, so that the stem gives 64 channels as the plain one does).
+        replace_stem_pool: the stem's 3x3 max pool replaced by a 3x3 stride-2 convolution, BN
+            and ReLU (ResNet-RS, Bello et al. 2021; timm's ``replace_stem_pool``; keys
+            ``maxpool.0`` / ``maxpool.1``, as timm's).
         avg_down: ResNet-D's shortcut: a 2x2 average pool with the stride before a stride-1
             1x1 projection, so the shortcut reads every pixel (timm's ``avg_down``).
         output_stride: 32, 16, 8 or 4; smaller values dilate the last stage(s) instead of
@@ -414,9 +423,11 @@ class ResNetConfig:
     base_width: int = 64
     se: bool = False
     attn: str = ""
+    se_ratio: float = 1 / 16
     aa_layer: str = ""
     stem_type: str = ""
     stem_width: int = 64
+    replace_stem_pool: bool = False
     avg_down: bool = False
     output_stride: int = 32
     multi_grid: tuple[int, ...] | None = None
@@ -536,7 +547,13 @@ class ResNet(VisionModel):
             stem_chs = sw
             self.conv1, self.bn1 = _conv_bn(in_chans, stem_chs, 7, stride=2)
         self.act1 = nn.ReLU(inplace=True)
-        if cfg.aa_layer == "avg":
+        if cfg.replace_stem_pool:  # as timm's: with anti-aliasing the convolution runs at stride 1 and the pool strides
+            aa = _anti_alias(cfg.aa_layer, stem_chs, 2, False)
+            conv, bn = _conv_bn(stem_chs, stem_chs, 3, stride=1 if aa else 2)
+            self.maxpool = nn.Sequential(*(m for m in (conv, aa, bn, nn.ReLU(inplace=True)) if m is not None))
+            if cfg.aa_layer == "avg":
+                self.input_multiple = cfg.output_stride
+        elif cfg.aa_layer == "avg":
             self.maxpool: nn.Module = nn.AvgPool2d(2)
             self.input_multiple = cfg.output_stride  # its pools floor an odd side that the shortcut rounds up (timm then fails)
         elif cfg.aa_layer == "blur":
@@ -557,7 +574,7 @@ class ResNet(VisionModel):
             for j, (first_dilation, dilation) in enumerate(rates):
                 blocks.append(block(
                     in_chs, planes, stride=stride if j == 0 else 1, dilation=dilation, first_dilation=first_dilation,
-                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, aa=cfg.aa_layer, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
+                    groups=cfg.groups, base_width=cfg.base_width, attn=attn, se_ratio=cfg.se_ratio, aa=cfg.aa_layer, drop_path=dpr[k], shortcut=shortcut if j == 0 else "conv",
                 ))
                 in_chs, k = planes * block.expansion, k + 1
             self.add_module(self.stage_names[i], ResidualStage(*blocks))
@@ -617,7 +634,7 @@ class ResNet(VisionModel):
 
     def forward_features(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        x = self.maxpool(self._stem(x))  # B, 64, H/4, W/4
+        x = apply_conv_bn_seq(self.maxpool, self._stem(x))  # B, 64, H/4, W/4
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
@@ -630,15 +647,16 @@ class ResNet(VisionModel):
         self.fc = classifier(self.pooled_features, num_classes)
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """timm's grouping: ``stem`` (conv1, bn1), then one group per residual block
-        (``layerS.B``; per stage ``layerS`` with ``coarse=True``); ``fc`` last."""
-        return dict(stem=r"^(?:conv1|bn1)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.")
+        """timm's grouping: ``stem`` (conv1, bn1, and the convolution that replaces the max pool
+        in ResNet-RS), then one group per residual block (``layerS.B``; per stage ``layerS`` with
+        ``coarse=True``); ``fc`` last."""
+        return dict(stem=r"^(?:conv1|bn1|maxpool)\.", blocks=r"^layer(\d+)\." if coarse else r"^layer(\d+)\.(\d+)\.")
 
     def intermediate_maps(self, x: Tensor, indices: Sequence[int], *, with_features: bool = False) -> list[Tensor] | tuple[list[Tensor], Tensor]:
         self.check_input(x)
         x = self._stem(x)
         out = {0: x}
-        x = self.maxpool(x)
+        x = apply_conv_bn_seq(self.maxpool, x)
         for i in range(1, len(self.stage_names) + 1 if with_features else max(indices) + 1):
             x = getattr(self, self.stage_names[i - 1])(x)
             out[i] = x
@@ -733,11 +751,22 @@ VARIANTS = {
         f"{attn}resnet{depth}t": ResNetConfig(layers=layers, attn=attn, stem_type="deep_tiered", stem_width=32, avg_down=True)
         for attn, depth, layers in (("se", 50, (3, 4, 6, 3)), ("eca", 26, (2, 2, 2, 2)), ("eca", 50, (3, 4, 6, 3)))
     },
+    # ResNet-RS (Bello et al., "Revisiting ResNets", NeurIPS 2021): ResNet-D's stem and shortcut, SE
+    # a quarter of the width in every block, and a 3x3 stride-2 convolution for the stem's max pool
+    **{
+        f"resnetrs{depth}": ResNetConfig(layers=layers, attn="se", se_ratio=0.25, stem_type="deep", stem_width=32, replace_stem_pool=True, avg_down=True)
+        for depth, layers in (
+            (50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3)), (200, (3, 24, 36, 3)), (270, (4, 29, 53, 4)),
+            (350, (4, 36, 72, 4)), (420, (4, 44, 87, 4)),
+        )
+    },
 }
 #: the networks timm trained (no torchvision weights): timm's evaluation of its default weights
 #: (bicubic; side, crop_pct), where ResNet's is torchvision's
 TIMM_EVAL = {
     **{n: (224, 0.875) for n in ("seresnext50_32x4d", "seresnext101_32x4d", "resnet18d", "resnet26d", "resnet34d", "resnet50d")},
+    # ResNet-RS: the authors' training sizes (timm's input_size; each evaluates at a larger test_input_size)
+    **{f"resnetrs{d}": (side, crop) for d, side, crop in ((50, 160, 0.91), (101, 192, 0.94), (152, 256, 1.0), (200, 256, 1.0), (270, 256, 1.0), (350, 288, 1.0), (420, 320, 1.0))},
     "resnet101d": (256, 0.95),
     "resnet152d": (256, 0.95),
     **{n: (224, 0.875) for n in ("resnext50d_32x4d", "seresnext26d_32x4d", "seresnext26t_32x4d", "resnet50t")},
@@ -812,6 +841,10 @@ PUBLISHED: dict[str, dict] = {
             ("resnetblur18", 11.7), ("resnetblur50", 25.6), ("resnetblur50d", 25.6), ("resnetblur101d", 44.6),
         )
     },
+    **{
+        f"resnetrs{d}": dict(params=params, note="ResNet-RS (Bello et al. 2021; timm's port of the authors' TensorFlow weights): params counted (equal to timm's)")
+        for d, params in ((50, 35.7), (101, 63.6), (152, 86.6), (200, 93.2), (270, 129.9), (350, 164.0), (420, 191.9))
+    },
     "resnext101_32x4d": dict(params=44.2, note="Facebook's semi-supervised release (YFCC100M pre-training; timm's default weights); params counted (equal to timm's)"),
     "resnext101_32x16d": dict(params=194.0, note="Facebook's WSL release (Instagram pre-training; timm's default weights); params counted (equal to timm's)"),
     "resnext101_32x32d": dict(params=468.5, note="Facebook's WSL release (Instagram pre-training; timm's default weights); params counted (equal to timm's)"),
@@ -824,7 +857,12 @@ def _default_cfg(name: str, cfg: ResNetConfig) -> dict:
     networks only timm trained; the first convolution is the deep stem's first where it has one."""
     size, crop = TIMM_EVAL.get(name, (224, 0.875))
     interpolation = "bicubic" if name in TIMM_EVAL else "bilinear"
-    return default_cfg(size, crop_pct=crop, interpolation=interpolation, first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc")
+    extra = {"test_input_size": (3, _TEST_SIZES[name], _TEST_SIZES[name])} if name in _TEST_SIZES else {}
+    return default_cfg(size, crop_pct=crop, interpolation=interpolation, first_conv="conv1.0" if cfg.stem_type else "conv1", classifier="fc", **extra)
+
+
+#: ResNet-RS's evaluation sides (timm's test_input_size): the paper trains smaller than it tests
+_TEST_SIZES = {f"resnetrs{d}": side for d, side in ((50, 224), (101, 288), (152, 320), (200, 320), (270, 352), (350, 384), (420, 416))}
 
 
 register_family(
@@ -837,6 +875,7 @@ register_family(
         "He et al., Deep Residual Learning for Image Recognition, CVPR 2016; ResNeXt: Xie et al., CVPR 2017; "
         "Wide ResNet: Zagoruyko & Komodakis, BMVC 2016; SE-ResNet: Hu et al., CVPR 2018; "
         "ResNet-C/D: He et al., Bag of Tricks for Image Classification with Convolutional Neural Networks, CVPR 2019; "
-        "ECA: Wang et al., CVPR 2020; anti-aliasing: Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019"
+        "ECA: Wang et al., CVPR 2020; anti-aliasing: Zhang, Making Convolutional Networks Shift-Invariant Again, ICML 2019; "
+        "ResNet-RS: Bello et al., Revisiting ResNets: Improved Training and Scaling Strategies, NeurIPS 2021"
     ),
 )
