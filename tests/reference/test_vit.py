@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import visionzoo
-from visionzoo.testing import build_random, max_rel_diff
+from visionzoo.testing import build_random, gradient_rel_diffs, max_rel_diff
 
 from checkpoint_layouts import openai_clip_layout
 from family_models import shallow_options
@@ -451,3 +451,42 @@ def test_openai_clip_checkpoint_loads_as_timm_converts_it():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref2(x)) < 1e-5 and max_rel_diff(ours(x), ref.eval()(x)) < 1e-5
+
+
+SIGLIP_NAMES = visionzoo.list_models("*siglip*")
+
+
+def test_siglip_towers_are_timms_with_its_keys_and_preprocessing():
+    """Every SigLIP tower timm has whose patch divides its input size: the same keys (the
+    attention pool's ``attn_pool.*``), parameter count and preprocessing (no classifier, [-1, 1]
+    inputs)."""
+    expect = {n for n in timm.list_models("*siglip*") if "siglip2" not in n and "naflex" not in n} - {"vit_so400m_patch14_siglip_384", "vit_so400m_patch14_siglip_gap_384"}
+    assert set(SIGLIP_NAMES) == expect and len(expect) == 32
+    for name in SIGLIP_NAMES:
+        with torch.device("meta"):
+            ours, ref = visionzoo.create_model(name), timm.create_model(name)
+        assert list(ours.state_dict()) == list(ref.state_dict()), name
+        assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters()), name
+        for key in ("input_size", "crop_pct", "mean", "std", "interpolation", "num_classes"):
+            assert ours.default_cfg[key] == ref.pretrained_cfg[key], (name, key)
+
+
+def test_attention_pool_on_any_vit_equals_timm():
+    """global_pool='map' (SigLIP's attention pool with a learned query, after the final norm) on
+    a ViT with a class token: logits and float64 training gradients equal timm's with its
+    weights; features_only drops the pool; another pool drops it as timm's; 'map' is refused
+    on a model built without one."""
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, global_pool="map", drop_rate=0.0))
+    ours = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, num_classes=5, global_pool="map", checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    diffs = gradient_rel_diffs(ours.double(), ref.double(), x.double())
+    assert "attn_pool.latent" in diffs and max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
+    feats = visionzoo.create_model("vit_tiny_patch16_224", img_size=64, global_pool="map", features_only=True)
+    assert not any(k.startswith("attn_pool") for k in feats.state_dict())
+    with pytest.raises(ValueError, match="global_pool='map' needs the attention pool"):
+        visionzoo.create_model("vit_tiny_patch16_224").set_global_pool("map")
+    ours.float().reset_classifier(5, "avg")
+    ref.float().reset_classifier(5, "avg")
+    assert ours.attn_pool is None and ref.attn_pool is None

@@ -1,6 +1,6 @@
 """Layers that two or more families share."""
 
-from .attention import Attention, ProjectedAttention, attention, set_fused_attention
+from .attention import Attention, AttentionPoolLatent, ProjectedAttention, attention, set_fused_attention
 from .conv import Conv2d, ConvNormAct, StdConv2d, apply_bn_act, apply_conv_bn, apply_conv_bn_seq, bn_affine, bn_tensors, conv2d, depthwise_weight_grad, set_bn_folding, set_conv_packing, uses_running_stats
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
@@ -14,6 +14,7 @@ from .se import SqueezeExcite
 
 __all__ = [
     "Attention",
+    "AttentionPoolLatent",
     "Conv2d",
     "ConvNormAct",
     "DropPath",

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .helpers import no_hooks
+from .helpers import no_hooks, trunc_normal_
 from .linear import add_projection, linear
+from .mlp import Mlp
 
-__all__ = ["Attention", "ProjectedAttention", "attention", "record_attention_weights", "sdpa_biased_short", "set_fused_attention"]
+__all__ = ["Attention", "AttentionPoolLatent", "ProjectedAttention", "attention", "record_attention_weights", "sdpa_biased_short", "set_fused_attention"]
 
 # functions that receive the softmax weights of every attention() call (see below)
 _WEIGHT_RECORDERS: list[Callable[[Tensor], None]] = []
@@ -219,3 +220,47 @@ class Attention(ProjectedAttention):
         if attn_bias is not None:
             logits = logits + attn_bias
         return logits.softmax(dim=-1)
+
+
+class AttentionPoolLatent(nn.Module):
+    """Attention pooling with a learned query (SigLIP's "MAP" head; Lee et al., "Set
+    Transformer", ICML 2019; timm's ``AttentionPoolLatent``, whose keys it keeps).
+
+    One learned latent token queries the sequence (multi-head attention: the latent projected by
+    ``q``, the tokens by ``kv`` into keys and values), the result is projected, and a pre-norm
+    MLP is added to it: ``y = proj(attn(q(latent), kv(x))); y + mlp(norm(y))``.
+
+    Args:
+        dim: token width C.
+        num_heads: heads of the pooling attention.
+        mlp_ratio: hidden width of the MLP over ``dim``.
+        norm_layer: the norm before the MLP.
+        act_layer: the MLP's activation.
+
+    Shapes:
+        (B, N, C) -> (B, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_ratio: float = 4.0, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+                 act_layer: Callable[[], nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, dim))
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer)
+        self.fused = True
+        trunc_normal_(self.latent, std=dim**-0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        nH = self.num_heads
+        q = linear(self.q, self.latent).view(1, nH, 1, C // nH).expand(B, -1, -1, -1)  # B, nH, 1, hd
+        k, v = linear(self.kv, x).view(B, N, 2, nH, C // nH).permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, nH, N, hd)
+        y = attention(q, k, v, fused=self.fused).transpose(1, 2).reshape(B, 1, C)  # B, 1, C
+        y = linear(self.proj, y)
+        return (y + self.mlp(self.norm(y)))[:, 0]  # B, C

@@ -8,7 +8,8 @@ Papers:
 
 The image is cut into p x p patches, each embedded linearly; a class token is prepended,
 position embeddings are added, and a stack of pre-norm transformer blocks follows. The
-class token (or the mean of the patch tokens) feeds the classifier.
+class token, the mean of the patch tokens, or an attention pool whose learned query reads them
+(SigLIP's head, ``global_pool="map"``) feeds the classifier.
 
 Position embeddings (``ViTConfig.pos_embed``), as in the paper's Table 8:
 
@@ -45,6 +46,7 @@ from ..base import FeatureInfo, VisionModel
 from ..layers import (
     NORM_POOL_TYPES,
     Attention,
+    AttentionPoolLatent,
     DropPath,
     Mlp,
     PatchEmbed,
@@ -242,7 +244,9 @@ class ViTConfig:
         class_token: prepend a learned class token.
         global_pool: ``token`` (class token), or a pool of the patch tokens with the final norm
             applied after pooling (as timm's): ``avg`` (their mean, timm's ``*_gap`` models),
-            ``max``, ``avgmax`` (the two averaged).
+            ``max``, ``avgmax`` (the two averaged); or ``map``, attention pooling with a learned
+            query after the final norm (SigLIP's head; :class:`~visionzoo.layers.AttentionPoolLatent`,
+            key ``attn_pool``).
         pos_embed: one of ``none``, ``learned_1d``, ``learned_2d``, ``relative`` (the paper's
             1-D relative attention), ``relative_2d`` (2-D offsets, not in the paper).
         pos_embed_at: one of ``stem``, ``every_layer``, ``every_layer_shared``.
@@ -313,7 +317,7 @@ class VisionTransformer(VisionModel):
     family = "vit"
     size_dependent = True
     block_features = True
-    pool_types = ("token", *NORM_POOL_TYPES)  # timm's, but for its attention pool 'map'
+    pool_types = ("token", *NORM_POOL_TYPES, "map")  # timm's, but for its 'prr' pool
     grad_checkpoint_units = (r"blocks\.\d+",)
 
     def __init__(
@@ -396,8 +400,11 @@ class VisionTransformer(VisionModel):
         else:
             blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*blocks)
-        use_fc_norm = cfg.global_pool != "token" if cfg.fc_norm is None else cfg.fc_norm
+        use_fc_norm = cfg.global_pool not in ("token", "map") if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else norm_layer(D)
+        self.attn_pool = None
+        if cfg.global_pool == "map":  # after the final norm, as timm's
+            self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer])
         self.fc_norm = norm_layer(D) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = classifier(D, num_classes)
@@ -488,7 +495,12 @@ class VisionTransformer(VisionModel):
             if self.distilled_training and self.training:
                 return x, x_dist  # type: ignore[return-value]  (class and distillation logits)
             return (x + x_dist) / 2
-        x = x[:, 0] if self.global_pool == "token" else global_pool_2d(x[:, self.num_prefix_tokens :], self.global_pool, 1)  # B, D
+        if self.global_pool == "token":
+            x = x[:, 0]  # B, D
+        elif self.global_pool == "map":
+            x = self.attn_pool(x[:, self.num_prefix_tokens :])  # B, D
+        else:
+            x = global_pool_2d(x[:, self.num_prefix_tokens :], self.global_pool, 1)  # B, D
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
 
@@ -498,9 +510,15 @@ class VisionTransformer(VisionModel):
 
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
         """As the base class's: ``'token'`` (the class token, the default), or ``'avg'``,
-        ``'max'`` or ``'avgmax'`` of the patch tokens; the norms stay as built, as in timm."""
+        ``'max'`` or ``'avgmax'`` of the patch tokens; the norms stay as built, as in timm.
+        ``'map'`` only on a model built with it; another pool drops its attention pool (timm's),
+        while ``''`` (unpooled tokens) keeps it, so that ``'map'`` can be set again."""
         if pool not in self.pool_types:
             return super().set_global_pool(pool, num_classes)
+        if pool == "map" and self.attn_pool is None:
+            raise ValueError(f"{self._name()}: global_pool='map' needs the attention pool a model built with global_pool='map' has; this one has none")
+        if pool != "map":
+            self.attn_pool = None
         if pool == "token" and not self.cfg.class_token:
             raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
         if pool != "token" and self.cfg.distilled:
@@ -567,6 +585,7 @@ class VisionTransformer(VisionModel):
         self.reset_classifier(0)
         self.norm = nn.Identity()
         self.fc_norm = nn.Identity()
+        self.attn_pool = None
         if self.cfg.pos_embed_at != "every_layer":
             self.blocks = self.blocks[: max(indices) + 1]
 
@@ -804,6 +823,26 @@ _TIMM_VITS |= {
         for _r in (224, 378)
     },
 }
+
+# SigLIP's image towers (Zhai et al., "Sigmoid Loss for Language Image Pre-Training", ICCV 2023;
+# SigLIP 2 weights alike): no class token, the attention-pool head ("map") or, in the _gap_ ones,
+# the mean of the tokens after the final norm; timm's default weights are the bare towers. The
+# shape-optimised so400m (Alabdulmohsin et al., NeurIPS 2023) and giantopt widths. timm's
+# so400m_patch14 at 384 is left out: 14 does not divide 384 (timm truncates, 378 is its corrected size).
+_SIGLIP_SIZES = {"base": (768, 12, 12, 4.0), "large": (1024, 24, 16, 4.0), "so400m": (1152, 27, 16, 3.7362), "giantopt": (1536, 40, 16, 4.0)}
+for _size, _patch, _sides, _act in (
+    ("base", 16, (224, 256, 384, 512), "gelu"), ("base", 32, (256,), "gelu_tanh"), ("large", 16, (256, 384), "gelu"), ("large", 16, (512,), "gelu_tanh"),
+    ("so400m", 14, (224, 378, 448, 896), "gelu"), ("so400m", 16, (256, 384, 512), "gelu_tanh"), ("giantopt", 16, (256, 384), "gelu_tanh"),
+):
+    _d, _l, _h, _m = _SIGLIP_SIZES[_size]
+    for _r in _sides:
+        _pali = _patch == 14 and _r >= 448  # PaliGemma's so400m towers: the mean pool only, crop_pct 1
+        for _pool, _kw in (("", dict(global_pool="map")), ("_gap", dict(global_pool="avg", fc_norm=False))):
+            if _pool or not _pali:
+                _TIMM_VITS[f"vit_{_size}_patch{_patch}_siglip{_pool}_{_r}"] = (
+                    ViTConfig(patch_size=_patch, embed_dim=_d, depth=_l, num_heads=_h, mlp_ratio=_m, class_token=False, act_layer=_act, **_kw),
+                    _r, 1.0 if _pali else 0.9, _INCEPTION, 0,
+                )
 for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in _TIMM_VITS.items():
     VARIANTS[_n] = _cfg
     _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
@@ -875,7 +914,8 @@ register_family(
     published=PUBLISHED,
     paper=(
         "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021; DeiT III: Touvron et al., ECCV 2022; "
-        "DINOv2: Oquab et al., TMLR 2024; registers: Darcet et al., ICLR 2024; CLIP: Radford et al., ICML 2021)"
+        "DINOv2: Oquab et al., TMLR 2024; registers: Darcet et al., ICLR 2024; CLIP: Radford et al., ICML 2021; "
+        "SigLIP: Zhai et al., ICCV 2023)"
     ),
 )
 for _alias, _target in _TORCHVISION_NAMES.items():
