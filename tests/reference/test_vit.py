@@ -334,11 +334,12 @@ def test_dinov2_backbones_default_to_no_classifier_as_timm():
     assert visionzoo.create_model("vit_small_patch16_224", device="meta").num_classes == 1000  # the others as before
 
 
-@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_small_patch14_dinov2"])
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_small_patch14_dinov2", "vit_giant_patch14_reg4_dinov2"])
 def test_dinov2_official_checkpoint_loads_as_timm_converts_it(name):
     """The DINOv2 authors' layout (mask_token; with registers register_tokens, and a position
-    table with a class row that timm folds into the class token): loaded into our model, the
-    logits, tokens and maps equal timm's model loaded through timm's own converter."""
+    table with a class row that timm folds into the class token; ViT-g's SwiGLU layers named
+    w12 / w3): loaded into our model, the logits, tokens and maps equal timm's model loaded
+    through timm's own converter."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     kw = dict(img_size=70, num_classes=0, depth=3)
@@ -352,6 +353,7 @@ def test_dinov2_official_checkpoint_loads_as_timm_converts_it(name):
         official["register_tokens"] = official.pop("reg_token")
         official["pos_embed"] = torch.cat([row, official["pos_embed"]], dim=1)
         official["cls_token"] = official["cls_token"] - row
+    official = {k.replace(".mlp.fc1.", ".mlp.w12.").replace(".mlp.fc2.", ".mlp.w3.") if "giant" in name else k: v for k, v in official.items()}
     ref2 = timm.create_model(name, **kw).eval()
     ref2.load_state_dict(checkpoint_filter_fn(dict(official), ref2))
     ours = visionzoo.create_model(name, **kw).eval()
@@ -490,3 +492,25 @@ def test_attention_pool_on_any_vit_equals_timm():
     ours.float().reset_classifier(5, "avg")
     ref.float().reset_classifier(5, "avg")
     assert ours.attn_pool is None and ref.attn_pool is None
+
+
+def test_swiglu_mlp_on_any_vit_equals_timm():
+    """mlp_layer='swiglu_packed' (DINOv2 ViT-g's MLP: fc1 gives both halves, SiLU of the first
+    times the second goes into fc2; timm's SwiGLUPacked) on a small ViT: keys and logits equal
+    timm's with its weights, and float64 training gradients too; an odd hidden width and an
+    unknown mlp_layer are refused."""
+    from timm.layers import SwiGLUPacked
+
+    kw = dict(img_size=48, num_classes=3, mlp_ratio=3.0)
+    ref = build_random(lambda: timm.create_model("vit_tiny_patch16_224", mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU, **kw))
+    ours = visionzoo.create_model("vit_tiny_patch16_224", mlp_layer="swiglu_packed", act_layer="silu", checkpoint=ref.state_dict(), **kw).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict()) and ours.blocks[0].mlp.fc2.in_features == 288
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+    diffs = gradient_rel_diffs(ours.double(), ref.double(), x.double())
+    assert max(diffs.values()) < 1e-9, max(diffs.items(), key=lambda kv: kv[1])
+    with pytest.raises(ValueError, match="hidden_features must be even, got 577"):
+        visionzoo.layers.GluMlp(192, 577)
+    with pytest.raises(ValueError, match="mlp_layer must be one of 'mlp', 'swiglu_packed', got 'swiglu'"):
+        visionzoo.create_model("vit_tiny_patch16_224", mlp_layer="swiglu")

@@ -5,7 +5,7 @@ from .conv import Conv2d, ConvNormAct, StdConv2d, apply_bn_act, apply_conv_bn, a
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
-from .mlp import Mlp, residual_mlp
+from .mlp import GluMlp, Mlp, residual_mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed, resample_patch_kernel
 from .pooling import NORM_POOL_TYPES, POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
@@ -20,6 +20,7 @@ __all__ = [
     "DropPath",
     "LayerNorm2d",
     "MaxPool2d",
+    "GluMlp",
     "Mlp",
     "NORM_POOL_TYPES",
     "POOL_TYPES",

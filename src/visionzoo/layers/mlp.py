@@ -12,7 +12,7 @@ from .drop_path import skippable
 from .helpers import autograd_off, no_hooks, plain_cpu_eager
 from .linear import linear, linear_add
 
-__all__ = ["Mlp", "residual_mlp"]
+__all__ = ["GluMlp", "Mlp", "residual_mlp"]
 
 # residual_mlp's blocks (measured on ConvNeXt-T, 2-core AVX2 host; BENCHMARKS.md)
 ROW_BLOCK = 1024  # tokens per block: a hidden block of 1.5 MB at width 96, ratio 4
@@ -124,3 +124,32 @@ class Mlp(nn.Module):
             and no_hooks(self, self.act, self.drop1, self.fc2, self.drop2)
         )
 
+
+class GluMlp(Mlp):
+    """GLU-gated perceptron (Shazeer, "GLU Variants Improve Transformer", 2020): fc1 gives both
+    halves of its ``hidden_features`` at once, ``act(first half) * second half`` goes into fc2.
+    With SiLU this is SwiGLU as DINOv2's ViT-g packs it (timm's ``SwiGLUPacked``; keys ``fc1`` /
+    ``fc2``, the authors' ``w12`` / ``w3``).
+
+    Args:
+        in_features: input width.
+        hidden_features: fc1's output width, both halves (even).
+        out_features: output width (default ``in_features``).
+        act_layer: the gate's activation.
+        drop: dropout after the gating and after fc2.
+        bias: biases on both layers.
+
+    Shapes:
+        (..., in_features) -> (..., out_features).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, *, act_layer: Callable[[], nn.Module] = nn.SiLU,
+                 drop: float = 0.0, bias: bool = True) -> None:
+        if hidden_features % 2:
+            raise ValueError(f"a GLU MLP splits fc1's output in two halves: hidden_features must be even, got {hidden_features}")
+        super().__init__(in_features, hidden_features, out_features, act_layer=act_layer, drop=drop, bias=bias)
+        self.fc2 = nn.Linear(hidden_features // 2, out_features or in_features, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = linear(self.fc1, x).chunk(2, dim=-1)  # 2 x (..., hidden / 2)
+        return self.drop2(linear(self.fc2, self.drop1(self.act(x1) * x2)))

@@ -48,6 +48,7 @@ from ..layers import (
     Attention,
     AttentionPoolLatent,
     DropPath,
+    GluMlp,
     Mlp,
     PatchEmbed,
     attention,
@@ -74,7 +75,9 @@ __all__ = ["ViTConfig", "VisionTransformer"]
 POS_EMBEDS = ("none", "learned_1d", "learned_2d", "relative", "relative_2d")
 RELATIVE = ("relative", "relative_2d")
 #: the MLPs' activations (timm's act_layer names)
-ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "quick_gelu": QuickGELU}
+ACT_LAYERS: dict[str, Callable[[], nn.Module]] = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "quick_gelu": QuickGELU, "silu": nn.SiLU}
+#: the blocks' MLP: two linear layers, or SwiGLU packed into one fc1 (DINOv2's ViT-g; timm's SwiGLUPacked)
+MLP_LAYERS: dict[str, type[Mlp]] = {"mlp": Mlp, "swiglu_packed": GluMlp}
 POS_EMBED_AT = ("stem", "every_layer", "every_layer_shared")
 
 
@@ -116,6 +119,7 @@ class Block(nn.Module):
         attn_layer: type[Attention] = Attention,
         act_layer: Callable[[], nn.Module] = nn.GELU,
         init_values: float | None = None,
+        mlp_layer: type[Mlp] = Mlp,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -123,7 +127,7 @@ class Block(nn.Module):
         self.ls1 = LayerScale(dim, init_values) if init_values else None  # timm's rule: 0 or None, no layer scale
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         self.ls2 = LayerScale(dim, init_values) if init_values else None
         self.drop_path2 = DropPath(drop_path)
 
@@ -264,8 +268,11 @@ class ViTConfig:
         pre_norm: a LayerNorm on the tokens before the first block (``norm_pre``), and a
             bias-free patch projection (CLIP's image tower; timm's ``pre_norm``).
         norm_eps: every LayerNorm's epsilon (1e-6; CLIP's towers 1e-5, PyTorch's default).
-        act_layer: the MLPs' activation: ``gelu`` (exact), ``gelu_tanh`` or ``quick_gelu``
-            (OpenAI CLIP's ``x * sigmoid(1.702 x)``).
+        act_layer: the MLPs' activation: ``gelu`` (exact), ``gelu_tanh``, ``quick_gelu``
+            (OpenAI CLIP's ``x * sigmoid(1.702 x)``) or ``silu``.
+        mlp_layer: ``mlp`` (two linear layers) or ``swiglu_packed``: fc1 gives
+            ``embed_dim * mlp_ratio`` outputs, ``act(first half) * second half`` goes into fc2
+            (DINOv2's ViT-g with ``act_layer="silu"``; timm's ``SwiGLUPacked``).
         reg_tokens: learned register tokens after the class token, which no head reads
             (Darcet et al., "Vision Transformers Need Registers", ICLR 2024; timm's
             ``reg_tokens``, key ``reg_token``); they count among the prefix tokens.
@@ -292,6 +299,7 @@ class ViTConfig:
     pre_norm: bool = False
     norm_eps: float = 1e-6
     act_layer: str = "gelu"
+    mlp_layer: str = "mlp"
     reg_tokens: int = 0
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
@@ -349,6 +357,8 @@ class VisionTransformer(VisionModel):
         check_int("reg_tokens", cfg.reg_tokens, 0)
         if cfg.act_layer not in ACT_LAYERS:
             raise ValueError(f"act_layer must be one of {', '.join(map(repr, ACT_LAYERS))}, got {cfg.act_layer!r}")
+        if cfg.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f"mlp_layer must be one of {', '.join(map(repr, MLP_LAYERS))}, got {cfg.mlp_layer!r}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -393,7 +403,7 @@ class VisionTransformer(VisionModel):
 
         dpr = drop_path_rates(drop_path_rate, cfg.depth)
         block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values,
-                            norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer])
+                            norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer], mlp_layer=MLP_LAYERS[cfg.mlp_layer])
         if cfg.pos_embed in RELATIVE:
             attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P, two_d=cfg.pos_embed == "relative_2d")
             blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
@@ -738,12 +748,14 @@ for _size, (_d, _l, _h), _p, _sides in (
 # DINOv2 (Oquab et al., TMLR 2024): self-supervised backbones released without a classifier (their
 # default is num_classes=0, as timm's), LayerScale 1e-5, patch 14 at 518 px; with registers (Darcet
 # et al., ICLR 2024): four register tokens, the class row of the position table in the class token
-# (:func:`.vit_convert._from_dinov2`). ViT-g is left out: its MLP is SwiGLU, which visionzoo's ViT does not build.
-for _size in ("small", "base", "large"):
-    _d, _l, _h = _SIZES[_size]
+# (:func:`.vit_convert._from_dinov2`). ViT-g (1536 wide, 40 blocks of 24 heads): a SwiGLU MLP packed
+# into one fc1 of 2 x 4096 outputs (the authors' hidden width (int(4 * 1536 * 2 / 3) + 7) // 8 * 8).
+for _size in ("small", "base", "large", "giant"):
+    _d, _l, _h = _SIZES[_size] if _size != "giant" else (1536, 40, 24)
+    _mlp = dict(mlp_ratio=8192 / 1536, mlp_layer="swiglu_packed", act_layer="silu") if _size == "giant" else {}
     for _reg in (0, 4):
         _n = f"vit_{_size}_patch14_{'reg4_' if _reg else ''}dinov2"
-        VARIANTS[_n] = ViTConfig(patch_size=14, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-5, reg_tokens=_reg, no_embed_class=bool(_reg))
+        VARIANTS[_n] = ViTConfig(patch_size=14, embed_dim=_d, depth=_l, num_heads=_h, init_values=1e-5, reg_tokens=_reg, no_embed_class=bool(_reg), **_mlp)
         _DEFAULT_CFGS[_n] = default_cfg(518, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=1.0, first_conv="patch_embed.proj", num_classes=0)
 
 # timm's other plain ViTs: patch 8 (AugReg; DINO's ViT-S/8, released without a classifier),
@@ -822,6 +834,13 @@ _TIMM_VITS |= {
         f"vit_huge_patch14_clip_quickgelu_{_r}": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, act_layer="quick_gelu", **_CLIP), _r, 1.0, _OPENAI_CLIP, 1024)
         for _r in (224, 378)
     },
+    # ViT-g/14 and ViT-G/14 ("bigG"; Zhai et al., "Scaling Vision Transformers", CVPR 2022) as OpenCLIP's
+    # and MetaCLIP's towers
+    "vit_giant_patch14_clip_224": (ViTConfig(patch_size=14, embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, **_CLIP), 224, 1.0, _OPENAI_CLIP, 1024),
+    **{
+        f"vit_gigantic_patch14_clip{_q}_{_r}": (ViTConfig(patch_size=14, embed_dim=1664, depth=48, num_heads=16, mlp_ratio=64 / 13, act_layer="quick_gelu" if _q else "gelu", **_CLIP), _r, 1.0, _OPENAI_CLIP, 1280)
+        for _q, _r in (("", 224), ("", 378), ("_quickgelu", 224))
+    },
 }
 
 # SigLIP's image towers (Zhai et al., "Sigmoid Loss for Language Image Pre-Training", ICCV 2023;
@@ -894,6 +913,7 @@ PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
         for size, reg, params, top1, knn in (
             ("small", "", 22.1, 81.1, 79.0), ("small", "reg4_", 22.1, 80.9, 79.1), ("base", "", 86.6, 84.5, 82.1),
             ("base", "reg4_", 86.6, 84.6, 82.0), ("large", "", 304.4, 86.3, 83.5), ("large", "reg4_", 304.4, 86.7, 83.8),
+            ("giant", "", 1136.5, 86.5, 83.5), ("giant", "reg4_", 1136.5, 87.1, 83.7),
         )
     },
 }

@@ -48,11 +48,12 @@ def _jax_conv(w: Tensor) -> Tensor:
 
 def _from_dinov2(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     """The DINOv2 authors' backbones (facebookresearch/dinov2 ``*_pretrain.pth``): timm's keys,
-    plus the masked-modelling ``mask_token`` that inference never reads (dropped). With
+    plus the masked-modelling ``mask_token`` that inference never reads (dropped), and ViT-g's
+    SwiGLU layers named ``w12`` / ``w3`` (timm's ``fc1`` / ``fc2``). With
     registers (``register_tokens``) their position embedding has a class row, which the class
     token takes in: the tokens are the same after the stem, in the patch-only layout of
     ``no_embed_class`` that timm and visionzoo build for them."""
-    sd = dict(sd)
+    sd = {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v for k, v in sd.items()}  # ViT-g's SwiGLU
     sd.pop("mask_token")
     if "register_tokens" in sd:
         sd["reg_token"] = sd.pop("register_tokens")
