@@ -152,7 +152,8 @@ class EfficientNetConfig:
             or one per stage (timm's ``efficientnetv2_rw_m``).
         resolution: the input side the variant was trained at (the third coefficient).
         drop_rate: dropout before the classifier.
-        stem_chs, head_chs: B0's stem and head widths (scaled unless ``scale_stem_head`` is off).
+        stem_chs, head_chs: the unscaled stem and head widths (B0's 32 and 1280; V2-S 24 and 1280),
+            scaled unless ``scale_stem_head`` is off.
         scale_stem_head: Lite keeps 32 / 1280.
         scale_first_last_repeats: Lite keeps the first and last stages at their B0 repeats.
         se_ratio: SE width as a fraction of the block's input width (0: no SE, as Lite).
