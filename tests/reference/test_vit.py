@@ -429,7 +429,7 @@ def test_clip_tower_options_on_any_vit_equal_timm(act):
             assert max_rel_diff(f, e) < 1e-5
     t = torch.linspace(-4, 4, 9)
     torch.testing.assert_close(QuickGELU()(t), t / (1 + torch.exp(-1.702 * t)))
-    with pytest.raises(ValueError, match="act_layer must be one of 'gelu', 'gelu_tanh', 'quick_gelu', got 'relu'"):
+    with pytest.raises(ValueError, match="act_layer must be one of 'gelu', 'gelu_tanh', 'quick_gelu', 'silu', got 'relu'"):
         visionzoo.create_model("vit_tiny_patch16_224", act_layer="relu")
 
 
