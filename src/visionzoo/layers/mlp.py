@@ -74,6 +74,9 @@ class Mlp(nn.Module):
         (..., in_features) -> (..., out_features).
     """
 
+    #: the parts fc1's output is cut into, whose product reaches fc2 (:class:`GluMlp`: 2)
+    fc1_chunks = 1
+
     def __init__(
         self,
         in_features: int,
@@ -90,7 +93,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()
         self.drop1 = nn.Dropout(drop)
-        self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
+        self.fc2 = nn.Linear(hidden_features // self.fc1_chunks, out_features, bias=bias)
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -143,12 +146,13 @@ class GluMlp(Mlp):
         (..., in_features) -> (..., out_features).
     """
 
+    fc1_chunks = 2
+
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, *, act_layer: Callable[[], nn.Module] = nn.SiLU,
                  drop: float = 0.0, bias: bool = True) -> None:
         if hidden_features % 2:
             raise ValueError(f"a GLU MLP splits fc1's output in two halves: hidden_features must be even, got {hidden_features}")
         super().__init__(in_features, hidden_features, out_features, act_layer=act_layer, drop=drop, bias=bias)
-        self.fc2 = nn.Linear(hidden_features // 2, out_features or in_features, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = linear(self.fc1, x).chunk(2, dim=-1)  # 2 x (..., hidden / 2)
