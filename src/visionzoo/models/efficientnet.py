@@ -745,7 +745,7 @@ _V2_PUBLISHED = {
     "efficientnetv2_m": dict(params=54.0, top1=85.1, note="paper: 24 B FLOPs at 480; counted 24.58 GMACs at 480"),
     "efficientnetv2_l": dict(params=120.0, top1=85.7, note="paper: 53 B FLOPs at 480; counted 56.08 GMACs at 480 (as torchvision's)"),
     "efficientnetv2_xl": dict(params=208.0, top1=87.3, note="paper: 94 B FLOPs at 512, top-1 after ImageNet-21k pre-training; counted 93.35 GMACs"),
-    **{f"efficientnetv2_b{i}": dict(params=p, top1=t, note=f"official release: {f} B FLOPs at {r}; counted {c} GMACs")
+    **{f"tf_efficientnetv2_b{i}": dict(params=p, top1=t, note=f"official release: {f} B FLOPs at {r}; counted {c} GMACs")
        for i, (p, t, f, r, c) in enumerate([(7.1, 78.7, 0.72, 224, 0.718), (8.1, 79.8, 1.2, 240, 1.197), (10.1, 80.5, 1.7, 260, 1.698), (14.4, 82.1, 3.0, 300, 3.011)])},
 }
 
@@ -755,7 +755,7 @@ register_family(
     VARIANTS,
     default_cfgs=_default_cfg,
     # the tf_ names carry the papers' figures too: their weights are the papers' own (TensorFlow)
-    published={n: f for name, f in (PUBLISHED | _V2_PUBLISHED).items() for n in (name, f"tf_{name}") if n in VARIANTS},
+    published={n: f for name, f in (PUBLISHED | _V2_PUBLISHED).items() for n in (name, f"tf_{name}") if n in VARIANTS},  # (B0-B3 are tf_ only)
     paper="Tan & Le, EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks, ICML 2019; "
           "EfficientNetV2: Smaller Models and Faster Training, ICML 2021",
 )
