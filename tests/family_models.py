@@ -30,15 +30,15 @@ def small_side(model) -> int:
 
 
 def shallow_options(name: str) -> dict:
-    """ViT-L and ViT-H at 4 of their 24 / 32 blocks, the ConvNeXts of 2048 channels and more
+    """ViT-L, ViT-H and the EVAs at 4 of their 24-40 blocks (EVA-02-CLIP-E at 2 of 64), the ConvNeXts of 2048 channels and more
     (XL, V2-H) at 3 blocks a stage, and EfficientNetV2-L / XL at a quarter of their blocks, for
     checks that build and run them: each block is the same code, and 120-660M parameters took
     10-45 s a check on 2 cores. Widths, heads, patch and input size stay; their full depth is
     checked by the parameter counts of the reference tests and by the slow every-shared-model
     sweep."""
     entry = get_entry(name)
-    if entry.family == "vit" and entry.config.depth > 12:
-        return {"depth": 4}
+    if entry.family in ("vit", "eva") and entry.config.depth > 12:
+        return {"depth": 4 if entry.config.embed_dim < 1792 else 2}  # EVA-02-CLIP-E's blocks are 68M each
     if entry.family == "convnext" and entry.config.dims[-1] >= 2048:
         return {"depths": (3, 3, 3, 3)}
     if entry.family == "efficientnet" and sum(s.repeats for s in entry.config.stages) > 60:

@@ -5,11 +5,11 @@ from .conv import Conv2d, ConvNormAct, StdConv2d, apply_bn_act, apply_conv_bn, a
 from .drop_path import DropPath, drop_path_rates, skippable
 from .helpers import check_int, check_output_stride, classifier, clear_derived_caches, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, pad_to_fit, to_2tuple, trunc_normal_
 from .linear import add_projection, linear, linear_act, linear_add
-from .mlp import GluMlp, Mlp, residual_mlp
+from .mlp import GluMlp, Mlp, SwiGLU, residual_mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed, resample_patch_kernel
 from .pooling import NORM_POOL_TYPES, POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
-from .pos_embed import relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table
+from .pos_embed import apply_rope, relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table, rope_2d
 from .se import SqueezeExcite
 
 __all__ = [
@@ -27,8 +27,10 @@ __all__ = [
     "PatchEmbed",
     "ProjectedAttention",
     "SqueezeExcite",
+    "SwiGLU",
     "StdConv2d",
     "add_projection",
+    "apply_rope",
     "apply_bn_act",
     "apply_conv_bn",
     "apply_conv_bn_seq",
@@ -57,6 +59,7 @@ __all__ = [
     "resample_patch_kernel",
     "residual_mlp",
     "resize_rel_pos_bias_table",
+    "rope_2d",
     "set_bn_folding",
     "set_conv_packing",
     "set_fused_attention",

@@ -12,7 +12,7 @@ from .drop_path import skippable
 from .helpers import autograd_off, no_hooks, plain_cpu_eager
 from .linear import linear, linear_add
 
-__all__ = ["GluMlp", "Mlp", "residual_mlp"]
+__all__ = ["GluMlp", "Mlp", "SwiGLU", "residual_mlp"]
 
 # residual_mlp's blocks (measured on ConvNeXt-T, 2-core AVX2 host; BENCHMARKS.md)
 ROW_BLOCK = 1024  # tokens per block: a hidden block of 1.5 MB at width 96, ratio 4
@@ -157,3 +157,37 @@ class GluMlp(Mlp):
     def forward(self, x: Tensor) -> Tensor:
         x1, x2 = linear(self.fc1, x).chunk(2, dim=-1)  # 2 x (..., hidden / 2)
         return self.drop2(linear(self.fc2, self.drop1(self.act(x1) * x2)))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU perceptron with the gate and the value as two layers (Shazeer 2020; EVA-02's MLP,
+    timm's ``SwiGLU``, whose keys it keeps): ``fc2(norm(act(fc1_g(x)) * fc1_x(x)))``, where
+    ``norm`` is an optional LayerNorm on the hidden layer (EVA-02's sub-LN, "NormFormer").
+
+    Args:
+        in_features: input width.
+        hidden_features: width of the gated product (each of ``fc1_g`` and ``fc1_x``).
+        out_features: output width (default ``in_features``).
+        act_layer: the gate's activation.
+        norm_layer: a norm over the hidden layer, or None.
+        drop: dropout after the gating and after fc2.
+        bias: biases on the three layers.
+
+    Shapes:
+        (..., in_features) -> (..., out_features).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, *, act_layer: Callable[[], nn.Module] = nn.SiLU,
+                 norm_layer: Callable[[int], nn.Module] | None = None, drop: float = 0.0, bias: bool = True) -> None:
+        super().__init__()
+        self.fc1_g = nn.Linear(in_features, hidden_features, bias=bias)
+        self.fc1_x = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = norm_layer(hidden_features) if norm_layer is not None else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features, bias=bias)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = linear(self.fc1_g, x, self.act) * linear(self.fc1_x, x)  # ..., hidden
+        return self.drop2(linear(self.fc2, self.norm(self.drop1(x))))

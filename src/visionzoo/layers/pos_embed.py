@@ -1,6 +1,7 @@
-"""Resampling of absolute position embeddings and relative-position bias tables.
+"""Resampling of absolute position embeddings and relative-position bias tables; 2-D rotary
+position embeddings.
 
-Used on the fly (an input of another size than the trained one) and by
+The resampling is used on the fly (an input of another size than the trained one) and by
 :func:`visionzoo.load_checkpoint` (a checkpoint trained at another size or window).
 """
 
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["resample_abs_pos_embed", "resize_rel_pos_bias_table", "relative_position_index"]
+__all__ = ["apply_rope", "resample_abs_pos_embed", "resize_rel_pos_bias_table", "relative_position_index", "rope_2d"]
 
 
 def resample_abs_pos_embed(
@@ -98,3 +99,41 @@ def relative_position_index(window: tuple[int, int]) -> Tensor:
     rel = coords[:, :, None] - coords[:, None, :]  # 2, N, N
     rel = rel.permute(1, 2, 0)  # N, N, 2
     return (rel[..., 0] + Mh - 1) * (2 * Mw - 1) + (rel[..., 1] + Mw - 1)
+
+
+def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None,
+            device: torch.device | str | None = None) -> Tensor:
+    """Axial 2-D rotary position embedding (Su et al., "RoFormer", 2021; in 2-D as EVA-02,
+    Fang et al. 2023): the sines and cosines :func:`apply_rope` rotates queries and keys by.
+
+    A head's ``head_dim`` channels form ``head_dim / 2`` pairs (channels 2i, 2i + 1). The
+    first half of the pairs turns with the patch's row, the second half with its column, pair
+    j of a half by the angle ``coordinate * temperature ** (-j / (head_dim / 4))``. With
+    ``ref_grid`` the coordinates are rescaled to that grid's extent (``row * ref_h / Gh``):
+    EVA-02's rule for a grid other than the one it was trained on.
+
+    Returns:
+        (Gh * Gw, 2 * head_dim) float32: the sines, then the cosines, each repeated for both
+        channels of its pair; patches in raster order.
+    """
+    if head_dim % 4:
+        raise ValueError(f"a 2-D rotary embedding splits each head's channels into 2 axes of pairs: head_dim must divide by 4, got {head_dim}")
+    n = head_dim // 4
+    bands = 1.0 / temperature ** (torch.arange(n, device=device).float() / n)  # n
+    coords = [torch.arange(g, device=device).float() for g in grid]
+    if ref_grid is not None:
+        coords = [c / g * r for c, g, r in zip(coords, grid, ref_grid)]
+    rows_cols = torch.stack(torch.meshgrid(*coords, indexing="ij"), dim=-1)  # Gh, Gw, 2
+    angles = (rows_cols[..., None] * bands).flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (row bands, then column bands)
+    angles = angles.repeat_interleave(2, dim=-1)  # Gh*Gw, head_dim: one angle per pair of channels
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+    """Rotate each pair of channels (2i, 2i + 1) of ``x`` (..., N, hd) by the angles of
+    :func:`rope_2d`'s (N, 2 * hd) table: ``(a, b) -> (a cos - b sin, b cos + a sin)``; computed in
+    the table's precision, returned in ``x``'s dtype."""
+    sin, cos = rope.chunk(2, dim=-1)  # N, hd each
+    pairs = x.unflatten(-1, (-1, 2))  # ..., N, hd/2, 2
+    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # ..., N, hd: (-b, a) per pair
+    return (x * cos + turned * sin).to(x.dtype)

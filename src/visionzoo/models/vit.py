@@ -327,6 +327,7 @@ class VisionTransformer(VisionModel):
     block_features = True
     pool_types = ("token", *NORM_POOL_TYPES, "map")  # timm's, but for its 'prr' pool
     grad_checkpoint_units = (r"blocks\.\d+",)
+    mlp_layers: tuple[str, ...] = tuple(MLP_LAYERS)  # the ``mlp_layer`` names the blocks take
 
     def __init__(
         self,
@@ -357,8 +358,8 @@ class VisionTransformer(VisionModel):
         check_int("reg_tokens", cfg.reg_tokens, 0)
         if cfg.act_layer not in ACT_LAYERS:
             raise ValueError(f"act_layer must be one of {', '.join(map(repr, ACT_LAYERS))}, got {cfg.act_layer!r}")
-        if cfg.mlp_layer not in MLP_LAYERS:
-            raise ValueError(f"mlp_layer must be one of {', '.join(map(repr, MLP_LAYERS))}, got {cfg.mlp_layer!r}")
+        if cfg.mlp_layer not in self.mlp_layers:
+            raise ValueError(f"mlp_layer must be one of {', '.join(map(repr, self.mlp_layers))}, got {cfg.mlp_layer!r}")
         self.cfg = cfg
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -401,15 +402,7 @@ class VisionTransformer(VisionModel):
         norm_layer = partial(nn.LayerNorm, eps=cfg.norm_eps)
         self.norm_pre = norm_layer(D) if cfg.pre_norm else None
 
-        dpr = drop_path_rates(drop_path_rate, cfg.depth)
-        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values,
-                            norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer], mlp_layer=MLP_LAYERS[cfg.mlp_layer])
-        if cfg.pos_embed in RELATIVE:
-            attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=P, two_d=cfg.pos_embed == "relative_2d")
-            blocks = [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
-        else:
-            blocks = [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks = nn.Sequential(*self._build_blocks(drop_path_rates(drop_path_rate, cfg.depth), norm_layer))
         use_fc_norm = cfg.global_pool not in ("token", "map") if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm else norm_layer(D)
         self.attn_pool = None
@@ -425,6 +418,16 @@ class VisionTransformer(VisionModel):
 
         self.feature_info = [FeatureInfo(D, stride, f"blocks.{i}") for i in range(cfg.depth)]
         self._init_weights()
+
+    def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
+        """The transformer blocks, block i with stochastic depth ``dpr[i]`` (a subclass builds its own)."""
+        cfg, D = self.cfg, self.embed_dim
+        block_kwargs = dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate, init_values=cfg.init_values,
+                            norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer], mlp_layer=MLP_LAYERS[cfg.mlp_layer])
+        if cfg.pos_embed in RELATIVE:
+            attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens, two_d=cfg.pos_embed == "relative_2d")
+            return [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
+        return [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
 
     def _init_weights(self) -> None:
         for p in (self.pos_embed, self.pos_embed_row, self.pos_embed_col, self.pos_embed_prefix):
@@ -862,11 +865,17 @@ for _size, _patch, _sides, _act in (
                     ViTConfig(patch_size=_patch, embed_dim=_d, depth=_l, num_heads=_h, mlp_ratio=_m, class_token=False, act_layer=_act, **_kw),
                     _r, 1.0 if _pali else 0.9, _INCEPTION, 0,
                 )
+# EVA-L (Fang et al., CVPR 2023): a ViT-L/14 pre-trained by MIM towards EVA-CLIP's features, mean-pooled
+_TIMM_VITS |= {
+    f"eva_large_patch14_{_r}": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16, global_pool="avg"), _r, 1.0, _OPENAI_CLIP, 1000)
+    for _r in (196, 336)
+}
 for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in _TIMM_VITS.items():
     VARIANTS[_n] = _cfg
     _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
     if _n == "vit_base_patch16_224_miil":
         _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
+_DEFAULT_CFGS["eva_large_patch14_336"]["crop_mode"] = "squash"  # timm's default weights were evaluated so
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"

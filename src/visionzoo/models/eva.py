@@ -1,0 +1,408 @@
+"""EVA and EVA-02: plain ViTs pre-trained by masked image modelling towards CLIP features.
+
+Papers:
+    Fang et al., "EVA: Exploring the Limits of Masked Visual Representation Learning at
+    Scale", CVPR 2023 (EVA-g: a ViT-g/14 of 1408 wide, 40 blocks).
+    Fang et al., "EVA-02: A Visual Representation for Neon Genesis", 2023 (arXiv 2303.11331).
+    Sun et al., "EVA-CLIP: Improved Training Techniques for CLIP at Scale", 2023.
+
+EVA-g is a ViT with an average-pooled head. EVA-02 keeps the plain ViT and changes its block
+(the paper's "TrV", Fig. 2):
+
+* 2-D rotary position embeddings on every block's queries and keys (:func:`~visionzoo.layers.rope_2d`;
+  the class token is not rotated), besides the learned absolute embedding;
+* a SwiGLU MLP whose hidden width is 2/3 of the plain MLP's (``mlp_ratio`` 8/3), so that
+  parameters and FLOPs stay those of the ViT: packed into one fc1 in Ti and S, two layers
+  (``fc1_g``, ``fc1_x``) with a LayerNorm on the hidden layer ("sub-LN") in B and L;
+* queries and values with a bias and keys without (the BEiT layout: ``q_bias``, ``v_bias``),
+  or three separate projections in B and L; the EVA-CLIP towers add a LayerNorm on the
+  heads' output before the projection (``scale_attn_inner``);
+* EVA-02-CLIP-E (``eva02_enormous``): post-norm blocks, ``x + norm(attn(x))``.
+
+Keys are timm's (``timm.models.eva``), so its checkpoints load as they are; the authors' and
+EVA-CLIP's layouts convert (:func:`_from_official`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoints import identity, register_converter
+from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, rope_2d
+from ..layers.drop_path import DropPath
+from ..layers.helpers import no_hooks, trunc_normal_
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, default_cfg, register_family
+from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
+
+__all__ = ["Eva", "EvaAttention", "EvaBlock", "EvaConfig"]
+
+
+# --------------------------------------------------------------------------- blocks
+class EvaAttention(ProjectedAttention):
+    """Multi-head self-attention with EVA's projections and rotary position embeddings.
+
+    Args:
+        dim: token width C (``num_heads`` must divide it).
+        num_heads: heads nH.
+        qkv_bias: a bias on the queries and the values; the keys have none (a key bias
+            shifts every logit of a query alike, so softmax cancels it).
+        qkv_fused: one ``qkv`` projection (biases ``q_bias`` / ``v_bias``), or separate
+            ``q_proj``, ``k_proj``, ``v_proj``.
+        num_prefix_tokens: leading tokens (class, registers) the rotation leaves alone.
+        norm_layer: a norm over the heads' concatenated output before ``proj`` (EVA-CLIP's
+            ``inner_attn_ln``), or None.
+        attn_drop: dropout on the attention weights.
+        proj_drop: dropout after the output projection.
+
+    Shapes:
+        x: (B, N, C) -> (B, N, C); ``rope``: (N - num_prefix_tokens, 2 * hd) from :func:`~visionzoo.layers.rope_2d`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+                 norm_layer: Callable[[int], nn.Module] | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.num_prefix_tokens = num_prefix_tokens
+        self.fused = True
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and qkv_fused else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and qkv_fused else None
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False) if qkv_fused else None
+        self.q_proj = None if qkv_fused else nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = None if qkv_fused else nn.Linear(dim, dim, bias=False)
+        self.v_proj = None if qkv_fused else nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_heads(self, x: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-head queries, keys and values, each (B, nH, N, hd); the patch tokens' queries
+        and keys rotated by ``rope``."""
+        B, N, C = x.shape
+        nH, hd = self.num_heads, self.head_dim
+        if self.qkv is None:
+            q, k, v = (linear(p, x).view(B, N, nH, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))  # 3 x (B, nH, N, hd)
+        else:
+            if self.q_bias is None:
+                qkv = linear(self.qkv, x)
+            else:
+                bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # 3C: no key bias
+                qkv = linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
+            q, k, v = qkv.view(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nH, N, hd)
+        if rope is not None:
+            P = self.num_prefix_tokens
+            q = torch.cat([q[:, :, :P], apply_rope(q[:, :, P:], rope)], dim=2)
+            k = torch.cat([k[:, :, :P], apply_rope(k[:, :, P:], rope)], dim=2)
+        return q, k, v
+
+    def attend(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
+        """The heads' attended values, concatenated (and normed): (B, N, C) -> (B, N, C), before ``proj``."""
+        B, N, C = x.shape
+        q, k, v = self.qkv_heads(x, rope)
+        x = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)  # B, nH, N, hd
+        return self.norm(x.transpose(1, 2).reshape(B, N, C))  # B, N, C
+
+
+def _mlp(dim: int, hidden: int, kind: str, act_layer: Callable[[], nn.Module], norm_layer: Callable[[int], nn.Module] | None, drop: float) -> nn.Module:
+    """The block's MLP; ``hidden`` is the width fc2 reads (of the gated product for the GLUs)."""
+    if kind == "swiglu":
+        return SwiGLU(dim, hidden, act_layer=act_layer, norm_layer=norm_layer, drop=drop)
+    if kind == "swiglu_packed":
+        return GluMlp(dim, 2 * hidden, act_layer=act_layer, drop=drop)
+    return Mlp(dim, hidden, act_layer=act_layer, drop=drop)
+
+
+class EvaBlock(nn.Module):
+    """Pre-norm EVA block: ``x + attn(norm1(x), rope)``, then ``x + mlp(norm2(x))``; with
+    ``init_values`` each branch is scaled per channel first (``gamma_1``, ``gamma_2``).
+
+    Args:
+        dim: token width C.
+        num_heads: attention heads.
+        mlp_hidden: the MLP's hidden width (of the gated product for the GLUs).
+        mlp_layer: ``mlp``, ``swiglu_packed`` or ``swiglu``.
+        act_layer: the MLP's activation.
+        norm_layer: the block's norms (and the sub-LNs).
+        qkv_bias, qkv_fused, num_prefix_tokens: as :class:`EvaAttention`'s.
+        scale_mlp: a norm on the SwiGLU's hidden layer.
+        scale_attn_inner: a norm on the attention's output before its projection.
+        init_values: LayerScale's initial value; None: no layer scale.
+        drop, attn_drop, drop_path: dropout after the projections, on the attention weights,
+            and stochastic depth.
+
+    Shapes:
+        (B, N, C) -> (B, N, C).
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+                 scale_mlp: bool = False, scale_attn_inner: bool = False, init_values: float | None = None,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
+                                 norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
+        self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = norm_layer(dim)
+        self.mlp = _mlp(dim, mlp_hidden, mlp_layer, act_layer, norm_layer if scale_mlp else None, drop)
+        self.gamma_2 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
+        if self.gamma_1 is None:  # the projection accumulates into the residual in inference
+            x = self.attn.add_to(x, self.norm1(x), rope, drop_path=self.drop_path1)
+        else:
+            x = x + self.drop_path1(self.gamma_1 * self.attn(self.norm1(x), rope))
+        if self.gamma_2 is None and type(self.mlp) is Mlp:
+            return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
+        y = self.mlp(self.norm2(x))
+        return x + self.drop_path2(y if self.gamma_2 is None else self.gamma_2 * y)
+
+
+class EvaPostNormBlock(nn.Module):
+    """Post-norm EVA block (EVA-02-CLIP-E): ``x + norm1(attn(x, rope))``, then ``x + norm2(mlp(x))``.
+    Arguments as :class:`EvaBlock`'s, without layer scale."""
+
+    def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+                 scale_mlp: bool = False, scale_attn_inner: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
+                                 norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
+        self.norm1 = norm_layer(dim)
+        self.drop_path1 = DropPath(drop_path)
+        self.mlp = _mlp(dim, mlp_hidden, mlp_layer, act_layer, norm_layer if scale_mlp else None, drop)
+        self.norm2 = norm_layer(dim)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path1(self.norm1(self.attn(x, rope)))
+        return x + self.drop_path2(self.norm2(self.mlp(x)))
+
+
+# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class EvaConfig(ViTConfig):
+    """One EVA variant: :class:`~visionzoo.models.vit.ViTConfig`'s fields (the embedding, the
+    tokens, the pools, the dropouts), with EVA's defaults and these:
+
+    Attributes:
+        global_pool: ``avg`` (EVA's default: the mean of the patch tokens, then ``fc_norm``),
+            ``token`` (the CLIP towers), ``max``, ``avgmax``.
+        mlp_ratio: the MLP's hidden width over ``embed_dim``: of the gated product for the
+            SwiGLUs (EVA-02's 8/3, so fc1 of ``swiglu_packed`` is twice that wide), as timm's.
+        mlp_layer: ``mlp``, ``swiglu_packed`` (one fc1; Ti, S) or ``swiglu`` (``fc1_g`` and
+            ``fc1_x``; B, L).
+        init_values: layer scale's initial value (``gamma_1``, ``gamma_2``); None: none. As
+            timm's EVA, 0 makes a layer scale of zeros.
+        qkv_fused: one qkv projection, or three (``q_proj``, ``k_proj``, ``v_proj``).
+        scale_mlp: a LayerNorm on the SwiGLU's hidden layer (sub-LN; ``mlp_layer="swiglu"``).
+        scale_attn_inner: a LayerNorm on the attention's output before its projection (EVA-CLIP).
+        rope: 2-D rotary position embeddings in every block.
+        rope_ref_grid: the patch grid the rotary coordinates are scaled to (EVA-02's 16 x 16 of
+            its 224 px pre-training: a 448 px model turns by half a step per patch); None: the
+            patch index itself.
+        rope_temperature: the rotary frequencies' base.
+        post_norm: post-norm blocks (EVA-02-CLIP-E).
+    """
+
+    patch_size: int = 14
+    global_pool: str = "avg"
+    qkv_fused: bool = True
+    scale_mlp: bool = False
+    scale_attn_inner: bool = False
+    rope: bool = False
+    rope_ref_grid: tuple[int, int] | None = None
+    rope_temperature: float = 10000.0
+    post_norm: bool = False
+
+
+class Eva(VisionTransformer):
+    """EVA / EVA-02 classifier: a :class:`~visionzoo.models.vit.VisionTransformer` whose blocks
+    are :class:`EvaBlock` (or :class:`EvaPostNormBlock`) and take the rotary embedding.
+
+    Args:
+        cfg: the variant (see :class:`EvaConfig`).
+        num_classes: classifier outputs (0: none).
+        in_chans: image channels.
+        img_size: size the absolute position embedding (and the cached rotary table) is
+            built for; other sizes whose sides divide by the patch size resample the one and
+            recompute the other.
+        drop_path_rate: stochastic depth of the last block (linear from 0).
+
+    Shapes:
+        (B, in_chans, H, W) -> (B, num_classes); ``forward_features``: (B, P + N, C) tokens.
+    """
+
+    family = "eva"
+    mlp_layers = (*MLP_LAYERS, "swiglu")
+
+    def __init__(self, cfg: EvaConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
+        if cfg.pos_embed not in ("learned_1d", "none") or cfg.pos_embed_at != "stem":
+            raise ValueError(f"EVA takes pos_embed 'learned_1d' or 'none' at the stem (its rotary embedding is relative already), got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
+        if cfg.distilled or cfg.hybrid_layers:
+            raise ValueError("EVA has no distillation token or hybrid stem (distilled=False, hybrid_layers=())")
+        if cfg.scale_mlp and cfg.mlp_layer != "swiglu":
+            raise ValueError(f"scale_mlp=True norms the hidden layer of the two-layer SwiGLU: it takes mlp_layer='swiglu', got {cfg.mlp_layer!r}")
+        if cfg.post_norm and cfg.init_values is not None:
+            raise ValueError("post-norm blocks have no layer scale: init_values must be None with post_norm=True")
+        if cfg.rope and (cfg.embed_dim // cfg.num_heads) % 4:
+            raise ValueError(f"rope=True turns 2 axes of channel pairs per head: the head width {cfg.embed_dim} / {cfg.num_heads} must divide by 4")
+        super().__init__(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate)
+        # the rotary table of the built grid, as timm's (not in the state dict)
+        rope = rope_2d(self.grid_size, self.embed_dim // cfg.num_heads, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid) if cfg.rope else None
+        self.register_buffer("rope", rope, persistent=False)
+
+    def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
+        cfg, D = self.cfg, self.embed_dim
+        kw = dict(mlp_hidden=int(D * cfg.mlp_ratio), mlp_layer=cfg.mlp_layer, act_layer=ACT_LAYERS[cfg.act_layer], norm_layer=norm_layer,
+                  qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, num_prefix_tokens=self.num_prefix_tokens, scale_mlp=cfg.scale_mlp,
+                  scale_attn_inner=cfg.scale_attn_inner, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
+        if cfg.post_norm:
+            return [EvaPostNormBlock(D, cfg.num_heads, drop_path=dpr[i], **kw) for i in range(cfg.depth)]
+        return [EvaBlock(D, cfg.num_heads, init_values=cfg.init_values, drop_path=dpr[i], **kw) for i in range(cfg.depth)]
+
+    def _init_weights(self) -> None:
+        """timm's EVA init: truncated normal (std 0.02) linear weights and tokens, each block's
+        output projections divided by sqrt(2 * (i + 1)), the classifier scaled by 1e-3."""
+        super()._init_weights()
+        for t in (self.cls_token, self.reg_token):
+            if t is not None:
+                trunc_normal_(t)
+        with torch.no_grad():
+            for i, blk in enumerate(self.blocks):
+                blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
+                blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
+            if isinstance(self.head, nn.Linear):
+                self.head.weight.mul_(1e-3)
+                self.head.bias.mul_(1e-3)
+
+    def _rope(self, grid: tuple[int, int], like: Tensor) -> Tensor | None:
+        """The (Gh*Gw, 2 * hd) rotary table for ``grid``: the cached one for the built grid,
+        computed (in float32, on ``like``'s device) for another."""
+        if not self.cfg.rope:
+            return None
+        if grid == self.grid_size:
+            return self.rope
+        return rope_2d(grid, self.embed_dim // self.cfg.num_heads, temperature=self.cfg.rope_temperature, ref_grid=self.cfg.rope_ref_grid, device=like.device)
+
+    def _block(self, i: int, x: Tensor, grid: tuple[int, int], rope: Tensor | None = None) -> Tensor:
+        return self.blocks[i](x, self._rope(grid, x) if rope is None else rope)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x, grid = self._embed(x)
+        rope = self._rope(grid, x)
+        for blk in self.blocks:
+            x = blk(x, rope)
+        return self.norm(x)  # B, P + N, D
+
+
+# --------------------------------------------------------------------------- checkpoints
+register_converter("eva", "timm")(identity)
+
+_OFFICIAL_RENAMES = (  # the authors' (EVA-02, EVA-CLIP) names -> timm's
+    ("mlp.ffn_ln.", "mlp.norm."),
+    ("attn.inner_attn_ln.", "attn.norm."),
+    ("mlp.w12.", "mlp.fc1."),
+    ("mlp.w1.", "mlp.fc1_g."),
+    ("mlp.w2.", "mlp.fc1_x."),
+    ("mlp.w3.", "mlp.fc2."),
+)
+
+
+@register_converter("eva", "official")
+def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """The authors' layouts (baaivision/EVA): EVA-02's MIM and fine-tuned checkpoints, and
+    EVA-CLIP's whole model, whose image tower is under ``visual.`` (its text tower is dropped).
+    Their SwiGLU is ``w1`` (gate), ``w2``, ``w3``; the sub-LNs ``ffn_ln`` and ``inner_attn_ln``;
+    with separate projections the query and value biases are ``q_bias`` / ``v_bias``. The
+    rotary tables they store are recomputed, not loaded; the MIM checkpoints' mask token and
+    prediction head are dropped, and their final norm becomes ``fc_norm`` where the model
+    pools by the mean (as timm loads them for fine-tuning)."""
+    prefix = "visual." if any(k.startswith("visual.") for k in sd) else ""
+    separate = f"{prefix}blocks.0.attn.q_proj.weight" in sd
+    mim = f"{prefix}mask_token" in sd
+    fc_norm = getattr(model, "fc_norm", None)
+    out = {}
+    for k, v in sd.items():
+        if not k.startswith(prefix):
+            continue
+        k = k[len(prefix):]
+        if "rope." in k or k.startswith("lm_head.") or k == "mask_token":
+            continue
+        if mim and k.startswith("norm.") and isinstance(fc_norm, nn.LayerNorm):
+            k = "fc_" + k
+        for old, new in _OFFICIAL_RENAMES:
+            k = k.replace(old, new)
+        if separate:
+            k = k.replace("attn.q_bias", "attn.q_proj.bias").replace("attn.v_bias", "attn.v_proj.bias")
+        out[k] = v
+    return out
+
+
+# --------------------------------------------------------------------------- variants
+_CLIP_MEAN_STD = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_EVA02 = dict(mlp_ratio=8 / 3, act_layer="silu", rope=True, rope_ref_grid=(16, 16))
+_EVA02_SIZES = {  # name: (embed_dim, depth, num_heads, the MLP and attention layout)
+    "tiny": (192, 12, 3, dict(mlp_layer="swiglu_packed")),
+    "small": (384, 12, 6, dict(mlp_layer="swiglu_packed")),
+    "base": (768, 12, 12, dict(mlp_layer="swiglu", scale_mlp=True, qkv_fused=False)),
+    "large": (1024, 24, 16, dict(mlp_layer="swiglu", scale_mlp=True, qkv_fused=False)),
+}
+_EVA_G = dict(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=6144 / 1408)
+
+# name: (config, side, crop_pct, crop_mode, mean / std, num_classes of timm's default weights)
+_TABLE: dict[str, tuple[EvaConfig, int, float, str, dict, int]] = {
+    "eva_giant_patch14_224": (EvaConfig(**_EVA_G), 224, 0.9, "center", _CLIP_MEAN_STD, 1000),
+    "eva_giant_patch14_336": (EvaConfig(**_EVA_G), 336, 1.0, "squash", _CLIP_MEAN_STD, 1000),
+    "eva_giant_patch14_560": (EvaConfig(**_EVA_G), 560, 1.0, "squash", dict(mean=IMAGENET_MEAN, std=IMAGENET_STD), 1000),
+    "eva_giant_patch14_clip_224": (EvaConfig(global_pool="token", **_EVA_G), 224, 0.9, "center", _CLIP_MEAN_STD, 1024),
+}
+for _size, (_d, _l, _h, _layout) in _EVA02_SIZES.items():
+    _cfg = EvaConfig(embed_dim=_d, depth=_l, num_heads=_h, **_EVA02, **_layout)
+    _TABLE[f"eva02_{_size}_patch14_224"] = (_cfg, 224, 0.9, "center", _CLIP_MEAN_STD, 0)  # the MIM backbones: no classifier
+    _side = 336 if _size in ("tiny", "small") else 448
+    _TABLE[f"eva02_{_size}_patch14_{_side}"] = (_cfg, _side, 1.0, "squash" if _side == 448 else "center", _CLIP_MEAN_STD, 1000)
+# EVA-02-CLIP's image towers: the class token, a LayerNorm inside the attention; the "classifier" is
+# the projection into the joint embedding, as timm builds them
+_CLIP_TOWER = dict(global_pool="token", scale_attn_inner=True, **_EVA02, mlp_layer="swiglu", scale_mlp=True, qkv_fused=False)
+_TABLE |= {
+    "eva02_base_patch16_clip_224": (EvaConfig(patch_size=16, **_CLIP_TOWER), 224, 0.9, "center", _CLIP_MEAN_STD, 512),
+    "eva02_large_patch14_clip_224": (EvaConfig(embed_dim=1024, depth=24, num_heads=16, **_CLIP_TOWER), 224, 0.9, "center", _CLIP_MEAN_STD, 768),
+    "eva02_large_patch14_clip_336": (EvaConfig(embed_dim=1024, depth=24, num_heads=16, **_CLIP_TOWER), 336, 1.0, "center", _CLIP_MEAN_STD, 768),
+    "eva02_enormous_patch14_clip_224": (
+        EvaConfig(embed_dim=1792, depth=64, num_heads=16, mlp_ratio=15360 / 1792, global_pool="token", post_norm=True), 224, 0.9, "center", _CLIP_MEAN_STD, 1024,
+    ),
+}
+
+VARIANTS = {name: row[0] for name, row in _TABLE.items()}
+_DEFAULT_CFGS = {
+    name: default_cfg(side, crop_pct=crop, first_conv="patch_embed.proj", num_classes=classes, **({"crop_mode": mode} if mode != "center" else {}), **norm)
+    for name, (_, side, crop, mode, norm, classes) in _TABLE.items()
+}
+
+PUBLISHED = {  # the authors' release, as mmpretrain's table of the converted weights lists it
+    "eva02_tiny_patch14_336": dict(params=5.76, gmacs=4.68, top1=80.69, note="EVA-02 release (ImageNet-21k MIM, ImageNet-1k fine-tuning), via mmpretrain's table"),
+    "eva02_small_patch14_336": dict(params=22.13, gmacs=15.48, top1=85.78, note="EVA-02 release (ImageNet-21k MIM, ImageNet-1k fine-tuning), via mmpretrain's table"),
+    "eva02_base_patch14_448": dict(params=87.13, gmacs=107.11, top1=88.47, note="EVA-02 release (ImageNet-21k MIM and fine-tuning, then 1k), via mmpretrain's table; 88.29 without the 21k fine-tuning"),
+    "eva02_large_patch14_448": dict(params=305.08, gmacs=362.33, top1=89.65, note="EVA-02 release (ImageNet-21k MIM and fine-tuning, then 1k), via mmpretrain's table; 89.83 from Merged-38M MIM"),
+}
+
+register_family(
+    "eva",
+    Eva,
+    VARIANTS,
+    default_cfgs=_DEFAULT_CFGS,
+    published=PUBLISHED,
+    paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023)",
+)

@@ -1,0 +1,178 @@
+"""EVA / EVA-02 against timm (same weights), the authors' checkpoint layout, and RoPE's algebra."""
+
+import pytest
+import timm
+import torch
+from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, apply_rot_embed_cat
+
+import visionzoo
+from visionzoo.layers import apply_rope, rope_2d
+from visionzoo.registry import get_entry
+from visionzoo.testing import build_random, max_rel_diff
+
+from family_models import shallow_options
+
+EVA_NAMES = visionzoo.list_models(family="eva")
+# timm's EVA-L is its plain ViT (registered in the vit family here)
+TIMM_EVA_NAMES = timm.list_models("eva*")
+
+
+def test_every_timm_eva_is_registered():
+    assert len(TIMM_EVA_NAMES) >= 18
+    assert sorted(visionzoo.list_models("eva*")) == sorted(TIMM_EVA_NAMES)
+
+
+@pytest.mark.parametrize("name", TIMM_EVA_NAMES)
+def test_params_keys_and_preprocessing_equal_timm(name):
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(name, num_classes=1000), timm.create_model(name, num_classes=1000)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    assert list(ours.state_dict()) == list(ref.state_dict())  # names and order
+    mine, theirs = get_entry(name).default_cfg, ref.pretrained_cfg
+    for key in ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes"):
+        a, b = mine[key], theirs[key]
+        assert (tuple(a) == tuple(b)) if isinstance(a, tuple) else a == b, key
+    assert mine.get("crop_mode", "center") == theirs.get("crop_mode", "center")
+
+
+@pytest.mark.parametrize("name", EVA_NAMES)
+def test_logits_equal_timm(name):
+    """On a 3 x 5 patch grid: the rotary table of another grid, scaled to the reference one."""
+    p = get_entry(name).config.patch_size
+    kw = dict(num_classes=10, **shallow_options(name))
+    ref = build_random(lambda: timm.create_model(name, img_size=(3 * p, 5 * p), **kw))
+    ours = visionzoo.create_model(name, img_size=(3 * p, 5 * p), checkpoint=ref.state_dict(), **kw).eval()
+    x = torch.randn(2, 3, 3 * p, 5 * p)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_448", "eva_giant_patch14_clip_224"])
+def test_other_input_sizes_equal_timm_dynamic_size(name):
+    """Built for its default size, run at another: the position table resampled and the rotary
+    table recomputed on the fly, as timm's ``dynamic_img_size=True``."""
+    ref = build_random(lambda: timm.create_model(name, num_classes=10, depth=2, dynamic_img_size=True))
+    ours = visionzoo.create_model(name, num_classes=10, depth=2, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(1, 3, 98, 154)  # 7 x 11 patches
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_features_equal_timm_intermediates():
+    name = "eva02_small_patch14_224"
+    ref = build_random(lambda: timm.create_model(name, img_size=112, depth=3))
+    feats = visionzoo.create_model(name, img_size=112, depth=3, features_only=True, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        maps, expect = feats(x), ref.forward_intermediates(x, intermediates_only=True)
+    assert [m.shape for m in maps] == [e.shape for e in expect] == [(2, 384, 8, 8)] * 3
+    assert all(max_rel_diff(m, e) < 1e-4 for m, e in zip(maps, expect))
+    assert feats.feature_info.reduction() == [14, 14, 14]
+
+
+@pytest.mark.parametrize("name, options", [
+    ("eva02_small_patch14_224", {}),  # packed SwiGLU, fused qkv with q / v biases
+    ("eva02_base_patch16_clip_224", {}),  # q / k / v projections, both sub-LNs, class token
+    ("eva02_enormous_patch14_clip_224", dict(embed_dim=64, num_heads=4)),  # post-norm blocks
+    ("eva02_tiny_patch14_224", dict(init_values=0.1, drop_path_rate=0.0)),  # layer scale
+])
+def test_training_gradients_equal_timm(name, options):
+    """Train mode, float64: every parameter's gradient of the same loss equals timm's."""
+    p = get_entry(name).config.patch_size
+    kw = dict(num_classes=10, depth=2, img_size=4 * p, **options)
+    ref = build_random(lambda: timm.create_model(name, **kw)).double().train()
+    ours = visionzoo.create_model(name, checkpoint=ref.state_dict(), **kw).double().train()
+    x = torch.randn(2, 3, 4 * p, 4 * p, dtype=torch.float64)
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    theirs = dict(ref.named_parameters())
+    for key, param in ours.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, key
+        assert max_rel_diff(param.grad, theirs[key].grad) < 1e-10, key
+
+
+def _official_layout(sd: dict, separate: bool, clip: bool) -> dict:
+    """timm's keys -> the authors' (baaivision/EVA): the inverse of the renames timm applies, plus
+    what their checkpoints carry beside the weights (the rotary tables, a MIM head)."""
+    out = {}
+    for k, v in sd.items():
+        for ours, theirs in (("mlp.norm.", "mlp.ffn_ln."), ("attn.norm.", "attn.inner_attn_ln."), ("mlp.fc1_g.", "mlp.w1."), ("mlp.fc1_x.", "mlp.w2."), ("mlp.fc2.", "mlp.w3."), ("mlp.fc1.", "mlp.w12.")):
+            k = k.replace(ours, theirs)
+        if separate:
+            k = k.replace("attn.q_proj.bias", "attn.q_bias").replace("attn.v_proj.bias", "attn.v_bias")
+        out[("visual." if clip else "") + k] = v
+    if clip:
+        out["text.token_embedding.weight"] = torch.zeros(10, 4)
+        out["logit_scale"] = torch.tensor(1.0)
+    out[("visual." if clip else "") + "rope.freqs_cos"] = torch.zeros(4, 8)
+    return out
+
+
+@pytest.mark.parametrize("name", ["eva02_base_patch14_224", "eva02_tiny_patch14_336", "eva02_base_patch16_clip_224"])
+def test_official_checkpoint_loads_as_timm_converts_it(name):
+    p = get_entry(name).config.patch_size
+    kw = dict(num_classes=10, depth=2, img_size=4 * p)
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    cfg = get_entry(name).config
+    sd = _official_layout(ref.state_dict(), separate=not cfg.qkv_fused, clip="clip" in name)
+    ours = visionzoo.create_model(name, checkpoint=sd, **kw).eval()
+    x = torch.randn(2, 3, 4 * p, 4 * p)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def test_mim_checkpoint_final_norm_becomes_fc_norm():
+    """The MIM checkpoints' final norm feeds the mean-pooled head's fc_norm; their mask token
+    and prediction head are dropped."""
+    ours = visionzoo.create_model("eva02_tiny_patch14_224", depth=2, num_classes=0)
+    sd = {k.replace("fc_norm.", "norm."): v.clone() for k, v in ours.state_dict().items()}
+    sd["norm.weight"].fill_(3.0)
+    sd |= {"mask_token": torch.zeros(1, 1, 192), "lm_head.weight": torch.zeros(1024, 192), "lm_head.bias": torch.zeros(1024)}
+    visionzoo.load_checkpoint(ours, sd, source="official")
+    assert torch.equal(ours.fc_norm.weight, torch.full((192,), 3.0))
+
+
+@pytest.mark.parametrize("grid, ref_grid", [((16, 16), (16, 16)), ((32, 32), (16, 16)), ((3, 5), None), ((7, 11), (16, 16))])
+def test_rope_table_equals_timm(grid, ref_grid):
+    theirs = RotaryEmbeddingCat(64, in_pixels=False, ref_feat_shape=ref_grid).get_embed(shape=list(grid))
+    ours = rope_2d(grid, 64, ref_grid=ref_grid)
+    assert ours.shape == (grid[0] * grid[1], 128) and max_rel_diff(ours, theirs) < 1e-6
+    x = torch.randn(2, 3, grid[0] * grid[1], 64)
+    assert max_rel_diff(apply_rope(x, ours), apply_rot_embed_cat(x, theirs)) < 1e-6
+
+
+def test_rope_logits_depend_only_on_the_offset():
+    """RoPE's point: q_i . k_j after rotation is a function of the 2-D offset between patches i and j
+    (and the vectors), not of where the pair sits; and the rotation keeps every norm."""
+    grid, hd = (6, 6), 32
+    rope = rope_2d(grid, hd)
+    q, k = torch.randn(hd, dtype=torch.float64), torch.randn(hd, dtype=torch.float64)
+    Q = apply_rope(q.expand(36, hd), rope.double())  # the same query at every patch
+    K = apply_rope(k.expand(36, hd), rope.double())
+    assert torch.allclose(Q.norm(dim=-1), q.norm().expand(36))
+    logit = Q @ K.T  # 36 x 36
+    idx = lambda r, c: r * grid[1] + c  # noqa: E731
+    for dr, dc in ((0, 1), (1, 0), (2, -3)):
+        pairs = [(idx(r, c), idx(r + dr, c + dc)) for r in range(6) for c in range(6) if 0 <= r + dr < 6 and 0 <= c + dc < 6]
+        values = torch.stack([logit[i, j] for i, j in pairs])
+        assert torch.allclose(values, values[0].expand_as(values), atol=1e-9), (dr, dc)
+    assert not torch.allclose(logit[idx(0, 0), idx(0, 1)], logit[idx(0, 0), idx(1, 0)])  # rows and columns turn apart
+
+
+def test_published_params_and_gmacs_of_the_eva02_release():
+    for name, params, gmacs in (("eva02_tiny_patch14_336", 5.76, 4.68), ("eva02_base_patch14_448", 87.13, 107.11)):
+        info = visionzoo.model_info(name)
+        assert abs(info["params"] / 1e6 - params) < 0.02, name
+        assert abs(info["gmacs"] - gmacs) / gmacs < 0.01, name
+
+
+def test_invalid_eva_options_are_refused():
+    with pytest.raises(ValueError, match="scale_mlp=True norms the hidden layer of the two-layer SwiGLU"):
+        visionzoo.create_model("eva02_tiny_patch14_224", scale_mlp=True)
+    with pytest.raises(ValueError, match="head width 192 / 32 must divide by 4"):
+        visionzoo.create_model("eva02_tiny_patch14_224", num_heads=32)
+    with pytest.raises(ValueError, match="EVA takes pos_embed 'learned_1d' or 'none'"):
+        visionzoo.create_model("eva02_tiny_patch14_224", pos_embed="relative")
+    with pytest.raises(ValueError, match="mlp_layer must be one of 'mlp', 'swiglu_packed', 'swiglu'"):
+        visionzoo.create_model("eva02_tiny_patch14_224", mlp_layer="geglu")
