@@ -176,3 +176,26 @@ def test_invalid_eva_options_are_refused():
         visionzoo.create_model("eva02_tiny_patch14_224", pos_embed="relative")
     with pytest.raises(ValueError, match="mlp_layer must be one of 'mlp', 'swiglu_packed', 'swiglu'"):
         visionzoo.create_model("eva02_tiny_patch14_224", mlp_layer="geglu")
+
+
+def test_inference_joint_projection_follows_weight_changes_and_hooks():
+    """CPU inference runs EVA-02-B's q / k / v projections as one product of their weights side
+    by side (cached): a weight changed in place is seen on the next call, and a hooked
+    projection is called as a layer."""
+    name = "eva02_base_patch14_224"
+    ref = build_random(lambda: timm.create_model(name, img_size=56, depth=2, num_classes=10))
+    ours = visionzoo.create_model(name, img_size=56, depth=2, num_classes=10, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 56, 56)
+    with torch.inference_mode():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.blocks[1].attn.k_proj.weight.mul_(2.0)
+            m.blocks[1].attn.v_proj.bias.add_(0.5)
+    with torch.inference_mode():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    seen = []
+    ours.blocks[0].attn.q_proj.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    with torch.inference_mode():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    assert seen == [(2, 17, 768)]

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from ..checkpoints import identity, register_converter
 from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, rope_2d
 from ..layers.drop_path import DropPath
-from ..layers.helpers import no_hooks, trunc_normal_
+from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, trunc_normal_
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, default_cfg, register_family
 from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
 
@@ -86,23 +87,48 @@ class EvaAttention(ProjectedAttention):
 
     def qkv_heads(self, x: Tensor, rope: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-head queries, keys and values, each (B, nH, N, hd); the patch tokens' queries
-        and keys rotated by ``rope``."""
+        and keys rotated by ``rope``.
+
+        In CPU inference (fp32) the rotation of the queries and keys is one complex product:
+        a pair of channels (a, b) is the number a + ib, turned by multiplying it with
+        cos + i sin (:func:`_turns`; 1 for the prefix tokens), where the real form takes a
+        slice, a copy of the swapped pairs, two products, a sum and a concatenation per tensor.
+        """
         B, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
-        if self.qkv is None:
+        qkv = self._joint_qkv(x)
+        if qkv is None:
             q, k, v = (linear(p, x).view(B, N, nH, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))  # 3 x (B, nH, N, hd)
         else:
-            if self.q_bias is None:
-                qkv = linear(self.qkv, x)
-            else:
-                bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # 3C: no key bias
-                qkv = linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
-            q, k, v = qkv.view(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nH, N, hd)
+            qkv = qkv.view(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B, nH, N, hd
+            if rope is not None and qkv.dtype == rope.dtype == torch.float32 and autograd_off() and plain_cpu_eager(qkv):
+                turns = _TURNS.get(rope, (rope,), partial(_turns, rope, self.num_prefix_tokens), (self.num_prefix_tokens,))
+                turns = (turns or _turns(rope, self.num_prefix_tokens))[0]  # N, hd/2 (complex)
+                qk = torch.view_as_real(torch.view_as_complex(qkv[:2].unflatten(-1, (-1, 2))) * turns)  # 2, B, nH, N, hd/2, 2
+                q, k = qk.flatten(-2).unbind(0)
+                return q, k, qkv[2]
+            q, k, v = qkv.unbind(0)  # 3 x (B, nH, N, hd)
         if rope is not None:
             P = self.num_prefix_tokens
             q = torch.cat([q[:, :, :P], apply_rope(q[:, :, P:], rope)], dim=2)
             k = torch.cat([k[:, :, :P], apply_rope(k[:, :, P:], rope)], dim=2)
         return q, k, v
+
+    def _joint_qkv(self, x: Tensor) -> Tensor | None:
+        """(B, N, 3C) queries, keys and values from one product: the fused projection with its
+        q / v biases, or in CPU inference the three projections' weights side by side (cached
+        while they are unchanged); None: the separate projections run as three layers."""
+        if self.qkv is not None:
+            if self.q_bias is None:
+                return linear(self.qkv, x)
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # 3C: no key bias
+            return linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        if not (autograd_off() and plain_cpu_eager(x) and all(type(p) is nn.Linear and no_hooks(p) for p in projs)):
+            return None
+        sources = [t for p in projs for t in (p.weight, p.bias)]
+        joint = _JOINT.get(self, sources, partial(_side_by_side, *projs)) or _side_by_side(*projs)
+        return linear_act(x, *joint)
 
     def attend(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
         """The heads' attended values, concatenated (and normed): (B, N, C) -> (B, N, C), before ``proj``."""
@@ -110,6 +136,24 @@ class EvaAttention(ProjectedAttention):
         q, k, v = self.qkv_heads(x, rope)
         x = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)  # B, nH, N, hd
         return self.norm(x.transpose(1, 2).reshape(B, N, C))  # B, N, C
+
+
+_TURNS = DerivedCache()  # rotary table -> its complex form (CPU inference)
+_JOINT = DerivedCache()  # attention -> its q / k / v projections' weights and biases side by side (CPU inference)
+
+
+def _turns(rope: Tensor, num_prefix_tokens: int) -> tuple[Tensor]:
+    """:func:`~visionzoo.layers.rope_2d`'s (N, 2 hd) table as (P + N, hd / 2) complex factors
+    cos + i sin, one per pair of channels, with P leading ones (the prefix tokens stay)."""
+    hd = rope.shape[-1] // 2
+    turns = torch.complex(rope[:, hd::2], rope[:, 0:hd:2])  # N, hd/2: cos + i sin
+    return (torch.cat([torch.ones(num_prefix_tokens, hd // 2, dtype=turns.dtype, device=turns.device), turns]),)
+
+
+def _side_by_side(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[Tensor, Tensor]:
+    """The (3C, C) weight and 3C bias of one product giving q, k and v (a missing bias: zeros)."""
+    bias = [p.bias if p.bias is not None else p.weight.new_zeros(p.weight.shape[0]) for p in (q, k, v)]
+    return torch.cat([q.weight, k.weight, v.weight]).detach(), torch.cat(bias).detach()
 
 
 def _mlp(dim: int, hidden: int, kind: str, act_layer: Callable[[], nn.Module], norm_layer: Callable[[int], nn.Module] | None, drop: float) -> nn.Module:
