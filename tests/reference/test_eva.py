@@ -10,16 +10,17 @@ from visionzoo.layers import apply_rope, rope_2d
 from visionzoo.registry import get_entry
 from visionzoo.testing import build_random, max_rel_diff
 
-from family_models import shallow_options
-
 EVA_NAMES = visionzoo.list_models(family="eva")
 # timm's EVA-L is its plain ViT (registered in the vit family here)
-TIMM_EVA_NAMES = timm.list_models("eva*")
+TIMM_EVA_NAMES = EVA_NAMES + ["eva_large_patch14_196", "eva_large_patch14_336"]
 
 
-def test_every_timm_eva_is_registered():
-    assert len(TIMM_EVA_NAMES) >= 18
-    assert sorted(visionzoo.list_models("eva*")) == sorted(TIMM_EVA_NAMES)
+def test_every_timm_eva_and_rope_vit_is_registered():
+    """timm's EVA / EVA-02 and its RoPE ViTs (axial, mixed, SBB); its other models built on the
+    EVA class (Perception Encoder, DINOv3, ...) take other rotary forms and are not."""
+    assert sorted(visionzoo.list_models("eva*")) == sorted(timm.list_models("eva*"))
+    assert sorted(visionzoo.list_models("vit_*rope*")) == sorted(timm.list_models("vit_*rope*"))
+    assert len(EVA_NAMES) == 32 and all(timm.is_model(n) for n in EVA_NAMES)
 
 
 @pytest.mark.parametrize("name", TIMM_EVA_NAMES)
@@ -37,9 +38,10 @@ def test_params_keys_and_preprocessing_equal_timm(name):
 
 @pytest.mark.parametrize("name", EVA_NAMES)
 def test_logits_equal_timm(name):
-    """On a 3 x 5 patch grid: the rotary table of another grid, scaled to the reference one."""
+    """On a 3 x 5 patch grid (the rotary table of another grid, scaled to the reference one), at 2
+    blocks (each block is the same code; the parameter test counts the full depth)."""
     p = get_entry(name).config.patch_size
-    kw = dict(num_classes=10, **shallow_options(name))
+    kw = dict(num_classes=10, depth=2)
     ref = build_random(lambda: timm.create_model(name, img_size=(3 * p, 5 * p), **kw))
     ours = visionzoo.create_model(name, img_size=(3 * p, 5 * p), checkpoint=ref.state_dict(), **kw).eval()
     x = torch.randn(2, 3, 3 * p, 5 * p)
@@ -48,13 +50,15 @@ def test_logits_equal_timm(name):
         assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_448", "eva_giant_patch14_clip_224"])
+@pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_448", "eva_giant_patch14_clip_224", "vit_small_patch16_rope_mixed_ape_224",
+                                  "vit_small_patch16_rope_224", "vit_medium_patch16_rope_reg1_gap_256"])
 def test_other_input_sizes_equal_timm_dynamic_size(name):
     """Built for its default size, run at another: the position table resampled and the rotary
     table recomputed on the fly, as timm's ``dynamic_img_size=True``."""
     ref = build_random(lambda: timm.create_model(name, num_classes=10, depth=2, dynamic_img_size=True))
     ours = visionzoo.create_model(name, num_classes=10, depth=2, checkpoint=ref.state_dict()).eval()
-    x = torch.randn(1, 3, 98, 154)  # 7 x 11 patches
+    p = get_entry(name).config.patch_size
+    x = torch.randn(1, 3, 7 * p, 11 * p)  # 7 x 11 patches
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
 
@@ -76,6 +80,8 @@ def test_features_equal_timm_intermediates():
     ("eva02_base_patch16_clip_224", {}),  # q / k / v projections, both sub-LNs, class token
     ("eva02_enormous_patch14_clip_224", dict(embed_dim=64, num_heads=4)),  # post-norm blocks
     ("eva02_tiny_patch14_224", dict(init_values=0.1, drop_path_rate=0.0)),  # layer scale
+    ("vit_small_patch16_rope_mixed_ape_224", {}),  # learned RoPE frequencies, a key bias, DeiT III's position table
+    ("vit_betwixt_patch16_rope_reg4_gap_256", {}),  # register tokens outside the rotation, no position table
 ])
 def test_training_gradients_equal_timm(name, options):
     """Train mode, float64: every parameter's gradient of the same loss equals timm's."""
@@ -89,7 +95,8 @@ def test_training_gradients_equal_timm(name, options):
     theirs = dict(ref.named_parameters())
     for key, param in ours.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, key
-        assert max_rel_diff(param.grad, theirs[key].grad) < 1e-10, key
+        # RoPE-Mixed's angles are float32 in both (timm's get_mixed_freqs), so its frequencies' gradient too
+        assert max_rel_diff(param.grad, theirs[key].grad) < (1e-5 if key == "rope.freqs" else 1e-10), key
 
 
 def _official_layout(sd: dict, separate: bool, clip: bool) -> dict:
@@ -199,3 +206,22 @@ def test_inference_joint_projection_follows_weight_changes_and_hooks():
     with torch.inference_mode():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
     assert seen == [(2, 17, 768)]
+
+
+def test_rope_mixed_tables_follow_their_learned_frequencies():
+    """RoPE-Mixed's tables are cached in CPU inference; loading other frequencies (or a training
+    step) changes what the next call uses, as timm's tables computed on every call."""
+    name = "vit_small_patch16_rope_mixed_224"
+    ref = build_random(lambda: timm.create_model(name, img_size=64, depth=2, num_classes=10))
+    ours = visionzoo.create_model(name, img_size=64, depth=2, num_classes=10, checkpoint=ref.state_dict()).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        before = ours(x)
+        assert max_rel_diff(before, ref(x)) < 1e-4
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.rope.freqs.mul_(1.5)
+    with torch.inference_mode():
+        after = ours(x)
+        assert max_rel_diff(after, ref(x)) < 1e-6 < 1e-5 < max_rel_diff(after, before)
+    assert "rope.freqs" in ours.no_weight_decay()

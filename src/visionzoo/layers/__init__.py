@@ -9,7 +9,7 @@ from .mlp import GluMlp, Mlp, SwiGLU, residual_mlp
 from .norms import LayerNorm2d
 from .patch_embed import PatchEmbed, resample_patch_kernel
 from .pooling import NORM_POOL_TYPES, POOL_TYPES, MaxPool2d, global_pool_2d, max_pool2d
-from .pos_embed import apply_rope, relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table, rope_2d
+from .pos_embed import apply_rope, mixed_rope, mixed_rope_freqs, relative_position_index, resample_abs_pos_embed, resize_rel_pos_bias_table, rope_2d
 from .se import SqueezeExcite
 
 __all__ = [
@@ -49,6 +49,8 @@ __all__ = [
     "linear_add",
     "make_divisible",
     "max_pool2d",
+    "mixed_rope",
+    "mixed_rope_freqs",
     "pad_same",
     "pad_to_fit",
     "check_int",

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["apply_rope", "resample_abs_pos_embed", "resize_rel_pos_bias_table", "relative_position_index", "rope_2d"]
+__all__ = ["apply_rope", "mixed_rope", "mixed_rope_freqs", "resample_abs_pos_embed", "resize_rel_pos_bias_table", "relative_position_index", "rope_2d"]
 
 
 def resample_abs_pos_embed(
@@ -102,15 +102,16 @@ def relative_position_index(window: tuple[int, int]) -> Tensor:
 
 
 def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None,
-            device: torch.device | str | None = None) -> Tensor:
+            xy: bool = False, device: torch.device | str | None = None) -> Tensor:
     """Axial 2-D rotary position embedding (Su et al., "RoFormer", 2021; in 2-D as EVA-02,
     Fang et al. 2023): the sines and cosines :func:`apply_rope` rotates queries and keys by.
 
     A head's ``head_dim`` channels form ``head_dim / 2`` pairs (channels 2i, 2i + 1). The
-    first half of the pairs turns with the patch's row, the second half with its column, pair
-    j of a half by the angle ``coordinate * temperature ** (-j / (head_dim / 4))``. With
-    ``ref_grid`` the coordinates are rescaled to that grid's extent (``row * ref_h / Gh``):
-    EVA-02's rule for a grid other than the one it was trained on.
+    first half of the pairs turns with the patch's row, the second half with its column (the
+    other way round with ``xy``: timm's ``grid_indexing="xy"``, as RoPE-ViT's), pair j of a half
+    by the angle ``coordinate * temperature ** (-j / (head_dim / 4))``. With ``ref_grid`` the
+    coordinates are rescaled to that grid's extent (``row * ref_h / Gh``): EVA-02's rule for a
+    grid other than the one it was trained on.
 
     Returns:
         (Gh * Gw, 2 * head_dim) float32: the sines, then the cosines, each repeated for both
@@ -123,15 +124,50 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     coords = [torch.arange(g, device=device).float() for g in grid]
     if ref_grid is not None:
         coords = [c / g * r for c, g, r in zip(coords, grid, ref_grid)]
-    rows_cols = torch.stack(torch.meshgrid(*coords, indexing="ij"), dim=-1)  # Gh, Gw, 2
-    angles = (rows_cols[..., None] * bands).flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (row bands, then column bands)
+    rows, cols = torch.meshgrid(*coords, indexing="ij")  # Gh, Gw each
+    axes = torch.stack([cols, rows] if xy else [rows, cols], dim=-1)  # Gh, Gw, 2
+    angles = (axes[..., None] * bands).flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (first axis' bands, then the second's)
     angles = angles.repeat_interleave(2, dim=-1)  # Gh*Gw, head_dim: one angle per pair of channels
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def mixed_rope_freqs(head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0) -> Tensor:
+    """Initial frequencies of RoPE-Mixed (Heo et al., "Rotary Position Embedding for Vision
+    Transformer", ECCV 2024), learned afterwards: per block and head, the pairs of channels turn
+    with a 2-D frequency vector, the magnitudes of the axial form (base ``temperature``) along a
+    random direction for the first half of the pairs and the perpendicular one for the second.
+
+    Returns:
+        (2, depth, num_heads, head_dim / 2): the x and the y component of each frequency.
+    """
+    if head_dim % 4:
+        raise ValueError(f"RoPE-Mixed turns 2 halves of channel pairs per head: head_dim must divide by 4, got {head_dim}")
+    mag = 1.0 / temperature ** (torch.arange(0, head_dim, 4).float() / head_dim)  # head_dim/4
+    theta = torch.rand(depth, num_heads, 1) * 2 * math.pi  # a direction per block and head
+    fx = torch.cat([mag * torch.cos(theta), mag * torch.cos(theta + math.pi / 2)], dim=-1)  # depth, nH, head_dim/2
+    fy = torch.cat([mag * torch.sin(theta), mag * torch.sin(theta + math.pi / 2)], dim=-1)
+    return torch.stack([fx, fy])
+
+
+def mixed_rope(freqs: Tensor, grid: tuple[int, int], *, xy: bool = True) -> Tensor:
+    """RoPE-Mixed's tables from its (2, ..., hd / 2) frequencies (:func:`mixed_rope_freqs`): pair j
+    turns by ``x * fx_j + y * fy_j``, with x the column and y the row of the patch (``xy``; the
+    other way round otherwise), computed in float32.
+
+    Returns:
+        (..., Gh * Gw, 2 * hd): per block and head, as :func:`rope_2d`'s table (sines, then cosines).
+    """
+    rows, cols = torch.meshgrid(*(torch.arange(g, device=freqs.device).float() for g in grid), indexing="ij")  # Gh, Gw each
+    tx, ty = (cols, rows) if xy else (rows, cols)
+    f = freqs.float()
+    angles = tx.reshape(-1, 1) * f[0].unsqueeze(-2) + ty.reshape(-1, 1) * f[1].unsqueeze(-2)  # ..., Gh*Gw, hd/2
+    angles = angles.repeat_interleave(2, dim=-1)  # ..., Gh*Gw, hd
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
     """Rotate each pair of channels (2i, 2i + 1) of ``x`` (..., N, hd) by the angles of
-    :func:`rope_2d`'s (N, 2 * hd) table: ``(a, b) -> (a cos - b sin, b cos + a sin)``; computed in
+    :func:`rope_2d`'s (N, 2 * hd) table (or :func:`mixed_rope`'s per head, (nH, N, 2 * hd)): ``(a, b) -> (a cos - b sin, b cos + a sin)``; computed in
     the table's precision, returned in ``x``'s dtype."""
     sin, cos = rope.chunk(2, dim=-1)  # N, hd each
     pairs = x.unflatten(-1, (-1, 2))  # ..., N, hd/2, 2

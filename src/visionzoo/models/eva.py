@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoints import identity, register_converter
-from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, rope_2d
+from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, mixed_rope, mixed_rope_freqs, rope_2d
 from ..layers.drop_path import DropPath
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, trunc_normal_
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, default_cfg, register_family
@@ -51,7 +51,8 @@ class EvaAttention(ProjectedAttention):
         dim: token width C (``num_heads`` must divide it).
         num_heads: heads nH.
         qkv_bias: a bias on the queries and the values; the keys have none (a key bias
-            shifts every logit of a query alike, so softmax cancels it).
+            shifts every logit of a query alike, so softmax cancels it) unless ``k_bias``.
+        k_bias: a bias on the keys too: one ``qkv.bias`` (RoPE-ViT's, timm's ``attn_type="rope"``).
         qkv_fused: one ``qkv`` projection (biases ``q_bias`` / ``v_bias``), or separate
             ``q_proj``, ``k_proj``, ``v_proj``.
         num_prefix_tokens: leading tokens (class, registers) the rotation leaves alone.
@@ -61,10 +62,11 @@ class EvaAttention(ProjectedAttention):
         proj_drop: dropout after the output projection.
 
     Shapes:
-        x: (B, N, C) -> (B, N, C); ``rope``: (N - num_prefix_tokens, 2 * hd) from :func:`~visionzoo.layers.rope_2d`.
+        x: (B, N, C) -> (B, N, C); ``rope``: (N - num_prefix_tokens, 2 * hd) from :func:`~visionzoo.layers.rope_2d`,
+        or per head (nH, N - num_prefix_tokens, 2 * hd) from :func:`~visionzoo.layers.mixed_rope`.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+    def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
                  norm_layer: Callable[[int], nn.Module] | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
@@ -74,11 +76,12 @@ class EvaAttention(ProjectedAttention):
         self.scale = self.head_dim**-0.5
         self.num_prefix_tokens = num_prefix_tokens
         self.fused = True
-        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and qkv_fused else None
-        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias and qkv_fused else None
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False) if qkv_fused else None
+        separate_biases = qkv_bias and qkv_fused and not k_bias  # q_bias, v_bias beside a bias-free qkv
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if separate_biases else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if separate_biases else None
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias and k_bias) if qkv_fused else None
         self.q_proj = None if qkv_fused else nn.Linear(dim, dim, bias=qkv_bias)
-        self.k_proj = None if qkv_fused else nn.Linear(dim, dim, bias=False)
+        self.k_proj = None if qkv_fused else nn.Linear(dim, dim, bias=qkv_bias and k_bias)
         self.v_proj = None if qkv_fused else nn.Linear(dim, dim, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.norm = norm_layer(dim) if norm_layer is not None else nn.Identity()
@@ -103,7 +106,7 @@ class EvaAttention(ProjectedAttention):
             qkv = qkv.view(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B, nH, N, hd
             if rope is not None and qkv.dtype == rope.dtype == torch.float32 and autograd_off() and plain_cpu_eager(qkv):
                 turns = _TURNS.get(rope, (rope,), partial(_turns, rope, self.num_prefix_tokens), (self.num_prefix_tokens,))
-                turns = (turns or _turns(rope, self.num_prefix_tokens))[0]  # N, hd/2 (complex)
+                turns = (turns or _turns(rope, self.num_prefix_tokens))[0]  # (nH,) N, hd/2 (complex)
                 qk = torch.view_as_real(torch.view_as_complex(qkv[:2].unflatten(-1, (-1, 2))) * turns)  # 2, B, nH, N, hd/2, 2
                 q, k = qk.flatten(-2).unbind(0)
                 return q, k, qkv[2]
@@ -143,11 +146,12 @@ _JOINT = DerivedCache()  # attention -> its q / k / v projections' weights and b
 
 
 def _turns(rope: Tensor, num_prefix_tokens: int) -> tuple[Tensor]:
-    """:func:`~visionzoo.layers.rope_2d`'s (N, 2 hd) table as (P + N, hd / 2) complex factors
-    cos + i sin, one per pair of channels, with P leading ones (the prefix tokens stay)."""
+    """A rotary table (..., N, 2 hd) as (..., P + N, hd / 2) complex factors cos + i sin, one per
+    pair of channels, with P leading ones (the prefix tokens stay)."""
     hd = rope.shape[-1] // 2
-    turns = torch.complex(rope[:, hd::2], rope[:, 0:hd:2])  # N, hd/2: cos + i sin
-    return (torch.cat([torch.ones(num_prefix_tokens, hd // 2, dtype=turns.dtype, device=turns.device), turns]),)
+    turns = torch.complex(rope[..., hd::2], rope[..., 0:hd:2])  # ..., N, hd/2: cos + i sin
+    ones = torch.ones(*turns.shape[:-2], num_prefix_tokens, hd // 2, dtype=turns.dtype, device=turns.device)
+    return (torch.cat([ones, turns], dim=-2),)
 
 
 def _side_by_side(q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[Tensor, Tensor]:
@@ -176,7 +180,7 @@ class EvaBlock(nn.Module):
         mlp_layer: ``mlp``, ``swiglu_packed`` or ``swiglu``.
         act_layer: the MLP's activation.
         norm_layer: the block's norms (and the sub-LNs).
-        qkv_bias, qkv_fused, num_prefix_tokens: as :class:`EvaAttention`'s.
+        qkv_bias, k_bias, qkv_fused, num_prefix_tokens: as :class:`EvaAttention`'s.
         scale_mlp: a norm on the SwiGLU's hidden layer.
         scale_attn_inner: a norm on the attention's output before its projection.
         init_values: LayerScale's initial value; None: no layer scale.
@@ -188,12 +192,12 @@ class EvaBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
-                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
                  scale_mlp: bool = False, scale_attn_inner: bool = False, init_values: float | None = None,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
+        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
                                  norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
         self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
         self.drop_path1 = DropPath(drop_path)
@@ -218,10 +222,10 @@ class EvaPostNormBlock(nn.Module):
     Arguments as :class:`EvaBlock`'s, without layer scale."""
 
     def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
-                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, qkv_fused: bool = True, num_prefix_tokens: int = 1,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
                  scale_mlp: bool = False, scale_attn_inner: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
+        self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
                                  norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
         self.norm1 = norm_layer(dim)
         self.drop_path1 = DropPath(drop_path)
@@ -234,7 +238,56 @@ class EvaPostNormBlock(nn.Module):
         return x + self.drop_path2(self.norm2(self.mlp(x)))
 
 
+class AxialRope(nn.Module):
+    """The fixed 2-D rotary table (:func:`~visionzoo.layers.rope_2d`) of a model's patch grid,
+    cached (as timm's, not in the state dict); another grid's is computed when asked for.
+
+    Shapes:
+        ``rope(grid, device)``: (Gh * Gw, 2 * head_dim).
+    """
+
+    def __init__(self, grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None, xy: bool = False) -> None:
+        super().__init__()
+        self.grid, self.head_dim, self.temperature, self.ref_grid, self.xy = grid, head_dim, temperature, ref_grid, xy
+        self.register_buffer("table", self._table(grid), persistent=False)
+
+    def _table(self, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
+        return rope_2d(grid, self.head_dim, temperature=self.temperature, ref_grid=self.ref_grid, xy=self.xy, device=device)
+
+    def forward(self, grid: tuple[int, int], device: torch.device) -> Tensor:
+        return self.table if grid == self.grid else self._table(grid, device)
+
+
+class MixedRope(nn.Module):
+    """RoPE-Mixed's learned frequencies (key ``freqs``, timm's), (2, depth, nH, head_dim / 2)
+    (:func:`~visionzoo.layers.mixed_rope_freqs`); in CPU inference the tables of a grid are
+    cached while the frequencies are unchanged.
+
+    Shapes:
+        ``rope(grid, device)``: depth x (nH, Gh * Gw, 2 * head_dim).
+    """
+
+    def __init__(self, head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0, xy: bool = True) -> None:
+        super().__init__()
+        self.xy = xy
+        self.freqs = nn.Parameter(mixed_rope_freqs(head_dim, depth, num_heads, temperature=temperature))
+
+    def forward(self, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, ...]:
+        """Each block's (nH, Gh * Gw, 2 * head_dim) table."""
+        if autograd_off() and plain_cpu_eager(self.freqs):
+            cached = _MIXED.get(self, (self.freqs,), lambda: mixed_rope(self.freqs, grid, xy=self.xy).unbind(0), (grid,))
+            if cached is not None:
+                return cached
+        return mixed_rope(self.freqs, grid, xy=self.xy).unbind(0)
+
+
+_MIXED = DerivedCache()  # MixedRope -> its tables of the last grid (CPU inference)
+
+
 # --------------------------------------------------------------------------- model
+ROPES = ("none", "axial", "mixed")
+
+
 @dataclass(frozen=True)
 class EvaConfig(ViTConfig):
     """One EVA variant: :class:`~visionzoo.models.vit.ViTConfig`'s fields (the embedding, the
@@ -252,11 +305,17 @@ class EvaConfig(ViTConfig):
         qkv_fused: one qkv projection, or three (``q_proj``, ``k_proj``, ``v_proj``).
         scale_mlp: a LayerNorm on the SwiGLU's hidden layer (sub-LN; ``mlp_layer="swiglu"``).
         scale_attn_inner: a LayerNorm on the attention's output before its projection (EVA-CLIP).
-        rope: 2-D rotary position embeddings in every block.
-        rope_ref_grid: the patch grid the rotary coordinates are scaled to (EVA-02's 16 x 16 of
+        k_bias: a bias on the keys too, one ``qkv.bias`` (RoPE-ViT; timm's ``attn_type="rope"``).
+        rope: 2-D rotary position embeddings in every block: ``none``, ``axial`` (fixed
+            frequencies per axis, :func:`~visionzoo.layers.rope_2d`; EVA-02, RoPE-Axial) or
+            ``mixed`` (learned 2-D frequencies per block and head, key ``rope.freqs``;
+            RoPE-Mixed, :func:`~visionzoo.layers.mixed_rope`).
+        rope_ref_grid: the patch grid the axial coordinates are scaled to (EVA-02's 16 x 16 of
             its 224 px pre-training: a 448 px model turns by half a step per patch); None: the
             patch index itself.
-        rope_temperature: the rotary frequencies' base.
+        rope_temperature: the frequencies' base (10000 EVA-02, 100 RoPE-Axial, 10 RoPE-Mixed).
+        rope_xy: the first axis of the rotary table is the column, the second the row (timm's
+            ``rope_grid_indexing="xy"``, RoPE-ViT's); else the row first.
         post_norm: post-norm blocks (EVA-02-CLIP-E).
     """
 
@@ -265,9 +324,11 @@ class EvaConfig(ViTConfig):
     qkv_fused: bool = True
     scale_mlp: bool = False
     scale_attn_inner: bool = False
-    rope: bool = False
+    k_bias: bool = False
+    rope: str = "none"
     rope_ref_grid: tuple[int, int] | None = None
     rope_temperature: float = 10000.0
+    rope_xy: bool = False
     post_norm: bool = False
 
 
@@ -300,16 +361,24 @@ class Eva(VisionTransformer):
             raise ValueError(f"scale_mlp=True norms the hidden layer of the two-layer SwiGLU: it takes mlp_layer='swiglu', got {cfg.mlp_layer!r}")
         if cfg.post_norm and cfg.init_values is not None:
             raise ValueError("post-norm blocks have no layer scale: init_values must be None with post_norm=True")
-        if cfg.rope and (cfg.embed_dim // cfg.num_heads) % 4:
-            raise ValueError(f"rope=True turns 2 axes of channel pairs per head: the head width {cfg.embed_dim} / {cfg.num_heads} must divide by 4")
+        if cfg.rope not in ROPES:
+            raise ValueError(f"rope must be one of {', '.join(map(repr, ROPES))}, got {cfg.rope!r}")
+        if cfg.rope != "none" and (cfg.embed_dim // cfg.num_heads) % 4:
+            raise ValueError(f"rope={cfg.rope!r} turns 2 halves of channel pairs per head: the head width {cfg.embed_dim} / {cfg.num_heads} must divide by 4")
+        if cfg.rope == "mixed" and cfg.rope_ref_grid is not None:
+            raise ValueError("rope='mixed' turns by its learned frequencies on the patch index: rope_ref_grid must be None")
         super().__init__(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate)
-        # the rotary table of the built grid, as timm's (not in the state dict)
-        rope = rope_2d(self.grid_size, self.embed_dim // cfg.num_heads, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid) if cfg.rope else None
-        self.register_buffer("rope", rope, persistent=False)
 
     def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
         cfg, D = self.cfg, self.embed_dim
-        kw = dict(mlp_hidden=int(D * cfg.mlp_ratio), mlp_layer=cfg.mlp_layer, act_layer=ACT_LAYERS[cfg.act_layer], norm_layer=norm_layer,
+        hd = D // cfg.num_heads
+        # before the blocks, as timm's (its learned frequencies' key, rope.freqs, comes before theirs)
+        self.rope: nn.Module | None = None
+        if cfg.rope == "axial":
+            self.rope = AxialRope(self.grid_size, hd, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid, xy=cfg.rope_xy)
+        elif cfg.rope == "mixed":
+            self.rope = MixedRope(hd, cfg.depth, cfg.num_heads, temperature=cfg.rope_temperature, xy=cfg.rope_xy)
+        kw = dict(mlp_hidden=int(D * cfg.mlp_ratio), mlp_layer=cfg.mlp_layer, act_layer=ACT_LAYERS[cfg.act_layer], norm_layer=norm_layer, k_bias=cfg.k_bias,
                   qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, num_prefix_tokens=self.num_prefix_tokens, scale_mlp=cfg.scale_mlp,
                   scale_attn_inner=cfg.scale_attn_inner, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
         if cfg.post_norm:
@@ -331,24 +400,26 @@ class Eva(VisionTransformer):
                 self.head.weight.mul_(1e-3)
                 self.head.bias.mul_(1e-3)
 
-    def _rope(self, grid: tuple[int, int], like: Tensor) -> Tensor | None:
-        """The (Gh*Gw, 2 * hd) rotary table for ``grid``: the cached one for the built grid,
-        computed (in float32, on ``like``'s device) for another."""
-        if not self.cfg.rope:
-            return None
-        if grid == self.grid_size:
-            return self.rope
-        return rope_2d(grid, self.embed_dim // self.cfg.num_heads, temperature=self.cfg.rope_temperature, ref_grid=self.cfg.rope_ref_grid, device=like.device)
+    def _blocks_context(self, grid: tuple[int, int], x: Tensor) -> list[Tensor | None]:
+        """Each block's rotary table for ``grid`` (None without one): the axial table for all of them,
+        or RoPE-Mixed's own per block."""
+        if self.rope is None:
+            return [None] * len(self.blocks)
+        table = self.rope(grid, x.device)
+        return list(table) if isinstance(self.rope, MixedRope) else [table] * len(self.blocks)
 
-    def _block(self, i: int, x: Tensor, grid: tuple[int, int], rope: Tensor | None = None) -> Tensor:
-        return self.blocks[i](x, self._rope(grid, x) if rope is None else rope)
+    def _block(self, i: int, x: Tensor, grid: tuple[int, int], context: object = None) -> Tensor:
+        ropes = self._blocks_context(grid, x) if context is None else context
+        return self.blocks[i](x, ropes[i])
 
     def forward_features(self, x: Tensor) -> Tensor:
         x, grid = self._embed(x)
-        rope = self._rope(grid, x)
-        for blk in self.blocks:
+        for blk, rope in zip(self.blocks, self._blocks_context(grid, x)):
             x = blk(x, rope)
         return self.norm(x)  # B, P + N, D
+
+    def no_weight_decay(self) -> set[str]:
+        return super().no_weight_decay() | ({"rope.freqs"} if isinstance(self.rope, MixedRope) else set())
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -396,7 +467,7 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
 
 # --------------------------------------------------------------------------- variants
 _CLIP_MEAN_STD = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
-_EVA02 = dict(mlp_ratio=8 / 3, act_layer="silu", rope=True, rope_ref_grid=(16, 16))
+_EVA02 = dict(mlp_ratio=8 / 3, act_layer="silu", rope="axial", rope_ref_grid=(16, 16))
 _EVA02_SIZES = {  # name: (embed_dim, depth, num_heads, the MLP and attention layout)
     "tiny": (192, 12, 3, dict(mlp_layer="swiglu_packed")),
     "small": (384, 12, 6, dict(mlp_layer="swiglu_packed")),
@@ -429,6 +500,26 @@ _TABLE |= {
     ),
 }
 
+# timm's "SBB" ViTs with axial RoPE and no absolute embedding: register tokens, mean-pooled, LayerScale
+_SBB = dict(patch_size=16, init_values=1e-5, class_token=False, pos_embed="none", rope="axial", rope_ref_grid=(16, 16))
+_INCEPTION_MEAN_STD = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+_TABLE |= {
+    "vit_medium_patch16_rope_reg1_gap_256": (EvaConfig(embed_dim=512, depth=12, num_heads=8, reg_tokens=1, **_SBB), 256, 0.95, "center", _INCEPTION_MEAN_STD, 1000),
+    "vit_mediumd_patch16_rope_reg1_gap_256": (EvaConfig(embed_dim=512, depth=20, num_heads=8, reg_tokens=1, qkv_bias=False, **_SBB), 256, 0.95, "center", _INCEPTION_MEAN_STD, 1000),
+    "vit_betwixt_patch16_rope_reg4_gap_256": (EvaConfig(embed_dim=640, depth=12, num_heads=10, reg_tokens=4, **_SBB), 256, 0.95, "center", _CLIP_MEAN_STD, 1000),
+    "vit_base_patch16_rope_reg1_gap_256": (EvaConfig(embed_dim=768, depth=12, num_heads=12, reg_tokens=1, **_SBB), 256, 0.95, "center", _INCEPTION_MEAN_STD, 1000),
+}
+# RoPE-ViT (Heo et al., "Rotary Position Embedding for Vision Transformer", ECCV 2024; naver-ai/rope-vit):
+# DeiT III's ViTs (LayerScale, class token) with RoPE-Axial (base 100) or RoPE-Mixed (learned, base 10),
+# columns first; "_ape" with DeiT III's position embedding for the patch tokens besides
+_ROPE_VIT = dict(patch_size=16, k_bias=True, init_values=1e-5, global_pool="token", rope_xy=True)
+for _size, (_d, _l, _h) in {"small": (384, 12, 6), "base": (768, 12, 12), "large": (1024, 24, 16)}.items():
+    for _kind, _rope in (("rope", dict(rope="axial", rope_temperature=100.0)), ("rope_mixed", dict(rope="mixed", rope_temperature=10.0))):
+        for _ape, _pos in (("", dict(pos_embed="none")), ("_ape", dict(no_embed_class=True))):
+            _TABLE[f"vit_{_size}_patch16_{_kind}{_ape}_224"] = (
+                EvaConfig(embed_dim=_d, depth=_l, num_heads=_h, **_ROPE_VIT, **_rope, **_pos), 224, 0.9, "center", dict(mean=IMAGENET_MEAN, std=IMAGENET_STD), 1000,
+            )
+
 VARIANTS = {name: row[0] for name, row in _TABLE.items()}
 _DEFAULT_CFGS = {
     name: default_cfg(side, crop_pct=crop, first_conv="patch_embed.proj", num_classes=classes, **({"crop_mode": mode} if mode != "center" else {}), **norm)
@@ -448,5 +539,5 @@ register_family(
     VARIANTS,
     default_cfgs=_DEFAULT_CFGS,
     published=PUBLISHED,
-    paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023)",
+    paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023); RoPE-ViT: Heo et al., ECCV 2024",
 )

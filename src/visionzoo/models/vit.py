@@ -483,7 +483,12 @@ class VisionTransformer(VisionModel):
         x = self.pos_drop(x)
         return (x if self.norm_pre is None else self.norm_pre(x)), grid
 
-    def _block(self, i: int, x: Tensor, grid: tuple[int, int]) -> Tensor:
+    def _blocks_context(self, grid: tuple[int, int], x: Tensor) -> object:
+        """What every block of one forward needs beside the tokens, computed once (a subclass's:
+        EVA's rotary tables); None here."""
+        return None
+
+    def _block(self, i: int, x: Tensor, grid: tuple[int, int], context: object = None) -> Tensor:
         if self.cfg.pos_embed_at != "stem":
             x = x + self._absolute_pos_embed(i, grid)
         if self.cfg.pos_embed in RELATIVE:
@@ -549,9 +554,10 @@ class VisionTransformer(VisionModel):
         order), the patch grid, and with ``with_features`` ``forward_features(x)``, from one pass."""
         wanted = set(indices)
         x, grid = self._embed(x)
+        context = self._blocks_context(grid, x)
         out = {}
         for i in range(len(self.blocks) if with_features else max(wanted) + 1):
-            x = self._block(i, x, grid)
+            x = self._block(i, x, grid, context)
             if i in wanted:
                 out[i] = x
         return [out[i] for i in indices], grid, self.norm(x) if with_features else None
