@@ -146,6 +146,31 @@ def test_fused_linear_equals_linear_then_act(act, shape):
 
 @needs_onednn
 @pytest.mark.usefixtures("onednn_on")
+def test_large_fp32_weights_take_the_blas_path_where_set(monkeypatch):
+    """The Intel rule (``INTEL_BLAS_FROM``): fp32 weights of that many elements and more run as
+    ``F.linear`` (+ the activation in place; ``linear_add``: GEMM into the residual), the rest and
+    bf16 ones through oneDNN; the results are the same."""
+    lin = importlib.import_module("visionzoo.layers.linear")  # the module (the package's `linear` is its function)
+    monkeypatch.setitem(lin._state, "blas_from", 48 * 80)
+    torch.manual_seed(0)
+    big, small, res = torch.nn.Linear(48, 80), torch.nn.Linear(48, 79), torch.randn(2, 5, 80)
+    x = torch.randn(2, 5, 48)
+    with torch.inference_mode():
+        got, ops = _ops_run(lambda: linear(big, x, torch.nn.GELU()))
+        assert "mkldnn::_linear_pointwise" not in ops
+        torch.testing.assert_close(got, torch.nn.functional.gelu(big(x)), rtol=1e-5, atol=1e-5)
+        got, ops = _ops_run(lambda: linear_add(res, x, big.weight, big.bias))
+        assert "mkldnn::_linear_pointwise" not in ops and "aten::addmm_" in ops
+        torch.testing.assert_close(got, res + big(x), rtol=1e-5, atol=1e-5)
+        _, ops = _ops_run(lambda: linear(small, x))
+        assert "mkldnn::_linear_pointwise" in ops
+        if _kernel_works(torch.bfloat16):
+            _, ops = _ops_run(lambda: linear(big.bfloat16(), x.bfloat16()))
+            assert "mkldnn::_linear_pointwise" in ops
+
+
+@needs_onednn
+@pytest.mark.usefixtures("onednn_on")
 def test_fused_linear_takes_strided_bf16_and_conv_weights():
     torch.manual_seed(0)
     fc = torch.nn.Linear(32, 16)
