@@ -1,10 +1,13 @@
-"""EVA and EVA-02: plain ViTs pre-trained by masked image modelling towards CLIP features.
+"""EVA and EVA-02: plain ViTs pre-trained by masked image modelling towards CLIP features; and
+the ViTs with rotary position embeddings built on the same class (RoPE-ViT, timm's SBB RoPE ViTs).
 
 Papers:
     Fang et al., "EVA: Exploring the Limits of Masked Visual Representation Learning at
     Scale", CVPR 2023 (EVA-g: a ViT-g/14 of 1408 wide, 40 blocks).
     Fang et al., "EVA-02: A Visual Representation for Neon Genesis", 2023 (arXiv 2303.11331).
     Sun et al., "EVA-CLIP: Improved Training Techniques for CLIP at Scale", 2023.
+    Heo et al., "Rotary Position Embedding for Vision Transformer", ECCV 2024 (RoPE-Axial, and
+    RoPE-Mixed's learned frequencies, on DeiT III's ViTs).
 
 EVA-g is a ViT with an average-pooled head. EVA-02 keeps the plain ViT and changes its block
 (the paper's "TrV", Fig. 2):
