@@ -73,6 +73,7 @@ def _default_on() -> bool:
 
 
 def _intel_cpu() -> bool:
+    """Whether /proc/cpuinfo names an Intel CPU (False where it cannot be read)."""
     try:
         with open("/proc/cpuinfo") as f:
             return "GenuineIntel" in f.read(4096)
@@ -90,6 +91,8 @@ def _onednn_for(weight: Tensor) -> bool:
     """Whether ``weight``'s product takes the oneDNN path (on, and not a large fp32 weight on Intel)."""
     big = _state["blas_from"] is not None and weight.dtype == torch.float32 and weight.numel() >= _state["blas_from"]
     return not big and onednn_linear_available()
+
+
 _dtype_works: dict[torch.dtype, bool] = {}  # bf16 needs CPU support (none on AVX2-only x86)
 
 
