@@ -30,17 +30,22 @@ def small_side(model) -> int:
 
 
 def shallow_options(name: str) -> dict:
-    """ViT-L, ViT-H and the EVAs at 4 of their 24-40 blocks (EVA-02-CLIP-E at 2 of 64), the ConvNeXts of 2048 channels and more
-    (XL, V2-H) at 3 blocks a stage, and EfficientNetV2-L / XL at a quarter of their blocks, for
-    checks that build and run them: each block is the same code, and 120-660M parameters took
-    10-45 s a check on 2 cores. Widths, heads, patch and input size stay; their full depth is
-    checked by the parameter counts of the reference tests and by the slow every-shared-model
-    sweep."""
+    """Options that build a deep model shallower, for checks that build and run every registered
+    model: each block of a stage is the same code, and 100-660M parameters at full depth took
+    5-45 s a check on 2 cores. The ViTs and EVAs at 4 blocks (EVA-02-CLIP-E at 2: its blocks are
+    68M each), EfficientNetV2-L / XL at a quarter of their blocks, and any network of more than 16
+    blocks in its stage table (ResNet-101 and deeper, DenseNet, Swin-B / L, ConvNeXt-B and up,
+    CoAtNet-2 and up, NesT-B, Inception-ResNet-v2) at 2 blocks a stage. Widths, heads, patch and
+    input size stay; the full depth is checked by the parameter counts of the reference tests and
+    by the slow every-shared-model sweep."""
     entry = get_entry(name)
-    if entry.family in ("vit", "eva") and entry.config.depth > 12:
-        return {"depth": 4 if entry.config.embed_dim < 1792 else 2}  # EVA-02-CLIP-E's blocks are 68M each
-    if entry.family == "convnext" and entry.config.dims[-1] >= 2048:
-        return {"depths": (3, 3, 3, 3)}
-    if entry.family == "efficientnet" and sum(s.repeats for s in entry.config.stages) > 60:
+    cfg = entry.config
+    if entry.family in ("vit", "eva") and cfg.depth > 4:
+        return {"depth": 4 if cfg.embed_dim < 1792 else 2}
+    if entry.family == "efficientnet" and sum(s.repeats for s in cfg.stages) > 60:
         return {"depth_coefficient": 0.25}
+    for field in ("depths", "layers"):  # blocks per stage (timm's names: ResNet's layers)
+        stages = getattr(cfg, field, None)
+        if isinstance(stages, tuple) and all(isinstance(d, int) for d in stages) and sum(stages) > 16:
+            return {field: tuple(min(d, 2) for d in stages)}
     return {}
