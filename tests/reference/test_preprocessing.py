@@ -57,3 +57,24 @@ def test_torchvision_preset_resize():
     diff = (ours - theirs).abs()  # a fifth of the pixels round one grey level apart (v2 vs v1 uint8 resize);
     # a resize to 231 or 233 instead moves almost all, by 0.08-0.1 on average
     assert diff.max() <= 1.01 / 255 / min(c["std"]) and diff.mean() < 0.01
+
+
+def test_crop_mode_is_timms_where_the_resize_is():
+    """Where a registered model states the input size, crop_pct and interpolation of timm's default
+    weights, it states their crop mode too: the CLIP towers fine-tuned at 336-384 and ConvNeXt
+    V2-H at 384 were evaluated with the whole image resized to the input ("squash"); a centre
+    crop of the same size shows the network another image. (Elsewhere the paper's or
+    torchvision's preprocessing is kept on purpose, EfficientNet's resolutions for one.)"""
+    from timm.models import get_pretrained_cfg, is_model
+
+    compared, wrong = 0, []
+    for name in visionzoo.list_models():
+        if not is_model(name):
+            continue
+        ours, theirs = get_entry(name).default_cfg, get_pretrained_cfg(name).to_dict()
+        if (tuple(ours["input_size"]), round(ours["crop_pct"], 6), ours["interpolation"]) != (tuple(theirs["input_size"]), round(theirs["crop_pct"], 6), theirs["interpolation"]):
+            continue
+        compared += 1
+        if ours.get("crop_mode", "center") != theirs.get("crop_mode", "center"):
+            wrong.append((name, ours.get("crop_mode", "center"), theirs["crop_mode"]))
+    assert compared > 300 and not wrong, (compared, wrong)

@@ -382,7 +382,10 @@ register_family(
     "convnext",
     ConvNeXt,
     VARIANTS,
-    default_cfgs=lambda name, cfg: default_cfg(384 if name == "convnextv2_huge" else 224, crop_pct=_TIMM_CROP.get(name, 0.875), first_conv="stem.0", classifier="head.fc"),
+    default_cfgs=lambda name, cfg: default_cfg(
+        384 if name == "convnextv2_huge" else 224, crop_pct=_TIMM_CROP.get(name, 0.875), first_conv="stem.0", classifier="head.fc",
+        **({"crop_mode": "squash"} if name == "convnextv2_huge" else {}),  # timm's default weights were evaluated so
+    ),
     published={  # paper Table 1 (ImageNet-1k, 224); XL only after ImageNet-22k
         "convnext_tiny": dict(params=28.6, gmacs=4.5, top1=82.1),
         "convnext_small": dict(params=50.0, gmacs=8.7, top1=83.1),

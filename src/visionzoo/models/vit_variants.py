@@ -178,7 +178,9 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in _TIMM_VITS.items():
     _DEFAULT_CFGS[_n] = default_cfg(_res, mean=_mean, std=_std, crop_pct=_crop, first_conv="patch_embed.proj", num_classes=_classes)
     if _n == "vit_base_patch16_224_miil":
         _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
-_DEFAULT_CFGS["eva_large_patch14_336"]["crop_mode"] = "squash"  # timm's default weights were evaluated so
+# timm's default weights of these were evaluated with the whole image resized to the input (no crop)
+for _n in ("eva_large_patch14_336", "vit_base_patch16_clip_384", "vit_large_patch14_clip_336", "vit_huge_patch14_clip_336", "vit_gigantic_patch14_clip_378"):
+    _DEFAULT_CFGS[_n]["crop_mode"] = "squash"
 
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
