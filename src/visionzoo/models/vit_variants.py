@@ -75,15 +75,24 @@ _TIMM_VITS = {
     "vit_small_patch8_224": (ViTConfig(patch_size=8, embed_dim=384, num_heads=6), 224, 0.9, _IMAGENET, 0),
     "vit_base_patch8_224": (ViTConfig(patch_size=8), 224, 0.9, _INCEPTION, 1000),
     "vit_large_patch14_224": (ViTConfig(patch_size=14, embed_dim=1024, depth=24, num_heads=16), 224, 0.9, _INCEPTION, 1000),
+    # ViT-g/14 and ViT-G/14 of "Scaling Vision Transformers" (Zhai et al., CVPR 2022) as plain classifiers
+    "vit_giant_patch14_224": (ViTConfig(patch_size=14, embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11), 224, 0.9, _INCEPTION, 1000),
+    "vit_gigantic_patch14_224": (ViTConfig(patch_size=14, embed_dim=1664, depth=48, num_heads=16, mlp_ratio=64 / 13), 224, 0.9, _INCEPTION, 1000),
+    # "Three things everyone should know about Vision Transformers" (Touvron et al., ECCV 2022): ViT-S 36 blocks deep
+    "vit_small_patch16_36x1_224": (ViTConfig(embed_dim=384, depth=36, num_heads=6, init_values=1e-5), 224, 0.9, _INCEPTION, 1000),
     "vit_base_patch16_224_miil": (ViTConfig(qkv_bias=False), 224, 0.875, ((0.0,) * 3, (1.0,) * 3), 11221),
     "vit_base_patch16_plus_240": (ViTConfig(embed_dim=896, num_heads=14, init_values=1e-5), 240, 0.95, _INCEPTION, 1000),
     "vit_base_patch32_plus_256": (ViTConfig(patch_size=32, embed_dim=896, num_heads=14, init_values=1e-5), 256, 0.95, _INCEPTION, 1000),
     "vit_base_patch16_gap_224": (ViTConfig(num_heads=16, fc_norm=False, **_GAP), 224, 0.9, _INCEPTION, 1000),
     "vit_medium_patch16_gap_240": (ViTConfig(embed_dim=512, num_heads=8, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 240, 0.95, _INCEPTION, 11821),
-    "vit_medium_patch16_gap_256": (ViTConfig(embed_dim=512, num_heads=8, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 256, 0.95, _INCEPTION, 1000),
+    **{
+        f"vit_medium_patch16_gap_{_r}": (ViTConfig(embed_dim=512, num_heads=8, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), _r, 0.95, _INCEPTION, 1000)
+        for _r in (256, 384)
+    },
     "vit_betwixt_patch16_gap_256": (ViTConfig(embed_dim=640, num_heads=10, qkv_bias=False, init_values=1e-6, fc_norm=False, **_GAP), 256, 0.95, _INCEPTION, 1000),
     "vit_huge_patch14_gap_224": (ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, fc_norm=False, **_GAP), 224, 0.9, _IMAGENET, 0),
     "vit_huge_patch16_gap_448": (ViTConfig(embed_dim=1280, depth=32, num_heads=16, fc_norm=False, **_GAP), 448, 1.0, _IMAGENET, 0),
+    "vit_giant_patch16_gap_224": (ViTConfig(embed_dim=1408, depth=40, num_heads=16, mlp_ratio=48 / 11, fc_norm=False, **_GAP), 224, 0.9, _IMAGENET, 0),
     "vit_base_patch16_reg4_gap_256": (ViTConfig(reg_tokens=4, **{**_REG, "init_values": None}), 256, 0.9, _INCEPTION, 1000),
     "vit_medium_patch16_reg1_gap_256": (ViTConfig(embed_dim=512, num_heads=8, reg_tokens=1, **_REG), 256, 0.95, _INCEPTION, 1000),
     "vit_medium_patch16_reg4_gap_256": (ViTConfig(embed_dim=512, num_heads=8, reg_tokens=4, **_REG), 256, 0.95, _INCEPTION, 1000),
@@ -100,9 +109,10 @@ _TIMM_VITS = {
         f"vit_so150m_patch16_reg4_gap_{_r}": (ViTConfig(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572, class_token=False, reg_tokens=4, global_pool="avg", fc_norm=False), _r, _c, _INCEPTION, 1000)
         for _r, _c in ((256, 0.95), (384, 1.0))
     },
+    "vit_so150m_patch16_reg4_map_256": (ViTConfig(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2.572, class_token=False, reg_tokens=4, global_pool="map"), 256, 0.9, _INCEPTION, 1000),
     **{
         f"vit_so150m2_patch16_reg1_gap_{_r}": (ViTConfig(embed_dim=832, depth=21, num_heads=13, mlp_ratio=34 / 13, init_values=1e-5, qkv_bias=False, class_token=False, reg_tokens=1, global_pool="avg"), _r, 1.0, _INCEPTION, 1000)
-        for _r in (256, 384)
+        for _r in (256, 384, 448)
     },
 }
 
@@ -179,7 +189,7 @@ for _n, (_cfg, _res, _crop, (_mean, _std), _classes) in _TIMM_VITS.items():
     if _n == "vit_base_patch16_224_miil":
         _DEFAULT_CFGS[_n]["interpolation"] = "bilinear"
 # timm's default weights of these were evaluated with the whole image resized to the input (no crop)
-for _n in ("eva_large_patch14_336", "vit_base_patch16_clip_384", "vit_large_patch14_clip_336", "vit_huge_patch14_clip_336", "vit_gigantic_patch14_clip_378"):
+for _n in ("eva_large_patch14_336", "vit_medium_patch16_gap_384", "vit_so150m2_patch16_reg1_gap_448", "vit_base_patch16_clip_384", "vit_large_patch14_clip_336", "vit_huge_patch14_clip_336", "vit_gigantic_patch14_clip_378"):
     _DEFAULT_CFGS[_n]["crop_mode"] = "squash"
 
 for _res in (224, 384):
