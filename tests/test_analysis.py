@@ -428,6 +428,33 @@ def test_attention_rollout_map(tmp_path):
         assert im.size == (900, 450)
 
 
+def test_rollout_takes_a_block_of_parallel_branches_as_one_layer():
+    """ViT-S 18x2's two attention branches of a block read the same input: the block mixes tokens
+    by (I + A_1 + A_2) / 3, not by (0.5 A_2 + 0.5 I)(0.5 A_1 + 0.5 I) as two layers in a row."""
+    torch.manual_seed(0)
+    m = visionzoo.create_model("vit_small_patch16_18x2_224", depth=2, img_size=48).eval()
+    img = torch.randn(3, 48, 48)
+    with torch.no_grad(), capture_attention(m) as store:
+        m(img[None])
+    assert sorted(store) == [f"blocks.{b}.attns.{j}.attn" for b in (0, 1) for j in (0, 1)]
+    eye = torch.eye(10)  # class token + 3 x 3 patches
+    rollout = {"parallel": eye, "sequential": eye}
+    for b in (0, 1):
+        fused = [store[f"blocks.{b}.attns.{j}.attn"][0][0].mean(0) for j in (0, 1)]
+        rollout["parallel"] = (eye + fused[0] + fused[1]) / 3 @ rollout["parallel"]
+        for a in fused:
+            rollout["sequential"] = (0.5 * a + 0.5 * eye) @ rollout["sequential"]
+
+    def as_map(r):
+        row = F.interpolate(r[0, 1:].reshape(1, 1, 3, 3), size=(48, 48), mode="bilinear", align_corners=False)[0, 0]
+        return ((row - row.min()) / (row.max() - row.min())).numpy()
+
+    got = attention_rollout(m, img)
+    np.testing.assert_allclose(got, as_map(rollout["parallel"]), atol=1e-5)
+    assert np.abs(got - as_map(rollout["sequential"])).max() > 1e-3
+    assert mean_attention_distance(m, img).shape == (4, 6)  # one row per branch
+
+
 def test_attention_rollout_refuses_a_batch():
     """A batch of images gave the first image's map and dropped the others unsaid."""
     with pytest.raises(ValueError, match="one image, got a batch of 2"):

@@ -514,3 +514,34 @@ def test_swiglu_mlp_on_any_vit_equals_timm():
         visionzoo.layers.GluMlp(192, 577)
     with pytest.raises(ValueError, match="mlp_layer must be one of 'mlp', 'swiglu_packed', got 'swiglu'"):
         visionzoo.create_model("vit_tiny_patch16_224", mlp_layer="swiglu")
+
+
+@pytest.mark.parametrize("num_parallel, init_values", [(2, 1e-5), (3, 0.0)])  # timm drops None options: 0 is its "no layer scale"
+def test_parallel_blocks_equal_timms(num_parallel, init_values):
+    """num_parallel: timm's ParallelThingsBlock (Touvron et al., ECCV 2022), its keys in its order,
+    logits and float64 training gradients of every parameter and of the input; with and without
+    layer scale, and a branch count timm's named models do not use."""
+    from functools import partial
+
+    from timm.models.vision_transformer import ParallelThingsBlock
+
+    kw = dict(img_size=48, patch_size=16, embed_dim=96, depth=3, num_heads=3, init_values=init_values, num_classes=5)
+    ref = build_random(lambda: timm.create_model("vit_small_patch16_18x2_224", **kw, block_fn=partial(ParallelThingsBlock, num_parallel=num_parallel)))
+    ours = visionzoo.create_model("vit_small_patch16_18x2_224", **kw, num_parallel=num_parallel).eval()
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert len(ours.blocks[0].attns) == len(ours.blocks[0].ffns) == num_parallel
+    visionzoo.load_checkpoint(ours, ref.state_dict(), source="timm")
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+    diffs = gradient_rel_diffs(ours.double(), ref.double(), x.double())
+    assert max(diffs.values()) < 1e-10, sorted(diffs.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_parallel_blocks_are_refused_where_they_cannot_be_built():
+    with pytest.raises(ValueError, match="num_parallel must be a positive int"):
+        visionzoo.create_model("vit_small_patch16_18x2_224", num_parallel=0)
+    with pytest.raises(ValueError, match="plain attention"):
+        visionzoo.create_model("vit_small_patch16_18x2_224", pos_embed="relative")
+    with pytest.raises(ValueError, match="parallel blocks"):
+        visionzoo.create_model("eva02_tiny_patch14_224", num_parallel=2)

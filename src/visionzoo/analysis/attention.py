@@ -5,6 +5,7 @@ Every function here computes arrays; :mod:`visionzoo.analysis.pictures` draws th
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -77,9 +78,10 @@ def _as_batch(image: Tensor) -> Tensor:
     return image
 
 
-def _token_attention(model: nn.Module, images: Tensor) -> list[Tensor]:
-    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N), from
-    one pass in eval mode (the model's mode is restored after it).
+def _token_attention(model: nn.Module, images: Tensor) -> list[tuple[str, Tensor]]:
+    """Softmax weights of the global token attentions, in call order, each (B, nH, N, N) with the
+    name of the module that computed it, from one pass in eval mode (the model's mode is
+    restored after it).
 
     Raises:
         ValueError: a model that is not ViT-style: without a patch stride (``reduction``) and
@@ -96,13 +98,31 @@ def _token_attention(model: nn.Module, images: Tensor) -> list[Tensor]:
             model(images)
     finally:
         model.train(was_training)  # a model in training stays so (dropout, drop path), as gradcat leaves it
-    maps = [w for ws in store.values() for w in ws if w.ndim == 4 and w.shape[0] == images.shape[0] and w.shape[-1] == w.shape[-2]]
+    maps = [(n, w) for n, ws in store.items() for w in ws if w.ndim == 4 and w.shape[0] == images.shape[0] and w.shape[-1] == w.shape[-2]]
     if not maps:
         raise ValueError(f"{type(model).__name__} computed no global token attention")
-    if len({w.shape[-1] for w in maps}) > 1:
+    sizes = {w.shape[-1] for _, w in maps}
+    if len(sizes) > 1:
         raise ValueError(f"{type(model).__name__}: its blocks attend over different numbers of tokens "
-                         f"({sorted({w.shape[-1] for w in maps}, reverse=True)}); rollout and distance need the same tokens in every block")
+                         f"({sorted(sizes, reverse=True)}); rollout and distance need the same tokens in every block")
     return maps
+
+
+def _by_block(maps: list[tuple[str, Tensor]]) -> list[list[Tensor]]:
+    """The maps grouped by block: the parallel branches of a block (``blocks.i.attns.j.attn``,
+    :class:`~visionzoo.models.vit.ParallelBlock`) read the same input and form one group; any
+    other attention is a group of its own."""
+    groups: list[list[Tensor]] = []
+    last = None
+    for name, w in maps:
+        m = re.fullmatch(r"(.*)\.attns\.\d+\.attn", name)
+        key = m.group(1) if m else None
+        if key is not None and key == last:
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+        last = key
+    return groups
 
 
 def _grid(model: nn.Module, images: Tensor, n_patches: int) -> tuple[int, int]:
@@ -119,7 +139,8 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
 
     Each layer's weights are fused over heads (``mean``, ``max`` or ``min``), the residual
     connection is modelled as 0.5 A + 0.5 I with rows renormalised, and the layers are
-    multiplied from the first to the last. The class token's row over the patch tokens
+    multiplied from the first to the last. A block of k parallel attention branches
+    (``num_parallel``), all reading its input, counts as one layer (I + A_1 + ... + A_k) / (k + 1). The class token's row over the patch tokens
     (for a model without one: the mean row of the patch tokens) is the map, upsampled
     bilinearly to the image and scaled to [0, 1] (min to max).
 
@@ -138,12 +159,11 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
     fuse = {"mean": lambda a: a.mean(1), "max": lambda a: a.amax(1), "min": lambda a: a.amin(1)}
     if head_fusion not in fuse:
         raise ValueError(f"head_fusion must be one of {sorted(fuse)}, got {head_fusion!r}")
-    N = maps[0].shape[-1]
+    N = maps[0][1].shape[-1]
     eye = torch.eye(N)
     rollout = eye
-    for w in maps:
-        a = fuse[head_fusion](w.float().cpu())[0]  # N, N
-        a = 0.5 * a + 0.5 * eye
+    for group in _by_block(maps):
+        a = (eye + sum(fuse[head_fusion](w.float().cpu())[0] for w in group)) / (len(group) + 1)  # N, N
         a = a / a.sum(-1, keepdim=True)
         rollout = a @ rollout
     P = int(getattr(model, "num_prefix_tokens", 0))
@@ -175,10 +195,11 @@ def mean_attention_distance(model: nn.Module, images: Tensor) -> np.ndarray:
         images: (B, C, H, W) or (C, H, W).
 
     Returns:
-        (layers, heads) array of distances in pixels.
+        (layers, heads) array of distances in pixels (a block of parallel branches: one row
+        per branch).
     """
     x = _as_batch(images)
-    maps = _token_attention(model, x)
+    maps = [w for _, w in _token_attention(model, x)]
     P = int(getattr(model, "num_prefix_tokens", 0))
     N = maps[0].shape[-1]
     grid = _grid(model, x, N - P)

@@ -358,8 +358,8 @@ class Eva(VisionTransformer):
     def __init__(self, cfg: EvaConfig, *, num_classes: int = 1000, in_chans: int = 3, img_size: tuple[int, int] = (224, 224), drop_path_rate: float = 0.0) -> None:
         if cfg.pos_embed not in ("learned_1d", "none") or cfg.pos_embed_at != "stem":
             raise ValueError(f"EVA takes pos_embed 'learned_1d' or 'none' at the stem (its rotary embedding is relative already), got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
-        if cfg.distilled or cfg.hybrid_layers:
-            raise ValueError("EVA has no distillation token or hybrid stem (distilled=False, hybrid_layers=())")
+        if cfg.distilled or cfg.hybrid_layers or cfg.num_parallel != 1:
+            raise ValueError("EVA has no distillation token, hybrid stem or parallel blocks (distilled=False, hybrid_layers=(), num_parallel=1)")
         if cfg.scale_mlp and cfg.mlp_layer != "swiglu":
             raise ValueError(f"scale_mlp=True norms the hidden layer of the two-layer SwiGLU: it takes mlp_layer='swiglu', got {cfg.mlp_layer!r}")
         if cfg.post_norm and cfg.init_values is not None:

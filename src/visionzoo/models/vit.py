@@ -34,6 +34,7 @@ The hybrid's ResNet-50 is in :mod:`.vit_hybrid`, the registered variants in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -167,6 +168,47 @@ class Block(nn.Module):
         return scaled(self.attn.proj, self.ls1), scaled(self.mlp.fc2, self.ls2)
 
 
+class ParallelBlock(nn.Module):
+    """``num_parallel`` pre-norm attention branches side by side, then as many MLP branches,
+    each branch reading the same input: x + sum_i Attn_i(LN_i(x)), then x + sum_i MLP_i(LN_i(x))
+    (Touvron et al., "Three things everyone should know about Vision Transformers", ECCV 2022:
+    ViT-S 18x2 has the layers of a 36-block ViT-S in 18 blocks of two parallel branches).
+    Keys as timm's ``ParallelThingsBlock``: ``attns.i.{norm,attn,ls}``, ``ffns.i.{norm,mlp,ls}``.
+
+    Shapes:
+        (B, N, C) -> (B, N, C).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_parallel: int = 2,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer: type[nn.Module] = partial(nn.LayerNorm, eps=1e-6),
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        init_values: float | None = None,
+        mlp_layer: type[Mlp] = Mlp,
+    ) -> None:
+        super().__init__()
+
+        def branch(name: str, layer: nn.Module) -> nn.Sequential:
+            scale = LayerScale(dim, init_values) if init_values else nn.Identity()
+            return nn.Sequential(OrderedDict(norm=norm_layer(dim), **{name: layer}, ls=scale, drop_path=DropPath(drop_path)))
+
+        self.attns = nn.ModuleList(branch("attn", Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)) for _ in range(num_parallel))
+        self.ffns = nn.ModuleList(branch("mlp", mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)) for _ in range(num_parallel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + sum(f(x) for f in self.attns)
+        return x + sum(f(x) for f in self.ffns)
+
+
 class RelPosAttention(Attention):
     """Attention with the ViT paper's relative position embeddings (App. D.4).
 
@@ -275,6 +317,9 @@ class ViTConfig:
         reg_tokens: learned register tokens after the class token, which no head reads
             (Darcet et al., "Vision Transformers Need Registers", ICLR 2024; timm's
             ``reg_tokens``, key ``reg_token``); they count among the prefix tokens.
+        num_parallel: attention and MLP branches per block, run side by side on the block's
+            input and summed (:class:`ParallelBlock`; timm's ``ParallelThingsBlock``); 1: the
+            usual sequential block.
         drop_rate: dropout before the classifier (timm's meaning).
         pos_drop_rate, proj_drop_rate, attn_drop_rate: dropout after the position embedding,
             after the attention projection and MLP layers, and on the attention weights.
@@ -300,6 +345,7 @@ class ViTConfig:
     act_layer: str = "gelu"
     mlp_layer: str = "mlp"
     reg_tokens: int = 0
+    num_parallel: int = 1
     drop_rate: float = 0.0
     pos_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
@@ -355,6 +401,9 @@ class VisionTransformer(VisionModel):
         if cfg.no_embed_class and (cfg.pos_embed != "learned_1d" or cfg.pos_embed_at != "stem"):
             raise ValueError(f"no_embed_class=True takes pos_embed='learned_1d' at the stem, got pos_embed={cfg.pos_embed!r}, pos_embed_at={cfg.pos_embed_at!r}")
         check_int("reg_tokens", cfg.reg_tokens, 0)
+        check_int("num_parallel", cfg.num_parallel, 1)
+        if cfg.num_parallel > 1 and cfg.pos_embed in RELATIVE:
+            raise ValueError(f"num_parallel={cfg.num_parallel} builds parallel branches of plain attention: it takes pos_embed 'none', 'learned_1d' or 'learned_2d', got {cfg.pos_embed!r}")
         if cfg.act_layer not in ACT_LAYERS:
             raise ValueError(f"act_layer must be one of {', '.join(map(repr, ACT_LAYERS))}, got {cfg.act_layer!r}")
         if cfg.mlp_layer not in self.mlp_layers:
@@ -426,6 +475,8 @@ class VisionTransformer(VisionModel):
         if cfg.pos_embed in RELATIVE:
             attn = partial(RelPosAttention, grid_size=self.grid_size, num_prefix_tokens=self.num_prefix_tokens, two_d=cfg.pos_embed == "relative_2d")
             return [RelPosBlock(D, cfg.num_heads, drop_path=dpr[i], attn_layer=attn, **block_kwargs) for i in range(cfg.depth)]
+        if cfg.num_parallel > 1:
+            return [ParallelBlock(D, cfg.num_heads, num_parallel=cfg.num_parallel, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
         return [Block(D, cfg.num_heads, drop_path=dpr[i], **block_kwargs) for i in range(cfg.depth)]
 
     def _init_weights(self) -> None:

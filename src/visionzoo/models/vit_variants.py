@@ -80,6 +80,9 @@ _TIMM_VITS = {
     "vit_gigantic_patch14_224": (ViTConfig(patch_size=14, embed_dim=1664, depth=48, num_heads=16, mlp_ratio=64 / 13), 224, 0.9, _INCEPTION, 1000),
     # "Three things everyone should know about Vision Transformers" (Touvron et al., ECCV 2022): ViT-S 36 blocks deep
     "vit_small_patch16_36x1_224": (ViTConfig(embed_dim=384, depth=36, num_heads=6, init_values=1e-5), 224, 0.9, _INCEPTION, 1000),
+    # ... and the same layers as 18 blocks of two parallel branches (ViT-B alike)
+    "vit_small_patch16_18x2_224": (ViTConfig(embed_dim=384, depth=18, num_heads=6, init_values=1e-5, num_parallel=2), 224, 0.9, _INCEPTION, 1000),
+    "vit_base_patch16_18x2_224": (ViTConfig(depth=18, init_values=1e-5, num_parallel=2), 224, 0.9, _INCEPTION, 1000),
     "vit_base_patch16_224_miil": (ViTConfig(qkv_bias=False), 224, 0.875, ((0.0,) * 3, (1.0,) * 3), 11221),
     "vit_base_patch16_plus_240": (ViTConfig(embed_dim=896, num_heads=14, init_values=1e-5), 240, 0.95, _INCEPTION, 1000),
     "vit_base_patch32_plus_256": (ViTConfig(patch_size=32, embed_dim=896, num_heads=14, init_values=1e-5), 256, 0.95, _INCEPTION, 1000),
@@ -258,6 +261,7 @@ register_family(
     published=PUBLISHED,
     paper=(
         "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021 (DeiT: Touvron et al., ICML 2021; DeiT III: Touvron et al., ECCV 2022; "
+        "parallel blocks: Touvron et al., Three things everyone should know about Vision Transformers, ECCV 2022; "
         "DINOv2: Oquab et al., TMLR 2024; registers: Darcet et al., ICLR 2024; CLIP: Radford et al., ICML 2021; "
         "SigLIP: Zhai et al., ICCV 2023)"
     ),
