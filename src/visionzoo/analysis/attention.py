@@ -139,10 +139,10 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
 
     Each layer's weights are fused over heads (``mean``, ``max`` or ``min``), the residual
     connection is modelled as 0.5 A + 0.5 I with rows renormalised, and the layers are
-    multiplied from the first to the last. A block of k parallel attention branches
-    (``num_parallel``), all reading its input, counts as one layer (I + A_1 + ... + A_k) / (k + 1). The class token's row over the patch tokens
-    (for a model without one: the mean row of the patch tokens) is the map, upsampled
-    bilinearly to the image and scaled to [0, 1] (min to max).
+    multiplied from the first to the last; a block of k parallel attention branches
+    (``num_parallel``), all reading its input, counts as one layer, (I + A_1 + ... + A_k) / (k + 1).
+    The class token's row over the patch tokens (for a model without one: the mean row of the
+    patch tokens) is the map, upsampled bilinearly to the image and scaled to [0, 1] (min to max).
 
     Args:
         model: a ViT-style model (visionzoo ``VisionTransformer``; ``num_prefix_tokens``

@@ -5,6 +5,8 @@ Papers:
     at Scale", ICLR 2021 (ViT, the hybrid, and the position-embedding ablation of App. D.4).
     Touvron et al., "Training data-efficient image transformers & distillation through
     attention", ICML 2021 (DeiT and the distillation token).
+    Touvron et al., "Three things everyone should know about Vision Transformers", ECCV 2022
+    (parallel blocks: :class:`ParallelBlock`, ``ViTConfig.num_parallel``).
 
 The image is cut into p x p patches, each embedded linearly; a class token is prepended,
 position embeddings are added, and a stack of pre-norm transformer blocks follows. The
