@@ -36,10 +36,11 @@ The hybrid's ResNet-50 is in :mod:`.vit_hybrid`, the registered variants in
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import partial, reduce
 
 import torch
 import torch.nn.functional as F
@@ -207,8 +208,10 @@ class ParallelBlock(nn.Module):
         self.ffns = nn.ModuleList(branch("mlp", mlp_layer(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)) for _ in range(num_parallel))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + sum(f(x) for f in self.attns)
-        return x + sum(f(x) for f in self.ffns)
+        # the branches summed among themselves, then into x (timm's order); reduce, not sum(),
+        # whose start value 0 would cost a pass over the tokens per block half
+        x = x + reduce(operator.add, (f(x) for f in self.attns))
+        return x + reduce(operator.add, (f(x) for f in self.ffns))
 
 
 class RelPosAttention(Attention):
