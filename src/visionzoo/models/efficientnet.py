@@ -66,7 +66,7 @@ from ..checkpoints import identity, register_converter
 from ..checkpoints.convert import ConfigChanges
 from ..layers import POOL_TYPES, Conv2d, DropPath, apply_conv_bn, check_output_stride, classifier, conv2d, dilate_strides, he_normal_fan_out_, make_divisible, pad_same, skippable
 from ..param_groups import MATCH_PREV_GROUP
-from ..registry import default_cfg, register_alias, register_family
+from ..registry import INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
 
 __all__ = ["ConvBnAct", "EfficientNet", "EfficientNetConfig", "FusedMBConv", "StageSpec", "round_filters", "round_repeats", "set_numerics", "stage_specs"]
 
@@ -689,16 +689,16 @@ VARIANTS |= V2_VARIANTS
 #: [-1, 1] inputs, bilinear from Lite3.
 _TIMM_TF_CFGS = {
     "tf_efficientnet_b3": dict(crop_pct=0.904),
-    **{f"tf_efficientnet_lite{i}": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)) for i in range(3)},
-    "tf_efficientnet_lite3": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.904),
-    "tf_efficientnet_lite4": dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bilinear", crop_pct=0.920),
+    **{f"tf_efficientnet_lite{i}": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD) for i in range(3)},
+    "tf_efficientnet_lite3": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, interpolation="bilinear", crop_pct=0.904),
+    "tf_efficientnet_lite4": dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, interpolation="bilinear", crop_pct=0.920),
 }
 
 
 #: V2's preprocessing as timm's default cfgs: (evaluation size, crop_pct, other entries). The
 #: tf_ S-XL and B3 weights take [-1, 1] inputs, and M-XL and B3 are evaluated on the whole image
 #: resized to a square (``crop_mode="squash"``).
-_HALF = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+_HALF = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD)
 _V2_PREPROCESSING: dict[str, tuple[int, float, dict[str, Any]]] = {
     "efficientnetv2_s": (384, 1.0, {}), "efficientnetv2_m": (416, 1.0, {}), "efficientnetv2_l": (480, 1.0, {}),
     "efficientnetv2_xl": (512, 1.0, {}), "efficientnetv2_rw_t": (288, 1.0, {}), "efficientnetv2_rw_s": (384, 1.0, {}),

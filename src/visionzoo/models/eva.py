@@ -40,7 +40,7 @@ from ..checkpoints import identity, register_converter
 from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, mixed_rope, mixed_rope_freqs, rope_2d
 from ..layers.drop_path import DropPath
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, trunc_normal_
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, default_cfg, register_family
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_cfg, register_family
 from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
 
 __all__ = ["Eva", "EvaAttention", "EvaBlock", "EvaConfig"]
@@ -469,7 +469,7 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
 
 
 # --------------------------------------------------------------------------- variants
-_CLIP_MEAN_STD = dict(mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+_CLIP_MEAN_STD = dict(mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)
 _EVA02 = dict(mlp_ratio=8 / 3, act_layer="silu", rope="axial", rope_ref_grid=(16, 16))
 _EVA02_SIZES = {  # name: (embed_dim, depth, num_heads, the MLP and attention layout)
     "tiny": (192, 12, 3, dict(mlp_layer="swiglu_packed")),
@@ -505,7 +505,7 @@ _TABLE |= {
 
 # timm's "SBB" ViTs with axial RoPE and no absolute embedding: register tokens, mean-pooled, LayerScale
 _SBB = dict(patch_size=16, init_values=1e-5, class_token=False, pos_embed="none", rope="axial", rope_ref_grid=(16, 16))
-_INCEPTION_MEAN_STD = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+_INCEPTION_MEAN_STD = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD)
 _TABLE |= {
     "vit_medium_patch16_rope_reg1_gap_256": (EvaConfig(embed_dim=512, depth=12, num_heads=8, reg_tokens=1, **_SBB), 256, 0.95, "center", _INCEPTION_MEAN_STD, 1000),
     "vit_mediumd_patch16_rope_reg1_gap_256": (EvaConfig(embed_dim=512, depth=20, num_heads=8, reg_tokens=1, qkv_bias=False, **_SBB), 256, 0.95, "center", _INCEPTION_MEAN_STD, 1000),

@@ -7,7 +7,7 @@ default cfg, published figures) and registers them as the ``vit`` family.
 
 from __future__ import annotations
 
-from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, default_cfg, register_alias, register_family
+from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_cfg, register_alias, register_family
 from .vit import ViTConfig, VisionTransformer
 
 _SIZES = {  # name: (embed_dim, depth, num_heads), ViT paper Table 1 and DeiT Table 1 (Ti, S)
@@ -124,7 +124,7 @@ _TIMM_VITS = {
 # QuickGELU for the towers trained with it. Where timm's default weights are the bare tower, the
 # "classifier" is its projection into the joint embedding (512 ... 1024 wide).
 _CLIP = dict(pre_norm=True, norm_eps=1e-5)
-_OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+_OPENAI_CLIP = (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 _TIMM_VITS |= {
     "vit_xsmall_patch16_clip_224": (ViTConfig(embed_dim=256, depth=10, num_heads=4, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
     "vit_medium_patch16_clip_224": (ViTConfig(embed_dim=512, num_heads=8, **_CLIP), 224, 0.9, _OPENAI_CLIP, 512),
