@@ -127,8 +127,7 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     rows, cols = torch.meshgrid(*coords, indexing="ij")  # Gh, Gw each
     axes = torch.stack([cols, rows] if xy else [rows, cols], dim=-1)  # Gh, Gw, 2
     angles = (axes[..., None] * bands).flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (first axis' bands, then the second's)
-    angles = angles.repeat_interleave(2, dim=-1)  # Gh*Gw, head_dim: one angle per pair of channels
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return _rotary_table(angles)
 
 
 def mixed_rope_freqs(head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0) -> Tensor:
@@ -161,7 +160,13 @@ def mixed_rope(freqs: Tensor, grid: tuple[int, int], *, xy: bool = True) -> Tens
     tx, ty = (cols, rows) if xy else (rows, cols)
     f = freqs.float()
     angles = tx.reshape(-1, 1) * f[0].unsqueeze(-2) + ty.reshape(-1, 1) * f[1].unsqueeze(-2)  # ..., Gh*Gw, hd/2
-    angles = angles.repeat_interleave(2, dim=-1)  # ..., Gh*Gw, hd
+    return _rotary_table(angles)
+
+
+def _rotary_table(angles: Tensor) -> Tensor:
+    """The table :func:`apply_rope` reads from (..., hd / 2) angles, one per pair of channels:
+    (..., 2 * hd), the sines, then the cosines, each angle repeated for both channels of its pair."""
+    angles = angles.repeat_interleave(2, dim=-1)  # ..., hd
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
