@@ -3,7 +3,7 @@
 import pytest
 import timm
 import torch
-from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, apply_rot_embed_cat
+from timm.layers.pos_embed_sincos import RotaryEmbeddingCat, RotaryEmbeddingDinoV3, apply_rot_embed_cat
 
 import visionzoo
 from visionzoo.layers import apply_rope, rope_2d
@@ -15,12 +15,13 @@ EVA_NAMES = visionzoo.list_models(family="eva")
 TIMM_EVA_NAMES = EVA_NAMES + ["eva_large_patch14_196", "eva_large_patch14_336"]
 
 
-def test_every_timm_eva_and_rope_vit_is_registered():
-    """timm's EVA / EVA-02 and its RoPE ViTs (axial, mixed, SBB); its other models built on the
-    EVA class (Perception Encoder, DINOv3, ...) take other rotary forms and are not."""
+def test_every_timm_eva_rope_vit_and_dinov3_is_registered():
+    """timm's EVA / EVA-02, its RoPE ViTs (axial, mixed, SBB) and DINOv3's ViTs; its other models
+    built on the EVA class (Perception Encoder, ...) take other rotary forms and are not."""
     assert sorted(visionzoo.list_models("eva*")) == sorted(timm.list_models("eva*"))
     assert sorted(visionzoo.list_models("vit_*rope*")) == sorted(timm.list_models("vit_*rope*"))
-    assert len(EVA_NAMES) == 32 and all(timm.is_model(n) for n in EVA_NAMES)
+    assert sorted(visionzoo.list_models("vit_*dinov3*")) == sorted(timm.list_models("vit_*dinov3*"))
+    assert len(EVA_NAMES) == 44 and all(timm.is_model(n) for n in EVA_NAMES)
 
 
 @pytest.mark.parametrize("name", TIMM_EVA_NAMES)
@@ -40,8 +41,9 @@ def test_params_keys_and_preprocessing_equal_timm(name):
 def test_logits_equal_timm(name):
     """On a 3 x 5 patch grid (the rotary table of another grid, scaled to the reference one), at 2
     blocks (each block is the same code; the parameter test counts the full depth)."""
-    p = get_entry(name).config.patch_size
-    kw = dict(num_classes=10, depth=2)
+    cfg = get_entry(name).config
+    p = cfg.patch_size
+    kw = dict(num_classes=10, depth=2) | (dict(embed_dim=512, num_heads=4) if cfg.embed_dim >= 4096 else {})  # DINOv3-7B: 168M a block
     ref = build_random(lambda: timm.create_model(name, img_size=(3 * p, 5 * p), **kw))
     ours = visionzoo.create_model(name, img_size=(3 * p, 5 * p), checkpoint=ref.state_dict(), **kw).eval()
     x = torch.randn(2, 3, 3 * p, 5 * p)
@@ -51,7 +53,7 @@ def test_logits_equal_timm(name):
 
 
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_448", "eva_giant_patch14_clip_224", "vit_small_patch16_rope_mixed_ape_224",
-                                  "vit_small_patch16_rope_224", "vit_medium_patch16_rope_reg1_gap_256"])
+                                  "vit_small_patch16_rope_224", "vit_medium_patch16_rope_reg1_gap_256", "vit_small_plus_patch16_dinov3_qkvb"])
 def test_other_input_sizes_equal_timm_dynamic_size(name):
     """Built for its default size, run at another: the position table resampled and the rotary
     table recomputed on the fly, as timm's ``dynamic_img_size=True``."""
@@ -82,6 +84,7 @@ def test_features_equal_timm_intermediates():
     ("eva02_tiny_patch14_224", dict(init_values=0.1, drop_path_rate=0.0)),  # layer scale
     ("vit_small_patch16_rope_mixed_ape_224", {}),  # learned RoPE frequencies, a key bias, DeiT III's position table
     ("vit_betwixt_patch16_rope_reg4_gap_256", {}),  # register tokens outside the rotation, no position table
+    ("vit_small_plus_patch16_dinov3_qkvb", {}),  # centred RoPE in the half layout, two-layer SwiGLU, layer scale
 ])
 def test_training_gradients_equal_timm(name, options):
     """Train mode, float64: every parameter's gradient of the same loss equals timm's."""
@@ -95,8 +98,10 @@ def test_training_gradients_equal_timm(name, options):
     theirs = dict(ref.named_parameters())
     for key, param in ours.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, key
-        # RoPE-Mixed's angles are float32 in both (timm's get_mixed_freqs), so its frequencies' gradient too
-        assert max_rel_diff(param.grad, theirs[key].grad) < (1e-5 if key == "rope.freqs" else 1e-10), key
+        # RoPE-Mixed's angles are float32 in both (timm's get_mixed_freqs), so its frequencies' gradient too;
+        # DINOv3's table is float32 here, where timm's turns float32 coordinates into float64 angles once the model is float64
+        tolerance = 1e-5 if key == "rope.freqs" else 1e-7 if get_entry(name).config.rope == "centered" else 1e-10
+        assert max_rel_diff(param.grad, theirs[key].grad) < tolerance, key
 
 
 def _official_layout(sd: dict, separate: bool, clip: bool) -> dict:
@@ -127,6 +132,73 @@ def test_official_checkpoint_loads_as_timm_converts_it(name):
     x = torch.randn(2, 3, 4 * p, 4 * p)
     with torch.no_grad():
         assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
+def _dinov3_layout(sd: dict) -> dict:
+    """timm's keys -> the DINOv3 authors' (facebookresearch/dinov3), with what their checkpoints
+    carry beside the weights: one qkv bias with its key third masked, the mask token, the rotary
+    periods (bf16)."""
+    out = {}
+    for k, v in sd.items():
+        for ours, theirs in (("reg_token", "storage_tokens"), ("gamma_1", "ls1.gamma"), ("gamma_2", "ls2.gamma"), ("mlp.fc1_g.", "mlp.w1."), ("mlp.fc1_x.", "mlp.w2."), ("mlp.fc2.", "mlp.w3.")):
+            k = k.replace(ours, theirs)
+        if k.endswith("attn.q_bias"):
+            base = k[: -len("q_bias")]
+            out[base + "qkv.bias"] = torch.cat([v, torch.randn_like(v), sd[k.replace("q_bias", "v_bias")]])
+            out[base + "qkv.bias_mask"] = torch.cat([torch.ones_like(v), torch.zeros_like(v), torch.ones_like(v)])
+            continue
+        if k.endswith("attn.v_bias"):
+            continue
+        out[k] = v
+    for k, w in list(out.items()):  # the variants without biases were trained with zero ones
+        if k.endswith("attn.qkv.weight") and k.replace("weight", "bias") not in out:
+            out[k.replace("weight", "bias")] = w.new_zeros(w.shape[0])
+    D = sd["cls_token"].shape[-1]
+    return out | {"mask_token": torch.zeros(1, D), "rope_embed.periods": torch.ones(16, dtype=torch.bfloat16)}
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3_qkvb", "vit_small_plus_patch16_dinov3"])
+def test_dinov3_checkpoint_loads_as_timm_converts_it(name):
+    """The authors' layout (storage tokens, ls1 / ls2, one masked qkv bias, w1 / w2 / w3) loads
+    through the official converter and gives timm's logits; a checkpoint of zero query / value
+    biases loads into the variant without them, non-zero ones are refused."""
+    kw = dict(num_classes=10, depth=2, img_size=64)
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    sd = _dinov3_layout(ref.state_dict())
+    ours = visionzoo.create_model(name, checkpoint=sd, **kw).eval()
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    if name.endswith("_qkvb"):
+        plain = visionzoo.create_model(name.removesuffix("_qkvb"), **kw)
+        with pytest.raises(ValueError, match="has query / value biases, which the model has not"):
+            visionzoo.load_checkpoint(plain, sd, source="official")
+        zero = {k: (torch.zeros_like(v) if k.endswith("qkv.bias") else v) for k, v in sd.items()}
+        visionzoo.load_checkpoint(plain, zero, source="official")
+
+
+@pytest.mark.parametrize("grid", [(16, 16), (3, 5), (7, 11)])
+def test_dinov3_rope_table_equals_timm(grid):
+    """DINOv3's rotary form: centred coordinates in [-1, 1] per axis, 2 pi / period, pairs (i, i + hd / 2)."""
+    theirs = RotaryEmbeddingDinoV3(64, temperature=100.0).get_embed(shape=list(grid))
+    ours = rope_2d(grid, 64, temperature=100.0, centered=True, half=True)
+    assert ours.shape == (grid[0] * grid[1], 128) and max_rel_diff(ours, theirs) < 1e-6
+    x = torch.randn(2, 3, grid[0] * grid[1], 64)
+    assert max_rel_diff(apply_rope(x, ours, half=True), apply_rot_embed_cat(x, theirs, half=True)) < 1e-6
+    with pytest.raises(ValueError, match="ref_grid must be None with centered=True"):
+        rope_2d(grid, 64, centered=True, ref_grid=(16, 16))
+
+
+@pytest.mark.parametrize("mlp_ratio", [3.3, 5.0])
+def test_dinov3_swiglu_width_is_rounded_up_as_timms(mlp_ratio):
+    """``mlp_align``: the SwiGLU's hidden width rounded up to a multiple of 8 (timm's swiglu_align_to)."""
+    name = "vit_small_plus_patch16_dinov3"
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(name, mlp_ratio=mlp_ratio), timm.create_model(name, mlp_ratio=mlp_ratio)
+    width = ours.blocks[0].mlp.fc1_g.out_features
+    assert width == ref.blocks[0].mlp.fc1_g.out_features and width % 8 == 0 and width >= 384 * mlp_ratio
+    with pytest.raises(ValueError, match="mlp_align rounds up the hidden width of the two-layer SwiGLU"):
+        visionzoo.create_model("vit_small_patch16_dinov3", mlp_align=8)
 
 
 def test_mim_checkpoint_final_norm_becomes_fc_norm():
@@ -174,6 +246,17 @@ def test_published_params_and_gmacs_of_the_eva02_release():
         assert abs(info["gmacs"] - gmacs) / gmacs < 0.01, name
 
 
+def test_published_params_of_the_dinov3_release():
+    """The DINOv3 authors' table gives millions of parameters, approximately (ViT-S's 21.6M reads 21M,
+    ViT-L's 303.1M 300M, as timm's models count them too)."""
+    for size, params in (("small", 21), ("small_plus", 29), ("base", 86), ("large", 300), ("huge_plus", 840), ("7b", 6716)):
+        name = f"vit_{size}_patch16_dinov3"
+        assert get_entry(name).published["params"] == params
+        with torch.device("meta"):
+            ours = sum(p.numel() for p in visionzoo.create_model(name).parameters()) / 1e6
+        assert abs(ours - params) / params < 0.03, (name, ours)
+
+
 def test_invalid_eva_options_are_refused():
     with pytest.raises(ValueError, match="scale_mlp=True norms the hidden layer of the two-layer SwiGLU"):
         visionzoo.create_model("eva02_tiny_patch14_224", scale_mlp=True)
@@ -208,16 +291,45 @@ def test_inference_joint_projection_follows_weight_changes_and_hooks():
     assert seen == [(2, 17, 768)]
 
 
-def test_rope_mixed_tables_follow_their_learned_frequencies():
-    """RoPE-Mixed's tables are cached in CPU inference; loading other frequencies (or a training
-    step) changes what the next call uses, as timm's tables computed on every call."""
-    name = "vit_small_patch16_rope_mixed_224"
+def _inference_pair(name: str) -> tuple:
+    """timm's model at 64 px and 2 blocks with random weights, ours with the same, an input and
+    our logits (checked against timm's) in CPU inference."""
     ref = build_random(lambda: timm.create_model(name, img_size=64, depth=2, num_classes=10))
     ours = visionzoo.create_model(name, img_size=64, depth=2, num_classes=10, checkpoint=ref.state_dict()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         before = ours(x)
         assert max_rel_diff(before, ref(x)) < 1e-4
+    return ours, ref, x, before
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_dinov3", "vit_small_plus_patch16_dinov3_qkvb"])
+def test_inference_folded_layer_scales_follow_weight_changes_and_hooks(name):
+    """CPU inference multiplies the layer scales into the attention's projection and fc2, and
+    re-orders the qkv rows into rotary pairs (cached): a scale or weight changed in place is seen
+    on the next call, and a hooked qkv or fc2 is called as a layer."""
+    ours, ref, x, before = _inference_pair(name)
+    with torch.no_grad():
+        for m in (ours, ref):
+            m.blocks[1].gamma_1.mul_(3.0)
+            m.blocks[0].gamma_2.add_(0.5)
+            m.blocks[0].attn.proj.weight.mul_(-1.0)
+    with torch.inference_mode():
+        after = ours(x)
+        assert max_rel_diff(after, ref(x)) < 1e-4 < max_rel_diff(after, before)
+    seen = []
+    ours.blocks[1].mlp.fc2.register_forward_hook(lambda mod, args, out: seen.append(out.shape))
+    ours.blocks[0].attn.qkv.register_forward_hook(lambda mod, args, out: seen.append(out.shape))  # its rows in the checkpoint's order
+    with torch.inference_mode():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+    assert seen == [(2, 21, 3 * 384), (2, 21, 384)]
+
+
+def test_rope_mixed_tables_follow_their_learned_frequencies():
+    """RoPE-Mixed's tables are cached in CPU inference; loading other frequencies (or a training
+    step) changes what the next call uses, as timm's tables computed on every call."""
+    name = "vit_small_patch16_rope_mixed_224"
+    ours, ref, x, before = _inference_pair(name)
     with torch.no_grad():
         for m in (ours, ref):
             m.rope.freqs.mul_(1.5)

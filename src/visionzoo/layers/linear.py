@@ -55,7 +55,7 @@ from .activations import GELU, INPLACE_ACTS
 from .drop_path import skippable
 from .helpers import DerivedCache, autograd_off, no_hooks, onednn_post_op, plain_cpu_eager
 
-__all__ = ["add_projection", "linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "set_onednn_linear", "use_onednn_linear"]
+__all__ = ["add_projection", "linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "scaled_linear", "set_onednn_linear", "use_onednn_linear"]
 
 _KERNEL = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 _REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None) if _KERNEL is not None else None
@@ -250,6 +250,13 @@ def add_projection(residual: Tensor, x: Tensor, proj: nn.Module, *after: nn.Modu
         if m is not None:
             x = m(x)
     return residual + x
+
+
+def scaled_linear(fc: nn.Linear, scale: Tensor) -> tuple[Tensor, Tensor | None]:
+    """The (weight, bias) of ``scale * fc(x)`` (a per-output-channel scale, as a layer scale), detached:
+    what a residual branch's last projection computes with its layer scale folded in."""
+    g = scale.detach()
+    return fc.weight.detach() * g[:, None], None if fc.bias is None else fc.bias.detach() * g
 
 
 def register_linear_type(cls: type[nn.Module]) -> type[nn.Module]:

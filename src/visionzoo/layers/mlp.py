@@ -155,8 +155,12 @@ class GluMlp(Mlp):
         super().__init__(in_features, hidden_features, out_features, act_layer=act_layer, drop=drop, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(linear(self.fc2, self.hidden(x)))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """What fc2 reads: ``drop1(act(first half) * second half)`` of fc1's output."""
         x1, x2 = linear(self.fc1, x).chunk(2, dim=-1)  # 2 x (..., hidden / 2)
-        return self.drop2(linear(self.fc2, self.drop1(self.act(x1) * x2)))
+        return self.drop1(self.act(x1) * x2)
 
 
 class SwiGLU(nn.Module):
@@ -189,5 +193,9 @@ class SwiGLU(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(linear(self.fc2, self.hidden(x)))
+
+    def hidden(self, x: Tensor) -> Tensor:
+        """What fc2 reads: ``norm(drop1(act(fc1_g(x)) * fc1_x(x)))``."""
         x = linear(self.fc1_g, x, self.act) * linear(self.fc1_x, x)  # ..., hidden
-        return self.drop2(linear(self.fc2, self.norm(self.drop1(x))))
+        return self.norm(self.drop1(x))

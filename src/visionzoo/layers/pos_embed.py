@@ -102,7 +102,7 @@ def relative_position_index(window: tuple[int, int]) -> Tensor:
 
 
 def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None,
-            xy: bool = False, device: torch.device | str | None = None) -> Tensor:
+            xy: bool = False, centered: bool = False, half: bool = False, device: torch.device | str | None = None) -> Tensor:
     """Axial 2-D rotary position embedding (Su et al., "RoFormer", 2021; in 2-D as EVA-02,
     Fang et al. 2023): the sines and cosines :func:`apply_rope` rotates queries and keys by.
 
@@ -113,21 +113,37 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     coordinates are rescaled to that grid's extent (``row * ref_h / Gh``): EVA-02's rule for a
     grid other than the one it was trained on.
 
+    ``centered`` is DINOv3's form (Siméoni et al., 2025): a patch's coordinate along an axis is
+    the centre of its cell on [-1, 1], ``2 (i + 0.5) / G - 1``, so every grid spans the same
+    range whatever its size, and pair j turns by ``2 pi * coordinate / temperature ** (j / (head_dim / 4))``.
+
+    ``half`` lays the pairs out as timm's ``rotate_half`` (DINOv3's): channel i of the first half
+    of a head pairs with channel i of the second half, instead of the adjacent channels 2i, 2i + 1.
+
     Returns:
         (Gh * Gw, 2 * head_dim) float32: the sines, then the cosines, each repeated for both
         channels of its pair; patches in raster order.
     """
     if head_dim % 4:
         raise ValueError(f"a 2-D rotary embedding splits each head's channels into 2 axes of pairs: head_dim must divide by 4, got {head_dim}")
+    if centered and ref_grid is not None:
+        raise ValueError("centred rotary coordinates span [-1, 1] on any grid already: ref_grid must be None with centered=True")
     n = head_dim // 4
-    bands = 1.0 / temperature ** (torch.arange(n, device=device).float() / n)  # n
-    coords = [torch.arange(g, device=device).float() for g in grid]
+    exponents = torch.arange(n, device=device).float() / n
+    if centered:
+        coords = [(torch.arange(g, device=device).float() + 0.5) / g * 2.0 - 1.0 for g in grid]
+    else:
+        coords = [torch.arange(g, device=device).float() for g in grid]
     if ref_grid is not None:
         coords = [c / g * r for c, g, r in zip(coords, grid, ref_grid)]
     rows, cols = torch.meshgrid(*coords, indexing="ij")  # Gh, Gw each
     axes = torch.stack([cols, rows] if xy else [rows, cols], dim=-1)  # Gh, Gw, 2
-    angles = (axes[..., None] * bands).flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (first axis' bands, then the second's)
-    return _rotary_table(angles)
+    if centered:  # as the DINOv3 authors write it: 2 pi * coordinate / period
+        angles = 2 * math.pi * axes[..., None] / temperature**exponents
+    else:
+        angles = axes[..., None] * (1.0 / temperature**exponents)
+    angles = angles.flatten(-2).flatten(0, 1)  # Gh*Gw, head_dim/2 (first axis' bands, then the second's)
+    return _rotary_table(angles, half=half)
 
 
 def mixed_rope_freqs(head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0) -> Tensor:
@@ -148,7 +164,7 @@ def mixed_rope_freqs(head_dim: int, depth: int, num_heads: int, *, temperature: 
     return torch.stack([fx, fy])
 
 
-def mixed_rope(freqs: Tensor, grid: tuple[int, int], *, xy: bool = True) -> Tensor:
+def mixed_rope(freqs: Tensor, grid: tuple[int, int], *, xy: bool = True, half: bool = False) -> Tensor:
     """RoPE-Mixed's tables from its (2, ..., hd / 2) frequencies (:func:`mixed_rope_freqs`): pair j
     turns by ``x * fx_j + y * fy_j``, with x the column and y the row of the patch (``xy``; the
     other way round otherwise), computed in float32.
@@ -160,21 +176,27 @@ def mixed_rope(freqs: Tensor, grid: tuple[int, int], *, xy: bool = True) -> Tens
     tx, ty = (cols, rows) if xy else (rows, cols)
     f = freqs.float()
     angles = tx.reshape(-1, 1) * f[0].unsqueeze(-2) + ty.reshape(-1, 1) * f[1].unsqueeze(-2)  # ..., Gh*Gw, hd/2
-    return _rotary_table(angles)
+    return _rotary_table(angles, half=half)
 
 
-def _rotary_table(angles: Tensor) -> Tensor:
+def _rotary_table(angles: Tensor, half: bool = False) -> Tensor:
     """The table :func:`apply_rope` reads from (..., hd / 2) angles, one per pair of channels:
-    (..., 2 * hd), the sines, then the cosines, each angle repeated for both channels of its pair."""
-    angles = angles.repeat_interleave(2, dim=-1)  # ..., hd
+    (..., 2 * hd), the sines, then the cosines, each angle repeated for both channels of its pair
+    (adjacent channels, or with ``half`` channel i and i + hd / 2)."""
+    angles = torch.cat([angles, angles], dim=-1) if half else angles.repeat_interleave(2, dim=-1)  # ..., hd
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
+def apply_rope(x: Tensor, rope: Tensor, half: bool = False) -> Tensor:
     """Rotate each pair of channels (2i, 2i + 1) of ``x`` (..., N, hd) by the angles of
     :func:`rope_2d`'s (N, 2 * hd) table (or :func:`mixed_rope`'s per head, (nH, N, 2 * hd)): ``(a, b) -> (a cos - b sin, b cos + a sin)``; computed in
-    the table's precision, returned in ``x``'s dtype."""
+    the table's precision, returned in ``x``'s dtype. With ``half`` (a table built with ``half=True``)
+    the pairs are channels (i, i + hd / 2)."""
     sin, cos = rope.chunk(2, dim=-1)  # N, hd each
-    pairs = x.unflatten(-1, (-1, 2))  # ..., N, hd/2, 2
-    turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # ..., N, hd: (-b, a) per pair
+    if half:
+        a, b = x.chunk(2, dim=-1)
+        turned = torch.cat([-b, a], dim=-1)  # ..., N, hd: (-b, a) per pair
+    else:
+        pairs = x.unflatten(-1, (-1, 2))  # ..., N, hd/2, 2
+        turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # ..., N, hd: (-b, a) per pair
     return (x * cos + turned * sin).to(x.dtype)

@@ -1,5 +1,6 @@
 """EVA and EVA-02: plain ViTs pre-trained by masked image modelling towards CLIP features; and
-the ViTs with rotary position embeddings built on the same class (RoPE-ViT, timm's SBB RoPE ViTs).
+the ViTs with rotary position embeddings built on the same class (RoPE-ViT, timm's SBB RoPE ViTs,
+DINOv3).
 
 Papers:
     Fang et al., "EVA: Exploring the Limits of Masked Visual Representation Learning at
@@ -8,6 +9,8 @@ Papers:
     Sun et al., "EVA-CLIP: Improved Training Techniques for CLIP at Scale", 2023.
     Heo et al., "Rotary Position Embedding for Vision Transformer", ECCV 2024 (RoPE-Axial, and
     RoPE-Mixed's learned frequencies, on DeiT III's ViTs).
+    Siméoni et al., "DINOv3", 2025 (arXiv 2508.10104): self-supervised backbones with register
+    tokens and RoPE on centred coordinates, so that one model serves any resolution.
 
 EVA-g is a ViT with an average-pooled head. EVA-02 keeps the plain ViT and changes its block
 (the paper's "TrV", Fig. 2):
@@ -38,8 +41,10 @@ from torch import Tensor, nn
 
 from ..checkpoints import identity, register_converter
 from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, mixed_rope, mixed_rope_freqs, rope_2d
-from ..layers.drop_path import DropPath
+from ..layers.drop_path import DropPath, skippable
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, trunc_normal_
+from ..layers.linear import linear_add, scaled_linear
+from ..layers.mlp import residual_mlp
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_cfg, register_family
 from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
 
@@ -59,6 +64,8 @@ class EvaAttention(ProjectedAttention):
         qkv_fused: one ``qkv`` projection (biases ``q_bias`` / ``v_bias``), or separate
             ``q_proj``, ``k_proj``, ``v_proj``.
         num_prefix_tokens: leading tokens (class, registers) the rotation leaves alone.
+        rope_half: the rotary pairs are channels (i, i + hd / 2) of a head (timm's ``rotate_half``,
+            DINOv3's), not adjacent channels; the table must be built alike (``half=True``).
         norm_layer: a norm over the heads' concatenated output before ``proj`` (EVA-CLIP's
             ``inner_attn_ln``), or None.
         attn_drop: dropout on the attention weights.
@@ -70,7 +77,7 @@ class EvaAttention(ProjectedAttention):
     """
 
     def __init__(self, dim: int, num_heads: int, *, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
-                 norm_layer: Callable[[int], nn.Module] | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 rope_half: bool = False, norm_layer: Callable[[int], nn.Module] | None = None, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -78,6 +85,7 @@ class EvaAttention(ProjectedAttention):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         self.num_prefix_tokens = num_prefix_tokens
+        self.rope_half = rope_half
         self.fused = True
         separate_biases = qkv_bias and qkv_fused and not k_bias  # q_bias, v_bias beside a bias-free qkv
         self.q_bias = nn.Parameter(torch.zeros(dim)) if separate_biases else None
@@ -99,26 +107,64 @@ class EvaAttention(ProjectedAttention):
         a pair of channels (a, b) is the number a + ib, turned by multiplying it with
         cos + i sin (:func:`_turns`; 1 for the prefix tokens), where the real form takes a
         slice, a copy of the swapped pairs, two products, a sum and a concatenation per tensor.
+        With ``rope_half`` the pairs are channels (i, i + hd / 2): the projection's query and key
+        rows are then re-ordered per head so that each pair comes out side by side (:meth:`_paired_qkv`).
+        The queries and keys come out in that one common channel order, other than the
+        projection's, which leaves every product q . k, and so the attention, unchanged.
         """
         B, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
-        qkv = self._joint_qkv(x)
+        fast = rope is not None and x.dtype == rope.dtype == torch.float32 and autograd_off() and plain_cpu_eager(x)
+        paired = self._paired_qkv(x) if fast and self.rope_half else None
+        qkv = paired if paired is not None else self._joint_qkv(x)
         if qkv is None:
             q, k, v = (linear(p, x).view(B, N, nH, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))  # 3 x (B, nH, N, hd)
         else:
             qkv = qkv.view(B, N, 3, nH, hd).permute(2, 0, 3, 1, 4)  # 3, B, nH, N, hd
-            if rope is not None and qkv.dtype == rope.dtype == torch.float32 and autograd_off() and plain_cpu_eager(qkv):
-                turns = _TURNS.get(rope, (rope,), partial(_turns, rope, self.num_prefix_tokens), (self.num_prefix_tokens,))
-                turns = (turns or _turns(rope, self.num_prefix_tokens))[0]  # (nH,) N, hd/2 (complex)
-                qk = torch.view_as_real(torch.view_as_complex(qkv[:2].unflatten(-1, (-1, 2))) * turns)  # 2, B, nH, N, hd/2, 2
+            if fast:
+                P, half = self.num_prefix_tokens, self.rope_half
+                turns = _TURNS.get(rope, (rope,), partial(_turns, rope, P, half), (P, half))
+                turns = (turns or _turns(rope, P, half))[0]  # (nH,) N, hd/2 (complex)
+                qk = qkv[:2]
+                if half and paired is None:  # a hooked projection: its output as it is, the pairs gathered
+                    qk = torch.complex(*qk.chunk(2, dim=-1))  # 2, B, nH, N, hd/2
+                else:
+                    qk = torch.view_as_complex(qk.unflatten(-1, (-1, 2)))
+                qk = torch.view_as_real(qk * turns)  # 2, B, nH, N, hd/2, 2
                 q, k = qk.flatten(-2).unbind(0)
                 return q, k, qkv[2]
             q, k, v = qkv.unbind(0)  # 3 x (B, nH, N, hd)
         if rope is not None:
             P = self.num_prefix_tokens
-            q = torch.cat([q[:, :, :P], apply_rope(q[:, :, P:], rope)], dim=2)
-            k = torch.cat([k[:, :, :P], apply_rope(k[:, :, P:], rope)], dim=2)
+            q = torch.cat([q[:, :, :P], apply_rope(q[:, :, P:], rope, half=self.rope_half)], dim=2)
+            k = torch.cat([k[:, :, :P], apply_rope(k[:, :, P:], rope, half=self.rope_half)], dim=2)
         return q, k, v
+
+    def _paired_qkv(self, x: Tensor) -> Tensor | None:
+        """(B, N, 3C) queries, keys and values from one product whose query and key rows are
+        re-ordered per head so that each rotary pair (i, i + hd / 2) comes out side by side
+        (CPU inference with ``rope_half``; the weights cached while they are unchanged); None
+        where a projection is hooked or not a plain layer."""
+        projs = (self.qkv,) if self.qkv is not None else (self.q_proj, self.k_proj, self.v_proj)
+        if not all(type(p) is nn.Linear and no_hooks(p) for p in projs):
+            return None
+        sources = [t for p in projs for t in (p.weight, p.bias)] + [self.q_bias, self.v_bias]
+        return linear_act(x, *(_PAIRED.get(self, sources, self._paired_weights) or self._paired_weights()))
+
+    def _paired_weights(self) -> tuple[Tensor, Tensor | None]:
+        if self.qkv is None:
+            w, b = _side_by_side(self.q_proj, self.k_proj, self.v_proj)
+        else:
+            w, b = self.qkv.weight.detach(), self.qkv.bias
+            if self.q_bias is not None:
+                b = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # no key bias
+            b = None if b is None else b.detach()
+        dim, hd = w.shape[0] // 3, self.head_dim
+        half = torch.arange(hd // 2, device=w.device)
+        pairs = torch.stack([half, half + hd // 2], dim=-1).flatten()  # 0, hd/2, 1, hd/2 + 1, ...
+        rows = (torch.arange(0, dim, hd, device=w.device)[:, None] + pairs).flatten()  # every head's
+        order = torch.cat([rows, rows + dim, torch.arange(2 * dim, 3 * dim, device=w.device)])  # queries, keys; values as they are
+        return w[order], None if b is None else b[order]
 
     def _joint_qkv(self, x: Tensor) -> Tensor | None:
         """(B, N, 3C) queries, keys and values from one product: the fused projection with its
@@ -145,14 +191,20 @@ class EvaAttention(ProjectedAttention):
 
 
 _TURNS = DerivedCache()  # rotary table -> its complex form (CPU inference)
+_SCALED = DerivedCache()  # block -> (proj, fc2) (weight, bias) times their layer scales (CPU inference)
+_PAIRED = DerivedCache()  # attention -> its joint q / k / v weight and bias, rotary pairs side by side (CPU inference)
 _JOINT = DerivedCache()  # attention -> its q / k / v projections' weights and biases side by side (CPU inference)
 
 
-def _turns(rope: Tensor, num_prefix_tokens: int) -> tuple[Tensor]:
+def _turns(rope: Tensor, num_prefix_tokens: int, half: bool = False) -> tuple[Tensor]:
     """A rotary table (..., N, 2 hd) as (..., P + N, hd / 2) complex factors cos + i sin, one per
-    pair of channels, with P leading ones (the prefix tokens stay)."""
+    pair of channels (adjacent ones, or with ``half`` channels i and i + hd / 2), with P leading
+    ones (the prefix tokens stay)."""
     hd = rope.shape[-1] // 2
-    turns = torch.complex(rope[..., hd::2], rope[..., 0:hd:2])  # ..., N, hd/2: cos + i sin
+    if half:
+        turns = torch.complex(rope[..., hd:hd + hd // 2], rope[..., :hd // 2])  # ..., N, hd/2: cos + i sin
+    else:
+        turns = torch.complex(rope[..., hd::2], rope[..., 0:hd:2])
     ones = torch.ones(*turns.shape[:-2], num_prefix_tokens, hd // 2, dtype=turns.dtype, device=turns.device)
     return (torch.cat([ones, turns], dim=-2),)
 
@@ -183,7 +235,7 @@ class EvaBlock(nn.Module):
         mlp_layer: ``mlp``, ``swiglu_packed`` or ``swiglu``.
         act_layer: the MLP's activation.
         norm_layer: the block's norms (and the sub-LNs).
-        qkv_bias, k_bias, qkv_fused, num_prefix_tokens: as :class:`EvaAttention`'s.
+        qkv_bias, k_bias, qkv_fused, num_prefix_tokens, rope_half: as :class:`EvaAttention`'s.
         scale_mlp: a norm on the SwiGLU's hidden layer.
         scale_attn_inner: a norm on the attention's output before its projection.
         init_values: LayerScale's initial value; None: no layer scale.
@@ -196,12 +248,12 @@ class EvaBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
                  norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
-                 scale_mlp: bool = False, scale_attn_inner: bool = False, init_values: float | None = None,
+                 rope_half: bool = False, scale_mlp: bool = False, scale_attn_inner: bool = False, init_values: float | None = None,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
         self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
-                                 norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
+                                 rope_half=rope_half, norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
         self.gamma_1 = nn.Parameter(torch.full((dim,), float(init_values))) if init_values is not None else None
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = norm_layer(dim)
@@ -210,14 +262,50 @@ class EvaBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
-        if self.gamma_1 is None:  # the projection accumulates into the residual in inference
+        if self._unrolled():
+            return self._forward_unrolled(x, rope)
+        _SCALED.discard(self)  # training, autograd, hooks: no folded copy kept
+        if self.gamma_1 is None:
             x = self.attn.add_to(x, self.norm1(x), rope, drop_path=self.drop_path1)
         else:
             x = x + self.drop_path1(self.gamma_1 * self.attn(self.norm1(x), rope))
-        if self.gamma_2 is None and type(self.mlp) is Mlp:
-            return self.mlp.add_to(x, x, self.drop_path2, self.norm2)
         y = self.mlp(self.norm2(x))
         return x + self.drop_path2(y if self.gamma_2 is None else self.gamma_2 * y)
+
+    def _unrolled(self) -> bool:
+        """Inference with plain, unhooked parts: both branches end in a projection that
+        accumulates into the residual, its layer scale multiplied in."""
+        attn, mlp = self.attn, self.mlp
+        if type(mlp) is Mlp:
+            mlp_plain = mlp.inference_unrolled(self.drop_path2)
+        else:
+            mlp_plain = type(mlp) in (GluMlp, SwiGLU) and not mlp.training and type(mlp.fc2) is nn.Linear and skippable(self.drop_path2) and no_hooks(mlp, mlp.fc2, mlp.drop2)
+        return (
+            mlp_plain
+            and autograd_off()
+            and type(attn).forward is ProjectedAttention.forward
+            and type(attn.proj) is nn.Linear
+            and skippable(attn.proj_drop) and skippable(self.drop_path1)
+            and no_hooks(attn, attn.proj)
+        )
+
+    def _forward_unrolled(self, x: Tensor, rope: Tensor | None) -> Tensor:
+        """The attention's and the MLP's last products accumulate into the residual, with the
+        layer scales multiplied into their weights (cached while those are unchanged): no
+        separate passes for the scales and the sums."""
+        attn, mlp = self.attn, self.mlp
+        if self.gamma_1 is None:
+            (w1, b1), (w2, b2) = (attn.proj.weight, attn.proj.bias), (mlp.fc2.weight, mlp.fc2.bias)
+        else:
+            sources = (attn.proj.weight, attn.proj.bias, self.gamma_1, mlp.fc2.weight, mlp.fc2.bias, self.gamma_2)
+            (w1, b1), (w2, b2) = _SCALED.get(self, sources, self._scaled) or self._scaled()
+        x = linear_add(x, attn.attend(self.norm1(x), rope), w1, b1)
+        if type(mlp) is Mlp:
+            return residual_mlp(x, x, mlp.fc1, mlp.act, w2, b2, self.norm2)
+        return linear_add(x, mlp.hidden(self.norm2(x)), w2, b2)
+
+    def _scaled(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
+        return scaled_linear(self.attn.proj, self.gamma_1), scaled_linear(self.mlp.fc2, self.gamma_2)
 
 
 class EvaPostNormBlock(nn.Module):
@@ -226,10 +314,10 @@ class EvaPostNormBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, *, mlp_hidden: int, mlp_layer: str = "mlp", act_layer: Callable[[], nn.Module] = nn.GELU,
                  norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, qkv_bias: bool = True, k_bias: bool = False, qkv_fused: bool = True, num_prefix_tokens: int = 1,
-                 scale_mlp: bool = False, scale_attn_inner: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+                 rope_half: bool = False, scale_mlp: bool = False, scale_attn_inner: bool = False, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.attn = EvaAttention(dim, num_heads, qkv_bias=qkv_bias, k_bias=k_bias, qkv_fused=qkv_fused, num_prefix_tokens=num_prefix_tokens,
-                                 norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
+                                 rope_half=rope_half, norm_layer=norm_layer if scale_attn_inner else None, attn_drop=attn_drop, proj_drop=drop)
         self.norm1 = norm_layer(dim)
         self.drop_path1 = DropPath(drop_path)
         self.mlp = _mlp(dim, mlp_hidden, mlp_layer, act_layer, norm_layer if scale_mlp else None, drop)
@@ -242,20 +330,23 @@ class EvaPostNormBlock(nn.Module):
 
 
 class AxialRope(nn.Module):
-    """The fixed 2-D rotary table (:func:`~visionzoo.layers.rope_2d`) of a model's patch grid,
-    cached (as timm's, not in the state dict); another grid's is computed when asked for.
+    """The fixed 2-D rotary table (:func:`~visionzoo.layers.rope_2d`: on patch indices, or with
+    ``centered`` DINOv3's centred coordinates) of a model's patch grid, cached (as timm's, not in
+    the state dict); another grid's is computed when asked for.
 
     Shapes:
         ``rope(grid, device)``: (Gh * Gw, 2 * head_dim).
     """
 
-    def __init__(self, grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None, xy: bool = False) -> None:
+    def __init__(self, grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None, xy: bool = False,
+                 centered: bool = False, half: bool = False) -> None:
         super().__init__()
         self.grid, self.head_dim, self.temperature, self.ref_grid, self.xy = grid, head_dim, temperature, ref_grid, xy
+        self.centered, self.half = centered, half
         self.register_buffer("table", self._table(grid), persistent=False)
 
     def _table(self, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-        return rope_2d(grid, self.head_dim, temperature=self.temperature, ref_grid=self.ref_grid, xy=self.xy, device=device)
+        return rope_2d(grid, self.head_dim, temperature=self.temperature, ref_grid=self.ref_grid, xy=self.xy, centered=self.centered, half=self.half, device=device)
 
     def forward(self, grid: tuple[int, int], device: torch.device) -> Tensor:
         return self.table if grid == self.grid else self._table(grid, device)
@@ -270,25 +361,25 @@ class MixedRope(nn.Module):
         ``rope(grid, device)``: depth x (nH, Gh * Gw, 2 * head_dim).
     """
 
-    def __init__(self, head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0, xy: bool = True) -> None:
+    def __init__(self, head_dim: int, depth: int, num_heads: int, *, temperature: float = 10.0, xy: bool = True, half: bool = False) -> None:
         super().__init__()
-        self.xy = xy
+        self.xy, self.half = xy, half
         self.freqs = nn.Parameter(mixed_rope_freqs(head_dim, depth, num_heads, temperature=temperature))
 
     def forward(self, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, ...]:
         """Each block's (nH, Gh * Gw, 2 * head_dim) table."""
         if autograd_off() and plain_cpu_eager(self.freqs):
-            cached = _MIXED.get(self, (self.freqs,), lambda: mixed_rope(self.freqs, grid, xy=self.xy).unbind(0), (grid,))
+            cached = _MIXED.get(self, (self.freqs,), lambda: mixed_rope(self.freqs, grid, xy=self.xy, half=self.half).unbind(0), (grid,))
             if cached is not None:
                 return cached
-        return mixed_rope(self.freqs, grid, xy=self.xy).unbind(0)
+        return mixed_rope(self.freqs, grid, xy=self.xy, half=self.half).unbind(0)
 
 
 _MIXED = DerivedCache()  # MixedRope -> its tables of the last grid (CPU inference)
 
 
 # --------------------------------------------------------------------------- model
-ROPES = ("none", "axial", "mixed")
+ROPES = ("none", "axial", "centered", "mixed")
 
 
 @dataclass(frozen=True)
@@ -309,10 +400,15 @@ class EvaConfig(ViTConfig):
         scale_mlp: a LayerNorm on the SwiGLU's hidden layer (sub-LN; ``mlp_layer="swiglu"``).
         scale_attn_inner: a LayerNorm on the attention's output before its projection (EVA-CLIP).
         k_bias: a bias on the keys too, one ``qkv.bias`` (RoPE-ViT; timm's ``attn_type="rope"``).
+        mlp_align: the SwiGLU's hidden width rounded up to a multiple of this (timm's
+            ``swiglu_align_to``, DINOv3's); 0: as ``mlp_ratio`` gives it.
         rope: 2-D rotary position embeddings in every block: ``none``, ``axial`` (fixed
-            frequencies per axis, :func:`~visionzoo.layers.rope_2d`; EVA-02, RoPE-Axial) or
-            ``mixed`` (learned 2-D frequencies per block and head, key ``rope.freqs``;
-            RoPE-Mixed, :func:`~visionzoo.layers.mixed_rope`).
+            frequencies per axis on the patch index, :func:`~visionzoo.layers.rope_2d`; EVA-02,
+            RoPE-Axial), ``centered`` (the same frequencies on centred coordinates in [-1, 1],
+            times 2 pi; DINOv3) or ``mixed`` (learned 2-D frequencies per block and head, key
+            ``rope.freqs``; RoPE-Mixed, :func:`~visionzoo.layers.mixed_rope`).
+        rope_half: the rotary pairs are channels (i, i + hd / 2) of a head (timm's
+            ``rope_rotate_half``, DINOv3's layout), not adjacent channels.
         rope_ref_grid: the patch grid the axial coordinates are scaled to (EVA-02's 16 x 16 of
             its 224 px pre-training: a 448 px model turns by half a step per patch); None: the
             patch index itself.
@@ -328,10 +424,12 @@ class EvaConfig(ViTConfig):
     scale_mlp: bool = False
     scale_attn_inner: bool = False
     k_bias: bool = False
+    mlp_align: int = 0
     rope: str = "none"
     rope_ref_grid: tuple[int, int] | None = None
     rope_temperature: float = 10000.0
     rope_xy: bool = False
+    rope_half: bool = False
     post_norm: bool = False
 
 
@@ -368,8 +466,12 @@ class Eva(VisionTransformer):
             raise ValueError(f"rope must be one of {', '.join(map(repr, ROPES))}, got {cfg.rope!r}")
         if cfg.rope != "none" and (cfg.embed_dim // cfg.num_heads) % 4:
             raise ValueError(f"rope={cfg.rope!r} turns 2 halves of channel pairs per head: the head width {cfg.embed_dim} / {cfg.num_heads} must divide by 4")
-        if cfg.rope == "mixed" and cfg.rope_ref_grid is not None:
-            raise ValueError("rope='mixed' turns by its learned frequencies on the patch index: rope_ref_grid must be None")
+        if cfg.rope in ("mixed", "centered") and cfg.rope_ref_grid is not None:
+            raise ValueError(f"rope={cfg.rope!r} takes no reference grid (mixed: learned frequencies on the patch index; centered: coordinates span [-1, 1] on any grid): rope_ref_grid must be None")
+        if cfg.rope == "none" and cfg.rope_half:
+            raise ValueError("rope_half=True lays out the pairs of a rotary embedding: it needs rope other than 'none'")
+        if cfg.mlp_align < 0 or (cfg.mlp_align and cfg.mlp_layer != "swiglu"):
+            raise ValueError(f"mlp_align rounds up the hidden width of the two-layer SwiGLU (timm's swiglu_align_to): it takes mlp_layer='swiglu' and a positive multiple, got mlp_align={cfg.mlp_align}, mlp_layer={cfg.mlp_layer!r}")
         super().__init__(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate)
 
     def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
@@ -377,12 +479,16 @@ class Eva(VisionTransformer):
         hd = D // cfg.num_heads
         # before the blocks, as timm's (its learned frequencies' key, rope.freqs, comes before theirs)
         self.rope: nn.Module | None = None
-        if cfg.rope == "axial":
-            self.rope = AxialRope(self.grid_size, hd, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid, xy=cfg.rope_xy)
+        if cfg.rope in ("axial", "centered"):
+            self.rope = AxialRope(self.grid_size, hd, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid, xy=cfg.rope_xy,
+                                  centered=cfg.rope == "centered", half=cfg.rope_half)
         elif cfg.rope == "mixed":
-            self.rope = MixedRope(hd, cfg.depth, cfg.num_heads, temperature=cfg.rope_temperature, xy=cfg.rope_xy)
-        kw = dict(mlp_hidden=int(D * cfg.mlp_ratio), mlp_layer=cfg.mlp_layer, act_layer=ACT_LAYERS[cfg.act_layer], norm_layer=norm_layer, k_bias=cfg.k_bias,
-                  qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, num_prefix_tokens=self.num_prefix_tokens, scale_mlp=cfg.scale_mlp,
+            self.rope = MixedRope(hd, cfg.depth, cfg.num_heads, temperature=cfg.rope_temperature, xy=cfg.rope_xy, half=cfg.rope_half)
+        hidden = int(D * cfg.mlp_ratio)
+        if cfg.mlp_align:
+            hidden += -hidden % cfg.mlp_align
+        kw = dict(mlp_hidden=hidden, mlp_layer=cfg.mlp_layer, act_layer=ACT_LAYERS[cfg.act_layer], norm_layer=norm_layer, k_bias=cfg.k_bias,
+                  qkv_bias=cfg.qkv_bias, qkv_fused=cfg.qkv_fused, num_prefix_tokens=self.num_prefix_tokens, rope_half=cfg.rope_half, scale_mlp=cfg.scale_mlp,
                   scale_attn_inner=cfg.scale_attn_inner, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
         if cfg.post_norm:
             return [EvaPostNormBlock(D, cfg.num_heads, drop_path=dpr[i], **kw) for i in range(cfg.depth)]
@@ -438,19 +544,33 @@ _OFFICIAL_RENAMES = (  # the authors' (EVA-02, EVA-CLIP) names -> timm's
 )
 
 
+_DINOV3_RENAMES = (("storage_tokens", "reg_token"), (".ls1.gamma", ".gamma_1"), (".ls2.gamma", ".gamma_2"))
+
+
 @register_converter("eva", "official")
 def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
-    """The authors' layouts (baaivision/EVA): EVA-02's MIM and fine-tuned checkpoints, and
-    EVA-CLIP's whole model, whose image tower is under ``visual.`` (its text tower is dropped).
-    Their SwiGLU is ``w1`` (gate), ``w2``, ``w3``; the sub-LNs ``ffn_ln`` and ``inner_attn_ln``;
+    """The authors' layouts: EVA-02's MIM and fine-tuned checkpoints and EVA-CLIP's whole model
+    (baaivision/EVA), whose image tower is under ``visual.`` (its text tower is dropped); and
+    DINOv3's backbones (facebookresearch/dinov3).
+
+    EVA: the SwiGLU is ``w1`` (gate), ``w2``, ``w3``; the sub-LNs ``ffn_ln`` and ``inner_attn_ln``;
     with separate projections the query and value biases are ``q_bias`` / ``v_bias``. The
     rotary tables they store are recomputed, not loaded; the MIM checkpoints' mask token and
     prediction head are dropped, and their final norm becomes ``fc_norm`` where the model
-    pools by the mean (as timm loads them for fine-tuning)."""
+    pools by the mean (as timm loads them for fine-tuning).
+
+    DINOv3: ``storage_tokens`` are the register tokens, ``ls1`` / ``ls2`` the layer scales; the
+    one ``qkv.bias`` (its key third masked to zero by ``bias_mask``) becomes ``q_bias`` and
+    ``v_bias``, or is dropped where it is zero and the model has none (the distilled B, L and
+    H+ were trained with zero biases, hence timm's variants with and without ``_qkvb``). The
+    rotary periods (stored in bf16; recomputed in fp32, as timm does), the mask token and the
+    7B's norm of the local crops' class token (pre-training only) are dropped."""
     prefix = "visual." if any(k.startswith("visual.") for k in sd) else ""
     separate = f"{prefix}blocks.0.attn.q_proj.weight" in sd
-    mim = f"{prefix}mask_token" in sd
+    dinov3 = "storage_tokens" in sd or "blocks.0.ls1.gamma" in sd
+    mim = f"{prefix}mask_token" in sd and not dinov3
     fc_norm = getattr(model, "fc_norm", None)
+    has_qv_bias = any(name.endswith("attn.q_bias") for name, _ in model.named_parameters())
     out = {}
     for k, v in sd.items():
         if not k.startswith(prefix):
@@ -458,6 +578,20 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
         k = k[len(prefix):]
         if "rope." in k or k.startswith("lm_head.") or k == "mask_token":
             continue
+        if dinov3:
+            if k.startswith(("rope_embed.", "local_cls_norm.")) or k.endswith(".bias_mask"):
+                continue
+            if k.startswith("cls_norm."):
+                raise ValueError("this DINOv3 checkpoint norms its class and register tokens apart from the patch tokens (cls_norm): the model here has one final norm for all tokens")
+            for old, new in _DINOV3_RENAMES:
+                k = k.replace(old, new)
+            if k.endswith("attn.qkv.bias"):
+                q, _, value = v.chunk(3)  # the key third is masked out
+                if has_qv_bias:
+                    out[k.replace("qkv.bias", "q_bias")], out[k.replace("qkv.bias", "v_bias")] = q, value
+                elif q.any() or value.any():
+                    raise ValueError(f"{k}: this DINOv3 checkpoint has query / value biases, which the model has not: build it with qkv_bias=True (timm's '_qkvb' variants)")
+                continue
         if mim and k.startswith("norm.") and isinstance(fc_norm, nn.LayerNorm):
             k = "fc_" + k
         for old, new in _OFFICIAL_RENAMES:
@@ -523,6 +657,28 @@ for _size, (_d, _l, _h) in {"small": (384, 12, 6), "base": (768, 12, 12), "large
                 EvaConfig(embed_dim=_d, depth=_l, num_heads=_h, **_ROPE_VIT, **_rope, **_pos), 224, 0.9, "center", dict(mean=IMAGENET_MEAN, std=IMAGENET_STD), 1000,
             )
 
+# DINOv3 (Siméoni et al., 2025; facebookresearch/dinov3): self-supervised backbones without a classifier,
+# 4 register ("storage") tokens, layer scale, no absolute embedding, RoPE on centred coordinates (base 100)
+# in the half layout; mean-pooled patch tokens after the final norm (timm's default; the authors pool
+# by the class token: global_pool="token"). "_qkvb": query / value biases (timm's names).
+_DINOV3 = dict(patch_size=16, reg_tokens=4, pos_embed="none", fc_norm=False, norm_eps=1e-5, init_values=1e-5,
+               rope="centered", rope_half=True, rope_temperature=100.0)
+_DINOV3_SWIGLU = dict(mlp_layer="swiglu", act_layer="silu", mlp_align=8)
+_DINOV3_SIZES = {  # name: (embed_dim, depth, num_heads, the MLP, with / without query and value biases)
+    "tiny": (192, 12, 3, {}, ("_qkvb",)),
+    "small": (384, 12, 6, {}, ("", "_qkvb")),
+    "small_plus": (384, 12, 6, _DINOV3_SWIGLU, ("", "_qkvb")),
+    "base": (768, 12, 12, {}, ("", "_qkvb")),
+    "large": (1024, 24, 16, {}, ("", "_qkvb")),
+    "huge_plus": (1280, 32, 20, _DINOV3_SWIGLU, ("", "_qkvb")),
+    "7b": (4096, 40, 32, dict(_DINOV3_SWIGLU, mlp_ratio=2.0, mlp_align=64), ("",)),
+}
+for _size, (_d, _l, _h, _ffn, _biases) in _DINOV3_SIZES.items():
+    for _b in _biases:
+        _TABLE[f"vit_{_size}_patch16_dinov3{_b}"] = (
+            EvaConfig(embed_dim=_d, depth=_l, num_heads=_h, qkv_bias=_b == "_qkvb", **_DINOV3, **_ffn), 256, 1.0, "center", dict(mean=IMAGENET_MEAN, std=IMAGENET_STD), 0,
+        )
+
 VARIANTS = {name: row[0] for name, row in _TABLE.items()}
 _DEFAULT_CFGS = {
     name: default_cfg(side, crop_pct=crop, first_conv="patch_embed.proj", num_classes=classes, **({"crop_mode": mode} if mode != "center" else {}), **norm)
@@ -535,6 +691,8 @@ PUBLISHED = {  # the authors' release, as mmpretrain's table of the converted we
     "eva02_base_patch14_448": dict(params=87.13, gmacs=107.11, top1=88.47, note="EVA-02 release (ImageNet-21k MIM and fine-tuning, then 1k), via mmpretrain's table; 88.29 without the 21k fine-tuning"),
     "eva02_large_patch14_448": dict(params=305.08, gmacs=362.33, top1=89.65, note="EVA-02 release (ImageNet-21k MIM and fine-tuning, then 1k), via mmpretrain's table; 89.83 from Merged-38M MIM"),
 }
+for _name, _params in (("small", 21), ("small_plus", 29), ("base", 86), ("large", 300), ("huge_plus", 840), ("7b", 6716)):  # millions, rounded
+    PUBLISHED[f"vit_{_name}_patch16_dinov3"] = dict(params=_params, note="DINOv3 authors' model table (facebookresearch/dinov3 README, LVD-1689M; approximate: ViT-S 21.6M reads 21M); the backbone has no classifier")
 
 register_family(
     "eva",
@@ -542,5 +700,6 @@ register_family(
     VARIANTS,
     default_cfgs=_DEFAULT_CFGS,
     published=PUBLISHED,
-    paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023); RoPE-ViT: Heo et al., ECCV 2024",
+    paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023); RoPE-ViT: Heo et al., ECCV 2024; "
+          "DINOv3: Siméoni et al., arXiv 2508.10104 (2025)",
 )

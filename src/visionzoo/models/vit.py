@@ -68,7 +68,7 @@ from ..layers.activations import QuickGELU
 from ..layers.attention import ProjectedAttention
 from ..layers.drop_path import skippable
 from ..layers.helpers import DerivedCache, no_hooks, to_2tuple
-from ..layers.linear import linear_add
+from ..layers.linear import linear_add, scaled_linear
 from ..layers.mlp import residual_mlp
 from ..param_groups import MATCH_PREV_GROUP
 from .vit_hybrid import HybridEmbed
@@ -164,11 +164,7 @@ class Block(nn.Module):
         return residual_mlp(x, x, self.mlp.fc1, self.mlp.act, w2, b2, self.norm2)
 
     def _scaled(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
-        def scaled(fc: nn.Linear, ls: LayerScale) -> tuple[Tensor, Tensor | None]:
-            g = ls.gamma.detach()
-            return fc.weight.detach() * g[:, None], None if fc.bias is None else fc.bias.detach() * g
-
-        return scaled(self.attn.proj, self.ls1), scaled(self.mlp.fc2, self.ls2)
+        return scaled_linear(self.attn.proj, self.ls1.gamma), scaled_linear(self.mlp.fc2, self.ls2.gamma)
 
 
 class ParallelBlock(nn.Module):
