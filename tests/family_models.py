@@ -32,8 +32,8 @@ def small_side(model) -> int:
 def shallow_options(name: str) -> dict:
     """Options that build a deep model shallower, for checks that build and run every registered
     model: each block of a stage is the same code, and 100-660M parameters at full depth took
-    5-45 s a check on 2 cores. The ViTs and EVAs at 4 blocks (EVA-02-CLIP-E at 2: its blocks are
-    68M each; DINOv3-7B at 1, of 168M), EfficientNetV2-L / XL at a quarter of their blocks, and any network of more than 16
+    5-45 s a check on 2 cores. The ViTs and EVAs at 4 blocks (those of 1408 wide and more, ViT-g /
+    EVA-g to EVA-02-CLIP-E, whose blocks are 25-68M each, at 2; DINOv3-7B at 1, of 168M), EfficientNetV2-L / XL at a quarter of their blocks, and any network of more than 16
     blocks in its stage table (ResNet-101 and deeper, DenseNet, Swin-B / L, ConvNeXt-B and up,
     CoAtNet-2 and up, NesT-B, Inception-ResNet-v2) at 2 blocks a stage. Widths, heads, patch and
     input size stay; the full depth is checked by the parameter counts of the reference tests and
@@ -41,7 +41,7 @@ def shallow_options(name: str) -> dict:
     entry = get_entry(name)
     cfg = entry.config
     if entry.family in ("vit", "eva") and cfg.depth > 4:
-        return {"depth": 4 if cfg.embed_dim < 1792 else 2 if cfg.embed_dim < 4096 else 1}
+        return {"depth": 4 if cfg.embed_dim < 1408 else 2 if cfg.embed_dim < 4096 else 1}
     if entry.family == "efficientnet" and sum(s.repeats for s in cfg.stages) > 60:
         return {"depth_coefficient": 0.25}
     for field in ("depths", "layers"):  # blocks per stage (timm's names: ResNet's layers)

@@ -1,5 +1,7 @@
 """EVA / EVA-02 against timm (same weights), the authors' checkpoint layout, and RoPE's algebra."""
 
+import re
+
 import pytest
 import timm
 import torch
@@ -15,13 +17,14 @@ EVA_NAMES = visionzoo.list_models(family="eva")
 TIMM_EVA_NAMES = EVA_NAMES + ["eva_large_patch14_196", "eva_large_patch14_336"]
 
 
-def test_every_timm_eva_rope_vit_and_dinov3_is_registered():
-    """timm's EVA / EVA-02, its RoPE ViTs (axial, mixed, SBB) and DINOv3's ViTs; its other models
-    built on the EVA class (Perception Encoder, ...) take other rotary forms and are not."""
+def test_every_timm_eva_rope_vit_dinov3_and_pe_is_registered():
+    """timm's EVA / EVA-02, its RoPE ViTs (axial, mixed, SBB), DINOv3's ViTs and the Perception
+    Encoder; its other models built on the EVA class (lingbot, Sapiens2, ...) are not."""
     assert sorted(visionzoo.list_models("eva*")) == sorted(timm.list_models("eva*"))
     assert sorted(visionzoo.list_models("vit_*rope*")) == sorted(timm.list_models("vit_*rope*"))
     assert sorted(visionzoo.list_models("vit_*dinov3*")) == sorted(timm.list_models("vit_*dinov3*"))
-    assert len(EVA_NAMES) == 44 and all(timm.is_model(n) for n in EVA_NAMES)
+    assert sorted(visionzoo.list_models("vit_pe_*")) == sorted(timm.list_models("vit_pe_*"))
+    assert len(EVA_NAMES) == 56 and all(timm.is_model(n) for n in EVA_NAMES)
 
 
 @pytest.mark.parametrize("name", TIMM_EVA_NAMES)
@@ -53,7 +56,8 @@ def test_logits_equal_timm(name):
 
 
 @pytest.mark.parametrize("name", ["eva02_tiny_patch14_224", "eva02_base_patch14_448", "eva_giant_patch14_clip_224", "vit_small_patch16_rope_mixed_ape_224",
-                                  "vit_small_patch16_rope_224", "vit_medium_patch16_rope_reg1_gap_256", "vit_small_plus_patch16_dinov3_qkvb"])
+                                  "vit_small_patch16_rope_224", "vit_medium_patch16_rope_reg1_gap_256", "vit_small_plus_patch16_dinov3_qkvb",
+                                  "vit_pe_core_tiny_patch16_384", "vit_pe_spatial_tiny_patch16_512"])
 def test_other_input_sizes_equal_timm_dynamic_size(name):
     """Built for its default size, run at another: the position table resampled and the rotary
     table recomputed on the fly, as timm's ``dynamic_img_size=True``."""
@@ -85,6 +89,8 @@ def test_features_equal_timm_intermediates():
     ("vit_small_patch16_rope_mixed_ape_224", {}),  # learned RoPE frequencies, a key bias, DeiT III's position table
     ("vit_betwixt_patch16_rope_reg4_gap_256", {}),  # register tokens outside the rotation, no position table
     ("vit_small_plus_patch16_dinov3_qkvb", {}),  # centred RoPE in the half layout, two-layer SwiGLU, layer scale
+    ("vit_pe_core_tiny_patch16_384", {}),  # RoPE on the index plus 1, norm before the blocks, an 8-head attention pool
+    ("vit_pe_lang_gigantic_patch14_448", dict(embed_dim=128, num_heads=4)),  # no class token, no final norm, layer scale 0.1
 ])
 def test_training_gradients_equal_timm(name, options):
     """Train mode, float64: every parameter's gradient of the same loss equals timm's."""
@@ -177,6 +183,54 @@ def test_dinov3_checkpoint_loads_as_timm_converts_it(name):
         visionzoo.load_checkpoint(plain, zero, source="official")
 
 
+def _pe_layout(sd: dict, prefix: str) -> dict:
+    """timm's keys -> the Perception Encoder authors' (facebookresearch/perception_models): OpenAI
+    CLIP's tower with ls_1 / ls_2 and an attention pool with one in_proj; the core checkpoints hold
+    a text tower beside it, under their own prefix."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("attn_pool.q.") or k.startswith("attn_pool.kv."):
+            kind = k.rsplit(".", 1)[1]
+            out[f"attn_pool.attn.in_proj_{kind}"] = torch.cat([sd[f"attn_pool.q.{kind}"], sd[f"attn_pool.kv.{kind}"]])
+            continue
+        if k == "head.weight":
+            out["proj"] = v.t()
+            continue
+        if k == "head.bias":
+            continue  # the projection has none (zero in timm's conversion)
+        for pattern, repl in ((r"^patch_embed\.proj\.", "conv1."), (r"^norm_pre\.", "ln_pre."), (r"^norm\.", "ln_post."), (r"^blocks\.(\d+)\.", r"transformer.resblocks.\1."),
+                              (r"\.norm1\.", ".ln_1."), (r"\.norm2\.", ".ln_2."), (r"\.attn\.qkv\.", ".attn.in_proj_"), (r"\.attn\.proj\.", ".attn.out_proj."),
+                              (r"\.mlp\.fc1\.", ".mlp.c_fc."), (r"\.mlp\.fc2\.", ".mlp.c_proj."), (r"\.gamma_(\d)$", r".ls_\1.gamma"),
+                              (r"^attn_pool\.latent$", "attn_pool.probe"), (r"^attn_pool\.norm\.", "attn_pool.layernorm."), (r"^attn_pool\.proj\.", "attn_pool.attn.out_proj."),
+                              (r"^attn_pool\.mlp\.fc1\.", "attn_pool.mlp.c_fc."), (r"^attn_pool\.mlp\.fc2\.", "attn_pool.mlp.c_proj.")):
+            k = re.sub(pattern, repl, k)
+        k = k.replace(".attn.in_proj_.", ".attn.in_proj_")
+        if k == "cls_token":
+            k, v = "class_embedding", v.flatten()
+        elif k == "pos_embed":
+            k, v = "positional_embedding", v[0]
+        out[k] = v
+    out = {prefix + k: v for k, v in out.items()}
+    if prefix:
+        out["text.token_embedding.weight"] = torch.zeros(10, 4)
+    return out
+
+
+@pytest.mark.parametrize("name, prefix", [("vit_pe_core_tiny_patch16_384", "visual."), ("vit_pe_spatial_gigantic_patch14_448", "")])
+def test_perception_encoder_checkpoint_loads_as_timm_converts_it(name, prefix):
+    """The authors' layout (CLIP's keys, ls_1 / ls_2, the attention pool's probe and one in_proj,
+    ``proj`` as the classifier; under ``visual.`` with a text tower, or bare) gives timm's logits."""
+    p = get_entry(name).config.patch_size
+    kw = dict(depth=2, img_size=4 * p) | (dict(embed_dim=128, num_heads=4) if "gigantic" in name else {})
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    if isinstance(ref.head, torch.nn.Linear):
+        torch.nn.init.zeros_(ref.head.bias)
+    ours = visionzoo.create_model(name, checkpoint=_pe_layout(ref.state_dict(), prefix), **kw).eval()
+    x = torch.randn(2, 3, 4 * p, 4 * p)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-4
+
+
 @pytest.mark.parametrize("grid", [(16, 16), (3, 5), (7, 11)])
 def test_dinov3_rope_table_equals_timm(grid):
     """DINOv3's rotary form: centred coordinates in [-1, 1] per axis, 2 pi / period, pairs (i, i + hd / 2)."""
@@ -266,6 +320,12 @@ def test_invalid_eva_options_are_refused():
         visionzoo.create_model("eva02_tiny_patch14_224", pos_embed="relative")
     with pytest.raises(ValueError, match="mlp_layer must be one of 'mlp', 'swiglu_packed', 'swiglu'"):
         visionzoo.create_model("eva02_tiny_patch14_224", mlp_layer="geglu")
+    with pytest.raises(ValueError, match="pool_heads / pool_mlp_ratio size the attention pool: they take global_pool='map', got 'avg'"):
+        visionzoo.create_model("vit_pe_spatial_tiny_patch16_512", pool_heads=4)
+    with pytest.raises(ValueError, match="rope_offset shifts the coordinates of a fixed rotary table"):
+        visionzoo.create_model("vit_small_patch16_rope_mixed_224", rope_offset=1.0)
+    with pytest.raises(ValueError, match="rope_half=True lays out the pairs of a rotary embedding"):
+        visionzoo.create_model("eva_giant_patch14_224", rope_half=True)
 
 
 def test_inference_joint_projection_follows_weight_changes_and_hooks():

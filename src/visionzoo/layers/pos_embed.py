@@ -102,7 +102,7 @@ def relative_position_index(window: tuple[int, int]) -> Tensor:
 
 
 def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None,
-            xy: bool = False, centered: bool = False, half: bool = False, device: torch.device | str | None = None) -> Tensor:
+            xy: bool = False, centered: bool = False, half: bool = False, offset: float = 0.0, device: torch.device | str | None = None) -> Tensor:
     """Axial 2-D rotary position embedding (Su et al., "RoFormer", 2021; in 2-D as EVA-02,
     Fang et al. 2023): the sines and cosines :func:`apply_rope` rotates queries and keys by.
 
@@ -116,6 +116,9 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     ``centered`` is DINOv3's form (Siméoni et al., 2025): a patch's coordinate along an axis is
     the centre of its cell on [-1, 1], ``2 (i + 0.5) / G - 1``, so every grid spans the same
     range whatever its size, and pair j turns by ``2 pi * coordinate / temperature ** (j / (head_dim / 4))``.
+
+    ``offset`` is added to every patch index first (the Perception Encoder's 1: its class token
+    sits at 0; timm's ``rope_grid_offset``).
 
     ``half`` lays the pairs out as timm's ``rotate_half`` (DINOv3's): channel i of the first half
     of a head pairs with channel i of the second half, instead of the adjacent channels 2i, 2i + 1.
@@ -131,9 +134,9 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     n = head_dim // 4
     exponents = torch.arange(n, device=device).float() / n
     if centered:
-        coords = [(torch.arange(g, device=device).float() + 0.5) / g * 2.0 - 1.0 for g in grid]
+        coords = [(torch.arange(g, device=device).float() + 0.5 + offset) / g * 2.0 - 1.0 for g in grid]
     else:
-        coords = [torch.arange(g, device=device).float() for g in grid]
+        coords = [torch.arange(g, device=device).float() + offset for g in grid]
     if ref_grid is not None:
         coords = [c / g * r for c, g, r in zip(coords, grid, ref_grid)]
     rows, cols = torch.meshgrid(*coords, indexing="ij")  # Gh, Gw each

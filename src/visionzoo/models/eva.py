@@ -47,6 +47,7 @@ from ..layers.linear import linear_add, scaled_linear
 from ..layers.mlp import residual_mlp
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_cfg, register_family
 from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
+from .vit_convert import from_clip
 
 __all__ = ["Eva", "EvaAttention", "EvaBlock", "EvaConfig"]
 
@@ -339,14 +340,15 @@ class AxialRope(nn.Module):
     """
 
     def __init__(self, grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.0, ref_grid: tuple[int, int] | None = None, xy: bool = False,
-                 centered: bool = False, half: bool = False) -> None:
+                 centered: bool = False, half: bool = False, offset: float = 0.0) -> None:
         super().__init__()
         self.grid, self.head_dim, self.temperature, self.ref_grid, self.xy = grid, head_dim, temperature, ref_grid, xy
-        self.centered, self.half = centered, half
+        self.centered, self.half, self.offset = centered, half, offset
         self.register_buffer("table", self._table(grid), persistent=False)
 
     def _table(self, grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
-        return rope_2d(grid, self.head_dim, temperature=self.temperature, ref_grid=self.ref_grid, xy=self.xy, centered=self.centered, half=self.half, device=device)
+        return rope_2d(grid, self.head_dim, temperature=self.temperature, ref_grid=self.ref_grid, xy=self.xy, centered=self.centered, half=self.half,
+                       offset=self.offset, device=device)
 
     def forward(self, grid: tuple[int, int], device: torch.device) -> Tensor:
         return self.table if grid == self.grid else self._table(grid, device)
@@ -389,7 +391,9 @@ class EvaConfig(ViTConfig):
 
     Attributes:
         global_pool: ``avg`` (EVA's default: the mean of the patch tokens, then ``fc_norm``),
-            ``token`` (the CLIP towers), ``max``, ``avgmax``.
+            ``token`` (the CLIP towers), ``max``, ``avgmax``, ``map`` (the Perception Encoder's
+            attention pool; over every token, the class token included, as timm's EVA class:
+            ``pool_include_prefix``).
         mlp_ratio: the MLP's hidden width over ``embed_dim``: of the gated product for the
             SwiGLUs (EVA-02's 8/3, so fc1 of ``swiglu_packed`` is twice that wide), as timm's.
         mlp_layer: ``mlp``, ``swiglu_packed`` (one fc1; Ti, S) or ``swiglu`` (``fc1_g`` and
@@ -409,6 +413,8 @@ class EvaConfig(ViTConfig):
             ``rope.freqs``; RoPE-Mixed, :func:`~visionzoo.layers.mixed_rope`).
         rope_half: the rotary pairs are channels (i, i + hd / 2) of a head (timm's
             ``rope_rotate_half``, DINOv3's layout), not adjacent channels.
+        rope_offset: added to the patch indices of ``axial`` and ``centered`` tables (timm's
+            ``rope_grid_offset``; the Perception Encoder's 1).
         rope_ref_grid: the patch grid the axial coordinates are scaled to (EVA-02's 16 x 16 of
             its 224 px pre-training: a 448 px model turns by half a step per patch); None: the
             patch index itself.
@@ -420,6 +426,7 @@ class EvaConfig(ViTConfig):
 
     patch_size: int = 14
     global_pool: str = "avg"
+    pool_include_prefix: bool = True
     qkv_fused: bool = True
     scale_mlp: bool = False
     scale_attn_inner: bool = False
@@ -430,6 +437,7 @@ class EvaConfig(ViTConfig):
     rope_temperature: float = 10000.0
     rope_xy: bool = False
     rope_half: bool = False
+    rope_offset: float = 0.0
     post_norm: bool = False
 
 
@@ -470,6 +478,8 @@ class Eva(VisionTransformer):
             raise ValueError(f"rope={cfg.rope!r} takes no reference grid (mixed: learned frequencies on the patch index; centered: coordinates span [-1, 1] on any grid): rope_ref_grid must be None")
         if cfg.rope == "none" and cfg.rope_half:
             raise ValueError("rope_half=True lays out the pairs of a rotary embedding: it needs rope other than 'none'")
+        if cfg.rope_offset and cfg.rope not in ("axial", "centered"):
+            raise ValueError(f"rope_offset shifts the coordinates of a fixed rotary table: it takes rope 'axial' or 'centered', got {cfg.rope!r}")
         if cfg.mlp_align < 0 or (cfg.mlp_align and cfg.mlp_layer != "swiglu"):
             raise ValueError(f"mlp_align rounds up the hidden width of the two-layer SwiGLU (timm's swiglu_align_to): it takes mlp_layer='swiglu' and a positive multiple, got mlp_align={cfg.mlp_align}, mlp_layer={cfg.mlp_layer!r}")
         super().__init__(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate)
@@ -481,7 +491,7 @@ class Eva(VisionTransformer):
         self.rope: nn.Module | None = None
         if cfg.rope in ("axial", "centered"):
             self.rope = AxialRope(self.grid_size, hd, temperature=cfg.rope_temperature, ref_grid=cfg.rope_ref_grid, xy=cfg.rope_xy,
-                                  centered=cfg.rope == "centered", half=cfg.rope_half)
+                                  centered=cfg.rope == "centered", half=cfg.rope_half, offset=cfg.rope_offset)
         elif cfg.rope == "mixed":
             self.rope = MixedRope(hd, cfg.depth, cfg.num_heads, temperature=cfg.rope_temperature, xy=cfg.rope_xy, half=cfg.rope_half)
         hidden = int(D * cfg.mlp_ratio)
@@ -564,7 +574,16 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
     ``v_bias``, or is dropped where it is zero and the model has none (the distilled B, L and
     H+ were trained with zero biases, hence timm's variants with and without ``_qkvb``). The
     rotary periods (stored in bf16; recomputed in fp32, as timm does), the mask token and the
-    7B's norm of the local crops' class token (pre-training only) are dropped."""
+    7B's norm of the local crops' class token (pre-training only) are dropped.
+
+    The Perception Encoder (facebookresearch/perception_models): OpenAI CLIP's layout
+    (:func:`~visionzoo.models.vit_convert.from_clip`; ``conv1``, ``transformer.resblocks.N``,
+    under ``visual.`` in the core checkpoints, whose text tower is dropped) with the layer
+    scales ``ls_1`` / ``ls_2`` and an attention pool (``probe``, one ``in_proj`` for the query
+    and the keys / values, ``layernorm``); ``proj`` is the classifier, as in timm."""
+    for clip_prefix in ("visual.", "module.visual.", ""):
+        if f"{clip_prefix}conv1.weight" in sd:
+            return _from_pe(from_clip(sd, clip_prefix))
     prefix = "visual." if any(k.startswith("visual.") for k in sd) else ""
     separate = f"{prefix}blocks.0.attn.q_proj.weight" in sd
     dinov3 = "storage_tokens" in sd or "blocks.0.ls1.gamma" in sd
@@ -598,6 +617,21 @@ def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]
             k = k.replace(old, new)
         if separate:
             k = k.replace("attn.q_bias", "attn.q_proj.bias").replace("attn.v_bias", "attn.v_proj.bias")
+        out[k] = v
+    return out
+
+
+def _from_pe(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The Perception Encoder's keys past CLIP's renames: layer scales and the attention pool."""
+    out = {}
+    for k, v in sd.items():
+        k = k.replace(".ls_1.gamma", ".gamma_1").replace(".ls_2.gamma", ".gamma_2")
+        k = k.replace("attn_pool.probe", "attn_pool.latent").replace("attn_pool.layernorm.", "attn_pool.norm.").replace("attn_pool.attn.proj.", "attn_pool.proj.")
+        if k.startswith("attn_pool.attn.qkv."):  # the query's rows, then the keys' and values'
+            kind = k.rsplit(".", 1)[1]
+            dim = v.shape[0] // 3
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = v[:dim], v[dim:]
+            continue
         out[k] = v
     return out
 
@@ -679,6 +713,33 @@ for _size, (_d, _l, _h, _ffn, _biases) in _DINOV3_SIZES.items():
             EvaConfig(embed_dim=_d, depth=_l, num_heads=_h, qkv_bias=_b == "_qkvb", **_DINOV3, **_ffn), 256, 1.0, "center", dict(mean=IMAGENET_MEAN, std=IMAGENET_STD), 0,
         )
 
+# The Perception Encoder (Bolya et al., 2025; facebookresearch/perception_models), as timm builds it: CLIP-style
+# towers (norm before the blocks, bias-free patches, a key bias) with axial RoPE on the patch index plus 1
+# (columns first, scaled to the pre-training grid) besides the absolute embedding. Core: the attention
+# pool (8 heads) and the projection into the joint embedding as the classifier; language and spatial
+# towers: no final norm, no classifier; G: no class token and layer scale 0.1 (also on L-lang).
+_PE = dict(qkv_fused=True, k_bias=True, pre_norm=True, norm_eps=1e-5, rope="axial", rope_xy=True, rope_offset=1.0)
+_PE_CORE = dict(_PE, global_pool="map", pool_heads=8, pool_mlp_ratio=4.0)
+_PE_TOWER = dict(_PE, final_norm=False, fc_norm=False)
+_PE_G = dict(embed_dim=1536, num_heads=16, mlp_ratio=8960 / 1536, class_token=False, rope_offset=0.0)
+_PE_ROWS = {  # name: (patch, embed_dim, depth, num_heads, its kind and the rest, reference grid, side, classes)
+    "core_tiny_patch16_384": (16, 192, 12, 3, _PE_CORE, 24, 384, 512),
+    "core_small_patch16_384": (16, 384, 12, 6, _PE_CORE, 24, 384, 512),
+    "core_base_patch16_224": (16, 768, 12, 12, _PE_CORE, 14, 224, 1024),
+    "core_large_patch14_336": (14, 1024, 24, 16, _PE_CORE, 24, 336, 1024),
+    "core_gigantic_patch14_448": (14, None, 50, None, dict(_PE_CORE, **_PE_G), 32, 448, 1280),
+    "lang_large_patch14_448": (14, 1024, 23, 16, dict(_PE_TOWER, init_values=0.1), 32, 448, 0),
+    "lang_gigantic_patch14_448": (14, None, 47, None, dict(_PE_TOWER, init_values=0.1, **_PE_G), 32, 448, 0),
+    "spatial_tiny_patch16_512": (16, 192, 12, 3, _PE_TOWER, 32, 512, 0),
+    "spatial_small_patch16_512": (16, 384, 12, 6, _PE_TOWER, 32, 512, 0),
+    "spatial_base_patch16_512": (16, 768, 12, 12, _PE_TOWER, 32, 512, 0),
+    "spatial_large_patch14_448": (14, 1024, 24, 16, _PE_TOWER, 32, 448, 0),
+    "spatial_gigantic_patch14_448": (14, None, 50, None, dict(_PE_TOWER, init_values=0.1, **_PE_G), 32, 448, 0),
+}
+for _n, (_p, _d, _l, _h, _kind, _ref, _side, _classes) in _PE_ROWS.items():
+    _size = {} if _d is None else dict(embed_dim=_d, num_heads=_h)
+    _TABLE[f"vit_pe_{_n}"] = (EvaConfig(patch_size=_p, depth=_l, rope_ref_grid=(_ref, _ref), **_size, **_kind), _side, 1.0, "center", _INCEPTION_MEAN_STD, _classes)
+
 VARIANTS = {name: row[0] for name, row in _TABLE.items()}
 _DEFAULT_CFGS = {
     name: default_cfg(side, crop_pct=crop, first_conv="patch_embed.proj", num_classes=classes, **({"crop_mode": mode} if mode != "center" else {}), **norm)
@@ -701,5 +762,5 @@ register_family(
     default_cfgs=_DEFAULT_CFGS,
     published=PUBLISHED,
     paper="Fang et al., EVA, CVPR 2023; EVA-02, arXiv 2303.11331 (2023); EVA-CLIP: Sun et al., arXiv 2303.15389 (2023); RoPE-ViT: Heo et al., ECCV 2024; "
-          "DINOv3: Siméoni et al., arXiv 2508.10104 (2025)",
+          "DINOv3: Siméoni et al., arXiv 2508.10104 (2025); Perception Encoder: Bolya et al., arXiv 2504.13181 (2025)",
 )

@@ -309,6 +309,14 @@ class ViTConfig:
             ``global_pool`` is ``token`` (timm's default).
         pre_norm: a LayerNorm on the tokens before the first block (``norm_pre``), and a
             bias-free patch projection (CLIP's image tower; timm's ``pre_norm``).
+        final_norm: the LayerNorm after the last block (``norm``) where ``fc_norm`` does not
+            replace it; False: none (the Perception Encoder's spatial and language towers;
+            timm's ``use_post_transformer_norm=False``).
+        pool_heads, pool_mlp_ratio: the ``map`` pool's heads and MLP width over ``embed_dim``
+            (timm's ``attn_pool_num_heads``, ``attn_pool_mlp_ratio``); None: the blocks' own.
+        pool_include_prefix: the ``map`` pool attends over the class and register tokens too
+            (timm's ``pool_include_prefix``; always so in timm's EVA class), not the patch
+            tokens alone.
         norm_eps: every LayerNorm's epsilon (1e-6; CLIP's towers 1e-5, PyTorch's default).
         act_layer: the MLPs' activation: ``gelu`` (exact), ``gelu_tanh``, ``quick_gelu``
             (OpenAI CLIP's ``x * sigmoid(1.702 x)``) or ``silu``.
@@ -342,6 +350,10 @@ class ViTConfig:
     no_embed_class: bool = False
     fc_norm: bool | None = None
     pre_norm: bool = False
+    final_norm: bool = True
+    pool_heads: int | None = None
+    pool_mlp_ratio: float | None = None
+    pool_include_prefix: bool = False
     norm_eps: float = 1e-6
     act_layer: str = "gelu"
     mlp_layer: str = "mlp"
@@ -395,6 +407,8 @@ class VisionTransformer(VisionModel):
             raise ValueError(f"global_pool must be one of {', '.join(map(repr, self.pool_types))}, got {cfg.global_pool!r}")
         if cfg.global_pool == "token" and not cfg.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        if (cfg.pool_heads is not None or cfg.pool_mlp_ratio is not None) and cfg.global_pool != "map":
+            raise ValueError(f"pool_heads / pool_mlp_ratio size the attention pool: they take global_pool='map', got {cfg.global_pool!r}")
         if cfg.distilled and cfg.global_pool != "token":
             raise ValueError(f"global_pool={cfg.global_pool!r}: the distilled head reads the class and distillation tokens; it takes 'token' only (or '' without a classifier: all tokens)")
         if cfg.pos_embed == "learned_2d" and cfg.embed_dim % 2:
@@ -453,10 +467,11 @@ class VisionTransformer(VisionModel):
 
         self.blocks = nn.Sequential(*self._build_blocks(drop_path_rates(drop_path_rate, cfg.depth), norm_layer))
         use_fc_norm = cfg.global_pool not in ("token", "map") if cfg.fc_norm is None else cfg.fc_norm
-        self.norm = nn.Identity() if use_fc_norm else norm_layer(D)
+        self.norm = nn.Identity() if use_fc_norm or not cfg.final_norm else norm_layer(D)
         self.attn_pool = None
         if cfg.global_pool == "map":  # after the final norm, as timm's
-            self.attn_pool = AttentionPoolLatent(D, cfg.num_heads, mlp_ratio=cfg.mlp_ratio, norm_layer=norm_layer, act_layer=ACT_LAYERS[cfg.act_layer])
+            self.attn_pool = AttentionPoolLatent(D, cfg.pool_heads or cfg.num_heads, mlp_ratio=cfg.pool_mlp_ratio or cfg.mlp_ratio, norm_layer=norm_layer,
+                                                 act_layer=ACT_LAYERS[cfg.act_layer])
         self.fc_norm = norm_layer(D) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = classifier(D, num_classes)
@@ -567,7 +582,7 @@ class VisionTransformer(VisionModel):
         if self.global_pool == "token":
             x = x[:, 0]  # B, D
         elif self.global_pool == "map":
-            x = self.attn_pool(x[:, self.num_prefix_tokens :])  # B, D
+            x = self.attn_pool(x if self.cfg.pool_include_prefix else x[:, self.num_prefix_tokens :])  # B, D
         else:
             x = global_pool_2d(x[:, self.num_prefix_tokens :], self.global_pool, 1)  # B, D
         x = self.head_drop(self.fc_norm(x))

@@ -62,10 +62,12 @@ def _from_dinov2(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
-def _from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+def from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     """OpenAI CLIP's and OpenCLIP's checkpoints (``visual.conv1``, ``visual.transformer.resblocks.N``
     ...): the image tower's keys; the text tower's are left out. Its projection into the joint
-    embedding, ``visual.proj`` (D, E), is the classifier (E outputs, bias zero), as in timm."""
+    embedding, ``visual.proj`` (D, E), is the classifier (E outputs, bias zero), as in timm. Also
+    the base of the Perception Encoder's layout (:mod:`.eva`), whose largest towers have no
+    class token."""
     sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     out = rename_keys(sd, [
         (r"^conv1\.", "patch_embed.proj."),
@@ -76,7 +78,8 @@ def _from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
         (r"\.mlp\.c_fc\.", ".mlp.fc1."),
         (r"\.mlp\.c_proj\.", ".mlp.fc2."),
     ])
-    out["cls_token"] = out.pop("class_embedding").view(1, 1, -1)  # D -> 1, 1, D
+    if "class_embedding" in out:
+        out["cls_token"] = out.pop("class_embedding").view(1, 1, -1)  # D -> 1, 1, D
     out["pos_embed"] = out.pop("positional_embedding").unsqueeze(0)  # 1 + N, D -> 1, 1 + N, D
     if "proj" in out:
         proj = out.pop("proj")  # D, E
@@ -88,12 +91,12 @@ def _from_clip(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
 def _from_official(sd: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """The ViT authors' JAX release (google-research/vision_transformer ``.npz`` files), the
     DINOv2 authors' PyTorch one (:func:`_from_dinov2`), or OpenAI CLIP's / OpenCLIP's
-    (:func:`_from_clip`)."""
+    (:func:`from_clip`)."""
     if "mask_token" in sd:
         return _from_dinov2(sd)
     for prefix in ("visual.", "module.visual."):
         if prefix + "conv1.weight" in sd:
-            return _from_clip(sd, prefix)
+            return from_clip(sd, prefix)
     if "embedding/kernel" not in sd:
         raise KeyError("embedding/kernel")
     depth = len(model.blocks)
