@@ -117,8 +117,8 @@ def rope_2d(grid: tuple[int, int], head_dim: int, *, temperature: float = 10000.
     the centre of its cell on [-1, 1], ``2 (i + 0.5) / G - 1``, so every grid spans the same
     range whatever its size, and pair j turns by ``2 pi * coordinate / temperature ** (j / (head_dim / 4))``.
 
-    ``offset`` is added to every patch index first (the Perception Encoder's 1: its class token
-    sits at 0; timm's ``rope_grid_offset``).
+    ``offset`` is added to every patch index first (timm's ``rope_grid_offset``: the Perception
+    Encoder's 1 in its towers with a class token, 0 in those without).
 
     ``half`` lays the pairs out as timm's ``rotate_half`` (DINOv3's): channel i of the first half
     of a head pairs with channel i of the second half, instead of the adjacent channels 2i, 2i + 1.
