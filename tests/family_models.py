@@ -10,17 +10,30 @@ from visionzoo.registry import families, get_entry
 
 
 @functools.lru_cache(maxsize=None)
+def full_params() -> dict[str, int]:
+    """{name: parameters of the registered model at its full size} (counted on the meta device)."""
+    out = {}
+    for name in visionzoo.list_models():
+        with torch.device("meta"):
+            out[name] = sum(p.numel() for p in visionzoo.create_model(name).parameters())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
 def smallest_per_family() -> dict[str, str]:
     """{family: its registered model with the fewest parameters} (counted on the meta device)."""
     best: dict[str, tuple[int, str]] = {}
-    for name in visionzoo.list_models():
+    for name, n in full_params().items():
         fam = get_entry(name).family
-        with torch.device("meta"):
-            n = sum(p.numel() for p in visionzoo.create_model(name).parameters())
         if fam not in best or n < best[fam][0]:
             best[fam] = (n, name)
     assert set(best) == set(families())
     return {f: best[f][1] for f in sorted(best)}
+
+
+#: the battery runs models of up to this many parameters (at full size) by default, the others
+#: under ``-m slow`` (every family's smallest model always runs)
+BATTERY_DEFAULT_MAX_PARAMS = 60_000_000
 
 
 def small_side(model) -> int:

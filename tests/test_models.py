@@ -16,9 +16,14 @@ from visionzoo.base import VisionModel
 from visionzoo.layers import conv as conv_module
 from visionzoo.registry import get_entry
 
-from family_models import shallow_options, smallest_per_family
+from family_models import BATTERY_DEFAULT_MAX_PARAMS, full_params, shallow_options, smallest_per_family
 
 ALL_MODELS = visionzoo.list_models()
+# the larger variants (mostly a family's deeper or wider copies of the same code) run under -m slow
+_BATTERY = [
+    n if full_params()[n] <= BATTERY_DEFAULT_MAX_PARAMS or n in smallest_per_family().values() else pytest.param(n, marks=pytest.mark.slow)
+    for n in ALL_MODELS
+]
 
 
 def small_size(model: VisionModel) -> int:  # noqa: D401
@@ -28,7 +33,7 @@ def small_size(model: VisionModel) -> int:  # noqa: D401
     return math.ceil(side / m) * m
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", _BATTERY)
 def test_model_battery(name):
     torch.manual_seed(0)
     model = visionzoo.create_model(name, num_classes=7, **shallow_options(name))
