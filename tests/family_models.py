@@ -4,19 +4,43 @@ import functools
 import math
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import visionzoo
 from visionzoo.registry import families, get_entry
 
 
+class _NoMetaInit(TorchDispatchMode):
+    """Skips the in-place initialisers (normal_, uniform_, fill_, zero_, ...) on meta tensors: they
+    hold no data, and the meta kernels of the random ones are Python decompositions that cost a
+    third of building every model at collection. Shape-changing in-place ops still run."""
+
+    _SHAPE_OPS = {"resize_", "resize_as_", "as_strided_", "set_", "squeeze_", "unsqueeze_", "t_", "transpose_",
+                  "swapdims_", "swapaxes_"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func._schema.name.split("::")[-1]
+        if (name.endswith("_") and name not in self._SHAPE_OPS and args and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 @functools.lru_cache(maxsize=None)
-def full_params() -> dict[str, int]:
-    """{name: parameters of the registered model at its full size} (counted on the meta device)."""
+def meta_facts() -> dict[str, tuple[int, bool]]:
+    """{name: (parameters at its full size, cpu_channels_last)} for every registered model, from one
+    pass that builds each on the meta device."""
     out = {}
     for name in visionzoo.list_models():
-        with torch.device("meta"):
-            out[name] = sum(p.numel() for p in visionzoo.create_model(name).parameters())
+        with torch.device("meta"), _NoMetaInit():
+            model = visionzoo.create_model(name)
+        out[name] = (sum(p.numel() for p in model.parameters()), bool(model.cpu_channels_last))
     return out
+
+
+def full_params() -> dict[str, int]:
+    """{name: parameters of the registered model at its full size} (counted on the meta device)."""
+    return {name: n for name, (n, _) in meta_facts().items()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -33,7 +57,7 @@ def smallest_per_family() -> dict[str, str]:
 
 #: the battery runs models of up to this many parameters (at full size) by default, the others
 #: under ``-m slow`` (every family's smallest model always runs)
-BATTERY_DEFAULT_MAX_PARAMS = 60_000_000
+BATTERY_DEFAULT_MAX_PARAMS = 30_000_000
 
 
 def small_side(model) -> int:

@@ -16,7 +16,7 @@ from visionzoo.base import VisionModel
 from visionzoo.layers import conv as conv_module
 from visionzoo.registry import get_entry
 
-from family_models import BATTERY_DEFAULT_MAX_PARAMS, full_params, shallow_options, smallest_per_family
+from family_models import BATTERY_DEFAULT_MAX_PARAMS, full_params, meta_facts, shallow_options, smallest_per_family
 
 ALL_MODELS = visionzoo.list_models()
 # the larger variants (mostly a family's deeper or wider copies of the same code) run under -m slow
@@ -135,14 +135,10 @@ def _channels_last_models() -> list[str]:
     """Per family, the smallest model that runs CPU inference channels-last (a family where only
     some variants do is covered too)."""
     best: dict[str, tuple[int, str]] = {}
-    for name in visionzoo.list_models():
-        with torch.device("meta"):
-            model = visionzoo.create_model(name)
-        if model.cpu_channels_last:
-            n = sum(p.numel() for p in model.parameters())
-            fam = get_entry(name).family
-            if fam not in best or n < best[fam][0]:
-                best[fam] = (n, name)
+    for name, (n, channels_last) in meta_facts().items():
+        fam = get_entry(name).family
+        if channels_last and (fam not in best or n < best[fam][0]):
+            best[fam] = (n, name)
     return sorted(name for _, name in best.values())
 
 
