@@ -118,14 +118,7 @@ class Mlp(nn.Module):
         """Whether a caller may run fc1 + act and fc2's weights directly instead of calling
         this module (and ``drop_path`` after it): autograd off, eval mode, a plain ``Mlp``
         forward and ``nn.Linear`` fc2, an inactive drop path, nothing hooked."""
-        return (
-            autograd_off()
-            and not self.training
-            and type(self).forward is Mlp.forward
-            and type(self.fc2) is nn.Linear
-            and skippable(drop_path)
-            and no_hooks(self, self.act, self.drop1, self.fc2, self.drop2)
-        )
+        return _runs_directly(self, Mlp, drop_path, (self.act, self.drop1))
 
 
 class GluMlp(Mlp):
@@ -161,6 +154,12 @@ class GluMlp(Mlp):
         """What fc2 reads: ``drop1(act(first half) * second half)`` of fc1's output."""
         x1, x2 = linear(self.fc1, x).chunk(2, dim=-1)  # 2 x (..., hidden / 2)
         return self.drop1(self.act(x1) * x2)
+
+    def hidden_unrolled(self, drop_path: nn.Module | None = None) -> bool:
+        """Whether a caller may run fc2's weights on :meth:`hidden` directly instead of calling
+        this module (and ``drop_path`` after it). (:meth:`Mlp.inference_unrolled`, fc1 + act
+        run directly, never holds: the hidden layer is gated.)"""
+        return _runs_directly(self, GluMlp, drop_path)
 
 
 class SwiGLU(nn.Module):
@@ -199,3 +198,22 @@ class SwiGLU(nn.Module):
         """What fc2 reads: ``norm(drop1(act(fc1_g(x)) * fc1_x(x)))``."""
         x = linear(self.fc1_g, x, self.act) * linear(self.fc1_x, x)  # ..., hidden
         return self.norm(self.drop1(x))
+
+    def hidden_unrolled(self, drop_path: nn.Module | None = None) -> bool:
+        """As :meth:`GluMlp.hidden_unrolled`."""
+        return _runs_directly(self, SwiGLU, drop_path)
+
+
+def _runs_directly(mlp: Mlp | SwiGLU, cls: type, drop_path: nn.Module | None, also_unhooked: tuple[nn.Module, ...] = ()) -> bool:
+    """Whether a caller may run an MLP's fc2 weights directly (and what ``also_unhooked`` names
+    as well): autograd off, eval mode, ``cls``'s own forward and an ``nn.Linear`` fc2, an inactive
+    drop path, nothing hooked on the module, fc2, the last dropout or ``also_unhooked`` (the
+    gated MLPs' :meth:`hidden` calls the layers before fc2 as layers)."""
+    return (
+        autograd_off()
+        and not mlp.training
+        and type(mlp).forward is cls.forward
+        and type(mlp.fc2) is nn.Linear
+        and skippable(drop_path)
+        and no_hooks(mlp, *also_unhooked, mlp.fc2, mlp.drop2)
+    )

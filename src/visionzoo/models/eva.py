@@ -156,9 +156,7 @@ class EvaAttention(ProjectedAttention):
         if self.qkv is None:
             w, b = _side_by_side(self.q_proj, self.k_proj, self.v_proj)
         else:
-            w, b = self.qkv.weight.detach(), self.qkv.bias
-            if self.q_bias is not None:
-                b = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # no key bias
+            w, b = self.qkv.weight.detach(), self._fused_qkv_bias()
             b = None if b is None else b.detach()
         dim, hd = w.shape[0] // 3, self.head_dim
         half = torch.arange(hd // 2, device=w.device)
@@ -167,6 +165,13 @@ class EvaAttention(ProjectedAttention):
         order = torch.cat([rows, rows + dim, torch.arange(2 * dim, 3 * dim, device=w.device)])  # queries, keys; values as they are
         return w[order], None if b is None else b[order]
 
+    def _fused_qkv_bias(self) -> Tensor | None:
+        """The fused projection's 3C bias: its own, or the separate q / v biases with zeros for the
+        keys between them."""
+        if self.q_bias is None:
+            return self.qkv.bias
+        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
+
     def _joint_qkv(self, x: Tensor) -> Tensor | None:
         """(B, N, 3C) queries, keys and values from one product: the fused projection with its
         q / v biases, or in CPU inference the three projections' weights side by side (cached
@@ -174,7 +179,7 @@ class EvaAttention(ProjectedAttention):
         if self.qkv is not None:
             if self.q_bias is None:
                 return linear(self.qkv, x)
-            bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))  # 3C: no key bias
+            bias = self._fused_qkv_bias()
             return linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if not (autograd_off() and plain_cpu_eager(x) and all(type(p) is nn.Linear and no_hooks(p) for p in projs)):
@@ -263,8 +268,9 @@ class EvaBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, rope: Tensor | None = None) -> Tensor:
-        if self._unrolled():
-            return self._forward_unrolled(x, rope)
+        mlp_way = self._unrolled()
+        if mlp_way:
+            return self._forward_unrolled(x, rope, mlp_way)
         _SCALED.discard(self)  # training, autograd, hooks: no folded copy kept
         if self.gamma_1 is None:
             x = self.attn.add_to(x, self.norm1(x), rope, drop_path=self.drop_path1)
@@ -273,24 +279,28 @@ class EvaBlock(nn.Module):
         y = self.mlp(self.norm2(x))
         return x + self.drop_path2(y if self.gamma_2 is None else self.gamma_2 * y)
 
-    def _unrolled(self) -> bool:
+    def _unrolled(self) -> str | None:
         """Inference with plain, unhooked parts: both branches end in a projection that
-        accumulates into the residual, its layer scale multiplied in."""
+        accumulates into the residual, its layer scale multiplied in. Returns how the MLP runs
+        (``"fc1"``: fc1 + act and fc2's weights directly, ``"hidden"``: fc2's weights on the
+        gated MLP's hidden layer), or None: the block runs as written."""
         attn, mlp = self.attn, self.mlp
-        if type(mlp) is Mlp:
-            mlp_plain = mlp.inference_unrolled(self.drop_path2)
+        if isinstance(mlp, Mlp) and mlp.inference_unrolled(self.drop_path2):
+            way = "fc1"
+        elif isinstance(mlp, (GluMlp, SwiGLU)) and mlp.hidden_unrolled(self.drop_path2):
+            way = "hidden"
         else:
-            mlp_plain = type(mlp) in (GluMlp, SwiGLU) and not mlp.training and type(mlp.fc2) is nn.Linear and skippable(self.drop_path2) and no_hooks(mlp, mlp.fc2, mlp.drop2)
-        return (
-            mlp_plain
-            and autograd_off()
+            return None
+        plain = (
+            autograd_off()
             and type(attn).forward is ProjectedAttention.forward
             and type(attn.proj) is nn.Linear
             and skippable(attn.proj_drop) and skippable(self.drop_path1)
             and no_hooks(attn, attn.proj)
         )
+        return way if plain else None
 
-    def _forward_unrolled(self, x: Tensor, rope: Tensor | None) -> Tensor:
+    def _forward_unrolled(self, x: Tensor, rope: Tensor | None, mlp_way: str) -> Tensor:
         """The attention's and the MLP's last products accumulate into the residual, with the
         layer scales multiplied into their weights (cached while those are unchanged): no
         separate passes for the scales and the sums."""
@@ -301,9 +311,9 @@ class EvaBlock(nn.Module):
             sources = (attn.proj.weight, attn.proj.bias, self.gamma_1, mlp.fc2.weight, mlp.fc2.bias, self.gamma_2)
             (w1, b1), (w2, b2) = _SCALED.get(self, sources, self._scaled) or self._scaled()
         x = linear_add(x, attn.attend(self.norm1(x), rope), w1, b1)
-        if type(mlp) is Mlp:
-            return residual_mlp(x, x, mlp.fc1, mlp.act, w2, b2, self.norm2)
-        return linear_add(x, mlp.hidden(self.norm2(x)), w2, b2)
+        if mlp_way == "hidden":
+            return linear_add(x, mlp.hidden(self.norm2(x)), w2, b2)
+        return residual_mlp(x, x, mlp.fc1, mlp.act, w2, b2, self.norm2)
 
     def _scaled(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
         return scaled_linear(self.attn.proj, self.gamma_1), scaled_linear(self.mlp.fc2, self.gamma_2)
