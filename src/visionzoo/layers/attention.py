@@ -67,7 +67,7 @@ _EFFICIENT_FIRST = [getattr(SDPBackend, b) for b in ("EFFICIENT_ATTENTION", "CUD
 _CAN_PRIORITISE = "set_priority" in inspect.signature(sdpa_kernel).parameters
 
 
-def sdpa_biased_short(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, *, dropout_p: float = 0.0) -> Tensor:
+def sdpa_biased_short(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, *, dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
     """``F.scaled_dot_product_attention`` for many short sequences with an additive bias (windows).
 
     On a GPU, torch asks cuDNN's kernel first; for Swin's 49-token windows (hd 32, bias
@@ -76,14 +76,14 @@ def sdpa_biased_short(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None 
     declines. The bias should be contiguous in its last dimension: a strided one is refused
     by both kernels, and the math fallback then works in fp32. On a CPU this is plain SDPA.
     Inside :func:`record_attention_weights` it is :func:`attention`'s softmax path, whose
-    weights the recorders see.
+    weights the recorders see. ``scale``: the logits' (``hd ** -0.5`` by default).
     """
     if _WEIGHT_RECORDERS:
-        return attention(q, k, v, attn_mask, dropout_p=dropout_p, fused=False)
+        return attention(q, k, v, attn_mask, dropout_p=dropout_p, fused=False, scale=scale)
     if q.is_cuda and _CAN_PRIORITISE and not torch.compiler.is_compiling():
         with sdpa_kernel(_EFFICIENT_FIRST, set_priority=True):
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 
 def attention(

@@ -65,7 +65,7 @@ from ..layers.window import shift_window_mask, window_partition, window_reverse
 from ..param_groups import MATCH_PREV_GROUP
 from ..registry import default_cfg, register_family
 
-__all__ = ["PatchMerging", "SwinConfig", "SwinTransformer", "WindowPlan", "plan_windows"]
+__all__ = ["PatchMerging", "SwinConfig", "SwinTransformer", "WindowPlan", "plan_windows", "window_sdpa"]
 
 
 # --------------------------------------------------------------------------- windows
@@ -154,34 +154,49 @@ class WindowAttention(ProjectedAttention):
         nH, hd = self.num_heads, self.head_dim
         qkv = linear(self.qkv, x).view(B, nW, N, 3, nH, hd)
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # 3 x (B, nW, nH, N, hd)
-        bias = self.relative_bias(window).to(q.dtype)  # nH, N, N: the same for every window
-        if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
-            bias = bias.unsqueeze(0)
-            q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
-        else:  # bias + mask (nW, nH, N, N), repeated for each image: (B*nW, nH, N, N)
-            bias = (bias + mask.to(q.dtype)).unsqueeze(0).expand(B, nW, nH, N, N).reshape(B * nW, nH, N, N)
-            q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
-        # q, k, v are views of the qkv projection (no copy). 4-D inputs with a 4-D mask take SDPA's
-        # flash kernel on CPU; 5-D inputs or a 3-D mask fall back to the math path, 2-3x slower.
-        # Repeating the (N x N) mask per image moves half the bytes that copying q, k, v into a
-        # (B, nW*nH, N, hd) layout with a broadcast mask would (N / 3hd), and measured ~5% faster.
-        p = self.attn_drop if self.training else 0.0
-        x = sdpa_biased_short(q, k, v, bias, dropout_p=p) if self.fused else attention(q, k, v, bias, dropout_p=p, fused=False)
-        if torch.compiler.is_compiling():
-            # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
-            # eager; export may swap in a kernel with another layout after tracing that view
-            x = x.clone(memory_format=torch.contiguous_format)
-        return x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, C)
+        bias = self.relative_bias(window)  # nH, N, N: the same for every window
+        return window_sdpa(q, k, v, bias, mask, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused)
+
+
+def window_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | None, *, dropout_p: float = 0.0, fused: bool = True,
+                scale: float | None = None) -> Tensor:
+    """Attention within windows: q, k, v (B, nW, nH, N, hd), the (nH, N, N) position bias
+    shared by the windows, the (nW, 1, N, N) shift mask or None -> (B, nW, N, C), the heads
+    concatenated. ``scale``: the logits' (``hd ** -0.5`` by default)."""
+    B, nW, nH, N, hd = q.shape
+    bias = bias.to(q.dtype)
+    if mask is None:  # windows as batch: (B*nW, nH, N, hd), bias (1, nH, N, N) broadcast
+        bias = bias.unsqueeze(0)
+    else:  # bias + mask (nW, nH, N, N), repeated for each image: (B*nW, nH, N, N)
+        bias = (bias + mask.to(q.dtype)).unsqueeze(0).expand(B, nW, nH, N, N).reshape(B * nW, nH, N, N)
+    q, k, v = (t.reshape(B * nW, nH, N, hd) for t in (q, k, v))
+    # q, k, v are views of the qkv projection (no copy). 4-D inputs with a 4-D mask take SDPA's
+    # flash kernel on CPU; 5-D inputs or a 3-D mask fall back to the math path, 2-3x slower.
+    # Repeating the (N x N) mask per image moves half the bytes that copying q, k, v into a
+    # (B, nW*nH, N, hd) layout with a broadcast mask would (N / 3hd), and measured ~5% faster.
+    if fused:
+        x = sdpa_biased_short(q, k, v, bias, dropout_p=dropout_p, scale=scale)
+    else:
+        x = attention(q, k, v, bias, dropout_p=dropout_p, fused=False, scale=scale)
+    if torch.compiler.is_compiling():
+        # CPU SDPA writes its output as (.., N, heads, hd) so the reshape below is a view in
+        # eager; export may swap in a kernel with another layout after tracing that view
+        x = x.clone(memory_format=torch.contiguous_format)
+    return x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, nH * hd)
 
 
 class SwinBlock(nn.Module):
-    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C)."""
+    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C).
+    ``attn_kwargs`` go to the attention (``attn_cls``)."""
 
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+    attn_cls: type[nn.Module] = WindowAttention
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, **attn_kwargs: Any) -> None:
         super().__init__()
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.attn = self.attn_cls(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, **attn_kwargs)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -228,12 +243,17 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        return linear(self.reduction, self.norm(self.neighbourhoods(x)))
+
+    @staticmethod
+    def neighbourhoods(x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 4C): each 2x2 neighbourhood's tokens side by
+        side (odd sides padded by one)."""
         B, H, W, C = x.shape
         if H % 2 or W % 2:
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
             H, W = H + H % 2, W + W % 2
-        x = x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)  # B, H/2, W/2, (col, row, C)
-        return linear(self.reduction, self.norm(x))
+        return x.reshape(B, H // 2, 2, W // 2, 2, C).permute(0, 1, 3, 4, 2, 5).flatten(3)  # B, H/2, W/2, (col, row, C)
 
 
 class SwinBlocks(nn.ModuleList):
@@ -241,9 +261,12 @@ class SwinBlocks(nn.ModuleList):
     ``layers.N.blocks``, an ``nn.Sequential`` there: a forward hook on it sees the tokens the
     stage gives). Shapes: (B, H, W, C) and the stage's window plans -> (B, H, W, C)."""
 
+    #: the block classes whose ``forward_windowed`` inference may run instead of ``forward``
+    windowed_blocks: tuple[type[nn.Module], ...] = (SwinBlock,)
+
     def forward(self, x: Tensor, plans: tuple[WindowPlan, WindowPlan]) -> Tensor:
         _, H, W, _ = x.shape
-        if autograd_off() and all(type(b) is SwinBlock and no_hooks(*b.modules()) for b in self) and plans[0].padded == (H, W):
+        if autograd_off() and all(type(b) in self.windowed_blocks and no_hooks(*b.modules()) for b in self) and plans[0].padded == (H, W):
             return self._forward_windowed(x, plans)
         for blk in self:
             x = blk(x, plans[blk.shifted])
@@ -272,21 +295,25 @@ class SwinStage(nn.Module):
     The window plans (and the shift mask) are made once per forward and shared by the blocks.
     """
 
+    merge_cls: type[nn.Module] = PatchMerging
+    blocks_cls: type[nn.ModuleList] = SwinBlocks
+
     def __init__(self, in_dim: int, dim: int, depth: int, num_heads: int, window: tuple[int, int], *, downsample: bool, drop_paths: Sequence[float], block_cls: type[nn.Module] = SwinBlock, pad_small: bool = False, **block_kwargs) -> None:
         super().__init__()
         self.window, self.pad_small = window, pad_small
-        self.downsample = PatchMerging(in_dim, dim) if downsample else nn.Identity()
-        self.blocks = SwinBlocks(
+        self.downsample = self.merge_cls(in_dim, dim) if downsample else nn.Identity()
+        self.blocks = self.blocks_cls(
             [block_cls(dim, num_heads, window, shifted=i % 2 == 1, drop_path=drop_paths[i], **block_kwargs) for i in range(depth)]
         )
         self._plans: dict[tuple, tuple[WindowPlan, WindowPlan]] = {}
 
     def plans(self, H: int, W: int, device: torch.device) -> tuple[WindowPlan, WindowPlan]:
-        """(regular, shifted) plans for an H x W map; cached per size outside compilation."""
+        """(regular, shifted) plans for an H x W map; cached per size and window outside
+        compilation (set_input_size may give the stage another window for a size it has seen)."""
         make = lambda shifted: plan_windows(H, W, self.window, shifted, device, pad_small=self.pad_small)  # noqa: E731
         if torch.compiler.is_compiling() or torch.jit.is_tracing():  # (a plan made by a trace is part of its graph)
             return make(False), make(True)
-        key = (H, W, device)
+        key = (H, W, device, self.window, self.pad_small)
         if key not in self._plans:
             self._plans[key] = (make(False), make(True))
         return self._plans[key]
@@ -397,7 +424,7 @@ class SwinTransformer(VisionModel):
             layers.append(self.stage_cls(
                 dims[max(i - 1, 0)], dims[i], cfg.depths[i], cfg.num_heads[i], windows[i],
                 downsample=i > 0, drop_paths=dpr[start : start + cfg.depths[i]], block_cls=self.block_cls,
-                pad_small=torchvision_rule, **self._block_kwargs(cfg),
+                pad_small=torchvision_rule, **self._block_kwargs(cfg), **self._stage_kwargs(cfg, i),
             ))
             start += cfg.depths[i]
         self.layers = nn.Sequential(*layers)
@@ -471,6 +498,11 @@ class SwinTransformer(VisionModel):
     @staticmethod
     def _block_kwargs(cfg: SwinConfig) -> dict:
         return dict(mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop=cfg.proj_drop_rate, attn_drop=cfg.attn_drop_rate)
+
+    @staticmethod
+    def _stage_kwargs(cfg: SwinConfig, stage: int) -> dict:
+        """Block options that differ between stages (SwinV2's pretrained windows)."""
+        return {}
 
     @staticmethod
     def _init(m: nn.Module) -> None:
