@@ -50,7 +50,7 @@ DEFAULT_MODELS = [
     "coatnet_0_224", "nest_tiny", "convmixer_768_32", "deit_small_patch16_224", "efficientnet_b0",
     "regnety_040", "densenet121", "mobilenetv2_100", "inception_v3", "vgg16",
     "vit_base_r50_s16_224", "resnext50_32x4d", "seresnet50", "hrnet_w18", "inception_v4",
-    "inception_resnet_v2", "mobilenetv1_100",
+    "inception_resnet_v2", "mobilenetv1_100", "swinv2_tiny_window8_256",
 ]
 
 
