@@ -52,7 +52,9 @@ def _apply_overrides(name: str, config: Any, overrides: Mapping[str, Any]) -> An
     return dataclasses.replace(config, **checked)
 
 
-_CHECKED_BY_FAMILY = {"output_stride"}  # the message names the strides that family allows
+# the family checks these: the message names the strides that family allows; SwinV2's
+# pretrained windows take 0 (none) as well
+_CHECKED_BY_FAMILY = {"output_stride", "pretrained_window_sizes"}
 
 
 def _checked_value(name: str, key: str, hint: Any, value: Any, default: Any) -> Any:

@@ -157,3 +157,14 @@ def test_res_post_norm_starts_every_block_as_the_identity():
     skip = model.no_weight_decay()
     assert "layers.0.blocks.0.attn.logit_scale" in skip and "layers.3.blocks.0.attn.cpb_mlp.0.weight" in skip
     assert not any("qkv" in n or "norm" in n for n in skip)
+
+
+@pytest.mark.parametrize("sizes, message", [((12, 12), r"one window per stage \(4\), got \(12, 12\)"),
+                                            ((-1, 0, 0, 0), r"pretrained_window_sizes\[0\] must be 0 \(the stage's own window\) or a positive int, got -1"),
+                                            ((12, 12, 12.5, 6), r"pretrained_window_sizes\[2\] must be 0"), (12, "one window per stage")])
+def test_pretrained_windows_are_checked_and_zero_means_the_stages_own(sizes, message):
+    with pytest.raises(ValueError, match=message):
+        visionzoo.create_model("swinv2_tiny_window8_256", pretrained_window_sizes=sizes)
+    model = visionzoo.create_model("swinv2_tiny_window8_256", pretrained_window_sizes=[0, 0, 0, 6])
+    assert model.cfg.pretrained_window_sizes == (0, 0, 0, 6)
+    assert [s.blocks[0].attn.offset_reference for s in model.layers] == [(8, 8)] * 3 + [(6, 6)]

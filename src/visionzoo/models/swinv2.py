@@ -31,7 +31,7 @@ official release (downsampling closing a stage, ``head`` a plain Linear) convert
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -215,9 +215,13 @@ class SwinTransformerV2(SwinTransformer):
     size_rules = ("shrink",)
 
     def __init__(self, cfg: SwinV2Config, **kwargs: Any) -> None:
-        if len(cfg.pretrained_window_sizes) != len(cfg.depths):
-            raise ValueError(f"pretrained_window_sizes {cfg.pretrained_window_sizes} must have one entry per stage ({len(cfg.depths)})")
-        super().__init__(cfg, **kwargs)
+        sizes = cfg.pretrained_window_sizes
+        if not isinstance(sizes, (tuple, list)) or len(sizes) != len(cfg.depths):
+            raise ValueError(f"pretrained_window_sizes takes one window per stage ({len(cfg.depths)}), got {sizes!r}")
+        for i, w in enumerate(sizes):
+            if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+                raise ValueError(f"pretrained_window_sizes[{i}] must be 0 (the stage's own window) or a positive int, got {w!r}")
+        super().__init__(replace(cfg, pretrained_window_sizes=tuple(sizes)), **kwargs)
         for stage in self.layers:  # res-post-norm: every block starts as the identity
             for blk in stage.blocks:
                 for norm in (blk.norm1, blk.norm2):
