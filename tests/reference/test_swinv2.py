@@ -26,9 +26,12 @@ def test_every_timm_swinv2_is_registered():
 
 
 @pytest.mark.parametrize("name", SWINV2)
-def test_params_and_preprocessing_equal_timm(name):
+def test_params_keys_and_preprocessing_equal_timm(name):
+    """Parameter counts; state-dict keys in timm's order (each block's attention before its
+    norm, patch merging's reduction before its norm); eval preprocessing and class count."""
     assert _params(lambda: visionzoo.create_model(name)) == _params(lambda: timm.create_model(name))
     with torch.device("meta"):
+        assert list(visionzoo.create_model(name).state_dict()) == list(timm.create_model(name).state_dict())
         ref = timm.create_model(name).pretrained_cfg
     ours = visionzoo.registry.get_entry(name).default_cfg
     for key in ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes"):

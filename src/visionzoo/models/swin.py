@@ -186,17 +186,13 @@ def window_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | No
 
 
 class SwinBlock(nn.Module):
-    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C).
-    ``attn_kwargs`` go to the attention (``attn_cls``)."""
+    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C)."""
 
-    attn_cls: type[nn.Module] = WindowAttention
-
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, **attn_kwargs: Any) -> None:
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = self.attn_cls(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, **attn_kwargs)
+        self.attn = WindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)

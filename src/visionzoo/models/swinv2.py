@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoints import register_converter
-from ..layers import linear, trunc_normal_
+from ..layers import DropPath, Mlp, linear, trunc_normal_
 from ..layers.attention import ProjectedAttention
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, to_2tuple
 from ..layers.linear import linear_act
@@ -157,12 +157,20 @@ _BIAS = DerivedCache()  # attention -> its (nH, N, N) position bias (CPU inferen
 
 class SwinV2Block(SwinBlock):
     """(Shifted-)window cosine attention -> LN -> + x; MLP -> LN -> + x (res-post-norm). Maps
-    are (B, H, W, C). ``pretrained_window`` as :class:`CosineWindowAttention`'s."""
+    are (B, H, W, C). Arguments as :class:`SwinBlock`'s; ``pretrained_window`` as
+    :class:`CosineWindowAttention`'s. (Swin's window handling is inherited; the layers are its
+    own, registered in timm's order, so that the state dict lists its keys as timm's.)"""
 
-    attn_cls = CosineWindowAttention
-
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, pretrained_window: int | tuple[int, int] = 0, **kwargs: Any) -> None:
-        super().__init__(dim, num_heads, window, pretrained_window=pretrained_window, **kwargs)
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0, pretrained_window: int | tuple[int, int] = 0) -> None:
+        nn.Module.__init__(self)
+        self.shifted = shifted
+        self.attn = CosineWindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, pretrained_window=pretrained_window)
+        self.norm1 = nn.LayerNorm(dim)
+        self.drop_path1 = DropPath(drop_path)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
         x = x + self.drop_path1(self.norm1(self.window_attention(x, plan)))
@@ -181,16 +189,17 @@ class SwinV2Blocks(SwinBlocks):
     windowed_blocks = (SwinV2Block,)
 
 
-class PatchMergingV2(PatchMerging):
-    """Each 2x2 neighbourhood concatenated (4C), linear to ``out_dim``, then LayerNorm (SwinV2
+class PatchMergingV2(nn.Module):
+    """Each 2x2 neighbourhood concatenated (4C), linear to ``out_dim`` (2C), then LayerNorm (SwinV2
     norms after the reduction). Shapes: (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), out_dim)."""
 
     def __init__(self, dim: int, out_dim: int | None = None) -> None:
-        super().__init__(dim, out_dim)
-        self.norm = nn.LayerNorm(self.reduction.out_features)
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, out_dim or 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim or 2 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(linear(self.reduction, self.neighbourhoods(x)))
+        return self.norm(linear(self.reduction, PatchMerging.neighbourhoods(x)))
 
 
 class SwinV2Stage(SwinStage):
