@@ -284,3 +284,21 @@ def linear(fc: nn.Module, x: Tensor, act: nn.Module | None = None) -> Tensor:
         return linear_act(x, fc.weight.flatten(1), fc.bias, act)
     x = fc(x)
     return act(x) if act is not None else x
+
+
+def qv_bias(q_bias: Tensor, v_bias: Tensor) -> Tensor:
+    """The 3C bias of a fused query / key / value projection whose keys carry none (BEiT, EVA,
+    Swin V2): the query bias, zeros, the value bias."""
+    return torch.cat((q_bias, torch.zeros_like(q_bias), v_bias))
+
+
+def qv_biased_linear(qkv: nn.Module, x: Tensor, q_bias: Tensor | None, v_bias: Tensor | None) -> Tensor:
+    """``qkv(x)`` plus the :func:`qv_bias` of ``q_bias`` and ``v_bias`` (none without them), as
+    one product where ``qkv`` is a plain layer; any other module (hooked, quantised, wrapped)
+    is called and the bias added to its output."""
+    if q_bias is None:
+        return linear(qkv, x)
+    bias = qv_bias(q_bias, v_bias)
+    if not _plain_linear(qkv):
+        return qkv(x) + bias
+    return linear_act(x, qkv.weight.flatten(1), bias if qkv.bias is None else qkv.bias + bias)

@@ -43,7 +43,7 @@ from ..checkpoints import identity, register_converter
 from ..layers import GluMlp, Mlp, ProjectedAttention, SwiGLU, apply_rope, attention, linear, linear_act, mixed_rope, mixed_rope_freqs, rope_2d
 from ..layers.drop_path import DropPath, skippable
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, trunc_normal_
-from ..layers.linear import linear_add, scaled_linear
+from ..layers.linear import linear_add, qv_bias, qv_biased_linear, scaled_linear
 from ..layers.mlp import residual_mlp
 from ..registry import IMAGENET_MEAN, IMAGENET_STD, INCEPTION_MEAN, INCEPTION_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, default_cfg, register_family
 from .vit import ACT_LAYERS, MLP_LAYERS, ViTConfig, VisionTransformer
@@ -156,7 +156,7 @@ class EvaAttention(ProjectedAttention):
         if self.qkv is None:
             w, b = _side_by_side(self.q_proj, self.k_proj, self.v_proj)
         else:
-            w, b = self.qkv.weight.detach(), self._fused_qkv_bias()
+            w, b = self.qkv.weight.detach(), self.qkv.bias if self.q_bias is None else qv_bias(self.q_bias, self.v_bias)
             b = None if b is None else b.detach()
         dim, hd = w.shape[0] // 3, self.head_dim
         half = torch.arange(hd // 2, device=w.device)
@@ -165,22 +165,12 @@ class EvaAttention(ProjectedAttention):
         order = torch.cat([rows, rows + dim, torch.arange(2 * dim, 3 * dim, device=w.device)])  # queries, keys; values as they are
         return w[order], None if b is None else b[order]
 
-    def _fused_qkv_bias(self) -> Tensor | None:
-        """The fused projection's 3C bias: its own, or the separate q / v biases with zeros for the
-        keys between them."""
-        if self.q_bias is None:
-            return self.qkv.bias
-        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
-
     def _joint_qkv(self, x: Tensor) -> Tensor | None:
         """(B, N, 3C) queries, keys and values from one product: the fused projection with its
         q / v biases, or in CPU inference the three projections' weights side by side (cached
         while they are unchanged); None: the separate projections run as three layers."""
         if self.qkv is not None:
-            if self.q_bias is None:
-                return linear(self.qkv, x)
-            bias = self._fused_qkv_bias()
-            return linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
+            return qv_biased_linear(self.qkv, x, self.q_bias, self.v_bias)
         projs = (self.q_proj, self.k_proj, self.v_proj)
         if not (autograd_off() and plain_cpu_eager(x) and all(type(p) is nn.Linear and no_hooks(p) for p in projs)):
             return None

@@ -41,7 +41,7 @@ from ..checkpoints import register_converter
 from ..layers import DropPath, Mlp, linear, trunc_normal_
 from ..layers.attention import ProjectedAttention
 from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eager, to_2tuple
-from ..layers.linear import linear_act
+from ..layers.linear import qv_biased_linear
 from ..registry import default_cfg, register_family
 from .swin import (
     _B, _L, _S, _T, PatchMerging, SwinBlock, SwinBlocks, SwinConfig, SwinStage, SwinTransformer, WindowPlan, _from_official, _from_timm, table_index, window_sdpa,
@@ -104,42 +104,28 @@ class CosineWindowAttention(ProjectedAttention):
         """(nH, N, N) bias of every query-key pair of a window, 16 * sigmoid(cpb_mlp(offset)).
         A window other than the built one (a map smaller than it) reads the offsets it has,
         normalised as the built window's. Cached in CPU inference while the MLP is unchanged."""
+        N = window[0] * window[1]
         if window != self.window:
-            return self._bias(window)
-        if autograd_off() and not self.training and plain_cpu_eager(self.relative_coords_table) and no_hooks(*self.cpb_mlp.modules()):
-            sources = [*self.cpb_mlp.parameters(), self.relative_coords_table]
-            cached = _BIAS.get(self, sources, lambda: (self._bias(window),))
-            if cached is not None:
-                return cached[0]
-        return self._bias(window)
-
-    def _bias(self, window: tuple[int, int]) -> Tensor:
-        if window == self.window:
-            offsets, idx = self.relative_coords_table, self.relative_position_index
-        else:
             device = self.relative_coords_table.device
             offsets = log_spaced_offsets(window, self.offset_reference, device).to(self.relative_coords_table.dtype)
-            idx = table_index(window, window).to(device)
-        N = window[0] * window[1]
+            return self._bias(offsets, table_index(window, window).to(device), N)
+        offsets, idx = self.relative_coords_table, self.relative_position_index
+        if autograd_off() and not self.training and plain_cpu_eager(offsets) and no_hooks(*self.cpb_mlp.modules()):
+            cached = _BIAS.get(self, [*self.cpb_mlp.parameters(), offsets], lambda: (self._bias(offsets, idx, N),))
+            if cached is not None:
+                return cached[0]
+        return self._bias(offsets, idx, N)
+
+    def _bias(self, offsets: Tensor, idx: Tensor, N: int) -> Tensor:
+        """The bias of the MLP at ``offsets`` (one row per offset), gathered for the N x N pairs by ``idx``."""
         table = self.cpb_mlp(offsets)  # (2Mh-1)(2Mw-1), nH
         return 16 * torch.sigmoid(table[idx.view(-1)].view(N, N, self.num_heads).permute(2, 0, 1).contiguous())
-
-    def qkv_bias(self) -> Tensor | None:
-        """The fused projection's 3C bias: the query and value biases, zeros for the keys."""
-        if self.q_bias is None:
-            return None
-        return torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias))
 
     def attend(self, x: Tensor, window: tuple[int, int], mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """(B, nW, N, C) windows -> the heads' output (B, nW, N, C) before ``proj``."""
         B, nW, N, C = x.shape
         nH, hd = self.num_heads, self.head_dim
-        bias = self.qkv_bias()
-        if bias is None:
-            qkv = linear(self.qkv, x)
-        else:
-            qkv = linear_act(x, self.qkv.weight, bias) if no_hooks(self.qkv) else self.qkv(x) + bias
-        qkv = qkv.view(B, nW, N, 3, nH, hd).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, nH, N, hd
+        qkv = qv_biased_linear(self.qkv, x, self.q_bias, self.v_bias).view(B, nW, N, 3, nH, hd).permute(3, 0, 1, 4, 2, 5)  # 3, B, nW, nH, N, hd
         # cos(q, k) / tau as the product of unit vectors, the queries' times 1 / tau per head: one
         # pass over q and k for their norms, one multiplying each by its factor (F.normalize's
         # x / max(|x|, 1e-12))
