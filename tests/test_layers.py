@@ -216,6 +216,27 @@ def test_fused_linear_stays_out_of_the_way():
     assert "mkldnn::_linear_pointwise" not in ops
 
 
+def test_qv_biased_linear_adds_query_and_value_biases_only():
+    """The fused q / k / v projection of BEiT / EVA / Swin V2: the keys get no bias; a layer's
+    own bias adds to it; a hooked layer runs as itself (its hook's change reaches the output);
+    a layer without q / v biases is the layer."""
+    from visionzoo.layers.linear import qv_biased_linear
+
+    torch.manual_seed(0)
+    fc = torch.nn.Linear(8, 24, bias=False)
+    q_bias, v_bias, x = torch.randn(8), torch.randn(8), torch.randn(2, 5, 8)
+    plain = F.linear(x, fc.weight)
+    want = plain + torch.cat((q_bias, torch.zeros(8), v_bias))
+    with torch.inference_mode():
+        torch.testing.assert_close(qv_biased_linear(fc, x, q_bias, v_bias), want)
+        torch.testing.assert_close(qv_biased_linear(fc, x, None, None), plain)
+        handle = fc.register_forward_hook(lambda m, i, o: 2 * o)
+        torch.testing.assert_close(qv_biased_linear(fc, x, q_bias, v_bias), want + plain)
+        handle.remove()
+        fc.bias = torch.nn.Parameter(torch.randn(24))
+        torch.testing.assert_close(qv_biased_linear(fc, x, q_bias, v_bias), want + fc.bias)
+
+
 ONEDNN_BOTH = [False, pytest.param(True, marks=needs_onednn)]
 
 
@@ -1194,7 +1215,8 @@ def _depthwise_pair(C, k, stride, dilation, padding, bias, dtype=torch.float64):
 def test_depthwise_conv_gradients_equal_autograd(C, k, stride, dilation, padding, bias, side, channels_last):
     """layers.Conv2d computes a depthwise convolution's weight gradient in its own way on the CPU
     (one depthwise convolution over the batch's planes); every gradient equals autograd's of
-    nn.Conv2d with the same weights, also second order (gradgradcheck)."""
+    nn.Conv2d with the same weights, also second order (gradgradcheck; its fast mode checks u^T J v
+    for random u, v instead of every entry of the Jacobians: under a second instead of up to 25 s a case)."""
     torch.manual_seed(0)
     ref, ours = _depthwise_pair(C, k, stride, dilation, padding, bias)
     x = torch.randn(2, C, *side, dtype=torch.float64)
@@ -1210,7 +1232,7 @@ def test_depthwise_conv_gradients_equal_autograd(C, k, stride, dilation, padding
     for e, o in zip(expected, got):
         torch.testing.assert_close(o, e, rtol=1e-10, atol=1e-10)
     params = [x, ours.weight] + ([ours.bias] if bias else [])
-    assert torch.autograd.gradgradcheck(lambda *t: conv_module._DepthwiseConv2d.apply(*t[:2], t[2] if bias else None, ours.stride, ours.padding, ours.dilation), params)
+    assert torch.autograd.gradgradcheck(lambda *t: conv_module._DepthwiseConv2d.apply(*t[:2], t[2] if bias else None, ours.stride, ours.padding, ours.dilation), params, fast_mode=True)
 
 
 def test_depthwise_weight_grad_takes_the_weights_layout():
