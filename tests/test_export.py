@@ -45,11 +45,12 @@ def _tolerance(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_onnx_export_dynamic_batch(family, tmp_path):
-    """The file agrees with the model at another batch (verify_onnx: relative to the largest output)."""
+    """The file agrees with the model at another batch (verify_onnx: relative to the largest output).
+    Without the exporter's graph optimizer (10-25 % of the time; the other tests of this file run it)."""
     pytest.importorskip("onnxruntime")
     model, S = _calibrated(family)
     tol = _tolerance(model, torch.randn(3, 3, S, S, generator=torch.Generator().manual_seed(2)))
-    path = export_onnx(model, tmp_path / f"{FAMILIES[family]}.onnx", img_size=S, batch=2)
+    path = export_onnx(model, tmp_path / f"{FAMILIES[family]}.onnx", img_size=S, batch=2, optimize=False)
     assert verify_onnx(model, path, img_size=S, batch=3) < tol
 
 
@@ -179,11 +180,11 @@ def test_features_only_models_export_with_a_dynamic_batch(name, kwargs):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone, head", [("resnet18", "fpn"), ("hrnet_w18_small", "hrnetv2")])
-@pytest.mark.parametrize("in_chans", [1, 4])
+@pytest.mark.parametrize("backbone, head, in_chans", [("resnet18", "fpn", 1), ("hrnet_w18_small", "hrnetv2", 4)])
 def test_segmentation_models_of_any_channel_count_export(backbone, head, in_chans, tmp_path):
     """The segmentation wrappers give their backbone's in_chans to the exporters, which traced
-    them on 3 channels (InputError: resnet18 expects 1 input channels, got 3)."""
+    them on 3 channels (InputError: resnet18 expects 1 input channels, got 3). One count other
+    than 3 per head: each export of the HRNet model takes ~15 s."""
     from visionzoo.tasks import create_segmentation_model
 
     torch.manual_seed(0)

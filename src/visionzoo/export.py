@@ -56,6 +56,7 @@ def export_onnx(
     batch: int = 2,
     in_chans: int | None = None,
     external_data: bool | None = None,
+    optimize: bool = True,
 ) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``, or
     ``features.0``, ``features.1``, ... for a model that returns a list of feature maps),
@@ -63,9 +64,13 @@ def export_onnx(
     ``in_chans``, for a model without that attribute 3).
 
     Weights over ONNX's 2 GB limit (or all, with ``external_data=True``) go to a second file
-    beside it, ``<name>.onnx.data``, which the model names. The files are written in a
-    temporary folder and moved into place once complete, the weights first; folders of
-    ``path`` that do not exist yet are made then, so a failed export leaves nothing behind.
+    beside it, ``<name>.onnx.data``, which the model names. ``optimize``: run the exporter's
+    graph optimizer (constant folding, removal of redundant nodes; onnxruntime optimises the
+    graph again when it loads it); off, the export of a transformer takes 10-25 % less time.
+
+    The files are written in a temporary folder and moved into place once complete, the weights
+    first; folders of ``path`` that do not exist yet are made then, so a failed export leaves
+    nothing behind.
 
     Raises:
         ValueError: an opset outside 18-23; ``path`` is a directory or lies under a file.
@@ -100,6 +105,7 @@ def export_onnx(
             program = torch.onnx.export(
                 model, (x,), input_names=["image"], output_names=names,
                 dynamic_shapes=({0: dim},), opset_version=opset, dynamo=True, verbose=False,
+                optimize=optimize,
             )
             program.save(str(tmp / path.name), external_data=external_data)
         data = tmp / f"{path.name}.data"  # the name the exporter gives the external weights
