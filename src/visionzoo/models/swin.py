@@ -185,18 +185,12 @@ def window_sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Tensor | No
     return x.view(B, nW, nH, N, hd).transpose(2, 3).reshape(B, nW, N, nH * hd)
 
 
-class SwinBlock(nn.Module):
-    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C)."""
+class WindowBlock(nn.Module):
+    """What the blocks of the Swin families share: their attention run on the (shifted) windows
+    of a (B, H, W, C) map. A subclass sets ``shifted`` (which of a stage's two window plans it
+    takes) and ``attn``, called on (B, nW, N, C) windows with the window and the plan's mask."""
 
-    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
-        super().__init__()
-        self.shifted = shifted
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.drop_path2 = DropPath(drop_path)
+    shifted: bool
 
     def window_attention(self, x: Tensor, plan: WindowPlan) -> Tensor:
         B, H, W, C = x.shape
@@ -211,6 +205,20 @@ class SwinBlock(nn.Module):
         if sh or sw:
             x = torch.roll(x, (sh, sw), (1, 2))
         return x[:, :H, :W] if (Hp, Wp) != (H, W) else x
+
+
+class SwinBlock(WindowBlock):
+    """LN -> (shifted-)window attention -> + x; LN -> MLP -> + x. Maps are (B, H, W, C)."""
+
+    def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.shifted = shifted
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: Tensor, plan: WindowPlan) -> Tensor:
         x = x + self.drop_path1(self.window_attention(self.norm1(x), plan))

@@ -44,7 +44,7 @@ from ..layers.helpers import DerivedCache, autograd_off, no_hooks, plain_cpu_eag
 from ..layers.linear import qv_biased_linear
 from ..registry import default_cfg, register_family
 from .swin import (
-    _B, _L, _S, _T, PatchMerging, SwinBlock, SwinBlocks, SwinConfig, SwinStage, SwinTransformer, WindowPlan, _from_official, _from_timm, table_index, window_sdpa,
+    _B, _L, _S, _T, PatchMerging, SwinBlocks, SwinConfig, SwinStage, SwinTransformer, WindowBlock, WindowPlan, _from_official, _from_timm, table_index, window_sdpa,
 )
 
 __all__ = ["CosineWindowAttention", "SwinTransformerV2", "SwinV2Config", "log_spaced_offsets"]
@@ -141,15 +141,15 @@ class CosineWindowAttention(ProjectedAttention):
 _BIAS = DerivedCache()  # attention -> its (nH, N, N) position bias (CPU inference)
 
 
-class SwinV2Block(SwinBlock):
+class SwinV2Block(WindowBlock):
     """(Shifted-)window cosine attention -> LN -> + x; MLP -> LN -> + x (res-post-norm). Maps
     are (B, H, W, C). Arguments as :class:`SwinBlock`'s; ``pretrained_window`` as
-    :class:`CosineWindowAttention`'s. (Swin's window handling is inherited; the layers are its
-    own, registered in timm's order, so that the state dict lists its keys as timm's.)"""
+    :class:`CosineWindowAttention`'s. (Its layers are registered in timm's order, so that the
+    state dict lists its keys as timm's.)"""
 
     def __init__(self, dim: int, num_heads: int, window: tuple[int, int], *, shifted: bool, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop: float = 0.0, attn_drop: float = 0.0,
                  drop_path: float = 0.0, pretrained_window: int | tuple[int, int] = 0) -> None:
-        nn.Module.__init__(self)
+        super().__init__()
         self.shifted = shifted
         self.attn = CosineWindowAttention(dim, num_heads, window, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop, pretrained_window=pretrained_window)
         self.norm1 = nn.LayerNorm(dim)
