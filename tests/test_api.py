@@ -253,19 +253,26 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "visionzoo", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_cli_list_and_info():
-    r = _cli("list", "vit*")
-    assert r.returncode == 0 and "vit_base_patch16_224" in r.stdout.split()
-    r = _cli("info", "vit_base_patch16_224")
-    assert r.returncode == 0, r.stderr
-    assert "86,567,656" in r.stdout and "17.56" in r.stdout and "paper" in r.stdout
-    r = _cli("info", "vit_base_patch16_224", "--set", "pos_embed=learned_2d")
+def test_cli_list_and_info(capsys):
+    """In process (the installed command runs in test_console_script_installed and the error
+    tests below): each call's exit code and what it printed."""
+    from visionzoo.cli import main
+
+    def run(*args):
+        rc = main(list(args))
+        out = capsys.readouterr().out
+        assert rc == 0, out
+        return out
+
+    assert "vit_base_patch16_224" in run("list", "vit*").split()
+    out = run("info", "vit_base_patch16_224")
+    assert "86,567,656" in out and "17.56" in out and "paper" in out
+    assert "17.56" in out.split("(paper: 17.6)")[0]
     # 197 x 768 learned table replaced by 14 x 384 row + 14 x 384 column + 768 class-token tables
-    assert r.returncode == 0 and f"{86_567_656 - 197 * 768 + 2 * 14 * 384 + 768:,}" in r.stdout
+    assert f"{86_567_656 - 197 * 768 + 2 * 14 * 384 + 768:,}" in run("info", "vit_base_patch16_224", "--set", "pos_embed=learned_2d")
     # the paper's figure is for its own input size: named where the count is at another
-    r = _cli("info", "vit_base_patch16_224", "--img-size", "384")
-    assert r.returncode == 0 and "at 384x384 (paper: 17.6 at 224x224)" in r.stdout, r.stdout
-    assert "17.56" in _cli("info", "vit_base_patch16_224").stdout.split("(paper: 17.6)")[0]
+    out = run("info", "vit_base_patch16_224", "--img-size", "384")
+    assert "at 384x384 (paper: 17.6 at 224x224)" in out, out
 
 
 def test_cli_errors_are_one_line():
