@@ -242,7 +242,12 @@ def test_export_cli_builds_the_checkpoints_classifier(tmp_path, capsys):
     (y,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(y), model(x), rtol=1e-4, atol=1e-4)
-    capsys.readouterr()
+    # --no-optimize: the exporter's graph as traced (more nodes: no constant folding), still checked
+    raw = tmp_path / "r18_raw.onnx"
+    assert main(["export", "resnet18", "--checkpoint", str(tmp_path / "r18.pth"), "--img-size", "64", "--output", str(raw), "--no-optimize"]) == 0
+    assert "(ok)" in capsys.readouterr().out
+    onnx = pytest.importorskip("onnx")
+    assert len(onnx.load(str(raw)).graph.node) > len(onnx.load(str(out)).graph.node)
     (tmp_path / "dir.onnx").mkdir()
     for args, message in [
         (["--checkpoint", str(tmp_path / "r18.pth"), "--num-classes", "5"], "does not have 5 outputs"),

@@ -141,7 +141,9 @@ def verify_onnx(
 
     model = model.eval()
     x = _example(model, img_size, batch, in_chans)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: its notes on graphs it optimises itself (e.g. "can't constant fold CastLike") are not the user's concern
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         refs = model(x)

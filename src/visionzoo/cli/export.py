@@ -32,7 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.img_size:
             kwargs["img_size"] = args.img_size
         model = create_model(args.name, **kwargs).eval()
-    export_onnx(model, out, img_size=args.img_size, opset=args.opset)
+    export_onnx(model, out, img_size=args.img_size, opset=args.opset, optimize=not args.no_optimize)
     files = onnx_files(out)
     weights = f"; weights in {files[1]}" if len(files) > 1 else ""
     print(f"wrote {out} ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB, opset {args.opset}, dynamic batch{weights})")
@@ -54,4 +54,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the checkpoint's, else the model's: 1000, 0 for a backbone such as DINOv2)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 to 23 (default 18)")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip the exporter's graph optimizer (constant folding, removal of redundant nodes): a faster export; onnxruntime optimises the graph again when it loads it")
     p.set_defaults(func=cmd_export)
