@@ -11,6 +11,7 @@ from visionzoo.models.swinv2 import CosineWindowAttention, log_spaced_offsets
 from visionzoo.testing import build_random, max_rel_diff
 
 from test_swin import _to_official
+from timm_checks import assert_outputs_equal_timm
 
 SWINV2 = visionzoo.list_models(family="swinv2")
 
@@ -46,16 +47,9 @@ def _pair(name, **kw):
 
 
 def test_logits_features_and_maps_equal_timm_tiny_window8():
-    ours, ref = _pair("swinv2_tiny_window8_256")
     x = torch.randn(2, 3, 256, 256)
-    with torch.no_grad():
-        assert max_rel_diff(ours(x), ref(x)) < 1e-4
-        assert max_rel_diff(ours.forward_features(x), ref.forward_features(x)) < 1e-4
-        feats = visionzoo.create_model("swinv2_tiny_window8_256", features_only=True, checkpoint=ref.state_dict()).eval()(x)
-        expect = ref.forward_intermediates(x, intermediates_only=True)
-    assert [f.shape[1] for f in feats] == [96, 192, 384, 768]
-    for f, e in zip(feats, expect, strict=True):
-        assert max_rel_diff(f, e) < 1e-4
+    ours, ref, maps = assert_outputs_equal_timm("swinv2_tiny_window8_256", x)
+    assert [f.shape[1] for f in maps] == [96, 192, 384, 768]
     y = ours(x)  # autograd on: the per-block path (rolls and partitions), not the windowed one
     assert max_rel_diff(y.detach(), ref(x).detach()) < 1e-4
 
