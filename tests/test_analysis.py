@@ -595,3 +595,40 @@ def test_attention_image_is_the_models_evaluation_view(tmp_path):
     torch.testing.assert_close(x[0], white[:, None, None].expand(3, 64, 64), atol=0.05, rtol=0)
     ref = eval_transform(64, cfg["mean"], cfg["std"], crop_pct=cfg["crop_pct"], interpolation=cfg["interpolation"])(PIL.open(tmp_path / "wide.png"))
     torch.testing.assert_close(x[0], ref)
+
+
+@pytest.mark.parametrize("name, kw", [("deit3_small_patch16_224", dict(img_size=64)), ("vit_small_patch14_reg4_dinov2", dict(img_size=56)),
+                                      ("vit_small_patch16_224", dict(img_size=64, reg_tokens=2, class_token=False, global_pool="avg"))])
+def test_position_embedding_similarity_skips_only_the_prefix_rows(name, kw):
+    """DeiT III's table has no rows for the prefix tokens (timm's no_embed_class), DINOv2's with
+    registers one for the class token only: the function dropped num_prefix_tokens rows of every
+    table and then failed to reshape the rest."""
+    m = visionzoo.create_model(name, depth=1, num_classes=3, **kw)
+    gh, gw = m.grid_size
+    with torch.no_grad():
+        m.pos_embed.normal_(generator=torch.Generator().manual_seed(0))
+    patches = m.pos_embed[0, -gh * gw:].detach()  # the patch rows come last in every layout
+    expect = F.normalize(patches, dim=-1) @ F.normalize(patches, dim=-1).T
+    np.testing.assert_allclose(position_embedding_similarity(m), expect.reshape(gh, gw, gh, gw).numpy(), atol=1e-6)
+
+
+def test_rollout_of_a_model_with_registers_and_no_class_token_averages_the_patch_rows():
+    """Without a class token the map is the mean row of the patch tokens: it was register 0's row
+    where registers came first (timm's *_reg*_gap_* models)."""
+    torch.manual_seed(0)
+    m = visionzoo.create_model("vit_small_patch16_224", reg_tokens=2, class_token=False, global_pool="avg", depth=2, img_size=48, num_classes=3).eval()
+    img = torch.randn(3, 48, 48)
+    with torch.no_grad(), capture_attention(m) as store:
+        m(img[None])
+    eye, rollout = torch.eye(11), torch.eye(11)  # 2 registers + 3 x 3 patches
+    for maps in store.values():
+        a = (eye + maps[0][0].mean(0)) / 2
+        rollout = (a / a.sum(-1, keepdim=True)) @ rollout
+
+    def as_map(row):
+        row = F.interpolate(row.reshape(1, 1, 3, 3), size=(48, 48), mode="bilinear", align_corners=False)[0, 0]
+        return ((row - row.min()) / (row.max() - row.min())).numpy()
+
+    got = attention_rollout(m, img)
+    np.testing.assert_allclose(got, as_map(rollout[2:, 2:].mean(0)), atol=1e-5)
+    assert np.abs(got - as_map(rollout[0, 2:])).max() > 1e-4

@@ -141,12 +141,14 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
     connection is modelled as 0.5 A + 0.5 I with rows renormalised, and the layers are
     multiplied from the first to the last; a block of k parallel attention branches
     (``num_parallel``), all reading its input, counts as one layer, (I + A_1 + ... + A_k) / (k + 1).
-    The class token's row over the patch tokens (for a model without one: the mean row of the
-    patch tokens) is the map, upsampled bilinearly to the image and scaled to [0, 1] (min to max).
+    The class token's row over the patch tokens (for a model without one, registers or not:
+    the mean row of the patch tokens) is the map, upsampled bilinearly to the image and scaled
+    to [0, 1] (min to max).
 
     Args:
         model: a ViT-style model (visionzoo ``VisionTransformer``; ``num_prefix_tokens``
-            class/distillation tokens before the patch tokens).
+            class / distillation / register tokens before the patch tokens, the class token
+            first where ``cls_token`` is not None).
         image: (C, H, W) or (1, C, H, W), normalised as the model expects.
 
     Returns:
@@ -167,7 +169,8 @@ def attention_rollout(model: nn.Module, image: Tensor, *, head_fusion: str = "me
         a = a / a.sum(-1, keepdim=True)
         rollout = a @ rollout
     P = int(getattr(model, "num_prefix_tokens", 0))
-    row = rollout[0, P:] if P else rollout.mean(0)  # patch tokens
+    class_token = P and getattr(model, "cls_token", True) is not None  # prefix tokens may be registers alone
+    row = rollout[0, P:] if class_token else rollout[P:, P:].mean(0)  # over the patch tokens
     gh, gw = _grid(model, x, N - P)
     m = F.interpolate(row.reshape(1, 1, gh, gw), size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[0, 0]
     m = (m - m.min()) / (m.max() - m.min()).clamp_min(1e-12)
@@ -229,10 +232,12 @@ def position_embedding_similarity(model: nn.Module) -> np.ndarray:
         pe = model.pos_embed
     if pe is None:
         raise ValueError(f"{type(model).__name__} has no learned absolute position embeddings")
-    P = int(getattr(model, "num_prefix_tokens", 0))
-    e = pe.detach().float().cpu().reshape(-1, pe.shape[-1])[P:]  # Gh*Gw, D
-    e = F.normalize(e, dim=-1)
     gh, gw = grid
+    e = pe.detach().float().cpu().reshape(-1, pe.shape[-1])
+    prefix = e.shape[0] - gh * gw  # rows of the prefix tokens: none where only the patches take one (DeiT III)
+    if prefix < 0:
+        raise ValueError(f"{type(model).__name__}'s position embedding has {e.shape[0]} rows, fewer than its {gh}x{gw} patch grid")
+    e = F.normalize(e[prefix:], dim=-1)  # Gh*Gw, D
     return (e @ e.T).reshape(gh, gw, gh, gw).numpy()
 
 
