@@ -191,8 +191,34 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     from visionzoo.checkpoints import CheckpointError
     from visionzoo.train.inference import load_trained
 
-    with pytest.raises(CheckpointError, match="load_segmentation rebuilds it .visionzoo eval and predict"):
+    with pytest.raises(CheckpointError, match="load_segmentation rebuilds it .visionzoo eval, predict and export"):
         load_trained(out / "model.safetensors")
+
+
+def test_export_takes_the_runs_network(run, tmp_path, capsys):
+    """visionzoo export read every checkpoint as a classifier's and refused a segmentation run's,
+    which eval and predict take: it exports the network the metadata describes, at the run's size."""
+    pytest.importorskip("onnxruntime")
+    _, out = run
+    ckpt = str(out / "model.safetensors")
+    assert main(["export", "convnext_tiny", "--checkpoint", ckpt, "--output", str(tmp_path / "seg.onnx"), "--no-optimize"]) == 0
+    printed = capsys.readouterr().out
+    assert "onnxruntime at batch 3" in printed and "(ok)" in printed
+    import onnxruntime as ort
+
+    net, meta = load_segmentation(ckpt)
+    x = torch.randn(2, 3, 32, 32)
+    sess = ort.InferenceSession(str(tmp_path / "seg.onnx"), providers=["CPUExecutionProvider"])
+    (got,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        expect = net(x)
+    assert got.shape == (2, meta["num_classes"], 32, 32)
+    torch.testing.assert_close(torch.from_numpy(got), expect, rtol=1e-4, atol=1e-4)
+    _one_line_error(["export", "resnet18", "--checkpoint", ckpt, "--output", str(tmp_path / "r.onnx")], capsys,
+                    "is a segmentation network on convnext_tiny, not resnet18")
+    _one_line_error(["export", "convnext_tiny", "--checkpoint", ckpt, "--num-classes", "5", "--output", str(tmp_path / "r.onnx")], capsys,
+                    "--num-classes is for classifiers", "of 3 classes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.onnx"]
 
 
 def test_eval_json_of_a_classifier(tmp_path, capsys):

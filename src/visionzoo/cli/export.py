@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import CLIError, check_img_size
+from ._preprocess import segmentation_metadata
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -23,7 +24,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CLIError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (torch.onnx's exporter), got {args.opset}")
     if args.num_classes is not None and args.num_classes < 0:
         raise CLIError(f"--num-classes must be 0 or more, got {args.num_classes}")
-    if args.checkpoint:
+    img_size = args.img_size
+    seg = segmentation_metadata(args.checkpoint) if args.checkpoint else None
+    if seg is not None:  # as eval and predict: the network a segmentation run's metadata describes
+        model, img_size = _segmentation_network(args, seg)
+    elif args.checkpoint:
         # as eval and predict: a visionzoo train run's architecture, classes and input size,
         # or a foreign checkpoint's classifier size
         model, _ = load_trained(args.checkpoint, args.name, num_classes=args.num_classes, img_size=args.img_size)
@@ -32,18 +37,32 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.img_size:
             kwargs["img_size"] = args.img_size
         model = create_model(args.name, **kwargs).eval()
-    export_onnx(model, out, img_size=args.img_size, opset=args.opset, optimize=not args.no_optimize)
+    export_onnx(model, out, img_size=img_size, opset=args.opset, optimize=not args.no_optimize)
     files = onnx_files(out)
     weights = f"; weights in {files[1]}" if len(files) > 1 else ""
     print(f"wrote {out} ({sum(f.stat().st_size for f in files) / 1e6:.1f} MB, opset {args.opset}, dynamic batch{weights})")
     try:
-        diff = verify_onnx(model, out, img_size=args.img_size)
+        diff = verify_onnx(model, out, img_size=img_size)
     except ImportError:
         print("onnxruntime is not installed: the file was not checked (pip install onnxruntime)")
         return 0
     status = "ok" if diff < 1e-4 else "MISMATCH"
     print(f"onnxruntime at batch 3: max |difference| = {diff:.2e} of the largest output ({status})")
     return 0 if diff < 1e-4 else 1
+
+
+def _segmentation_network(args: argparse.Namespace, meta: dict):
+    """(network, input side) of a ``visionzoo train --task segment`` checkpoint: the network its
+    metadata describes, traced at the run's input size unless ``--img-size`` says otherwise."""
+    from ..train.segment import load_segmentation
+
+    if args.name != meta["model"]:
+        raise CLIError(f"{args.checkpoint} is a segmentation network on {meta['model']}, not {args.name}: "
+                       f"visionzoo export {meta['model']} --checkpoint {args.checkpoint} ...")
+    if args.num_classes is not None:
+        raise CLIError(f"--num-classes is for classifiers: {args.checkpoint} is a segmentation network of {meta['num_classes']} classes")
+    model, _ = load_segmentation(args.checkpoint)
+    return model, args.img_size or meta["preprocessing"]["img_size"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

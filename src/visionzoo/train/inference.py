@@ -46,7 +46,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     stored = meta.get("model")
     if meta.get("task") == "segment":
         raise CheckpointError(f"{path} is a segmentation network ({stored}); load_trained rebuilds classifiers: "
-                              "visionzoo.train.segment.load_segmentation rebuilds it (visionzoo eval and predict take it too)")
+                              "visionzoo.train.segment.load_segmentation rebuilds it (visionzoo eval, predict and export take it too)")
     if model_name is None:
         if not stored:
             read_state_dict(path)  # an unreadable file is called that first, as it is with a model name
