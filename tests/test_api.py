@@ -1,5 +1,6 @@
 """Registry, create_model, model_info and the list/info commands."""
 
+import math
 import os
 import re
 import subprocess
@@ -454,7 +455,8 @@ def test_device_and_dtype_build_the_model_there_as_timm():
 
 
 @pytest.mark.parametrize("name, size", [("resnet18", 96), ("convnext_tiny", 96), ("coatnet_0_224", 224), ("vgg11", 224),
-                                        ("vit_tiny_patch16_224", 224), ("swin_tiny_patch4_window7_224", 224), ("inception_v3", 160)])
+                                        ("vit_tiny_patch16_224", 224), ("vit_wee_patch16_reg1_gap_256", 256), ("eva02_tiny_patch14_224", 224),
+                                        ("swin_tiny_patch4_window7_224", 224), ("inception_v3", 160)])
 def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
     """create_model(name, num_classes=0, global_pool='') as in timm: the same unpooled output
     (ConvNeXt: after the head's norm; CoAtNet: after its norm and tanh pre-logits, per position)."""
@@ -479,10 +481,32 @@ def test_timm_global_pool_empty_returns_timms_unpooled_features(name, size):
     with torch.no_grad():
         torch.testing.assert_close(again(x), y, rtol=0, atol=0)
     with pytest.raises(ValueError, match="num_classes=0"):
-        visionzoo.create_model(name, global_pool="")
-    if name != "vit_tiny_patch16_224":  # ViT has its own option ('token' / 'avg')
+        visionzoo.create_model(name, num_classes=3, global_pool="")
+    if not name.startswith(("vit", "eva")):  # ViT has its own option ('token' / 'avg')
         with pytest.raises(ValueError, match="head takes global_pool 'avg'"):
             visionzoo.create_model(name, num_classes=0, global_pool="maxx")
+
+
+@pytest.mark.parametrize("name, kw", [("vit_tiny_patch16_224", dict(global_pool="avg")), ("vit_wee_patch16_reg1_gap_256", {}),
+                                      ("eva02_tiny_patch14_224", {}), ("vit_tiny_patch16_224", {})])
+def test_reset_classifier_to_unpooled_tokens_keeps_the_pooled_heads_norm(name, kw):
+    """reset_classifier(0, '') on a ViT whose head pools the patch tokens and then normalises
+    (fc_norm): timm returns fc_norm of every token; visionzoo returned the tokens unnormalised."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    ref = timm.create_model(name, img_size=112, **kw).eval()
+    ours = visionzoo.create_model(name, img_size=112, checkpoint=ref.state_dict(), **kw).eval()
+    with torch.no_grad():
+        for p in ref.fc_norm.parameters():
+            p.normal_()
+        ours.load_state_dict(ref.state_dict())
+    ref.reset_classifier(0, "")
+    ours.reset_classifier(0, "")
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        y, r = ours(x), ref(x)
+    assert y.shape == r.shape == (2, ours.num_prefix_tokens + math.prod(ours.grid_size), ours.embed_dim)
+    torch.testing.assert_close(y, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
 
 
 def _pooling_families():

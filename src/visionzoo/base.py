@@ -294,14 +294,16 @@ class VisionModel(nn.Module):
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
         """timm's ``global_pool``: ``''`` makes ``forward`` return the unpooled features
         (:meth:`unpooled_head`), which needs a model without classifier (``num_classes`` 0,
-        the model's own when None), as in timm; ``'avg'`` is the family's own pooling, and
+        the model's own when None; timm's ViT and ConvNeXt would classify every position);
+        ``'avg'`` is the family's own pooling, and
         families with ``pool_types`` also take timm's ``'max'``, ``'avgmax'`` and
         ``'catavgmax'`` (a new classifier when the pooled width changes). A family with other
         pools (ViT: ``'token'``) overrides this."""
         num_classes = self.num_classes if num_classes is None else num_classes
         if pool == "":
             if num_classes != 0:
-                raise ValueError(f"{self._name()}: global_pool='' (no pooling) needs num_classes=0, as in timm; got num_classes={num_classes}")
+                raise ValueError(f"{self._name()}: global_pool='' (no pooling) needs num_classes=0 (visionzoo's heads classify pooled features; "
+                                 f"per-position logits are not built); got num_classes={num_classes}")
             self.unpooled = True
         elif pool in self.pool_types:
             width = self.pooled_features

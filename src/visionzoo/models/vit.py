@@ -41,6 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial, reduce
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -387,6 +388,16 @@ class VisionTransformer(VisionModel):
     grad_checkpoint_units = (r"blocks\.\d+",)
     mlp_layers: tuple[str, ...] = tuple(MLP_LAYERS)  # the ``mlp_layer`` names the blocks take
 
+    @classmethod
+    def timm_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """timm builds a ViT asked for ``global_pool=''`` with its final norm on every token
+        (``norm``, no ``fc_norm``) unless ``fc_norm`` says otherwise: its keys and
+        ``forward_features`` then are those of timm's model."""
+        options = super().timm_options(options)
+        if options.get("global_pool") == "" and options.get("fc_norm") is None:
+            options = {**options, "fc_norm": False}
+        return options
+
     def __init__(
         self,
         cfg: ViTConfig,
@@ -587,6 +598,11 @@ class VisionTransformer(VisionModel):
             x = global_pool_2d(x[:, self.num_prefix_tokens :], self.global_pool, 1)  # B, D
         x = self.head_drop(self.fc_norm(x))
         return x if pre_logits else self.head(x)
+
+    def unpooled_head(self, x: Tensor) -> Tensor:
+        """timm's head without a pool or classifier: ``fc_norm`` (where the model has one, the
+        norm of a pooled head) on every token, then the head's dropout."""
+        return self.head_drop(self.fc_norm(x))
 
     def set_distilled_training(self, enable: bool = True) -> None:
         """In training, return (class logits, distillation logits) for DeiT's hard distillation."""
