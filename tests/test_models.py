@@ -233,6 +233,28 @@ def test_an_empty_batch_gives_empty_outputs(name):
     assert [tuple(m.shape) for m in maps] == [(0, *r.shape[1:]) for r in ref]
 
 
+@pytest.mark.parametrize("name", sorted(smallest_per_family().values()))
+def test_nan_and_inf_in_an_image_give_nan_logits_for_it_alone_as_with_autograd(name):
+    """NaN in, NaN out, in CPU inference as with autograd (and in timm): oneDNN's fused ReLU,
+    ReLU6 and hard-sigmoid post-ops map NaN to 0, so ResNet, MobileNet, VGG ... gave finite logits
+    for an image holding NaN. An image holding inf gets what autograd's kernels give it (ReLU6
+    may clamp it to finite logits), and a clean image the logits it gets alone."""
+    model = visionzoo.create_model(name, num_classes=5).eval()
+    S = small_size(model)
+    x = torch.randn(3, 3, S, S, generator=torch.Generator().manual_seed(0))
+    x[0, 1, S // 2, S // 3] = float("nan")
+    x[2, 0, 1, 1] = float("inf")
+    with torch.no_grad():
+        got, alone = model(x), model(x[1:2])
+    ref = model(x).detach()  # autograd on: PyTorch's kernels
+    assert got[0].isnan().all() and ref[0].isnan().all()
+    assert torch.equal(got.isfinite(), ref.isfinite()) and torch.equal(got.isnan(), ref.isnan())
+    torch.testing.assert_close(got[ref.isfinite()], ref[ref.isfinite()], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1], alone[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # and the next clean batch takes the fused kernels again
+        torch.testing.assert_close(model(x[1:2]), alone, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["resnet18", "convnext_tiny", "efficientnet_b0", "vit_tiny_patch16_224"])
 def test_weights_written_through_data_are_seen_after_eval(name):
     """Writes through ``.data`` bypass the version counters that stamp the cached inference

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, plain_cpu_eager, to_2tuple, to_channels_last, to_contiguous
+from .layers.helpers import as_int, channels_last_map, check_int, classifier, clear_derived_caches, note_input, plain_cpu_eager, to_2tuple, to_channels_last, to_contiguous
 from .layers.pooling import global_pool_2d
 
 __all__ = ["FeatureInfo", "FeatureInfoList", "InputError", "VisionModel", "check_image_batch", "count", "evenly_spaced", "nonempty_size", "plain_layout", "tap_outputs"]
@@ -792,6 +792,7 @@ def _check_image_batch(x: Tensor, name: str, in_chans: int, weight: Tensor | Non
     problem = size_problem(*x.shape[-2:])
     if problem:
         raise InputError(f"{name} {problem}")
+    note_input(x)  # NaN in, NaN out: where the input holds NaN or inf, no clamping post-op turns it finite
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -232,13 +233,35 @@ def no_hooks(*modules: nn.Module) -> bool:
 _ONEDNN_ACTS = {nn.ReLU: "relu", nn.SiLU: "swish", nn.Hardswish: "hardswish", nn.Sigmoid: "sigmoid", nn.Hardsigmoid: "hardsigmoid", nn.Tanh: "tanh"}
 
 
+_input_state = threading.local()  # whether the input of the forward under way holds NaN or inf (per thread)
+#: activations whose oneDNN post-ops clamp (max / min): they turn NaN into a finite number where PyTorch keeps it
+_CLAMPING_ACTS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardsigmoid)
+
+
+def note_input(x: Tensor) -> None:
+    """Record whether ``x``, the input of a network's forward (its stem's check), holds NaN or
+    inf where the fused CPU inference kernels may see it: those forwards then run ReLU,
+    ReLU6 / Hardtanh and Hardsigmoid after a convolution or linear layer instead of as its
+    oneDNN post-op, which maps NaN to a finite number (PyTorch's and timm's outputs are NaN
+    there). One sum over the input; anything else (autograd on, another device, tracing)
+    records False. A layer called on its own afterwards reads the last forward's record."""
+    nonfinite = False
+    if not torch.is_grad_enabled() and plain_cpu_eager(x) and x.is_floating_point() and x.numel():
+        nonfinite = not bool(torch.isfinite(x.sum()))  # (a finite input whose sum overflows: the exact path, no harm)
+    _input_state.nonfinite = nonfinite
+
+
 def onednn_post_op(act: nn.Module | None) -> tuple[str, list[float], str] | None:
     """oneDNN's post-op (name, scalars, algorithm) computing the activation module ``act``, as
     its fused convolution and linear kernels take it: ``("none", [], "")`` for None or
-    ``nn.Identity``; None for an activation oneDNN has no post-op for."""
+    ``nn.Identity``; None for an activation oneDNN has no post-op for, and for a clamping one
+    (ReLU, ReLU6, Hardtanh, Hardsigmoid) while the forward's input holds NaN or inf
+    (:func:`note_input`)."""
     kind = type(act)
     if act is None or kind is nn.Identity:
         return "none", [], ""
+    if kind in _CLAMPING_ACTS and getattr(_input_state, "nonfinite", False):
+        return None
     if kind in _ONEDNN_ACTS:
         return _ONEDNN_ACTS[kind], [], ""
     if kind in (nn.ReLU6, nn.Hardtanh):
