@@ -176,13 +176,41 @@ def _entry_default_cfg(entry: Any, cfg: Any) -> Mapping[str, Any]:
     return entry.default_cfg if cfg is entry.config or entry.default_cfg_for is None else entry.default_cfg_for(cfg)
 
 
+@functools.cache
+def _create_model_arguments() -> frozenset[str]:
+    """The keyword arguments ``create_model`` takes itself (``checkpoint``, ``dtype``, ...): the
+    other keywords are options of the family's configuration."""
+    return frozenset(p.name for p in inspect.signature(create_model).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _family_options(entry: Any, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """(the configuration fields among ``overrides``, timm's spellings of them turned into the
+    family's, ``global_pool``): an option given as ``None`` is left out, as timm leaves it at its
+    default, unless ``None`` is a value of that field's own."""
+    options = {k: v for k, v in overrides.items() if v is not None or k in _fields_taking_none(entry.config)}
+    try:
+        options = entry.model_cls.timm_options(options)
+    except ValueError as e:
+        raise ValueError(f"{entry.name}: {e}") from None
+    return options, _pop_global_pool(entry.config, options)
+
+
 def default_cfg_of(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The ``default_cfg`` (input size, crop, mean and std) of ``create_model(name, **overrides)``
-    with ``overrides`` of the family's configuration, without building the model."""
+    without building the model. ``overrides`` may hold any keyword ``create_model`` takes: its own
+    arguments (``checkpoint``, ``dtype``, ...) are set aside, but for ``pretrained_cfg_overlay``'s
+    preprocessing, which goes into the result as it goes into the model's; the rest are the
+    family's options, timm's spellings among them, checked as ``create_model`` checks them."""
     entry = get_entry(name)
     overrides = dict(overrides or {})
-    _pop_global_pool(entry.config, overrides)
-    return dict(_entry_default_cfg(entry, _apply_overrides(entry.name, entry.config, overrides)))
+    own = {k: overrides.pop(k) for k in _create_model_arguments() & set(overrides)}
+    options, _ = _family_options(entry, overrides)
+    cfg = dict(_entry_default_cfg(entry, _apply_overrides(entry.name, entry.config, options)))
+    if own.get("pretrained_cfg_overlay") is not None:
+        _, overlay = _timm_weight_arguments(entry.name, bool(own.get("pretrained")), own.get("checkpoint"), own.get("checkpoint_path"),
+                                            own["pretrained_cfg_overlay"])
+        cfg.update(overlay)
+    return cfg
 
 
 def _unknown_options_message(name: str, unknown: Sequence[str], fields: set[str]) -> str:
@@ -286,7 +314,6 @@ def create_model(
     drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
     features_only = False if features_only is None else features_only
     pretrained = False if pretrained is None else pretrained
-    overrides = {k: v for k, v in overrides.items() if v is not None or k in _fields_taking_none(entry.config)}
     checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
     device, dtype = _placement(entry.name, device, dtype, checkpoint)
     if scriptable:
@@ -302,11 +329,7 @@ def create_model(
         raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
     if not isinstance(features_only, bool):
         raise ValueError(f"features_only takes True or False, got {features_only!r}")
-    try:
-        overrides = entry.model_cls.timm_options(overrides)
-    except ValueError as e:
-        raise ValueError(f"{entry.name}: {e}") from None
-    global_pool = _pop_global_pool(entry.config, overrides)
+    overrides, global_pool = _family_options(entry, overrides)
     cfg = _apply_overrides(entry.name, entry.config, overrides)
     entry_cfg = _entry_default_cfg(entry, cfg)
     size = to_2tuple(img_size, "img_size") if img_size is not None else tuple(entry_cfg["input_size"][1:])

@@ -15,9 +15,15 @@ from . import CLIError, check_device, count
 _RUNTIME = ("workers", "device", "progress", "log_every", "save_every_steps", "keep_checkpoints")
 
 
+# configuration fields whose flag is not their name with dashes (one --model-arg per override;
+# a segmentation run's head is its --seg-head)
+_FLAGS = {"model_args": "--model-arg", "head": "--seg-head"}
+
+
 def _flag(field: str) -> str:
-    """The command-line flag of a configuration field: ``drop_path`` -> ``--drop-path``."""
-    return "--" + field.replace("_", "-")
+    """The command-line flag of a configuration field: ``drop_path`` -> ``--drop-path``,
+    ``model_args`` -> ``--model-arg``."""
+    return _FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def _as_json(value: Any) -> Any:

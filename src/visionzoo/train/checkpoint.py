@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..checkpoints import CheckpointError, save_state_dict
-from ..checkpoints.io import _unpickling_failure, check_zip_crcs, publish, temp_beside
+from ..checkpoints.io import _brief, _unpickling_failure, check_zip_crcs, publish, temp_beside
 from .distributed import DistInfo, all_gather_object, broadcast_object
 
 #: the name ending of a step's training state (``step_*.state.pt``: what --resume reads besides the weights)
@@ -321,14 +321,19 @@ def finished_run(out_dir: Path, latest: Path, epochs: int) -> dict[str, Any] | N
 
 #: the options that name a file or folder (config.json records them absolute)
 PATH_OPTIONS = ("data", "data_dir", "pretrained", "teacher_checkpoint")
+#: the --model-arg entries that name a file (create_model's starting weights), recorded absolute likewise
+PATH_MODEL_ARGS = ("checkpoint", "checkpoint_path")
 
 
 def recorded_path(key: str, value: Any) -> Any:
     """``value`` of the option ``key`` as a run's config.json records it: a file or folder
     absolute, so that ``--resume`` from another working folder (a job scheduler's) reads the
-    run's own data; a dataset's name (``digits``, ``cifar10``) stays a name, as other options."""
+    run's own data; a dataset's name (``digits``, ``cifar10``) stays a name, as other options.
+    In ``model_args``, the files of :data:`PATH_MODEL_ARGS` are made absolute."""
     from .data import TORCHVISION_SETS
 
+    if key == "model_args" and isinstance(value, Mapping):
+        return {k: str(Path(v).resolve()) if k in PATH_MODEL_ARGS and isinstance(v, str) else v for k, v in value.items()}
     if key not in PATH_OPTIONS or not isinstance(value, str) or (key == "data" and value in ("digits", *TORCHVISION_SETS)):
         return value
     return str(Path(value).resolve())
@@ -394,9 +399,8 @@ def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
         code, reason = _unpickling_failure(e)
         what = f"it holds Python objects other than tensors ({reason}), and loading them could run code" if code else reason
         raise CheckpointError(f"{path}: not a readable training state, refused: {what}") from None
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).split("\n")[0]
-        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {msg[:160]})") from None
+    except Exception as e:  # noqa: BLE001  (torch's words for a damaged archive run to four sentences: cut at one's end)
+        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__}: {_brief(str(e))})") from None
 
 
 def restore_training(resume_from: tuple[Path, Path], model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any, *,

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["CROP_MODES", "DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "eval_transform", "load_image",
-           "visible_files"]
+__all__ = ["CROP_MODES", "DEFAULT_VAL_SPLIT", "IMAGE_EXTENSIONS", "TORCHVISION_SETS", "DataBundle", "DataError", "build_data", "builtin_dataset",
+           "eval_transform", "load_image", "visible_files"]
 
 #: the fraction of digits, or of a folder of class folders without val/, held out for validation
 DEFAULT_VAL_SPLIT = 0.2
@@ -269,17 +269,38 @@ def _unreadable(path: str | os.PathLike, e: Exception) -> DataError:
 
 
 # --------------------------------------------------------------------------- digits
-def _digits(img_size: int | None, seed: int, val_split: float | None, randaugment: bool) -> DataBundle:
+#: the digits' own preprocessing (what training uses): grey, 8x8 upsampled to 16x16 by default
+DIGITS_MEAN, DIGITS_STD = (0.3,), (0.4,)
+
+
+def _digits(img_size: int | None, seed: int, val_split: float | None, randaugment: bool,
+            model_cfg: dict[str, Any] | None = None) -> DataBundle:
+    """scikit-learn's 8x8 digits, upsampled to ``img_size``, 20 % held out (fixed). With
+    ``model_cfg`` (a trained checkpoint's preprocessing, as eval gives it) the images are prepared
+    as it says, as an image folder's would be: its channels (the grey repeated for 3, as
+    :class:`_ToChannels` does), mean and std, interpolation, and ``crop_pct`` (upsampled to
+    floor(size / crop_pct), then centre-cropped; ``crop_mode`` is the same for square images)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
         raise DataError("--data digits needs scikit-learn (pip install 'visionzoo[train]')") from None
     import numpy as np
 
+    cfg = model_cfg or {}
+    in_chans = int(cfg.get("input_size", (1,))[0])
+    size = img_size or (int(cfg["input_size"][-1]) if "input_size" in cfg else 16)
+    mean = tuple(cfg.get("mean", DIGITS_MEAN * in_chans))
+    std = tuple(cfg.get("std", DIGITS_STD * in_chans))
+    interpolation, crop_pct = str(cfg.get("interpolation", "bilinear")), float(cfg.get("crop_pct", 1.0))
+    if interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise DataError(f"--data digits: interpolation {interpolation!r} is not one of bilinear, bicubic, nearest")
     d = load_digits()
-    size = img_size or 16
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0  # N, 1, 8, 8 in [0, 1]
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1)
+    resize = math.floor(size / max(crop_pct, 1e-3) + 1e-6)  # as eval_transform
+    smooth = {} if interpolation == "nearest" else {"align_corners": False}
+    x = F.interpolate(x, size=(resize, resize), mode=interpolation, **smooth).clamp_(0, 1)
+    top = int(round((resize - size) / 2.0))  # (torchvision's CenterCrop)
+    x = x[..., top : top + size, top : top + size].expand(-1, in_chans, -1, -1).contiguous()  # N, C, size, size
     y = torch.tensor(d.target, dtype=torch.long)
     # fixed stratified split: the same 20 % is held out whatever the training seed
     frac = DEFAULT_VAL_SPLIT if val_split is None else val_split
@@ -291,7 +312,6 @@ def _digits(img_size: int | None, seed: int, val_split: float | None, randaugmen
     val_mask = np.zeros(len(y), bool)
     val_mask[val_idx] = True
     tr, va = np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
-    mean, std = (0.3,), (0.4,)
     v2 = _v2()
     pad = max(1, size // 8)
     if randaugment:  # random shifts, small rotations and scalings (torchvision v2, ~1 ms an image)
@@ -304,12 +324,17 @@ def _digits(img_size: int | None, seed: int, val_split: float | None, randaugmen
         name="digits",
         train=train,
         val=TensorImages(x[va], y[va], val_tf),
-        classes=[str(i) for i in range(10)], in_chans=1, img_size=size, mean=mean, std=std,
+        classes=[str(i) for i in range(10)], in_chans=in_chans, img_size=size, mean=mean, std=std,
+        interpolation=interpolation, crop_pct=crop_pct,
     )
 
 
 # --------------------------------------------------------------------------- torchvision sets
-def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, randaugment: bool) -> DataBundle:
+def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, randaugment: bool,
+                     model_cfg: dict[str, Any] | None = None) -> DataBundle:
+    """One of :data:`TORCHVISION_SETS`, its test split held out. With ``model_cfg`` (a trained
+    checkpoint's preprocessing, as eval gives it) its channels, mean and std are the model's, and
+    the held-out images are prepared as :func:`eval_transform` prepares a folder's."""
     import torchvision.datasets as tvd
 
     from .checkpoint import AddedPaths
@@ -336,9 +361,14 @@ def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, 
             ) from None
 
     train_base, val_base = get(True), get(False)
+    cfg = model_cfg or {}
     size = img_size or native
+    if cfg:
+        chans = int(cfg.get("input_size", (chans,))[0])
+        mean = tuple(cfg.get("mean", (sum(mean) / len(mean),) * chans))
+        std = tuple(cfg.get("std", (sum(std) / len(std),) * chans))
     v2 = _v2()
-    aug: list[Any] = [v2.ToImage()]
+    aug: list[Any] = [v2.ToImage(), _ToChannels(chans)]
     if randaugment:
         aug.append(v2.RandAugment())
     if size != native:
@@ -347,11 +377,14 @@ def _torchvision_set(name: str, data_dir: str, img_size: int | None, seed: int, 
     if flip:
         aug.append(v2.RandomHorizontalFlip())
     aug += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    val_tf = v2.Compose([v2.ToImage(), v2.Resize(size, antialias=True), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    # (with the dataset's own preprocessing, crop_pct 1 and bilinear: a resize of its square images to size)
+    prep = dict(crop_pct=float(cfg.get("crop_pct", 1.0)), interpolation=str(cfg.get("interpolation", "bilinear")),
+                crop_mode=str(cfg.get("crop_mode", "center")))
+    val_tf = eval_transform(size, mean, std, in_chans=chans, **prep)
     classes = list(getattr(train_base, "classes", [str(i) for i in range(10)]))
     return DataBundle(
         name=name, train=SeededTransform(train_base, v2.Compose(aug), seed), val=Subset(val_base, range(len(val_base)), val_tf),
-        classes=classes, in_chans=chans, img_size=size, mean=mean, std=std,
+        classes=classes, in_chans=chans, img_size=size, mean=mean, std=std, **prep,
     )
 
 
@@ -467,8 +500,9 @@ def _folder(path: str, img_size: int | None, seed: int, val_split: float | None,
         v2.Normalize(list(mean), list(std)),
     ]
     val_tf = eval_transform(size, mean, std, crop_pct=crop_pct, interpolation=interpolation, in_chans=in_chans, crop_mode=crop_mode)
+    name = str(root) if str(root) not in ("digits", *TORCHVISION_SETS) else f".{os.sep}{root}"  # (./digits: not the dataset)
     return DataBundle(
-        name=str(root), train=SeededTransform(ImageFiles(train_samples), v2.Compose(aug), seed),
+        name=name, train=SeededTransform(ImageFiles(train_samples), v2.Compose(aug), seed),
         val=Subset(ImageFiles(val_samples), range(len(val_samples)), val_tf),
         classes=classes, in_chans=in_chans, img_size=size, mean=mean, std=std, interpolation=interpolation, crop_pct=crop_pct,
         crop_mode=crop_mode, split_note=note,
@@ -500,16 +534,37 @@ def _split(samples: list[tuple[Path, int]], frac: float, num_classes: int) -> tu
     return sorted(train), sorted(val)
 
 
+def builtin_dataset(spec: str, *, recorded: bool = False) -> bool:
+    """Whether ``--data spec`` names a built-in dataset (``digits``, one of :data:`TORCHVISION_SETS`)
+    rather than a folder. A bare name that is also a folder in the working folder is refused
+    (DataError): it would read one of the two without a word; ``./NAME`` is the folder.
+    ``recorded``: the name comes from a run's config.json, where a folder is recorded by its
+    absolute path, so it is the dataset."""
+    if spec not in ("digits", *TORCHVISION_SETS):
+        return False
+    if Path(spec).is_dir() and not recorded:
+        raise DataError(f"--data {spec}: names the built-in dataset {spec} and the folder ./{spec} here; "
+                        f"give --data ./{spec} for the folder (for the dataset, run from a folder without one of that name)")
+    return True
+
+
 def build_data(spec: str, *, data_dir: str = "data", img_size: int | None = None, seed: int = 0,
                val_split: float | None = None, randaugment: bool = False,
-               model_cfg: dict[str, Any] | None = None) -> DataBundle:
-    """``spec``: ``digits``, one of :data:`TORCHVISION_SETS`, or a folder of class folders."""
+               model_cfg: dict[str, Any] | None = None, recorded: bool = False) -> DataBundle:
+    """``spec``: ``digits``, one of :data:`TORCHVISION_SETS`, or a folder of class folders
+    (``./NAME`` where a dataset has that name: :func:`builtin_dataset`).
+
+    ``model_cfg``: the preprocessing to follow, a ``default_cfg``'s keys (``input_size``, ``mean``,
+    ``std``, ``interpolation``, ``crop_pct``, ``crop_mode``): a model's for an image folder, a
+    trained checkpoint's to evaluate it. Without it, digits and the torchvision sets are prepared
+    as their own (digits: grey, mean 0.3, std 0.4), which is how training prepares them, and a
+    folder as ImageNet's. ``recorded``: ``spec`` comes from a run's config.json (see :func:`builtin_dataset`)."""
     if img_size is not None and img_size < 1:
         raise DataError(f"--img-size must be positive, got {img_size}")
-    if spec == "digits":
-        return _digits(img_size, seed, val_split, randaugment)
-    if spec in TORCHVISION_SETS:
-        return _torchvision_set(spec, data_dir, img_size, seed, randaugment)
+    if spec == "digits" and builtin_dataset(spec, recorded=recorded):
+        return _digits(img_size, seed, val_split, randaugment, model_cfg)
+    if builtin_dataset(spec, recorded=recorded):
+        return _torchvision_set(spec, data_dir, img_size, seed, randaugment, model_cfg)
     if os.sep not in spec and "/" not in spec and not Path(spec).exists():
         known = ", ".join(["digits", *TORCHVISION_SETS])
         raise DataError(f"--data {spec!r}: neither a known dataset ({known}) nor an existing folder")

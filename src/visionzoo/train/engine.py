@@ -18,6 +18,7 @@ import copy
 import csv
 import io
 import math
+import os
 import signal
 import sys
 import time
@@ -35,7 +36,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from . import distributed as D
+from ..checkpoints import CheckpointError
 from .checkpoint import (
+    STATE_SUFFIX,
     effective_overrides,
     finished_run,
     float_buffers,
@@ -54,7 +57,7 @@ from .checkpoint import (
 )
 from ..base import count
 from ..param_groups import param_groups_layer_decay, weight_decayed
-from .data import DataBundle, build_data
+from .data import DataBundle, build_data, builtin_dataset
 
 __all__ = ["DEFAULT_MODELS", "TrainConfig", "TrainingStopped", "accuracy_text", "amp_autocast", "evaluate", "train"]
 
@@ -75,7 +78,14 @@ SET_BY_THE_RUN = {
     "drop_path_rate": "give --drop-path",
     "features_only": "a classification run trains the classifier (backbones for dense heads: --task segment)",
     "out_indices": "it chooses features_only maps, and a classification run trains the classifier (--task segment takes it)",
+    "device": "give --device",
+    "dtype": "the run keeps float32 weights (give --amp bf16 or fp16 for mixed precision)",
 }
+
+#: create_model's arguments that name the weights it starts from: the model a run saves holds its
+#: own, so the overrides recorded to rebuild it (its metadata) leave these out, and eval, predict
+#: and --resume do not read the starting file again (which may have moved since)
+WEIGHT_ARGUMENTS = ("checkpoint", "checkpoint_path", "pretrained", "pretrained_cfg_overlay")
 
 
 def check_model_args(model_args: Mapping[str, Any] | None, set_by: Mapping[str, str]) -> None:
@@ -525,6 +535,29 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         D.cleanup()
 
 
+def _starting_weights(cfg: TrainConfig, model_name: str, overrides: Mapping[str, Any]) -> str | None:
+    """The file a new run starts from: ``--pretrained``, or create_model's own ways of naming
+    weights given as ``--model-arg`` (``checkpoint=FILE``, timm's ``checkpoint_path=FILE``, and
+    ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=FILE)``), checked as create_model
+    checks them. Loaded as ``--pretrained`` is, so both say what they loaded (a new classifier);
+    ValueError (one line) where both name a file."""
+    from ..factory import _timm_weight_arguments
+
+    given = {k: overrides[k] for k in WEIGHT_ARGUMENTS if k in overrides}
+    file, _ = _timm_weight_arguments(model_name, bool(given.get("pretrained")), given.get("checkpoint"), given.get("checkpoint_path"),
+                                     given.get("pretrained_cfg_overlay"))
+    if file is not None and cfg.pretrained:
+        raise ValueError(f"--pretrained {cfg.pretrained} and --model-arg {', '.join(sorted(given))} both name the weights to start from; give one")
+    file = cfg.pretrained or file
+    if file is not None and not isinstance(file, (str, os.PathLike)):
+        raise ValueError(f"--model-arg checkpoint takes a file, got {file!r}")
+    if file is not None and str(file).endswith(STATE_SUFFIX):  # (its loader's words: "entries that are not tensors")
+        from .inference import _training_state_message
+
+        raise CheckpointError(_training_state_message(Path(file)))
+    return None if file is None else str(file)
+
+
 def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str, Any]:
     from ..checkpoints import load_checkpoint
     from ..factory import create_model, default_cfg_of
@@ -560,9 +593,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
 
     torch.manual_seed(cfg.seed)
     # ---- data
+    # an image folder is prepared as the model expects (its default_cfg, which also checks the
+    # --model-args before any data is read); digits and the torchvision sets as their own
+    model_cfg = default_cfg_of(model_name, overrides)
+    recorded = resume_from is not None  # (--data as config.json records it: a folder by its absolute path)
     data: DataBundle = build_data(
-        cfg.data, data_dir=cfg.data_dir, img_size=cfg.img_size, seed=cfg.seed + 7919 * info.rank,
-        val_split=cfg.val_split, randaugment=cfg.randaugment, model_cfg=default_cfg_of(model_name, overrides),
+        cfg.data, data_dir=cfg.data_dir, img_size=cfg.img_size, seed=cfg.seed + 7919 * info.rank, val_split=cfg.val_split,
+        randaugment=cfg.randaugment, model_cfg=None if builtin_dataset(cfg.data, recorded=recorded) else model_cfg, recorded=recorded,
     )
     if len(data.train) < info.world_size:
         raise ValueError(f"the training split has {len(data.train)} images, fewer than the {info.world_size} processes")
@@ -570,7 +607,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     # alone. (The split's note advises --val-split, which a resumed run does not take: said when it began.)
     notes = [data.split_note] if data.split_note and resume_from is None else []
     warned = []  # (on stderr)
-    if cfg.freeze_backbone and not cfg.pretrained and "checkpoint" not in cfg.model_args and resume_from is None:
+    start = _starting_weights(cfg, model_name, overrides) if resume_from is None else None  # (a resumed run loads its own)
+    overrides = {k: v for k, v in overrides.items() if k not in WEIGHT_ARGUMENTS}
+    if cfg.freeze_backbone and start is None and resume_from is None:
         # a warning, not a refusal: random features under a trained classifier can be what is meant (a baseline)
         warned.append("warning: --freeze-backbone without --pretrained (or --model-arg checkpoint=FILE): only the classifier trains, "
                      "on a randomly initialised backbone")
@@ -579,16 +618,16 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     torch.manual_seed(cfg.seed)
     model = create_model(model_name, num_classes=data.num_classes, in_chans=data.in_chans, img_size=data.img_size,
                          drop_path_rate=cfg.drop_path, **overrides)
-    if cfg.pretrained and resume_from is None:
+    if start is not None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = load_checkpoint(model, cfg.pretrained)
+            report = load_checkpoint(model, start)
         new_head = f"; new classifier for {data.num_classes} classes" if report["dropped"] else ""
         # keys that fit ours as they are tell nothing of the file's origin (timm's ResNets have our
         # keys; plain torch.save files carry no metadata): say what was found, not who wrote it
         src = report["source"][0]
         layout = "keys already in visionzoo's layout" if src == "visionzoo" else f"{src} layout"
-        notes.append(f"fine-tuning from {cfg.pretrained} ({layout}){new_head}")
+        notes.append(f"fine-tuning from {start} ({layout}){new_head}")
         del caught
     overrides = effective_overrides(model, entry.config, overrides)  # what the checkpoints must rebuild
     torch.manual_seed(cfg.seed + 1_000_003 * info.rank)  # dropout, mixup: independent draws per rank
@@ -610,6 +649,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         teacher, tinfo = load_trained(cfg.teacher_checkpoint, cfg.teacher, img_size=data.img_size)
         if tinfo["num_classes"] != data.num_classes:
             raise ValueError(f"the teacher predicts {tinfo['num_classes']} classes, the data has {data.num_classes}")
+        if tinfo["classes"] and list(tinfo["classes"]) != list(data.classes):  # (as eval refuses a checkpoint of other classes)
+            diff = [f"{d!r} vs {t!r}" for d, t in zip(data.classes, tinfo["classes"]) if d != t]
+            raise ValueError(f"{cfg.data}'s classes are not the teacher's ({cfg.teacher_checkpoint}): {', '.join(diff[:3])}"
+                             f"{' ...' if len(diff) > 3 else ''} (data vs teacher, in label order)")
         teacher.requires_grad_(False).eval().to(device)
         if distilled_student:
             model.set_distilled_training(True)
@@ -632,6 +675,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
 
     # ---- loaders
     sampler = D.ResumableSampler(data.train, info, seed=cfg.seed, drop_last=False)
+    # a last partial batch is dropped, as timm's loader drops it (a BatchNorm network cannot train
+    # on a batch of one image with a 1x1 map), unless the split holds less than one batch
     drop_last = len(sampler) > cfg.batch_size
     loader_kw = dict(num_workers=cfg.workers, pin_memory=device.type == "cuda", worker_init_fn=_worker_init if cfg.workers else None,
                      persistent_workers=False)
@@ -767,7 +812,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                     opt.zero_grad(set_to_none=True)
                 with nullcontext() if last_of_group or ddp is None else ddp.no_sync():  # DDP averages gradients once per step
                     with autocast:
-                        out_ = train_model(x)
+                        try:
+                            out_ = train_model(x)
+                        except ValueError as e:
+                            if (why := _one_value_per_channel(e, cfg, model_name, info)) is None:
+                                raise
+                            raise ValueError(why) from None
                         loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
                     n = len(hard)
                     bad, stop_now, loss_value, (correct,) = read_step(
@@ -855,6 +905,21 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         if history:
             plot_curves(history, out / "curves.png", _curves(data.num_classes))
     return summary
+
+
+def _one_value_per_channel(e: ValueError, cfg: TrainConfig, model_name: str, info: D.DistInfo) -> str | None:
+    """torch's error for a BatchNorm layer that sees one value per channel in training (a batch
+    of one image, a 1x1 map: nothing to normalise by) in words that name what to change: torch's
+    name no option. None for any other error."""
+    if "Expected more than 1 value per channel when training" not in str(e):
+        return None
+    shape = str(e).rsplit("input size ", 1)[-1].removeprefix("torch.Size(").removesuffix(")")
+    where = f"a BatchNorm layer of {model_name} got one value per channel in training (input {shape}: one image, a 1x1 map), which it cannot normalise"
+    if cfg.batch_size == 1:
+        return f"--batch-size 1: {where}; give a --batch-size of 2 or more, or a larger --img-size"
+    # (a last batch of one image is dropped: only a split of one image per process gives one)
+    each = " for each of its processes" if info.world_size > 1 else ""
+    return f"{where}: the training split holds one image{each}; add images, or give a larger --img-size"
 
 
 class StopRequests:
