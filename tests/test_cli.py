@@ -1,8 +1,10 @@
 """The command line's messages and options: outputs checked before the work, one-line errors,
 help texts that say what the code does. Tiny runs only (a second or two each), CPU."""
 
+import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -314,6 +316,14 @@ def test_resume_lists_only_real_flags(tmp_path, capsys):
     sub = build_parser()._subparsers._group_actions[0].choices["train"]
     known = {s for a in sub._actions for s in a.option_strings}
     assert "--log-every" in listed and set(listed) <= known, set(listed) - known
+    # the settings it cannot change are named by their flags: "--model-args" was not one
+    err = _one_line_error(["train", "--output", str(out), "--resume", "--model-arg", "depth=3", "--lr", "0.1"], capsys,
+                          "cannot change --lr (0.01 in the run, 0.1 given), --model-arg ({} in the run, {'depth': 3} given);")
+    assert set(re.findall(r"--[a-z-]+", err)) <= known, set(re.findall(r"--[a-z-]+", err)) - known
+    from visionzoo.train.segment import SegmentConfig
+
+    write_json_atomic({**json.loads(json.dumps(SegmentConfig(data="x").__dict__)), "task": "segment"}, out / "config.json")
+    _one_line_error(["train", "--task", "segment", "--output", str(out), "--resume", "--seg-head", "aspp"], capsys, "cannot change --seg-head (")
 
 
 def test_train_output_under_a_file_is_refused_first(tmp_path, capsys):
@@ -461,10 +471,167 @@ SEG = ["--task", "segment", "--data", "nowhere"]
     ([*SEG, "--model-arg", "img_size=64"], "--model-arg img_size: not taken, give --img-size"),
     ([*SEG, "--model-arg", "head=aspp"], "--model-arg head: not taken, give --seg-head"),
     ([*SEG, "--model-arg", "in_chans=1"], "--model-arg in_chans: not taken, the data sets it (the images are read as RGB"),
+    # create_model's own arguments reach it now: these are the run's (a float64 model failed on float32 images)
+    (["--model-arg", "dtype=torch.float64"], "--model-arg dtype: not taken, the run keeps float32 weights (give --amp"),
+    (["--model-arg", "device=cpu"], "--model-arg device: not taken, give --device"),
 ])
 def test_model_args_the_run_sets_are_refused_saying_what_sets_them(tmp_path, capsys, args, needle):
     _one_line_error(["train", *args, "--output", str(tmp_path / "o")], capsys, needle)
     assert not (tmp_path / "o").exists()
+
+
+def _tiny_checkpoint(path: Path, classes, in_chans=3) -> Path:
+    """A checkpoint as visionzoo train writes it, of the TINY ConvMixer for ``classes`` at 8x8,
+    without training one."""
+    from visionzoo.checkpoints import save_state_dict
+    from visionzoo.train.checkpoint import model_metadata
+
+    overrides = dict(dim=16, depth=2, patch_size=2)
+    model = visionzoo.create_model("convmixer_256_8", num_classes=len(classes), in_chans=in_chans, img_size=8, **overrides)
+    prep = dict(img_size=8, in_chans=in_chans, mean=[0.5] * in_chans, std=[0.25] * in_chans, interpolation="bilinear",
+                crop_pct=1.0, crop_mode="center")
+    save_state_dict(model.state_dict(), path, metadata=model_metadata("convmixer_256_8", overrides, list(classes), prep))
+    return path
+
+
+def test_model_arg_checkpoint_starts_from_those_weights(bf16_run, tmp_path, capsys):
+    """--model-arg checkpoint=FILE, which the --freeze-backbone warning and the README name, failed
+    as "unknown option(s) ['checkpoint'] (did you mean 'checkpoint'?)": default_cfg_of took
+    create_model's own arguments for fields of the family's configuration. It starts from FILE as
+    --pretrained does (the frozen backbone stays FILE's, bit for bit); the run's metadata does not
+    name FILE (eval and --resume read the run's own weights), its config.json names it absolute."""
+    from safetensors.torch import load_file
+
+    from visionzoo.factory import default_cfg_of
+
+    start, out = bf16_run / "model.safetensors", tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--freeze-backbone", "--model-arg", f"checkpoint={start}", "--output", str(out)]) == 0
+    text, err = capsys.readouterr()
+    assert f"fine-tuning from {start} (keys already in visionzoo's layout)" in text and "warning" not in err, (text, err)
+    before, after = load_file(str(start)), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in after if not k.startswith("head."))
+    assert any(not torch.equal(before[k], after[k]) for k in after if k.startswith("head."))
+    assert "checkpoint" not in visionzoo.train.checkpoint.read_metadata(out / "model.safetensors")["overrides"]
+    assert json.loads((out / "config.json").read_text())["model_args"]["checkpoint"] == str(start.resolve())
+    _one_line_error(["train", *TINY, "--pretrained", str(start), "--model-arg", f"checkpoint_path={start}", "--output", str(tmp_path / "b")],
+                    capsys, "both name the weights to start from; give one")
+    # every keyword create_model takes is set aside from the family's options; an overlay's preprocessing is the model's
+    cfg = default_cfg_of("resnet18", dict(checkpoint="x", checkpoint_path=None, exportable=True, no_jit=True, dtype=None,
+                                          pretrained_cfg_overlay=dict(mean=(0.5, 0.5, 0.5))))
+    assert cfg["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_eval_on_digits_prepares_the_images_as_the_checkpoint_says(bf16_run, tmp_path, capsys):
+    """eval --data digits read every checkpoint's images as training on digits does (grey, mean
+    0.3, std 0.4): a 3-channel network failed with "expects 3 input channels, got 1", and
+    --mean, --std, --interpolation and --crop-pct changed nothing. The digits now follow the
+    checkpoint's preprocessing, as a folder's images do; unsaid, a digits run's is its training's."""
+    from visionzoo.train.data import build_data
+
+    ckpt = _tiny_checkpoint(tmp_path / "rgb.safetensors", [str(i) for i in range(10)])
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "digits", "--output", str(tmp_path / "cm.png")]) == 0
+    assert "(held-out split, 359 images)" in capsys.readouterr().out
+    own = build_data("digits", img_size=8).val[5][0]  # training's: grey, its own mean and std
+    rgb = build_data("digits", img_size=8, model_cfg=dict(input_size=(3, 8, 8), mean=(0.5,) * 3, std=(0.25,) * 3)).val[5][0]
+    assert own.shape == (1, 8, 8) and rgb.shape == (3, 8, 8) and torch.equal(rgb[0], rgb[2])
+    torch.testing.assert_close(rgb[0] * 0.25 + 0.5, own[0] * 0.4 + 0.3)
+    ckpt = str(bf16_run / "model.safetensors")
+    losses = []
+    for extra in ([], ["--mean", "0.9"], ["--crop-pct", "0.5"], ["--crop-pct", "0.5", "--interpolation", "nearest"]):
+        assert main(["eval", "--checkpoint", ckpt, "--data", "digits", "--json", *extra]) == 0
+        losses.append(json.loads(capsys.readouterr().out)["loss"])
+    assert len(set(losses)) == 4, losses
+
+
+def test_a_torchvision_set_follows_a_checkpoints_preprocessing_too(monkeypatch):
+    """As digits: eval --data mnist of a 3-channel network failed on 1-channel images, and the
+    preprocessing options changed nothing; without a model_cfg (training) the set is its own."""
+    import torchvision.datasets as tvd
+    from PIL import Image
+
+    from visionzoo.train.data import build_data
+
+    class Fake:  # MNIST's interface, 28x28 grey images
+        classes = [str(i) for i in range(10)]
+
+        def __init__(self, root, train, download):
+            self.n = 4
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return Image.fromarray((np.random.default_rng(i).random((28, 28)) * 255).astype(np.uint8), mode="L"), i
+
+    monkeypatch.setattr(tvd, "MNIST", Fake)
+    own = build_data("mnist")
+    assert own.in_chans == 1 and own.mean == (0.1307,) and own.val[0][0].shape == (1, 28, 28)
+    rgb = build_data("mnist", model_cfg=dict(input_size=(3, 28, 28), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=0.875))
+    assert rgb.in_chans == 3 and rgb.val[0][0].shape == rgb.train[0][0].shape == (3, 28, 28) and rgb.crop_pct == 0.875
+
+
+def test_a_dataset_name_that_is_also_a_folder_here_is_refused(bf16_run, tmp_path, capsys, monkeypatch):
+    """--data digits read the built-in digits where a folder ./digits was meant, without a word;
+    --data ./digits reads the folder, and a resumed run's recorded 'digits' is the dataset."""
+    monkeypatch.chdir(tmp_path)
+    _image_folder(tmp_path / "digits")
+    _one_line_error(["train", "--data", "digits", *TINY, "--output", str(tmp_path / "a")], capsys,
+                    "--data digits: names the built-in dataset digits and the folder ./digits here; give --data ./digits for the folder")
+    assert not (tmp_path / "a").exists()
+    assert main(["train", "--data", "./digits", *TINY, "--epochs", "1", "--output", str(tmp_path / "b")]) == 0
+    s = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert s["num_classes"] == 2 and s["data"] == "./digits"
+    run = shutil.copytree(bf16_run, tmp_path / "run")  # a digits run: its config.json records the name
+    assert main(["train", "--output", str(run), "--resume", "--epochs", "2", "--progress", "none"]) == 0
+    assert json.loads((run / "summary.json").read_text())["data"] == "digits"
+
+
+def test_a_teacher_of_other_classes_is_refused(tmp_path, capsys):
+    """The teacher's class count was compared, not its class names (as eval compares a checkpoint's):
+    a teacher of ['a', 'b'] distilled into data of ['x', 'y'] without a word."""
+    data = _image_folder(tmp_path / "xy", classes=("x", "y"))
+    teacher = _tiny_checkpoint(tmp_path / "teacher.safetensors", ["a", "b"])
+    _one_line_error(["train", "--data", str(data), *TINY, "--teacher", "convmixer_256_8", "--teacher-checkpoint", str(teacher),
+                     "--output", str(tmp_path / "o")], capsys, "classes are not the teacher's", "'x' vs 'a', 'y' vs 'b' (data vs teacher")
+    assert not (tmp_path / "o").exists()
+
+
+def test_pretrained_given_a_training_state_names_the_weights(bf16_run, tmp_path, capsys):
+    """--pretrained on a step's .state.pt said "entries that are not tensors: ['optimizer', ...]";
+    eval, predict and --teacher-checkpoint say what the file is and which weights to give."""
+    state = next((bf16_run / "checkpoints").glob("step_*.state.pt"))
+    _one_line_error(["train", *TINY, "--pretrained", str(state), "--output", str(tmp_path / "o")], capsys,
+                    "is a training state of visionzoo train", f"pass the weights instead: {bf16_run / 'model.safetensors'}")
+
+
+def test_a_damaged_training_state_is_named_in_whole_sentences(bf16_run, tmp_path, capsys):
+    """torch's words for a damaged archive were cut at 160 characters, mid-sentence ("... If you
+    are seeing this error, there is a high)"); they end at a sentence's end now."""
+    run = shutil.copytree(bf16_run, tmp_path / "run")
+    state = next((run / "checkpoints").glob("step_*.state.pt"))
+    raw = bytearray(state.read_bytes())
+    raw[raw.rfind(b"PK\x05\x06") - 21] ^= 0x55  # the archive's end records (each member's CRC-32 still holds)
+    state.write_bytes(bytes(raw))
+    err = _one_line_error(["train", "--output", str(run), "--resume", "--epochs", "2"], capsys, "not a readable training state")
+    assert err.rstrip().endswith(".)"), err
+
+
+def test_a_batch_of_one_image_in_a_batchnorm_network_names_the_options(tmp_path, capsys):
+    """--batch-size 1 where a BatchNorm layer sees a 1x1 map failed in torch's words ("Expected
+    more than 1 value per channel when training"). An epoch's last batch of one image is dropped,
+    as timm's loader drops a last partial batch: 9 images in batches of 4 train as 4 and 4."""
+    one_by_one = [*TINY, "--model-arg", "patch_size=8", "--epochs", "2"]  # 8x8 images in one 8x8 patch: a 1x1 map
+    _one_line_error(["train", *one_by_one, "--batch-size", "1", "--output", str(tmp_path / "a")], capsys,
+                    "--batch-size 1: a BatchNorm layer of convmixer_256_8 got one value per channel in training",
+                    "give a --batch-size of 2 or more, or a larger --img-size")
+    assert not (tmp_path / "a").exists()
+    data = tmp_path / "nine"
+    _image_folder(data / "train", n=5)
+    (data / "train" / "b" / "4.png").unlink()
+    _image_folder(data / "val", n=1)
+    assert main(["train", "--data", str(data), *one_by_one, "--batch-size", "4", "--epochs", "1", "--output", str(tmp_path / "b")]) == 0
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["train_images"] == 9
+    assert [r["step"] for r in csv.DictReader(open(tmp_path / "b" / "metrics.csv"))] == ["2"]
 
 
 # ---------------------------------------------------------------- info, bench, README
@@ -592,3 +759,46 @@ def test_a_folder_given_for_a_file_or_a_file_for_a_folder_is_named(tmp_path, cap
     _one_line_error(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "afile"), "--output", str(tmp_path / "run")],
                     capsys, f"--data-dir {tmp_path / 'afile'}: a file, not a folder")
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_beside_a_read_only_checkpoint_prints_its_figures(bf16_run, tmp_path, capsys, monkeypatch):
+    """A checkpoint in a folder eval cannot write to: the default confusion-matrix picture beside
+    it is skipped with a note and the figures printed (eval failed after evaluating, printing
+    none); an --output there is refused before the evaluation."""
+    import os
+
+    pytest.importorskip("matplotlib")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ckpt = ro / "model.safetensors"
+    ckpt.write_bytes((bf16_run / "model.safetensors").read_bytes())
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) in (ro, ro / "cm.png") and mode & os.W_OK else real_access(p, mode, **kw))
+    assert main(["eval", "--checkpoint", str(ckpt), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["confusion_matrix"] is None and 0 <= row["top1"] <= 1
+    assert main(["eval", "--checkpoint", str(ckpt)]) == 0
+    assert f"confusion matrix not drawn: {ro} is not writable (--output PATH draws it elsewhere)" in capsys.readouterr().out
+    assert sorted(p.name for p in ro.iterdir()) == ["model.safetensors"]
+    _one_line_error(["eval", "--checkpoint", str(ckpt), "--output", str(ro / "cm.png")], capsys, f"--output {ro / 'cm.png'}: {ro} is not writable")
+
+
+@pytest.mark.parametrize("args, needle", [(["--mean", "nan", "0.5", "0.5"], "--mean must be finite numbers, got nan 0.5 0.5"),
+                                          (["--std", "inf", "1", "1"], "--std must be finite numbers, got inf 1.0 1.0")])
+def test_eval_and_predict_refuse_non_finite_mean_and_std(bf16_run, tmp_path, capsys, args, needle):
+    """--mean nan gave normal-looking predictions (the fused ReLU turned the NaN image finite)."""
+    ckpt = ["--checkpoint", str(bf16_run / "model.safetensors")]
+    image = _image_folder(tmp_path / "imgs", classes=("a",), n=1) / "a" / "0.png"
+    _one_line_error(["eval", *ckpt, *args], capsys, needle)
+    _one_line_error(["predict", str(image), *ckpt, *args], capsys, needle)
+
+
+def test_eval_of_a_digits_run_without_data_reads_the_dataset_beside_a_digits_folder(bf16_run, tmp_path, capsys, monkeypatch):
+    """The run recorded the dataset digits: eval without --data evaluates it even where a folder
+    named digits is in the working folder (--data digits there is refused as ambiguous)."""
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path)
+    ckpt = ["--checkpoint", str(bf16_run / "model.safetensors")]
+    assert main(["eval", *ckpt, "--output", str(tmp_path / "cm.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == "digits"
+    _one_line_error(["eval", *ckpt, "--data", "digits"], capsys, "names the built-in dataset digits and the folder ./digits here")

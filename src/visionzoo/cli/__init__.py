@@ -21,7 +21,7 @@ from ..base import count  # (re-exported: the commands' plural helper, shared wi
 
 __all__ = [
     "CLIError", "build_parser", "check_device", "check_img_size", "check_output_dir", "check_picture_output", "command", "count", "main",
-    "no_model_matches",
+    "no_model_matches", "writable",
 ]
 
 
@@ -80,10 +80,16 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -
     if p.exists() and not p.is_dir():
         raise CLIError(f"{flag} {p} is a file, not a folder")
     check_output_folder(p, flag)
-    target = p if p.is_dir() else p.parent
-    if not os.access(target, os.W_OK):
-        raise CLIError(f"{flag} {p}: {target} is not writable")
+    if not writable(p):
+        raise CLIError(f"{flag} {p}: {p if p.is_dir() else p.parent} is not writable")
     return p
+
+
+def writable(path: str | os.PathLike[str]) -> bool:
+    """Whether a file can be written at ``path``: the file's own permission where it exists,
+    else its folder's (a read-only file system included)."""
+    p = Path(path)
+    return os.access(p if p.exists() else p.parent, os.W_OK)
 
 
 def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--output") -> None:
@@ -96,6 +102,8 @@ def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--out
     if p.is_dir():
         raise CLIError(f"{flag} {p} is a folder; give the picture's file name (e.g. {p / 'out.png'})")
     check_output_folder(p, flag)
+    if not writable(p):
+        raise CLIError(f"{flag} {p}: {p if p.exists() else p.parent} is not writable")
     try:
         from matplotlib.figure import Figure
     except ImportError:

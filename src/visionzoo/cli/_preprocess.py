@@ -4,6 +4,7 @@ and how both tell a segmentation checkpoint, which takes none of them, from a cl
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -45,6 +46,10 @@ def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["crop_mode"] = args.crop_mode
     if args.interpolation is not None:
         out["interpolation"] = args.interpolation
+    for key in ("mean", "std"):
+        values = getattr(args, key)
+        if values is not None and not all(math.isfinite(v) for v in values):
+            raise CLIError(f"--{key} must be finite numbers, got {' '.join(map(str, values))}")
     if args.std is not None and min(args.std) <= 0:
         raise CLIError(f"--std must be positive, got {args.std}")
     for key in ("mean", "std"):

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import CLIError, check_device, check_picture_output, count
+from . import CLIError, check_device, check_picture_output, count, writable
 from ._preprocess import (
     PREPROCESSING,
     add_preprocessing_args,
@@ -52,7 +52,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if seg is not None:
         return _eval_segmentation(args, seg, device, autocast)
     model, info = load_trained(args.checkpoint, args.model, preprocessing=preprocessing_overrides(args))
-    if args.data is None:  # the data the run trained on, as its weights record it (digits or its folder)
+    recorded = args.data is None  # a folder is recorded by its absolute path: a bare name is the dataset
+    if recorded:  # the data the run trained on, as its weights record it (digits or its folder)
         args.data = info["data_path"] or "digits"
     p = info["preprocessing"]
     try:
@@ -74,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cfg = {"input_size": (p["in_chans"], p["img_size"], p["img_size"]), "mean": p["mean"], "std": p["std"],
                    "crop_pct": p["crop_pct"], "crop_mode": p["crop_mode"], "interpolation": p["interpolation"]}
             bundle = build_data(args.data, data_dir=args.data_dir or "data", img_size=p["img_size"], model_cfg=cfg,
-                                val_split=info["val_split"] if trained_here else None)
+                                val_split=info["val_split"] if trained_here else None, recorded=recorded)
             dataset, data_classes = bundle.val, bundle.classes
     except NoValFolder:  # (build_data's words advise --val-split, an option of train only)
         raise CLIError(f"--data {args.data}: has train/ but no val/ folder to evaluate on; add one, or give "
@@ -94,7 +95,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate(model, loader, dist, num_classes=info["num_classes"], autocast=autocast, confusion=True)
     amp = f", {args.amp} autocast" if args.amp else ""
     out = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent / "confusion_matrix.png"
-    drawn = plot_confusion(res["confusion"], names, out, title=f"{info['model']}: top-1 {res['top1']:.4f}")
+    if args.output or writable(out):  # (--output was checked before the evaluation)
+        drawn = plot_confusion(res["confusion"], names, out, title=f"{info['model']}: top-1 {res['top1']:.4f}")
+        why_not = "matplotlib is not installed (pip install 'visionzoo[train]')"
+    else:  # the default picture beside a checkpoint in a read-only folder: the figures all the same
+        drawn, why_not = False, f"{out.parent} is not writable (--output PATH draws it elsewhere)"
     if args.json:
         print(json.dumps({"model": info["model"], "data": args.data, "split": split, "images": res["count"], "amp": args.amp,
                           "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "confusion_matrix": str(out) if drawn else None}))
@@ -104,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if drawn:
         print(f"confusion matrix: {out}")
     else:
-        print("confusion matrix not drawn: matplotlib is not installed (pip install 'visionzoo[train]')")
+        print(f"confusion matrix not drawn: {why_not}")
     return 0
 
 
