@@ -217,7 +217,7 @@ def test_export_takes_the_runs_network(run, tmp_path, capsys):
     _one_line_error(["export", "resnet18", "--checkpoint", ckpt, "--output", str(tmp_path / "r.onnx")], capsys,
                     "is a segmentation network on convnext_tiny, not resnet18")
     _one_line_error(["export", "convnext_tiny", "--checkpoint", ckpt, "--num-classes", "5", "--output", str(tmp_path / "r.onnx")], capsys,
-                    "--num-classes is for classifiers", "of 3 classes")
+                    "is a segmentation network (convnext_tiny): --num-classes is an option of classifiers only")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.onnx"]
 
 

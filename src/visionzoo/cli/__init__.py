@@ -80,8 +80,7 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--output-dir") -
     if p.exists() and not p.is_dir():
         raise CLIError(f"{flag} {p} is a file, not a folder")
     check_output_folder(p, flag)
-    if not writable(p):
-        raise CLIError(f"{flag} {p}: {p if p.is_dir() else p.parent} is not writable")
+    _refuse_unwritable(p, flag)
     return p
 
 
@@ -90,6 +89,12 @@ def writable(path: str | os.PathLike[str]) -> bool:
     else its folder's (a read-only file system included)."""
     p = Path(path)
     return os.access(p if p.exists() else p.parent, os.W_OK)
+
+
+def _refuse_unwritable(p: Path, flag: str) -> None:
+    """A :class:`CLIError` where nothing can be written at ``p`` (:func:`writable`), naming the path that refuses."""
+    if not writable(p):
+        raise CLIError(f"{flag} {p}: {p if p.exists() else p.parent} is not writable")
 
 
 def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--output") -> None:
@@ -102,8 +107,7 @@ def check_picture_output(path: str | os.PathLike[str] | None, flag: str = "--out
     if p.is_dir():
         raise CLIError(f"{flag} {p} is a folder; give the picture's file name (e.g. {p / 'out.png'})")
     check_output_folder(p, flag)
-    if not writable(p):
-        raise CLIError(f"{flag} {p}: {p if p.exists() else p.parent} is not writable")
+    _refuse_unwritable(p, flag)
     try:
         from matplotlib.figure import Figure
     except ImportError:

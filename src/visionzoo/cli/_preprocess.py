@@ -48,13 +48,13 @@ def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["interpolation"] = args.interpolation
     for key in ("mean", "std"):
         values = getattr(args, key)
-        if values is not None and not all(math.isfinite(v) for v in values):
+        if values is None:
+            continue
+        if not all(math.isfinite(v) for v in values):
             raise CLIError(f"--{key} must be finite numbers, got {' '.join(map(str, values))}")
-    if args.std is not None and min(args.std) <= 0:
-        raise CLIError(f"--std must be positive, got {args.std}")
-    for key in ("mean", "std"):
-        if getattr(args, key) is not None:
-            out[key] = list(getattr(args, key))
+        if key == "std" and min(values) <= 0:
+            raise CLIError(f"--std must be positive, got {values}")
+        out[key] = list(values)
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from . import CLIError, check_img_size
-from ._preprocess import segmentation_metadata
+from ._preprocess import refuse_classifier_options, segmentation_metadata
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -59,8 +59,7 @@ def _segmentation_network(args: argparse.Namespace, meta: dict):
     if args.name != meta["model"]:
         raise CLIError(f"{args.checkpoint} is a segmentation network on {meta['model']}, not {args.name}: "
                        f"visionzoo export {meta['model']} --checkpoint {args.checkpoint} ...")
-    if args.num_classes is not None:
-        raise CLIError(f"--num-classes is for classifiers: {args.checkpoint} is a segmentation network of {meta['num_classes']} classes")
+    refuse_classifier_options(args, ("num_classes",), meta)
     model, _ = load_segmentation(args.checkpoint)
     return model, args.img_size or meta["preprocessing"]["img_size"]
 
