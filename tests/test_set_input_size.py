@@ -139,6 +139,26 @@ def test_vit_patch_size_changes_as_timms_and_as_a_checkpoint_of_another_patch_si
         visionzoo.create_model("vit_base_r50_s16_224", device="meta").set_input_size(224, patch_size=8)
 
 
+@pytest.mark.parametrize("name,in_chans", [("vit_tiny_patch16_224", 1), ("eva02_tiny_patch14_224", 4)])
+def test_a_checkpoint_of_another_patch_size_and_channel_count_loads_as_timms(name, in_chans, tmp_path):
+    """A 3-channel checkpoint of the default patch loaded into a model of another patch size
+    and channel count: the kernel is PI-resized and its channels adapted, as timm's loading
+    does both (the shapes were refused as not fitting); timm's logits (1e-5)."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in timm.create_model(name).state_dict().items()}, str(path))
+    kw = dict(patch_size=8, img_size=64, in_chans=in_chans)
+    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kw).eval()
+    ours = visionzoo.create_model(name, checkpoint=path, **kw).eval()
+    assert ours.patch_embed.proj.weight.shape[1:] == (in_chans, 8, 8)
+    x = torch.randn(2, in_chans, 64, 64)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+
+
 def test_swin_windows_follow_timms_rule_and_its_logits():
     """Without a window, Swin's scales with the patch grid as timm's does (7 at 224 -> 12 at 384;
     rectangular for a rectangular image); the rule keeps the size the model was built for as its

@@ -716,8 +716,9 @@ class VisionTransformer(VisionModel):
         another variant and is refused, naming the token, before any resampling."""
         self._check_prefix_tokens(state_dict)
         kernel, own = state_dict.get("patch_embed.proj.weight"), getattr(self.patch_embed, "proj", None)
-        if kernel is not None and isinstance(own, nn.Conv2d) and kernel.ndim == 4 and kernel.shape[:2] == own.weight.shape[:2] and kernel.shape[2:] != own.weight.shape[2:]:
-            # another patch size (a /16 checkpoint in a /8 model): FlexiViT's PI-resize, as timm does
+        if kernel is not None and isinstance(own, nn.Conv2d) and kernel.ndim == 4 and kernel.shape[0] == own.weight.shape[0] and kernel.shape[2:] != own.weight.shape[2:]:
+            # another patch size (a /16 checkpoint in a /8 model): FlexiViT's PI-resize, as timm does;
+            # another channel count is then adapted as any first convolution's
             state_dict["patch_embed.proj.weight"] = resample_patch_kernel(kernel, own.weight.shape[2:])
         pe = state_dict.get("pos_embed")
         old_grid = getattr(source, "grid_size", None)
