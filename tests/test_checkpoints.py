@@ -186,6 +186,22 @@ def test_first_convolution_adapted_to_in_chans(in_chans):
         torch.testing.assert_close(w[:, 0], w3[:, 0] * 3 / in_chans)
 
 
+def test_a_first_convolution_of_other_than_rgb_or_grey_channels_is_refused():
+    """A kernel of 4 channels (RGB + NIR) went into a 3-channel model as 4/3 of its first three
+    channels, the fourth dropped without a word (timm refuses it); a grey kernel still goes
+    into a 3-channel model: it answers an RGB image as the grey one to the image's mean."""
+    src, dst = tiny(in_chans=4), tiny()
+    before = snapshot(dst)
+    with pytest.raises(CheckpointError, match=r"patch_embed.proj.weight takes 4 input channels and the model's 3.*in_chans=4"):
+        load_checkpoint(dst, src.state_dict())
+    assert_unchanged(dst, before)
+    grey = tiny(in_chans=1)
+    load_checkpoint(dst, grey.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), grey(x.mean(1, keepdim=True)), rtol=1e-4, atol=1e-5)
+
+
 def test_classifier_of_another_size_is_dropped_with_warning():
     src = tiny(num_classes=5)
     dst = tiny(num_classes=7)
@@ -403,11 +419,23 @@ def test_checkpoint_never_executes_code(tmp_path):
     torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": evil}, tmp_path / "evil2.pth")
     dst = tiny()
     for p in (path, tmp_path / "evil2.pth"):
-        with pytest.raises(CheckpointError, match="refused|not a readable"):
+        with pytest.raises(CheckpointError, match="refused|not a readable|pickled with protocol 4"):
             load_checkpoint(dst, p)
     with pytest.raises(CheckpointError, match=r"evil2.pth: refused, .*\(global \w+\.system\)"):
         load_checkpoint(dst, tmp_path / "evil2.pth")  # torch.save's pickle: the global is named
     assert not marker.exists()
+
+
+def test_a_pickle_of_protocol_4_is_refused_saying_why(tmp_path):
+    """torch's safe reader does not read pickle protocol 4 (its FRAME opcode): a file torch.save
+    wrote with pickle_protocol=4 was "not a readable checkpoint ... Unsupported operand 149" beside
+    torch's warning of the protocol; now one message saying how to save it."""
+    path = tmp_path / "p4.pth"
+    torch.save(tiny().state_dict(), path, pickle_protocol=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(CheckpointError, match=r"p4.pth: pickled with protocol 4 or 5 .* torch.save's default protocol or as safetensors"):
+            load_checkpoint(tiny(), path)
 
 
 def test_unknown_source_and_missing_converter():

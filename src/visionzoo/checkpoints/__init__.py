@@ -41,6 +41,8 @@ _log = logging.getLogger(__name__)
 
 def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     """Adapt a first-layer kernel (O, I, kh, kw) trained on I channels to ``in_chans``.
+    (Checkpoints are adapted from I = 3, as timm's are, or I = 1; their loading refuses others,
+    where channels would be dropped or made up.)
 
     One channel: the kernel summed over its input channels (a grey image then gives the
     response the RGB network gave to the same image in colour; not exactly for a
@@ -269,6 +271,12 @@ def load_read_checkpoint(model: nn.Module, name: str, sd: dict[str, Tensor], *, 
         key = f"{conv}.weight"
         if key in sd and key in target and sd[key].ndim == 4 and sd[key].shape[1] != target[key].shape[1]:
             if sd[key].shape[0] == target[key].shape[0] and sd[key].shape[2:] == target[key].shape[2:]:
+                if sd[key].shape[1] not in (1, 3):
+                    raise CheckpointError(
+                        f"{name}: {key} takes {sd[key].shape[1]} input channels and the model's {target[key].shape[1]}: "
+                        f"only an RGB or a grey kernel is adapted to another count (this one would lose or invent "
+                        f"channels); build the model with in_chans={sd[key].shape[1]}"
+                    )
                 _log.info("adapting %s from %d to %d input channels", key, sd[key].shape[1], target[key].shape[1])
                 sd[key] = adapt_input_conv(sd[key], target[key].shape[1])
 

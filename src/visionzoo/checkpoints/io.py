@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -241,7 +242,9 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
             check_zip_crcs(path)  # torch's format since 1.6; the legacy one has no checksums
             allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
             # (an open file: torch.load hands a path ending in .safetensors to safetensors)
-            with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext(), open(path, "rb") as f:
+            with allow(list(_SAFE_GLOBALS)) if allow else contextlib.nullcontext(), open(path, "rb") as f, warnings.catch_warnings():
+                # (torch warns of a pickle protocol above 2, which any file pickled since Python 3.8 has)
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
                 obj = torch.load(f, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
@@ -250,6 +253,12 @@ def read_state_dict(path: str | os.PathLike, *, prefer_ema: bool = False) -> dic
         if code:
             raise CheckpointError(
                 f"{path}: refused, the file holds Python objects other than tensors ({reason}), and loading them could run code"
+            ) from None
+        if reason.startswith("Unsupported operand 149"):  # FRAME, which pickle protocols 4 and 5 open with
+            raise CheckpointError(
+                f"{path}: pickled with protocol 4 or 5 (torch.save(..., pickle_protocol=4) or pickle.dump), which torch's safe "
+                "reader does not read, and the unsafe one could run code: save its tensors with torch.save's default "
+                "protocol or as safetensors"
             ) from None
         raise CheckpointError(f"{path}: not a readable checkpoint (corrupt, truncated, or a pickle torch.save did not write): {reason}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError) as e:
