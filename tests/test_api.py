@@ -767,3 +767,32 @@ def test_timms_ways_of_naming_local_weights(tmp_path):
     for flag in ("exportable", "no_jit", "scriptable"):  # timm's layer flags: False, and exportable / no_jit True, change nothing
         assert visionzoo.create_model("resnet18", **{flag: False}).num_classes == 1000
     assert visionzoo.create_model("resnet18", exportable=True, no_jit=True).num_classes == 1000
+
+
+def test_the_overlays_classifier_and_input_size_are_the_defaults_as_in_timm(tmp_path):
+    """timm's pretrained_cfg_overlay=dict(file=PATH, num_classes=N, input_size=(C, H, W)), which
+    describes the weights, builds the model for them (N classes, C channels, H x W) where the
+    arguments do not say otherwise: the same model and logits as timm's (it was refused).
+    Arguments given win."""
+    import timm
+
+    from visionzoo.testing import max_rel_diff
+
+    torch.manual_seed(0)
+    path = tmp_path / "vit10.pth"
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=10, in_chans=1).state_dict(), path)
+    overlay = dict(file=str(path), num_classes=10, input_size=(1, 96, 80))
+    ref = timm.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    ours = visionzoo.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay).eval()
+    assert ours.num_classes == 10 and ours.default_cfg["input_size"] == (1, 96, 80) and ours.default_cfg["num_classes"] == 10
+    x = torch.randn(2, 1, 96, 80)
+    with torch.no_grad():
+        assert max_rel_diff(ours(x), ref(x)) < 1e-5
+    with pytest.warns(UserWarning, match="classifier head of the checkpoint has another size"):
+        mine = visionzoo.create_model("vit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3, img_size=64)
+    assert mine.num_classes == 3 and mine.default_cfg["input_size"] == (1, 64, 64) and mine.default_cfg["num_classes"] == 3
+    for bad in ((3, 224), (3, 0, 224), "224"):
+        with pytest.raises(ValueError, match="pretrained_cfg_overlay's input_size takes"):
+            visionzoo.create_model("resnet18", pretrained_cfg_overlay=dict(input_size=bad))
+    with pytest.raises(ValueError, match="num_classes"):
+        visionzoo.create_model("resnet18", pretrained_cfg_overlay=dict(num_classes=-1))

@@ -116,7 +116,9 @@ def _checked_scalar(where: str, key: str, kind: type, value: Any) -> Any:
 
 
 _DOWNLOAD_SOURCES = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision")
-_SET_BY_ARGUMENTS = {"num_classes": "num_classes", "input_size": "img_size and in_chans", "architecture": "the model name"}
+#: the overlay's entries that describe the weights' classifier and input, which become the defaults
+#: of num_classes, in_chans and img_size, as timm's do (the arguments, where given, win)
+_OVERLAY_DEFAULTS = ("num_classes", "input_size")
 
 
 def _timm_weight_arguments(
@@ -140,9 +142,13 @@ def _timm_weight_arguments(
             f"{name}: visionzoo downloads no weights (pretrained_cfg_overlay has {sources[0]!r}); "
             "pass the downloaded file as pretrained_cfg_overlay=dict(file=PATH) or checkpoint=PATH"
         )
-    for key, arg in _SET_BY_ARGUMENTS.items():
-        if key in overlay:
-            raise ValueError(f"{name}: pretrained_cfg_overlay cannot set {key!r}; {arg} set it")
+    if "architecture" in overlay:
+        raise ValueError(f"{name}: pretrained_cfg_overlay cannot set 'architecture'; the model name sets it")
+    if overlay.get("num_classes") is not None:
+        check_int("pretrained_cfg_overlay's num_classes", overlay["num_classes"], 0)
+    size = overlay.get("input_size")
+    if size is not None and not (isinstance(size, Sequence) and len(size) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"{name}: pretrained_cfg_overlay's input_size takes (channels, height, width), positive integers, got {size!r}")
     file = overlay.pop("file", None)
     for key in _DOWNLOAD_SOURCES:
         overlay.pop(key, None)  # (empty entries, as timm's configurations carry)
@@ -236,7 +242,7 @@ def create_model(
     name: str,
     *,
     num_classes: int | None = None,
-    in_chans: int | None = 3,
+    in_chans: int | None = None,
     img_size: int | Sequence[int] | None = None,
     drop_path_rate: float | None = 0.0,
     features_only: bool | None = False,
@@ -262,10 +268,13 @@ def create_model(
         num_classes: classifier outputs; 0 gives pooled features (no classifier). By default
             the variant's ``default_cfg["num_classes"]`` where it has one, timm's class count of
             its default weights (0 for backbones released without a classifier, as DINOv2's;
-            11221 for MIIL's ImageNet-21k ViT; a CLIP tower's projection width), else 1000.
-        in_chans: image channels.
+            11221 for MIIL's ImageNet-21k ViT; a CLIP tower's projection width), else 1000;
+            or ``pretrained_cfg_overlay``'s ``num_classes``, as in timm.
+        in_chans: image channels; 3 by default, or the channels of ``pretrained_cfg_overlay``'s
+            ``input_size``, as in timm.
         img_size: the size the model is built for (position tables, windows); the
-            variant's default input size when omitted. Most networks also take other sizes.
+            variant's default input size when omitted (or ``pretrained_cfg_overlay``'s
+            ``input_size``). Most networks also take other sizes.
         drop_path_rate: stochastic-depth rate of the deepest block, in [0, 1); a rate above 0
             is refused by the families built without stochastic depth (VGG, DenseNet, the
             Inception networks, HRNet, ConvMixer, MobileNet v1), where it would do nothing.
@@ -279,7 +288,9 @@ def create_model(
         checkpoint_path: timm's name for ``checkpoint`` (give one of the two).
         pretrained_cfg_overlay: timm's overlay of the pretrained configuration: with
             ``pretrained=True`` its ``file`` is the checkpoint; its preprocessing keys
-            (``mean``, ``std``, ``crop_pct``, ``interpolation``, ...) go into ``default_cfg``.
+            (``mean``, ``std``, ``crop_pct``, ``interpolation``, ...) go into ``default_cfg``; its
+            ``num_classes`` and ``input_size`` (channels, height, width), which describe the
+            weights, are the defaults of the arguments of those names.
             Download sources (``url``, ``hf_hub_id``) are refused.
         scriptable, exportable, no_jit: timm's layer flags. Every model traces and exports as it
             is, so ``exportable`` and ``no_jit`` change nothing; ``scriptable=True`` is refused
@@ -309,12 +320,18 @@ def create_model(
     """
     entry = get_entry(name)
     tag = split_tag(name)[1]  # timm's pretrained tag ('a1_in1k' of 'resnet50.a1_in1k'): names the weights
-    num_classes = default_num_classes(entry.default_cfg) if num_classes is None else num_classes
+    pretrained = False if pretrained is None else pretrained
+    checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
+    # the overlay's classifier size and input size are the defaults of the arguments, as in timm
+    weights_classes, weights_size = (cfg_overlay.pop(k, None) for k in _OVERLAY_DEFAULTS)
+    if num_classes is None:
+        num_classes = default_num_classes(entry.default_cfg) if weights_classes is None else weights_classes
+    if weights_size is not None:
+        in_chans = weights_size[0] if in_chans is None else in_chans
+        img_size = tuple(weights_size[1:]) if img_size is None else img_size
     in_chans = 3 if in_chans is None else in_chans
     drop_path_rate = 0.0 if drop_path_rate is None else drop_path_rate
     features_only = False if features_only is None else features_only
-    pretrained = False if pretrained is None else pretrained
-    checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
     device, dtype = _placement(entry.name, device, dtype, checkpoint)
     if scriptable:
         raise ValueError(
