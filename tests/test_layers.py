@@ -496,6 +496,22 @@ def test_fused_linear_default_follows_environment_then_cpu(monkeypatch):
     assert _default_on() == torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
+def test_environment_switches_read_on_and_off_words_and_warn_of_others(monkeypatch):
+    """VISIONZOO_FOLD_BN / PACK_CONV / ONEDNN_LINEAR: "false" or "off" turned them on (only "0"
+    read as off), the oneDNN linear even where it is off by default; now on / off words in any
+    case, and another value leaves the default with a warning naming it."""
+    from visionzoo.layers.helpers import env_switch
+
+    for word, value in (("0", False), ("Off", False), ("false", False), ("no", False), ("1", True), ("ON", True), ("true", True), (" yes ", True)):
+        monkeypatch.setenv("VISIONZOO_FOLD_BN", word)
+        assert env_switch("VISIONZOO_FOLD_BN", not value) is value
+    monkeypatch.setenv("VISIONZOO_FOLD_BN", "")
+    assert env_switch("VISIONZOO_FOLD_BN", False) is False
+    monkeypatch.setenv("VISIONZOO_ONEDNN_LINEAR", "disabled")
+    with pytest.warns(UserWarning, match=r"VISIONZOO_ONEDNN_LINEAR='disabled' is not 1 or 0 \(on or off\): left off"):
+        assert env_switch("VISIONZOO_ONEDNN_LINEAR", False) is False
+
+
 @needs_onednn
 @pytest.mark.usefixtures("onednn_on")
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "swin_tiny_patch4_window7_224", "coatnet_0_224"])

@@ -49,7 +49,6 @@ convolutions, autocast, ``torch.func`` transforms, compilation and tracing keep 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -58,12 +57,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import INPLACE_ACTS
-from .helpers import DerivedCache, channels_last_map, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
+from .helpers import DerivedCache, channels_last_map, env_switch, no_hooks, onednn_post_op, pad_same, plain_cpu_eager, to_2tuple
 
 __all__ = ["Conv2d", "ConvNormAct", "StdConv2d", "apply_bn_act", "apply_conv_bn", "apply_conv_bn_seq", "bn_affine", "conv2d", "depthwise_weight_grad", "set_bn_folding", "set_conv_packing", "use_bn_folding"]
 
-_FOLD = {"enabled": os.environ.get("VISIONZOO_FOLD_BN", "1") != "0"}
-_PACK = {"enabled": os.environ.get("VISIONZOO_PACK_CONV", "1") != "0"}
+_FOLD = {"enabled": env_switch("VISIONZOO_FOLD_BN", True)}
+_PACK = {"enabled": env_switch("VISIONZOO_PACK_CONV", True)}
 _FOLDED = DerivedCache()  # conv module -> (folded weight, folded bias)
 _PACKED = DerivedCache()  # conv module -> (weight packed for one input shape, bias), folded if a BN follows
 _MKLDNN = torch.ops.mkldnn

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -72,6 +74,23 @@ def pad_same(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], dilati
     if ph > 0 or pw > 0:
         x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2], value=value)
     return x
+
+
+_SWITCH_WORDS = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
+
+
+def env_switch(name: str, default: bool) -> bool:
+    """The environment variable ``name`` as a switch: 1 / 0, on / off, true / false, yes / no in
+    any case; ``default`` where unset or empty, and, with a warning naming it, for any other
+    value (it turned the switch on: only "0" read as off)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    value = _SWITCH_WORDS.get(raw.lower())
+    if value is None:
+        warnings.warn(f"{name}={raw!r} is not 1 or 0 (on or off): left {'on' if default else 'off'}", stacklevel=2)
+        return default
+    return value
 
 
 def check_int(name: str, value: object, least: int = 1, why: str = "") -> None:

@@ -43,7 +43,6 @@ fresh output, and :func:`linear_add` lets a GEMM accumulate into a residual.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -53,7 +52,7 @@ from torch import Tensor, nn
 
 from .activations import GELU, INPLACE_ACTS
 from .drop_path import skippable
-from .helpers import DerivedCache, autograd_off, no_hooks, onednn_post_op, plain_cpu_eager
+from .helpers import DerivedCache, autograd_off, env_switch, no_hooks, onednn_post_op, plain_cpu_eager
 
 __all__ = ["add_projection", "linear", "linear_act", "linear_add", "onednn_linear_available", "register_linear_type", "scaled_linear", "set_onednn_linear", "use_onednn_linear"]
 
@@ -66,10 +65,7 @@ _LINEAR_TYPES: set[type[nn.Module]] = {nn.Linear}
 
 def _default_on() -> bool:
     """The environment's choice, else whether the CPU has AVX-512 (module docstring)."""
-    env = os.environ.get("VISIONZOO_ONEDNN_LINEAR")
-    if env is not None:
-        return env != "0"
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return env_switch("VISIONZOO_ONEDNN_LINEAR", torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
 
 
 def _intel_cpu() -> bool:
