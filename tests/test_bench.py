@@ -198,6 +198,17 @@ def test_bench_cli_expands_wildcards_and_states_its_settings(capsys):
     assert "batch 1, fp32" in out and "GMACs: per image" in out and "--warmup 0 times the first steps" in out
 
 
+def test_bench_train_of_one_image_on_a_1x1_map_says_what_to_change(capsys):
+    """torch's "Expected more than 1 value per channel when training" came through as it is;
+    now the advice ``visionzoo train`` gives for it."""
+    from visionzoo.cli import main
+
+    assert main(["bench", "resnet10t", "--train", "--batch-size", "1", "--img-size", "32", "--rounds", "1", "--iters", "1", "--warmup", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "resnet10t: a BatchNorm layer got one value per channel in training (batch 1 at 32x32" in err[0]
+    assert "give a --batch-size of 2 or more, or a larger --img-size" in err[0]
+
+
 def test_bench_compare_leaves_out_a_timm_model_that_refuses_the_size(capsys):
     timm = pytest.importorskip("timm")
     from visionzoo.cli import main

@@ -81,6 +81,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 warmup=args.warmup, rounds=args.rounds, iters=args.iters, probe_peak=peak,
             )
         except Exception as e:
+            if args.train and "Expected more than 1 value per channel when training" in str(e):
+                raise CLIError(f"{name}: a BatchNorm layer got one value per channel in training (batch {args.batch_size} at "
+                               f"{size}x{size}: a 1x1 map), which it cannot normalise; give a --batch-size of 2 or more, or a larger --img-size") from None
             if not args.compile:
                 raise
             # inductor needs a working C++ compiler (CPU) or Triton (GPU); its errors run to pages
