@@ -724,6 +724,7 @@ def test_tables_at_a_size_leave_out_the_models_that_cannot_take_it(command, caps
     # flops --table, and refused on stderr with exit code 2 by bench
     (["list", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
     (["list", "resnet*", "--family", "vit"], "no model matches 'resnet*' in family vit"),
+    (["list", "mobilenet_v2*"], "no model name matches 'mobilenet_v2*', but aliases do: visionzoo list --aliases shows them"),
     (["info", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
     (["flops", "--table", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),
     (["bench", "zzz*"], "no model matches 'zzz*' (visionzoo list shows the names)"),

@@ -42,7 +42,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise CLIError(f"unknown family {args.family!r}; families: {', '.join(families())}")
     names = list_models(args.pattern, family=args.family, aliases=args.aliases)
     if not names:
-        raise no_model_matches(args.pattern, f" in family {args.family}" if args.family else "")
+        where = f" in family {args.family}" if args.family else ""
+        if not args.aliases and list_models(args.pattern, family=args.family, aliases=True):  # torchvision's names
+            raise CLIError(f"no model name matches {args.pattern!r}{where}, but aliases do: visionzoo list --aliases shows them")
+        raise no_model_matches(args.pattern, where)
     print("\n".join(names))
     return 0
 
