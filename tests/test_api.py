@@ -579,6 +579,7 @@ _INTERMEDIATES = [
     ("nest_tiny", {"img_size": 64}, 64),
     ("swin_tiny_patch4_window7_224", {"img_size": 112}, 112),
     ("vit_tiny_patch16_224", {"img_size": 64}, 64),
+    ("vit_tiny_patch16_224", {"img_size": 64, "class_token": False, "global_pool": "avg"}, 64),  # no prefix tokens
     ("convmixer_768_32", {}, 56),
 ]
 
@@ -602,7 +603,8 @@ def test_forward_intermediates_equals_timms(name, kwargs, size):
     n = len(ours.feature_info)
     calls = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "norm": True}, {"indices": [n - 1, 1], "intermediates_only": True, "stop_early": True}]
     if name.startswith("vit"):
-        calls += [{"indices": 3, "output_fmt": "NLC", "norm": True}, {"indices": [1], "return_prefix_tokens": True, "intermediates_only": True}]
+        calls += [{"indices": 3, "output_fmt": "NLC", "norm": True}, {"indices": [1], "return_prefix_tokens": True, "intermediates_only": True},
+                  {"indices": 2, "output_dict": True, "return_prefix_tokens": True}, {"output_dict": True, "intermediates_only": True, "norm": True}]
         with torch.no_grad():  # the DINO interface on top of it
             for kw in ({}, {"n": 2, "reshape": True, "norm": True}, {"n": [0, 4], "return_prefix_tokens": True}):
                 got, want = ours.get_intermediate_layers(x, **kw), ref.get_intermediate_layers(x, **kw)
@@ -612,11 +614,18 @@ def test_forward_intermediates_equals_timms(name, kwargs, size):
     with torch.no_grad():
         for kw in calls:
             got, want = ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw)
-            if not kw.get("intermediates_only"):
+            if kw.get("output_dict"):  # timm's ViT: {"image_intermediates", "image_features", "image_intermediates_prefix"}
+                assert got.keys() == want.keys(), kw
+                if "image_features" in want:
+                    close(got["image_features"], want["image_features"])
+                got = list(zip(got["image_intermediates"], got.get("image_intermediates_prefix", got["image_intermediates"])))
+                want = list(zip(want["image_intermediates"], want.get("image_intermediates_prefix", want["image_intermediates"])))
+            elif not kw.get("intermediates_only"):
                 close(got[0], want[0])
                 got, want = got[1], want[1]
             assert len(got) == len(want), kw
             for g, w in zip(got, want):
+                assert type(g) is type(w), kw  # (pairs with prefix tokens only where the model has them)
                 for a, b in zip(g, w) if isinstance(w, tuple) else [(g, w)]:  # (map, prefix tokens)
                     assert a.shape == b.shape, kw
                     close(a, b)

@@ -664,17 +664,28 @@ class VisionTransformer(VisionModel):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> list | tuple[Tensor, list]:
+        output_dict: bool = False,
+    ) -> list | tuple[Tensor, list] | dict[str, Any]:
         """As :meth:`VisionModel.forward_intermediates` over the blocks, with timm's ViT options:
-        ``norm`` applies the final norm to every block's tokens, and ``return_prefix_tokens``
-        pairs each map with its (B, P, D) class / distillation tokens."""
+        ``norm`` applies the final norm to every block's tokens, ``return_prefix_tokens``
+        pairs each map with its (B, P, D) class / distillation tokens, and ``output_dict``
+        returns ``{"image_intermediates": maps, "image_features": features}`` (no features with
+        ``intermediates_only``; the prefix tokens, asked for, as ``"image_intermediates_prefix"``)."""
         take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
         tokens, grid, features = self._block_tokens(x, take, not intermediates_only)
         if norm:
             tokens = [self.norm(t) for t in tokens]
         maps = self._maps_out([fmt(self._token_map(t, grid)) for t in tokens], x, False, nchw=output_fmt == "NCHW")
-        if return_prefix_tokens:
-            maps = [(m, t[:, : self.num_prefix_tokens]) for m, t in zip(maps, tokens)]
+        prefix = [t[:, : self.num_prefix_tokens] for t in tokens] if return_prefix_tokens and self.num_prefix_tokens else None
+        if output_dict:
+            out: dict[str, Any] = {"image_intermediates": maps}
+            if prefix is not None:
+                out["image_intermediates_prefix"] = prefix
+            if not intermediates_only:
+                out["image_features"] = features
+            return out
+        if prefix is not None:  # (as timm, plain maps for a model without prefix tokens)
+            maps = list(zip(maps, prefix))
         return maps if intermediates_only else (features, maps)
 
     def get_intermediate_layers(self, x: Tensor, n: int | Sequence[int] = 1, reshape: bool = False, return_prefix_tokens: bool = False, norm: bool = False) -> list:
