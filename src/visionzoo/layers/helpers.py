@@ -82,7 +82,7 @@ _SWITCH_WORDS = {"1": True, "on": True, "true": True, "yes": True, "0": False, "
 def env_switch(name: str, default: bool) -> bool:
     """The environment variable ``name`` as a switch: 1 / 0, on / off, true / false, yes / no in
     any case; ``default`` where unset or empty, and, with a warning naming it, for any other
-    value (it turned the switch on: only "0" read as off)."""
+    value (which a reading of '0' alone as off would have taken as on)."""
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
