@@ -116,9 +116,6 @@ def _checked_scalar(where: str, key: str, kind: type, value: Any) -> Any:
 
 
 _DOWNLOAD_SOURCES = ("url", "hf_hub_id", "hf_hub_filename", "hf_hub_revision")
-#: the overlay's entries that describe the weights' classifier and input, which become the defaults
-#: of num_classes, in_chans and img_size, as timm's do (the arguments, where given, win)
-_OVERLAY_DEFAULTS = ("num_classes", "input_size")
 
 
 def _timm_weight_arguments(
@@ -322,8 +319,8 @@ def create_model(
     tag = split_tag(name)[1]  # timm's pretrained tag ('a1_in1k' of 'resnet50.a1_in1k'): names the weights
     pretrained = False if pretrained is None else pretrained
     checkpoint, cfg_overlay = _timm_weight_arguments(entry.name, pretrained, checkpoint, checkpoint_path, pretrained_cfg_overlay)
-    # the overlay's classifier size and input size are the defaults of the arguments, as in timm
-    weights_classes, weights_size = (cfg_overlay.pop(k, None) for k in _OVERLAY_DEFAULTS)
+    # the overlay's classifier size and input size describe the weights: the defaults of the arguments, as in timm
+    weights_classes, weights_size = cfg_overlay.pop("num_classes", None), cfg_overlay.pop("input_size", None)
     if num_classes is None:
         num_classes = default_num_classes(entry.default_cfg) if weights_classes is None else weights_classes
     if weights_size is not None:
