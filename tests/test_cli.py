@@ -331,6 +331,20 @@ def test_train_output_under_a_file_is_refused_first(tmp_path, capsys):
     _one_line_error(["train", *TINY, "--output", str(tmp_path / "afile" / "run")], capsys, f"{tmp_path / 'afile'} is a file, not a folder")
 
 
+@pytest.mark.parametrize("task", [[], ["--task", "segment", "--data", "x"]])
+def test_train_output_in_a_read_only_folder_is_refused_first(tmp_path, capsys, monkeypatch, task):
+    """An --output in a folder nothing can be written to was refused only once the data and the
+    model had been built, with the bare OSError (no option named)."""
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == ro and mode & os.W_OK else real_access(p, mode, **kw))
+    _one_line_error(["train", *TINY, *task, "--output", str(ro / "runs" / "a")], capsys, f"--output {ro / 'runs' / 'a'}: {ro} is not writable")
+    assert not any(ro.iterdir())
+
+
 @pytest.mark.parametrize("args, needle", [
     (["train", "--amp", "bf8"], "visionzoo train: error: argument --amp: invalid choice: 'bf8'"),
     (["train", "--epochs", "abc"], "visionzoo train: error: argument --epochs: invalid int value: 'abc'"),

@@ -270,7 +270,10 @@ class NewRunFolder:
 
     def make(self, out: Path) -> None:
         self.added = AddedPaths(out)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # (a place where folders cannot be made: the message names the option)
+            raise ValueError(f"--output {out}: the folder cannot be made ({e.strerror or e})") from e
 
     def discard(self) -> None:
         """Remove what the run added, unless it wrote a checkpoint (``latest.json`` comes last)."""
@@ -295,6 +298,9 @@ def run_folder(output: str | None, resume: bool, default: str, info: DistInfo, *
     above = next((p for p in out.parents if p.exists()), None)
     if above is not None and not above.is_dir():  # (else "[Errno 20] Not a directory" once the data is read)
         raise ValueError(f"--output {out}: {above} is a file, not a folder")
+    nearest = out if out.exists() else above  # where the run's first file or folder goes
+    if nearest is not None and not os.access(nearest, os.W_OK | os.X_OK):  # (else refused once the data and model are built)
+        raise ValueError(f"--output {out}: {nearest} is not writable")
     if resume:
         resume_from = latest_checkpoint(out)
         if resume_from is None:
