@@ -27,6 +27,7 @@ from visionzoo.analysis import (
     plot_shift_window_masks,
     position_embedding_similarity,
     receptive_field,
+    receptive_field_1d,
     shift_window_masks,
     shift_window_regions,
     suggest_rates,
@@ -163,6 +164,38 @@ def test_non_integer_rates_are_refused_not_truncated(rates):
         hdc_check([1, 2], kernel_size=3.5)
 
 
+def test_very_large_rates_are_counted_without_building_the_span(tmp_path, capsys):
+    """hdc_check([10**9]) built a 2e9-long vector (16 GB; 100 s) to count holes that follow from
+    the taps alone; the counts now follow the offsets reached. Dense maps past MAX_CELLS are
+    refused with a message, not allocated; size is checked as a whole number."""
+    from visionzoo.analysis import receptive
+
+    v = hdc_check([10**9])
+    assert v["span"] == 2 * 10**9 + 1 and v["holes"] == v["span"] ** 2 - 9 and v["gridding"]
+    v = hdc_check([1, 10**6])  # two blocks of 3 offsets, 9 reached
+    assert v["holes"] == (2 * 10**6 + 3) ** 2 - 81
+    with pytest.raises(ValueError, match="more than this builds"):
+        receptive_field([5000, 5000])
+    assert cli_main(["rf", "--rates", "5000,5000", "--output", str(tmp_path / "rf.png")]) == 2
+    assert "too large a map to draw; without --output the verdict is counted" in capsys.readouterr().err
+    assert not (tmp_path / "rf.png").exists()
+    with pytest.raises(ValueError, match="more than this builds"):
+        receptive_field_1d([receptive.MAX_CELLS])
+    assert receptive_field([1, 2], 3, size=9.0).shape == (9, 9)
+    for size in (10.5, "9", True):
+        with pytest.raises(ValueError, match="size must be a whole number"):
+            receptive_field([1, 2], 3, size=size)
+
+
+def test_one_by_one_kernels_never_grid():
+    """K = 1 reads one pixel whatever the rates: no holes, and the HDC verdict agrees (a single
+    rate-3 layer read as failing on its 'common factor', and the CLI printed that the rule and
+    the count disagreed)."""
+    for rates in ([3], [2, 4], [1, 5, 9]):
+        v = hdc_check(rates, 1)
+        assert v["span"] == 1 and not v["gridding"] and v["hdc_ok"] and v["common_factor"] is None, rates
+
+
 # --------------------------------------------------------------------------- attention complexity
 def _counted_macs(fn):
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -275,6 +308,17 @@ def test_flops_breakdown_rows_are_stages():
     assert list(v["stages"])[:3] == ["features.0-1", "features.2-4", "features.5-9"]
     for b in (r, d, v):
         assert math.isclose(sum(b["stages"].values()), b["gmacs"], rel_tol=1e-9)
+
+
+def test_flops_rows_of_a_features_only_vit_keep_the_blocks_in_one_row():
+    """A features_only ViT / ConvMixer taking later blocks' maps showed the blocks before the first
+    map taken in a stem row ('patch_embed ... blocks.8'): the blocks are one row, as the whole model's."""
+    v = flops_breakdown("vit_tiny_patch16_224", img_size=64, depth=6, features_only=True, out_indices=(-1, -3))
+    assert v["stage_levels"] == {"patch_embed": [], "blocks": [0, 1]}
+    whole = flops_breakdown("vit_tiny_patch16_224", img_size=64, depth=6)["stages"]
+    assert v["stages"] == pytest.approx({k: whole[k] for k in ("patch_embed", "blocks")}, rel=1e-9)
+    c = flops_breakdown("convmixer_256_8", img_size=64, features_only=True, out_indices=(5,))
+    assert c["stage_levels"] == {"stem": [], "blocks": [0]}
 
 
 def _family_models():
@@ -523,6 +567,34 @@ def test_shift_window_regions_match_layer_mask(H, W, M, s, tmp_path):
     assert masks.shape == (H * W // (Mh * Mw), Mh * Mw, Mh * Mw)
     with PIL.open(tmp_path / "w.png") as im:
         assert im.size == (1200, 420)
+
+
+@pytest.mark.parametrize("args, needle", [((14, 14, 96, 0), "not a multiple of the window"), ((14, 14, 0, 0), "at least 1 a side"),
+                                          ((14, 14, 7.5, 0), "window must be an integer"), ((14, 14, 7, (3, 3, 3)), "shift must be"),
+                                          ((14, 14, 7, 7), "must lie in")])
+def test_shift_window_masks_and_regions_refuse_bad_arguments(args, needle):
+    """shift_window_masks raised torch's reshape error for a map off the window grid and both a
+    ZeroDivisionError for a window of 0; both now check as shift_window_regions did."""
+    for fn in (shift_window_masks, shift_window_regions):
+        with pytest.raises(ValueError, match=needle):
+            fn(*args)
+
+
+def test_analysis_functions_refuse_counts_that_are_not_positive_integers():
+    """attention_complexity(56, 56, 96, 7.5) returned a fractional count, window=True counted as
+    1, num_heads=0 passed silently, and an empty batch gave an all-NaN distance table."""
+    for bad in (7.5, True, 0):
+        with pytest.raises(ValueError, match="window must be a positive integer"):
+            attention_complexity(56, 56, 96, bad)
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        nest_attention_complexity(56, 56, 96, 2.5)
+    with pytest.raises(ValueError, match="num_heads must be a positive integer"):
+        coatnet_attention_complexity(14, 14, 256, num_heads=0)
+    with pytest.raises(ValueError, match="h, w and C must be positive integers"):
+        attention_complexity(56.5, 56, 96, 7)
+    assert attention_complexity(np.int64(56), 56, 96, np.int64(7)) == attention_complexity(56, 56, 96, 7)
+    with pytest.raises(ValueError, match="of at least one"):
+        mean_attention_distance(_small_vit(), torch.randn(0, 3, 64, 64))
 
 
 def test_cli_attention_and_windows(tmp_path, capsys):

@@ -40,6 +40,8 @@ def test_one_block_per_hierarchy_and_heatmap_of_image_size():
         assert r.logit == pytest.approx(float(m(img[None])[0, 2]), rel=1e-4)
     with pytest.raises(ValueError, match="out of range"):
         gradcat(m, img, 5)
+    with pytest.raises(ValueError, match="class_index must be an integer, got 2.0"):  # (was torch's IndexError)
+        gradcat(m, img, 2.0)
     with pytest.raises(TypeError, match="NesT"):
         gradcat(visionzoo.create_model("convmixer_256_8", num_classes=2), torch.randn(3, 32, 32), 0)
 

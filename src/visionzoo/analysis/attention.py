@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import record_attention_weights
+from ..layers.helpers import as_int
 from ..layers.window import shift_window_mask
 
 __all__ = [
@@ -73,8 +74,8 @@ def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
 def _as_batch(image: Tensor) -> Tensor:
     if image.ndim == 3:
         image = image[None]
-    if image.ndim != 4:
-        raise ValueError(f"expected an image (C, H, W) or a batch (B, C, H, W), got shape {tuple(image.shape)}")
+    if image.ndim != 4 or image.shape[0] == 0:
+        raise ValueError(f"expected an image (C, H, W) or a batch (B, C, H, W) of at least one, got shape {tuple(image.shape)}")
     return image
 
 
@@ -250,12 +251,7 @@ def shift_window_regions(H: int, W: int, window: int | Sequence[int], shift: int
     agree. :func:`visionzoo.layers.window.shift_window_mask` is the same labelling turned
     into additive masks.
     """
-    Mh, Mw = (window, window) if isinstance(window, int) else tuple(window)
-    sh, sw = (shift, shift) if isinstance(shift, int) else tuple(shift)
-    if H % Mh or W % Mw:
-        raise ValueError(f"map {H}x{W} is not a multiple of the window {Mh}x{Mw} (Swin pads it first)")
-    if not (0 <= sh < Mh and 0 <= sw < Mw):
-        raise ValueError(f"shift {(sh, sw)} must lie in [0, window)")
+    H, W, (Mh, Mw), (sh, sw) = _window_args(H, W, window, shift)
 
     def cuts(n: int, m: int, s: int) -> list[slice]:
         return [slice(0, n - m), slice(n - m, n - s), slice(n - s, n)]
@@ -269,6 +265,26 @@ def shift_window_regions(H: int, W: int, window: int | Sequence[int], shift: int
 
 def shift_window_masks(H: int, W: int, window: int | Sequence[int], shift: int | Sequence[int]) -> np.ndarray:
     """Swin's additive masks for the map, (nW, M*M, M*M), from :func:`visionzoo.layers.window.shift_window_mask`."""
-    Mh, Mw = (window, window) if isinstance(window, int) else tuple(window)
-    sh, sw = (shift, shift) if isinstance(shift, int) else tuple(shift)
-    return shift_window_mask(H, W, (Mh, Mw), (sh, sw)).numpy()
+    H, W, window, shift = _window_args(H, W, window, shift)
+    return shift_window_mask(H, W, window, shift).numpy()
+
+
+def _pair(value: object, name: str) -> tuple[int, int]:
+    """An int or a pair of ints as (h, w); a ValueError naming ``name`` otherwise."""
+    pair = [value, value] if as_int(value) is not None else list(value) if isinstance(value, (tuple, list)) else []
+    out = [as_int(v) for v in pair]
+    if len(out) != 2 or None in out:
+        raise ValueError(f"{name} must be an integer or a pair of integers, got {value!r}")
+    return out[0], out[1]
+
+
+def _window_args(H: int, W: int, window: object, shift: object) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """The checked arguments of :func:`shift_window_regions` / :func:`shift_window_masks`."""
+    (H, W), (Mh, Mw), (sh, sw) = _pair((H, W), "the map size"), _pair(window, "window"), _pair(shift, "shift")
+    if min(H, W, Mh, Mw) < 1:
+        raise ValueError(f"the map ({H}x{W}) and the window ({Mh}x{Mw}) must be at least 1 a side")
+    if H % Mh or W % Mw:
+        raise ValueError(f"map {H}x{W} is not a multiple of the window {Mh}x{Mw} (Swin pads it first)")
+    if not (0 <= sh < Mh and 0 <= sw < Mw):
+        raise ValueError(f"shift {(sh, sw)} must lie in [0, window)")
+    return H, W, (Mh, Mw), (sh, sw)

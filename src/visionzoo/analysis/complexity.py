@@ -9,12 +9,18 @@ biases and normalisation are not multiply-adds and are left out, as in the paper
 
 from __future__ import annotations
 
+from ..layers.helpers import as_int
+
 __all__ = ["attention_complexity", "coatnet_attention_complexity", "nest_attention_complexity"]
 
 
-def _check(h: int, w: int, C: int) -> None:
-    if min(h, w, C) < 1:
-        raise ValueError(f"h, w and C must be positive, got {(h, w, C)}")
+def _check(h: int, w: int, C: int, **more: int | None) -> None:
+    """Refuse sizes that are not positive integers (``more``: other named counts, None skipped)."""
+    if not all(as_int(v) is not None and v >= 1 for v in (h, w, C)):
+        raise ValueError(f"h, w and C must be positive integers, got {(h, w, C)}")
+    for name, v in more.items():
+        if v is not None and not (as_int(v) is not None and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
 
 
 def _windowed_side(side: int, window: int, pad_small: bool) -> tuple[int, int]:
@@ -41,9 +47,7 @@ def attention_complexity(h: int, w: int, C: int, window: int, *, pad_small: bool
     Returns:
         ``{"msa": ..., "w_msa": ...}`` in multiply-adds.
     """
-    _check(h, w, C)
-    if window < 1:
-        raise ValueError(f"window must be positive, got {window}")
+    _check(h, w, C, window=window)
     (mh, hp), (mw, wp) = _windowed_side(h, window, pad_small), _windowed_side(w, window, pad_small)
     hw, padded = h * w, hp * wp
     return {"msa": 4 * hw * C**2 + 2 * hw**2 * C, "w_msa": 4 * padded * C**2 + 2 * mh * mw * padded * C}
@@ -57,6 +61,7 @@ def nest_attention_complexity(h: int, w: int, C: int, block: int) -> int:
 
         4 hw C^2 + 2 block^2 hw C
     """
+    _check(h, w, C, block=block)
     return attention_complexity(h, w, C, block)["w_msa"]
 
 
@@ -75,7 +80,7 @@ def coatnet_attention_complexity(h: int, w: int, C: int, num_heads: int | None =
     Args:
         num_heads: nH, by default C / 32 (CoAtNet's head width is 32).
     """
-    _check(h, w, C)
+    _check(h, w, C, num_heads=num_heads)
     heads = num_heads if num_heads is not None else max(C // 32, 1)
     hw = h * w
     return attention_complexity(h, w, C, 1)["msa"] + heads * hw**2

@@ -148,9 +148,11 @@ def _stage_rows(model: nn.Module, own: dict[str, int]) -> tuple[list[tuple[str, 
         for k in range(1, len(ends)):  # a level cannot end before the one above it
             ends[k] = max(ends[k], ends[k - 1])
         levels = [[k] for k in range(len(taps))]
+        first = taps[0]  # the first stage starts where the outermost module beginning with its map's module starts
         if getattr(model, "block_features", False):  # every block is a map: the blocks make one row
             levels, ends = [list(range(len(taps)))], [ends[-1]]
-        first = taps[0]  # the first stage starts where the outermost module beginning with its map's module starts
+            parent = first.rpartition(".")[0]  # from the first block, also where the maps taken start later (features_only)
+            first = names[pos[parent] + 1] if parent else first
         while "." in first and pos[first] == pos[first.rpartition(".")[0]] + 1:
             first = first.rpartition(".")[0]
         # modules before the first map's own module are a stem row of their own, unless that

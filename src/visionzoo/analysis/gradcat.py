@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..layers.helpers import as_int
+
 __all__ = ["GradCATResult", "gradcat"]
 
 
@@ -80,6 +82,9 @@ def gradcat(model: nn.Module, image: Tensor, class_index: int) -> GradCATResult:
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"gradcat explains one image, (C, H, W) or (1, C, H, W); got shape {tuple(image.shape)}")
     num_classes = getattr(model, "num_classes", 0)
+    if as_int(class_index) is None:
+        raise ValueError(f"class_index must be an integer, got {class_index!r}")
+    class_index = as_int(class_index)
     if not 0 <= class_index < num_classes:
         raise ValueError(f"class_index {class_index} out of range for {num_classes} classes")
 

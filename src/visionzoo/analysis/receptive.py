@@ -48,15 +48,47 @@ def _check(rates: Sequence[int], kernel_size: int) -> list[int]:
     return rates
 
 
+#: the most cells :func:`receptive_field_1d` / :func:`receptive_field` build, and the most taps
+#: :func:`hdc_check` follows (64 Mi: 512 MiB of int64 counts)
+MAX_CELLS = 1 << 26
+
+
+def _footprint(rates: list[int], kernel_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 1-D count vector kept sparse: the offsets that are reached, ascending, and their path
+    counts. Work and memory grow with the number of offsets reached (at most k^n and the span),
+    not with the span, so a stack of very large rates costs what a small one does."""
+    offsets, counts = np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64)
+    taps = np.arange(kernel_size, dtype=np.int64)
+    for r in rates:
+        if offsets.size * kernel_size > MAX_CELLS:
+            raise ValueError(f"rates {rates} with {kernel_size}x{kernel_size} kernels reach more than {MAX_CELLS} offsets per axis: too many to follow")
+        reached = (offsets[:, None] + r * taps).ravel()
+        offsets, where = np.unique(reached, return_inverse=True)
+        summed = np.zeros(offsets.size, dtype=np.int64)
+        np.add.at(summed, where.ravel(), np.repeat(counts, kernel_size))
+        counts = summed
+    return offsets, counts
+
+
+def _span(rates: list[int], kernel_size: int) -> int:
+    return 1 + (kernel_size - 1) * sum(rates)
+
+
+def _dense_limit(cells: int, span: int) -> None:
+    if cells > MAX_CELLS:
+        raise ValueError(f"the receptive field spans {span} pixels a side: {cells} cells is more than this builds "
+                         f"({MAX_CELLS}); hdc_check counts its holes at any size")
+
+
 def receptive_field_1d(rates: Sequence[int], kernel_size: int = 3) -> np.ndarray:
     """Path counts along one axis: a vector of length 1 + (k - 1) * sum(rates)."""
     rates = _check(rates, kernel_size)
-    counts = np.ones(1, dtype=np.int64)
-    for r in rates:
-        kernel = np.zeros((kernel_size - 1) * r + 1, dtype=np.int64)
-        kernel[::r] = 1  # taps at 0, r, ..., (k-1) r
-        counts = np.convolve(counts, kernel)
-    return counts
+    span = _span(rates, kernel_size)
+    _dense_limit(span, span)
+    offsets, counts = _footprint(rates, kernel_size)
+    out = np.zeros(span, dtype=np.int64)
+    out[offsets] = counts
+    return out
 
 
 def receptive_field(rates: Sequence[int], kernel_size: int = 3, size: int | None = None) -> np.ndarray:
@@ -72,19 +104,17 @@ def receptive_field(rates: Sequence[int], kernel_size: int = 3, size: int | None
         (size, size) integer array; entry [i, j] is the number of paths from input
         pixel (i, j) to the output pixel (the gradient of the output with all-ones weights).
     """
-    c = receptive_field_1d(rates, kernel_size)
-    rf = np.outer(c, c)
-    span = len(c)
-    if size is None or size == span:
-        return rf
-    if size < span:
+    rates = _check(rates, kernel_size)
+    span = _span(rates, kernel_size)
+    if size is not None and not _whole(size):
+        raise ValueError(f"size must be a whole number, got {size!r}")
+    if size is not None and size < span:
         raise ValueError(f"size {size} is smaller than the receptive field ({span})")
-    before = (size - span) // 2
-    return np.pad(rf, (before, size - span - before))
-
-
-def _holes_1d(counts: np.ndarray) -> int:
-    return int((counts == 0).sum())
+    side = span if size is None else int(size)
+    _dense_limit(side * side, span)
+    c = receptive_field_1d(rates, kernel_size)
+    before = (side - span) // 2
+    return np.pad(np.outer(c, c), (before, side - span - before))
 
 
 def _hdc_m(rates: Sequence[int]) -> list[int]:
@@ -220,24 +250,27 @@ def hdc_check(rates: Sequence[int], kernel_size: int = 3) -> dict[str, Any]:
         M_n = r_n, listed M_1 ... M_n over one group: the paper applies HDC to each
         group of a repeated pattern, so for ``[1, 2, 5, 1, 2, 5]`` the group is ``[1, 2, 5]``;
         ``hdc_ok``: the paper's rule for that group: M_2 <= K and no common factor > 1
-        (for a one-layer group: r_1 == 1 or K == 1). The rule does not look at r_1, and
+        (for a one-layer group: r_1 == 1); with K == 1 (one pixel read whatever the rates)
+        it holds. The rule does not look at r_1, and
         the paper's groups start at rate 1: ``[2, 3]`` passes it and grids (40 holes), so
         ``gridding`` (counted) is the answer to trust;
         ``common_factor``: the greatest common factor of the rates when it is > 1 (which
-        always grids), else ``None``;
+        always grids with K > 1), else ``None``;
         ``suggestion``: :func:`suggest_rates` when gridding, else ``None``.
     """
     rates = _check(rates, kernel_size)
-    c = receptive_field_1d(rates, kernel_size)
-    span = len(c)
-    solid = span - _holes_1d(c)
-    holes = span * span - solid * solid  # the 2-D map is the outer product of c with itself
+    span = _span(rates, kernel_size)
+    solid = len(_footprint(rates, kernel_size)[0])  # offsets reached along one axis
+    holes = span * span - solid * solid  # the 2-D map is the outer product of the 1-D counts
     group = rates[: _period(rates)]
     m = _hdc_m(group)
     g = 0
     for r in rates:
         g = gcd(g, r)
-    hdc_ok = ((m[1] <= kernel_size) if len(group) > 1 else (group[0] == 1 or kernel_size == 1)) and g == 1
+    if kernel_size == 1:  # 1x1 kernels read one pixel whatever their rates: nothing to grid
+        g, hdc_ok = 1, True
+    else:
+        hdc_ok = ((m[1] <= kernel_size) if len(group) > 1 else group[0] == 1) and g == 1
     return {
         "gridding": holes > 0,
         "holes": holes,

@@ -30,6 +30,7 @@ def _plot(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 def cmd_rf(args: argparse.Namespace) -> int:
     from ..analysis import hdc_check, plot_receptive_field
+    from ..analysis.receptive import MAX_CELLS
 
     # (the library's messages name its arguments, kernel_size and "dilation rates")
     if args.kernel < 1:
@@ -37,6 +38,10 @@ def cmd_rf(args: argparse.Namespace) -> int:
     if min(args.rates) < 1:
         raise CLIError(f"--rates must be positive integers, got {','.join(map(str, args.rates))}")
     check_picture_output(args.output)
+    span = 1 + (args.kernel - 1) * sum(args.rates)
+    if args.output and span * span > MAX_CELLS:
+        raise CLIError(f"--output: the receptive field spans {span} pixels a side, too large a map to draw; "
+                       "without --output the verdict is counted at any size")
     if args.output:
         verdict = _plot(plot_receptive_field, args.rates, args.output, kernel_size=args.kernel)
     else:
