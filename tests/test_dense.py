@@ -20,10 +20,14 @@ def test_segmentation_logits_at_input_resolution(head, flow):
     assert m.backbone.patch_embed.proj.weight.grad is not None
 
 
-def test_flow_align_starts_as_bilinear_upsampling_and_follows_the_flow():
+@pytest.mark.parametrize("fine_size, coarse_size", [((16, 16), (8, 8)), ((32, 40), (4, 5)), ((17, 23), (5, 6))])
+def test_flow_align_starts_as_bilinear_upsampling_and_follows_the_flow(fine_size, coarse_size):
+    """With zero flow the warp is the head's own upsampling, F.interpolate's bilinear with
+    align_corners=False (it was align_corners=True's: up to 14 image pixels off at the borders of
+    a stride-32 level warped onto the stride-4 map)."""
     fa = FlowAlign(8)
-    fine, coarse = torch.randn(1, 8, 16, 16), torch.randn(1, 8, 8, 8)
-    expect = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=True)
+    fine, coarse = torch.randn(1, 8, *fine_size), torch.randn(1, 8, *coarse_size)
+    expect = F.interpolate(coarse, size=fine_size, mode="bilinear", align_corners=False)
     torch.testing.assert_close(fa(fine, coarse), expect, rtol=1e-5, atol=1e-5)
     # a constant flow of +1 fine pixel along x samples the map shifted by one pixel
     with torch.no_grad():

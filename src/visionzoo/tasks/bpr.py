@@ -258,7 +258,7 @@ class BoundaryPatchRefiner(nn.Module):
         rgb, m = crops[:, :3], crops[:, 3:] * 2 - 1
         if self.input_size != self.patch_size:
             rgb = F.interpolate(rgb, size=self.input_size, mode="bilinear", align_corners=False)
-            m = F.interpolate(m, size=self.input_size, mode="nearest")
+            m = F.interpolate(m, size=self.input_size, mode="nearest-exact")  # centred as the bilinear RGB
         return torch.cat([rgb, m], dim=1)
 
     def _logits(self, x: Tensor) -> Tensor:
@@ -309,7 +309,8 @@ class BoundaryPatchRefiner(nn.Module):
 
     def training_loss(self, image: Tensor, coarse: Tensor, target: Tensor) -> Tensor:
         """Cross-entropy of the refiner on the boundary patches of (image, coarse, true) masks,
-        at the refiner's input size (the target patch resized by nearest; logits of another
+        at the refiner's input size (the target patch resized by nearest neighbour, pixel centres aligned
+        as the bilinear resizes align them; logits of another
         size are resized to it, as mmseg does)."""
         _check_inputs(image, {"coarse": coarse, "target": target})
         boxes = extract_patches(coarse, self.patch_size, self.iou_threshold, self.max_patches)
@@ -319,7 +320,7 @@ class BoundaryPatchRefiner(nn.Module):
         x = self._patches(image, coarse, corners)
         y = torch.stack([_crop(target[None].float(), b) for b in corners])  # K, 1, P, P
         if self.input_size != self.patch_size:
-            y = F.interpolate(y, size=self.input_size, mode="nearest")
+            y = F.interpolate(y, size=self.input_size, mode="nearest-exact")
         logits = self._logits(x)
         if logits.shape[-2:] != y.shape[-2:]:
             logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)

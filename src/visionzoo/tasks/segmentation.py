@@ -78,12 +78,14 @@ class FlowAlign(nn.Module):
         B, _, H, W = fine.shape
         up = F.interpolate(self.down_coarse(coarse), size=(H, W), mode="bilinear", align_corners=False)
         flow = self.flow(torch.cat([self.down_fine(fine), up], dim=1))  # B, 2, H, W (dx, dy in pixels)
-        ys = torch.linspace(-1.0, 1.0, H, device=fine.device, dtype=fine.dtype)
-        xs = torch.linspace(-1.0, 1.0, W, device=fine.device, dtype=fine.dtype)
+        # the fine pixels' centres in grid_sample's align_corners=False coordinates: with zero flow the
+        # warp is F.interpolate's bilinear upsampling (align_corners=False), as the rest of the head's
+        ys = (torch.arange(H, device=fine.device, dtype=fine.dtype) * 2 + 1) / H - 1
+        xs = (torch.arange(W, device=fine.device, dtype=fine.dtype) * 2 + 1) / W - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # H, W, 2 as (x, y)
-        scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], device=fine.device, dtype=fine.dtype)
+        scale = torch.tensor([2.0 / W, 2.0 / H], device=fine.device, dtype=fine.dtype)  # a fine pixel in grid units
         grid = grid[None] + flow.permute(0, 2, 3, 1) * scale  # B, H, W, 2
-        return F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class FPNSegHead(nn.Module):
