@@ -54,6 +54,35 @@ def test_onnx_export_dynamic_batch(family, tmp_path):
     assert verify_onnx(model, path, img_size=S, batch=3) < tol
 
 
+@pytest.mark.parametrize("pos_embed", ["relative", "relative_2d"])
+def test_relative_position_vits_export(pos_embed, tmp_path):
+    """The ViT paper's relative position embeddings failed in the ONNX exporter's decomposition
+    (SDPA with the query-made bias recorded in a layout it does not give: 'Cannot view a tensor')."""
+    pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = visionzoo.create_model("vit_tiny_patch16_224", depth=1, pos_embed=pos_embed, img_size=48, num_classes=5).eval()
+    path = export_onnx(model, tmp_path / "rel.onnx", optimize=False)
+    assert verify_onnx(model, path) < 1e-4
+    x = torch.randn(3, 3, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(export_program(model).module()(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_exports_leave_the_models_modes_as_they_were(tmp_path):
+    """export_onnx and export_program left a model in training in eval mode (dropout off,
+    BatchNorm statistics frozen in the training loop that exported it); every module's mode
+    comes back, a frozen BatchNorm's eval included."""
+    pytest.importorskip("onnxruntime")
+    model = visionzoo.create_model("resnet18", num_classes=3).train()
+    model.bn1.eval()
+    modes = {n: m.training for n, m in model.named_modules()}
+    path = export_onnx(model, tmp_path / "r18.onnx", img_size=32, optimize=False)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    verify_onnx(model, path, img_size=32)
+    export_program(model, img_size=32)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
 def test_onnx_check_is_relative_to_the_outputs_scale(tmp_path):
     """A model whose logits are ~1e-5 (a small classifier init) exported, then changed: every
     output of the file is wrong by about its own size, which an absolute 1e-3 bound passed."""
@@ -139,8 +168,13 @@ def test_an_unwritable_folder_is_named_as_asked(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_torch_export_dynamic_batch(family):
+    """Exported under no_grad, as deployment code often is (with autograd on, the inference paths
+    stand aside anyway): there the CPU inference paths entered the trace, and 9 of 22 families
+    failed ("Constraints violated (batch)": a block size chosen from the token count is a guard
+    on the batch; CoAtNet and DINOv3 read a fake tensor's data)."""
     model, S = _calibrated(family)
-    program = export_program(model, S, batch=2)
+    with torch.no_grad():
+        program = export_program(model, S, batch=2)
     x = torch.randn(3, 3, S, S)
     tol = _tolerance(model, x)
     with torch.no_grad():

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .checkpoints.io import publish
-from .layers.helpers import check_int, to_2tuple
+from .layers.helpers import check_int, evaluating, to_2tuple
 
 __all__ = ["export_onnx", "export_program", "onnx_files", "verify_onnx"]
 
@@ -36,15 +36,16 @@ def _example(model: nn.Module, img_size: int | tuple[int, int] | None, batch: in
 def export_program(
     model: nn.Module, img_size: int | tuple[int, int] | None = None, *, batch: int = 2, in_chans: int | None = None
 ) -> torch.export.ExportedProgram:
-    """``torch.export.export`` of an eval-mode model with a dynamic batch dimension, traced on a
+    """``torch.export.export`` of the model in eval mode with a dynamic batch dimension, traced on a
     random input of ``batch`` (at least 2) images of ``img_size`` and ``in_chans`` channels
-    (default the model's ``in_chans``, for a model without that attribute 3)."""
+    (default the model's ``in_chans``, for a model without that attribute 3). The model keeps
+    its own mode (every module's) afterwards, as :func:`export_onnx` and :func:`verify_onnx` do."""
     # torch.export takes a traced size of 1 for a constant, so that axis could not stay dynamic
     check_int("batch", batch, 2, " (torch.export fixes a traced batch of 1; the program takes any batch)")
-    model = model.eval()
     x = _example(model, img_size, batch, in_chans)
     dim = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(model, (x,), dynamic_shapes=({0: dim},))
+    with evaluating(model):  # (the caller's model keeps its mode: one in training stays so)
+        return torch.export.export(model, (x,), dynamic_shapes=({0: dim},))
 
 
 def export_onnx(
@@ -58,7 +59,7 @@ def export_onnx(
     external_data: bool | None = None,
     optimize: bool = True,
 ) -> Path:
-    """Write ``model`` as ONNX with a dynamic batch axis (input ``image``, output ``logits``, or
+    """Write ``model``, in eval mode, as ONNX with a dynamic batch axis (input ``image``, output ``logits``, or
     ``features.0``, ``features.1``, ... for a model that returns a list of feature maps),
     traced on a random input of ``img_size`` and ``in_chans`` channels (default the model's
     ``in_chans``, for a model without that attribute 3).
@@ -86,39 +87,39 @@ def export_onnx(
     above = next((p for p in path.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise ValueError(f"{above} is a file, not a folder: cannot write {path}")
-    model = model.eval()
-    x = _example(model, img_size, batch, in_chans)
-    with torch.no_grad():
-        out = model(x)  # the model's own message for an input it refuses, not the exporter's trace
-    # a features_only model returns one map per level: features.0, features.1, ...
-    names = [f"features.{i}" for i in range(len(out))] if isinstance(out, (list, tuple)) else ["logits"]
-    dim = torch.export.Dim("batch", min=1, max=4096)
-    # the temporary folder in the nearest existing folder (the same file system, for the moves);
-    # a folder that cannot hold it is reported with the path asked for, not the temporary name
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=above or Path.cwd()))
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model, (x,), input_names=["image"], output_names=names,
-                dynamic_shapes=({0: dim},), opset_version=opset, dynamo=True, verbose=False,
-                optimize=optimize,
-            )
-            program.save(str(tmp / path.name), external_data=external_data)
-        data = tmp / f"{path.name}.data"  # the name the exporter gives the external weights
-        beside = path.with_name(data.name)
-        external = data.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if external:
-            publish(str(data), beside)
-        publish(str(tmp / path.name), path)
-        if not external and beside.exists():
-            beside.unlink()  # an earlier export's weights, which this model does not read
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with evaluating(model):  # (the caller's model keeps its mode: one in training stays so)
+        x = _example(model, img_size, batch, in_chans)
+        with torch.no_grad():
+            out = model(x)  # the model's own message for an input it refuses, not the exporter's trace
+        # a features_only model returns one map per level: features.0, features.1, ...
+        names = [f"features.{i}" for i in range(len(out))] if isinstance(out, (list, tuple)) else ["logits"]
+        dim = torch.export.Dim("batch", min=1, max=4096)
+        # the temporary folder in the nearest existing folder (the same file system, for the moves);
+        # a folder that cannot hold it is reported with the path asked for, not the temporary name
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=above or Path.cwd()))
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    model, (x,), input_names=["image"], output_names=names,
+                    dynamic_shapes=({0: dim},), opset_version=opset, dynamo=True, verbose=False,
+                    optimize=optimize,
+                )
+                program.save(str(tmp / path.name), external_data=external_data)
+            data = tmp / f"{path.name}.data"  # the name the exporter gives the external weights
+            beside = path.with_name(data.name)
+            external = data.exists()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if external:
+                publish(str(data), beside)
+            publish(str(tmp / path.name), path)
+            if not external and beside.exists():
+                beside.unlink()  # an earlier export's weights, which this model does not read
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -139,13 +140,12 @@ def verify_onnx(
     check_int("batch", batch)
     import onnxruntime as ort
 
-    model = model.eval()
     x = _example(model, img_size, batch, in_chans)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its notes on graphs it optimises itself (e.g. "can't constant fold CastLike") are not the user's concern
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     outs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
-    with torch.no_grad():
+    with evaluating(model), torch.no_grad():
         refs = model(x)
     refs = list(refs) if isinstance(refs, (list, tuple)) else [refs]
     if len(outs) != len(refs):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import record_attention_weights
-from ..layers.helpers import as_int
+from ..layers.helpers import as_int, evaluating
 from ..layers.window import shift_window_mask
 
 __all__ = [
@@ -92,13 +92,8 @@ def _token_attention(model: nn.Module, images: Tensor) -> list[tuple[str, Tensor
     if getattr(model, "reduction", None) is None or not hasattr(model, "num_prefix_tokens"):
         raise ValueError(f"{type(model).__name__}: attention rollout and distance are defined for ViT-style models "
                          "(every block one global attention over the patch tokens); capture_attention gives any model's maps")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), capture_attention(model) as store:
-            model(images)
-    finally:
-        model.train(was_training)  # a model in training stays so (dropout, drop path), as gradcat leaves it
+    with evaluating(model), torch.no_grad(), capture_attention(model) as store:  # a model in training stays so, as gradcat leaves it
+        model(images)
     maps = [(n, w) for n, ws in store.items() for w in ws if w.ndim == 4 and w.shape[0] == images.shape[0] and w.shape[-1] == w.shape[-2]]
     if not maps:
         raise ValueError(f"{type(model).__name__} computed no global token attention")

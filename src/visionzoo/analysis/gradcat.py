@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..layers.helpers import as_int
+from ..layers.helpers import as_int, evaluating
 
 __all__ = ["GradCATResult", "gradcat"]
 
@@ -90,17 +90,14 @@ def gradcat(model: nn.Module, image: Tensor, class_index: int) -> GradCATResult:
 
     acts: list[Tensor] = []
     hooks = [lvl.register_forward_hook(lambda m, i, out: acts.append(out)) for lvl in levels]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             x = image.detach().requires_grad_(True)  # a graph even if the weights are frozen
             logit = model(x)[0, class_index]
             grads = torch.autograd.grad(logit, acts)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
 
     H, W = image.shape[-2:]
     n = len(levels)

@@ -7,7 +7,8 @@ import operator
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .activations import GELU
 from .grad_mode import autograd_off, needs_grad
 
-__all__ = ["as_int", "to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "autograd_off", "needs_grad", "channels_last_map", "no_hooks", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
+__all__ = ["as_int", "to_2tuple", "make_divisible", "pad_same", "pad_to_fit", "check_int", "check_output_stride", "dilate_strides", "get_same_padding", "plain_cpu_eager", "autograd_off", "needs_grad", "channels_last_map", "no_hooks", "evaluating", "onednn_post_op", "DerivedCache", "clear_derived_caches"]
 
 
 def to_2tuple(x: int | Iterable[int], name: str = "size") -> tuple[int, int]:
@@ -44,6 +45,20 @@ def as_int(value: object) -> int | None:
         return operator.index(value)
     except TypeError:
         return None
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block, then every module's own mode back (a model in
+    training with frozen, eval-mode BatchNorms keeps them so; ``model.train(was_training)``
+    would set them training)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def classifier(in_features: int, num_classes: int) -> nn.Module:

@@ -272,7 +272,10 @@ class RelPosAttention(Attention):
         rel = torch.einsum("bhnd,nmd->bhnm", q[:, :, P:] * self.scale, emb)  # B, nH, Ng, Ng
         bias = F.pad(rel, (P, 0, P, 0))  # B, nH, N, N (zero for prefix tokens)
         x = attention(q, k, v, bias, dropout_p=self.attn_drop if self.training else 0.0, fused=self.fused, scale=self.scale)
-        return x.transpose(1, 2).reshape(B, N, x.shape[1] * x.shape[3])  # B, N, nH*hd
+        x = x.transpose(1, 2)  # B, N, nH, hd
+        if torch.compiler.is_exporting():  # a copy the graph keeps: torch.export records SDPA with this bias in
+            x = x.clone(memory_format=torch.contiguous_format)  # a layout ONNX's decomposition does not give (a view failed)
+        return x.reshape(B, N, x.shape[2] * x.shape[3])  # B, N, nH*hd
 
 
 class RelPosBlock(Block):
