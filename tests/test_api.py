@@ -570,6 +570,55 @@ def test_global_pool_types_equal_timms(name, size, kwargs, pools):
             torch.testing.assert_close(ours(x), r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("eva02_tiny_patch14_224", {"global_pool": "map"}),  # the attention pool's MLP: GELU in timm's EVA (was the blocks' SiLU)
+    ("eva02_tiny_patch14_224", {"global_pool": "max"}),  # EVA: the tokens' final norm for max / avgmax, fc_norm only for avg
+    ("eva02_tiny_patch14_224", {"global_pool": "avgmax"}),
+    ("vit_wee_patch16_reg1_gap_256", {"final_norm": False}),  # no fc_norm either, as timm's ViT
+    ("vit_tiny_patch16_224", {"final_norm": False, "global_pool": "avg"}),
+    ("vit_base_patch16_siglip_224", {"global_pool": "", "num_classes": 0}),  # no attention pool (was kept, unused)
+    ("vit_base_r50_s16_224", {"pre_norm": True, "num_classes": 0}),  # the hybrid's projection without bias, as the plain one's
+])
+def test_head_options_build_timms_head(name, kwargs):
+    """Options timm takes that visionzoo accepted and built another head for: the same state
+    dict (timm's loads) and the same outputs."""
+    timm = pytest.importorskip("timm")
+    from visionzoo.testing import build_random
+
+    side = 56 if "patch14" in name else 64
+    kw = {"depth": 1, "img_size": side, **kwargs}
+    if "r50" in name:
+        kw.pop("depth")  # (the hybrid's 12 blocks at 64 px: a 4x4 grid)
+    ref = build_random(lambda: timm.create_model(name, **kw)).eval()
+    ours = visionzoo.create_model(name, checkpoint=ref.state_dict(), **kw).eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        r = ref(x)
+        torch.testing.assert_close(ours(x), r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+def test_attention_pool_goes_with_global_pool_empty_as_in_timm():
+    """reset_classifier(0, '') drops a SigLIP's attention pool (timm's; its checkpoints of such a
+    model have none); a refused pool changes nothing."""
+    m = visionzoo.create_model("vit_base_patch16_siglip_224", depth=1, img_size=64, device="meta")
+    with pytest.raises(ValueError, match="needs a class token"):
+        m.set_global_pool("token")
+    assert m.attn_pool is not None and m.global_pool == "map"
+    m.reset_classifier(0, "")
+    assert m.attn_pool is None and not any(k.startswith("attn_pool") for k in m.state_dict())
+
+
+@pytest.mark.parametrize("name", ["vit_huge_patch14_224", "vit_large_patch32_224", "vit_base_r50_s16_224"])
+def test_backbone_names_default_to_timms_class_count(name):
+    """timm's weights for these names are ImageNet-21k backbones without a classifier (num_classes 0)."""
+    timm = pytest.importorskip("timm")
+    with torch.device("meta"):
+        ours, ref = visionzoo.create_model(name), timm.create_model(name)
+    assert ours.num_classes == ref.num_classes == ours.default_cfg["num_classes"] == 0
+    assert isinstance(ours.get_classifier(), torch.nn.Identity)
+
+
 # (name, create_model kwargs for both libraries, input side)
 _INTERMEDIATES = [
     ("resnet18", {}, 64),
@@ -668,16 +717,18 @@ def test_feature_info_accessors_equal_timms(name):
     assert full.out_indices == tuple(range(len(full))) and full.channels(-1) == full[-1].num_chs
 
 
-@pytest.mark.parametrize("name", ["vgg11", "vgg16_bn", "resnet50", "coatnet_0_224", "vit_small_patch16_224", "efficientnet_b0", "hrnet_w18_small"])
-def test_num_features_and_head_hidden_size_are_timms(name):
+@pytest.mark.parametrize("name, kwargs", [(n, {}) for n in ("vgg11", "vgg16_bn", "resnet50", "coatnet_0_224", "vit_small_patch16_224", "efficientnet_b0", "hrnet_w18_small")]
+                         + [("coatnet_0_224", {"head_hidden_size": 64})])
+def test_num_features_and_head_hidden_size_are_timms(name, kwargs):
     """num_features: channels of forward_features' output; head_hidden_size: what the classifier
-    sees (they differ for VGG, 512 and 4096), as timm's attributes."""
+    sees (they differ for VGG, 512 and 4096, and a CoAtNet with a pre-logits layer of another
+    width, whose num_features followed it), as timm's attributes."""
     timm = pytest.importorskip("timm")
     with torch.device("meta"):
-        ours, ref = visionzoo.create_model(name), timm.create_model(name)
+        ours, ref = visionzoo.create_model(name, **kwargs), timm.create_model(name, **kwargs)
     assert (ours.num_features, ours.head_hidden_size) == (ref.num_features, ref.head_hidden_size)
     x = torch.randn(1, 3, 64, 64)
-    m = visionzoo.create_model(name).eval()
+    m = visionzoo.create_model(name, **kwargs).eval()
     with torch.no_grad():
         features = m.forward_features(x)  # (B, C, H, W) maps, ViT's (B, N, C) tokens
         assert features.shape[1 if features.ndim == 4 else -1] == m.num_features

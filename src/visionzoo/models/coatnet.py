@@ -610,8 +610,12 @@ class CoAtNet(VisionModel):
         self.stages = nn.Sequential(*stages)
         last = self.feature_info[-1].num_chs
         self.head = NormMlpHead(last, num_classes, cfg.head_hidden_size, cfg.drop_rate)
-        self.num_features = self.head.num_features
+        # timm's: num_features the last stage's width (forward_features'), head_hidden_size the pre-logits'
+        self.num_features, self.head_hidden_size = last, self.head.num_features
         self._init_weights()
+
+    def reset_head(self, num_classes: int) -> None:
+        self.head.fc = classifier(self.head.num_features, num_classes)  # after the pre-logits layer, where there is one
 
     @torch.no_grad()
     def _init_weights(self) -> None:

@@ -484,6 +484,17 @@ class Eva(VisionTransformer):
             raise ValueError(f"mlp_align rounds up the hidden width of the two-layer SwiGLU (timm's swiglu_align_to): it takes mlp_layer='swiglu' and a positive multiple, got mlp_align={cfg.mlp_align}, mlp_layer={cfg.mlp_layer!r}")
         super().__init__(cfg, num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_path_rate=drop_path_rate)
 
+    final_norm_gates_fc_norm = False
+
+    def default_fc_norm(self, pool: str) -> bool:
+        """timm's EVA norms the pooled features only for ``'avg'`` (``'max'`` and ``'avgmax'`` pool
+        the normed tokens)."""
+        return pool == "avg"
+
+    def pool_act_layer(self) -> Callable[[], nn.Module]:
+        """timm's EVA builds its attention pool with GELU, whatever the blocks' activation."""
+        return nn.GELU
+
     def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
         cfg, D = self.cfg, self.embed_dim
         hd = D // cfg.num_heads

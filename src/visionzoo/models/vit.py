@@ -444,7 +444,7 @@ class VisionTransformer(VisionModel):
         self.global_pool = cfg.global_pool
 
         if cfg.hybrid_layers:
-            self.patch_embed: nn.Module = HybridEmbed(in_chans, cfg.hybrid_layers, D)
+            self.patch_embed: nn.Module = HybridEmbed(in_chans, cfg.hybrid_layers, D, bias=not cfg.pre_norm)
             stride = self.patch_embed.patch_size[0]
             self.input_multiple = 1  # 'SAME' padding takes any size
         else:
@@ -480,13 +480,14 @@ class VisionTransformer(VisionModel):
         self.norm_pre = norm_layer(D) if cfg.pre_norm else None
 
         self.blocks = nn.Sequential(*self._build_blocks(drop_path_rates(drop_path_rate, cfg.depth), norm_layer))
-        use_fc_norm = cfg.global_pool not in ("token", "map") if cfg.fc_norm is None else cfg.fc_norm
+        use_fc_norm = self.default_fc_norm(cfg.global_pool) if cfg.fc_norm is None else cfg.fc_norm
         self.norm = nn.Identity() if use_fc_norm or not cfg.final_norm else norm_layer(D)
         self.attn_pool = None
         if cfg.global_pool == "map":  # after the final norm, as timm's
             self.attn_pool = AttentionPoolLatent(D, cfg.pool_heads or cfg.num_heads, mlp_ratio=cfg.pool_mlp_ratio or cfg.mlp_ratio, norm_layer=norm_layer,
-                                                 act_layer=ACT_LAYERS[cfg.act_layer])
-        self.fc_norm = norm_layer(D) if use_fc_norm else nn.Identity()
+                                                 act_layer=self.pool_act_layer())
+        # (timm's ViT: final_norm=False drops both norms; its EVA keeps fc_norm, the norm of the pooled features)
+        self.fc_norm = norm_layer(D) if use_fc_norm and (cfg.final_norm or not self.final_norm_gates_fc_norm) else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = classifier(D, num_classes)
         self.head_dist = None
@@ -496,6 +497,19 @@ class VisionTransformer(VisionModel):
 
         self.feature_info = [FeatureInfo(D, stride, f"blocks.{i}") for i in range(cfg.depth)]
         self._init_weights()
+
+    #: ``final_norm=False`` drops ``fc_norm`` too (timm's ViT); EVA keeps it
+    final_norm_gates_fc_norm = True
+
+    def default_fc_norm(self, pool: str) -> bool:
+        """Whether a model built with ``global_pool=pool`` and ``fc_norm=None`` norms the pooled
+        features (``fc_norm``) in place of the tokens (``norm``): timm's ViT for the pools of the
+        patch tokens (not the class token, not the attention pool)."""
+        return pool not in ("token", "map")
+
+    def pool_act_layer(self) -> Callable[[], nn.Module]:
+        """The activation of the attention pool's MLP (``global_pool='map'``): the blocks' own, as timm's ViT."""
+        return ACT_LAYERS[self.cfg.act_layer]
 
     def _build_blocks(self, dpr: list[float], norm_layer: Callable[[int], nn.Module]) -> list[nn.Module]:
         """The transformer blocks, block i with stochastic depth ``dpr[i]`` (a subclass builds its own)."""
@@ -614,18 +628,20 @@ class VisionTransformer(VisionModel):
     def set_global_pool(self, pool: str, num_classes: int | None = None) -> None:
         """As the base class's: ``'token'`` (the class token, the default), or ``'avg'``,
         ``'max'`` or ``'avgmax'`` of the patch tokens; the norms stay as built, as in timm.
-        ``'map'`` only on a model built with it; another pool drops its attention pool (timm's),
-        while ``''`` (unpooled tokens) keeps it, so that ``'map'`` can be set again."""
+        ``'map'`` only on a model built with it; another pool, ``''`` (unpooled tokens) included,
+        drops its attention pool, as timm's (whose checkpoints of such a model have none)."""
         if pool not in self.pool_types:
-            return super().set_global_pool(pool, num_classes)
+            super().set_global_pool(pool, num_classes)  # '' (unpooled) or a refusal
+            self.attn_pool = None
+            return
         if pool == "map" and self.attn_pool is None:
             raise ValueError(f"{self._name()}: global_pool='map' needs the attention pool a model built with global_pool='map' has; this one has none")
-        if pool != "map":
-            self.attn_pool = None
         if pool == "token" and not self.cfg.class_token:
             raise ValueError(f"{self._name()}: global_pool='token' needs a class token; this model has none")
         if pool != "token" and self.cfg.distilled:
             raise ValueError(f"{self._name()}: the distilled head reads the class and distillation tokens; global_pool takes 'token' only (or '' without a classifier: all tokens)")
+        if pool != "map":
+            self.attn_pool = None
         self.global_pool, self.unpooled = pool, False
 
     def reset_head(self, num_classes: int) -> None:

@@ -96,10 +96,10 @@ class HybridBackbone(nn.Module):
 class HybridEmbed(nn.Module):
     """ResNet feature map -> 1x1 projection -> tokens (the hybrid's 'patch' embedding)."""
 
-    def __init__(self, in_chans: int, layers: Sequence[int], embed_dim: int) -> None:
+    def __init__(self, in_chans: int, layers: Sequence[int], embed_dim: int, *, bias: bool = True) -> None:
         super().__init__()
         self.backbone = HybridBackbone(in_chans, layers)
-        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, 1)
+        self.proj = nn.Conv2d(self.backbone.num_features, embed_dim, 1, bias=bias)
         self.patch_size = (self.backbone.reduction, self.backbone.reduction)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -28,6 +28,8 @@ for _size, (_d, _l, _h) in _SIZES.items():
             _DEFAULT_CFGS[_n] = default_cfg(_res, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.proj")
 VARIANTS["vit_huge_patch14_224"] = ViTConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16)
 _DEFAULT_CFGS["vit_huge_patch14_224"] = default_cfg(224, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9, first_conv="patch_embed.proj")
+for _n in ("vit_huge_patch14_224", "vit_large_patch32_224"):  # timm's weights: the ImageNet-21k backbones, without classifier
+    _DEFAULT_CFGS[_n]["num_classes"] = 0
 
 for _size in ("tiny", "small", "base"):
     _d, _l, _h = _SIZES[_size]
@@ -198,7 +200,8 @@ for _n in ("eva_large_patch14_336", "vit_medium_patch16_gap_384", "vit_so150m2_p
 for _res in (224, 384):
     _n = f"vit_base_r50_s16_{_res}"
     VARIANTS[_n] = ViTConfig(patch_size=1, hybrid_layers=(3, 4, 9))
-    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.backbone.stem.conv")
+    _DEFAULT_CFGS[_n] = default_cfg(_res, mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=0.9 if _res == 224 else 1.0, first_conv="patch_embed.backbone.stem.conv",
+                                    num_classes=0 if _res == 224 else 1000)  # (timm's 224 px weights: the 21k backbone, no classifier)
 
 PUBLISHED = {  # ../shared/REFERENCE.md: params (M), GMACs, ImageNet top-1 (%)
     "vit_tiny_patch16_224": dict(params=5.7, gmacs=1.26, top1=75.5, note="top-1 after ImageNet-21k (AugReg)"),
