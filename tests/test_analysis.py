@@ -570,7 +570,7 @@ def test_shift_window_regions_match_layer_mask(H, W, M, s, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [((14, 14, 96, 0), "not a multiple of the window"), ((14, 14, 0, 0), "at least 1 a side"),
-                                          ((14, 14, 7.5, 0), "window must be an integer"), ((14, 14, 7, (3, 3, 3)), "shift must be"),
+                                          ((14, 14, 7.5, 0), "window takes an int or a pair of ints"), ((14, 14, 7, (3, 3, 3)), "shift takes an int or a pair"),
                                           ((14, 14, 7, 7), "must lie in")])
 def test_shift_window_masks_and_regions_refuse_bad_arguments(args, needle):
     """shift_window_masks raised torch's reshape error for a map off the window grid and both a

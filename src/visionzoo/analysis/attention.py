@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers.attention import record_attention_weights
-from ..layers.helpers import as_int, evaluating
+from ..layers.helpers import evaluating, to_2tuple
 from ..layers.window import shift_window_mask
 
 __all__ = [
@@ -264,18 +264,9 @@ def shift_window_masks(H: int, W: int, window: int | Sequence[int], shift: int |
     return shift_window_mask(H, W, window, shift).numpy()
 
 
-def _pair(value: object, name: str) -> tuple[int, int]:
-    """An int or a pair of ints as (h, w); a ValueError naming ``name`` otherwise."""
-    pair = [value, value] if as_int(value) is not None else list(value) if isinstance(value, (tuple, list)) else []
-    out = [as_int(v) for v in pair]
-    if len(out) != 2 or None in out:
-        raise ValueError(f"{name} must be an integer or a pair of integers, got {value!r}")
-    return out[0], out[1]
-
-
 def _window_args(H: int, W: int, window: object, shift: object) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
     """The checked arguments of :func:`shift_window_regions` / :func:`shift_window_masks`."""
-    (H, W), (Mh, Mw), (sh, sw) = _pair((H, W), "the map size"), _pair(window, "window"), _pair(shift, "shift")
+    (H, W), (Mh, Mw), (sh, sw) = to_2tuple((H, W), "the map size"), to_2tuple(window, "window"), to_2tuple(shift, "shift")
     if min(H, W, Mh, Mw) < 1:
         raise ValueError(f"the map ({H}x{W}) and the window ({Mh}x{Mw}) must be at least 1 a side")
     if H % Mh or W % Mw:

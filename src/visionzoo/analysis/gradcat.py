@@ -82,11 +82,12 @@ def gradcat(model: nn.Module, image: Tensor, class_index: int) -> GradCATResult:
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"gradcat explains one image, (C, H, W) or (1, C, H, W); got shape {tuple(image.shape)}")
     num_classes = getattr(model, "num_classes", 0)
-    if as_int(class_index) is None:
+    index = as_int(class_index)
+    if index is None:
         raise ValueError(f"class_index must be an integer, got {class_index!r}")
-    class_index = as_int(class_index)
-    if not 0 <= class_index < num_classes:
-        raise ValueError(f"class_index {class_index} out of range for {num_classes} classes")
+    if not 0 <= index < num_classes:
+        raise ValueError(f"class_index {index} out of range for {num_classes} classes")
+    class_index = index
 
     acts: list[Tensor] = []
     hooks = [lvl.register_forward_hook(lambda m, i, out: acts.append(out)) for lvl in levels]

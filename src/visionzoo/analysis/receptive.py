@@ -80,15 +80,20 @@ def _dense_limit(cells: int, span: int) -> None:
                          f"({MAX_CELLS}); hdc_check counts its holes at any size")
 
 
+def _dense_1d(rates: list[int], kernel_size: int, span: int) -> np.ndarray:
+    """:func:`receptive_field_1d` of checked ``rates`` whose ``span`` is known."""
+    offsets, counts = _footprint(rates, kernel_size)
+    out = np.zeros(span, dtype=np.int64)
+    out[offsets] = counts
+    return out
+
+
 def receptive_field_1d(rates: Sequence[int], kernel_size: int = 3) -> np.ndarray:
     """Path counts along one axis: a vector of length 1 + (k - 1) * sum(rates)."""
     rates = _check(rates, kernel_size)
     span = _span(rates, kernel_size)
     _dense_limit(span, span)
-    offsets, counts = _footprint(rates, kernel_size)
-    out = np.zeros(span, dtype=np.int64)
-    out[offsets] = counts
-    return out
+    return _dense_1d(rates, kernel_size, span)
 
 
 def receptive_field(rates: Sequence[int], kernel_size: int = 3, size: int | None = None) -> np.ndarray:
@@ -112,7 +117,7 @@ def receptive_field(rates: Sequence[int], kernel_size: int = 3, size: int | None
         raise ValueError(f"size {size} is smaller than the receptive field ({span})")
     side = span if size is None else int(size)
     _dense_limit(side * side, span)
-    c = receptive_field_1d(rates, kernel_size)
+    c = _dense_1d(rates, kernel_size, span)
     before = (side - span) // 2
     return np.pad(np.outer(c, c), (before, side - span - before))
 
