@@ -452,6 +452,36 @@ def test_folded_weights_reach_the_blocked_linear_cache(name, folded):
         torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name, kwargs", [
+    ("coatnet_0_224", dict(img_size=64)),  # MBConv's expansion with two BatchNorms folded in
+    ("convmixer_256_8", {}),  # the mixer block's BatchNorm affines
+    ("resnet18", {}),  # convolutions with their BatchNorms folded
+])
+@pytest.mark.parametrize("recalibrate_in", ["no_grad", "inference_mode"])
+def test_folded_batchnorms_follow_statistics_a_training_forward_updates(name, kwargs, recalibrate_in):
+    """BatchNorm re-calibration (the norms alone in training mode, a forward, back to eval):
+    the running statistics change in place without moving their version counters. CoAtNet's
+    folded expansion and ConvMixer's affines kept the old statistics (4e-2 and 1e-1 from the
+    plain path): the caches see the batch count, which the training forward adds to."""
+    torch.manual_seed(0)
+    m = visionzoo.create_model(name, num_classes=10, **kwargs).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        m(x)  # the folded tensors cached
+    norms = [b for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    for b in norms:
+        b.train()
+    with torch.inference_mode() if recalibrate_in == "inference_mode" else torch.no_grad():
+        m(torch.randn(4, 3, 64, 64) * 2 + 1)
+    for b in norms:
+        b.eval()
+    with torch.inference_mode():
+        fast = m(x)
+    with torch.enable_grad():
+        plain = m(x).detach()
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+
+
 def test_derived_cache_sees_a_dtype_round_trip_that_reuses_the_weight_address():
     """``.bfloat16().float()`` gives a weight a new storage with an unchanged version counter,
     and glibc often hands the new data the freed data's address (about half of these trials):

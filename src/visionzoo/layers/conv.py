@@ -88,11 +88,14 @@ def uses_running_stats(bn: nn.Module) -> bool:
 
 
 def bn_tensors(bn: nn.Module) -> tuple[Tensor | None, ...]:
-    """A BatchNorm's weight, bias, running mean and running variance: what an affine or fold
-    derived from it depends on (read from the module's dicts: the ``nn.Module.__getattr__``
-    route costs ~1 us a tensor, on every call)."""
+    """A BatchNorm's weight, bias, running mean and running variance, and its count of
+    batches: what an affine or fold derived from it depends on. A training-mode forward
+    updates the running statistics without moving their version counters; it counts the batch
+    with an in-place add, which moves the count's, so a cache stamped with these tensors sees
+    the new statistics. (Read from the module's dicts: the ``nn.Module.__getattr__`` route
+    costs ~1 us a tensor, on every call.)"""
     q, b = bn._parameters, bn._buffers
-    return q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var")
+    return q.get("weight"), q.get("bias"), b.get("running_mean"), b.get("running_var"), b.get("num_batches_tracked")
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor] | None:
