@@ -967,6 +967,92 @@ def test_segmentation_masks_and_options_are_checked_before_the_run(tmp_path, cap
     assert not out.exists()
 
 
+def test_segmentation_mask_files_a_jpeg_and_two_of_one_stem_are_refused_a_note_is_no_mask(tmp_path, capsys):
+    """A JPEG mask trained with labels its compression made (a fourth class from three); with
+    masks/X.png beside masks/X.jpg the one read followed the folder's order; a note such as
+    masks/X.json was taken for X's mask."""
+    from PIL import Image
+
+    from visionzoo.train.segment import folder_pairs
+
+    data = _seg_folder(tmp_path / "seg", n=4, size=16)
+    (data / "masks" / "0.json").write_text("{}")  # a note beside the mask: no one's mask
+    assert [m.name for _, m in folder_pairs(data)] == ["0.png", "1.png", "2.png", "3.png"]
+    Image.open(data / "masks" / "1.png").save(data / "masks" / "1.jpg", quality=90)
+    out = tmp_path / "run"
+    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "16", "--epochs", "1", "--output", str(out)]
+    _one_line_error(seg, capsys, f"{data / 'images' / '1.png'} has 2 masks, 1.jpg and 1.png in {data / 'masks'}: keep one")
+    (data / "masks" / "1.png").unlink()
+    _one_line_error(seg, capsys, f"{data / 'masks' / '1.jpg'}: a JPEG mask", "save label maps as PNG")
+    _one_line_error(["eval", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(data)], capsys, "not found")
+    assert not out.exists()
+
+
+def test_segmentation_masks_are_resized_from_the_pixel_under_each_cells_centre(tmp_path):
+    """Masks were resized with torch's legacy nearest (each cell the source pixel at its
+    top-left corner): half a cell off the bilinear image, which samples at the centres."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.segment import SegFolder
+
+    root = tmp_path
+    (root / "images").mkdir(), (root / "masks").mkdir()
+    Image.fromarray(np.zeros((4, 8, 3), np.uint8)).save(root / "images" / "a.png")
+    Image.fromarray(np.tile(np.arange(8, dtype=np.uint8), (4, 1))).save(root / "masks" / "a.png")  # columns labelled 0..7
+    ds = SegFolder([(root / "images" / "a.png", root / "masks" / "a.png")], 4, (0.5,) * 3, (0.5,) * 3, train=False)
+    _, y = ds[0]
+    assert y.tolist() == [[1, 3, 5, 7]] * 4  # cell centres 1, 3, 5, 7 (legacy nearest: 0, 2, 4, 6)
+
+
+def test_segmentation_batch_of_ignored_pixels_and_one_value_per_channel(tmp_path, capsys):
+    """A training batch whose pixels are all ignored (255) made the mean loss NaN and stopped the
+    run ("lower --lr"): it adds 0. A BatchNorm meeting a batch of one image with a 1x1 map gave
+    torch's words, which name no option."""
+    import numpy as np
+    from PIL import Image
+
+    from visionzoo.train.segment import split_pairs
+
+    data = _seg_folder(tmp_path / "seg", n=5, size=16)
+    Image.fromarray(np.full((16, 16), 255, np.uint8)).save(data / "masks" / "0.png")  # 0.png: in the training split
+    out = tmp_path / "run"
+    assert main(["train", "--task", "segment", "--data", str(data), "--img-size", "64", "--epochs", "1", "--batch-size", "1",
+                 "--progress", "none", "--output", str(out)]) == 0
+    assert "0.png" in {m.name for _, m in split_pairs(data)[0]}  # trained on, not held out
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) == 1 and np.isfinite(float(rows[0].split(",")[3]))  # train_loss
+    capsys.readouterr()
+    _one_line_error(["train", "--task", "segment", "--data", str(data), "--img-size", "16", "--epochs", "1", "--batch-size", "1",
+                     "--model", "resnet18", "--output", str(tmp_path / "one")], capsys,
+                    "--batch-size 1: a BatchNorm layer of resnet18 got one value per channel", "give a --batch-size of 2 or more")
+    assert not (tmp_path / "one").exists()
+
+
+def test_segmentation_default_backbone_is_small_and_convnext_tiny_named_is_the_whole_network(tmp_path, capsys):
+    """Without --model a run trains ConvNeXt-T's layout at a quarter of its width and depth;
+    --model convnext_tiny was the same small network (a ConvNeXt-T classification checkpoint
+    refused: "shapes do not fit"), and any --model-arg made the default the whole network."""
+    import visionzoo
+    from visionzoo.checkpoints import save_state_dict
+    from visionzoo.train.segment import SMALL_BACKBONE, load_segmentation
+
+    data = _seg_folder(tmp_path / "seg", n=4, size=16)
+    seg = ["train", "--task", "segment", "--data", str(data), "--img-size", "32", "--epochs", "1", "--progress", "none"]
+    assert main([*seg, "--model-arg", "drop_path_rate=0.1", "--output", str(tmp_path / "small")]) == 0
+    capsys.readouterr()
+    net, meta = load_segmentation(tmp_path / "small" / "model.safetensors")
+    assert meta["overrides"] == {**{k: list(v) for k, v in SMALL_BACKBONE.items()}, "drop_path_rate": 0.1} and sum(p.numel() for p in net.parameters()) < 1_000_000
+    torch.manual_seed(0)
+    cls = visionzoo.create_model("convnext_tiny", num_classes=5)
+    save_state_dict(cls.state_dict(), tmp_path / "cls.safetensors")
+    assert main([*seg, "--model", "convnext_tiny", "--pretrained", str(tmp_path / "cls.safetensors"), "--lr", "1e-12", "--output", str(tmp_path / "big")]) == 0
+    net, meta = load_segmentation(tmp_path / "big" / "model.safetensors")
+    assert meta["overrides"] == {}
+    stem = next(v for k, v in net.state_dict().items() if k.endswith("stem.0.weight"))
+    assert stem.shape == cls.stem[0].weight.shape and (stem - cls.stem[0].weight).abs().max() < 1e-6  # the classifier's weights, barely moved
+
+
 def test_segmentation_augmentation_rescales_crops_pads_and_jitters_image_and_mask_together(tmp_path, capsys):
     """--scale-range: image and mask resized by the same factor, then the same window (or the
     same padding: mean colour and the ignore label); --color-jitter changes the image only.
@@ -989,7 +1075,7 @@ def test_segmentation_augmentation_rescales_crops_pads_and_jitters_image_and_mas
     for i in range(len(pairs)):
         x, y = item(ds, i)
         img, lab = _normalize(_resize(_rgb(pairs[i][0]), (40, 40)), mean, std), torch.from_numpy(read_mask(pairs[i][1]).astype("int64"))
-        lab = F.interpolate(lab[None, None].float(), size=(40, 40), mode="nearest")[0, 0].long()
+        lab = F.interpolate(lab[None, None].float(), size=(40, 40), mode="nearest-exact")[0, 0].long()
         found = [(t, l, f) for f in (False, True) for t in range(21) for l in range(21)
                  if torch.equal((lab.flip(-1) if f else lab)[t : t + size, l : l + size], y)
                  and torch.allclose((img.flip(-1) if f else img)[:, t : t + size, l : l + size], x, atol=1e-6)]

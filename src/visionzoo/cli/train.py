@@ -206,7 +206,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--randaugment", action="store_true", default=None, help="RandAugment (digits: small random affine)")
     g.add_argument("--workers", type=int, default=None, help="data-loading processes (default 0)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, help="a registered model name (default: convmixer_256_8 with small overrides on digits)")
+    g.add_argument("--model", default=None, help="a registered model name (default: convmixer_256_8 with small overrides on digits; --task segment: ConvNeXt-T's layout at a quarter of its width and depth, --model convnext_tiny the whole network)")
     g.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help="configuration override, e.g. depth=4 (repeatable)")
     g.add_argument("--pretrained", default=None, metavar="CHECKPOINT", help="fine-tune from these weights (new classifier when the class count differs)")
     g.add_argument("--freeze-backbone", action="store_true", default=None, help="train the classifier only (the backbone's BatchNorm statistics stay as loaded)")

@@ -815,7 +815,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                         try:
                             out_ = train_model(x)
                         except ValueError as e:
-                            if (why := _one_value_per_channel(e, cfg, model_name, info)) is None:
+                            if (why := _one_value_per_channel(e, cfg.batch_size, model_name, info)) is None:
                                 raise
                             raise ValueError(why) from None
                         loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
@@ -907,7 +907,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     return summary
 
 
-def _one_value_per_channel(e: ValueError, cfg: TrainConfig, model_name: str, info: D.DistInfo) -> str | None:
+def _one_value_per_channel(e: ValueError, batch_size: int, model_name: str, info: D.DistInfo) -> str | None:
     """torch's error for a BatchNorm layer that sees one value per channel in training (a batch
     of one image, a 1x1 map: nothing to normalise by) in words that name what to change: torch's
     name no option. None for any other error."""
@@ -915,7 +915,7 @@ def _one_value_per_channel(e: ValueError, cfg: TrainConfig, model_name: str, inf
         return None
     shape = str(e).rsplit("input size ", 1)[-1].removeprefix("torch.Size(").removesuffix(")")
     where = f"a BatchNorm layer of {model_name} got one value per channel in training (input {shape}: one image, a 1x1 map), which it cannot normalise"
-    if cfg.batch_size == 1:
+    if batch_size == 1:
         return f"--batch-size 1: {where}; give a --batch-size of 2 or more, or a larger --img-size"
     # (a last batch of one image is dropped: only a split of one image per process gives one)
     each = " for each of its processes" if info.world_size > 1 else ""

@@ -58,10 +58,12 @@ class SegmentConfig:
     """The options of ``visionzoo train --task segment`` (see the module docstring)."""
 
     data: str
-    model: str = "convnext_tiny"
+    #: None: ConvNeXt-T's layout at a quarter of its width and depth (SMALL_BACKBONE, under any
+    #: model_args given); "convnext_tiny" named: the whole ConvNeXt-T (its classification weights load)
+    model: str | None = None
     head: str = "fpn"
     channels: int = 64
-    model_args: dict[str, Any] | None = None  # None: a small ConvNeXt (SMALL_BACKBONE) when model is the default
+    model_args: dict[str, Any] | None = None
     num_classes: int | None = None
     img_size: int = 64
     #: random rescaling of image and mask by a factor in [lo, hi], then a random img_size crop
@@ -159,22 +161,34 @@ def read_mask(path: Path) -> Any:
 
 
 def folder_pairs(root: Path) -> list[tuple[Path, Path]]:
-    """The (image, mask) pairs of ``root/images`` and ``root/masks``, matched by file stem."""
+    """The (image, mask) pairs of ``root/images`` and ``root/masks``, matched by file stem.
+    Files in ``masks/`` that are not images (a class list, notes) are no one's mask; two masks
+    of one stem, or a JPEG mask (its compression changes the labels along every edge), are
+    refused by name."""
     img_dir, mask_dir = root / "images", root / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
             raise DataError(f"{root}: no {d.name}/ folder (segmentation data: images/ and masks/ with the same file names)")
     # a link to nothing is listed, for the reader to name it, not skipped unsaid
-    masks = {p.stem: p for p in mask_dir.iterdir() if not p.is_dir() and not p.name.startswith(".")}
+    masks: dict[str, list[Path]] = {}
+    for p in sorted(mask_dir.iterdir()):
+        if not p.is_dir() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
+            masks.setdefault(p.stem, []).append(p)
     pairs = []
     for p in sorted(img_dir.iterdir()):
         if p.is_dir() or p.name.startswith("."):
             continue
         if p.suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{p}: not an image file")
-        if p.stem not in masks:
+        found = masks.get(p.stem)
+        if not found:
             raise DataError(f"{p}: no mask {mask_dir / (p.stem + '.png')}")
-        pairs.append((p, masks[p.stem]))
+        if len(found) > 1:
+            raise DataError(f"{p} has {len(found)} masks, {' and '.join(m.name for m in found)} in {mask_dir}: keep one")
+        if found[0].suffix.lower() in (".jpg", ".jpeg"):
+            raise DataError(f"{found[0]}: a JPEG mask; JPEG's compression changes the labels along every edge (and adds "
+                            "labels between them): save label maps as PNG")
+        pairs.append((p, found[0]))
     if not pairs:
         raise DataError(f"{img_dir} is empty")
     return pairs
@@ -288,7 +302,9 @@ class SegFolder(Dataset):
             lo, hi = self.scale_range
             side = max(1, round(self.size * (lo + (hi - lo) * torch.rand((), generator=g).item())))
         x = _resize(x, (side, side))
-        y = F.interpolate(y[None, None].float(), size=(side, side), mode="nearest")[0, 0].long()
+        # nearest-exact: each cell reads the source pixel under its centre, as the bilinear image resize
+        # samples at the centres (torch's "nearest" reads the cell's top-left: the labels half a cell off)
+        y = F.interpolate(y[None, None].float(), size=(side, side), mode="nearest-exact")[0, 0].long()
         if g is not None:
             if torch.rand((), generator=g) < 0.5:
                 x, y = x.flip(-1), y.flip(-1)
@@ -354,6 +370,8 @@ def evaluate_segmentation(model: torch.nn.Module, loader: DataLoader, num_classe
 def train_segmentation(cfg: SegmentConfig) -> dict[str, Any]:
     """Train (or, with ``cfg.resume``, continue) a segmentation run; returns its summary.json (one
     resumed at the epochs it has already ended at: as it stands, with ``nothing_to_do`` set)."""
+    if cfg.model is None:  # the default backbone: the small ConvNeXt, the options given over its layout
+        cfg.model, cfg.model_args = "convnext_tiny", {**SMALL_BACKBONE, **(cfg.model_args or {})}
     cfg.check()
     info = D.init(cfg.device)
     folder = NewRunFolder()
@@ -411,7 +429,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     from ..tasks import create_segmentation_model
     from .checkpoint import (finished_run, float_buffers, gather_per_rank, load_buffers, own_entry, restore_rng, restore_training, run_config,
                              run_folder, save_training_checkpoint)
-    from .engine import StopRequests, TrainingStopped, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, read_step, write_csv
+    from .engine import StopRequests, TrainingStopped, _one_value_per_channel, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, read_step, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -432,7 +450,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     mean, std = dcfg.get("mean", (0.485, 0.456, 0.406)), dcfg.get("std", (0.229, 0.224, 0.225))
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     if cfg.model_args is None:
-        cfg.model_args = dict(SMALL_BACKBONE) if cfg.model == "convnext_tiny" else {}
+        cfg.model_args = {}
     kwargs: dict[str, Any] = dict(cfg.model_args)
     kwargs.update(checkpoint=None if resume_from else cfg.pretrained)  # a whole network's: all its weights (its class layer if the count fits)
     if entry is not None:
@@ -509,7 +527,16 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast:
-                    loss = F.cross_entropy(train_model(x).float(), y, ignore_index=IGNORE)
+                    try:
+                        out_ = train_model(x)
+                    except ValueError as e:
+                        if (why := _one_value_per_channel(e, cfg.batch_size, cfg.model, info)) is None:
+                            raise
+                        raise ValueError(why) from None
+                    # per labelled pixel; 0 for a batch whose pixels are all ignored (a crop of an ignored
+                    # region), where the mean over no pixel is NaN
+                    labelled = (y != IGNORE).sum().clamp(min=1)
+                    loss = F.cross_entropy(out_.float(), y, ignore_index=IGNORE, reduction="sum") / labelled
                 bad, stop_now, loss_value, _ = read_step(loss, [], stop.requested, info)
                 if bad:
                     raise TrainingStopped(f"the loss became NaN/Inf at epoch {epoch + 1}, step {step + 1}; stopped without saving. "
