@@ -186,8 +186,19 @@ def test_bad_input_is_one_line(run, tmp_path, capsys):
     _one_line_error(["predict", img, *ckpt, "--output-dir", str(tmp_path / "afile")], capsys, "afile is a file, not a folder")
     _one_line_error(["predict", img, *ckpt, "--output-dir", str(tmp_path / "nodir" / "maps")], capsys, "does not exist")
     # a classifier's checkpoint takes no --output-dir; Python's classifier loader still refuses a segmentation run's
+    from visionzoo.checkpoints import save_state_dict
+
+    save_state_dict({"fc.weight": torch.zeros(2, 3)}, tmp_path / "cls.safetensors")
     _one_line_error(["predict", img, "--checkpoint", str(tmp_path / "cls.safetensors"), *maps], capsys,
                     "--output-dir is where a segmentation network's label maps go")
+    # a missing file and a training state are said as such (both were "not a segmentation run's checkpoint")
+    _one_line_error(["predict", img, "--checkpoint", str(tmp_path / "none.safetensors"), *maps], capsys, "checkpoint file not found")
+    state = next((out / "checkpoints").glob("*.state.pt"))
+    _one_line_error(["predict", img, "--checkpoint", str(state), *maps], capsys, "is a training state of visionzoo train", "model.safetensors")
+    # every image unreadable: each named, no folder of label maps made
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert main(["predict", str(tmp_path / "bad.png"), *ckpt, *maps]) != 0
+    assert "bad.png" in capsys.readouterr().err and not (tmp_path / "maps").exists()
     from visionzoo.checkpoints import CheckpointError
     from visionzoo.train.inference import load_trained
 

@@ -51,6 +51,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if seg is not None:
         return _predict_segmentation(args, seg)
     if args.output_dir is not None:
+        from ..train.inference import check_weights_file
+
+        check_weights_file(args.checkpoint)  # a missing file or a training state: said as such
         raise CLIError(f"--output-dir is where a segmentation network's label maps go; {args.checkpoint} is not a segmentation run's checkpoint")
     topk = 5 if args.topk is None else args.topk
     if topk < 1:
@@ -150,13 +153,13 @@ def _predict_segmentation(args: argparse.Namespace, meta: dict[str, Any]) -> int
     files = _image_files(args.images)
     targets = dict(zip(files, _label_map_paths(files, out_dir)))
     model, _ = load_segmentation(args.checkpoint)
-    out_dir.mkdir(exist_ok=True)
     failed = 0
     for f, labels, error in _iter_label_maps(model.to(device), files, meta["preprocessing"], device, args.batch_size):
         if error is not None:  # reported, and the other images still predicted
             failed += 1
             print(f"visionzoo predict: error: {error}", file=sys.stderr)
             continue
+        out_dir.mkdir(exist_ok=True)  # with the first map: no images read, no folder made
         _write_label_map(labels, meta["num_classes"], targets[f])
         shares = _class_shares(labels, meta["classes"])
         if args.json:

@@ -35,13 +35,7 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     from ..factory import create_model
     from ..registry import get_entry
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run's weights are its model.safetensors)")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.name.endswith(STATE_SUFFIX):
-        raise CheckpointError(_training_state_message(path))
+    path = check_weights_file(checkpoint)
     meta = read_metadata(path)
     stored = meta.get("model")
     if meta.get("task") == "segment":
@@ -103,6 +97,19 @@ def load_trained(checkpoint: str | os.PathLike, model_name: str | None = None, *
     model.eval()
     return model, {"model": entry.name, "classes": classes, "preprocessing": prep, "num_classes": num_classes,
                    "data_path": meta.get("data_path"), "val_split": meta.get("val_split")}
+
+
+def check_weights_file(checkpoint: str | os.PathLike) -> Path:
+    """``checkpoint`` as a Path; CheckpointError where it names a folder, no file, or a training
+    state (``step_*.state.pt``) instead of weights."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file (a run's weights are its model.safetensors)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.name.endswith(STATE_SUFFIX):
+        raise CheckpointError(_training_state_message(path))
+    return path
 
 
 def _training_state_message(path: Path) -> str:
