@@ -650,7 +650,15 @@ def test_forward_intermediates_equals_timms(name, kwargs, size):
         torch.testing.assert_close(a, b, rtol=tol, atol=tol * float(b.abs().max()))
 
     n = len(ours.feature_info)
-    calls = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "norm": True}, {"indices": [n - 1, 1], "intermediates_only": True, "stop_early": True}]
+    calls = [{}, {"indices": 2, "norm": True}, {"indices": [0, -1], "norm": True}, {"indices": [n - 1, 1], "intermediates_only": True, "stop_early": True},
+             {"indices": [-1], "stop_early": True}]
+    if not name.startswith("swin"):  # (timm's Swin applies its last stage's norm to the stopped map: a width error)
+        # stopped after map 1: that map is the features (timm's ViT: its tokens through the final norm)
+        calls += [{"indices": [0, 1], "stop_early": True}, {"indices": [1], "stop_early": True, "norm": True}]
+    else:
+        with torch.no_grad():
+            features, maps = ours.forward_intermediates(x, [0, 1], stop_early=True)
+        assert torch.equal(features, maps[-1].permute(0, 2, 3, 1))  # (B, H, W, C), as its forward_features
     if name.startswith("vit"):
         calls += [{"indices": 3, "output_fmt": "NLC", "norm": True}, {"indices": [1], "return_prefix_tokens": True, "intermediates_only": True},
                   {"indices": 2, "output_dict": True, "return_prefix_tokens": True}, {"output_dict": True, "intermediates_only": True, "norm": True}]

@@ -344,6 +344,13 @@ class VisionModel(nn.Module):
         the normalisation ``forward_features`` ends with (identity where it ends with none)."""
         return feature_map
 
+    def stopped_features(self, feature_map: Tensor) -> Tensor:
+        """Family hook of ``forward_intermediates(stop_early=True)`` stopping before the last
+        stage: the features returned beside the maps, the last map taken (NCHW) as it left its
+        stage (the final norm fits the last stage only), in ``forward_features``' layout, as
+        timm's CNNs return it."""
+        return feature_map
+
     def forward_intermediates(
         self,
         x: Tensor,
@@ -363,18 +370,23 @@ class VisionModel(nn.Module):
                 from the end). The maps come in network order, each once, as in timm.
             norm: the final norm of ``forward_features`` applied to the maps it fits (the last
                 stage's; every block's for ViT), as in timm.
-            stop_early: accepted for timm's signature; ``intermediates_only`` always stops after
-                the last map taken, and otherwise the whole network runs for the features.
+            stop_early: run the network no further than the last map taken, which is then the
+                features returned (:meth:`stopped_features`), as timm's; without it the whole
+                network runs for ``forward_features(x)``. ``intermediates_only`` always stops
+                there.
             output_fmt: ``'NCHW'``, ``'NHWC'`` or ``'NLC'`` ((B, H*W, C) tokens).
             intermediates_only: return only the maps.
         """
         take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
         x_in = x
         x, channels_last = self.cpu_layout(x)
-        if intermediates_only:
+        stop = stop_early and not intermediates_only and take[-1] < len(self.feature_info) - 1
+        if intermediates_only or stop:
             maps, features = self.intermediate_maps(x, take), None
         else:
             maps, features = self.intermediate_maps(x, take, with_features=True)
+        if stop:
+            features = self.stopped_features(maps[-1])
         if norm and take[-1] == len(self.feature_info) - 1:
             maps[-1] = self.final_norm(maps[-1])
         maps = self._maps_out([fmt(m) for m in maps], x_in, channels_last, nchw=output_fmt == "NCHW")

@@ -530,6 +530,9 @@ class SwinTransformer(VisionModel):
     def final_norm(self, feature_map: Tensor) -> Tensor:
         return self.norm(feature_map.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # over channels
 
+    def stopped_features(self, feature_map: Tensor) -> Tensor:
+        return feature_map.permute(0, 2, 3, 1)  # (B, H, W, C), as forward_features'
+
     def prune_for_features(self, indices: Sequence[int]) -> None:
         self.layers = self.layers[: max(indices) + 1]
         self.norm = nn.Identity()  # type: ignore[assignment]

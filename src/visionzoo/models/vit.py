@@ -689,9 +689,14 @@ class VisionTransformer(VisionModel):
         ``norm`` applies the final norm to every block's tokens, ``return_prefix_tokens``
         pairs each map with its (B, P, D) class / distillation tokens, and ``output_dict``
         returns ``{"image_intermediates": maps, "image_features": features}`` (no features with
-        ``intermediates_only``; the prefix tokens, asked for, as ``"image_intermediates_prefix"``)."""
+        ``intermediates_only``; the prefix tokens, asked for, as ``"image_intermediates_prefix"``).
+        ``stop_early`` runs no block after the last taken, and the features are the final norm
+        of its tokens, as timm's."""
         take, fmt = self._intermediates_request(indices, output_fmt, intermediates_only)
-        tokens, grid, features = self._block_tokens(x, take, not intermediates_only)
+        stop = stop_early and not intermediates_only
+        tokens, grid, features = self._block_tokens(x, take, not intermediates_only and not stop)
+        if stop:
+            features = self.norm(tokens[-1])  # (take is sorted: the last block run)
         if norm:
             tokens = [self.norm(t) for t in tokens]
         maps = self._maps_out([fmt(self._token_map(t, grid)) for t in tokens], x, False, nchw=output_fmt == "NCHW")
