@@ -369,8 +369,8 @@ class DerivedCache:
         """The cached ``compute()`` for ``owner`` while ``sources`` (and ``extra``, plain values
         such as an eps) are unchanged; None where the sources cannot be tracked or ``compute``
         gives None."""
-        if torch.jit.is_tracing():  # a cached value would enter the trace as a constant
-            return None
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            return None  # a cached value would enter the trace as a constant; dynamo cannot trace the stamps (a graph break per call)
         sources = tuple(sources)
         stamp = self.stamp(sources)
         if stamp is None:
