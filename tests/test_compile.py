@@ -58,3 +58,40 @@ def test_compiled_family_matches_eager(family):
     torch._dynamo.reset()
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model)(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_position_embedding_resize_for_compiled_training_equals_torchs(monkeypatch):
+    """A compiled ViT training step at a second input size failed (torch's fake kernel of the
+    antialiased bicubic backward takes no symbolic size): while compiling with grad, the resize
+    runs as row and column weight matrices. Values and gradients equal F.interpolate's."""
+    from visionzoo.layers.pos_embed import resample_abs_pos_embed
+
+    torch.manual_seed(0)
+    for old, new, prefix in (((14, 14), (3, 2), 1), ((14, 14), (20, 17), 0), ((7, 9), (5, 11), 2)):
+        pe = torch.randn(1, prefix + old[0] * old[1], 8, requires_grad=True)
+        w = torch.randn(1, prefix + new[0] * new[1], 8)
+        out = []
+        for compiling in (False, True):
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+            pe.grad = None
+            y = resample_abs_pos_embed(pe, new, old, num_prefix_tokens=prefix)
+            (y * w).sum().backward()
+            out.append((y.detach(), pe.grad.clone()))
+        for a, b in zip(*out):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_vit_trains_at_a_second_input_size():
+    """The end-to-end case of the test above: dynamo compiles the second size dynamically."""
+    model = visionzoo.create_model("deit_tiny_patch16_224", num_classes=10, depth=1).train()
+    compiled = torch.compile(model)
+    torch._dynamo.reset()
+    for side in (32, 48, 64):
+        x = torch.randn(2, 3, side, side)
+        model.zero_grad()
+        compiled(x).sum().backward()
+        got = model.pos_embed.grad.clone()
+        model.zero_grad()
+        model(x).sum().backward()
+        torch.testing.assert_close(got, model.pos_embed.grad, rtol=1e-4, atol=1e-4)

@@ -49,10 +49,25 @@ def resample_abs_pos_embed(
         return posemb
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     C, dtype = grid.shape[-1], grid.dtype
-    grid = grid.reshape(1, old_size[0], old_size[1], C).permute(0, 3, 1, 2).float()  # 1, C, h, w
-    grid = F.interpolate(grid, size=tuple(new_size), mode=interpolation, antialias=antialias, align_corners=False)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, C).to(dtype)  # 1, H'*W', C
+    grid = grid.reshape(1, old_size[0], old_size[1], C).float()  # 1, h, w, C
+    if interpolation == "bicubic" and antialias and torch.compiler.is_compiling() and torch.is_grad_enabled() and posemb.requires_grad:
+        # torch's fake kernel of the antialiased bicubic backward takes no symbolic size: a training
+        # step compiled again for another input size (dynamic) failed. The resize is separable:
+        # the same weights as row and column matrices, whose products' backward takes any size
+        rows, cols = (_resize_matrix(n, m, grid) for n, m in zip(old_size, new_size))
+        grid = torch.einsum("Hh,bhwc,Ww->bHWc", rows, grid, cols)  # 1, H', W', C
+    else:
+        grid = F.interpolate(grid.permute(0, 3, 1, 2), size=tuple(new_size), mode=interpolation, antialias=antialias, align_corners=False).permute(0, 2, 3, 1)
+    grid = grid.reshape(1, -1, C).to(dtype)  # 1, H'*W', C
     return torch.cat([prefix, grid], dim=1)
+
+
+def _resize_matrix(n_in: int, n_out: int, like: Tensor) -> Tensor:
+    """The (n_out, n_in) weights of an antialiased bicubic resize along one axis: the identity
+    matrix as an image resized along its rows (its columns, the unit vectors, kept). (Not as a
+    one-pixel-wide image: torch's antialiased kernels weigh those otherwise.)"""
+    eye = torch.eye(n_in, dtype=like.dtype, device=like.device)[None, None]  # 1, 1, n_in, n_in
+    return F.interpolate(eye, size=(n_out, n_in), mode="bicubic", antialias=True, align_corners=False)[0, 0]
 
 
 def resize_rel_pos_bias_table(
