@@ -97,3 +97,22 @@ def test_output_stride_equals_timm(name, output_stride):
 def test_bad_output_stride_is_refused(name):
     with pytest.raises(ValueError, match="output_stride must be the int 8, 16 or 32, got 12"):
         visionzoo.create_model(name, output_stride=12)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv1_100", "mobilenetv2_050"])
+def test_batchnorm_numerics_are_timms_kwargs(name):
+    """timm takes bn_eps / bn_momentum on both MobileNets (its EfficientNet builder's); ours
+    refused them. A training step's running statistics and the eval logits equal timm's."""
+    kw = dict(bn_eps=1e-3, bn_momentum=0.01, num_classes=10, drop_rate=0.0)
+    ref = build_random(lambda: timm.create_model(name, **kw))
+    ours = visionzoo.create_model(name, checkpoint=ref.state_dict(), **kw)
+    assert {(m.eps, m.momentum) for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {(1e-3, 0.01)}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref.train()(x), ours.train()(x)
+        ref_stats = [m.running_var for m in ref.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        our_stats = [m.running_var for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert max(max_rel_diff(a, b) for a, b in zip(our_stats, ref_stats, strict=True)) < 1e-5
+        assert max_rel_diff(ours.eval()(x), ref.eval()(x)) < 1e-4
+    with pytest.raises(ValueError, match="bn_eps must be positive"):
+        visionzoo.create_model(name, bn_eps=0.0)

@@ -135,7 +135,7 @@ class _MobileNet(VisionModel):
         self.act1 = act_layer(inplace=True)  # on BN's fresh output
 
     def _finish(self, stages: list[nn.Sequential], strides: list[int], reductions: list[int], chs: list[int], head_chs: int, act_layer: type[nn.Module],
-                num_classes: int, drop_rate: float) -> None:
+                num_classes: int, drop_rate: float, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         self.blocks = nn.Sequential(*stages)
         if head_chs:
             self.conv_head = nn.Conv2d(chs[-1], head_chs, 1, bias=False)
@@ -153,7 +153,11 @@ class _MobileNet(VisionModel):
             if i == len(strides) - 1 or strides[i + 1] > 1:  # the stage strides, before output_stride removes any
                 self._taps.append(i)
                 self.feature_info.append(FeatureInfo(chs[i], reductions[i], f"blocks.{i}"))
+        if not (bn_eps > 0 and 0 <= bn_momentum <= 1):
+            raise ValueError(f"bn_eps must be positive and bn_momentum in [0, 1], got bn_eps={bn_eps}, bn_momentum={bn_momentum}")
         for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):  # timm's bn_eps / bn_momentum (PyTorch's defaults unless given)
+                m.eps, m.momentum = bn_eps, bn_momentum
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
             elif isinstance(m, nn.Linear):
@@ -198,12 +202,14 @@ class _MobileNet(VisionModel):
 @dataclass(frozen=True)
 class MobileNetV1Config:
     """Width multiplier, activation ('relu6' as timm; 'relu' as the paper), classifier dropout,
-    output stride (8, 16 or 32; module docstring)."""
+    output stride (8, 16 or 32; module docstring), BatchNorm eps and momentum (timm's kwargs)."""
 
     width_mult: float = 1.0
     act: str = "relu6"
     drop_rate: float = 0.0
     output_stride: int = 32
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
 
 
 class MobileNetV1(_MobileNet):
@@ -239,7 +245,7 @@ class MobileNetV1(_MobileNet):
                 prev = c
             stages.append(nn.Sequential(*blocks))
             chs.append(c)
-        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, 0, act, num_classes, cfg.drop_rate)
+        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, 0, act, num_classes, cfg.drop_rate, cfg.bn_eps, cfg.bn_momentum)
 
 
 @dataclass(frozen=True)
@@ -248,7 +254,8 @@ class MobileNetV2Config:
     output stride (8, 16 or 32; module docstring).
 
     ``fix_stem_head`` keeps the stem (32), the head (1280) and the depth of the first and
-    last stages unscaled, as timm's ``mobilenetv2_110d`` / ``_120d``.
+    last stages unscaled, as timm's ``mobilenetv2_110d`` / ``_120d``. ``bn_eps`` and
+    ``bn_momentum``: the BatchNorms' (timm's kwargs).
     """
 
     width_mult: float = 1.0
@@ -256,6 +263,8 @@ class MobileNetV2Config:
     fix_stem_head: bool = False
     drop_rate: float = 0.2
     output_stride: int = 32
+    bn_eps: float = 1e-5
+    bn_momentum: float = 0.1
 
 
 def v2_stage_depths(cfg: MobileNetV2Config) -> list[int]:
@@ -306,7 +315,7 @@ class MobileNetV2(_MobileNet):
             stages.append(nn.Sequential(*blocks))
             chs.append(c)
         head = 1280 if cfg.fix_stem_head else max(1280, make_divisible(1280 * cfg.width_mult))
-        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, head, act, num_classes, cfg.drop_rate)
+        self._finish(stages, strides, [r for _, r, _, _ in plan], chs, head, act, num_classes, cfg.drop_rate, cfg.bn_eps, cfg.bn_momentum)
 
 
 # --------------------------------------------------------------------------- checkpoints
