@@ -23,8 +23,8 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -812,12 +812,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
                     opt.zero_grad(set_to_none=True)
                 with nullcontext() if last_of_group or ddp is None else ddp.no_sync():  # DDP averages gradients once per step
                     with autocast:
-                        try:
+                        with one_value_per_channel_said(cfg.batch_size, model_name, info):
                             out_ = train_model(x)
-                        except ValueError as e:
-                            if (why := _one_value_per_channel(e, cfg.batch_size, model_name, info)) is None:
-                                raise
-                            raise ValueError(why) from None
                         loss, logits = _loss(out_, y, x, teacher, cfg, distilled_student, aux_weights)
                     n = len(hard)
                     bad, stop_now, loss_value, (correct,) = read_step(
@@ -905,6 +901,18 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         if history:
             plot_curves(history, out / "curves.png", _curves(data.num_classes))
     return summary
+
+
+@contextmanager
+def one_value_per_channel_said(batch_size: int, model_name: str, info: D.DistInfo) -> Iterator[None]:
+    """Around a training forward: torch's error for a BatchNorm layer that meets one value per
+    channel raised again in :func:`_one_value_per_channel`'s words; any other error as it is."""
+    try:
+        yield
+    except ValueError as e:
+        if (why := _one_value_per_channel(e, batch_size, model_name, info)) is None:
+            raise
+        raise ValueError(why) from None
 
 
 def _one_value_per_channel(e: ValueError, batch_size: int, model_name: str, info: D.DistInfo) -> str | None:

@@ -429,7 +429,7 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
     from ..tasks import create_segmentation_model
     from .checkpoint import (finished_run, float_buffers, gather_per_rank, load_buffers, own_entry, restore_rng, restore_training, run_config,
                              run_folder, save_training_checkpoint)
-    from .engine import StopRequests, TrainingStopped, _one_value_per_channel, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, plot_curves, read_step, write_csv
+    from .engine import StopRequests, TrainingStopped, _param_groups, _schedule, _tensorboard, _worker_init, amp_autocast, one_value_per_channel_said, plot_curves, read_step, write_csv
 
     whole = cfg.model in WHOLE_NETWORKS
     device = info.device
@@ -527,12 +527,8 @@ def _train(cfg: SegmentConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[s
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with autocast:
-                    try:
+                    with one_value_per_channel_said(cfg.batch_size, cfg.model, info):
                         out_ = train_model(x)
-                    except ValueError as e:
-                        if (why := _one_value_per_channel(e, cfg.batch_size, cfg.model, info)) is None:
-                            raise
-                        raise ValueError(why) from None
                     # per labelled pixel; 0 for a batch whose pixels are all ignored (a crop of an ignored
                     # region), where the mean over no pixel is NaN
                     labelled = (y != IGNORE).sum().clamp(min=1)
