@@ -60,13 +60,21 @@ def smallest_per_family() -> dict[str, str]:
 BATTERY_DEFAULT_MAX_PARAMS = 30_000_000
 
 
+def distinct_configs(names) -> list[str]:
+    """The first of each group of ``names`` registered with one configuration (timm's _224 / _384
+    pairs and the like, which differ only in their default input size, preprocessing and weights):
+    for checks that build the network at a size of their own."""
+    seen: set[str] = set()
+    return [n for n in names if not (repr(get_entry(n).config) in seen or seen.add(repr(get_entry(n).config)))]
+
+
 def small_side(model) -> int:
     """The smallest side >= 32 that the network takes."""
     m = max(model.input_multiple, 1)
     return math.ceil(max(model.min_input_size, 32) / m) * m
 
 
-def shallow_options(name: str) -> dict:
+def shallow_options(name: str, compact: bool = False) -> dict:
     """Options that build a deep model shallower, for checks that build and run every registered
     model: each block of a stage is the same code, and 100-660M parameters at full depth took
     5-45 s a check on 2 cores. The ViTs and EVAs at 4 blocks (those of 1408 wide and more, ViT-g /
@@ -74,9 +82,26 @@ def shallow_options(name: str) -> dict:
     blocks in its stage table (ResNet-101 and deeper, DenseNet, Swin-B / L, ConvNeXt-B and up,
     CoAtNet-2 and up, NesT-B, Inception-ResNet-v2) at 2 blocks a stage. Widths, heads, patch and
     input size stay; the full depth is checked by the parameter counts of the reference tests and
-    by the slow every-shared-model sweep."""
+    by the slow every-shared-model sweep.
+
+    ``compact``: for checks of the operators a network is made of (export, tracing), not of its
+    depth: every stage table at 2 blocks a stage (a stage's first block, which may change width
+    or stride or, in Swin, leave its windows unshifted, and one of the rest), the ViTs, EVAs and
+    ConvMixers at 2 blocks, and VGG's 4096-wide classifier MLP at 256 (its 100M weights were most
+    of an ONNX export's time)."""
     entry = get_entry(name)
     cfg = entry.config
+    if compact:
+        out = {}
+        if entry.family in ("vit", "eva", "convmixer") and cfg.depth > 2:
+            out["depth"] = 2
+        for field in ("depths", "layers"):
+            stages = getattr(cfg, field, None)
+            if isinstance(stages, tuple) and all(isinstance(d, int) for d in stages) and max(stages) > 2:
+                out[field] = tuple(min(d, 2) for d in stages)
+        if getattr(cfg, "mlp_dim", 0) > 256:
+            out["mlp_dim"] = 256
+        return out
     if entry.family in ("vit", "eva") and cfg.depth > 4:
         return {"depth": 4 if cfg.embed_dim < 1408 else 2 if cfg.embed_dim < 4096 else 1}
     if entry.family == "efficientnet" and sum(s.repeats for s in cfg.stages) > 60:

@@ -13,11 +13,11 @@ FAMILIES = smallest_per_family()
 @pytest.mark.parametrize("grad", ["enable_grad", "inference_mode"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_no_graph_breaks(family, grad):
-    """torch._dynamo.explain traces the forward without compiling it: one graph, no breaks (deep
-    stage tables at 2 blocks a stage: each block is the same code). Also in inference, where
+    """torch._dynamo.explain traces the forward without compiling it: one graph, no breaks (stage
+    tables at 2 blocks a stage, plain networks at 2 blocks: each further block is the same code). Also in inference, where
     the eager CPU paths read folded weights from caches whose stamps dynamo cannot trace
     (CoAtNet, EVA and layer-scale ViTs broke once a block; the caches stand aside while compiling)."""
-    options = shallow_options(FAMILIES[family])
+    options = shallow_options(FAMILIES[family], compact=True)
     if family == "vit":
         options["init_values"] = 1e-5  # layer scale, folded in inference (timm's DeiT3, DINOv2)
     model = visionzoo.create_model(FAMILIES[family], num_classes=10, **options).eval()

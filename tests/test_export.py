@@ -21,11 +21,11 @@ def _calibrated(family: str) -> tuple[torch.nn.Module, int]:
     """The family's smallest model with 10 classes, in eval mode, its BatchNorm statistics those
     of a random batch, and the side it is tested at. Freshly initialised, a deep network's signal
     fades (Inception v3 / v4, GoogLeNet, ConvMixer gave the same logits for every input, to 1e-7
-    to 5e-5 of their scale), and an export that broke the backbone would still pass. Deep
-    stage tables at 2 blocks a stage (:func:`family_models.shallow_options`: the same operators,
-    a smaller graph to trace and compare)."""
+    to 5e-5 of their scale), and an export that broke the backbone would still pass. Stage
+    tables at 2 blocks a stage, plain networks at 2 blocks (:func:`family_models.shallow_options`,
+    compact: the same operators, a smaller graph to trace and compare)."""
     torch.manual_seed(0)
-    model = visionzoo.create_model(FAMILIES[family], num_classes=10, **shallow_options(FAMILIES[family]))
+    model = visionzoo.create_model(FAMILIES[family], num_classes=10, **shallow_options(FAMILIES[family], compact=True))
     side = small_side(model)
     x = torch.randn(4, model.in_chans, side, side, generator=torch.Generator().manual_seed(1))
     return calibrate_batch_norms(model, x), side
