@@ -140,6 +140,22 @@ def test_torchrun_gloo_world_size_2(tmp_path):
 
 
 
+def test_torchrun_with_more_ranks_than_held_out_images_finishes(tmp_path):
+    """Each rank evaluates its share of the held-out split; with one held-out image, rank 1's share
+    is empty. The ranks evaluated through DistributedDataParallel, whose forward first broadcasts
+    rank 0's buffers: rank 1 never joined, and rank 0 waited for it until Gloo's 30-minute timeout.
+    (digits' 183-image class alone has round(0.00274 x 183) = 1 image held out)"""
+    out = tmp_path / "ddp"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "visionzoo",
+         "train", *TINY, "--epochs", "1", "--val-split", "0.00274", "--output", str(out)],
+        env=child_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert s["world_size"] == 2 and s["heldout_images"] == 1, s
+
+
 @pytest.mark.parametrize("num_classes", [3, 10])
 def test_evaluate_agrees_with_sklearn_on_tied_logits_and_a_short_last_batch(num_classes):
     """Top-1, the confusion matrix and the loss are scikit-learn's on the same logits, among them

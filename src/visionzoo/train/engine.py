@@ -672,6 +672,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
         train_model = ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    # evaluation runs the unwrapped model: DDP's forward first broadcasts rank 0's buffers, a
+    # collective every rank must join, and a rank whose share of a small held-out split is empty
+    # (more ranks than held-out images) never calls it; the others then waited for it until
+    # Gloo's 30-minute timeout. The ranks' BatchNorm statistics are averaged before evaluation.
+    plain_model: nn.Module = base_model
+    if ddp is not None and cfg.compile:
+        plain_model = torch.compile(base_model)
+    elif ddp is None:
+        plain_model = train_model
 
     # ---- loaders
     sampler = D.ResumableSampler(data.train, info, seed=cfg.seed, drop_last=False)
@@ -753,7 +762,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, folder: NewRunFolder) -> dict[str
     ckpt_path: Path | None = resume_from[0] if resume_from else None
 
     def eval_model() -> nn.Module:
-        return ema.module if ema is not None else train_model
+        return ema.module if ema is not None else plain_model
 
     def eval_weights() -> nn.Module:  # the evaluated weights, unwrapped: what model.safetensors holds
         return ema.module if ema is not None else base_model
