@@ -817,3 +817,33 @@ def test_eval_of_a_digits_run_without_data_reads_the_dataset_beside_a_digits_fol
     assert main(["eval", *ckpt, "--output", str(tmp_path / "cm.png"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["data"] == "digits"
     _one_line_error(["eval", *ckpt, "--data", "digits"], capsys, "names the built-in dataset digits and the folder ./digits here")
+
+
+def test_a_torchrun_process_whose_peer_stopped_says_so_in_one_line(monkeypatch, capsys, tmp_path):
+    """Under torchrun, a process whose peer stopped (on an unreadable image, say, after printing
+    why) failed in its next collective with Gloo's 47-line traceback, burying the peer's line."""
+    import visionzoo.train
+
+    def broken(cfg):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:24204. This is typically "
+                           "caused by a remote worker crashing.")
+
+    monkeypatch.setattr(visionzoo.train, "train", broken)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["train", "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err == "visionzoo train: error: another process of this torchrun run stopped (its own message says why); this one stops too\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")  # in one process the error is no peer's
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["train", "--output", str(tmp_path / "run")])
+
+
+def test_the_resume_hint_of_a_torchrun_run_names_torchrun(monkeypatch):
+    """An interrupted run says how to continue it; under torchrun that was `visionzoo train ...`,
+    which a resume of a 2-process run refuses (the same number of processes)."""
+    from visionzoo.cli.train import _launcher
+
+    assert _launcher(1) == "visionzoo train"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert _launcher(2) == "torchrun --nproc_per_node 2 -m visionzoo train"
+    assert _launcher(8) == "torchrun --nnodes 4 --nproc_per_node 2 <this run's rendezvous options> -m visionzoo train"

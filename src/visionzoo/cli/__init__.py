@@ -171,6 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visionzoo {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as e:  # RuntimeError: torch's CPU allocator ("can't allocate memory"), CUDA's OOM
+        if not args.debug and _peer_stopped(e):
+            print(f"visionzoo {args.command}: error: another process of this torchrun run stopped (its own message says why); "
+                  "this one stops too", file=sys.stderr)
+            return 1
         if args.debug or not (isinstance(e, MemoryError) or _out_of_memory(e)):
             raise
         print(f"visionzoo {args.command}: error: out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no details'}): "
@@ -195,6 +199,17 @@ def _message(e: BaseException) -> str:
     if caught is None:
         return text
     return re.sub(rf"^(?:[\w.]+\.)?{caught.group(1)}: ", "", text.rstrip().splitlines()[-1])
+
+
+def _peer_stopped(e: BaseException) -> bool:
+    """Whether ``e`` is a collective of a torchrun process failing because another process of the
+    run has gone (one that met unreadable data, say, and printed why): Gloo's "Connection closed
+    by peer", or torch.distributed's own errors. Its traceback would bury that message."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    return isinstance(e, dist.DistError) or any(w in str(e) for w in ("Connection closed by peer", "Connection reset by peer"))
 
 
 def _out_of_memory(e: RuntimeError) -> bool:

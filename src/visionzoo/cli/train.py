@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if summary.get("nothing_to_do"):
         return _nothing_to_do(summary, cfg.output, args.json)
     if summary["interrupted"]:
-        print(f"interrupted; continue with: visionzoo train --output {cfg.output} --resume", file=sys.stderr)
+        print(f"interrupted; continue with: {_launcher(summary['world_size'])} --output {cfg.output} --resume", file=sys.stderr)
         return 130
     held_out = accuracy_text(summary["top1"], summary["top5"], summary["num_classes"], sep=", ")
     print(
@@ -94,6 +95,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _launcher(world_size: int) -> str:
+    """How a run of ``world_size`` processes is started again (a resume takes the same number):
+    ``visionzoo train``, or under torchrun its processes per node (and nodes, with the run's
+    own rendezvous options)."""
+    if world_size <= 1:
+        return "visionzoo train"
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    if local == world_size:
+        return f"torchrun --nproc_per_node {local} -m visionzoo train"
+    return f"torchrun --nnodes {world_size // local} --nproc_per_node {local} <this run's rendezvous options> -m visionzoo train"
 
 
 def _resumed(config_cls: type, task: str, given: dict[str, Any], output: str | None) -> Any:
@@ -155,7 +168,7 @@ def _segment(args: argparse.Namespace) -> int:
     if s.get("nothing_to_do"):
         return _nothing_to_do(s, cfg.output, args.json)
     if s["interrupted"]:
-        print(f"interrupted; continue with: visionzoo train --task segment --output {cfg.output} --resume", file=sys.stderr)
+        print(f"interrupted; continue with: {_launcher(s['world_size'])} --task segment --output {cfg.output} --resume", file=sys.stderr)
         return 130
     print(f"{s['model']} ({s['head']}) on {s['data']}: held-out mIoU {s['miou']:.4f}, mDice {s['mdice']:.4f} after {count(s['epochs'], 'epoch')}, "
           f"{s['train_seconds']:.1f} s of training (world size {s['world_size']}); outputs in {cfg.output}")
