@@ -677,20 +677,56 @@ def _checked_mrcnn():
     (lambda: _bad(masks=torch.full((1, 120, 150), float("nan"))), r"targets\[0\]\['masks'\] has a NaN"),
     (lambda: _bad([torch.rand(3, 120, 150), torch.rand(3, 140, 128).index_fill(1, torch.tensor([5]), float("nan"))]), r"images\[1\] has 384 NaN or infinite values"),
     (lambda: _bad([torch.rand(3, 120, 150), torch.full((3, 140, 128), 255.0)]), r"images\[1\] has values up to 255; the model takes floats in \[0, 1\] .* divide 0-255 images by 255"),
+    (lambda: _bad([torch.rand(3, 120, 150), torch.rand(3, 1, 200)]), r"images\[1\] is 1x200: resized .* \(the long side to at most max_size=96\) its short side would be 0.48 pixels"),
+    (lambda: _bad([torch.rand(3, 120, 150), torch.rand(3, 140, 128).double()]), r"images\[1\] has dtype torch.float64, images\[0\] torch.float32: give every image one dtype"),
 ], ids=["mask size", "mask count", "label count", "label 0", "negative label", "label >= num_classes", "float labels", "NaN box",
         "box shape", "flat box", "no masks", "1 channel", "HWC image", "uint8 image", "4-D batch", "fewer targets", "no targets", "no images",
-        "box right of the image", "box left of the image", "0-255 masks", "NaN mask", "NaN image", "0-255 image"])
+        "box right of the image", "box left of the image", "0-255 masks", "NaN mask", "NaN image", "0-255 image", "1-pixel side", "mixed dtypes"])
 def test_mask_rcnn_refuses_bad_images_and_targets(make, match):
     """torchvision's MaskRCNN trained on most of these silently (NaN losses for a NaN box or
     image, a 1-channel image broadcast to 3, a mask loss of 899 for 0 / 255 masks, a box
-    wholly outside the image pooled from the padding) or failed deep inside (IndexError: Target 7 is out of
-    bounds, and for no images at all: list index out of range; an AssertionError for a box with
-    x2 <= x1); each is now one InputError naming
-    the image, the key and the problem."""
+    wholly outside the image pooled from the padding, a float64 image after a float32 one
+    batched as float32) or failed deep inside (IndexError: Target 7 is out of bounds, and for no
+    images at all: list index out of range; an AssertionError for a box with x2 <= x1; a side
+    resized to 0 pixels: "Input and output sizes should be greater than 0"); each is now one
+    InputError naming the image, the key and the problem."""
     model = _checked_mrcnn().train()
     images, targets = make()
     with pytest.raises(visionzoo.InputError, match=match):
         model(images, targets)
+
+
+def test_mask_rcnn_takes_torchvisions_own_predictors():
+    """torchvision's idiom, num_classes=None with box_predictor and mask_predictor, was refused
+    both ways (num_classes must be an int; torchvision: None with a predictor); the predictors'
+    classes are the ones the labels are checked against."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+    from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+
+    torch.manual_seed(0)
+    model = mask_rcnn("resnet18", None, box_predictor=FastRCNNPredictor(1024, 5), mask_predictor=MaskRCNNPredictor(256, 256, 5),
+                      min_size=64, max_size=96).train()
+    assert model.roi_heads.box_predictor.cls_score.out_features == 5 and model.num_classes == 5
+    images, targets = _mrcnn_batch()
+    targets[0]["labels"] = torch.full_like(targets[0]["labels"], 4)
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    targets[0]["labels"] = torch.full_like(targets[0]["labels"], 5)
+    with pytest.raises(visionzoo.InputError, match=r"holds 5: object labels are 1 to 4"):
+        model(images, targets)
+    for kwargs in (dict(num_classes=5, box_predictor=FastRCNNPredictor(1024, 5), mask_predictor=MaskRCNNPredictor(256, 256, 5)),
+                   dict(num_classes=None, box_predictor=FastRCNNPredictor(1024, 5))):
+        with pytest.raises(ValueError, match=r"pass num_classes=None and both box_predictor and mask_predictor"):
+            mask_rcnn("resnet18", **kwargs)
+
+
+def test_simple_pyramid_is_refused_on_maps_that_lose_cells():
+    """neck='simple' on Inception v3 put anchors and RoIAlign at stride * i from 0 on a stride-32
+    map whose cell 0 is centred at 37 px (the FPN follows the true grid): refused, naming the neck
+    that works; a backbone whose convolutions pad keeps it."""
+    with pytest.raises(ValueError, match=r"neck='simple' needs .* inception_v3's valid convolutions .* centred at 37 px\): use neck='fpn'"):
+        mask_rcnn("inception_v3", 3, neck="simple")
+    assert mask_rcnn("googlenet", 3, neck="simple").backbone.neck == "simple"
 
 
 def test_mask_rcnn_takes_empty_images_and_boxes_outside_them():

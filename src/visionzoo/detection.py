@@ -200,6 +200,7 @@ class BackboneWithFPN(nn.Module):
         if neck == "fpn":
             self.fpn: nn.Module = FeaturePyramidNetwork([fi.num_chs for fi in body.feature_info], out_channels, extra_blocks=LastLevelMaxPool())
         elif neck == "simple":
+            check_full_maps(body)
             self.fpn = SimpleFeaturePyramid(body.feature_info[-1].num_chs, out_channels, in_stride=body.feature_info[-1].reduction)
         else:
             raise ValueError(f"neck must be 'fpn' or 'simple', got {neck!r}")
@@ -299,27 +300,47 @@ def map_grid(backbone: BackboneWithFPN) -> tuple[list[int], list[tuple[float, fl
     stride * i) would sit that far above and left of their cells, leaving the bottom and right
     edges without any, and RoIAlign would read each box's features that far from it.
     """
-    body = backbone.body
-    if backbone.neck == "simple":  # power-of-two strides, each map cropped to the image's side / stride
+    if backbone.neck == "simple":  # power-of-two strides, each map cropped to the image's side / stride (checked on building)
         strides, offsets = list(backbone.fpn.strides), [(0.0, 0.0)] * len(backbone.fpn.strides)
     else:
-        strides = list(body.feature_info.reduction())
-        step = math.lcm(32, *strides, body.input_multiple)  # a side every map's stride divides
-        S = step * -(-body.min_input_size // step)
-        while body.size_problem(S, S):
-            S += step
-        x = torch.empty(2, body.in_chans, S, S, device="meta")  # two images: training-mode BatchNorm takes 1x1 maps
-        meta = {k: torch.empty_like(v, device="meta") for k, v in (*body.named_parameters(), *body.named_buffers())}
-        trace = _CellCentres(x)
-        with torch.no_grad(), trace:
-            maps = functional_call(body, meta, (x,))
-        offsets = []
-        for m, s in zip(maps, strides):
-            cells = trace.cells.get(id(m), (None, None))
-            # a full map: torchvision's convention; a smaller one: its traced cell 0, or where
-            # untraced, its cells centred on the image
-            offsets.append(tuple(0.0 if n == S // s else c[0] if c and c[1] == s else (S - s * n) / 2 for n, c in zip(m.shape[-2:], cells)))
+        strides, offsets = body_grid(backbone.body)
     return [*strides, 2 * strides[-1]], [*offsets, offsets[-1]]
+
+
+def body_grid(body: nn.Module) -> tuple[list[int], list[tuple[float, float]]]:
+    """The stride and (y, x) offset of each map of the features_only ``body`` (:func:`map_grid`),
+    traced through one forward on the meta device."""
+    strides = list(body.feature_info.reduction())
+    step = math.lcm(32, *strides, body.input_multiple)  # a side every map's stride divides
+    S = step * -(-body.min_input_size // step)
+    while body.size_problem(S, S):
+        S += step
+    x = torch.empty(2, body.in_chans, S, S, device="meta")  # two images: training-mode BatchNorm takes 1x1 maps
+    meta = {k: torch.empty_like(v, device="meta") for k, v in (*body.named_parameters(), *body.named_buffers())}
+    trace = _CellCentres(x)
+    with torch.no_grad(), trace:
+        maps = functional_call(body, meta, (x,))
+    offsets = []
+    for m, s in zip(maps, strides):
+        cells = trace.cells.get(id(m), (None, None))
+        # a full map: torchvision's convention; a smaller one: its traced cell 0, or where
+        # untraced, its cells centred on the image
+        offsets.append(tuple(0.0 if n == S // s else c[0] if c and c[1] == s else (S - s * n) / 2 for n, c in zip(m.shape[-2:], cells)))
+    return strides, offsets
+
+
+def check_full_maps(body: nn.Module) -> None:
+    """ValueError unless the last map of ``body`` has side / stride cells, as the simple feature
+    pyramid takes it (its levels' grids follow from the stride alone). Valid convolutions
+    (Inception v2-v4, Inception-ResNet-v2) lose cells at the edges: their anchors and RoIAlign
+    would sit up to a cell and more away from the features (37 px at Inception-v3's stride 32)."""
+    strides, offsets = body_grid(body)
+    if offsets[-1] != (0.0, 0.0):
+        raise ValueError(
+            f"neck='simple' needs a backbone whose last map has one cell per {strides[-1]} pixels of the image, but "
+            f"{getattr(body, 'model_name', '') or type(body).__name__}'s valid convolutions leave fewer (its cell 0 is centred at {offsets[-1][0]:g} px): use neck='fpn', "
+            "which places anchors and RoIAlign on each map's own grid"
+        )
 
 
 class GridAnchorGenerator(AnchorGenerator):
@@ -414,9 +435,11 @@ class CheckedMaskRCNN(MaskRCNN):
     state dict and outputs are torchvision's.
     """
 
-    def __init__(self, backbone: BackboneWithFPN, num_classes: int, **kwargs) -> None:
+    def __init__(self, backbone: BackboneWithFPN, num_classes: int | None, **kwargs) -> None:
         super().__init__(backbone, num_classes=num_classes, **kwargs)
-        self.num_classes = num_classes
+        if num_classes is None:  # the caller's box predictor: its class scores' width where it has one
+            num_classes = getattr(getattr(self.roi_heads.box_predictor, "cls_score", None), "out_features", None)
+        self.num_classes = num_classes  # (None: labels checked only for >= 1)
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> dict[str, Tensor] | list[dict[str, Tensor]]:
         self.check_inputs(images, targets)
@@ -449,6 +472,17 @@ class CheckedMaskRCNN(MaskRCNN):
                 raise InputError(f"images[{i}] has {img.shape[0]} channels (shape {tuple(img.shape)}); the backbone takes {C} (in_chans)")
             if 0 in img.shape[-2:]:
                 raise InputError(f"images[{i}] is empty: {img.shape[-2]}x{img.shape[-1]}")
+            if img.dtype != images[0].dtype:  # torchvision batches them in the first image's dtype
+                raise InputError(f"images[{i}] has dtype {img.dtype}, images[0] {images[0].dtype}: give every image one dtype")
+            # the transform scales each image by min(min_size / short side, max_size / long side)
+            # (min_size: a random one of them in training) and floors the sides
+            short, long = sorted(img.shape[-2:])
+            scale = min(min(self.transform.min_size) / short, self.transform.max_size / long)
+            if math.floor(short * scale) < 1:
+                raise InputError(
+                    f"images[{i}] is {img.shape[-2]}x{img.shape[-1]}: resized as the detector resizes (the long side to at most "
+                    f"max_size={self.transform.max_size}) its short side would be {short * scale:.2g} pixels, less than one"
+                )
             if not bool(torch.isfinite(img).all()):
                 raise InputError(f"images[{i}] has {int((~torch.isfinite(img)).sum())} NaN or infinite values")
             if unit_range and float(img.amax()) > 1.5:  # (well above 1: not augmentation's overshoot)
@@ -488,7 +522,7 @@ class CheckedMaskRCNN(MaskRCNN):
                 raise InputError(f"targets[{i}]['labels'] has dtype {labels.dtype}; class indices are int64 (labels.long())")
             if n:
                 lo, hi = (int(v) for v in labels.aminmax())
-                if lo < 1 or hi >= self.num_classes:
+                if lo < 1 or (self.num_classes is not None and hi >= self.num_classes):
                     bad = lo if lo < 1 else hi
                     why = {0: "0 is the background class"}.get(bad, "negative" if bad < 0 else f"num_classes={self.num_classes} counts the background")
                     raise InputError(f"targets[{i}]['labels'] holds {bad}: object labels are 1 to {self.num_classes - 1} ({why})")
@@ -553,7 +587,14 @@ def mask_rcnn(
         ValueError: for ``num_classes`` < 2, or ``image_mean`` / ``image_std`` missing for
             ``in_chans`` != 3 or of another length.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    predictors = [k for k in ("box_predictor", "mask_predictor") if maskrcnn_kwargs.get(k) is not None]
+    if predictors:  # torchvision's way: the caller's own predictors set the classes, num_classes None
+        if num_classes is not None or len(predictors) == 1:
+            raise ValueError(
+                f"mask_rcnn: with {' and '.join(predictors)} given, pass num_classes=None and both box_predictor and mask_predictor "
+                f"(the predictors set the classes, as in torchvision's MaskRCNN), got num_classes={num_classes!r}"
+            )
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"mask_rcnn: num_classes counts the background too, so it must be an int >= 2 (background and one object class), got {num_classes!r}")
     unknown = sorted(set(maskrcnn_kwargs) - _maskrcnn_options())
     if unknown:  # torchvision's MaskRCNN would ignore them
