@@ -68,6 +68,21 @@ def test_identity_refiner_gives_back_the_coarse_mask():
         assert torch.equal(out, mask)
 
 
+def test_images_of_other_float_dtypes_are_refined_as_float32_and_the_result_is_a_new_tensor():
+    """A float64 image met the float32 refiner ("expects a float32 tensor"); a mask without
+    boundary came back as the caller's own bool tensor."""
+    mask = disk(40, 48, 20, 24, 10)
+    image = torch.rand(3, 40, 48)
+    torch.manual_seed(0)
+    bpr = BoundaryPatchRefiner(create_refiner(), patch_size=16, input_size=32).eval()
+    ref = bpr(image, mask)
+    assert torch.equal(bpr(image.double(), mask), ref)
+    assert torch.equal(bpr(image.half(), mask), bpr(image.half().float(), mask))
+    empty = torch.zeros(40, 48, dtype=torch.bool)
+    out = bpr(image, empty)
+    assert torch.equal(out, empty) and out.data_ptr() != empty.data_ptr()
+
+
 def test_patches_of_odd_size_are_square_and_centred():
     mask = disk(97, 131, 45, 60, 30)
     for P in (15, 33, 63):

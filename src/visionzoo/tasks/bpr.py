@@ -253,7 +253,9 @@ class BoundaryPatchRefiner(nn.Module):
 
     def _patches(self, image: Tensor, mask: Tensor, corners: list[list[int]]) -> Tensor:
         """:meth:`patches` at corners already read to the host (by a caller that uses them again)."""
-        x = torch.cat([(image - self.mean) / self.std, mask[None].float()], dim=0)  # 4, H, W
+        # in the refiner's dtype: a float64 (or float16) image is refined as a float32 one
+        dtype = next((p.dtype for p in self.refiner.parameters() if p.is_floating_point()), torch.float32)
+        x = torch.cat([((image - self.mean) / self.std).to(dtype), mask[None].to(dtype)], dim=0)  # 4, H, W
         crops = torch.stack([_crop(x, b) for b in corners])  # K, 4, P, P; zero padding: mean colour, background
         rgb, m = crops[:, :3], crops[:, 3:] * 2 - 1
         if self.input_size != self.patch_size:
@@ -286,7 +288,7 @@ class BoundaryPatchRefiner(nn.Module):
         _check_inputs(image, {"mask": mask})
         boxes = extract_patches(mask, self.patch_size, self.iou_threshold, self.max_patches)
         if len(boxes) == 0:
-            return mask.bool()
+            return mask.bool().clone()  # (a bool mask's .bool() is the caller's own tensor)
         P = self.patch_size
         corners = _corners(boxes)  # (read once: the patches are cut and pasted back at them)
         logits = self._logits(self._patches(image, mask, corners))
