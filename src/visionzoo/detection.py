@@ -478,7 +478,7 @@ class CheckedMaskRCNN(MaskRCNN):
             # (min_size: a random one of them in training) and floors the sides
             short, long = sorted(img.shape[-2:])
             scale = min(min(self.transform.min_size) / short, self.transform.max_size / long)
-            if math.floor(short * scale) < 1:
+            if self.transform.fixed_size is None and math.floor(short * scale) < 1:
                 raise InputError(
                     f"images[{i}] is {img.shape[-2]}x{img.shape[-1]}: resized as the detector resizes (the long side to at most "
                     f"max_size={self.transform.max_size}) its short side would be {short * scale:.2g} pixels, less than one"
@@ -562,7 +562,8 @@ def mask_rcnn(
 
     Args:
         backbone_name: any registered model name.
-        num_classes: object classes plus background.
+        num_classes: object classes plus background; None where ``box_predictor`` and
+            ``mask_predictor`` are given (torchvision's way), whose classes they set.
         out_indices: the backbone levels fed to the neck; default the four deepest (FPN) or
             the last (simple pyramid).
         out_channels: neck width.
